@@ -1,0 +1,1 @@
+"""Every side effect, one module per external system or aggregate."""

@@ -1,0 +1,84 @@
+"""Email over SMTP with aiosmtplib. Temporary failures (4xx, connection errors, timeouts) raise and are
+retried by Temporal with backoff; permanent ones (5xx) are non-retryable ApplicationErrors."""
+
+from __future__ import annotations
+
+import html
+import logging
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiosmtplib
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from models.contracts import EmailSent, SendVerificationEmail
+from models.db import transaction
+from models.tables import User, VerificationToken
+from prognet.settings import Settings
+from prognet.tokens import VERIFY_EMAIL, derive_token
+from workflows import activity_names as names
+
+log = logging.getLogger(__name__)
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def render(template: str, **values: str) -> tuple[str, str]:
+    """Render `<template>.txt` and `<template>.html`; values are HTML-escaped for the HTML part."""
+    text = (TEMPLATES / f"{template}.txt").read_text().format(**values)
+    markup = (TEMPLATES / f"{template}.html").read_text().format(
+        **{k: html.escape(v, quote=True) for k, v in values.items()})
+    return text, markup
+
+
+class EmailActivities:
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.token_key = settings.derived_key("tokens")
+
+    @activity.defn(name=names.SEND_VERIFICATION_EMAIL)
+    async def send_verification_email(self, req: SendVerificationEmail) -> EmailSent:
+        async with transaction(self.engine) as session:
+            user = await session.get(User, req.user_id)
+            token = await session.get(VerificationToken, req.token_id)
+        if user is None or token is None:
+            raise ApplicationError("user or token no longer exists", type="RecipientGone", non_retryable=True)
+        secret = derive_token(self.token_key, VERIFY_EMAIL, req.token_id)
+        link = f"{self.settings.public_base_url.rstrip('/')}/verify-email?{urlencode({'token': secret})}"
+        text, markup = render("verify_email", name=user.display_name or "there", link=link,
+                              expires_at=token.expires_at.strftime("%Y-%m-%d %H:%M"))
+        msg = EmailMessage()
+        msg["From"] = self.settings.mail_from
+        msg["To"] = user.email
+        msg["Subject"] = "Confirm your ProgNetwork email address"
+        msg["Message-ID"] = req.message_id
+        msg.set_content(text)
+        msg.add_alternative(markup, subtype="html")
+        reply = await self.send(msg)
+        log.info("verification email sent", extra={"user_id": str(req.user_id), "message_id": req.message_id})
+        return EmailSent(message_id=req.message_id, smtp_reply=reply)
+
+    async def send(self, msg: EmailMessage) -> str:
+        s = self.settings
+        try:
+            _, reply = await aiosmtplib.send(
+                msg, hostname=s.smtp_host or "127.0.0.1", port=s.smtp_port, timeout=s.smtp_timeout_seconds,
+                username=s.smtp_username,
+                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+                start_tls=s.smtp_start_tls,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as err:
+            codes = [r.code for r in err.recipients]
+            if all(500 <= c < 600 for c in codes):
+                raise ApplicationError(f"recipient refused: {codes}", type="SmtpPermanentFailure",
+                                       non_retryable=True) from None
+            raise
+        except aiosmtplib.SMTPResponseException as err:
+            if 500 <= err.code < 600:
+                raise ApplicationError(f"SMTP {err.code}: {err.message}", type="SmtpPermanentFailure",
+                                       non_retryable=True) from None
+            raise  # 4xx: temporary, retried with backoff
+        return reply

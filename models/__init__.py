@@ -1,0 +1,1 @@
+"""Tables, contracts that cross the workflow boundary, the database session helper, migrations."""

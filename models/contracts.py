@@ -1,0 +1,121 @@
+"""Pydantic contracts that cross the workflow boundary: one model in, one model out.
+
+Adding an optional field never breaks a running workflow; renaming or removing one does.
+No passwords (only argon2 hashes) and no tokens (only token ids) ever appear here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SagaStatusValue = Literal[
+    "running",            # forward steps in progress
+    "waiting",            # parked on a durable timer / external event (e.g. email verification)
+    "completed",          # all forward steps done
+    "compensating",       # running compensations in reverse
+    "compensated",        # a step failed or the saga was cancelled; compensations all done
+    "expired",            # the saga's deadline passed; compensations all done
+    "awaiting_operator",  # a compensation keeps failing; waits for an operator's retry or skip
+    "failed",             # ended with an error that needed no compensation
+]
+
+
+class CompensationRecord(BaseModel):
+    step: str
+    status: Literal["pending", "running", "done", "failed", "skipped"] = "pending"
+    attempts: int = 0  # how many times the compensation was started (each start has its own retries)
+    error: str | None = None
+
+
+class SagaState(BaseModel):
+    """What a saga is doing; returned by the `saga_state` query of every saga workflow."""
+
+    saga: str
+    status: SagaStatusValue = "running"
+    step: str = "starting"
+    completed_steps: list[str] = Field(default_factory=list)
+    compensations: list[CompensationRecord] = Field(default_factory=list)
+    waiting_for: str | None = None
+    error: str | None = None
+    updated_at: datetime | None = None
+
+
+class OperatorDecision(BaseModel):
+    """Signal payload an operator sends to a saga parked in `awaiting_operator`."""
+
+    action: Literal["retry", "skip"]
+    reason: str | None = None
+
+
+# --- registration saga ---
+
+class RegistrationInput(BaseModel):
+    user_id: uuid.UUID
+    email: str
+    display_name: str | None = None
+    password_hash: str  # argon2id, computed by the API before the workflow starts
+    verification_timeout_seconds: int = 24 * 3600
+    request_fingerprint: str = ""  # sha256 of the normalised request, to check Idempotency-Key reuse
+
+
+class RegistrationAccepted(BaseModel):
+    """Answer of the registration's `accepted` update: the pending user exists (or the email was taken)."""
+
+    user_id: uuid.UUID
+    status: str
+    request_fingerprint: str = ""
+
+
+class VerifyEmail(BaseModel):
+    token_id: uuid.UUID
+
+
+class RegistrationResult(BaseModel):
+    user_id: uuid.UUID
+    status: Literal["verified", "expired"]
+
+
+# --- activity contracts ---
+
+class CreatePendingUser(BaseModel):
+    user_id: uuid.UUID
+    email: str
+    display_name: str | None = None
+    password_hash: str
+    workflow_id: str
+
+
+class UserRef(BaseModel):
+    user_id: uuid.UUID
+    workflow_id: str | None = None
+
+
+class IssueVerificationToken(BaseModel):
+    user_id: uuid.UUID
+    token_id: uuid.UUID
+    expires_at: datetime
+
+
+class TokenRef(BaseModel):
+    token_id: uuid.UUID
+
+
+class SendVerificationEmail(BaseModel):
+    user_id: uuid.UUID
+    token_id: uuid.UUID
+    message_id: str  # stable across retries so a resend after a crash is recognisable downstream
+
+
+class EmailSent(BaseModel):
+    message_id: str
+    smtp_reply: str
+
+
+class ActivateUser(BaseModel):
+    user_id: uuid.UUID
+    token_id: uuid.UUID
+    workflow_id: str

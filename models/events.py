@@ -1,0 +1,28 @@
+"""Writing domain events: always inside the caller's transaction, next to the change they record."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from models.tables import DomainEvent
+
+
+def record_event(
+    session: AsyncSession,
+    type: str,
+    aggregate_type: str,
+    aggregate_id: str | uuid.UUID,
+    payload: dict[str, Any] | None = None,
+    *,
+    tenant_id: uuid.UUID | None = None,
+    workflow_id: str | None = None,
+) -> DomainEvent:
+    event = DomainEvent(
+        type=type, aggregate_type=aggregate_type, aggregate_id=str(aggregate_id),
+        payload=payload or {}, tenant_id=tenant_id, workflow_id=workflow_id,
+    )
+    session.add(event)
+    return event

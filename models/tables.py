@@ -1,0 +1,68 @@
+"""SQLModel tables. Never imported by workflow modules (the sandbox would re-import SQLAlchemy)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ts(nullable: bool = False, default_now: bool = True) -> Any:
+    return Field(
+        default_factory=utcnow if default_now else None,
+        sa_column=Column(DateTime(timezone=True), nullable=nullable,
+                         server_default=func.now() if default_now else None),
+    )
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    __table_args__ = (Index("ux_users_email_lower", func.lower(text("email")), unique=True),)
+
+    id: uuid.UUID = Field(primary_key=True)
+    email: str = Field(max_length=320)
+    display_name: str | None = Field(default=None, max_length=200)
+    password_hash: str = Field(max_length=512)
+    status: str = Field(max_length=20, index=True)  # pending | active
+    is_platform_admin: bool = Field(default=False)
+    created_at: datetime = _ts()
+    verified_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
+class VerificationToken(SQLModel, table=True):
+    """Only the SHA-256 of a token is stored; the token itself exists only in the email."""
+
+    __tablename__ = "verification_tokens"
+
+    id: uuid.UUID = Field(primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    purpose: str = Field(max_length=40)
+    token_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False, unique=True))
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    used_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    created_at: datetime = _ts()
+
+
+class DomainEvent(SQLModel, table=True):
+    """Append-only audit trail; a trigger refuses UPDATE and DELETE."""
+
+    __tablename__ = "domain_events"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
+    type: str = Field(max_length=100, index=True)
+    aggregate_type: str = Field(max_length=50)
+    aggregate_id: str = Field(max_length=100, index=True)
+    tenant_id: uuid.UUID | None = Field(default=None, index=True)
+    workflow_id: str | None = Field(default=None, max_length=200)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    occurred_at: datetime = _ts()

@@ -1,0 +1,1 @@
+"""Cross-cutting home: settings, the `prognet` CLI, the embedded dev stack, telemetry."""

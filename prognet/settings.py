@@ -1,0 +1,117 @@
+"""The one settings object for every ProgNetwork process.
+
+Values come from the environment (or a `.env` file). A service left unset (`DATABASE_URL`,
+`REDIS_URL`, `TEMPORAL_ADDRESS`, `SMTP_HOST`) means "use the embedded one" under `prognet dev`;
+the dev stack then passes the concrete address to the worker and API it starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev", "development"}
+MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    environment: Literal["development", "production"] = Field(
+        "development", validation_alias=AliasChoices("PROGNET_ENV", "environment"),
+        description="`production` refuses to start without real secrets and external services.",
+    )
+    data_dir: Path = Field(
+        Path(".prognet"), validation_alias=AliasChoices("PROGNET_DATA_DIR", "data_dir"),
+        description="Where the embedded stack keeps its state (Temporal DB, PostgreSQL, Redis, mail, keys).",
+    )
+
+    # --- services (unset = embedded under `prognet dev`) ---
+    database_url: str | None = Field(None, description="postgresql+asyncpg://user:pass@host:port/db")
+    redis_url: str | None = Field(None, description="redis://host:port/0")
+    temporal_address: str | None = Field(None, description="host:port of the Temporal frontend")
+    temporal_namespace: str = "default"
+    smtp_host: str | None = Field(None, description="SMTP relay host")
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_start_tls: bool = False
+    smtp_timeout_seconds: float = 10.0
+    mail_from: str = "ProgNetwork <no-reply@prognet.localhost>"
+
+    # --- embedded stack ports (used only when the matching service is embedded) ---
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    redis_port: int = 6379
+
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000", description="Base of links put into emails (verification links)."
+    )
+
+    # --- secrets and auth ---
+    secret_key: SecretStr | None = Field(
+        None, description="Signs JWTs and derives verification tokens. Dev mode generates one into the data dir."
+    )
+    access_token_ttl_seconds: int = 15 * 60
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    login_max_failures: int = 5
+    login_failure_window_seconds: int = 15 * 60
+    argon2_time_cost: int = 3
+    argon2_memory_cost_kib: int = 65536
+    argon2_parallelism: int = 4
+
+    # --- sagas ---
+    registration_verification_timeout: timedelta = Field(
+        timedelta(hours=24), description="How long a pending registration waits for verification."
+    )
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_in_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        key = self.secret_key.get_secret_value() if self.secret_key else ""
+        if key.lower() in PLACEHOLDER_SECRETS or len(key) < MIN_SECRET_LENGTH:
+            raise ValueError(f"SECRET_KEY must be set to a random value of at least {MIN_SECRET_LENGTH} characters in production")
+        missing = [n for n in ("database_url", "redis_url", "temporal_address", "smtp_host") if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"production needs external services; unset: {', '.join(n.upper() for n in missing)}")
+        return self
+
+    # --- derived values ---
+    @property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    def secret_bytes(self) -> bytes:
+        """The master secret; in development it is generated once into the data dir."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_urlsafe(48))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+    def derived_key(self, purpose: str) -> bytes:
+        """One key per purpose (JWT signing, verification tokens) from the single master secret."""
+        return hmac.new(self.secret_bytes(), purpose.encode(), hashlib.sha256).digest()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

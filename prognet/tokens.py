@@ -1,0 +1,23 @@
+"""One-time tokens (email verification, later invitations).
+
+A token is derived from its id with a server-side key, so workflow history carries only the id and the
+database only the SHA-256 of the token: neither is enough to use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import uuid
+
+VERIFY_EMAIL = "verify_email"
+
+
+def derive_token(key: bytes, purpose: str, token_id: uuid.UUID) -> str:
+    digest = hmac.new(key, f"{purpose}:{token_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()

@@ -1,0 +1,1 @@
+"""Deterministic saga code only. Never import drivers (SQLModel, redis, stripe, aiosmtplib) here."""

@@ -1,0 +1,30 @@
+"""Names shared by workflows, workers and the API: task queues, handler names, search attributes, IDs.
+
+Constants, never repeated string literals: a typo in a name silently creates a new workflow type or queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from temporalio.common import SearchAttributeKey
+
+TASK_QUEUE = "prognet-main"
+
+QUERY_SAGA_STATE = "saga_state"
+SIGNAL_OPERATOR_DECISION = "operator_decision"
+
+# registration
+REGISTRATION_WORKFLOW = "Registration"
+UPDATE_REGISTRATION_ACCEPTED = "accepted"
+SIGNAL_VERIFY_EMAIL = "verify_email"
+
+# Custom search attributes; defined for every server in temporal-config/search-attributes.json.
+SA_TENANT_ID = SearchAttributeKey.for_keyword("TenantId")
+SA_USER_ID = SearchAttributeKey.for_keyword("UserId")
+SA_SAGA_STATUS = SearchAttributeKey.for_keyword("SagaStatus")
+SA_SAGA_STEP = SearchAttributeKey.for_keyword("SagaStep")
+
+
+def registration_workflow_id(user_id: uuid.UUID | str) -> str:
+    return f"registration-{user_id}"

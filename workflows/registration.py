@@ -1,0 +1,125 @@
+"""Registration saga: pending user → verification token → verification email → wait → activate.
+
+The password reaches this workflow only as an argon2 hash; the verification token never does (only its id).
+Expiry or cancellation compensates: revoke the token, delete the pending user (which releases the email).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models.contracts import (
+        ActivateUser,
+        CreatePendingUser,
+        IssueVerificationToken,
+        RegistrationAccepted,
+        RegistrationInput,
+        RegistrationResult,
+        SendVerificationEmail,
+        TokenRef,
+        UserRef,
+        VerifyEmail,
+    )
+    from workflows import activity_names as act
+    from workflows.names import REGISTRATION_WORKFLOW, SIGNAL_VERIFY_EMAIL, UPDATE_REGISTRATION_ACCEPTED
+    from workflows.saga import Saga
+
+EMAIL_TAKEN = "EmailAlreadyRegistered"
+SEND_EMAIL_RETRY_TIMEOUT = timedelta(hours=1)
+
+
+@workflow.defn(name=REGISTRATION_WORKFLOW)
+class RegistrationWorkflow:
+    @workflow.init
+    def __init__(self, params: RegistrationInput) -> None:
+        self.saga = Saga("registration")
+        self.params = params
+        self.user_created = False
+        self.rejection: ApplicationError | None = None
+        self.token_id: uuid.UUID | None = None
+        self.verified_token: uuid.UUID | None = None
+
+    @workflow.run
+    async def run(self, params: RegistrationInput) -> RegistrationResult:
+        wid = workflow.info().workflow_id
+        create = CreatePendingUser(user_id=params.user_id, email=params.email, display_name=params.display_name,
+                                   password_hash=params.password_hash, workflow_id=wid)
+        try:
+            await self.saga.step(
+                "create_pending_user", act.CREATE_PENDING_USER, create,
+                compensation=(act.DELETE_PENDING_USER, UserRef(user_id=params.user_id, workflow_id=wid)),
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, ApplicationError) and err.cause.type == EMAIL_TAKEN:
+                # Nothing was created, so nothing to compensate: answer the caller and end.
+                self.rejection = ApplicationError("this email is already registered", type=EMAIL_TAKEN,
+                                                  non_retryable=True)
+                self.saga.state.error = EMAIL_TAKEN
+                self.saga.set_status("failed", details="email already registered; nothing created")
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                raise self.rejection from None
+            # Any other failure: the usual unwind (the create may have happened before the error).
+            self.rejection = ApplicationError("the registration could not be started", type="RegistrationFailed",
+                                              non_retryable=True)
+            return await self.saga.run(_reraise(err))
+        self.user_created = True
+        return await self.saga.run(self._after_user_created)
+
+    async def _after_user_created(self) -> RegistrationResult:
+        params = self.params
+        timeout = timedelta(seconds=params.verification_timeout_seconds)
+        token_id = workflow.uuid4()
+        self.token_id = token_id
+        await self.saga.step(
+            "issue_verification_token", act.ISSUE_VERIFICATION_TOKEN,
+            IssueVerificationToken(user_id=params.user_id, token_id=token_id, expires_at=workflow.now() + timeout),
+            compensation=(act.REVOKE_VERIFICATION_TOKEN, TokenRef(token_id=token_id)),
+        )
+        await self.saga.step(
+            "send_verification_email", act.SEND_VERIFICATION_EMAIL,
+            SendVerificationEmail(user_id=params.user_id, token_id=token_id,
+                                  message_id=f"<{workflow.info().workflow_id}.verify@prognet>"),
+            timeout=timedelta(seconds=60),
+        )
+
+        deadline = workflow.now() + timeout
+        self.saga.set_status("waiting", step="await_verification",
+                             waiting_for=f"email verification until {deadline.isoformat(timespec='seconds')}")
+        try:
+            await workflow.wait_condition(lambda: self.verified_token == token_id, timeout=timeout)
+        except TimeoutError:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            await self.saga.compensate("expired")
+            return RegistrationResult(user_id=params.user_id, status="expired")
+
+        await self.saga.step(
+            "activate_user", act.ACTIVATE_USER,
+            ActivateUser(user_id=params.user_id, token_id=token_id, workflow_id=workflow.info().workflow_id),
+        )
+        self.saga.set_status("completed", step="activate_user", details="user verified and active")
+        return RegistrationResult(user_id=params.user_id, status="verified")
+
+    @workflow.update(name=UPDATE_REGISTRATION_ACCEPTED)
+    async def accepted(self) -> RegistrationAccepted:
+        """Answers once the pending user exists, so a taken email is a synchronous 409 for the API."""
+        await workflow.wait_condition(lambda: self.user_created or self.rejection is not None)
+        if self.rejection is not None:
+            raise self.rejection
+        return RegistrationAccepted(user_id=self.params.user_id, status=self.saga.state.status,
+                                    request_fingerprint=self.params.request_fingerprint)
+
+    @workflow.signal(name=SIGNAL_VERIFY_EMAIL)
+    def verify_email(self, signal: VerifyEmail) -> None:
+        # A token for another registration (or an old one) is ignored: the API checked it exists.
+        self.verified_token = signal.token_id
+
+
+def _reraise(err: BaseException):
+    async def body():
+        raise err
+    return body

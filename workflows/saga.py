@@ -1,0 +1,187 @@
+"""The saga primitive: forward steps that register their compensation, and an unwind that cannot be lost.
+
+- A step registers its compensation *before* it runs, so a step that ran partly is still undone
+  (compensations tolerate "nothing to undo").
+- On failure or cancellation the compensations run in reverse order, shielded from cancellation, each
+  with its own retry policy; every outcome is recorded in the queryable `SagaState`.
+- A compensation that still fails after its retries parks the saga in `awaiting_operator` until an
+  operator sends the `operator_decision` signal (retry or skip). Nothing is swallowed silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributePair
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models.contracts import CompensationRecord, OperatorDecision, SagaState, SagaStatusValue
+    from workflows.names import (
+        QUERY_SAGA_STATE,
+        SA_SAGA_STATUS,
+        SA_SAGA_STEP,
+        SIGNAL_OPERATOR_DECISION,
+    )
+
+T = TypeVar("T")
+
+STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                         maximum_interval=timedelta(minutes=1))
+COMPENSATION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                                 maximum_interval=timedelta(seconds=30), maximum_attempts=5)
+STEP_TIMEOUT = timedelta(seconds=30)
+
+
+@dataclass
+class _Compensation:
+    record: CompensationRecord
+    activity: str | Callable[..., Any]
+    arg: Any
+    retry_policy: RetryPolicy
+    timeout: timedelta
+
+
+class Saga:
+    """Create one in the workflow's `__init__`; it registers the `saga_state` query and the operator signal."""
+
+    def __init__(self, name: str) -> None:
+        self.state = SagaState(saga=name)
+        self._compensations: list[_Compensation] = []
+        self._decisions: list[OperatorDecision] = []
+        workflow.set_query_handler(QUERY_SAGA_STATE, self._query_state)
+        workflow.set_signal_handler(SIGNAL_OPERATOR_DECISION, self._on_operator_decision)
+
+    # --- state, visible to operators ---
+
+    def _query_state(self) -> SagaState:
+        return self.state
+
+    def _on_operator_decision(self, decision: OperatorDecision) -> None:
+        # Payloads arrive as dicts when sent from the UI/CLI without a type; accept both.
+        if isinstance(decision, dict):
+            decision = OperatorDecision.model_validate(decision)
+        self._decisions.append(decision)
+
+    def _publish(self, details: str | None = None) -> None:
+        self.state.updated_at = workflow.now()
+        workflow.upsert_search_attributes([
+            SearchAttributePair(SA_SAGA_STATUS, self.state.status),
+            SearchAttributePair(SA_SAGA_STEP, self.state.step),
+        ])
+        if details is not None:
+            workflow.set_current_details(details)
+
+    def set_status(self, status: SagaStatusValue, *, step: str | None = None,
+                   waiting_for: str | None = None, details: str | None = None) -> None:
+        self.state.status = status
+        if step is not None:
+            self.state.step = step
+        self.state.waiting_for = waiting_for
+        self._publish(details if details is not None else waiting_for or f"{status}: {self.state.step}")
+
+    # --- forward steps ---
+
+    def add_compensation(self, step: str, activity: str | Callable[..., Any], arg: Any, *,
+                         retry_policy: RetryPolicy = COMPENSATION_RETRY,
+                         timeout: timedelta = STEP_TIMEOUT) -> None:
+        self._compensations.append(_Compensation(CompensationRecord(step=step), activity, arg, retry_policy, timeout))
+        self.state.compensations.append(self._compensations[-1].record)
+
+    async def step(self, name: str, activity: str | Callable[..., Awaitable[T]], arg: Any, *,
+                   compensation: tuple[str | Callable[..., Any], Any] | None = None,
+                   result_type: type | None = None,
+                   retry_policy: RetryPolicy = STEP_RETRY,
+                   timeout: timedelta = STEP_TIMEOUT) -> T:
+        """Run one forward step as an activity; its compensation is registered before it starts."""
+        self.set_status("running", step=name, details=f"running step {name}")
+        if compensation is not None:
+            self.add_compensation(name, compensation[0], compensation[1])
+        result = await workflow.execute_activity(
+            activity, arg, start_to_close_timeout=timeout, retry_policy=retry_policy,
+            **({"result_type": result_type} if result_type is not None else {}),
+        )
+        self.state.completed_steps.append(name)
+        return result
+
+    # --- unwinding ---
+
+    async def run(self, body: Callable[[], Awaitable[T]]) -> T:
+        """Run the saga body; on any failure or cancellation compensate, then re-raise the original error.
+
+        Catches BaseException: cancellation while waiting on a timer is asyncio.CancelledError.
+        """
+        try:
+            result = await body()
+        except BaseException as err:
+            self.state.error = _describe(err)
+            await self.compensate("compensated")
+            raise
+        return result
+
+    async def compensate(self, final_status: SagaStatusValue) -> None:
+        """Run every registered compensation in reverse; cancellation cannot interrupt it."""
+        task = asyncio.ensure_future(self._compensate_all(final_status))
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # The workflow was cancelled (again): the unwind must still finish.
+                continue
+        task.result()
+
+    async def _compensate_all(self, final_status: SagaStatusValue) -> None:
+        self.set_status("compensating", details="running compensations in reverse order")
+        for comp in reversed(self._compensations):
+            await self._compensate_one(comp)
+        self.set_status(final_status, step=self.state.step,
+                        details=f"{final_status}: compensations finished")
+
+    async def _compensate_one(self, comp: _Compensation) -> None:
+        record = comp.record
+        while True:
+            record.status = "running"
+            record.attempts += 1
+            try:
+                await workflow.execute_activity(
+                    comp.activity, comp.arg, start_to_close_timeout=comp.timeout, retry_policy=comp.retry_policy,
+                )
+            except ActivityError as err:
+                record.status = "failed"
+                record.error = _describe(err)
+                decision = await self._wait_for_operator(record)
+                if decision.action == "skip":
+                    record.status = "skipped"
+                    record.error = f"{record.error} (skipped by operator: {decision.reason or 'no reason given'})"
+                    self.set_status("compensating", details="running compensations in reverse order")
+                    return
+                self.set_status("compensating", details=f"operator asked to retry compensation of {record.step}")
+                continue
+            record.status = "done"
+            record.error = None
+            return
+
+    async def _wait_for_operator(self, record: CompensationRecord) -> OperatorDecision:
+        self.set_status(
+            "awaiting_operator",
+            waiting_for=(f"operator: compensation of step '{record.step}' failed ({record.error}); "
+                         f"signal '{SIGNAL_OPERATOR_DECISION}' with {{\"action\": \"retry\"}} or {{\"action\": \"skip\"}}"),
+        )
+        await workflow.wait_condition(lambda: bool(self._decisions))
+        return self._decisions.pop(0)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, asyncio.CancelledError):
+        return "cancelled"
+    cause: BaseException = err
+    while isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, ApplicationError) and cause.type:
+        return f"{cause.type}: {cause.message}"
+    return f"{type(cause).__name__}: {cause}"
