@@ -1,0 +1,63 @@
+"""Shared fixtures: Temporal test servers from the wheels (never downloaded)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+BIN_DIR = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def custom_search_attributes() -> list[SearchAttributeKey]:
+    spec = json.loads((REPO / "temporal-config" / "search-attributes.json").read_text())
+    assert set(spec.values()) == {"Keyword"}, "only Keyword attributes are defined so far"
+    return [SearchAttributeKey.for_keyword(name) for name in spec]
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(BIN_DIR / "temporal-test-server"),
+    )
+    # The test server knows no custom search attributes until told, like a fresh real cluster.
+    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=env.client.namespace,
+        search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in custom_search_attributes()},
+    ))
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def local_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A real dev server (updates, search attributes); state is in memory."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(BIN_DIR / "temporal"),
+        search_attributes=custom_search_attributes(),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"tq-{uuid.uuid4()}"
+
+
+@pytest.fixture
+def ts_client(time_skipping_env: WorkflowEnvironment) -> Client:
+    return time_skipping_env.client

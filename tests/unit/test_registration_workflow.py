@@ -1,0 +1,174 @@
+"""Registration saga and the saga primitive under the time-skipping server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from models.contracts import OperatorDecision, RegistrationInput, RegistrationResult, SagaState, VerifyEmail
+from tests.unit.fake_activities import FakeUsers
+from workflows import activity_names as act
+from workflows.names import QUERY_SAGA_STATE, SIGNAL_OPERATOR_DECISION, SIGNAL_VERIFY_EMAIL
+from workflows.registration import RegistrationWorkflow
+
+DAY = 24 * 3600
+FORWARD = [act.CREATE_PENDING_USER, act.ISSUE_VERIFICATION_TOKEN, act.SEND_VERIFICATION_EMAIL]
+UNWIND = [act.REVOKE_VERIFICATION_TOKEN, act.DELETE_PENDING_USER]
+
+
+def registration_input() -> RegistrationInput:
+    return RegistrationInput(user_id=uuid.uuid4(), email="someone@example.com", display_name="Someone",
+                             password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake",
+                             verification_timeout_seconds=DAY)
+
+
+async def start(client: Client, task_queue: str, params: RegistrationInput) -> WorkflowHandle:
+    return await client.start_workflow(RegistrationWorkflow.run, params, id=f"registration-{params.user_id}",
+                                       task_queue=task_queue)
+
+
+async def saga_state(handle: WorkflowHandle) -> SagaState:
+    return await handle.query(QUERY_SAGA_STATE, result_type=SagaState)
+
+
+async def wait_for(handle: WorkflowHandle, predicate, timeout: float = 10.0) -> SagaState:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        state = await saga_state(handle)
+        if predicate(state):
+            return state
+        assert asyncio.get_running_loop().time() < deadline, f"saga never reached the expected state: {state}"
+        await asyncio.sleep(0.05)
+
+
+def worker(client: Client, task_queue: str, fake: FakeUsers) -> Worker:
+    return Worker(client, task_queue=task_queue, workflows=[RegistrationWorkflow], activities=fake.activities())
+
+
+async def test_verified_registration_runs_every_step_and_no_compensation(ts_client, task_queue):
+    fake = FakeUsers()
+    async with worker(ts_client, task_queue, fake):
+        handle = await start(ts_client, task_queue, registration_input())
+        state = await wait_for(handle, lambda s: s.status == "waiting")
+        assert state.step == "await_verification" and "email verification" in state.waiting_for
+        await handle.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=fake.token_ids[0]))
+        result = await handle.result()
+        state = await saga_state(handle)
+    assert result.status == "verified"
+    assert fake.calls == FORWARD + [act.ACTIVATE_USER]
+    assert state.status == "completed"
+    assert [c.status for c in state.compensations] == ["pending", "pending"]
+
+
+async def test_a_token_for_another_registration_does_not_verify(ts_client, task_queue):
+    fake = FakeUsers()
+    async with worker(ts_client, task_queue, fake):
+        handle = await start(ts_client, task_queue, registration_input())
+        await wait_for(handle, lambda s: s.status == "waiting")
+        await handle.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=uuid.uuid4()))
+        result = await handle.result()  # time skips to the deadline
+    assert result.status == "expired"
+    assert act.ACTIVATE_USER not in fake.calls
+
+
+async def test_unverified_registration_expires_after_24_hours_and_compensates(time_skipping_env, task_queue):
+    fake = FakeUsers()
+    client = time_skipping_env.client
+    async with worker(client, task_queue, fake):
+        handle = await start(client, task_queue, registration_input())
+        result = await handle.result()
+        state = await saga_state(handle)
+        # Workflow time, as recorded by the workflow itself when it finished compensating.
+        elapsed = state.updated_at - (await handle.describe()).start_time
+    assert result.status == "expired"
+    assert timedelta(hours=24) <= elapsed < timedelta(hours=25)
+    assert fake.calls == FORWARD + UNWIND  # reverse order of registration
+    assert state.status == "expired"
+    assert [(c.step, c.status) for c in state.compensations] == [
+        ("create_pending_user", "done"), ("issue_verification_token", "done")]
+
+
+@pytest.mark.parametrize("failing, expected_unwind", [
+    (act.CREATE_PENDING_USER, [act.DELETE_PENDING_USER]),
+    (act.ISSUE_VERIFICATION_TOKEN, UNWIND),
+    (act.SEND_VERIFICATION_EMAIL, UNWIND),
+    (act.ACTIVATE_USER, UNWIND),
+])
+async def test_failure_at_each_step_compensates_what_was_started_in_reverse(
+        ts_client, task_queue, failing, expected_unwind):
+    fake = FakeUsers(fail_step=failing)
+    async with worker(ts_client, task_queue, fake):
+        handle = await start(ts_client, task_queue, registration_input())
+        if failing == act.ACTIVATE_USER:
+            await wait_for(handle, lambda s: s.status == "waiting")
+            await handle.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=fake.token_ids[0]))
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        state = await saga_state(handle)
+    assert isinstance(failure.value.cause.cause, ApplicationError)
+    assert failure.value.cause.cause.type == "Boom"
+    forward_until_failure = fake.calls[: fake.calls.index(failing) + 1]
+    assert fake.calls == forward_until_failure + expected_unwind
+    assert state.status == "compensated"
+    assert "Boom" in state.error
+    assert all(c.status == "done" for c in state.compensations)
+
+
+async def test_taken_email_fails_fast_without_compensation(ts_client, task_queue):
+    fake = FakeUsers(fail_step=act.CREATE_PENDING_USER, fail_with_type="EmailAlreadyRegistered")
+    async with worker(ts_client, task_queue, fake):
+        handle = await start(ts_client, task_queue, registration_input())
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        state = await saga_state(handle)
+    assert failure.value.cause.type == "EmailAlreadyRegistered"
+    assert fake.calls == [act.CREATE_PENDING_USER]
+    assert state.status == "failed"
+
+
+async def test_cancellation_while_waiting_compensates_then_reports_cancelled(ts_client, task_queue):
+    fake = FakeUsers()
+    async with worker(ts_client, task_queue, fake):
+        handle = await start(ts_client, task_queue, registration_input())
+        await wait_for(handle, lambda s: s.status == "waiting")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        state = await saga_state(handle)
+    assert isinstance(failure.value.cause, CancelledError)
+    assert fake.calls == FORWARD + UNWIND
+    assert state.status == "compensated" and state.error == "cancelled"
+
+
+@pytest.mark.parametrize("decision, final_status", [("retry", "done"), ("skip", "skipped")])
+async def test_failing_compensation_parks_for_an_operator_then_resumes(
+        ts_client, task_queue, decision, final_status):
+    fake = FakeUsers(broken_compensation=act.DELETE_PENDING_USER)
+    async with worker(ts_client, task_queue, fake):
+        handle = await start(ts_client, task_queue, registration_input())
+        await wait_for(handle, lambda s: s.status == "waiting")
+        await handle.cancel()
+        parked = await wait_for(handle, lambda s: s.status == "awaiting_operator")
+        assert parked.compensations[0].status == "failed"
+        assert "CompensationBroken" in parked.compensations[0].error
+        assert SIGNAL_OPERATOR_DECISION in parked.waiting_for
+        # Parked means parked: time passes, nothing changes until the operator acts.
+        await asyncio.sleep(0.5)
+        assert (await saga_state(handle)).status == "awaiting_operator"
+        fake.healed = True
+        await handle.signal(SIGNAL_OPERATOR_DECISION, OperatorDecision(action=decision, reason="test"))
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        state = await saga_state(handle)
+    assert state.status == "compensated"
+    assert [(c.step, c.status) for c in state.compensations] == [
+        ("create_pending_user", final_status), ("issue_verification_token", "done")]
+    expected_deletes = 2 if decision == "retry" else 1
+    assert fake.calls.count(act.DELETE_PENDING_USER) == expected_deletes
