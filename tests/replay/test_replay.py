@@ -1,0 +1,30 @@
+"""Replay recorded registration histories: a workflow change that breaks determinism fails here.
+
+Histories are regenerated only on purpose (tests/replay/record.py), never to make this test pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workflows.registration import RegistrationWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("registration_*.json"))
+
+
+def test_histories_are_present():
+    assert {p.stem for p in HISTORIES} >= {
+        "registration_verified", "registration_expired", "registration_operator_retry"}
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+async def test_registration_history_replays(path: Path):
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=[RegistrationWorkflow], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
