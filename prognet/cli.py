@@ -1,0 +1,335 @@
+"""The `prognet` command.
+
+    prognet dev          Temporal + Web UI, PostgreSQL, Redis, SMTP sink, worker and API on this machine
+    prognet worker       the Temporal worker (workers.main.run_worker)
+    prognet api          the HTTP API (uvicorn, api.app:create_app)
+    prognet migrate      apply database migrations (Alembic, upgrade head)
+    prognet smtp-sink    the development SMTP sink on its own
+    prognet mail list    messages the SMTP sink received;  prognet mail show N
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from prognet.settings import Settings
+
+_COLORS = ["36", "35", "33", "32", "34", "31", "96", "95"]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir:
+        os.environ["PROGNET_DATA_DIR"] = str(Path(data_dir).resolve())
+    return Settings()
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _make_log_sink():
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    assigned: dict[str, str] = {}
+
+    def sink(name: str, line: str) -> None:
+        prefix = f"{name:>9} |"
+        if color:
+            code = assigned.setdefault(name, _COLORS[len(assigned) % len(_COLORS)])
+            prefix = f"\033[{code}m{prefix}\033[0m"
+        sys.stdout.write(f"{prefix} {line}\n")
+        sys.stdout.flush()
+
+    return sink
+
+
+class _SinkHandler(logging.Handler):
+    """Routes the supervisor's own log records (e.g. the in-process SMTP sink) through the prefixed log stream."""
+
+    def __init__(self, sink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = "smtp" if record.name.startswith("prognet.smtp_sink") else record.name.rsplit(".", 1)[-1]
+        self.sink(name, self.format(record))
+
+
+# --- prognet dev --------------------------------------------------------------------------------------------
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except Exception as exc:
+        return _error(f"invalid settings: {exc}")
+    sink = _make_log_sink()
+    handler = _SinkHandler(sink)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level="WARNING", handlers=[handler], force=True)
+    for name in ("prognet", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(settings.log_level.upper())
+    try:
+        return asyncio.run(_dev(settings, sink, with_app=not args.no_app))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dev(settings: Settings, sink, *, with_app: bool) -> int:
+    from prognet.devstack import EmbeddedStack, StackError
+
+    stack = EmbeddedStack.from_settings(settings, with_app=with_app, log=sink)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    stop_requested = asyncio.Event()
+    started = False
+
+    def on_signal(signame: str) -> None:
+        if stop_requested.is_set():
+            sink("devstack", f"{signame} again: already stopping, please wait")
+            return
+        stop_requested.set()
+        sink("devstack", f"{signame} received: stopping")
+        if not started:
+            main_task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+    try:
+        await stack.start()
+    except StackError as exc:
+        return _error(str(exc))
+    except asyncio.CancelledError:
+        return 130
+    started = True
+
+    print("\nProgNetwork is running:\n", flush=True)
+    print(stack.table(), flush=True)
+    print("\nCtrl-C stops everything. Logs follow.\n", flush=True)
+
+    exit_waiter = asyncio.create_task(stack.wait_for_unexpected_exit())
+    stop_waiter = asyncio.create_task(stop_requested.wait())
+    code = 0
+    try:
+        done, _ = await asyncio.wait({exit_waiter, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if exit_waiter in done:
+            name, rc = exit_waiter.result()
+            print(f"error: {name} exited unexpectedly (exit code {rc}); stopping everything", file=sys.stderr, flush=True)
+            code = 1
+    finally:
+        exit_waiter.cancel()
+        stop_waiter.cancel()
+        await stack.stop()
+        sink("devstack", "stopped")
+    return code
+
+
+# --- app processes --------------------------------------------------------------------------------------------
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _settings(args)
+    try:
+        from workers.main import run_worker
+    except ImportError as exc:
+        return _error(f"cannot import workers.main.run_worker: {exc}")
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_worker())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    import uvicorn
+
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level=settings.log_level.lower(),
+                proxy_headers=True)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if importlib.util.find_spec("models.migrate") is None:
+        return _error("models.migrate is not available")
+    if settings.database_url:
+        return _run_upgrade(settings.database_url)
+    # no DATABASE_URL: migrate the embedded database in the data dir (start it just for this)
+    from prognet.devstack import EmbeddedStack, StackError
+
+    async def run() -> int:
+        stack = EmbeddedStack(settings.data_dir, with_temporal=False, with_redis=False, with_smtp=False,
+                              run_migrations=True, log=_make_log_sink())
+        try:
+            async with stack:
+                print(f"migrated {stack.database_url}")
+        except StackError as exc:
+            return _error(str(exc))
+        return 0
+
+    return asyncio.run(run())
+
+
+def _run_upgrade(url: str) -> int:
+    from models.migrate import upgrade
+
+    try:
+        result = upgrade(url)
+        if inspect.isawaitable(result):
+            asyncio.run(result)  # type: ignore[arg-type]
+    except Exception as exc:
+        return _error(f"migrations failed: {type(exc).__name__}: {exc}")
+    print("database is at the latest revision")
+    return 0
+
+
+# --- SMTP sink and mail -------------------------------------------------------------------------------------
+
+def _maildir(args: argparse.Namespace, settings: Settings) -> Path:
+    return Path(args.maildir) if getattr(args, "maildir", None) else settings.data_dir / "mail"
+
+
+def cmd_smtp_sink(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from prognet.devstack import SmtpSink, port_is_free
+
+    port = args.port or settings.smtp_port
+    maildir = _maildir(args, settings).resolve()
+    if not port_is_free(args.host, port):
+        return _error(f"SMTP sink port {args.host}:{port} is busy")
+    logging.basicConfig(level="INFO", format="%(asctime)s smtp | %(message)s")
+
+    async def run() -> None:
+        sink = SmtpSink(maildir, host=args.host, port=port)
+        await sink.start()
+        print(f"SMTP sink listening on {args.host}:{sink.port}, storing messages in {maildir}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await sink.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_mail_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from prognet.devstack import read_messages
+
+    maildir = _maildir(args, settings)
+    messages = read_messages(maildir)
+    if not messages:
+        print(f"no messages in {maildir}")
+        return 0
+    for i, msg in enumerate(messages, 1):
+        print(f"{i:>4}  {msg.get('Date', '')[:31]:<31}  {str(msg.get('To', ''))[:40]:<40}  {msg.get('Subject', '')}")
+    return 0
+
+
+def cmd_mail_show(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from prognet.devstack import read_messages
+
+    messages = read_messages(_maildir(args, settings))
+    index = args.number - 1 if args.number > 0 else args.number
+    try:
+        msg = messages[index]
+    except IndexError:
+        return _error(f"no message number {args.number} (there are {len(messages)})")
+    if args.raw:
+        sys.stdout.write(msg.as_string())
+        return 0
+    for header in ("Date", "From", "To", "Subject"):
+        print(f"{header}: {msg.get(header, '')}")
+    print()
+    part = msg.get_body(preferencelist=("html",) if args.html else ("plain", "html"))
+    print(part.get_content() if part is not None else "(no body)")
+    return 0
+
+
+# --- bench (implemented elsewhere) ----------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    for module_name in ("prognet.bench", "tests.bench"):
+        try:
+            if importlib.util.find_spec(module_name) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        module = importlib.import_module(module_name)
+        result = module.main(args.bench_args)
+        if inspect.isawaitable(result):
+            result = asyncio.run(result)  # type: ignore[arg-type]
+        return int(result or 0)
+    return _error("the benchmark is not available yet (expected prognet.bench or tests.bench with main(argv))")
+
+
+# --- parser ------------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prognet", description="ProgNetwork: a Temporal saga engine with an HTTP API.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("dev", cmd_dev, "start the whole system on this machine (no Docker, no network)")
+    p.add_argument("--no-app", action="store_true", help="start only the services, not the worker and the API")
+    add("worker", cmd_worker, "run the Temporal worker")
+    p = add("api", cmd_api, "run the HTTP API")
+    p.add_argument("--host", help="bind address (default: API_HOST)")
+    p.add_argument("--port", type=int, help="port (default: API_PORT)")
+    add("migrate", cmd_migrate, "apply database migrations (DATABASE_URL, or the embedded database)")
+    p = add("smtp-sink", cmd_smtp_sink, "run the development SMTP sink on its own")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, help="port (default: SMTP_PORT, 1025)")
+    p.add_argument("--maildir", help="Maildir to store into (default: <data dir>/mail)")
+
+    mail = sub.add_parser("mail", help="read the messages the SMTP sink received")
+    mail_sub = mail.add_subparsers(dest="mail_command", metavar="ACTION", required=True)
+    p = mail_sub.add_parser("list", help="list messages, oldest first")
+    p.add_argument("--data-dir")
+    p.add_argument("--maildir")
+    p.set_defaults(func=cmd_mail_list)
+    p = mail_sub.add_parser("show", help="show message N (1 = oldest, -1 = newest)")
+    p.add_argument("number", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--maildir")
+    p.add_argument("--html", action="store_true", help="show the HTML part")
+    p.add_argument("--raw", action="store_true", help="print the raw message")
+    p.set_defaults(func=cmd_mail_show)
+
+    p = sub.add_parser("bench", help="run the benchmark", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

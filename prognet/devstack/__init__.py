@@ -1,0 +1,38 @@
+"""The embedded development stack: real Temporal, PostgreSQL, Redis and an SMTP sink, no Docker, no network."""
+
+from .components import (
+    AppProcess,
+    Component,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    SmtpSinkComponent,
+    StackError,
+    TemporalServer,
+    load_search_attributes,
+)
+from .ports import free_port, port_is_free
+from .process import LogSink, ManagedProcess
+from .smtp_sink import MaildirHandler, SmtpSink, message_text, read_messages, wait_for_messages
+from .stack import EmbeddedStack, print_log
+
+__all__ = [
+    "AppProcess",
+    "Component",
+    "EmbeddedPostgres",
+    "EmbeddedRedis",
+    "EmbeddedStack",
+    "LogSink",
+    "MaildirHandler",
+    "ManagedProcess",
+    "SmtpSink",
+    "SmtpSinkComponent",
+    "StackError",
+    "TemporalServer",
+    "free_port",
+    "load_search_attributes",
+    "message_text",
+    "port_is_free",
+    "print_log",
+    "read_messages",
+    "wait_for_messages",
+]

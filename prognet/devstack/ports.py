@@ -1,0 +1,54 @@
+"""Small helpers about TCP ports: pick a free one, tell whether one is busy, wait for a listener."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when a listener could bind host:port now.
+
+    SO_REUSEADDR is set so sockets lingering in TIME_WAIT do not count as busy; on Linux a bind still fails
+    while another socket listens on the port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def tcp_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts a TCP connection on host:port."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
+
+
+def split_host_port(address: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, default_port
+    return host.strip("[]"), int(port)
+
+
+def monotonic_deadline(seconds: float) -> float:
+    return time.monotonic() + seconds

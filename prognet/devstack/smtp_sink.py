@@ -1,0 +1,174 @@
+"""The development SMTP sink: a real SMTP conversation (aiosmtpd) that keeps every message in a Maildir.
+
+Start it in-process (`async with SmtpSink(maildir, port=...)`) in tests, or standalone with `prognet smtp-sink`.
+Developers read what arrived with `prognet mail list` / `prognet mail show N`; tests use `read_messages()`.
+
+Extending: `MaildirHandler.check_recipient()` sees every RCPT TO address before it is accepted; return an SMTP
+reply (e.g. "550 5.1.1 mailbox unavailable") to refuse it. Failure tags such as `user+fail550@…` hook in there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import logging
+import mailbox
+import time
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+log = logging.getLogger("prognet.smtp_sink")
+
+SINK_HOSTNAME = "prognet-smtp-sink"  # fixed: socket.getfqdn() can hang on a machine without DNS
+
+
+class MaildirHandler:
+    """aiosmtpd handler: accepts recipients (subject to `check_recipient`) and stores each message in a Maildir."""
+
+    def __init__(self, maildir_path: Path) -> None:
+        self.maildir_path = Path(maildir_path)
+        self._maildir: mailbox.Maildir | None = None
+        self.received = 0
+
+    @property
+    def maildir(self) -> mailbox.Maildir:
+        if self._maildir is None:
+            self.maildir_path.parent.mkdir(parents=True, exist_ok=True)
+            self._maildir = mailbox.Maildir(self.maildir_path, create=True)
+            for sub in ("tmp", "new", "cur"):  # also when the directory existed but was empty
+                (self.maildir_path / sub).mkdir(exist_ok=True)
+        return self._maildir
+
+    # --- hooks -------------------------------------------------------------------------------------------
+    def check_recipient(self, address: str, session: Session, envelope: Envelope) -> str | None:
+        """Return None to accept `address`, or a full SMTP reply line to refuse it."""
+        return None
+
+    async def before_store(self, session: Session, envelope: Envelope) -> str | None:
+        """Return None to store the message, or a full SMTP reply line to answer DATA with instead."""
+        return None
+
+    # --- aiosmtpd callbacks ------------------------------------------------------------------------------
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+        refusal = self.check_recipient(address, session, envelope)
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = await self.before_store(session, envelope)
+        if reply:
+            return reply
+        content = envelope.original_content or envelope.content or b""
+        if isinstance(content, str):
+            content = content.encode("utf-8", "surrogateescape")
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        trace = (
+            f"Return-Path: <{envelope.mail_from or ''}>\r\n"
+            f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
+            f"X-Peer: {peer}\r\n"
+        ).encode("utf-8", "replace")
+        key = await asyncio.to_thread(self.maildir.add, trace + content)
+        self.received += 1
+        log.info("stored message %s from %s to %s", key, envelope.mail_from, ", ".join(envelope.rcpt_tos))
+        return "250 2.0.0 OK: message stored"
+
+
+class SmtpSink:
+    """An SMTP server on host:port storing mail into `maildir`. Use `async with` or start()/stop()."""
+
+    def __init__(self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025, handler: MaildirHandler | None = None) -> None:
+        self.maildir = Path(maildir)
+        self.host = host
+        self.port = port
+        self.handler = handler or MaildirHandler(self.maildir)
+        self._server: asyncio.base_events.Server | None = None
+
+    def _factory(self) -> SMTP:
+        return SMTP(self.handler, hostname=SINK_HOSTNAME, ident="ProgNetwork SMTP sink", enable_SMTPUTF8=True)
+
+    async def start(self) -> None:
+        self.handler.maildir  # create the Maildir (new/cur/tmp) up front
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._factory, host=self.host, port=self.port, reuse_address=True)
+        if self.port == 0:
+            self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                pass
+            self._server = None
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._server is not None
+        try:
+            await self._server.serve_forever()
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> SmtpSink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# --- reading the Maildir ---------------------------------------------------------------------------------
+
+def _sorted_keys(box: mailbox.Maildir) -> list[str]:
+    entries = []
+    for key in box.keys():
+        try:
+            date = box.get_message(key).get_date()
+        except (KeyError, FileNotFoundError):
+            continue
+        entries.append((date, key))
+    entries.sort()
+    return [key for _, key in entries]
+
+
+def read_messages(maildir_path: Path | str) -> list[EmailMessage]:
+    """Every message in the Maildir, oldest first, parsed with the modern email policy."""
+    path = Path(maildir_path)
+    if not all((path / sub).is_dir() for sub in ("new", "cur")):
+        return []
+    box = mailbox.Maildir(path, create=False)
+    parser = BytesParser(policy=email.policy.default)
+    messages: list[EmailMessage] = []
+    for key in _sorted_keys(box):
+        try:
+            raw = box.get_bytes(key)
+        except (KeyError, FileNotFoundError):
+            continue
+        messages.append(parser.parsebytes(raw))  # type: ignore[arg-type]
+    return messages
+
+
+async def wait_for_messages(maildir_path: Path | str, count: int = 1, timeout: float = 10.0) -> list[EmailMessage]:
+    """Poll the Maildir until it holds at least `count` messages (tests); raises TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = read_messages(maildir_path)
+        if len(messages) >= count or time.monotonic() > deadline:
+            if len(messages) < count:
+                raise TimeoutError(f"expected {count} message(s) in {maildir_path}, found {len(messages)}")
+            return messages
+        await asyncio.sleep(0.1)
+
+
+def message_text(msg: EmailMessage) -> str:
+    """The plain-text body (falls back to HTML) of a message."""
+    part = msg.get_body(preferencelist=("plain", "html"))
+    if part is None:
+        return ""
+    return part.get_content()  # type: ignore[no-any-return]

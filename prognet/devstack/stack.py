@@ -1,0 +1,368 @@
+"""EmbeddedStack: Temporal, PostgreSQL, Redis and the SMTP sink (plus, for `prognet dev`, the worker and the API)
+started together on one machine, with no Docker and no network.
+
+    async with EmbeddedStack(tmp_path / "data") as stack:     # free ports picked automatically
+        stack.database_url, stack.redis_url, stack.temporal_address, stack.maildir, ...
+
+Any service given as an external address (database_url=..., redis_url=..., temporal_address=..., smtp_host=...)
+is not started; the stack just reports (and for the database, migrates) it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .components import (
+    REPO_ROOT,
+    AppProcess,
+    Component,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    SmtpSinkComponent,
+    StackError,
+    TemporalServer,
+)
+from .ports import free_port, port_is_free
+from .process import LogSink
+
+if TYPE_CHECKING:
+    from prognet.settings import Settings
+
+
+def print_log(name: str, line: str) -> None:
+    """Default log sink: `name | line` on stdout."""
+    sys.stdout.write(f"{name:>9} | {line}\n")
+    sys.stdout.flush()
+
+
+class EmbeddedStack:
+    """The embedded services, started in dependency order and stopped in reverse.
+
+    Ports left as None are picked free at construction time, so several stacks (tests) can run side by side.
+    After `start()` the resolved addresses are attributes: `database_url` (SQLAlchemy/asyncpg), `postgres_dsn`
+    (plain asyncpg/libpq), `redis_url`, `temporal_address`, `temporal_namespace`, `temporal_ui_url`, `smtp_host`,
+    `smtp_port`, `maildir`, `api_url` (None unless the API is started).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        host: str = "127.0.0.1",
+        temporal_port: int | None = None,
+        temporal_ui_port: int | None = None,
+        redis_port: int | None = None,
+        smtp_port: int | None = None,
+        api_port: int | None = None,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        temporal_address: str | None = None,
+        smtp_host: str | None = None,
+        temporal_namespace: str = "default",
+        database_name: str = "prognet",
+        with_temporal: bool = True,
+        with_postgres: bool = True,
+        with_redis: bool = True,
+        with_smtp: bool = True,
+        with_worker: bool = False,
+        with_api: bool = False,
+        run_migrations: bool = True,
+        temporal_log_level: str = "warn",
+        search_attributes: dict[str, str] | None = None,
+        log: LogSink | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.log = log or print_log
+        self.run_migrations = run_migrations
+        self.extra_env = dict(extra_env or {})
+        self.temporal_namespace = temporal_namespace
+        self.components: list[Component] = []
+        self._started: list[Component] = []
+        self.migrations_applied = False
+
+        # Temporal
+        self.temporal: TemporalServer | None = None
+        self.temporal_ui_url: str | None = None
+        if temporal_address:
+            self.temporal_address: str | None = temporal_address
+        elif with_temporal:
+            self.temporal = TemporalServer(
+                self.data_dir / "temporal", log=self.log, host=host,
+                port=temporal_port or free_port(host), ui_port=temporal_ui_port or free_port(host),
+                namespace=temporal_namespace, search_attributes=search_attributes, log_level=temporal_log_level,
+            )
+            self.temporal_address = self.temporal.address
+            self.temporal_ui_url = self.temporal.ui_url
+            self.components.append(self.temporal)
+        else:
+            self.temporal_address = None
+
+        # PostgreSQL
+        self.postgres: EmbeddedPostgres | None = None
+        if database_url:
+            self.database_url: str | None = database_url
+            self.postgres_dsn: str | None = _plain_dsn(database_url)
+        elif with_postgres:
+            self.postgres = EmbeddedPostgres(self.data_dir / "postgres", log=self.log, database=database_name)
+            self.database_url = self.postgres.database_url
+            self.postgres_dsn = self.postgres.dsn
+            self.components.append(self.postgres)
+        else:
+            self.database_url = self.postgres_dsn = None
+
+        # Redis
+        self.redis: EmbeddedRedis | None = None
+        if redis_url:
+            self.redis_url: str | None = redis_url
+        elif with_redis:
+            self.redis = EmbeddedRedis(self.data_dir / "redis", log=self.log, host=host, port=redis_port or free_port(host))
+            self.redis_url = self.redis.url
+            self.components.append(self.redis)
+        else:
+            self.redis_url = None
+
+        # SMTP
+        self.maildir = self.data_dir / "mail"
+        self.smtp: SmtpSinkComponent | None = None
+        if smtp_host:
+            self.smtp_host: str | None = smtp_host
+            self.smtp_port: int | None = smtp_port or 25
+        elif with_smtp:
+            self.smtp = SmtpSinkComponent(self.maildir, host=host, port=smtp_port or free_port(host))
+            self.smtp_host, self.smtp_port = host, self.smtp.sink.port
+            self.components.append(self.smtp)
+        else:
+            self.smtp_host = self.smtp_port = None
+
+        self._infra = list(self.components)
+
+        # the app itself (prognet dev)
+        self.api_port = api_port or (free_port(host) if with_api else None)
+        self.api_url = f"http://{host}:{self.api_port}" if with_api else None
+        self.worker: AppProcess | None = None
+        self.api: AppProcess | None = None
+        if with_worker:
+            self.worker = AppProcess(
+                "Worker", "worker", log=self.log, env=self.env(), cwd=REPO_ROOT,
+                address=f"polls {self.temporal_address or '?'} ({temporal_namespace})",
+            )
+            self.components.append(self.worker)
+        if with_api:
+            self.api = AppProcess(
+                "API", "api", log=self.log, env=self.env(), cwd=REPO_ROOT,
+                listen=(host, self.api_port), address=f"{self.api_url}/docs",
+            )
+            self.components.append(self.api)
+
+    # --- construction from settings ----------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Settings, *, with_app: bool = True, log: LogSink | None = None) -> EmbeddedStack:
+        """The stack `prognet dev` runs: fixed ports from settings, external services where settings name them."""
+        return cls(
+            settings.data_dir,
+            host="127.0.0.1",
+            temporal_port=settings.temporal_port,
+            temporal_ui_port=settings.temporal_ui_port,
+            redis_port=settings.redis_port,
+            smtp_port=settings.smtp_port,
+            api_port=settings.api_port,
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            temporal_address=settings.temporal_address,
+            smtp_host=settings.smtp_host,
+            temporal_namespace=settings.temporal_namespace,
+            with_worker=with_app,
+            with_api=with_app,
+            log=log,
+        )
+
+    # --- what children and tests need ---------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        """The environment for a process that should use this stack (worker, API)."""
+        env = dict(os.environ)
+        env.update(self.service_env())
+        env.update(self.extra_env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def service_env(self) -> dict[str, str]:
+        """Only the variables that point at this stack's services."""
+        values: dict[str, str | int | None] = {
+            "PROGNET_DATA_DIR": str(self.data_dir),
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "TEMPORAL_NAMESPACE": self.temporal_namespace,
+            "SMTP_HOST": self.smtp_host,
+            "SMTP_PORT": self.smtp_port,
+        }
+        if self.api_url:
+            values["API_HOST"] = self.host
+            values["API_PORT"] = self.api_port
+            if "PUBLIC_BASE_URL" not in os.environ:
+                values["PUBLIC_BASE_URL"] = self.api_url
+        return {k: str(v) for k, v in values.items() if v is not None}
+
+    def settings(self, **overrides: object) -> Settings:
+        """A Settings object pointing at this stack (for tests running the worker/API in-process)."""
+        from prognet.settings import Settings
+
+        values: dict[str, object] = {
+            "data_dir": self.data_dir,
+            "database_url": self.database_url,
+            "redis_url": self.redis_url,
+            "temporal_address": self.temporal_address,
+            "temporal_namespace": self.temporal_namespace,
+            "smtp_host": self.smtp_host,
+        }
+        if self.smtp_port is not None:
+            values["smtp_port"] = self.smtp_port
+        if self.api_url:
+            values.update(api_host=self.host, api_port=self.api_port, public_base_url=self.api_url)
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    def processes(self) -> list:
+        return [c.process for c in self._started if c.process is not None]
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        rows: list[tuple[str, str, str]] = []
+        if self.temporal is None and self.temporal_address:
+            rows.append(("Temporal", f"{self.temporal_address} (external)", ""))
+        if self.postgres is None and self.database_url:
+            rows.append(("PostgreSQL", f"{_redact(self.database_url)} (external)", ""))
+        if self.redis is None and self.redis_url:
+            rows.append(("Redis", f"{_redact(self.redis_url)} (external)", ""))
+        if self.smtp is None and self.smtp_host:
+            rows.append(("SMTP", f"smtp://{self.smtp_host}:{self.smtp_port} (external)", ""))
+        for component in self.components:
+            rows.extend(component.rows())
+        return rows
+
+    def table(self) -> str:
+        rows = [("component", "address", "data")] + self.rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+        lines.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    def check_ports(self) -> None:
+        """Raise StackError naming the first component whose port is taken."""
+        for component in self.components:
+            for label, host, port in component.ports():
+                if not port_is_free(host, port):
+                    raise StackError(component.name, f"{label} port {host}:{port} is busy")
+
+    async def start(self) -> None:
+        self.check_ports()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # infrastructure in parallel (each is independent), then migrations, then the app
+            results = await asyncio.gather(*(self._start_one(c) for c in self._infra), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            if self.run_migrations and self.database_url:
+                await self.migrate()
+            for component in self.components[len(self._infra):]:
+                await self._start_one(component)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_one(self, component: Component) -> None:
+        try:
+            await component.start()
+        except StackError:
+            self._started.append(component)  # its process may still need reaping
+            raise
+        except asyncio.CancelledError:
+            self._started.append(component)
+            raise
+        except Exception as exc:
+            self._started.append(component)
+            raise StackError(component.name, f"{component.name} failed to start: {exc}") from exc
+        self._started.append(component)
+
+    async def migrate(self) -> None:
+        """Apply Alembic migrations through models.migrate.upgrade(url) (sync or async)."""
+        if importlib.util.find_spec("models.migrate") is None:
+            self.log("devstack", "models.migrate not found: skipping migrations")
+            return
+        from models import migrate as migrate_module
+
+        upgrade = migrate_module.upgrade
+        self.log("devstack", "applying migrations")
+        try:
+            if inspect.iscoroutinefunction(upgrade):
+                await upgrade(self.database_url)
+            else:
+                result = await asyncio.to_thread(upgrade, self.database_url)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            raise StackError("migrations", f"database migrations failed: {type(exc).__name__}: {exc}") from exc
+        self.migrations_applied = True
+
+    async def stop(self) -> None:
+        """Stop everything that was started, in reverse order. Idempotent; never raises for one component."""
+        # reverse of the declared order (app, then SMTP, Redis, PostgreSQL, Temporal), whatever order they came up in
+        self._started.sort(key=lambda c: self.components.index(c) if c in self.components else -1)
+        while self._started:
+            component = self._started.pop()
+            try:
+                await component.stop()
+            except Exception as exc:  # keep stopping the rest
+                self.log("devstack", f"error while stopping {component.name}: {exc}")
+
+    async def wait_for_unexpected_exit(self) -> tuple[str, int]:
+        """Block until a child process exits without being asked to; returns (component name, exit code)."""
+        waiters = {
+            asyncio.ensure_future(c.process.wait()): c
+            for c in self._started
+            if c.process is not None
+        }
+        if not waiters:
+            await asyncio.Event().wait()
+        try:
+            while True:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    component = waiters.pop(fut)
+                    if component.process is not None and not component.process.stopping:
+                        return component.name, fut.result()
+                if not waiters:
+                    await asyncio.Event().wait()
+        finally:
+            for fut in waiters:
+                fut.cancel()
+
+    async def __aenter__(self) -> EmbeddedStack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _plain_dsn(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}" if sep else url
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    creds, at, hostpart = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{hostpart}"
