@@ -1,0 +1,1 @@
+"""The HTTP layer: authenticates callers, starts and signals workflows, answers questions about them."""

@@ -1,0 +1,77 @@
+"""The FastAPI application. Run with `uvicorn api.app:create_app --factory`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from api.body_guard import MAX_BODY_BYTES, BodySizeLimit
+from api.jwt_tokens import AccessTokenCodec
+from api.login_throttle import LoginThrottle
+from api.problems import install_problem_handlers
+from api.request_log import AccessLog, configure_logging
+from api.routers import auth, health, me, registration, workflows
+from api.sessions import SessionStore
+from api.temporal_client import TemporalConnector
+from models.db import make_engine
+from prognet.settings import Settings, get_settings
+
+DESCRIPTION = """\
+ProgNetwork's HTTP API. Commands start, signal or update durable Temporal workflows (sagas); queries read
+PostgreSQL or ask a workflow for its saga state. Errors are RFC 9457 `application/problem+json`.
+Authenticate with `Authorization: Bearer <access token>` from `POST /v1/auth/login`.
+"""
+
+TAGS = [
+    {"name": "auth", "description": "Registration, email verification, login, token refresh, logout."},
+    {"name": "me", "description": "The caller's own account."},
+    {"name": "workflows", "description": "Progress of the caller's own sagas."},
+    {"name": "health", "description": "Liveness and readiness probes (not versioned)."},
+]
+
+
+def _redis_url(settings: Settings) -> str:
+    return settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0"
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set (postgresql+asyncpg://user:pass@host:port/db)")
+    engine = make_engine(settings.database_url)
+    redis = Redis.from_url(_redis_url(settings), decode_responses=True,
+                           socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+    temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace)
+    temporal.start_background_connect()
+    app.state.engine = engine
+    app.state.redis = redis
+    app.state.temporal = temporal
+    app.state.sessions = SessionStore(redis, settings.refresh_token_ttl_seconds)
+    app.state.login_throttle = LoginThrottle(redis, settings.login_max_failures, settings.login_failure_window_seconds)
+    app.state.access_tokens = AccessTokenCodec(settings.derived_key("jwt"), settings.access_token_ttl_seconds)
+    try:
+        yield
+    finally:
+        await temporal.close()
+        await redis.aclose()
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="ProgNetwork API", version="1.0.0", description=DESCRIPTION, openapi_tags=TAGS,
+        lifespan=_lifespan, docs_url="/docs", redoc_url=None,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    for module in (auth, registration, me, workflows, health):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(AccessLog)
+    return app

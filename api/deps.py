@@ -1,0 +1,99 @@
+"""Dependencies as `Annotated` aliases, so route signatures read like sentences.
+
+Everything long-lived (settings, engine, Redis, the Temporal connector, the session store) is created
+once in the app's lifespan (`api.app`) and kept on `app.state`; these aliases hand it to routes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+
+from api.jwt_tokens import AccessTokenCodec, InvalidAccessToken
+from api.login_throttle import LoginThrottle
+from api.problems import BEARER_CHALLENGE, BEARER_INVALID, INVALID_ACCESS_TOKEN, UNAUTHENTICATED, Problem
+from api.sessions import SessionStore
+from api.temporal_client import TemporalConnector
+from prognet.settings import Settings
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _engine(request: Request) -> AsyncEngine:
+    return request.app.state.engine
+
+
+def _redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def _connector(request: Request) -> TemporalConnector:
+    return request.app.state.temporal
+
+
+async def _temporal(connector: Annotated[TemporalConnector, Depends(_connector)]) -> Client:
+    return await connector.get()
+
+
+def _sessions(request: Request) -> SessionStore:
+    return request.app.state.sessions
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    return request.app.state.login_throttle
+
+
+def _access_tokens(request: Request) -> AccessTokenCodec:
+    return request.app.state.access_tokens
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+DbDep = Annotated[AsyncEngine, Depends(_engine)]
+RedisDep = Annotated[Redis, Depends(_redis)]
+TemporalDep = Annotated[Client, Depends(_temporal)]
+TemporalConnectorDep = Annotated[TemporalConnector, Depends(_connector)]
+SessionsDep = Annotated[SessionStore, Depends(_sessions)]
+ThrottleDep = Annotated[LoginThrottle, Depends(_throttle)]
+AccessTokensDep = Annotated[AccessTokenCodec, Depends(_access_tokens)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the user and the login session its access token belongs to."""
+
+    user_id: uuid.UUID
+    session_id: str
+
+
+_bearer = HTTPBearer(auto_error=False, description="Access token from `POST /v1/auth/login`.")
+
+
+async def current_caller(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    tokens: AccessTokensDep,
+    sessions: SessionsDep,
+) -> Caller:
+    if credentials is None:
+        raise Problem(UNAUTHENTICATED, "Send an access token as `Authorization: Bearer <token>`.",
+                      headers=BEARER_CHALLENGE)
+    try:
+        claims = tokens.decode(credentials.credentials)
+    except InvalidAccessToken:
+        raise Problem(INVALID_ACCESS_TOKEN, "The access token is invalid or expired.",
+                      headers=BEARER_INVALID) from None
+    if await sessions.user_of(claims.session_id) != claims.user_id:
+        raise Problem(INVALID_ACCESS_TOKEN, "The session of this access token has ended.",
+                      headers=BEARER_INVALID)
+    return Caller(user_id=claims.user_id, session_id=claims.session_id)
+
+
+CurrentUser = Annotated[Caller, Depends(current_caller)]

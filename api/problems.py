@@ -1,0 +1,160 @@
+"""RFC 9457 problem+json: the catalogue of problem types and the one place errors become HTTP answers.
+
+Routes raise `Problem(KIND, detail)`; framework errors (validation, unknown route, wrong method),
+Temporal outages and unhandled exceptions are mapped here too, so every error body has the same shape:
+`type`, `title`, `status`, `detail`, `instance` (+ `errors` for validation failures).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError, RPCStatusCode
+
+log = logging.getLogger("prognet.api")
+
+PROBLEM_BASE = "https://prognet.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class ProblemType:
+    slug: str
+    status: int
+    title: str
+
+    @property
+    def uri(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+
+# --- the catalogue ---------------------------------------------------------------------------------
+MALFORMED_JSON = ProblemType("malformed-json", 400, "Malformed JSON body")
+BAD_REQUEST = ProblemType("bad-request", 400, "Bad request")
+INVALID_TOKEN = ProblemType("invalid-token", 400, "Invalid token")
+INVALID_IDEMPOTENCY_KEY = ProblemType("invalid-idempotency-key", 400, "Invalid Idempotency-Key header")
+UNAUTHENTICATED = ProblemType("unauthenticated", 401, "Authentication required")
+INVALID_ACCESS_TOKEN = ProblemType("invalid-access-token", 401, "Invalid access token")
+INVALID_CREDENTIALS = ProblemType("invalid-credentials", 401, "Invalid credentials")
+INVALID_REFRESH_TOKEN = ProblemType("invalid-refresh-token", 401, "Invalid refresh token")
+ACCOUNT_NOT_VERIFIED = ProblemType("account-not-verified", 403, "Account not verified")
+ACCOUNT_DISABLED = ProblemType("account-disabled", 403, "Account disabled")
+NOT_FOUND = ProblemType("not-found", 404, "Not found")
+METHOD_NOT_ALLOWED = ProblemType("method-not-allowed", 405, "Method not allowed")
+EMAIL_ALREADY_REGISTERED = ProblemType("email-already-registered", 409, "Email already registered")
+TOKEN_ALREADY_USED = ProblemType("token-already-used", 409, "Token already used")
+TOKEN_EXPIRED = ProblemType("token-expired", 410, "Token expired")
+PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", 413, "Request body too large")
+UNSUPPORTED_MEDIA_TYPE = ProblemType("unsupported-media-type", 415, "Unsupported media type")
+VALIDATION_FAILED = ProblemType("validation-failed", 422, "Request validation failed")
+IDEMPOTENCY_KEY_REUSED = ProblemType("idempotency-key-reused", 422, "Idempotency-Key reused with a different request")
+TOO_MANY_ATTEMPTS = ProblemType("too-many-attempts", 429, "Too many attempts")
+INTERNAL_ERROR = ProblemType("internal-error", 500, "Internal server error")
+SERVICE_UNAVAILABLE = ProblemType("service-unavailable", 503, "Service unavailable")
+WORKFLOW_ENGINE_UNAVAILABLE = ProblemType("workflow-engine-unavailable", 503, "Workflow engine unavailable")
+
+_BY_STATUS = {  # framework HTTPExceptions carry only a status code
+    400: BAD_REQUEST, 401: UNAUTHENTICATED, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED,
+    413: PAYLOAD_TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE, 422: VALIDATION_FAILED,
+}
+
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+BEARER_INVALID = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+class Problem(Exception):
+    """Raise from a route or dependency; becomes a problem+json response."""
+
+    def __init__(self, kind: ProblemType, detail: str, *, headers: dict[str, str] | None = None,
+                 **extensions: Any) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.headers = headers or {}
+        self.extensions = extensions
+
+
+def problem_body(kind: ProblemType, detail: str, instance: str, **extensions: Any) -> dict[str, Any]:
+    return {"type": kind.uri, "title": kind.title, "status": kind.status, "detail": detail,
+            "instance": instance, **extensions}
+
+
+def problem_response(kind: ProblemType, detail: str, instance: str, *,
+                     headers: dict[str, str] | None = None, **extensions: Any) -> JSONResponse:
+    return JSONResponse(problem_body(kind, detail, instance, **extensions), status_code=kind.status,
+                        headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _public_errors(errors: Any) -> list[dict[str, Any]]:
+    """Field, message and error type only: never echo the input (it may be a password)."""
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in errors]
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(exc.kind, exc.detail, request.url.path, headers=exc.headers, **exc.extensions)
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return problem_response(MALFORMED_JSON, "The request body is not valid JSON.", request.url.path,
+                                errors=_public_errors(errors))
+    return problem_response(VALIDATION_FAILED, "One or more fields are missing or invalid.",
+                            request.url.path, errors=_public_errors(errors))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = _BY_STATUS.get(exc.status_code) or ProblemType("http-error", exc.status_code, "HTTP error")
+    detail = exc.detail if isinstance(exc.detail, str) else kind.title
+    if exc.status_code == 404:
+        detail = "No resource at this path."
+    return problem_response(kind, detail, request.url.path, headers=getattr(exc, "headers", None))
+
+
+async def _on_rpc_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RPCError)
+    if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        log.warning("temporal unavailable", extra={"path": request.url.path, "rpc_status": exc.status.name})
+        return problem_response(WORKFLOW_ENGINE_UNAVAILABLE, "The workflow engine is unreachable; retry later.",
+                                request.url.path, headers={"Retry-After": "5"})
+    return await _on_unhandled(request, exc)
+
+
+async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path, "method": request.method})
+    return problem_response(INTERNAL_ERROR, "An unexpected error occurred.", request.url.path)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(RPCError, _on_rpc_error)
+    app.add_exception_handler(Exception, _on_unhandled)
+
+
+class ProblemDetails(BaseModel):
+    """The shape of every error body (RFC 9457)."""
+
+    type: str = Field(examples=[PROBLEM_BASE + "invalid-credentials"])
+    title: str
+    status: int
+    detail: str
+    instance: str
+    errors: list[dict[str, Any]] | None = Field(None, description="Offending fields, for validation problems.")
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting problem+json answers."""
+    return {s: {"model": ProblemDetails, "content": {PROBLEM_MEDIA_TYPE: {}}} for s in statuses}

@@ -1,0 +1,1 @@
+"""One router per resource; each is mounted by `api.app.create_app`."""

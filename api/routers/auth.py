@@ -1,0 +1,114 @@
+"""Login, refresh-token rotation and logout."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, Response, status
+from sqlalchemy import func
+from sqlmodel import select
+
+from api.body_guard import require_json_body
+from api.deps import AccessTokensDep, CurrentUser, DbDep, SessionsDep, SettingsDep, ThrottleDep
+from api.problems import (
+    ACCOUNT_DISABLED, ACCOUNT_NOT_VERIFIED, INVALID_CREDENTIALS, INVALID_REFRESH_TOKEN, TOO_MANY_ATTEMPTS,
+    Problem, problem_responses,
+)
+from api.schemas import LoginRequest, RefreshRequest, TokenPair
+from api.sessions import RefreshOutcome
+from models.db import transaction
+from models.events import record_event
+from models.tables import User
+from prognet import passwords
+
+log = logging.getLogger("prognet.api")
+
+router = APIRouter(prefix="/v1/auth", tags=["auth"], dependencies=[Depends(require_json_body)])
+
+_BAD_CREDENTIALS = "The email or password is incorrect."
+
+
+@router.post(
+    "/login", response_model=TokenPair, summary="Log in with email and password",
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 429),
+)
+async def login(body: LoginRequest, settings: SettingsDep, engine: DbDep, sessions: SessionsDep,
+                throttle: ThrottleDep, tokens: AccessTokensDep) -> TokenPair:
+    email = body.email.strip().lower()
+    password = body.password.get_secret_value()
+
+    retry_after = await throttle.retry_after(email)
+    if retry_after is not None:
+        raise Problem(TOO_MANY_ATTEMPTS, "Too many failed logins for this account; try again later.",
+                      headers={"Retry-After": str(retry_after)})
+
+    async with transaction(engine) as db:
+        user = (await db.exec(select(User).where(func.lower(User.email) == email))).first()
+    if user is None:
+        await passwords.verify_against_dummy(settings, password)
+        await throttle.record_failure(email)
+        raise Problem(INVALID_CREDENTIALS, _BAD_CREDENTIALS)
+    if not await passwords.verify_password(settings, user.password_hash, password):
+        await throttle.record_failure(email)
+        log.info("login failed", extra={"user_id": str(user.id), "reason": "wrong_password"})
+        raise Problem(INVALID_CREDENTIALS, _BAD_CREDENTIALS)
+    if user.status == "pending":
+        raise Problem(ACCOUNT_NOT_VERIFIED,
+                      "This account's email address is not verified yet; follow the link in the verification email.")
+    if user.status != "active":
+        raise Problem(ACCOUNT_DISABLED, "This account cannot log in.")
+
+    new_hash = (await passwords.hash_password(settings, password)
+                if passwords.needs_rehash(settings, user.password_hash) else None)
+    await throttle.clear(email)
+    session = await sessions.create(user.id)
+    try:
+        async with transaction(engine) as db:
+            if new_hash is not None:
+                stored = await db.get(User, user.id)
+                if stored is not None:
+                    stored.password_hash = new_hash
+                    db.add(stored)
+            record_event(db, "user.logged_in", "user", user.id, {"session_id": session.session_id})
+    except BaseException:
+        await sessions.revoke(session.session_id)  # no session without its audit record
+        raise
+    log.info("login succeeded", extra={"user_id": str(user.id), "session_id": session.session_id,
+                                       "rehashed": new_hash is not None})
+    return TokenPair(access_token=tokens.issue(user.id, session.session_id), refresh_token=session.refresh_token,
+                     expires_in=tokens.ttl_seconds)
+
+
+@router.post(
+    "/refresh", response_model=TokenPair, summary="Exchange a refresh token for a new token pair",
+    description="Each refresh token works once. Presenting one that was already exchanged revokes the "
+                "whole session (every token issued since that login).",
+    responses=problem_responses(400, 401, 413, 415, 422),
+)
+async def refresh(body: RefreshRequest, engine: DbDep, sessions: SessionsDep, tokens: AccessTokensDep) -> TokenPair:
+    rotation = await sessions.rotate(body.refresh_token)
+    if rotation.outcome is RefreshOutcome.REUSED:
+        log.warning("refresh token reuse; session revoked", extra={"session_id": rotation.session_id})
+        raise Problem(INVALID_REFRESH_TOKEN,
+                      "This refresh token was already used; the session has been revoked. Log in again.")
+    if rotation.outcome is not RefreshOutcome.ROTATED:
+        raise Problem(INVALID_REFRESH_TOKEN, "The refresh token is invalid or expired. Log in again.")
+    assert rotation.user_id is not None and rotation.session_id and rotation.refresh_token
+    async with transaction(engine) as db:
+        user = await db.get(User, rotation.user_id)
+    if user is None or user.status != "active":
+        await sessions.revoke(rotation.session_id)
+        raise Problem(INVALID_REFRESH_TOKEN, "The refresh token is invalid or expired. Log in again.")
+    return TokenPair(access_token=tokens.issue(rotation.user_id, rotation.session_id),
+                     refresh_token=rotation.refresh_token, expires_in=tokens.ttl_seconds)
+
+
+@router.post(
+    "/logout", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+    summary="End the current session", description="Revokes the session: its access and refresh tokens stop working.",
+    responses=problem_responses(401),
+)
+async def logout(caller: CurrentUser, sessions: SessionsDep) -> Response:
+    await sessions.revoke(caller.session_id)
+    log.info("logged out", extra={"user_id": str(caller.user_id), "session_id": caller.session_id})
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,150 @@
+"""Sign-up: start the registration saga, and verify the email address it sent a token to."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Response, status
+from sqlmodel import select
+from temporalio.client import WithStartWorkflowOperation, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.common import (
+    SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.body_guard import require_json_body
+from api.deps import DbDep, SettingsDep, TemporalConnectorDep
+from api.problems import (
+    EMAIL_ALREADY_REGISTERED, IDEMPOTENCY_KEY_REUSED, INVALID_TOKEN, TOKEN_ALREADY_USED, TOKEN_EXPIRED, Problem,
+    problem_responses,
+)
+from api.schemas import RegisterRequest, RegistrationAcceptedResponse, RegistrationLinks, VerifyRequest, VerifyResponse
+from models.contracts import RegistrationAccepted, RegistrationInput, RegistrationResult, VerifyEmail
+from models.db import transaction
+from models.tables import VerificationToken
+from prognet import passwords, tokens
+from workflows.names import (
+    REGISTRATION_WORKFLOW, SA_USER_ID, SIGNAL_VERIFY_EMAIL, TASK_QUEUE, UPDATE_REGISTRATION_ACCEPTED,
+    registration_workflow_id,
+)
+
+log = logging.getLogger("prognet.api")
+
+router = APIRouter(prefix="/v1/auth", tags=["auth"], dependencies=[Depends(require_json_body)])
+
+# user_id = uuid5(IDEMPOTENCY_NAMESPACE, "register:" + Idempotency-Key): a retried request finds the same saga.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c6f7e-8a51-5f0e-9c43-6a4f3d2e1b70")
+VERIFY_RESULT_TIMEOUT_SECONDS = 15.0
+EMAIL_ALREADY_REGISTERED_ERROR = "EmailAlreadyRegistered"
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,255}$",
+    description="Retry-safe key: the same key with the same body returns the same registration.",
+)]
+
+
+def request_fingerprint(email: str, display_name: str | None) -> str:
+    return hashlib.sha256(f"{email.strip().lower()}\n{display_name or ''}".encode()).hexdigest()
+
+
+def _accepted(user_id: uuid.UUID, workflow_id: str, state: str) -> RegistrationAcceptedResponse:
+    return RegistrationAcceptedResponse(
+        user_id=user_id, workflow_id=workflow_id, status=state,
+        links=RegistrationLinks(self=f"/v1/workflows/{workflow_id}", verify="/v1/auth/verify"),
+    )
+
+
+@router.post(
+    "/register", status_code=status.HTTP_202_ACCEPTED, response_model=RegistrationAcceptedResponse,
+    summary="Register a new account",
+    description="Starts the registration saga: a pending user is created and a verification email sent. "
+                "Answers once the pending user exists; a taken email answers 409.",
+    responses=problem_responses(400, 409, 413, 415, 422, 503),
+)
+async def register(body: RegisterRequest, settings: SettingsDep, temporal: TemporalConnectorDep,
+                   idempotency_key: IdempotencyKey = None) -> RegistrationAcceptedResponse:
+    client = await temporal.get()
+    user_id = uuid.uuid5(IDEMPOTENCY_NAMESPACE, "register:" + idempotency_key) if idempotency_key else uuid.uuid4()
+    fingerprint = request_fingerprint(body.email, body.display_name)
+    workflow_id = registration_workflow_id(user_id)
+    password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
+
+    operation = WithStartWorkflowOperation(
+        REGISTRATION_WORKFLOW,
+        RegistrationInput(
+            user_id=user_id, email=body.email, display_name=body.display_name, password_hash=password_hash,
+            verification_timeout_seconds=int(settings.registration_verification_timeout.total_seconds()),
+            request_fingerprint=fingerprint,
+        ),
+        id=workflow_id, task_queue=TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=TypedSearchAttributes([SearchAttributePair(SA_USER_ID, str(user_id))]),
+        static_summary=f"Registration of user {user_id}",
+    )
+    try:
+        accepted: RegistrationAccepted = await client.execute_update_with_start_workflow(
+            UPDATE_REGISTRATION_ACCEPTED, start_workflow_operation=operation, result_type=RegistrationAccepted,
+        )
+    except WorkflowUpdateFailedError as exc:
+        if isinstance(exc.cause, ApplicationError) and exc.cause.type == EMAIL_ALREADY_REGISTERED_ERROR:
+            log.info("registration refused: email taken", extra={"workflow_id": workflow_id})
+            raise Problem(EMAIL_ALREADY_REGISTERED, "An account with this email address already exists.") from None
+        raise
+    except WorkflowAlreadyStartedError:
+        # Same Idempotency-Key as a registration that already ended: answer with that one.
+        description = await client.get_workflow_handle(workflow_id).describe()
+        log.info("registration replayed", extra={"workflow_id": workflow_id})
+        return _accepted(user_id, workflow_id, description.status.name.lower() if description.status else "unknown")
+
+    if accepted.request_fingerprint and accepted.request_fingerprint != fingerprint:
+        raise Problem(IDEMPOTENCY_KEY_REUSED,
+                      "This Idempotency-Key was already used for a different registration request.")
+    log.info("registration accepted", extra={"workflow_id": workflow_id, "user_id": str(accepted.user_id)})
+    return _accepted(accepted.user_id, workflow_id, accepted.status)
+
+
+@router.post(
+    "/verify", response_model=VerifyResponse, summary="Verify an email address with the emailed token",
+    description="200 once the account is active; 202 (`verifying`) if the saga has not finished within 15 s.",
+    responses={**problem_responses(400, 409, 410, 413, 415, 422, 503),
+               202: {"model": VerifyResponse, "description": "Verification accepted, still in progress."}},
+)
+async def verify(body: VerifyRequest, engine: DbDep, temporal: TemporalConnectorDep, response: Response) -> VerifyResponse:
+    async with transaction(engine) as db:
+        token = (await db.exec(select(VerificationToken).where(
+            VerificationToken.token_hash == tokens.hash_token(body.token),
+            VerificationToken.purpose == tokens.VERIFY_EMAIL,
+        ))).first()
+    if token is None:
+        raise Problem(INVALID_TOKEN, "This verification token is not valid.")
+    if token.used_at is not None:
+        raise Problem(TOKEN_ALREADY_USED, "This verification token was already used; log in instead.")
+    if token.revoked_at is not None or token.expires_at <= datetime.now(timezone.utc):
+        raise Problem(TOKEN_EXPIRED, "This verification token has expired; register again.")
+
+    client = await temporal.get()
+    handle = client.get_workflow_handle(registration_workflow_id(token.user_id))
+    try:
+        await handle.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=token.id))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:  # the saga already ended (expired or compensated)
+            raise Problem(TOKEN_EXPIRED, "This registration has ended; register again.") from None
+        raise
+    try:
+        result = await asyncio.wait_for(handle.result(result_type=RegistrationResult), VERIFY_RESULT_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError:
+        response.status_code = status.HTTP_202_ACCEPTED
+        return VerifyResponse(user_id=token.user_id, status="verifying")
+    except WorkflowFailureError:
+        raise Problem(TOKEN_EXPIRED, "This registration has ended; register again.") from None
+    if result.status != "verified":
+        raise Problem(TOKEN_EXPIRED, "This registration has expired; register again.")
+    log.info("email verified", extra={"user_id": str(token.user_id)})
+    return VerifyResponse(user_id=token.user_id, status="verified")

@@ -1,0 +1,123 @@
+"""Login sessions in Redis, and rotation of their opaque refresh tokens.
+
+A refresh token is `"{sid}.{secret}"`. Redis keeps, per session, a hash `session:{sid}` (user id, SHA-256 of
+the current secret, creation time) and a set `session:{sid}:used` of the hashes already rotated away.
+Presenting the current secret rotates it; presenting a used one means the token leaked, so the whole
+session (every token derived from that login) is revoked. Rotation is one Lua script, so two concurrent
+refreshes with the same token cannot both win. Access tokens name their session (`sid`): deleting the
+session revokes them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+
+from redis.asyncio import Redis
+
+_SID = re.compile(r"^[0-9a-f]{32}$")
+_MAX_SECRET_LENGTH = 128
+
+_ROTATE = """
+local current = redis.call('HGET', KEYS[1], 'refresh_hash')
+if not current then
+  return {'unknown', ''}
+end
+if current == ARGV[1] then
+  local user_id = redis.call('HGET', KEYS[1], 'user_id')
+  redis.call('HSET', KEYS[1], 'refresh_hash', ARGV[2], 'rotated_at', ARGV[4])
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return {'rotated', user_id}
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return {'reused', ''}
+end
+return {'unknown', ''}
+"""
+
+
+class RefreshOutcome(str, Enum):
+    ROTATED = "rotated"
+    REUSED = "reused"     # an already-rotated token came back: the session was revoked
+    UNKNOWN = "unknown"   # malformed, expired, logged out, or never issued
+
+
+@dataclass(frozen=True)
+class NewSession:
+    session_id: str
+    refresh_token: str
+
+
+@dataclass(frozen=True)
+class Rotation:
+    outcome: RefreshOutcome
+    session_id: str | None = None
+    user_id: uuid.UUID | None = None
+    refresh_token: str | None = None
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _keys(session_id: str) -> tuple[str, str]:
+    return f"session:{session_id}", f"session:{session_id}:used"
+
+
+def parse_refresh_token(token: str) -> tuple[str, str] | None:
+    session_id, dot, secret = token.partition(".")
+    if not dot or not _SID.match(session_id) or not secret or len(secret) > _MAX_SECRET_LENGTH:
+        return None
+    return session_id, secret
+
+
+class SessionStore:
+    def __init__(self, redis: Redis, refresh_ttl_seconds: int) -> None:
+        self.redis = redis
+        self.ttl = refresh_ttl_seconds
+        self._rotate = redis.register_script(_ROTATE)
+
+    async def create(self, user_id: uuid.UUID) -> NewSession:
+        session_id = uuid.uuid4().hex
+        secret = secrets.token_urlsafe(32)
+        key, _ = _keys(session_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"user_id": str(user_id), "refresh_hash": _hash(secret),
+                                    "created_at": str(int(time.time()))})
+            pipe.expire(key, self.ttl)
+            await pipe.execute()
+        return NewSession(session_id, f"{session_id}.{secret}")
+
+    async def user_of(self, session_id: str) -> uuid.UUID | None:
+        """The session's user, or None when the session is gone (logged out, revoked, expired)."""
+        if not _SID.match(session_id):
+            return None
+        user_id = await self.redis.hget(_keys(session_id)[0], "user_id")
+        return uuid.UUID(user_id) if user_id else None
+
+    async def rotate(self, refresh_token: str) -> Rotation:
+        parsed = parse_refresh_token(refresh_token)
+        if parsed is None:
+            return Rotation(RefreshOutcome.UNKNOWN)
+        session_id, secret = parsed
+        new_secret = secrets.token_urlsafe(32)
+        outcome, user_id = await self._rotate(
+            keys=list(_keys(session_id)),
+            args=[_hash(secret), _hash(new_secret), self.ttl, int(time.time())],
+        )
+        result = RefreshOutcome(outcome)
+        if result is not RefreshOutcome.ROTATED:
+            return Rotation(result, session_id=session_id)
+        return Rotation(result, session_id=session_id, user_id=uuid.UUID(user_id),
+                        refresh_token=f"{session_id}.{new_secret}")
+
+    async def revoke(self, session_id: str) -> None:
+        await self.redis.delete(*_keys(session_id))

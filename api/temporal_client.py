@@ -1,0 +1,86 @@
+"""The API's one Temporal client, connected in the background so the app starts while Temporal is down.
+
+`TemporalConnector.get()` hands out the client once connected (or tries to connect now, briefly);
+after the first connection the SDK reconnects by itself. Requests that need Temporal while it is
+unreachable get a 503 problem, and `/readyz` says `temporal: down`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
+
+log = logging.getLogger("prognet.api")
+
+
+class TemporalConnector:
+    def __init__(self, target: str, namespace: str, *, connect_timeout: float = 3.0) -> None:
+        self.target = target
+        self.namespace = namespace
+        self.connect_timeout = connect_timeout
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def _connect_once(self, timeout: float) -> Client:
+        async with self._lock:
+            if self._client is None:
+                self._client = await asyncio.wait_for(
+                    Client.connect(self.target, namespace=self.namespace, data_converter=pydantic_data_converter),
+                    timeout,
+                )
+                log.info("connected to temporal", extra={"temporal_target": self.target, "namespace": self.namespace})
+            return self._client
+
+    async def try_get(self, timeout: float | None = None) -> Client | None:
+        if self._client is not None:
+            return self._client
+        try:
+            return await self._connect_once(timeout or self.connect_timeout)
+        except (asyncio.TimeoutError, RuntimeError, OSError) as exc:
+            log.warning("temporal unreachable", extra={"temporal_target": self.target, "error": type(exc).__name__})
+            return None
+
+    async def get(self) -> Client:
+        client = await self.try_get()
+        if client is None:
+            raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "The workflow engine is unreachable; retry later.",
+                          headers={"Retry-After": "5"})
+        return client
+
+    async def is_healthy(self, timeout: float) -> bool:
+        client = await self.try_get(timeout)
+        if client is None:
+            return False
+        try:
+            return await client.service_client.check_health(timeout=timedelta(seconds=timeout))
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    def start_background_connect(self, max_delay: float = 10.0) -> None:
+        async def keep_trying() -> None:
+            delay = 0.5
+            while await self.try_get() is None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+        self._background = asyncio.create_task(keep_trying(), name="temporal-connect")
+
+    async def close(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            try:
+                await self._background
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        # temporalio clients hold no resources needing an explicit close; dropping the reference suffices.
+        self._client = None
