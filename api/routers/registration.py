@@ -11,7 +11,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Response, status
 from sqlmodel import select
-from temporalio.client import WithStartWorkflowOperation, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import (
+    WithStartWorkflowOperation, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy,
 )
@@ -51,6 +54,14 @@ IdempotencyKey = Annotated[str | None, Header(
 
 def request_fingerprint(email: str, display_name: str | None) -> str:
     return hashlib.sha256(f"{email.strip().lower()}\n{display_name or ''}".encode()).hexdigest()
+
+
+async def _ended_on_taken_email(handle: WorkflowHandle) -> bool:
+    try:
+        await handle.result()
+    except WorkflowFailureError as exc:
+        return isinstance(exc.cause, ApplicationError) and exc.cause.type == EMAIL_ALREADY_REGISTERED_ERROR
+    return False
 
 
 def _accepted(user_id: uuid.UUID, workflow_id: str, state: str) -> RegistrationAcceptedResponse:
@@ -98,8 +109,11 @@ async def register(body: RegisterRequest, settings: SettingsDep, temporal: Tempo
             raise Problem(EMAIL_ALREADY_REGISTERED, "An account with this email address already exists.") from None
         raise
     except WorkflowAlreadyStartedError:
-        # Same Idempotency-Key as a registration that already ended: answer with that one.
-        description = await client.get_workflow_handle(workflow_id).describe()
+        # Same Idempotency-Key as a registration that already ended: answer as that one did.
+        handle = client.get_workflow_handle(workflow_id)
+        description = await handle.describe()
+        if description.status == WorkflowExecutionStatus.FAILED and await _ended_on_taken_email(handle):
+            raise Problem(EMAIL_ALREADY_REGISTERED, "An account with this email address already exists.") from None
         log.info("registration replayed", extra={"workflow_id": workflow_id})
         return _accepted(user_id, workflow_id, description.status.name.lower() if description.status else "unknown")
 
@@ -130,7 +144,7 @@ async def verify(body: VerifyRequest, engine: DbDep, temporal: TemporalConnector
         raise Problem(TOKEN_EXPIRED, "This verification token has expired; register again.")
 
     client = await temporal.get()
-    handle = client.get_workflow_handle(registration_workflow_id(token.user_id))
+    handle = client.get_workflow_handle(registration_workflow_id(token.user_id), result_type=RegistrationResult)
     try:
         await handle.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=token.id))
     except RPCError as exc:
@@ -138,7 +152,7 @@ async def verify(body: VerifyRequest, engine: DbDep, temporal: TemporalConnector
             raise Problem(TOKEN_EXPIRED, "This registration has ended; register again.") from None
         raise
     try:
-        result = await asyncio.wait_for(handle.result(result_type=RegistrationResult), VERIFY_RESULT_TIMEOUT_SECONDS)
+        result = await asyncio.wait_for(handle.result(), VERIFY_RESULT_TIMEOUT_SECONDS)
     except asyncio.TimeoutError:
         response.status_code = status.HTTP_202_ACCEPTED
         return VerifyResponse(user_id=token.user_id, status="verifying")

