@@ -42,7 +42,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (postgresql+asyncpg://user:pass@host:port/db)")
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, hide_parameters=True)  # no emails in error logs
     redis = Redis.from_url(_redis_url(settings), decode_responses=True,
                            socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
     temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace)
