@@ -1,0 +1,82 @@
+"""The real embedded stack (Temporal, PostgreSQL, Redis, SMTP sink) with the worker and API as child
+processes, exactly as `prognet dev` runs them, but in a temp dir on free ports."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from prognet.devstack import EmbeddedStack, read_messages, wait_for_messages
+
+PASSWORD = "correct horse battery staple"
+LOG_TAIL: deque[str] = deque(maxlen=400)
+
+
+def _keep_log(name: str, line: str) -> None:
+    LOG_TAIL.append(f"{name} | {line}")
+
+
+@pytest.fixture(scope="session")
+async def stack() -> AsyncIterator[EmbeddedStack]:
+    # Not under pytest's tmp dir: pytest makes it 0700, which locks out PostgreSQL's own system user.
+    data_dir = Path(tempfile.mkdtemp(prefix="prognet-it-"))
+    data_dir.chmod(0o755)
+    stack = EmbeddedStack(data_dir / "data", with_worker=True, with_api=True, log=_keep_log)
+    try:
+        await stack.start()
+    except BaseException:
+        print("\n".join(LOG_TAIL))
+        raise
+    yield stack
+    await stack.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def http(stack: EmbeddedStack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def temporal(stack: EmbeddedStack) -> Client:
+    return await Client.connect(stack.temporal_address, namespace=stack.temporal_namespace,
+                                data_converter=pydantic_data_converter)
+
+
+def new_email(tag: str = "user") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+async def email_to(stack: EmbeddedStack, address: str, timeout: float = 30.0) -> EmailMessage:
+    """Wait until the sink holds a message for `address` and return it."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for msg in read_messages(stack.maildir):
+            if msg["To"] == address:
+                return msg
+        assert loop.time() < deadline, f"no email for {address} within {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+def token_from(msg: EmailMessage) -> str:
+    text = msg.get_body(("plain",)).get_content()
+    match = re.search(r"[?&]token=([A-Za-z0-9_\-]+)", text)
+    assert match, f"no token link in: {text}"
+    return match.group(1)
+
+
+__all__ = ["PASSWORD", "new_email", "email_to", "token_from", "wait_for_messages"]
