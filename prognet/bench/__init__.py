@@ -1,0 +1,212 @@
+"""`prognet bench` (`make bench`): figures measured side by side in one run on the embedded stack.
+
+Every figure is reported next to a baseline measured in the same run, because these machines are shared
+and noisy: only the ratios carry over between runs.
+
+1. Registration sagas/s through HTTP vs bare Temporal workflows with the same number of no-op activities.
+2. Logins/s over HTTP vs raw argon2 verifications/s on the same cores, and `GET /healthz` latency during
+   that login storm vs idle (argon2 must never block the API's event loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+BENCH_PASSWORD = "benchmark password 123"
+
+
+def _quiet(name: str, line: str) -> None:
+    pass
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _gather_limited(n: int, limit: int, make) -> list:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(i: int):
+        async with sem:
+            return await make(i)
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+# --- 1. sagas ------------------------------------------------------------------------------------------------
+
+async def bench_registrations(http: httpx.AsyncClient, maildir: Path, n: int, concurrency: int) -> float:
+    """Seconds for n registrations, from the first POST until every verification email is in the Maildir."""
+    from prognet.devstack import read_messages
+
+    before = len(read_messages(maildir))
+    run = uuid.uuid4().hex[:8]
+    start = time.perf_counter()
+
+    async def register(i: int) -> None:
+        r = await http.post("/v1/auth/register",
+                            json={"email": f"bench-{run}-{i}@example.com", "password": BENCH_PASSWORD})
+        r.raise_for_status()
+
+    await _gather_limited(n, concurrency, register)
+    while len(read_messages(maildir)) < before + n:
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - start
+
+
+async def bench_noop_workflows(address: str, n: int, concurrency: int) -> float:
+    from temporalio.client import Client
+
+    from prognet.bench.noop_workflow import NOOP_ACTIVITIES, NOOP_TASK_QUEUE, NoopWorkflow
+
+    client = await Client.connect(address)
+    run = uuid.uuid4().hex[:8]
+    start = time.perf_counter()
+
+    async def one(i: int) -> None:
+        await client.execute_workflow(NoopWorkflow.run, NOOP_ACTIVITIES, id=f"bench-noop-{run}-{i}",
+                                      task_queue=NOOP_TASK_QUEUE)
+
+    await _gather_limited(n, concurrency, one)
+    return time.perf_counter() - start
+
+
+# --- 2. logins ---------------------------------------------------------------------------------------------------
+
+def bench_raw_argon2(n: int) -> float:
+    """Seconds for n argon2 verifications spread over one thread per core (the API's own setup)."""
+    from prognet.passwords import hasher
+    from prognet.settings import Settings
+
+    ph = hasher(Settings())
+    digest = ph.hash(BENCH_PASSWORD)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        list(pool.map(lambda _: ph.verify(digest, BENCH_PASSWORD), range(n)))
+    return time.perf_counter() - start
+
+
+async def create_active_users(database_url: str, count: int) -> list[str]:
+    from models.db import make_engine, transaction
+    from models.tables import User
+    from prognet.passwords import hasher
+    from prognet.settings import Settings
+
+    digest = hasher(Settings()).hash(BENCH_PASSWORD)
+    emails = [f"login-{uuid.uuid4().hex[:10]}@example.com" for _ in range(count)]
+    engine = make_engine(database_url)
+    async with transaction(engine) as session:
+        for email in emails:
+            session.add(User(id=uuid.uuid4(), email=email, password_hash=digest, status="active"))
+    await engine.dispose()
+    return emails
+
+
+async def probe_healthz(http: httpx.AsyncClient, stop: asyncio.Event) -> list[float]:
+    latencies: list[float] = []
+    while not stop.is_set():
+        t = time.perf_counter()
+        (await http.get("/healthz")).raise_for_status()
+        latencies.append(time.perf_counter() - t)
+        await asyncio.sleep(0.01)
+    return latencies
+
+
+async def bench_logins(http: httpx.AsyncClient, emails: list[str], n: int, concurrency: int) -> tuple[float, list[float]]:
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=str(http.base_url), timeout=30) as probe_client:
+        prober = asyncio.create_task(probe_healthz(probe_client, stop))
+        start = time.perf_counter()
+
+        async def login(i: int) -> None:
+            r = await http.post("/v1/auth/login", json={"email": emails[i % len(emails)], "password": BENCH_PASSWORD})
+            r.raise_for_status()
+
+        await _gather_limited(n, concurrency, login)
+        elapsed = time.perf_counter() - start
+        stop.set()
+        return elapsed, await prober
+
+
+async def idle_healthz(http: httpx.AsyncClient, seconds: float) -> list[float]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(probe_healthz(http, stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    return await task
+
+
+# --- driver ----------------------------------------------------------------------------------------------------
+
+async def run(args: argparse.Namespace) -> None:
+    from prognet.devstack import EmbeddedStack
+
+    data_dir = Path(tempfile.mkdtemp(prefix="prognet-bench-"))
+    data_dir.chmod(0o755)
+    stack = EmbeddedStack(data_dir / "data", with_worker=True, with_api=True, log=_quiet)
+    print(f"starting the embedded stack in {data_dir} ...", flush=True)
+    await stack.start()
+    noop_worker = subprocess.Popen([sys.executable, "-m", "prognet.bench.noop_workflow", stack.temporal_address],
+                                   stdout=subprocess.PIPE, text=True)
+    try:
+        assert noop_worker.stdout.readline().strip() == "ready"
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
+            print(f"cores: {os.cpu_count()}; warming up ...", flush=True)
+            await bench_registrations(http, stack.maildir, 5, 5)
+            await bench_noop_workflows(stack.temporal_address, 5, 5)
+
+            n = args.sagas
+            t_noop = await bench_noop_workflows(stack.temporal_address, n, args.concurrency)
+            t_reg = await bench_registrations(http, stack.maildir, n, args.concurrency)
+            noop_rate, reg_rate = n / t_noop, n / t_reg
+
+            raw_n = args.logins
+            t_raw = bench_raw_argon2(raw_n)
+            emails = await create_active_users(stack.database_url, 20)
+            idle = await idle_healthz(http, 2.0)
+            t_login, under_load = await bench_logins(http, emails, args.logins, args.login_concurrency)
+            raw_rate, login_rate = raw_n / t_raw, args.logins / t_login
+
+        print()
+        print(f"1. sagas ({n} each, concurrency {args.concurrency})")
+        print(f"   bare Temporal workflow, {3} no-op activities : {noop_rate:8.1f} /s")
+        print(f"   registration saga through HTTP            : {reg_rate:8.1f} /s"
+              f"   ratio {reg_rate / noop_rate:.2f} of bare")
+        print(f"2. logins ({args.logins}, concurrency {args.login_concurrency})")
+        print(f"   raw argon2 verifications ({os.cpu_count()} threads)     : {raw_rate:8.1f} /s")
+        print(f"   logins through HTTP                       : {login_rate:8.1f} /s"
+              f"   ratio {login_rate / raw_rate:.2f} of raw argon2")
+        print(f"   GET /healthz p50/p99 idle                 : {_pct(idle, .5) * 1000:6.1f} / {_pct(idle, .99) * 1000:6.1f} ms"
+              f"  ({len(idle)} probes)")
+        print(f"   GET /healthz p50/p99 during login storm   : {_pct(under_load, .5) * 1000:6.1f} / "
+              f"{_pct(under_load, .99) * 1000:6.1f} ms  ({len(under_load)} probes, "
+              f"p99 ratio {_pct(under_load, .99) / _pct(idle, .99):.1f}x idle)")
+        print(f"   mean healthz during storm                 : {statistics.mean(under_load) * 1000:6.1f} ms")
+    finally:
+        noop_worker.terminate()
+        noop_worker.wait(10)
+        await stack.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="prognet bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sagas", type=int, default=200, help="registrations and bare workflows each")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--logins", type=int, default=200)
+    parser.add_argument("--login-concurrency", type=int, default=16)
+    asyncio.run(run(parser.parse_args(argv)))
+    return 0
