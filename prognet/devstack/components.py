@@ -164,8 +164,9 @@ class TemporalServer(Component):
     def _quiet(self, line: str) -> bool:
         """Drop the warnings start-dev prints while its own services connect to each other or shut down."""
         assert self.process is not None
-        transient = 'msg="network dial error"' in line or "graceful_stop" in line
-        return not (transient and (not self._ready or self.process.stopping))
+        if self.process.stopping:
+            return "level=WARN" not in line
+        return self._ready or 'msg="network dial error"' not in line
 
     async def _ensure_search_attributes(self) -> None:
         from temporalio.api.enums.v1 import IndexedValueType

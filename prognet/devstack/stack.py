@@ -262,9 +262,37 @@ class EmbeddedStack:
                 if not port_is_free(host, port):
                     raise StackError(component.name, f"{label} port {host}:{port} is busy")
 
+    def _lock_data_dir(self) -> None:
+        """Hold an exclusive flock on <data dir>/.lock so two stacks never share one Temporal/PostgreSQL/Redis state.
+
+        The kernel drops the lock when this process dies, so a crash leaves nothing that blocks the next run.
+        """
+        import fcntl
+
+        path = self.data_dir / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StackError("data dir", f"data dir {self.data_dir} is in use by another prognet process (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is None:
+            return
+        (self.data_dir / ".lock").unlink(missing_ok=True)
+        os.close(fd)
+        self._lock_fd = None
+
     async def start(self) -> None:
         self.check_ports()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
         try:
             # infrastructure in parallel (each is independent), then migrations, then the app
             results = await asyncio.gather(*(self._start_one(c) for c in self._infra), return_exceptions=True)
@@ -323,6 +351,7 @@ class EmbeddedStack:
                 await component.stop()
             except Exception as exc:  # keep stopping the rest
                 self.log("devstack", f"error while stopping {component.name}: {exc}")
+        self._unlock_data_dir()
 
     async def wait_for_unexpected_exit(self) -> tuple[str, int]:
         """Block until a child process exits without being asked to; returns (component name, exit code)."""

@@ -88,7 +88,7 @@ async def test_stack_starts_answers_and_stops_clean(stack_dir: Path) -> None:
     assert all(_gone(pid) for pid in pids), "a child process outlived the stack"
     assert not (stack_dir / "postgres" / "postmaster.pid").exists()
     assert not list((stack_dir / "postgres").glob(".s.PGSQL.*"))
-    assert not any(p.name.endswith(".pid") for p in stack_dir.rglob("*") if p.parent.name != "postgres")
+    assert not any(p.name.endswith((".pid", ".lock")) for p in stack_dir.rglob("*"))
 
 
 async def test_second_start_reuses_the_data(stack_dir: Path) -> None:
@@ -156,3 +156,14 @@ async def test_external_services_are_not_started(tmp_path: Path) -> None:
     env = stack.service_env()
     assert env["TEMPORAL_ADDRESS"] == "temporal.example:7233" and env["SMTP_PORT"] == "2525"
     assert all("secret" not in row[1] for row in stack.rows())
+
+
+async def test_one_stack_per_data_dir(tmp_path: Path) -> None:
+    only_smtp = dict(with_temporal=False, with_postgres=False, with_redis=False, run_migrations=False, log=_quiet)
+    async with EmbeddedStack(tmp_path / "data", **only_smtp):
+        second = EmbeddedStack(tmp_path / "data", **only_smtp)
+        with pytest.raises(StackError, match=r"data dir .* is in use by another prognet process \(pid \d+\)"):
+            await second.start()
+    assert not (tmp_path / "data" / ".lock").exists()
+    async with EmbeddedStack(tmp_path / "data", **only_smtp):  # free again once the first one stopped
+        pass
