@@ -212,6 +212,7 @@ def cmd_smtp_sink(args: argparse.Namespace) -> int:
     if not port_is_free(args.host, port):
         return _error(f"SMTP sink port {args.host}:{port} is busy")
     logging.basicConfig(level="INFO", format="%(asctime)s smtp | %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
 
     async def run() -> None:
         sink = SmtpSink(maildir, host=args.host, port=port)
@@ -232,7 +233,7 @@ def cmd_smtp_sink(args: argparse.Namespace) -> int:
 
 def cmd_mail_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from prognet.devstack import read_messages
+    from prognet.devstack.smtp_sink import delivery_date, read_messages
 
     maildir = _maildir(args, settings)
     messages = read_messages(maildir)
@@ -240,7 +241,7 @@ def cmd_mail_list(args: argparse.Namespace) -> int:
         print(f"no messages in {maildir}")
         return 0
     for i, msg in enumerate(messages, 1):
-        print(f"{i:>4}  {msg.get('Date', '')[:31]:<31}  {str(msg.get('To', ''))[:40]:<40}  {msg.get('Subject', '')}")
+        print(f"{i:>4}  {delivery_date(msg)[:31]:<31}  {str(msg.get('To', ''))[:40]:<40}  {msg.get('Subject', '')}")
     return 0
 
 
@@ -257,7 +258,10 @@ def cmd_mail_show(args: argparse.Namespace) -> int:
     if args.raw:
         sys.stdout.write(msg.as_string())
         return 0
-    for header in ("Date", "From", "To", "Subject"):
+    from prognet.devstack.smtp_sink import delivery_date
+
+    print(f"Date: {delivery_date(msg)}")
+    for header in ("From", "To", "Subject"):
         print(f"{header}: {msg.get(header, '')}")
     print()
     part = msg.get_body(preferencelist=("html",) if args.html else ("plain", "html"))

@@ -12,7 +12,7 @@ from .components import (
 )
 from .ports import free_port, port_is_free
 from .process import LogSink, ManagedProcess
-from .smtp_sink import MaildirHandler, SmtpSink, message_text, read_messages, wait_for_messages
+from .smtp_sink import MaildirHandler, SmtpSink, delivery_date, message_text, read_messages, wait_for_messages
 from .stack import EmbeddedStack, print_log
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "SmtpSinkComponent",
     "StackError",
     "TemporalServer",
+    "delivery_date",
     "free_port",
     "load_search_attributes",
     "message_text",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import email.utils
 import logging
 import mailbox
 import time
@@ -67,8 +68,10 @@ class MaildirHandler:
         if isinstance(content, str):
             content = content.encode("utf-8", "surrogateescape")
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        received = email.utils.format_datetime(email.utils.localtime())
         trace = (
             f"Return-Path: <{envelope.mail_from or ''}>\r\n"
+            f"Received: from {session.host_name or peer} ([{peer}]) by {SINK_HOSTNAME}; {received}\r\n"
             f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
             f"X-Peer: {peer}\r\n"
         ).encode("utf-8", "replace")
@@ -164,6 +167,14 @@ async def wait_for_messages(maildir_path: Path | str, count: int = 1, timeout: f
                 raise TimeoutError(f"expected {count} message(s) in {maildir_path}, found {len(messages)}")
             return messages
         await asyncio.sleep(0.1)
+
+
+def delivery_date(msg: EmailMessage) -> str:
+    """The message's Date header, or when the sink received it."""
+    if msg.get("Date"):
+        return str(msg["Date"])
+    received = str(msg.get("Received", ""))
+    return received.rpartition(";")[2].strip()
 
 
 def message_text(msg: EmailMessage) -> str:
