@@ -26,7 +26,8 @@ SagaStatusValue = Literal[
 
 class CompensationRecord(BaseModel):
     step: str
-    status: Literal["pending", "running", "done", "failed", "skipped"] = "pending"
+    # pending: registered, would run on failure; not_needed: the saga completed, so it never will
+    status: Literal["pending", "running", "done", "failed", "skipped", "not_needed"] = "pending"
     attempts: int = 0  # how many times the compensation was started (each start has its own retries)
     error: str | None = None
 

@@ -101,7 +101,7 @@ class RegistrationWorkflow:
             "activate_user", act.ACTIVATE_USER,
             ActivateUser(user_id=params.user_id, token_id=token_id, workflow_id=workflow.info().workflow_id),
         )
-        self.saga.set_status("completed", step="activate_user", details="user verified and active")
+        self.saga.complete("user verified and active")
         return RegistrationResult(user_id=params.user_id, status="verified")
 
     @workflow.update(name=UPDATE_REGISTRATION_ACCEPTED)

@@ -85,6 +85,13 @@ class Saga:
         self.state.waiting_for = waiting_for
         self._publish(details if details is not None else waiting_for or f"{status}: {self.state.step}")
 
+    def complete(self, details: str) -> None:
+        """Every forward step is done: the registered compensations will never be needed."""
+        for record in self.state.compensations:
+            if record.status == "pending":
+                record.status = "not_needed"
+        self.set_status("completed", details=details)
+
     # --- forward steps ---
 
     def add_compensation(self, step: str, activity: str | Callable[..., Any], arg: Any, *,

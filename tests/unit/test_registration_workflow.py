@@ -64,7 +64,7 @@ async def test_verified_registration_runs_every_step_and_no_compensation(ts_clie
     assert result.status == "verified"
     assert fake.calls == FORWARD + [act.ACTIVATE_USER]
     assert state.status == "completed"
-    assert [c.status for c in state.compensations] == ["pending", "pending"]
+    assert [c.status for c in state.compensations] == ["not_needed", "not_needed"]
 
 
 async def test_a_token_for_another_registration_does_not_verify(ts_client, task_queue):
