@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
+from pathlib import Path
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that nothing listens on right now, below the kernel's ephemeral range.
+
+    Ports the OS hands out for bind(0) come from the ephemeral range, which outgoing connections also use:
+    between picking such a port and a server binding it, a client socket (Temporal opens many) can take it.
+    Ports below that range are only ever taken by explicit binds. Never the same port twice per process.
+    """
+    low = max(1024, min(_ephemeral_range()[0], 65536) - 20000)
+    high = _ephemeral_range()[0] - 1
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port not in _handed_out and port_is_free(host, port):
+            _handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # fall back to the OS's choice
         sock.bind((host, 0))
         return sock.getsockname()[1]
 

@@ -9,10 +9,9 @@ from datetime import timedelta
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from models.contracts import OperatorDecision, RegistrationInput, RegistrationResult, SagaState, VerifyEmail
+from models.contracts import OperatorDecision, RegistrationInput, SagaState, VerifyEmail
 from tests.unit.fake_activities import FakeUsers
 from workflows import activity_names as act
 from workflows.names import QUERY_SAGA_STATE, SIGNAL_OPERATOR_DECISION, SIGNAL_VERIFY_EMAIL
