@@ -1,0 +1,45 @@
+"""Settings: development generates its secret once; production refuses placeholders and embedded services."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from prognet.settings import Settings
+
+EXTERNAL = dict(database_url="postgresql+asyncpg://app@db/prognet", redis_url="redis://cache:6379/0",
+                temporal_address="temporal:7233", smtp_host="smtp.internal")
+
+
+def test_development_generates_the_secret_into_the_data_dir_once(tmp_path: Path):
+    first = Settings(data_dir=tmp_path, secret_key=None)
+    key = first.derived_key("jwt")
+    assert (tmp_path / "secret.key").stat().st_mode & 0o077 == 0  # readable by the owner only
+    assert Settings(data_dir=tmp_path, secret_key=None).derived_key("jwt") == key  # reused, not regenerated
+    assert first.derived_key("tokens") != key  # one key per purpose
+
+
+@pytest.mark.parametrize("secret", [None, "changethis", "short-but-random-1234"])
+def test_production_refuses_a_missing_placeholder_or_short_secret(secret):
+    with pytest.raises(ValidationError, match="SECRET_KEY"):
+        Settings(environment="production", secret_key=secret, **EXTERNAL)
+
+
+def test_production_refuses_embedded_services():
+    with pytest.raises(ValidationError, match="DATABASE_URL"):
+        Settings(environment="production", secret_key="x" * 48, **{**EXTERNAL, "database_url": None})
+
+
+def test_production_with_real_secret_and_services_starts():
+    settings = Settings(environment="production", secret_key="x" * 48, **EXTERNAL)
+    assert settings.temporal_target == "temporal:7233"
+
+
+def test_env_names_match_the_readme(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("PROGNET_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("REGISTRATION_VERIFICATION_TIMEOUT", "PT2H")
+    monkeypatch.setenv("SMTP_PORT", "2525")
+    settings = Settings()
+    assert settings.data_dir == tmp_path
+    assert settings.registration_verification_timeout.total_seconds() == 7200
+    assert settings.smtp_port == 2525
