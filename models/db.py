@@ -1,12 +1,23 @@
-"""Engine and the one transaction helper every API request and activity goes through."""
+"""Engine and the one transaction helper every API request and activity goes through.
+
+Tenant isolation is enforced by PostgreSQL row-level security on the per-transaction settings
+`app.tenant_id` and `app.user_id` (set with `set_config(..., true)`, i.e. SET LOCAL: they vanish at commit,
+so a pooled connection, or a transaction-pooling proxy, never carries one tenant into another's request).
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+APP_ROLE = "prognet_app"  # what the API and workers connect as: owns nothing, cannot bypass RLS
+
+_SET_CONTEXT = text("select set_config('app.tenant_id', :tenant, true), set_config('app.user_id', :user, true)")
 
 
 def make_engine(database_url: str, **kwargs) -> AsyncEngine:
@@ -14,8 +25,14 @@ def make_engine(database_url: str, **kwargs) -> AsyncEngine:
 
 
 @asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """One unit of work: commits on success, rolls back on any error."""
+async def transaction(engine: AsyncEngine, *, tenant_id: uuid.UUID | None = None,
+                      user_id: uuid.UUID | None = None) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commits on success, rolls back on any error.
+
+    `tenant_id` makes that tenant's rows visible and writable; `user_id` additionally shows the caller's own
+    memberships (and their tenants) across tenants. Without either, tenant-scoped tables look empty.
+    """
     async with AsyncSession(engine, expire_on_commit=False) as session:
         async with session.begin():
+            await session.exec(_SET_CONTEXT, params={"tenant": str(tenant_id or ""), "user": str(user_id or "")})
             yield session

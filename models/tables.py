@@ -66,3 +66,66 @@ class DomainEvent(SQLModel, table=True):
     workflow_id: str | None = Field(default=None, max_length=200)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
     occurred_at: datetime = _ts()
+
+
+# --- tenants: every table below carries tenant_id (tenants: its id) and is isolated by row-level security,
+# enabled and forced, on the per-transaction setting app.tenant_id (migration 0002, models.db.transaction) ---
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    id: uuid.UUID = Field(primary_key=True)  # the tenant id itself; its RLS policy is on this column
+    name: str = Field(max_length=200)
+    slug: str = Field(max_length=40, unique=True)
+    status: str = Field(max_length=20)  # provisioning | active | failed
+    failure_reason: str | None = Field(default=None, max_length=500)
+    created_by: uuid.UUID = Field(foreign_key="users.id")
+    created_at: datetime = _ts()
+    activated_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
+class Membership(SQLModel, table=True):
+    __tablename__ = "memberships"
+
+    tenant_id: uuid.UUID = Field(primary_key=True, foreign_key="tenants.id", ondelete="CASCADE")
+    user_id: uuid.UUID = Field(primary_key=True, foreign_key="users.id", ondelete="CASCADE", index=True)
+    role: str = Field(max_length=20)  # owner | admin | member
+    created_at: datetime = _ts()
+
+
+class TenantBilling(SQLModel, table=True):
+    __tablename__ = "tenant_billing"
+
+    tenant_id: uuid.UUID = Field(primary_key=True, foreign_key="tenants.id", ondelete="CASCADE")
+    stripe_customer_id: str | None = Field(default=None, max_length=100)
+    currency: str = Field(max_length=3)
+    billing_email: str | None = Field(default=None, max_length=320)
+    plan: str | None = Field(default=None, max_length=50)
+    created_at: datetime = _ts()
+
+
+class TenantSettings(SQLModel, table=True):
+    __tablename__ = "tenant_settings"
+
+    tenant_id: uuid.UUID = Field(primary_key=True, foreign_key="tenants.id", ondelete="CASCADE")
+    values: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = _ts()
+
+
+class Invitation(SQLModel, table=True):
+    __tablename__ = "invitations"
+
+    id: uuid.UUID = Field(primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    email: str = Field(max_length=320)
+    role: str = Field(max_length=20)
+    status: str = Field(max_length=20)  # pending | accepted | revoked | expired
+    token_hash: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True, unique=True))
+    invited_by: uuid.UUID = Field(foreign_key="users.id")
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    accepted_by: uuid.UUID | None = Field(default=None)
+    created_at: datetime = _ts()
+    closed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
+TENANT_SCOPED_TABLES = ("tenants", "memberships", "tenant_billing", "tenant_settings", "invitations")

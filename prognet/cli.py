@@ -164,10 +164,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if importlib.util.find_spec("models.migrate") is None:
-        return _error("models.migrate is not available")
     if settings.database_url:
-        return _run_upgrade(settings.database_url)
+        return _run_upgrade(settings.migration_database_url or settings.database_url)
     # no DATABASE_URL: migrate the embedded database in the data dir (start it just for this)
     from prognet.devstack import EmbeddedStack, StackError
 
@@ -176,7 +174,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                               run_migrations=True, log=_make_log_sink())
         try:
             async with stack:
-                print(f"migrated {stack.database_url}")
+                print(f"migrated {stack.migration_database_url}")
         except StackError as exc:
             return _error(str(exc))
         return 0

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     )
 
     # --- services (unset = embedded under `prognet dev`) ---
-    database_url: str | None = Field(None, description="postgresql+asyncpg://user:pass@host:port/db")
+    database_url: str | None = Field(
+        None, description="postgresql+asyncpg://user:pass@host:port/db, as the application role (subject to RLS)")
+    migration_database_url: str | None = Field(
+        None, description="the same database as the schema owner, for migrations; defaults to DATABASE_URL")
     redis_url: str | None = Field(None, description="redis://host:port/0")
     temporal_address: str | None = Field(None, description="host:port of the Temporal frontend")
     temporal_namespace: str = "default"

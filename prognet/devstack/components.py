@@ -228,15 +228,35 @@ class EmbeddedPostgres(Component):
     def bin_dir(self) -> Path:
         return _pg_bin_dir()
 
+    def dsn_for(self, role: str = "postgres") -> str:
+        """Plain libpq/asyncpg DSN (trust auth on the unix socket)."""
+        return f"postgresql://{role}@/{self.database}?host={self.socket_dir}"
+
     @property
     def dsn(self) -> str:
-        """Plain libpq/asyncpg DSN."""
-        return f"postgresql://postgres@/{self.database}?host={self.socket_dir}"
+        """The owner's (superuser's) DSN: migrations and test assertions."""
+        return self.dsn_for("postgres")
 
     @property
     def database_url(self) -> str:
-        """SQLAlchemy URL for the asyncpg driver."""
+        """SQLAlchemy URL for the asyncpg driver, as the owner."""
         return f"postgresql+asyncpg://postgres@/{self.database}?host={self.socket_dir}"
+
+    @property
+    def app_database_url(self) -> str:
+        """What the worker and the API use: the application role, subject to row-level security."""
+        from models.db import APP_ROLE
+        return f"postgresql+asyncpg://{APP_ROLE}@/{self.database}?host={self.socket_dir}"
+
+    async def allow_app_login(self) -> None:
+        """The migrations create the application role without LOGIN; the trusted local socket needs no password."""
+        from models.db import APP_ROLE
+
+        conn = await self._connect(self.database)
+        try:
+            await conn.execute(f"ALTER ROLE {APP_ROLE} LOGIN")
+        finally:
+            await conn.close()
 
     def _prepare_permissions(self) -> None:
         self.pgdata.mkdir(parents=True, exist_ok=True)

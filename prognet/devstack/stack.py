@@ -11,8 +11,6 @@ is not started; the stack just reports (and for the database, migrates) it.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -61,6 +59,7 @@ class EmbeddedStack:
         smtp_port: int | None = None,
         api_port: int | None = None,
         database_url: str | None = None,
+        migration_database_url: str | None = None,
         redis_url: str | None = None,
         temporal_address: str | None = None,
         smtp_host: str | None = None,
@@ -107,16 +106,19 @@ class EmbeddedStack:
 
         # PostgreSQL
         self.postgres: EmbeddedPostgres | None = None
+        # database_url: what the app uses (the RLS-bound application role); migration_database_url: the owner.
         if database_url:
             self.database_url: str | None = database_url
-            self.postgres_dsn: str | None = _plain_dsn(database_url)
+            self.migration_database_url: str | None = migration_database_url or database_url
+            self.postgres_dsn: str | None = _plain_dsn(self.migration_database_url)
         elif with_postgres:
             self.postgres = EmbeddedPostgres(self.data_dir / "postgres", log=self.log, database=database_name)
-            self.database_url = self.postgres.database_url
+            self.database_url = self.postgres.app_database_url
+            self.migration_database_url = self.postgres.database_url
             self.postgres_dsn = self.postgres.dsn
             self.components.append(self.postgres)
         else:
-            self.database_url = self.postgres_dsn = None
+            self.database_url = self.migration_database_url = self.postgres_dsn = None
 
         # Redis
         self.redis: EmbeddedRedis | None = None
@@ -175,6 +177,7 @@ class EmbeddedStack:
             smtp_port=settings.smtp_port,
             api_port=settings.api_port,
             database_url=settings.database_url,
+            migration_database_url=settings.migration_database_url,
             redis_url=settings.redis_url,
             temporal_address=settings.temporal_address,
             smtp_host=settings.smtp_host,
@@ -322,21 +325,14 @@ class EmbeddedStack:
         self._started.append(component)
 
     async def migrate(self) -> None:
-        """Apply Alembic migrations through models.migrate.upgrade(url) (sync or async)."""
-        if importlib.util.find_spec("models.migrate") is None:
-            self.log("devstack", "models.migrate not found: skipping migrations")
-            return
-        from models import migrate as migrate_module
+        """Apply the Alembic migrations as the owner; on the embedded server, let the app role log in."""
+        from models.migrate import upgrade
 
-        upgrade = migrate_module.upgrade
         self.log("devstack", "applying migrations")
         try:
-            if inspect.iscoroutinefunction(upgrade):
-                await upgrade(self.database_url)
-            else:
-                result = await asyncio.to_thread(upgrade, self.database_url)
-                if inspect.isawaitable(result):
-                    await result
+            await upgrade(self.migration_database_url)
+            if self.postgres is not None:
+                await self.postgres.allow_app_login()
         except Exception as exc:
             raise StackError("migrations", f"database migrations failed: {type(exc).__name__}: {exc}") from exc
         self.migrations_applied = True

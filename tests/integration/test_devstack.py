@@ -51,7 +51,9 @@ async def test_stack_starts_answers_and_stops_clean(stack_dir: Path) -> None:
     async with stack:
         pids = [p.pid for p in stack.processes()]
         assert len(pids) == 3  # temporal, postgres, redis (the SMTP sink runs in-process)
-        assert stack.database_url.startswith("postgresql+asyncpg://postgres@/prognet?host=")
+        # the app connects as the RLS-bound application role; migrations run as the owner
+        assert stack.database_url.startswith("postgresql+asyncpg://prognet_app@/prognet?host=")
+        assert stack.migration_database_url.startswith("postgresql+asyncpg://postgres@/prognet?host=")
 
         conn = await asyncpg.connect(stack.postgres_dsn)
         try:
