@@ -120,3 +120,118 @@ class ActivateUser(BaseModel):
     user_id: uuid.UUID
     token_id: uuid.UUID
     workflow_id: str
+
+
+# --- tenant provisioning saga ---
+
+class TenantProvisioningInput(BaseModel):
+    tenant_id: uuid.UUID
+    name: str
+    slug: str
+    owner_user_id: uuid.UUID
+    billing_email: str | None = None
+    currency: str = "eur"
+
+
+class TenantAccepted(BaseModel):
+    """Answer of the provisioning saga's `accepted` update: the tenant row exists (or the slug was taken)."""
+
+    tenant_id: uuid.UUID
+    status: str
+
+
+class TenantProvisioningResult(BaseModel):
+    tenant_id: uuid.UUID
+    status: Literal["active"]
+    stripe_customer_id: str
+
+
+class CreateTenant(BaseModel):
+    tenant_id: uuid.UUID
+    name: str
+    slug: str
+    created_by: uuid.UUID
+    workflow_id: str
+
+
+class MarkTenantFailed(BaseModel):
+    tenant_id: uuid.UUID
+    reason: str
+    workflow_id: str
+
+
+class TenantRef(BaseModel):
+    tenant_id: uuid.UUID
+    workflow_id: str | None = None
+
+
+class MembershipRef(BaseModel):
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    role: Literal["owner", "admin", "member"] = "member"
+
+
+class CreateBillingConfig(BaseModel):
+    tenant_id: uuid.UUID
+    stripe_customer_id: str
+    currency: str
+    billing_email: str | None = None
+
+
+class SendTenantEmail(BaseModel):
+    """A tenant-scoped email to one user (welcome); the activity looks the address up."""
+
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    message_id: str
+
+
+# --- invitation saga ---
+
+class InvitationInput(BaseModel):
+    invitation_id: uuid.UUID
+    tenant_id: uuid.UUID
+    email: str
+    role: Literal["admin", "member"]
+    invited_by: uuid.UUID
+    expires_in_seconds: int = 7 * 24 * 3600
+
+
+class IssueInvitation(BaseModel):
+    invitation_id: uuid.UUID
+    tenant_id: uuid.UUID
+    email: str
+    role: str
+    invited_by: uuid.UUID
+    expires_at: datetime
+
+
+class SendInvitationEmail(BaseModel):
+    invitation_id: uuid.UUID
+    tenant_id: uuid.UUID
+    message_id: str
+
+
+class AcceptInvitation(BaseModel):
+    """Signal: the API checked the token and that the caller's verified email matches."""
+
+    user_id: uuid.UUID
+
+
+class CompleteInvitation(BaseModel):
+    invitation_id: uuid.UUID
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    workflow_id: str
+
+
+class CloseInvitation(BaseModel):
+    invitation_id: uuid.UUID
+    tenant_id: uuid.UUID
+    status: Literal["revoked", "expired"]
+
+
+class InvitationResult(BaseModel):
+    invitation_id: uuid.UUID
+    status: Literal["accepted", "revoked", "expired"]
+    user_id: uuid.UUID | None = None

@@ -21,3 +21,19 @@ def derive_token(key: bytes, purpose: str, token_id: uuid.UUID) -> str:
 
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+INVITATION = "invitation"
+
+
+def invitation_token(key: bytes, tenant_id: uuid.UUID, invitation_id: uuid.UUID) -> str:
+    """`<tenant id>.<secret>`: the tenant part lets the API open the right tenant's rows (RLS) to find it."""
+    return f"{tenant_id}.{derive_token(key, INVITATION, invitation_id)}"
+
+
+def tenant_of_invitation_token(token: str) -> uuid.UUID | None:
+    tenant, sep, _ = token.partition(".")
+    try:
+        return uuid.UUID(tenant) if sep else None
+    except ValueError:
+        return None

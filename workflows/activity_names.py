@@ -9,3 +9,23 @@ ACTIVATE_USER = "users.activate_user"
 
 # email (activities/email.py)
 SEND_VERIFICATION_EMAIL = "email.send_verification_email"
+
+# tenants aggregate (activities/tenants.py)
+CREATE_TENANT = "tenants.create_tenant"
+MARK_TENANT_FAILED = "tenants.mark_tenant_failed"
+ADD_MEMBERSHIP = "tenants.add_membership"
+REMOVE_MEMBERSHIP = "tenants.remove_membership"
+CREATE_BILLING_CONFIG = "tenants.create_billing_config"
+DELETE_BILLING_CONFIG = "tenants.delete_billing_config"
+APPLY_DEFAULT_SETTINGS = "tenants.apply_default_settings"
+REMOVE_DEFAULT_SETTINGS = "tenants.remove_default_settings"
+ACTIVATE_TENANT = "tenants.activate_tenant"
+
+# invitations (activities/invitations.py)
+ISSUE_INVITATION = "invitations.issue_invitation"
+COMPLETE_INVITATION = "invitations.complete_invitation"
+CLOSE_INVITATION = "invitations.close_invitation"
+
+# tenant emails (activities/email.py)
+SEND_WELCOME_EMAIL = "email.send_welcome_email"
+SEND_INVITATION_EMAIL = "email.send_invitation_email"

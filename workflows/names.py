@@ -28,3 +28,21 @@ SA_SAGA_STEP = SearchAttributeKey.for_keyword("SagaStep")
 
 def registration_workflow_id(user_id: uuid.UUID | str) -> str:
     return f"registration-{user_id}"
+
+
+# tenant provisioning
+TENANT_PROVISIONING_WORKFLOW = "TenantProvisioning"
+UPDATE_TENANT_ACCEPTED = "accepted"
+
+# invitations
+INVITATION_WORKFLOW = "Invitation"
+SIGNAL_ACCEPT_INVITATION = "accept"
+SIGNAL_REVOKE_INVITATION = "revoke"
+
+
+def tenant_workflow_id(tenant_id: uuid.UUID | str) -> str:
+    return f"tenant-{tenant_id}"
+
+
+def invitation_workflow_id(invitation_id: uuid.UUID | str) -> str:
+    return f"invitation-{invitation_id}"
