@@ -59,14 +59,11 @@ class RegistrationWorkflow:
                 # Nothing was created, so nothing to compensate: answer the caller and end.
                 self.rejection = ApplicationError("this email is already registered", type=EMAIL_TAKEN,
                                                   non_retryable=True)
-                self.saga.state.error = EMAIL_TAKEN
-                self.saga.set_status("failed", details="email already registered; nothing created")
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                raise self.rejection from None
+                await self.saga.reject(self.rejection, "email already registered; nothing created")
             # Any other failure: the usual unwind (the create may have happened before the error).
             self.rejection = ApplicationError("the registration could not be started", type="RegistrationFailed",
                                               non_retryable=True)
-            return await self.saga.run(_reraise(err))
+            await self.saga.abort(err)
         self.user_created = True
         return await self.saga.run(self._after_user_created)
 
@@ -118,8 +115,3 @@ class RegistrationWorkflow:
         # A token for another registration (or an old one) is ignored: the API checked it exists.
         self.verified_token = signal.token_id
 
-
-def _reraise(err: BaseException):
-    async def body():
-        raise err
-    return body

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair
@@ -131,6 +131,20 @@ class Saga:
             raise
         return result
 
+    async def abort(self, err: BaseException) -> NoReturn:
+        """A step failed outside `run`: compensate what was registered, then re-raise the original error."""
+        self.state.error = _describe(err)
+        await self.compensate("compensated")
+        raise err
+
+    async def reject(self, error: ApplicationError, details: str) -> NoReturn:
+        """End before anything was created (e.g. a taken email): nothing to compensate. Waits for update
+        handlers, so a caller waiting on an update gets the rejection instead of "workflow completed"."""
+        self.state.error = error.type or error.message
+        self.set_status("failed", details=details)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        raise error
+
     async def compensate(self, final_status: SagaStatusValue) -> None:
         """Run every registered compensation in reverse; cancellation cannot interrupt it."""
         task = asyncio.ensure_future(self._compensate_all(final_status))
@@ -154,9 +168,12 @@ class Saga:
         while True:
             record.status = "running"
             record.attempts += 1
+            # An argument may be a function: then it is built at unwind time (e.g. the failure reason, or an
+            # id the forward step returned), from workflow state only, so it stays deterministic.
+            arg = comp.arg() if callable(comp.arg) else comp.arg
             try:
                 await workflow.execute_activity(
-                    comp.activity, comp.arg, start_to_close_timeout=comp.timeout, retry_policy=comp.retry_policy,
+                    comp.activity, arg, start_to_close_timeout=comp.timeout, retry_policy=comp.retry_policy,
                 )
             except ActivityError as err:
                 record.status = "failed"
