@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     registration_verification_timeout: timedelta = Field(
         timedelta(hours=24), description="How long a pending registration waits for verification."
     )
+    invitation_timeout: timedelta = Field(
+        timedelta(days=7), description="How long an invitation waits for acceptance before it expires."
+    )
 
     log_level: str = "INFO"
 
