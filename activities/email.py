@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from models.contracts import EmailSent, SendVerificationEmail
+from models.contracts import EmailSent, SendInvitationEmail, SendTenantEmail, SendVerificationEmail
 from models.db import transaction
-from models.tables import User, VerificationToken
+from models.tables import Invitation, Tenant, User, VerificationToken
 from prognet.settings import Settings
-from prognet.tokens import VERIFY_EMAIL, derive_token
+from prognet.tokens import VERIFY_EMAIL, derive_token, invitation_token
 from workflows import activity_names as names
 
 log = logging.getLogger(__name__)
@@ -47,19 +47,53 @@ class EmailActivities:
         if user is None or token is None:
             raise ApplicationError("user or token no longer exists", type="RecipientGone", non_retryable=True)
         secret = derive_token(self.token_key, VERIFY_EMAIL, req.token_id)
-        link = f"{self.settings.public_base_url.rstrip('/')}/verify-email?{urlencode({'token': secret})}"
-        text, markup = render("verify_email", name=user.display_name or "there", link=link,
-                              expires_at=token.expires_at.strftime("%Y-%m-%d %H:%M"))
+        return await self.compose_and_send(
+            user.email, "Confirm your ProgNetwork email address", "verify_email", req.message_id,
+            name=user.display_name or "there", link=self.link("/verify-email", secret),
+            expires_at=token.expires_at.strftime("%Y-%m-%d %H:%M"))
+
+    @activity.defn(name=names.SEND_WELCOME_EMAIL)
+    async def send_welcome_email(self, req: SendTenantEmail) -> EmailSent:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            user = await session.get(User, req.user_id)
+            tenant = await session.get(Tenant, req.tenant_id)
+        if user is None or tenant is None:
+            raise ApplicationError("user or tenant no longer exists", type="RecipientGone", non_retryable=True)
+        return await self.compose_and_send(
+            user.email, f"{tenant.name} is ready on ProgNetwork", "welcome", req.message_id,
+            name=user.display_name or "there", tenant_name=tenant.name)
+
+    @activity.defn(name=names.SEND_INVITATION_EMAIL)
+    async def send_invitation_email(self, req: SendInvitationEmail) -> EmailSent:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            invitation = await session.get(Invitation, req.invitation_id)
+            tenant = await session.get(Tenant, req.tenant_id)
+            inviter = await session.get(User, invitation.invited_by) if invitation else None
+        if invitation is None or tenant is None:
+            raise ApplicationError("invitation or tenant no longer exists", type="RecipientGone", non_retryable=True)
+        token = invitation_token(self.token_key, req.tenant_id, req.invitation_id)
+        return await self.compose_and_send(
+            invitation.email, f"Join {tenant.name} on ProgNetwork", "invitation", req.message_id,
+            inviter=(inviter.display_name or "A colleague") if inviter else "A colleague",
+            tenant_name=tenant.name, role=invitation.role, link=self.link("/accept-invitation", token),
+            expires_at=invitation.expires_at.strftime("%Y-%m-%d %H:%M"))
+
+    def link(self, path: str, token: str) -> str:
+        return f"{self.settings.public_base_url.rstrip('/')}{path}?{urlencode({'token': token})}"
+
+    async def compose_and_send(self, to: str, subject: str, template: str, message_id: str,
+                               **values: str) -> EmailSent:
+        text, markup = render(template, **values)
         msg = EmailMessage()
         msg["From"] = self.settings.mail_from
-        msg["To"] = user.email
-        msg["Subject"] = "Confirm your ProgNetwork email address"
-        msg["Message-ID"] = req.message_id
+        msg["To"] = to
+        msg["Subject"] = subject
+        msg["Message-ID"] = message_id  # stable across retries: a resend after a crash is recognisable
         msg.set_content(text)
         msg.add_alternative(markup, subtype="html")
         reply = await self.send(msg)
-        log.info("verification email sent", extra={"user_id": str(req.user_id), "message_id": req.message_id})
-        return EmailSent(message_id=req.message_id, smtp_reply=reply)
+        log.info("email sent", extra={"template": template, "message_id": message_id})
+        return EmailSent(message_id=message_id, smtp_reply=reply)
 
     async def send(self, msg: EmailMessage) -> str:
         s = self.settings

@@ -29,3 +29,7 @@ CLOSE_INVITATION = "invitations.close_invitation"
 # tenant emails (activities/email.py)
 SEND_WELCOME_EMAIL = "email.send_welcome_email"
 SEND_INVITATION_EMAIL = "email.send_invitation_email"
+
+# billing / Stripe (activities/billing.py)
+CREATE_STRIPE_CUSTOMER = "billing.create_stripe_customer"
+DELETE_STRIPE_CUSTOMER = "billing.delete_stripe_customer"

@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from models.contracts import CompensationRecord, OperatorDecision, SagaState, SagaStatusValue
@@ -206,6 +206,8 @@ def _describe(err: BaseException) -> str:
     cause: BaseException = err
     while isinstance(cause, ActivityError) and cause.cause is not None:
         cause = cause.cause
+    if isinstance(cause, CancelledError):  # an activity cancelled because the workflow was
+        return "cancelled"
     if isinstance(cause, ApplicationError) and cause.type:
         return f"{cause.type}: {cause.message}"
     return f"{type(cause).__name__}: {cause}"

@@ -1,0 +1,100 @@
+"""Tenants aggregate: tenant row, memberships, billing configuration, default settings.
+
+Every activity opens its transaction for one tenant (`transaction(engine, tenant_id=…)`), so PostgreSQL's
+row-level security sees exactly that tenant's rows. Each is idempotent and each compensation tolerates
+"nothing to undo": Temporal may run any of them again after a crash.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from models.contracts import CreateBillingConfig, CreateTenant, MarkTenantFailed, MembershipRef, TenantRef
+from models.db import transaction
+from models.events import record_event
+from models.tables import Membership, Tenant, TenantBilling, TenantSettings, utcnow
+from workflows import activity_names as names
+
+SLUG_TAKEN = "SlugTaken"
+DEFAULT_SETTINGS = {"timezone": "UTC", "locale": "en", "invitation_roles": ["admin", "member"]}
+
+
+class TenantActivities:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @activity.defn(name=names.CREATE_TENANT)
+    async def create_tenant(self, req: CreateTenant) -> None:
+        try:
+            async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+                if await session.get(Tenant, req.tenant_id) is not None:
+                    return  # a retry after the row was committed
+                session.add(Tenant(id=req.tenant_id, name=req.name, slug=req.slug, status="provisioning",
+                                   created_by=req.created_by))
+                record_event(session, "tenant.created", "tenant", req.tenant_id, {"slug": req.slug},
+                             tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+        except IntegrityError:
+            # Other tenants' rows are invisible here; the unique index on slug still sees them all.
+            raise ApplicationError("slug already taken", type=SLUG_TAKEN, non_retryable=True) from None
+
+    @activity.defn(name=names.MARK_TENANT_FAILED)
+    async def mark_tenant_failed(self, req: MarkTenantFailed) -> None:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            tenant = await session.get(Tenant, req.tenant_id)
+            if tenant is None or tenant.status == "failed":
+                return
+            tenant.status = "failed"
+            tenant.failure_reason = req.reason[:500]
+            session.add(tenant)
+            record_event(session, "tenant.failed", "tenant", req.tenant_id, {"reason": tenant.failure_reason},
+                         tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+
+    @activity.defn(name=names.ADD_MEMBERSHIP)
+    async def add_membership(self, req: MembershipRef) -> None:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            await session.exec(insert(Membership).values(tenant_id=req.tenant_id, user_id=req.user_id, role=req.role)
+                               .on_conflict_do_nothing())
+
+    @activity.defn(name=names.REMOVE_MEMBERSHIP)
+    async def remove_membership(self, req: MembershipRef) -> None:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            await session.exec(delete(Membership).where(Membership.tenant_id == req.tenant_id,
+                                                        Membership.user_id == req.user_id))
+
+    @activity.defn(name=names.CREATE_BILLING_CONFIG)
+    async def create_billing_config(self, req: CreateBillingConfig) -> None:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            await session.exec(insert(TenantBilling).values(
+                tenant_id=req.tenant_id, stripe_customer_id=req.stripe_customer_id, currency=req.currency,
+                billing_email=req.billing_email,
+            ).on_conflict_do_nothing())
+
+    @activity.defn(name=names.DELETE_BILLING_CONFIG)
+    async def delete_billing_config(self, req: TenantRef) -> None:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            await session.exec(delete(TenantBilling).where(TenantBilling.tenant_id == req.tenant_id))
+
+    @activity.defn(name=names.APPLY_DEFAULT_SETTINGS)
+    async def apply_default_settings(self, req: TenantRef) -> None:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            await session.exec(insert(TenantSettings).values(tenant_id=req.tenant_id, values=DEFAULT_SETTINGS)
+                               .on_conflict_do_nothing())
+
+    @activity.defn(name=names.REMOVE_DEFAULT_SETTINGS)
+    async def remove_default_settings(self, req: TenantRef) -> None:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            await session.exec(delete(TenantSettings).where(TenantSettings.tenant_id == req.tenant_id))
+
+    @activity.defn(name=names.ACTIVATE_TENANT)
+    async def activate_tenant(self, req: TenantRef) -> None:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            result = await session.exec(update(Tenant).where(Tenant.id == req.tenant_id, Tenant.status == "provisioning")
+                                        .values(status="active", activated_at=utcnow()))
+            if result.rowcount:
+                record_event(session, "tenant.provisioned", "tenant", req.tenant_id, {},
+                             tenant_id=req.tenant_id, workflow_id=req.workflow_id)

@@ -1,0 +1,214 @@
+"""Tenant provisioning and invitation sagas under the time-skipping server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import pytest
+from temporalio import activity
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.worker import Worker
+
+from models.contracts import (
+    AcceptInvitation,
+    CreateBillingConfig,
+    InvitationInput,
+    OperatorDecision,
+    TenantProvisioningInput,
+)
+from tests.unit.fake_tenant_activities import FakeTenantWorld
+from tests.unit.test_registration_workflow import saga_state, wait_for
+from workflows import activity_names as act
+from workflows.invitation import InvitationWorkflow
+from workflows.names import SIGNAL_ACCEPT_INVITATION, SIGNAL_OPERATOR_DECISION, SIGNAL_REVOKE_INVITATION
+from workflows.tenant_provisioning import TenantProvisioningWorkflow
+
+FORWARD = [act.CREATE_TENANT, act.ADD_MEMBERSHIP, act.CREATE_STRIPE_CUSTOMER, act.CREATE_BILLING_CONFIG,
+           act.APPLY_DEFAULT_SETTINGS, act.SEND_WELCOME_EMAIL, act.ACTIVATE_TENANT]
+# the compensation of each forward step that has one, in forward order
+UNDO = {act.CREATE_TENANT: act.MARK_TENANT_FAILED, act.ADD_MEMBERSHIP: act.REMOVE_MEMBERSHIP,
+        act.CREATE_STRIPE_CUSTOMER: act.DELETE_STRIPE_CUSTOMER, act.CREATE_BILLING_CONFIG: act.DELETE_BILLING_CONFIG,
+        act.APPLY_DEFAULT_SETTINGS: act.REMOVE_DEFAULT_SETTINGS}
+
+
+def worker(client: Client, task_queue: str, world: FakeTenantWorld) -> Worker:
+    return Worker(client, task_queue=task_queue, workflows=[TenantProvisioningWorkflow, InvitationWorkflow],
+                  activities=world.activities())
+
+
+def tenant_input() -> TenantProvisioningInput:
+    return TenantProvisioningInput(tenant_id=uuid.uuid4(), name="Acme", slug="acme", owner_user_id=uuid.uuid4(),
+                                   billing_email="billing@acme.test")
+
+
+async def test_provisioning_runs_every_step_in_order(ts_client, task_queue):
+    world = FakeTenantWorld()
+    async with worker(ts_client, task_queue, world):
+        params = tenant_input()
+        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
+                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        result = await handle.result()
+        state = await saga_state(handle)
+    assert result.status == "active" and result.stripe_customer_id == "cus_fake123"
+    assert world.calls == FORWARD
+    create = world.args[act.CREATE_STRIPE_CUSTOMER][0]
+    assert create.idempotency_key == f"tenant-{params.tenant_id}:create_stripe_customer"
+    assert create.tenant_id == params.tenant_id
+    assert world.args[act.ADD_MEMBERSHIP][0].role == "owner"
+    assert state.status == "completed"
+    assert all(c.status == "not_needed" for c in state.compensations)
+
+
+@pytest.mark.parametrize("failing", FORWARD)
+async def test_failure_at_each_step_compensates_exactly_the_started_steps_in_reverse(ts_client, task_queue, failing):
+    world = FakeTenantWorld(fail_step=failing)
+    async with worker(ts_client, task_queue, world):
+        params = tenant_input()
+        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
+                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        state = await saga_state(handle)
+    started = FORWARD[: FORWARD.index(failing) + 1]
+    expected_unwind = [UNDO[s] for s in reversed(started) if s in UNDO]
+    assert world.calls == started + expected_unwind
+    assert state.status == "compensated"
+    failed = world.args.get(act.MARK_TENANT_FAILED)
+    assert failed and "Boom" in failed[0].reason  # the tenant is marked failed with the reason
+    if act.DELETE_STRIPE_CUSTOMER in expected_unwind:
+        delete = world.args[act.DELETE_STRIPE_CUSTOMER][0]
+        # the customer id when the create answered; else the idempotency key finds it again
+        expected_id = None if failing == act.CREATE_STRIPE_CUSTOMER else "cus_fake123"
+        assert delete.customer_id == expected_id
+        assert delete.idempotency_key == f"tenant-{params.tenant_id}:create_stripe_customer"
+
+
+async def test_taken_slug_fails_fast_without_compensation(ts_client, task_queue):
+    world = FakeTenantWorld(fail_step=act.CREATE_TENANT, fail_with_type="SlugTaken")
+    async with worker(ts_client, task_queue, world):
+        params = tenant_input()
+        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
+                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    assert isinstance(failure.value.cause, ApplicationError) and failure.value.cause.type == "SlugTaken"
+    assert world.calls == [act.CREATE_TENANT]
+
+
+async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
+    world = FakeTenantWorld()
+    gate = {"open": False}
+    activities = world.activities()
+
+    # Hold the billing-config step until the workflow has been cancelled.
+    @activity.defn(name=act.CREATE_BILLING_CONFIG)
+    async def slow_billing_config(req: CreateBillingConfig) -> None:
+        world.calls.append(act.CREATE_BILLING_CONFIG)
+        while not gate["open"]:
+            activity.heartbeat()
+            await asyncio.sleep(0.05)
+
+    activities = [a for a in activities if getattr(a, "__temporal_activity_definition").name != act.CREATE_BILLING_CONFIG]
+    async with Worker(ts_client, task_queue=task_queue, workflows=[TenantProvisioningWorkflow],
+                      activities=activities + [slow_billing_config]):
+        params = tenant_input()
+        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
+                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        await wait_for(handle, lambda s: s.step == "create_billing_config")
+        await handle.cancel()
+        gate["open"] = True
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        state = await saga_state(handle)
+    assert isinstance(failure.value.cause, CancelledError)
+    assert world.calls[-4:] == [act.DELETE_BILLING_CONFIG, act.DELETE_STRIPE_CUSTOMER, act.REMOVE_MEMBERSHIP,
+                                act.MARK_TENANT_FAILED]
+    assert state.status == "compensated" and world.args[act.MARK_TENANT_FAILED][0].reason == "cancelled"
+
+
+async def test_failing_compensation_parks_provisioning_for_an_operator(ts_client, task_queue):
+    world = FakeTenantWorld(fail_step=act.SEND_WELCOME_EMAIL, broken_compensation=act.DELETE_STRIPE_CUSTOMER)
+    async with worker(ts_client, task_queue, world):
+        params = tenant_input()
+        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
+                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        parked = await wait_for(handle, lambda s: s.status == "awaiting_operator")
+        assert [c.step for c in parked.compensations if c.status == "failed"] == ["create_stripe_customer"]
+        assert act.REMOVE_MEMBERSHIP not in world.calls  # the unwind waits; nothing after it ran
+        world.healed = True
+        await handle.signal(SIGNAL_OPERATOR_DECISION, OperatorDecision(action="retry"))
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        state = await saga_state(handle)
+    assert state.status == "compensated"
+    assert world.calls[-2:] == [act.REMOVE_MEMBERSHIP, act.MARK_TENANT_FAILED]
+
+
+# --- invitations ---
+
+def invitation_input() -> InvitationInput:
+    return InvitationInput(invitation_id=uuid.uuid4(), tenant_id=uuid.uuid4(), email="new@acme.test", role="admin",
+                           invited_by=uuid.uuid4())
+
+
+async def start_invitation(client: Client, task_queue: str, params: InvitationInput):
+    return await client.start_workflow(InvitationWorkflow.run, params, id=f"invitation-{params.invitation_id}",
+                                       task_queue=task_queue)
+
+
+async def test_accepted_invitation_adds_the_membership(ts_client, task_queue):
+    world = FakeTenantWorld()
+    async with worker(ts_client, task_queue, world):
+        params = invitation_input()
+        handle = await start_invitation(ts_client, task_queue, params)
+        await wait_for(handle, lambda s: s.status == "waiting")
+        user_id = uuid.uuid4()
+        await handle.signal(SIGNAL_ACCEPT_INVITATION, AcceptInvitation(user_id=user_id))
+        result = await handle.result()
+    assert result.status == "accepted" and result.user_id == user_id
+    assert world.calls == [act.ISSUE_INVITATION, act.SEND_INVITATION_EMAIL, act.COMPLETE_INVITATION]
+    assert world.args[act.COMPLETE_INVITATION][0].user_id == user_id
+
+
+async def test_unanswered_invitation_expires_after_7_days(ts_client, task_queue):
+    world = FakeTenantWorld()
+    async with worker(ts_client, task_queue, world):
+        params = invitation_input()
+        handle = await start_invitation(ts_client, task_queue, params)
+        result = await handle.result()
+        state = await saga_state(handle)
+        elapsed = state.updated_at - (await handle.describe()).start_time
+    assert result.status == "expired"
+    assert timedelta(days=7) <= elapsed < timedelta(days=7, hours=1)
+    assert world.args[act.CLOSE_INVITATION][0].status == "expired"
+    assert act.COMPLETE_INVITATION not in world.calls
+
+
+async def test_revoked_invitation_closes_and_ignores_a_later_accept(ts_client, task_queue):
+    world = FakeTenantWorld()
+    async with worker(ts_client, task_queue, world):
+        params = invitation_input()
+        handle = await start_invitation(ts_client, task_queue, params)
+        await wait_for(handle, lambda s: s.status == "waiting")
+        await handle.signal(SIGNAL_REVOKE_INVITATION)
+        await handle.signal(SIGNAL_ACCEPT_INVITATION, AcceptInvitation(user_id=uuid.uuid4()))
+        result = await handle.result()
+    assert result.status == "revoked"
+    assert world.calls == [act.ISSUE_INVITATION, act.SEND_INVITATION_EMAIL, act.CLOSE_INVITATION]
+    assert world.args[act.CLOSE_INVITATION][0].status == "revoked"
+
+
+async def test_cancelled_invitation_revokes_its_token(ts_client, task_queue):
+    world = FakeTenantWorld()
+    async with worker(ts_client, task_queue, world):
+        params = invitation_input()
+        handle = await start_invitation(ts_client, task_queue, params)
+        await wait_for(handle, lambda s: s.status == "waiting")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert world.calls[-1] == act.CLOSE_INVITATION
+    assert world.args[act.CLOSE_INVITATION][0].status == "revoked"

@@ -1,0 +1,115 @@
+"""Tenant provisioning saga: tenant row → owner membership → Stripe customer → billing config → default
+settings → welcome email → active.
+
+Any failure (including a permanent Stripe error) or a cancellation unwinds what was done, in reverse:
+settings and billing config removed, Stripe customer deleted, membership removed, tenant marked `failed`
+with the reason. A taken slug ends the saga at once, before anything was created (a synchronous 409).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer, StripeCustomer
+    from models.contracts import (
+        CreateBillingConfig,
+        CreateTenant,
+        MarkTenantFailed,
+        MembershipRef,
+        SendTenantEmail,
+        TenantAccepted,
+        TenantProvisioningInput,
+        TenantProvisioningResult,
+        TenantRef,
+    )
+    from workflows import activity_names as act
+    from workflows.names import TENANT_PROVISIONING_WORKFLOW, UPDATE_TENANT_ACCEPTED
+    from workflows.saga import Saga
+
+SLUG_TAKEN = "SlugTaken"
+
+
+@workflow.defn(name=TENANT_PROVISIONING_WORKFLOW)
+class TenantProvisioningWorkflow:
+    @workflow.init
+    def __init__(self, params: TenantProvisioningInput) -> None:
+        self.saga = Saga("tenant_provisioning")
+        self.params = params
+        self.tenant_created = False
+        self.rejection: ApplicationError | None = None
+        self.customer_id: str | None = None
+
+    @workflow.run
+    async def run(self, params: TenantProvisioningInput) -> TenantProvisioningResult:
+        wid = workflow.info().workflow_id
+        try:
+            await self.saga.step(
+                "create_tenant", act.CREATE_TENANT,
+                CreateTenant(tenant_id=params.tenant_id, name=params.name, slug=params.slug,
+                             created_by=params.owner_user_id, workflow_id=wid),
+                compensation=(act.MARK_TENANT_FAILED, self._failure),
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, ApplicationError) and err.cause.type == SLUG_TAKEN:
+                self.rejection = ApplicationError("this slug is already taken", type=SLUG_TAKEN, non_retryable=True)
+                await self.saga.reject(self.rejection, "slug already taken; nothing created")
+            self.rejection = ApplicationError("the tenant could not be created", type="TenantFailed",
+                                              non_retryable=True)
+            await self.saga.abort(err)
+        self.tenant_created = True
+        return await self.saga.run(self._provision)
+
+    async def _provision(self) -> TenantProvisioningResult:
+        p, wid = self.params, workflow.info().workflow_id
+        tenant = TenantRef(tenant_id=p.tenant_id, workflow_id=wid)
+        await self.saga.step(
+            "add_owner_membership", act.ADD_MEMBERSHIP,
+            MembershipRef(tenant_id=p.tenant_id, user_id=p.owner_user_id, role="owner"),
+            compensation=(act.REMOVE_MEMBERSHIP, MembershipRef(tenant_id=p.tenant_id, user_id=p.owner_user_id)),
+        )
+        # The idempotency key comes from the workflow id and the step: stable across retries and resets.
+        idempotency_key = f"{wid}:create_stripe_customer"
+        customer: StripeCustomer = await self.saga.step(
+            "create_stripe_customer", act.CREATE_STRIPE_CUSTOMER,
+            CreateStripeCustomer(tenant_id=p.tenant_id, name=p.name, email=p.billing_email,
+                                 idempotency_key=idempotency_key),
+            compensation=(act.DELETE_STRIPE_CUSTOMER, lambda: DeleteStripeCustomer(
+                customer_id=self.customer_id, tenant_id=p.tenant_id, idempotency_key=idempotency_key)),
+            result_type=StripeCustomer,
+        )
+        self.customer_id = customer.customer_id
+        await self.saga.step(
+            "create_billing_config", act.CREATE_BILLING_CONFIG,
+            CreateBillingConfig(tenant_id=p.tenant_id, stripe_customer_id=customer.customer_id,
+                                currency=p.currency, billing_email=p.billing_email),
+            compensation=(act.DELETE_BILLING_CONFIG, tenant),
+        )
+        await self.saga.step(
+            "apply_default_settings", act.APPLY_DEFAULT_SETTINGS, tenant,
+            compensation=(act.REMOVE_DEFAULT_SETTINGS, tenant),
+        )
+        await self.saga.step(
+            "send_welcome_email", act.SEND_WELCOME_EMAIL,
+            SendTenantEmail(tenant_id=p.tenant_id, user_id=p.owner_user_id, message_id=f"<{wid}.welcome@prognet>"),
+            timeout=timedelta(seconds=60),
+        )
+        await self.saga.step("activate_tenant", act.ACTIVATE_TENANT, tenant)
+        self.saga.complete("tenant active")
+        return TenantProvisioningResult(tenant_id=p.tenant_id, status="active", stripe_customer_id=customer.customer_id)
+
+    def _failure(self) -> MarkTenantFailed:
+        return MarkTenantFailed(tenant_id=self.params.tenant_id, reason=self.saga.state.error or "unknown",
+                                workflow_id=workflow.info().workflow_id)
+
+    @workflow.update(name=UPDATE_TENANT_ACCEPTED)
+    async def accepted(self) -> TenantAccepted:
+        """Answers once the tenant row exists, so a taken slug is a synchronous 409 for the API."""
+        await workflow.wait_condition(lambda: self.tenant_created or self.rejection is not None)
+        if self.rejection is not None:
+            raise self.rejection
+        return TenantAccepted(tenant_id=self.params.tenant_id, status="provisioning")
+
