@@ -1,7 +1,7 @@
-"""The page a verification email links to.
+"""The pages emails link to.
 
-A GET never verifies anything (mail scanners prefetch links); the page asks the person to press a button,
-which POSTs the token to `/v1/auth/verify`.
+A GET never changes anything (mail scanners prefetch links): the verification page asks the person to press
+a button, which POSTs the token; the invitation page explains how to accept once logged in.
 """
 
 from __future__ import annotations
@@ -36,3 +36,26 @@ document.getElementById("confirm").onclick = async () => {
 @router.get("/verify-email", response_class=HTMLResponse)
 async def verify_email_page() -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+INVITATION_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Invitation · ProgNetwork</title>
+<meta name="referrer" content="no-referrer"></head>
+<body style="font-family: sans-serif; max-width: 40rem; margin: 4rem auto">
+<h1>You are invited to an organisation</h1>
+<p>Log in with the email address this invitation was sent to, then accept it with your access token:</p>
+<pre id="cmd" style="white-space: pre-wrap; background: #f4f4f4; padding: 1rem"></pre>
+<script>
+const token = new URLSearchParams(location.search).get("token") || "";
+document.getElementById("cmd").textContent = [
+  "curl -X POST " + location.origin + "/v1/invitations/accept",
+  "  -H 'Authorization: Bearer $ACCESS' -H 'Content-Type: application/json'",
+  "  -d '" + JSON.stringify({token}) + "'"].join(" \\\\\\n");
+</script>
+</body></html>
+"""
+
+
+@router.get("/accept-invitation", response_class=HTMLResponse)
+async def accept_invitation_page() -> HTMLResponse:
+    return HTMLResponse(INVITATION_PAGE, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
