@@ -1,0 +1,187 @@
+"""Running the sandbox: in-process on the current event loop (tests, `prognet dev`) or standalone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from .app import create_app
+from .core import Sandbox
+from .faults import Fault
+from .store import StateStore
+
+log = logging.getLogger("prognet.stripe_sandbox")
+
+DEV_SECRET_KEY = "sk_test_prognet_sandbox"  # any sk_test_… key works; this is the dev stack's
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that embeds the sandbox owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        pass
+
+
+class StripeSandbox:
+    """A Stripe-compatible HTTP API on host:port. `async with StripeSandbox(state_file=…, port=0) as sb: sb.api_base`.
+
+    `state_file=None` keeps everything in memory. Port 0 picks a free one (read `port` after start()).
+    The in-process helpers (`inject_fault`, `clear_faults`, `requests`, `customers`) act directly on the state;
+    `SandboxAdmin(api_base)` does the same over HTTP for a sandbox in another process.
+    """
+
+    def __init__(self, *, state_file: Path | str | None = None, host: str = "127.0.0.1", port: int = 12111,
+                 log_level: str = "warning") -> None:
+        self.host, self.port = host, port
+        self.state_file = Path(state_file) if state_file is not None else None
+        self.log_level = log_level
+        self.sandbox: Sandbox | None = None
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def api_base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.sandbox = Sandbox(StateStore(self.state_file))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))  # here, not in uvicorn: a busy port is an OSError, not sys.exit()
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(self.sandbox), log_level=self.log_level, access_log=False,
+                                lifespan="off", server_header=False, date_header=True)
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="stripe-sandbox")
+        while not self._server.started:
+            if self._task.done():
+                exc = self._task.exception()
+                raise RuntimeError(f"the Stripe sandbox stopped while starting: {exc!r}")
+            await asyncio.sleep(0.01)
+        self._socket = sock
+        log.info("Stripe sandbox on %s (state: %s)", self.api_base, self.state_file or "in memory")
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), 5)
+        except asyncio.TimeoutError:
+            self._server.force_exit = True
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(self._task, 5)
+        except Exception:
+            pass
+        with contextlib.suppress(OSError):
+            self._socket.close()
+        if self.sandbox is not None:
+            self.sandbox.store.flush()
+        self._server = self._task = None
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._task is not None
+        try:
+            await asyncio.shield(self._task)
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> StripeSandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- in-process helpers for tests ------------------------------------------------------------------------
+    @property
+    def _state(self) -> Sandbox:
+        if self.sandbox is None:
+            raise RuntimeError("the Stripe sandbox is not running")
+        return self.sandbox
+
+    def inject_fault(self, status: int, count: int = 1, *, path_prefix: str = "/v1/", method: str | None = None,
+                     phase: str = "before", code: str | None = None, message: str | None = None,
+                     decline_code: str | None = None) -> dict[str, Any]:
+        """Make the next `count` matching calls fail (see faults.py for `phase`)."""
+        fault = Fault(status=status, count=count, path_prefix=path_prefix, method=method, phase=phase,  # type: ignore[arg-type]
+                      code=code, message=message, decline_code=decline_code)
+        return self._state.faults.add(fault).to_dict()
+
+    def clear_faults(self) -> None:
+        self._state.faults.clear()
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self._state.faults.active()
+
+    def requests(self, *, path_prefix: str = "", method: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self._state.requests
+                if r["path"].startswith(path_prefix) and (method is None or r["method"] == method.upper())]
+
+    def objects(self, kind: str) -> list[dict[str, Any]]:
+        """Every stored object of `kind` for every API key, newest first (deleted customers are tombstones)."""
+        return self._state.store.list(kind)
+
+    def customers(self, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+        return [c for c in self.objects("customer") if include_deleted or not c.get("deleted")]
+
+
+class SandboxAdmin:
+    """The admin API of a sandbox running elsewhere (e.g. under `prognet dev`), for integration tests."""
+
+    def __init__(self, api_base: str, *, timeout: float = 10.0) -> None:
+        import httpx
+
+        self._client = httpx.AsyncClient(base_url=api_base.rstrip("/"), timeout=timeout)
+
+    async def inject_fault(self, status: int, count: int = 1, **spec: Any) -> dict[str, Any]:
+        response = await self._client.post("/_sandbox/faults", json={"status": status, "count": count, **spec})
+        response.raise_for_status()
+        return response.json()
+
+    async def clear_faults(self) -> None:
+        (await self._client.delete("/_sandbox/faults")).raise_for_status()
+
+    async def requests(self, *, path_prefix: str = "", method: str | None = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"path_prefix": path_prefix, "limit": 1000}
+        if method:
+            query["method"] = method
+        response = await self._client.get("/_sandbox/requests", params=query)
+        response.raise_for_status()
+        return response.json()["data"]
+
+    async def objects(self, kind: str) -> list[dict[str, Any]]:
+        response = await self._client.get(f"/_sandbox/objects/{kind}")
+        response.raise_for_status()
+        return response.json()["data"]
+
+    async def customers(self, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+        return [c for c in await self.objects("customer") if include_deleted or not c.get("deleted")]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> SandboxAdmin:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,133 @@
+"""The sandbox's state: every Stripe object by kind, scoped to the account its API key belongs to, plus the
+idempotency records. In memory, or persisted to one JSON file (written atomically after each change), so a second
+`prognet dev` run still knows the customers created before.
+
+Resources use only `new_id`, `put`, `get`, `list`: a new resource kind (payment_intent, refund, event) needs no
+change here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+_ALPHABET = string.ascii_letters + string.digits
+FORMAT_VERSION = 1
+
+
+def random_id(prefix: str, length: int = 14) -> str:
+    return f"{prefix}_" + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+class StateStore:
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.RLock()
+        self._dirty = False
+        self._objects: dict[str, dict[str, dict[str, Any]]] = {}  # kind -> id -> {"account", "seq", "object"}
+        self._idempotency: dict[str, dict[str, Any]] = {}  # "account key" -> record
+        self._seq = 0
+        if self.path is not None and self.path.exists():
+            self._load()
+
+    # --- objects --------------------------------------------------------------------------------------------
+    def new_id(self, prefix: str, length: int = 14) -> str:
+        return random_id(prefix, length)
+
+    def put(self, kind: str, account: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Insert or replace `obj` (keyed by obj["id"]); insertion order is kept for listing."""
+        with self._lock:
+            records = self._objects.setdefault(kind, {})
+            existing = records.get(obj["id"])
+            if existing is None:
+                self._seq += 1
+                records[obj["id"]] = {"account": account, "seq": self._seq, "object": obj}
+            else:
+                existing["object"] = obj
+            self._dirty = True
+            return obj
+
+    def get(self, kind: str, account: str, object_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._objects.get(kind, {}).get(object_id)
+            if record is None or record["account"] != account:
+                return None
+            return record["object"]
+
+    def list(self, kind: str, account: str | None = None) -> list[dict[str, Any]]:
+        """Objects of `kind` (for one account, or all), newest first as Stripe lists them."""
+        with self._lock:
+            records = [r for r in self._objects.get(kind, {}).values() if account is None or r["account"] == account]
+        records.sort(key=lambda r: r["seq"], reverse=True)
+        return [r["object"] for r in records]
+
+    def remove(self, kind: str, object_id: str) -> None:
+        with self._lock:
+            if self._objects.get(kind, {}).pop(object_id, None) is not None:
+                self._dirty = True
+
+    # --- idempotency records --------------------------------------------------------------------------------
+    def idempotency_get(self, account: str, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._idempotency.get(f"{account} {key}")
+
+    def idempotency_put(self, account: str, key: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._idempotency[f"{account} {key}"] = {**record, "stored_at": time.time()}
+            self._dirty = True
+
+    def idempotency_prune(self, max_age_seconds: float) -> None:
+        cutoff = time.time() - max_age_seconds
+        with self._lock:
+            stale = [k for k, r in self._idempotency.items() if r.get("stored_at", 0) < cutoff]
+            for k in stale:
+                del self._idempotency[k]
+            if stale:
+                self._dirty = True
+
+    # --- persistence ----------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self._objects.clear()
+            self._idempotency.clear()
+            self._dirty = True
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the state if it changed: a temp file in the same directory, fsync, then rename over the old one."""
+        with self._lock:
+            if not self._dirty or self.path is None:
+                self._dirty = False
+                return
+            payload = json.dumps(
+                {"version": FORMAT_VERSION, "seq": self._seq, "objects": self._objects, "idempotency": self._idempotency},
+                separators=(",", ":"),
+            )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(payload)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            self._dirty = False
+
+    def _load(self) -> None:
+        assert self.path is not None
+        data = json.loads(self.path.read_text() or "{}")
+        if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ValueError(f"{self.path}: unsupported Stripe sandbox state version {data.get('version')}")
+        self._objects = data.get("objects", {})
+        self._idempotency = data.get("idempotency", {})
+        self._seq = int(data.get("seq", 0))
