@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev", "development"}
 MIN_SECRET_LENGTH = 32
+DEV_STRIPE_SECRET_KEY = "sk_test_prognet_sandbox"  # accepted by the dev Stripe sandbox only
+STRIPE_API_BASE = "https://api.stripe.com"
 
 
 class Settings(BaseSettings):
@@ -57,6 +59,14 @@ class Settings(BaseSettings):
     temporal_ui_port: int = 8233
     redis_port: int = 6379
 
+    # --- Stripe (unset STRIPE_API_BASE = the embedded sandbox under `prognet dev`, api.stripe.com otherwise) ---
+    stripe_api_base: str | None = Field(
+        None, description="Base URL of the Stripe API; unset: the dev stack's sandbox, else https://api.stripe.com")
+    stripe_secret_key: SecretStr | None = Field(
+        SecretStr(DEV_STRIPE_SECRET_KEY),
+        description="Stripe secret key; the sandbox accepts any sk_test_… key; production needs a real one")
+    stripe_sandbox_port: int = 12111
+
     public_base_url: str = Field(
         "http://127.0.0.1:8000", description="Base of links put into emails (verification links)."
     )
@@ -93,12 +103,20 @@ class Settings(BaseSettings):
         missing = [n for n in ("database_url", "redis_url", "temporal_address", "smtp_host") if not getattr(self, n)]
         if missing:
             raise ValueError(f"production needs external services; unset: {', '.join(n.upper() for n in missing)}")
+        stripe_key = self.stripe_secret_key.get_secret_value() if self.stripe_secret_key else ""
+        if stripe_key == DEV_STRIPE_SECRET_KEY or not stripe_key.startswith(("sk_", "rk_")):
+            raise ValueError("STRIPE_SECRET_KEY must be set to a real Stripe secret key (sk_… or rk_…) in production")
         return self
 
     # --- derived values ---
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def stripe_base(self) -> str:
+        """Where the Stripe SDK sends requests: STRIPE_API_BASE, else api.stripe.com (the dev stack sets it)."""
+        return (self.stripe_api_base or STRIPE_API_BASE).rstrip("/")
 
     def secret_bytes(self) -> bytes:
         """The master secret; in development it is generated once into the data dir."""
