@@ -1,0 +1,114 @@
+"""Billing side effects in Stripe, through the official `stripe` SDK.
+
+The same code talks to api.stripe.com in production and to the dev stack's Stripe sandbox (STRIPE_API_BASE).
+The SDK never retries (`max_network_retries=0`): Temporal owns retries. Stripe's answers are split in two:
+- permanent (card declined, invalid request, bad/unauthorised key, idempotency-key misuse) → a non-retryable
+  `ApplicationError(type="StripePermanentError")` whose message names Stripe's error class and code — never the key,
+  never Stripe's free-text message (it can echo an email address);
+- temporary (rate limit, network, 5xx) → re-raised as is, so the activity's retry policy applies.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NoReturn
+from uuid import UUID
+
+import stripe
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer, StripeCustomer
+from prognet.settings import Settings
+from workflows import activity_names as names
+
+log = logging.getLogger(__name__)
+
+STRIPE_PERMANENT_ERROR = "StripePermanentError"
+PERMANENT_ERRORS: tuple[type[stripe.StripeError], ...] = (
+    stripe.CardError, stripe.InvalidRequestError, stripe.AuthenticationError, stripe.PermissionError,
+    stripe.IdempotencyError,
+)
+
+
+def stripe_client(settings: Settings) -> stripe.StripeClient:
+    """A StripeClient for STRIPE_API_BASE (api.stripe.com unless set) with no SDK-level retries."""
+    key = settings.stripe_secret_key.get_secret_value() if settings.stripe_secret_key else ""
+    if not key:
+        raise ApplicationError("STRIPE_SECRET_KEY is not set", type=STRIPE_PERMANENT_ERROR, non_retryable=True)
+    return stripe.StripeClient(key, base_addresses={"api": settings.stripe_base}, max_network_retries=0)
+
+
+def _raise_translated(exc: stripe.StripeError, action: str) -> NoReturn:
+    """Permanent Stripe errors become non-retryable ApplicationErrors; the rest propagate for Temporal to retry."""
+    if not isinstance(exc, PERMANENT_ERRORS):
+        raise exc
+    error = exc.error
+    facts: dict[str, Any] = {
+        "error_class": type(exc).__name__,
+        "code": exc.code or (error.code if error is not None else None),
+        "type": error.type if error is not None else None,
+        "param": error.param if error is not None else None,
+        "decline_code": error.decline_code if error is not None else None,
+        "http_status": exc.http_status,
+        "request_id": exc.request_id,
+    }
+    shown = ", ".join(f"{k}={v}" for k, v in facts.items() if v is not None and k != "error_class")
+    raise ApplicationError(
+        f"Stripe refused to {action}: {facts['error_class']} ({shown})",
+        {k: v for k, v in facts.items() if v is not None},
+        type=STRIPE_PERMANENT_ERROR, non_retryable=True,
+    ) from None
+
+
+class BillingActivities:
+    def __init__(self, settings: Settings, *, client: stripe.StripeClient | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self) -> stripe.StripeClient:
+        if self._client is None:
+            self._client = stripe_client(self.settings)
+        return self._client
+
+    @activity.defn(name=names.CREATE_STRIPE_CUSTOMER)
+    async def create_stripe_customer(self, req: CreateStripeCustomer) -> StripeCustomer:
+        """Create the tenant's Stripe customer. The caller's idempotency key makes a retry (even after the response
+        was lost) return the customer the first attempt created, for as long as Stripe keeps the key (24 h)."""
+        params: dict[str, Any] = {"name": req.name, "metadata": {"tenant_id": str(req.tenant_id)}}
+        if req.email:
+            params["email"] = req.email
+        try:
+            customer = await self.client.v1.customers.create_async(
+                params=params, options={"idempotency_key": req.idempotency_key})  # type: ignore[arg-type]
+        except stripe.StripeError as exc:
+            _raise_translated(exc, "create the customer")
+        log.info("stripe customer ready", extra={"tenant_id": str(req.tenant_id), "customer_id": customer.id})
+        return StripeCustomer(customer_id=customer.id)
+
+    @activity.defn(name=names.DELETE_STRIPE_CUSTOMER)
+    async def delete_stripe_customer(self, req: DeleteStripeCustomer) -> None:
+        """Compensation: delete the tenant's customer. A customer already gone counts as deleted. Without a
+        customer id (the create's answer was lost), the tenant's customers are found by their `tenant_id`
+        metadata (Stripe's search is eventually consistent: a customer created seconds ago may be missed on
+        api.stripe.com; the sandbox is consistent)."""
+        ids = [req.customer_id] if req.customer_id else await self._customers_of(req.tenant_id)
+        for customer_id in ids:
+            try:
+                await self.client.v1.customers.delete_async(customer_id)
+            except stripe.InvalidRequestError as exc:
+                if exc.code == "resource_missing" or exc.http_status == 404:
+                    continue  # deleted before (a retry) or never existed
+                _raise_translated(exc, "delete the customer")
+            except stripe.StripeError as exc:
+                _raise_translated(exc, "delete the customer")
+            log.info("stripe customer deleted", extra={"tenant_id": str(req.tenant_id), "customer_id": customer_id})
+
+    async def _customers_of(self, tenant_id: UUID) -> list[str]:
+        try:
+            found = await self.client.v1.customers.search_async(
+                params={"query": f"metadata['tenant_id']:'{tenant_id}'", "limit": 100})
+        except stripe.StripeError as exc:
+            _raise_translated(exc, "search the tenant's customers")
+        return [c.id for c in found.data]
