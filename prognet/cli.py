@@ -5,6 +5,7 @@
     prognet api          the HTTP API (uvicorn, api.app:create_app)
     prognet migrate      apply database migrations (Alembic, upgrade head)
     prognet smtp-sink    the development SMTP sink on its own
+    prognet stripe-sandbox  the development Stripe sandbox on its own
     prognet mail list    messages the SMTP sink received;  prognet mail show N
 """
 
@@ -229,6 +230,35 @@ def cmd_smtp_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stripe_sandbox(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from prognet.devstack import StripeSandbox, port_is_free
+
+    port = args.port or settings.stripe_sandbox_port
+    state_file = None if args.in_memory else Path(args.state_file or settings.data_dir / "stripe" / "state.json").resolve()
+    if not port_is_free(args.host, port):
+        return _error(f"Stripe sandbox port {args.host}:{port} is busy")
+    logging.basicConfig(level="INFO", format="%(asctime)s stripe | %(message)s")
+
+    async def run() -> None:
+        sandbox = StripeSandbox(state_file=state_file, host=args.host, port=port)
+        await sandbox.start()
+        print(f"Stripe sandbox (development only) on {sandbox.api_base}, state in {state_file or 'memory'}\n"
+              f"  STRIPE_API_BASE={sandbox.api_base} STRIPE_SECRET_KEY=sk_test_…  "
+              f"admin: {sandbox.api_base}/_sandbox/docs", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await sandbox.stop()
+
+    asyncio.run(run())
+    return 0
+
+
 def cmd_mail_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from prognet.devstack.smtp_sink import delivery_date, read_messages
@@ -307,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, help="port (default: SMTP_PORT, 1025)")
     p.add_argument("--maildir", help="Maildir to store into (default: <data dir>/mail)")
+    p = add("stripe-sandbox", cmd_stripe_sandbox, "run the development Stripe sandbox on its own")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, help="port (default: STRIPE_SANDBOX_PORT, 12111)")
+    p.add_argument("--state-file", help="JSON state file (default: <data dir>/stripe/state.json)")
+    p.add_argument("--in-memory", action="store_true", help="keep no state between runs")
 
     mail = sub.add_parser("mail", help="read the messages the SMTP sink received")
     mail_sub = mail.add_subparsers(dest="mail_command", metavar="ACTION", required=True)

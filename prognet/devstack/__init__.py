@@ -1,4 +1,4 @@
-"""The embedded development stack: real Temporal, PostgreSQL, Redis and an SMTP sink, no Docker, no network."""
+"""The embedded development stack: real Temporal, PostgreSQL, Redis, an SMTP sink and a Stripe sandbox, no Docker, no network."""
 
 from .components import (
     AppProcess,
@@ -7,6 +7,7 @@ from .components import (
     EmbeddedRedis,
     SmtpSinkComponent,
     StackError,
+    StripeSandboxComponent,
     TemporalServer,
     load_search_attributes,
 )
@@ -14,6 +15,7 @@ from .ports import free_port, port_is_free
 from .process import LogSink, ManagedProcess
 from .smtp_sink import MaildirHandler, SmtpSink, delivery_date, message_text, read_messages, wait_for_messages
 from .stack import EmbeddedStack, print_log
+from .stripe_sandbox import SandboxAdmin, StripeSandbox
 
 __all__ = [
     "AppProcess",
@@ -26,7 +28,10 @@ __all__ = [
     "ManagedProcess",
     "SmtpSink",
     "SmtpSinkComponent",
+    "SandboxAdmin",
     "StackError",
+    "StripeSandbox",
+    "StripeSandboxComponent",
     "TemporalServer",
     "delivery_date",
     "free_port",

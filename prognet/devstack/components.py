@@ -14,6 +14,7 @@ from pathlib import Path
 from .ports import tcp_accepts
 from .process import LogSink, ManagedProcess
 from .smtp_sink import SmtpSink
+from .stripe_sandbox import StripeSandbox
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPORAL_CONFIG_DIR = REPO_ROOT / "temporal-config"
@@ -484,6 +485,36 @@ class SmtpSinkComponent(Component):
 
     def rows(self) -> list[tuple[str, str, str]]:
         return [("SMTP sink", f"smtp://{self.sink.host}:{self.sink.port}", f"{self.sink.maildir} (prognet mail list)")]
+
+
+# --- Stripe sandbox ---------------------------------------------------------------------------------------
+
+class StripeSandboxComponent(Component):
+    """The Stripe-compatible sandbox (dev/test only), run inside the supervisor's event loop."""
+
+    name = "Stripe sandbox"
+
+    def __init__(self, state_file: Path | None, *, host: str = "127.0.0.1", port: int = 12111) -> None:
+        self.sandbox = StripeSandbox(state_file=Path(state_file).resolve() if state_file else None, host=host, port=port)
+
+    @property
+    def api_base(self) -> str:
+        return self.sandbox.api_base
+
+    def ports(self) -> list[tuple[str, str, int]]:
+        return [("Stripe sandbox", self.sandbox.host, self.sandbox.port)]
+
+    async def start(self) -> None:
+        try:
+            await self.sandbox.start()
+        except OSError as exc:
+            raise StackError(self.name, f"Stripe sandbox could not listen on {self.sandbox.host}:{self.sandbox.port}: {exc.strerror or exc}") from exc
+
+    async def stop(self) -> None:
+        await self.sandbox.stop()
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        return [("Stripe sandbox", self.api_base, str(self.sandbox.state_file or "in memory"))]
 
 
 # --- the app's own processes --------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ started together on one machine, with no Docker and no network.
     async with EmbeddedStack(tmp_path / "data") as stack:     # free ports picked automatically
         stack.database_url, stack.redis_url, stack.temporal_address, stack.maildir, ...
 
-Any service given as an external address (database_url=..., redis_url=..., temporal_address=..., smtp_host=...)
+Any service given as an external address (database_url=..., redis_url=..., temporal_address=..., smtp_host=...,
+stripe_api_base=...)
 is not started; the stack just reports (and for the database, migrates) it.
 """
 
@@ -24,6 +25,7 @@ from .components import (
     EmbeddedRedis,
     SmtpSinkComponent,
     StackError,
+    StripeSandboxComponent,
     TemporalServer,
 )
 from .ports import free_port, port_is_free
@@ -45,7 +47,8 @@ class EmbeddedStack:
     Ports left as None are picked free at construction time, so several stacks (tests) can run side by side.
     After `start()` the resolved addresses are attributes: `database_url` (SQLAlchemy/asyncpg), `postgres_dsn`
     (plain asyncpg/libpq), `redis_url`, `temporal_address`, `temporal_namespace`, `temporal_ui_url`, `smtp_host`,
-    `smtp_port`, `maildir`, `api_url` (None unless the API is started).
+    `smtp_port`, `maildir`, `stripe_api_base`, `stripe_secret_key`, `stripe` (the sandbox component, whose
+    `.sandbox` injects faults), `api_url` (None unless the API is started).
     """
 
     def __init__(
@@ -63,12 +66,16 @@ class EmbeddedStack:
         redis_url: str | None = None,
         temporal_address: str | None = None,
         smtp_host: str | None = None,
+        stripe_port: int | None = None,
+        stripe_api_base: str | None = None,
+        stripe_secret_key: str | None = None,
         temporal_namespace: str = "default",
         database_name: str = "prognet",
         with_temporal: bool = True,
         with_postgres: bool = True,
         with_redis: bool = True,
         with_smtp: bool = True,
+        with_stripe: bool = True,
         with_worker: bool = False,
         with_api: bool = False,
         run_migrations: bool = True,
@@ -144,6 +151,22 @@ class EmbeddedStack:
         else:
             self.smtp_host = self.smtp_port = None
 
+        # Stripe: the sandbox unless an API base (api.stripe.com or another sandbox) is given
+        from prognet.settings import DEV_STRIPE_SECRET_KEY
+
+        self.stripe: StripeSandboxComponent | None = None
+        self.stripe_secret_key: str | None = stripe_secret_key
+        if stripe_api_base:
+            self.stripe_api_base: str | None = stripe_api_base
+        elif with_stripe:
+            self.stripe = StripeSandboxComponent(self.data_dir / "stripe" / "state.json", host=host,
+                                                 port=stripe_port or free_port(host))
+            self.stripe_api_base = self.stripe.api_base
+            self.stripe_secret_key = stripe_secret_key or DEV_STRIPE_SECRET_KEY
+            self.components.append(self.stripe)
+        else:
+            self.stripe_api_base = None
+
         self._infra = list(self.components)
 
         # the app itself (prognet dev)
@@ -181,6 +204,9 @@ class EmbeddedStack:
             redis_url=settings.redis_url,
             temporal_address=settings.temporal_address,
             smtp_host=settings.smtp_host,
+            stripe_port=settings.stripe_sandbox_port,
+            stripe_api_base=settings.stripe_api_base,
+            stripe_secret_key=settings.stripe_secret_key.get_secret_value() if settings.stripe_secret_key else None,
             temporal_namespace=settings.temporal_namespace,
             with_worker=with_app,
             with_api=with_app,
@@ -206,7 +232,10 @@ class EmbeddedStack:
             "TEMPORAL_NAMESPACE": self.temporal_namespace,
             "SMTP_HOST": self.smtp_host,
             "SMTP_PORT": self.smtp_port,
+            "STRIPE_API_BASE": self.stripe_api_base,
         }
+        if self.stripe is not None:  # the sandbox's key; a real key stays in the environment it came from
+            values["STRIPE_SECRET_KEY"] = self.stripe_secret_key
         if self.api_url:
             values["API_HOST"] = self.host
             values["API_PORT"] = self.api_port
@@ -228,6 +257,10 @@ class EmbeddedStack:
         }
         if self.smtp_port is not None:
             values["smtp_port"] = self.smtp_port
+        if self.stripe_api_base:
+            values["stripe_api_base"] = self.stripe_api_base
+        if self.stripe is not None:
+            values["stripe_secret_key"] = self.stripe_secret_key
         if self.api_url:
             values.update(api_host=self.host, api_port=self.api_port, public_base_url=self.api_url)
         values.update(overrides)
@@ -246,6 +279,8 @@ class EmbeddedStack:
             rows.append(("Redis", f"{_redact(self.redis_url)} (external)", ""))
         if self.smtp is None and self.smtp_host:
             rows.append(("SMTP", f"smtp://{self.smtp_host}:{self.smtp_port} (external)", ""))
+        if self.stripe is None and self.stripe_api_base:
+            rows.append(("Stripe", f"{self.stripe_api_base} (external)", ""))
         for component in self.components:
             rows.extend(component.rows())
         return rows

@@ -50,12 +50,12 @@ def _api_key(headers: dict[str, str]) -> str:
         raise StripeError(
             401, "You did not provide an API key. You need to provide your API key in the Authorization header, "
                  "using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
-            type="invalid_request_error",
+            type="authentication_error",
         )
     if not key.startswith("sk_test_"):
         raise StripeError(401, f"Invalid API Key provided: {_redact_key(key)} "
                                "(the Stripe sandbox accepts test-mode secret keys, sk_test_…)",
-                          type="invalid_request_error", code="api_key_invalid" if not key.startswith("sk_live_") else None)
+                          type="authentication_error")
     return key
 
 
