@@ -13,7 +13,7 @@ from api.jwt_tokens import AccessTokenCodec
 from api.login_throttle import LoginThrottle
 from api.problems import install_problem_handlers
 from api.request_log import AccessLog, configure_logging
-from api.routers import auth, health, me, pages, registration, workflows
+from api.routers import auth, health, invitations, me, members, pages, registration, tenants, workflows
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
@@ -28,6 +28,10 @@ Authenticate with `Authorization: Bearer <access token>` from `POST /v1/auth/log
 TAGS = [
     {"name": "auth", "description": "Registration, email verification, login, token refresh, logout."},
     {"name": "me", "description": "The caller's own account."},
+    {"name": "tenants", "description": "Organisations: provisioning saga, status, members and roles. Another "
+                                       "tenant's resources answer 404, exactly like missing ones."},
+    {"name": "invitations", "description": "Invite by email (a saga that waits for acceptance), list, revoke, "
+                                           "accept."},
     {"name": "workflows", "description": "Progress of the caller's own sagas."},
     {"name": "health", "description": "Liveness and readiness probes (not versioned)."},
 ]
@@ -70,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    for module in (auth, registration, me, workflows, health, pages):
+    for module in (auth, registration, me, tenants, members, invitations, workflows, health, pages):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,9 +18,13 @@ from temporalio.client import Client
 
 from api.jwt_tokens import AccessTokenCodec, InvalidAccessToken
 from api.login_throttle import LoginThrottle
-from api.problems import BEARER_CHALLENGE, BEARER_INVALID, INVALID_ACCESS_TOKEN, UNAUTHENTICATED, Problem
+from api.problems import (
+    BEARER_CHALLENGE, BEARER_INVALID, FORBIDDEN, INVALID_ACCESS_TOKEN, NOT_FOUND, UNAUTHENTICATED, Problem,
+)
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
+from models.db import transaction
+from models.tables import Membership
 from prognet.settings import Settings
 
 
@@ -97,3 +101,47 @@ async def current_caller(
 
 
 CurrentUser = Annotated[Caller, Depends(current_caller)]
+
+
+# --- tenant membership ---------------------------------------------------------------------------------------
+
+MANAGER_ROLES = frozenset({"owner", "admin"})
+TENANT_NOT_FOUND = "No tenant with this id."
+
+
+@dataclass(frozen=True)
+class Member:
+    """The caller as a member of the tenant named in the path."""
+
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    role: str
+
+    @property
+    def manages(self) -> bool:
+        return self.role in MANAGER_ROLES
+
+
+TenantIdPath = Annotated[uuid.UUID, Path(description="The tenant's id.")]
+
+
+async def tenant_member(tenant_id: TenantIdPath, caller: CurrentUser, engine: DbDep) -> Member:
+    """The caller's membership, read through row-level security; not a member → 404 (existence not confirmed)."""
+    async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
+        membership = await db.get(Membership, (tenant_id, caller.user_id))
+    if membership is None:
+        raise Problem(NOT_FOUND, TENANT_NOT_FOUND)
+    return Member(tenant_id=tenant_id, user_id=caller.user_id, role=membership.role)
+
+
+TenantMember = Annotated[Member, Depends(tenant_member)]
+
+
+async def tenant_manager(member: TenantMember) -> Member:
+    """An owner or admin of the tenant; a plain member already knows the tenant exists, so 403."""
+    if not member.manages:
+        raise Problem(FORBIDDEN, "Only an owner or admin of this tenant may do this.")
+    return member
+
+
+TenantManager = Annotated[Member, Depends(tenant_manager)]

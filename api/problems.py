@@ -46,11 +46,19 @@ INVALID_CREDENTIALS = ProblemType("invalid-credentials", 401, "Invalid credentia
 INVALID_REFRESH_TOKEN = ProblemType("invalid-refresh-token", 401, "Invalid refresh token")
 ACCOUNT_NOT_VERIFIED = ProblemType("account-not-verified", 403, "Account not verified")
 ACCOUNT_DISABLED = ProblemType("account-disabled", 403, "Account disabled")
+FORBIDDEN = ProblemType("forbidden", 403, "Forbidden")
+INVITATION_EMAIL_MISMATCH = ProblemType("invitation-email-mismatch", 403, "Invitation is for another email address")
 NOT_FOUND = ProblemType("not-found", 404, "Not found")
 METHOD_NOT_ALLOWED = ProblemType("method-not-allowed", 405, "Method not allowed")
 EMAIL_ALREADY_REGISTERED = ProblemType("email-already-registered", 409, "Email already registered")
 TOKEN_ALREADY_USED = ProblemType("token-already-used", 409, "Token already used")
+SLUG_TAKEN = ProblemType("slug-taken", 409, "Slug already taken")
+LAST_OWNER = ProblemType("last-owner", 409, "A tenant needs at least one owner")
+ALREADY_A_MEMBER = ProblemType("already-a-member", 409, "Already a member")
+INVITATION_ALREADY_ACCEPTED = ProblemType("invitation-already-accepted", 409, "Invitation already accepted")
+TENANT_NOT_ACTIVE = ProblemType("tenant-not-active", 409, "Tenant not active")
 TOKEN_EXPIRED = ProblemType("token-expired", 410, "Token expired")
+INVITATION_EXPIRED = ProblemType("invitation-expired", 410, "Invitation expired or revoked")
 PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", 413, "Request body too large")
 UNSUPPORTED_MEDIA_TYPE = ProblemType("unsupported-media-type", 415, "Unsupported media type")
 VALIDATION_FAILED = ProblemType("validation-failed", 422, "Request validation failed")
@@ -61,7 +69,7 @@ SERVICE_UNAVAILABLE = ProblemType("service-unavailable", 503, "Service unavailab
 WORKFLOW_ENGINE_UNAVAILABLE = ProblemType("workflow-engine-unavailable", 503, "Workflow engine unavailable")
 
 _BY_STATUS = {  # framework HTTPExceptions carry only a status code
-    400: BAD_REQUEST, 401: UNAUTHENTICATED, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED,
+    400: BAD_REQUEST, 401: UNAUTHENTICATED, 403: FORBIDDEN, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED,
     413: PAYLOAD_TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE, 422: VALIDATION_FAILED,
 }
 

@@ -103,3 +103,151 @@ class HealthResponse(BaseModel):
 class ReadinessResponse(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, Literal["ok", "down"]]
+
+
+# --- tenants, members, invitations ---------------------------------------------------------------------------
+
+Role = Literal["owner", "admin", "member"]
+InvitableRole = Literal["admin", "member"]
+TenantStatus = Literal["provisioning", "active", "failed"]
+InvitationStatus = Literal["pending", "accepted", "revoked", "expired"]
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$"
+Slug = Annotated[str, Field(
+    pattern=SLUG_PATTERN, min_length=3, max_length=40, examples=["acme-labs"],
+    description="3–40 characters: lowercase letters, digits and '-', not starting or ending with '-'. "
+                "Unique across all tenants.",
+)]
+TenantName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class CreateTenantRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "Acme Labs", "slug": "acme-labs", "billing_email": "billing@acme.example"},
+    ]})
+    name: TenantName
+    slug: Slug
+    billing_email: EmailStr | None = Field(None, description="Where invoices go; defaults to none.")
+
+
+class TenantLinks(BaseModel):
+    self: str
+    workflow: str
+
+
+class TenantAcceptedResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+        "workflow_id": "tenant-0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e", "status": "provisioning",
+        "links": {"self": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                  "workflow": "/v1/workflows/tenant-0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e"},
+    }]})
+    tenant_id: uuid.UUID
+    workflow_id: str
+    status: str = Field(description="`provisioning` for a new tenant; a replayed Idempotency-Key answers the "
+                                    "tenant's current status.")
+    links: TenantLinks
+
+
+class TenantSummary(BaseModel):
+    id: uuid.UUID
+    name: str
+    slug: str
+    status: TenantStatus
+    role: Role = Field(description="The caller's role in this tenant.")
+    created_at: datetime
+    activated_at: datetime | None
+
+
+class TenantBillingView(BaseModel):
+    currency: str
+    billing_email: str | None
+    stripe_customer_id: str | None
+
+
+class TenantView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e", "name": "Acme Labs", "slug": "acme-labs",
+        "status": "provisioning", "failure_reason": None, "role": "owner",
+        "created_at": "2025-01-01T12:00:00Z", "activated_at": None, "billing": None,
+        "saga": {"saga": "tenant_provisioning", "status": "running", "step": "create_stripe_customer",
+                 "completed_steps": ["create_tenant", "add_owner_membership"], "compensations": []},
+    }]})
+    id: uuid.UUID
+    name: str
+    slug: str
+    status: TenantStatus
+    failure_reason: str | None
+    role: Role | None = Field(description="The caller's role; null for the creator of a tenant whose "
+                                          "provisioning has not (or no longer) made them a member.")
+    created_at: datetime
+    activated_at: datetime | None
+    billing: TenantBillingView | None
+    saga: SagaState | None = Field(description="The provisioning saga's state while `status` is `provisioning`.")
+
+
+class MemberView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user_id": "6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "email": "ada@example.com", "display_name": "Ada",
+        "role": "owner", "joined_at": "2025-01-01T12:00:00Z",
+    }]})
+    user_id: uuid.UUID
+    email: str
+    display_name: str | None
+    role: Role
+    joined_at: datetime
+
+
+class ChangeRoleRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "admin"}]})
+    role: Role
+
+
+class CreateInvitationRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"email": "grace@example.com", "role": "member"},
+    ]})
+    email: EmailStr
+    role: InvitableRole = "member"
+
+
+class InvitationLinks(BaseModel):
+    self: str
+    workflow: str
+
+
+class InvitationAcceptedResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "invitation_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+        "workflow_id": "invitation-9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "status": "pending",
+        "links": {"self": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e/invitations/"
+                          "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                  "workflow": "/v1/workflows/invitation-9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"},
+    }]})
+    invitation_id: uuid.UUID
+    workflow_id: str
+    status: str
+    links: InvitationLinks
+
+
+class InvitationView(BaseModel):
+    id: uuid.UUID
+    email: str
+    role: InvitableRole
+    status: InvitationStatus
+    expires_at: datetime
+    created_at: datetime
+
+
+class AcceptInvitationRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"token": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e.Zk9vYmFyYmF6cXV4LWludml0YXRpb24"},
+    ]})
+    token: OpaqueToken
+
+
+class InvitationAcceptResponse(BaseModel):
+    tenant_id: uuid.UUID
+    role: InvitableRole
+    status: Literal["accepted", "accepting"] = Field(
+        description="`accepting` (202) if the invitation saga has not finished within 15 s.")

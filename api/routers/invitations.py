@@ -1,0 +1,258 @@
+"""Invitations: owners and admins invite by email (the `Invitation` saga), list and revoke; the invitee accepts.
+
+The saga creates the invitation row and emails `<public_base_url>/accept-invitation?token=<tenant id>.<secret>`.
+The token's tenant part lets the API open that tenant's rows (row-level security) to find the invitation by
+the token's SHA-256. Email addresses never appear in workflow ids, search attributes or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+from sqlalchemy import func
+from sqlmodel import select
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import (
+    SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.body_guard import require_json_body
+from api.deps import CurrentUser, DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager
+from api.problems import (
+    ACCOUNT_NOT_VERIFIED, ALREADY_A_MEMBER, IDEMPOTENCY_KEY_REUSED, INVITATION_ALREADY_ACCEPTED, INVITATION_EMAIL_MISMATCH,
+    INVITATION_EXPIRED, INVALID_TOKEN, NOT_FOUND, TENANT_NOT_ACTIVE, Problem, problem_responses,
+)
+from api.schemas import (
+    AcceptInvitationRequest, CreateInvitationRequest, InvitationAcceptedResponse, InvitationAcceptResponse,
+    InvitationLinks, InvitationStatus, InvitationView,
+)
+from models.contracts import AcceptInvitation, InvitationInput, InvitationResult
+from models.db import transaction
+from models.tables import Invitation, Membership, Tenant, User
+from prognet import tokens
+from workflows.names import (
+    INVITATION_WORKFLOW, SA_TENANT_ID, SA_USER_ID, SIGNAL_ACCEPT_INVITATION, SIGNAL_REVOKE_INVITATION, TASK_QUEUE,
+    invitation_workflow_id,
+)
+
+log = logging.getLogger("prognet.api")
+
+router = APIRouter(tags=["invitations"], dependencies=[Depends(require_json_body)])
+
+# invitation_id = uuid5(IDEMPOTENCY_NAMESPACE, f"invitation:{tenant}:{caller}:{Idempotency-Key}").
+IDEMPOTENCY_NAMESPACE = uuid.UUID("3c9e7b1a-6d2f-5a8e-b4c1-7f0e2d9a6b35")
+ACCEPT_RESULT_TIMEOUT_SECONDS = 15.0
+REVOKE_RESULT_TIMEOUT_SECONDS = 5.0
+INVITATION_NOT_FOUND = "No invitation with this id in this tenant."
+
+InvitationIdPath = Annotated[uuid.UUID, Path(description="The invitation's id.")]
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,255}$",
+    description="Retry-safe key: the same key returns the same invitation instead of sending another.",
+)]
+
+
+def _view(inv: Invitation) -> InvitationView:
+    return InvitationView(id=inv.id, email=inv.email, role=inv.role, status=inv.status, expires_at=inv.expires_at,
+                          created_at=inv.created_at)
+
+
+def _accepted(tenant_id: uuid.UUID, invitation_id: uuid.UUID, state: str) -> InvitationAcceptedResponse:
+    workflow_id = invitation_workflow_id(invitation_id)
+    return InvitationAcceptedResponse(
+        invitation_id=invitation_id, workflow_id=workflow_id, status=state,
+        links=InvitationLinks(self=f"/v1/tenants/{tenant_id}/invitations/{invitation_id}",
+                              workflow=f"/v1/workflows/{workflow_id}"),
+    )
+
+
+async def _revoke(client: Client, invitation_id: uuid.UUID) -> bool:
+    """Signal revoke; False if the saga has already ended."""
+    try:
+        await client.get_workflow_handle(invitation_workflow_id(invitation_id)).signal(SIGNAL_REVOKE_INVITATION)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+@router.post(
+    "/v1/tenants/{tenant_id}/invitations", status_code=status.HTTP_202_ACCEPTED,
+    response_model=InvitationAcceptedResponse, summary="Invite someone to a tenant by email",
+    description="Owners and admins of an active tenant. Starts the invitation saga (`invitation-{id}`), which "
+                "stores the invitation, emails its link and waits for acceptance until `INVITATION_TIMEOUT` "
+                "(7 days). Inviting an email again revokes its older pending invitations. An email that already "
+                "belongs to a member answers 409 `already-a-member`.",
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
+)
+async def invite(tenant_id: TenantIdPath, body: CreateInvitationRequest, manager: TenantManager, engine: DbDep,
+                 settings: SettingsDep, temporal: TemporalConnectorDep,
+                 idempotency_key: IdempotencyKey = None) -> InvitationAcceptedResponse:
+    invitation_id = (uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"invitation:{tenant_id}:{manager.user_id}:{idempotency_key}")
+                     if idempotency_key else uuid.uuid4())
+    email = body.email.strip()
+    async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
+        existing = await db.get(Invitation, invitation_id) if idempotency_key else None
+        if existing is not None:  # replayed Idempotency-Key: nothing new to send or revoke
+            if existing.email.lower() != email.lower() or existing.role != body.role:
+                raise Problem(IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was already used for another invitation.")
+            return _accepted(tenant_id, invitation_id, existing.status)
+        tenant = await db.get(Tenant, tenant_id)
+        if tenant is None or tenant.status != "active":
+            raise Problem(TENANT_NOT_ACTIVE, "Invitations can be sent once the tenant is active.")
+        member = (await db.exec(
+            select(Membership.user_id).join(User, User.id == Membership.user_id)
+            .where(Membership.tenant_id == tenant_id, func.lower(User.email) == email.lower())
+        )).first()
+        if member is not None:
+            raise Problem(ALREADY_A_MEMBER, "This email address already belongs to a member of this tenant.")
+        older = (await db.exec(select(Invitation.id).where(
+            Invitation.tenant_id == tenant_id, func.lower(Invitation.email) == email.lower(),
+            Invitation.status == "pending", Invitation.id != invitation_id,
+        ))).all()
+
+    client = await temporal.get()
+    workflow_id = invitation_workflow_id(invitation_id)
+    try:
+        await client.start_workflow(
+            INVITATION_WORKFLOW,
+            InvitationInput(invitation_id=invitation_id, tenant_id=tenant_id, email=email, role=body.role,
+                            invited_by=manager.user_id,
+                            expires_in_seconds=int(settings.invitation_timeout.total_seconds())),
+            id=workflow_id, task_queue=TASK_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes([
+                SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+                SearchAttributePair(SA_USER_ID, str(manager.user_id)),  # the inviter follows it at links.workflow
+            ]),
+            static_summary=f"Invitation {invitation_id} to tenant {tenant_id}",
+        )
+    except WorkflowAlreadyStartedError:  # same Idempotency-Key, and that saga has already ended
+        async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
+            ended = await db.get(Invitation, invitation_id)
+        return _accepted(tenant_id, invitation_id, ended.status if ended else "revoked")
+    revoked = [old for old in older if await _revoke(client, old)]
+    log.info("invitation started", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id),
+                                          "revoked": [str(r) for r in revoked]})
+    return _accepted(tenant_id, invitation_id, "pending")
+
+
+@router.get("/v1/tenants/{tenant_id}/invitations", response_model=list[InvitationView],
+            summary="Invitations of a tenant", description="Owners and admins; newest first.",
+            responses=problem_responses(401, 403, 404, 422))
+async def list_invitations(tenant_id: TenantIdPath, manager: TenantManager, engine: DbDep,
+                           status_filter: Annotated[InvitationStatus | None, Query(alias="status")] = None,
+                           ) -> list[InvitationView]:
+    query = select(Invitation).where(Invitation.tenant_id == tenant_id)
+    if status_filter:
+        query = query.where(Invitation.status == status_filter)
+    async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
+        rows = (await db.exec(query.order_by(Invitation.created_at.desc(), Invitation.id))).all()
+    return [_view(inv) for inv in rows]
+
+
+async def _invitation(engine, tenant_id: uuid.UUID, invitation_id: uuid.UUID, caller_id: uuid.UUID) -> Invitation:
+    async with transaction(engine, tenant_id=tenant_id, user_id=caller_id) as db:
+        inv = await db.get(Invitation, invitation_id)
+    if inv is None or inv.tenant_id != tenant_id:
+        raise Problem(NOT_FOUND, INVITATION_NOT_FOUND)
+    return inv
+
+
+@router.get("/v1/tenants/{tenant_id}/invitations/{invitation_id}", response_model=InvitationView,
+            summary="One invitation", description="Owners and admins.",
+            responses=problem_responses(401, 403, 404, 422))
+async def get_invitation(tenant_id: TenantIdPath, invitation_id: InvitationIdPath, manager: TenantManager,
+                         engine: DbDep) -> InvitationView:
+    return _view(await _invitation(engine, tenant_id, invitation_id, manager.user_id))
+
+
+@router.delete(
+    "/v1/tenants/{tenant_id}/invitations/{invitation_id}", status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response, summary="Revoke an invitation",
+    description="Owners and admins. Signals the invitation saga to revoke (waits up to 5 s for it to close the "
+                "invitation). Revoking an invitation that is already revoked or expired is a no-op; an accepted "
+                "one answers 409 (remove the member instead).",
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
+)
+async def revoke_invitation(tenant_id: TenantIdPath, invitation_id: InvitationIdPath, manager: TenantManager,
+                            engine: DbDep, temporal: TemporalConnectorDep) -> Response:
+    inv = await _invitation(engine, tenant_id, invitation_id, manager.user_id)
+    if inv.status == "accepted":
+        raise Problem(INVITATION_ALREADY_ACCEPTED, "This invitation was accepted; remove the member instead.")
+    if inv.status == "pending":
+        client = await temporal.get()
+        if await _revoke(client, invitation_id):
+            handle = client.get_workflow_handle(invitation_workflow_id(invitation_id))
+            try:
+                await asyncio.wait_for(handle.result(), REVOKE_RESULT_TIMEOUT_SECONDS)
+            except (asyncio.TimeoutError, WorkflowFailureError):
+                pass  # revoked is signalled; the saga closes the row when it gets there
+        log.info("invitation revoked", extra={"tenant_id": str(tenant_id), "invitation_id": str(invitation_id)})
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/v1/invitations/accept", response_model=InvitationAcceptResponse, summary="Accept an invitation",
+    description="The logged-in caller's verified email must match the invitation's (case-insensitively). "
+                "200 once the membership exists; 202 (`accepting`) if the saga has not finished within 15 s.",
+    responses={**problem_responses(400, 401, 403, 409, 410, 413, 415, 422, 503),
+               202: {"model": InvitationAcceptResponse, "description": "Accepted, membership still being added."}},
+)
+async def accept_invitation(body: AcceptInvitationRequest, caller: CurrentUser, engine: DbDep,
+                            temporal: TemporalConnectorDep, response: Response) -> InvitationAcceptResponse:
+    invalid = Problem(INVALID_TOKEN, "This invitation token is not valid.")
+    tenant_id = tokens.tenant_of_invitation_token(body.token)
+    if tenant_id is None:
+        raise invalid
+    async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
+        inv = (await db.exec(select(Invitation).where(
+            Invitation.tenant_id == tenant_id, Invitation.token_hash == tokens.hash_token(body.token)))).first()
+        user = await db.get(User, caller.user_id)
+        already_member = await db.get(Membership, (tenant_id, caller.user_id)) is not None
+    if inv is None:
+        raise invalid
+    if inv.status == "accepted":
+        raise Problem(INVITATION_ALREADY_ACCEPTED, "This invitation was already accepted.")
+    expired = Problem(INVITATION_EXPIRED, "This invitation has expired or was revoked; ask for a new one.")
+    if inv.status != "pending" or inv.expires_at <= datetime.now(timezone.utc):
+        raise expired
+    if user is None or (user.verified_at is None and user.status != "active"):
+        raise Problem(ACCOUNT_NOT_VERIFIED, "Verify your email address before accepting invitations.")
+    if user.email.strip().lower() != inv.email.strip().lower():
+        raise Problem(INVITATION_EMAIL_MISMATCH,
+                      "This invitation was sent to another email address; log in with that account.")
+    if already_member:
+        raise Problem(ALREADY_A_MEMBER, "You are already a member of this tenant.")
+
+    client = await temporal.get()
+    handle = client.get_workflow_handle(invitation_workflow_id(inv.id), result_type=InvitationResult)
+    try:
+        await handle.signal(SIGNAL_ACCEPT_INVITATION, AcceptInvitation(user_id=caller.user_id))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:  # the saga already ended (expired or revoked)
+            raise expired from None
+        raise
+    try:
+        result = await asyncio.wait_for(handle.result(), ACCEPT_RESULT_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError:
+        response.status_code = status.HTTP_202_ACCEPTED
+        return InvitationAcceptResponse(tenant_id=tenant_id, role=inv.role, status="accepting")
+    except WorkflowFailureError:
+        raise expired from None
+    if result.status != "accepted":
+        raise expired
+    if result.user_id != caller.user_id:
+        raise Problem(INVITATION_ALREADY_ACCEPTED, "This invitation was already accepted.")
+    log.info("invitation accepted", extra={"tenant_id": str(tenant_id), "invitation_id": str(inv.id),
+                                           "user_id": str(caller.user_id)})
+    return InvitationAcceptResponse(tenant_id=tenant_id, role=inv.role, status="accepted")
