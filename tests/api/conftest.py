@@ -6,12 +6,16 @@ Temporal dev server and runs the real worker in-process.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -24,10 +28,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
 from models.db import transaction
-from models.tables import User
-from prognet.devstack import EmbeddedStack, free_port
+from models.tables import Membership, User
+from prognet.devstack import EmbeddedStack, free_port, message_text, read_messages
 from prognet.settings import Settings
 from workers.main import build_worker
+from workflows.names import invitation_workflow_id
 
 PASSWORD = "correct horse battery staple"
 # Cheap argon2 for tests; the production parameters are the settings' defaults.
@@ -148,11 +153,14 @@ async def temporal_client(services: EmbeddedStack) -> Client:
 async def temporal_settings(services: EmbeddedStack, temporal_client: Client, schema: None,
                             tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
     """Settings for the API and the worker on the same Temporal server; the worker runs while they live."""
+    # The stack's Stripe sandbox, once the stack runs one (tenant provisioning creates Stripe customers).
+    stripe = ({"stripe_api_base": services.stripe_api_base, "stripe_secret_key": services.stripe_secret_key}
+              if getattr(services, "stripe_api_base", None) else {})
     settings = Settings(
         environment="development", data_dir=tmp_path_factory.mktemp("data"), secret_key="test-secret-" + "k" * 40,
         database_url=services.database_url, redis_url=services.redis_url,
         temporal_address=services.temporal_address,
-        smtp_host=services.smtp_host, smtp_port=services.smtp_port, log_level="WARNING", **ARGON2,
+        smtp_host=services.smtp_host, smtp_port=services.smtp_port, log_level="WARNING", **stripe, **ARGON2,
     )
     engine = create_async_engine(services.database_url)
     async with build_worker(temporal_client, engine, settings):
@@ -173,3 +181,117 @@ async def api(temporal_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=temporal_app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
         yield c
+
+
+# --- tenants and invitations: people, tenants, emailed invitation tokens -----------------------------------------
+
+@dataclass
+class Person:
+    """A logged-in user: the account and its bearer header."""
+
+    account: Account
+    headers: dict[str, str]
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.account.id
+
+    @property
+    def email(self) -> str:
+        return self.account.email
+
+
+@pytest.fixture
+def app_engine(temporal_app: FastAPI) -> AsyncEngine:
+    """The API's own engine: the RLS-bound application role."""
+    return temporal_app.state.engine
+
+
+async def person(api: httpx.AsyncClient, engine: AsyncEngine, email: str | None = None) -> Person:
+    account = await insert_user(engine, email=email)
+    return Person(account, bearer((await login(api, account))["access_token"]))
+
+
+def new_slug(prefix: str = "org") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def create_tenant(api: httpx.AsyncClient, owner: Person, slug: str | None = None, **extra: object) -> dict:
+    body = {"name": "Acme Labs", "slug": slug or new_slug(), **extra}
+    response = await api.post("/v1/tenants", json=body, headers=owner.headers)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+async def wait_for_tenant(api: httpx.AsyncClient, who: Person, tenant_id: str, status: str = "active",
+                          timeout: float = 30.0) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        response = await api.get(f"/v1/tenants/{tenant_id}", headers=who.headers)
+        if response.status_code == 200 and response.json()["status"] == status:
+            return response.json()
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"tenant {tenant_id} never became {status}: {response.status_code} {response.text}")
+        await asyncio.sleep(0.1)
+
+
+async def active_tenant(api: httpx.AsyncClient, owner: Person, **extra: object) -> str:
+    tenant_id = (await create_tenant(api, owner, **extra))["tenant_id"]
+    await wait_for_tenant(api, owner, tenant_id)
+    return tenant_id
+
+
+async def add_member(engine: AsyncEngine, tenant_id: str | uuid.UUID, user_id: uuid.UUID, role: str) -> None:
+    """Set up a membership directly (through the application role, inside the tenant's transaction)."""
+    tid = uuid.UUID(str(tenant_id))
+    async with transaction(engine, tenant_id=tid) as db:
+        db.add(Membership(tenant_id=tid, user_id=user_id, role=role))
+
+
+async def invite(api: httpx.AsyncClient, who: Person, tenant_id: str, email: str, role: str = "member") -> dict:
+    response = await api.post(f"/v1/tenants/{tenant_id}/invitations", json={"email": email, "role": role},
+                              headers=who.headers)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+async def emailed_invitation_token(maildir: Path, invitation_id: str, timeout: float = 20.0) -> tuple[EmailMessage, str]:
+    """The invitation email of this invitation (found by its Message-ID) and the token from its link."""
+    marker = invitation_workflow_id(invitation_id)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        for msg in read_messages(maildir):
+            if marker in str(msg.get("Message-ID", "")):
+                match = re.search(r"/accept-invitation\?token=([A-Za-z0-9._~%-]+)", message_text(msg))
+                assert match, message_text(msg)
+                return msg, unquote(match.group(1))
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no invitation email for {invitation_id}")
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_invitation(api: httpx.AsyncClient, who: Person, tenant_id: str, invitation_id: str,
+                              status: str = "pending", timeout: float = 20.0) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        response = await api.get(f"/v1/tenants/{tenant_id}/invitations/{invitation_id}", headers=who.headers)
+        if response.status_code == 200 and response.json()["status"] == status:
+            return response.json()
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"invitation never {status}: {response.status_code} {response.text}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def stripe_faults(services: EmbeddedStack, temporal_settings: Settings) -> AsyncIterator:
+    """Add faults to the stack's Stripe sandbox (`/_sandbox/faults`); all are cleared after the test."""
+    base = getattr(services, "stripe_api_base", None)
+    assert base, "the embedded stack runs no Stripe sandbox"
+    async with httpx.AsyncClient(base_url=base) as sandbox:
+        async def add(spec: dict) -> dict:
+            response = await sandbox.post("/_sandbox/faults", json=spec)
+            assert response.status_code == 201, response.text
+            return response.json()
+
+        yield add
+        await sandbox.delete("/_sandbox/faults")
