@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 
+from prognet.devstack import read_messages
 from tests.api.conftest import (
     active_tenant, add_member, assert_problem, emailed_invitation_token, invite, person, wait_for_invitation,
 )
@@ -144,3 +145,21 @@ async def test_unusable_tokens_are_400(api, app_engine):
     assert_problem(await api.post("/v1/invitations/accept", json={"token": ""}, headers=owner.headers),
                    422, "validation-failed")
 
+
+
+async def test_idempotency_key_sends_one_invitation(api, app_engine, services):
+    owner = await person(api, app_engine)
+    tid = await active_tenant(api, owner)
+    body, headers = {"email": _address(), "role": "member"}, {**owner.headers, "Idempotency-Key": str(uuid.uuid4())}
+    first = await api.post(f"/v1/tenants/{tid}/invitations", json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    iid = first.json()["invitation_id"]
+    await emailed_invitation_token(services.maildir, iid)
+    again = await api.post(f"/v1/tenants/{tid}/invitations", json=body, headers=headers)
+    assert again.status_code == 202 and again.json()["invitation_id"] == iid and again.json()["status"] == "pending"
+    assert_problem(await api.post(f"/v1/tenants/{tid}/invitations", json={**body, "role": "admin"}, headers=headers),
+                   422, "idempotency-key-reused")
+    listed = (await api.get(f"/v1/tenants/{tid}/invitations", headers=owner.headers)).json()
+    assert [(i["id"], i["status"]) for i in listed] == [(iid, "pending")]  # the replay revoked nothing
+    sent = [m for m in read_messages(services.maildir) if m["To"] == body["email"]]
+    assert len(sent) == 1

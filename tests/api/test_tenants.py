@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -63,6 +64,16 @@ async def test_saga_state_is_shown_while_provisioning(api, app_engine, stripe_fa
     assert view["saga"]["saga"] == "tenant_provisioning"
     assert "create_tenant" in view["saga"]["completed_steps"]
     assert view["billing"] is None
+    # Once the owner membership exists (the saga still retries Stripe): a member, but no invitations yet.
+    for _ in range(50):
+        view = (await api.get(f"/v1/tenants/{tid}", headers=owner.headers)).json()
+        if view["role"] == "owner":
+            break
+        await asyncio.sleep(0.1)
+    assert view["role"] == "owner" and view["status"] == "provisioning", view
+    assert view["saga"]["step"] == "create_stripe_customer", view["saga"]
+    assert_problem(await api.post(f"/v1/tenants/{tid}/invitations", json={"email": "x@example.com"},
+                                  headers=owner.headers), 409, "tenant-not-active")
     final = await wait_for_tenant(api, owner, tid, timeout=60)
     assert final["saga"] is None and final["billing"]["stripe_customer_id"]
 
