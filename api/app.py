@@ -13,7 +13,9 @@ from api.jwt_tokens import AccessTokenCodec
 from api.login_throttle import LoginThrottle
 from api.problems import install_problem_handlers
 from api.request_log import AccessLog, configure_logging
-from api.routers import auth, health, invitations, me, members, pages, registration, tenants, workflows
+from api.routers import (
+    auth, health, invitation_accept, invitations, me, members, pages, registration, tenants, workflows,
+)
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
@@ -74,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    for module in (auth, registration, me, tenants, members, invitations, workflows, health, pages):
+    for module in (auth, registration, me, tenants, members, invitations, invitation_accept, workflows, health,
+                   pages):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)
