@@ -14,6 +14,7 @@ from .faults import FaultPlan
 from .store import StateStore, random_id
 
 DEFAULT_API_VERSION = "2025-09-30.clover"
+EVENTS_KEPT = 1000  # per sandbox; older events are dropped from the state file
 
 EventListener = Callable[[dict[str, Any]], None]
 
@@ -36,6 +37,7 @@ class Sandbox:
             "data": {"object": obj}, "request": {"id": None, "idempotency_key": None},
         }
         self.store.put("event", account, event)
+        self.store.trim("event", EVENTS_KEPT)
         for listener in list(self.event_listeners):
             listener(event)
         return event

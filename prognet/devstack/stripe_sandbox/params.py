@@ -67,6 +67,8 @@ def metadata(value: Any, current: dict[str, str] | None = None) -> dict[str, str
         return result
     if value == "":
         return {}
+    if isinstance(value, list):  # keys "0", "1", … were read as a list by the form decoder
+        value = {str(i): v for i, v in enumerate(value)}
     if not isinstance(value, dict):
         raise invalid_parameter("metadata", "Invalid object", "parameter_invalid_string")
     for key, item in value.items():

@@ -73,6 +73,16 @@ class StateStore:
             if self._objects.get(kind, {}).pop(object_id, None) is not None:
                 self._dirty = True
 
+    def trim(self, kind: str, keep: int) -> None:
+        """Drop the oldest objects of `kind` beyond the newest `keep` (events, request-like records)."""
+        with self._lock:
+            records = self._objects.get(kind, {})
+            if len(records) <= keep:
+                return
+            for object_id, _ in sorted(records.items(), key=lambda item: item[1]["seq"])[: len(records) - keep]:
+                del records[object_id]
+            self._dirty = True
+
     # --- idempotency records --------------------------------------------------------------------------------
     def idempotency_get(self, account: str, key: str) -> dict[str, Any] | None:
         with self._lock:
