@@ -1,4 +1,5 @@
-"""The main worker: registration saga and its activities on the `prognet-main` task queue."""
+"""The main worker: the registration, tenant provisioning and invitation sagas and their activities on the
+`prognet-main` task queue."""
 
 from __future__ import annotations
 
@@ -12,25 +13,39 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from activities.billing import BillingActivities
 from activities.email import EmailActivities
+from activities.invitations import InvitationActivities
+from activities.tenants import TenantActivities
 from activities.users import UserActivities
 from models.db import make_engine
 from prognet.settings import Settings, get_settings
+from workflows.invitation import InvitationWorkflow
 from workflows.names import TASK_QUEUE
 from workflows.registration import RegistrationWorkflow
+from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
 log = logging.getLogger(__name__)
 
-WORKFLOWS = [RegistrationWorkflow]
+WORKFLOWS = [RegistrationWorkflow, TenantProvisioningWorkflow, InvitationWorkflow]
 
 
 def activities_for(engine: AsyncEngine, settings: Settings) -> list:
-    users = UserActivities(engine, settings.derived_key("tokens"))
+    token_key = settings.derived_key("tokens")
+    users = UserActivities(engine, token_key)
+    tenants = TenantActivities(engine)
+    invitations = InvitationActivities(engine, token_key)
+    billing = BillingActivities(settings)
     email = EmailActivities(engine, settings)
     return [
         users.create_pending_user, users.delete_pending_user, users.issue_verification_token,
         users.revoke_verification_token, users.activate_user,
-        email.send_verification_email,
+        tenants.create_tenant, tenants.mark_tenant_failed, tenants.add_membership, tenants.remove_membership,
+        tenants.create_billing_config, tenants.delete_billing_config, tenants.apply_default_settings,
+        tenants.remove_default_settings, tenants.activate_tenant,
+        invitations.issue_invitation, invitations.complete_invitation, invitations.close_invitation,
+        billing.create_stripe_customer, billing.delete_stripe_customer,
+        email.send_verification_email, email.send_welcome_email, email.send_invitation_email,
     ]
 
 

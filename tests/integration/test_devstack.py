@@ -151,6 +151,7 @@ async def test_external_services_are_not_started(tmp_path: Path) -> None:
         redis_url="redis://cache.example:6379/0",
         temporal_address="temporal.example:7233",
         smtp_host="mail.example", smtp_port=2525,
+        stripe_api_base="https://api.stripe.com",
         run_migrations=False, log=_quiet,
     )
     assert stack.components == []

@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from prognet.settings import Settings
 
 EXTERNAL = dict(database_url="postgresql+asyncpg://app@db/prognet", redis_url="redis://cache:6379/0",
-                temporal_address="temporal:7233", smtp_host="smtp.internal")
+                temporal_address="temporal:7233", smtp_host="smtp.internal",
+                stripe_secret_key="sk_live_" + "k" * 40)
 
 
 def test_development_generates_the_secret_into_the_data_dir_once(tmp_path: Path):
@@ -28,6 +29,11 @@ def test_production_refuses_a_missing_placeholder_or_short_secret(secret):
 def test_production_refuses_embedded_services():
     with pytest.raises(ValidationError, match="DATABASE_URL"):
         Settings(environment="production", secret_key="x" * 48, **{**EXTERNAL, "database_url": None})
+
+
+def test_production_refuses_the_sandbox_stripe_key():
+    with pytest.raises(ValidationError, match="STRIPE_SECRET_KEY"):
+        Settings(environment="production", secret_key="x" * 48, **{**EXTERNAL, "stripe_secret_key": None})
 
 
 def test_production_with_real_secret_and_services_starts():
