@@ -59,14 +59,14 @@ def new_email(tag: str = "user") -> str:
     return f"{tag}-{uuid.uuid4().hex[:10]}@example.com"
 
 
-async def email_to(stack: EmbeddedStack, address: str, timeout: float = 30.0) -> EmailMessage:
-    """Wait until the sink holds a message for `address` and return it."""
+async def email_to(stack: EmbeddedStack, address: str, timeout: float = 30.0, subject: str = "") -> EmailMessage:
+    """Wait until the sink holds a message for `address` (whose subject contains `subject`) and return it."""
     import asyncio
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         for msg in read_messages(stack.maildir):
-            if msg["To"] == address:
+            if msg["To"] == address and subject in msg["Subject"]:
                 return msg
         assert loop.time() < deadline, f"no email for {address} within {timeout}s"
         await asyncio.sleep(0.1)
