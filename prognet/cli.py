@@ -259,12 +259,28 @@ def cmd_stripe_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _messages(args: argparse.Namespace, settings) -> list:
+    """The sink's messages, oldest first, narrowed by --to (address) and --subject (substring)."""
+    from prognet.devstack.smtp_sink import read_messages
+
+    return [m for m in read_messages(_maildir(args, settings))
+            if (not args.to or str(m.get("To", "")).lower() == args.to.lower())
+            and (not args.subject or args.subject.lower() in str(m.get("Subject", "")).lower())]
+
+
+def _mail_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir")
+    p.add_argument("--maildir")
+    p.add_argument("--to", help="only messages to this address")
+    p.add_argument("--subject", help="only messages whose subject contains this")
+
+
 def cmd_mail_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from prognet.devstack.smtp_sink import delivery_date, read_messages
+    from prognet.devstack.smtp_sink import delivery_date
 
     maildir = _maildir(args, settings)
-    messages = read_messages(maildir)
+    messages = _messages(args, settings)
     if not messages:
         print(f"no messages in {maildir}")
         return 0
@@ -275,9 +291,7 @@ def cmd_mail_list(args: argparse.Namespace) -> int:
 
 def cmd_mail_show(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from prognet.devstack import read_messages
-
-    messages = read_messages(_maildir(args, settings))
+    messages = _messages(args, settings)
     index = args.number - 1 if args.number > 0 else args.number
     try:
         msg = messages[index]
@@ -346,13 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     mail = sub.add_parser("mail", help="read the messages the SMTP sink received")
     mail_sub = mail.add_subparsers(dest="mail_command", metavar="ACTION", required=True)
     p = mail_sub.add_parser("list", help="list messages, oldest first")
-    p.add_argument("--data-dir")
-    p.add_argument("--maildir")
+    _mail_filters(p)
     p.set_defaults(func=cmd_mail_list)
-    p = mail_sub.add_parser("show", help="show message N (1 = oldest, -1 = newest)")
+    p = mail_sub.add_parser("show", help="show message N (1 = oldest, -1 = newest) of those listed")
     p.add_argument("number", type=int)
-    p.add_argument("--data-dir")
-    p.add_argument("--maildir")
+    _mail_filters(p)
     p.add_argument("--html", action="store_true", help="show the HTML part")
     p.add_argument("--raw", action="store_true", help="print the raw message")
     p.set_defaults(func=cmd_mail_show)
