@@ -1,4 +1,4 @@
-"""Replay recorded registration histories: a workflow change that breaks determinism fails here.
+"""Replay recorded saga histories: a workflow change that breaks determinism fails here.
 
 Histories are regenerated only on purpose (tests/replay/record.py), never to make this test pass.
 """
@@ -12,19 +12,21 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from workflows.registration import RegistrationWorkflow
+from workers.main import WORKFLOWS
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("registration_*.json"))
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def test_histories_are_present():
     assert {p.stem for p in HISTORIES} >= {
-        "registration_verified", "registration_expired", "registration_operator_retry"}
+        "registration_verified", "registration_expired", "registration_operator_retry",
+        "tenant_provisioning_active", "tenant_provisioning_stripe_failed",
+        "invitation_accepted", "invitation_expired"}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
-async def test_registration_history_replays(path: Path):
+async def test_recorded_history_replays(path: Path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[RegistrationWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
