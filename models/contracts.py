@@ -235,3 +235,80 @@ class InvitationResult(BaseModel):
     invitation_id: uuid.UUID
     status: Literal["accepted", "revoked", "expired"]
     user_id: uuid.UUID | None = None
+
+
+# --- email delivery (one workflow per message) ---
+
+EmailTemplate = Literal["verify_email", "welcome", "invitation", "notice"]
+EmailState = Literal["queued", "sending", "deferred", "sent", "failed", "dead_lettered", "discarded", "suppressed"]
+
+
+class EmailRequest(BaseModel):
+    """What to send; never the text itself when it carries a secret: the send step renders it from ids.
+
+    `to_user_id` or `to_address` names the recipient (invitations resolve their own address). `params`
+    hold ids and plain values only (token_id, invitation_id, subject/body of a notice).
+    """
+
+    message_id: uuid.UUID
+    template: EmailTemplate
+    tenant_id: uuid.UUID | None = None
+    to_user_id: uuid.UUID | None = None
+    to_address: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+
+
+class EmailPolicy(BaseModel):
+    """Retry policy for temporary failures; read from settings by a local activity, so it lands in history."""
+
+    initial_interval_seconds: float = 5.0
+    backoff_coefficient: float = 2.0
+    maximum_interval_seconds: float = 600.0
+    maximum_attempts: int = 8
+    send_timeout_seconds: float = 30.0
+
+
+class EmailQueued(BaseModel):
+    message_id: uuid.UUID
+    to_address: str
+    suppressed: bool = False
+
+
+class SendEmail(BaseModel):
+    request: EmailRequest
+    to_address: str  # the resolved (or operator-corrected) recipient
+
+
+class EmailDelivery(BaseModel):
+    message_id: uuid.UUID
+    state: str
+    reply: str | None = None
+
+
+class EmailDecision(BaseModel):
+    """An operator's answer to a dead letter: send again (optionally to a corrected address) or give up."""
+
+    action: Literal["retry", "discard"]
+    to_address: str | None = None
+    reason: str | None = None
+
+
+class EmailResult(BaseModel):
+    message_id: uuid.UUID
+    state: Literal["sent", "discarded", "suppressed"]
+    attempts: int = 0
+
+
+class MarkEmail(BaseModel):
+    message_id: uuid.UUID
+    tenant_id: uuid.UUID | None = None
+    state: EmailState
+    reply: str | None = None
+    to_address: str | None = None  # set when an operator corrected the address
+
+
+class SuppressAddress(BaseModel):
+    tenant_id: uuid.UUID | None = None
+    address: str
+    reason: str
+    message_id: uuid.UUID

@@ -129,3 +129,37 @@ class Invitation(SQLModel, table=True):
 
 
 TENANT_SCOPED_TABLES = ("tenants", "memberships", "tenant_billing", "tenant_settings", "invitations")
+
+
+# --- email pipeline (migration 0003): tenant-scoped, tenant_id NULL for platform mail (registration) ---
+
+class EmailMessage(SQLModel, table=True):
+    """One message's delivery tracking; the body is rendered at send time and never stored."""
+
+    __tablename__ = "email_messages"
+
+    id: uuid.UUID = Field(primary_key=True)  # the message id: workflow `email-{id}`, Message-ID header
+    tenant_id: uuid.UUID | None = Field(default=None, foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    template: str = Field(max_length=50, index=True)
+    to_address: str = Field(max_length=320)
+    subject: str | None = Field(default=None, max_length=300)
+    state: str = Field(max_length=20, index=True)  # queued|sending|deferred|sent|failed|dead_lettered|discarded
+    attempts: int = Field(default=0)
+    last_reply: str | None = Field(default=None, max_length=500)
+    workflow_id: str = Field(max_length=200)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    sent_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
+class EmailSuppression(SQLModel, table=True):
+    """An address that failed permanently: no further sends to it (per tenant) until an operator removes it."""
+
+    __tablename__ = "email_suppressions"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    tenant_id: uuid.UUID | None = Field(default=None, foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    address: str = Field(max_length=320)
+    reason: str = Field(max_length=500)
+    message_id: uuid.UUID | None = Field(default=None)
+    created_at: datetime = _ts()

@@ -46,3 +46,19 @@ def tenant_workflow_id(tenant_id: uuid.UUID | str) -> str:
 
 def invitation_workflow_id(invitation_id: uuid.UUID | str) -> str:
     return f"invitation-{invitation_id}"
+
+
+# email delivery: its own task queue, so its rate limit and its workers are its own
+EMAIL_TASK_QUEUE = "prognet-email"
+EMAIL_DELIVERY_WORKFLOW = "EmailDelivery"
+SIGNAL_EMAIL_DECISION = "email_decision"
+QUERY_EMAIL_STATE = "email_state"
+
+
+def email_workflow_id(message_id: uuid.UUID | str) -> str:
+    return f"email-{message_id}"
+
+
+def email_message_id(parent_workflow_id: str, purpose: str) -> uuid.UUID:
+    """A business key: the same parent step always names the same message, so a retried start is a no-op."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"prognet:email:{parent_workflow_id}:{purpose}")
