@@ -214,9 +214,10 @@ def cmd_smtp_sink(args: argparse.Namespace) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
 
     async def run() -> None:
-        sink = SmtpSink(maildir, host=args.host, port=port)
+        sink = SmtpSink(maildir, host=args.host, port=port, slow_seconds=args.slow_seconds)
         await sink.start()
-        print(f"SMTP sink listening on {args.host}:{sink.port}, storing messages in {maildir}", flush=True)
+        print(f"SMTP sink listening on {args.host}:{sink.port}, storing messages in {maildir} "
+              f"(test tags: +fail421, +fail550, +slow = {args.slow_seconds:g}s)", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -351,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, help="port (default: SMTP_PORT, 1025)")
     p.add_argument("--maildir", help="Maildir to store into (default: <data dir>/mail)")
+    p.add_argument("--slow-seconds", type=float, default=15.0,
+                   help="how long a +slow recipient's DATA reply is held (default: 15, above the send timeout)")
     p = add("stripe-sandbox", cmd_stripe_sandbox, "run the development Stripe sandbox on its own")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, help="port (default: STRIPE_SANDBOX_PORT, 12111)")

@@ -468,8 +468,9 @@ class SmtpSinkComponent(Component):
 
     name = "SMTP sink"
 
-    def __init__(self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025) -> None:
-        self.sink = SmtpSink(Path(maildir).resolve(), host=host, port=port)
+    def __init__(self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025, slow_seconds: float | None = None) -> None:
+        extra = {} if slow_seconds is None else {"slow_seconds": slow_seconds}
+        self.sink = SmtpSink(Path(maildir).resolve(), host=host, port=port, **extra)
 
     def ports(self) -> list[tuple[str, str, int]]:
         return [("SMTP sink", self.sink.host, self.sink.port)]

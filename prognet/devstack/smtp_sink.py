@@ -3,8 +3,18 @@
 Start it in-process (`async with SmtpSink(maildir, port=...)`) in tests, or standalone with `prognet smtp-sink`.
 Developers read what arrived with `prognet mail list` / `prognet mail show N`; tests use `read_messages()`.
 
+Failure tags: the recipient's address tag (the part of the local part after `+`) makes the sink misbehave, so
+the email pipeline's failure paths can be driven end to end. A tag matches by prefix, so `bob+fail421-<uuid>@…`
+gives every test its own address:
+
+    +fail421   RCPT gets `421` (temporary) on the first two attempts for that exact address (counted in memory
+               for the life of the sink), then the address is accepted
+    +fail550   RCPT always gets `550` (permanent); nothing is stored
+    +slow      the reply to the end of DATA comes only after `slow_seconds` (default 15 s, longer than the send
+               timeout); a client that gives up first (closes the connection) leaves nothing stored
+
 Extending: `MaildirHandler.check_recipient()` sees every RCPT TO address before it is accepted; return an SMTP
-reply (e.g. "550 5.1.1 mailbox unavailable") to refuse it. Failure tags such as `user+fail550@…` hook in there.
+reply to refuse it. `before_store()` may answer DATA instead of storing.
 """
 
 from __future__ import annotations
@@ -24,15 +34,26 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 log = logging.getLogger("prognet.smtp_sink")
 
 SINK_HOSTNAME = "prognet-smtp-sink"  # fixed: socket.getfqdn() can hang on a machine without DNS
+DEFAULT_SLOW_SECONDS = 15.0
+FAIL421_ATTEMPTS = 2  # a +fail421 address is refused this many times, then accepted
+
+
+def address_tag(address: str) -> str:
+    """The tag of an address, lowercased: `bob+fail421-x@example.com` -> `fail421-x`; '' when there is none."""
+    local = address.strip().strip("<>").rpartition("@")[0] or address
+    _, plus, tag = local.partition("+")
+    return tag.lower() if plus else ""
 
 
 class MaildirHandler:
     """aiosmtpd handler: accepts recipients (subject to `check_recipient`) and stores each message in a Maildir."""
 
-    def __init__(self, maildir_path: Path) -> None:
+    def __init__(self, maildir_path: Path, *, slow_seconds: float = DEFAULT_SLOW_SECONDS) -> None:
         self.maildir_path = Path(maildir_path)
+        self.slow_seconds = slow_seconds
         self._maildir: mailbox.Maildir | None = None
         self.received = 0
+        self.rcpt_attempts: dict[str, int] = {}  # +fail421 addresses (lowercased) -> RCPT attempts so far
 
     @property
     def maildir(self) -> mailbox.Maildir:
@@ -45,11 +66,29 @@ class MaildirHandler:
 
     # --- hooks -------------------------------------------------------------------------------------------
     def check_recipient(self, address: str, session: Session, envelope: Envelope) -> str | None:
-        """Return None to accept `address`, or a full SMTP reply line to refuse it."""
+        """Return None to accept `address`, or a full SMTP reply line to refuse it (the +fail421/+fail550 tags)."""
+        tag = address_tag(address)
+        if tag.startswith("fail550"):
+            log.info("refusing %s with 550 (+fail550)", address)
+            return "550 5.1.1 Mailbox unavailable (prognet sink: +fail550)"
+        if tag.startswith("fail421"):
+            key = address.strip().lower()
+            attempt = self.rcpt_attempts.get(key, 0) + 1
+            self.rcpt_attempts[key] = attempt
+            if attempt <= FAIL421_ATTEMPTS:
+                log.info("refusing %s with 421, attempt %d of %d (+fail421)", address, attempt, FAIL421_ATTEMPTS)
+                return f"421 4.3.0 Try again later (prognet sink: +fail421, attempt {attempt} of {FAIL421_ATTEMPTS})"
         return None
 
     async def before_store(self, session: Session, envelope: Envelope) -> str | None:
-        """Return None to store the message, or a full SMTP reply line to answer DATA with instead."""
+        """Return None to store the message, or a full SMTP reply line to answer DATA with instead.
+
+        A `+slow` recipient holds the reply for `slow_seconds`. A client that times out closes the connection,
+        and aiosmtpd then cancels this coroutine, so the message is never stored.
+        """
+        if any(address_tag(rcpt).startswith("slow") for rcpt in envelope.rcpt_tos):
+            log.info("holding DATA for %s for %.1fs (+slow)", ", ".join(envelope.rcpt_tos), self.slow_seconds)
+            await asyncio.sleep(self.slow_seconds)
         return None
 
     # --- aiosmtpd callbacks ------------------------------------------------------------------------------
@@ -64,6 +103,9 @@ class MaildirHandler:
         reply = await self.before_store(session, envelope)
         if reply:
             return reply
+        if server.transport is None or server.transport.is_closing():  # the client gave up while we waited
+            log.info("client gone before DATA was answered; not storing the message to %s", ", ".join(envelope.rcpt_tos))
+            return "451 4.4.2 Connection lost; message not stored"
         content = envelope.original_content or envelope.content or b""
         if isinstance(content, str):
             content = content.encode("utf-8", "surrogateescape")
@@ -84,11 +126,12 @@ class MaildirHandler:
 class SmtpSink:
     """An SMTP server on host:port storing mail into `maildir`. Use `async with` or start()/stop()."""
 
-    def __init__(self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025, handler: MaildirHandler | None = None) -> None:
+    def __init__(self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025, handler: MaildirHandler | None = None,
+                 slow_seconds: float = DEFAULT_SLOW_SECONDS) -> None:
         self.maildir = Path(maildir)
         self.host = host
         self.port = port
-        self.handler = handler or MaildirHandler(self.maildir)
+        self.handler = handler or MaildirHandler(self.maildir, slow_seconds=slow_seconds)
         self._server: asyncio.base_events.Server | None = None
 
     def _factory(self) -> SMTP:

@@ -66,6 +66,7 @@ class EmbeddedStack:
         redis_url: str | None = None,
         temporal_address: str | None = None,
         smtp_host: str | None = None,
+        smtp_slow_seconds: float | None = None,
         stripe_port: int | None = None,
         stripe_api_base: str | None = None,
         stripe_secret_key: str | None = None,
@@ -145,7 +146,8 @@ class EmbeddedStack:
             self.smtp_host: str | None = smtp_host
             self.smtp_port: int | None = smtp_port or 25
         elif with_smtp:
-            self.smtp = SmtpSinkComponent(self.maildir, host=host, port=smtp_port or free_port(host))
+            self.smtp = SmtpSinkComponent(self.maildir, host=host, port=smtp_port or free_port(host),
+                                          slow_seconds=smtp_slow_seconds)
             self.smtp_host, self.smtp_port = host, self.smtp.sink.port
             self.components.append(self.smtp)
         else:
