@@ -7,6 +7,7 @@
     prognet smtp-sink    the development SMTP sink on its own
     prognet stripe-sandbox  the development Stripe sandbox on its own
     prognet mail list    messages the SMTP sink received;  prognet mail show N
+    prognet admin grant EMAIL / revoke EMAIL   make a user a platform operator (or stop)
 """
 
 from __future__ import annotations
@@ -196,6 +197,80 @@ def _run_upgrade(url: str) -> int:
     return 0
 
 
+# --- platform operators -------------------------------------------------------------------------------------
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    """`prognet admin grant|revoke EMAIL`: set or clear users.is_platform_admin, recorded as a domain event."""
+    try:
+        settings = _settings(args)
+    except Exception as exc:
+        return _error(f"invalid settings: {exc}")
+    grant = args.admin_command == "grant"
+    url = settings.migration_database_url or settings.database_url
+    if url:
+        return asyncio.run(_set_platform_admin(url, args.email, grant))
+    # no DATABASE_URL: the embedded database of the data dir, the running one (prognet dev) or started for this
+    from prognet.devstack import EmbeddedStack, StackError
+
+    async def run() -> int:
+        stack = EmbeddedStack(settings.data_dir, with_temporal=False, with_redis=False, with_smtp=False,
+                              with_stripe=False, run_migrations=True, log=lambda name, line: None)
+        assert stack.migration_database_url and stack.postgres_dsn
+        if await _postgres_answers(stack.postgres_dsn):
+            return await _set_platform_admin(stack.migration_database_url, args.email, grant)
+        try:
+            async with stack:
+                return await _set_platform_admin(stack.migration_database_url, args.email, grant)
+        except StackError as exc:
+            return _error(str(exc))
+
+    return asyncio.run(run())
+
+
+async def _postgres_answers(dsn: str) -> bool:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
+        return False
+    await conn.close()
+    return True
+
+
+async def _set_platform_admin(database_url: str, email: str, grant: bool) -> int:
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from models.db import make_engine, transaction
+    from models.events import record_event
+    from models.tables import User
+
+    if database_url.startswith(("postgresql://", "postgres://")):
+        database_url = "postgresql+asyncpg://" + database_url.partition("://")[2]
+    engine = make_engine(database_url)
+    try:
+        async with transaction(engine) as session:
+            user = (await session.exec(
+                select(User).where(func.lower(User.email) == email.strip().lower()).with_for_update()
+            )).first()
+            if user is None:
+                return _error(f"no user with that email: {email}")
+            if user.is_platform_admin == grant:
+                print(f"{user.email} {'is already' if grant else 'was not'} a platform admin")
+                return 0
+            user.is_platform_admin = grant
+            session.add(user)
+            record_event(session, "user.platform_admin_granted" if grant else "user.platform_admin_revoked",
+                         "user", user.id, {"via": "prognet admin"})
+        print(f"{user.email} {'is now' if grant else 'is no longer'} a platform admin")
+        return 0
+    except Exception as exc:
+        return _error(f"database error: {type(exc).__name__}: {exc}")
+    finally:
+        await engine.dispose()
+
+
 # --- SMTP sink and mail -------------------------------------------------------------------------------------
 
 def _maildir(args: argparse.Namespace, settings: Settings) -> Path:
@@ -359,6 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default: STRIPE_SANDBOX_PORT, 12111)")
     p.add_argument("--state-file", help="JSON state file (default: <data dir>/stripe/state.json)")
     p.add_argument("--in-memory", action="store_true", help="keep no state between runs")
+
+    admin = sub.add_parser("admin", help="platform operators (users who may act on every tenant's dead letters)")
+    admin_sub = admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    for action, help_text in (("grant", "make the user with this email a platform admin"),
+                              ("revoke", "clear the platform-admin flag of the user with this email")):
+        p = admin_sub.add_parser(action, help=help_text, description=help_text + " (MIGRATION_DATABASE_URL or "
+                                 "DATABASE_URL, else the embedded database of the data dir)")
+        p.add_argument("email", help="the user's email (case-insensitive)")
+        p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
+        p.set_defaults(func=cmd_admin)
 
     mail = sub.add_parser("mail", help="read the messages the SMTP sink received")
     mail_sub = mail.add_subparsers(dest="mail_command", metavar="ACTION", required=True)
