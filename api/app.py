@@ -14,7 +14,7 @@ from api.login_throttle import LoginThrottle
 from api.problems import install_problem_handlers
 from api.request_log import AccessLog, configure_logging
 from api.routers import (
-    auth, health, invitation_accept, invitations, me, members, pages, registration, tenants, workflows,
+    admin, auth, emails, health, invitation_accept, invitations, me, members, pages, registration, tenants, workflows,
 )
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
@@ -34,7 +34,12 @@ TAGS = [
                                        "tenant's resources answer 404, exactly like missing ones."},
     {"name": "invitations", "description": "Invite by email (a saga that waits for acceptance), list, revoke, "
                                            "accept."},
+    {"name": "emails", "description": "Delivery tracking of the tenant's emails (owners and admins): state, "
+                                      "attempts, last SMTP reply, counts by state and template."},
     {"name": "workflows", "description": "Progress of the caller's own sagas."},
+    {"name": "admin", "description": "Platform operators only (`prognet admin grant EMAIL`): all tenants' emails, "
+                                     "dead letters (retry, discard), the suppression list. Anyone else gets 404, "
+                                     "as for an unknown path."},
     {"name": "health", "description": "Liveness and readiness probes (not versioned)."},
 ]
 
@@ -76,8 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    for module in (auth, registration, me, tenants, members, invitations, invitation_accept, workflows, health,
-                   pages):
+    for module in (auth, registration, me, tenants, members, invitations, invitation_accept, emails, workflows,
+                   admin, health, pages):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)

@@ -24,7 +24,7 @@ from api.problems import (
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import transaction
-from models.tables import Membership
+from models.tables import Membership, User
 from prognet.settings import Settings
 
 
@@ -145,3 +145,31 @@ async def tenant_manager(member: TenantMember) -> Member:
 
 
 TenantManager = Annotated[Member, Depends(tenant_manager)]
+
+
+# --- platform operators --------------------------------------------------------------------------------------
+
+ADMIN_NOT_FOUND = "No resource at this path."
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A platform operator: a user whose `users.is_platform_admin` is set (`prognet admin grant EMAIL`)."""
+
+    user_id: uuid.UUID
+
+
+async def platform_admin(caller: CurrentUser, engine: DbDep) -> Operator:
+    """The caller, if a platform admin. Anyone else who is logged in gets 404, word for word what an unknown
+    path answers, so admin routes are not revealed to tenants' users (no token: 401 as everywhere).
+
+    The flag is read on every request (not from the token), so revoking it takes effect at once.
+    """
+    async with transaction(engine) as db:
+        user = await db.get(User, caller.user_id)
+    if user is None or not user.is_platform_admin or user.status != "active":
+        raise Problem(NOT_FOUND, ADMIN_NOT_FOUND)
+    return Operator(user_id=caller.user_id)
+
+
+PlatformAdmin = Annotated[Operator, Depends(platform_admin)]

@@ -251,3 +251,124 @@ class InvitationAcceptResponse(BaseModel):
     role: InvitableRole
     status: Literal["accepted", "accepting"] = Field(
         description="`accepting` (202) if the invitation saga has not finished within 15 s.")
+
+
+# --- email delivery tracking (tenant admins) and dead letters (platform operators) -----------------------------
+
+EmailStateName = Literal["queued", "sending", "deferred", "sent", "failed", "dead_lettered", "discarded",
+                         "suppressed"]
+EMAIL_STATES: tuple[str, ...] = EmailStateName.__args__  # type: ignore[attr-defined]
+TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,50}$")]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+_EMAIL_EXAMPLE = {
+    "id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f", "template": "invitation", "to_address": "grace@example.com",
+    "subject": "You're invited to Acme Labs", "state": "deferred", "attempts": 2,
+    "last_reply": "421 4.7.0 Try again later", "created_at": "2025-01-01T12:00:00Z",
+    "updated_at": "2025-01-01T12:00:15Z", "sent_at": None,
+}
+
+
+class EmailView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EMAIL_EXAMPLE]})
+    id: uuid.UUID = Field(description="The message id (its workflow is `email-{id}`, its Message-ID carries it).")
+    template: str
+    to_address: str
+    subject: str | None
+    state: str = Field(description="queued, sending, deferred, sent, failed, dead_lettered, discarded or "
+                                   "suppressed.", examples=["sent"])
+    attempts: int = Field(description="SMTP attempts so far.")
+    last_reply: str | None = Field(description="The last SMTP reply (or connection error), if any.")
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+
+class EmailPage(BaseModel):
+    items: list[EmailView]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last page.")
+
+
+class EmailStats(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "since": "2025-01-01T00:00:00Z", "until": "2025-01-02T00:00:00Z", "total": 12,
+        "by_state": {"queued": 0, "sending": 0, "deferred": 1, "sent": 10, "failed": 0, "dead_lettered": 1,
+                     "discarded": 0, "suppressed": 0},
+        "by_template": {"invitation": 4, "welcome": 8},
+        "by_template_state": {"invitation": {"sent": 2, "deferred": 1, "dead_lettered": 1}, "welcome": {"sent": 8}},
+    }]})
+    since: datetime = Field(description="Window start (inclusive), on `created_at`.")
+    until: datetime = Field(description="Window end (exclusive).")
+    total: int
+    by_state: dict[str, int] = Field(description="Every state, zeros included.")
+    by_template: dict[str, int] = Field(description="Templates with at least one message in the window.")
+    by_template_state: dict[str, dict[str, int]] = Field(description="Per template, its non-zero states.")
+
+
+class AdminEmailView(EmailView):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        **_EMAIL_EXAMPLE, "state": "dead_lettered", "last_reply": "550 5.1.1 No such user",
+        "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e", "workflow_id": "email-5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
+    }]})
+    tenant_id: uuid.UUID | None = Field(description="Null for platform mail (registration).")
+    workflow_id: str
+
+
+class AdminEmailPage(BaseModel):
+    items: list[AdminEmailView]
+    next_cursor: str | None
+
+
+class AdminEmailLinks(BaseModel):
+    self: str
+    retry: str
+    discard: str
+
+
+class AdminEmailDetail(AdminEmailView):
+    saga: SagaState | None = Field(description="The delivery workflow's saga state (query `saga_state`) while it "
+                                               "runs; null once it has ended or if it cannot answer.")
+    links: AdminEmailLinks
+
+
+class RetryEmailRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {}, {"to_address": "grace.hopper@example.com", "reason": "typo in the address"},
+    ]})
+    to_address: EmailStr | None = Field(None, description="Send to this corrected address instead.")
+    reason: Reason | None = None
+
+
+class DiscardEmailRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "mailbox closed"}]})
+    reason: Reason | None = None
+
+
+class EmailDecisionAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "message_id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f", "workflow_id": "email-5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
+        "action": "retry", "links": {"self": "/v1/admin/emails/5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f"},
+    }]})
+    message_id: uuid.UUID
+    workflow_id: str
+    action: Literal["retry", "discard"]
+    links: dict[str, str]
+
+
+class SuppressionView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "7a6b5c4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d", "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+        "address": "nobody@example.com", "reason": "550 5.1.1 No such user",
+        "message_id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f", "created_at": "2025-01-01T12:00:20Z",
+    }]})
+    id: uuid.UUID
+    tenant_id: uuid.UUID | None
+    address: str
+    reason: str
+    message_id: uuid.UUID | None
+    created_at: datetime
+
+
+class SuppressionPage(BaseModel):
+    items: list[SuppressionView]
+    next_cursor: str | None

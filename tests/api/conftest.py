@@ -28,11 +28,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
 from models.db import transaction
-from models.tables import Membership, User
+from models.tables import EmailMessage as EmailRow
+from models.tables import Membership, Tenant, User
 from prognet.devstack import EmbeddedStack, free_port, message_text, read_messages
 from prognet.settings import Settings
 from workers.main import build_worker
-from workflows.names import invitation_workflow_id
+from workflows.names import email_workflow_id, invitation_workflow_id
 
 PASSWORD = "correct horse battery staple"
 # Cheap argon2 for tests; the production parameters are the settings' defaults.
@@ -295,3 +296,39 @@ async def stripe_faults(services: EmbeddedStack, temporal_settings: Settings) ->
 
         yield add
         await sandbox.delete("/_sandbox/faults")
+
+
+# --- email tracking: tenants, messages and operators set up directly (no saga needed) ------------------------
+
+async def insert_tenant(engine: AsyncEngine, owner: uuid.UUID, *, name: str = "Acme Labs",
+                        members: dict[uuid.UUID, str] | None = None) -> uuid.UUID:
+    """An active tenant owned by `owner` (plus `members`: user id → role), inside the tenant's own transaction."""
+    tid = uuid.uuid4()
+    async with transaction(engine, tenant_id=tid) as db:
+        db.add(Tenant(id=tid, name=name, slug=new_slug("mail"), status="active", created_by=owner))
+        await db.flush()
+        for user_id, role in {owner: "owner", **(members or {})}.items():
+            db.add(Membership(tenant_id=tid, user_id=user_id, role=role))
+    return tid
+
+
+async def insert_email(engine: AsyncEngine, tenant_id: uuid.UUID | None, **fields: object) -> EmailRow:
+    """A tracking row as the delivery workflow would leave it (tenant_id None: platform mail)."""
+    message_id = fields.pop("id", None) or uuid.uuid4()
+    row = EmailRow(
+        id=message_id, tenant_id=tenant_id, workflow_id=email_workflow_id(message_id),
+        **{"template": "notice", "to_address": f"to-{uuid.uuid4().hex[:8]}@example.com", "subject": "Hi",
+           "state": "sent", "attempts": 1, **fields},
+    )
+    async with transaction(engine, tenant_id=tenant_id, platform=tenant_id is None) as db:
+        db.add(row)
+    return row
+
+
+async def make_platform_admin(engine: AsyncEngine, user_id: uuid.UUID, granted: bool = True) -> None:
+    """What `prognet admin grant EMAIL` does."""
+    async with transaction(engine) as db:
+        user = await db.get(User, user_id)
+        assert user is not None
+        user.is_platform_admin = granted
+        db.add(user)
