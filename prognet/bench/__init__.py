@@ -6,6 +6,10 @@ and noisy: only the ratios carry over between runs.
 1. Registration sagas/s through HTTP vs bare Temporal workflows with the same number of no-op activities.
 2. Logins/s over HTTP vs raw argon2 verifications/s on the same cores, and `GET /healthz` latency during
    that login storm vs idle (argon2 must never block the API's event loop).
+3. Emails delivered/s to the local SMTP sink through the pipeline (one EmailDelivery workflow per message,
+   started directly with a Temporal client, timed until every message is in the Maildir) vs raw aiosmtplib
+   sends/s to the same sink. The pipeline's send-rate limit (EMAIL_MAX_PER_SECOND) is raised for the run, so
+   the figure is the pipeline's own cost, not the limit.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import httpx
 
 BENCH_PASSWORD = "benchmark password 123"
+EMAIL_BENCH_MAX_PER_SECOND = 100_000  # EMAIL_MAX_PER_SECOND for the bench's worker: effectively no limit
 
 
 def _quiet(name: str, line: str) -> None:
@@ -149,6 +154,65 @@ async def idle_healthz(http: httpx.AsyncClient, seconds: float) -> list[float]:
     return await task
 
 
+# --- 3. emails ---------------------------------------------------------------------------------------------------
+
+def maildir_count(maildir: Path) -> int:
+    """Messages in the Maildir, by counting files (parsing them all while polling would steal the CPU measured)."""
+    return sum(len(os.listdir(maildir / sub)) for sub in ("new", "cur") if (maildir / sub).is_dir())
+
+
+async def wait_for_maildir(maildir: Path, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while maildir_count(maildir) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {maildir_count(maildir)} of {count} messages reached {maildir} in {timeout:.0f}s")
+        await asyncio.sleep(0.05)
+
+
+async def bench_raw_smtp(host: str, port: int, maildir: Path, n: int, concurrency: int) -> float:
+    """Seconds for n aiosmtplib sends (one connection each, like a pipeline send) of a small message to the sink."""
+    from email.message import EmailMessage
+
+    import aiosmtplib
+
+    before = maildir_count(maildir)
+    run = uuid.uuid4().hex[:8]
+    start = time.perf_counter()
+
+    async def send(i: int) -> None:
+        msg = EmailMessage()
+        msg["From"] = "bench@prognet.test"
+        msg["To"] = f"raw-{run}-{i}@example.com"
+        msg["Subject"] = "Bench"
+        msg.set_content("Hello")
+        await aiosmtplib.send(msg, hostname=host, port=port, timeout=30)
+
+    await _gather_limited(n, concurrency, send)
+    await wait_for_maildir(maildir, before + n, 60)
+    return time.perf_counter() - start
+
+
+async def bench_email_pipeline(client, maildir: Path, n: int, concurrency: int) -> float:
+    """Seconds from the first EmailDelivery start until all n messages are in the Maildir."""
+    from models.contracts import EmailRequest
+    from workflows.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, email_workflow_id
+
+    before = maildir_count(maildir)
+    run = uuid.uuid4().hex[:8]
+    start = time.perf_counter()
+
+    async def one(i: int) -> None:
+        message_id = uuid.uuid4()
+        req = EmailRequest(message_id=message_id, template="notice", to_address=f"bench-{run}-{i}@example.com",
+                           params={"subject": "Bench", "body": "Hello"})
+        await client.start_workflow(EMAIL_DELIVERY_WORKFLOW, req, id=email_workflow_id(message_id),
+                                    task_queue=EMAIL_TASK_QUEUE)
+
+    await _gather_limited(n, concurrency, one)
+    await wait_for_maildir(maildir, before + n, max(120.0, n / 2))
+    return time.perf_counter() - start
+
+
 # --- driver ----------------------------------------------------------------------------------------------------
 
 async def run(args: argparse.Namespace) -> None:
@@ -156,7 +220,9 @@ async def run(args: argparse.Namespace) -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="prognet-bench-"))
     data_dir.chmod(0o755)
-    stack = EmbeddedStack(data_dir / "data", with_worker=True, with_api=True, log=_quiet)
+    stack = EmbeddedStack(data_dir / "data", with_worker=True, with_api=True, log=_quiet,
+                          extra_env={"EMAIL_MAX_PER_SECOND": str(EMAIL_BENCH_MAX_PER_SECOND)})
+    sections = {int(x) for x in args.sections.split(",") if x.strip()}
     print(f"starting the embedded stack in {data_dir} ...", flush=True)
     await stack.start()
     noop_worker = subprocess.Popen([sys.executable, "-m", "prognet.bench.noop_workflow", stack.temporal_address],
@@ -165,36 +231,62 @@ async def run(args: argparse.Namespace) -> None:
         assert noop_worker.stdout.readline().strip() == "ready"
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
             print(f"cores: {os.cpu_count()}; warming up ...", flush=True)
-            await bench_registrations(http, stack.maildir, 5, 5)
-            await bench_noop_workflows(stack.temporal_address, 5, 5)
+            if 1 in sections:
+                await bench_registrations(http, stack.maildir, 5, 5)
+                await bench_noop_workflows(stack.temporal_address, 5, 5)
+            if 3 in sections:
+                from temporalio.client import Client
+                from temporalio.contrib.pydantic import pydantic_data_converter
 
-            n = args.sagas
-            t_noop = await bench_noop_workflows(stack.temporal_address, n, args.concurrency)
-            t_reg = await bench_registrations(http, stack.maildir, n, args.concurrency)
-            noop_rate, reg_rate = n / t_noop, n / t_reg
+                email_client = await Client.connect(stack.temporal_address, namespace=stack.temporal_namespace,
+                                                    data_converter=pydantic_data_converter)
+                await bench_raw_smtp(stack.smtp_host, stack.smtp_port, stack.maildir, 5, 5)
+                await bench_email_pipeline(email_client, stack.maildir, 5, 5)
 
-            raw_n = args.logins
-            t_raw = bench_raw_argon2(raw_n)
-            emails = await create_active_users(stack.database_url, 20)
-            idle = await idle_healthz(http, 2.0)
-            t_login, under_load = await bench_logins(http, emails, args.logins, args.login_concurrency)
-            raw_rate, login_rate = raw_n / t_raw, args.logins / t_login
+            if 1 in sections:
+                n = args.sagas
+                t_noop = await bench_noop_workflows(stack.temporal_address, n, args.concurrency)
+                t_reg = await bench_registrations(http, stack.maildir, n, args.concurrency)
+                noop_rate, reg_rate = n / t_noop, n / t_reg
+
+            if 2 in sections:
+                raw_n = args.logins
+                t_raw = bench_raw_argon2(raw_n)
+                emails = await create_active_users(stack.database_url, 20)
+                idle = await idle_healthz(http, 2.0)
+                t_login, under_load = await bench_logins(http, emails, args.logins, args.login_concurrency)
+                raw_rate, login_rate = raw_n / t_raw, args.logins / t_login
+
+            if 3 in sections:
+                en = args.emails
+                t_smtp = await bench_raw_smtp(stack.smtp_host, stack.smtp_port, stack.maildir, en,
+                                              args.smtp_concurrency)
+                t_pipe = await bench_email_pipeline(email_client, stack.maildir, en, args.concurrency)
+                smtp_rate, pipe_rate = en / t_smtp, en / t_pipe
 
         print()
-        print(f"1. sagas ({n} each, concurrency {args.concurrency})")
-        print(f"   bare Temporal workflow, {3} no-op activities : {noop_rate:8.1f} /s")
-        print(f"   registration saga through HTTP            : {reg_rate:8.1f} /s"
-              f"   ratio {reg_rate / noop_rate:.2f} of bare")
-        print(f"2. logins ({args.logins}, concurrency {args.login_concurrency})")
-        print(f"   raw argon2 verifications ({os.cpu_count()} threads)     : {raw_rate:8.1f} /s")
-        print(f"   logins through HTTP                       : {login_rate:8.1f} /s"
-              f"   ratio {login_rate / raw_rate:.2f} of raw argon2")
-        print(f"   GET /healthz p50/p99 idle                 : {_pct(idle, .5) * 1000:6.1f} / {_pct(idle, .99) * 1000:6.1f} ms"
-              f"  ({len(idle)} probes)")
-        print(f"   GET /healthz p50/p99 during login storm   : {_pct(under_load, .5) * 1000:6.1f} / "
-              f"{_pct(under_load, .99) * 1000:6.1f} ms  ({len(under_load)} probes, "
-              f"p99 ratio {_pct(under_load, .99) / _pct(idle, .99):.1f}x idle)")
-        print(f"   mean healthz during storm                 : {statistics.mean(under_load) * 1000:6.1f} ms")
+        if 1 in sections:
+            print(f"1. sagas ({n} each, concurrency {args.concurrency})")
+            print(f"   bare Temporal workflow, {3} no-op activities : {noop_rate:8.1f} /s")
+            print(f"   registration saga through HTTP            : {reg_rate:8.1f} /s"
+                  f"   ratio {reg_rate / noop_rate:.2f} of bare")
+        if 2 in sections:
+            print(f"2. logins ({args.logins}, concurrency {args.login_concurrency})")
+            print(f"   raw argon2 verifications ({os.cpu_count()} threads)     : {raw_rate:8.1f} /s")
+            print(f"   logins through HTTP                       : {login_rate:8.1f} /s"
+                  f"   ratio {login_rate / raw_rate:.2f} of raw argon2")
+            print(f"   GET /healthz p50/p99 idle                 : {_pct(idle, .5) * 1000:6.1f} / {_pct(idle, .99) * 1000:6.1f} ms"
+                  f"  ({len(idle)} probes)")
+            print(f"   GET /healthz p50/p99 during login storm   : {_pct(under_load, .5) * 1000:6.1f} / "
+                  f"{_pct(under_load, .99) * 1000:6.1f} ms  ({len(under_load)} probes, "
+                  f"p99 ratio {_pct(under_load, .99) / _pct(idle, .99):.1f}x idle)")
+            print(f"   mean healthz during storm                 : {statistics.mean(under_load) * 1000:6.1f} ms")
+        if 3 in sections:
+            print(f"3. emails ({args.emails} each; pipeline rate limit raised to EMAIL_MAX_PER_SECOND="
+                  f"{EMAIL_BENCH_MAX_PER_SECOND} for this run)")
+            print(f"   raw aiosmtplib sends to the sink (conc. {args.smtp_concurrency}) : {smtp_rate:8.1f} /s")
+            print(f"   EmailDelivery workflows, start→Maildir     : {pipe_rate:8.1f} /s"
+                  f"   ratio {pipe_rate / smtp_rate:.2f} of raw SMTP")
     finally:
         noop_worker.terminate()
         noop_worker.wait(10)
@@ -208,5 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--logins", type=int, default=200)
     parser.add_argument("--login-concurrency", type=int, default=16)
+    parser.add_argument("--emails", type=int, default=300, help="emails through the pipeline and raw SMTP sends each")
+    parser.add_argument("--smtp-concurrency", type=int, default=20, help="concurrent raw aiosmtplib sends")
+    parser.add_argument("--sections", default="1,2,3", help="which figures to measure, e.g. 3 or 1,3 (default: all)")
     asyncio.run(run(parser.parse_args(argv)))
     return 0
