@@ -1,10 +1,19 @@
-"""Email over SMTP with aiosmtplib. Temporary failures (4xx, connection errors, timeouts) raise and are
-retried by Temporal with backoff; permanent ones (5xx) are non-retryable ApplicationErrors."""
+"""Email: composing a message from the database (templates in ./templates) and sending it over SMTP.
+
+Messages are composed at send time from ids (user, token, invitation), so a secret link never travels
+through workflow history and no body is stored. Sending classifies SMTP replies: 4xx, connection errors and
+timeouts raise (temporary: Temporal retries with backoff); 5xx raises a non-retryable `SmtpPermanentFailure`.
+Rendering problems are non-retryable `RenderFailed`.
+
+`EmailActivities` are the per-saga send steps used before the delivery pipeline (activities/email_delivery.py)
+existed; they stay registered for executions that started back then.
+"""
 
 from __future__ import annotations
 
 import html
 import logging
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import urlencode
@@ -14,7 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from models.contracts import EmailSent, SendInvitationEmail, SendTenantEmail, SendVerificationEmail
+from models.contracts import (
+    EmailRequest,
+    EmailSent,
+    SendInvitationEmail,
+    SendTenantEmail,
+    SendVerificationEmail,
+)
 from models.db import transaction
 from models.tables import Invitation, Tenant, User, VerificationToken
 from prognet.settings import Settings
@@ -23,96 +38,165 @@ from workflows import activity_names as names
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
+SMTP_PERMANENT = "SmtpPermanentFailure"
+RENDER_FAILED = "RenderFailed"
+RECIPIENT_GONE = "RecipientGone"
 
 
 def render(template: str, **values: str) -> tuple[str, str]:
     """Render `<template>.txt` and `<template>.html`; values are HTML-escaped for the HTML part."""
-    text = (TEMPLATES / f"{template}.txt").read_text().format(**values)
-    markup = (TEMPLATES / f"{template}.html").read_text().format(
-        **{k: html.escape(v, quote=True) for k, v in values.items()})
+    try:
+        text = (TEMPLATES / f"{template}.txt").read_text().format(**values)
+        markup = (TEMPLATES / f"{template}.html").read_text().format(
+            **{k: html.escape(v, quote=True) for k, v in values.items()})
+    except (OSError, KeyError, IndexError, ValueError) as err:
+        raise ApplicationError(f"template {template!r} could not be rendered: {type(err).__name__}: {err}",
+                               type=RENDER_FAILED, non_retryable=True) from None
     return text, markup
 
 
-class EmailActivities:
+@dataclass
+class Composed:
+    to_address: str
+    subject: str
+    text: str
+    html: str
+
+
+class Composer:
+    """Builds a message from an EmailRequest and the database; the only place that knows the templates."""
+
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
         self.token_key = settings.derived_key("tokens")
 
-    @activity.defn(name=names.SEND_VERIFICATION_EMAIL)
-    async def send_verification_email(self, req: SendVerificationEmail) -> EmailSent:
-        async with transaction(self.engine) as session:
-            user = await session.get(User, req.user_id)
-            token = await session.get(VerificationToken, req.token_id)
-        if user is None or token is None:
-            raise ApplicationError("user or token no longer exists", type="RecipientGone", non_retryable=True)
-        secret = derive_token(self.token_key, VERIFY_EMAIL, req.token_id)
-        return await self.compose_and_send(
-            user.email, "Confirm your ProgNetwork email address", "verify_email", req.message_id,
-            name=user.display_name or "there", link=self.link("/verify-email", secret),
-            expires_at=token.expires_at.strftime("%Y-%m-%d %H:%M"))
-
-    @activity.defn(name=names.SEND_WELCOME_EMAIL)
-    async def send_welcome_email(self, req: SendTenantEmail) -> EmailSent:
-        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            user = await session.get(User, req.user_id)
-            tenant = await session.get(Tenant, req.tenant_id)
-        if user is None or tenant is None:
-            raise ApplicationError("user or tenant no longer exists", type="RecipientGone", non_retryable=True)
-        return await self.compose_and_send(
-            user.email, f"{tenant.name} is ready on ProgNetwork", "welcome", req.message_id,
-            name=user.display_name or "there", tenant_name=tenant.name)
-
-    @activity.defn(name=names.SEND_INVITATION_EMAIL)
-    async def send_invitation_email(self, req: SendInvitationEmail) -> EmailSent:
-        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            invitation = await session.get(Invitation, req.invitation_id)
-            tenant = await session.get(Tenant, req.tenant_id)
-            inviter = await session.get(User, invitation.invited_by) if invitation else None
-        if invitation is None or tenant is None:
-            raise ApplicationError("invitation or tenant no longer exists", type="RecipientGone", non_retryable=True)
-        token = invitation_token(self.token_key, req.tenant_id, req.invitation_id)
-        return await self.compose_and_send(
-            invitation.email, f"Join {tenant.name} on ProgNetwork", "invitation", req.message_id,
-            inviter=(inviter.display_name or "A colleague") if inviter else "A colleague",
-            tenant_name=tenant.name, role=invitation.role, link=self.link("/accept-invitation", token),
-            expires_at=invitation.expires_at.strftime("%Y-%m-%d %H:%M"))
-
     def link(self, path: str, token: str) -> str:
         return f"{self.settings.public_base_url.rstrip('/')}{path}?{urlencode({'token': token})}"
 
-    async def compose_and_send(self, to: str, subject: str, template: str, message_id: str,
-                               **values: str) -> EmailSent:
-        text, markup = render(template, **values)
-        msg = EmailMessage()
-        msg["From"] = self.settings.mail_from
-        msg["To"] = to
-        msg["Subject"] = subject
-        msg["Message-ID"] = message_id  # stable across retries: a resend after a crash is recognisable
-        msg.set_content(text)
-        msg.add_alternative(markup, subtype="html")
-        reply = await self.send(msg)
-        log.info("email sent", extra={"template": template, "message_id": message_id})
+    async def compose(self, req: EmailRequest, to_address: str | None = None) -> Composed:
+        compose = getattr(self, f"_{req.template}", None)
+        if compose is None:
+            raise ApplicationError(f"unknown template {req.template!r}", type=RENDER_FAILED, non_retryable=True)
+        try:
+            return await compose(req, to_address)
+        except KeyError as err:
+            raise ApplicationError(f"template {req.template!r} needs parameter {err}", type=RENDER_FAILED,
+                                   non_retryable=True) from None
+
+    async def _user(self, req: EmailRequest) -> User:
+        async with transaction(self.engine) as session:
+            user = await session.get(User, req.to_user_id) if req.to_user_id else None
+        if user is None:
+            raise ApplicationError("recipient user no longer exists", type=RECIPIENT_GONE, non_retryable=True)
+        return user
+
+    async def _verify_email(self, req: EmailRequest, to_address: str | None) -> Composed:
+        user = await self._user(req)
+        async with transaction(self.engine) as session:
+            token = await session.get(VerificationToken, req.params["token_id"])
+        if token is None:
+            raise ApplicationError("verification token no longer exists", type=RECIPIENT_GONE, non_retryable=True)
+        secret = derive_token(self.token_key, VERIFY_EMAIL, token.id)
+        text, markup = render("verify_email", name=user.display_name or "there", link=self.link("/verify-email", secret),
+                              expires_at=token.expires_at.strftime("%Y-%m-%d %H:%M"))
+        return Composed(to_address or user.email, "Confirm your ProgNetwork email address", text, markup)
+
+    async def _welcome(self, req: EmailRequest, to_address: str | None) -> Composed:
+        user = await self._user(req)
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            tenant = await session.get(Tenant, req.tenant_id)
+        if tenant is None:
+            raise ApplicationError("tenant no longer exists", type=RECIPIENT_GONE, non_retryable=True)
+        text, markup = render("welcome", name=user.display_name or "there", tenant_name=tenant.name)
+        return Composed(to_address or user.email, f"{tenant.name} is ready on ProgNetwork", text, markup)
+
+    async def _invitation(self, req: EmailRequest, to_address: str | None) -> Composed:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            invitation = await session.get(Invitation, req.params["invitation_id"])
+            tenant = await session.get(Tenant, req.tenant_id)
+            inviter = await session.get(User, invitation.invited_by) if invitation else None
+        if invitation is None or tenant is None:
+            raise ApplicationError("invitation or tenant no longer exists", type=RECIPIENT_GONE, non_retryable=True)
+        token = invitation_token(self.token_key, tenant.id, invitation.id)
+        text, markup = render(
+            "invitation", inviter=(inviter.display_name or "A colleague") if inviter else "A colleague",
+            tenant_name=tenant.name, role=invitation.role, link=self.link("/accept-invitation", token),
+            expires_at=invitation.expires_at.strftime("%Y-%m-%d %H:%M"))
+        return Composed(to_address or invitation.email, f"Join {tenant.name} on ProgNetwork", text, markup)
+
+    async def _notice(self, req: EmailRequest, to_address: str | None) -> Composed:
+        """A plain notice (operators, tests, the benchmark): subject and body given as parameters."""
+        address = to_address or req.to_address or (await self._user(req)).email
+        text, markup = render("notice", body=req.params["body"])
+        return Composed(address, req.params["subject"], text, markup)
+
+
+def build_message(settings: Settings, composed: Composed, message_id: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = settings.mail_from
+    msg["To"] = composed.to_address
+    msg["Subject"] = composed.subject
+    msg["Message-ID"] = message_id  # stable across retries: a resend after a crash is recognisable
+    msg.set_content(composed.text)
+    msg.add_alternative(composed.html, subtype="html")
+    return msg
+
+
+async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None = None) -> str:
+    """Send one message; returns the server's reply. Raises as described in the module docstring."""
+    try:
+        _, reply = await aiosmtplib.send(
+            msg, hostname=settings.smtp_host or "127.0.0.1", port=settings.smtp_port,
+            timeout=timeout or settings.smtp_timeout_seconds, username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            start_tls=settings.smtp_start_tls,
+        )
+    except aiosmtplib.SMTPRecipientsRefused as err:
+        replies = "; ".join(f"{r.code} {r.message}" for r in err.recipients)
+        if all(500 <= r.code < 600 for r in err.recipients):
+            raise ApplicationError(f"recipient refused: {replies}", type=SMTP_PERMANENT, non_retryable=True) from None
+        raise SmtpTemporaryFailure(f"recipient deferred: {replies}") from None
+    except aiosmtplib.SMTPResponseException as err:
+        if 500 <= err.code < 600:
+            raise ApplicationError(f"SMTP {err.code} {err.message}", type=SMTP_PERMANENT, non_retryable=True) from None
+        raise SmtpTemporaryFailure(f"SMTP {err.code} {err.message}") from None
+    except aiosmtplib.SMTPTimeoutError as err:
+        raise SmtpTemporaryFailure(f"timeout: {err}") from None
+    except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as err:
+        raise SmtpTemporaryFailure(f"connection: {err}") from None
+    return reply
+
+
+class SmtpTemporaryFailure(Exception):
+    """4xx, timeout or connection trouble: worth another attempt."""
+
+
+class EmailActivities:
+    """Send steps of sagas started before the delivery pipeline; kept for those executions only."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.settings = settings
+        self.composer = Composer(engine, settings)
+
+    async def _send(self, req: EmailRequest, message_id: str) -> EmailSent:
+        composed = await self.composer.compose(req)
+        reply = await smtp_send(self.settings, build_message(self.settings, composed, message_id))
+        log.info("email sent", extra={"template": req.template, "message_id": message_id})
         return EmailSent(message_id=message_id, smtp_reply=reply)
 
-    async def send(self, msg: EmailMessage) -> str:
-        s = self.settings
-        try:
-            _, reply = await aiosmtplib.send(
-                msg, hostname=s.smtp_host or "127.0.0.1", port=s.smtp_port, timeout=s.smtp_timeout_seconds,
-                username=s.smtp_username,
-                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-                start_tls=s.smtp_start_tls,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as err:
-            codes = [r.code for r in err.recipients]
-            if all(500 <= c < 600 for c in codes):
-                raise ApplicationError(f"recipient refused: {codes}", type="SmtpPermanentFailure",
-                                       non_retryable=True) from None
-            raise
-        except aiosmtplib.SMTPResponseException as err:
-            if 500 <= err.code < 600:
-                raise ApplicationError(f"SMTP {err.code}: {err.message}", type="SmtpPermanentFailure",
-                                       non_retryable=True) from None
-            raise  # 4xx: temporary, retried with backoff
-        return reply
+    @activity.defn(name=names.SEND_VERIFICATION_EMAIL)
+    async def send_verification_email(self, req: SendVerificationEmail) -> EmailSent:
+        return await self._send(EmailRequest(message_id=req.token_id, template="verify_email", to_user_id=req.user_id,
+                                             params={"token_id": str(req.token_id)}), req.message_id)
+
+    @activity.defn(name=names.SEND_WELCOME_EMAIL)
+    async def send_welcome_email(self, req: SendTenantEmail) -> EmailSent:
+        return await self._send(EmailRequest(message_id=req.user_id, template="welcome", tenant_id=req.tenant_id,
+                                             to_user_id=req.user_id), req.message_id)
+
+    @activity.defn(name=names.SEND_INVITATION_EMAIL)
+    async def send_invitation_email(self, req: SendInvitationEmail) -> EmailSent:
+        return await self._send(EmailRequest(message_id=req.invitation_id, template="invitation",
+                                             tenant_id=req.tenant_id,
+                                             params={"invitation_id": str(req.invitation_id)}), req.message_id)

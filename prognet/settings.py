@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         timedelta(days=7), description="How long an invitation waits for acceptance before it expires."
     )
 
+    # --- email delivery pipeline ---
+    email_retry_initial_seconds: float = Field(5.0, description="First wait after a temporary SMTP failure.")
+    email_retry_backoff_coefficient: float = Field(2.0, description="Each further wait is this much longer.")
+    email_retry_max_interval_seconds: float = Field(600.0, description="Longest wait between two attempts.")
+    email_retry_max_attempts: int = Field(8, description="Attempts before a message goes to the dead letter.")
+    email_max_per_second: float = Field(20.0, description="SMTP sends per second across all email workers.")
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")

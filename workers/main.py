@@ -1,5 +1,4 @@
-"""The main worker: the registration, tenant provisioning and invitation sagas and their activities on the
-`prognet-main` task queue."""
+"""The worker process: the sagas on `prognet-main`, email delivery on `prognet-email` and `prognet-email-send`."""
 
 from __future__ import annotations
 
@@ -7,6 +6,7 @@ import asyncio
 from datetime import timedelta
 import logging
 import signal
+from contextlib import AsyncExitStack
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
@@ -15,19 +15,22 @@ from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
 from activities.email import EmailActivities
+from activities.email_delivery import EmailDeliveryActivities
 from activities.invitations import InvitationActivities
 from activities.tenants import TenantActivities
 from activities.users import UserActivities
 from models.db import make_engine
 from prognet.settings import Settings, get_settings
+from workflows.email_delivery import EmailDeliveryWorkflow
 from workflows.invitation import InvitationWorkflow
-from workflows.names import TASK_QUEUE
+from workflows.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
 from workflows.registration import RegistrationWorkflow
 from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
 log = logging.getLogger(__name__)
 
 WORKFLOWS = [RegistrationWorkflow, TenantProvisioningWorkflow, InvitationWorkflow]
+ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow]
 
 
 def activities_for(engine: AsyncEngine, settings: Settings) -> list:
@@ -54,9 +57,35 @@ async def connect_client(settings: Settings) -> Client:
                                 data_converter=pydantic_data_converter)
 
 
-def build_worker(client: Client, engine: AsyncEngine, settings: Settings, task_queue: str = TASK_QUEUE) -> Worker:
-    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=activities_for(engine, settings),
-                  graceful_shutdown_timeout=timedelta(seconds=10))
+def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Workers:
+    """The sagas on `prognet-main`; email delivery on `prognet-email`; SMTP sends alone on
+    `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND)."""
+    delivery = EmailDeliveryActivities(engine, settings)
+    common = dict(graceful_shutdown_timeout=timedelta(seconds=10))
+    return Workers([
+        Worker(client, task_queue=TASK_QUEUE, workflows=WORKFLOWS, activities=activities_for(engine, settings),
+               **common),
+        Worker(client, task_queue=EMAIL_TASK_QUEUE, workflows=[EmailDeliveryWorkflow],
+               activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress], **common),
+        Worker(client, task_queue=EMAIL_SEND_TASK_QUEUE, activities=[delivery.send],
+               max_task_queue_activities_per_second=settings.email_max_per_second, **common),
+    ])
+
+
+class Workers:
+    """Several workers started and stopped together (`async with build_workers(...)`)."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Workers:
+        for worker in self.workers:
+            await self._stack.enter_async_context(worker)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
 
 
 async def run_worker(settings: Settings | None = None) -> None:
@@ -65,12 +94,12 @@ async def run_worker(settings: Settings | None = None) -> None:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
     engine = make_engine(settings.database_url)
     client = await connect_client(settings)
-    worker = build_worker(client, engine, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker polling task queue %s on %s", TASK_QUEUE, settings.temporal_target)
-    async with worker:
+    log.info("worker polling %s, %s and %s on %s", TASK_QUEUE, EMAIL_TASK_QUEUE, EMAIL_SEND_TASK_QUEUE,
+             settings.temporal_target)
+    async with build_workers(client, engine, settings):
         await stop.wait()
     await engine.dispose()

@@ -62,3 +62,7 @@ def email_workflow_id(message_id: uuid.UUID | str) -> str:
 def email_message_id(parent_workflow_id: str, purpose: str) -> uuid.UUID:
     """A business key: the same parent step always names the same message, so a retried start is a no-op."""
     return uuid.uuid5(uuid.NAMESPACE_URL, f"prognet:email:{parent_workflow_id}:{purpose}")
+EMAIL_SEND_TASK_QUEUE = "prognet-email-send"  # SMTP sends only: the task-queue rate limit is the send rate
+
+# workflow.patched ids (keep forever once released: running executions depend on them)
+PATCH_EMAIL_PIPELINE = "email-pipeline"  # sagas hand their emails to EmailDelivery instead of sending

@@ -16,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from models.contracts import (
         ActivateUser,
         CreatePendingUser,
+        EmailRequest,
         IssueVerificationToken,
         RegistrationAccepted,
         RegistrationInput,
@@ -26,7 +27,14 @@ with workflow.unsafe.imports_passed_through():
         VerifyEmail,
     )
     from workflows import activity_names as act
-    from workflows.names import REGISTRATION_WORKFLOW, SIGNAL_VERIFY_EMAIL, UPDATE_REGISTRATION_ACCEPTED
+    from workflows.email_delivery import start_email
+    from workflows.names import (
+        PATCH_EMAIL_PIPELINE,
+        REGISTRATION_WORKFLOW,
+        SIGNAL_VERIFY_EMAIL,
+        UPDATE_REGISTRATION_ACCEPTED,
+        email_message_id,
+    )
     from workflows.saga import Saga
 
 EMAIL_TAKEN = "EmailAlreadyRegistered"
@@ -77,12 +85,17 @@ class RegistrationWorkflow:
             IssueVerificationToken(user_id=params.user_id, token_id=token_id, expires_at=workflow.now() + timeout),
             compensation=(act.REVOKE_VERIFICATION_TOKEN, TokenRef(token_id=token_id)),
         )
-        await self.saga.step(
-            "send_verification_email", act.SEND_VERIFICATION_EMAIL,
-            SendVerificationEmail(user_id=params.user_id, token_id=token_id,
-                                  message_id=f"<{workflow.info().workflow_id}.verify@prognet>"),
-            timeout=timedelta(seconds=60),
-        )
+        wid = workflow.info().workflow_id
+        if workflow.patched(PATCH_EMAIL_PIPELINE):
+            await start_email(self.saga, "send_verification_email", EmailRequest(
+                message_id=email_message_id(wid, "verify"), template="verify_email", to_user_id=params.user_id,
+                params={"token_id": str(token_id)}))
+        else:  # executions started before the delivery pipeline
+            await self.saga.step(
+                "send_verification_email", act.SEND_VERIFICATION_EMAIL,
+                SendVerificationEmail(user_id=params.user_id, token_id=token_id, message_id=f"<{wid}.verify@prognet>"),
+                timeout=timedelta(seconds=60),
+            )
 
         deadline = workflow.now() + timeout
         self.saga.set_status("waiting", step="await_verification",

@@ -126,14 +126,14 @@ class Saga:
         try:
             result = await body()
         except BaseException as err:
-            self.state.error = _describe(err)
+            self.state.error = describe_error(err)
             await self.compensate("compensated")
             raise
         return result
 
     async def abort(self, err: BaseException) -> NoReturn:
         """A step failed outside `run`: compensate what was registered, then re-raise the original error."""
-        self.state.error = _describe(err)
+        self.state.error = describe_error(err)
         await self.compensate("compensated")
         raise err
 
@@ -177,7 +177,7 @@ class Saga:
                 )
             except ActivityError as err:
                 record.status = "failed"
-                record.error = _describe(err)
+                record.error = describe_error(err)
                 decision = await self._wait_for_operator(record)
                 if decision.action == "skip":
                     record.status = "skipped"
@@ -200,7 +200,8 @@ class Saga:
         return self._decisions.pop(0)
 
 
-def _describe(err: BaseException) -> str:
+def describe_error(err: BaseException) -> str:
+    """A short, log-safe description of a failure: the innermost cause's type and message."""
     if isinstance(err, asyncio.CancelledError):
         return "cancelled"
     cause: BaseException = err

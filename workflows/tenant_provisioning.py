@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from models.contracts import (
         CreateBillingConfig,
         CreateTenant,
+        EmailRequest,
         MarkTenantFailed,
         MembershipRef,
         SendTenantEmail,
@@ -27,7 +28,13 @@ with workflow.unsafe.imports_passed_through():
         TenantRef,
     )
     from workflows import activity_names as act
-    from workflows.names import TENANT_PROVISIONING_WORKFLOW, UPDATE_TENANT_ACCEPTED
+    from workflows.email_delivery import start_email
+    from workflows.names import (
+        PATCH_EMAIL_PIPELINE,
+        TENANT_PROVISIONING_WORKFLOW,
+        UPDATE_TENANT_ACCEPTED,
+        email_message_id,
+    )
     from workflows.saga import Saga
 
 SLUG_TAKEN = "SlugTaken"
@@ -92,11 +99,16 @@ class TenantProvisioningWorkflow:
             "apply_default_settings", act.APPLY_DEFAULT_SETTINGS, tenant,
             compensation=(act.REMOVE_DEFAULT_SETTINGS, tenant),
         )
-        await self.saga.step(
-            "send_welcome_email", act.SEND_WELCOME_EMAIL,
-            SendTenantEmail(tenant_id=p.tenant_id, user_id=p.owner_user_id, message_id=f"<{wid}.welcome@prognet>"),
-            timeout=timedelta(seconds=60),
-        )
+        if workflow.patched(PATCH_EMAIL_PIPELINE):
+            await start_email(self.saga, "send_welcome_email", EmailRequest(
+                message_id=email_message_id(wid, "welcome"), template="welcome", tenant_id=p.tenant_id,
+                to_user_id=p.owner_user_id))
+        else:  # executions started before the delivery pipeline
+            await self.saga.step(
+                "send_welcome_email", act.SEND_WELCOME_EMAIL,
+                SendTenantEmail(tenant_id=p.tenant_id, user_id=p.owner_user_id, message_id=f"<{wid}.welcome@prognet>"),
+                timeout=timedelta(seconds=60),
+            )
         await self.saga.step("activate_tenant", act.ACTIVATE_TENANT, tenant)
         self.saga.complete("tenant active")
         return TenantProvisioningResult(tenant_id=p.tenant_id, status="active", stripe_customer_id=customer.customer_id)

@@ -32,8 +32,8 @@ from models.tables import EmailMessage as EmailRow
 from models.tables import Membership, Tenant, User
 from prognet.devstack import EmbeddedStack, free_port, message_text, read_messages
 from prognet.settings import Settings
-from workers.main import build_worker
-from workflows.names import email_workflow_id, invitation_workflow_id
+from workers.main import build_workers
+from workflows.names import email_message_id, email_workflow_id, invitation_workflow_id
 
 PASSWORD = "correct horse battery staple"
 # Cheap argon2 for tests; the production parameters are the settings' defaults.
@@ -164,7 +164,7 @@ async def temporal_settings(services: EmbeddedStack, temporal_client: Client, sc
         smtp_host=services.smtp_host, smtp_port=services.smtp_port, log_level="WARNING", **stripe, **ARGON2,
     )
     engine = create_async_engine(services.database_url)
-    async with build_worker(temporal_client, engine, settings):
+    async with build_workers(temporal_client, engine, settings):
         yield settings
     await engine.dispose()
 
@@ -258,7 +258,7 @@ async def invite(api: httpx.AsyncClient, who: Person, tenant_id: str, email: str
 
 async def emailed_invitation_token(maildir: Path, invitation_id: str, timeout: float = 20.0) -> tuple[EmailMessage, str]:
     """The invitation email of this invitation (found by its Message-ID) and the token from its link."""
-    marker = invitation_workflow_id(invitation_id)
+    marker = str(email_message_id(invitation_workflow_id(invitation_id), "invite"))
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         for msg in read_messages(maildir):

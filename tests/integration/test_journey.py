@@ -11,6 +11,7 @@ from temporalio.client import Client
 
 from prognet.devstack import EmbeddedStack
 from tests.integration.conftest import PASSWORD, email_to, new_email, token_from
+from workflows.names import email_message_id
 
 
 async def register_and_verify(http: httpx.AsyncClient, stack: EmbeddedStack, email: str) -> dict:
@@ -49,7 +50,9 @@ async def test_register_verify_login_refresh_reuse_logout(http: httpx.AsyncClien
     # The email: multipart text + HTML, a link whose `token` parameter verifies the account.
     assert msg.is_multipart()
     assert {part.get_content_type() for part in msg.walk()} >= {"text/plain", "text/html"}
-    assert msg["Message-ID"] == f"<registration-{user_id}.verify@prognet>"
+    # one message per saga step, named by a business key: the same id in tracking, workflow and header
+    message_id = email_message_id(f"registration-{user_id}", "verify")
+    assert msg["Message-ID"] == f"<{message_id}@prognet>"
     token = token_from(msg)
     assert f"token={token}" in msg.get_body(("html",)).get_content()
     page = await http.get(f"/verify-email?token={token}")

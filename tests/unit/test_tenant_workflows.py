@@ -20,23 +20,25 @@ from models.contracts import (
     TenantProvisioningInput,
 )
 from tests.unit.fake_tenant_activities import FakeTenantWorld
-from tests.unit.test_registration_workflow import saga_state, wait_for
+from tests.unit.test_registration_workflow import email_worker, saga_state, wait_for
+from workers.main import Workers
 from workflows import activity_names as act
 from workflows.invitation import InvitationWorkflow
 from workflows.names import SIGNAL_ACCEPT_INVITATION, SIGNAL_OPERATOR_DECISION, SIGNAL_REVOKE_INVITATION
 from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
+# (the welcome email is handed to the delivery pipeline as a child workflow between settings and activation)
 FORWARD = [act.CREATE_TENANT, act.ADD_MEMBERSHIP, act.CREATE_STRIPE_CUSTOMER, act.CREATE_BILLING_CONFIG,
-           act.APPLY_DEFAULT_SETTINGS, act.SEND_WELCOME_EMAIL, act.ACTIVATE_TENANT]
+           act.APPLY_DEFAULT_SETTINGS, act.ACTIVATE_TENANT]
 # the compensation of each forward step that has one, in forward order
 UNDO = {act.CREATE_TENANT: act.MARK_TENANT_FAILED, act.ADD_MEMBERSHIP: act.REMOVE_MEMBERSHIP,
         act.CREATE_STRIPE_CUSTOMER: act.DELETE_STRIPE_CUSTOMER, act.CREATE_BILLING_CONFIG: act.DELETE_BILLING_CONFIG,
         act.APPLY_DEFAULT_SETTINGS: act.REMOVE_DEFAULT_SETTINGS}
 
 
-def worker(client: Client, task_queue: str, world: FakeTenantWorld) -> Worker:
-    return Worker(client, task_queue=task_queue, workflows=[TenantProvisioningWorkflow, InvitationWorkflow],
-                  activities=world.activities())
+def worker(client: Client, task_queue: str, world: FakeTenantWorld) -> Workers:
+    return Workers([Worker(client, task_queue=task_queue, workflows=[TenantProvisioningWorkflow, InvitationWorkflow],
+                           activities=world.activities()), email_worker(client)])
 
 
 def tenant_input() -> TenantProvisioningInput:
@@ -112,8 +114,8 @@ async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
             await asyncio.sleep(0.05)
 
     activities = [a for a in activities if getattr(a, "__temporal_activity_definition").name != act.CREATE_BILLING_CONFIG]
-    async with Worker(ts_client, task_queue=task_queue, workflows=[TenantProvisioningWorkflow],
-                      activities=activities + [slow_billing_config]):
+    async with Workers([Worker(ts_client, task_queue=task_queue, workflows=[TenantProvisioningWorkflow],
+                               activities=activities + [slow_billing_config]), email_worker(ts_client)]):
         params = tenant_input()
         handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
                                                 id=f"tenant-{params.tenant_id}", task_queue=task_queue)
@@ -130,7 +132,7 @@ async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
 
 
 async def test_failing_compensation_parks_provisioning_for_an_operator(ts_client, task_queue):
-    world = FakeTenantWorld(fail_step=act.SEND_WELCOME_EMAIL, broken_compensation=act.DELETE_STRIPE_CUSTOMER)
+    world = FakeTenantWorld(fail_step=act.ACTIVATE_TENANT, broken_compensation=act.DELETE_STRIPE_CUSTOMER)
     async with worker(ts_client, task_queue, world):
         params = tenant_input()
         handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
@@ -169,7 +171,7 @@ async def test_accepted_invitation_adds_the_membership(ts_client, task_queue):
         await handle.signal(SIGNAL_ACCEPT_INVITATION, AcceptInvitation(user_id=user_id))
         result = await handle.result()
     assert result.status == "accepted" and result.user_id == user_id
-    assert world.calls == [act.ISSUE_INVITATION, act.SEND_INVITATION_EMAIL, act.COMPLETE_INVITATION]
+    assert world.calls == [act.ISSUE_INVITATION, act.COMPLETE_INVITATION]
     assert world.args[act.COMPLETE_INVITATION][0].user_id == user_id
 
 
@@ -197,7 +199,7 @@ async def test_revoked_invitation_closes_and_ignores_a_later_accept(ts_client, t
         await handle.signal(SIGNAL_ACCEPT_INVITATION, AcceptInvitation(user_id=uuid.uuid4()))
         result = await handle.result()
     assert result.status == "revoked"
-    assert world.calls == [act.ISSUE_INVITATION, act.SEND_INVITATION_EMAIL, act.CLOSE_INVITATION]
+    assert world.calls == [act.ISSUE_INVITATION, act.CLOSE_INVITATION]
     assert world.args[act.CLOSE_INVITATION][0].status == "revoked"
 
 

@@ -1,0 +1,111 @@
+"""The email delivery pipeline's activities: queue (track + suppression check), send, mark, suppress.
+
+Tracking rows live in `email_messages`; a platform message (tenant_id NULL) is handled in the platform
+scope, a tenant's message in its tenant's (row-level security, see models.db.transaction).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import select
+from temporalio import activity
+
+from activities.email import Composer, SmtpTemporaryFailure, build_message, smtp_send
+from models.contracts import EmailDelivery, EmailPolicy, EmailQueued, EmailRequest, MarkEmail, SendEmail, SuppressAddress
+from models.db import transaction
+from models.tables import EmailMessage, EmailSuppression, utcnow
+from prognet.settings import Settings
+from workflows import activity_names as names
+from workflows.names import email_workflow_id
+
+log = logging.getLogger(__name__)
+REPLY_LIMIT = 500
+
+
+def message_id_header(message_id: uuid.UUID) -> str:
+    return f"<{message_id}@prognet>"
+
+
+class EmailDeliveryActivities:
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.composer = Composer(engine, settings)
+
+    def _scope(self, tenant_id: uuid.UUID | None):
+        return transaction(self.engine, tenant_id=tenant_id, platform=tenant_id is None)
+
+    @activity.defn(name=names.EMAIL_POLICY)
+    async def policy(self) -> EmailPolicy:
+        s = self.settings
+        return EmailPolicy(initial_interval_seconds=s.email_retry_initial_seconds,
+                           backoff_coefficient=s.email_retry_backoff_coefficient,
+                           maximum_interval_seconds=s.email_retry_max_interval_seconds,
+                           maximum_attempts=s.email_retry_max_attempts,
+                           send_timeout_seconds=s.smtp_timeout_seconds)
+
+    @activity.defn(name=names.QUEUE_EMAIL)
+    async def queue(self, req: EmailRequest) -> EmailQueued:
+        """Resolve the recipient, render once (a broken template fails here, permanently), record the message."""
+        composed = await self.composer.compose(req, req.to_address)
+        async with self._scope(req.tenant_id) as session:
+            existing = await session.get(EmailMessage, req.message_id)
+            if existing is not None:  # a retry after the row was committed
+                return EmailQueued(message_id=req.message_id, to_address=existing.to_address,
+                                   suppressed=existing.state == "suppressed")
+            suppressed = (await session.exec(select(EmailSuppression.id).where(
+                EmailSuppression.tenant_id == req.tenant_id if req.tenant_id else EmailSuppression.tenant_id.is_(None),
+                func.lower(EmailSuppression.address) == composed.to_address.lower()))).first() is not None
+            session.add(EmailMessage(
+                id=req.message_id, tenant_id=req.tenant_id, template=req.template, to_address=composed.to_address,
+                subject=composed.subject[:300], state="suppressed" if suppressed else "queued",
+                last_reply="address is on the suppression list" if suppressed else None,
+                workflow_id=email_workflow_id(req.message_id)))
+        return EmailQueued(message_id=req.message_id, to_address=composed.to_address, suppressed=suppressed)
+
+    @activity.defn(name=names.SEND_EMAIL)
+    async def send(self, req: SendEmail) -> EmailDelivery:
+        """One attempt. Every attempt is counted and its reply kept, so tracking shows deferrals as they happen."""
+        message_id = req.request.message_id
+        await self._update(req.request.tenant_id, message_id, state="sending", attempts=EmailMessage.attempts + 1)
+        try:
+            composed = await self.composer.compose(req.request, req.to_address)
+            msg = build_message(self.settings, composed, message_id_header(message_id))
+            reply = await smtp_send(self.settings, msg)
+        except SmtpTemporaryFailure as err:
+            await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=str(err)[:REPLY_LIMIT])
+            raise
+        except Exception as err:
+            await self._update(req.request.tenant_id, message_id, state="failed", last_reply=str(err)[:REPLY_LIMIT])
+            raise
+        await self._update(req.request.tenant_id, message_id, state="sent", last_reply=reply[:REPLY_LIMIT],
+                           sent_at=utcnow())
+        log.info("email sent", extra={"message_id": str(message_id), "template": req.request.template})
+        return EmailDelivery(message_id=message_id, state="sent", reply=reply)
+
+    @activity.defn(name=names.MARK_EMAIL)
+    async def mark(self, req: MarkEmail) -> None:
+        values = {"state": req.state}
+        if req.reply is not None:
+            values["last_reply"] = req.reply[:REPLY_LIMIT]
+        if req.to_address is not None:
+            values["to_address"] = req.to_address
+        await self._update(req.tenant_id, req.message_id, **values)
+
+    @activity.defn(name=names.SUPPRESS_ADDRESS)
+    async def suppress(self, req: SuppressAddress) -> None:
+        async with self._scope(req.tenant_id) as session:
+            await session.exec(insert(EmailSuppression).values(
+                id=uuid.uuid4(), tenant_id=req.tenant_id, address=req.address, reason=req.reason[:REPLY_LIMIT],
+                message_id=req.message_id,
+            ).on_conflict_do_nothing())
+
+    async def _update(self, tenant_id: uuid.UUID | None, message_id: uuid.UUID, **values) -> None:
+        async with self._scope(tenant_id) as session:
+            await session.exec(update(EmailMessage).where(EmailMessage.id == message_id)
+                               .values(updated_at=utcnow(), **values))

@@ -1,0 +1,138 @@
+"""Email delivery: one workflow per message (`email-{message_id}`) on its own task queue.
+
+queue (track, suppression check, render once) → send with exponential backoff for temporary failures
+(4xx, timeouts, relay down) → sent. A permanent failure (5xx) suppresses the address for its tenant and goes
+straight to the dead letter without retries; so does running out of attempts. A dead letter waits, with
+SagaStatus `awaiting_operator`, for an operator's `email_decision` signal: retry (optionally to a corrected
+address) or discard.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from models.contracts import (
+        EmailDecision,
+        EmailDelivery,
+        EmailPolicy,
+        EmailQueued,
+        EmailRequest,
+        EmailResult,
+        MarkEmail,
+        SendEmail,
+        SuppressAddress,
+    )
+    from workflows import activity_names as act
+    from workflows.names import (
+        EMAIL_DELIVERY_WORKFLOW,
+        EMAIL_SEND_TASK_QUEUE,
+        EMAIL_TASK_QUEUE,
+        QUERY_EMAIL_STATE,
+        SIGNAL_EMAIL_DECISION,
+        email_workflow_id,
+    )
+    from workflows.saga import Saga, describe_error
+
+PERMANENT = "SmtpPermanentFailure"
+NEVER_RETRY = [PERMANENT, "RenderFailed", "RecipientGone"]
+BOOKKEEPING = dict(start_to_close_timeout=timedelta(seconds=30),
+                   retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
+
+
+@workflow.defn(name=EMAIL_DELIVERY_WORKFLOW)
+class EmailDeliveryWorkflow:
+    def __init__(self) -> None:
+        self.saga = Saga("email_delivery")
+        self.decisions: list[EmailDecision] = []
+        self.state = "queued"
+        self.attempts = 0
+
+    @workflow.run
+    async def run(self, req: EmailRequest) -> EmailResult:
+        policy: EmailPolicy = await workflow.execute_local_activity(
+            act.EMAIL_POLICY, start_to_close_timeout=timedelta(seconds=10), result_type=EmailPolicy)
+        self.saga.set_status("running", step="queue", details="recording the message")
+        queued: EmailQueued = await workflow.execute_activity(act.QUEUE_EMAIL, req, result_type=EmailQueued,
+                                                              **BOOKKEEPING)
+        if queued.suppressed:
+            self.state = "suppressed"
+            self.saga.complete("not sent: the address is on the suppression list")
+            return EmailResult(message_id=req.message_id, state="suppressed")
+
+        to_address = queued.to_address
+        retry = RetryPolicy(
+            initial_interval=timedelta(seconds=policy.initial_interval_seconds),
+            backoff_coefficient=policy.backoff_coefficient,
+            maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
+            maximum_attempts=policy.maximum_attempts, non_retryable_error_types=NEVER_RETRY)
+        while True:
+            self.state = "sending"
+            self.saga.set_status("running", step="send", details="sending over SMTP (temporary failures retried)")
+            try:
+                await workflow.execute_activity(
+                    act.SEND_EMAIL, SendEmail(request=req, to_address=to_address), task_queue=EMAIL_SEND_TASK_QUEUE,
+                    start_to_close_timeout=timedelta(seconds=policy.send_timeout_seconds + 30), retry_policy=retry,
+                    result_type=EmailDelivery)
+            except ActivityError as err:
+                reason = describe_error(err)
+                cause = err.cause
+                if isinstance(cause, ApplicationError) and cause.type == PERMANENT:
+                    await workflow.execute_activity(act.SUPPRESS_ADDRESS, SuppressAddress(
+                        tenant_id=req.tenant_id, address=to_address, reason=reason, message_id=req.message_id),
+                        **BOOKKEEPING)
+                decision = await self._dead_letter(req, reason)
+                if decision.action == "discard":
+                    await self._mark(req, "discarded", decision.reason or "discarded by an operator")
+                    self.state = "discarded"
+                    self.saga.complete("discarded by an operator")
+                    return EmailResult(message_id=req.message_id, state="discarded")
+                to_address = decision.to_address or to_address
+                await self._mark(req, "queued", f"retry requested by an operator ({decision.reason or 'no reason'})",
+                                 to_address=to_address)
+                continue
+            self.state = "sent"
+            self.saga.complete("sent")
+            return EmailResult(message_id=req.message_id, state="sent")
+
+    async def _dead_letter(self, req: EmailRequest, reason: str) -> EmailDecision:
+        self.state = "dead_lettered"
+        await self._mark(req, "dead_lettered", reason)
+        self.saga.state.error = reason
+        self.saga.set_status("awaiting_operator", step="dead_letter", waiting_for=(
+            f"operator: not delivered ({reason}); signal '{SIGNAL_EMAIL_DECISION}' with "
+            '{"action": "retry"} (optionally "to_address") or {"action": "discard"}'))
+        await workflow.wait_condition(lambda: bool(self.decisions))
+        return self.decisions.pop(0)
+
+    async def _mark(self, req: EmailRequest, state: str, reply: str, to_address: str | None = None) -> None:
+        await workflow.execute_activity(act.MARK_EMAIL, MarkEmail(
+            message_id=req.message_id, tenant_id=req.tenant_id, state=state, reply=reply, to_address=to_address),
+            **BOOKKEEPING)
+
+    @workflow.signal(name=SIGNAL_EMAIL_DECISION)
+    def decide(self, decision: EmailDecision) -> None:
+        self.decisions.append(decision)
+
+    @workflow.query(name=QUERY_EMAIL_STATE)
+    def current_state(self) -> str:
+        return self.state
+
+
+async def start_email(saga: Saga, step: str, request: EmailRequest) -> None:
+    """Hand a message to the delivery pipeline from another saga: started as a child that outlives its parent,
+    and not awaited (a dead letter must not hold the parent). Starting it twice is a no-op."""
+    saga.set_status("running", step=step, details=f"handing email {request.message_id} to the delivery pipeline")
+    try:
+        await workflow.start_child_workflow(
+            EMAIL_DELIVERY_WORKFLOW, request, id=email_workflow_id(request.message_id), task_queue=EMAIL_TASK_QUEUE,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            static_summary=f"Email {request.template} ({request.message_id})")
+    except WorkflowAlreadyStartedError:
+        pass  # this step ran before (a reset or a replayed start): the message is already on its way
+    saga.state.completed_steps.append(step)
