@@ -15,6 +15,7 @@ import html
 import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -138,6 +139,7 @@ def build_message(settings: Settings, composed: Composed, message_id: str) -> Em
     msg["To"] = composed.to_address
     msg["Subject"] = composed.subject
     msg["Message-ID"] = message_id  # stable across retries: a resend after a crash is recognisable
+    msg["Date"] = formatdate(localtime=False)
     msg.set_content(composed.text)
     msg.add_alternative(composed.html, subtype="html")
     return msg

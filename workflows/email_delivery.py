@@ -77,7 +77,7 @@ class EmailDeliveryWorkflow:
             try:
                 await workflow.execute_activity(
                     act.SEND_EMAIL, SendEmail(request=req, to_address=to_address), task_queue=EMAIL_SEND_TASK_QUEUE,
-                    start_to_close_timeout=timedelta(seconds=policy.send_timeout_seconds + 30), retry_policy=retry,
+                    start_to_close_timeout=timedelta(seconds=policy.send_timeout_seconds + 10), retry_policy=retry,
                     result_type=EmailDelivery)
             except ActivityError as err:
                 reason = describe_error(err)

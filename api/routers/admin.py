@@ -41,7 +41,7 @@ from models.contracts import EmailDecision, SagaState
 from models.db import transaction
 from models.events import record_event
 from models.tables import EmailMessage, EmailSuppression
-from workflows.names import QUERY_SAGA_STATE, SIGNAL_EMAIL_DECISION, email_workflow_id
+from workflows.names import QUERY_SAGA_STATE, SIGNAL_EMAIL_DECISION
 
 log = logging.getLogger("prognet.api")
 

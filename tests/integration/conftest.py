@@ -20,6 +20,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from prognet.devstack import EmbeddedStack, read_messages, wait_for_messages
 
 PASSWORD = "correct horse battery staple"
+# Email delivery tuned for tests: short SMTP timeout and backoff, a rate limit low enough to observe.
+SEND_RATE = 8
+SLOW_SECONDS = 4
+FAST_EMAIL = {"SMTP_TIMEOUT_SECONDS": "1.5", "EMAIL_RETRY_INITIAL_SECONDS": "0.3",
+              "EMAIL_RETRY_MAX_INTERVAL_SECONDS": "1.5", "EMAIL_RETRY_MAX_ATTEMPTS": "40",
+              "EMAIL_MAX_PER_SECOND": str(SEND_RATE)}
 LOG_TAIL: deque[str] = deque(maxlen=400)
 
 
@@ -32,7 +38,8 @@ async def stack() -> AsyncIterator[EmbeddedStack]:
     # Not under pytest's tmp dir: pytest makes it 0700, which locks out PostgreSQL's own system user.
     data_dir = Path(tempfile.mkdtemp(prefix="prognet-it-"))
     data_dir.chmod(0o755)
-    stack = EmbeddedStack(data_dir / "data", with_worker=True, with_api=True, log=_keep_log)
+    stack = EmbeddedStack(data_dir / "data", with_worker=True, with_api=True, log=_keep_log,
+                          smtp_slow_seconds=SLOW_SECONDS, extra_env=FAST_EMAIL)
     try:
         await stack.start()
     except BaseException:
