@@ -1,7 +1,7 @@
 """The sandbox's ASGI app: API-key check, Idempotency-Key replay, fault injection and a request log around the
 resource routers, plus the sandbox-only admin endpoints under /_sandbox.
 
-Adding a resource (issue 4: payment methods, payment intents, refunds): a module in `resources/` with an
+Adding a resource: a module in `resources/` with an
 `APIRouter` whose handlers take `call: Call = Depends(current_call)`, read `call.params`, keep objects with
 `call.store.put/get/list(kind, call.account, …)`, raise `StripeError` and announce changes with `call.emit(...)`;
 then list the router in `RESOURCE_ROUTERS`.
@@ -21,10 +21,12 @@ from . import forms
 from .errors import StripeError
 from .core import DEFAULT_API_VERSION, Call, Sandbox, account_for, current_call
 from .faults import Fault
-from .resources import customers
+from .resources import charges, customers, events, payment_intents, payment_methods, refunds
 from .store import random_id
 
-RESOURCE_ROUTERS: list[APIRouter] = [customers.router]
+RESOURCE_ROUTERS: list[APIRouter] = [
+    customers.router, payment_methods.router, payment_intents.router, charges.router, refunds.router, events.router,
+]
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600  # Stripe keeps idempotent results for at least 24 hours
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -248,7 +250,75 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
         sandbox.faults.clear()
         sandbox.requests.clear()
         sandbox.store.reset()
+        sandbox.webhooks.reset()
         return {"reset": True}
+
+    # --- webhooks -------------------------------------------------------------------------------------------
+    @router.get("/webhooks")
+    async def webhook_status() -> dict[str, Any]:
+        """The endpoint, secrets, mode, hold switch, and how many events are held or pending."""
+        return sandbox.webhooks.status()
+
+    @router.post("/webhooks")
+    async def configure_webhooks(spec: dict[str, Any]) -> dict[str, Any]:
+        """{"mode": "normal"|"duplicate"|"reverse", "hold": bool, "url": str|null, "secret": str|[str]|null,
+        "enabled_events": [..], "retry_delays": [seconds, ..], "timeout": seconds} — fields left out are unchanged;
+        switching hold off releases the held events."""
+        allowed = {"mode", "hold", "url", "secret", "enabled_events", "retry_delays", "timeout"}
+        unknown = set(spec) - allowed
+        if unknown:
+            return JSONResponse({"error": f"unknown fields: {sorted(unknown)}"}, status_code=400)  # type: ignore[return-value]
+        try:
+            return sandbox.webhooks.configure(**spec)
+        except (TypeError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)  # type: ignore[return-value]
+
+    @router.post("/webhooks/flush")
+    async def flush_webhooks() -> dict[str, Any]:
+        """Release the held events (newest first in reverse mode)."""
+        return {"released": sandbox.webhooks.flush(), **sandbox.webhooks.status()}
+
+    @router.get("/webhooks/deliveries")
+    async def webhook_deliveries(limit: int = 1000, event: str | None = None) -> dict[str, Any]:
+        """Every delivery attempt, oldest first: event, type, copy (2 = the duplicate), attempt, status, error."""
+        items = [d for d in sandbox.webhooks.deliveries if event is None or d["event"] == event]
+        return {"data": items[-limit:]}
+
+    @router.delete("/webhooks/deliveries")
+    async def clear_webhook_deliveries() -> dict[str, Any]:
+        sandbox.webhooks.deliveries.clear()
+        return {"data": []}
+
+    @router.post("/webhooks/resend")
+    async def resend_event(spec: dict[str, Any]) -> dict[str, Any]:
+        """{"event": "evt_…"}: deliver that event again (as `stripe events resend`)."""
+        event_id = str(spec.get("event", ""))
+        account = sandbox.store.account_of("event", event_id)
+        event = sandbox.store.get("event", account, event_id) if account else None
+        if event is None:
+            return JSONResponse({"error": f"no such event: {event_id!r}"}, status_code=404)  # type: ignore[return-value]
+        sandbox.webhooks.resend(event)
+        return {"resent": event_id}
+
+    # --- what a customer would do in a browser ----------------------------------------------------------------
+    @router.post("/payment_intents/{pi_id}/authenticate")
+    async def authenticate_payment_intent(pi_id: str, spec: dict[str, Any] | None = None) -> Any:
+        """{"success": true|false}: the customer completes (or fails) 3D Secure for a PaymentIntent in
+        requires_action; it then succeeds, or returns to requires_payment_method with last_payment_error."""
+        from .resources import payment_intents as pis
+
+        account = sandbox.store.account_of(pis.KIND, pi_id)
+        pi = sandbox.store.get(pis.KIND, account, pi_id) if account else None
+        if account is None or pi is None:
+            return JSONResponse({"error": f"no such payment_intent: {pi_id!r}"}, status_code=404)
+        call = Call(sandbox, account, "", "POST", f"/_sandbox/payment_intents/{pi_id}/authenticate", {},
+                    random_id("req", 14))
+        try:
+            result = pis.complete_authentication(call, dict(pi), bool((spec or {}).get("success", True)))
+        except StripeError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+        sandbox.store.flush()
+        return result
 
     return router
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -28,13 +29,20 @@ class Sandbox:
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=request_log_size)
         self.event_listeners: list[EventListener] = []
         self._in_progress: set[tuple[str, str]] = set()
+        from .webhooks import WebhookDispatcher  # here: webhooks imports nothing from core
 
-    def emit(self, account: str, event_type: str, obj: dict[str, Any]) -> dict[str, Any]:
-        """Record a Stripe event (`customer.created`, …) and hand it to the listeners (issue 4: webhooks)."""
+        self.webhooks = WebhookDispatcher(self.store)
+        self.event_listeners.append(self.webhooks.on_event)
+
+    def emit(self, account: str, event_type: str, obj: dict[str, Any], *,
+             request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record a Stripe event (`customer.created`, …) with a snapshot of `obj` as it is now, and hand it to the
+        listeners (the webhook dispatcher among them)."""
         event = {
             "id": random_id("evt", 24), "object": "event", "api_version": DEFAULT_API_VERSION,
             "created": int(time.time()), "type": event_type, "livemode": False, "pending_webhooks": 0,
-            "data": {"object": obj}, "request": {"id": None, "idempotency_key": None},
+            "data": {"object": copy.deepcopy(obj)},
+            "request": request or {"id": None, "idempotency_key": None},
         }
         self.store.put("event", account, event)
         self.store.trim("event", EVENTS_KEPT)
@@ -62,8 +70,8 @@ class Call:
         return self.sandbox.store
 
     def emit(self, event_type: str, obj: dict[str, Any]) -> None:
-        event = self.sandbox.emit(self.account, event_type, obj)
-        event["request"] = {"id": self.request_id, "idempotency_key": self.idempotency_key}
+        event = self.sandbox.emit(self.account, event_type, obj,
+                                  request={"id": self.request_id, "idempotency_key": self.idempotency_key})
         self.events.append(event)
 
 

@@ -52,6 +52,37 @@ def integer(params: dict[str, Any], name: str, *, required: bool = False, minimu
     return value
 
 
+def boolean(params: dict[str, Any], name: str, default: bool = False) -> bool:
+    """Stripe's form booleans: `true`/`false`."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool):
+        return raw
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise invalid_parameter(name, f"Invalid boolean: {raw}", "parameter_invalid_boolean")
+
+
+def choice(params: dict[str, Any], name: str, allowed: tuple[str, ...], default: str | None = None) -> str | None:
+    value = string(params, name)
+    if value is None or value == "":
+        return default
+    if value not in allowed:
+        raise invalid_parameter(name, f"Invalid {name}: must be one of {', '.join(allowed)}")
+    return value
+
+
+def currency(params: dict[str, Any], name: str = "currency", *, required: bool = False) -> str | None:
+    value = string(params, name, required=required)
+    if value is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z]{3}", value):
+        raise invalid_parameter(name, f"Invalid currency: {value}. Stripe currently supports these currencies: "
+                                      "usd, eur, gbp, … (three-letter ISO codes)", "parameter_invalid_string")
+    return value.lower()
+
+
 def email(params: dict[str, Any], name: str = "email") -> str | None:
     value = nullable_string(params, name, max_length=512)
     if value is not None and not _EMAIL.match(value):

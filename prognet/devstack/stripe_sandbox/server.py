@@ -37,15 +37,21 @@ class StripeSandbox:
     """A Stripe-compatible HTTP API on host:port. `async with StripeSandbox(state_file=…, port=0) as sb: sb.api_base`.
 
     `state_file=None` keeps everything in memory. Port 0 picks a free one (read `port` after start()).
-    The in-process helpers (`inject_fault`, `clear_faults`, `requests`, `customers`) act directly on the state;
-    `SandboxAdmin(api_base)` does the same over HTTP for a sandbox in another process.
+    `webhook_url`/`webhook_secret` (a `whsec_…`, or a list while rolling one): where every event is POSTed, signed as
+    Stripe signs (no URL: events are only recorded, `GET /v1/events`).
+    The in-process helpers (`inject_fault`, `clear_faults`, `requests`, `customers`, `configure_webhooks`,
+    `flush_webhooks`, `wait_for_webhooks`, …) act directly on the state; `SandboxAdmin(api_base)` does the same over
+    HTTP for a sandbox in another process.
     """
 
     def __init__(self, *, state_file: Path | str | None = None, host: str = "127.0.0.1", port: int = 12111,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", webhook_url: str | None = None,
+                 webhook_secret: str | list[str] | None = None) -> None:
         self.host, self.port = host, port
         self.state_file = Path(state_file) if state_file is not None else None
         self.log_level = log_level
+        self.webhook_url = webhook_url
+        self.webhook_secret = webhook_secret
         self.sandbox: Sandbox | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -57,6 +63,7 @@ class StripeSandbox:
     # --- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.sandbox = Sandbox(StateStore(self.state_file))
+        self.sandbox.webhooks.configure(url=self.webhook_url, secret=self.webhook_secret)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -94,6 +101,7 @@ class StripeSandbox:
         with contextlib.suppress(OSError):
             self._socket.close()
         if self.sandbox is not None:
+            await self.sandbox.webhooks.aclose()
             self.sandbox.store.flush()
         self._server = self._task = None
 
@@ -144,6 +152,61 @@ class StripeSandbox:
     def customers(self, *, include_deleted: bool = False) -> list[dict[str, Any]]:
         return [c for c in self.objects("customer") if include_deleted or not c.get("deleted")]
 
+    def payment_intents(self, *, status: str | None = None, customer: str | None = None) -> list[dict[str, Any]]:
+        """Every PaymentIntent (newest first), optionally only those with a status / of a customer."""
+        return [pi for pi in self.objects("payment_intent")
+                if (status is None or pi["status"] == status) and (customer is None or pi["customer"] == customer)]
+
+    def events(self, type: str | None = None) -> list[dict[str, Any]]:
+        """Every recorded event (newest first), optionally of one type (`*` wildcards allowed)."""
+        import fnmatch
+
+        return [e for e in self.objects("event") if type is None or fnmatch.fnmatchcase(e["type"], type)]
+
+    def authenticate_payment_intent(self, pi_id: str, success: bool = True) -> dict[str, Any]:
+        """The customer completes (or fails) 3D Secure for a PaymentIntent in requires_action."""
+        from .core import Call
+        from .resources import payment_intents as pis
+        from .store import random_id
+
+        state = self._state
+        account = state.store.account_of(pis.KIND, pi_id)
+        pi = state.store.get(pis.KIND, account, pi_id) if account else None
+        if account is None or pi is None:
+            raise KeyError(pi_id)
+        call = Call(state, account, "", "POST", "(in-process)", {}, random_id("req", 14))
+        result = pis.complete_authentication(call, dict(pi), success)
+        state.store.flush()
+        return result
+
+    # webhooks
+    def configure_webhooks(self, **spec: Any) -> dict[str, Any]:
+        """mode="normal"|"duplicate"|"reverse", hold=bool, url=…, secret=…, enabled_events=[…], retry_delays=[…],
+        timeout=… (left out: unchanged). Switching hold off releases the held events."""
+        return self._state.webhooks.configure(**spec)
+
+    def webhook_status(self) -> dict[str, Any]:
+        return self._state.webhooks.status()
+
+    def flush_webhooks(self) -> int:
+        """Release the held events (newest first in reverse mode); returns how many."""
+        return self._state.webhooks.flush()
+
+    def webhook_deliveries(self, *, event: str | None = None) -> list[dict[str, Any]]:
+        return [d for d in self._state.webhooks.deliveries if event is None or d["event"] == event]
+
+    def resend_event(self, event_id: str) -> None:
+        store = self._state.store
+        account = store.account_of("event", event_id)
+        event = store.get("event", account, event_id) if account else None
+        if event is None:
+            raise KeyError(event_id)
+        self._state.webhooks.resend(event)
+
+    async def wait_for_webhooks(self, timeout: float = 10.0) -> None:
+        """Until no delivery is queued, in flight or waiting for a retry (held events do not count)."""
+        await self._state.webhooks.wait_idle(timeout)
+
 
 class SandboxAdmin:
     """The admin API of a sandbox running elsewhere (e.g. under `prognet dev`), for integration tests."""
@@ -176,6 +239,53 @@ class SandboxAdmin:
 
     async def customers(self, *, include_deleted: bool = False) -> list[dict[str, Any]]:
         return [c for c in await self.objects("customer") if include_deleted or not c.get("deleted")]
+
+    async def payment_intents(self, *, status: str | None = None, customer: str | None = None) -> list[dict[str, Any]]:
+        return [pi for pi in await self.objects("payment_intent")
+                if (status is None or pi["status"] == status) and (customer is None or pi["customer"] == customer)]
+
+    async def events(self, type: str | None = None) -> list[dict[str, Any]]:
+        import fnmatch
+
+        return [e for e in await self.objects("event") if type is None or fnmatch.fnmatchcase(e["type"], type)]
+
+    async def authenticate_payment_intent(self, pi_id: str, success: bool = True) -> dict[str, Any]:
+        response = await self._client.post(f"/_sandbox/payment_intents/{pi_id}/authenticate", json={"success": success})
+        response.raise_for_status()
+        return response.json()
+
+    async def configure_webhooks(self, **spec: Any) -> dict[str, Any]:
+        response = await self._client.post("/_sandbox/webhooks", json=spec)
+        response.raise_for_status()
+        return response.json()
+
+    async def webhook_status(self) -> dict[str, Any]:
+        response = await self._client.get("/_sandbox/webhooks")
+        response.raise_for_status()
+        return response.json()
+
+    async def flush_webhooks(self) -> int:
+        response = await self._client.post("/_sandbox/webhooks/flush")
+        response.raise_for_status()
+        return response.json()["released"]
+
+    async def webhook_deliveries(self, *, event: str | None = None) -> list[dict[str, Any]]:
+        response = await self._client.get("/_sandbox/webhooks/deliveries", params={"event": event} if event else {})
+        response.raise_for_status()
+        return response.json()["data"]
+
+    async def resend_event(self, event_id: str) -> None:
+        (await self._client.post("/_sandbox/webhooks/resend", json={"event": event_id})).raise_for_status()
+
+    async def wait_for_webhooks(self, timeout: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (status := await self.webhook_status())["pending"]:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{status['pending']} webhook deliveries still pending after {timeout} s")
+            await asyncio.sleep(0.02)
+
+    async def reset(self) -> None:
+        (await self._client.post("/_sandbox/reset")).raise_for_status()
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -61,6 +61,12 @@ class StateStore:
                 return None
             return record["object"]
 
+    def account_of(self, kind: str, object_id: str) -> str | None:
+        """The account an object belongs to (sandbox admin routes act without an API key)."""
+        with self._lock:
+            record = self._objects.get(kind, {}).get(object_id)
+            return None if record is None else record["account"]
+
     def list(self, kind: str, account: str | None = None) -> list[dict[str, Any]]:
         """Objects of `kind` (for one account, or all), newest first as Stripe lists them."""
         with self._lock:
