@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev", "development"}
 MIN_SECRET_LENGTH = 32
 DEV_STRIPE_SECRET_KEY = "sk_test_prognet_sandbox"  # accepted by the dev Stripe sandbox only
+DEV_STRIPE_WEBHOOK_SECRET = "whsec_prognet_sandbox_development_only"  # the dev sandbox signs webhooks with it
 STRIPE_API_BASE = "https://api.stripe.com"
 
 
@@ -66,6 +67,11 @@ class Settings(BaseSettings):
         SecretStr(DEV_STRIPE_SECRET_KEY),
         description="Stripe secret key; the sandbox accepts any sk_test_… key; production needs a real one")
     stripe_sandbox_port: int = 12111
+    stripe_webhook_secret: SecretStr | None = Field(
+        SecretStr(DEV_STRIPE_WEBHOOK_SECRET),
+        description="Signing secret (whsec_…) of the Stripe webhook endpoint; the dev sandbox signs with it")
+    stripe_webhook_url: str | None = Field(
+        None, description="Where the dev Stripe sandbox POSTs its events; unset: <API url>/v1/webhooks/stripe")
 
     public_base_url: str = Field(
         "http://127.0.0.1:8000", description="Base of links put into emails (verification links)."

@@ -502,6 +502,10 @@ class StripeSandboxComponent(Component):
     def api_base(self) -> str:
         return self.sandbox.api_base
 
+    def configure_webhooks(self, url: str | None, secret: str | None) -> None:
+        """Where the sandbox POSTs its events and the secret it signs them with (applied when it starts)."""
+        self.sandbox.webhook_url, self.sandbox.webhook_secret = url, secret
+
     def ports(self) -> list[tuple[str, str, int]]:
         return [("Stripe sandbox", self.sandbox.host, self.sandbox.port)]
 

@@ -48,7 +48,8 @@ class EmbeddedStack:
     After `start()` the resolved addresses are attributes: `database_url` (SQLAlchemy/asyncpg), `postgres_dsn`
     (plain asyncpg/libpq), `redis_url`, `temporal_address`, `temporal_namespace`, `temporal_ui_url`, `smtp_host`,
     `smtp_port`, `maildir`, `stripe_api_base`, `stripe_secret_key`, `stripe` (the sandbox component, whose
-    `.sandbox` injects faults), `api_url` (None unless the API is started).
+    `.sandbox` injects faults), `stripe_webhook_url`/`stripe_webhook_secret` (where the sandbox POSTs its events,
+    by default the API's /v1/webhooks/stripe), `api_url` (None unless the API is started).
     """
 
     def __init__(
@@ -70,6 +71,8 @@ class EmbeddedStack:
         stripe_port: int | None = None,
         stripe_api_base: str | None = None,
         stripe_secret_key: str | None = None,
+        stripe_webhook_url: str | None = None,
+        stripe_webhook_secret: str | None = None,
         temporal_namespace: str = "default",
         database_name: str = "prognet",
         with_temporal: bool = True,
@@ -174,6 +177,17 @@ class EmbeddedStack:
         # the app itself (prognet dev)
         self.api_port = api_port or (free_port(host) if with_api else None)
         self.api_url = f"http://{host}:{self.api_port}" if with_api else None
+
+        # the sandbox's webhooks go to the API (or where STRIPE_WEBHOOK_URL says), signed with the dev secret
+        from prognet.settings import DEV_STRIPE_WEBHOOK_SECRET
+
+        self.stripe_webhook_url: str | None = None
+        self.stripe_webhook_secret: str | None = stripe_webhook_secret
+        if self.stripe is not None:
+            self.stripe_webhook_url = stripe_webhook_url or (f"{self.api_url}/v1/webhooks/stripe" if self.api_url else None)
+            self.stripe_webhook_secret = stripe_webhook_secret or DEV_STRIPE_WEBHOOK_SECRET
+            self.stripe.configure_webhooks(self.stripe_webhook_url, self.stripe_webhook_secret)
+
         self.worker: AppProcess | None = None
         self.api: AppProcess | None = None
         if with_worker:
@@ -209,6 +223,9 @@ class EmbeddedStack:
             stripe_port=settings.stripe_sandbox_port,
             stripe_api_base=settings.stripe_api_base,
             stripe_secret_key=settings.stripe_secret_key.get_secret_value() if settings.stripe_secret_key else None,
+            stripe_webhook_url=settings.stripe_webhook_url,
+            stripe_webhook_secret=(settings.stripe_webhook_secret.get_secret_value()
+                                   if settings.stripe_webhook_secret else None),
             temporal_namespace=settings.temporal_namespace,
             with_worker=with_app,
             with_api=with_app,
@@ -238,6 +255,7 @@ class EmbeddedStack:
         }
         if self.stripe is not None:  # the sandbox's key; a real key stays in the environment it came from
             values["STRIPE_SECRET_KEY"] = self.stripe_secret_key
+            values["STRIPE_WEBHOOK_SECRET"] = self.stripe_webhook_secret
         if self.api_url:
             values["API_HOST"] = self.host
             values["API_PORT"] = self.api_port
@@ -263,6 +281,7 @@ class EmbeddedStack:
             values["stripe_api_base"] = self.stripe_api_base
         if self.stripe is not None:
             values["stripe_secret_key"] = self.stripe_secret_key
+            values["stripe_webhook_secret"] = self.stripe_webhook_secret
         if self.api_url:
             values.update(api_host=self.host, api_port=self.api_port, public_base_url=self.api_url)
         values.update(overrides)
