@@ -29,7 +29,9 @@ class Sandbox:
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=request_log_size)
         self.event_listeners: list[EventListener] = []
         self._in_progress: set[tuple[str, str]] = set()
-        from .webhooks import WebhookDispatcher  # here: webhooks imports nothing from core
+        from .webhooks import (
+            WebhookDispatcher,  # here: webhooks imports nothing from core
+        )
 
         self.webhooks = WebhookDispatcher(self.store)
         self.event_listeners.append(self.webhooks.on_event)

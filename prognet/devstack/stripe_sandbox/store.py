@@ -74,6 +74,11 @@ class StateStore:
         records.sort(key=lambda r: r["seq"], reverse=True)
         return [r["object"] for r in records]
 
+    def touch(self) -> None:
+        """Note that an object was changed in place (written at the next flush)."""
+        with self._lock:
+            self._dirty = True
+
     def remove(self, kind: str, object_id: str) -> None:
         with self._lock:
             if self._objects.get(kind, {}).pop(object_id, None) is not None:

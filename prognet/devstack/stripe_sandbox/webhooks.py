@@ -229,7 +229,7 @@ class WebhookDispatcher:
         if ok:
             event["pending_webhooks"] = max(0, int(event.get("pending_webhooks", 1)) - 1)
             if self.store is not None:
-                self.store._dirty = True  # the event object changed in place
+                self.store.touch()  # the event object changed in place
         return ok
 
     # --- tests and shutdown ----------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from fastapi import APIRouter, Depends
 from .. import params as P
 from ..core import Call, current_call
 from ..errors import StripeError, resource_missing
-from . import charges, payment_methods as PM
+from . import charges
+from . import payment_methods as PM
 
 router = APIRouter(prefix="/v1/payment_intents", tags=["payment intents"])
 
