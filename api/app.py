@@ -14,7 +14,8 @@ from api.login_throttle import LoginThrottle
 from api.problems import install_problem_handlers
 from api.request_log import AccessLog, configure_logging
 from api.routers import (
-    admin, auth, emails, health, invitation_accept, invitations, me, members, pages, registration, tenants, workflows,
+    admin, auth, emails, health, invitation_accept, invitations, me, members, pages, plans, registration, tenants,
+    workflows,
 )
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
@@ -40,6 +41,7 @@ TAGS = [
     {"name": "admin", "description": "Platform operators only (`prognet admin grant EMAIL`): all tenants' emails, "
                                      "dead letters (retry, discard), the suppression list. Anyone else gets 404, "
                                      "as for an unknown path."},
+    {"name": "plans", "description": "The plan catalogue (configuration in the repo: models/plans.json)."},
     {"name": "health", "description": "Liveness and readiness probes (not versioned)."},
 ]
 
@@ -81,8 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    for module in (auth, registration, me, tenants, members, invitations, invitation_accept, emails, workflows,
-                   admin, health, pages):
+    for module in (auth, registration, me, plans, tenants, members, invitations, invitation_accept, emails,
+                   workflows, admin, health, pages):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)

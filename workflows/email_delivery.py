@@ -135,4 +135,4 @@ async def start_email(saga: Saga, step: str, request: EmailRequest) -> None:
             static_summary=f"Email {request.template} ({request.message_id})")
     except WorkflowAlreadyStartedError:
         pass  # this step ran before (a reset or a replayed start): the message is already on its way
-    saga.state.completed_steps.append(step)
+    saga.step_done(step)

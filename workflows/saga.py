@@ -116,6 +116,10 @@ class Saga:
         self.state.completed_steps.append(name)
         return result
 
+    def step_done(self, name: str) -> None:
+        """Record a forward step that is not an activity (e.g. handing a message to a child workflow)."""
+        self.state.completed_steps.append(name)
+
     # --- unwinding ---
 
     async def run(self, body: Callable[[], Awaitable[T]]) -> T:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from prognet.settings import Settings
 
 
+API_RECEIVES_STRIPE_WEBHOOKS = False  # flip when api/ serves POST /v1/webhooks/stripe
+
+
 def print_log(name: str, line: str) -> None:
     """Default log sink: `name | line` on stdout."""
     sys.stdout.write(f"{name:>9} | {line}\n")
@@ -178,13 +181,16 @@ class EmbeddedStack:
         self.api_port = api_port or (free_port(host) if with_api else None)
         self.api_url = f"http://{host}:{self.api_port}" if with_api else None
 
-        # the sandbox's webhooks go to the API (or where STRIPE_WEBHOOK_URL says), signed with the dev secret
+        # The sandbox's webhooks go where STRIPE_WEBHOOK_URL says, signed with the dev secret. They go to the
+        # API only once it has its /v1/webhooks/stripe route (the billing issue): until then, to nowhere.
         from prognet.settings import DEV_STRIPE_WEBHOOK_SECRET
 
         self.stripe_webhook_url: str | None = None
         self.stripe_webhook_secret: str | None = stripe_webhook_secret
         if self.stripe is not None:
-            self.stripe_webhook_url = stripe_webhook_url or (f"{self.api_url}/v1/webhooks/stripe" if self.api_url else None)
+            api_has_webhooks = self.api_url is not None and API_RECEIVES_STRIPE_WEBHOOKS
+            self.stripe_webhook_url = stripe_webhook_url or (
+                f"{self.api_url}/v1/webhooks/stripe" if api_has_webhooks else None)
             self.stripe_webhook_secret = stripe_webhook_secret or DEV_STRIPE_WEBHOOK_SECRET
             self.stripe.configure_webhooks(self.stripe_webhook_url, self.stripe_webhook_secret)
 

@@ -258,7 +258,15 @@ async def test_admin_api_validates_the_switches(sandbox: StripeSandbox) -> None:
         assert status["mode"] == "normal" and status["secrets"] == [SECRET] and status["pending"] == 0
 
 
-async def test_the_dev_stack_points_webhooks_at_the_api(tmp_path) -> None:
+async def test_the_dev_stack_points_webhooks_at_the_api_once_it_has_the_route(tmp_path, monkeypatch) -> None:
+    import prognet.devstack.stack as stack_module
+
+    monkeypatch.setattr(stack_module, "API_RECEIVES_STRIPE_WEBHOOKS", False)
+    without_route = EmbeddedStack(tmp_path / "data0", with_temporal=False, with_postgres=False, with_redis=False,
+                                  with_smtp=False, with_api=True, api_port=18764)
+    assert without_route.stripe_webhook_url is None  # no endpoint to answer them: events are only recorded
+
+    monkeypatch.setattr(stack_module, "API_RECEIVES_STRIPE_WEBHOOKS", True)
     stack = EmbeddedStack(tmp_path / "data", with_temporal=False, with_postgres=False, with_redis=False,
                           with_smtp=False, with_api=True, api_port=18765)
     assert stack.stripe is not None
