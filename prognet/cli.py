@@ -288,11 +288,17 @@ def cmd_smtp_sink(args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s smtp | %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
 
+    sink = SmtpSink(maildir, host=args.host, port=port, slow_seconds=args.slow_seconds)
+    return _serve_until_signal(sink, lambda: (
+        f"SMTP sink listening on {args.host}:{sink.port}, storing messages in {maildir} "
+        f"(test tags: +fail421, +fail550, +slow = {args.slow_seconds:g}s)"))
+
+
+def _serve_until_signal(service, banner) -> int:
+    """Start an in-process service (start()/stop()), print its banner, run until SIGINT/SIGTERM."""
     async def run() -> None:
-        sink = SmtpSink(maildir, host=args.host, port=port, slow_seconds=args.slow_seconds)
-        await sink.start()
-        print(f"SMTP sink listening on {args.host}:{sink.port}, storing messages in {maildir} "
-              f"(test tags: +fail421, +fail550, +slow = {args.slow_seconds:g}s)", flush=True)
+        await service.start()
+        print(banner(), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -300,7 +306,7 @@ def cmd_smtp_sink(args: argparse.Namespace) -> int:
         try:
             await stop.wait()
         finally:
-            await sink.stop()
+            await service.stop()
 
     asyncio.run(run())
     return 0
@@ -316,23 +322,13 @@ def cmd_stripe_sandbox(args: argparse.Namespace) -> int:
         return _error(f"Stripe sandbox port {args.host}:{port} is busy")
     logging.basicConfig(level="INFO", format="%(asctime)s stripe | %(message)s")
 
-    async def run() -> None:
-        sandbox = StripeSandbox(state_file=state_file, host=args.host, port=port)
-        await sandbox.start()
-        print(f"Stripe sandbox (development only) on {sandbox.api_base}, state in {state_file or 'memory'}\n"
-              f"  STRIPE_API_BASE={sandbox.api_base} STRIPE_SECRET_KEY=sk_test_…  "
-              f"admin: {sandbox.api_base}/_sandbox/docs", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await sandbox.stop()
-
-    asyncio.run(run())
-    return 0
+    secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
+    sandbox = StripeSandbox(state_file=state_file, host=args.host, port=port,
+                            webhook_url=settings.stripe_webhook_url, webhook_secret=secret)
+    return _serve_until_signal(sandbox, lambda: (
+        f"Stripe sandbox (development only) on {sandbox.api_base}, state in {state_file or 'memory'}\n"
+        f"  STRIPE_API_BASE={sandbox.api_base} STRIPE_SECRET_KEY=sk_test_…  admin: {sandbox.api_base}/_sandbox/docs\n"
+        f"  webhooks: {settings.stripe_webhook_url or 'recorded only (set STRIPE_WEBHOOK_URL to send them)'}"))
 
 
 def _messages(args: argparse.Namespace, settings) -> list:
