@@ -37,8 +37,9 @@ async def login(body: LoginRequest, settings: SettingsDep, engine: DbDep, sessio
     email = body.email.strip().lower()
     password = body.password.get_secret_value()
 
-    retry_after = await throttle.retry_after(email)
-    if retry_after is not None:
+    # The attempt counts as a failure from here on, until the password proves right (see LoginThrottle).
+    attempt, retry_after = await throttle.reserve(email)
+    if attempt is None:
         raise Problem(TOO_MANY_ATTEMPTS, "Too many failed logins for this account; try again later.",
                       headers={"Retry-After": str(retry_after)})
 
@@ -46,16 +47,15 @@ async def login(body: LoginRequest, settings: SettingsDep, engine: DbDep, sessio
         user = (await db.exec(select(User).where(func.lower(User.email) == email))).first()
     if user is None:
         await passwords.verify_against_dummy(settings, password)
-        await throttle.record_failure(email)
         raise Problem(INVALID_CREDENTIALS, _BAD_CREDENTIALS)
     if not await passwords.verify_password(settings, user.password_hash, password):
-        await throttle.record_failure(email)
         log.info("login failed", extra={"user_id": str(user.id), "reason": "wrong_password"})
         raise Problem(INVALID_CREDENTIALS, _BAD_CREDENTIALS)
-    if user.status == "pending":
-        raise Problem(ACCOUNT_NOT_VERIFIED,
-                      "This account's email address is not verified yet; follow the link in the verification email.")
     if user.status != "active":
+        await throttle.release(email, attempt)
+        if user.status == "pending":
+            raise Problem(ACCOUNT_NOT_VERIFIED, "This account's email address is not verified yet; "
+                                                "follow the link in the verification email.")
         raise Problem(ACCOUNT_DISABLED, "This account cannot log in.")
 
     new_hash = (await passwords.hash_password(settings, password)

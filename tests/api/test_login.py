@@ -69,6 +69,23 @@ async def test_five_failures_lock_the_account_with_retry_after(client, user, red
     assert all("@" not in k for k in await redis.keys("*"))
 
 
+async def test_a_burst_of_concurrent_guesses_gets_no_more_than_the_limit(client, user, settings):
+    # Every attempt reserves its failure slot before the (slow) password check, atomically.
+    responses = await asyncio.gather(*(
+        client.post("/v1/auth/login", json={"email": user.email, "password": f"wrong password {i}!"})
+        for i in range(20)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(401) == settings.login_max_failures
+    assert codes.count(429) == 20 - settings.login_max_failures
+
+
+async def test_the_right_password_of_an_unverified_account_is_not_a_failure(client, engine, settings):
+    pending = await insert_user(engine, status="pending")
+    for _ in range(settings.login_max_failures + 2):
+        r = await client.post("/v1/auth/login", json={"email": pending.email, "password": PASSWORD})
+        assert_problem(r, 403, "account-not-verified")
+
+
 async def test_unknown_email_is_throttled_too(client, settings):
     for _ in range(settings.login_max_failures):
         await client.post("/v1/auth/login", json={"email": "ghost@example.com", "password": "wrong password!!"})
