@@ -66,3 +66,26 @@ EMAIL_SEND_TASK_QUEUE = "prognet-email-send"  # SMTP sends only: the task-queue 
 
 # workflow.patched ids (keep forever once released: running executions depend on them)
 PATCH_EMAIL_PIPELINE = "email-pipeline"  # sagas hand their emails to EmailDelivery instead of sending
+
+# subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)
+SUBSCRIPTION_WORKFLOW = "Subscription"
+BILLING_CYCLE_WORKFLOW = "BillingCycle"
+QUERY_SUBSCRIPTION_STATE = "subscription_state"
+QUERY_BILLING_CYCLE_STATE = "billing_cycle_state"
+SIGNAL_CANCEL_SUBSCRIPTION = "cancel"
+SIGNAL_CHANGE_PLAN = "change_plan"
+SIGNAL_PAYMENT_METHOD_UPDATED = "payment_method_updated"  # to a subscription or straight to a cycle
+SIGNAL_START_CYCLE = "start_cycle"  # the hook a Temporal Schedule's action uses
+SIGNAL_PAYMENT_OUTCOME = "payment_outcome"  # the Stripe webhook endpoint → the cycle (signal-with-start)
+SIGNAL_BILLING_CYCLE_STATUS = "billing_cycle_status"  # a cycle → its parent subscription
+
+
+def subscription_workflow_id(subscription_id: uuid.UUID | str) -> str:
+    return f"subscription-{subscription_id}"
+
+
+def billing_cycle_workflow_id(subscription_id: uuid.UUID | str, period_index: int, kind: str = "period",
+                              seq: int = 0) -> str:
+    """`billing-{subscription_id}-{period}`; a proration charge of an upgrade adds `-proration-{seq}`."""
+    base = f"billing-{subscription_id}-{period_index}"
+    return base if kind == "period" else f"{base}-{kind}-{seq}"

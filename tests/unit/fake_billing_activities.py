@@ -1,0 +1,170 @@
+"""Stand-ins for the billing, subscription and tenant-suspension activities, under the real activity names.
+
+A small Stripe-like world: invoices numbered per tenant (idempotent by workflow id unless voided),
+PaymentIntents idempotent by key whose outcome follows Stripe's test PaymentMethod ids, refunds. Every call
+is recorded in order with its argument and the server time it was scheduled at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from models.billing_cycle_contracts import (
+    CreatePaymentIntent,
+    Invoice,
+    InvoiceEvent,
+    IssueInvoice,
+    MarkInvoicePaid,
+    MarkInvoiceUncollectible,
+    PaymentIntentInfo,
+    PaymentIntentRef,
+    RefundPayment,
+    Refunded,
+    SetSubscriptionStatus,
+    SuspendTenant,
+    VoidInvoice,
+)
+from workflows import activity_names as act
+
+VISA = "pm_card_visa"
+DECLINED = "pm_card_chargeDeclined"
+INSUFFICIENT = "pm_card_chargeDeclinedInsufficientFunds"
+PENDING = "pm_test_pending"  # answers `pending`; the outcome comes from a signal or `settle`
+DECLINE_CODES = {DECLINED: "card_declined", INSUFFICIENT: "insufficient_funds"}
+
+
+@dataclass
+class FakePaymentIntent:
+    id: str
+    key: str
+    amount: int
+    payment_method: str
+    invoice_id: str
+    status: str
+    decline_code: str | None = None
+    refunded: int = 0
+
+
+@dataclass
+class FakeBillingWorld:
+    fail_step: str | None = None
+    calls: list[str] = field(default_factory=list)
+    args: dict[str, list] = field(default_factory=dict)
+    times: dict[str, list[datetime]] = field(default_factory=dict)
+    invoices: dict[str, dict] = field(default_factory=dict)  # invoice id → fields
+    invoice_by_workflow: dict[str, str] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # tenant → last invoice number
+    intents: dict[str, FakePaymentIntent] = field(default_factory=dict)  # idempotency key → intent
+    settled: dict[str, str] = field(default_factory=dict)  # pending intent id → status `retrieve` answers
+
+    def _record(self, name: str, arg) -> None:
+        self.calls.append(name)
+        self.args.setdefault(name, []).append(arg)
+        self.times.setdefault(name, []).append(activity.info().scheduled_time)
+        if name == self.fail_step:
+            raise ApplicationError(f"{name} failed on purpose", type="Boom", non_retryable=True)
+
+    # --- views for assertions ---
+
+    def intent(self, pi_id: str) -> FakePaymentIntent:
+        return next(i for i in self.intents.values() if i.id == pi_id)
+
+    def succeeded(self) -> list[FakePaymentIntent]:
+        return [i for i in self.intents.values() if i.status == "succeeded"]
+
+    def settle(self, pi_id: str, status: str) -> None:
+        self.settled[pi_id] = status
+
+    def activities(self) -> list:
+        @activity.defn(name=act.ISSUE_INVOICE)
+        async def issue_invoice(req: IssueInvoice) -> Invoice:
+            self._record(act.ISSUE_INVOICE, req)
+            known = self.invoice_by_workflow.get(req.workflow_id)
+            if known and self.invoices[known]["status"] != "void":
+                return Invoice(invoice_id=known, number=self.invoices[known]["number"])
+            tenant = str(req.tenant_id)
+            self.counters[tenant] = self.counters.get(tenant, 0) + 1
+            invoice_id = f"in_{len(self.invoices) + 1}"
+            self.invoices[invoice_id] = {"number": self.counters[tenant], "status": "open", "amount": req.amount,
+                                         "kind": req.kind, "period_index": req.period_index}
+            self.invoice_by_workflow[req.workflow_id] = invoice_id
+            return Invoice(invoice_id=invoice_id, number=self.counters[tenant])
+
+        @activity.defn(name=act.VOID_INVOICE)
+        async def void_invoice(req: VoidInvoice) -> None:
+            self._record(act.VOID_INVOICE, req)
+            invoice_id = req.invoice_id or self.invoice_by_workflow.get(req.workflow_id)
+            if invoice_id:
+                self.invoices[invoice_id]["status"] = "void"
+
+        @activity.defn(name=act.CREATE_PAYMENT_INTENT)
+        async def create_payment_intent(req: CreatePaymentIntent) -> PaymentIntentInfo:
+            self._record(act.CREATE_PAYMENT_INTENT, req)
+            pi = self.intents.get(req.idempotency_key)
+            if pi is None:  # an idempotency-key replay answers the first result, as Stripe does
+                status = "pending" if req.payment_method == PENDING else (
+                    "failed" if req.payment_method in DECLINE_CODES else "succeeded")
+                pi = FakePaymentIntent(id=f"pi_{len(self.intents) + 1}", key=req.idempotency_key, amount=req.amount,
+                                       payment_method=req.payment_method, invoice_id=req.invoice_id, status=status,
+                                       decline_code=DECLINE_CODES.get(req.payment_method))
+                self.intents[req.idempotency_key] = pi
+            return PaymentIntentInfo(payment_intent_id=pi.id, status=pi.status, decline_code=pi.decline_code)
+
+        @activity.defn(name=act.RETRIEVE_PAYMENT_INTENT)
+        async def retrieve_payment_intent(req: PaymentIntentRef) -> PaymentIntentInfo:
+            self._record(act.RETRIEVE_PAYMENT_INTENT, req)
+            pi = self.intent(req.payment_intent_id)
+            if pi.status == "pending" and pi.id in self.settled:
+                pi.status = self.settled[pi.id]
+                pi.decline_code = "card_declined" if pi.status == "failed" else None
+            return PaymentIntentInfo(payment_intent_id=pi.id, status=pi.status, decline_code=pi.decline_code)
+
+        @activity.defn(name=act.MARK_INVOICE_PAID)
+        async def mark_invoice_paid(req: MarkInvoicePaid) -> None:
+            self._record(act.MARK_INVOICE_PAID, req)
+            self.invoices[req.invoice_id]["status"] = "paid"
+
+        @activity.defn(name=act.MARK_INVOICE_UNCOLLECTIBLE)
+        async def mark_invoice_uncollectible(req: MarkInvoiceUncollectible) -> None:
+            self._record(act.MARK_INVOICE_UNCOLLECTIBLE, req)
+            self.invoices[req.invoice_id]["status"] = "uncollectible"
+
+        @activity.defn(name=act.REFUND_PAYMENT)
+        async def refund_payment(req: RefundPayment) -> Refunded:
+            self._record(act.REFUND_PAYMENT, req)
+            budget = req.amount
+            total, ids = 0, []
+            for pi_id in req.payment_intent_ids:
+                pi = self.intent(pi_id)
+                if pi.status != "succeeded":
+                    continue
+                take = pi.amount - pi.refunded if budget is None else min(budget - total, pi.amount - pi.refunded)
+                if take <= 0:
+                    continue
+                pi.refunded += take
+                total += take
+                ids.append(f"re_{pi.id}_{pi.refunded}")
+            return Refunded(amount=total, refund_ids=ids)
+
+        @activity.defn(name=act.PUBLISH_INVOICE_EVENT)
+        async def publish_invoice_event(req: InvoiceEvent) -> None:
+            self._record(act.PUBLISH_INVOICE_EVENT, req)
+            # Give the email child handed out just before time to finish while the cycle is still open: the
+            # time-skipping test server stops skipping for good once a child closes after its parent.
+            await asyncio.sleep(0.3)
+
+        @activity.defn(name=act.SET_SUBSCRIPTION_STATUS)
+        async def set_subscription_status(req: SetSubscriptionStatus) -> None:
+            self._record(act.SET_SUBSCRIPTION_STATUS, req)
+
+        @activity.defn(name=act.SUSPEND_TENANT)
+        async def suspend_tenant(req: SuspendTenant) -> None:
+            self._record(act.SUSPEND_TENANT, req)
+
+        return [issue_invoice, void_invoice, create_payment_intent, retrieve_payment_intent, mark_invoice_paid,
+                mark_invoice_uncollectible, refund_payment, publish_invoice_event, set_subscription_status, suspend_tenant]
