@@ -101,6 +101,8 @@ class CycleStatusChanged(BaseModel):
     status: Literal["past_due", "paid", "unpaid"]
     attempt: int = 0
     next_retry_at: datetime | None = None
+    amount: int = 0
+    payment_intent_id: str | None = None  # the one that succeeded (paid)
 
 
 # --- billing activities (activities/billing.py) ---
@@ -253,6 +255,8 @@ class SubscriptionState(BaseModel):
     canceled_at: datetime | None = None
     refunded_amount: int = 0  # the prorated refund of a cancel now
     last_proration_amount: int | None = None
+    prorations: int = 0  # proration charges made so far (their cycle ids count them)
+    reruns: int = 0  # cycles an operator asked to run again after a failure
     plan_changed_at: datetime | None = None
     notes: list[str] = Field(default_factory=list)  # the last few ignored or deferred requests, for operators
 

@@ -21,7 +21,6 @@ backfill) reuses the invoice and the PaymentIntent idempotency keys, so it canno
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -73,7 +72,7 @@ async def sleep_until(when: datetime, wake: Callable[[], bool]) -> bool:
         return False
     try:
         await workflow.wait_condition(wake, timeout=seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     return True
 
@@ -248,8 +247,9 @@ class BillingCycleWorkflow:
             await workflow.get_external_workflow_handle(parent.workflow_id).signal(
                 SIGNAL_BILLING_CYCLE_STATUS, CycleStatusChanged(
                     period_index=self.params.period_index, kind=self.params.kind, status=status,
-                    attempt=self.state.attempt, next_retry_at=next_retry_at))
-        except Exception:  # the parent is gone (closed or reset): nothing to tell
+                    attempt=self.state.attempt, next_retry_at=next_retry_at, amount=self.params.amount,
+                    payment_intent_id=self.state.paid_payment_intent_id))
+        except Exception:  # noqa: BLE001 — the parent is gone (closed or reset): nothing to tell
             workflow.logger.warning("parent %s did not take the %s signal", parent.workflow_id, status)
 
     # --- handlers ---

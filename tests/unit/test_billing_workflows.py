@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from models.billing_cycle_contracts import (
     BillingCycleInput,
     BillingCycleState,
+    CancelSubscription,
+    ChangePlan,
     PaymentMethodUpdated,
     PaymentOutcome,
+    SubscriptionInput,
+    SubscriptionState,
 )
 from models.contracts import SagaState
+from models.plans import Plan
 from tests.unit.fake_billing_activities import DECLINED, PENDING, VISA, FakeBillingWorld
 from tests.unit.test_registration_workflow import email_worker
 from workers.main import Workers
@@ -27,12 +33,17 @@ from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.names import (
     QUERY_BILLING_CYCLE_STATE,
     QUERY_SAGA_STATE,
+    QUERY_SUBSCRIPTION_STATE,
+    SIGNAL_CANCEL_SUBSCRIPTION,
+    SIGNAL_CHANGE_PLAN,
     SIGNAL_PAYMENT_METHOD_UPDATED,
     SIGNAL_PAYMENT_OUTCOME,
     billing_cycle_workflow_id,
     email_message_id,
     email_workflow_id,
+    subscription_workflow_id,
 )
+from workflows.subscription import SubscriptionWorkflow, add_months, prorate
 
 DAY = timedelta(days=1)
 
@@ -66,8 +77,10 @@ async def email_started(client: Client, parent_id: str, purpose: str) -> datetim
     try:
         return (await client.get_workflow_handle(email_workflow_id(email_message_id(parent_id, purpose))).describe()
                 ).start_time
-    except Exception:  # RPCError NOT_FOUND
-        return None
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
 
 
 EMAIL_PURPOSES = ["receipt", "unpaid", *(f"reminder-{n}" for n in range(1, 6))]
@@ -86,10 +99,11 @@ async def emails_delivered(client: Client, *workflow_ids: str) -> list[str]:
 
 
 def cycle_input(payment_method: str = VISA, **kwargs) -> BillingCycleInput:
-    start = datetime(2026, 1, 31, tzinfo=timezone.utc)
-    defaults = dict(subscription_id=uuid.uuid4(), tenant_id=uuid.uuid4(), plan_id="starter-monthly", amount=900,
-                    currency="eur", period_index=0, period_start=start, period_end=datetime(2026, 2, 28, tzinfo=timezone.utc),
-                    payment_method=payment_method, stripe_customer_id="cus_fake", notify_user_id=uuid.uuid4())
+    start = datetime(2026, 1, 31, tzinfo=UTC)
+    defaults = {"subscription_id": uuid.uuid4(), "tenant_id": uuid.uuid4(), "plan_id": "starter-monthly",
+                "amount": 900, "currency": "eur", "period_index": 0, "period_start": start,
+                "period_end": datetime(2026, 2, 28, tzinfo=UTC), "payment_method": payment_method,
+                "stripe_customer_id": "cus_fake", "notify_user_id": uuid.uuid4()}
     return BillingCycleInput(**{**defaults, **kwargs})
 
 
@@ -232,3 +246,171 @@ async def test_starting_a_cycle_twice_is_a_no_op(ts_client, task_queue):
     assert len(world.intents) == 1 and len(world.succeeded()) == 1
     assert again.invoice_number == result.invoice_number == 1
     assert again.payment_intent_id == result.payment_intent_id
+
+
+# --- the subscription over its cycles ---
+
+STARTER = Plan(id="starter-monthly", name="Starter", amount=900, currency="eur", interval="month", trial_days=0)
+TEAM = Plan(id="team-monthly", name="Team", amount=4900, currency="eur", interval="month", trial_days=0)
+
+
+def subscription_workers(client: Client, task_queue: str, world: FakeBillingWorld) -> Workers:
+    return Workers([Worker(client, task_queue=task_queue, workflows=[SubscriptionWorkflow, BillingCycleWorkflow],
+                           activities=world.activities()), email_worker(client)])
+
+
+async def start_subscription(client: Client, task_queue: str, plan: Plan = STARTER, payment_method: str = VISA,
+                             **kwargs) -> WorkflowHandle:
+    params = SubscriptionInput(subscription_id=uuid.uuid4(), tenant_id=uuid.uuid4(), plan=plan,
+                               payment_method=payment_method, stripe_customer_id="cus_fake",
+                               notify_user_id=uuid.uuid4(), **kwargs)
+    return await client.start_workflow(SubscriptionWorkflow.run, params,
+                                       id=subscription_workflow_id(params.subscription_id), task_queue=task_queue)
+
+
+async def sub_state(handle: WorkflowHandle) -> SubscriptionState:
+    return await handle.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
+
+
+def cycle_ids(world: FakeBillingWorld) -> list[str]:
+    """The ids of every cycle that issued an invoice."""
+    return sorted({c.workflow_id for c in world.args.get(act.ISSUE_INVOICE, [])})
+
+
+async def cancel_now_and_finish(client: Client, handle: WorkflowHandle, world: FakeBillingWorld):
+    """Tests end a subscription (it would run for ever) and wait for every email its cycles handed out."""
+    await handle.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+    result = await handle.result()
+    await emails_delivered(client, *cycle_ids(world))
+    return result
+
+
+def test_calendar_months_clamp_the_day_and_do_not_drift():
+    jan31 = datetime(2026, 1, 31, 12, tzinfo=UTC)
+    assert [add_months(jan31, n).date().isoformat() for n in range(4)] == [
+        "2026-01-31", "2026-02-28", "2026-03-31", "2026-04-30"]
+    assert add_months(datetime(2027, 12, 15, tzinfo=UTC), 2).date().isoformat() == "2028-02-15"
+    assert prorate(900, timedelta(days=15), timedelta(days=30)) == 450
+    assert prorate(1000, timedelta(days=1), timedelta(days=3)) == 333
+
+
+async def test_three_monthly_cycles_after_the_trial(ts_client, task_queue, time_skipping_env):
+    world = FakeBillingWorld()
+    plan = STARTER.model_copy(update={"trial_days": 14})
+    async with subscription_workers(ts_client, task_queue, world):
+        handle = await start_subscription(ts_client, task_queue, plan)
+        trial = await poll(lambda: sub_state(handle), lambda s: s.status == "trialing")
+        assert world.calls == [act.SET_SUBSCRIPTION_STATUS]  # nothing billed during the trial
+        await time_skipping_env.sleep(timedelta(days=14 + 31 + 31 + 5))  # three period starts, not four
+        state = await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 3)
+        result = await cancel_now_and_finish(ts_client, handle, world)
+    assert len(world.succeeded()) == 3 and len(world.intents) == 3
+    assert [i.amount for i in world.succeeded()] == [900, 900, 900]
+    issued = world.args[act.ISSUE_INVOICE]
+    assert [world.invoices[world.invoice_by_workflow[i.workflow_id]]["number"] for i in issued] == [1, 2, 3]
+    assert [i.workflow_id for i in issued] == [f"billing-{state.subscription_id}-{k}" for k in range(3)]
+    starts = [i.period_start for i in issued]
+    assert starts[0] == trial.trial_end
+    assert starts[1:] == [add_months(starts[0], 1), add_months(starts[0], 2)]
+    assert [i.period_end for i in issued] == [add_months(starts[0], n) for n in (1, 2, 3)]
+    assert state.status == "active" and state.paid_through == add_months(starts[0], 3)
+    assert result.status == "canceled"
+
+
+async def test_decline_dunning_then_a_new_payment_method_recovers(ts_client, task_queue, time_skipping_env):
+    world = FakeBillingWorld()
+    async with subscription_workers(ts_client, task_queue, world):
+        handle = await start_subscription(ts_client, task_queue, payment_method=DECLINED)
+        await poll(lambda: sub_state(handle), lambda s: s.status == "past_due")
+        await time_skipping_env.sleep(timedelta(days=3, hours=12))
+        state = await sub_state(handle)
+        assert state.status == "past_due" and state.cycles_paid == 0
+        cycle_id = billing_cycle_workflow_id(state.subscription_id, 0)
+        first_charge = world.times[act.CREATE_PAYMENT_INTENT][0]
+        reminders = [await email_started(ts_client, cycle_id, f"reminder-{n}") for n in (1, 2, 3)]
+        assert [round((t - first_charge) / DAY) for t in reminders[:2]] == [1, 3] and reminders[2] is None
+        await handle.signal(SIGNAL_PAYMENT_METHOD_UPDATED, PaymentMethodUpdated(payment_method=VISA))
+        state = await poll(lambda: sub_state(handle), lambda s: s.status == "active")
+        await cancel_now_and_finish(ts_client, handle, world)
+    assert state.cycles_paid == 1 and state.payment_method == VISA
+    assert [i.status for i in world.intents.values()] == ["failed", "failed", "failed", "succeeded"]
+    assert [s.status for s in world.args[act.SET_SUBSCRIPTION_STATUS]] == ["past_due", "active", "canceled"]
+    assert act.SUSPEND_TENANT not in world.calls
+
+
+async def test_decline_through_the_whole_dunning_schedule_ends_unpaid_and_suspends_the_tenant(
+        ts_client, task_queue):
+    world = FakeBillingWorld()
+    async with subscription_workers(ts_client, task_queue, world):
+        handle = await start_subscription(ts_client, task_queue, payment_method=DECLINED)
+        result = await handle.result()
+        state = await sub_state(handle)
+        await emails_delivered(ts_client, billing_cycle_workflow_id(state.subscription_id, 0))
+    assert result.status == "unpaid" and result.cycles_paid == 0
+    assert len(world.intents) == 5 and not world.succeeded()  # the first charge and 4 retries (days 1, 3, 5, 7)
+    [suspend] = world.args[act.SUSPEND_TENANT]
+    assert suspend.tenant_id == state.tenant_id and suspend.subscription_id == state.subscription_id
+    assert [s.status for s in world.args[act.SET_SUBSCRIPTION_STATUS]] == ["past_due", "unpaid"]
+    assert round((world.times[act.SUSPEND_TENANT][0] - world.times[act.CREATE_PAYMENT_INTENT][0]) / DAY) == 7
+
+
+async def test_cancel_at_period_end_lets_the_paid_period_run_out_and_bills_no_more(ts_client, task_queue):
+    world = FakeBillingWorld()
+    async with subscription_workers(ts_client, task_queue, world):
+        handle = await start_subscription(ts_client, task_queue)
+        paid = await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)
+        await handle.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=True))
+        result = await handle.result()
+        state = await sub_state(handle)
+        await emails_delivered(ts_client, *cycle_ids(world))
+    assert result.status == "canceled" and result.refunded_amount == 0
+    assert len(world.intents) == 1 and act.REFUND_PAYMENT not in world.calls
+    assert state.canceled_at == paid.current_period_end == add_months(paid.current_period_start, 1)
+    assert world.times[act.SET_SUBSCRIPTION_STATUS][-1] >= paid.current_period_end  # not a moment earlier
+
+
+async def test_cancel_now_refunds_the_unused_part_of_the_period(ts_client, task_queue, time_skipping_env):
+    world = FakeBillingWorld()
+    async with subscription_workers(ts_client, task_queue, world):
+        handle = await start_subscription(ts_client, task_queue)
+        await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)
+        await time_skipping_env.sleep(timedelta(days=10))
+        result = await cancel_now_and_finish(ts_client, handle, world)
+        state = await sub_state(handle)
+    start, end = state.current_period_start, state.current_period_end
+    expected = prorate(900, end - state.canceled_at, end - start)
+    assert result.status == "canceled" and result.refunded_amount == expected
+    assert abs(expected - 900 * ((end - start) - timedelta(days=10)) / (end - start)) <= 1  # ~ the last 2/3
+    [refund] = world.args[act.REFUND_PAYMENT]
+    assert refund.amount == expected and refund.payment_intent_ids == [world.succeeded()[0].id]
+    assert world.succeeded()[0].refunded == expected
+    assert len(world.intents) == 1  # no further cycle
+
+
+async def test_upgrade_now_charges_the_proration_and_downgrade_waits_for_the_period_end(
+        ts_client, task_queue, time_skipping_env):
+    world = FakeBillingWorld()
+    async with subscription_workers(ts_client, task_queue, world):
+        handle = await start_subscription(ts_client, task_queue, STARTER)
+        await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)
+        await time_skipping_env.sleep(timedelta(days=10))
+        await handle.signal(SIGNAL_CHANGE_PLAN, ChangePlan(plan=TEAM))
+        upgraded = await poll(lambda: sub_state(handle), lambda s: s.plan.id == TEAM.id)
+        start, end, at = upgraded.current_period_start, upgraded.current_period_end, upgraded.plan_changed_at
+        expected = prorate(4900, end - at, end - start) - prorate(900, end - at, end - start)
+        assert upgraded.last_proration_amount == expected
+        assert abs(expected - 4000 * ((end - start) - timedelta(days=10)) / (end - start)) <= 2
+        proration = world.intents[f"{billing_cycle_workflow_id(upgraded.subscription_id, 0, 'proration', 1)}:pi:1"]
+        assert proration.status == "succeeded" and proration.amount == expected
+        # a downgrade waits for the period end; the period keeps the plan it was upgraded to
+        await handle.signal(SIGNAL_CHANGE_PLAN, ChangePlan(plan=STARTER))
+        pending = await poll(lambda: sub_state(handle), lambda s: s.pending_plan is not None)
+        assert pending.plan.id == TEAM.id and pending.pending_plan.id == STARTER.id
+        await time_skipping_env.sleep(end - at)
+        later = await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 2)
+        await cancel_now_and_finish(ts_client, handle, world)
+    assert later.plan.id == STARTER.id and later.pending_plan is None
+    assert later.current_period_start == end
+    assert [i.amount for i in world.succeeded()] == [900, expected, 900]
+    assert [(i.kind, i.amount) for i in world.args[act.ISSUE_INVOICE]] == [
+        ("period", 900), ("proration", expected), ("period", 900)]
