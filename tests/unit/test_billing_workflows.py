@@ -20,6 +20,7 @@ from models.billing_cycle_contracts import (
     ChangePlan,
     PaymentMethodUpdated,
     PaymentOutcome,
+    StartCycle,
     SubscriptionInput,
     SubscriptionState,
 )
@@ -38,6 +39,7 @@ from workflows.names import (
     SIGNAL_CHANGE_PLAN,
     SIGNAL_PAYMENT_METHOD_UPDATED,
     SIGNAL_PAYMENT_OUTCOME,
+    SIGNAL_START_CYCLE,
     billing_cycle_workflow_id,
     email_message_id,
     email_workflow_id,
@@ -414,3 +416,26 @@ async def test_upgrade_now_charges_the_proration_and_downgrade_waits_for_the_per
     assert [i.amount for i in world.succeeded()] == [900, expected, 900]
     assert [(i.kind, i.amount) for i in world.args[act.ISSUE_INVOICE]] == [
         ("period", 900), ("proration", expected), ("period", 900)]
+
+
+async def test_schedule_driven_cycles_start_on_the_start_cycle_signal_never_before_the_period_end(
+        ts_client, task_queue, time_skipping_env):
+    world = FakeBillingWorld()
+    async with subscription_workers(ts_client, task_queue, world):
+        handle = await start_subscription(ts_client, task_queue, cycle_driver="schedule")
+        first = await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)  # the first one starts itself
+        await handle.signal(SIGNAL_START_CYCLE, StartCycle(requested_by="operator"))  # early: held, not billed
+        await time_skipping_env.sleep(timedelta(days=20))
+        assert len(world.intents) == 1
+        await time_skipping_env.sleep(first.current_period_end - first.current_period_start - timedelta(days=19))
+        second = await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 2)
+        assert world.times[act.ISSUE_INVOICE][1] >= first.current_period_end
+        await time_skipping_env.sleep(timedelta(days=40))  # no trigger from the schedule: nothing billed
+        assert len(world.intents) == 2
+        await handle.signal(SIGNAL_START_CYCLE, StartCycle())  # the Schedule's action, late
+        third = await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 3)
+        await cancel_now_and_finish(ts_client, handle, world)
+    assert second.current_period_start == first.current_period_end
+    # a late trigger bills the next period on the calendar; it does not shift the anchor
+    assert third.current_period_start == second.current_period_end
+    assert third.current_period_start == add_months(first.current_period_start, 2)
