@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         EMAIL_DELIVERY_WORKFLOW,
         EMAIL_SEND_TASK_QUEUE,
         EMAIL_TASK_QUEUE,
+        PATCH_OPERATOR_DECISION_GUARD,
         QUERY_EMAIL_STATE,
         SIGNAL_EMAIL_DECISION,
         email_workflow_id,
@@ -117,6 +118,10 @@ class EmailDeliveryWorkflow:
 
     @workflow.signal(name=SIGNAL_EMAIL_DECISION)
     def decide(self, decision: EmailDecision) -> None:
+        # Only the dead letter waiting now is decided; a repeated or early decision is not kept for later.
+        if workflow.patched(PATCH_OPERATOR_DECISION_GUARD) and (self.state != "dead_lettered" or self.decisions):
+            workflow.logger.warning("email decision ignored: the message is %s", self.state)
+            return
         self.decisions.append(decision)
 
     @workflow.query(name=QUERY_EMAIL_STATE)

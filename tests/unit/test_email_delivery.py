@@ -152,3 +152,14 @@ async def test_a_suppressed_address_is_not_sent_to(ts_client, task_queue, addres
         result = await handle.result()
     assert result.state == "suppressed"
     assert mail.attempts == []
+
+
+async def test_a_decision_before_the_dead_letter_is_ignored(ts_client, task_queue):
+    mail = FakeMail(outcomes=["5xx"])
+    async with workers(ts_client, task_queue, mail):
+        handle = await start(ts_client, task_queue)
+        await handle.signal(SIGNAL_EMAIL_DECISION, EmailDecision(action="discard"))  # nothing to decide yet…
+        await wait_for(handle, lambda s: s.status == "awaiting_operator")
+        await handle.signal(SIGNAL_EMAIL_DECISION, EmailDecision(action="retry", to_address="ok@example.com"))
+        result = await handle.result()
+    assert result.state == "sent"  # …so the early "discard" did not decide this dead letter

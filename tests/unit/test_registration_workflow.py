@@ -189,3 +189,21 @@ async def test_failing_compensation_parks_for_an_operator_then_resumes(
         ("create_pending_user", final_status), ("issue_verification_token", "done")]
     expected_deletes = 2 if decision == "retry" else 1
     assert fake.calls.count(act.DELETE_PENDING_USER) == expected_deletes
+
+
+async def test_a_decision_sent_while_nothing_waits_is_not_kept_for_a_later_failure(ts_client, task_queue):
+    fake = FakeUsers(broken_compensation=act.DELETE_PENDING_USER)
+    async with worker(ts_client, task_queue, fake):
+        handle = await start(ts_client, task_queue, registration_input())
+        await wait_for(handle, lambda s: s.status == "waiting")
+        # An early (or repeated) "skip": nothing is failing yet, so it must not be applied later.
+        await handle.signal(SIGNAL_OPERATOR_DECISION, OperatorDecision(action="skip"))
+        await handle.cancel()
+        parked = await wait_for(handle, lambda s: s.status == "awaiting_operator")
+        assert parked.compensations[0].status == "failed"  # parked, not silently skipped
+        fake.healed = True
+        await handle.signal(SIGNAL_OPERATOR_DECISION, OperatorDecision(action="retry"))
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        state = await saga_state(handle)
+    assert [c.status for c in state.compensations] == ["done", "done"]
