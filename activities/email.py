@@ -154,20 +154,37 @@ async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None
             password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
             start_tls=settings.smtp_start_tls,
         )
+    # Relays echo the recipient's address in their replies: the exception (which reaches workflow history,
+    # logs and the UI) says only the codes; the full reply rides along as `.reply` for the tracking row.
     except aiosmtplib.SMTPRecipientsRefused as err:
-        replies = "; ".join(f"{r.code} {r.message}" for r in err.recipients)
+        codes = ", ".join(_code(r.code, r.message) for r in err.recipients)
+        full = "; ".join(f"{r.code} {r.message}" for r in err.recipients)
         if all(500 <= r.code < 600 for r in err.recipients):
-            raise ApplicationError(f"recipient refused: {replies}", type=SMTP_PERMANENT, non_retryable=True) from None
-        raise SmtpTemporaryFailure(f"recipient deferred: {replies}") from None
+            raise _with_reply(ApplicationError(f"recipient refused: {codes}", type=SMTP_PERMANENT,
+                                               non_retryable=True), full) from None
+        raise _with_reply(SmtpTemporaryFailure(f"recipient deferred: {codes}"), full) from None
     except aiosmtplib.SMTPResponseException as err:
+        full = f"{err.code} {err.message}"
         if 500 <= err.code < 600:
-            raise ApplicationError(f"SMTP {err.code} {err.message}", type=SMTP_PERMANENT, non_retryable=True) from None
-        raise SmtpTemporaryFailure(f"SMTP {err.code} {err.message}") from None
-    except aiosmtplib.SMTPTimeoutError as err:
-        raise SmtpTemporaryFailure(f"timeout: {err}") from None
+            raise _with_reply(ApplicationError(f"SMTP {_code(err.code, err.message)}", type=SMTP_PERMANENT,
+                                               non_retryable=True), full) from None
+        raise _with_reply(SmtpTemporaryFailure(f"SMTP {_code(err.code, err.message)}"), full) from None
+    except aiosmtplib.SMTPTimeoutError:
+        raise SmtpTemporaryFailure("timeout waiting for the relay") from None
     except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as err:
-        raise SmtpTemporaryFailure(f"connection: {err}") from None
+        raise SmtpTemporaryFailure(f"connection: {type(err).__name__}") from None
     return reply
+
+
+def _code(code: int, message: str) -> str:
+    """`550 5.1.1`: the reply code and, when present, the enhanced status code, never the free text."""
+    first = (message or "").split(" ", 1)[0]
+    return f"{code} {first}" if first[:1].isdigit() and first.count(".") == 2 else str(code)
+
+
+def _with_reply(err: Exception, reply: str) -> Exception:
+    err.reply = reply  # type: ignore[attr-defined]
+    return err
 
 
 class SmtpTemporaryFailure(Exception):

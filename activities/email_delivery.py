@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 REPLY_LIMIT = 500
 
 
+def _reply(err: Exception) -> str:
+    """The relay's full reply (kept in the tracking row only), else the error's own message."""
+    return str(getattr(err, "reply", None) or err)[:REPLY_LIMIT]
+
+
 def message_id_header(message_id: uuid.UUID) -> str:
     return f"<{message_id}@prognet>"
 
@@ -78,10 +83,10 @@ class EmailDeliveryActivities:
             msg = build_message(self.settings, composed, message_id_header(message_id))
             reply = await smtp_send(self.settings, msg)
         except SmtpTemporaryFailure as err:
-            await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=str(err)[:REPLY_LIMIT])
+            await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=_reply(err))
             raise
         except Exception as err:
-            await self._update(req.request.tenant_id, message_id, state="failed", last_reply=str(err)[:REPLY_LIMIT])
+            await self._update(req.request.tenant_id, message_id, state="failed", last_reply=_reply(err))
             raise
         await self._update(req.request.tenant_id, message_id, state="sent", last_reply=reply[:REPLY_LIMIT],
                            sent_at=utcnow())

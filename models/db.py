@@ -22,6 +22,9 @@ _SET_CONTEXT = text("select set_config('app.tenant_id', :tenant, true), set_conf
 
 
 def make_engine(database_url: str, **kwargs) -> AsyncEngine:
+    # hide_parameters: a database error's text must not carry emails or password hashes into logs,
+    # activity failures (workflow history, the Temporal UI) or saga failure reasons.
+    kwargs.setdefault("hide_parameters", True)
     return create_async_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
 
 
