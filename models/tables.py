@@ -73,10 +73,12 @@ class DomainEvent(SQLModel, table=True):
 
 class Tenant(SQLModel, table=True):
     __tablename__ = "tenants"
+    # A failed tenant frees its slug, so the organisation can be created again (migration 0004).
+    __table_args__ = (Index("ux_tenants_slug_live", "slug", unique=True, postgresql_where=text("status <> 'failed'")),)
 
     id: uuid.UUID = Field(primary_key=True)  # the tenant id itself; its RLS policy is on this column
     name: str = Field(max_length=200)
-    slug: str = Field(max_length=40, unique=True)
+    slug: str = Field(max_length=40)
     status: str = Field(max_length=20)  # provisioning | active | failed
     failure_reason: str | None = Field(default=None, max_length=500)
     created_by: uuid.UUID = Field(foreign_key="users.id")

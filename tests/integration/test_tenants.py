@@ -51,8 +51,8 @@ async def test_tenant_becomes_active_with_its_stripe_customer(http, stack: Embed
 async def test_permanent_stripe_failure_leaves_a_failed_tenant_and_no_orphans(http, stack: EmbeddedStack):
     headers = await owner_headers(http, stack)
     stack.stripe.sandbox.inject_fault(400, count=1, path_prefix="/v1/customers", method="POST")
-    r = await http.post("/v1/tenants", json={"name": "Doomed", "slug": f"doomed-{uuid.uuid4().hex[:8]}"},
-                        headers=headers)
+    slug = f"doomed-{uuid.uuid4().hex[:8]}"
+    r = await http.post("/v1/tenants", json={"name": "Doomed", "slug": slug}, headers=headers)
     assert r.status_code == 202, r.text
     tenant_id = r.json()["tenant_id"]
     tenant = await wait_for_status(http, headers, tenant_id, {"failed"})
@@ -68,3 +68,8 @@ async def test_permanent_stripe_failure_leaves_a_failed_tenant_and_no_orphans(ht
         await owner.close()
     live = [c for c in stack.stripe.sandbox.customers() if c["metadata"].get("tenant_id") == tenant_id]
     assert live == []
+
+    # the failed tenant does not keep its slug: the organisation can be created again
+    again = await http.post("/v1/tenants", json={"name": "Doomed", "slug": slug}, headers=headers)
+    assert again.status_code == 202, again.text
+    await wait_for_status(http, headers, again.json()["tenant_id"], {"active"})
