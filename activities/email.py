@@ -135,11 +135,14 @@ class Composer:
 
 def build_message(settings: Settings, composed: Composed, message_id: str) -> EmailMessage:
     msg = EmailMessage()
-    msg["From"] = settings.mail_from
-    msg["To"] = composed.to_address
-    msg["Subject"] = composed.subject
-    msg["Message-ID"] = message_id  # stable across retries: a resend after a crash is recognisable
-    msg["Date"] = formatdate(localtime=False)
+    try:
+        msg["From"] = settings.mail_from
+        msg["To"] = composed.to_address
+        msg["Subject"] = composed.subject
+        msg["Message-ID"] = message_id  # stable across retries: a resend after a crash is recognisable
+        msg["Date"] = formatdate(localtime=False)
+    except ValueError as err:  # e.g. a line break in a header: retrying cannot help
+        raise ApplicationError(f"invalid email header: {err}", type=RENDER_FAILED, non_retryable=True) from None
     msg.set_content(composed.text)
     msg.add_alternative(composed.html, subtype="html")
     return msg

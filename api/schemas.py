@@ -6,16 +6,30 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, SecretStr, StringConstraints
 
 from models.contracts import SagaState
 
 PASSWORD_MIN_LENGTH = 12
 PASSWORD_MAX_LENGTH = 1024
 
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"  # names end up in email subjects and headers
+
+
+def _encodable(password: SecretStr) -> SecretStr:
+    """JSON can carry lone surrogates ("\\ud800"), which cannot be hashed: refuse them as bad input."""
+    try:
+        password.get_secret_value().encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("password must be valid Unicode text") from None
+    return password
+
+
 Password = Annotated[SecretStr, Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH,
-                                      description=f"{PASSWORD_MIN_LENGTH}–{PASSWORD_MAX_LENGTH} characters.")]
-DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+                                      description=f"{PASSWORD_MIN_LENGTH}–{PASSWORD_MAX_LENGTH} characters."),
+                     AfterValidator(_encodable)]
+DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
+                                               pattern=NO_CONTROL_CHARACTERS)]
 OpaqueToken = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
@@ -118,7 +132,8 @@ Slug = Annotated[str, Field(
     description="3–40 characters: lowercase letters, digits and '-', not starting or ending with '-'. "
                 "Unique across all tenants.",
 )]
-TenantName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+TenantName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
+                                              pattern=NO_CONTROL_CHARACTERS)]
 
 
 class CreateTenantRequest(_Request):

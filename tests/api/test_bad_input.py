@@ -148,3 +148,16 @@ async def test_unhandled_error_is_a_500_problem_without_internals(settings, sche
     body = assert_problem(response, 500, "internal-error")
     assert "secret internal detail" not in response.text
     assert body["detail"] == "An unexpected error occurred."
+
+
+async def test_a_lone_surrogate_in_a_password_is_bad_input_not_a_500(client):
+    body = b'{"email": "x@example.com", "password": "abcdefghijkl\\ud800"}'
+    for path in ("/v1/auth/register", "/v1/auth/login"):
+        r = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, (path, r.text)
+
+
+async def test_control_characters_in_a_display_name_are_refused(client):
+    r = await client.post("/v1/auth/register", json={"email": "x@example.com", "password": "long enough password",
+                                                     "display_name": "Ada\r\nBcc: victim@example.com"})
+    assert r.status_code == 422
