@@ -84,3 +84,17 @@ class TemporalConnector:
                 pass
         # temporalio clients hold no resources needing an explicit close; dropping the reference suffices.
         self._client = None
+
+
+SAGA_ANSWER_TIMEOUT_SECONDS = 15.0
+
+
+async def answer_within(call, timeout: float = SAGA_ANSWER_TIMEOUT_SECONDS):
+    """Await a saga's synchronous answer (an update), but never hang a request on it: while a step keeps
+    failing (say, the database is down) the saga retries in the background and the caller gets a 503 to
+    retry, with its Idempotency-Key, later."""
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except asyncio.TimeoutError:
+        raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "The request was accepted but not confirmed in time; retry it "
+                      "with the same Idempotency-Key to see its outcome.", headers={"Retry-After": "5"}) from None

@@ -12,11 +12,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Response, status
 from sqlmodel import select
 from temporalio.client import (
-    WithStartWorkflowOperation, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
-    SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -24,16 +30,37 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.body_guard import require_json_body
 from api.deps import DbDep, SettingsDep, TemporalConnectorDep
 from api.problems import (
-    EMAIL_ALREADY_REGISTERED, IDEMPOTENCY_KEY_REUSED, INVALID_TOKEN, TOKEN_ALREADY_USED, TOKEN_EXPIRED, Problem,
+    EMAIL_ALREADY_REGISTERED,
+    IDEMPOTENCY_KEY_REUSED,
+    INVALID_TOKEN,
+    TOKEN_ALREADY_USED,
+    TOKEN_EXPIRED,
+    Problem,
     problem_responses,
 )
-from api.schemas import RegisterRequest, RegistrationAcceptedResponse, RegistrationLinks, VerifyRequest, VerifyResponse
-from models.contracts import RegistrationAccepted, RegistrationInput, RegistrationResult, VerifyEmail
+from api.schemas import (
+    RegisterRequest,
+    RegistrationAcceptedResponse,
+    RegistrationLinks,
+    VerifyRequest,
+    VerifyResponse,
+)
+from api.temporal_client import answer_within
+from models.contracts import (
+    RegistrationAccepted,
+    RegistrationInput,
+    RegistrationResult,
+    VerifyEmail,
+)
 from models.db import transaction
 from models.tables import VerificationToken
 from prognet import passwords, tokens
 from workflows.names import (
-    REGISTRATION_WORKFLOW, SA_USER_ID, SIGNAL_VERIFY_EMAIL, TASK_QUEUE, UPDATE_REGISTRATION_ACCEPTED,
+    REGISTRATION_WORKFLOW,
+    SA_USER_ID,
+    SIGNAL_VERIFY_EMAIL,
+    TASK_QUEUE,
+    UPDATE_REGISTRATION_ACCEPTED,
     registration_workflow_id,
 )
 
@@ -100,9 +127,9 @@ async def register(body: RegisterRequest, settings: SettingsDep, temporal: Tempo
         static_summary=f"Registration of user {user_id}",
     )
     try:
-        accepted: RegistrationAccepted = await client.execute_update_with_start_workflow(
+        accepted: RegistrationAccepted = await answer_within(client.execute_update_with_start_workflow(
             UPDATE_REGISTRATION_ACCEPTED, start_workflow_operation=operation, result_type=RegistrationAccepted,
-        )
+        ))
     except WorkflowUpdateFailedError as exc:
         if isinstance(exc.cause, ApplicationError) and exc.cause.type == EMAIL_ALREADY_REGISTERED_ERROR:
             log.info("registration refused: email taken", extra={"workflow_id": workflow_id})

@@ -15,24 +15,53 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, status
 from sqlmodel import select
 from temporalio.client import (
-    Client, WithStartWorkflowOperation, WorkflowFailureError, WorkflowUpdateFailedError,
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
 )
 from temporalio.common import (
-    SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from api.body_guard import require_json_body
-from api.deps import TENANT_NOT_FOUND, CurrentUser, DbDep, TemporalConnectorDep, TenantIdPath
-from api.problems import IDEMPOTENCY_KEY_REUSED, NOT_FOUND, SLUG_TAKEN, Problem, problem_responses
-from api.schemas import (
-    CreateTenantRequest, TenantAcceptedResponse, TenantBillingView, TenantLinks, TenantSummary, TenantView,
+from api.deps import (
+    TENANT_NOT_FOUND,
+    CurrentUser,
+    DbDep,
+    TemporalConnectorDep,
+    TenantIdPath,
 )
+from api.problems import (
+    IDEMPOTENCY_KEY_REUSED,
+    NOT_FOUND,
+    SLUG_TAKEN,
+    Problem,
+    problem_responses,
+)
+from api.schemas import (
+    CreateTenantRequest,
+    TenantAcceptedResponse,
+    TenantBillingView,
+    TenantLinks,
+    TenantSummary,
+    TenantView,
+)
+from api.temporal_client import answer_within
 from models.contracts import SagaState, TenantAccepted, TenantProvisioningInput
 from models.db import transaction
 from models.tables import Membership, Tenant, TenantBilling
 from workflows.names import (
-    QUERY_SAGA_STATE, SA_TENANT_ID, SA_USER_ID, TASK_QUEUE, TENANT_PROVISIONING_WORKFLOW, UPDATE_TENANT_ACCEPTED,
+    QUERY_SAGA_STATE,
+    SA_TENANT_ID,
+    SA_USER_ID,
+    TASK_QUEUE,
+    TENANT_PROVISIONING_WORKFLOW,
+    UPDATE_TENANT_ACCEPTED,
     tenant_workflow_id,
 )
 
@@ -108,9 +137,9 @@ async def create_tenant(body: CreateTenantRequest, caller: CurrentUser, engine: 
     )
     replayed = False
     try:
-        accepted: TenantAccepted = await client.execute_update_with_start_workflow(
+        accepted: TenantAccepted = await answer_within(client.execute_update_with_start_workflow(
             UPDATE_TENANT_ACCEPTED, start_workflow_operation=operation, result_type=TenantAccepted,
-        )
+        ))
         state = accepted.status
     except WorkflowUpdateFailedError as exc:
         if _is_slug_taken(exc.cause):
