@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         stripe_key = self.stripe_secret_key.get_secret_value() if self.stripe_secret_key else ""
         if stripe_key == DEV_STRIPE_SECRET_KEY or not stripe_key.startswith(("sk_", "rk_")):
             raise ValueError("STRIPE_SECRET_KEY must be set to a real Stripe secret key (sk_… or rk_…) in production")
+        webhook_secret = self.stripe_webhook_secret.get_secret_value() if self.stripe_webhook_secret else ""
+        if webhook_secret == DEV_STRIPE_WEBHOOK_SECRET or not webhook_secret.startswith("whsec_"):
+            # the dev secret is public (it is in this repo): with it anyone could forge Stripe webhooks
+            raise ValueError("STRIPE_WEBHOOK_SECRET must be set to the endpoint's signing secret (whsec_…) in production")
         return self
 
     # --- derived values ---

@@ -9,7 +9,7 @@ from prognet.settings import Settings
 
 EXTERNAL = dict(database_url="postgresql+asyncpg://app@db/prognet", redis_url="redis://cache:6379/0",
                 temporal_address="temporal:7233", smtp_host="smtp.internal",
-                stripe_secret_key="sk_live_" + "k" * 40)
+                stripe_secret_key="sk_live_" + "k" * 40, stripe_webhook_secret="whsec_" + "w" * 32)
 
 
 def test_development_generates_the_secret_into_the_data_dir_once(tmp_path: Path):
@@ -34,6 +34,11 @@ def test_production_refuses_embedded_services():
 def test_production_refuses_the_sandbox_stripe_key():
     with pytest.raises(ValidationError, match="STRIPE_SECRET_KEY"):
         Settings(environment="production", secret_key="x" * 48, **{**EXTERNAL, "stripe_secret_key": None})
+
+
+def test_production_refuses_the_public_dev_webhook_secret():
+    with pytest.raises(ValidationError, match="STRIPE_WEBHOOK_SECRET"):
+        Settings(environment="production", secret_key="x" * 48, **{**EXTERNAL, "stripe_webhook_secret": None})
 
 
 def test_production_with_real_secret_and_services_starts():
