@@ -137,7 +137,10 @@ async def list_emails(tenant_id: TenantIdPath, manager: TenantManager, engine: D
 async def email_stats(tenant_id: TenantIdPath, manager: TenantManager, engine: DbDep, since: Since = None,
                       until: Until = None) -> EmailStats:
     until = aware(until) or datetime.now(UTC)
-    since = aware(since) or until - DEFAULT_STATS_WINDOW
+    try:
+        since = aware(since) or until - DEFAULT_STATS_WINDOW
+    except OverflowError:  # `until` at the very start of the calendar
+        raise Problem(INVALID_TIME_WINDOW, "`until` is too early for a default window; give `since` too.") from None
     check_window(since, until)
     query = (select(EmailMessage.template, EmailMessage.state, func.count())
              .where(EmailMessage.tenant_id == tenant_id, EmailMessage.created_at >= since,
