@@ -67,6 +67,7 @@ EMAIL_SEND_TASK_QUEUE = "prognet-email-send"  # SMTP sends only: the task-queue 
 # workflow.patched ids (keep forever once released: running executions depend on them)
 PATCH_EMAIL_PIPELINE = "email-pipeline"  # sagas hand their emails to EmailDelivery instead of sending
 PATCH_OPERATOR_DECISION_GUARD = "operator-decision-guard"  # decisions count only while a saga waits for one
+PATCH_DEAD_LETTER_STATUS_FIRST = "dead-letter-status-first"  # saga says awaiting_operator before the row says dead
 
 # subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)
 SUBSCRIPTION_WORKFLOW = "Subscription"
