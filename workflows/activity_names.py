@@ -52,3 +52,4 @@ REFUND_PAYMENT = "billing.refund_payment"
 PUBLISH_INVOICE_EVENT = "billing.publish_invoice_event"
 SET_SUBSCRIPTION_STATUS = "subscriptions.set_status"
 SUSPEND_TENANT = "tenants.suspend_tenant"
+DISCARD_TENANT = "tenants.discard_tenant"  # paid sign-up unwinding: the tenant and its rows deleted

@@ -24,6 +24,7 @@ SA_TENANT_ID = SearchAttributeKey.for_keyword("TenantId")
 SA_USER_ID = SearchAttributeKey.for_keyword("UserId")
 SA_SAGA_STATUS = SearchAttributeKey.for_keyword("SagaStatus")
 SA_SAGA_STEP = SearchAttributeKey.for_keyword("SagaStep")
+SA_SUBSCRIPTION_ID = SearchAttributeKey.for_keyword("SubscriptionId")
 
 
 def registration_workflow_id(user_id: uuid.UUID | str) -> str:
@@ -91,3 +92,12 @@ def billing_cycle_workflow_id(subscription_id: uuid.UUID | str, period_index: in
     """`billing-{subscription_id}-{period}`; a proration charge of an upgrade adds `-proration-{seq}`."""
     base = f"billing-{subscription_id}-{period_index}"
     return base if kind == "period" else f"{base}-{kind}-{seq}"
+
+
+# paid sign-up: user + tenant + first payment in one parent saga (workflows/paid_signup.py)
+PAID_SIGNUP_WORKFLOW = "PaidSignup"
+UPDATE_SIGNUP_OUTCOME = "outcome"  # the API's update-with-start: answers once paid, or once unwound
+
+
+def signup_workflow_id(signup_id: uuid.UUID | str) -> str:
+    return f"signup-{signup_id}"
