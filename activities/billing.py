@@ -19,6 +19,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer, StripeCustomer
+from models.billing_cycle_contracts import (
+    CreatePaymentIntent,
+    PaymentIntentInfo,
+    PaymentIntentRef,
+    Refunded,
+    RefundPayment,
+)
 from prognet.settings import Settings
 from workflows import activity_names as names
 
@@ -59,6 +66,20 @@ def _raise_translated(exc: stripe.StripeError, action: str) -> NoReturn:
         {k: v for k, v in facts.items() if v is not None},
         type=STRIPE_PERMANENT_ERROR, non_retryable=True,
     ) from None
+
+
+FAILED_STATES = ("requires_payment_method", "canceled")
+
+
+def _payment_info(pi: Any) -> PaymentIntentInfo:
+    """Stripe's PaymentIntent states folded into what a billing cycle acts on."""
+    if pi.status == "succeeded":
+        return PaymentIntentInfo(payment_intent_id=pi.id, status="succeeded")
+    if pi.status in FAILED_STATES:
+        error = pi.last_payment_error
+        code = (error.decline_code or error.code) if error is not None else pi.status
+        return PaymentIntentInfo(payment_intent_id=pi.id, status="failed", decline_code=code)
+    return PaymentIntentInfo(payment_intent_id=pi.id, status="pending")  # processing, requires_action, …
 
 
 class BillingActivities:
@@ -112,3 +133,74 @@ class BillingActivities:
         except stripe.StripeError as exc:
             _raise_translated(exc, "search the tenant's customers")
         return [c.id for c in found.data]
+
+    @activity.defn(name=names.CREATE_PAYMENT_INTENT)
+    async def create_payment_intent(self, req: CreatePaymentIntent) -> PaymentIntentInfo:
+        """Create and confirm off-session. A decline is an answer (status failed + Stripe's decline code), not an
+        activity failure; an invalid request (an unknown PaymentMethod id) is a permanent failure. The
+        idempotency key makes a retried activity replay Stripe's first answer instead of charging again."""
+        params: dict[str, Any] = {
+            "amount": req.amount, "currency": req.currency, "customer": req.stripe_customer_id,
+            "payment_method": req.payment_method, "confirm": True, "off_session": True,
+            "description": f"invoice {req.invoice_id}",
+            # the webhook endpoint routes this intent's events to `workflow_id`
+            "metadata": {"workflow_id": req.workflow_id, "invoice_id": req.invoice_id,
+                         "tenant_id": str(req.tenant_id), "subscription_id": str(req.subscription_id)},
+        }
+        try:
+            pi = await self.client.v1.payment_intents.create_async(
+                params=params, options={"idempotency_key": req.idempotency_key})  # type: ignore[arg-type]
+        except stripe.CardError as exc:
+            error = exc.error
+            pi_id = error.payment_intent.id if error is not None and error.payment_intent is not None else None
+            if pi_id is None:
+                _raise_translated(exc, "charge the invoice")
+            code = (error.decline_code or exc.code) if error is not None else exc.code
+            log.info("payment declined", extra={"tenant_id": str(req.tenant_id), "payment_intent": pi_id,
+                                                "decline_code": code})
+            return PaymentIntentInfo(payment_intent_id=pi_id, status="failed", decline_code=code)
+        except stripe.StripeError as exc:
+            _raise_translated(exc, "charge the invoice")
+        info = _payment_info(pi)
+        log.info("payment intent %s", info.status, extra={"tenant_id": str(req.tenant_id), "payment_intent": pi.id})
+        return info
+
+    @activity.defn(name=names.RETRIEVE_PAYMENT_INTENT)
+    async def retrieve_payment_intent(self, req: PaymentIntentRef) -> PaymentIntentInfo:
+        """The polling fallback when no webhook arrives."""
+        try:
+            pi = await self.client.v1.payment_intents.retrieve_async(req.payment_intent_id)
+        except stripe.StripeError as exc:
+            _raise_translated(exc, "read the payment")
+        return _payment_info(pi)
+
+    @activity.defn(name=names.REFUND_PAYMENT)
+    async def refund_payment(self, req: RefundPayment) -> Refunded:
+        """Refund what succeeded among the listed intents (at most `amount` in total when set). One refund per
+        intent and key: a retry replays Stripe's first answer, a refund made before is not made again."""
+        budget = req.amount
+        total, refund_ids = 0, []
+        for pi_id in req.payment_intent_ids:
+            if budget is not None and budget <= 0:
+                break
+            try:
+                pi = await self.client.v1.payment_intents.retrieve_async(pi_id)
+                if pi.status != "succeeded":
+                    continue
+                amount = pi.amount_received if budget is None else min(budget, pi.amount_received)
+                refund = await self.client.v1.refunds.create_async(
+                    params={"payment_intent": pi_id, "amount": amount, "reason": "requested_by_customer",
+                            "metadata": {"tenant_id": str(req.tenant_id), "reason": req.reason[:450]}},
+                    options={"idempotency_key": f"{req.idempotency_key}:{pi_id}"})  # type: ignore[arg-type]
+            except stripe.InvalidRequestError as exc:
+                if exc.code == "charge_already_refunded":
+                    continue  # refunded before under another key: nothing left to give back
+                _raise_translated(exc, "refund the payment")
+            except stripe.StripeError as exc:
+                _raise_translated(exc, "refund the payment")
+            total += refund.amount
+            refund_ids.append(refund.id)
+            if budget is not None:
+                budget -= refund.amount
+        log.info("refunded %s", total, extra={"tenant_id": str(req.tenant_id), "refunds": refund_ids})
+        return Refunded(amount=total, refund_ids=refund_ids)

@@ -307,6 +307,7 @@ class SetSubscriptionStatus(BaseModel):
     plan_id: str
     current_period_start: datetime | None = None
     current_period_end: datetime | None = None
+    payment_method: str | None = None
     workflow_id: str
 
 

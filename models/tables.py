@@ -130,7 +130,8 @@ class Invitation(SQLModel, table=True):
     closed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
 
 
-TENANT_SCOPED_TABLES = ("tenants", "memberships", "tenant_billing", "tenant_settings", "invitations")
+TENANT_SCOPED_TABLES = ("tenants", "memberships", "tenant_billing", "tenant_settings", "invitations",
+                        "subscriptions", "invoices", "invoice_counters")
 
 
 # --- email pipeline (migration 0003): tenant-scoped, tenant_id NULL for platform mail (registration) ---
@@ -165,3 +166,61 @@ class EmailSuppression(SQLModel, table=True):
     reason: str = Field(max_length=500)
     message_id: uuid.UUID | None = Field(default=None)
     created_at: datetime = _ts()
+
+
+# --- billing (migration 0005): tenant-scoped and isolated like the tenant tables ---
+
+class Subscription(SQLModel, table=True):
+    """The read model of a `subscription-{id}` workflow (which owns the truth); the API inserts it `incomplete`.
+
+    Card data never reaches us: `payment_method` is a Stripe PaymentMethod id. At most one live
+    (not canceled, not unpaid) subscription per tenant (a partial unique index)."""
+
+    __tablename__ = "subscriptions"
+
+    id: uuid.UUID = Field(primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    plan_id: str = Field(max_length=40)
+    status: str = Field(max_length=20)  # incomplete | trialing | active | past_due | unpaid | canceled
+    payment_method: str = Field(max_length=255)
+    workflow_id: str = Field(max_length=200)
+    current_period_start: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    current_period_end: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    created_by: uuid.UUID | None = Field(default=None)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    canceled_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class Invoice(SQLModel, table=True):
+    """One invoice per billing cycle (its workflow id is the idempotency key while the invoice is not void).
+
+    `number` is sequential per tenant (invoice_counters, taken in the same transaction)."""
+
+    __tablename__ = "invoices"
+
+    id: uuid.UUID = Field(primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    subscription_id: uuid.UUID = Field(index=True)
+    number: int
+    workflow_id: str = Field(max_length=200)
+    kind: str = Field(max_length=20)  # period | proration
+    period_index: int
+    period_start: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    period_end: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    plan_id: str = Field(max_length=40)
+    amount: int
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=20)  # open | paid | uncollectible | void
+    payment_intent_id: str | None = Field(default=None, max_length=255)
+    decline_code: str | None = Field(default=None, max_length=100)
+    void_reason: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts()
+    closed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class InvoiceCounter(SQLModel, table=True):
+    __tablename__ = "invoice_counters"
+
+    tenant_id: uuid.UUID = Field(primary_key=True, foreign_key="tenants.id", ondelete="CASCADE")
+    last_number: int = Field(default=0)

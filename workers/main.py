@@ -17,19 +17,24 @@ from activities.billing import BillingActivities
 from activities.email import EmailActivities
 from activities.email_delivery import EmailDeliveryActivities
 from activities.invitations import InvitationActivities
+from activities.invoices import InvoiceActivities
+from activities.subscriptions import SubscriptionActivities
 from activities.tenants import TenantActivities
 from activities.users import UserActivities
 from models.db import make_engine
 from prognet.settings import Settings, get_settings
+from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.email_delivery import EmailDeliveryWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
 from workflows.registration import RegistrationWorkflow
+from workflows.subscription import SubscriptionWorkflow
 from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
 log = logging.getLogger(__name__)
 
-WORKFLOWS = [RegistrationWorkflow, TenantProvisioningWorkflow, InvitationWorkflow]
+WORKFLOWS = [RegistrationWorkflow, TenantProvisioningWorkflow, InvitationWorkflow, SubscriptionWorkflow,
+             BillingCycleWorkflow]
 ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow]
 
 
@@ -39,6 +44,8 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
     tenants = TenantActivities(engine)
     invitations = InvitationActivities(engine, token_key)
     billing = BillingActivities(settings)
+    invoices = InvoiceActivities(engine)
+    subscriptions = SubscriptionActivities(engine)
     email = EmailActivities(engine, settings)
     return [
         users.create_pending_user, users.delete_pending_user, users.issue_verification_token,
@@ -48,6 +55,10 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
         tenants.remove_default_settings, tenants.activate_tenant,
         invitations.issue_invitation, invitations.complete_invitation, invitations.close_invitation,
         billing.create_stripe_customer, billing.delete_stripe_customer,
+        billing.create_payment_intent, billing.retrieve_payment_intent, billing.refund_payment,
+        invoices.issue_invoice, invoices.void_invoice, invoices.mark_invoice_paid,
+        invoices.mark_invoice_uncollectible, invoices.publish_invoice_event,
+        subscriptions.set_status, subscriptions.suspend_tenant,
         email.send_verification_email, email.send_welcome_email, email.send_invitation_email,
     ]
 

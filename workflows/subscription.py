@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.names import (
         BILLING_CYCLE_WORKFLOW,
         QUERY_SUBSCRIPTION_STATE,
+        SA_SUBSCRIPTION_ID,
         SA_TENANT_ID,
         SIGNAL_BILLING_CYCLE_STATUS,
         SIGNAL_CANCEL_SUBSCRIPTION,
@@ -232,7 +233,9 @@ class SubscriptionWorkflow:
                 BILLING_CYCLE_WORKFLOW, inp, id=wid, result_type=BillingCycleResult,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-                search_attributes=TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(inp.tenant_id))]),
+                search_attributes=TypedSearchAttributes([
+                    SearchAttributePair(SA_TENANT_ID, str(inp.tenant_id)),
+                    SearchAttributePair(SA_SUBSCRIPTION_ID, str(inp.subscription_id))]),
                 static_summary=f"Billing {inp.kind} {inp.period_index} of subscription {inp.subscription_id}")
         except WorkflowAlreadyStartedError:
             # Started before (a reset of this workflow): the cycle reports its end by signal.
@@ -357,7 +360,7 @@ class SubscriptionWorkflow:
         await workflow.execute_activity(act.SET_SUBSCRIPTION_STATUS, SetSubscriptionStatus(
             subscription_id=s.subscription_id, tenant_id=s.tenant_id, status=status, plan_id=s.plan.id,
             current_period_start=s.current_period_start, current_period_end=s.current_period_end,
-            workflow_id=workflow.info().workflow_id), **ACTIVITY)
+            payment_method=s.payment_method, workflow_id=workflow.info().workflow_id), **ACTIVITY)
 
     def _note(self, text: str) -> None:
         self.state.notes = [*self.state.notes, f"{workflow.now().isoformat()} {text}"][-MAX_NOTES:]

@@ -15,7 +15,8 @@ from prognet.devstack import EmbeddedStack
 
 @pytest.fixture(scope="module")
 async def two_tenants(stack: EmbeddedStack) -> tuple[uuid.UUID, uuid.UUID]:
-    """Two tenants with a member, billing config, settings and an invitation each (seeded as the owner)."""
+    """Two tenants with a member, billing config, settings, an invitation, a subscription and an invoice each
+    (seeded as the owner)."""
     owner = await asyncpg.connect(stack.postgres_dsn)
     try:
         ids = []
@@ -32,6 +33,15 @@ async def two_tenants(stack: EmbeddedStack) -> tuple[uuid.UUID, uuid.UUID]:
             await owner.execute("insert into invitations(id, tenant_id, email, role, status, invited_by, expires_at) "
                                 "values ($1, $2, 'x@example.com', 'member', 'pending', $3, now() + interval '1 day')",
                                 uuid.uuid4(), tenant, user)
+            sub = uuid.uuid4()
+            await owner.execute("insert into subscriptions(id, tenant_id, plan_id, status, payment_method, workflow_id) "
+                                "values ($1, $2, 'starter-monthly', 'active', 'pm_card_visa', $3)",
+                                sub, tenant, f"subscription-{sub}")
+            await owner.execute("insert into invoice_counters(tenant_id, last_number) values ($1, 1)", tenant)
+            await owner.execute("insert into invoices(id, tenant_id, subscription_id, number, workflow_id, kind, "
+                                "period_index, period_start, period_end, plan_id, amount, currency, status) values "
+                                "($1, $2, $3, 1, $4, 'period', 0, now(), now() + interval '1 month', "
+                                "'starter-monthly', 2900, 'eur', 'paid')", uuid.uuid4(), tenant, sub, f"billing-{sub}-0")
             ids.append(tenant)
         return ids[0], ids[1]
     finally:

@@ -1,0 +1,56 @@
+"""The subscriptions read model and what an unpaid subscription does to its tenant.
+
+The `subscription-{id}` workflow owns a subscription's truth; these activities mirror each status change into
+the `subscriptions` table (with a `subscription.<status>` domain event in the same transaction), so the API
+can list and check subscriptions without asking Temporal. Idempotent: a retry changes nothing twice.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+
+from models.billing_cycle_contracts import SetSubscriptionStatus, SuspendTenant
+from models.db import transaction
+from models.events import record_event
+from models.tables import Subscription, Tenant, utcnow
+from workflows import activity_names as names
+
+
+class SubscriptionActivities:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @activity.defn(name=names.SET_SUBSCRIPTION_STATUS)
+    async def set_status(self, req: SetSubscriptionStatus) -> None:
+        async with transaction(self.engine, tenant_id=req.tenant_id) as db:
+            row = await db.get(Subscription, req.subscription_id)
+            if row is None:  # started without the API's row (a paid sign-up): the workflow's word is enough
+                row = Subscription(id=req.subscription_id, tenant_id=req.tenant_id, plan_id=req.plan_id,
+                                   status="incomplete", payment_method=req.payment_method or "",
+                                   workflow_id=req.workflow_id)
+            changed = row.status != req.status
+            row.status, row.plan_id = req.status, req.plan_id
+            row.current_period_start, row.current_period_end = req.current_period_start, req.current_period_end
+            if req.payment_method:
+                row.payment_method = req.payment_method
+            if req.status == "canceled" and row.canceled_at is None:
+                row.canceled_at = utcnow()
+            row.updated_at = utcnow()
+            db.add(row)
+            if changed:
+                record_event(db, f"subscription.{req.status}", "subscription", req.subscription_id,
+                             {"plan_id": req.plan_id}, tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+
+    @activity.defn(name=names.SUSPEND_TENANT)
+    async def suspend_tenant(self, req: SuspendTenant) -> None:
+        """An unpaid subscription suspends its tenant (status `suspended`, reason kept)."""
+        async with transaction(self.engine, tenant_id=req.tenant_id) as db:
+            tenant = await db.get(Tenant, req.tenant_id)
+            if tenant is None or tenant.status == "suspended":
+                return
+            tenant.status, tenant.failure_reason = "suspended", req.reason[:500]
+            db.add(tenant)
+            record_event(db, "tenant.suspended", "tenant", req.tenant_id,
+                         {"subscription_id": str(req.subscription_id), "reason": tenant.failure_reason},
+                         tenant_id=req.tenant_id, workflow_id=req.workflow_id)
