@@ -17,6 +17,7 @@ from api.routers import (
     admin, auth, emails, health, invitation_accept, invitations, me, members, pages, plans, registration, tenants,
     workflows,
 )
+from api.routers import stripe_webhooks
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (auth, registration, me, plans, tenants, members, invitations, invitation_accept, emails,
                    workflows, admin, health, pages):
         app.include_router(module.router)
+    app.include_router(stripe_webhooks.router)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)
     return app

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         SecretStr(DEV_STRIPE_WEBHOOK_SECRET),
         description="Signing secret (whsec_…) of the Stripe webhook endpoint; the dev sandbox signs with it")
+    stripe_webhook_secret_previous: SecretStr | None = Field(
+        None, description="The endpoint's previous signing secret, still accepted while Stripe rolls it; unset after")
     stripe_webhook_url: str | None = Field(
         None, description="Where the dev Stripe sandbox POSTs its events; unset: <API url>/v1/webhooks/stripe")
 
@@ -123,6 +125,9 @@ class Settings(BaseSettings):
         if webhook_secret == DEV_STRIPE_WEBHOOK_SECRET or not webhook_secret.startswith("whsec_"):
             # the dev secret is public (it is in this repo): with it anyone could forge Stripe webhooks
             raise ValueError("STRIPE_WEBHOOK_SECRET must be set to the endpoint's signing secret (whsec_…) in production")
+        previous = self.stripe_webhook_secret_previous.get_secret_value() if self.stripe_webhook_secret_previous else ""
+        if previous == DEV_STRIPE_WEBHOOK_SECRET:  # as public as above: it would keep forgery open
+            raise ValueError("STRIPE_WEBHOOK_SECRET_PREVIOUS must not be the development secret in production")
         return self
 
     # --- derived values ---

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from prognet.settings import Settings
 
 
-API_RECEIVES_STRIPE_WEBHOOKS = False  # flip when api/ serves POST /v1/webhooks/stripe
+API_RECEIVES_STRIPE_WEBHOOKS = True  # api/routers/stripe_webhooks.py serves POST /v1/webhooks/stripe
 
 
 def print_log(name: str, line: str) -> None:

@@ -258,15 +258,14 @@ async def test_admin_api_validates_the_switches(sandbox: StripeSandbox) -> None:
         assert status["mode"] == "normal" and status["secrets"] == [SECRET] and status["pending"] == 0
 
 
-async def test_the_dev_stack_points_webhooks_at_the_api_once_it_has_the_route(tmp_path, monkeypatch) -> None:
+async def test_the_dev_stack_points_webhooks_at_the_api_which_has_the_route(tmp_path, monkeypatch) -> None:
     import prognet.devstack.stack as stack_module
+    from api.routers.stripe_webhooks import router
 
-    monkeypatch.setattr(stack_module, "API_RECEIVES_STRIPE_WEBHOOKS", False)
-    without_route = EmbeddedStack(tmp_path / "data0", with_temporal=False, with_postgres=False, with_redis=False,
-                                  with_smtp=False, with_api=True, api_port=18764)
-    assert without_route.stripe_webhook_url is None  # no endpoint to answer them: events are only recorded
+    # the switch is on because the route exists: the sandbox's events are answered, not retried into the void
+    assert stack_module.API_RECEIVES_STRIPE_WEBHOOKS is True
+    assert any(getattr(r, "path", None) == "/v1/webhooks/stripe" and "POST" in r.methods for r in router.routes)
 
-    monkeypatch.setattr(stack_module, "API_RECEIVES_STRIPE_WEBHOOKS", True)
     stack = EmbeddedStack(tmp_path / "data", with_temporal=False, with_postgres=False, with_redis=False,
                           with_smtp=False, with_api=True, api_port=18765)
     assert stack.stripe is not None
@@ -275,6 +274,11 @@ async def test_the_dev_stack_points_webhooks_at_the_api_once_it_has_the_route(tm
     assert stack.stripe.sandbox.webhook_secret == DEV_STRIPE_WEBHOOK_SECRET
     assert stack.service_env()["STRIPE_WEBHOOK_SECRET"] == DEV_STRIPE_WEBHOOK_SECRET
     assert stack.settings().stripe_webhook_secret.get_secret_value() == DEV_STRIPE_WEBHOOK_SECRET
+
+    monkeypatch.setattr(stack_module, "API_RECEIVES_STRIPE_WEBHOOKS", False)  # an API without the route
+    without_route = EmbeddedStack(tmp_path / "data0", with_temporal=False, with_postgres=False, with_redis=False,
+                                  with_smtp=False, with_api=True, api_port=18764)
+    assert without_route.stripe_webhook_url is None  # no endpoint to answer them: events are only recorded
 
     custom = EmbeddedStack(tmp_path / "data2", with_temporal=False, with_postgres=False, with_redis=False,
                            with_smtp=False, stripe_webhook_url="http://127.0.0.1:1/hook",
