@@ -77,7 +77,8 @@ class BillingCycleResult(BaseModel):
 
 
 class PaymentOutcome(BaseModel):
-    """Signal `payment_outcome`: what the Stripe webhook endpoint learnt (signal-with-start, by workflow id).
+    """Signal `payment_outcome`: what the Stripe webhook endpoint learnt, sent to the running cycle named in the
+    PaymentIntent's `metadata.workflow_id` (a webhook never starts a cycle: that could charge).
 
     Duplicates and out-of-order deliveries change nothing: a PaymentIntent that succeeded stays succeeded."""
 
@@ -259,6 +260,7 @@ class SubscriptionState(BaseModel):
     reruns: int = 0  # cycles an operator asked to run again after a failure
     plan_changed_at: datetime | None = None
     notes: list[str] = Field(default_factory=list)  # the last few ignored or deferred requests, for operators
+    schedule_ready: bool = False  # cycle_driver "schedule": its Temporal Schedule exists
 
 
 class SubscriptionInput(BaseModel):
@@ -316,3 +318,18 @@ class SuspendTenant(BaseModel):
     subscription_id: uuid.UUID
     reason: str
     workflow_id: str
+
+
+# --- the Temporal Schedule of a subscription (activities/schedules.py, workflows/billing_trigger.py) ---
+
+class BillingScheduleSpec(BaseModel):
+    """Fires at every period boundary of `plan` counted from `anchor` (UTC)."""
+
+    subscription_id: uuid.UUID
+    tenant_id: uuid.UUID
+    plan: Plan
+    anchor: datetime
+
+
+class BillingTriggerInput(BaseModel):
+    subscription_id: uuid.UUID

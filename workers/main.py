@@ -18,12 +18,14 @@ from activities.email import EmailActivities
 from activities.email_delivery import EmailDeliveryActivities
 from activities.invitations import InvitationActivities
 from activities.invoices import InvoiceActivities
+from activities.schedules import ScheduleActivities
 from activities.subscriptions import SubscriptionActivities
 from activities.tenants import TenantActivities
 from activities.users import UserActivities
 from models.db import make_engine
 from prognet.settings import Settings, get_settings
 from workflows.billing_cycle import BillingCycleWorkflow
+from workflows.billing_trigger import BillingTriggerWorkflow
 from workflows.email_delivery import EmailDeliveryWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
@@ -34,7 +36,7 @@ from workflows.tenant_provisioning import TenantProvisioningWorkflow
 log = logging.getLogger(__name__)
 
 WORKFLOWS = [RegistrationWorkflow, TenantProvisioningWorkflow, InvitationWorkflow, SubscriptionWorkflow,
-             BillingCycleWorkflow]
+             BillingCycleWorkflow, BillingTriggerWorkflow]
 ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow]
 
 
@@ -72,9 +74,12 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
     """The sagas on `prognet-main`; email delivery on `prognet-email`; SMTP sends alone on
     `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND)."""
     delivery = EmailDeliveryActivities(engine, settings)
+    schedules = ScheduleActivities(client)
     common = dict(graceful_shutdown_timeout=timedelta(seconds=10))
     return Workers([
-        Worker(client, task_queue=TASK_QUEUE, workflows=WORKFLOWS, activities=activities_for(engine, settings),
+        Worker(client, task_queue=TASK_QUEUE, workflows=WORKFLOWS,
+               activities=[*activities_for(engine, settings), schedules.ensure_billing_schedule,
+                           schedules.delete_billing_schedule],
                **common),
         Worker(client, task_queue=EMAIL_TASK_QUEUE, workflows=[EmailDeliveryWorkflow],
                activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress], **common),

@@ -51,5 +51,7 @@ RETRIEVE_PAYMENT_INTENT = "billing.retrieve_payment_intent"
 REFUND_PAYMENT = "billing.refund_payment"
 PUBLISH_INVOICE_EVENT = "billing.publish_invoice_event"
 SET_SUBSCRIPTION_STATUS = "subscriptions.set_status"
+ENSURE_BILLING_SCHEDULE = "schedules.ensure_billing_schedule"
+DELETE_BILLING_SCHEDULE = "schedules.delete_billing_schedule"
 SUSPEND_TENANT = "tenants.suspend_tenant"
 DISCARD_TENANT = "tenants.discard_tenant"  # paid sign-up unwinding: the tenant and its rows deleted

@@ -69,6 +69,7 @@ EMAIL_SEND_TASK_QUEUE = "prognet-email-send"  # SMTP sends only: the task-queue 
 PATCH_EMAIL_PIPELINE = "email-pipeline"  # sagas hand their emails to EmailDelivery instead of sending
 PATCH_OPERATOR_DECISION_GUARD = "operator-decision-guard"  # decisions count only while a saga waits for one
 PATCH_DEAD_LETTER_STATUS_FIRST = "dead-letter-status-first"  # saga says awaiting_operator before the row says dead
+PATCH_REGISTRATION_TELLS_PARENT = "registration-tells-parent"  # a child registration signals its parent (paid sign-up)
 
 # subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)
 SUBSCRIPTION_WORKFLOW = "Subscription"
@@ -79,12 +80,20 @@ SIGNAL_CANCEL_SUBSCRIPTION = "cancel"
 SIGNAL_CHANGE_PLAN = "change_plan"
 SIGNAL_PAYMENT_METHOD_UPDATED = "payment_method_updated"  # to a subscription or straight to a cycle
 SIGNAL_START_CYCLE = "start_cycle"  # the hook a Temporal Schedule's action uses
-SIGNAL_PAYMENT_OUTCOME = "payment_outcome"  # the Stripe webhook endpoint → the cycle (signal-with-start)
+SIGNAL_PAYMENT_OUTCOME = "payment_outcome"  # the Stripe webhook endpoint → the running cycle (never starts one)
 SIGNAL_BILLING_CYCLE_STATUS = "billing_cycle_status"  # a cycle → its parent subscription
+
+
+BILLING_TRIGGER_WORKFLOW = "BillingTrigger"  # what a subscription's Schedule starts: it signals `start_cycle`
 
 
 def subscription_workflow_id(subscription_id: uuid.UUID | str) -> str:
     return f"subscription-{subscription_id}"
+
+
+def billing_schedule_id(subscription_id: uuid.UUID | str) -> str:
+    """The Temporal Schedule (Schedules page) that drives a subscription's cycles."""
+    return f"billing-schedule-{subscription_id}"
 
 
 def billing_cycle_workflow_id(subscription_id: uuid.UUID | str, period_index: int, kind: str = "period",
@@ -101,3 +110,7 @@ UPDATE_SIGNUP_OUTCOME = "outcome"  # the API's update-with-start: answers once p
 
 def signup_workflow_id(signup_id: uuid.UUID | str) -> str:
     return f"signup-{signup_id}"
+
+
+SIGNAL_REGISTRATION_PROGRESS = "registration_progress"  # a child registration → its parent: user created / rejected
+QUERY_SIGNUP_OUTCOME = "signup_outcome"  # the outcome so far (status "pending" until the saga is decided)

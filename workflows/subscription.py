@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         BillingCycleInput,
         BillingCycleKind,
         BillingCycleResult,
+        BillingScheduleSpec,
         CancelSubscription,
         ChangePlan,
         CycleStatusChanged,
@@ -131,6 +132,10 @@ class SubscriptionWorkflow:
                 s.trial_end = now + timedelta(days=s.plan.trial_days)
                 await self._set_status("trialing")
             s.anchor, s.anchor_index = s.trial_end or now, 0
+        if params.cycle_driver == "schedule" and not s.schedule_ready:
+            await workflow.execute_activity(act.ENSURE_BILLING_SCHEDULE, BillingScheduleSpec(
+                subscription_id=s.subscription_id, tenant_id=s.tenant_id, plan=s.plan, anchor=s.anchor), **ACTIVITY)
+            s.schedule_ready = True
         while True:
             due = s.current_period_end or s.trial_end or workflow.now()
             if not await self._wait_until_due(due):

@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from models.billing_cycle_contracts import (
+    BillingScheduleSpec,
     CreatePaymentIntent,
     Invoice,
     InvoiceEvent,
@@ -166,5 +167,10 @@ class FakeBillingWorld:
         async def suspend_tenant(req: SuspendTenant) -> None:
             self._record(act.SUSPEND_TENANT, req)
 
+        @activity.defn(name=act.ENSURE_BILLING_SCHEDULE)
+        async def ensure_billing_schedule(req: BillingScheduleSpec) -> None:
+            self._record(act.ENSURE_BILLING_SCHEDULE, req)
+
         return [issue_invoice, void_invoice, create_payment_intent, retrieve_payment_intent, mark_invoice_paid,
-                mark_invoice_uncollectible, refund_payment, publish_invoice_event, set_subscription_status, suspend_tenant]
+                mark_invoice_uncollectible, refund_payment, publish_invoice_event, set_subscription_status, suspend_tenant,
+                ensure_billing_schedule]

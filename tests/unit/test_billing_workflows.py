@@ -437,6 +437,9 @@ async def test_schedule_driven_cycles_start_on_the_start_cycle_signal_never_befo
         third = await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 3)
         await cancel_now_and_finish(ts_client, handle, world)
     assert second.current_period_start == first.current_period_end
+    # its Schedule was asked for once, anchored where the periods are counted from
+    [spec] = world.args[act.ENSURE_BILLING_SCHEDULE]
+    assert spec.anchor == first.current_period_start and spec.subscription_id == first.subscription_id
     # a late trigger bills the next period on the calendar; it does not shift the anchor
     assert third.current_period_start == second.current_period_end
     assert third.current_period_start == add_months(first.current_period_start, 2)
