@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlmodel import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,7 +43,7 @@ class InvoiceActivities:
                 if existing is not None:
                     return Invoice(invoice_id=str(existing.id), number=existing.number)
                 # The counter row is locked until commit: concurrent cycles of a tenant get 1, 2, 3 …
-                number = (await db.execute(
+                number = (await db.exec(
                     insert(InvoiceCounter).values(tenant_id=req.tenant_id, last_number=1)
                     .on_conflict_do_update(index_elements=["tenant_id"],
                                            set_={"last_number": InvoiceCounter.last_number + 1})
@@ -104,7 +104,7 @@ class InvoiceActivities:
     async def publish_invoice_event(self, req: InvoiceEvent) -> None:
         """`invoice.paid` / `invoice.uncollectible`, once per cycle (a retry finds the first one)."""
         async with transaction(self.engine, tenant_id=req.tenant_id) as db:
-            seen = (await db.execute(select(DomainEvent.id).where(
+            seen = (await db.exec(select(DomainEvent.id).where(
                 DomainEvent.workflow_id == req.workflow_id, DomainEvent.type == req.event_type))).first()
             if seen is not None:
                 return
@@ -115,8 +115,8 @@ class InvoiceActivities:
 
     @staticmethod
     async def _live(db, workflow_id: str) -> InvoiceRow | None:
-        return (await db.execute(select(InvoiceRow).where(
-            InvoiceRow.workflow_id == workflow_id, InvoiceRow.status != "void"))).scalar_one_or_none()
+        return (await db.exec(select(InvoiceRow).where(
+            InvoiceRow.workflow_id == workflow_id, InvoiceRow.status != "void"))).first()
 
     @staticmethod
     async def _get(db, invoice_id: str) -> InvoiceRow:

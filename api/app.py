@@ -17,7 +17,7 @@ from api.routers import (
     admin, auth, emails, health, invitation_accept, invitations, me, members, pages, plans, registration, tenants,
     workflows,
 )
-from api.routers import stripe_webhooks
+from api.routers import stripe_webhooks, subscriptions
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
@@ -43,6 +43,9 @@ TAGS = [
                                      "dead letters (retry, discard), the suppression list. Anyone else gets 404, "
                                      "as for an unknown path."},
     {"name": "plans", "description": "The plan catalogue (configuration in the repo: models/plans.json)."},
+    {"name": "billing", "description": "Subscriptions (a workflow each, billed by a Temporal Schedule), plan and "
+                                       "payment-method changes, cancellation, invoices."},
+    {"name": "webhooks", "description": "Stripe's signed event deliveries (not for people)."},
     {"name": "health", "description": "Liveness and readiness probes (not versioned)."},
 ]
 
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    workflows, admin, health, pages):
         app.include_router(module.router)
     app.include_router(stripe_webhooks.router)
+    app.include_router(subscriptions.router)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)
     return app

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     email_retry_max_attempts: int = Field(8, description="Attempts before a message goes to the dead letter.")
     email_max_per_second: float = Field(20.0, description="SMTP sends per second across all email workers.")
 
+    # --- billing ---
+    billing_dunning_days: list[int] = Field(
+        [1, 3, 5, 7], description="After a declined charge: retry (with a reminder email) this many days after "
+                                  "the first failure; then the invoice is uncollectible and the tenant suspended.")
+    billing_poll_seconds: int = Field(
+        300, ge=5, description="While a payment's webhook has not arrived, ask Stripe for its outcome this often.")
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")

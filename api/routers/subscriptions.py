@@ -1,0 +1,323 @@
+"""Subscriptions of a tenant and their invoices: subscribe, read, cancel, change plan, change payment method.
+
+`subscription-{id}` (workflows/subscription.py) owns a subscription's truth and its Temporal Schedule
+(`billing-schedule-{id}`) drives its billing cycles; the `subscriptions` and `invoices` tables are their read
+model. Commands are signals: the API answers 202 once the workflow has the request, and the workflow applies
+it in order (an upgrade charges its proration at once, a downgrade waits for the period end).
+Card data never reaches us: a payment method is a Stripe PaymentMethod id (`pm_…`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, status
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.body_guard import require_json_body
+from api.deps import DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager, TenantMember
+from api.problems import NOT_FOUND, Problem, ProblemType, TENANT_NOT_ACTIVE, problem_responses
+from api.schemas import _Request
+from models.billing_cycle_contracts import (
+    CancelSubscription,
+    ChangePlan,
+    PaymentMethodUpdated,
+    SubscriptionInput,
+    SubscriptionState,
+)
+from models.db import transaction
+from models.plans import Plan, available_plans
+from models.tables import Invoice, Subscription, Tenant, TenantBilling
+from prognet.settings import Settings
+from workflows.names import (
+    QUERY_SUBSCRIPTION_STATE,
+    SA_SUBSCRIPTION_ID,
+    SA_TENANT_ID,
+    SA_USER_ID,
+    SIGNAL_CANCEL_SUBSCRIPTION,
+    SIGNAL_CHANGE_PLAN,
+    SIGNAL_PAYMENT_METHOD_UPDATED,
+    SUBSCRIPTION_WORKFLOW,
+    TASK_QUEUE,
+    billing_schedule_id,
+    subscription_workflow_id,
+)
+
+log = logging.getLogger("prognet.api")
+router = APIRouter(tags=["billing"], dependencies=[Depends(require_json_body)])
+
+SUBSCRIPTION_EXISTS = ProblemType("subscription-exists", 409, "The tenant already has a live subscription")
+SUBSCRIPTION_ENDED = ProblemType("subscription-ended", 409, "Subscription has ended")
+UNKNOWN_PLAN = ProblemType("unknown-plan", 422, "Unknown plan")
+NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Stripe customer")
+STATE_QUERY_TIMEOUT_SECONDS = 2.0
+
+SubscriptionIdPath = Annotated[uuid.UUID, Path(description="The subscription's id.")]
+PaymentMethodId = Annotated[str, Field(
+    pattern=r"^pm_[A-Za-z0-9_]{1,252}$", examples=["pm_card_visa"],
+    description="A Stripe PaymentMethod id (Stripe's test ids such as `pm_card_visa`, "
+                "`pm_card_chargeDeclined`, `pm_card_chargeDeclinedInsufficientFunds` work against the sandbox).")]
+PlanId = Annotated[str, Field(pattern=r"^[a-z0-9-]{3,40}$", examples=["starter-monthly"])]
+
+
+class SubscribeRequest(_Request):
+    plan: PlanId
+    payment_method: PaymentMethodId
+
+
+class CancelRequest(_Request):
+    at_period_end: bool = Field(True, description="True: runs out at the period end. False: ends now and "
+                                                  "refunds the unused part of the paid period pro rata.")
+    reason: str | None = Field(None, max_length=500)
+
+
+class ChangePlanRequest(_Request):
+    plan: PlanId
+
+
+class PaymentMethodRequest(_Request):
+    payment_method: PaymentMethodId
+
+
+class SubscriptionLinks(BaseModel):
+    self: str
+    workflow: str
+    schedule: str = Field(description="The Temporal Schedule driving its billing cycles (Schedules page).")
+    invoices: str
+
+
+class SubscriptionAccepted(BaseModel):
+    subscription_id: uuid.UUID
+    workflow_id: str
+    status: str
+    links: SubscriptionLinks
+
+
+class InvoiceView(BaseModel):
+    id: uuid.UUID
+    number: int
+    subscription_id: uuid.UUID
+    kind: str
+    period_index: int
+    period_start: datetime
+    period_end: datetime
+    plan_id: str
+    amount: int
+    currency: str
+    status: str
+    payment_intent_id: str | None
+    decline_code: str | None
+    created_at: datetime
+    closed_at: datetime | None
+
+
+class SubscriptionView(BaseModel):
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    plan_id: str
+    status: str
+    payment_method: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    created_at: datetime
+    canceled_at: datetime | None
+    live: dict[str, Any] | None = Field(
+        None, description="What the running workflow knows now (trial end, pending downgrade, notes), when it "
+                          "answers within 2 s; null once it has ended.")
+    invoices: list[InvoiceView] = Field(default_factory=list)
+    links: SubscriptionLinks
+
+
+def _links(tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> SubscriptionLinks:
+    base = f"/v1/tenants/{tenant_id}"
+    return SubscriptionLinks(self=f"{base}/subscriptions/{subscription_id}",
+                             workflow=subscription_workflow_id(subscription_id),
+                             schedule=billing_schedule_id(subscription_id),
+                             invoices=f"{base}/invoices?subscription_id={subscription_id}")
+
+
+def _plan(settings: Settings, plan_id: str) -> Plan:
+    for plan in available_plans(settings.environment):
+        if plan.id == plan_id:
+            return plan
+    raise Problem(UNKNOWN_PLAN, f"No plan '{plan_id}'; see GET /v1/plans.")
+
+
+def _invoice_view(row: Invoice) -> InvoiceView:
+    return InvoiceView.model_validate(row, from_attributes=True)
+
+
+@router.post(
+    "/v1/tenants/{tenant_id}/subscriptions", status_code=status.HTTP_202_ACCEPTED, response_model=SubscriptionAccepted,
+    summary="Subscribe the tenant to a plan",
+    description="Owners and admins of an active tenant. Starts `subscription-{id}`: a trial (if the plan has "
+                "one), then a billing cycle per period, driven by the Temporal Schedule `billing-schedule-{id}`. "
+                "The first period is charged at once (no trial). One live subscription per tenant.",
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
+)
+async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: TenantManager, engine: DbDep,
+                    settings: SettingsDep, temporal: TemporalConnectorDep) -> SubscriptionAccepted:
+    plan = _plan(settings, body.plan)
+    subscription_id = uuid.uuid4()
+    workflow_id = subscription_workflow_id(subscription_id)
+    try:
+        async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
+            tenant = await db.get(Tenant, tenant_id)
+            if tenant is None or tenant.status != "active":
+                raise Problem(TENANT_NOT_ACTIVE, "A tenant can subscribe once it is active.")
+            billing = await db.get(TenantBilling, tenant_id)
+            if billing is None or not billing.stripe_customer_id:
+                raise Problem(NO_BILLING_ACCOUNT, "This tenant has no Stripe customer to charge.")
+            db.add(Subscription(id=subscription_id, tenant_id=tenant_id, plan_id=plan.id, status="incomplete",
+                                payment_method=body.payment_method, workflow_id=workflow_id,
+                                created_by=manager.user_id))
+    except IntegrityError:  # the partial unique index: one live subscription per tenant
+        raise Problem(SUBSCRIPTION_EXISTS, "Cancel the current subscription or change its plan instead.") from None
+    client = await temporal.get()
+    try:
+        await client.start_workflow(
+            SUBSCRIPTION_WORKFLOW,
+            SubscriptionInput(subscription_id=subscription_id, tenant_id=tenant_id, plan=plan,
+                              payment_method=body.payment_method, stripe_customer_id=billing.stripe_customer_id,
+                              notify_user_id=manager.user_id, dunning_schedule_days=settings.billing_dunning_days,
+                              poll_interval_seconds=settings.billing_poll_seconds, cycle_driver="schedule"),
+            id=workflow_id, task_queue=TASK_QUEUE,
+            search_attributes=TypedSearchAttributes([
+                SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+                SearchAttributePair(SA_SUBSCRIPTION_ID, str(subscription_id)),
+                SearchAttributePair(SA_USER_ID, str(manager.user_id))]),
+            static_summary=f"Subscription {subscription_id} of tenant {tenant_id} to {plan.id}",
+        )
+    except BaseException:
+        async with transaction(engine, tenant_id=tenant_id) as db:  # nothing started: free the live slot
+            row = await db.get(Subscription, subscription_id)
+            if row is not None:
+                await db.delete(row)
+        raise
+    log.info("subscription started", extra={"tenant_id": str(tenant_id), "workflow_id": workflow_id,
+                                            "plan": plan.id})
+    return SubscriptionAccepted(subscription_id=subscription_id, workflow_id=workflow_id, status="incomplete",
+                                links=_links(tenant_id, subscription_id))
+
+
+async def _subscription(engine, member, subscription_id: uuid.UUID) -> Subscription:
+    async with transaction(engine, tenant_id=member.tenant_id, user_id=member.user_id) as db:
+        row = await db.get(Subscription, subscription_id)
+    if row is None or row.tenant_id != member.tenant_id:
+        raise Problem(NOT_FOUND, "No subscription with this id in this tenant.")
+    return row
+
+
+async def _live_state(client: Client, subscription_id: uuid.UUID) -> dict[str, Any] | None:
+    handle = client.get_workflow_handle(subscription_workflow_id(subscription_id))
+    try:
+        state = await asyncio.wait_for(handle.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState),
+                                       STATE_QUERY_TIMEOUT_SECONDS)
+    except (asyncio.TimeoutError, RPCError):
+        return None
+    return state.model_dump(mode="json", include={
+        "status", "trial_end", "period_index", "current_period_start", "current_period_end", "paid_through",
+        "cycles_paid", "cancel_at_period_end", "pending_plan", "refunded_amount", "last_proration_amount", "notes"})
+
+
+@router.get("/v1/tenants/{tenant_id}/subscriptions", response_model=list[SubscriptionView],
+            summary="The tenant's subscriptions", description="Members; newest first.",
+            responses=problem_responses(401, 404, 422))
+async def list_subscriptions(tenant_id: TenantIdPath, member: TenantMember, engine: DbDep) -> list[SubscriptionView]:
+    async with transaction(engine, tenant_id=tenant_id, user_id=member.user_id) as db:
+        rows = (await db.exec(select(Subscription).where(Subscription.tenant_id == tenant_id)
+                              .order_by(Subscription.created_at.desc()))).all()
+    return [SubscriptionView.model_validate({**row.model_dump(), "links": _links(tenant_id, row.id)})
+            for row in rows]
+
+
+@router.get("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}", response_model=SubscriptionView,
+            summary="One subscription, its invoices and what its workflow knows now",
+            responses=problem_responses(401, 404, 422))
+async def get_subscription(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, member: TenantMember,
+                           engine: DbDep, temporal: TemporalConnectorDep) -> SubscriptionView:
+    row = await _subscription(engine, member, subscription_id)
+    async with transaction(engine, tenant_id=tenant_id, user_id=member.user_id) as db:
+        invoices = (await db.exec(select(Invoice).where(Invoice.subscription_id == subscription_id)
+                                  .order_by(Invoice.number))).all()
+    client = await temporal.try_get()
+    live = await _live_state(client, subscription_id) if client is not None else None
+    return SubscriptionView.model_validate({**row.model_dump(), "live": live,
+                                            "invoices": [_invoice_view(i) for i in invoices],
+                                            "links": _links(tenant_id, subscription_id)})
+
+
+@router.get("/v1/tenants/{tenant_id}/invoices", response_model=list[InvoiceView],
+            summary="The tenant's invoices", description="Members; by number, newest first.",
+            responses=problem_responses(401, 404, 422))
+async def list_invoices(tenant_id: TenantIdPath, member: TenantMember, engine: DbDep,
+                        subscription_id: uuid.UUID | None = None) -> list[InvoiceView]:
+    query = select(Invoice).where(Invoice.tenant_id == tenant_id)
+    if subscription_id is not None:
+        query = query.where(Invoice.subscription_id == subscription_id)
+    async with transaction(engine, tenant_id=tenant_id, user_id=member.user_id) as db:
+        rows = (await db.exec(query.order_by(Invoice.number.desc()))).all()
+    return [_invoice_view(r) for r in rows]
+
+
+async def _signal(temporal, row: Subscription, signal: str, arg: BaseModel) -> SubscriptionAccepted:
+    if row.status in ("canceled", "unpaid"):
+        raise Problem(SUBSCRIPTION_ENDED, f"This subscription is {row.status}.")
+    client = await temporal.get()
+    try:
+        await client.get_workflow_handle(row.workflow_id).signal(signal, arg)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise Problem(SUBSCRIPTION_ENDED, "This subscription's workflow has ended.") from None
+        raise
+    log.info("subscription %s requested", signal, extra={"tenant_id": str(row.tenant_id),
+                                                        "workflow_id": row.workflow_id})
+    return SubscriptionAccepted(subscription_id=row.id, workflow_id=row.workflow_id, status=row.status,
+                                links=_links(row.tenant_id, row.id))
+
+
+COMMAND_RESPONSES = problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
+
+
+@router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/cancel", status_code=status.HTTP_202_ACCEPTED,
+             response_model=SubscriptionAccepted, summary="Cancel at the period end, or now with a prorated refund",
+             description="Owners and admins.", responses=COMMAND_RESPONSES)
+async def cancel(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, body: CancelRequest,
+                 manager: TenantManager, engine: DbDep, temporal: TemporalConnectorDep) -> SubscriptionAccepted:
+    row = await _subscription(engine, manager, subscription_id)
+    return await _signal(temporal, row, SIGNAL_CANCEL_SUBSCRIPTION,
+                         CancelSubscription(at_period_end=body.at_period_end, reason=body.reason))
+
+
+@router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/change-plan",
+             status_code=status.HTTP_202_ACCEPTED, response_model=SubscriptionAccepted,
+             summary="Change plan: an upgrade now with a proration charge, a downgrade at the period end",
+             description="Owners and admins. Whether it applied shows in `live.notes` and `plan_id`.",
+             responses=COMMAND_RESPONSES)
+async def change_plan(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, body: ChangePlanRequest,
+                      manager: TenantManager, engine: DbDep, settings: SettingsDep,
+                      temporal: TemporalConnectorDep) -> SubscriptionAccepted:
+    plan = _plan(settings, body.plan)
+    row = await _subscription(engine, manager, subscription_id)
+    return await _signal(temporal, row, SIGNAL_CHANGE_PLAN, ChangePlan(plan=plan))
+
+
+@router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/payment-method",
+             status_code=status.HTTP_202_ACCEPTED, response_model=SubscriptionAccepted,
+             summary="Change the payment method (an open invoice in dunning is retried at once)",
+             description="Owners and admins.", responses=COMMAND_RESPONSES)
+async def change_payment_method(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath,
+                                body: PaymentMethodRequest, manager: TenantManager, engine: DbDep,
+                                temporal: TemporalConnectorDep) -> SubscriptionAccepted:
+    row = await _subscription(engine, manager, subscription_id)
+    return await _signal(temporal, row, SIGNAL_PAYMENT_METHOD_UPDATED,
+                         PaymentMethodUpdated(payment_method=body.payment_method))

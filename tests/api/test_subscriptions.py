@@ -1,0 +1,148 @@
+"""Subscriptions over HTTP on the real stack: the worker's real billing activities, the Stripe sandbox, Schedules.
+
+The 60-second dev plan has no trial, so subscribing charges the first period at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from temporalio.client import Client
+
+from models.db import transaction
+from models.tables import DomainEvent
+from prognet.devstack.stripe_sandbox import SandboxAdmin
+from sqlmodel import select
+from tests.api.conftest import active_tenant, add_member, assert_problem, person
+from workflows.names import SA_SUBSCRIPTION_ID, SA_TENANT_ID, billing_cycle_workflow_id, billing_schedule_id
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+PLAN = "dev-minutely"
+
+
+@pytest.fixture
+async def stripe(services):
+    async with SandboxAdmin(services.stripe_api_base) as admin:
+        yield admin
+
+
+async def subscribe(api, owner, tenant_id: str, payment_method: str = "pm_card_visa", plan: str = PLAN) -> dict:
+    response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions",
+                              json={"plan": plan, "payment_method": payment_method}, headers=owner.headers)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+async def wait_subscription(api, who, tenant_id: str, sub_id: str, predicate, timeout: float = 30.0) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        response = await api.get(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}", headers=who.headers)
+        assert response.status_code == 200, response.text
+        if predicate(response.json()):
+            return response.json()
+        assert asyncio.get_running_loop().time() < deadline, f"subscription never got there: {response.text}"
+        await asyncio.sleep(0.2)
+
+
+async def end(api, owner, tenant_id: str, sub_id: str) -> dict:
+    response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel",
+                              json={"at_period_end": False}, headers=owner.headers)
+    assert response.status_code == 202, response.text
+    return await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "canceled")
+
+
+async def test_subscribe_charges_the_first_period_and_schedules_the_next(api, app_engine, temporal_client: Client,
+                                                                        stripe):
+    owner = await person(api, app_engine)
+    tenant_id = await active_tenant(api, owner)
+    accepted = await subscribe(api, owner, tenant_id)
+    sub_id = accepted["subscription_id"]
+    assert accepted["status"] == "incomplete" and accepted["workflow_id"] == f"subscription-{sub_id}"
+    assert accepted["links"]["schedule"] == billing_schedule_id(sub_id)
+
+    sub = await wait_subscription(api, owner, tenant_id, sub_id,
+                                  lambda s: s["status"] == "active" and s["invoices"]
+                                  and s["invoices"][0]["status"] == "paid")
+    [invoice] = sub["invoices"]
+    assert (invoice["number"], invoice["amount"], invoice["currency"]) == (1, 100, "eur")
+    assert sub["live"]["cycles_paid"] == 1 and sub["plan_id"] == PLAN
+    # exactly one successful PaymentIntent, routed back to its cycle by metadata
+    succeeded = [pi for pi in await stripe.payment_intents(status="succeeded")
+                 if pi["metadata"].get("subscription_id") == sub_id]
+    assert [pi["id"] for pi in succeeded] == [invoice["payment_intent_id"]]
+    assert succeeded[0]["metadata"]["workflow_id"] == billing_cycle_workflow_id(sub_id, 0)
+    # operators: the cycle carries TenantId and SubscriptionId; the Schedule exists and fires every 60 s
+    cycle = await temporal_client.get_workflow_handle(billing_cycle_workflow_id(sub_id, 0)).describe()
+    assert cycle.typed_search_attributes.get(SA_TENANT_ID) == tenant_id
+    assert cycle.typed_search_attributes.get(SA_SUBSCRIPTION_ID) == sub_id
+    schedule = await temporal_client.get_schedule_handle(billing_schedule_id(sub_id)).describe()
+    assert [i.every.total_seconds() for i in schedule.schedule.spec.intervals] == [60.0]
+    assert schedule.schedule.action.workflow == "BillingTrigger"
+    async with transaction(app_engine, tenant_id=uuid.UUID(tenant_id)) as db:
+        events = (await db.exec(select(DomainEvent.type).where(DomainEvent.tenant_id == uuid.UUID(tenant_id)))).all()
+    assert {"invoice.issued", "invoice.paid", "subscription.active"} <= set(events)
+
+    # a second live subscription is refused by the database's partial unique index
+    again = await api.post(f"/v1/tenants/{tenant_id}/subscriptions",
+                           json={"plan": PLAN, "payment_method": "pm_card_visa"}, headers=owner.headers)
+    assert_problem(again, 409, "subscription-exists")
+    ended = await end(api, owner, tenant_id, sub_id)
+    assert ended["canceled_at"] and ended["live"] is None or ended["live"]["status"] == "canceled"
+
+
+async def test_a_declined_card_goes_past_due_and_a_new_payment_method_pays_at_once(api, app_engine, stripe):
+    owner = await person(api, app_engine)
+    tenant_id = await active_tenant(api, owner)
+    sub_id = (await subscribe(api, owner, tenant_id, "pm_card_chargeDeclinedInsufficientFunds"))["subscription_id"]
+    past_due = await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "past_due")
+    [invoice] = past_due["invoices"]
+    assert invoice["status"] == "open"
+
+    response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/payment-method",
+                              json={"payment_method": "pm_card_visa"}, headers=owner.headers)
+    assert response.status_code == 202, response.text
+    paid = await wait_subscription(api, owner, tenant_id, sub_id,
+                                   lambda s: s["status"] == "active" and s["invoices"][0]["status"] == "paid")
+    assert paid["payment_method"] == "pm_card_visa"
+    intents = [pi for pi in await stripe.payment_intents() if pi["metadata"].get("subscription_id") == sub_id]
+    assert sorted(pi["status"] for pi in intents) == ["requires_payment_method", "succeeded"]
+    declined = next(pi for pi in intents if pi["status"] != "succeeded")
+    assert declined["last_payment_error"]["decline_code"] == "insufficient_funds"
+    await end(api, owner, tenant_id, sub_id)
+
+
+async def test_cancel_now_refunds_the_unused_part_of_the_period(api, app_engine, stripe):
+    owner = await person(api, app_engine)
+    tenant_id = await active_tenant(api, owner)
+    sub_id = (await subscribe(api, owner, tenant_id))["subscription_id"]
+    await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "active")
+    canceled = await end(api, owner, tenant_id, sub_id)
+    pi_id = canceled["invoices"][0]["payment_intent_id"]
+    refunds = [r for r in await stripe.objects("refund") if r["payment_intent"] == pi_id]
+    assert len(refunds) == 1 and 0 < refunds[0]["amount"] <= 100
+    after = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel", json={},
+                           headers=owner.headers)
+    assert_problem(after, 409, "subscription-ended")
+
+
+async def test_bad_requests_and_other_tenants(api, app_engine):
+    owner = await person(api, app_engine)
+    tenant_id = await active_tenant(api, owner)
+    url = f"/v1/tenants/{tenant_id}/subscriptions"
+    assert_problem(await api.post(url, json={"plan": "no-such-plan", "payment_method": "pm_card_visa"},
+                                  headers=owner.headers), 422, "unknown-plan")
+    assert_problem(await api.post(url, json={"plan": PLAN, "payment_method": "4242424242424242"},
+                                  headers=owner.headers), 422, "validation-failed")
+    assert_problem(await api.post(url, json={"plan": PLAN}, headers=owner.headers), 422, "validation-failed")
+    member = await person(api, app_engine)
+    await add_member(app_engine, tenant_id, member.id, "member")
+    assert_problem(await api.post(url, json={"plan": PLAN, "payment_method": "pm_card_visa"},
+                                  headers=member.headers), 403, "forbidden")
+    stranger = await person(api, app_engine)
+    other_tenant = await active_tenant(api, stranger)
+    assert_problem(await api.get(url, headers=stranger.headers), 404, "not-found")
+    assert_problem(await api.get(f"/v1/tenants/{other_tenant}/subscriptions/{uuid.uuid4()}",
+                                 headers=stranger.headers), 404, "not-found")
+    assert (await api.get(f"/v1/tenants/{tenant_id}/invoices", headers=owner.headers)).json() == []
