@@ -29,6 +29,7 @@ from workflows.billing_trigger import BillingTriggerWorkflow
 from workflows.email_delivery import EmailDeliveryWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
+from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
 from workflows.subscription import SubscriptionWorkflow
 from workflows.tenant_provisioning import TenantProvisioningWorkflow
@@ -36,7 +37,7 @@ from workflows.tenant_provisioning import TenantProvisioningWorkflow
 log = logging.getLogger(__name__)
 
 WORKFLOWS = [RegistrationWorkflow, TenantProvisioningWorkflow, InvitationWorkflow, SubscriptionWorkflow,
-             BillingCycleWorkflow, BillingTriggerWorkflow]
+             BillingCycleWorkflow, BillingTriggerWorkflow, PaidSignupWorkflow]
 ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow]
 
 

@@ -26,11 +26,14 @@ with workflow.unsafe.imports_passed_through():
         UserRef,
         VerifyEmail,
     )
+    from models.signup_contracts import RegistrationProgress
     from workflows import activity_names as act
     from workflows.email_delivery import start_email
     from workflows.names import (
         PATCH_EMAIL_PIPELINE,
+        PATCH_REGISTRATION_TELLS_PARENT,
         REGISTRATION_WORKFLOW,
+        SIGNAL_REGISTRATION_PROGRESS,
         SIGNAL_VERIFY_EMAIL,
         UPDATE_REGISTRATION_ACCEPTED,
         email_message_id,
@@ -67,6 +70,7 @@ class RegistrationWorkflow:
                 # Nothing was created, so nothing to compensate: answer the caller and end.
                 self.rejection = ApplicationError("this email is already registered", type=EMAIL_TAKEN,
                                                   non_retryable=True)
+                await self._tell_parent("rejected", EMAIL_TAKEN)
                 await self.saga.reject(self.rejection, "email already registered; nothing created")
             # Any other failure: the usual unwind (the create may have happened before the error).
             self.rejection = ApplicationError("the registration could not be started", type="RegistrationFailed",
@@ -77,6 +81,8 @@ class RegistrationWorkflow:
 
     async def _after_user_created(self) -> RegistrationResult:
         params = self.params
+        # Inside the saga body: a cancellation while the parent is told still unwinds the pending user.
+        await self._tell_parent("user_created")
         timeout = timedelta(seconds=params.verification_timeout_seconds)
         token_id = workflow.uuid4()
         self.token_id = token_id
@@ -113,6 +119,19 @@ class RegistrationWorkflow:
         )
         self.saga.complete("user verified and active")
         return RegistrationResult(user_id=params.user_id, status="verified")
+
+    async def _tell_parent(self, status: str, error_type: str | None = None) -> None:
+        """A registration started by a paid sign-up tells its parent as soon as the pending user exists (the
+        tenant's membership references it) or the email was refused; it completes only after verification."""
+        parent = workflow.info().parent
+        if parent is None or not workflow.patched(PATCH_REGISTRATION_TELLS_PARENT):
+            return
+        try:
+            await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+                SIGNAL_REGISTRATION_PROGRESS,
+                RegistrationProgress(user_id=self.params.user_id, status=status, error_type=error_type))
+        except Exception:  # noqa: BLE001 — the parent is gone (closed or reset): nothing to tell
+            workflow.logger.warning("parent %s did not take the %s signal", parent.workflow_id, status)
 
     @workflow.update(name=UPDATE_REGISTRATION_ACCEPTED)
     async def accepted(self) -> RegistrationAccepted:

@@ -1,0 +1,347 @@
+"""Paid sign-up: `signup-{user_id}` — the seed's distributed transaction (user + tenant + first payment).
+
+One parent saga over three child workflows, each a saga of its own:
+
+| step | child (or activity) | undone by (reverse order) |
+|---|---|---|
+| registration | `Registration` `registration-{user_id}` (ABANDON: it lives on until the email is verified); it signals `registration_progress` once the pending user exists | cancelling it: its own compensation deletes the pending user and revokes the token |
+| tenant | `TenantProvisioning` `tenant-{tenant_id}`, owner = the new user, awaited until active | `tenants.discard_tenant` (tenant row and all that cascades from it, invoices included); before it, the Stripe customer is deleted (`billing.delete_stripe_customer`) |
+| first payment | `BillingCycle` `billing-{subscription_id}-0`, period 0 from now, no dunning (a decline is final at once); skipped for a plan with a trial | a refund of the paid PaymentIntent (only if a later step fails) |
+| subscription | read model written `active`; `Subscription` `subscription-{subscription_id}` (ABANDON), seeded so period 0 counts as paid, cycles driven by its Temporal Schedule | — (the last step; the read model goes with the tenant) |
+
+A declined first payment, a failure of any child or a cancellation unwinds everything; a taken email ends the
+saga before anything exists, a taken slug unwinds the registration. The `outcome` update answers once the saga
+is decided (the API's update-with-start), the `signup_outcome` query at any time. The saga ends failed with a
+non-retryable ApplicationError whose type says why (`PaymentDeclined` with the decline code as its details,
+`EmailAlreadyRegistered`, `SlugTaken`, `SignupFailed`); no PII in errors, ids or search attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from models.billing_contracts import DeleteStripeCustomer
+    from models.billing_cycle_contracts import (
+        BillingCycleInput,
+        BillingCycleResult,
+        CycleStatusChanged,
+        PeriodPayment,
+        RefundPayment,
+        SetSubscriptionStatus,
+        SubscriptionInput,
+        SubscriptionState,
+    )
+    from models.contracts import CompensationRecord, RegistrationInput, TenantProvisioningInput, TenantProvisioningResult
+    from models.signup_contracts import DiscardTenant, PaidSignupInput, RegistrationProgress, SignupOutcome
+    from workflows import activity_names as act
+    from workflows.names import (
+        BILLING_CYCLE_WORKFLOW,
+        PAID_SIGNUP_WORKFLOW,
+        QUERY_SIGNUP_OUTCOME,
+        REGISTRATION_WORKFLOW,
+        SA_SUBSCRIPTION_ID,
+        SA_TENANT_ID,
+        SA_USER_ID,
+        SIGNAL_BILLING_CYCLE_STATUS,
+        SIGNAL_REGISTRATION_PROGRESS,
+        SUBSCRIPTION_WORKFLOW,
+        TENANT_PROVISIONING_WORKFLOW,
+        UPDATE_SIGNUP_OUTCOME,
+        billing_cycle_workflow_id,
+        registration_workflow_id,
+        subscription_workflow_id,
+        tenant_workflow_id,
+    )
+    from workflows.registration import EMAIL_TAKEN
+    from workflows.saga import Saga, describe_error
+    from workflows.subscription import advance
+    from workflows.tenant_provisioning import SLUG_TAKEN
+
+PAYMENT_DECLINED = "PaymentDeclined"
+SIGNUP_FAILED = "SignupFailed"
+MAX_REASON = 300
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The innermost cause of a child workflow's failure (e.g. the ApplicationError it ended with)."""
+    while isinstance(err, ChildWorkflowError) and err.cause is not None:
+        err = err.cause
+    return err
+
+
+@workflow.defn(name=PAID_SIGNUP_WORKFLOW)
+class PaidSignupWorkflow:
+    @workflow.init
+    def __init__(self, params: PaidSignupInput) -> None:
+        self.params = params
+        self.saga = Saga("paid_signup")
+        self.registration: workflow.ChildWorkflowHandle | None = None
+        self.progress: RegistrationProgress | None = None
+        self.outcome: SignupOutcome | None = None
+        self.customer_id: str | None = None
+        self.cycle_statuses: list[CycleStatusChanged] = []
+        self.registration_record: CompensationRecord | None = None
+
+    @workflow.run
+    async def run(self, params: PaidSignupInput) -> SignupOutcome:
+        try:
+            return await self._signup()
+        except BaseException as err:
+            if self.outcome is not None:  # rejected before anything was created: nothing to undo
+                raise
+            await self._unwind(err)
+            raise self._final_error(err) from None
+
+    # --- forward steps ---
+
+    async def _signup(self) -> SignupOutcome:
+        p = self.params
+        await self._register()
+        tenant = await self._provision_tenant()
+        self.customer_id = tenant.stripe_customer_id
+        # Registered now that the customer id is known (a failing provisioning deleted its customer itself).
+        self.saga.add_compensation("stripe_customer", act.DELETE_STRIPE_CUSTOMER, DeleteStripeCustomer(
+            customer_id=tenant.stripe_customer_id, tenant_id=p.tenant_id,
+            idempotency_key=f"{self._wid()}:delete_stripe_customer"))
+
+        now = workflow.now()
+        seed: SubscriptionState | None = None
+        if p.plan.trial_days == 0:
+            seed = await self._first_payment(now, advance(now, p.plan, 1))
+        await self._start_subscription(seed)
+
+        self.outcome = self._outcome("active", subscription_status="active" if seed else "trialing")
+        self.saga.complete(f"signed up: tenant {p.tenant_id}, subscription {p.subscription_id} "
+                           f"({self.outcome.subscription_status}); the user verifies their email to log in")
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.outcome
+
+    async def _register(self) -> None:
+        p = self.params
+        self.saga.set_status("running", step="register_user", details="registration: creating the pending user")
+        # ABANDON: on success the registration outlives this saga (it waits for the email verification); the
+        # unwind cancels it explicitly and waits for its own compensation.
+        self.registration = await workflow.start_child_workflow(
+            REGISTRATION_WORKFLOW,
+            RegistrationInput(user_id=p.user_id, email=p.email, display_name=p.display_name,
+                              password_hash=p.password_hash,
+                              verification_timeout_seconds=p.verification_timeout_seconds),
+            id=registration_workflow_id(p.user_id),
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            search_attributes=TypedSearchAttributes([SearchAttributePair(SA_USER_ID, str(p.user_id))]),
+            static_summary=f"Registration of user {p.user_id} (paid sign-up {self._wid()})",
+        )
+        self.registration_record = CompensationRecord(step="register_user")
+        self.saga.state.compensations.append(self.registration_record)
+        self.saga.set_status("waiting", step="register_user",
+                             waiting_for="the registration child to create the pending user")
+        registration = self.registration
+        await workflow.wait_condition(lambda: self.progress is not None or registration.done())
+        if self.progress is None:
+            await registration  # it ended before telling us: raises its failure (it unwound itself)
+            raise ApplicationError("the registration ended before creating the user", type=SIGNUP_FAILED,
+                                   non_retryable=True)
+        if self.progress.status == "rejected":
+            try:
+                await registration
+            except ChildWorkflowError:
+                pass  # it ended on the taken email, as expected; nothing was created
+            self.registration_record.status = "not_needed"
+            error_type = self.progress.error_type or EMAIL_TAKEN
+            self.outcome = self._outcome("rejected", error_type=error_type, reason="this email is already registered")
+            await self.saga.reject(ApplicationError("this email is already registered", type=error_type,
+                                                    non_retryable=True),
+                                   "email already registered; nothing created")
+        self.saga.step_done("register_user")
+
+    async def _provision_tenant(self) -> TenantProvisioningResult:
+        p = self.params
+        # Registered before the child starts: whatever it left (even a `failed` row, which references the user)
+        # is deleted before the user is.
+        self.saga.add_compensation("provision_tenant", act.DISCARD_TENANT, lambda: DiscardTenant(
+            tenant_id=p.tenant_id, workflow_id=self._wid(),
+            reason=(self.saga.state.error or "paid sign-up unwound")[:MAX_REASON]))
+        self.saga.set_status("waiting", step="provision_tenant",
+                             waiting_for=f"tenant provisioning {tenant_workflow_id(p.tenant_id)} to finish")
+        try:
+            tenant: TenantProvisioningResult = await workflow.execute_child_workflow(
+                TENANT_PROVISIONING_WORKFLOW,
+                TenantProvisioningInput(tenant_id=p.tenant_id, name=p.tenant_name, slug=p.slug,
+                                        owner_user_id=p.user_id, billing_email=p.email, currency=p.plan.currency),
+                id=tenant_workflow_id(p.tenant_id), result_type=TenantProvisioningResult,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+                search_attributes=TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
+                                                         SearchAttributePair(SA_USER_ID, str(p.user_id))]),
+                static_summary=f"Provisioning of tenant {p.tenant_id} (paid sign-up {self._wid()})",
+            )
+        except ChildWorkflowError as err:
+            cause = _cause(err)
+            if isinstance(cause, ApplicationError) and cause.type == SLUG_TAKEN:
+                raise ApplicationError("this slug is already taken", type=SLUG_TAKEN, non_retryable=True) from err
+            raise
+        self.saga.step_done("provision_tenant")
+        return tenant
+
+    async def _first_payment(self, start: datetime, end: datetime) -> SubscriptionState:
+        """Bill period 0 now; a decline is final (no dunning). Returns the subscription's seed state."""
+        p, wid = self.params, self._wid()
+        cycle_id = billing_cycle_workflow_id(p.subscription_id, 0)
+        self.saga.set_status("waiting", step="first_payment", waiting_for=f"the first payment ({cycle_id})")
+        result: BillingCycleResult = await workflow.execute_child_workflow(
+            BILLING_CYCLE_WORKFLOW,
+            BillingCycleInput(subscription_id=p.subscription_id, tenant_id=p.tenant_id, plan_id=p.plan.id,
+                              amount=p.plan.amount, currency=p.plan.currency, period_index=0, period_start=start,
+                              period_end=end, payment_method=p.payment_method,
+                              stripe_customer_id=self.customer_id, notify_user_id=p.user_id, kind="period",
+                              dunning_schedule_days=[], poll_interval_seconds=p.poll_interval_seconds,
+                              payment_timeout_seconds=p.payment_timeout_seconds),
+            id=cycle_id, result_type=BillingCycleResult,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+            search_attributes=TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
+                                                     SearchAttributePair(SA_SUBSCRIPTION_ID, str(p.subscription_id))]),
+            static_summary=f"First payment of subscription {p.subscription_id} (paid sign-up {wid})",
+        )
+        if result.status != "paid":
+            raise ApplicationError("the first payment was declined", result.decline_code, type=PAYMENT_DECLINED,
+                                   non_retryable=True)
+        self.saga.step_done("first_payment")
+        # Only if a later step fails: the cycle has closed, so its own refund compensation is gone.
+        self.saga.add_compensation("first_payment", act.REFUND_PAYMENT, RefundPayment(
+            idempotency_key=f"{wid}:refund", tenant_id=p.tenant_id, payment_intent_ids=[result.payment_intent_id],
+            reason="paid sign-up unwound after the first payment"))
+        return SubscriptionState(
+            subscription_id=p.subscription_id, tenant_id=p.tenant_id, status="active", plan=p.plan,
+            payment_method=p.payment_method, stripe_customer_id=self.customer_id, notify_user_id=p.user_id,
+            anchor=start, anchor_index=0, period_index=0, current_period_start=start, current_period_end=end,
+            paid_through=end, cycles_paid=1,
+            period_payments=[PeriodPayment(payment_intent_id=result.payment_intent_id, amount=result.amount)])
+
+    async def _start_subscription(self, seed: SubscriptionState | None) -> None:
+        p = self.params
+        if seed is not None:
+            # The subscription starts mid-period (period 0 already paid): its read model is written here, at
+            # once, so the API shows it active (a subscription in trial writes `trialing` itself). The row goes
+            # with the tenant if anything later unwinds.
+            await self.saga.step("record_subscription", act.SET_SUBSCRIPTION_STATUS, SetSubscriptionStatus(
+                subscription_id=p.subscription_id, tenant_id=p.tenant_id, status="active", plan_id=p.plan.id,
+                current_period_start=seed.current_period_start, current_period_end=seed.current_period_end,
+                payment_method=p.payment_method, workflow_id=subscription_workflow_id(p.subscription_id)))
+        self.saga.set_status("running", step="start_subscription",
+                             details=f"starting {subscription_workflow_id(p.subscription_id)}")
+        try:
+            await workflow.start_child_workflow(
+                SUBSCRIPTION_WORKFLOW,
+                SubscriptionInput(subscription_id=p.subscription_id, tenant_id=p.tenant_id, plan=p.plan,
+                                  payment_method=p.payment_method, stripe_customer_id=self.customer_id,
+                                  notify_user_id=p.user_id, cycle_driver="schedule", state=seed),
+                id=subscription_workflow_id(p.subscription_id),
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                search_attributes=TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
+                                                         SearchAttributePair(SA_SUBSCRIPTION_ID,
+                                                                             str(p.subscription_id))]),
+                static_summary=f"Subscription {p.subscription_id} to {p.plan.id} (paid sign-up {self._wid()})",
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # started by an earlier run of this saga (a reset): it is the same subscription
+        self.saga.step_done("start_subscription")
+
+    # --- unwinding ---
+
+    async def _unwind(self, err: BaseException) -> None:
+        """Compensations in reverse (refund, Stripe customer, tenant), then the registration; cancellation
+        cannot interrupt it."""
+        self.saga.state.error = describe_error(_cause(err))[:MAX_REASON]
+        task = asyncio.ensure_future(self._unwind_all())
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                continue  # cancelled (again) meanwhile: the unwind still finishes
+        task.result()
+        self.outcome = self._outcome_of(err)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _unwind_all(self) -> None:
+        await self.saga.compensate("compensating")  # every activity compensation, in reverse
+        record, registration = self.registration_record, self.registration
+        if record is not None and registration is not None:
+            record.status, record.attempts = "running", record.attempts + 1
+            self.saga.set_status("compensating", step=self.saga.state.step, waiting_for=(
+                f"the registration {registration.id} to unwind (pending user deleted, token revoked)"))
+            if registration.done():
+                # It ended by itself: unwound (failed, expired) or, only if the payment took longer than the
+                # user took to verify, completed — then the account stays, without a tenant.
+                record.status = "done"
+            else:
+                registration.cancel()
+                try:
+                    await registration
+                    record.status = "done"
+                except (ChildWorkflowError, asyncio.CancelledError):
+                    record.status = "done"
+        self.saga.set_status("compensated", step=self.saga.state.step, details="compensated: everything unwound")
+
+    def _outcome_of(self, err: BaseException) -> SignupOutcome:
+        cause = _cause(err)
+        kind = cause.type if isinstance(cause, ApplicationError) else None
+        if kind == PAYMENT_DECLINED:
+            code = cause.details[0] if cause.details else None
+            return self._outcome("declined", error_type=PAYMENT_DECLINED, decline_code=code,
+                                 reason=f"the first payment was declined ({code or 'no decline code'})")
+        if kind in (SLUG_TAKEN, EMAIL_TAKEN):
+            return self._outcome("rejected", error_type=kind, reason=cause.message)
+        return self._outcome("failed", error_type=SIGNUP_FAILED, reason=self.saga.state.error)
+
+    def _final_error(self, err: BaseException) -> BaseException:
+        if isinstance(err, asyncio.CancelledError):
+            return err  # the workflow ends cancelled
+        outcome = self.outcome
+        if outcome.status == "declined":
+            return ApplicationError(outcome.reason, outcome.decline_code, type=PAYMENT_DECLINED, non_retryable=True)
+        if outcome.status == "rejected":
+            return ApplicationError(outcome.reason or "rejected", type=outcome.error_type, non_retryable=True)
+        return ApplicationError(f"the paid sign-up failed and was unwound: {outcome.reason}", type=SIGNUP_FAILED,
+                                non_retryable=True)
+
+    # --- helpers ---
+
+    def _wid(self) -> str:
+        return workflow.info().workflow_id
+
+    def _outcome(self, status: str, **fields) -> SignupOutcome:
+        p = self.params
+        return SignupOutcome(status=status, workflow_id=self._wid(), user_id=p.user_id, tenant_id=p.tenant_id,
+                             subscription_id=p.subscription_id, request_fingerprint=p.request_fingerprint, **fields)
+
+    # --- handlers ---
+
+    @workflow.signal(name=SIGNAL_REGISTRATION_PROGRESS)
+    def registration_progress(self, progress: RegistrationProgress) -> None:
+        if self.progress is None:
+            self.progress = progress
+
+    @workflow.signal(name=SIGNAL_BILLING_CYCLE_STATUS)
+    def billing_cycle_status(self, status: CycleStatusChanged) -> None:
+        # The first payment's cycle reports paid/unpaid here too; its result is what counts. Kept for operators.
+        self.cycle_statuses = [*self.cycle_statuses, status][-5:]
+
+    @workflow.update(name=UPDATE_SIGNUP_OUTCOME)
+    async def outcome_update(self) -> SignupOutcome:
+        """Answers once the saga is decided: paid and the subscription started, or unwound, or rejected."""
+        await workflow.wait_condition(lambda: self.outcome is not None)
+        return self.outcome
+
+    @workflow.query(name=QUERY_SIGNUP_OUTCOME)
+    def signup_outcome(self) -> SignupOutcome:
+        return self.outcome or self._outcome("pending")
