@@ -9,6 +9,7 @@ that comes before the period end until it is due, so a clamped month end is bill
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timedelta, timezone
 
 from temporalio import activity
@@ -47,8 +48,10 @@ def schedule_spec(plan: Plan, anchor: datetime) -> ScheduleSpec:
     anchor = anchor.astimezone(timezone.utc)
     period = plan.period()
     if period is not None:
-        offset = timedelta(seconds=int((anchor - EPOCH).total_seconds()) % int(period.total_seconds()))
+        # rounded up to the second: a firing never comes before the period end (an early one would only be held)
+        offset = timedelta(seconds=math.ceil((anchor - EPOCH).total_seconds()) % int(period.total_seconds()))
         return ScheduleSpec(intervals=[ScheduleIntervalSpec(every=period, offset=offset)])
+    anchor = (anchor + timedelta(microseconds=999_999)).replace(microsecond=0)  # up to the second, as above
     days = [anchor.day] if anchor.day <= 28 else list(range(28, 32))
     calendar = ScheduleCalendarSpec(
         second=[ScheduleRange(anchor.second)], minute=[ScheduleRange(anchor.minute)],
