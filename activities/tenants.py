@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from models.contracts import CreateBillingConfig, CreateTenant, MarkTenantFailed, MembershipRef, TenantRef
 from models.db import transaction
+from models.signup_contracts import DiscardTenant
 from models.events import record_event
 from models.tables import Membership, Tenant, TenantBilling, TenantSettings, utcnow
 from workflows import activity_names as names
@@ -97,4 +98,14 @@ class TenantActivities:
                                         .values(status="active", activated_at=utcnow()))
             if result.rowcount:
                 record_event(session, "tenant.provisioned", "tenant", req.tenant_id, {},
+                             tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+
+    @activity.defn(name=names.DISCARD_TENANT)
+    async def discard_tenant(self, req: DiscardTenant) -> None:
+        """Paid sign-up unwinding: the tenant row goes, and with it (ON DELETE CASCADE) its memberships, billing
+        config, settings, invitations, emails' tracking, subscriptions and invoices. The audit trail stays."""
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            result = await session.exec(delete(Tenant).where(Tenant.id == req.tenant_id))
+            if result.rowcount:
+                record_event(session, "tenant.discarded", "tenant", req.tenant_id, {"reason": req.reason[:500]},
                              tenant_id=req.tenant_id, workflow_id=req.workflow_id)

@@ -55,7 +55,7 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
         users.revoke_verification_token, users.activate_user,
         tenants.create_tenant, tenants.mark_tenant_failed, tenants.add_membership, tenants.remove_membership,
         tenants.create_billing_config, tenants.delete_billing_config, tenants.apply_default_settings,
-        tenants.remove_default_settings, tenants.activate_tenant,
+        tenants.remove_default_settings, tenants.activate_tenant, tenants.discard_tenant,
         invitations.issue_invitation, invitations.complete_invitation, invitations.close_invitation,
         billing.create_stripe_customer, billing.delete_stripe_customer,
         billing.create_payment_intent, billing.retrieve_payment_intent, billing.refund_payment,
