@@ -18,6 +18,7 @@ from api.routers import (
     workflows,
 )
 from api.routers import stripe_webhooks, subscriptions
+from api.routers import signup
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(stripe_webhooks.router)
     app.include_router(subscriptions.router)
+    app.include_router(signup.router)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)
     return app

@@ -387,3 +387,75 @@ class SuppressionView(BaseModel):
 class SuppressionPage(BaseModel):
     items: list[SuppressionView]
     next_cursor: str | None
+
+
+# --- paid sign-up (user + tenant + first payment in one saga) ------------------------------------------------
+
+PlanId = Annotated[str, Field(pattern=r"^[a-z0-9-]{3,40}$", examples=["starter-monthly"],
+                              description="A plan id from `GET /v1/plans`.")]
+PaymentMethodId = Annotated[str, Field(
+    pattern=r"^pm_[A-Za-z0-9_]+$", max_length=255, examples=["pm_card_visa"],
+    description="A Stripe PaymentMethod id (card data never reaches us). Stripe's test ids work against the "
+                "sandbox: `pm_card_visa` succeeds, `pm_card_chargeDeclined` and "
+                "`pm_card_chargeDeclinedInsufficientFunds` are declined.")]
+
+
+class SignupRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "email": "ada@example.com", "password": "correct horse battery staple", "display_name": "Ada",
+        "tenant_name": "Acme Labs", "slug": "acme-labs", "plan": "starter-monthly", "payment_method": "pm_card_visa",
+    }]})
+    email: EmailStr
+    password: Password
+    display_name: DisplayName | None = None
+    tenant_name: TenantName
+    slug: Slug
+    plan: PlanId
+    payment_method: PaymentMethodId
+
+
+class SignupLinks(BaseModel):
+    self: str = Field(description="The sign-up's outcome (`GET /v1/signup/{workflow_id}`).")
+    workflow: str
+    verify: str = Field(description="Verify the email address with the emailed token, then log in.")
+    tenant: str
+    subscription: str
+
+
+SignupStatusName = Literal["pending", "active", "declined", "rejected", "failed"]
+
+
+class SignupResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "active", "subscription_status": "active",
+        "user_id": "6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+        "subscription_id": "4c3b2a19-0f8e-4d7c-9b6a-5e4d3c2b1a09",
+        "workflow_id": "signup-6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+        "links": {"self": "/v1/signup/signup-6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                  "workflow": "/v1/workflows/signup-6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                  "verify": "/v1/auth/verify", "tenant": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                  "subscription": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e/subscriptions/"
+                                  "4c3b2a19-0f8e-4d7c-9b6a-5e4d3c2b1a09"},
+    }]})
+    status: SignupStatusName = Field(description="`active` for a 201: paid (or in trial), subscription started. "
+                                                 "The user must still verify their email address to log in.")
+    subscription_status: Literal["active", "trialing"] | None = None
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    subscription_id: uuid.UUID
+    workflow_id: str
+    links: SignupLinks
+
+
+class SignupStatusView(BaseModel):
+    """`GET /v1/signup/{workflow_id}`: where a sign-up stands (no PII)."""
+
+    status: SignupStatusName = Field(description="pending (still deciding), active, declined (everything "
+                                                 "unwound), rejected (email or slug taken), failed (unwound).")
+    subscription_status: Literal["active", "trialing"] | None = None
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    subscription_id: uuid.UUID
+    workflow_id: str
+    reason: str | None = None
+    decline_code: str | None = None
