@@ -42,6 +42,7 @@ class BillingCycleInput(BaseModel):
     dunning_schedule_days: list[int] = Field(default_factory=lambda: list(DEFAULT_DUNNING_DAYS))
     poll_interval_seconds: int = 300  # polling fallback while waiting for the payment webhook
     payment_timeout_seconds: int = 24 * 3600  # no outcome by then (e.g. stuck in requires_action) = failed attempt
+    notify_unpaid: bool = True  # False: a paid sign-up's first charge (its decline unwinds the account: no email)
 
 
 CycleStatus = Literal["issuing", "charging", "awaiting_payment", "dunning", "paid", "unpaid"]

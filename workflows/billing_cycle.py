@@ -206,7 +206,7 @@ class BillingCycleWorkflow:
         await self.saga.step("mark_invoice_uncollectible", act.MARK_INVOICE_UNCOLLECTIBLE, MarkInvoiceUncollectible(
             invoice_id=self.state.invoice_id, tenant_id=p.tenant_id, workflow_id=wid,
             decline_code=self.state.last_decline_code))
-        if p.kind == "period":
+        if p.kind == "period" and p.notify_unpaid:
             await start_email(self.saga, "send_unpaid_notice", self._email(
                 "unpaid", f"Invoice {self.state.invoice_number} is unpaid",
                 f"After {self.state.attempt} attempts we could not collect {money(p.amount, p.currency)}. "

@@ -203,7 +203,7 @@ class PaidSignupWorkflow:
                               period_end=end, payment_method=p.payment_method,
                               stripe_customer_id=self.customer_id, notify_user_id=p.user_id, kind="period",
                               dunning_schedule_days=[], poll_interval_seconds=p.poll_interval_seconds,
-                              payment_timeout_seconds=p.payment_timeout_seconds),
+                              payment_timeout_seconds=p.payment_timeout_seconds, notify_unpaid=False),
             id=cycle_id, result_type=BillingCycleResult,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,

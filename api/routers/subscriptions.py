@@ -26,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.body_guard import require_json_body
 from api.deps import DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager, TenantMember
 from api.problems import NOT_FOUND, Problem, ProblemType, TENANT_NOT_ACTIVE, problem_responses
-from api.schemas import _Request
+from api.schemas import PaymentMethodId, PlanId, _Request
 from models.billing_cycle_contracts import (
     CancelSubscription,
     ChangePlan,
@@ -62,12 +62,6 @@ NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Strip
 STATE_QUERY_TIMEOUT_SECONDS = 2.0
 
 SubscriptionIdPath = Annotated[uuid.UUID, Path(description="The subscription's id.")]
-PaymentMethodId = Annotated[str, Field(
-    pattern=r"^pm_[A-Za-z0-9_]{1,252}$", examples=["pm_card_visa"],
-    description="A Stripe PaymentMethod id (Stripe's test ids such as `pm_card_visa`, "
-                "`pm_card_chargeDeclined`, `pm_card_chargeDeclinedInsufficientFunds` work against the sandbox).")]
-PlanId = Annotated[str, Field(pattern=r"^[a-z0-9-]{3,40}$", examples=["starter-monthly"])]
-
 
 class SubscribeRequest(_Request):
     plan: PlanId

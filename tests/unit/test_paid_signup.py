@@ -192,8 +192,12 @@ async def test_a_declined_first_payment_unwinds_everything(env, task_queue, card
         outcome = await handle.query(QUERY_SIGNUP_OUTCOME, result_type=SignupOutcome)
         registration = await client.get_workflow_handle(registration_workflow_id(params.user_id)).describe()
         subscription_started = await exists(client, subscription_workflow_id(params.subscription_id))
+        cycle_history = await client.get_workflow_handle(
+            billing_cycle_workflow_id(params.subscription_id, 0)).fetch_history()
 
     assert error.type == "PaymentDeclined" and list(error.details) == [code]
+    # the account is being unwound: no "invoice unpaid, subscription suspended" email to its address
+    assert not [e for e in cycle_history.events if e.HasField("start_child_workflow_execution_initiated_event_attributes")]
     assert "ada@example.com" not in str(error) and "Acme" not in str(error)
     assert outcome.status == "declined" and outcome.decline_code == code and outcome.error_type == "PaymentDeclined"
     # one charge attempt, no dunning; then everything in reverse: customer, tenant (+ invoices), the registration
