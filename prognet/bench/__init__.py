@@ -10,6 +10,12 @@ and noisy: only the ratios carry over between runs.
    started directly with a Temporal client, timed until every message is in the Maildir) vs raw aiosmtplib
    sends/s to the same sink. The pipeline's send-rate limit (EMAIL_MAX_PER_SECOND) is raised for the run, so
    the figure is the pipeline's own cost, not the limit.
+4. Billing cycles/s for N subscriptions falling due at once (N `BillingCycle` workflows started together, run by
+   the real worker with the real activities against PostgreSQL and the Stripe sandbox, timed until all N
+   results) vs N bare workflows with as many no-op activities as one paid cycle scheduled. The run is checked
+   (N paid, exactly N succeeded PaymentIntents, …) before the figures are printed. See prognet/bench/billing.py.
+
+Sections are chosen with `--sections` (alias `--only`), by number or name: `prognet bench --only billing`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,26 @@ from pathlib import Path
 import httpx
 
 BENCH_PASSWORD = "benchmark password 123"
+SECTION_NAMES = {"sagas": 1, "registration": 1, "logins": 2, "login": 2, "emails": 3, "email": 3, "billing": 4}
+
+
+def parse_sections(text: str) -> set[int]:
+    """`1,3`, `billing` or `sagas,billing` → section numbers; an unknown one is an error, not silently skipped."""
+    sections: set[int] = set()
+    for part in (x.strip().lower() for x in text.split(",")):
+        if not part:
+            continue
+        number = SECTION_NAMES.get(part) or (int(part) if part.isdigit() else None)
+        if number not in SECTION_NAMES.values():
+            raise argparse.ArgumentTypeError(
+                f"unknown section {part!r} (1-4 or {', '.join(sorted(set(SECTION_NAMES)))})")
+        sections.add(number)
+    if not sections:
+        raise argparse.ArgumentTypeError("no section chosen")
+    return sections
+
+
+BILLING_WARMUP = 3  # cycles run (and checked) before the timed ones; one of them gives the activity count
 EMAIL_BENCH_MAX_PER_SECOND = 100_000  # EMAIL_MAX_PER_SECOND for the bench's worker: effectively no limit
 
 
@@ -72,7 +98,7 @@ async def bench_registrations(http: httpx.AsyncClient, maildir: Path, n: int, co
     return time.perf_counter() - start
 
 
-async def bench_noop_workflows(address: str, n: int, concurrency: int) -> float:
+async def bench_noop_workflows(address: str, n: int, concurrency: int, steps: int | None = None) -> float:
     from temporalio.client import Client
 
     from prognet.bench.noop_workflow import NOOP_ACTIVITIES, NOOP_TASK_QUEUE, NoopWorkflow
@@ -82,7 +108,8 @@ async def bench_noop_workflows(address: str, n: int, concurrency: int) -> float:
     start = time.perf_counter()
 
     async def one(i: int) -> None:
-        await client.execute_workflow(NoopWorkflow.run, NOOP_ACTIVITIES, id=f"bench-noop-{run}-{i}",
+        await client.execute_workflow(NoopWorkflow.run, NOOP_ACTIVITIES if steps is None else steps,
+                                      id=f"bench-noop-{run}-{i}",
                                       task_queue=NOOP_TASK_QUEUE)
 
     await _gather_limited(n, concurrency, one)
@@ -222,7 +249,8 @@ async def run(args: argparse.Namespace) -> None:
     data_dir.chmod(0o755)
     stack = EmbeddedStack(data_dir / "data", with_worker=True, with_api=True, log=_quiet,
                           extra_env={"EMAIL_MAX_PER_SECOND": str(EMAIL_BENCH_MAX_PER_SECOND)})
-    sections = {int(x) for x in args.sections.split(",") if x.strip()}
+    sections = args.sections
+    stripe_admin = None
     print(f"starting the embedded stack in {data_dir} ...", flush=True)
     await stack.start()
     noop_worker = subprocess.Popen([sys.executable, "-m", "prognet.bench.noop_workflow", stack.temporal_address],
@@ -242,6 +270,28 @@ async def run(args: argparse.Namespace) -> None:
                                                     data_converter=pydantic_data_converter)
                 await bench_raw_smtp(stack.smtp_host, stack.smtp_port, stack.maildir, 5, 5)
                 await bench_email_pipeline(email_client, stack.maildir, 5, 5)
+            if 4 in sections:
+                from prognet.bench import billing
+                from prognet.devstack import SandboxAdmin
+
+                stripe_admin = SandboxAdmin(stack.stripe_api_base, timeout=60)
+                if 3 not in sections:
+                    from temporalio.client import Client
+                    from temporalio.contrib.pydantic import pydantic_data_converter
+
+                    email_client = await Client.connect(stack.temporal_address, namespace=stack.temporal_namespace,
+                                                        data_converter=pydantic_data_converter)
+                bn = args.billing
+                print(f"billing: creating {bn} + {BILLING_WARMUP} tenants with Stripe customers ...", flush=True)
+                billing_subs = await billing.create_billing_tenants(stack, bn + BILLING_WARMUP)
+                warm = await billing.run_cycles(email_client, billing_subs[bn:], stack.maildir, 60)
+                await billing.verify_run(stack, stripe_admin, warm)
+                from workflows.names import billing_cycle_workflow_id
+
+                shape = await billing.cycle_shape(
+                    email_client, billing_cycle_workflow_id(billing_subs[bn].subscription_id, 0))
+                await bench_noop_workflows(stack.temporal_address, BILLING_WARMUP, BILLING_WARMUP,
+                                           steps=shape.activities + shape.local_activities)
 
             if 1 in sections:
                 n = args.sagas
@@ -263,6 +313,17 @@ async def run(args: argparse.Namespace) -> None:
                                               args.smtp_concurrency)
                 t_pipe = await bench_email_pipeline(email_client, stack.maildir, en, args.concurrency)
                 smtp_rate, pipe_rate = en / t_smtp, en / t_pipe
+
+            if 4 in sections:
+                bn = args.billing
+                steps = shape.activities + shape.local_activities
+                await stripe_admin.wait_for_webhooks(timeout=60)
+                t_bare = await bench_noop_workflows(stack.temporal_address, bn, bn, steps=steps)
+                billing_run = await billing.run_cycles(email_client, billing_subs[:bn], stack.maildir,
+                                                       max(120.0, bn))
+                billing_checks = await billing.verify_run(stack, stripe_admin, billing_run)
+                bare_rate, cycle_rate = bn / t_bare, bn / billing_run.seconds
+                receipt_rate = bn / billing_run.seconds_with_receipts
 
         print()
         if 1 in sections:
@@ -287,7 +348,20 @@ async def run(args: argparse.Namespace) -> None:
             print(f"   raw aiosmtplib sends to the sink (conc. {args.smtp_concurrency}) : {smtp_rate:8.1f} /s")
             print(f"   EmailDelivery workflows, start→Maildir     : {pipe_rate:8.1f} /s"
                   f"   ratio {pipe_rate / smtp_rate:.2f} of raw SMTP")
+        if 4 in sections:
+            print(f"4. billing cycles ({bn} subscriptions falling due at once, all started together; "
+                  f"plan {billing.BILLING_PLAN_ID}, {billing.PAYMENT_METHOD})")
+            print(f"   a paid cycle's history: {shape.activities} activities ({', '.join(shape.activity_types)}), "
+                  f"{shape.local_activities} local, {shape.child_workflows} child workflow (receipt email, abandoned)")
+            print(f"   bare Temporal workflow, {steps} no-op activities : {bare_rate:8.1f} /s")
+            print(f"   BillingCycle workflows, start→all results  : {cycle_rate:8.1f} /s"
+                  f"   ratio {cycle_rate / bare_rate:.2f} of bare")
+            print(f"   the same, until every receipt is in the Maildir : {receipt_rate:8.1f} /s"
+                  f"   ratio {receipt_rate / bare_rate:.2f} of bare")
+            print(f"   checked: {'; '.join(billing_checks)}")
     finally:
+        if stripe_admin is not None:
+            await stripe_admin.aclose()
         noop_worker.terminate()
         noop_worker.wait(10)
         await stack.stop()
@@ -302,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--login-concurrency", type=int, default=16)
     parser.add_argument("--emails", type=int, default=300, help="emails through the pipeline and raw SMTP sends each")
     parser.add_argument("--smtp-concurrency", type=int, default=20, help="concurrent raw aiosmtplib sends")
-    parser.add_argument("--sections", default="1,2,3", help="which figures to measure, e.g. 3 or 1,3 (default: all)")
+    parser.add_argument("--billing", type=int, default=50, help="subscriptions falling due at once (billing cycles "
+                        "and bare workflows each)")
+    parser.add_argument("--sections", "--only", type=parse_sections, default="1,2,3,4",
+                        help="which figures to measure, by number or name, e.g. 3, 1,3 or billing "
+                             "(sagas, logins, emails, billing; default: all)")
     asyncio.run(run(parser.parse_args(argv)))
     return 0
