@@ -25,7 +25,12 @@ def test_histories_are_present():
         # recorded after sagas handed their emails to the delivery pipeline (workflow.patched)
         "registration_verified@email_pipeline", "registration_expired@email_pipeline",
         "registration_operator_retry@email_pipeline", "tenant_provisioning_active@email_pipeline",
-        "invitation_accepted@email_pipeline"}
+        "invitation_accepted@email_pipeline",
+        # billing: cycles paid, recovered after a new card, unpaid; a schedule-driven subscription canceled now
+        "billing_cycle_paid@billing", "billing_cycle_recovered@billing", "billing_cycle_unpaid@billing",
+        "subscription_schedule_canceled@billing",
+        # the paid sign-up and its registration child (which tells its parent, behind workflow.patched)
+        "paid_signup_active@signup", "paid_signup_declined@signup"}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
