@@ -11,7 +11,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
@@ -95,6 +95,7 @@ async def answer_within(call, timeout: float = SAGA_ANSWER_TIMEOUT_SECONDS):
     retry, with its Idempotency-Key, later."""
     try:
         return await asyncio.wait_for(call, timeout)
-    except asyncio.TimeoutError:
+    except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        # the second: the server's own deadline for the update passed first (a loaded server), same meaning
         raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "The request was accepted but not confirmed in time; retry it "
                       "with the same Idempotency-Key to see its outcome.", headers={"Retry-After": "5"}) from None
