@@ -70,6 +70,7 @@ PATCH_EMAIL_PIPELINE = "email-pipeline"  # sagas hand their emails to EmailDeliv
 PATCH_OPERATOR_DECISION_GUARD = "operator-decision-guard"  # decisions count only while a saga waits for one
 PATCH_DEAD_LETTER_STATUS_FIRST = "dead-letter-status-first"  # saga says awaiting_operator before the row says dead
 PATCH_REGISTRATION_TELLS_PARENT = "registration-tells-parent"  # a child registration signals its parent (paid sign-up)
+PATCH_SUBSCRIPTION_DELETES_SCHEDULE = "subscription-deletes-schedule"  # an ended subscription deletes its Schedule
 
 # subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)
 SUBSCRIPTION_WORKFLOW = "Subscription"

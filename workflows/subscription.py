@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         BillingCycleKind,
         BillingCycleResult,
         BillingScheduleSpec,
+        BillingTriggerInput,
         CancelSubscription,
         ChangePlan,
         CycleStatusChanged,
@@ -66,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import activity_names as act
     from workflows.names import (
         BILLING_CYCLE_WORKFLOW,
+        PATCH_SUBSCRIPTION_DELETES_SCHEDULE,
         QUERY_SUBSCRIPTION_STATE,
         SA_SUBSCRIPTION_ID,
         SA_TENANT_ID,
@@ -125,6 +127,14 @@ class SubscriptionWorkflow:
 
     @workflow.run
     async def run(self, params: SubscriptionInput) -> SubscriptionResult:
+        result = await self._run(params)
+        if self.state.schedule_ready and workflow.patched(PATCH_SUBSCRIPTION_DELETES_SCHEDULE):
+            # ended (canceled or unpaid): its Schedule goes too, rather than at its next firing
+            await workflow.execute_activity(act.DELETE_BILLING_SCHEDULE, BillingTriggerInput(
+                subscription_id=self.state.subscription_id), **ACTIVITY)
+        return result
+
+    async def _run(self, params: SubscriptionInput) -> SubscriptionResult:
         s = self.state
         if s.anchor is None:  # a fresh subscription (not a continue-as-new)
             now = workflow.now()

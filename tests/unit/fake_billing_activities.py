@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from models.billing_cycle_contracts import (
     BillingScheduleSpec,
+    BillingTriggerInput,
     CreatePaymentIntent,
     Invoice,
     InvoiceEvent,
@@ -171,6 +172,10 @@ class FakeBillingWorld:
         async def ensure_billing_schedule(req: BillingScheduleSpec) -> None:
             self._record(act.ENSURE_BILLING_SCHEDULE, req)
 
+        @activity.defn(name=act.DELETE_BILLING_SCHEDULE)
+        async def delete_billing_schedule(req: BillingTriggerInput) -> None:
+            self._record(act.DELETE_BILLING_SCHEDULE, req)
+
         return [issue_invoice, void_invoice, create_payment_intent, retrieve_payment_intent, mark_invoice_paid,
                 mark_invoice_uncollectible, refund_payment, publish_invoice_event, set_subscription_status, suspend_tenant,
-                ensure_billing_schedule]
+                ensure_billing_schedule, delete_billing_schedule]

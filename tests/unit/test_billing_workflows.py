@@ -440,6 +440,9 @@ async def test_schedule_driven_cycles_start_on_the_start_cycle_signal_never_befo
     # its Schedule was asked for once, anchored where the periods are counted from
     [spec] = world.args[act.ENSURE_BILLING_SCHEDULE]
     assert spec.anchor == first.current_period_start and spec.subscription_id == first.subscription_id
+    # and deleted once the subscription ended (canceled now), as its last step
+    assert world.calls[-1] == act.DELETE_BILLING_SCHEDULE
+    assert [d.subscription_id for d in world.args[act.DELETE_BILLING_SCHEDULE]] == [first.subscription_id]
     # a late trigger bills the next period on the calendar; it does not shift the anchor
     assert third.current_period_start == second.current_period_end
     assert third.current_period_start == add_months(first.current_period_start, 2)
