@@ -69,6 +69,15 @@ def _raise_translated(exc: stripe.StripeError, action: str) -> NoReturn:
 
 
 FAILED_STATES = ("requires_payment_method", "canceled")
+TEST_PAYMENT_METHOD_PREFIX = "pm_card_"
+# The "intent" of an attempt Stripe refused before creating one (no such card): a failed attempt all the same.
+REFUSED_PREFIX = "refused:"
+
+
+def _refused(req: CreatePaymentIntent, code: str | None) -> PaymentIntentInfo:
+    log.info("payment method refused", extra={"tenant_id": str(req.tenant_id), "code": code})
+    return PaymentIntentInfo(payment_intent_id=f"{REFUSED_PREFIX}{req.idempotency_key}", status="failed",
+                             decline_code=code or "invalid_payment_method")
 
 
 def _payment_info(pi: Any) -> PaymentIntentInfo:
@@ -137,8 +146,12 @@ class BillingActivities:
     @activity.defn(name=names.CREATE_PAYMENT_INTENT)
     async def create_payment_intent(self, req: CreatePaymentIntent) -> PaymentIntentInfo:
         """Create and confirm off-session. A decline is an answer (status failed + Stripe's decline code), not an
-        activity failure; an invalid request (an unknown PaymentMethod id) is a permanent failure. The
-        idempotency key makes a retried activity replay Stripe's first answer instead of charging again."""
+        activity failure; so is a payment method Stripe will not use (unknown, or another customer's): the
+        customer can change it and dunning goes on. The idempotency key makes a retried activity replay
+        Stripe's first answer instead of charging again."""
+        refusal = await self._attach(req)
+        if refusal is not None:
+            return refusal
         params: dict[str, Any] = {
             "amount": req.amount, "currency": req.currency, "customer": req.stripe_customer_id,
             "payment_method": req.payment_method, "confirm": True, "off_session": True,
@@ -159,11 +172,36 @@ class BillingActivities:
             log.info("payment declined", extra={"tenant_id": str(req.tenant_id), "payment_intent": pi_id,
                                                 "decline_code": code})
             return PaymentIntentInfo(payment_intent_id=pi_id, status="failed", decline_code=code)
+        except stripe.InvalidRequestError as exc:
+            if exc.param != "payment_method":
+                _raise_translated(exc, "charge the invoice")
+            return _refused(req, exc.code)
         except stripe.StripeError as exc:
             _raise_translated(exc, "charge the invoice")
         info = _payment_info(pi)
         log.info("payment intent %s", info.status, extra={"tenant_id": str(req.tenant_id), "payment_intent": pi.id})
         return info
+
+    async def _attach(self, req: CreatePaymentIntent) -> PaymentIntentInfo | None:
+        """A card is charged again every period, off-session: Stripe only allows that for a PaymentMethod
+        attached to the customer, so attach it on first use. Stripe's test ids (`pm_card_…`) make a fresh
+        PaymentMethod at each use and need no attaching. None when the card can be charged."""
+        if req.payment_method.startswith(TEST_PAYMENT_METHOD_PREFIX):
+            return None
+        try:
+            pm = await self.client.v1.payment_methods.retrieve_async(req.payment_method)
+            if pm.customer is None:
+                await self.client.v1.payment_methods.attach_async(
+                    req.payment_method, params={"customer": req.stripe_customer_id})
+            elif pm.customer != req.stripe_customer_id:
+                return _refused(req, "payment_method_of_another_customer")
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404 or exc.param == "payment_method" or exc.code == "resource_missing":
+                return _refused(req, exc.code or "invalid_payment_method")
+            _raise_translated(exc, "attach the payment method")
+        except stripe.StripeError as exc:
+            _raise_translated(exc, "attach the payment method")
+        return None
 
     @activity.defn(name=names.RETRIEVE_PAYMENT_INTENT)
     async def retrieve_payment_intent(self, req: PaymentIntentRef) -> PaymentIntentInfo:
@@ -183,6 +221,8 @@ class BillingActivities:
         for pi_id in req.payment_intent_ids:
             if budget is not None and budget <= 0:
                 break
+            if pi_id.startswith(REFUSED_PREFIX):
+                continue  # Stripe refused the card before any PaymentIntent existed
             try:
                 pi = await self.client.v1.payment_intents.retrieve_async(pi_id)
                 if pi.status != "succeeded":

@@ -41,7 +41,8 @@ class InvoiceActivities:
             async with transaction(self.engine, tenant_id=req.tenant_id) as db:
                 existing = await self._live(db, req.workflow_id)
                 if existing is not None:
-                    return Invoice(invoice_id=str(existing.id), number=existing.number)
+                    return Invoice(invoice_id=str(existing.id), number=existing.number, status=existing.status,
+                                   payment_intent_id=existing.payment_intent_id)
                 # The counter row is locked until commit: concurrent cycles of a tenant get 1, 2, 3 …
                 number = (await db.exec(
                     insert(InvoiceCounter).values(tenant_id=req.tenant_id, last_number=1)

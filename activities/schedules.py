@@ -39,6 +39,7 @@ from workflows.names import (
     TASK_QUEUE,
     billing_schedule_id,
 )
+from workflows.subscription import advance
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -46,11 +47,14 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def schedule_spec(plan: Plan, anchor: datetime) -> ScheduleSpec:
     anchor = anchor.astimezone(timezone.utc)
+    # The first period starts by itself at the anchor; firings begin with the first period end, so no firing
+    # comes early to be held by the subscription (and pausing the Schedule pauses the next charge).
+    first_end = advance(anchor, plan, 1)
     period = plan.period()
     if period is not None:
         # rounded up to the second: a firing never comes before the period end (an early one would only be held)
         offset = timedelta(seconds=math.ceil((anchor - EPOCH).total_seconds()) % int(period.total_seconds()))
-        return ScheduleSpec(intervals=[ScheduleIntervalSpec(every=period, offset=offset)])
+        return ScheduleSpec(intervals=[ScheduleIntervalSpec(every=period, offset=offset)], start_at=first_end)
     anchor = (anchor + timedelta(microseconds=999_999)).replace(microsecond=0)  # up to the second, as above
     days = [anchor.day] if anchor.day <= 28 else list(range(28, 32))
     calendar = ScheduleCalendarSpec(
@@ -58,7 +62,7 @@ def schedule_spec(plan: Plan, anchor: datetime) -> ScheduleSpec:
         hour=[ScheduleRange(anchor.hour)], day_of_month=[ScheduleRange(d) for d in days],
         month=([ScheduleRange(anchor.month)] if plan.interval == "year" else [ScheduleRange(1, 12)]),
         comment=f"plan {plan.id}: every {plan.interval_count} {plan.interval}(s) from {anchor.isoformat()}")
-    return ScheduleSpec(calendars=[calendar])
+    return ScheduleSpec(calendars=[calendar], start_at=first_end)
 
 
 def billing_schedule(spec: BillingScheduleSpec) -> Schedule:

@@ -41,6 +41,14 @@ class SubscriptionActivities:
             if changed:
                 record_event(db, f"subscription.{req.status}", "subscription", req.subscription_id,
                              {"plan_id": req.plan_id}, tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+            if req.status == "active":  # paid again: a tenant suspended for an unpaid subscription is back
+                tenant = await db.get(Tenant, req.tenant_id)
+                if tenant is not None and tenant.status == "suspended":
+                    tenant.status, tenant.failure_reason = "active", None
+                    db.add(tenant)
+                    record_event(db, "tenant.reactivated", "tenant", req.tenant_id,
+                                 {"subscription_id": str(req.subscription_id)},
+                                 tenant_id=req.tenant_id, workflow_id=req.workflow_id)
 
     @activity.defn(name=names.SUSPEND_TENANT)
     async def suspend_tenant(self, req: SuspendTenant) -> None:

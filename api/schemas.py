@@ -123,7 +123,7 @@ class ReadinessResponse(BaseModel):
 
 Role = Literal["owner", "admin", "member"]
 InvitableRole = Literal["admin", "member"]
-TenantStatus = Literal["provisioning", "active", "failed"]
+TenantStatus = Literal["provisioning", "active", "failed", "suspended"]  # suspended: a subscription went unpaid
 InvitationStatus = Literal["pending", "accepted", "revoked", "expired"]
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$"

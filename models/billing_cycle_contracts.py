@@ -130,6 +130,9 @@ class IssueInvoice(BaseModel):
 class Invoice(BaseModel):
     invoice_id: str
     number: int  # per tenant, 1, 2, 3, …
+    # a cycle run again (a reset, a re-run days later) finds its invoice already paid: nothing to charge
+    status: Literal["open", "paid", "uncollectible"] = "open"
+    payment_intent_id: str | None = None
 
 
 class VoidInvoice(BaseModel):
@@ -223,7 +226,7 @@ class Refunded(BaseModel):
 
 # --- subscription (`subscription-{subscription_id}`) ---
 
-SubscriptionStatus = Literal["trialing", "active", "past_due", "unpaid", "canceled"]
+SubscriptionStatus = Literal["incomplete", "trialing", "active", "past_due", "unpaid", "canceled"]
 CycleDriver = Literal["timer", "schedule"]
 
 
@@ -237,7 +240,7 @@ class SubscriptionState(BaseModel):
 
     subscription_id: uuid.UUID
     tenant_id: uuid.UUID
-    status: SubscriptionStatus = "trialing"
+    status: SubscriptionStatus = "incomplete"  # until a trial starts or the first period is paid
     plan: Plan
     pending_plan: Plan | None = None  # a downgrade, applied at the period end
     payment_method: str

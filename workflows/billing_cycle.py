@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.email_delivery import start_email
     from workflows.names import (
         BILLING_CYCLE_WORKFLOW,
+        PATCH_METHOD_CHANGE_DURING_CHARGE,
         QUERY_BILLING_CYCLE_STATE,
         SIGNAL_BILLING_CYCLE_STATUS,
         SIGNAL_PAYMENT_METHOD_UPDATED,
@@ -105,6 +106,9 @@ class BillingCycleWorkflow:
             result_type=Invoice,
         )
         self.state.invoice_id, self.state.invoice_number = invoice.invoice_id, invoice.number
+        if invoice.status == "paid" and invoice.payment_intent_id:
+            # Run again after it was paid (Stripe forgets idempotency keys after 24 h): never charge twice.
+            return await self._paid(PaymentOutcome(payment_intent_id=invoice.payment_intent_id, status="succeeded"))
         # Registered before the first charge: whatever succeeded is refunded if a later step fails.
         self.saga.add_compensation("charge", act.REFUND_PAYMENT, lambda: RefundPayment(
             idempotency_key=f"{wid}:refund", tenant_id=p.tenant_id,
@@ -114,6 +118,10 @@ class BillingCycleWorkflow:
         retry_times: list[datetime] = []
         used = 0  # scheduled dunning retries already made
         while True:
+            # A new card arriving during the charge must still retry at once (patched: older runs reset later).
+            changes_during_charge = workflow.patched(PATCH_METHOD_CHANGE_DURING_CHARGE)
+            if changes_during_charge:
+                self.method_changed = False
             outcome = await self._charge()
             if outcome.status == "succeeded":
                 return await self._paid(outcome)
@@ -130,7 +138,8 @@ class BillingCycleWorkflow:
             self.saga.set_status("waiting", step="dunning", waiting_for=(
                 f"charge declined ({outcome.decline_code or 'no code'}); next attempt at {next_retry.isoformat()} "
                 f"or at once on a '{SIGNAL_PAYMENT_METHOD_UPDATED}' signal"))
-            self.method_changed = False
+            if not changes_during_charge:
+                self.method_changed = False
             if not await sleep_until(next_retry, lambda: self.method_changed):
                 used += 1
                 self.state.reminders_sent += 1
@@ -210,7 +219,8 @@ class BillingCycleWorkflow:
             await start_email(self.saga, "send_unpaid_notice", self._email(
                 "unpaid", f"Invoice {self.state.invoice_number} is unpaid",
                 f"After {self.state.attempt} attempts we could not collect {money(p.amount, p.currency)}. "
-                "Your subscription is suspended until the invoice is paid."))
+                "Your subscription has ended and your organisation is suspended; an owner or admin can "
+                "subscribe again with another payment method to lift the suspension."))
         await self._publish("invoice.uncollectible")
         await self._tell_parent("unpaid")
         self.saga.complete(f"unpaid after {self.state.attempt} attempts")

@@ -71,6 +71,8 @@ PATCH_OPERATOR_DECISION_GUARD = "operator-decision-guard"  # decisions count onl
 PATCH_DEAD_LETTER_STATUS_FIRST = "dead-letter-status-first"  # saga says awaiting_operator before the row says dead
 PATCH_REGISTRATION_TELLS_PARENT = "registration-tells-parent"  # a child registration signals its parent (paid sign-up)
 PATCH_SUBSCRIPTION_DELETES_SCHEDULE = "subscription-deletes-schedule"  # an ended subscription deletes its Schedule
+PATCH_RERUN_WAIT_HONOURS_REQUESTS = "rerun-wait-honours-requests"  # cancel / new card while a failed cycle waits
+PATCH_METHOD_CHANGE_DURING_CHARGE = "method-change-during-charge"  # a new card during a charge retries at once
 
 # subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)
 SUBSCRIPTION_WORKFLOW = "Subscription"

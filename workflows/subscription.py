@@ -67,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import activity_names as act
     from workflows.names import (
         BILLING_CYCLE_WORKFLOW,
+        PATCH_RERUN_WAIT_HONOURS_REQUESTS,
         PATCH_SUBSCRIPTION_DELETES_SCHEDULE,
         QUERY_SUBSCRIPTION_STATE,
         SA_SUBSCRIPTION_ID,
@@ -207,16 +208,25 @@ class SubscriptionWorkflow:
             try:
                 result = await self._run_cycle(self._cycle_input("period", s.plan, s.plan.amount, start, end), wid)
             except ChildWorkflowError as err:
-                # A step failed and the cycle unwound (any charge refunded): an operator decides when to bill again.
+                # A step failed and the cycle unwound (any charge refunded). The period is billed again on the
+                # next `start_cycle` (the Schedule's next firing, or an operator) or a new payment method.
                 s.reruns += 1
                 self._note(f"billing cycle {wid} failed ({err.cause or err}); waiting for '{SIGNAL_START_CYCLE}'")
-                workflow.set_current_details(f"awaiting operator: billing cycle {wid} failed; signal "
-                                             f"'{SIGNAL_START_CYCLE}' to bill period {k} again")
+                workflow.set_current_details(f"billing cycle {wid} failed; period {k} is billed again on the "
+                                             f"next '{SIGNAL_START_CYCLE}' (the schedule, or an operator's signal)")
                 self.start_requested = False
+                honour_requests = workflow.patched(PATCH_RERUN_WAIT_HONOURS_REQUESTS)
                 while not self.start_requested:
+                    method = s.payment_method
                     await workflow.wait_condition(lambda: bool(self.commands))
                     if await self._handle_commands():
                         return None
+                    if honour_requests and s.cancel_at_period_end:  # this period was never paid: it ends now
+                        s.canceled_at = workflow.now()
+                        await self._set_status("canceled")
+                        return None
+                    if honour_requests and s.payment_method != method:
+                        self.start_requested = True  # a new card: try it at once
                 self.start_requested = False
                 wid = f"{billing_cycle_workflow_id(s.subscription_id, k)}-rerun-{s.reruns}"
                 continue

@@ -114,7 +114,7 @@ def route_of(event: dict[str, Any]) -> Route:
         return Route(workflow_id=workflow_id if isinstance(workflow_id, str) else None,
                      skip_reason="metadata.workflow_id names no billing cycle")
     error = intent.get("last_payment_error")
-    decline_code = error.get("decline_code") if isinstance(error, dict) else None
+    decline_code = (error.get("decline_code") or error.get("code")) if isinstance(error, dict) else None
     outcome = PaymentOutcome(payment_intent_id=intent.get("id"), status=status, decline_code=decline_code,
                              event_id=event["id"])
     return Route(workflow_id=workflow_id, outcome=outcome)

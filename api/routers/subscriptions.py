@@ -153,7 +153,8 @@ def _invoice_view(row: Invoice) -> InvoiceView:
 @router.post(
     "/v1/tenants/{tenant_id}/subscriptions", status_code=status.HTTP_202_ACCEPTED, response_model=SubscriptionAccepted,
     summary="Subscribe the tenant to a plan",
-    description="Owners and admins of an active tenant. Starts `subscription-{id}`: a trial (if the plan has "
+    description="Owners and admins of an active tenant (or of one suspended for an unpaid subscription: a new "
+                "subscription whose first period is paid lifts the suspension). Starts `subscription-{id}`: a trial (if the plan has "
                 "one), then a billing cycle per period, driven by the Temporal Schedule `billing-schedule-{id}`. "
                 "The first period is charged at once (no trial). One live subscription per tenant.",
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
@@ -163,10 +164,11 @@ async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: Te
     plan = _plan(settings, body.plan)
     subscription_id = uuid.uuid4()
     workflow_id = subscription_workflow_id(subscription_id)
+    client = await temporal.get()  # before the row: with Temporal down, a 503 and nothing written
     try:
         async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
             tenant = await db.get(Tenant, tenant_id)
-            if tenant is None or tenant.status != "active":
+            if tenant is None or tenant.status not in ("active", "suspended"):  # suspended: subscribing again lifts it
                 raise Problem(TENANT_NOT_ACTIVE, "A tenant can subscribe once it is active.")
             billing = await db.get(TenantBilling, tenant_id)
             if billing is None or not billing.stripe_customer_id:
@@ -176,7 +178,6 @@ async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: Te
                                 created_by=manager.user_id))
     except IntegrityError:  # the partial unique index: one live subscription per tenant
         raise Problem(SUBSCRIPTION_EXISTS, "Cancel the current subscription or change its plan instead.") from None
-    client = await temporal.get()
     try:
         await client.start_workflow(
             SUBSCRIPTION_WORKFLOW,

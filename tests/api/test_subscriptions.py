@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
+
 import pytest
 from temporalio.client import Client
 
@@ -146,3 +148,46 @@ async def test_bad_requests_and_other_tenants(api, app_engine):
     assert_problem(await api.get(f"/v1/tenants/{other_tenant}/subscriptions/{uuid.uuid4()}",
                                  headers=stranger.headers), 404, "not-found")
     assert (await api.get(f"/v1/tenants/{tenant_id}/invoices", headers=owner.headers)).json() == []
+
+
+async def test_a_suspended_tenant_shows_as_such_and_a_paid_new_subscription_lifts_it(api, app_engine, services):
+    owner = await person(api, app_engine)
+    tenant_id = await active_tenant(api, owner)
+    db = await asyncpg.connect(services.postgres_dsn)  # what tenants.suspend_tenant leaves after an unpaid period
+    try:
+        await db.execute("update tenants set status = 'suspended', failure_reason = 'period 3 unpaid' "
+                         "where id = $1", uuid.UUID(tenant_id))
+    finally:
+        await db.close()
+    shown = await api.get(f"/v1/tenants/{tenant_id}", headers=owner.headers)
+    assert shown.status_code == 200 and shown.json()["status"] == "suspended"
+    listed = await api.get("/v1/tenants", headers=owner.headers)
+    assert listed.status_code == 200 and [t["status"] for t in listed.json()] == ["suspended"]
+
+    sub_id = (await subscribe(api, owner, tenant_id))["subscription_id"]
+    await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "active")
+    assert (await api.get(f"/v1/tenants/{tenant_id}", headers=owner.headers)).json()["status"] == "active"
+    await end(api, owner, tenant_id, sub_id)
+
+
+async def test_subscribing_while_temporal_is_down_writes_nothing(api, app_engine, temporal_app):
+    owner = await person(api, app_engine)
+    tenant_id = await active_tenant(api, owner)
+
+    class Down:
+        async def get(self):
+            from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
+            raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "down")
+
+    real = temporal_app.state.temporal
+    temporal_app.state.temporal = Down()
+    try:
+        response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions",
+                                  json={"plan": PLAN, "payment_method": "pm_card_visa"}, headers=owner.headers)
+    finally:
+        temporal_app.state.temporal = real
+    assert_problem(response, 503, "workflow-engine-unavailable")
+    assert (await api.get(f"/v1/tenants/{tenant_id}/subscriptions", headers=owner.headers)).json() == []
+    sub_id = (await subscribe(api, owner, tenant_id))["subscription_id"]  # nothing blocks a later subscribe
+    await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "active")
+    await end(api, owner, tenant_id, sub_id)

@@ -88,7 +88,9 @@ class FakeBillingWorld:
             self._record(act.ISSUE_INVOICE, req)
             known = self.invoice_by_workflow.get(req.workflow_id)
             if known and self.invoices[known]["status"] != "void":
-                return Invoice(invoice_id=known, number=self.invoices[known]["number"])
+                inv = self.invoices[known]
+                return Invoice(invoice_id=known, number=inv["number"], status=inv["status"],
+                               payment_intent_id=inv.get("payment_intent_id"))
             tenant = str(req.tenant_id)
             self.counters[tenant] = self.counters.get(tenant, 0) + 1
             invoice_id = f"in_{len(self.invoices) + 1}"
@@ -129,7 +131,7 @@ class FakeBillingWorld:
         @activity.defn(name=act.MARK_INVOICE_PAID)
         async def mark_invoice_paid(req: MarkInvoicePaid) -> None:
             self._record(act.MARK_INVOICE_PAID, req)
-            self.invoices[req.invoice_id]["status"] = "paid"
+            self.invoices[req.invoice_id].update(status="paid", payment_intent_id=req.payment_intent_id)
 
         @activity.defn(name=act.MARK_INVOICE_UNCOLLECTIBLE)
         async def mark_invoice_uncollectible(req: MarkInvoiceUncollectible) -> None:

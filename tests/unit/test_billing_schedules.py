@@ -43,3 +43,10 @@ def test_a_year_fires_in_the_anchor_month_only():
     [calendar] = schedule_spec(PLANS["team-yearly"], datetime(2026, 6, 2, 8, 0, 0, 1, tzinfo=UTC)).calendars
     assert [(r.start, r.end) for r in calendar.month] == [(6, 6)]
     assert calendar.second[0].start == 1  # 08:00:00.000001 fires at 08:00:01, not a moment early
+
+
+def test_firings_begin_at_the_first_period_end_never_at_the_anchor():
+    anchor = datetime(2026, 11, 26, 3, 15, 57, 729366, tzinfo=UTC)
+    for plan_id in ("dev-minutely", "starter-monthly"):
+        spec = schedule_spec(PLANS[plan_id], anchor)
+        assert spec.start_at == advance(anchor, PLANS[plan_id], 1)

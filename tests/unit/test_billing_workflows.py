@@ -190,6 +190,21 @@ async def test_a_failing_step_after_a_successful_charge_refunds_it_and_voids_the
     assert [c.status for c in saga.compensations] == ["done", "done"]
 
 
+async def test_a_paid_cycle_run_again_charges_nothing(ts_client, task_queue):
+    """A reset or re-run after Stripe forgot the idempotency key (24 h) finds the invoice paid: no new charge."""
+    world = FakeBillingWorld()
+    async with workers(ts_client, task_queue, world):
+        params = cycle_input()
+        first = await (await start_cycle(ts_client, task_queue, params)).result()
+        await emails_delivered(ts_client, billing_cycle_workflow_id(params.subscription_id, 0))
+        world.intents.clear()  # Stripe's idempotency keys expired
+        again = await (await start_cycle(ts_client, task_queue, params,
+                                         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)).result()
+    assert again.status == "paid" and again.payment_intent_id == first.payment_intent_id
+    assert world.calls.count(act.CREATE_PAYMENT_INTENT) == 1 and world.intents == {}
+    assert world.invoices[first.invoice_id]["status"] == "paid" and len(world.invoices) == 1
+
+
 async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_unpaid(
         ts_client, task_queue):
     world = FakeBillingWorld()
@@ -446,3 +461,23 @@ async def test_schedule_driven_cycles_start_on_the_start_cycle_signal_never_befo
     # a late trigger bills the next period on the calendar; it does not shift the anchor
     assert third.current_period_start == second.current_period_end
     assert third.current_period_start == add_months(first.current_period_start, 2)
+
+
+async def test_a_failed_cycle_waits_for_a_rerun_and_a_new_card_or_a_cancel_is_honoured(ts_client, task_queue):
+    """A cycle that failed (and refunded itself) leaves its period unbilled: a new payment method bills it again
+    at once; a cancel, even 'at the period end', ends a period that was never paid."""
+    world = FakeBillingWorld(fail_step=act.MARK_INVOICE_PAID)
+    async with subscription_workers(ts_client, task_queue, world):
+        handle = await start_subscription(ts_client, task_queue, payment_method="pm_card_visa_debit")
+        await poll(lambda: sub_state(handle), lambda s: s.reruns == 1)
+        await handle.signal(SIGNAL_PAYMENT_METHOD_UPDATED, PaymentMethodUpdated(payment_method=VISA))
+        rerun = await poll(lambda: sub_state(handle), lambda s: s.reruns == 2)
+        await handle.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=True))
+        result = await handle.result()
+        await emails_delivered(ts_client, *cycle_ids(world))
+    assert rerun.payment_method == VISA and rerun.cycles_paid == 0 and rerun.status == "incomplete"
+    assert result.status == "canceled" and result.cycles_paid == 0
+    # each run charged (the re-run with the new card), failed after the charge and refunded it: nothing kept
+    charges = world.succeeded()
+    assert [c.payment_method for c in charges] == ["pm_card_visa_debit", VISA]
+    assert all(c.refunded == c.amount for c in charges)

@@ -86,11 +86,35 @@ async def test_a_retried_charge_with_the_same_key_charges_once(sandbox, billing,
     assert len(succeeded) == 2, "one for `req`, one for the other key whose answer was lost"
 
 
-async def test_an_unknown_payment_method_is_permanent_and_names_the_parameter(billing, env, customer):
-    with pytest.raises(ApplicationError) as caught:
-        await env.run(billing.create_payment_intent, _charge(customer, "pm_does_not_exist"))
-    assert caught.value.non_retryable and caught.value.details[0]["param"] == "payment_method"
-    assert caught.value.details[0]["code"] == "resource_missing"
+async def test_an_unknown_payment_method_is_a_refused_attempt_not_a_crash(sandbox, billing, env, customer):
+    info = await env.run(billing.create_payment_intent, _charge(customer, "pm_does_not_exist"))
+    assert info.status == "failed" and info.decline_code == "resource_missing"
+    assert info.payment_intent_id.startswith("refused:")
+    assert sandbox.payment_intents(customer=customer) == []
+
+
+async def _real_card(billing) -> str:
+    """A concrete PaymentMethod (`pm_…`, not a test id), as a client-side Stripe form would create."""
+    return (await billing.client.v1.payment_methods.retrieve_async("pm_card_visa")).id
+
+
+async def test_a_real_card_is_attached_on_first_use_and_charged_every_period(sandbox, billing, env, customer):
+    card = await _real_card(billing)
+    first = await env.run(billing.create_payment_intent, _charge(customer, card))
+    second = await env.run(billing.create_payment_intent, _charge(customer, card))
+    assert (first.status, second.status) == ("succeeded", "succeeded")
+    pm = await billing.client.v1.payment_methods.retrieve_async(card)
+    assert pm.customer == customer
+
+
+async def test_another_customers_card_is_refused(billing, env, customer):
+    card = await _real_card(billing)
+    await env.run(billing.create_payment_intent, _charge(customer, card))  # now attached to `customer`
+    tid = uuid.uuid4()
+    other = (await env.run(billing.create_stripe_customer, CreateStripeCustomer(
+        tenant_id=tid, name="Other", idempotency_key=f"tenant-{tid}:customer"))).customer_id
+    info = await env.run(billing.create_payment_intent, _charge(other, card))
+    assert info.status == "failed" and info.decline_code == "payment_method_of_another_customer"
 
 
 async def test_a_missing_customer_is_permanent(billing, env):
@@ -101,9 +125,11 @@ async def test_a_missing_customer_is_permanent(billing, env):
 
 async def test_refund_gives_back_what_succeeded_once(sandbox, billing, env, customer):
     declined = await env.run(billing.create_payment_intent, _charge(customer, "pm_card_chargeDeclined"))
+    refused = await env.run(billing.create_payment_intent, _charge(customer, "pm_unknown"))
     paid = await env.run(billing.create_payment_intent, _charge(customer, "pm_card_visa", amount=1000))
-    req = RefundPayment(idempotency_key=f"{uuid.uuid4()}:refund", tenant_id=uuid.uuid4(),
-                        payment_intent_ids=[declined.payment_intent_id, paid.payment_intent_id], reason="test")
+    req = RefundPayment(idempotency_key=f"{uuid.uuid4()}:refund", tenant_id=uuid.uuid4(), reason="test",
+                        payment_intent_ids=[declined.payment_intent_id, refused.payment_intent_id,
+                                            paid.payment_intent_id])
     refunded = await env.run(billing.refund_payment, req)
     assert refunded.amount == 1000 and len(refunded.refund_ids) == 1
     assert await env.run(billing.refund_payment, req) == refunded, "a retry replays, it does not refund twice"
