@@ -9,8 +9,9 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from models.billing_cycle_contracts import DEFAULT_DUNNING_DAYS
 from models.plans import Plan
 
 
@@ -29,6 +30,9 @@ class PaidSignupInput(BaseModel):
     # The first charge: a sign-up is not dunned, and one whose payment has no outcome by then is declined.
     payment_timeout_seconds: int = 3600
     poll_interval_seconds: int = 60
+    # the subscription that follows: BILLING_DUNNING_DAYS and BILLING_POLL_SECONDS, as for any other
+    dunning_schedule_days: list[int] = Field(default_factory=lambda: list(DEFAULT_DUNNING_DAYS))
+    subscription_poll_seconds: int = 300
     request_fingerprint: str = ""  # sha256 of the normalised request, to check Idempotency-Key reuse
 
 
