@@ -12,6 +12,7 @@ import asyncpg
 
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from models.db import transaction
 from models.tables import DomainEvent
@@ -191,3 +192,34 @@ async def test_subscribing_while_temporal_is_down_writes_nothing(api, app_engine
     sub_id = (await subscribe(api, owner, tenant_id))["subscription_id"]  # nothing blocks a later subscribe
     await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "active")
     await end(api, owner, tenant_id, sub_id)
+
+
+async def test_operators_pause_and_trigger_the_schedule_and_it_goes_when_the_subscription_ends(
+        api, app_engine, temporal_client: Client):
+    owner = await person(api, app_engine)
+    tenant_id = await active_tenant(api, owner)
+    sub_id = (await subscribe(api, owner, tenant_id))["subscription_id"]
+    await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "active")
+    schedule = temporal_client.get_schedule_handle(billing_schedule_id(sub_id))
+    await schedule.pause(note="operator: hold billing")
+    assert (await schedule.describe()).schedule.state.paused
+
+    await schedule.trigger()  # "Trigger now" in the UI: a BillingTrigger signals start_cycle
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (actions := (await schedule.describe()).info.recent_actions):
+        assert asyncio.get_running_loop().time() < deadline, "the triggered action never ran"
+        await asyncio.sleep(0.2)
+    started = actions[-1].action
+    trigger = temporal_client.get_workflow_handle(started.workflow_id, run_id=started.first_execution_run_id)
+    assert await trigger.result() == f"start_cycle sent to subscription-{sub_id}"
+
+    await end(api, owner, tenant_id, sub_id)
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:  # the ended subscription deletes its Schedule
+        try:
+            await schedule.describe()
+        except RPCError as exc:
+            assert exc.status == RPCStatusCode.NOT_FOUND
+            break
+        assert asyncio.get_running_loop().time() < deadline, "the schedule outlived its subscription"
+        await asyncio.sleep(0.2)
