@@ -69,6 +69,7 @@ def _raise_translated(exc: stripe.StripeError, action: str) -> NoReturn:
 
 
 FAILED_STATES = ("requires_payment_method", "canceled")
+CANCELABLE_STATES = ("requires_action", "requires_confirmation", "requires_capture")  # Stripe cannot cancel `processing`
 TEST_PAYMENT_METHOD_PREFIX = "pm_card_"
 # The "intent" of an attempt Stripe refused before creating one (no such card): a failed attempt all the same.
 REFUSED_PREFIX = "refused:"
@@ -214,8 +215,9 @@ class BillingActivities:
 
     @activity.defn(name=names.REFUND_PAYMENT)
     async def refund_payment(self, req: RefundPayment) -> Refunded:
-        """Refund what succeeded among the listed intents (at most `amount` in total when set). One refund per
-        intent and key: a retry replays Stripe's first answer, a refund made before is not made again."""
+        """Refund what succeeded among the listed intents (at most `amount` in total when set) and cancel those
+        still waiting for an outcome, so none of them can take money later. One refund per intent and key: a
+        retry replays Stripe's first answer, a refund made before is not made again."""
         budget = req.amount
         total, refund_ids = 0, []
         for pi_id in req.payment_intent_ids:
@@ -225,6 +227,9 @@ class BillingActivities:
                 continue  # Stripe refused the card before any PaymentIntent existed
             try:
                 pi = await self.client.v1.payment_intents.retrieve_async(pi_id)
+                if pi.status in CANCELABLE_STATES:  # no outcome yet: it must never succeed later
+                    await self.client.v1.payment_intents.cancel_async(pi_id)
+                    continue
                 if pi.status != "succeeded":
                     continue
                 amount = pi.amount_received if budget is None else min(budget, pi.amount_received)

@@ -207,7 +207,8 @@ class InvoiceEvent(BaseModel):
 
 
 class RefundPayment(BaseModel):
-    """Refund the PaymentIntents among `payment_intent_ids` that succeeded (none succeeded → nothing to do).
+    """Refund the PaymentIntents among `payment_intent_ids` that succeeded (none succeeded → nothing to do) and
+    cancel those still waiting for an outcome.
 
     `amount` None refunds in full; otherwise at most `amount` in total, taken from the listed intents in order.
     Idempotent by `idempotency_key` (one refund per key and intent)."""

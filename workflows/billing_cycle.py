@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentIntentRef,
         PaymentMethodUpdated,
         PaymentOutcome,
+        Refunded,
         RefundPayment,
         VoidInvoice,
     )
@@ -51,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.names import (
         BILLING_CYCLE_WORKFLOW,
         PATCH_METHOD_CHANGE_DURING_CHARGE,
+        PATCH_TIMED_OUT_PAYMENT_VOIDED,
         QUERY_BILLING_CYCLE_STATE,
         SIGNAL_BILLING_CYCLE_STATUS,
         SIGNAL_PAYMENT_METHOD_UPDATED,
@@ -173,6 +175,13 @@ class BillingCycleWorkflow:
                 f"polled every {p.poll_interval_seconds} s"))
             remaining = (deadline - workflow.now()).total_seconds()
             if remaining <= 0:
+                if workflow.patched(PATCH_TIMED_OUT_PAYMENT_VOIDED):
+                    # It may still succeed at Stripe; the next attempt would then charge a second time.
+                    await workflow.execute_activity(
+                        act.REFUND_PAYMENT, RefundPayment(
+                            idempotency_key=f"{wid}:timeout:{attempt}", tenant_id=p.tenant_id,
+                            payment_intent_ids=[pi_id], reason="no outcome in time"),
+                        result_type=Refunded, start_to_close_timeout=timedelta(seconds=30))
                 return PaymentOutcome(payment_intent_id=pi_id, status="failed", decline_code="payment_timeout")
             if await sleep_until(workflow.now() + timedelta(seconds=min(p.poll_interval_seconds, remaining)),
                                  lambda: pi_id in self.outcomes):

@@ -73,6 +73,7 @@ PATCH_REGISTRATION_TELLS_PARENT = "registration-tells-parent"  # a child registr
 PATCH_SUBSCRIPTION_DELETES_SCHEDULE = "subscription-deletes-schedule"  # an ended subscription deletes its Schedule
 PATCH_RERUN_WAIT_HONOURS_REQUESTS = "rerun-wait-honours-requests"  # cancel / new card while a failed cycle waits
 PATCH_METHOD_CHANGE_DURING_CHARGE = "method-change-during-charge"  # a new card during a charge retries at once
+PATCH_TIMED_OUT_PAYMENT_VOIDED = "timed-out-payment-voided"  # an attempt with no outcome in time is cancelled
 
 # subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)
 SUBSCRIPTION_WORKFLOW = "Subscription"

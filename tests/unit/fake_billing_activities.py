@@ -145,6 +145,9 @@ class FakeBillingWorld:
             total, ids = 0, []
             for pi_id in req.payment_intent_ids:
                 pi = self.intent(pi_id)
+                if pi.status == "pending":
+                    pi.status = "canceled"
+                    continue
                 if pi.status != "succeeded":
                     continue
                 take = pi.amount - pi.refunded if budget is None else min(budget - total, pi.amount - pi.refunded)

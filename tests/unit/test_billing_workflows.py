@@ -172,6 +172,20 @@ async def test_without_a_webhook_the_cycle_polls_the_payment_intent(ts_client, t
     assert all(timedelta(minutes=5) <= g < timedelta(minutes=5, seconds=30) for g in gaps)
 
 
+async def test_an_attempt_with_no_outcome_in_time_is_cancelled_before_the_cycle_moves_on(ts_client, task_queue):
+    world = FakeBillingWorld()
+    async with workers(ts_client, task_queue, world):
+        params = cycle_input(PENDING, poll_interval_seconds=300, payment_timeout_seconds=900, dunning_schedule_days=[])
+        handle = await start_cycle(ts_client, task_queue, params)
+        result = await handle.result()
+        await emails_delivered(ts_client, handle.id)
+    assert result.status == "unpaid" and result.decline_code == "payment_timeout"
+    [intent] = world.intents.values()
+    assert intent.status == "canceled"  # it can no longer succeed behind the cycle's back
+    [void] = world.args[act.REFUND_PAYMENT]
+    assert void.payment_intent_ids == [intent.id] and void.idempotency_key == f"{handle.id}:timeout:1"
+
+
 async def test_a_failing_step_after_a_successful_charge_refunds_it_and_voids_the_invoice(ts_client, task_queue):
     world = FakeBillingWorld(fail_step=act.MARK_INVOICE_PAID)
     async with workers(ts_client, task_queue, world):

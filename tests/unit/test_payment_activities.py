@@ -149,3 +149,16 @@ async def test_partial_refund_stops_at_the_amount(sandbox, billing, env, custome
     by_pi = {r["payment_intent"]: r["amount"] for r in sandbox.objects("refund")
              if r["payment_intent"] in (a.payment_intent_id, b.payment_intent_id)}
     assert by_pi == {a.payment_intent_id: 600, b.payment_intent_id: 300}
+
+
+async def test_refund_cancels_an_intent_still_waiting_for_an_outcome(sandbox, billing, env, customer):
+    """A 3-D Secure card confirmed off-session by its PaymentIntent id: requires_action until the customer acts."""
+    pi = await billing.client.v1.payment_intents.create_async(params={
+        "amount": 500, "currency": "eur", "customer": customer, "payment_method": "pm_card_threeDSecure2Required",
+        "confirm": True})
+    assert pi.status == "requires_action"
+    refunded = await env.run(billing.refund_payment, RefundPayment(
+        idempotency_key=f"{uuid.uuid4()}:timeout", tenant_id=uuid.uuid4(), payment_intent_ids=[pi.id],
+        reason="no outcome in time"))
+    assert refunded.amount == 0
+    assert (await billing.client.v1.payment_intents.retrieve_async(pi.id)).status == "canceled"
