@@ -234,6 +234,7 @@ CycleDriver = Literal["timer", "schedule"]
 class PeriodPayment(BaseModel):
     payment_intent_id: str
     amount: int
+    covers_from: datetime | None = None  # a proration charge covers from the upgrade on; None: the whole period
 
 
 class SubscriptionState(BaseModel):

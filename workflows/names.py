@@ -74,6 +74,7 @@ PATCH_SUBSCRIPTION_DELETES_SCHEDULE = "subscription-deletes-schedule"  # an ende
 PATCH_RERUN_WAIT_HONOURS_REQUESTS = "rerun-wait-honours-requests"  # cancel / new card while a failed cycle waits
 PATCH_METHOD_CHANGE_DURING_CHARGE = "method-change-during-charge"  # a new card during a charge retries at once
 PATCH_TIMED_OUT_PAYMENT_VOIDED = "timed-out-payment-voided"  # an attempt with no outcome in time is cancelled
+PATCH_REFUND_BY_PAYMENT = "refund-by-payment"  # cancel-now refunds each payment's unused share
 
 # subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)
 SUBSCRIPTION_WORKFLOW = "Subscription"

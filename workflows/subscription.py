@@ -67,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import activity_names as act
     from workflows.names import (
         BILLING_CYCLE_WORKFLOW,
+        PATCH_REFUND_BY_PAYMENT,
         PATCH_RERUN_WAIT_HONOURS_REQUESTS,
         PATCH_SUBSCRIPTION_DELETES_SCHEDULE,
         QUERY_SUBSCRIPTION_STATE,
@@ -319,8 +320,14 @@ class SubscriptionWorkflow:
                 pass
         elif s.period_payments and s.current_period_end and now < s.current_period_end:
             paid = sum(p.amount for p in s.period_payments)
-            refund = min(paid, prorate(s.plan.amount, s.current_period_end - now,
-                                       s.current_period_end - s.current_period_start))
+            end = s.current_period_end
+            if workflow.patched(PATCH_REFUND_BY_PAYMENT):
+                # each payment back for the unused share of the time it paid for: right across an upgrade to
+                # a plan of another interval too (the plan's own rate over this period's length is not)
+                refund = sum(prorate(p.amount, end - now, end - (p.covers_from or s.current_period_start))
+                             for p in s.period_payments)
+            else:
+                refund = min(paid, prorate(s.plan.amount, end - now, end - s.current_period_start))
             if refund > 0:
                 refunded: Refunded = await workflow.execute_activity(
                     act.REFUND_PAYMENT, RefundPayment(
@@ -364,7 +371,8 @@ class SubscriptionWorkflow:
             if result is None or result.status != "paid":
                 self._note(f"upgrade to {plan.id} not applied: the proration charge of {amount} was declined")
                 return
-            s.period_payments.append(PeriodPayment(payment_intent_id=result.payment_intent_id, amount=amount))
+            s.period_payments.append(PeriodPayment(payment_intent_id=result.payment_intent_id, amount=amount,
+                                                   covers_from=now))
         s.last_proration_amount, s.plan_changed_at = amount, now
         self._switch_plan(plan, at=end)
         await self._set_status("active")

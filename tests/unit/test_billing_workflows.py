@@ -495,3 +495,27 @@ async def test_a_failed_cycle_waits_for_a_rerun_and_a_new_card_or_a_cancel_is_ho
     charges = world.succeeded()
     assert [c.payment_method for c in charges] == ["pm_card_visa_debit", VISA]
     assert all(c.refunded == c.amount for c in charges)
+
+
+async def test_cancel_now_after_an_upgrade_to_a_yearly_plan_refunds_only_what_is_unused(
+        ts_client, task_queue, time_skipping_env):
+    """Each payment of the period comes back for the unused share of the time it paid for: the month's
+    payment and the proration charge, not the yearly plan's rate over the month (which refunded too much)."""
+    yearly = Plan(id="team-yearly", name="Team (yearly)", amount=49000, currency="eur", interval="year")
+    world = FakeBillingWorld()
+    async with subscription_workers(ts_client, task_queue, world):
+        handle = await start_subscription(ts_client, task_queue, STARTER)
+        await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)
+        await time_skipping_env.sleep(timedelta(days=10))
+        await handle.signal(SIGNAL_CHANGE_PLAN, ChangePlan(plan=yearly))
+        upgraded = await poll(lambda: sub_state(handle), lambda s: s.plan.id == yearly.id)
+        await time_skipping_env.sleep(timedelta(days=5))
+        result = await cancel_now_and_finish(ts_client, handle, world)
+        canceled = await sub_state(handle)
+    start, end, at, now = (upgraded.current_period_start, upgraded.current_period_end, upgraded.plan_changed_at,
+                           canceled.canceled_at)
+    proration = upgraded.last_proration_amount
+    assert proration > 0
+    expected = prorate(900, end - now, end - start) + prorate(proration, end - now, end - at)
+    assert result.refunded_amount == expected < 900 + proration
+    assert sum(i.refunded for i in world.succeeded()) == expected
