@@ -110,7 +110,9 @@ class BillingCycleWorkflow:
         self.state.invoice_id, self.state.invoice_number = invoice.invoice_id, invoice.number
         if invoice.status == "paid" and invoice.payment_intent_id:
             # Run again after it was paid (Stripe forgets idempotency keys after 24 h): never charge twice.
-            return await self._paid(PaymentOutcome(payment_intent_id=invoice.payment_intent_id, status="succeeded"))
+            # Its receipt went out with the first run.
+            return await self._paid(PaymentOutcome(payment_intent_id=invoice.payment_intent_id, status="succeeded"),
+                                    receipt=False)
         # Registered before the first charge: whatever succeeded is refunded if a later step fails.
         self.saga.add_compensation("charge", act.REFUND_PAYMENT, lambda: RefundPayment(
             idempotency_key=f"{wid}:refund", tenant_id=p.tenant_id,
@@ -202,17 +204,18 @@ class BillingCycleWorkflow:
         if known is None or (known.status != "succeeded" and outcome.status == "succeeded"):
             self.outcomes[outcome.payment_intent_id] = outcome
 
-    async def _paid(self, outcome: PaymentOutcome) -> BillingCycleResult:
+    async def _paid(self, outcome: PaymentOutcome, *, receipt: bool = True) -> BillingCycleResult:
         p, wid = self.params, workflow.info().workflow_id
         self.state.status, self.state.next_retry_at = "paid", None
         self.state.paid_payment_intent_id = outcome.payment_intent_id
         await self.saga.step("mark_invoice_paid", act.MARK_INVOICE_PAID, MarkInvoicePaid(
             invoice_id=self.state.invoice_id, tenant_id=p.tenant_id, payment_intent_id=outcome.payment_intent_id,
             workflow_id=wid))
-        await start_email(self.saga, "send_receipt", self._email(
-            "receipt", f"Receipt for invoice {self.state.invoice_number}",
-            f"Thank you: we received {money(p.amount, p.currency)} for invoice {self.state.invoice_number} "
-            f"({p.period_start.date()} – {p.period_end.date()})."))
+        if receipt:
+            await start_email(self.saga, "send_receipt", self._email(
+                "receipt", f"Receipt for invoice {self.state.invoice_number}",
+                f"Thank you: we received {money(p.amount, p.currency)} for invoice {self.state.invoice_number} "
+                f"({p.period_start.date()} – {p.period_end.date()})."))
         await self._publish("invoice.paid")
         await self._tell_parent("paid")
         self.saga.complete(f"paid: invoice {self.state.invoice_number}, {outcome.payment_intent_id}")
