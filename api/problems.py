@@ -66,6 +66,7 @@ INVITATION_EXPIRED = ProblemType("invitation-expired", 410, "Invitation expired 
 PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", 413, "Request body too large")
 UNSUPPORTED_MEDIA_TYPE = ProblemType("unsupported-media-type", 415, "Unsupported media type")
 VALIDATION_FAILED = ProblemType("validation-failed", 422, "Request validation failed")
+UNKNOWN_PLAN = ProblemType("unknown-plan", 422, "Unknown plan")
 IDEMPOTENCY_KEY_REUSED = ProblemType("idempotency-key-reused", 422, "Idempotency-Key reused with a different request")
 TOO_MANY_ATTEMPTS = ProblemType("too-many-attempts", 429, "Too many attempts")
 INTERNAL_ERROR = ProblemType("internal-error", 500, "Internal server error")

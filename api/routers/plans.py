@@ -6,9 +6,19 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import SettingsDep
+from api.problems import UNKNOWN_PLAN, Problem
 from models.plans import Plan, available_plans
+from prognet.settings import Settings
 
 router = APIRouter(prefix="/v1/plans", tags=["plans"])
+
+
+def resolve_plan(settings: Settings, plan_id: str) -> Plan:
+    """The catalogue entry a request names (development-only plans do not exist in production), else 422."""
+    for plan in available_plans(settings.environment):
+        if plan.id == plan_id:
+            return plan
+    raise Problem(UNKNOWN_PLAN, f"No plan '{plan_id}'; see GET /v1/plans.")
 
 
 class PlanList(BaseModel):

@@ -43,12 +43,11 @@ from api.problems import (
     ProblemType,
     problem_responses,
 )
+from api.routers.plans import resolve_plan
 from api.schemas import SignupLinks, SignupRequest, SignupResponse, SignupStatusView
 from api.temporal_client import answer_within
-from models.plans import Plan, available_plans
 from models.signup_contracts import PaidSignupInput, SignupOutcome
 from prognet import passwords
-from prognet.settings import Settings
 from workflows.names import (
     PAID_SIGNUP_WORKFLOW,
     QUERY_SIGNUP_OUTCOME,
@@ -64,7 +63,6 @@ log = logging.getLogger("prognet.api")
 router = APIRouter(prefix="/v1/signup", tags=["auth"], dependencies=[Depends(require_json_body)])
 
 PAYMENT_DECLINED = ProblemType("payment-declined", 402, "Payment declined")
-UNKNOWN_PLAN = ProblemType("unknown-plan", 422, "Unknown plan")
 SIGNUP_FAILED = ProblemType("signup-failed", 503, "Sign-up could not be completed")
 
 # ids = uuid5(IDEMPOTENCY_NAMESPACE, "signup:{kind}:{Idempotency-Key}"): a retried request finds the same saga.
@@ -95,13 +93,6 @@ def _ids(idempotency_key: str | None) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
         return uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     return tuple(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"signup:{kind}:{idempotency_key}")  # type: ignore[return-value]
                  for kind in ("user", "tenant", "subscription"))
-
-
-def _plan(settings: Settings, plan_id: str) -> Plan:
-    for plan in available_plans(settings.environment):  # development-only plans are hidden in production
-        if plan.id == plan_id:
-            return plan
-    raise Problem(UNKNOWN_PLAN, f"No plan '{plan_id}'; see GET /v1/plans.")
 
 
 def _links(outcome: SignupOutcome) -> SignupLinks:
@@ -169,7 +160,7 @@ def _answer(outcome: SignupOutcome) -> SignupResponse:
 )
 async def signup(body: SignupRequest, settings: SettingsDep, temporal: TemporalConnectorDep,
                  idempotency_key: IdempotencyKey = None) -> SignupResponse:
-    plan = _plan(settings, body.plan)
+    plan = resolve_plan(settings, body.plan)
     client = await temporal.get()
     user_id, tenant_id, subscription_id = _ids(idempotency_key)
     workflow_id = signup_workflow_id(user_id)

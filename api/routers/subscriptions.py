@@ -26,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.body_guard import require_json_body
 from api.deps import DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager, TenantMember
 from api.problems import NOT_FOUND, Problem, ProblemType, TENANT_NOT_ACTIVE, problem_responses
+from api.routers.plans import resolve_plan
 from api.schemas import PaymentMethodId, PlanId, _Request
 from models.billing_cycle_contracts import (
     CancelSubscription,
@@ -35,9 +36,7 @@ from models.billing_cycle_contracts import (
     SubscriptionState,
 )
 from models.db import transaction
-from models.plans import Plan, available_plans
 from models.tables import Invoice, Subscription, Tenant, TenantBilling
-from prognet.settings import Settings
 from workflows.names import (
     QUERY_SUBSCRIPTION_STATE,
     SA_SUBSCRIPTION_ID,
@@ -57,7 +56,6 @@ router = APIRouter(tags=["billing"], dependencies=[Depends(require_json_body)])
 
 SUBSCRIPTION_EXISTS = ProblemType("subscription-exists", 409, "The tenant already has a live subscription")
 SUBSCRIPTION_ENDED = ProblemType("subscription-ended", 409, "Subscription has ended")
-UNKNOWN_PLAN = ProblemType("unknown-plan", 422, "Unknown plan")
 NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Stripe customer")
 STATE_QUERY_TIMEOUT_SECONDS = 2.0
 
@@ -139,13 +137,6 @@ def _links(tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> SubscriptionLink
                              invoices=f"{base}/invoices?subscription_id={subscription_id}")
 
 
-def _plan(settings: Settings, plan_id: str) -> Plan:
-    for plan in available_plans(settings.environment):
-        if plan.id == plan_id:
-            return plan
-    raise Problem(UNKNOWN_PLAN, f"No plan '{plan_id}'; see GET /v1/plans.")
-
-
 def _invoice_view(row: Invoice) -> InvoiceView:
     return InvoiceView.model_validate(row, from_attributes=True)
 
@@ -161,7 +152,7 @@ def _invoice_view(row: Invoice) -> InvoiceView:
 )
 async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: TenantManager, engine: DbDep,
                     settings: SettingsDep, temporal: TemporalConnectorDep) -> SubscriptionAccepted:
-    plan = _plan(settings, body.plan)
+    plan = resolve_plan(settings, body.plan)
     subscription_id = uuid.uuid4()
     workflow_id = subscription_workflow_id(subscription_id)
     client = await temporal.get()  # before the row: with Temporal down, a 503 and nothing written
@@ -301,7 +292,7 @@ async def cancel(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, b
 async def change_plan(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, body: ChangePlanRequest,
                       manager: TenantManager, engine: DbDep, settings: SettingsDep,
                       temporal: TemporalConnectorDep) -> SubscriptionAccepted:
-    plan = _plan(settings, body.plan)
+    plan = resolve_plan(settings, body.plan)
     row = await _subscription(engine, manager, subscription_id)
     return await _signal(temporal, row, SIGNAL_CHANGE_PLAN, ChangePlan(plan=plan))
 
