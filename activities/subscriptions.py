@@ -1,4 +1,4 @@
-"""The subscriptions read model and what an unpaid subscription does to its tenant.
+"""The subscriptions read model (a paid period also lifts its tenant's suspension).
 
 The `subscription-{id}` workflow owns a subscription's truth; these activities mirror each status change into
 the `subscriptions` table (with a `subscription.<status>` domain event in the same transaction), so the API
@@ -10,10 +10,11 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 
-from models.billing_cycle_contracts import SetSubscriptionStatus, SuspendTenant
+from activities.tenants import set_tenant_status
+from models.billing_cycle_contracts import SetSubscriptionStatus
 from models.db import transaction
 from models.events import record_event
-from models.tables import Subscription, Tenant, utcnow
+from models.tables import Subscription, utcnow
 from workflows import activity_names as names
 
 
@@ -42,23 +43,6 @@ class SubscriptionActivities:
                 record_event(db, f"subscription.{req.status}", "subscription", req.subscription_id,
                              {"plan_id": req.plan_id}, tenant_id=req.tenant_id, workflow_id=req.workflow_id)
             if req.status == "active":  # paid again: a tenant suspended for an unpaid subscription is back
-                tenant = await db.get(Tenant, req.tenant_id)
-                if tenant is not None and tenant.status == "suspended":
-                    tenant.status, tenant.failure_reason = "active", None
-                    db.add(tenant)
-                    record_event(db, "tenant.reactivated", "tenant", req.tenant_id,
-                                 {"subscription_id": str(req.subscription_id)},
-                                 tenant_id=req.tenant_id, workflow_id=req.workflow_id)
-
-    @activity.defn(name=names.SUSPEND_TENANT)
-    async def suspend_tenant(self, req: SuspendTenant) -> None:
-        """An unpaid subscription suspends its tenant (status `suspended`, reason kept)."""
-        async with transaction(self.engine, tenant_id=req.tenant_id) as db:
-            tenant = await db.get(Tenant, req.tenant_id)
-            if tenant is None or tenant.status == "suspended":
-                return
-            tenant.status, tenant.failure_reason = "suspended", req.reason[:500]
-            db.add(tenant)
-            record_event(db, "tenant.suspended", "tenant", req.tenant_id,
-                         {"subscription_id": str(req.subscription_id), "reason": tenant.failure_reason},
-                         tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+                await set_tenant_status(db, req.tenant_id, "active", None, event="tenant.reactivated",
+                                        payload={"subscription_id": str(req.subscription_id)},
+                                        workflow_id=req.workflow_id, only_from="suspended")

@@ -1,4 +1,4 @@
-"""Tenants aggregate: tenant row, memberships, billing configuration, default settings.
+"""Tenants aggregate: tenant row and status (failed, suspended), memberships, billing configuration, settings.
 
 Every activity opens its transaction for one tenant (`transaction(engine, tenant_id=…)`), so PostgreSQL's
 row-level security sees exactly that tenant's rows. Each is idempotent and each compensation tolerates
@@ -7,13 +7,18 @@ row-level security sees exactly that tenant's rows. Each is idempotent and each 
 
 from __future__ import annotations
 
+from typing import Any
+from uuid import UUID
+
 from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from models.billing_cycle_contracts import SuspendTenant
 from models.contracts import CreateBillingConfig, CreateTenant, MarkTenantFailed, MembershipRef, TenantRef
 from models.db import transaction
 from models.signup_contracts import DiscardTenant
@@ -23,6 +28,19 @@ from workflows import activity_names as names
 
 SLUG_TAKEN = "SlugTaken"
 DEFAULT_SETTINGS = {"timezone": "UTC", "locale": "en", "invitation_roles": ["admin", "member"]}
+
+
+async def set_tenant_status(session: AsyncSession, tenant_id: UUID, status: str, reason: str | None, *,
+                            event: str, payload: dict[str, Any], workflow_id: str,
+                            only_from: str | None = None) -> None:
+    """Move a tenant to `status` (keeping the reason) with its domain event, in the caller's transaction.
+    Idempotent: a tenant already there, gone, or (with `only_from`) in another status is left as it is."""
+    tenant = await session.get(Tenant, tenant_id)
+    if tenant is None or tenant.status == status or (only_from is not None and tenant.status != only_from):
+        return
+    tenant.status, tenant.failure_reason = status, reason[:500] if reason else None
+    session.add(tenant)
+    record_event(session, event, "tenant", tenant_id, payload, tenant_id=tenant_id, workflow_id=workflow_id)
 
 
 class TenantActivities:
@@ -46,14 +64,17 @@ class TenantActivities:
     @activity.defn(name=names.MARK_TENANT_FAILED)
     async def mark_tenant_failed(self, req: MarkTenantFailed) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            tenant = await session.get(Tenant, req.tenant_id)
-            if tenant is None or tenant.status == "failed":
-                return
-            tenant.status = "failed"
-            tenant.failure_reason = req.reason[:500]
-            session.add(tenant)
-            record_event(session, "tenant.failed", "tenant", req.tenant_id, {"reason": tenant.failure_reason},
-                         tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+            await set_tenant_status(session, req.tenant_id, "failed", req.reason, event="tenant.failed",
+                                    payload={"reason": req.reason[:500]}, workflow_id=req.workflow_id)
+
+    @activity.defn(name=names.SUSPEND_TENANT)
+    async def suspend_tenant(self, req: SuspendTenant) -> None:
+        """An unpaid subscription suspends its tenant (status `suspended`, reason kept) until a new
+        subscription's first period is paid (`subscriptions.set_status`)."""
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            await set_tenant_status(session, req.tenant_id, "suspended", req.reason, event="tenant.suspended",
+                                    payload={"subscription_id": str(req.subscription_id), "reason": req.reason[:500]},
+                                    workflow_id=req.workflow_id)
 
     @activity.defn(name=names.ADD_MEMBERSHIP)
     async def add_membership(self, req: MembershipRef) -> None:

@@ -30,7 +30,7 @@ from api.app import create_app
 from models.db import transaction
 from models.tables import EmailMessage as EmailRow
 from models.tables import Membership, Tenant, User
-from prognet.devstack import EmbeddedStack, free_port, message_text, read_messages
+from prognet.devstack import EmbeddedStack, SandboxAdmin, free_port, message_text, read_messages
 from prognet.settings import Settings
 from workers.main import build_workers
 from workflows.names import email_message_id, email_workflow_id, invitation_workflow_id
@@ -144,6 +144,13 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
 
 
 # --- Temporal: a dev server from the wheel, the real worker, an SMTP sink -------------------------------
+
+@pytest.fixture
+async def stripe(services: EmbeddedStack) -> AsyncIterator[SandboxAdmin]:
+    """The stack's Stripe sandbox, to look at what the real SDK calls left there."""
+    async with SandboxAdmin(services.stripe_api_base) as admin:
+        yield admin
+
 
 @pytest.fixture(scope="session")
 async def temporal_client(services: EmbeddedStack) -> Client:

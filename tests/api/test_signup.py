@@ -22,14 +22,7 @@ from workflows.names import (
     tenant_workflow_id,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 PLAN = "dev-minutely"
-
-
-@pytest.fixture
-async def stripe(services):
-    async with SandboxAdmin(services.stripe_api_base) as admin:
-        yield admin
 
 
 @pytest.fixture

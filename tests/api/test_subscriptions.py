@@ -8,27 +8,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import asyncpg
-
-import pytest
+from sqlmodel import select
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import ActivityEnvironment
 
+from activities.tenants import TenantActivities
+from models.billing_cycle_contracts import SuspendTenant
 from models.db import transaction
 from models.tables import DomainEvent
-from prognet.devstack.stripe_sandbox import SandboxAdmin
-from sqlmodel import select
 from tests.api.conftest import active_tenant, add_member, assert_problem, person
 from workflows.names import SA_SUBSCRIPTION_ID, SA_TENANT_ID, billing_cycle_workflow_id, billing_schedule_id
 
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 PLAN = "dev-minutely"
-
-
-@pytest.fixture
-async def stripe(services):
-    async with SandboxAdmin(services.stripe_api_base) as admin:
-        yield admin
 
 
 async def subscribe(api, owner, tenant_id: str, payment_method: str = "pm_card_visa", plan: str = PLAN) -> dict:
@@ -151,15 +143,12 @@ async def test_bad_requests_and_other_tenants(api, app_engine):
     assert (await api.get(f"/v1/tenants/{tenant_id}/invoices", headers=owner.headers)).json() == []
 
 
-async def test_a_suspended_tenant_shows_as_such_and_a_paid_new_subscription_lifts_it(api, app_engine, services):
+async def test_a_suspended_tenant_shows_as_such_and_a_paid_new_subscription_lifts_it(api, app_engine):
     owner = await person(api, app_engine)
     tenant_id = await active_tenant(api, owner)
-    db = await asyncpg.connect(services.postgres_dsn)  # what tenants.suspend_tenant leaves after an unpaid period
-    try:
-        await db.execute("update tenants set status = 'suspended', failure_reason = 'period 3 unpaid' "
-                         "where id = $1", uuid.UUID(tenant_id))
-    finally:
-        await db.close()
+    # what an unpaid period does to its tenant
+    await ActivityEnvironment().run(TenantActivities(app_engine).suspend_tenant, SuspendTenant(
+        tenant_id=uuid.UUID(tenant_id), subscription_id=uuid.uuid4(), reason="period 3 unpaid", workflow_id="w"))
     shown = await api.get(f"/v1/tenants/{tenant_id}", headers=owner.headers)
     assert shown.status_code == 200 and shown.json()["status"] == "suspended"
     listed = await api.get("/v1/tenants", headers=owner.headers)
