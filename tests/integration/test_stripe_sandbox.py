@@ -21,7 +21,6 @@ from prognet.devstack import EmbeddedStack, SandboxAdmin, StripeSandbox, free_po
 from prognet.settings import DEV_STRIPE_SECRET_KEY
 
 KEY = "sk_test_sandbox_it"
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # the SDK's httpx use
 
 
 def client_for(api_base: str, key: str = KEY) -> stripe.StripeClient:

@@ -15,7 +15,6 @@ import stripe
 from prognet.devstack import SandboxAdmin, StripeSandbox
 
 KEY = "sk_test_sandbox_payments"
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # the SDK's httpx use
 
 
 @pytest.fixture

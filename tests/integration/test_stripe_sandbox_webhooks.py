@@ -20,7 +20,6 @@ from prognet.settings import DEV_STRIPE_WEBHOOK_SECRET
 
 KEY = "sk_test_sandbox_webhooks"
 SECRET = "whsec_test_0123456789abcdefghijklmnopqrstuv"
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # the SDK's httpx use
 
 
 @dataclass

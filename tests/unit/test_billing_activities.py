@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import stripe
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
 from activities.billing import STRIPE_PERMANENT_ERROR, BillingActivities
 from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer
 from prognet.devstack.stripe_sandbox import StripeSandbox
 from prognet.settings import Settings
-
-KEY = "sk_test_billing_activities"
-# the stripe SDK's httpx client passes bytes as `data=`; not ours to fix
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-async def sandbox() -> AsyncIterator[StripeSandbox]:
-    async with StripeSandbox(port=0) as sb:
-        yield sb
+from tests.unit.conftest import STRIPE_KEY
 
 
 @pytest.fixture(autouse=True)
@@ -31,16 +20,6 @@ def _no_faults(sandbox: StripeSandbox):
     sandbox.clear_faults()
     yield
     sandbox.clear_faults()
-
-
-@pytest.fixture
-def billing(sandbox: StripeSandbox) -> BillingActivities:
-    return BillingActivities(Settings(stripe_api_base=sandbox.api_base, stripe_secret_key=KEY))
-
-
-@pytest.fixture
-def env() -> ActivityEnvironment:
-    return ActivityEnvironment()
 
 
 def _create(tenant_id: uuid.UUID | None = None, **kwargs) -> CreateStripeCustomer:
@@ -62,7 +41,7 @@ async def test_create_makes_a_customer_carrying_the_tenant_id(sandbox, billing, 
     assert customer["id"] == result.customer_id
     assert (customer["name"], customer["email"], customer["livemode"]) == ("Acme Ltd", "billing@acme.test", False)
     # and the SDK reads it back the same way
-    fetched = await stripe.StripeClient(KEY, base_addresses={"api": sandbox.api_base}).v1.customers.retrieve_async(result.customer_id)
+    fetched = await stripe.StripeClient(STRIPE_KEY, base_addresses={"api": sandbox.api_base}).v1.customers.retrieve_async(result.customer_id)
     assert fetched.metadata["tenant_id"] == str(req.tenant_id)
 
 
@@ -172,6 +151,6 @@ async def test_delete_failing_with_500_is_retryable(sandbox, billing, env):
 async def test_unreachable_stripe_is_a_retryable_connection_error(env):
     from prognet.devstack import free_port
 
-    billing = BillingActivities(Settings(stripe_api_base=f"http://127.0.0.1:{free_port()}", stripe_secret_key=KEY))
+    billing = BillingActivities(Settings(stripe_api_base=f"http://127.0.0.1:{free_port()}", stripe_secret_key=STRIPE_KEY))
     with pytest.raises(stripe.APIConnectionError):
         await env.run(billing.create_stripe_customer, _create())

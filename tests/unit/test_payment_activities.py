@@ -5,36 +5,13 @@ Stripe's test PaymentMethod ids behave as in test mode; a decline is an answer, 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
-from activities.billing import STRIPE_PERMANENT_ERROR, BillingActivities
+from activities.billing import STRIPE_PERMANENT_ERROR
 from models.billing_contracts import CreateStripeCustomer
 from models.billing_cycle_contracts import CreatePaymentIntent, PaymentIntentRef, RefundPayment
-from prognet.devstack.stripe_sandbox import StripeSandbox
-from prognet.settings import Settings
-
-KEY = "sk_test_payment_activities"
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-async def sandbox() -> AsyncIterator[StripeSandbox]:
-    async with StripeSandbox(port=0) as sb:
-        yield sb
-
-
-@pytest.fixture
-def billing(sandbox: StripeSandbox) -> BillingActivities:
-    return BillingActivities(Settings(stripe_api_base=sandbox.api_base, stripe_secret_key=KEY))
-
-
-@pytest.fixture
-def env() -> ActivityEnvironment:
-    return ActivityEnvironment()
 
 
 @pytest.fixture
