@@ -65,15 +65,19 @@ def schedule_spec(plan: Plan, anchor: datetime) -> ScheduleSpec:
     return ScheduleSpec(calendars=[calendar], start_at=first_end)
 
 
+def search_attributes(spec: BillingScheduleSpec) -> TypedSearchAttributes:
+    """What the Schedule and each BillingTrigger it starts are found by in the UI."""
+    return TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(spec.tenant_id)),
+                                  SearchAttributePair(SA_SUBSCRIPTION_ID, str(spec.subscription_id))])
+
+
 def billing_schedule(spec: BillingScheduleSpec) -> Schedule:
     sub = spec.subscription_id
     return Schedule(
         action=ScheduleActionStartWorkflow(
             BILLING_TRIGGER_WORKFLOW, BillingTriggerInput(subscription_id=sub), id=f"billing-trigger-{sub}",
             task_queue=TASK_QUEUE, execution_timeout=timedelta(minutes=5),
-            typed_search_attributes=TypedSearchAttributes([
-                SearchAttributePair(SA_TENANT_ID, str(spec.tenant_id)),
-                SearchAttributePair(SA_SUBSCRIPTION_ID, str(sub))])),
+            typed_search_attributes=search_attributes(spec)),
         spec=schedule_spec(spec.plan, spec.anchor),
         # A missed firing (server down) is caught up once; firings never overlap.
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(days=1)),
@@ -91,9 +95,7 @@ class ScheduleActivities:
         try:
             await self.client.create_schedule(
                 billing_schedule_id(spec.subscription_id), billing_schedule(spec),
-                search_attributes=TypedSearchAttributes([
-                    SearchAttributePair(SA_TENANT_ID, str(spec.tenant_id)),
-                    SearchAttributePair(SA_SUBSCRIPTION_ID, str(spec.subscription_id))]))
+                search_attributes=search_attributes(spec))
         except ScheduleAlreadyRunningError:
             return
         log.info("billing schedule created", extra={"subscription_id": str(spec.subscription_id)})

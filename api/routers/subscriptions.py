@@ -195,12 +195,16 @@ async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: Te
                                 links=_links(tenant_id, subscription_id))
 
 
-async def _subscription(engine, member, subscription_id: uuid.UUID) -> Subscription:
+async def _subscription(engine, member, subscription_id: uuid.UUID,
+                        with_invoices: bool = False) -> tuple[Subscription, list[Invoice]]:
+    """The subscription (404 if not this tenant's), and its invoices by number when asked, in one transaction."""
     async with transaction(engine, tenant_id=member.tenant_id, user_id=member.user_id) as db:
         row = await db.get(Subscription, subscription_id)
-    if row is None or row.tenant_id != member.tenant_id:
-        raise Problem(NOT_FOUND, "No subscription with this id in this tenant.")
-    return row
+        if row is None or row.tenant_id != member.tenant_id:
+            raise Problem(NOT_FOUND, "No subscription with this id in this tenant.")
+        invoices = list((await db.exec(select(Invoice).where(Invoice.subscription_id == subscription_id)
+                                       .order_by(Invoice.number))).all()) if with_invoices else []
+    return row, invoices
 
 
 async def _live_state(client: Client, subscription_id: uuid.UUID) -> dict[str, Any] | None:
@@ -231,10 +235,7 @@ async def list_subscriptions(tenant_id: TenantIdPath, member: TenantMember, engi
             responses=problem_responses(401, 404, 422))
 async def get_subscription(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, member: TenantMember,
                            engine: DbDep, temporal: TemporalConnectorDep) -> SubscriptionView:
-    row = await _subscription(engine, member, subscription_id)
-    async with transaction(engine, tenant_id=tenant_id, user_id=member.user_id) as db:
-        invoices = (await db.exec(select(Invoice).where(Invoice.subscription_id == subscription_id)
-                                  .order_by(Invoice.number))).all()
+    row, invoices = await _subscription(engine, member, subscription_id, with_invoices=True)
     client = await temporal.try_get()
     live = await _live_state(client, subscription_id) if client is not None else None
     return SubscriptionView.model_validate({**row.model_dump(), "live": live,
@@ -279,7 +280,7 @@ COMMAND_RESPONSES = problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 50
              description="Owners and admins.", responses=COMMAND_RESPONSES)
 async def cancel(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, body: CancelRequest,
                  manager: TenantManager, engine: DbDep, temporal: TemporalConnectorDep) -> SubscriptionAccepted:
-    row = await _subscription(engine, manager, subscription_id)
+    row, _ = await _subscription(engine, manager, subscription_id)
     return await _signal(temporal, row, SIGNAL_CANCEL_SUBSCRIPTION,
                          CancelSubscription(at_period_end=body.at_period_end, reason=body.reason))
 
@@ -293,7 +294,7 @@ async def change_plan(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPa
                       manager: TenantManager, engine: DbDep, settings: SettingsDep,
                       temporal: TemporalConnectorDep) -> SubscriptionAccepted:
     plan = resolve_plan(settings, body.plan)
-    row = await _subscription(engine, manager, subscription_id)
+    row, _ = await _subscription(engine, manager, subscription_id)
     return await _signal(temporal, row, SIGNAL_CHANGE_PLAN, ChangePlan(plan=plan))
 
 
@@ -304,6 +305,6 @@ async def change_plan(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPa
 async def change_payment_method(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath,
                                 body: PaymentMethodRequest, manager: TenantManager, engine: DbDep,
                                 temporal: TemporalConnectorDep) -> SubscriptionAccepted:
-    row = await _subscription(engine, manager, subscription_id)
+    row, _ = await _subscription(engine, manager, subscription_id)
     return await _signal(temporal, row, SIGNAL_PAYMENT_METHOD_UPDATED,
                          PaymentMethodUpdated(payment_method=body.payment_method))
