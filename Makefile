@@ -1,10 +1,12 @@
 # ProgNetwork: `make dev` starts everything on this machine, `make test` runs the whole suite.
-# Both create .venv on first use and reinstall only when pyproject.toml changes.
+# Both create .venv on first use and reinstall only when pyproject.toml changes: `make dev` installs the runtime
+# with the dev extra (the embedded stack), `make test` also the test extra.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.prognet-installed
+DEV_STAMP  := $(VENV)/.prognet-dev-installed
+TEST_STAMP := $(VENV)/.prognet-test-installed
 
 .PHONY: dev test bench venv clean-data help
 
@@ -13,25 +15,30 @@ help:
 	@echo "make test    run the whole test suite"
 	@echo "make bench   run the benchmark"
 
-dev: $(STAMP)
+dev: $(DEV_STAMP)
 	$(BIN)/prognet dev
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/prognet bench
 
-venv: $(STAMP)
+venv: $(TEST_STAMP)
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "error: $(PYTHON) is older than 3.11; run with PYTHON=python3.11 (or newer)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[test]'
-	@touch $(STAMP)
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@
+
+# dev,test includes dev: the dev stamp is then up to date too
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev,test]'
+	@touch $@ $(DEV_STAMP)
 
 clean-data:
 	rm -rf .prognet

@@ -8,14 +8,16 @@
     prognet stripe-sandbox  the development Stripe sandbox on its own
     prognet mail list    messages the SMTP sink received;  prognet mail show N
     prognet admin grant EMAIL / revoke EMAIL   make a user a platform operator (or stop)
+    prognet bench        the benchmark
+
+The development commands (dev, smtp-sink, stripe-sandbox, mail, bench, and migrate/admin without DATABASE_URL)
+use the development harness, package `prognet_dev`, which needs the dev extra; the runtime never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import inspect
 import logging
 import os
@@ -26,6 +28,20 @@ from pathlib import Path
 from prognet.settings import Settings
 
 _COLORS = ["36", "35", "33", "32", "34", "31", "96", "95"]
+EXIT_NO_DEV_EXTRA = 2
+
+
+class DevExtraMissing(Exception):
+    """The development harness (or one of its dependencies) is not installed."""
+
+
+def _dev_harness():
+    """The `prognet_dev` package, imported on first use: a runtime install (`pip install prognet`) lacks it."""
+    try:
+        import prognet_dev
+    except ModuleNotFoundError as exc:
+        raise DevExtraMissing(exc.name) from exc
+    return prognet_dev
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -70,6 +86,7 @@ class _SinkHandler(logging.Handler):
 # --- prognet dev --------------------------------------------------------------------------------------------
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    dev = _dev_harness()
     try:
         settings = _settings(args)
     except Exception as exc:
@@ -81,15 +98,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     for name in ("prognet", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(settings.log_level.upper())
     try:
-        return asyncio.run(_dev(settings, sink, with_app=not args.no_app))
+        return asyncio.run(_dev(dev, settings, sink, with_app=not args.no_app))
     except KeyboardInterrupt:
         return 130
 
 
-async def _dev(settings: Settings, sink, *, with_app: bool) -> int:
-    from prognet.devstack import EmbeddedStack, StackError
-
-    stack = EmbeddedStack.from_settings(settings, with_app=with_app, log=sink)
+async def _dev(dev, settings: Settings, sink, *, with_app: bool) -> int:
+    stack = dev.EmbeddedStack(settings, app=with_app, log=sink)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -110,7 +125,7 @@ async def _dev(settings: Settings, sink, *, with_app: bool) -> int:
 
     try:
         await stack.start()
-    except StackError as exc:
+    except dev.StackError as exc:
         return _error(str(exc))
     except asyncio.CancelledError:
         return 130
@@ -169,15 +184,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if settings.database_url:
         return _run_upgrade(settings.migration_database_url or settings.database_url)
     # no DATABASE_URL: migrate the embedded database in the data dir (start it just for this)
-    from prognet.devstack import EmbeddedStack, StackError
+    dev = _dev_harness()
 
     async def run() -> int:
-        stack = EmbeddedStack(settings.data_dir, with_temporal=False, with_redis=False, with_smtp=False,
-                              run_migrations=True, log=_make_log_sink())
+        stack = dev.EmbeddedStack(settings, services={"postgres"}, log=_make_log_sink())
         try:
             async with stack:
                 print(f"migrated {stack.migration_database_url}")
-        except StackError as exc:
+        except dev.StackError as exc:
             return _error(str(exc))
         return 0
 
@@ -210,18 +224,17 @@ def cmd_admin(args: argparse.Namespace) -> int:
     if url:
         return asyncio.run(_set_platform_admin(url, args.email, grant))
     # no DATABASE_URL: the embedded database of the data dir, the running one (prognet dev) or started for this
-    from prognet.devstack import EmbeddedStack, StackError
+    dev = _dev_harness()
 
     async def run() -> int:
-        stack = EmbeddedStack(settings.data_dir, with_temporal=False, with_redis=False, with_smtp=False,
-                              with_stripe=False, run_migrations=True, log=lambda name, line: None)
+        stack = dev.EmbeddedStack(settings, services={"postgres"}, log=lambda name, line: None)
         assert stack.migration_database_url and stack.postgres_dsn
         if await _postgres_answers(stack.postgres_dsn):
             return await _set_platform_admin(stack.migration_database_url, args.email, grant)
         try:
             async with stack:
                 return await _set_platform_admin(stack.migration_database_url, args.email, grant)
-        except StackError as exc:
+        except dev.StackError as exc:
             return _error(str(exc))
 
     return asyncio.run(run())
@@ -279,16 +292,16 @@ def _maildir(args: argparse.Namespace, settings: Settings) -> Path:
 
 def cmd_smtp_sink(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from prognet.devstack import SmtpSink, port_is_free
+    dev = _dev_harness()
 
     port = args.port or settings.smtp_port
     maildir = _maildir(args, settings).resolve()
-    if not port_is_free(args.host, port):
+    if not dev.port_is_free(args.host, port):
         return _error(f"SMTP sink port {args.host}:{port} is busy")
     logging.basicConfig(level="INFO", format="%(asctime)s smtp | %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
 
-    sink = SmtpSink(maildir, host=args.host, port=port, slow_seconds=args.slow_seconds)
+    sink = dev.SmtpSink(maildir, host=args.host, port=port, slow_seconds=args.slow_seconds)
     return _serve_until_signal(sink, lambda: (
         f"SMTP sink listening on {args.host}:{sink.port}, storing messages in {maildir} "
         f"(test tags: +fail421, +fail550, +slow = {args.slow_seconds:g}s)"))
@@ -314,16 +327,16 @@ def _serve_until_signal(service, banner) -> int:
 
 def cmd_stripe_sandbox(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from prognet.devstack import StripeSandbox, port_is_free
+    dev = _dev_harness()
 
     port = args.port or settings.stripe_sandbox_port
     state_file = None if args.in_memory else Path(args.state_file or settings.data_dir / "stripe" / "state.json").resolve()
-    if not port_is_free(args.host, port):
+    if not dev.port_is_free(args.host, port):
         return _error(f"Stripe sandbox port {args.host}:{port} is busy")
     logging.basicConfig(level="INFO", format="%(asctime)s stripe | %(message)s")
 
     secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
-    sandbox = StripeSandbox(state_file=state_file, host=args.host, port=port,
+    sandbox = dev.StripeSandbox(state_file=state_file, host=args.host, port=port,
                             webhook_url=settings.stripe_webhook_url, webhook_secret=secret)
     return _serve_until_signal(sandbox, lambda: (
         f"Stripe sandbox (development only) on {sandbox.api_base}, state in {state_file or 'memory'}\n"
@@ -333,9 +346,7 @@ def cmd_stripe_sandbox(args: argparse.Namespace) -> int:
 
 def _messages(args: argparse.Namespace, settings) -> list:
     """The sink's messages, oldest first, narrowed by --to (address) and --subject (substring)."""
-    from prognet.devstack.smtp_sink import read_messages
-
-    return [m for m in read_messages(_maildir(args, settings))
+    return [m for m in _dev_harness().read_messages(_maildir(args, settings))
             if (not args.to or str(m.get("To", "")).lower() == args.to.lower())
             and (not args.subject or args.subject.lower() in str(m.get("Subject", "")).lower())]
 
@@ -349,8 +360,7 @@ def _mail_filters(p: argparse.ArgumentParser) -> None:
 
 def cmd_mail_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from prognet.devstack.smtp_sink import delivery_date
-
+    delivery_date = _dev_harness().delivery_date
     maildir = _maildir(args, settings)
     messages = _messages(args, settings)
     if not messages:
@@ -372,9 +382,7 @@ def cmd_mail_show(args: argparse.Namespace) -> int:
     if args.raw:
         sys.stdout.write(msg.as_string())
         return 0
-    from prognet.devstack.smtp_sink import delivery_date
-
-    print(f"Date: {delivery_date(msg)}")
+    print(f"Date: {_dev_harness().delivery_date(msg)}")
     for header in ("From", "To", "Subject"):
         print(f"{header}: {msg.get(header, '')}")
     print()
@@ -383,21 +391,13 @@ def cmd_mail_show(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- bench (implemented elsewhere) ----------------------------------------------------------------------------
+# --- bench ----------------------------------------------------------------------------------------------------
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    for module_name in ("prognet.bench", "tests.bench"):
-        try:
-            if importlib.util.find_spec(module_name) is None:
-                continue
-        except ModuleNotFoundError:
-            continue
-        module = importlib.import_module(module_name)
-        result = module.main(args.bench_args)
-        if inspect.isawaitable(result):
-            result = asyncio.run(result)  # type: ignore[arg-type]
-        return int(result or 0)
-    return _error("the benchmark is not available yet (expected prognet.bench or tests.bench with main(argv))")
+    _dev_harness()
+    from prognet_dev.bench import main as bench
+
+    return int(bench(args.bench_args) or 0)
 
 
 # --- parser ------------------------------------------------------------------------------------------------------
@@ -461,10 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # everything after `bench` (options included) belongs to the benchmark
-        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        if argv[:1] == ["bench"]:  # everything after `bench` (options included) belongs to the benchmark
+            return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except DevExtraMissing as exc:
+        print(f"error: this command needs the development extra (module {exc} is missing): "
+              "pip install 'prognet[dev]'", file=sys.stderr, flush=True)
+        return EXIT_NO_DEV_EXTRA
 
 
 if __name__ == "__main__":

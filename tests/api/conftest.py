@@ -30,8 +30,8 @@ from api.app import create_app
 from models.db import transaction
 from models.tables import EmailMessage as EmailRow
 from models.tables import Membership, Tenant, User
-from prognet.devstack import EmbeddedStack, SandboxAdmin, free_port, message_text, read_messages
 from prognet.settings import Settings
+from prognet_dev import EmbeddedStack, SandboxAdmin, free_port, message_text, read_messages, stack_settings
 from workers.main import build_workers
 from workflows.names import email_message_id, email_workflow_id, invitation_workflow_id
 
@@ -47,7 +47,7 @@ async def services() -> AsyncIterator[EmbeddedStack]:
     # dedicated system user PostgreSQL runs as when we are root.
     base = Path(tempfile.mkdtemp(prefix="prognet-api-"))
     base.chmod(0o755)
-    async with EmbeddedStack(base / "data", log=lambda name, line: None) as stack:
+    async with EmbeddedStack(stack_settings(base / "data"), log=lambda name, line: None) as stack:
         yield stack
     shutil.rmtree(base, ignore_errors=True)
 

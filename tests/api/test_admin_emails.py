@@ -16,7 +16,7 @@ from sqlmodel import select
 from models.contracts import EmailRequest, EmailResult
 from models.db import transaction
 from models.tables import DomainEvent, EmailSuppression
-from prognet.devstack import read_messages
+from prognet_dev import read_messages
 from tests.api.conftest import (
     assert_problem, insert_email, insert_tenant, make_platform_admin, person,
 )

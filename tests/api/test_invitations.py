@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 
-from prognet.devstack import read_messages
+from prognet_dev import read_messages
 from tests.api.conftest import (
     active_tenant, add_member, assert_problem, emailed_invitation_token, invite, person, wait_for_invitation,
 )

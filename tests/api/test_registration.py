@@ -9,7 +9,7 @@ from sqlmodel import select
 from models.db import transaction
 from models.tables import User, VerificationToken
 from prognet import tokens
-from prognet.devstack import read_messages
+from prognet_dev import read_messages
 from tests.api.conftest import PASSWORD, assert_problem, bearer
 from workflows.names import registration_workflow_id
 

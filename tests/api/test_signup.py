@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from prognet.devstack.stripe_sandbox import SandboxAdmin
+from prognet_dev.stripe_sandbox import SandboxAdmin
 from tests.api.conftest import PASSWORD, active_tenant, assert_problem, bearer, insert_user, new_slug, person
 from tests.api.test_registration import _wait_for_token
 from workflows.names import (

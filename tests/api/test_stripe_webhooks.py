@@ -30,9 +30,9 @@ from temporalio.worker import Worker
 from api.app import create_app
 from api.routers.stripe_webhooks import DEDUPE_TTL_SECONDS, dedupe_key
 from models.billing_cycle_contracts import PaymentOutcome
-from prognet.devstack import EmbeddedStack, StripeSandbox, free_port
-from prognet.devstack.stripe_sandbox import signature_header
 from prognet.settings import DEV_STRIPE_WEBHOOK_SECRET, Settings
+from prognet_dev import EmbeddedStack, StripeSandbox, free_port
+from prognet_dev.stripe_sandbox import signature_header
 from tests.api.conftest import ARGON2, assert_problem
 from workflows.names import SIGNAL_PAYMENT_OUTCOME
 

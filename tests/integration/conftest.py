@@ -17,7 +17,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from prognet.devstack import EmbeddedStack, read_messages, wait_for_messages
+from prognet_dev import EmbeddedStack, read_messages, stack_settings, wait_for_messages
 
 PASSWORD = "correct horse battery staple"
 # Email delivery tuned for tests: short SMTP timeout and backoff, a rate limit low enough to observe.
@@ -38,7 +38,7 @@ async def stack() -> AsyncIterator[EmbeddedStack]:
     # Not under pytest's tmp dir: pytest makes it 0700, which locks out PostgreSQL's own system user.
     data_dir = Path(tempfile.mkdtemp(prefix="prognet-it-"))
     data_dir.chmod(0o755)
-    stack = EmbeddedStack(data_dir / "data", with_worker=True, with_api=True, log=_keep_log,
+    stack = EmbeddedStack(stack_settings(data_dir / "data"), app=True, log=_keep_log,
                           smtp_slow_seconds=SLOW_SECONDS, extra_env=FAST_EMAIL)
     try:
         await stack.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from prognet.devstack import EmbeddedStack
+from prognet_dev import EmbeddedStack, stack_settings
 
 SERVICE_VARS = ("DATABASE_URL", "MIGRATION_DATABASE_URL", "PROGNET_DATA_DIR", "REDIS_URL", "TEMPORAL_ADDRESS",
                 "SMTP_HOST")
@@ -25,8 +25,7 @@ async def pg() -> AsyncIterator[EmbeddedStack]:
     # Not under pytest's tmp dir: pytest makes it 0700, which locks out PostgreSQL's own system user.
     root = Path(tempfile.mkdtemp(prefix="prognet-admin-"))
     root.chmod(0o755)
-    stack = EmbeddedStack(root / "data", with_temporal=False, with_redis=False, with_smtp=False, with_stripe=False,
-                          log=lambda name, line: None)
+    stack = EmbeddedStack(stack_settings(root / "data"), services={"postgres"}, log=lambda name, line: None)
     await stack.start()
     yield stack
     await stack.stop()
@@ -128,8 +127,7 @@ async def test_embedded_database_started_for_the_command() -> None:
     root.chmod(0o755)
     try:
         def make() -> EmbeddedStack:
-            return EmbeddedStack(root / "data", with_temporal=False, with_redis=False, with_smtp=False,
-                                 with_stripe=False, log=lambda name, line: None)
+            return EmbeddedStack(stack_settings(root / "data"), services={"postgres"}, log=lambda name, line: None)
 
         async with make() as stack:
             user_id, email = await new_user(stack)

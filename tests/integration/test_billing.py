@@ -32,8 +32,8 @@ from temporalio.client import Client
 
 from api.routers.stripe_webhooks import dedupe_key
 from models.billing_cycle_contracts import BillingCycleResult, BillingCycleState
-from prognet.devstack import EmbeddedStack, StripeSandbox
-from prognet.devstack.stripe_sandbox import signature_header
+from prognet_dev import EmbeddedStack, StripeSandbox
+from prognet_dev.stripe_sandbox import signature_header
 from tests.integration.test_tenants import owner_headers, wait_for_status
 from workflows.names import (
     QUERY_BILLING_CYCLE_STATE,

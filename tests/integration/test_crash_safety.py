@@ -8,7 +8,7 @@ import signal
 import asyncpg
 import httpx
 
-from prognet.devstack import EmbeddedStack, read_messages
+from prognet_dev import EmbeddedStack, read_messages
 from tests.integration.conftest import PASSWORD, email_to, new_email, token_from
 
 

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
-from prognet.devstack import EmbeddedStack, StackError, free_port, load_search_attributes, read_messages
+from prognet_dev import EmbeddedStack, StackError, free_port, load_search_attributes, read_messages, stack_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def test_stack_starts_answers_and_stops_clean(stack_dir: Path) -> None:
-    stack = EmbeddedStack(stack_dir, run_migrations=False, log=_quiet)
+    stack = EmbeddedStack(stack_settings(stack_dir), run_migrations=False, log=_quiet)
     async with stack:
         pids = [p.pid for p in stack.processes()]
         assert len(pids) == 3  # temporal, postgres, redis (the SMTP sink runs in-process)
@@ -95,7 +95,7 @@ async def test_stack_starts_answers_and_stops_clean(stack_dir: Path) -> None:
 
 async def test_second_start_reuses_the_data(stack_dir: Path) -> None:
     assert (stack_dir / "postgres" / "PG_VERSION").exists(), "runs after the first test"
-    async with EmbeddedStack(stack_dir, run_migrations=False, log=_quiet) as stack:
+    async with EmbeddedStack(stack_settings(stack_dir), run_migrations=False, log=_quiet) as stack:
         conn = await asyncpg.connect(stack.postgres_dsn)
         try:
             assert await conn.fetchval("select v from devstack_probe") == "kept"
@@ -117,7 +117,7 @@ async def test_busy_port_names_the_component(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        stack = EmbeddedStack(tmp_path / "data", redis_port=port, run_migrations=False, log=_quiet)
+        stack = EmbeddedStack(stack_settings(tmp_path / "data", redis_port=port), run_migrations=False, log=_quiet)
         with pytest.raises(StackError) as info:
             await stack.start()
     assert str(info.value) == f"Redis port 127.0.0.1:{port} is busy"
@@ -145,15 +145,15 @@ def test_prognet_dev_busy_port_is_one_error_line(tmp_path: Path) -> None:
 
 
 async def test_external_services_are_not_started(tmp_path: Path) -> None:
-    stack = EmbeddedStack(
+    settings = stack_settings(
         tmp_path / "data",
         database_url="postgresql+asyncpg://app:secret@db.example:5432/prognet",
         redis_url="redis://cache.example:6379/0",
         temporal_address="temporal.example:7233",
         smtp_host="mail.example", smtp_port=2525,
         stripe_api_base="https://api.stripe.com",
-        run_migrations=False, log=_quiet,
     )
+    stack = EmbeddedStack(settings, run_migrations=False, log=_quiet)
     assert stack.components == []
     assert stack.postgres_dsn == "postgresql://app:secret@db.example:5432/prognet"
     env = stack.service_env()
@@ -162,11 +162,11 @@ async def test_external_services_are_not_started(tmp_path: Path) -> None:
 
 
 async def test_one_stack_per_data_dir(tmp_path: Path) -> None:
-    only_smtp = dict(with_temporal=False, with_postgres=False, with_redis=False, run_migrations=False, log=_quiet)
-    async with EmbeddedStack(tmp_path / "data", **only_smtp):
-        second = EmbeddedStack(tmp_path / "data", **only_smtp)
+    only_smtp = dict(services={"smtp", "stripe"}, run_migrations=False, log=_quiet)
+    async with EmbeddedStack(stack_settings(tmp_path / "data"), **only_smtp):
+        second = EmbeddedStack(stack_settings(tmp_path / "data"), **only_smtp)
         with pytest.raises(StackError, match=r"data dir .* is in use by another prognet process \(pid \d+\)"):
             await second.start()
     assert not (tmp_path / "data" / ".lock").exists()
-    async with EmbeddedStack(tmp_path / "data", **only_smtp):  # free again once the first one stopped
+    async with EmbeddedStack(stack_settings(tmp_path / "data"), **only_smtp):  # free again once the first one stopped
         pass

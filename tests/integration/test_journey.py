@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
-from prognet.devstack import EmbeddedStack
+from prognet_dev import EmbeddedStack
 from tests.integration.conftest import PASSWORD, email_to, new_email, token_from
 from workflows.names import email_message_id
 

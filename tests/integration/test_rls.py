@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from models.db import APP_ROLE, make_engine, transaction
 from models.tables import TENANT_SCOPED_TABLES, Invitation, Membership, Tenant
-from prognet.devstack import EmbeddedStack
+from prognet_dev import EmbeddedStack
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import stripe
 
-from prognet.devstack import EmbeddedStack, SandboxAdmin, StripeSandbox, free_port
 from prognet.settings import DEV_STRIPE_SECRET_KEY
+from prognet_dev import EmbeddedStack, SandboxAdmin, StripeSandbox, free_port, stack_settings
 
 KEY = "sk_test_sandbox_it"
 
@@ -219,12 +219,11 @@ async def test_busy_port_is_an_os_error() -> None:
 
 # --- in the embedded stack ----------------------------------------------------------------------------------
 
-ONLY_STRIPE = dict(with_temporal=False, with_postgres=False, with_redis=False, with_smtp=False, run_migrations=False,
-                   log=lambda name, line: None)
+ONLY_STRIPE = dict(services={"stripe"}, run_migrations=False, log=lambda name, line: None)
 
 
 async def test_the_stack_runs_the_sandbox_and_points_the_app_at_it(tmp_path: Path) -> None:
-    stack = EmbeddedStack(tmp_path / "data", **ONLY_STRIPE)
+    stack = EmbeddedStack(stack_settings(tmp_path / "data"), **ONLY_STRIPE)
     async with stack:
         assert stack.stripe is not None and stack.stripe_api_base == stack.stripe.api_base
         env = stack.service_env()
@@ -236,17 +235,17 @@ async def test_the_stack_runs_the_sandbox_and_points_the_app_at_it(tmp_path: Pat
         created = await sdk.v1.customers.create_async(params={"name": "via stack"})
         assert ("Stripe sandbox", stack.stripe_api_base, str(tmp_path / "data" / "stripe" / "state.json")) in stack.rows()
         assert stack.processes() == []  # in-process, like the SMTP sink
-    async with EmbeddedStack(tmp_path / "data", **ONLY_STRIPE) as again:  # `prognet dev` run twice
+    async with EmbeddedStack(stack_settings(tmp_path / "data"), **ONLY_STRIPE) as again:  # `prognet dev` run twice
         assert (await client_for(again.stripe_api_base, DEV_STRIPE_SECRET_KEY).v1.customers.retrieve_async(created.id)).name == "via stack"
 
 
 async def test_an_external_stripe_is_not_started(tmp_path: Path) -> None:
-    stack = EmbeddedStack(tmp_path / "data", stripe_api_base="https://api.stripe.com", **ONLY_STRIPE)
+    stack = EmbeddedStack(stack_settings(tmp_path / "data", stripe_api_base="https://api.stripe.com"), **ONLY_STRIPE)
     assert stack.stripe is None and stack.components == []
     assert stack.service_env()["STRIPE_API_BASE"] == "https://api.stripe.com"
     assert "STRIPE_SECRET_KEY" not in stack.service_env()  # a real key stays where it came from
     assert ("Stripe", "https://api.stripe.com (external)", "") in stack.rows()
-    without = EmbeddedStack(tmp_path / "data2", with_stripe=False, **ONLY_STRIPE)
+    without = EmbeddedStack(stack_settings(tmp_path / "data2"), **(ONLY_STRIPE | {"services": set()}))
     assert without.stripe is None and "STRIPE_API_BASE" not in without.service_env()
 
 

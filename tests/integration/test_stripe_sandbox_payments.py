@@ -12,7 +12,7 @@ import httpx
 import pytest
 import stripe
 
-from prognet.devstack import SandboxAdmin, StripeSandbox
+from prognet_dev import SandboxAdmin, StripeSandbox
 
 KEY = "sk_test_sandbox_payments"
 

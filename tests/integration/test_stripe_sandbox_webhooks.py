@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import pytest
 import stripe
 
-from prognet.devstack import EmbeddedStack, SandboxAdmin, StripeSandbox
-from prognet.devstack.stripe_sandbox import signature_header
 from prognet.settings import DEV_STRIPE_WEBHOOK_SECRET
+from prognet_dev import EmbeddedStack, SandboxAdmin, StripeSandbox, stack_settings
+from prognet_dev.stripe_sandbox import signature_header
 
 KEY = "sk_test_sandbox_webhooks"
 SECRET = "whsec_test_0123456789abcdefghijklmnopqrstuv"
@@ -257,16 +257,13 @@ async def test_admin_api_validates_the_switches(sandbox: StripeSandbox) -> None:
         assert status["mode"] == "normal" and status["secrets"] == [SECRET] and status["pending"] == 0
 
 
-async def test_the_dev_stack_points_webhooks_at_the_api_which_has_the_route(tmp_path, monkeypatch) -> None:
-    import prognet.devstack.stack as stack_module
+async def test_the_dev_stack_points_webhooks_at_the_api_which_has_the_route(tmp_path) -> None:
     from api.routers.stripe_webhooks import router
 
-    # the switch is on because the route exists: the sandbox's events are answered, not retried into the void
-    assert stack_module.API_RECEIVES_STRIPE_WEBHOOKS is True
+    # the stack sends the sandbox's events to the API's route, which exists: they are answered, not retried
     assert any(getattr(r, "path", None) == "/v1/webhooks/stripe" and "POST" in r.methods for r in router.routes)
 
-    stack = EmbeddedStack(tmp_path / "data", with_temporal=False, with_postgres=False, with_redis=False,
-                          with_smtp=False, with_api=True, api_port=18765)
+    stack = EmbeddedStack(stack_settings(tmp_path / "data", api_port=18765), services={"stripe"}, app=True)
     assert stack.stripe is not None
     assert stack.stripe_webhook_url == "http://127.0.0.1:18765/v1/webhooks/stripe"
     assert stack.stripe.sandbox.webhook_url == stack.stripe_webhook_url
@@ -274,14 +271,11 @@ async def test_the_dev_stack_points_webhooks_at_the_api_which_has_the_route(tmp_
     assert stack.service_env()["STRIPE_WEBHOOK_SECRET"] == DEV_STRIPE_WEBHOOK_SECRET
     assert stack.settings().stripe_webhook_secret.get_secret_value() == DEV_STRIPE_WEBHOOK_SECRET
 
-    monkeypatch.setattr(stack_module, "API_RECEIVES_STRIPE_WEBHOOKS", False)  # an API without the route
-    without_route = EmbeddedStack(tmp_path / "data0", with_temporal=False, with_postgres=False, with_redis=False,
-                                  with_smtp=False, with_api=True, api_port=18764)
-    assert without_route.stripe_webhook_url is None  # no endpoint to answer them: events are only recorded
+    without_api = EmbeddedStack(stack_settings(tmp_path / "data0"), services={"stripe"})
+    assert without_api.stripe_webhook_url is None  # no endpoint to answer them: events are only recorded
 
-    custom = EmbeddedStack(tmp_path / "data2", with_temporal=False, with_postgres=False, with_redis=False,
-                           with_smtp=False, stripe_webhook_url="http://127.0.0.1:1/hook",
-                           stripe_webhook_secret="whsec_custom")
+    custom = EmbeddedStack(stack_settings(tmp_path / "data2", stripe_webhook_url="http://127.0.0.1:1/hook",
+                                          stripe_webhook_secret="whsec_custom"), services={"stripe"})
     assert custom.stripe is not None and custom.stripe.sandbox.webhook_url == "http://127.0.0.1:1/hook"
     assert custom.stripe.sandbox.webhook_secret == "whsec_custom"
     assert custom.service_env()["STRIPE_WEBHOOK_SECRET"] == "whsec_custom"

@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import httpx
 
-from prognet.devstack import EmbeddedStack
+from prognet_dev import EmbeddedStack
 from tests.integration.conftest import email_to, new_email
 from tests.integration.test_journey import bearer, login, register_and_verify
 

@@ -8,8 +8,8 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from activities.billing import BillingActivities
-from prognet.devstack.stripe_sandbox import StripeSandbox
 from prognet.settings import Settings
+from prognet_dev.stripe_sandbox import StripeSandbox
 
 STRIPE_KEY = "sk_test_activities"
 

@@ -10,8 +10,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.billing import STRIPE_PERMANENT_ERROR, BillingActivities
 from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer
-from prognet.devstack.stripe_sandbox import StripeSandbox
 from prognet.settings import Settings
+from prognet_dev.stripe_sandbox import StripeSandbox
 from tests.unit.conftest import STRIPE_KEY
 
 
@@ -149,7 +149,7 @@ async def test_delete_failing_with_500_is_retryable(sandbox, billing, env):
 
 
 async def test_unreachable_stripe_is_a_retryable_connection_error(env):
-    from prognet.devstack import free_port
+    from prognet_dev import free_port
 
     billing = BillingActivities(Settings(stripe_api_base=f"http://127.0.0.1:{free_port()}", stripe_secret_key=STRIPE_KEY))
     with pytest.raises(stripe.APIConnectionError):

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from prognet.devstack.smtp_sink import SmtpSink, address_tag, read_messages, wait_for_messages
+from prognet_dev.smtp_sink import SmtpSink, address_tag, read_messages, wait_for_messages
 
 SLOW_SECONDS = 1.5
 CLIENT_TIMEOUT = 0.5
@@ -116,11 +116,9 @@ def test_slow_seconds_default() -> None:
 
 
 def test_embedded_stack_passes_slow_seconds(tmp_path: Path) -> None:
-    from prognet.devstack import EmbeddedStack
+    from prognet_dev import EmbeddedStack, stack_settings
 
-    stack = EmbeddedStack(tmp_path / "data", with_temporal=False, with_postgres=False, with_redis=False,
-                          with_stripe=False, smtp_slow_seconds=2.5)
+    stack = EmbeddedStack(stack_settings(tmp_path / "data"), services={"smtp"}, smtp_slow_seconds=2.5)
     assert stack.smtp is not None and stack.smtp.sink.handler.slow_seconds == 2.5
-    default = EmbeddedStack(tmp_path / "data2", with_temporal=False, with_postgres=False, with_redis=False,
-                            with_stripe=False)
+    default = EmbeddedStack(stack_settings(tmp_path / "data2"), services={"smtp"})
     assert default.smtp is not None and default.smtp.sink.handler.slow_seconds == 15.0

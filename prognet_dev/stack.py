@@ -1,12 +1,12 @@
-"""EmbeddedStack: Temporal, PostgreSQL, Redis and the SMTP sink (plus, for `prognet dev`, the worker and the API)
-started together on one machine, with no Docker and no network.
+"""EmbeddedStack: Temporal, PostgreSQL, Redis, the SMTP sink and the Stripe sandbox (plus, for `prognet dev`, the
+worker and the API) started together on one machine, with no Docker and no network.
 
-    async with EmbeddedStack(tmp_path / "data") as stack:     # free ports picked automatically
+    async with EmbeddedStack(stack_settings(tmp_path / "data")) as stack:     # every service on a free port
         stack.database_url, stack.redis_url, stack.temporal_address, stack.maildir, ...
 
-Any service given as an external address (database_url=..., redis_url=..., temporal_address=..., smtp_host=...,
-stripe_api_base=...)
-is not started; the stack just reports (and for the database, migrates) it.
+The stack follows a Settings object: a service the settings give an external address for (DATABASE_URL, REDIS_URL,
+TEMPORAL_ADDRESS, SMTP_HOST, STRIPE_API_BASE) is not started; the stack just reports (and for the database,
+migrates) it. The others are started on the settings' ports.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from prognet.settings import DEV_STRIPE_SECRET_KEY, DEV_STRIPE_WEBHOOK_SECRET, Settings
 
 from .components import (
     REPO_ROOT,
@@ -31,11 +33,8 @@ from .components import (
 from .ports import free_port, port_is_free
 from .process import LogSink
 
-if TYPE_CHECKING:
-    from prognet.settings import Settings
-
-
-API_RECEIVES_STRIPE_WEBHOOKS = True  # api/routers/stripe_webhooks.py serves POST /v1/webhooks/stripe
+HOST = "127.0.0.1"
+SERVICES = frozenset({"temporal", "postgres", "redis", "smtp", "stripe"})
 
 
 def print_log(name: str, line: str) -> None:
@@ -44,10 +43,27 @@ def print_log(name: str, line: str) -> None:
     sys.stdout.flush()
 
 
+def stack_settings(data_dir: Path | str, **values: object) -> Settings:
+    """Settings for a stack of its own (tests, the benchmark): every service embedded, each on a free port.
+
+    The service addresses are cleared so that a DATABASE_URL (or REDIS_URL, ...) in the environment never points a
+    throwaway stack at a real service; `values` override anything (e.g. smtp_host=... for an external SMTP relay).
+    """
+    defaults: dict[str, object] = {
+        "data_dir": Path(data_dir),
+        "database_url": None, "migration_database_url": None, "redis_url": None, "temporal_address": None,
+        "smtp_host": None, "stripe_api_base": None, "stripe_webhook_url": None,
+        "temporal_port": free_port(HOST), "temporal_ui_port": free_port(HOST), "redis_port": free_port(HOST),
+        "smtp_port": free_port(HOST), "stripe_sandbox_port": free_port(HOST), "api_port": free_port(HOST),
+    }
+    return Settings(**(defaults | values))  # type: ignore[arg-type]
+
+
 class EmbeddedStack:
     """The embedded services, started in dependency order and stopped in reverse.
 
-    Ports left as None are picked free at construction time, so several stacks (tests) can run side by side.
+    `services` names the embedded services this stack may start (a service with an external address in the
+    settings is never started); `app` adds the worker and the API as child processes (`prognet dev`).
     After `start()` the resolved addresses are attributes: `database_url` (SQLAlchemy/asyncpg), `postgres_dsn`
     (plain asyncpg/libpq), `redis_url`, `temporal_address`, `temporal_namespace`, `temporal_ui_url`, `smtp_host`,
     `smtp_port`, `maildir`, `stripe_api_base`, `stripe_secret_key`, `stripe` (the sandbox component, whose
@@ -57,46 +73,25 @@ class EmbeddedStack:
 
     def __init__(
         self,
-        data_dir: Path | str,
+        settings: Settings,
         *,
-        host: str = "127.0.0.1",
-        temporal_port: int | None = None,
-        temporal_ui_port: int | None = None,
-        redis_port: int | None = None,
-        smtp_port: int | None = None,
-        api_port: int | None = None,
-        database_url: str | None = None,
-        migration_database_url: str | None = None,
-        redis_url: str | None = None,
-        temporal_address: str | None = None,
-        smtp_host: str | None = None,
-        smtp_slow_seconds: float | None = None,
-        stripe_port: int | None = None,
-        stripe_api_base: str | None = None,
-        stripe_secret_key: str | None = None,
-        stripe_webhook_url: str | None = None,
-        stripe_webhook_secret: str | None = None,
-        temporal_namespace: str = "default",
-        database_name: str = "prognet",
-        with_temporal: bool = True,
-        with_postgres: bool = True,
-        with_redis: bool = True,
-        with_smtp: bool = True,
-        with_stripe: bool = True,
-        with_worker: bool = False,
-        with_api: bool = False,
+        services: Collection[str] = SERVICES,
+        app: bool = False,
         run_migrations: bool = True,
-        temporal_log_level: str = "warn",
-        search_attributes: dict[str, str] | None = None,
-        log: LogSink | None = None,
+        smtp_slow_seconds: float | None = None,
         extra_env: dict[str, str] | None = None,
+        log: LogSink | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir).resolve()
+        unknown = set(services) - SERVICES
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; known: {sorted(SERVICES)}")
+        host = HOST
+        self.data_dir = Path(settings.data_dir).resolve()
         self.host = host
         self.log = log or print_log
         self.run_migrations = run_migrations
         self.extra_env = dict(extra_env or {})
-        self.temporal_namespace = temporal_namespace
+        self.temporal_namespace = settings.temporal_namespace
         self.components: list[Component] = []
         self._started: list[Component] = []
         self.migrations_applied = False
@@ -104,13 +99,12 @@ class EmbeddedStack:
         # Temporal
         self.temporal: TemporalServer | None = None
         self.temporal_ui_url: str | None = None
-        if temporal_address:
-            self.temporal_address: str | None = temporal_address
-        elif with_temporal:
+        if settings.temporal_address:
+            self.temporal_address: str | None = settings.temporal_address
+        elif "temporal" in services:
             self.temporal = TemporalServer(
                 self.data_dir / "temporal", log=self.log, host=host,
-                port=temporal_port or free_port(host), ui_port=temporal_ui_port or free_port(host),
-                namespace=temporal_namespace, search_attributes=search_attributes, log_level=temporal_log_level,
+                port=settings.temporal_port, ui_port=settings.temporal_ui_port, namespace=self.temporal_namespace,
             )
             self.temporal_address = self.temporal.address
             self.temporal_ui_url = self.temporal.ui_url
@@ -121,12 +115,12 @@ class EmbeddedStack:
         # PostgreSQL
         self.postgres: EmbeddedPostgres | None = None
         # database_url: what the app uses (the RLS-bound application role); migration_database_url: the owner.
-        if database_url:
-            self.database_url: str | None = database_url
-            self.migration_database_url: str | None = migration_database_url or database_url
+        if settings.database_url:
+            self.database_url: str | None = settings.database_url
+            self.migration_database_url: str | None = settings.migration_database_url or settings.database_url
             self.postgres_dsn: str | None = _plain_dsn(self.migration_database_url)
-        elif with_postgres:
-            self.postgres = EmbeddedPostgres(self.data_dir / "postgres", log=self.log, database=database_name)
+        elif "postgres" in services:
+            self.postgres = EmbeddedPostgres(self.data_dir / "postgres", log=self.log)
             self.database_url = self.postgres.app_database_url
             self.migration_database_url = self.postgres.database_url
             self.postgres_dsn = self.postgres.dsn
@@ -136,10 +130,10 @@ class EmbeddedStack:
 
         # Redis
         self.redis: EmbeddedRedis | None = None
-        if redis_url:
-            self.redis_url: str | None = redis_url
-        elif with_redis:
-            self.redis = EmbeddedRedis(self.data_dir / "redis", log=self.log, host=host, port=redis_port or free_port(host))
+        if settings.redis_url:
+            self.redis_url: str | None = settings.redis_url
+        elif "redis" in services:
+            self.redis = EmbeddedRedis(self.data_dir / "redis", log=self.log, host=host, port=settings.redis_port)
             self.redis_url = self.redis.url
             self.components.append(self.redis)
         else:
@@ -148,11 +142,11 @@ class EmbeddedStack:
         # SMTP
         self.maildir = self.data_dir / "mail"
         self.smtp: SmtpSinkComponent | None = None
-        if smtp_host:
-            self.smtp_host: str | None = smtp_host
-            self.smtp_port: int | None = smtp_port or 25
-        elif with_smtp:
-            self.smtp = SmtpSinkComponent(self.maildir, host=host, port=smtp_port or free_port(host),
+        if settings.smtp_host:
+            self.smtp_host: str | None = settings.smtp_host
+            self.smtp_port: int | None = settings.smtp_port
+        elif "smtp" in services:
+            self.smtp = SmtpSinkComponent(self.maildir, host=host, port=settings.smtp_port,
                                           slow_seconds=smtp_slow_seconds)
             self.smtp_host, self.smtp_port = host, self.smtp.sink.port
             self.components.append(self.smtp)
@@ -160,17 +154,15 @@ class EmbeddedStack:
             self.smtp_host = self.smtp_port = None
 
         # Stripe: the sandbox unless an API base (api.stripe.com or another sandbox) is given
-        from prognet.settings import DEV_STRIPE_SECRET_KEY
-
         self.stripe: StripeSandboxComponent | None = None
-        self.stripe_secret_key: str | None = stripe_secret_key
-        if stripe_api_base:
-            self.stripe_api_base: str | None = stripe_api_base
-        elif with_stripe:
+        self.stripe_secret_key = _secret(settings.stripe_secret_key)
+        if settings.stripe_api_base:
+            self.stripe_api_base: str | None = settings.stripe_api_base
+        elif "stripe" in services:
             self.stripe = StripeSandboxComponent(self.data_dir / "stripe" / "state.json", host=host,
-                                                 port=stripe_port or free_port(host))
+                                                 port=settings.stripe_sandbox_port)
             self.stripe_api_base = self.stripe.api_base
-            self.stripe_secret_key = stripe_secret_key or DEV_STRIPE_SECRET_KEY
+            self.stripe_secret_key = self.stripe_secret_key or DEV_STRIPE_SECRET_KEY
             self.components.append(self.stripe)
         else:
             self.stripe_api_base = None
@@ -178,65 +170,30 @@ class EmbeddedStack:
         self._infra = list(self.components)
 
         # the app itself (prognet dev)
-        self.api_port = api_port or (free_port(host) if with_api else None)
-        self.api_url = f"http://{host}:{self.api_port}" if with_api else None
+        self.api_port = settings.api_port if app else None
+        self.api_url = f"http://{host}:{self.api_port}" if app else None
 
-        # The sandbox's webhooks go where STRIPE_WEBHOOK_URL says, signed with the dev secret. They go to the
-        # API only once it has its /v1/webhooks/stripe route (the billing issue): until then, to nowhere.
-        from prognet.settings import DEV_STRIPE_WEBHOOK_SECRET
-
+        # The sandbox's webhooks go where STRIPE_WEBHOOK_URL says, else to the API's route; with neither, nowhere.
         self.stripe_webhook_url: str | None = None
-        self.stripe_webhook_secret: str | None = stripe_webhook_secret
+        self.stripe_webhook_secret = _secret(settings.stripe_webhook_secret)
         if self.stripe is not None:
-            api_has_webhooks = self.api_url is not None and API_RECEIVES_STRIPE_WEBHOOKS
-            self.stripe_webhook_url = stripe_webhook_url or (
-                f"{self.api_url}/v1/webhooks/stripe" if api_has_webhooks else None)
-            self.stripe_webhook_secret = stripe_webhook_secret or DEV_STRIPE_WEBHOOK_SECRET
+            self.stripe_webhook_url = settings.stripe_webhook_url or (
+                f"{self.api_url}/v1/webhooks/stripe" if self.api_url else None)
+            self.stripe_webhook_secret = self.stripe_webhook_secret or DEV_STRIPE_WEBHOOK_SECRET
             self.stripe.configure_webhooks(self.stripe_webhook_url, self.stripe_webhook_secret)
 
         self.worker: AppProcess | None = None
         self.api: AppProcess | None = None
-        if with_worker:
+        if app:
             self.worker = AppProcess(
                 "Worker", "worker", log=self.log, env=self.env(), cwd=REPO_ROOT,
-                address=f"polls {self.temporal_address or '?'} ({temporal_namespace})",
+                address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
             )
-            self.components.append(self.worker)
-        if with_api:
             self.api = AppProcess(
                 "API", "api", log=self.log, env=self.env(), cwd=REPO_ROOT,
                 listen=(host, self.api_port), address=f"{self.api_url}/docs",
             )
-            self.components.append(self.api)
-
-    # --- construction from settings ----------------------------------------------------------------------
-    @classmethod
-    def from_settings(cls, settings: Settings, *, with_app: bool = True, log: LogSink | None = None) -> EmbeddedStack:
-        """The stack `prognet dev` runs: fixed ports from settings, external services where settings name them."""
-        return cls(
-            settings.data_dir,
-            host="127.0.0.1",
-            temporal_port=settings.temporal_port,
-            temporal_ui_port=settings.temporal_ui_port,
-            redis_port=settings.redis_port,
-            smtp_port=settings.smtp_port,
-            api_port=settings.api_port,
-            database_url=settings.database_url,
-            migration_database_url=settings.migration_database_url,
-            redis_url=settings.redis_url,
-            temporal_address=settings.temporal_address,
-            smtp_host=settings.smtp_host,
-            stripe_port=settings.stripe_sandbox_port,
-            stripe_api_base=settings.stripe_api_base,
-            stripe_secret_key=settings.stripe_secret_key.get_secret_value() if settings.stripe_secret_key else None,
-            stripe_webhook_url=settings.stripe_webhook_url,
-            stripe_webhook_secret=(settings.stripe_webhook_secret.get_secret_value()
-                                   if settings.stripe_webhook_secret else None),
-            temporal_namespace=settings.temporal_namespace,
-            with_worker=with_app,
-            with_api=with_app,
-            log=log,
-        )
+            self.components += [self.worker, self.api]
 
     # --- what children and tests need ---------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -271,8 +228,6 @@ class EmbeddedStack:
 
     def settings(self, **overrides: object) -> Settings:
         """A Settings object pointing at this stack (for tests running the worker/API in-process)."""
-        from prognet.settings import Settings
-
         values: dict[str, object] = {
             "data_dir": self.data_dir,
             "database_url": self.database_url,
@@ -439,6 +394,10 @@ class EmbeddedStack:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _secret(value) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def _plain_dsn(url: str) -> str:

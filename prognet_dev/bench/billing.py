@@ -169,7 +169,7 @@ async def start_cycles(client, subs: list[BenchSubscription]) -> list[Any]:
 
 
 async def run_cycles(client, subs: list[BenchSubscription], maildir: Path, receipt_timeout: float) -> BillingRun:
-    from prognet.bench import maildir_count, wait_for_maildir
+    from prognet_dev.bench import maildir_count, wait_for_maildir
 
     before = maildir_count(maildir)
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from .process import LogSink, ManagedProcess
 from .smtp_sink import SmtpSink
 from .stripe_sandbox import StripeSandbox
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPORAL_CONFIG_DIR = REPO_ROOT / "temporal-config"
 BIN_DIR = Path(sys.executable).parent
 

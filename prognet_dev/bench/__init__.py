@@ -13,7 +13,7 @@ and noisy: only the ratios carry over between runs.
 4. Billing cycles/s for N subscriptions falling due at once (N `BillingCycle` workflows started together, run by
    the real worker with the real activities against PostgreSQL and the Stripe sandbox, timed until all N
    results) vs N bare workflows with as many no-op activities as one paid cycle scheduled. The run is checked
-   (N paid, exactly N succeeded PaymentIntents, …) before the figures are printed. See prognet/bench/billing.py.
+   (N paid, exactly N succeeded PaymentIntents, …) before the figures are printed. See prognet_dev/bench/billing.py.
 
 Sections are chosen with `--sections` (alias `--only`), by number or name: `prognet bench --only billing`.
 """
@@ -81,7 +81,7 @@ async def _gather_limited(n: int, limit: int, make) -> list:
 
 async def bench_registrations(http: httpx.AsyncClient, maildir: Path, n: int, concurrency: int) -> float:
     """Seconds for n registrations, from the first POST until every verification email is in the Maildir."""
-    from prognet.devstack import read_messages
+    from prognet_dev import read_messages
 
     before = len(read_messages(maildir))
     run = uuid.uuid4().hex[:8]
@@ -108,7 +108,7 @@ async def bench_registrations(http: httpx.AsyncClient, maildir: Path, n: int, co
 async def bench_noop_workflows(address: str, n: int, concurrency: int, steps: int | None = None) -> float:
     from temporalio.client import Client
 
-    from prognet.bench.noop_workflow import NOOP_ACTIVITIES, NOOP_TASK_QUEUE, NoopWorkflow
+    from prognet_dev.bench.noop_workflow import NOOP_ACTIVITIES, NOOP_TASK_QUEUE, NoopWorkflow
 
     client = await Client.connect(address)
     run = uuid.uuid4().hex[:8]
@@ -250,17 +250,17 @@ async def bench_email_pipeline(client, maildir: Path, n: int, concurrency: int) 
 # --- driver ----------------------------------------------------------------------------------------------------
 
 async def run(args: argparse.Namespace) -> None:
-    from prognet.devstack import EmbeddedStack
+    from prognet_dev import EmbeddedStack, stack_settings
 
     data_dir = Path(tempfile.mkdtemp(prefix="prognet-bench-"))
     data_dir.chmod(0o755)
-    stack = EmbeddedStack(data_dir / "data", with_worker=True, with_api=True, log=_quiet,
+    stack = EmbeddedStack(stack_settings(data_dir / "data"), app=True, log=_quiet,
                           extra_env={"EMAIL_MAX_PER_SECOND": str(EMAIL_BENCH_MAX_PER_SECOND)})
     sections = args.sections
     stripe_admin = None
     print(f"starting the embedded stack in {data_dir} ...", flush=True)
     await stack.start()
-    noop_worker = subprocess.Popen([sys.executable, "-m", "prognet.bench.noop_workflow", stack.temporal_address],
+    noop_worker = subprocess.Popen([sys.executable, "-m", "prognet_dev.bench.noop_workflow", stack.temporal_address],
                                    stdout=subprocess.PIPE, text=True)
     try:
         assert noop_worker.stdout.readline().strip() == "ready"
@@ -278,8 +278,8 @@ async def run(args: argparse.Namespace) -> None:
                 await bench_raw_smtp(stack.smtp_host, stack.smtp_port, stack.maildir, 5, 5)
                 await bench_email_pipeline(email_client, stack.maildir, 5, 5)
             if 4 in sections:
-                from prognet.bench import billing
-                from prognet.devstack import SandboxAdmin
+                from prognet_dev import SandboxAdmin
+                from prognet_dev.bench import billing
 
                 stripe_admin = SandboxAdmin(stack.stripe_api_base, timeout=60)
                 if 3 not in sections:
