@@ -1,4 +1,5 @@
 # The app image: `prognet api` by default, `prognet worker` / `prognet migrate` by command override.
+# Only the runtime: `pip install .` (no dev/test extras) and no prognet_dev/, so no embedded server is in it.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \

@@ -14,7 +14,6 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client
 
 from api.jwt_tokens import AccessTokenCodec, InvalidAccessToken
 from api.login_throttle import LoginThrottle
@@ -44,10 +43,6 @@ def _connector(request: Request) -> TemporalConnector:
     return request.app.state.temporal
 
 
-async def _temporal(connector: Annotated[TemporalConnector, Depends(_connector)]) -> Client:
-    return await connector.get()
-
-
 def _sessions(request: Request) -> SessionStore:
     return request.app.state.sessions
 
@@ -63,7 +58,6 @@ def _access_tokens(request: Request) -> AccessTokenCodec:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 DbDep = Annotated[AsyncEngine, Depends(_engine)]
 RedisDep = Annotated[Redis, Depends(_redis)]
-TemporalDep = Annotated[Client, Depends(_temporal)]
 TemporalConnectorDep = Annotated[TemporalConnector, Depends(_connector)]
 SessionsDep = Annotated[SessionStore, Depends(_sessions)]
 ThrottleDep = Annotated[LoginThrottle, Depends(_throttle)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import time
 from pathlib import Path
 
 _handed_out: set[int] = set()
@@ -65,14 +64,3 @@ async def tcp_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
     except OSError:
         pass
     return True
-
-
-def split_host_port(address: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep:
-        return address, default_port
-    return host.strip("[]"), int(port)
-
-
-def monotonic_deadline(seconds: float) -> float:
-    return time.monotonic() + seconds
