@@ -17,6 +17,8 @@ import sys
 from collections.abc import Collection
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from prognet.settings import DEV_STRIPE_SECRET_KEY, DEV_STRIPE_WEBHOOK_SECRET, Settings
 
 from .components import (
@@ -191,7 +193,7 @@ class EmbeddedStack:
             )
             self.api = AppProcess(
                 "API", "api", log=self.log, env=self.env(), cwd=REPO_ROOT,
-                listen=(host, self.api_port), address=f"{self.api_url}/docs",
+                listen=(host, settings.api_port), address=f"{self.api_url}/docs",
             )
             self.components += [self.worker, self.api]
 
@@ -396,7 +398,7 @@ class EmbeddedStack:
         await self.stop()
 
 
-def _secret(value) -> str | None:
+def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
