@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api.body_guard import MAX_BODY_BYTES, BodySizeLimit
+from api.docs import install_docs
 from api.jwt_tokens import AccessTokenCodec
 from api.login_throttle import LoginThrottle
 from api.problems import install_problem_handlers
@@ -84,10 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     app = FastAPI(
         title="ProgNetwork API", version="1.0.0", description=DESCRIPTION, openapi_tags=TAGS,
-        lifespan=_lifespan, docs_url="/docs", redoc_url=None,
+        lifespan=_lifespan, docs_url=None, redoc_url=None,  # install_docs serves both offline
     )
     app.state.settings = settings
     install_problem_handlers(app)
+    install_docs(app)
     for module in (auth, registration, me, plans, tenants, members, invitations, invitation_accept, emails,
                    workflows, admin, health, pages):
         app.include_router(module.router)
