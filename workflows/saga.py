@@ -23,7 +23,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from models.contracts import CompensationRecord, OperatorDecision, SagaState, SagaStatusValue
     from workflows.names import (
-        PATCH_OPERATOR_DECISION_GUARD,
         QUERY_SAGA_STATE,
         SA_SAGA_STATUS,
         SA_SAGA_STEP,
@@ -69,8 +68,7 @@ class Saga:
             decision = OperatorDecision.model_validate(decision)
         # A decision answers the compensation failing *now*: one sent twice, or while nothing waits, must not
         # be kept for a later failure (it would skip that compensation without anyone having seen it).
-        if workflow.patched(PATCH_OPERATOR_DECISION_GUARD) and (
-                self.state.status != "awaiting_operator" or self._decisions):
+        if self.state.status != "awaiting_operator" or self._decisions:
             workflow.logger.warning("operator decision ignored: the saga is not waiting for one (%s)",
                                     self.state.status)
             return
