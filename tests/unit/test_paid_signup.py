@@ -300,6 +300,7 @@ async def test_a_registration_that_cannot_unwind_is_never_recorded_as_undone(loc
             await asyncio.sleep(0.05)
         await client.get_workflow_handle(registration_workflow_id(params.user_id)).terminate("operator")
         await handle.cancel()
+        deadline = asyncio.get_running_loop().time() + 20
         while (parked := await saga_state(handle)).status != "awaiting_operator":
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.05)
