@@ -5,14 +5,12 @@ through workflow history and no body is stored. Sending classifies SMTP replies:
 timeouts raise (temporary: Temporal retries with backoff); 5xx raises a non-retryable `SmtpPermanentFailure`.
 Rendering problems are non-retryable `RenderFailed`.
 
-`EmailActivities` are the per-saga send steps used before the delivery pipeline (activities/email_delivery.py)
-existed; they stay registered for executions that started back then.
+The delivery pipeline's activities (activities/email_delivery.py) compose and send through these.
 """
 
 from __future__ import annotations
 
 import html
-import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -21,23 +19,14 @@ from urllib.parse import urlencode
 
 import aiosmtplib
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from models.contracts import (
-    EmailRequest,
-    EmailSent,
-    SendInvitationEmail,
-    SendTenantEmail,
-    SendVerificationEmail,
-)
+from models.contracts import EmailRequest
 from models.db import transaction
 from models.tables import Invitation, Tenant, User, VerificationToken
 from prognet.settings import Settings
 from prognet.tokens import VERIFY_EMAIL, derive_token, invitation_token
-from workflows import activity_names as names
 
-log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 SMTP_PERMANENT = "SmtpPermanentFailure"
 RENDER_FAILED = "RenderFailed"
@@ -193,32 +182,3 @@ def _with_reply(err: Exception, reply: str) -> Exception:
 class SmtpTemporaryFailure(Exception):
     """4xx, timeout or connection trouble: worth another attempt."""
 
-
-class EmailActivities:
-    """Send steps of sagas started before the delivery pipeline; kept for those executions only."""
-
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
-        self.settings = settings
-        self.composer = Composer(engine, settings)
-
-    async def _send(self, req: EmailRequest, message_id: str) -> EmailSent:
-        composed = await self.composer.compose(req)
-        reply = await smtp_send(self.settings, build_message(self.settings, composed, message_id))
-        log.info("email sent", extra={"template": req.template, "message_id": message_id})
-        return EmailSent(message_id=message_id, smtp_reply=reply)
-
-    @activity.defn(name=names.SEND_VERIFICATION_EMAIL)
-    async def send_verification_email(self, req: SendVerificationEmail) -> EmailSent:
-        return await self._send(EmailRequest(message_id=req.token_id, template="verify_email", to_user_id=req.user_id,
-                                             params={"token_id": str(req.token_id)}), req.message_id)
-
-    @activity.defn(name=names.SEND_WELCOME_EMAIL)
-    async def send_welcome_email(self, req: SendTenantEmail) -> EmailSent:
-        return await self._send(EmailRequest(message_id=req.user_id, template="welcome", tenant_id=req.tenant_id,
-                                             to_user_id=req.user_id), req.message_id)
-
-    @activity.defn(name=names.SEND_INVITATION_EMAIL)
-    async def send_invitation_email(self, req: SendInvitationEmail) -> EmailSent:
-        return await self._send(EmailRequest(message_id=req.invitation_id, template="invitation",
-                                             tenant_id=req.tenant_id,
-                                             params={"invitation_id": str(req.invitation_id)}), req.message_id)

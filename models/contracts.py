@@ -105,17 +105,6 @@ class TokenRef(BaseModel):
     token_id: uuid.UUID
 
 
-class SendVerificationEmail(BaseModel):
-    user_id: uuid.UUID
-    token_id: uuid.UUID
-    message_id: str  # stable across retries so a resend after a crash is recognisable downstream
-
-
-class EmailSent(BaseModel):
-    message_id: str
-    smtp_reply: str
-
-
 class ActivateUser(BaseModel):
     user_id: uuid.UUID
     token_id: uuid.UUID
@@ -178,14 +167,6 @@ class CreateBillingConfig(BaseModel):
     billing_email: str | None = None
 
 
-class SendTenantEmail(BaseModel):
-    """A tenant-scoped email to one user (welcome); the activity looks the address up."""
-
-    tenant_id: uuid.UUID
-    user_id: uuid.UUID
-    message_id: str
-
-
 # --- invitation saga ---
 
 class InvitationInput(BaseModel):
@@ -204,12 +185,6 @@ class IssueInvitation(BaseModel):
     role: str
     invited_by: uuid.UUID
     expires_at: datetime
-
-
-class SendInvitationEmail(BaseModel):
-    invitation_id: uuid.UUID
-    tenant_id: uuid.UUID
-    message_id: str
 
 
 class AcceptInvitation(BaseModel):

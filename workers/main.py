@@ -14,7 +14,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
-from activities.email import EmailActivities
 from activities.email_delivery import EmailDeliveryActivities
 from activities.invitations import InvitationActivities
 from activities.invoices import InvoiceActivities
@@ -49,7 +48,6 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
     billing = BillingActivities(settings)
     invoices = InvoiceActivities(engine)
     subscriptions = SubscriptionActivities(engine)
-    email = EmailActivities(engine, settings)
     return [
         users.create_pending_user, users.delete_pending_user, users.issue_verification_token,
         users.revoke_verification_token, users.activate_user,
@@ -62,7 +60,6 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
         invoices.issue_invoice, invoices.void_invoice, invoices.mark_invoice_paid,
         invoices.mark_invoice_uncollectible, invoices.publish_invoice_event,
         subscriptions.set_status, tenants.suspend_tenant,
-        email.send_verification_email, email.send_welcome_email, email.send_invitation_email,
     ]
 
 

@@ -7,9 +7,6 @@ ISSUE_VERIFICATION_TOKEN = "users.issue_verification_token"
 REVOKE_VERIFICATION_TOKEN = "users.revoke_verification_token"
 ACTIVATE_USER = "users.activate_user"
 
-# email (activities/email.py)
-SEND_VERIFICATION_EMAIL = "email.send_verification_email"
-
 # tenants aggregate (activities/tenants.py)
 CREATE_TENANT = "tenants.create_tenant"
 MARK_TENANT_FAILED = "tenants.mark_tenant_failed"
@@ -25,10 +22,6 @@ ACTIVATE_TENANT = "tenants.activate_tenant"
 ISSUE_INVITATION = "invitations.issue_invitation"
 COMPLETE_INVITATION = "invitations.complete_invitation"
 CLOSE_INVITATION = "invitations.close_invitation"
-
-# tenant emails (activities/email.py)
-SEND_WELCOME_EMAIL = "email.send_welcome_email"
-SEND_INVITATION_EMAIL = "email.send_invitation_email"
 
 # billing / Stripe (activities/billing.py)
 CREATE_STRIPE_CUSTOMER = "billing.create_stripe_customer"

@@ -51,8 +51,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.email_delivery import start_email
     from workflows.names import (
         BILLING_CYCLE_WORKFLOW,
-        PATCH_METHOD_CHANGE_DURING_CHARGE,
-        PATCH_TIMED_OUT_PAYMENT_VOIDED,
         QUERY_BILLING_CYCLE_STATE,
         SIGNAL_BILLING_CYCLE_STATUS,
         SIGNAL_PAYMENT_METHOD_UPDATED,
@@ -122,10 +120,8 @@ class BillingCycleWorkflow:
         retry_times: list[datetime] = []
         used = 0  # scheduled dunning retries already made
         while True:
-            # A new card arriving during the charge must still retry at once (patched: older runs reset later).
-            changes_during_charge = workflow.patched(PATCH_METHOD_CHANGE_DURING_CHARGE)
-            if changes_during_charge:
-                self.method_changed = False
+            # Reset before the charge, not after: a new card arriving during the charge must still retry at once.
+            self.method_changed = False
             outcome = await self._charge()
             if outcome.status == "succeeded":
                 return await self._paid(outcome)
@@ -142,8 +138,6 @@ class BillingCycleWorkflow:
             self.saga.set_status("waiting", step="dunning", waiting_for=(
                 f"charge declined ({outcome.decline_code or 'no code'}); next attempt at {next_retry.isoformat()} "
                 f"or at once on a '{SIGNAL_PAYMENT_METHOD_UPDATED}' signal"))
-            if not changes_during_charge:
-                self.method_changed = False
             if not await sleep_until(next_retry, lambda: self.method_changed):
                 used += 1
                 self.state.reminders_sent += 1
@@ -177,13 +171,12 @@ class BillingCycleWorkflow:
                 f"polled every {p.poll_interval_seconds} s"))
             remaining = (deadline - workflow.now()).total_seconds()
             if remaining <= 0:
-                if workflow.patched(PATCH_TIMED_OUT_PAYMENT_VOIDED):
-                    # It may still succeed at Stripe; the next attempt would then charge a second time.
-                    await workflow.execute_activity(
-                        act.REFUND_PAYMENT, RefundPayment(
-                            idempotency_key=f"{wid}:timeout:{attempt}", tenant_id=p.tenant_id,
-                            payment_intent_ids=[pi_id], reason="no outcome in time"),
-                        result_type=Refunded, start_to_close_timeout=timedelta(seconds=30))
+                # It may still succeed at Stripe; the next attempt would then charge a second time.
+                await workflow.execute_activity(
+                    act.REFUND_PAYMENT, RefundPayment(
+                        idempotency_key=f"{wid}:timeout:{attempt}", tenant_id=p.tenant_id,
+                        payment_intent_ids=[pi_id], reason="no outcome in time"),
+                    result_type=Refunded, start_to_close_timeout=timedelta(seconds=30))
                 return PaymentOutcome(payment_intent_id=pi_id, status="failed", decline_code="payment_timeout")
             if await sleep_until(workflow.now() + timedelta(seconds=min(p.poll_interval_seconds, remaining)),
                                  lambda: pi_id in self.outcomes):

@@ -33,8 +33,6 @@ with workflow.unsafe.imports_passed_through():
         EMAIL_DELIVERY_WORKFLOW,
         EMAIL_SEND_TASK_QUEUE,
         EMAIL_TASK_QUEUE,
-        PATCH_DEAD_LETTER_STATUS_FIRST,
-        PATCH_OPERATOR_DECISION_GUARD,
         QUERY_EMAIL_STATE,
         SIGNAL_EMAIL_DECISION,
         email_workflow_id,
@@ -105,15 +103,11 @@ class EmailDeliveryWorkflow:
     async def _dead_letter(self, req: EmailRequest, reason: str) -> EmailDecision:
         self.state = "dead_lettered"
         # Park first, then record: whoever sees the row say dead_lettered also sees the saga waiting for them.
-        status_first = workflow.patched(PATCH_DEAD_LETTER_STATUS_FIRST)
-        if not status_first:
-            await self._mark(req, "dead_lettered", reason)
         self.saga.state.error = reason
         self.saga.set_status("awaiting_operator", step="dead_letter", waiting_for=(
             f"operator: not delivered ({reason}); signal '{SIGNAL_EMAIL_DECISION}' with "
             '{"action": "retry"} (optionally "to_address") or {"action": "discard"}'))
-        if status_first:
-            await self._mark(req, "dead_lettered", reason)
+        await self._mark(req, "dead_lettered", reason)
         await workflow.wait_condition(lambda: bool(self.decisions))
         return self.decisions.pop(0)
 
@@ -125,7 +119,7 @@ class EmailDeliveryWorkflow:
     @workflow.signal(name=SIGNAL_EMAIL_DECISION)
     def decide(self, decision: EmailDecision) -> None:
         # Only the dead letter waiting now is decided; a repeated or early decision is not kept for later.
-        if workflow.patched(PATCH_OPERATOR_DECISION_GUARD) and (self.state != "dead_lettered" or self.decisions):
+        if self.state != "dead_lettered" or self.decisions:
             workflow.logger.warning("email decision ignored: the message is %s", self.state)
             return
         self.decisions.append(decision)

@@ -18,13 +18,11 @@ with workflow.unsafe.imports_passed_through():
         InvitationInput,
         InvitationResult,
         IssueInvitation,
-        SendInvitationEmail,
     )
     from workflows import activity_names as act
     from workflows.email_delivery import start_email
     from workflows.names import (
         INVITATION_WORKFLOW,
-        PATCH_EMAIL_PIPELINE,
         SIGNAL_ACCEPT_INVITATION,
         SIGNAL_REVOKE_INVITATION,
         email_message_id,
@@ -55,17 +53,9 @@ class InvitationWorkflow:
                           CloseInvitation(invitation_id=p.invitation_id, tenant_id=p.tenant_id, status="revoked")),
         )
         if not self.revoked:
-            if workflow.patched(PATCH_EMAIL_PIPELINE):
-                await start_email(self.saga, "send_invitation_email", EmailRequest(
-                    message_id=email_message_id(wid, "invite"), template="invitation", tenant_id=p.tenant_id,
-                    params={"invitation_id": str(p.invitation_id)}))
-            else:  # executions started before the delivery pipeline
-                await self.saga.step(
-                    "send_invitation_email", act.SEND_INVITATION_EMAIL,
-                    SendInvitationEmail(invitation_id=p.invitation_id, tenant_id=p.tenant_id,
-                                        message_id=f"<{wid}.invite@prognet>"),
-                    timeout=timedelta(seconds=60),
-                )
+            await start_email(self.saga, "send_invitation_email", EmailRequest(
+                message_id=email_message_id(wid, "invite"), template="invitation", tenant_id=p.tenant_id,
+                params={"invitation_id": str(p.invitation_id)}))
             self.saga.set_status("waiting", step="await_acceptance",
                                  waiting_for=f"acceptance until {expires_at.isoformat(timespec='seconds')}")
             try:

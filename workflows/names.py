@@ -66,14 +66,8 @@ def email_message_id(parent_workflow_id: str, purpose: str) -> uuid.UUID:
 EMAIL_SEND_TASK_QUEUE = "prognet-email-send"  # SMTP sends only: the task-queue rate limit is the send rate
 
 # workflow.patched ids (keep forever once released: running executions depend on them)
-PATCH_EMAIL_PIPELINE = "email-pipeline"  # sagas hand their emails to EmailDelivery instead of sending
-PATCH_OPERATOR_DECISION_GUARD = "operator-decision-guard"  # decisions count only while a saga waits for one
-PATCH_DEAD_LETTER_STATUS_FIRST = "dead-letter-status-first"  # saga says awaiting_operator before the row says dead
-PATCH_REGISTRATION_TELLS_PARENT = "registration-tells-parent"  # a child registration signals its parent (paid sign-up)
 PATCH_SUBSCRIPTION_DELETES_SCHEDULE = "subscription-deletes-schedule"  # an ended subscription deletes its Schedule
 PATCH_RERUN_WAIT_HONOURS_REQUESTS = "rerun-wait-honours-requests"  # cancel / new card while a failed cycle waits
-PATCH_METHOD_CHANGE_DURING_CHARGE = "method-change-during-charge"  # a new card during a charge retries at once
-PATCH_TIMED_OUT_PAYMENT_VOIDED = "timed-out-payment-voided"  # an attempt with no outcome in time is cancelled
 PATCH_REFUND_BY_PAYMENT = "refund-by-payment"  # cancel-now refunds each payment's unused share
 
 # subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)

@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionInput,
         SubscriptionState,
     )
-    from models.contracts import CompensationRecord, RegistrationInput, TenantProvisioningInput, TenantProvisioningResult
+    from models.contracts import RegistrationInput, TenantProvisioningInput, TenantProvisioningResult
     from models.signup_contracts import DiscardTenant, PaidSignupInput, RegistrationProgress, SignupOutcome
     from workflows import activity_names as act
     from workflows.names import (
@@ -87,7 +87,6 @@ class PaidSignupWorkflow:
         self.outcome: SignupOutcome | None = None
         self.customer_id: str | None = None
         self.cycle_statuses: list[CycleStatusChanged] = []
-        self.registration_record: CompensationRecord | None = None
 
     @workflow.run
     async def run(self, params: PaidSignupInput) -> SignupOutcome:
@@ -125,11 +124,12 @@ class PaidSignupWorkflow:
 
     async def _register(self) -> None:
         p = self.params
-        self.saga.set_status("running", step="register_user", details="registration: creating the pending user")
         # ABANDON: on success the registration outlives this saga (it waits for the email verification); the
-        # unwind cancels it explicitly and waits for its own compensation.
-        self.registration = await workflow.start_child_workflow(
-            REGISTRATION_WORKFLOW,
+        # unwind cancels it explicitly and waits for its own compensation (pending user deleted, token revoked).
+        # Should it have completed meanwhile (the user verified before a later step failed), the account stays,
+        # without a tenant.
+        self.registration = await self.saga.start_child(
+            "register_user", REGISTRATION_WORKFLOW,
             RegistrationInput(user_id=p.user_id, email=p.email, display_name=p.display_name,
                               password_hash=p.password_hash,
                               verification_timeout_seconds=p.verification_timeout_seconds),
@@ -138,9 +138,8 @@ class PaidSignupWorkflow:
             parent_close_policy=ParentClosePolicy.ABANDON,
             search_attributes=TypedSearchAttributes([SearchAttributePair(SA_USER_ID, str(p.user_id))]),
             static_summary=f"Registration of user {p.user_id} (paid sign-up {self._wid()})",
+            cancel_on_unwind=True,
         )
-        self.registration_record = CompensationRecord(step="register_user")
-        self.saga.state.compensations.append(self.registration_record)
         self.saga.set_status("waiting", step="register_user",
                              waiting_for="the registration child to create the pending user")
         registration = self.registration
@@ -154,7 +153,7 @@ class PaidSignupWorkflow:
                 await registration
             except ChildWorkflowError:
                 pass  # it ended on the taken email, as expected; nothing was created
-            self.registration_record.status = "not_needed"
+            self.saga.not_needed("register_user")
             error_type = self.progress.error_type or EMAIL_TAKEN
             self.outcome = self._outcome("rejected", error_type=error_type, reason="this email is already registered")
             await self.saga.reject(ApplicationError("this email is already registered", type=error_type,
@@ -164,18 +163,16 @@ class PaidSignupWorkflow:
 
     async def _provision_tenant(self) -> TenantProvisioningResult:
         p = self.params
-        # Registered before the child starts: whatever it left (even a `failed` row, which references the user)
-        # is deleted before the user is.
-        self.saga.add_compensation("provision_tenant", act.DISCARD_TENANT, lambda: DiscardTenant(
-            tenant_id=p.tenant_id, workflow_id=self._wid(),
-            reason=(self.saga.state.error or "paid sign-up unwound")[:MAX_REASON]))
-        self.saga.set_status("waiting", step="provision_tenant",
-                             waiting_for=f"tenant provisioning {tenant_workflow_id(p.tenant_id)} to finish")
         try:
-            tenant: TenantProvisioningResult = await workflow.execute_child_workflow(
-                TENANT_PROVISIONING_WORKFLOW,
+            # The compensation is registered before the child starts: whatever it left (even a `failed` row,
+            # which references the user) is deleted before the user is.
+            tenant: TenantProvisioningResult = await self.saga.child_step(
+                "provision_tenant", TENANT_PROVISIONING_WORKFLOW,
                 TenantProvisioningInput(tenant_id=p.tenant_id, name=p.tenant_name, slug=p.slug,
                                         owner_user_id=p.user_id, billing_email=p.email, currency=p.plan.currency),
+                compensation=(act.DISCARD_TENANT, lambda: DiscardTenant(
+                    tenant_id=p.tenant_id, workflow_id=self._wid(),
+                    reason=(self.saga.state.error or "paid sign-up unwound")[:MAX_REASON])),
                 id=tenant_workflow_id(p.tenant_id), result_type=TenantProvisioningResult,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
@@ -188,16 +185,14 @@ class PaidSignupWorkflow:
             if isinstance(cause, ApplicationError) and cause.type == SLUG_TAKEN:
                 raise ApplicationError("this slug is already taken", type=SLUG_TAKEN, non_retryable=True) from err
             raise
-        self.saga.step_done("provision_tenant")
         return tenant
 
     async def _first_payment(self, start: datetime, end: datetime) -> SubscriptionState:
         """Bill period 0 now; a decline is final (no dunning). Returns the subscription's seed state."""
         p, wid = self.params, self._wid()
         cycle_id = billing_cycle_workflow_id(p.subscription_id, 0)
-        self.saga.set_status("waiting", step="first_payment", waiting_for=f"the first payment ({cycle_id})")
-        result: BillingCycleResult = await workflow.execute_child_workflow(
-            BILLING_CYCLE_WORKFLOW,
+        cycle = await self.saga.start_child(
+            "first_payment", BILLING_CYCLE_WORKFLOW,
             BillingCycleInput(subscription_id=p.subscription_id, tenant_id=p.tenant_id, plan_id=p.plan.id,
                               amount=p.plan.amount, currency=p.plan.currency, period_index=0, period_start=start,
                               period_end=end, payment_method=p.payment_method,
@@ -211,6 +206,8 @@ class PaidSignupWorkflow:
                                                      SearchAttributePair(SA_SUBSCRIPTION_ID, str(p.subscription_id))]),
             static_summary=f"First payment of subscription {p.subscription_id} (paid sign-up {wid})",
         )
+        self.saga.set_status("waiting", step="first_payment", waiting_for=f"the first payment ({cycle_id})")
+        result: BillingCycleResult = await cycle
         if result.status != "paid":
             raise ApplicationError("the first payment was declined", result.decline_code, type=PAYMENT_DECLINED,
                                    non_retryable=True)
@@ -236,11 +233,9 @@ class PaidSignupWorkflow:
                 subscription_id=p.subscription_id, tenant_id=p.tenant_id, status="active", plan_id=p.plan.id,
                 current_period_start=seed.current_period_start, current_period_end=seed.current_period_end,
                 payment_method=p.payment_method, workflow_id=subscription_workflow_id(p.subscription_id)))
-        self.saga.set_status("running", step="start_subscription",
-                             details=f"starting {subscription_workflow_id(p.subscription_id)}")
         try:
-            await workflow.start_child_workflow(
-                SUBSCRIPTION_WORKFLOW,
+            await self.saga.start_child(
+                "start_subscription", SUBSCRIPTION_WORKFLOW,
                 SubscriptionInput(subscription_id=p.subscription_id, tenant_id=p.tenant_id, plan=p.plan,
                                   payment_method=p.payment_method, stripe_customer_id=self.customer_id,
                                   notify_user_id=p.user_id, cycle_driver="schedule", state=seed,
@@ -261,38 +256,12 @@ class PaidSignupWorkflow:
     # --- unwinding ---
 
     async def _unwind(self, err: BaseException) -> None:
-        """Compensations in reverse (refund, Stripe customer, tenant), then the registration; cancellation
-        cannot interrupt it."""
+        """Compensations in reverse (refund, Stripe customer, tenant, the registration); cancellation cannot
+        interrupt it. The outcome is set once everything is undone."""
         self.saga.state.error = describe_error(_cause(err))[:MAX_REASON]
-        task = asyncio.ensure_future(self._unwind_all())
-        while not task.done():
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                continue  # cancelled (again) meanwhile: the unwind still finishes
-        task.result()
+        await self.saga.compensate("compensated")
         self.outcome = self._outcome_of(err)
         await workflow.wait_condition(workflow.all_handlers_finished)
-
-    async def _unwind_all(self) -> None:
-        await self.saga.compensate("compensating")  # every activity compensation, in reverse
-        record, registration = self.registration_record, self.registration
-        if record is not None and registration is not None:
-            record.status, record.attempts = "running", record.attempts + 1
-            self.saga.set_status("compensating", step=self.saga.state.step, waiting_for=(
-                f"the registration {registration.id} to unwind (pending user deleted, token revoked)"))
-            if registration.done():
-                # It ended by itself: unwound (failed, expired) or, only if the payment took longer than the
-                # user took to verify, completed — then the account stays, without a tenant.
-                record.status = "done"
-            else:
-                registration.cancel()
-                try:
-                    await registration
-                    record.status = "done"
-                except (ChildWorkflowError, asyncio.CancelledError):
-                    record.status = "done"
-        self.saga.set_status("compensated", step=self.saga.state.step, details="compensated: everything unwound")
 
     def _outcome_of(self, err: BaseException) -> SignupOutcome:
         cause = _cause(err)

@@ -21,7 +21,6 @@ with workflow.unsafe.imports_passed_through():
         RegistrationAccepted,
         RegistrationInput,
         RegistrationResult,
-        SendVerificationEmail,
         TokenRef,
         UserRef,
         VerifyEmail,
@@ -30,8 +29,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows import activity_names as act
     from workflows.email_delivery import start_email
     from workflows.names import (
-        PATCH_EMAIL_PIPELINE,
-        PATCH_REGISTRATION_TELLS_PARENT,
         REGISTRATION_WORKFLOW,
         SIGNAL_REGISTRATION_PROGRESS,
         SIGNAL_VERIFY_EMAIL,
@@ -41,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga import Saga
 
 EMAIL_TAKEN = "EmailAlreadyRegistered"
-SEND_EMAIL_RETRY_TIMEOUT = timedelta(hours=1)
 
 
 @workflow.defn(name=REGISTRATION_WORKFLOW)
@@ -92,16 +88,9 @@ class RegistrationWorkflow:
             compensation=(act.REVOKE_VERIFICATION_TOKEN, TokenRef(token_id=token_id)),
         )
         wid = workflow.info().workflow_id
-        if workflow.patched(PATCH_EMAIL_PIPELINE):
-            await start_email(self.saga, "send_verification_email", EmailRequest(
-                message_id=email_message_id(wid, "verify"), template="verify_email", to_user_id=params.user_id,
-                params={"token_id": str(token_id)}))
-        else:  # executions started before the delivery pipeline
-            await self.saga.step(
-                "send_verification_email", act.SEND_VERIFICATION_EMAIL,
-                SendVerificationEmail(user_id=params.user_id, token_id=token_id, message_id=f"<{wid}.verify@prognet>"),
-                timeout=timedelta(seconds=60),
-            )
+        await start_email(self.saga, "send_verification_email", EmailRequest(
+            message_id=email_message_id(wid, "verify"), template="verify_email", to_user_id=params.user_id,
+            params={"token_id": str(token_id)}))
 
         deadline = workflow.now() + timeout
         self.saga.set_status("waiting", step="await_verification",
@@ -124,7 +113,7 @@ class RegistrationWorkflow:
         """A registration started by a paid sign-up tells its parent as soon as the pending user exists (the
         tenant's membership references it) or the email was refused; it completes only after verification."""
         parent = workflow.info().parent
-        if parent is None or not workflow.patched(PATCH_REGISTRATION_TELLS_PARENT):
+        if parent is None:
             return
         try:
             await workflow.get_external_workflow_handle(parent.workflow_id).signal(

@@ -1,11 +1,13 @@
 """The saga primitive: forward steps that register their compensation, and an unwind that cannot be lost.
 
 - A step registers its compensation *before* it runs, so a step that ran partly is still undone
-  (compensations tolerate "nothing to undo").
+  (compensations tolerate "nothing to undo"). A step is an activity or a child workflow; a child's
+  compensation is an activity, or cancelling the child and waiting for its own unwind.
 - On failure or cancellation the compensations run in reverse order, shielded from cancellation, each
   with its own retry policy; every outcome is recorded in the queryable `SagaState`.
 - A compensation that still fails after its retries parks the saga in `awaiting_operator` until an
-  operator sends the `operator_decision` signal (retry or skip). Nothing is swallowed silently.
+  operator sends the `operator_decision` signal (retry or skip). Nothing is swallowed silently: a
+  compensation is recorded `done` only when it returned.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    TerminatedError,
+)
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from models.contracts import CompensationRecord, OperatorDecision, SagaState, SagaStatusValue
     from workflows.names import (
-        PATCH_OPERATOR_DECISION_GUARD,
         QUERY_SAGA_STATE,
         SA_SAGA_STATUS,
         SA_SAGA_STEP,
@@ -42,10 +50,7 @@ STEP_TIMEOUT = timedelta(seconds=30)
 @dataclass
 class _Compensation:
     record: CompensationRecord
-    activity: str | Callable[..., Any]
-    arg: Any
-    retry_policy: RetryPolicy
-    timeout: timedelta
+    undo: Callable[[], Awaitable[Any]]  # one attempt; raises ActivityError or ChildWorkflowError if it did not undo
 
 
 class Saga:
@@ -69,8 +74,7 @@ class Saga:
             decision = OperatorDecision.model_validate(decision)
         # A decision answers the compensation failing *now*: one sent twice, or while nothing waits, must not
         # be kept for a later failure (it would skip that compensation without anyone having seen it).
-        if workflow.patched(PATCH_OPERATOR_DECISION_GUARD) and (
-                self.state.status != "awaiting_operator" or self._decisions):
+        if self.state.status != "awaiting_operator" or self._decisions:
             workflow.logger.warning("operator decision ignored: the saga is not waiting for one (%s)",
                                     self.state.status)
             return
@@ -105,8 +109,22 @@ class Saga:
     def add_compensation(self, step: str, activity: str | Callable[..., Any], arg: Any, *,
                          retry_policy: RetryPolicy = COMPENSATION_RETRY,
                          timeout: timedelta = STEP_TIMEOUT) -> None:
-        self._compensations.append(_Compensation(CompensationRecord(step=step), activity, arg, retry_policy, timeout))
+        """Register an activity that undoes `step`. `arg` may be a function: then it is built at unwind time
+        (e.g. the failure reason, or an id the forward step returned), from workflow state only."""
+        async def undo() -> None:
+            await workflow.execute_activity(activity, arg() if callable(arg) else arg,
+                                            start_to_close_timeout=timeout, retry_policy=retry_policy)
+        self._register(step, undo)
+
+    def _register(self, step: str, undo: Callable[[], Awaitable[Any]]) -> None:
+        self._compensations.append(_Compensation(CompensationRecord(step=step), undo))
         self.state.compensations.append(self._compensations[-1].record)
+
+    def not_needed(self, step: str) -> None:
+        """`step` turned out to create nothing (e.g. a child that refused its input): never undo it."""
+        for comp in [c for c in self._compensations if c.record.step == step]:
+            comp.record.status = "not_needed"
+            self._compensations.remove(comp)
 
     async def step(self, name: str, activity: str | Callable[..., Awaitable[T]], arg: Any, *,
                    compensation: tuple[str | Callable[..., Any], Any] | None = None,
@@ -127,6 +145,52 @@ class Saga:
     def step_done(self, name: str) -> None:
         """Record a forward step that is not an activity (e.g. handing a message to a child workflow)."""
         self.state.completed_steps.append(name)
+
+    async def start_child(self, name: str, workflow_type: str, arg: Any, *,
+                          compensation: tuple[str | Callable[..., Any], Any] | None = None,
+                          cancel_on_unwind: bool = False, **options: Any) -> workflow.ChildWorkflowHandle:
+        """Start a child workflow as a forward step and return its handle once started; the caller awaits it
+        (or not) and calls `step_done`. Its compensation is registered before it starts: an activity
+        `(activity, arg)`, or (`cancel_on_unwind`) cancelling the child and waiting for its own unwind.
+        `options` are those of `workflow.start_child_workflow` (`id` is required)."""
+        handle: workflow.ChildWorkflowHandle | None = None
+
+        async def cancel_child() -> None:
+            if handle is not None:  # never started: nothing to undo
+                await self._unwind_child(handle)
+
+        if compensation is not None:
+            self.add_compensation(name, compensation[0], compensation[1])
+        elif cancel_on_unwind:
+            self._register(name, cancel_child)
+        self.set_status("running", step=name, details=f"starting {workflow_type} {options['id']}")
+        handle = await workflow.start_child_workflow(workflow_type, arg, **options)
+        return handle
+
+    async def child_step(self, name: str, workflow_type: str, arg: Any, *,
+                         compensation: tuple[str | Callable[..., Any], Any] | None = None,
+                         **options: Any) -> Any:
+        """Run a child workflow to its end as a forward step (see `start_child`); returns its result."""
+        handle = await self.start_child(name, workflow_type, arg, compensation=compensation, **options)
+        self.set_status("waiting", step=name, waiting_for=f"{workflow_type} {handle.id} to finish")
+        result = await handle
+        self.state.completed_steps.append(name)
+        return result
+
+    async def _unwind_child(self, handle: workflow.ChildWorkflowHandle) -> None:
+        """Cancel a child saga and wait until it has unwound itself. Raises (the compensation failed) when it
+        was terminated or timed out: its own compensations never ran."""
+        self.set_status("compensating", waiting_for=f"child workflow {handle.id} to unwind")
+        if not handle.done():
+            handle.cancel()
+        try:
+            await handle
+        except ChildWorkflowError as err:
+            if isinstance(err.cause, (TerminatedError, TemporalTimeoutError)):
+                raise
+            # Cancelled, or failed by itself: either way its saga ran its compensations.
+        except asyncio.CancelledError:
+            pass  # it closed by itself as the cancel was sent (completed, or failed and unwound)
 
     # --- unwinding ---
 
@@ -180,14 +244,9 @@ class Saga:
         while True:
             record.status = "running"
             record.attempts += 1
-            # An argument may be a function: then it is built at unwind time (e.g. the failure reason, or an
-            # id the forward step returned), from workflow state only, so it stays deterministic.
-            arg = comp.arg() if callable(comp.arg) else comp.arg
             try:
-                await workflow.execute_activity(
-                    comp.activity, arg, start_to_close_timeout=comp.timeout, retry_policy=comp.retry_policy,
-                )
-            except ActivityError as err:
+                await comp.undo()
+            except (ActivityError, ChildWorkflowError) as err:
                 record.status = "failed"
                 record.error = describe_error(err)
                 decision = await self._wait_for_operator(record)

@@ -8,8 +8,6 @@ with the reason. A taken slug ends the saga at once, before anything was created
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
@@ -21,7 +19,6 @@ with workflow.unsafe.imports_passed_through():
         EmailRequest,
         MarkTenantFailed,
         MembershipRef,
-        SendTenantEmail,
         TenantAccepted,
         TenantProvisioningInput,
         TenantProvisioningResult,
@@ -30,7 +27,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows import activity_names as act
     from workflows.email_delivery import start_email
     from workflows.names import (
-        PATCH_EMAIL_PIPELINE,
         TENANT_PROVISIONING_WORKFLOW,
         UPDATE_TENANT_ACCEPTED,
         email_message_id,
@@ -99,16 +95,9 @@ class TenantProvisioningWorkflow:
             "apply_default_settings", act.APPLY_DEFAULT_SETTINGS, tenant,
             compensation=(act.REMOVE_DEFAULT_SETTINGS, tenant),
         )
-        if workflow.patched(PATCH_EMAIL_PIPELINE):
-            await start_email(self.saga, "send_welcome_email", EmailRequest(
-                message_id=email_message_id(wid, "welcome"), template="welcome", tenant_id=p.tenant_id,
-                to_user_id=p.owner_user_id))
-        else:  # executions started before the delivery pipeline
-            await self.saga.step(
-                "send_welcome_email", act.SEND_WELCOME_EMAIL,
-                SendTenantEmail(tenant_id=p.tenant_id, user_id=p.owner_user_id, message_id=f"<{wid}.welcome@prognet>"),
-                timeout=timedelta(seconds=60),
-            )
+        await start_email(self.saga, "send_welcome_email", EmailRequest(
+            message_id=email_message_id(wid, "welcome"), template="welcome", tenant_id=p.tenant_id,
+            to_user_id=p.owner_user_id))
         await self.saga.step("activate_tenant", act.ACTIVATE_TENANT, tenant)
         self.saga.complete("tenant active")
         return TenantProvisioningResult(tenant_id=p.tenant_id, status="active", stripe_customer_id=customer.customer_id)

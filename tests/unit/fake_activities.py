@@ -14,9 +14,7 @@ from temporalio.exceptions import ApplicationError
 from models.contracts import (
     ActivateUser,
     CreatePendingUser,
-    EmailSent,
     IssueVerificationToken,
-    SendVerificationEmail,
     TokenRef,
     UserRef,
 )
@@ -57,14 +55,9 @@ class FakeUsers:
         async def revoke_verification_token(req: TokenRef) -> None:
             self._maybe_fail(act.REVOKE_VERIFICATION_TOKEN)
 
-        @activity.defn(name=act.SEND_VERIFICATION_EMAIL)
-        async def send_verification_email(req: SendVerificationEmail) -> EmailSent:
-            self._maybe_fail(act.SEND_VERIFICATION_EMAIL)
-            return EmailSent(message_id=req.message_id, smtp_reply="250 OK")
-
         @activity.defn(name=act.ACTIVATE_USER)
         async def activate_user(req: ActivateUser) -> None:
             self._maybe_fail(act.ACTIVATE_USER)
 
         return [create_pending_user, delete_pending_user, issue_verification_token,
-                revoke_verification_token, send_verification_email, activate_user]
+                revoke_verification_token, activate_user]

@@ -17,12 +17,9 @@ from models.contracts import (
     CompleteInvitation,
     CreateBillingConfig,
     CreateTenant,
-    EmailSent,
     IssueInvitation,
     MarkTenantFailed,
     MembershipRef,
-    SendInvitationEmail,
-    SendTenantEmail,
     TenantRef,
 )
 from workflows import activity_names as act
@@ -57,23 +54,13 @@ class FakeTenantWorld:
             self._record(act.CREATE_STRIPE_CUSTOMER, req)
             return StripeCustomer(customer_id="cus_fake123")
 
-        @activity.defn(name=act.SEND_WELCOME_EMAIL)
-        async def send_welcome_email(req: SendTenantEmail) -> EmailSent:
-            self._record(act.SEND_WELCOME_EMAIL, req)
-            return EmailSent(message_id=req.message_id, smtp_reply="250 OK")
-
-        @activity.defn(name=act.SEND_INVITATION_EMAIL)
-        async def send_invitation_email(req: SendInvitationEmail) -> EmailSent:
-            self._record(act.SEND_INVITATION_EMAIL, req)
-            return EmailSent(message_id=req.message_id, smtp_reply="250 OK")
-
         return [
             simple(act.CREATE_TENANT, CreateTenant), simple(act.MARK_TENANT_FAILED, MarkTenantFailed),
             simple(act.ADD_MEMBERSHIP, MembershipRef), simple(act.REMOVE_MEMBERSHIP, MembershipRef),
             create_stripe_customer, simple(act.DELETE_STRIPE_CUSTOMER, DeleteStripeCustomer),
             simple(act.CREATE_BILLING_CONFIG, CreateBillingConfig), simple(act.DELETE_BILLING_CONFIG, TenantRef),
             simple(act.APPLY_DEFAULT_SETTINGS, TenantRef), simple(act.REMOVE_DEFAULT_SETTINGS, TenantRef),
-            send_welcome_email, simple(act.ACTIVATE_TENANT, TenantRef),
+            simple(act.ACTIVATE_TENANT, TenantRef),
             simple(act.ISSUE_INVITATION, IssueInvitation), simple(act.COMPLETE_INVITATION, CompleteInvitation),
-            simple(act.CLOSE_INVITATION, CloseInvitation), send_invitation_email,
+            simple(act.CLOSE_INVITATION, CloseInvitation),
         ]

@@ -24,11 +24,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from models.billing_cycle_contracts import CancelSubscription, SubscriptionState
-from models.contracts import RegistrationResult, SagaState, VerifyEmail
+from models.contracts import OperatorDecision, RegistrationResult, SagaState, VerifyEmail
 from models.plans import Plan
 from models.signup_contracts import PaidSignupInput, SignupOutcome
 from tests.conftest import BIN_DIR, custom_search_attributes
-from tests.unit.fake_billing_activities import DECLINED, INSUFFICIENT, VISA
+from tests.unit.fake_billing_activities import DECLINED, INSUFFICIENT, PENDING, VISA
 from tests.unit.fake_email import FakeEmailDelivery
 from tests.unit.fake_signup_activities import FakeSignupWorld
 from workers.main import Workers
@@ -40,6 +40,7 @@ from workflows.names import (
     QUERY_SIGNUP_OUTCOME,
     QUERY_SUBSCRIPTION_STATE,
     SIGNAL_CANCEL_SUBSCRIPTION,
+    SIGNAL_OPERATOR_DECISION,
     SIGNAL_VERIFY_EMAIL,
     UPDATE_SIGNUP_OUTCOME,
     billing_cycle_workflow_id,
@@ -282,6 +283,39 @@ async def test_cancelling_the_signup_while_it_waits_for_the_payment_unwinds_and_
     assert outcome.status == "failed" and outcome.reason == "cancelled"
     assert act.VOID_INVOICE in world.calls  # the cycle unwound itself
     assert not (world.pending_user_exists or world.token_live or world.tenant_exists or world.stripe_customer_exists)
+
+
+
+async def test_a_registration_that_cannot_unwind_is_never_recorded_as_undone(local_env, task_queue):
+    """Terminated, the registration never ran its own compensations: cancelling it undoes nothing, so the
+    sign-up's unwind parks for an operator instead of recording it `done`. On the local dev server: the
+    time-skipping server never tells a parent that its child was terminated."""
+    client, world = local_env.client, FakeSignupWorld.create()
+    params = signup_input(payment_method=PENDING)
+    async with workers(client, task_queue, world):
+        handle = await start(client, task_queue, params)
+        deadline = asyncio.get_running_loop().time() + 10
+        while act.CREATE_PAYMENT_INTENT not in world.calls:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await client.get_workflow_handle(registration_workflow_id(params.user_id)).terminate("operator")
+        await handle.cancel()
+        deadline = asyncio.get_running_loop().time() + 20
+        while (parked := await saga_state(handle)).status != "awaiting_operator":
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await handle.signal(SIGNAL_OPERATOR_DECISION, OperatorDecision(action="skip", reason="user deleted by hand"))
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        saga = await saga_state(handle)
+
+    [waiting] = [c for c in parked.compensations if c.step == "register_user"]
+    assert waiting.status == "failed" and "terminated" in waiting.error.lower()
+    assert [(c.step, c.status) for c in saga.compensations] == [
+        ("register_user", "skipped"), ("provision_tenant", "done"), ("stripe_customer", "done")]
+    assert saga.status == "compensated"
+    # nothing deleted the pending user: the operator was told, and skipped it
+    assert world.pending_user_exists and act.DELETE_PENDING_USER not in world.calls
 
 
 # --- the `outcome` update (the API's update-with-start), on the local dev server ---
