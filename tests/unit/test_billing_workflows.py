@@ -7,14 +7,24 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from models.billing_calendar import add_months, prorate
 from models.billing_cycle_contracts import (
+    INVALID_PLAN,
+    PLAN_UNCHANGED,
+    SUBSCRIPTION_ENDED,
+    SUBSCRIPTION_EXISTS,
     BillingCycleInput,
     BillingCycleState,
     CancelSubscription,
@@ -42,6 +52,7 @@ from workflows.names import (
     UPDATE_CANCEL_SUBSCRIPTION,
     UPDATE_CHANGE_PLAN,
     UPDATE_PAYMENT_METHOD,
+    UPDATE_SUBSCRIPTION_ACCEPTED,
     billing_cycle_workflow_id,
     email_message_id,
     email_workflow_id,
@@ -529,3 +540,56 @@ async def test_cancel_now_after_an_upgrade_to_a_yearly_plan_refunds_only_what_is
     expected = prorate(900, end - now, end - start) + prorate(proration, end - now, end - at)
     assert result.refunded_amount == expected < 900 + proration
     assert sum(i.refunded for i in world.succeeded()) == expected
+
+
+async def refused(request_call) -> str:
+    """The ApplicationError type a request was refused with (by a validator, or by the workflow)."""
+    with pytest.raises(WorkflowUpdateFailedError) as failed:
+        await request_call
+    assert isinstance(failed.value.cause, ApplicationError)
+    return failed.value.cause.type
+
+
+async def test_the_subscription_writes_its_row_first_and_validators_refuse_what_cannot_apply(local_env, task_queue):
+    """On the dev server: what the API does (update-with-start on `accepted`, then requests as updates)."""
+    client, world, tenant_id = local_env.client, FakeBillingWorld(), uuid.uuid4()
+
+    async def subscribe() -> tuple[WorkflowHandle, SubscriptionState]:
+        params = SubscriptionInput(subscription_id=uuid.uuid4(), tenant_id=tenant_id, plan=STARTER,
+                                   payment_method=VISA, stripe_customer_id="cus_fake", notify_user_id=uuid.uuid4())
+        operation = WithStartWorkflowOperation(
+            SubscriptionWorkflow.run, params, id=subscription_workflow_id(params.subscription_id),
+            task_queue=task_queue, id_conflict_policy=WorkflowIDConflictPolicy.FAIL)
+        state = await client.execute_update_with_start_workflow(
+            UPDATE_SUBSCRIPTION_ACCEPTED, start_workflow_operation=operation, result_type=SubscriptionState)
+        return await operation.workflow_handle(), state
+
+    async with subscription_workers(client, task_queue, world):
+        handle, accepted = await subscribe()
+        assert accepted.status == "incomplete" and world.calls[0] == act.CREATE_SUBSCRIPTION
+        [row] = world.args[act.CREATE_SUBSCRIPTION]
+        assert row.subscription_id == accepted.subscription_id and row.workflow_id == handle.id
+        # a second live subscription of the tenant: refused at once, and its workflow ends without a row
+        with pytest.raises(WorkflowUpdateFailedError) as second:
+            await subscribe()
+        assert isinstance(second.value.cause, ApplicationError) and second.value.cause.type == SUBSCRIPTION_EXISTS
+        assert len(world.args[act.CREATE_SUBSCRIPTION]) == 2
+
+        await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)
+        assert await refused(request(handle, UPDATE_CHANGE_PLAN, ChangePlan(plan=STARTER))) == PLAN_UNCHANGED
+        dollars = TEAM.model_copy(update={"id": "team-usd", "currency": "usd"})
+        assert await refused(request(handle, UPDATE_CHANGE_PLAN, ChangePlan(plan=dollars))) == INVALID_PLAN
+        history = await handle.fetch_history()
+        assert not [e for e in history.events if e.HasField("workflow_execution_update_accepted_event_attributes")
+                    and e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+                    == UPDATE_CHANGE_PLAN]  # refused before reaching history
+
+        canceled = await request(handle, UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+        assert canceled.status == "canceled" and canceled.refunded_amount > 0  # answered once applied
+        try:
+            again = await refused(request(handle, UPDATE_PAYMENT_METHOD, PaymentMethodUpdated(payment_method=VISA)))
+            assert again == SUBSCRIPTION_ENDED
+        except RPCError as err:  # the workflow had already closed
+            assert err.status == RPCStatusCode.NOT_FOUND
+        assert (await handle.result()).status == "canceled"
+        await emails_delivered(client, *cycle_ids(world))
