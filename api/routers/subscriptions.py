@@ -179,9 +179,10 @@ def _invoice_view(row: Invoice) -> InvoiceView:
     "/v1/tenants/{tenant_id}/subscriptions", status_code=status.HTTP_202_ACCEPTED, response_model=SubscriptionAccepted,
     summary="Subscribe the tenant to a plan",
     description="Owners and admins of an active tenant (or of one suspended for an unpaid subscription: a new "
-                "subscription whose first period is paid lifts the suspension). Starts `subscription-{id}`: a trial (if the plan has "
-                "one), then a billing cycle per period, driven by the Temporal Schedule `billing-schedule-{id}`. "
-                "The first period is charged at once (no trial). One live subscription per tenant.",
+                "subscription whose first period is paid lifts the suspension). Starts `subscription-{id}`: a trial "
+                "(if the plan has one), then a billing cycle per period, driven by the Temporal Schedule "
+                "`billing-schedule-{id}`. The first period is charged at once (no trial). One live subscription per "
+                "tenant: answers once the workflow has written the subscription, a second live one is a 409.",
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
 )
 async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: TenantManager, engine: DbDep,
