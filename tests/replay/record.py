@@ -52,12 +52,12 @@ from workflows.names import (
     QUERY_BILLING_CYCLE_STATE,
     QUERY_SAGA_STATE,
     QUERY_SUBSCRIPTION_STATE,
-    SIGNAL_CANCEL_SUBSCRIPTION,
     SIGNAL_PAYMENT_METHOD_UPDATED,
     SIGNAL_START_CYCLE,
     SIGNAL_ACCEPT_INVITATION,
     SIGNAL_OPERATOR_DECISION,
     SIGNAL_VERIFY_EMAIL,
+    UPDATE_CANCEL_SUBSCRIPTION,
 )
 from workflows.registration import RegistrationWorkflow
 from workflows.subscription import SubscriptionWorkflow
@@ -134,7 +134,7 @@ async def record_billing() -> None:
         await env.sleep(timedelta(days=32))  # queries do not move the test server's clock; this does
         while (await handle.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)).cycles_paid < 2:
             await asyncio.sleep(0.05)
-        await handle.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+        await handle.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
 
     plan = Plan(id="starter-monthly", name="Starter", amount=900, currency="eur", interval="month")
     subscription = SubscriptionInput(subscription_id=uuid.UUID(int=110), tenant_id=uuid.UUID(int=7), plan=plan,
