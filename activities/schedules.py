@@ -29,6 +29,7 @@ from temporalio.client import (
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
+from models.billing_calendar import advance
 from models.billing_cycle_contracts import BillingScheduleSpec, BillingTriggerInput
 from models.plans import Plan
 from workflows import activity_names as names
@@ -39,7 +40,6 @@ from workflows.names import (
     TASK_QUEUE,
     billing_schedule_id,
 )
-from workflows.subscription import advance
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

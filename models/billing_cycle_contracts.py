@@ -3,7 +3,7 @@
 One pydantic model in, one out. Amounts are integers in minor units (cents); times are timezone-aware UTC.
 No card data anywhere: a payment method is a Stripe PaymentMethod id (`pm_…`).
 
-The plan travels *inside* the subscription's input and the change-plan signal (a snapshot resolved from the
+The plan travels *inside* the subscription's input and the change-plan update (a snapshot resolved from the
 catalogue by the API), so workflow code never reads `models/plans.json` and a catalogue edit never changes a
 running history.
 """
@@ -90,7 +90,8 @@ class PaymentOutcome(BaseModel):
 
 
 class PaymentMethodUpdated(BaseModel):
-    """Signal `payment_method_updated` (to the subscription, which forwards it to an open cycle)."""
+    """Update `payment_method` to the subscription, which forwards it to an open cycle (signal
+    `payment_method_updated`)."""
 
     payment_method: str
 
@@ -289,6 +290,24 @@ class SubscriptionResult(BaseModel):
     status: Literal["unpaid", "canceled"]
     cycles_paid: int
     refunded_amount: int = 0
+
+
+# Why a subscription refuses to start or a request to it is rejected (ApplicationError types).
+SUBSCRIPTION_EXISTS = "SubscriptionExists"  # the tenant already has a live subscription
+SUBSCRIPTION_ENDED = "SubscriptionEnded"  # canceled or unpaid: nothing left to change
+PLAN_UNCHANGED = "PlanUnchanged"  # a change to the plan it is already on
+INVALID_PLAN = "InvalidPlan"  # a plan this subscription cannot move to (another currency)
+
+
+class CreateSubscription(BaseModel):
+    """The subscription's first step: its row, `incomplete`; `SubscriptionExists` if the tenant has a live one."""
+
+    subscription_id: uuid.UUID
+    tenant_id: uuid.UUID
+    plan_id: str
+    payment_method: str
+    workflow_id: str
+    created_by: uuid.UUID | None = None
 
 
 class CancelSubscription(BaseModel):

@@ -59,7 +59,7 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
         billing.create_payment_intent, billing.retrieve_payment_intent, billing.refund_payment,
         invoices.issue_invoice, invoices.void_invoice, invoices.mark_invoice_paid,
         invoices.mark_invoice_uncollectible, invoices.publish_invoice_event,
-        subscriptions.set_status, tenants.suspend_tenant,
+        subscriptions.create, subscriptions.set_status, tenants.suspend_tenant,
     ]
 
 

@@ -65,19 +65,17 @@ def email_message_id(parent_workflow_id: str, purpose: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"prognet:email:{parent_workflow_id}:{purpose}")
 EMAIL_SEND_TASK_QUEUE = "prognet-email-send"  # SMTP sends only: the task-queue rate limit is the send rate
 
-# workflow.patched ids (keep forever once released: running executions depend on them)
-PATCH_SUBSCRIPTION_DELETES_SCHEDULE = "subscription-deletes-schedule"  # an ended subscription deletes its Schedule
-PATCH_RERUN_WAIT_HONOURS_REQUESTS = "rerun-wait-honours-requests"  # cancel / new card while a failed cycle waits
-PATCH_REFUND_BY_PAYMENT = "refund-by-payment"  # cancel-now refunds each payment's unused share
 
 # subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)
 SUBSCRIPTION_WORKFLOW = "Subscription"
 BILLING_CYCLE_WORKFLOW = "BillingCycle"
 QUERY_SUBSCRIPTION_STATE = "subscription_state"
 QUERY_BILLING_CYCLE_STATE = "billing_cycle_state"
-SIGNAL_CANCEL_SUBSCRIPTION = "cancel"
-SIGNAL_CHANGE_PLAN = "change_plan"
-SIGNAL_PAYMENT_METHOD_UPDATED = "payment_method_updated"  # to a subscription or straight to a cycle
+UPDATE_SUBSCRIPTION_ACCEPTED = "accepted"  # the API's update-with-start: answers once the row exists
+UPDATE_CANCEL_SUBSCRIPTION = "cancel"
+UPDATE_CHANGE_PLAN = "change_plan"
+UPDATE_PAYMENT_METHOD = "payment_method"  # to a subscription, which forwards it to an open cycle by signal
+SIGNAL_PAYMENT_METHOD_UPDATED = "payment_method_updated"  # to a running cycle
 SIGNAL_START_CYCLE = "start_cycle"  # the hook a Temporal Schedule's action uses
 SIGNAL_PAYMENT_OUTCOME = "payment_outcome"  # the Stripe webhook endpoint → the running cycle (never starts one)
 SIGNAL_BILLING_CYCLE_STATUS = "billing_cycle_status"  # a cycle → its parent subscription

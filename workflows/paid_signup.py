@@ -27,6 +27,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError, Workflow
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from models.billing_calendar import advance
     from models.billing_contracts import DeleteStripeCustomer
     from models.billing_cycle_contracts import (
         BillingCycleInput,
@@ -61,7 +62,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.registration import EMAIL_TAKEN
     from workflows.saga import Saga, describe_error
-    from workflows.subscription import advance
     from workflows.tenant_provisioning import SLUG_TAKEN
 
 PAYMENT_DECLINED = "PaymentDeclined"

@@ -1,12 +1,15 @@
 """A subscription: `subscription-{subscription_id}`, a long-lived state machine over billing cycles.
 
+It owns its row in `subscriptions`: its first step inserts it `incomplete` (the partial unique index allows one
+live subscription per tenant; a second one ends here with `SubscriptionExists`, which the `accepted` update
+hands to the API's update-with-start), and every status change after that is its own.
+
 trialing (a durable timer of the plan's trial days) → active → past_due (a cycle in dunning) → active again,
 or unpaid (the tenant is suspended; the workflow ends) / canceled.
 
 Each period is billed in advance by a `BillingCycle` child (`billing-{subscription_id}-{period_index}`).
-Period boundaries come from a calendar anchor and the plan, computed in workflow code from inputs and
-`workflow.now()` only: months add calendar months with the day clamped (Jan 31 → Feb 28 → Mar 31), so there
-is no drift.
+Period boundaries come from a calendar anchor and the plan (models/billing_calendar.py), computed from inputs and
+`workflow.now()` only.
 
 What starts a cycle: with `cycle_driver="timer"` (implemented, the default) the workflow's own timer at the
 period end. With `cycle_driver="schedule"` the workflow waits for the `start_cycle` signal — the action of a
@@ -14,11 +17,13 @@ Temporal Schedule per subscription (visible, pausable, triggerable in the UI) �
 before the previous one ended: an early trigger is held until the period end; the first period starts by itself.
 Either way the cycle id is the business key, so a duplicate trigger cannot bill twice.
 
-Requests, by signal (the time-skipping test server has no updates): `cancel` {at_period_end} — at the period
-end no further cycle starts and the paid period runs out; now → the unused part of the paid period is refunded
+Requests are updates: a validator rejects what cannot apply (the subscription has ended, the plan is the current
+one or in another currency) before it reaches history; an accepted request is queued, applied in arrival order by
+the main loop, and answered with the state it left. `cancel` {at_period_end} — at the period end no further
+cycle starts and the paid period runs out; now → the unused part of each payment of the period is refunded
 pro rata. `change_plan` {plan} — an upgrade applies now with a proration charge (a `proration` cycle, no
 dunning: declined → the plan stays); a downgrade (or any change while past_due) applies at the period end.
-`payment_method_updated` — kept for later cycles and forwarded to an open cycle (an immediate retry).
+`payment_method` — kept for later cycles and forwarded to an open cycle (an immediate retry).
 A period already paid is never cut short except by the customer's own cancel-now, which refunds it.
 
 State lives in one model (`subscription_state` query) that continue-as-new carries.
@@ -27,7 +32,6 @@ State lives in one model (`subscription_state` query) that continue-as-new carri
 from __future__ import annotations
 
 import asyncio
-import calendar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,11 +42,16 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ChildWorkflowError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from models.billing_calendar import advance, prorate
     from models.billing_cycle_contracts import (
+        INVALID_PLAN,
+        PLAN_UNCHANGED,
+        SUBSCRIPTION_ENDED,
+        SUBSCRIPTION_EXISTS,
         BillingCycleInput,
         BillingCycleKind,
         BillingCycleResult,
@@ -50,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         BillingTriggerInput,
         CancelSubscription,
         ChangePlan,
+        CreateSubscription,
         CycleStatusChanged,
         PaymentMethodUpdated,
         PeriodPayment,
@@ -67,18 +77,17 @@ with workflow.unsafe.imports_passed_through():
     from workflows import activity_names as act
     from workflows.names import (
         BILLING_CYCLE_WORKFLOW,
-        PATCH_REFUND_BY_PAYMENT,
-        PATCH_RERUN_WAIT_HONOURS_REQUESTS,
-        PATCH_SUBSCRIPTION_DELETES_SCHEDULE,
         QUERY_SUBSCRIPTION_STATE,
         SA_SUBSCRIPTION_ID,
         SA_TENANT_ID,
         SIGNAL_BILLING_CYCLE_STATUS,
-        SIGNAL_CANCEL_SUBSCRIPTION,
-        SIGNAL_CHANGE_PLAN,
         SIGNAL_PAYMENT_METHOD_UPDATED,
         SIGNAL_START_CYCLE,
         SUBSCRIPTION_WORKFLOW,
+        UPDATE_CANCEL_SUBSCRIPTION,
+        UPDATE_CHANGE_PLAN,
+        UPDATE_PAYMENT_METHOD,
+        UPDATE_SUBSCRIPTION_ACCEPTED,
         billing_cycle_workflow_id,
     )
 
@@ -87,30 +96,6 @@ ACTIVITY: dict[str, Any] = {
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)),
 }
 MAX_NOTES = 10
-
-
-# --- calendar arithmetic: pure functions of their inputs ---
-
-def add_months(moment: datetime, months: int) -> datetime:
-    years, month0 = divmod(moment.month - 1 + months, 12)
-    year, month = moment.year + years, month0 + 1
-    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
-
-
-def advance(anchor: datetime, plan: Plan, periods: int) -> datetime:
-    """The boundary `periods` periods of `plan` after `anchor` (always from the anchor: no drift)."""
-    fixed = plan.period()
-    if fixed is not None:
-        return anchor + fixed * periods
-    per_period = plan.interval_count * (12 if plan.interval == "year" else 1)
-    return add_months(anchor, per_period * periods)
-
-
-def prorate(amount: int, part: timedelta, whole: timedelta) -> int:
-    """`amount × part / whole` in minor units, rounded half up, `part` clamped to [0, whole]."""
-    us = timedelta(microseconds=1)
-    part_us, whole_us = max(0, min(part // us, whole // us)), whole // us
-    return (2 * amount * part_us + whole_us) // (2 * whole_us)
 
 
 @workflow.defn(name=SUBSCRIPTION_WORKFLOW)
@@ -126,15 +111,39 @@ class SubscriptionWorkflow:
         self.cycle: workflow.ChildWorkflowHandle | None = None
         self.finals: dict[tuple[str, int], CycleStatusChanged] = {}
         self.start_requested = False
+        self.received = self.applied = 0  # requests queued / applied so far: an update waits for its own
+        self.created = params.state is not None  # a continue-as-new (or a seeded start) has its row already
+        self.rejection: ApplicationError | None = None
+        self.ended = False
 
     @workflow.run
     async def run(self, params: SubscriptionInput) -> SubscriptionResult:
+        if not self.created:
+            await self._create()
         result = await self._run(params)
-        if self.state.schedule_ready and workflow.patched(PATCH_SUBSCRIPTION_DELETES_SCHEDULE):
+        self.ended = True  # requests still queued are answered with the final state; new ones are rejected
+        if self.state.schedule_ready:
             # ended (canceled or unpaid): its Schedule goes too, rather than at its next firing
             await workflow.execute_activity(act.DELETE_BILLING_SCHEDULE, BillingTriggerInput(
                 subscription_id=self.state.subscription_id), **ACTIVITY)
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return result
+
+    async def _create(self) -> None:
+        s = self.state
+        try:
+            await workflow.execute_activity(act.CREATE_SUBSCRIPTION, CreateSubscription(
+                subscription_id=s.subscription_id, tenant_id=s.tenant_id, plan_id=s.plan.id,
+                payment_method=s.payment_method, workflow_id=workflow.info().workflow_id,
+                created_by=s.notify_user_id), **ACTIVITY)
+        except ActivityError as err:
+            if isinstance(err.cause, ApplicationError) and err.cause.type == SUBSCRIPTION_EXISTS:
+                self.rejection = ApplicationError("the tenant already has a live subscription",
+                                                  type=SUBSCRIPTION_EXISTS, non_retryable=True)
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                raise self.rejection from None
+            raise
+        self.created = True
 
     async def _run(self, params: SubscriptionInput) -> SubscriptionResult:
         s = self.state
@@ -216,17 +225,16 @@ class SubscriptionWorkflow:
                 workflow.set_current_details(f"billing cycle {wid} failed; period {k} is billed again on the "
                                              f"next '{SIGNAL_START_CYCLE}' (the schedule, or an operator's signal)")
                 self.start_requested = False
-                honour_requests = workflow.patched(PATCH_RERUN_WAIT_HONOURS_REQUESTS)
                 while not self.start_requested:
                     method = s.payment_method
                     await workflow.wait_condition(lambda: bool(self.commands))
                     if await self._handle_commands():
                         return None
-                    if honour_requests and s.cancel_at_period_end:  # this period was never paid: it ends now
+                    if s.cancel_at_period_end:  # this period was never paid: it ends now
                         s.canceled_at = workflow.now()
                         await self._set_status("canceled")
                         return None
-                    if honour_requests and s.payment_method != method:
+                    if s.payment_method != method:
                         self.start_requested = True  # a new card: try it at once
                 self.start_requested = False
                 wid = f"{billing_cycle_workflow_id(s.subscription_id, k)}-rerun-{s.reruns}"
@@ -285,29 +293,38 @@ class SubscriptionWorkflow:
 
     async def _handle_commands(self) -> bool:
         """Apply queued requests in arrival order; True when the subscription was canceled now."""
-        s = self.state
         while self.commands:
             kind, req = self.commands.pop(0)
-            if kind == "cancel":
-                if not req.at_period_end:
-                    await self._cancel_now(req)
+            try:
+                if await self._handle(kind, req):
                     return True
-                s.cancel_at_period_end = True
-                self._note(f"cancel at period end ({req.reason or 'no reason given'})")
-            elif kind == "change_plan":
-                await self._change_plan(req.plan)
-            elif kind == "payment_method":
-                s.payment_method = req.payment_method
-                if self.cycle is not None and not self.cycle.done():
-                    try:
-                        await self.cycle.signal(SIGNAL_PAYMENT_METHOD_UPDATED, req)
-                    except Exception:  # noqa: BLE001 — the cycle ended meanwhile; the method is kept for the next
-                        workflow.logger.info("open cycle closed before the new payment method reached it")
-            elif kind == "start_cycle":
-                self.start_requested = True
-            elif kind == "cycle_status" and req.kind == "period" and req.period_index == s.period_index \
-                    and req.status == "past_due" and s.status != "past_due":
-                await self._set_status("past_due")
+            finally:
+                self.applied += 1
+        return False
+
+    async def _handle(self, kind: str, req: Any) -> bool:
+        """Apply one request; True when it canceled the subscription now."""
+        s = self.state
+        if kind == "cancel":
+            if not req.at_period_end:
+                await self._cancel_now(req)
+                return True
+            s.cancel_at_period_end = True
+            self._note(f"cancel at period end ({req.reason or 'no reason given'})")
+        elif kind == "change_plan":
+            await self._change_plan(req.plan)
+        elif kind == "payment_method":
+            s.payment_method = req.payment_method
+            if self.cycle is not None and not self.cycle.done():
+                try:
+                    await self.cycle.signal(SIGNAL_PAYMENT_METHOD_UPDATED, req)
+                except Exception:  # noqa: BLE001 — the cycle ended meanwhile; the method is kept for the next
+                    workflow.logger.info("open cycle closed before the new payment method reached it")
+        elif kind == "start_cycle":
+            self.start_requested = True
+        elif kind == "cycle_status" and req.kind == "period" and req.period_index == s.period_index \
+                and req.status == "past_due" and s.status != "past_due":
+            await self._set_status("past_due")
         return False
 
     async def _cancel_now(self, req: CancelSubscription) -> None:
@@ -319,15 +336,11 @@ class SubscriptionWorkflow:
             except (ChildWorkflowError, asyncio.CancelledError):
                 pass
         elif s.period_payments and s.current_period_end and now < s.current_period_end:
-            paid = sum(p.amount for p in s.period_payments)
             end = s.current_period_end
-            if workflow.patched(PATCH_REFUND_BY_PAYMENT):
-                # each payment back for the unused share of the time it paid for: right across an upgrade to
-                # a plan of another interval too (the plan's own rate over this period's length is not)
-                refund = sum(prorate(p.amount, end - now, end - (p.covers_from or s.current_period_start))
-                             for p in s.period_payments)
-            else:
-                refund = min(paid, prorate(s.plan.amount, end - now, end - s.current_period_start))
+            # each payment back for the unused share of the time it paid for: right across an upgrade to a plan
+            # of another interval too (the plan's own rate over this period's length is not)
+            refund = sum(prorate(p.amount, end - now, end - (p.covers_from or s.current_period_start))
+                         for p in s.period_payments)
             if refund > 0:
                 refunded: Refunded = await workflow.execute_activity(
                     act.REFUND_PAYMENT, RefundPayment(
@@ -403,28 +416,72 @@ class SubscriptionWorkflow:
         return SubscriptionResult(subscription_id=s.subscription_id, status=s.status, cycles_paid=s.cycles_paid,
                                   refunded_amount=s.refunded_amount)
 
-    # --- handlers: signals only queue; the main loop applies them in order ---
+    # --- handlers: requests only queue; the main loop applies them in order ---
 
-    @workflow.signal(name=SIGNAL_CANCEL_SUBSCRIPTION)
-    def cancel(self, req: CancelSubscription) -> None:
-        self.commands.append(("cancel", req))
+    def _queue(self, kind: str, req: Any) -> int:
+        """Queue a request; its ticket is its place in the arrival order."""
+        self.commands.append((kind, req))
+        self.received += 1
+        return self.received
 
-    @workflow.signal(name=SIGNAL_CHANGE_PLAN)
-    def change_plan(self, req: ChangePlan) -> None:
-        self.commands.append(("change_plan", req))
+    async def _request(self, kind: str, req: Any) -> SubscriptionState:
+        """Queue a request and answer, once the main loop has applied it, with the state it left."""
+        ticket = self._queue(kind, req)
+        await workflow.wait_condition(lambda: self.applied >= ticket or self.ended)
+        return self.state
 
-    @workflow.signal(name=SIGNAL_PAYMENT_METHOD_UPDATED)
-    def payment_method_updated(self, req: PaymentMethodUpdated) -> None:
-        self.commands.append(("payment_method", req))
+    def _refuse_if_ended(self) -> None:
+        s = self.state
+        if self.ended or self.rejection is not None or s.status in ("canceled", "unpaid"):
+            raise ApplicationError(f"this subscription has ended ({s.status})", type=SUBSCRIPTION_ENDED,
+                                   non_retryable=True)
+
+    @workflow.update(name=UPDATE_SUBSCRIPTION_ACCEPTED)
+    async def accepted(self) -> SubscriptionState:
+        """Answers once the row exists, so a second live subscription is a synchronous 409 for the API."""
+        await workflow.wait_condition(lambda: self.created or self.rejection is not None)
+        if self.rejection is not None:
+            raise self.rejection
+        return self.state
+
+    @workflow.update(name=UPDATE_CANCEL_SUBSCRIPTION)
+    async def cancel(self, req: CancelSubscription) -> SubscriptionState:
+        return await self._request("cancel", req)
+
+    @cancel.validator
+    def validate_cancel(self, req: CancelSubscription) -> None:
+        self._refuse_if_ended()
+
+    @workflow.update(name=UPDATE_CHANGE_PLAN)
+    async def change_plan(self, req: ChangePlan) -> SubscriptionState:
+        return await self._request("change_plan", req)
+
+    @change_plan.validator
+    def validate_change_plan(self, req: ChangePlan) -> None:
+        self._refuse_if_ended()
+        current = self.state.plan
+        if req.plan.id == current.id:
+            raise ApplicationError(f"already on {current.id}", type=PLAN_UNCHANGED, non_retryable=True)
+        if req.plan.currency != current.currency:
+            raise ApplicationError(f"{req.plan.id} bills in {req.plan.currency}, this subscription in "
+                                   f"{current.currency}", type=INVALID_PLAN, non_retryable=True)
+
+    @workflow.update(name=UPDATE_PAYMENT_METHOD)
+    async def payment_method(self, req: PaymentMethodUpdated) -> SubscriptionState:
+        return await self._request("payment_method", req)
+
+    @payment_method.validator
+    def validate_payment_method(self, req: PaymentMethodUpdated) -> None:
+        self._refuse_if_ended()
 
     @workflow.signal(name=SIGNAL_START_CYCLE)
     def start_cycle(self, req: StartCycle) -> None:
-        self.commands.append(("start_cycle", req))
+        self._queue("start_cycle", req)
 
     @workflow.signal(name=SIGNAL_BILLING_CYCLE_STATUS)
     def billing_cycle_status(self, req: CycleStatusChanged) -> None:
         self.finals[(req.kind, req.period_index)] = req
-        self.commands.append(("cycle_status", req))
+        self._queue("cycle_status", req)
 
     @workflow.query(name=QUERY_SUBSCRIPTION_STATE)
     def subscription_state(self) -> SubscriptionState:

@@ -1,9 +1,11 @@
 """Subscriptions of a tenant and their invoices: subscribe, read, cancel, change plan, change payment method.
 
-`subscription-{id}` (workflows/subscription.py) owns a subscription's truth and its Temporal Schedule
-(`billing-schedule-{id}`) drives its billing cycles; the `subscriptions` and `invoices` tables are their read
-model. Commands are signals: the API answers 202 once the workflow has the request, and the workflow applies
-it in order (an upgrade charges its proration at once, a downgrade waits for the period end).
+`subscription-{id}` (workflows/subscription.py) owns a subscription's truth and its row, and its Temporal
+Schedule (`billing-schedule-{id}`) drives its billing cycles; the `subscriptions` and `invoices` tables are their
+read model, which the API only reads. Subscribing is an update-with-start answered once the workflow has written
+the row (or refused a second live one). Commands are updates: the workflow's validator rejects what cannot apply,
+and the answer is the state once the request applied (an upgrade charges its proration at once, a downgrade
+waits for the period end).
 Card data never reaches us: a payment method is a Stripe PaymentMethod id (`pm_…`).
 """
 
@@ -17,17 +19,32 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
-from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
 from api.deps import DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager, TenantMember
-from api.problems import NOT_FOUND, Problem, ProblemType, TENANT_NOT_ACTIVE, problem_responses
+from api.problems import (
+    NOT_FOUND,
+    PLAN_UNCHANGED,
+    TENANT_NOT_ACTIVE,
+    UNKNOWN_PLAN,
+    Problem,
+    ProblemType,
+    problem_responses,
+)
 from api.routers.plans import resolve_plan
 from api.schemas import PaymentMethodId, PlanId, _Request
+from api.temporal_client import answer_within
+from models import billing_cycle_contracts as refusal
 from models.billing_cycle_contracts import (
     CancelSubscription,
     ChangePlan,
@@ -42,11 +59,12 @@ from workflows.names import (
     SA_SUBSCRIPTION_ID,
     SA_TENANT_ID,
     SA_USER_ID,
-    SIGNAL_CANCEL_SUBSCRIPTION,
-    SIGNAL_CHANGE_PLAN,
-    SIGNAL_PAYMENT_METHOD_UPDATED,
     SUBSCRIPTION_WORKFLOW,
     TASK_QUEUE,
+    UPDATE_CANCEL_SUBSCRIPTION,
+    UPDATE_CHANGE_PLAN,
+    UPDATE_PAYMENT_METHOD,
+    UPDATE_SUBSCRIPTION_ACCEPTED,
     billing_schedule_id,
     subscription_workflow_id,
 )
@@ -58,6 +76,12 @@ SUBSCRIPTION_EXISTS = ProblemType("subscription-exists", 409, "The tenant alread
 SUBSCRIPTION_ENDED = ProblemType("subscription-ended", 409, "Subscription has ended")
 NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Stripe customer")
 STATE_QUERY_TIMEOUT_SECONDS = 2.0
+REFUSALS = {  # the workflow's refusal (an ApplicationError type) → the problem it stands for
+    refusal.SUBSCRIPTION_EXISTS: (SUBSCRIPTION_EXISTS, "Cancel the current subscription or change its plan instead."),
+    refusal.SUBSCRIPTION_ENDED: (SUBSCRIPTION_ENDED, "This subscription has ended."),
+    refusal.PLAN_UNCHANGED: (PLAN_UNCHANGED, "The subscription is already on this plan."),
+    refusal.INVALID_PLAN: (UNKNOWN_PLAN, "This plan is not available to this subscription (another currency)."),
+}
 
 SubscriptionIdPath = Annotated[uuid.UUID, Path(description="The subscription's id.")]
 
@@ -92,6 +116,16 @@ class SubscriptionAccepted(BaseModel):
     workflow_id: str
     status: str
     links: SubscriptionLinks
+
+
+LIVE_FIELDS = {"status", "trial_end", "period_index", "current_period_start", "current_period_end", "paid_through",
+               "cycles_paid", "cancel_at_period_end", "pending_plan", "refunded_amount", "last_proration_amount",
+               "notes"}
+
+
+class SubscriptionChanged(SubscriptionAccepted):
+    live: dict[str, Any] = Field(description="What the workflow knows once the request applied (the fields of "
+                                             "`live` in a subscription).")
 
 
 class InvoiceView(BaseModel):
@@ -145,9 +179,10 @@ def _invoice_view(row: Invoice) -> InvoiceView:
     "/v1/tenants/{tenant_id}/subscriptions", status_code=status.HTTP_202_ACCEPTED, response_model=SubscriptionAccepted,
     summary="Subscribe the tenant to a plan",
     description="Owners and admins of an active tenant (or of one suspended for an unpaid subscription: a new "
-                "subscription whose first period is paid lifts the suspension). Starts `subscription-{id}`: a trial (if the plan has "
-                "one), then a billing cycle per period, driven by the Temporal Schedule `billing-schedule-{id}`. "
-                "The first period is charged at once (no trial). One live subscription per tenant.",
+                "subscription whose first period is paid lifts the suspension). Starts `subscription-{id}`: a trial "
+                "(if the plan has one), then a billing cycle per period, driven by the Temporal Schedule "
+                "`billing-schedule-{id}`. The first period is charged at once (no trial). One live subscription per "
+                "tenant: answers once the workflow has written the subscription, a second live one is a 409.",
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
 )
 async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: TenantManager, engine: DbDep,
@@ -155,43 +190,37 @@ async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: Te
     plan = resolve_plan(settings, body.plan)
     subscription_id = uuid.uuid4()
     workflow_id = subscription_workflow_id(subscription_id)
-    client = await temporal.get()  # before the row: with Temporal down, a 503 and nothing written
+    client = await temporal.get()  # with Temporal down: a 503, and nothing started
+    async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
+        tenant = await db.get(Tenant, tenant_id)
+        billing = await db.get(TenantBilling, tenant_id)
+    if tenant is None or tenant.status not in ("active", "suspended"):  # suspended: subscribing again lifts it
+        raise Problem(TENANT_NOT_ACTIVE, "A tenant can subscribe once it is active.")
+    if billing is None or not billing.stripe_customer_id:
+        raise Problem(NO_BILLING_ACCOUNT, "This tenant has no Stripe customer to charge.")
+    operation = WithStartWorkflowOperation(
+        SUBSCRIPTION_WORKFLOW,
+        SubscriptionInput(subscription_id=subscription_id, tenant_id=tenant_id, plan=plan,
+                          payment_method=body.payment_method, stripe_customer_id=billing.stripe_customer_id,
+                          notify_user_id=manager.user_id, dunning_schedule_days=settings.billing_dunning_days,
+                          poll_interval_seconds=settings.billing_poll_seconds, cycle_driver="schedule"),
+        id=workflow_id, task_queue=TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=TypedSearchAttributes([
+            SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+            SearchAttributePair(SA_SUBSCRIPTION_ID, str(subscription_id)),
+            SearchAttributePair(SA_USER_ID, str(manager.user_id))]),
+        static_summary=f"Subscription {subscription_id} of tenant {tenant_id} to {plan.id}",
+    )
     try:
-        async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
-            tenant = await db.get(Tenant, tenant_id)
-            if tenant is None or tenant.status not in ("active", "suspended"):  # suspended: subscribing again lifts it
-                raise Problem(TENANT_NOT_ACTIVE, "A tenant can subscribe once it is active.")
-            billing = await db.get(TenantBilling, tenant_id)
-            if billing is None or not billing.stripe_customer_id:
-                raise Problem(NO_BILLING_ACCOUNT, "This tenant has no Stripe customer to charge.")
-            db.add(Subscription(id=subscription_id, tenant_id=tenant_id, plan_id=plan.id, status="incomplete",
-                                payment_method=body.payment_method, workflow_id=workflow_id,
-                                created_by=manager.user_id))
-    except IntegrityError:  # the partial unique index: one live subscription per tenant
-        raise Problem(SUBSCRIPTION_EXISTS, "Cancel the current subscription or change its plan instead.") from None
-    try:
-        await client.start_workflow(
-            SUBSCRIPTION_WORKFLOW,
-            SubscriptionInput(subscription_id=subscription_id, tenant_id=tenant_id, plan=plan,
-                              payment_method=body.payment_method, stripe_customer_id=billing.stripe_customer_id,
-                              notify_user_id=manager.user_id, dunning_schedule_days=settings.billing_dunning_days,
-                              poll_interval_seconds=settings.billing_poll_seconds, cycle_driver="schedule"),
-            id=workflow_id, task_queue=TASK_QUEUE,
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
-                SearchAttributePair(SA_SUBSCRIPTION_ID, str(subscription_id)),
-                SearchAttributePair(SA_USER_ID, str(manager.user_id))]),
-            static_summary=f"Subscription {subscription_id} of tenant {tenant_id} to {plan.id}",
-        )
-    except BaseException:
-        async with transaction(engine, tenant_id=tenant_id) as db:  # nothing started: free the live slot
-            row = await db.get(Subscription, subscription_id)
-            if row is not None:
-                await db.delete(row)
-        raise
+        state: SubscriptionState = await answer_within(client.execute_update_with_start_workflow(
+            UPDATE_SUBSCRIPTION_ACCEPTED, start_workflow_operation=operation, result_type=SubscriptionState))
+    except WorkflowUpdateFailedError as exc:
+        raise _refused(exc) from None
     log.info("subscription started", extra={"tenant_id": str(tenant_id), "workflow_id": workflow_id,
                                             "plan": plan.id})
-    return SubscriptionAccepted(subscription_id=subscription_id, workflow_id=workflow_id, status="incomplete",
+    return SubscriptionAccepted(subscription_id=subscription_id, workflow_id=workflow_id, status=state.status,
                                 links=_links(tenant_id, subscription_id))
 
 
@@ -214,9 +243,7 @@ async def _live_state(client: Client, subscription_id: uuid.UUID) -> dict[str, A
                                        STATE_QUERY_TIMEOUT_SECONDS)
     except (asyncio.TimeoutError, RPCError):
         return None
-    return state.model_dump(mode="json", include={
-        "status", "trial_end", "period_index", "current_period_start", "current_period_end", "paid_through",
-        "cycles_paid", "cancel_at_period_end", "pending_plan", "refunded_amount", "last_proration_amount", "notes"})
+    return state.model_dump(mode="json", include=LIVE_FIELDS)
 
 
 @router.get("/v1/tenants/{tenant_id}/subscriptions", response_model=list[SubscriptionView],
@@ -256,55 +283,68 @@ async def list_invoices(tenant_id: TenantIdPath, member: TenantMember, engine: D
     return [_invoice_view(r) for r in rows]
 
 
-async def _signal(temporal, row: Subscription, signal: str, arg: BaseModel) -> SubscriptionAccepted:
-    if row.status in ("canceled", "unpaid"):
-        raise Problem(SUBSCRIPTION_ENDED, f"This subscription is {row.status}.")
+def _refused(exc: WorkflowUpdateFailedError) -> Exception:
+    """The problem a workflow's refusal stands for (its validator's, or a second live subscription's)."""
+    cause = exc.cause
+    refused = REFUSALS.get(cause.type) if isinstance(cause, ApplicationError) and cause.type else None
+    return Problem(*refused) if refused else exc
+
+
+async def _request(temporal, row: Subscription, update: str, arg: BaseModel) -> SubscriptionChanged:
     client = await temporal.get()
     try:
-        await client.get_workflow_handle(row.workflow_id).signal(signal, arg)
+        state: SubscriptionState = await answer_within(client.get_workflow_handle(row.workflow_id).execute_update(
+            update, arg, result_type=SubscriptionState))
+    except WorkflowUpdateFailedError as exc:
+        raise _refused(exc) from None
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise Problem(SUBSCRIPTION_ENDED, "This subscription's workflow has ended.") from None
         raise
-    log.info("subscription %s requested", signal, extra={"tenant_id": str(row.tenant_id),
-                                                        "workflow_id": row.workflow_id})
-    return SubscriptionAccepted(subscription_id=row.id, workflow_id=row.workflow_id, status=row.status,
-                                links=_links(row.tenant_id, row.id))
+    log.info("subscription %s applied", update, extra={"tenant_id": str(row.tenant_id),
+                                                      "workflow_id": row.workflow_id})
+    return SubscriptionChanged(subscription_id=row.id, workflow_id=row.workflow_id, status=state.status,
+                               live=state.model_dump(mode="json", include=LIVE_FIELDS),
+                               links=_links(row.tenant_id, row.id))
 
 
 COMMAND_RESPONSES = problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
 
 
-@router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/cancel", status_code=status.HTTP_202_ACCEPTED,
-             response_model=SubscriptionAccepted, summary="Cancel at the period end, or now with a prorated refund",
-             description="Owners and admins.", responses=COMMAND_RESPONSES)
+@router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/cancel", response_model=SubscriptionChanged,
+             summary="Cancel at the period end, or now with a prorated refund",
+             description="Owners and admins. Answers once applied (a cancel now: once the refund is made); an "
+                         "ended subscription is a 409.", responses=COMMAND_RESPONSES)
 async def cancel(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, body: CancelRequest,
-                 manager: TenantManager, engine: DbDep, temporal: TemporalConnectorDep) -> SubscriptionAccepted:
+                 manager: TenantManager, engine: DbDep, temporal: TemporalConnectorDep) -> SubscriptionChanged:
     row, _ = await _subscription(engine, manager, subscription_id)
-    return await _signal(temporal, row, SIGNAL_CANCEL_SUBSCRIPTION,
-                         CancelSubscription(at_period_end=body.at_period_end, reason=body.reason))
+    return await _request(temporal, row, UPDATE_CANCEL_SUBSCRIPTION,
+                          CancelSubscription(at_period_end=body.at_period_end, reason=body.reason))
 
 
 @router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/change-plan",
-             status_code=status.HTTP_202_ACCEPTED, response_model=SubscriptionAccepted,
+             response_model=SubscriptionChanged,
              summary="Change plan: an upgrade now with a proration charge, a downgrade at the period end",
-             description="Owners and admins. Whether it applied shows in `live.notes` and `plan_id`.",
+             description="Owners and admins. Answers once applied: an upgrade shows in `live` (its proration, "
+                         "or a note that the charge was declined), a downgrade as `live.pending_plan`. The current "
+                         "plan is a 409; an ended subscription too.",
              responses=COMMAND_RESPONSES)
 async def change_plan(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, body: ChangePlanRequest,
                       manager: TenantManager, engine: DbDep, settings: SettingsDep,
-                      temporal: TemporalConnectorDep) -> SubscriptionAccepted:
+                      temporal: TemporalConnectorDep) -> SubscriptionChanged:
     plan = resolve_plan(settings, body.plan)
     row, _ = await _subscription(engine, manager, subscription_id)
-    return await _signal(temporal, row, SIGNAL_CHANGE_PLAN, ChangePlan(plan=plan))
+    return await _request(temporal, row, UPDATE_CHANGE_PLAN, ChangePlan(plan=plan))
 
 
 @router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/payment-method",
-             status_code=status.HTTP_202_ACCEPTED, response_model=SubscriptionAccepted,
+             response_model=SubscriptionChanged,
              summary="Change the payment method (an open invoice in dunning is retried at once)",
-             description="Owners and admins.", responses=COMMAND_RESPONSES)
+             description="Owners and admins. Answers once the workflow has the new method (the retry of an open "
+                         "invoice runs on).", responses=COMMAND_RESPONSES)
 async def change_payment_method(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath,
                                 body: PaymentMethodRequest, manager: TenantManager, engine: DbDep,
-                                temporal: TemporalConnectorDep) -> SubscriptionAccepted:
+                                temporal: TemporalConnectorDep) -> SubscriptionChanged:
     row, _ = await _subscription(engine, manager, subscription_id)
-    return await _signal(temporal, row, SIGNAL_PAYMENT_METHOD_UPDATED,
-                         PaymentMethodUpdated(payment_method=body.payment_method))
+    return await _request(temporal, row, UPDATE_PAYMENT_METHOD,
+                          PaymentMethodUpdated(payment_method=body.payment_method))

@@ -44,7 +44,8 @@ async def wait_subscription(api, who, tenant_id: str, sub_id: str, predicate, ti
 async def end(api, owner, tenant_id: str, sub_id: str) -> dict:
     response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel",
                               json={"at_period_end": False}, headers=owner.headers)
-    assert response.status_code == 202, response.text
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "canceled"  # answered once applied
     return await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "canceled")
 
 
@@ -97,7 +98,7 @@ async def test_a_declined_card_goes_past_due_and_a_new_payment_method_pays_at_on
 
     response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/payment-method",
                               json={"payment_method": "pm_card_visa"}, headers=owner.headers)
-    assert response.status_code == 202, response.text
+    assert response.status_code == 200, response.text
     paid = await wait_subscription(api, owner, tenant_id, sub_id,
                                    lambda s: s["status"] == "active" and s["invoices"][0]["status"] == "paid")
     assert paid["payment_method"] == "pm_card_visa"
@@ -120,6 +121,25 @@ async def test_cancel_now_refunds_the_unused_part_of_the_period(api, app_engine,
     after = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel", json={},
                            headers=owner.headers)
     assert_problem(after, 409, "subscription-ended")
+
+
+async def test_commands_answer_with_the_state_they_left_and_what_cannot_apply_is_refused(api, app_engine):
+    owner = await person(api, app_engine)
+    tenant_id = await active_tenant(api, owner)
+    sub_id = (await subscribe(api, owner, tenant_id))["subscription_id"]
+    await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "active")
+    url = f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}"
+    same = await api.post(f"{url}/change-plan", json={"plan": PLAN}, headers=owner.headers)
+    assert_problem(same, 409, "plan-unchanged")
+    # cheaper per unit of time: a downgrade, applied at the period end
+    changed = await api.post(f"{url}/change-plan", json={"plan": "starter-monthly"}, headers=owner.headers)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["live"]["pending_plan"]["id"] == "starter-monthly"
+    assert changed.json()["status"] == "active" and changed.json()["links"]["self"] == url
+    await end(api, owner, tenant_id, sub_id)
+    for command, body in [("change-plan", {"plan": "team-monthly"}),
+                          ("payment-method", {"payment_method": "pm_card_visa"})]:
+        assert_problem(await api.post(f"{url}/{command}", json=body, headers=owner.headers), 409, "subscription-ended")
 
 
 async def test_bad_requests_and_other_tenants(api, app_engine):

@@ -67,13 +67,13 @@ from workflows.names import (
     QUERY_SAGA_STATE,
     QUERY_SUBSCRIPTION_STATE,
     SIGNAL_ACCEPT_INVITATION,
-    SIGNAL_CANCEL_SUBSCRIPTION,
     SIGNAL_OPERATOR_DECISION,
     SIGNAL_PAYMENT_METHOD_UPDATED,
     SIGNAL_START_CYCLE,
     SIGNAL_VERIFY_EMAIL,
     registration_workflow_id,
     subscription_workflow_id,
+    UPDATE_CANCEL_SUBSCRIPTION,
 )
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
@@ -168,7 +168,7 @@ async def _bill_twice_then_cancel(handle: WorkflowHandle, env: WorkflowEnvironme
     await env.sleep(timedelta(days=32))  # queries do not move the test server's clock; this does
     while (await handle.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)).cycles_paid < 2:
         await asyncio.sleep(0.05)
-    await handle.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+    await handle.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
 
 
 _SUBSCRIPTION = SubscriptionInput(subscription_id=uuid.UUID(int=110), tenant_id=uuid.UUID(int=7), plan=PLAN,
@@ -196,7 +196,7 @@ async def _then_verify_and_cancel_the_subscription(handle: WorkflowHandle, env: 
     await env.client.get_workflow_handle(registration_workflow_id(params.user_id)).signal(
         SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=_signup_world.users.token_ids[0]))
     subscription = env.client.get_workflow_handle(subscription_workflow_id(params.subscription_id))
-    await subscription.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+    await subscription.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
     await subscription.result()
 
 

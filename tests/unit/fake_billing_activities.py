@@ -15,9 +15,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from models.billing_cycle_contracts import (
+    SUBSCRIPTION_EXISTS,
     BillingScheduleSpec,
     BillingTriggerInput,
     CreatePaymentIntent,
+    CreateSubscription,
     Invoice,
     InvoiceEvent,
     IssueInvoice,
@@ -63,6 +65,7 @@ class FakeBillingWorld:
     counters: dict[str, int] = field(default_factory=dict)  # tenant → last invoice number
     intents: dict[str, FakePaymentIntent] = field(default_factory=dict)  # idempotency key → intent
     settled: dict[str, str] = field(default_factory=dict)  # pending intent id → status `retrieve` answers
+    live_subscriptions: dict = field(default_factory=dict)  # tenant id → its live subscription's id
 
     def _record(self, name: str, arg) -> None:
         self.calls.append(name)
@@ -165,9 +168,19 @@ class FakeBillingWorld:
             # time-skipping test server stops skipping for good once a child closes after its parent.
             await asyncio.sleep(0.3)
 
+        @activity.defn(name=act.CREATE_SUBSCRIPTION)
+        async def create_subscription(req: CreateSubscription) -> None:
+            self._record(act.CREATE_SUBSCRIPTION, req)
+            if self.live_subscriptions.setdefault(req.tenant_id, req.subscription_id) != req.subscription_id:
+                raise ApplicationError("the tenant already has a live subscription", type=SUBSCRIPTION_EXISTS,
+                                       non_retryable=True)
+
         @activity.defn(name=act.SET_SUBSCRIPTION_STATUS)
         async def set_subscription_status(req: SetSubscriptionStatus) -> None:
             self._record(act.SET_SUBSCRIPTION_STATUS, req)
+            if req.status in ("canceled", "unpaid") and self.live_subscriptions.get(req.tenant_id) == \
+                    req.subscription_id:
+                del self.live_subscriptions[req.tenant_id]
 
         @activity.defn(name=act.SUSPEND_TENANT)
         async def suspend_tenant(req: SuspendTenant) -> None:
@@ -182,5 +195,6 @@ class FakeBillingWorld:
             self._record(act.DELETE_BILLING_SCHEDULE, req)
 
         return [issue_invoice, void_invoice, create_payment_intent, retrieve_payment_intent, mark_invoice_paid,
-                mark_invoice_uncollectible, refund_payment, publish_invoice_event, set_subscription_status, suspend_tenant,
+                mark_invoice_uncollectible, refund_payment, publish_invoice_event, create_subscription,
+                set_subscription_status, suspend_tenant,
                 ensure_billing_schedule, delete_billing_schedule]

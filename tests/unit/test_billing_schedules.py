@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from activities.schedules import EPOCH, schedule_spec
+from models.billing_calendar import advance
 from models.plans import load_plans
-from workflows.subscription import advance
 
 PLANS = {p.id: p for p in load_plans()}
 UTC = timezone.utc

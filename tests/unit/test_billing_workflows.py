@@ -7,13 +7,24 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from models.billing_calendar import add_months, prorate
 from models.billing_cycle_contracts import (
+    INVALID_PLAN,
+    PLAN_UNCHANGED,
+    SUBSCRIPTION_ENDED,
+    SUBSCRIPTION_EXISTS,
     BillingCycleInput,
     BillingCycleState,
     CancelSubscription,
@@ -35,17 +46,19 @@ from workflows.names import (
     QUERY_BILLING_CYCLE_STATE,
     QUERY_SAGA_STATE,
     QUERY_SUBSCRIPTION_STATE,
-    SIGNAL_CANCEL_SUBSCRIPTION,
-    SIGNAL_CHANGE_PLAN,
     SIGNAL_PAYMENT_METHOD_UPDATED,
     SIGNAL_PAYMENT_OUTCOME,
     SIGNAL_START_CYCLE,
+    UPDATE_CANCEL_SUBSCRIPTION,
+    UPDATE_CHANGE_PLAN,
+    UPDATE_PAYMENT_METHOD,
+    UPDATE_SUBSCRIPTION_ACCEPTED,
     billing_cycle_workflow_id,
     email_message_id,
     email_workflow_id,
     subscription_workflow_id,
 )
-from workflows.subscription import SubscriptionWorkflow, add_months, prorate
+from workflows.subscription import SubscriptionWorkflow
 
 DAY = timedelta(days=1)
 
@@ -306,6 +319,11 @@ async def sub_state(handle: WorkflowHandle) -> SubscriptionState:
     return await handle.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
 
 
+async def request(handle: WorkflowHandle, update: str, arg) -> SubscriptionState:
+    """A request to the subscription: answered once applied, with the state it left."""
+    return await handle.execute_update(update, arg, result_type=SubscriptionState)
+
+
 def cycle_ids(world: FakeBillingWorld) -> list[str]:
     """The ids of every cycle that issued an invoice."""
     return sorted({c.workflow_id for c in world.args.get(act.ISSUE_INVOICE, [])})
@@ -313,7 +331,7 @@ def cycle_ids(world: FakeBillingWorld) -> list[str]:
 
 async def cancel_now_and_finish(client: Client, handle: WorkflowHandle, world: FakeBillingWorld):
     """Tests end a subscription (it would run for ever) and wait for every email its cycles handed out."""
-    await handle.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+    await request(handle, UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
     result = await handle.result()
     await emails_delivered(client, *cycle_ids(world))
     return result
@@ -335,7 +353,7 @@ async def test_three_monthly_cycles_after_the_trial(ts_client, task_queue, time_
         handle = await start_subscription(ts_client, task_queue, plan)
         # the query shows `trialing` as soon as the status activity is scheduled: wait for it to have run too
         trial = await poll(lambda: sub_state(handle), lambda s: s.status == "trialing" and bool(world.calls))
-        assert world.calls == [act.SET_SUBSCRIPTION_STATUS]  # nothing billed during the trial
+        assert world.calls == [act.CREATE_SUBSCRIPTION, act.SET_SUBSCRIPTION_STATUS]  # nothing billed in the trial
         await time_skipping_env.sleep(timedelta(days=14 + 31 + 31 + 5))  # three period starts, not four
         state = await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 3)
         result = await cancel_now_and_finish(ts_client, handle, world)
@@ -364,7 +382,7 @@ async def test_decline_dunning_then_a_new_payment_method_recovers(ts_client, tas
         first_charge = world.times[act.CREATE_PAYMENT_INTENT][0]
         reminders = [await email_started(ts_client, cycle_id, f"reminder-{n}") for n in (1, 2, 3)]
         assert [round((t - first_charge) / DAY) for t in reminders[:2]] == [1, 3] and reminders[2] is None
-        await handle.signal(SIGNAL_PAYMENT_METHOD_UPDATED, PaymentMethodUpdated(payment_method=VISA))
+        await request(handle, UPDATE_PAYMENT_METHOD, PaymentMethodUpdated(payment_method=VISA))
         state = await poll(lambda: sub_state(handle), lambda s: s.status == "active")
         await cancel_now_and_finish(ts_client, handle, world)
     assert state.cycles_paid == 1 and state.payment_method == VISA
@@ -394,7 +412,7 @@ async def test_cancel_at_period_end_lets_the_paid_period_run_out_and_bills_no_mo
     async with subscription_workers(ts_client, task_queue, world):
         handle = await start_subscription(ts_client, task_queue)
         paid = await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)
-        await handle.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=True))
+        await request(handle, UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=True))
         result = await handle.result()
         state = await sub_state(handle)
         await emails_delivered(ts_client, *cycle_ids(world))
@@ -429,7 +447,7 @@ async def test_upgrade_now_charges_the_proration_and_downgrade_waits_for_the_per
         handle = await start_subscription(ts_client, task_queue, STARTER)
         await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)
         await time_skipping_env.sleep(timedelta(days=10))
-        await handle.signal(SIGNAL_CHANGE_PLAN, ChangePlan(plan=TEAM))
+        await request(handle, UPDATE_CHANGE_PLAN, ChangePlan(plan=TEAM))
         upgraded = await poll(lambda: sub_state(handle), lambda s: s.plan.id == TEAM.id)
         start, end, at = upgraded.current_period_start, upgraded.current_period_end, upgraded.plan_changed_at
         expected = prorate(4900, end - at, end - start) - prorate(900, end - at, end - start)
@@ -438,7 +456,7 @@ async def test_upgrade_now_charges_the_proration_and_downgrade_waits_for_the_per
         proration = world.intents[f"{billing_cycle_workflow_id(upgraded.subscription_id, 0, 'proration', 1)}:pi:1"]
         assert proration.status == "succeeded" and proration.amount == expected
         # a downgrade waits for the period end; the period keeps the plan it was upgraded to
-        await handle.signal(SIGNAL_CHANGE_PLAN, ChangePlan(plan=STARTER))
+        await request(handle, UPDATE_CHANGE_PLAN, ChangePlan(plan=STARTER))
         pending = await poll(lambda: sub_state(handle), lambda s: s.pending_plan is not None)
         assert pending.plan.id == TEAM.id and pending.pending_plan.id == STARTER.id
         await time_skipping_env.sleep(end - at)
@@ -487,9 +505,9 @@ async def test_a_failed_cycle_waits_for_a_rerun_and_a_new_card_or_a_cancel_is_ho
     async with subscription_workers(ts_client, task_queue, world):
         handle = await start_subscription(ts_client, task_queue, payment_method="pm_card_visa_debit")
         await poll(lambda: sub_state(handle), lambda s: s.reruns == 1)
-        await handle.signal(SIGNAL_PAYMENT_METHOD_UPDATED, PaymentMethodUpdated(payment_method=VISA))
+        await request(handle, UPDATE_PAYMENT_METHOD, PaymentMethodUpdated(payment_method=VISA))
         rerun = await poll(lambda: sub_state(handle), lambda s: s.reruns == 2)
-        await handle.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=True))
+        await request(handle, UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=True))
         result = await handle.result()
         await emails_delivered(ts_client, *cycle_ids(world))
     assert rerun.payment_method == VISA and rerun.cycles_paid == 0 and rerun.status == "incomplete"
@@ -510,7 +528,7 @@ async def test_cancel_now_after_an_upgrade_to_a_yearly_plan_refunds_only_what_is
         handle = await start_subscription(ts_client, task_queue, STARTER)
         await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)
         await time_skipping_env.sleep(timedelta(days=10))
-        await handle.signal(SIGNAL_CHANGE_PLAN, ChangePlan(plan=yearly))
+        await request(handle, UPDATE_CHANGE_PLAN, ChangePlan(plan=yearly))
         upgraded = await poll(lambda: sub_state(handle), lambda s: s.plan.id == yearly.id)
         await time_skipping_env.sleep(timedelta(days=5))
         result = await cancel_now_and_finish(ts_client, handle, world)
@@ -522,3 +540,56 @@ async def test_cancel_now_after_an_upgrade_to_a_yearly_plan_refunds_only_what_is
     expected = prorate(900, end - now, end - start) + prorate(proration, end - now, end - at)
     assert result.refunded_amount == expected < 900 + proration
     assert sum(i.refunded for i in world.succeeded()) == expected
+
+
+async def refused(request_call) -> str:
+    """The ApplicationError type a request was refused with (by a validator, or by the workflow)."""
+    with pytest.raises(WorkflowUpdateFailedError) as failed:
+        await request_call
+    assert isinstance(failed.value.cause, ApplicationError)
+    return failed.value.cause.type
+
+
+async def test_the_subscription_writes_its_row_first_and_validators_refuse_what_cannot_apply(local_env, task_queue):
+    """On the dev server: what the API does (update-with-start on `accepted`, then requests as updates)."""
+    client, world, tenant_id = local_env.client, FakeBillingWorld(), uuid.uuid4()
+
+    async def subscribe() -> tuple[WorkflowHandle, SubscriptionState]:
+        params = SubscriptionInput(subscription_id=uuid.uuid4(), tenant_id=tenant_id, plan=STARTER,
+                                   payment_method=VISA, stripe_customer_id="cus_fake", notify_user_id=uuid.uuid4())
+        operation = WithStartWorkflowOperation(
+            SubscriptionWorkflow.run, params, id=subscription_workflow_id(params.subscription_id),
+            task_queue=task_queue, id_conflict_policy=WorkflowIDConflictPolicy.FAIL)
+        state = await client.execute_update_with_start_workflow(
+            UPDATE_SUBSCRIPTION_ACCEPTED, start_workflow_operation=operation, result_type=SubscriptionState)
+        return await operation.workflow_handle(), state
+
+    async with subscription_workers(client, task_queue, world):
+        handle, accepted = await subscribe()
+        assert accepted.status == "incomplete" and world.calls[0] == act.CREATE_SUBSCRIPTION
+        [row] = world.args[act.CREATE_SUBSCRIPTION]
+        assert row.subscription_id == accepted.subscription_id and row.workflow_id == handle.id
+        # a second live subscription of the tenant: refused at once, and its workflow ends without a row
+        with pytest.raises(WorkflowUpdateFailedError) as second:
+            await subscribe()
+        assert isinstance(second.value.cause, ApplicationError) and second.value.cause.type == SUBSCRIPTION_EXISTS
+        assert len(world.args[act.CREATE_SUBSCRIPTION]) == 2
+
+        await poll(lambda: sub_state(handle), lambda s: s.cycles_paid == 1)
+        assert await refused(request(handle, UPDATE_CHANGE_PLAN, ChangePlan(plan=STARTER))) == PLAN_UNCHANGED
+        dollars = TEAM.model_copy(update={"id": "team-usd", "currency": "usd"})
+        assert await refused(request(handle, UPDATE_CHANGE_PLAN, ChangePlan(plan=dollars))) == INVALID_PLAN
+        history = await handle.fetch_history()
+        assert not [e for e in history.events if e.HasField("workflow_execution_update_accepted_event_attributes")
+                    and e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+                    == UPDATE_CHANGE_PLAN]  # refused before reaching history
+
+        canceled = await request(handle, UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+        assert canceled.status == "canceled" and canceled.refunded_amount > 0  # answered once applied
+        try:
+            again = await refused(request(handle, UPDATE_PAYMENT_METHOD, PaymentMethodUpdated(payment_method=VISA)))
+            assert again == SUBSCRIPTION_ENDED
+        except RPCError as err:  # the workflow had already closed
+            assert err.status == RPCStatusCode.NOT_FOUND
+        assert (await handle.result()).status == "canceled"
+        await emails_delivered(client, *cycle_ids(world))

@@ -23,6 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from models.billing_calendar import add_months
 from models.billing_cycle_contracts import CancelSubscription, SubscriptionState
 from models.contracts import OperatorDecision, RegistrationResult, SagaState, VerifyEmail
 from models.plans import Plan
@@ -39,9 +40,9 @@ from workflows.names import (
     QUERY_SAGA_STATE,
     QUERY_SIGNUP_OUTCOME,
     QUERY_SUBSCRIPTION_STATE,
-    SIGNAL_CANCEL_SUBSCRIPTION,
     SIGNAL_OPERATOR_DECISION,
     SIGNAL_VERIFY_EMAIL,
+    UPDATE_CANCEL_SUBSCRIPTION,
     UPDATE_SIGNUP_OUTCOME,
     billing_cycle_workflow_id,
     registration_workflow_id,
@@ -51,7 +52,7 @@ from workflows.names import (
 )
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
-from workflows.subscription import SubscriptionWorkflow, add_months
+from workflows.subscription import SubscriptionWorkflow
 from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
 STARTER = Plan(id="starter-monthly", name="Starter", amount=900, currency="eur", interval="month")
@@ -128,7 +129,7 @@ async def test_a_paid_signup_creates_the_user_the_tenant_and_an_active_subscript
         # the user verifies later; the subscription is ended so nothing outlives the test
         await registration.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=world.users.token_ids[0]))
         assert (await registration.result()).status == "verified"
-        await subscription.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+        await subscription.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
         await subscription.result()
 
     assert outcome.status == "active" and outcome.subscription_status == "active"
@@ -170,8 +171,10 @@ async def test_a_plan_with_a_trial_charges_nothing_now_and_starts_the_subscripti
     async with workers(client, task_queue, world):
         outcome = await (await start(client, task_queue, params)).result()
         subscription = client.get_workflow_handle(subscription_workflow_id(params.subscription_id))
-        sub = await subscription.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
-        await subscription.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+        while (sub := await subscription.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
+               ).status == "incomplete":  # until it has written its row and started the trial
+            await asyncio.sleep(0.05)
+        await subscription.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
         await subscription.result()
         registration = client.get_workflow_handle(registration_workflow_id(params.user_id))
         await registration.cancel()
@@ -339,7 +342,7 @@ async def test_the_outcome_update_answers_active_then_declined_after_the_unwind(
         registration = client.get_workflow_handle(registration_workflow_id(paid.user_id))
         await registration.cancel()
         subscription = client.get_workflow_handle(subscription_workflow_id(paid.subscription_id))
-        await subscription.signal(SIGNAL_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+        await subscription.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
         await subscription.result()
         with pytest.raises(WorkflowFailureError):
             await registration.result()
