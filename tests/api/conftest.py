@@ -23,13 +23,15 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
 from models.db import transaction
 from models.tables import EmailMessage as EmailRow
-from models.tables import Membership, Tenant, User
+from models.tables import Membership, Tenant, User, VerificationToken
+from prognet import tokens
 from prognet.settings import Settings
 from prognet_dev import EmbeddedStack, SandboxAdmin, free_port, message_text, read_messages, stack_settings
 from workers.main import build_workers
@@ -339,3 +341,21 @@ async def make_platform_admin(engine: AsyncEngine, user_id: uuid.UUID, granted: 
         assert user is not None
         user.is_platform_admin = granted
         db.add(user)
+
+
+async def token_for(temporal_app, user_id: str) -> str:
+    async with transaction(temporal_app.state.engine) as db:
+        row = (await db.exec(select(VerificationToken).where(VerificationToken.user_id == uuid.UUID(user_id)))).one()
+    return tokens.derive_token(temporal_app.state.settings.derived_key("tokens"), tokens.VERIFY_EMAIL, row.id)
+
+
+
+async def wait_for_token(temporal_app, user_id: str) -> str:
+    import asyncio
+    for _ in range(100):
+        try:
+            return await token_for(temporal_app, user_id)
+        except Exception:  # noqa: BLE001 - not issued yet
+            await asyncio.sleep(0.1)
+    raise AssertionError("no verification token was issued")
+

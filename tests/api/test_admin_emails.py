@@ -18,7 +18,11 @@ from models.db import transaction
 from models.tables import DomainEvent, EmailSuppression
 from prognet_dev import read_messages
 from tests.api.conftest import (
-    assert_problem, insert_email, insert_tenant, make_platform_admin, person,
+    assert_problem,
+    insert_email,
+    insert_tenant,
+    make_platform_admin,
+    person,
 )
 from workflows.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, email_workflow_id
 

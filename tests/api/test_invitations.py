@@ -9,7 +9,13 @@ import uuid
 
 from prognet_dev import read_messages
 from tests.api.conftest import (
-    active_tenant, add_member, assert_problem, emailed_invitation_token, invite, person, wait_for_invitation,
+    active_tenant,
+    add_member,
+    assert_problem,
+    emailed_invitation_token,
+    invite,
+    person,
+    wait_for_invitation,
 )
 from workflows.names import SA_TENANT_ID, SA_USER_ID, invitation_workflow_id
 

@@ -15,7 +15,13 @@ from sqlmodel import select
 from models.db import transaction
 from models.tables import Invitation, Membership, Tenant
 from tests.api.conftest import (
-    active_tenant, add_member, assert_problem, emailed_invitation_token, invite, person, wait_for_invitation,
+    active_tenant,
+    add_member,
+    assert_problem,
+    emailed_invitation_token,
+    invite,
+    person,
+    wait_for_invitation,
 )
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance"}

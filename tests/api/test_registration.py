@@ -7,10 +7,9 @@ import uuid
 from sqlmodel import select
 
 from models.db import transaction
-from models.tables import User, VerificationToken
-from prognet import tokens
+from models.tables import User
 from prognet_dev import read_messages
-from tests.api.conftest import PASSWORD, assert_problem, bearer
+from tests.api.conftest import PASSWORD, assert_problem, bearer, wait_for_token
 from workflows.names import registration_workflow_id
 
 
@@ -27,22 +26,6 @@ async def _register(api, email: str, key: str | None = None, display_name: str |
     return response.json()
 
 
-async def _token_for(temporal_app, user_id: str) -> str:
-    async with transaction(temporal_app.state.engine) as db:
-        row = (await db.exec(select(VerificationToken).where(VerificationToken.user_id == uuid.UUID(user_id)))).one()
-    return tokens.derive_token(temporal_app.state.settings.derived_key("tokens"), tokens.VERIFY_EMAIL, row.id)
-
-
-async def _wait_for_token(temporal_app, user_id: str) -> str:
-    import asyncio
-    for _ in range(100):
-        try:
-            return await _token_for(temporal_app, user_id)
-        except Exception:  # noqa: BLE001 - not issued yet
-            await asyncio.sleep(0.1)
-    raise AssertionError("no verification token was issued")
-
-
 async def test_register_verify_login_and_follow_the_saga(api, temporal_app, temporal_client, services):
     email = _email()
     accepted = await _register(api, email)
@@ -55,7 +38,7 @@ async def test_register_verify_login_and_follow_the_saga(api, temporal_app, temp
     assert_problem(await api.post("/v1/auth/login", json={"email": email, "password": PASSWORD}), 403,
                    "account-not-verified")
 
-    token = await _wait_for_token(temporal_app, user_id)
+    token = await wait_for_token(temporal_app, user_id)
     verified = await api.post("/v1/auth/verify", json={"token": token})
     assert verified.status_code == 200, verified.text
     assert verified.json() == {"user_id": user_id, "status": "verified"}
@@ -99,7 +82,7 @@ async def test_same_idempotency_key_returns_the_same_registration(api):
 async def test_idempotent_replay_after_the_saga_closed_answers_its_status(api, temporal_app):
     key, email = f"key-{uuid.uuid4()}", _email()
     first = await _register(api, email, key)
-    token = await _wait_for_token(temporal_app, first["user_id"])
+    token = await wait_for_token(temporal_app, first["user_id"])
     assert (await api.post("/v1/auth/verify", json={"token": token})).status_code == 200
     replay = await _register(api, email, key)
     assert replay["workflow_id"] == first["workflow_id"]
@@ -117,7 +100,7 @@ async def test_someone_elses_workflow_is_404_like_a_missing_one(api, temporal_ap
     owner = await _register(api, _email())
     other_email = _email()
     other = await _register(api, other_email)
-    token = await _wait_for_token(temporal_app, other["user_id"])
+    token = await wait_for_token(temporal_app, other["user_id"])
     assert (await api.post("/v1/auth/verify", json={"token": token})).status_code == 200
     headers = bearer((await api.post("/v1/auth/login", json={"email": other_email, "password": PASSWORD})).json()["access_token"])
 

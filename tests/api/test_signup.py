@@ -12,8 +12,16 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from prognet_dev.stripe_sandbox import SandboxAdmin
-from tests.api.conftest import PASSWORD, active_tenant, assert_problem, bearer, insert_user, new_slug, person
-from tests.api.test_registration import _wait_for_token
+from tests.api.conftest import (
+    PASSWORD,
+    active_tenant,
+    assert_problem,
+    bearer,
+    insert_user,
+    new_slug,
+    person,
+    wait_for_token,
+)
 from workflows.names import (
     SA_TENANT_ID,
     SA_USER_ID,
@@ -89,7 +97,7 @@ async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_v
 
     # no login before the email is verified; then the owner sees the tenant and the subscription
     assert (await api.post("/v1/auth/login", json={"email": body["email"], "password": PASSWORD})).status_code == 403
-    token = await _wait_for_token(temporal_app, user_id)
+    token = await wait_for_token(temporal_app, user_id)
     assert (await api.post("/v1/auth/verify", json={"token": token})).status_code == 200
     login = await api.post("/v1/auth/login", json={"email": body["email"], "password": PASSWORD})
     headers = bearer(login.json()["access_token"])

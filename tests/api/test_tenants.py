@@ -11,7 +11,13 @@ from sqlmodel import select
 from models.db import transaction
 from models.tables import DomainEvent
 from tests.api.conftest import (
-    active_tenant, add_member, assert_problem, create_tenant, new_slug, person, wait_for_tenant,
+    active_tenant,
+    add_member,
+    assert_problem,
+    create_tenant,
+    new_slug,
+    person,
+    wait_for_tenant,
 )
 from workflows.names import SA_TENANT_ID, SA_USER_ID, tenant_workflow_id
 

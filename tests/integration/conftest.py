@@ -3,6 +3,7 @@ processes, exactly as `prognet dev` runs them, but in a temp dir on free ports."
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import tempfile
@@ -87,3 +88,44 @@ def token_from(msg: EmailMessage) -> str:
 
 
 __all__ = ["PASSWORD", "new_email", "email_to", "token_from", "wait_for_messages"]
+
+
+# --- journeys several test modules start from ---
+
+
+async def register_and_verify(http: httpx.AsyncClient, stack: EmbeddedStack, email: str) -> dict:
+    r = await http.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "display_name": "Ada"})
+    assert r.status_code == 202, r.text
+    accepted = r.json()
+    msg = await email_to(stack, email)
+    r = await http.post("/v1/auth/verify", json={"token": token_from(msg)})
+    assert r.status_code == 200, r.text
+    return accepted
+
+
+
+async def login(http: httpx.AsyncClient, email: str, password: str = PASSWORD) -> httpx.Response:
+    return await http.post("/v1/auth/login", json={"email": email, "password": password})
+
+
+
+def bearer(tokens: dict) -> dict:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+
+async def owner_headers(http: httpx.AsyncClient, stack: EmbeddedStack) -> dict:
+    email = new_email("owner")
+    await register_and_verify(http, stack, email)
+    return bearer((await login(http, email)).json())
+
+
+
+async def wait_for_status(http: httpx.AsyncClient, headers: dict, tenant_id: str, wanted: set[str]) -> dict:
+    for _ in range(300):
+        r = await http.get(f"/v1/tenants/{tenant_id}", headers=headers)
+        if r.status_code == 200 and r.json()["status"] in wanted:
+            return r.json()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"tenant {tenant_id} never reached {wanted}: {r.status_code} {r.text}")
+

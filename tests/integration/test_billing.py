@@ -34,7 +34,7 @@ from api.routers.stripe_webhooks import dedupe_key
 from models.billing_cycle_contracts import BillingCycleResult, BillingCycleState
 from prognet_dev import EmbeddedStack, StripeSandbox
 from prognet_dev.stripe_sandbox import signature_header
-from tests.integration.test_tenants import owner_headers, wait_for_status
+from tests.integration.conftest import owner_headers, wait_for_status
 from workflows.names import (
     QUERY_BILLING_CYCLE_STATE,
     billing_cycle_workflow_id,

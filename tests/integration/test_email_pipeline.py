@@ -15,7 +15,13 @@ from temporalio.client import Client
 from models.contracts import EmailDecision, EmailRequest, EmailResult
 from prognet_dev import EmbeddedStack, read_messages
 from tests.integration.conftest import SEND_RATE
-from workflows.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, SA_SAGA_STATUS, SIGNAL_EMAIL_DECISION, email_workflow_id
+from workflows.names import (
+    EMAIL_DELIVERY_WORKFLOW,
+    EMAIL_TASK_QUEUE,
+    SA_SAGA_STATUS,
+    SIGNAL_EMAIL_DECISION,
+    email_workflow_id,
+)
 
 
 def address(tag: str = "") -> str:

@@ -10,26 +10,8 @@ import httpx
 from temporalio.client import Client
 
 from prognet_dev import EmbeddedStack
-from tests.integration.conftest import PASSWORD, email_to, new_email, token_from
+from tests.integration.conftest import PASSWORD, bearer, email_to, login, new_email, register_and_verify, token_from
 from workflows.names import email_message_id
-
-
-async def register_and_verify(http: httpx.AsyncClient, stack: EmbeddedStack, email: str) -> dict:
-    r = await http.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "display_name": "Ada"})
-    assert r.status_code == 202, r.text
-    accepted = r.json()
-    msg = await email_to(stack, email)
-    r = await http.post("/v1/auth/verify", json={"token": token_from(msg)})
-    assert r.status_code == 200, r.text
-    return accepted
-
-
-async def login(http: httpx.AsyncClient, email: str, password: str = PASSWORD) -> httpx.Response:
-    return await http.post("/v1/auth/login", json={"email": email, "password": password})
-
-
-def bearer(tokens: dict) -> dict:
-    return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
 async def test_register_verify_login_refresh_reuse_logout(http: httpx.AsyncClient, stack: EmbeddedStack):

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
-import httpx
 
 from prognet_dev import EmbeddedStack
-from tests.integration.conftest import email_to, new_email
-from tests.integration.test_journey import bearer, login, register_and_verify
-
-
-async def owner_headers(http: httpx.AsyncClient, stack: EmbeddedStack) -> dict:
-    email = new_email("owner")
-    await register_and_verify(http, stack, email)
-    return bearer((await login(http, email)).json())
-
-
-async def wait_for_status(http: httpx.AsyncClient, headers: dict, tenant_id: str, wanted: set[str]) -> dict:
-    for _ in range(300):
-        r = await http.get(f"/v1/tenants/{tenant_id}", headers=headers)
-        if r.status_code == 200 and r.json()["status"] in wanted:
-            return r.json()
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"tenant {tenant_id} never reached {wanted}: {r.status_code} {r.text}")
+from tests.integration.conftest import email_to, owner_headers, wait_for_status
 
 
 async def test_tenant_becomes_active_with_its_stripe_customer(http, stack: EmbeddedStack):

@@ -52,11 +52,11 @@ from models.contracts import (
 from models.plans import Plan
 from models.signup_contracts import PaidSignupInput
 from tests.conftest import BIN_DIR, custom_search_attributes
-from tests.unit.fake_activities import FakeUsers
-from tests.unit.fake_billing_activities import DECLINED, VISA, FakeBillingWorld
-from tests.unit.fake_email import FakeEmailDelivery
-from tests.unit.fake_signup_activities import FakeSignupWorld
-from tests.unit.fake_tenant_activities import FakeTenantWorld
+from tests.support.fake_activities import FakeUsers
+from tests.support.fake_billing_activities import DECLINED, VISA, FakeBillingWorld
+from tests.support.fake_email import FakeEmailDelivery
+from tests.support.fake_signup_activities import FakeSignupWorld
+from tests.support.fake_tenant_activities import FakeTenantWorld
 from workers.main import Workers
 from workflows import activity_names as act
 from workflows.billing_cycle import BillingCycleWorkflow

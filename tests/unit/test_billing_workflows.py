@@ -37,8 +37,8 @@ from models.billing_cycle_contracts import (
 )
 from models.contracts import SagaState
 from models.plans import Plan
-from tests.unit.fake_billing_activities import DECLINED, PENDING, VISA, FakeBillingWorld
-from tests.unit.test_registration_workflow import email_worker
+from tests.support.fake_billing_activities import DECLINED, PENDING, VISA, FakeBillingWorld
+from tests.support.workflows import email_worker
 from workers.main import Workers
 from workflows import activity_names as act
 from workflows.billing_cycle import BillingCycleWorkflow

@@ -22,7 +22,7 @@ from models.contracts import (
     SendEmail,
     SuppressAddress,
 )
-from tests.unit.test_registration_workflow import saga_state, wait_for
+from tests.support.workflows import saga_state, wait_for
 from workers.main import Workers
 from workflows import activity_names as act
 from workflows.email_delivery import EmailDeliveryWorkflow

@@ -29,9 +29,9 @@ from models.contracts import OperatorDecision, RegistrationResult, SagaState, Ve
 from models.plans import Plan
 from models.signup_contracts import PaidSignupInput, SignupOutcome
 from tests.conftest import BIN_DIR, custom_search_attributes
-from tests.unit.fake_billing_activities import DECLINED, INSUFFICIENT, PENDING, VISA
-from tests.unit.fake_email import FakeEmailDelivery
-from tests.unit.fake_signup_activities import FakeSignupWorld
+from tests.support.fake_billing_activities import DECLINED, INSUFFICIENT, PENDING, VISA
+from tests.support.fake_email import FakeEmailDelivery
+from tests.support.fake_signup_activities import FakeSignupWorld
 from workers.main import Workers
 from workflows import activity_names as act
 from workflows.billing_cycle import BillingCycleWorkflow

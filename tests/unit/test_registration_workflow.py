@@ -11,14 +11,12 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
-from models.contracts import OperatorDecision, RegistrationInput, SagaState, VerifyEmail
-from tests.unit.fake_activities import FakeUsers
-from tests.unit.fake_email import FakeEmailDelivery
+from models.contracts import OperatorDecision, RegistrationInput, VerifyEmail
+from tests.support.fake_activities import FakeUsers
+from tests.support.workflows import email_worker, saga_state, wait_for
 from workers.main import Workers
 from workflows import activity_names as act
 from workflows.names import (
-    EMAIL_TASK_QUEUE,
-    QUERY_SAGA_STATE,
     SIGNAL_OPERATOR_DECISION,
     SIGNAL_VERIFY_EMAIL,
     email_message_id,
@@ -43,27 +41,9 @@ async def start(client: Client, task_queue: str, params: RegistrationInput) -> W
                                        task_queue=task_queue)
 
 
-async def saga_state(handle: WorkflowHandle) -> SagaState:
-    return await handle.query(QUERY_SAGA_STATE, result_type=SagaState)
-
-
-async def wait_for(handle: WorkflowHandle, predicate, timeout: float = 10.0) -> SagaState:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        state = await saga_state(handle)
-        if predicate(state):
-            return state
-        assert asyncio.get_running_loop().time() < deadline, f"saga never reached the expected state: {state}"
-        await asyncio.sleep(0.05)
-
-
 def worker(client: Client, task_queue: str, fake: FakeUsers) -> Workers:
     return Workers([Worker(client, task_queue=task_queue, workflows=[RegistrationWorkflow], activities=fake.activities()),
                     email_worker(client)])
-
-
-def email_worker(client: Client) -> Worker:
-    return Worker(client, task_queue=EMAIL_TASK_QUEUE, workflows=[FakeEmailDelivery])
 
 
 async def test_verified_registration_runs_every_step_and_no_compensation(ts_client, task_queue):

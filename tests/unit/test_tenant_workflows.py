@@ -19,8 +19,8 @@ from models.contracts import (
     OperatorDecision,
     TenantProvisioningInput,
 )
-from tests.unit.fake_tenant_activities import FakeTenantWorld
-from tests.unit.test_registration_workflow import email_worker, saga_state, wait_for
+from tests.support.fake_tenant_activities import FakeTenantWorld
+from tests.support.workflows import email_worker, saga_state, wait_for
 from workers.main import Workers
 from workflows import activity_names as act
 from workflows.invitation import InvitationWorkflow

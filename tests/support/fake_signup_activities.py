@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from temporalio import activity
 
 from models.signup_contracts import DiscardTenant
-from tests.unit.fake_activities import FakeUsers
-from tests.unit.fake_billing_activities import FakeBillingWorld
-from tests.unit.fake_tenant_activities import FakeTenantWorld
+from tests.support.fake_activities import FakeUsers
+from tests.support.fake_billing_activities import FakeBillingWorld
+from tests.support.fake_tenant_activities import FakeTenantWorld
 from workflows import activity_names as act
 
 

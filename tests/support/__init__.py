@@ -1,0 +1,1 @@
+"""Helpers that several test modules share: fake activities and workflows, saga-state polling."""
