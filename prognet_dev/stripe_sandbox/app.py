@@ -98,8 +98,8 @@ class StripeApiMiddleware:
             if method == "POST":
                 params.update(forms.decode(body))
             entry["params"] = params
-        except StripeError as err:
-            await self._send(send, entry, err.status, err.body(request_id), extra_headers)
+        except StripeError as exc:
+            await self._send(send, entry, exc.status, exc.body(request_id), extra_headers)
             return
 
         fault = self.sandbox.faults.take(method, path, "before")

@@ -89,6 +89,13 @@ def save(call: Call, pi: dict[str, Any]) -> dict[str, Any]:
     return call.store.put(KIND, call.account, pi)
 
 
+def _authorizing_charge(call: Call, pi: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the charge that put a PaymentIntent into requires_capture (confirm always stores it)."""
+    charge = charges.load(call, pi["latest_charge"])
+    assert charge is not None, f"{pi['id']} awaits capture but its charge {pi['latest_charge']} is not in the store"
+    return copy.deepcopy(charge)
+
+
 def _set_payment_method(call: Call, pi: dict[str, Any], pm_id: str) -> None:
     pm = PM.resolve(call, pm_id)
     PM.check_usable(call, pm, pi["customer"])
@@ -370,7 +377,7 @@ async def capture_payment_intent(pi_id: str, call: Call = Depends(current_call))
     if amount > pi["amount_capturable"]:
         raise StripeError(400, f"The amount_to_capture ({amount}) is greater than the amount capturable "
                                f"({pi['amount_capturable']}).", code="amount_too_large", param="amount_to_capture")
-    charge = copy.deepcopy(charges.load(call, pi["latest_charge"]))
+    charge = _authorizing_charge(call, pi)
     charge.update(captured=True, amount_captured=amount, amount_refunded=charge["amount"] - amount,
                   refunded=False, balance_transaction=call.store.new_id("txn", 24))
     call.store.put(charges.KIND, call.account, charge)
@@ -394,7 +401,7 @@ async def cancel_payment_intent(pi_id: str, call: Call = Depends(current_call)) 
                                + ", ".join(CANCELABLE) + ".", code="payment_intent_unexpected_state")
     reason = P.choice(p, "cancellation_reason", ("duplicate", "fraudulent", "requested_by_customer", "abandoned"))
     if pi["status"] == "requires_capture" and pi["latest_charge"]:
-        charge = copy.deepcopy(charges.load(call, pi["latest_charge"]))
+        charge = _authorizing_charge(call, pi)
         charge.update(amount_refunded=charge["amount"], refunded=True)  # Stripe releases the authorization
         call.store.put(charges.KIND, call.account, charge)
     pi.update(status="canceled", canceled_at=int(time.time()), cancellation_reason=reason, next_action=None,
