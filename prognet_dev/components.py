@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .ports import tcp_accepts
 from .process import LogSink, ManagedProcess
-from .smtp_sink import SmtpSink
+from .smtp_sink import DEFAULT_SLOW_SECONDS, SmtpSink
 from .stripe_sandbox import StripeSandbox
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -294,10 +294,9 @@ class EmbeddedPostgres(Component):
             os.chown(self.socket_dir, entry.pw_uid, entry.pw_gid)
 
     async def _run(self, *argv: str, what: str, timeout: float = 60) -> str:
-        kwargs = {"user": self.system_user} if self.system_user else {}
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            cwd=str(self.pgdata), **kwargs,
+            cwd=str(self.pgdata), user=self.system_user,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -469,8 +468,8 @@ class SmtpSinkComponent(Component):
     name = "SMTP sink"
 
     def __init__(self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025, slow_seconds: float | None = None) -> None:
-        extra = {} if slow_seconds is None else {"slow_seconds": slow_seconds}
-        self.sink = SmtpSink(Path(maildir).resolve(), host=host, port=port, **extra)
+        self.sink = SmtpSink(Path(maildir).resolve(), host=host, port=port,
+                             slow_seconds=DEFAULT_SLOW_SECONDS if slow_seconds is None else slow_seconds)
 
     def ports(self) -> list[tuple[str, str, int]]:
         return [("SMTP sink", self.sink.host, self.sink.port)]

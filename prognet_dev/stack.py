@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -45,20 +46,20 @@ def print_log(name: str, line: str) -> None:
     sys.stdout.flush()
 
 
-def stack_settings(data_dir: Path | str, **values: object) -> Settings:
+def stack_settings(data_dir: Path | str, **values: Any) -> Settings:
     """Settings for a stack of its own (tests, the benchmark): every service embedded, each on a free port.
 
     The service addresses are cleared so that a DATABASE_URL (or REDIS_URL, ...) in the environment never points a
     throwaway stack at a real service; `values` override anything (e.g. smtp_host=... for an external SMTP relay).
     """
-    defaults: dict[str, object] = {
+    defaults: dict[str, Any] = {  # Any: Settings validates and converts each value
         "data_dir": Path(data_dir),
         "database_url": None, "migration_database_url": None, "redis_url": None, "temporal_address": None,
         "smtp_host": None, "stripe_api_base": None, "stripe_webhook_url": None,
         "temporal_port": free_port(HOST), "temporal_ui_port": free_port(HOST), "redis_port": free_port(HOST),
         "smtp_port": free_port(HOST), "stripe_sandbox_port": free_port(HOST), "api_port": free_port(HOST),
     }
-    return Settings(**(defaults | values))  # type: ignore[arg-type]
+    return Settings(**(defaults | values))
 
 
 class EmbeddedStack:
@@ -97,6 +98,7 @@ class EmbeddedStack:
         self.components: list[Component] = []
         self._started: list[Component] = []
         self.migrations_applied = False
+        self._lock_fd: int | None = None  # the flock on <data dir>/.lock while started
 
         # Temporal
         self.temporal: TemporalServer | None = None
@@ -228,9 +230,9 @@ class EmbeddedStack:
                 values["PUBLIC_BASE_URL"] = self.api_url
         return {k: str(v) for k, v in values.items() if v is not None}
 
-    def settings(self, **overrides: object) -> Settings:
+    def settings(self, **overrides: Any) -> Settings:
         """A Settings object pointing at this stack (for tests running the worker/API in-process)."""
-        values: dict[str, object] = {
+        values: dict[str, Any] = {  # Any: Settings validates and converts each value
             "data_dir": self.data_dir,
             "database_url": self.database_url,
             "redis_url": self.redis_url,
@@ -248,7 +250,7 @@ class EmbeddedStack:
         if self.api_url:
             values.update(api_host=self.host, api_port=self.api_port, public_base_url=self.api_url)
         values.update(overrides)
-        return Settings(**values)  # type: ignore[arg-type]
+        return Settings(**values)
 
     def processes(self) -> list:
         return [c.process for c in self._started if c.process is not None]
@@ -304,7 +306,7 @@ class EmbeddedStack:
         self._lock_fd = fd
 
     def _unlock_data_dir(self) -> None:
-        fd = getattr(self, "_lock_fd", None)
+        fd = self._lock_fd
         if fd is None:
             return
         (self.data_dir / ".lock").unlink(missing_ok=True)
@@ -347,6 +349,8 @@ class EmbeddedStack:
         """Apply the Alembic migrations as the owner; on the embedded server, let the app role log in."""
         from models.migrate import upgrade
 
+        if self.migration_database_url is None:
+            raise StackError("migrations", "no database to migrate: DATABASE_URL is unset and PostgreSQL is not embedded")
         self.log("devstack", "applying migrations")
         try:
             await upgrade(self.migration_database_url)
