@@ -45,7 +45,7 @@ def parse_sections(text: str) -> set[int]:
         if not part:
             continue
         number = SECTION_NAMES.get(part) or (int(part) if part.isdigit() else None)
-        if number not in SECTION_NAMES.values():
+        if number is None or number not in SECTION_NAMES.values():
             raise argparse.ArgumentTypeError(
                 f"unknown section {part!r} (1-4 or {', '.join(sorted(set(SECTION_NAMES)))})")
         sections.add(number)
@@ -260,9 +260,13 @@ async def run(args: argparse.Namespace) -> None:
     stripe_admin = None
     print(f"starting the embedded stack in {data_dir} ...", flush=True)
     await stack.start()
+    # stack_settings embeds every service and app=True starts the API, so start() has resolved every address
+    assert stack.temporal_address and stack.api_url and stack.database_url, "the bench's stack is fully embedded"
+    assert stack.smtp_host and stack.smtp_port and stack.stripe_api_base, "the bench's stack is fully embedded"
     noop_worker = subprocess.Popen([sys.executable, "-m", "prognet_dev.bench.noop_workflow", stack.temporal_address],
                                    stdout=subprocess.PIPE, text=True)
     try:
+        assert noop_worker.stdout is not None  # stdout=PIPE
         assert noop_worker.stdout.readline().strip() == "ready"
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
             print(f"cores: {os.cpu_count()}; warming up ...", flush=True)
@@ -324,6 +328,7 @@ async def run(args: argparse.Namespace) -> None:
             if 4 in sections:
                 bn = args.billing
                 steps = shape.activities + shape.local_activities
+                assert stripe_admin is not None  # opened in the warm-up above
                 await stripe_admin.wait_for_webhooks(timeout=60)
                 t_bare = await bench_noop_workflows(stack.temporal_address, bn, bn, steps=steps)
                 billing_run = await billing.run_cycles(email_client, billing_subs[:bn], stack.maildir,
