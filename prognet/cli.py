@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from prognet.settings import Settings
 
 _COLORS = ["36", "35", "33", "32", "34", "31", "96", "95"]
 EXIT_NO_DEV_EXTRA = 2
+LogSink = Callable[[str, str], None]  # (component, line), as prognet_dev.process.LogSink (not imported here)
 
 
 class DevExtraMissing(Exception):
@@ -56,7 +57,7 @@ def _error(message: str) -> int:
     return 1
 
 
-def _make_log_sink():
+def _make_log_sink() -> LogSink:
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     assigned: dict[str, str] = {}
 
@@ -74,7 +75,7 @@ def _make_log_sink():
 class _SinkHandler(logging.Handler):
     """Routes the supervisor's own log records (e.g. the in-process SMTP sink) through the prefixed log stream."""
 
-    def __init__(self, sink) -> None:
+    def __init__(self, sink: LogSink) -> None:
         super().__init__()
         self.sink = sink
 
@@ -202,9 +203,7 @@ def _run_upgrade(url: str) -> int:
     from models.migrate import upgrade
 
     try:
-        result = upgrade(url)
-        if inspect.isawaitable(result):
-            asyncio.run(result)  # type: ignore[arg-type]
+        asyncio.run(upgrade(url))
     except Exception as exc:
         return _error(f"migrations failed: {type(exc).__name__}: {exc}")
     print("database is at the latest revision")

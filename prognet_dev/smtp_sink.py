@@ -196,7 +196,7 @@ def read_messages(maildir_path: Path | str) -> list[EmailMessage]:
             raw = box.get_bytes(key)
         except (KeyError, FileNotFoundError):
             continue
-        messages.append(parser.parsebytes(raw))  # type: ignore[arg-type]
+        messages.append(parser.parsebytes(raw))
     return messages
 
 
@@ -225,4 +225,4 @@ def message_text(msg: EmailMessage) -> str:
     part = msg.get_body(preferencelist=("plain", "html"))
     if part is None:
         return ""
-    return part.get_content()  # type: ignore[no-any-return]
+    return part.get_content()
