@@ -244,7 +244,7 @@ async def _postgres_answers(dsn: str) -> bool:
 
     try:
         conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True

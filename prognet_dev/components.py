@@ -300,7 +300,7 @@ class EmbeddedPostgres(Component):
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise StackError(self.name, f"PostgreSQL {what} timed out after {timeout:.0f}s")

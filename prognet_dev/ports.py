@@ -56,7 +56,7 @@ async def tcp_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
     """True when something accepts a TCP connection on host:port."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     try:

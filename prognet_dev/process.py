@@ -125,7 +125,7 @@ class ManagedProcess:
         if self._pump is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._pump), 2)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 pass
         return rc
 
@@ -151,7 +151,7 @@ class ManagedProcess:
         assert self.proc is not None
         try:
             await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._log(self.name, f"[devstack] did not stop within {timeout:.0f}s, killing it")
             self.signal_group(signal.SIGKILL)
             await self.proc.wait()
@@ -160,7 +160,7 @@ class ManagedProcess:
         if self._pump is not None:
             try:
                 await asyncio.wait_for(self._pump, 2)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 self._pump.cancel()
 
     def tail(self, n: int = 5) -> str:

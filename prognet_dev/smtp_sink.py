@@ -149,7 +149,7 @@ class SmtpSink:
             self._server.close()
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._server = None
 

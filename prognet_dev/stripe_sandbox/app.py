@@ -12,14 +12,15 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from . import forms
-from .errors import StripeError
 from .core import DEFAULT_API_VERSION, Call, Sandbox, account_for, current_call
+from .errors import StripeError
 from .faults import Fault
 from .resources import charges, customers, events, payment_intents, payment_methods, refunds
 from .store import random_id

@@ -92,7 +92,7 @@ class StripeSandbox:
         self._server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self._task), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._server.force_exit = True
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(self._task, 5)

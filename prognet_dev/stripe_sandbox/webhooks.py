@@ -85,7 +85,7 @@ class WebhookDispatcher:
         self._delivery_seq = 0
 
     # --- configuration ----------------------------------------------------------------------------------------
-    def configure(self, *, url: str | None | Any = ..., secret: str | list[str] | None | Any = ...,
+    def configure(self, *, url: str | Any | None = ..., secret: str | list[str] | Any | None = ...,
                   mode: str | None = None, hold: bool | None = None, enabled_events: list[str] | None = None,
                   retry_delays: list[float] | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Change any of the settings (left out = unchanged). Switching `hold` off releases what was held."""
