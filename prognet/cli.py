@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -162,10 +163,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _error(f"cannot import workers.main.run_worker: {exc}")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_worker())
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -283,7 +283,7 @@ class EmbeddedPostgres(Component):
                 ensure_folder_permissions(self.bin_dir.parent / "share", 0o044)
             marker.touch()
         if self.pgdata.stat().st_uid != entry.pw_uid:
-            for root, dirs, files in os.walk(self.pgdata):
+            for root, _dirs, files in os.walk(self.pgdata):
                 os.chown(root, entry.pw_uid, entry.pw_gid)
                 for f in files:
                     os.chown(os.path.join(root, f), entry.pw_uid, entry.pw_gid)
@@ -303,7 +303,7 @@ class EmbeddedPostgres(Component):
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise StackError(self.name, f"PostgreSQL {what} timed out after {timeout:.0f}s")
+            raise StackError(self.name, f"PostgreSQL {what} timed out after {timeout:.0f}s") from None
         text = out.decode("utf-8", "replace")
         if proc.returncode != 0:
             last = " | ".join(line for line in text.strip().splitlines()[-3:])
@@ -365,9 +365,9 @@ class EmbeddedPostgres(Component):
                 raise self._died()
             try:
                 conn = await self._connect("postgres")
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise StackError(self.name, f"PostgreSQL did not accept connections on {self.socket_dir} within {self.start_timeout:.0f}s")
+                    raise StackError(self.name, f"PostgreSQL did not accept connections on {self.socket_dir} within {self.start_timeout:.0f}s") from exc
                 await asyncio.sleep(0.1)
                 continue
             await conn.close()
@@ -449,9 +449,9 @@ class EmbeddedRedis(Component):
             try:
                 if await client.ping():
                     return
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise StackError(self.name, f"Redis did not answer on {self.host}:{self.port} within {self.start_timeout:.0f}s")
+                    raise StackError(self.name, f"Redis did not answer on {self.host}:{self.port} within {self.start_timeout:.0f}s") from exc
             finally:
                 await client.aclose()
             await asyncio.sleep(0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 from pathlib import Path
@@ -59,8 +60,6 @@ async def tcp_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
     except (TimeoutError, OSError):
         return False
     writer.close()
-    try:
+    with contextlib.suppress(OSError):
         await writer.wait_closed()
-    except OSError:
-        pass
     return True

@@ -20,6 +20,7 @@ reply to refuse it. `before_store()` may answer DATA instead of storing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.policy
 import email.utils
 import logging
@@ -138,7 +139,7 @@ class SmtpSink:
         return SMTP(self.handler, hostname=SINK_HOSTNAME, ident="ProgNetwork SMTP sink", enable_SMTPUTF8=True)
 
     async def start(self) -> None:
-        self.handler.maildir  # create the Maildir (new/cur/tmp) up front
+        _ = self.handler.maildir  # the property creates the Maildir (new/cur/tmp): do it up front
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._factory, host=self.host, port=self.port, reuse_address=True)
         if self.port == 0:
@@ -147,10 +148,8 @@ class SmtpSink:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
-            except TimeoutError:
-                pass
             self._server = None
 
     async def serve_forever(self) -> None:
@@ -173,7 +172,7 @@ class SmtpSink:
 
 def _sorted_keys(box: mailbox.Maildir) -> list[str]:
     entries = []
-    for key in box.keys():
+    for key in box.keys():  # noqa: SIM118 - iterating a Mailbox itself yields messages, not keys
         try:
             date = box.get_message(key).get_date()
         except (KeyError, FileNotFoundError):

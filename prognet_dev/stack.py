@@ -272,7 +272,7 @@ class EmbeddedStack:
         return rows
 
     def table(self) -> str:
-        rows = [("component", "address", "data")] + self.rows()
+        rows = [("component", "address", "data"), *self.rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
         lines.insert(1, "-+-".join("-" * w for w in widths))
