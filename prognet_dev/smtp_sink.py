@@ -93,7 +93,9 @@ class MaildirHandler:
         return None
 
     # --- aiosmtpd callbacks ------------------------------------------------------------------------------
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         refusal = self.check_recipient(address, session, envelope)
         if refusal:
             return refusal
@@ -105,7 +107,9 @@ class MaildirHandler:
         if reply:
             return reply
         if server.transport is None or server.transport.is_closing():  # the client gave up while we waited
-            log.info("client gone before DATA was answered; not storing the message to %s", ", ".join(envelope.rcpt_tos))
+            log.info(
+                "client gone before DATA was answered; not storing the message to %s", ", ".join(envelope.rcpt_tos)
+            )
             return "451 4.4.2 Connection lost; message not stored"
         content = envelope.original_content or envelope.content or b""
         if isinstance(content, str):
@@ -127,8 +131,15 @@ class MaildirHandler:
 class SmtpSink:
     """An SMTP server on host:port storing mail into `maildir`. Use `async with` or start()/stop()."""
 
-    def __init__(self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025, handler: MaildirHandler | None = None,
-                 slow_seconds: float = DEFAULT_SLOW_SECONDS) -> None:
+    def __init__(
+        self,
+        maildir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1025,
+        handler: MaildirHandler | None = None,
+        slow_seconds: float = DEFAULT_SLOW_SECONDS,
+    ) -> None:
         self.maildir = Path(maildir)
         self.host = host
         self.port = port
@@ -169,6 +180,7 @@ class SmtpSink:
 
 
 # --- reading the Maildir ---------------------------------------------------------------------------------
+
 
 def _sorted_keys(box: mailbox.Maildir) -> list[str]:
     entries = []

@@ -54,10 +54,19 @@ def stack_settings(data_dir: Path | str, **values: Any) -> Settings:
     """
     defaults: dict[str, Any] = {  # Any: Settings validates and converts each value
         "data_dir": Path(data_dir),
-        "database_url": None, "migration_database_url": None, "redis_url": None, "temporal_address": None,
-        "smtp_host": None, "stripe_api_base": None, "stripe_webhook_url": None,
-        "temporal_port": free_port(HOST), "temporal_ui_port": free_port(HOST), "redis_port": free_port(HOST),
-        "smtp_port": free_port(HOST), "stripe_sandbox_port": free_port(HOST), "api_port": free_port(HOST),
+        "database_url": None,
+        "migration_database_url": None,
+        "redis_url": None,
+        "temporal_address": None,
+        "smtp_host": None,
+        "stripe_api_base": None,
+        "stripe_webhook_url": None,
+        "temporal_port": free_port(HOST),
+        "temporal_ui_port": free_port(HOST),
+        "redis_port": free_port(HOST),
+        "smtp_port": free_port(HOST),
+        "stripe_sandbox_port": free_port(HOST),
+        "api_port": free_port(HOST),
     }
     return Settings(**(defaults | values))
 
@@ -107,8 +116,12 @@ class EmbeddedStack:
             self.temporal_address: str | None = settings.temporal_address
         elif "temporal" in services:
             self.temporal = TemporalServer(
-                self.data_dir / "temporal", log=self.log, host=host,
-                port=settings.temporal_port, ui_port=settings.temporal_ui_port, namespace=self.temporal_namespace,
+                self.data_dir / "temporal",
+                log=self.log,
+                host=host,
+                port=settings.temporal_port,
+                ui_port=settings.temporal_ui_port,
+                namespace=self.temporal_namespace,
             )
             self.temporal_address = self.temporal.address
             self.temporal_ui_url = self.temporal.ui_url
@@ -150,8 +163,9 @@ class EmbeddedStack:
             self.smtp_host: str | None = settings.smtp_host
             self.smtp_port: int | None = settings.smtp_port
         elif "smtp" in services:
-            self.smtp = SmtpSinkComponent(self.maildir, host=host, port=settings.smtp_port,
-                                          slow_seconds=smtp_slow_seconds)
+            self.smtp = SmtpSinkComponent(
+                self.maildir, host=host, port=settings.smtp_port, slow_seconds=smtp_slow_seconds
+            )
             self.smtp_host, self.smtp_port = host, self.smtp.sink.port
             self.components.append(self.smtp)
         else:
@@ -163,8 +177,9 @@ class EmbeddedStack:
         if settings.stripe_api_base:
             self.stripe_api_base: str | None = settings.stripe_api_base
         elif "stripe" in services:
-            self.stripe = StripeSandboxComponent(self.data_dir / "stripe" / "state.json", host=host,
-                                                 port=settings.stripe_sandbox_port)
+            self.stripe = StripeSandboxComponent(
+                self.data_dir / "stripe" / "state.json", host=host, port=settings.stripe_sandbox_port
+            )
             self.stripe_api_base = self.stripe.api_base
             self.stripe_secret_key = self.stripe_secret_key or DEV_STRIPE_SECRET_KEY
             self.components.append(self.stripe)
@@ -182,7 +197,8 @@ class EmbeddedStack:
         self.stripe_webhook_secret = _secret(settings.stripe_webhook_secret)
         if self.stripe is not None:
             self.stripe_webhook_url = settings.stripe_webhook_url or (
-                f"{self.api_url}/v1/webhooks/stripe" if self.api_url else None)
+                f"{self.api_url}/v1/webhooks/stripe" if self.api_url else None
+            )
             self.stripe_webhook_secret = self.stripe_webhook_secret or DEV_STRIPE_WEBHOOK_SECRET
             self.stripe.configure_webhooks(self.stripe_webhook_url, self.stripe_webhook_secret)
 
@@ -190,12 +206,21 @@ class EmbeddedStack:
         self.api: AppProcess | None = None
         if app:
             self.worker = AppProcess(
-                "Worker", "worker", log=self.log, env=self.env(), cwd=REPO_ROOT,
+                "Worker",
+                "worker",
+                log=self.log,
+                env=self.env(),
+                cwd=REPO_ROOT,
                 address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
             )
             self.api = AppProcess(
-                "API", "api", log=self.log, env=self.env(), cwd=REPO_ROOT,
-                listen=(host, settings.api_port), address=f"{self.api_url}/docs",
+                "API",
+                "api",
+                log=self.log,
+                env=self.env(),
+                cwd=REPO_ROOT,
+                listen=(host, settings.api_port),
+                address=f"{self.api_url}/docs",
             )
             self.components += [self.worker, self.api]
 
@@ -300,7 +325,9 @@ class EmbeddedStack:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise StackError("data dir", f"data dir {self.data_dir} is in use by another prognet process (pid {holder})") from None
+            raise StackError(
+                "data dir", f"data dir {self.data_dir} is in use by another prognet process (pid {holder})"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -325,7 +352,7 @@ class EmbeddedStack:
                     raise result
             if self.run_migrations and self.database_url:
                 await self.migrate()
-            for component in self.components[len(self._infra):]:
+            for component in self.components[len(self._infra) :]:
                 await self._start_one(component)
         except BaseException:
             await self.stop()
@@ -350,7 +377,9 @@ class EmbeddedStack:
         from models.migrate import upgrade
 
         if self.migration_database_url is None:
-            raise StackError("migrations", "no database to migrate: DATABASE_URL is unset and PostgreSQL is not embedded")
+            raise StackError(
+                "migrations", "no database to migrate: DATABASE_URL is unset and PostgreSQL is not embedded"
+            )
         self.log("devstack", "applying migrations")
         try:
             await upgrade(self.migration_database_url)
@@ -374,11 +403,7 @@ class EmbeddedStack:
 
     async def wait_for_unexpected_exit(self) -> tuple[str, int]:
         """Block until a child process exits without being asked to; returns (component name, exit code)."""
-        waiters = {
-            asyncio.ensure_future(c.process.wait()): c
-            for c in self._started
-            if c.process is not None
-        }
+        waiters = {asyncio.ensure_future(c.process.wait()): c for c in self._started if c.process is not None}
         if not waiters:
             await asyncio.Event().wait()
         try:

@@ -26,7 +26,12 @@ from .resources import charges, customers, events, payment_intents, payment_meth
 from .store import random_id
 
 RESOURCE_ROUTERS: list[APIRouter] = [
-    customers.router, payment_methods.router, payment_intents.router, charges.router, refunds.router, events.router,
+    customers.router,
+    payment_methods.router,
+    payment_intents.router,
+    charges.router,
+    refunds.router,
+    events.router,
 ]
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600  # Stripe keeps idempotent results for at least 24 hours
@@ -51,14 +56,18 @@ def _api_key(headers: dict[str, str]) -> str:
             key = ""
     if not key:
         raise StripeError(
-            401, "You did not provide an API key. You need to provide your API key in the Authorization header, "
-                 "using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
+            401,
+            "You did not provide an API key. You need to provide your API key in the Authorization header, "
+            "using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
             type="authentication_error",
         )
     if not key.startswith("sk_test_"):
-        raise StripeError(401, f"Invalid API Key provided: {_redact_key(key)} "
-                               "(the Stripe sandbox accepts test-mode secret keys, sk_test_…)",
-                          type="authentication_error")
+        raise StripeError(
+            401,
+            f"Invalid API Key provided: {_redact_key(key)} "
+            "(the Stripe sandbox accepts test-mode secret keys, sk_test_…)",
+            type="authentication_error",
+        )
     return key
 
 
@@ -84,8 +93,14 @@ class StripeApiMiddleware:
         request_id = random_id("req", 14)
         idem_key = headers.get("idempotency-key") or None
         entry: dict[str, Any] = {
-            "id": request_id, "time": time.time(), "method": method, "path": path,
-            "idempotency_key": idem_key, "status": None, "replayed": False, "fault": None,
+            "id": request_id,
+            "time": time.time(),
+            "method": method,
+            "path": path,
+            "idempotency_key": idem_key,
+            "status": None,
+            "replayed": False,
+            "fault": None,
         }
         self.sandbox.requests.append(entry)
         extra_headers = {"request-id": request_id, "stripe-version": headers.get("stripe-version", DEFAULT_API_VERSION)}
@@ -115,8 +130,11 @@ class StripeApiMiddleware:
         if idempotent:
             assert idem_key is not None
             if len(idem_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-                err = StripeError(400, f"Idempotency keys can be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters long.",
-                                  code="idempotency_key_too_long")
+                err = StripeError(
+                    400,
+                    f"Idempotency keys can be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters long.",
+                    code="idempotency_key_too_long",
+                )
                 await self._send(send, entry, err.status, err.body(request_id), extra_headers)
                 return
             self.sandbox.store.idempotency_prune(IDEMPOTENCY_TTL_SECONDS)
@@ -124,27 +142,37 @@ class StripeApiMiddleware:
             if record is not None:
                 if record["fingerprint"] != fingerprint:
                     err = StripeError(
-                        400, "Keys for idempotent requests can only be used with the same parameters they were first "
-                             f"used with. Try using a key other than '{idem_key}' if you meant to execute a different request.",
+                        400,
+                        "Keys for idempotent requests can only be used with the same parameters they were first "
+                        f"used with. Try using a key other than '{idem_key}' if you meant to execute a different request.",
                         type="idempotency_error",
                     )
                     await self._send(send, entry, err.status, err.body(request_id), extra_headers)
                     return
                 entry["replayed"] = True
-                replay_headers = {**extra_headers, "idempotent-replayed": "true",
-                                  "original-request": record["request_id"]}
+                replay_headers = {
+                    **extra_headers,
+                    "idempotent-replayed": "true",
+                    "original-request": record["request_id"],
+                }
                 await self._send(send, entry, record["status"], record["body"], replay_headers)
                 return
             if slot in self.sandbox._in_progress:
-                err = StripeError(409, "There is currently another in-progress request using this Stripe token "
-                                       "(probably means you clicked twice). Please try again.",
-                                  type="idempotency_error", code="idempotency_key_in_use")
+                err = StripeError(
+                    409,
+                    "There is currently another in-progress request using this Stripe token "
+                    "(probably means you clicked twice). Please try again.",
+                    type="idempotency_error",
+                    code="idempotency_key_in_use",
+                )
                 await self._send(send, entry, err.status, err.body(request_id), extra_headers)
                 return
             self.sandbox._in_progress.add(slot)
 
         try:
-            call = Call(self.sandbox, account, api_key, method, path, params, request_id, idem_key if idempotent else None)
+            call = Call(
+                self.sandbox, account, api_key, method, path, params, request_id, idem_key if idempotent else None
+            )
             scope.setdefault("state", {})["stripe_call"] = call
             status, resp_headers, resp_body = await self._run(scope, body)
             stored = _NO_STORE_HEADER not in resp_headers
@@ -152,9 +180,16 @@ class StripeApiMiddleware:
             payload = json.loads(resp_body) if resp_body else {}
             if idempotent and stored:
                 assert idem_key is not None
-                self.sandbox.store.idempotency_put(account, idem_key, {
-                    "fingerprint": fingerprint, "status": status, "body": payload, "request_id": request_id,
-                })
+                self.sandbox.store.idempotency_put(
+                    account,
+                    idem_key,
+                    {
+                        "fingerprint": fingerprint,
+                        "status": status,
+                        "body": payload,
+                        "request_id": request_id,
+                    },
+                )
         finally:
             if idempotent:
                 self.sandbox._in_progress.discard(slot)
@@ -185,7 +220,9 @@ class StripeApiMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers.update({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])})
+                headers.update(
+                    {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
+                )
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
@@ -232,8 +269,11 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
 
     @router.get("/requests")
     async def list_requests(limit: int = 100, path_prefix: str = "", method: str | None = None) -> dict[str, Any]:
-        items = [r for r in sandbox.requests
-                 if r["path"].startswith(path_prefix) and (method is None or r["method"] == method.upper())]
+        items = [
+            r
+            for r in sandbox.requests
+            if r["path"].startswith(path_prefix) and (method is None or r["method"] == method.upper())
+        ]
         return {"data": items[-limit:]}
 
     @router.delete("/requests")
@@ -312,8 +352,9 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
         pi = sandbox.store.get(pis.KIND, account, pi_id) if account else None
         if account is None or pi is None:
             return JSONResponse({"error": f"no such payment_intent: {pi_id!r}"}, status_code=404)
-        call = Call(sandbox, account, "", "POST", f"/_sandbox/payment_intents/{pi_id}/authenticate", {},
-                    random_id("req", 14))
+        call = Call(
+            sandbox, account, "", "POST", f"/_sandbox/payment_intents/{pi_id}/authenticate", {}, random_id("req", 14)
+        )
         try:
             result = pis.complete_authentication(call, dict(pi), bool((spec or {}).get("success", True)))
         except StripeError as err:
@@ -326,8 +367,12 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
 
 def create_app(sandbox: Sandbox | None = None) -> FastAPI:
     sandbox = sandbox or Sandbox()
-    app = FastAPI(title="ProgNetwork Stripe sandbox (development only)", docs_url="/_sandbox/docs",
-                  redoc_url=None, openapi_url="/_sandbox/openapi.json")
+    app = FastAPI(
+        title="ProgNetwork Stripe sandbox (development only)",
+        docs_url="/_sandbox/docs",
+        redoc_url=None,
+        openapi_url="/_sandbox/openapi.json",
+    )
     app.state.sandbox = sandbox
 
     @app.exception_handler(StripeError)
@@ -346,9 +391,12 @@ def create_app(sandbox: Sandbox | None = None) -> FastAPI:
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "DELETE", "PUT", "PATCH"], include_in_schema=False)
     async def unknown_url(request: Request, call: Call = Depends(current_call)) -> None:
-        raise StripeError(404, f"Unrecognized request URL ({request.method}: {request.url.path}). "
-                               "The Stripe sandbox implements only the endpoints ProgNetwork uses.",
-                          store_idempotent=False)
+        raise StripeError(
+            404,
+            f"Unrecognized request URL ({request.method}: {request.url.path}). "
+            "The Stripe sandbox implements only the endpoints ProgNetwork uses.",
+            store_idempotent=False,
+        )
 
     app.add_middleware(StripeApiMiddleware, sandbox=sandbox)
     return app

@@ -50,8 +50,13 @@ class Fault:
         code = self.code
         if code is None and self.status == 400:
             code = "parameter_invalid"  # a permanent request error
-        return StripeError(self.status, self.message, code=code, decline_code=self.decline_code,
-                           store_idempotent=False if self.phase == "before" else None)
+        return StripeError(
+            self.status,
+            self.message,
+            code=code,
+            decline_code=self.decline_code,
+            store_idempotent=False if self.phase == "before" else None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
