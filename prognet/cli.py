@@ -367,7 +367,8 @@ def cmd_stripe_sandbox(args: argparse.Namespace) -> int:
         sandbox,
         lambda: (
             f"Stripe sandbox (development only) on {sandbox.api_base}, state in {state_file or 'memory'}\n"
-            f"  STRIPE_API_BASE={sandbox.api_base} STRIPE_SECRET_KEY=sk_test_…  admin: {sandbox.api_base}/_sandbox/docs\n"
+            f"  STRIPE_API_BASE={sandbox.api_base} STRIPE_SECRET_KEY=sk_test_…"
+            f"  admin: {sandbox.api_base}/_sandbox/docs\n"
             f"  webhooks: {settings.stripe_webhook_url or 'recorded only (set STRIPE_WEBHOOK_URL to send them)'}"
         ),
     )

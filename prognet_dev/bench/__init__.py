@@ -387,7 +387,8 @@ async def run(args: argparse.Namespace) -> None:
                 f"   ratio {login_rate / raw_rate:.2f} of raw argon2"
             )
             print(
-                f"   GET /healthz p50/p99 idle                 : {_pct(idle, 0.5) * 1000:6.1f} / {_pct(idle, 0.99) * 1000:6.1f} ms"
+                f"   GET /healthz p50/p99 idle                 : {_pct(idle, 0.5) * 1000:6.1f} / "
+                f"{_pct(idle, 0.99) * 1000:6.1f} ms"
                 f"  ({len(idle)} probes)"
             )
             print(

@@ -274,7 +274,8 @@ async def verify_run(stack, admin, run: BillingRun) -> list[str]:
             rows = (
                 await conn.execute(
                     text(
-                        "SELECT status, payment_intent_id, workflow_id FROM invoices WHERE subscription_id::text = ANY(:ids)"
+                        "SELECT status, payment_intent_id, workflow_id FROM invoices "
+                        "WHERE subscription_id::text = ANY(:ids)"
                     ),
                     {"ids": list(sub_ids)},
                 )

@@ -144,7 +144,8 @@ class StripeApiMiddleware:
                     err = StripeError(
                         400,
                         "Keys for idempotent requests can only be used with the same parameters they were first "
-                        f"used with. Try using a key other than '{idem_key}' if you meant to execute a different request.",
+                        f"used with. Try using a key other than '{idem_key}' if you meant to execute a different "
+                        "request.",
                         type="idempotency_error",
                     )
                     await self._send(send, entry, err.status, err.body(request_id), extra_headers)

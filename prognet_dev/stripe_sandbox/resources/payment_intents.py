@@ -6,7 +6,8 @@ Stripe's state machine and the behaviour of Stripe's test PaymentMethods.
                                                                 → requires_payment_method + last_payment_error (decline:
                                                                   HTTP 402 card_error carrying the PaymentIntent)
                                                                 → requires_action (3D Secure; off_session or
-                                                                  error_on_requires_action: a 402 authentication_required)
+                                                                  error_on_requires_action: a 402
+                                                                  authentication_required)
     requires_action → (the customer authenticates: `POST /_sandbox/payment_intents/{id}/authenticate`) → succeeded
                                                                    or requires_payment_method (authentication failed)
     any status but succeeded → canceled
