@@ -247,16 +247,18 @@ class StripeApiMiddleware:
 def _admin_router(sandbox: Sandbox) -> APIRouter:
     router = APIRouter(prefix="/_sandbox", tags=["sandbox admin (not Stripe)"])
 
-    @router.post("/faults", status_code=201)
-    async def add_fault(spec: dict[str, Any]) -> dict[str, Any]:
+    # these routes answer a bad request with a JSONResponse of their own: the model is given explicitly, because
+    # FastAPI would otherwise take the `dict | JSONResponse` return annotation as one
+    @router.post("/faults", status_code=201, response_model=dict[str, Any])
+    async def add_fault(spec: dict[str, Any]) -> dict[str, Any] | JSONResponse:
         allowed = {"status", "count", "path_prefix", "method", "phase", "code", "message", "decline_code"}
         unknown = set(spec) - allowed
         if unknown:
-            return JSONResponse({"error": f"unknown fields: {sorted(unknown)}"}, status_code=400)  # type: ignore[return-value]
+            return JSONResponse({"error": f"unknown fields: {sorted(unknown)}"}, status_code=400)
         try:
             fault = sandbox.faults.add(Fault(**spec))
         except (TypeError, ValueError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)  # type: ignore[return-value]
+            return JSONResponse({"error": str(exc)}, status_code=400)
         return fault.to_dict()
 
     @router.get("/faults")
@@ -301,19 +303,19 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
         """The endpoint, secrets, mode, hold switch, and how many events are held or pending."""
         return sandbox.webhooks.status()
 
-    @router.post("/webhooks")
-    async def configure_webhooks(spec: dict[str, Any]) -> dict[str, Any]:
+    @router.post("/webhooks", response_model=dict[str, Any])
+    async def configure_webhooks(spec: dict[str, Any]) -> dict[str, Any] | JSONResponse:
         """{"mode": "normal"|"duplicate"|"reverse", "hold": bool, "url": str|null, "secret": str|[str]|null,
         "enabled_events": [..], "retry_delays": [seconds, ..], "timeout": seconds} — fields left out are unchanged;
         switching hold off releases the held events."""
         allowed = {"mode", "hold", "url", "secret", "enabled_events", "retry_delays", "timeout"}
         unknown = set(spec) - allowed
         if unknown:
-            return JSONResponse({"error": f"unknown fields: {sorted(unknown)}"}, status_code=400)  # type: ignore[return-value]
+            return JSONResponse({"error": f"unknown fields: {sorted(unknown)}"}, status_code=400)
         try:
             return sandbox.webhooks.configure(**spec)
         except (TypeError, ValueError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)  # type: ignore[return-value]
+            return JSONResponse({"error": str(exc)}, status_code=400)
 
     @router.post("/webhooks/flush")
     async def flush_webhooks() -> dict[str, Any]:
@@ -331,14 +333,14 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
         sandbox.webhooks.deliveries.clear()
         return {"data": []}
 
-    @router.post("/webhooks/resend")
-    async def resend_event(spec: dict[str, Any]) -> dict[str, Any]:
+    @router.post("/webhooks/resend", response_model=dict[str, Any])
+    async def resend_event(spec: dict[str, Any]) -> dict[str, Any] | JSONResponse:
         """{"event": "evt_…"}: deliver that event again (as `stripe events resend`)."""
         event_id = str(spec.get("event", ""))
         account = sandbox.store.account_of("event", event_id)
         event = sandbox.store.get("event", account, event_id) if account else None
         if event is None:
-            return JSONResponse({"error": f"no such event: {event_id!r}"}, status_code=404)  # type: ignore[return-value]
+            return JSONResponse({"error": f"no such event: {event_id!r}"}, status_code=404)
         sandbox.webhooks.resend(event)
         return {"resent": event_id}
 

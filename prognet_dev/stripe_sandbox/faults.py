@@ -16,6 +16,8 @@ from .errors import StripeError
 
 ALLOWED_STATUSES = {400, 401, 402, 403, 404, 409, 429, 500, 502, 503}
 
+Phase = Literal["before", "after"]
+
 
 @dataclass
 class Fault:
@@ -23,7 +25,7 @@ class Fault:
     count: int = 1
     path_prefix: str = "/v1/"
     method: str | None = None  # None: any method
-    phase: Literal["before", "after"] = "before"
+    phase: Phase = "before"
     code: str | None = None
     message: str | None = None
     decline_code: str | None = None

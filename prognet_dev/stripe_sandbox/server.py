@@ -14,7 +14,7 @@ import uvicorn
 
 from .app import create_app
 from .core import Sandbox
-from .faults import Fault
+from .faults import Fault, Phase
 from .store import StateStore
 
 log = logging.getLogger("prognet.stripe_sandbox")
@@ -147,7 +147,7 @@ class StripeSandbox:
         *,
         path_prefix: str = "/v1/",
         method: str | None = None,
-        phase: str = "before",
+        phase: Phase = "before",
         code: str | None = None,
         message: str | None = None,
         decline_code: str | None = None,
@@ -158,7 +158,7 @@ class StripeSandbox:
             count=count,
             path_prefix=path_prefix,
             method=method,
-            phase=phase,  # type: ignore[arg-type]
+            phase=phase,
             code=code,
             message=message,
             decline_code=decline_code,

@@ -90,7 +90,7 @@ class WebhookDispatcher:
         *,
         url: str | Any | None = ...,
         secret: str | list[str] | Any | None = ...,
-        mode: str | None = None,
+        mode: Mode | None = None,
         hold: bool | None = None,
         enabled_events: list[str] | None = None,
         retry_delays: list[float] | None = None,
@@ -111,7 +111,7 @@ class WebhookDispatcher:
                 raise ValueError("secret must be a non-empty string (or a list of them)")
             self.config.secrets = secrets
         if mode is not None:
-            self.config.mode = mode  # type: ignore[assignment]
+            self.config.mode = mode
         if enabled_events is not None:
             self.config.enabled_events = list(enabled_events)
         if retry_delays is not None:

@@ -79,8 +79,8 @@ def new_charge(
         "description": pi["description"],
         "disputed": False,
         "failure_balance_transaction": None,
-        "failure_code": None if succeeded else failure["code"],  # type: ignore[index]
-        "failure_message": None if succeeded else failure["message"],  # type: ignore[index]
+        "failure_code": None if failure is None else failure["code"],
+        "failure_message": None if failure is None else failure["message"],
         "fraud_details": {},
         "livemode": False,
         "metadata": dict(pi["metadata"]),
