@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from prognet.settings import Settings
 
 _COLORS = ["36", "35", "33", "32", "34", "31", "96", "95"]
 EXIT_NO_DEV_EXTRA = 2
+LogSink = Callable[[str, str], None]  # (component, line), as prognet_dev.process.LogSink (not imported here)
 
 
 class DevExtraMissing(Exception):
@@ -56,7 +58,7 @@ def _error(message: str) -> int:
     return 1
 
 
-def _make_log_sink():
+def _make_log_sink() -> LogSink:
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     assigned: dict[str, str] = {}
 
@@ -74,7 +76,7 @@ def _make_log_sink():
 class _SinkHandler(logging.Handler):
     """Routes the supervisor's own log records (e.g. the in-process SMTP sink) through the prefixed log stream."""
 
-    def __init__(self, sink) -> None:
+    def __init__(self, sink: LogSink) -> None:
         super().__init__()
         self.sink = sink
 
@@ -84,6 +86,7 @@ class _SinkHandler(logging.Handler):
 
 
 # --- prognet dev --------------------------------------------------------------------------------------------
+
 
 def cmd_dev(args: argparse.Namespace) -> int:
     dev = _dev_harness()
@@ -142,7 +145,9 @@ async def _dev(dev, settings: Settings, sink, *, with_app: bool) -> int:
         done, _ = await asyncio.wait({exit_waiter, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
         if exit_waiter in done:
             name, rc = exit_waiter.result()
-            print(f"error: {name} exited unexpectedly (exit code {rc}); stopping everything", file=sys.stderr, flush=True)
+            print(
+                f"error: {name} exited unexpectedly (exit code {rc}); stopping everything", file=sys.stderr, flush=True
+            )
             code = 1
     finally:
         exit_waiter.cancel()
@@ -154,6 +159,7 @@ async def _dev(dev, settings: Settings, sink, *, with_app: bool) -> int:
 
 # --- app processes --------------------------------------------------------------------------------------------
 
+
 def cmd_worker(args: argparse.Namespace) -> int:
     _settings(args)
     try:
@@ -161,10 +167,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _error(f"cannot import workers.main.run_worker: {exc}")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_worker())
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -174,8 +178,14 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     host = args.host or settings.api_host
     port = args.port or settings.api_port
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level=settings.log_level.lower(),
-                proxy_headers=True)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
     return 0
 
 
@@ -202,9 +212,7 @@ def _run_upgrade(url: str) -> int:
     from models.migrate import upgrade
 
     try:
-        result = upgrade(url)
-        if inspect.isawaitable(result):
-            asyncio.run(result)  # type: ignore[arg-type]
+        asyncio.run(upgrade(url))
     except Exception as exc:
         return _error(f"migrations failed: {type(exc).__name__}: {exc}")
     print("database is at the latest revision")
@@ -212,6 +220,7 @@ def _run_upgrade(url: str) -> int:
 
 
 # --- platform operators -------------------------------------------------------------------------------------
+
 
 def cmd_admin(args: argparse.Namespace) -> int:
     """`prognet admin grant|revoke EMAIL`: set or clear users.is_platform_admin, recorded as a domain event."""
@@ -245,7 +254,7 @@ async def _postgres_answers(dsn: str) -> bool:
 
     try:
         conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True
@@ -264,9 +273,11 @@ async def _set_platform_admin(database_url: str, email: str, grant: bool) -> int
     engine = make_engine(database_url)
     try:
         async with transaction(engine) as session:
-            user = (await session.exec(
-                select(User).where(func.lower(User.email) == email.strip().lower()).with_for_update()
-            )).first()
+            user = (
+                await session.exec(
+                    select(User).where(func.lower(User.email) == email.strip().lower()).with_for_update()
+                )
+            ).first()
             if user is None:
                 return _error(f"no user with that email: {email}")
             if user.is_platform_admin == grant:
@@ -274,8 +285,13 @@ async def _set_platform_admin(database_url: str, email: str, grant: bool) -> int
                 return 0
             user.is_platform_admin = grant
             session.add(user)
-            record_event(session, "user.platform_admin_granted" if grant else "user.platform_admin_revoked",
-                         "user", user.id, {"via": "prognet admin"})
+            record_event(
+                session,
+                "user.platform_admin_granted" if grant else "user.platform_admin_revoked",
+                "user",
+                user.id,
+                {"via": "prognet admin"},
+            )
         print(f"{user.email} {'is now' if grant else 'is no longer'} a platform admin")
         return 0
     except Exception as exc:
@@ -285,6 +301,7 @@ async def _set_platform_admin(database_url: str, email: str, grant: bool) -> int
 
 
 # --- SMTP sink and mail -------------------------------------------------------------------------------------
+
 
 def _maildir(args: argparse.Namespace, settings: Settings) -> Path:
     return Path(args.maildir) if getattr(args, "maildir", None) else settings.data_dir / "mail"
@@ -302,13 +319,18 @@ def cmd_smtp_sink(args: argparse.Namespace) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
 
     sink = dev.SmtpSink(maildir, host=args.host, port=port, slow_seconds=args.slow_seconds)
-    return _serve_until_signal(sink, lambda: (
-        f"SMTP sink listening on {args.host}:{sink.port}, storing messages in {maildir} "
-        f"(test tags: +fail421, +fail550, +slow = {args.slow_seconds:g}s)"))
+    return _serve_until_signal(
+        sink,
+        lambda: (
+            f"SMTP sink listening on {args.host}:{sink.port}, storing messages in {maildir} "
+            f"(test tags: +fail421, +fail550, +slow = {args.slow_seconds:g}s)"
+        ),
+    )
 
 
 def _serve_until_signal(service, banner) -> int:
     """Start an in-process service (start()/stop()), print its banner, run until SIGINT/SIGTERM."""
+
     async def run() -> None:
         await service.start()
         print(banner(), flush=True)
@@ -330,25 +352,36 @@ def cmd_stripe_sandbox(args: argparse.Namespace) -> int:
     dev = _dev_harness()
 
     port = args.port or settings.stripe_sandbox_port
-    state_file = None if args.in_memory else Path(args.state_file or settings.data_dir / "stripe" / "state.json").resolve()
+    state_file = (
+        None if args.in_memory else Path(args.state_file or settings.data_dir / "stripe" / "state.json").resolve()
+    )
     if not dev.port_is_free(args.host, port):
         return _error(f"Stripe sandbox port {args.host}:{port} is busy")
     logging.basicConfig(level="INFO", format="%(asctime)s stripe | %(message)s")
 
     secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
-    sandbox = dev.StripeSandbox(state_file=state_file, host=args.host, port=port,
-                            webhook_url=settings.stripe_webhook_url, webhook_secret=secret)
-    return _serve_until_signal(sandbox, lambda: (
-        f"Stripe sandbox (development only) on {sandbox.api_base}, state in {state_file or 'memory'}\n"
-        f"  STRIPE_API_BASE={sandbox.api_base} STRIPE_SECRET_KEY=sk_test_…  admin: {sandbox.api_base}/_sandbox/docs\n"
-        f"  webhooks: {settings.stripe_webhook_url or 'recorded only (set STRIPE_WEBHOOK_URL to send them)'}"))
+    sandbox = dev.StripeSandbox(
+        state_file=state_file, host=args.host, port=port, webhook_url=settings.stripe_webhook_url, webhook_secret=secret
+    )
+    return _serve_until_signal(
+        sandbox,
+        lambda: (
+            f"Stripe sandbox (development only) on {sandbox.api_base}, state in {state_file or 'memory'}\n"
+            f"  STRIPE_API_BASE={sandbox.api_base} STRIPE_SECRET_KEY=sk_test_…"
+            f"  admin: {sandbox.api_base}/_sandbox/docs\n"
+            f"  webhooks: {settings.stripe_webhook_url or 'recorded only (set STRIPE_WEBHOOK_URL to send them)'}"
+        ),
+    )
 
 
 def _messages(args: argparse.Namespace, settings) -> list:
     """The sink's messages, oldest first, narrowed by --to (address) and --subject (substring)."""
-    return [m for m in _dev_harness().read_messages(_maildir(args, settings))
-            if (not args.to or str(m.get("To", "")).lower() == args.to.lower())
-            and (not args.subject or args.subject.lower() in str(m.get("Subject", "")).lower())]
+    return [
+        m
+        for m in _dev_harness().read_messages(_maildir(args, settings))
+        if (not args.to or str(m.get("To", "")).lower() == args.to.lower())
+        and (not args.subject or args.subject.lower() in str(m.get("Subject", "")).lower())
+    ]
 
 
 def _mail_filters(p: argparse.ArgumentParser) -> None:
@@ -393,6 +426,7 @@ def cmd_mail_show(args: argparse.Namespace) -> int:
 
 # --- bench ----------------------------------------------------------------------------------------------------
 
+
 def cmd_bench(args: argparse.Namespace) -> int:
     _dev_harness()
     from prognet_dev.bench import main as bench
@@ -402,8 +436,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # --- parser ------------------------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prognet", description="ProgNetwork: a Temporal saga engine with an HTTP API.")
+    parser = argparse.ArgumentParser(
+        prog="prognet", description="ProgNetwork: a Temporal saga engine with an HTTP API."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
@@ -423,8 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, help="port (default: SMTP_PORT, 1025)")
     p.add_argument("--maildir", help="Maildir to store into (default: <data dir>/mail)")
-    p.add_argument("--slow-seconds", type=float, default=15.0,
-                   help="how long a +slow recipient's DATA reply is held (default: 15, above the send timeout)")
+    p.add_argument(
+        "--slow-seconds",
+        type=float,
+        default=15.0,
+        help="how long a +slow recipient's DATA reply is held (default: 15, above the send timeout)",
+    )
     p = add("stripe-sandbox", cmd_stripe_sandbox, "run the development Stripe sandbox on its own")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, help="port (default: STRIPE_SANDBOX_PORT, 12111)")
@@ -433,10 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin = sub.add_parser("admin", help="platform operators (users who may act on every tenant's dead letters)")
     admin_sub = admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
-    for action, help_text in (("grant", "make the user with this email a platform admin"),
-                              ("revoke", "clear the platform-admin flag of the user with this email")):
-        p = admin_sub.add_parser(action, help=help_text, description=help_text + " (MIGRATION_DATABASE_URL or "
-                                 "DATABASE_URL, else the embedded database of the data dir)")
+    for action, help_text in (
+        ("grant", "make the user with this email a platform admin"),
+        ("revoke", "clear the platform-admin flag of the user with this email"),
+    ):
+        p = admin_sub.add_parser(
+            action,
+            help=help_text,
+            description=help_text + " (MIGRATION_DATABASE_URL or "
+            "DATABASE_URL, else the embedded database of the data dir)",
+        )
         p.add_argument("email", help="the user's email (case-insensitive)")
         p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
         p.set_defaults(func=cmd_admin)
@@ -467,8 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except DevExtraMissing as exc:
-        print(f"error: this command needs the development extra (module {exc} is missing): "
-              "pip install 'prognet[dev]'", file=sys.stderr, flush=True)
+        print(
+            f"error: this command needs the development extra (module {exc} is missing): pip install 'prognet[dev]'",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_NO_DEV_EXTRA
 
 

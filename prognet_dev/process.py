@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import os
 import signal
@@ -23,10 +24,8 @@ def _die_with_parent(sig: int) -> Callable[[], None] | None:
         return None
 
     def _set() -> None:
-        try:
+        with contextlib.suppress(Exception):  # best effort
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        except Exception:  # pragma: no cover - best effort
-            pass
 
     return _set
 
@@ -113,29 +112,23 @@ class ManagedProcess:
             self.last_lines.append(line)
             if self.line_filter is not None and not self.line_filter(line):
                 continue
-            try:
+            with contextlib.suppress(Exception):  # a broken log sink must not kill the pump
                 self._log(self.name, line)
-            except Exception:  # a broken log sink must not kill the pump
-                pass
 
     async def wait(self) -> int:
         """Wait for the process to exit and for its output to be drained; returns its exit code."""
         assert self.proc is not None
         rc = await self.proc.wait()
         if self._pump is not None:
-            try:
+            with contextlib.suppress(Exception):  # includes the TimeoutError of a pump that will not finish
                 await asyncio.wait_for(asyncio.shield(self._pump), 2)
-            except (asyncio.TimeoutError, Exception):
-                pass
         return rc
 
     def signal_group(self, sig: int) -> None:
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     async def stop(self) -> int | None:
         """Stop the process and everything in its process group. Idempotent."""
@@ -151,7 +144,7 @@ class ManagedProcess:
         assert self.proc is not None
         try:
             await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._log(self.name, f"[devstack] did not stop within {timeout:.0f}s, killing it")
             self.signal_group(signal.SIGKILL)
             await self.proc.wait()
@@ -160,7 +153,7 @@ class ManagedProcess:
         if self._pump is not None:
             try:
                 await asyncio.wait_for(self._pump, 2)
-            except (asyncio.TimeoutError, Exception):
+            except Exception:  # includes TimeoutError
                 self._pump.cancel()
 
     def tail(self, n: int = 5) -> str:

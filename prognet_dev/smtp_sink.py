@@ -20,6 +20,7 @@ reply to refuse it. `before_store()` may answer DATA instead of storing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.policy
 import email.utils
 import logging
@@ -92,7 +93,9 @@ class MaildirHandler:
         return None
 
     # --- aiosmtpd callbacks ------------------------------------------------------------------------------
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         refusal = self.check_recipient(address, session, envelope)
         if refusal:
             return refusal
@@ -104,7 +107,9 @@ class MaildirHandler:
         if reply:
             return reply
         if server.transport is None or server.transport.is_closing():  # the client gave up while we waited
-            log.info("client gone before DATA was answered; not storing the message to %s", ", ".join(envelope.rcpt_tos))
+            log.info(
+                "client gone before DATA was answered; not storing the message to %s", ", ".join(envelope.rcpt_tos)
+            )
             return "451 4.4.2 Connection lost; message not stored"
         content = envelope.original_content or envelope.content or b""
         if isinstance(content, str):
@@ -126,8 +131,15 @@ class MaildirHandler:
 class SmtpSink:
     """An SMTP server on host:port storing mail into `maildir`. Use `async with` or start()/stop()."""
 
-    def __init__(self, maildir: Path, *, host: str = "127.0.0.1", port: int = 1025, handler: MaildirHandler | None = None,
-                 slow_seconds: float = DEFAULT_SLOW_SECONDS) -> None:
+    def __init__(
+        self,
+        maildir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1025,
+        handler: MaildirHandler | None = None,
+        slow_seconds: float = DEFAULT_SLOW_SECONDS,
+    ) -> None:
         self.maildir = Path(maildir)
         self.host = host
         self.port = port
@@ -138,7 +150,7 @@ class SmtpSink:
         return SMTP(self.handler, hostname=SINK_HOSTNAME, ident="ProgNetwork SMTP sink", enable_SMTPUTF8=True)
 
     async def start(self) -> None:
-        self.handler.maildir  # create the Maildir (new/cur/tmp) up front
+        _ = self.handler.maildir  # the property creates the Maildir (new/cur/tmp): do it up front
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._factory, host=self.host, port=self.port, reuse_address=True)
         if self.port == 0:
@@ -147,10 +159,8 @@ class SmtpSink:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
-            except asyncio.TimeoutError:
-                pass
             self._server = None
 
     async def serve_forever(self) -> None:
@@ -171,9 +181,10 @@ class SmtpSink:
 
 # --- reading the Maildir ---------------------------------------------------------------------------------
 
+
 def _sorted_keys(box: mailbox.Maildir) -> list[str]:
     entries = []
-    for key in box.keys():
+    for key in box.keys():  # noqa: SIM118 - iterating a Mailbox itself yields messages, not keys
         try:
             date = box.get_message(key).get_date()
         except (KeyError, FileNotFoundError):
@@ -196,7 +207,7 @@ def read_messages(maildir_path: Path | str) -> list[EmailMessage]:
             raw = box.get_bytes(key)
         except (KeyError, FileNotFoundError):
             continue
-        messages.append(parser.parsebytes(raw))  # type: ignore[arg-type]
+        messages.append(parser.parsebytes(raw))
     return messages
 
 
@@ -225,4 +236,4 @@ def message_text(msg: EmailMessage) -> str:
     part = msg.get_body(preferencelist=("plain", "html"))
     if part is None:
         return ""
-    return part.get_content()  # type: ignore[no-any-return]
+    return part.get_content()

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -45,20 +46,29 @@ def print_log(name: str, line: str) -> None:
     sys.stdout.flush()
 
 
-def stack_settings(data_dir: Path | str, **values: object) -> Settings:
+def stack_settings(data_dir: Path | str, **values: Any) -> Settings:
     """Settings for a stack of its own (tests, the benchmark): every service embedded, each on a free port.
 
     The service addresses are cleared so that a DATABASE_URL (or REDIS_URL, ...) in the environment never points a
     throwaway stack at a real service; `values` override anything (e.g. smtp_host=... for an external SMTP relay).
     """
-    defaults: dict[str, object] = {
+    defaults: dict[str, Any] = {  # Any: Settings validates and converts each value
         "data_dir": Path(data_dir),
-        "database_url": None, "migration_database_url": None, "redis_url": None, "temporal_address": None,
-        "smtp_host": None, "stripe_api_base": None, "stripe_webhook_url": None,
-        "temporal_port": free_port(HOST), "temporal_ui_port": free_port(HOST), "redis_port": free_port(HOST),
-        "smtp_port": free_port(HOST), "stripe_sandbox_port": free_port(HOST), "api_port": free_port(HOST),
+        "database_url": None,
+        "migration_database_url": None,
+        "redis_url": None,
+        "temporal_address": None,
+        "smtp_host": None,
+        "stripe_api_base": None,
+        "stripe_webhook_url": None,
+        "temporal_port": free_port(HOST),
+        "temporal_ui_port": free_port(HOST),
+        "redis_port": free_port(HOST),
+        "smtp_port": free_port(HOST),
+        "stripe_sandbox_port": free_port(HOST),
+        "api_port": free_port(HOST),
     }
-    return Settings(**(defaults | values))  # type: ignore[arg-type]
+    return Settings(**(defaults | values))
 
 
 class EmbeddedStack:
@@ -97,6 +107,7 @@ class EmbeddedStack:
         self.components: list[Component] = []
         self._started: list[Component] = []
         self.migrations_applied = False
+        self._lock_fd: int | None = None  # the flock on <data dir>/.lock while started
 
         # Temporal
         self.temporal: TemporalServer | None = None
@@ -105,8 +116,12 @@ class EmbeddedStack:
             self.temporal_address: str | None = settings.temporal_address
         elif "temporal" in services:
             self.temporal = TemporalServer(
-                self.data_dir / "temporal", log=self.log, host=host,
-                port=settings.temporal_port, ui_port=settings.temporal_ui_port, namespace=self.temporal_namespace,
+                self.data_dir / "temporal",
+                log=self.log,
+                host=host,
+                port=settings.temporal_port,
+                ui_port=settings.temporal_ui_port,
+                namespace=self.temporal_namespace,
             )
             self.temporal_address = self.temporal.address
             self.temporal_ui_url = self.temporal.ui_url
@@ -148,8 +163,9 @@ class EmbeddedStack:
             self.smtp_host: str | None = settings.smtp_host
             self.smtp_port: int | None = settings.smtp_port
         elif "smtp" in services:
-            self.smtp = SmtpSinkComponent(self.maildir, host=host, port=settings.smtp_port,
-                                          slow_seconds=smtp_slow_seconds)
+            self.smtp = SmtpSinkComponent(
+                self.maildir, host=host, port=settings.smtp_port, slow_seconds=smtp_slow_seconds
+            )
             self.smtp_host, self.smtp_port = host, self.smtp.sink.port
             self.components.append(self.smtp)
         else:
@@ -161,8 +177,9 @@ class EmbeddedStack:
         if settings.stripe_api_base:
             self.stripe_api_base: str | None = settings.stripe_api_base
         elif "stripe" in services:
-            self.stripe = StripeSandboxComponent(self.data_dir / "stripe" / "state.json", host=host,
-                                                 port=settings.stripe_sandbox_port)
+            self.stripe = StripeSandboxComponent(
+                self.data_dir / "stripe" / "state.json", host=host, port=settings.stripe_sandbox_port
+            )
             self.stripe_api_base = self.stripe.api_base
             self.stripe_secret_key = self.stripe_secret_key or DEV_STRIPE_SECRET_KEY
             self.components.append(self.stripe)
@@ -180,7 +197,8 @@ class EmbeddedStack:
         self.stripe_webhook_secret = _secret(settings.stripe_webhook_secret)
         if self.stripe is not None:
             self.stripe_webhook_url = settings.stripe_webhook_url or (
-                f"{self.api_url}/v1/webhooks/stripe" if self.api_url else None)
+                f"{self.api_url}/v1/webhooks/stripe" if self.api_url else None
+            )
             self.stripe_webhook_secret = self.stripe_webhook_secret or DEV_STRIPE_WEBHOOK_SECRET
             self.stripe.configure_webhooks(self.stripe_webhook_url, self.stripe_webhook_secret)
 
@@ -188,12 +206,21 @@ class EmbeddedStack:
         self.api: AppProcess | None = None
         if app:
             self.worker = AppProcess(
-                "Worker", "worker", log=self.log, env=self.env(), cwd=REPO_ROOT,
+                "Worker",
+                "worker",
+                log=self.log,
+                env=self.env(),
+                cwd=REPO_ROOT,
                 address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
             )
             self.api = AppProcess(
-                "API", "api", log=self.log, env=self.env(), cwd=REPO_ROOT,
-                listen=(host, settings.api_port), address=f"{self.api_url}/docs",
+                "API",
+                "api",
+                log=self.log,
+                env=self.env(),
+                cwd=REPO_ROOT,
+                listen=(host, settings.api_port),
+                address=f"{self.api_url}/docs",
             )
             self.components += [self.worker, self.api]
 
@@ -228,9 +255,9 @@ class EmbeddedStack:
                 values["PUBLIC_BASE_URL"] = self.api_url
         return {k: str(v) for k, v in values.items() if v is not None}
 
-    def settings(self, **overrides: object) -> Settings:
+    def settings(self, **overrides: Any) -> Settings:
         """A Settings object pointing at this stack (for tests running the worker/API in-process)."""
-        values: dict[str, object] = {
+        values: dict[str, Any] = {  # Any: Settings validates and converts each value
             "data_dir": self.data_dir,
             "database_url": self.database_url,
             "redis_url": self.redis_url,
@@ -248,7 +275,7 @@ class EmbeddedStack:
         if self.api_url:
             values.update(api_host=self.host, api_port=self.api_port, public_base_url=self.api_url)
         values.update(overrides)
-        return Settings(**values)  # type: ignore[arg-type]
+        return Settings(**values)
 
     def processes(self) -> list:
         return [c.process for c in self._started if c.process is not None]
@@ -270,7 +297,7 @@ class EmbeddedStack:
         return rows
 
     def table(self) -> str:
-        rows = [("component", "address", "data")] + self.rows()
+        rows = [("component", "address", "data"), *self.rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
         lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -298,13 +325,15 @@ class EmbeddedStack:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise StackError("data dir", f"data dir {self.data_dir} is in use by another prognet process (pid {holder})") from None
+            raise StackError(
+                "data dir", f"data dir {self.data_dir} is in use by another prognet process (pid {holder})"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
     def _unlock_data_dir(self) -> None:
-        fd = getattr(self, "_lock_fd", None)
+        fd = self._lock_fd
         if fd is None:
             return
         (self.data_dir / ".lock").unlink(missing_ok=True)
@@ -323,7 +352,7 @@ class EmbeddedStack:
                     raise result
             if self.run_migrations and self.database_url:
                 await self.migrate()
-            for component in self.components[len(self._infra):]:
+            for component in self.components[len(self._infra) :]:
                 await self._start_one(component)
         except BaseException:
             await self.stop()
@@ -347,6 +376,10 @@ class EmbeddedStack:
         """Apply the Alembic migrations as the owner; on the embedded server, let the app role log in."""
         from models.migrate import upgrade
 
+        if self.migration_database_url is None:
+            raise StackError(
+                "migrations", "no database to migrate: DATABASE_URL is unset and PostgreSQL is not embedded"
+            )
         self.log("devstack", "applying migrations")
         try:
             await upgrade(self.migration_database_url)
@@ -370,11 +403,7 @@ class EmbeddedStack:
 
     async def wait_for_unexpected_exit(self) -> tuple[str, int]:
         """Block until a child process exits without being asked to; returns (component name, exit code)."""
-        waiters = {
-            asyncio.ensure_future(c.process.wait()): c
-            for c in self._started
-            if c.process is not None
-        }
+        waiters = {asyncio.ensure_future(c.process.wait()): c for c in self._started if c.process is not None}
         if not waiters:
             await asyncio.Event().wait()
         try:

@@ -45,9 +45,10 @@ def parse_sections(text: str) -> set[int]:
         if not part:
             continue
         number = SECTION_NAMES.get(part) or (int(part) if part.isdigit() else None)
-        if number not in SECTION_NAMES.values():
+        if number is None or number not in SECTION_NAMES.values():
             raise argparse.ArgumentTypeError(
-                f"unknown section {part!r} (1-4 or {', '.join(sorted(set(SECTION_NAMES)))})")
+                f"unknown section {part!r} (1-4 or {', '.join(sorted(set(SECTION_NAMES)))})"
+            )
         sections.add(number)
     if not sections:
         raise argparse.ArgumentTypeError("no section chosen")
@@ -79,6 +80,7 @@ async def _gather_limited(n: int, limit: int, make) -> list:
 
 # --- 1. sagas ------------------------------------------------------------------------------------------------
 
+
 async def bench_registrations(http: httpx.AsyncClient, maildir: Path, n: int, concurrency: int) -> float:
     """Seconds for n registrations, from the first POST until every verification email is in the Maildir."""
     from prognet_dev import read_messages
@@ -92,15 +94,19 @@ async def bench_registrations(http: httpx.AsyncClient, maildir: Path, n: int, co
         # after Retry-After with the same Idempotency-Key, which finds the same registration.
         key = f"bench-{run}-{i}"
         while True:
-            r = await http.post("/v1/auth/register", headers={"Idempotency-Key": key},
-                                json={"email": f"bench-{run}-{i}@example.com", "password": BENCH_PASSWORD})
+            r = await http.post(
+                "/v1/auth/register",
+                headers={"Idempotency-Key": key},
+                json={"email": f"bench-{run}-{i}@example.com", "password": BENCH_PASSWORD},
+            )
             if r.status_code != 503:
                 break
             await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
         r.raise_for_status()
 
     await _gather_limited(n, concurrency, register)
-    while len(read_messages(maildir)) < before + n:
+    # the sink writes the Maildir from another task; the files are all there is to wait on
+    while len(read_messages(maildir)) < before + n:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     return time.perf_counter() - start
 
@@ -115,15 +121,19 @@ async def bench_noop_workflows(address: str, n: int, concurrency: int, steps: in
     start = time.perf_counter()
 
     async def one(i: int) -> None:
-        await client.execute_workflow(NoopWorkflow.run, NOOP_ACTIVITIES if steps is None else steps,
-                                      id=f"bench-noop-{run}-{i}",
-                                      task_queue=NOOP_TASK_QUEUE)
+        await client.execute_workflow(
+            NoopWorkflow.run,
+            NOOP_ACTIVITIES if steps is None else steps,
+            id=f"bench-noop-{run}-{i}",
+            task_queue=NOOP_TASK_QUEUE,
+        )
 
     await _gather_limited(n, concurrency, one)
     return time.perf_counter() - start
 
 
 # --- 2. logins ---------------------------------------------------------------------------------------------------
+
 
 def bench_raw_argon2(n: int) -> float:
     """Seconds for n argon2 verifications spread over one thread per core (the API's own setup)."""
@@ -164,7 +174,9 @@ async def probe_healthz(http: httpx.AsyncClient, stop: asyncio.Event) -> list[fl
     return latencies
 
 
-async def bench_logins(http: httpx.AsyncClient, emails: list[str], n: int, concurrency: int) -> tuple[float, list[float]]:
+async def bench_logins(
+    http: httpx.AsyncClient, emails: list[str], n: int, concurrency: int
+) -> tuple[float, list[float]]:
     stop = asyncio.Event()
     async with httpx.AsyncClient(base_url=str(http.base_url), timeout=30) as probe_client:
         prober = asyncio.create_task(probe_healthz(probe_client, stop))
@@ -189,6 +201,7 @@ async def idle_healthz(http: httpx.AsyncClient, seconds: float) -> list[float]:
 
 
 # --- 3. emails ---------------------------------------------------------------------------------------------------
+
 
 def maildir_count(maildir: Path) -> int:
     """Messages in the Maildir, by counting files (parsing them all while polling would steal the CPU measured)."""
@@ -237,10 +250,15 @@ async def bench_email_pipeline(client, maildir: Path, n: int, concurrency: int) 
 
     async def one(i: int) -> None:
         message_id = uuid.uuid4()
-        req = EmailRequest(message_id=message_id, template="notice", to_address=f"bench-{run}-{i}@example.com",
-                           params={"subject": "Bench", "body": "Hello"})
-        await client.start_workflow(EMAIL_DELIVERY_WORKFLOW, req, id=email_workflow_id(message_id),
-                                    task_queue=EMAIL_TASK_QUEUE)
+        req = EmailRequest(
+            message_id=message_id,
+            template="notice",
+            to_address=f"bench-{run}-{i}@example.com",
+            params={"subject": "Bench", "body": "Hello"},
+        )
+        await client.start_workflow(
+            EMAIL_DELIVERY_WORKFLOW, req, id=email_workflow_id(message_id), task_queue=EMAIL_TASK_QUEUE
+        )
 
     await _gather_limited(n, concurrency, one)
     await wait_for_maildir(maildir, before + n, max(120.0, n / 2))
@@ -249,20 +267,31 @@ async def bench_email_pipeline(client, maildir: Path, n: int, concurrency: int) 
 
 # --- driver ----------------------------------------------------------------------------------------------------
 
+
 async def run(args: argparse.Namespace) -> None:
     from prognet_dev import EmbeddedStack, stack_settings
 
     data_dir = Path(tempfile.mkdtemp(prefix="prognet-bench-"))
-    data_dir.chmod(0o755)
-    stack = EmbeddedStack(stack_settings(data_dir / "data"), app=True, log=_quiet,
-                          extra_env={"EMAIL_MAX_PER_SECOND": str(EMAIL_BENCH_MAX_PER_SECOND)})
+    data_dir.chmod(0o755)  # noqa: ASYNC240 - once, before the loop runs anything else
+    stack = EmbeddedStack(
+        stack_settings(data_dir / "data"),
+        app=True,
+        log=_quiet,
+        extra_env={"EMAIL_MAX_PER_SECOND": str(EMAIL_BENCH_MAX_PER_SECOND)},
+    )
     sections = args.sections
     stripe_admin = None
     print(f"starting the embedded stack in {data_dir} ...", flush=True)
     await stack.start()
-    noop_worker = subprocess.Popen([sys.executable, "-m", "prognet_dev.bench.noop_workflow", stack.temporal_address],
-                                   stdout=subprocess.PIPE, text=True)
+    # stack_settings embeds every service and app=True starts the API, so start() has resolved every address
+    assert stack.temporal_address and stack.api_url and stack.database_url, "the bench's stack is fully embedded"
+    assert stack.smtp_host and stack.smtp_port and stack.stripe_api_base, "the bench's stack is fully embedded"
+    # a plain child for the whole run, stopped synchronously in `finally`; it needs only Temporal (its own process),
+    # so blocking on its `ready` line stalls nothing it depends on
+    noop_argv = [sys.executable, "-m", "prognet_dev.bench.noop_workflow", stack.temporal_address]
+    noop_worker = subprocess.Popen(noop_argv, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220
     try:
+        assert noop_worker.stdout is not None  # stdout=PIPE
         assert noop_worker.stdout.readline().strip() == "ready"
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
             print(f"cores: {os.cpu_count()}; warming up ...", flush=True)
@@ -273,8 +302,9 @@ async def run(args: argparse.Namespace) -> None:
                 from temporalio.client import Client
                 from temporalio.contrib.pydantic import pydantic_data_converter
 
-                email_client = await Client.connect(stack.temporal_address, namespace=stack.temporal_namespace,
-                                                    data_converter=pydantic_data_converter)
+                email_client = await Client.connect(
+                    stack.temporal_address, namespace=stack.temporal_namespace, data_converter=pydantic_data_converter
+                )
                 await bench_raw_smtp(stack.smtp_host, stack.smtp_port, stack.maildir, 5, 5)
                 await bench_email_pipeline(email_client, stack.maildir, 5, 5)
             if 4 in sections:
@@ -286,8 +316,11 @@ async def run(args: argparse.Namespace) -> None:
                     from temporalio.client import Client
                     from temporalio.contrib.pydantic import pydantic_data_converter
 
-                    email_client = await Client.connect(stack.temporal_address, namespace=stack.temporal_namespace,
-                                                        data_converter=pydantic_data_converter)
+                    email_client = await Client.connect(
+                        stack.temporal_address,
+                        namespace=stack.temporal_namespace,
+                        data_converter=pydantic_data_converter,
+                    )
                 bn = args.billing
                 print(f"billing: creating {bn} + {BILLING_WARMUP} tenants with Stripe customers ...", flush=True)
                 billing_subs = await billing.create_billing_tenants(stack, bn + BILLING_WARMUP)
@@ -296,9 +329,14 @@ async def run(args: argparse.Namespace) -> None:
                 from workflows.names import billing_cycle_workflow_id
 
                 shape = await billing.cycle_shape(
-                    email_client, billing_cycle_workflow_id(billing_subs[bn].subscription_id, 0))
-                await bench_noop_workflows(stack.temporal_address, BILLING_WARMUP, BILLING_WARMUP,
-                                           steps=shape.activities + shape.local_activities)
+                    email_client, billing_cycle_workflow_id(billing_subs[bn].subscription_id, 0)
+                )
+                await bench_noop_workflows(
+                    stack.temporal_address,
+                    BILLING_WARMUP,
+                    BILLING_WARMUP,
+                    steps=shape.activities + shape.local_activities,
+                )
 
             if 1 in sections:
                 n = args.sagas
@@ -316,18 +354,19 @@ async def run(args: argparse.Namespace) -> None:
 
             if 3 in sections:
                 en = args.emails
-                t_smtp = await bench_raw_smtp(stack.smtp_host, stack.smtp_port, stack.maildir, en,
-                                              args.smtp_concurrency)
+                t_smtp = await bench_raw_smtp(
+                    stack.smtp_host, stack.smtp_port, stack.maildir, en, args.smtp_concurrency
+                )
                 t_pipe = await bench_email_pipeline(email_client, stack.maildir, en, args.concurrency)
                 smtp_rate, pipe_rate = en / t_smtp, en / t_pipe
 
             if 4 in sections:
                 bn = args.billing
                 steps = shape.activities + shape.local_activities
+                assert stripe_admin is not None  # opened in the warm-up above
                 await stripe_admin.wait_for_webhooks(timeout=60)
                 t_bare = await bench_noop_workflows(stack.temporal_address, bn, bn, steps=steps)
-                billing_run = await billing.run_cycles(email_client, billing_subs[:bn], stack.maildir,
-                                                       max(120.0, bn))
+                billing_run = await billing.run_cycles(email_client, billing_subs[:bn], stack.maildir, max(120.0, bn))
                 billing_checks = await billing.verify_run(stack, stripe_admin, billing_run)
                 bare_rate, cycle_rate = bn / t_bare, bn / billing_run.seconds
                 receipt_rate = bn / billing_run.seconds_with_receipts
@@ -336,35 +375,56 @@ async def run(args: argparse.Namespace) -> None:
         if 1 in sections:
             print(f"1. sagas ({n} each, concurrency {args.concurrency})")
             print(f"   bare Temporal workflow, {3} no-op activities : {noop_rate:8.1f} /s")
-            print(f"   registration saga through HTTP            : {reg_rate:8.1f} /s"
-                  f"   ratio {reg_rate / noop_rate:.2f} of bare")
+            print(
+                f"   registration saga through HTTP            : {reg_rate:8.1f} /s"
+                f"   ratio {reg_rate / noop_rate:.2f} of bare"
+            )
         if 2 in sections:
             print(f"2. logins ({args.logins}, concurrency {args.login_concurrency})")
             print(f"   raw argon2 verifications ({os.cpu_count()} threads)     : {raw_rate:8.1f} /s")
-            print(f"   logins through HTTP                       : {login_rate:8.1f} /s"
-                  f"   ratio {login_rate / raw_rate:.2f} of raw argon2")
-            print(f"   GET /healthz p50/p99 idle                 : {_pct(idle, .5) * 1000:6.1f} / {_pct(idle, .99) * 1000:6.1f} ms"
-                  f"  ({len(idle)} probes)")
-            print(f"   GET /healthz p50/p99 during login storm   : {_pct(under_load, .5) * 1000:6.1f} / "
-                  f"{_pct(under_load, .99) * 1000:6.1f} ms  ({len(under_load)} probes, "
-                  f"p99 ratio {_pct(under_load, .99) / _pct(idle, .99):.1f}x idle)")
+            print(
+                f"   logins through HTTP                       : {login_rate:8.1f} /s"
+                f"   ratio {login_rate / raw_rate:.2f} of raw argon2"
+            )
+            print(
+                f"   GET /healthz p50/p99 idle                 : {_pct(idle, 0.5) * 1000:6.1f} / "
+                f"{_pct(idle, 0.99) * 1000:6.1f} ms"
+                f"  ({len(idle)} probes)"
+            )
+            print(
+                f"   GET /healthz p50/p99 during login storm   : {_pct(under_load, 0.5) * 1000:6.1f} / "
+                f"{_pct(under_load, 0.99) * 1000:6.1f} ms  ({len(under_load)} probes, "
+                f"p99 ratio {_pct(under_load, 0.99) / _pct(idle, 0.99):.1f}x idle)"
+            )
             print(f"   mean healthz during storm                 : {statistics.mean(under_load) * 1000:6.1f} ms")
         if 3 in sections:
-            print(f"3. emails ({args.emails} each; pipeline rate limit raised to EMAIL_MAX_PER_SECOND="
-                  f"{EMAIL_BENCH_MAX_PER_SECOND} for this run)")
+            print(
+                f"3. emails ({args.emails} each; pipeline rate limit raised to EMAIL_MAX_PER_SECOND="
+                f"{EMAIL_BENCH_MAX_PER_SECOND} for this run)"
+            )
             print(f"   raw aiosmtplib sends to the sink (conc. {args.smtp_concurrency}) : {smtp_rate:8.1f} /s")
-            print(f"   EmailDelivery workflows, start→Maildir     : {pipe_rate:8.1f} /s"
-                  f"   ratio {pipe_rate / smtp_rate:.2f} of raw SMTP")
+            print(
+                f"   EmailDelivery workflows, start→Maildir     : {pipe_rate:8.1f} /s"
+                f"   ratio {pipe_rate / smtp_rate:.2f} of raw SMTP"
+            )
         if 4 in sections:
-            print(f"4. billing cycles ({bn} subscriptions falling due at once, all started together; "
-                  f"plan {billing.BILLING_PLAN_ID}, {billing.PAYMENT_METHOD})")
-            print(f"   a paid cycle's history: {shape.activities} activities ({', '.join(shape.activity_types)}), "
-                  f"{shape.local_activities} local, {shape.child_workflows} child workflow (receipt email, abandoned)")
+            print(
+                f"4. billing cycles ({bn} subscriptions falling due at once, all started together; "
+                f"plan {billing.BILLING_PLAN_ID}, {billing.PAYMENT_METHOD})"
+            )
+            print(
+                f"   a paid cycle's history: {shape.activities} activities ({', '.join(shape.activity_types)}), "
+                f"{shape.local_activities} local, {shape.child_workflows} child workflow (receipt email, abandoned)"
+            )
             print(f"   bare Temporal workflow, {steps} no-op activities : {bare_rate:8.1f} /s")
-            print(f"   BillingCycle workflows, start→all results  : {cycle_rate:8.1f} /s"
-                  f"   ratio {cycle_rate / bare_rate:.2f} of bare")
-            print(f"   the same, until every receipt is in the Maildir : {receipt_rate:8.1f} /s"
-                  f"   ratio {receipt_rate / bare_rate:.2f} of bare")
+            print(
+                f"   BillingCycle workflows, start→all results  : {cycle_rate:8.1f} /s"
+                f"   ratio {cycle_rate / bare_rate:.2f} of bare"
+            )
+            print(
+                f"   the same, until every receipt is in the Maildir : {receipt_rate:8.1f} /s"
+                f"   ratio {receipt_rate / bare_rate:.2f} of bare"
+            )
             print(f"   checked: {'; '.join(billing_checks)}")
     finally:
         if stripe_admin is not None:
@@ -375,18 +435,28 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="prognet bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="prognet bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sagas", type=int, default=200, help="registrations and bare workflows each")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--logins", type=int, default=200)
     parser.add_argument("--login-concurrency", type=int, default=16)
     parser.add_argument("--emails", type=int, default=300, help="emails through the pipeline and raw SMTP sends each")
     parser.add_argument("--smtp-concurrency", type=int, default=20, help="concurrent raw aiosmtplib sends")
-    parser.add_argument("--billing", type=int, default=50, help="subscriptions falling due at once (billing cycles "
-                        "and bare workflows each)")
-    parser.add_argument("--sections", "--only", type=parse_sections, default="1,2,3,4",
-                        help="which figures to measure, by number or name, e.g. 3, 1,3 or billing "
-                             "(sagas, logins, emails, billing; default: all)")
+    parser.add_argument(
+        "--billing",
+        type=int,
+        default=50,
+        help="subscriptions falling due at once (billing cycles and bare workflows each)",
+    )
+    parser.add_argument(
+        "--sections",
+        "--only",
+        type=parse_sections,
+        default="1,2,3,4",
+        help="which figures to measure, by number or name, e.g. 3, 1,3 or billing "
+        "(sagas, logins, emails, billing; default: all)",
+    )
     asyncio.run(run(parser.parse_args(argv)))
     return 0

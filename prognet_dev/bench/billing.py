@@ -74,14 +74,19 @@ async def create_billing_tenants(stack, count: int, concurrency: int = 10) -> li
     plan = billing_plan()
     client = stripe_client(stack.settings())
     run = uuid.uuid4().hex[:8]
-    subs = [BenchSubscription(tenant_id=uuid.uuid4(), user_id=uuid.uuid4(), subscription_id=uuid.uuid4(),
-                              stripe_customer_id="") for _ in range(count)]
+    subs = [
+        BenchSubscription(
+            tenant_id=uuid.uuid4(), user_id=uuid.uuid4(), subscription_id=uuid.uuid4(), stripe_customer_id=""
+        )
+        for _ in range(count)
+    ]
 
     async def customer(i: int) -> None:
         sub = subs[i]
         created = await client.v1.customers.create_async(
             params={"name": f"Bench billing {run}-{i}", "metadata": {"tenant_id": str(sub.tenant_id)}},
-            options={"idempotency_key": f"bench-{run}-customer-{i}"})
+            options={"idempotency_key": f"bench-{run}-customer-{i}"},
+        )
         sub.stripe_customer_id = created.id
 
     sem = asyncio.Semaphore(concurrency)
@@ -97,18 +102,33 @@ async def create_billing_tenants(stack, count: int, concurrency: int = 10) -> li
     try:
         async with transaction(engine) as db:
             for i, sub in enumerate(subs):
-                db.add(User(id=sub.user_id, email=f"billing-{run}-{i}@example.com", password_hash=digest,
-                            status="active"))
+                db.add(
+                    User(id=sub.user_id, email=f"billing-{run}-{i}@example.com", password_hash=digest, status="active")
+                )
             await db.flush()
             for i, sub in enumerate(subs):
-                db.add(Tenant(id=sub.tenant_id, name=f"Bench billing {i}", slug=f"bench-{run}-{i}", status="active",
-                              created_by=sub.user_id, activated_at=datetime.now(UTC)))
+                db.add(
+                    Tenant(
+                        id=sub.tenant_id,
+                        name=f"Bench billing {i}",
+                        slug=f"bench-{run}-{i}",
+                        status="active",
+                        created_by=sub.user_id,
+                        activated_at=datetime.now(UTC),
+                    )
+                )
             await db.flush()
             for i, sub in enumerate(subs):
                 db.add(Membership(tenant_id=sub.tenant_id, user_id=sub.user_id, role="owner"))
-                db.add(TenantBilling(tenant_id=sub.tenant_id, stripe_customer_id=sub.stripe_customer_id,
-                                     currency=plan.currency, billing_email=f"billing-{run}-{i}@example.com",
-                                     plan=plan.id))
+                db.add(
+                    TenantBilling(
+                        tenant_id=sub.tenant_id,
+                        stripe_customer_id=sub.stripe_customer_id,
+                        currency=plan.currency,
+                        billing_email=f"billing-{run}-{i}@example.com",
+                        plan=plan.id,
+                    )
+                )
     finally:
         await engine.dispose()
     return subs
@@ -125,10 +145,19 @@ def cycle_input(sub: BenchSubscription, now: datetime):
 
     plan = billing_plan()
     return BillingCycleInput(
-        subscription_id=sub.subscription_id, tenant_id=sub.tenant_id, plan_id=plan.id, amount=plan.amount,
-        currency=plan.currency, period_index=0, period_start=now, period_end=now.replace(year=now.year + 1)
-        if plan.interval == "year" else _next_month(now), payment_method=PAYMENT_METHOD,
-        stripe_customer_id=sub.stripe_customer_id, notify_user_id=sub.user_id, dunning_schedule_days=[])
+        subscription_id=sub.subscription_id,
+        tenant_id=sub.tenant_id,
+        plan_id=plan.id,
+        amount=plan.amount,
+        currency=plan.currency,
+        period_index=0,
+        period_start=now,
+        period_end=now.replace(year=now.year + 1) if plan.interval == "year" else _next_month(now),
+        payment_method=PAYMENT_METHOD,
+        stripe_customer_id=sub.stripe_customer_id,
+        notify_user_id=sub.user_id,
+        dunning_schedule_days=[],
+    )
 
 
 def _next_month(when: datetime) -> datetime:
@@ -157,13 +186,20 @@ async def start_cycles(client, subs: list[BenchSubscription]) -> list[Any]:
 
     async def start(sub: BenchSubscription):
         return await client.start_workflow(
-            BILLING_CYCLE_WORKFLOW, cycle_input(sub, now), id=billing_cycle_workflow_id(sub.subscription_id, 0),
-            task_queue=TASK_QUEUE, result_type=BillingCycleResult,
+            BILLING_CYCLE_WORKFLOW,
+            cycle_input(sub, now),
+            id=billing_cycle_workflow_id(sub.subscription_id, 0),
+            task_queue=TASK_QUEUE,
+            result_type=BillingCycleResult,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(SA_TENANT_ID, str(sub.tenant_id)),
-                SearchAttributePair(SA_SUBSCRIPTION_ID, str(sub.subscription_id))]),
-            static_summary=f"Billing period 0 of subscription {sub.subscription_id} (bench)")
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SA_TENANT_ID, str(sub.tenant_id)),
+                    SearchAttributePair(SA_SUBSCRIPTION_ID, str(sub.subscription_id)),
+                ]
+            ),
+            static_summary=f"Billing period 0 of subscription {sub.subscription_id} (bench)",
+        )
 
     return await asyncio.gather(*(start(sub) for sub in subs))
 
@@ -177,8 +213,13 @@ async def run_cycles(client, subs: list[BenchSubscription], maildir: Path, recei
     results = await asyncio.gather(*(h.result() for h in handles))
     seconds = time.perf_counter() - start
     await wait_for_maildir(maildir, before + len(subs), receipt_timeout)
-    return BillingRun(n=len(subs), seconds=seconds, seconds_with_receipts=time.perf_counter() - start,
-                      subscriptions=subs, results=list(results))
+    return BillingRun(
+        n=len(subs),
+        seconds=seconds,
+        seconds_with_receipts=time.perf_counter() - start,
+        subscriptions=subs,
+        results=list(results),
+    )
 
 
 async def cycle_shape(client, workflow_id: str) -> CycleShape:
@@ -186,11 +227,15 @@ async def cycle_shape(client, workflow_id: str) -> CycleShape:
     from temporalio.api.enums.v1 import EventType
 
     history = await client.get_workflow_handle(workflow_id).fetch_history()
-    types = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
-             if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    types = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
     markers = sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
-    children = sum(1 for e in history.events
-                   if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED)
+    children = sum(
+        1 for e in history.events if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
+    )
     return CycleShape(activities=len(types), local_activities=markers, child_workflows=children, activity_types=types)
 
 
@@ -226,16 +271,30 @@ async def verify_run(stack, admin, run: BillingRun) -> list[str]:
     engine = make_engine(stack.migration_database_url)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(text(
-                "SELECT status, payment_intent_id, workflow_id FROM invoices WHERE subscription_id::text = ANY(:ids)"),
-                {"ids": list(sub_ids)})).all()
-            events = (await conn.execute(text(
-                "SELECT count(*) FROM domain_events WHERE type = 'invoice.paid' AND workflow_id = ANY(:wids)"),
-                {"wids": [r.workflow_id for r in rows]})).scalar_one()
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT status, payment_intent_id, workflow_id FROM invoices "
+                        "WHERE subscription_id::text = ANY(:ids)"
+                    ),
+                    {"ids": list(sub_ids)},
+                )
+            ).all()
+            events = (
+                await conn.execute(
+                    text("SELECT count(*) FROM domain_events WHERE type = 'invoice.paid' AND workflow_id = ANY(:wids)"),
+                    {"wids": [r.workflow_id for r in rows]},
+                )
+            ).scalar_one()
     finally:
         await engine.dispose()
     check(len(rows) == n and all(r.status == "paid" for r in rows), f"{len(rows)} invoices, not n paid ones")
     check({r.payment_intent_id for r in rows} == paid_pis, "invoices are not paid by the cycles' PaymentIntents")
     check(events == n, f"{events} invoice.paid events for {n} cycles")
-    return [f"{n} cycles paid in 1 attempt", f"{len(succeeded)} succeeded PaymentIntents (of {len(mine)}) in the sandbox",
-            f"{len(rows)} invoices paid", f"{events} invoice.paid events", f"{n} receipts in the Maildir"]
+    return [
+        f"{n} cycles paid in 1 attempt",
+        f"{len(succeeded)} succeeded PaymentIntents (of {len(mine)}) in the sandbox",
+        f"{len(rows)} invoices paid",
+        f"{events} invoice.paid events",
+        f"{n} receipts in the Maildir",
+    ]

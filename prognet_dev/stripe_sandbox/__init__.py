@@ -2,10 +2,11 @@
 
 The real `stripe` SDK talks to it through its API base (`STRIPE_API_BASE`). It implements the endpoints
 ProgNetwork uses (customers, payment methods with Stripe's test ids, payment intents, charges, refunds, events)
-with Stripe's JSON shapes and error envelopes, checks the API key (any `sk_test_…`), replays `Idempotency-Key` requests as Stripe does, and keeps its state in one JSON file (or in
-memory). Every state change records an event, POSTed to a webhook endpoint signed as Stripe signs them
-(`webhooks`). Sandbox-only admin endpoints under `/_sandbox` inject faults, list recent requests, switch webhook
-delivery to duplicates / held and reversed, and play the customer's part in 3D Secure.
+with Stripe's JSON shapes and error envelopes, checks the API key (any `sk_test_…`), replays `Idempotency-Key`
+requests as Stripe does, and keeps its state in one JSON file (or in memory). Every state change records an event,
+POSTed to a webhook endpoint signed as Stripe signs them (`webhooks`). Sandbox-only admin endpoints under `/_sandbox`
+inject faults, list recent requests, switch webhook delivery to duplicates / held and reversed, and play the
+customer's part in 3D Secure.
 
     async with StripeSandbox(state_file=None, port=0) as sandbox:
         client = stripe.StripeClient("sk_test_x", base_addresses={"api": sandbox.api_base})
@@ -13,7 +14,8 @@ delivery to duplicates / held and reversed, and play the customer's part in 3D S
 
 Layout: `core` (Sandbox, Call), `app` (middleware: auth, idempotency, faults, request log; admin routes),
 `resources/*` (one router per Stripe resource), `webhooks` (signing, delivery, retries, test switches), `store`
-(generic persisted object store), `faults`, `forms` (bracket form decoding), `params` (Stripe's parameter checks), `server` (uvicorn in-process, SandboxAdmin).
+(generic persisted object store), `faults`, `forms` (bracket form decoding), `params` (Stripe's parameter checks),
+`server` (uvicorn in-process, SandboxAdmin).
 """
 
 from .app import create_app

@@ -12,20 +12,26 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from . import forms
-from .errors import StripeError
 from .core import DEFAULT_API_VERSION, Call, Sandbox, account_for, current_call
+from .errors import StripeError
 from .faults import Fault
 from .resources import charges, customers, events, payment_intents, payment_methods, refunds
 from .store import random_id
 
 RESOURCE_ROUTERS: list[APIRouter] = [
-    customers.router, payment_methods.router, payment_intents.router, charges.router, refunds.router, events.router,
+    customers.router,
+    payment_methods.router,
+    payment_intents.router,
+    charges.router,
+    refunds.router,
+    events.router,
 ]
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600  # Stripe keeps idempotent results for at least 24 hours
@@ -50,14 +56,18 @@ def _api_key(headers: dict[str, str]) -> str:
             key = ""
     if not key:
         raise StripeError(
-            401, "You did not provide an API key. You need to provide your API key in the Authorization header, "
-                 "using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
+            401,
+            "You did not provide an API key. You need to provide your API key in the Authorization header, "
+            "using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
             type="authentication_error",
         )
     if not key.startswith("sk_test_"):
-        raise StripeError(401, f"Invalid API Key provided: {_redact_key(key)} "
-                               "(the Stripe sandbox accepts test-mode secret keys, sk_test_…)",
-                          type="authentication_error")
+        raise StripeError(
+            401,
+            f"Invalid API Key provided: {_redact_key(key)} "
+            "(the Stripe sandbox accepts test-mode secret keys, sk_test_…)",
+            type="authentication_error",
+        )
     return key
 
 
@@ -83,8 +93,14 @@ class StripeApiMiddleware:
         request_id = random_id("req", 14)
         idem_key = headers.get("idempotency-key") or None
         entry: dict[str, Any] = {
-            "id": request_id, "time": time.time(), "method": method, "path": path,
-            "idempotency_key": idem_key, "status": None, "replayed": False, "fault": None,
+            "id": request_id,
+            "time": time.time(),
+            "method": method,
+            "path": path,
+            "idempotency_key": idem_key,
+            "status": None,
+            "replayed": False,
+            "fault": None,
         }
         self.sandbox.requests.append(entry)
         extra_headers = {"request-id": request_id, "stripe-version": headers.get("stripe-version", DEFAULT_API_VERSION)}
@@ -98,8 +114,8 @@ class StripeApiMiddleware:
             if method == "POST":
                 params.update(forms.decode(body))
             entry["params"] = params
-        except StripeError as err:
-            await self._send(send, entry, err.status, err.body(request_id), extra_headers)
+        except StripeError as exc:
+            await self._send(send, entry, exc.status, exc.body(request_id), extra_headers)
             return
 
         fault = self.sandbox.faults.take(method, path, "before")
@@ -114,8 +130,11 @@ class StripeApiMiddleware:
         if idempotent:
             assert idem_key is not None
             if len(idem_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-                err = StripeError(400, f"Idempotency keys can be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters long.",
-                                  code="idempotency_key_too_long")
+                err = StripeError(
+                    400,
+                    f"Idempotency keys can be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters long.",
+                    code="idempotency_key_too_long",
+                )
                 await self._send(send, entry, err.status, err.body(request_id), extra_headers)
                 return
             self.sandbox.store.idempotency_prune(IDEMPOTENCY_TTL_SECONDS)
@@ -123,27 +142,38 @@ class StripeApiMiddleware:
             if record is not None:
                 if record["fingerprint"] != fingerprint:
                     err = StripeError(
-                        400, "Keys for idempotent requests can only be used with the same parameters they were first "
-                             f"used with. Try using a key other than '{idem_key}' if you meant to execute a different request.",
+                        400,
+                        "Keys for idempotent requests can only be used with the same parameters they were first "
+                        f"used with. Try using a key other than '{idem_key}' if you meant to execute a different "
+                        "request.",
                         type="idempotency_error",
                     )
                     await self._send(send, entry, err.status, err.body(request_id), extra_headers)
                     return
                 entry["replayed"] = True
-                replay_headers = {**extra_headers, "idempotent-replayed": "true",
-                                  "original-request": record["request_id"]}
+                replay_headers = {
+                    **extra_headers,
+                    "idempotent-replayed": "true",
+                    "original-request": record["request_id"],
+                }
                 await self._send(send, entry, record["status"], record["body"], replay_headers)
                 return
             if slot in self.sandbox._in_progress:
-                err = StripeError(409, "There is currently another in-progress request using this Stripe token "
-                                       "(probably means you clicked twice). Please try again.",
-                                  type="idempotency_error", code="idempotency_key_in_use")
+                err = StripeError(
+                    409,
+                    "There is currently another in-progress request using this Stripe token "
+                    "(probably means you clicked twice). Please try again.",
+                    type="idempotency_error",
+                    code="idempotency_key_in_use",
+                )
                 await self._send(send, entry, err.status, err.body(request_id), extra_headers)
                 return
             self.sandbox._in_progress.add(slot)
 
         try:
-            call = Call(self.sandbox, account, api_key, method, path, params, request_id, idem_key if idempotent else None)
+            call = Call(
+                self.sandbox, account, api_key, method, path, params, request_id, idem_key if idempotent else None
+            )
             scope.setdefault("state", {})["stripe_call"] = call
             status, resp_headers, resp_body = await self._run(scope, body)
             stored = _NO_STORE_HEADER not in resp_headers
@@ -151,9 +181,16 @@ class StripeApiMiddleware:
             payload = json.loads(resp_body) if resp_body else {}
             if idempotent and stored:
                 assert idem_key is not None
-                self.sandbox.store.idempotency_put(account, idem_key, {
-                    "fingerprint": fingerprint, "status": status, "body": payload, "request_id": request_id,
-                })
+                self.sandbox.store.idempotency_put(
+                    account,
+                    idem_key,
+                    {
+                        "fingerprint": fingerprint,
+                        "status": status,
+                        "body": payload,
+                        "request_id": request_id,
+                    },
+                )
         finally:
             if idempotent:
                 self.sandbox._in_progress.discard(slot)
@@ -184,7 +221,9 @@ class StripeApiMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers.update({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])})
+                headers.update(
+                    {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
+                )
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
@@ -208,16 +247,18 @@ class StripeApiMiddleware:
 def _admin_router(sandbox: Sandbox) -> APIRouter:
     router = APIRouter(prefix="/_sandbox", tags=["sandbox admin (not Stripe)"])
 
-    @router.post("/faults", status_code=201)
-    async def add_fault(spec: dict[str, Any]) -> dict[str, Any]:
+    # these routes answer a bad request with a JSONResponse of their own: the model is given explicitly, because
+    # FastAPI would otherwise take the `dict | JSONResponse` return annotation as one
+    @router.post("/faults", status_code=201, response_model=dict[str, Any])
+    async def add_fault(spec: dict[str, Any]) -> dict[str, Any] | JSONResponse:
         allowed = {"status", "count", "path_prefix", "method", "phase", "code", "message", "decline_code"}
         unknown = set(spec) - allowed
         if unknown:
-            return JSONResponse({"error": f"unknown fields: {sorted(unknown)}"}, status_code=400)  # type: ignore[return-value]
+            return JSONResponse({"error": f"unknown fields: {sorted(unknown)}"}, status_code=400)
         try:
             fault = sandbox.faults.add(Fault(**spec))
         except (TypeError, ValueError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)  # type: ignore[return-value]
+            return JSONResponse({"error": str(exc)}, status_code=400)
         return fault.to_dict()
 
     @router.get("/faults")
@@ -231,8 +272,11 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
 
     @router.get("/requests")
     async def list_requests(limit: int = 100, path_prefix: str = "", method: str | None = None) -> dict[str, Any]:
-        items = [r for r in sandbox.requests
-                 if r["path"].startswith(path_prefix) and (method is None or r["method"] == method.upper())]
+        items = [
+            r
+            for r in sandbox.requests
+            if r["path"].startswith(path_prefix) and (method is None or r["method"] == method.upper())
+        ]
         return {"data": items[-limit:]}
 
     @router.delete("/requests")
@@ -259,19 +303,19 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
         """The endpoint, secrets, mode, hold switch, and how many events are held or pending."""
         return sandbox.webhooks.status()
 
-    @router.post("/webhooks")
-    async def configure_webhooks(spec: dict[str, Any]) -> dict[str, Any]:
+    @router.post("/webhooks", response_model=dict[str, Any])
+    async def configure_webhooks(spec: dict[str, Any]) -> dict[str, Any] | JSONResponse:
         """{"mode": "normal"|"duplicate"|"reverse", "hold": bool, "url": str|null, "secret": str|[str]|null,
         "enabled_events": [..], "retry_delays": [seconds, ..], "timeout": seconds} — fields left out are unchanged;
         switching hold off releases the held events."""
         allowed = {"mode", "hold", "url", "secret", "enabled_events", "retry_delays", "timeout"}
         unknown = set(spec) - allowed
         if unknown:
-            return JSONResponse({"error": f"unknown fields: {sorted(unknown)}"}, status_code=400)  # type: ignore[return-value]
+            return JSONResponse({"error": f"unknown fields: {sorted(unknown)}"}, status_code=400)
         try:
             return sandbox.webhooks.configure(**spec)
         except (TypeError, ValueError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)  # type: ignore[return-value]
+            return JSONResponse({"error": str(exc)}, status_code=400)
 
     @router.post("/webhooks/flush")
     async def flush_webhooks() -> dict[str, Any]:
@@ -289,14 +333,14 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
         sandbox.webhooks.deliveries.clear()
         return {"data": []}
 
-    @router.post("/webhooks/resend")
-    async def resend_event(spec: dict[str, Any]) -> dict[str, Any]:
+    @router.post("/webhooks/resend", response_model=dict[str, Any])
+    async def resend_event(spec: dict[str, Any]) -> dict[str, Any] | JSONResponse:
         """{"event": "evt_…"}: deliver that event again (as `stripe events resend`)."""
         event_id = str(spec.get("event", ""))
         account = sandbox.store.account_of("event", event_id)
         event = sandbox.store.get("event", account, event_id) if account else None
         if event is None:
-            return JSONResponse({"error": f"no such event: {event_id!r}"}, status_code=404)  # type: ignore[return-value]
+            return JSONResponse({"error": f"no such event: {event_id!r}"}, status_code=404)
         sandbox.webhooks.resend(event)
         return {"resent": event_id}
 
@@ -311,8 +355,9 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
         pi = sandbox.store.get(pis.KIND, account, pi_id) if account else None
         if account is None or pi is None:
             return JSONResponse({"error": f"no such payment_intent: {pi_id!r}"}, status_code=404)
-        call = Call(sandbox, account, "", "POST", f"/_sandbox/payment_intents/{pi_id}/authenticate", {},
-                    random_id("req", 14))
+        call = Call(
+            sandbox, account, "", "POST", f"/_sandbox/payment_intents/{pi_id}/authenticate", {}, random_id("req", 14)
+        )
         try:
             result = pis.complete_authentication(call, dict(pi), bool((spec or {}).get("success", True)))
         except StripeError as err:
@@ -325,8 +370,12 @@ def _admin_router(sandbox: Sandbox) -> APIRouter:
 
 def create_app(sandbox: Sandbox | None = None) -> FastAPI:
     sandbox = sandbox or Sandbox()
-    app = FastAPI(title="ProgNetwork Stripe sandbox (development only)", docs_url="/_sandbox/docs",
-                  redoc_url=None, openapi_url="/_sandbox/openapi.json")
+    app = FastAPI(
+        title="ProgNetwork Stripe sandbox (development only)",
+        docs_url="/_sandbox/docs",
+        redoc_url=None,
+        openapi_url="/_sandbox/openapi.json",
+    )
     app.state.sandbox = sandbox
 
     @app.exception_handler(StripeError)
@@ -345,9 +394,12 @@ def create_app(sandbox: Sandbox | None = None) -> FastAPI:
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "DELETE", "PUT", "PATCH"], include_in_schema=False)
     async def unknown_url(request: Request, call: Call = Depends(current_call)) -> None:
-        raise StripeError(404, f"Unrecognized request URL ({request.method}: {request.url.path}). "
-                               "The Stripe sandbox implements only the endpoints ProgNetwork uses.",
-                          store_idempotent=False)
+        raise StripeError(
+            404,
+            f"Unrecognized request URL ({request.method}: {request.url.path}). "
+            "The Stripe sandbox implements only the endpoints ProgNetwork uses.",
+            store_idempotent=False,
+        )
 
     app.add_middleware(StripeApiMiddleware, sandbox=sandbox)
     return app

@@ -6,8 +6,9 @@ import collections
 import copy
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import Request
 
@@ -36,13 +37,19 @@ class Sandbox:
         self.webhooks = WebhookDispatcher(self.store)
         self.event_listeners.append(self.webhooks.on_event)
 
-    def emit(self, account: str, event_type: str, obj: dict[str, Any], *,
-             request: dict[str, Any] | None = None) -> dict[str, Any]:
+    def emit(
+        self, account: str, event_type: str, obj: dict[str, Any], *, request: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Record a Stripe event (`customer.created`, …) with a snapshot of `obj` as it is now, and hand it to the
         listeners (the webhook dispatcher among them)."""
         event = {
-            "id": random_id("evt", 24), "object": "event", "api_version": DEFAULT_API_VERSION,
-            "created": int(time.time()), "type": event_type, "livemode": False, "pending_webhooks": 0,
+            "id": random_id("evt", 24),
+            "object": "event",
+            "api_version": DEFAULT_API_VERSION,
+            "created": int(time.time()),
+            "type": event_type,
+            "livemode": False,
+            "pending_webhooks": 0,
             "data": {"object": copy.deepcopy(obj)},
             "request": request or {"id": None, "idempotency_key": None},
         }
@@ -72,8 +79,9 @@ class Call:
         return self.sandbox.store
 
     def emit(self, event_type: str, obj: dict[str, Any]) -> None:
-        event = self.sandbox.emit(self.account, event_type, obj,
-                                  request={"id": self.request_id, "idempotency_key": self.idempotency_key})
+        event = self.sandbox.emit(
+            self.account, event_type, obj, request={"id": self.request_id, "idempotency_key": self.idempotency_key}
+        )
         self.events.append(event)
 
 

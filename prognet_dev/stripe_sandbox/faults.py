@@ -16,6 +16,8 @@ from .errors import StripeError
 
 ALLOWED_STATUSES = {400, 401, 402, 403, 404, 409, 429, 500, 502, 503}
 
+Phase = Literal["before", "after"]
+
 
 @dataclass
 class Fault:
@@ -23,7 +25,7 @@ class Fault:
     count: int = 1
     path_prefix: str = "/v1/"
     method: str | None = None  # None: any method
-    phase: Literal["before", "after"] = "before"
+    phase: Phase = "before"
     code: str | None = None
     message: str | None = None
     decline_code: str | None = None
@@ -50,8 +52,13 @@ class Fault:
         code = self.code
         if code is None and self.status == 400:
             code = "parameter_invalid"  # a permanent request error
-        return StripeError(self.status, self.message, code=code, decline_code=self.decline_code,
-                           store_idempotent=False if self.phase == "before" else None)
+        return StripeError(
+            self.status,
+            self.message,
+            code=code,
+            decline_code=self.decline_code,
+            store_idempotent=False if self.phase == "before" else None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

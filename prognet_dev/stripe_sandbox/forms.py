@@ -20,7 +20,7 @@ def decode(raw: str | bytes) -> dict[str, Any]:
         m = _KEY.match(key)
         if not m:
             raise StripeError(400, f"Invalid parameter name: {key}", code="parameter_invalid_string", param=key)
-        path = [m.group(1)] + re.findall(r"\[([^\[\]]*)\]", m.group(2))
+        path = [m.group(1), *re.findall(r"\[([^\[\]]*)\]", m.group(2))]
         _assign(root, path, value)
     return _listify(root)
 

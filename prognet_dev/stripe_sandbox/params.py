@@ -26,8 +26,11 @@ def string(params: dict[str, Any], name: str, *, required: bool = False, max_len
     if not isinstance(value, str):
         raise invalid_parameter(name, f"Invalid string: {name} must be a string", "parameter_invalid_string")
     if len(value) > max_length:
-        raise invalid_parameter(name, f"Invalid string: {value[:20]}...; must be at most {max_length} characters",
-                                "parameter_invalid_string")
+        raise invalid_parameter(
+            name,
+            f"Invalid string: {value[:20]}...; must be at most {max_length} characters",
+            "parameter_invalid_string",
+        )
     return value
 
 
@@ -48,7 +51,9 @@ def integer(params: dict[str, Any], name: str, *, required: bool = False, minimu
     except (TypeError, ValueError):
         raise invalid_parameter(name, f"Invalid integer: {raw}", "parameter_invalid_integer") from None
     if minimum is not None and value < minimum:
-        raise invalid_parameter(name, f"This value must be greater than or equal to {minimum}.", "parameter_invalid_integer")
+        raise invalid_parameter(
+            name, f"This value must be greater than or equal to {minimum}.", "parameter_invalid_integer"
+        )
     return value
 
 
@@ -78,8 +83,12 @@ def currency(params: dict[str, Any], name: str = "currency", *, required: bool =
     if value is None:
         return None
     if not re.fullmatch(r"[A-Za-z]{3}", value):
-        raise invalid_parameter(name, f"Invalid currency: {value}. Stripe currently supports these currencies: "
-                                      "usd, eur, gbp, … (three-letter ISO codes)", "parameter_invalid_string")
+        raise invalid_parameter(
+            name,
+            f"Invalid currency: {value}. Stripe currently supports these currencies: "
+            "usd, eur, gbp, … (three-letter ISO codes)",
+            "parameter_invalid_string",
+        )
     return value.lower()
 
 
@@ -128,12 +137,12 @@ def paginate(objects: list[dict[str, Any]], params: dict[str, Any], url: str) ->
     if after:
         if after not in ids:
             raise StripeError(404, f"No such object: '{after}'", code="resource_missing", param="starting_after")
-        objects = objects[ids.index(after) + 1:]
+        objects = objects[ids.index(after) + 1 :]
         page = objects[:limit]
     elif before:
         if before not in ids:
             raise StripeError(404, f"No such object: '{before}'", code="resource_missing", param="ending_before")
-        objects = objects[:ids.index(before)]
+        objects = objects[: ids.index(before)]
         page = objects[-limit:]
     else:
         page = objects[:limit]

@@ -14,7 +14,7 @@ import uvicorn
 
 from .app import create_app
 from .core import Sandbox
-from .faults import Fault
+from .faults import Fault, Phase
 from .store import StateStore
 
 log = logging.getLogger("prognet.stripe_sandbox")
@@ -44,9 +44,16 @@ class StripeSandbox:
     HTTP for a sandbox in another process.
     """
 
-    def __init__(self, *, state_file: Path | str | None = None, host: str = "127.0.0.1", port: int = 12111,
-                 log_level: str = "warning", webhook_url: str | None = None,
-                 webhook_secret: str | list[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        state_file: Path | str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 12111,
+        log_level: str = "warning",
+        webhook_url: str | None = None,
+        webhook_secret: str | list[str] | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self.state_file = Path(state_file) if state_file is not None else None
         self.log_level = log_level
@@ -74,8 +81,14 @@ class StripeSandbox:
         sock.listen(128)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.sandbox), log_level=self.log_level, access_log=False,
-                                lifespan="off", server_header=False, date_header=True)
+        config = uvicorn.Config(
+            create_app(self.sandbox),
+            log_level=self.log_level,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            date_header=True,
+        )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="stripe-sandbox")
         while not self._server.started:
@@ -92,7 +105,7 @@ class StripeSandbox:
         self._server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self._task), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._server.force_exit = True
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(self._task, 5)
@@ -127,12 +140,29 @@ class StripeSandbox:
             raise RuntimeError("the Stripe sandbox is not running")
         return self.sandbox
 
-    def inject_fault(self, status: int, count: int = 1, *, path_prefix: str = "/v1/", method: str | None = None,
-                     phase: str = "before", code: str | None = None, message: str | None = None,
-                     decline_code: str | None = None) -> dict[str, Any]:
+    def inject_fault(
+        self,
+        status: int,
+        count: int = 1,
+        *,
+        path_prefix: str = "/v1/",
+        method: str | None = None,
+        phase: Phase = "before",
+        code: str | None = None,
+        message: str | None = None,
+        decline_code: str | None = None,
+    ) -> dict[str, Any]:
         """Make the next `count` matching calls fail (see faults.py for `phase`)."""
-        fault = Fault(status=status, count=count, path_prefix=path_prefix, method=method, phase=phase,  # type: ignore[arg-type]
-                      code=code, message=message, decline_code=decline_code)
+        fault = Fault(
+            status=status,
+            count=count,
+            path_prefix=path_prefix,
+            method=method,
+            phase=phase,
+            code=code,
+            message=message,
+            decline_code=decline_code,
+        )
         return self._state.faults.add(fault).to_dict()
 
     def clear_faults(self) -> None:
@@ -142,8 +172,11 @@ class StripeSandbox:
         return self._state.faults.active()
 
     def requests(self, *, path_prefix: str = "", method: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self._state.requests
-                if r["path"].startswith(path_prefix) and (method is None or r["method"] == method.upper())]
+        return [
+            r
+            for r in self._state.requests
+            if r["path"].startswith(path_prefix) and (method is None or r["method"] == method.upper())
+        ]
 
     def objects(self, kind: str) -> list[dict[str, Any]]:
         """Every stored object of `kind` for every API key, newest first (deleted customers are tombstones)."""
@@ -154,8 +187,11 @@ class StripeSandbox:
 
     def payment_intents(self, *, status: str | None = None, customer: str | None = None) -> list[dict[str, Any]]:
         """Every PaymentIntent (newest first), optionally only those with a status / of a customer."""
-        return [pi for pi in self.objects("payment_intent")
-                if (status is None or pi["status"] == status) and (customer is None or pi["customer"] == customer)]
+        return [
+            pi
+            for pi in self.objects("payment_intent")
+            if (status is None or pi["status"] == status) and (customer is None or pi["customer"] == customer)
+        ]
 
     def events(self, type: str | None = None) -> list[dict[str, Any]]:
         """Every recorded event (newest first), optionally of one type (`*` wildcards allowed)."""
@@ -241,8 +277,11 @@ class SandboxAdmin:
         return [c for c in await self.objects("customer") if include_deleted or not c.get("deleted")]
 
     async def payment_intents(self, *, status: str | None = None, customer: str | None = None) -> list[dict[str, Any]]:
-        return [pi for pi in await self.objects("payment_intent")
-                if (status is None or pi["status"] == status) and (customer is None or pi["customer"] == customer)]
+        return [
+            pi
+            for pi in await self.objects("payment_intent")
+            if (status is None or pi["status"] == status) and (customer is None or pi["customer"] == customer)
+        ]
 
     async def events(self, type: str | None = None) -> list[dict[str, Any]]:
         import fnmatch

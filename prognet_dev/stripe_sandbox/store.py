@@ -128,7 +128,12 @@ class StateStore:
                 self._dirty = False
                 return
             payload = json.dumps(
-                {"version": FORMAT_VERSION, "seq": self._seq, "objects": self._objects, "idempotency": self._idempotency},
+                {
+                    "version": FORMAT_VERSION,
+                    "seq": self._seq,
+                    "objects": self._objects,
+                    "idempotency": self._idempotency,
+                },
                 separators=(",", ":"),
             )
             self.path.parent.mkdir(parents=True, exist_ok=True)

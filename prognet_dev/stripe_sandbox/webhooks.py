@@ -85,9 +85,17 @@ class WebhookDispatcher:
         self._delivery_seq = 0
 
     # --- configuration ----------------------------------------------------------------------------------------
-    def configure(self, *, url: str | None | Any = ..., secret: str | list[str] | None | Any = ...,
-                  mode: str | None = None, hold: bool | None = None, enabled_events: list[str] | None = None,
-                  retry_delays: list[float] | None = None, timeout: float | None = None) -> dict[str, Any]:
+    def configure(
+        self,
+        *,
+        url: str | Any | None = ...,
+        secret: str | list[str] | Any | None = ...,
+        mode: Mode | None = None,
+        hold: bool | None = None,
+        enabled_events: list[str] | None = None,
+        retry_delays: list[float] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Change any of the settings (left out = unchanged). Switching `hold` off releases what was held."""
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
@@ -103,7 +111,7 @@ class WebhookDispatcher:
                 raise ValueError("secret must be a non-empty string (or a list of them)")
             self.config.secrets = secrets
         if mode is not None:
-            self.config.mode = mode  # type: ignore[assignment]
+            self.config.mode = mode
         if enabled_events is not None:
             self.config.enabled_events = list(enabled_events)
         if retry_delays is not None:
@@ -205,16 +213,28 @@ class WebhookDispatcher:
         url, secrets = self.config.url, self.config.secrets
         self._delivery_seq += 1
         record: dict[str, Any] = {
-            "seq": self._delivery_seq, "event": event["id"], "type": event["type"], "copy": copy_no,
-            "attempt": attempt, "url": url, "time": time.time(), "status": None, "error": None, "signed": bool(secrets),
+            "seq": self._delivery_seq,
+            "event": event["id"],
+            "type": event["type"],
+            "copy": copy_no,
+            "attempt": attempt,
+            "url": url,
+            "time": time.time(),
+            "status": None,
+            "error": None,
+            "signed": bool(secrets),
         }
         self.deliveries.append(record)
         if not url:
             record["error"] = "no webhook endpoint configured"
             return True  # nothing to retry against
         payload = json.dumps(event, indent=2).encode()  # Stripe sends pretty-printed JSON; the signature covers it
-        headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT,
-                   "Cache-Control": "no-cache", "Accept": "*/*; q=0.5, application/xml"}
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": USER_AGENT,
+            "Cache-Control": "no-cache",
+            "Accept": "*/*; q=0.5, application/xml",
+        }
         if secrets:
             headers["Stripe-Signature"] = signature_header(payload, secrets)
         if self._client is None:

@@ -17,25 +17,48 @@ router = APIRouter(prefix="/v1/charges", tags=["charges"])
 KIND = "charge"
 
 
-def new_charge(call: Call, pi: dict[str, Any], pm: dict[str, Any], card: TestCard, *,
-               failure: dict[str, Any] | None = None, captured: bool = True) -> dict[str, Any]:
+def new_charge(
+    call: Call,
+    pi: dict[str, Any],
+    pm: dict[str, Any],
+    card: TestCard,
+    *,
+    failure: dict[str, Any] | None = None,
+    captured: bool = True,
+) -> dict[str, Any]:
     """A charge for one attempt of `pi` with `pm`: succeeded (captured or not) or failed with `failure`
     ({code, decline_code, message})."""
     succeeded = failure is None
     if succeeded:
-        outcome = {"advice_code": None, "network_advice_code": None, "network_decline_code": None,
-                   "network_status": "approved_by_network", "reason": None, "risk_level": "normal", "risk_score": 20,
-                   "seller_message": "Payment complete.", "type": "authorized"}
+        outcome = {
+            "advice_code": None,
+            "network_advice_code": None,
+            "network_decline_code": None,
+            "network_status": "approved_by_network",
+            "reason": None,
+            "risk_level": "normal",
+            "risk_score": 20,
+            "seller_message": "Payment complete.",
+            "type": "authorized",
+        }
     else:
         assert failure is not None
         reason = failure.get("decline_code")
-        outcome = {"advice_code": None, "network_advice_code": None, "network_decline_code": None,
-                   "network_status": "declined_by_network", "reason": reason, "risk_level": "normal",
-                   "risk_score": 20,
-                   "seller_message": ("The bank did not return any further details with this decline."
-                                      if reason in (None, "generic_decline")
-                                      else f"The bank returned the decline code `{reason}`."),
-                   "type": "issuer_declined"}
+        outcome = {
+            "advice_code": None,
+            "network_advice_code": None,
+            "network_decline_code": None,
+            "network_status": "declined_by_network",
+            "reason": reason,
+            "risk_level": "normal",
+            "risk_score": 20,
+            "seller_message": (
+                "The bank did not return any further details with this decline."
+                if reason in (None, "generic_decline")
+                else f"The bank returned the decline code `{reason}`."
+            ),
+            "type": "issuer_declined",
+        }
     charge_id = call.store.new_id("ch", 24)
     charge = {
         "id": charge_id,
@@ -56,8 +79,8 @@ def new_charge(call: Call, pi: dict[str, Any], pm: dict[str, Any], card: TestCar
         "description": pi["description"],
         "disputed": False,
         "failure_balance_transaction": None,
-        "failure_code": None if succeeded else failure["code"],  # type: ignore[index]
-        "failure_message": None if succeeded else failure["message"],  # type: ignore[index]
+        "failure_code": None if failure is None else failure["code"],
+        "failure_message": None if failure is None else failure["message"],
         "fraud_details": {},
         "livemode": False,
         "metadata": dict(pi["metadata"]),
@@ -106,11 +129,16 @@ def load(call: Call, charge_id: str) -> dict[str, Any] | None:
 
 @router.get("")
 async def list_charges(call: Call = Depends(current_call)) -> dict[str, Any]:
-    P.check_known(call.params, {"customer", "payment_intent", "limit", "starting_after", "ending_before", "created",
-                                "transfer_group"})
+    P.check_known(
+        call.params,
+        {"customer", "payment_intent", "limit", "starting_after", "ending_before", "created", "transfer_group"},
+    )
     customer, pi = P.string(call.params, "customer"), P.string(call.params, "payment_intent")
-    charges = [c for c in call.store.list(KIND, call.account)
-               if (customer is None or c["customer"] == customer) and (pi is None or c["payment_intent"] == pi)]
+    charges = [
+        c
+        for c in call.store.list(KIND, call.account)
+        if (customer is None or c["customer"] == customer) and (pi is None or c["payment_intent"] == pi)
+    ]
     return P.paginate(charges, call.params, "/v1/charges")
 
 

@@ -16,9 +16,25 @@ router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
 KIND = "customer"
 WRITABLE = {
-    "address", "balance", "description", "email", "invoice_prefix", "invoice_settings", "metadata", "name",
-    "next_invoice_sequence", "payment_method", "phone", "preferred_locales", "shipping", "source", "tax",
-    "tax_exempt", "tax_id_data", "test_clock", "cash_balance",
+    "address",
+    "balance",
+    "description",
+    "email",
+    "invoice_prefix",
+    "invoice_settings",
+    "metadata",
+    "name",
+    "next_invoice_sequence",
+    "payment_method",
+    "phone",
+    "preferred_locales",
+    "shipping",
+    "source",
+    "tax",
+    "tax_exempt",
+    "tax_id_data",
+    "test_clock",
+    "cash_balance",
 }
 
 
@@ -39,8 +55,12 @@ def new_customer(call: Call) -> dict[str, Any]:
         "discount": None,
         "email": P.email(p),
         "invoice_prefix": P.string(p, "invoice_prefix") or customer_id[4:12].upper(),
-        "invoice_settings": {"custom_fields": None, "default_payment_method": None, "footer": None,
-                             "rendering_options": None},
+        "invoice_settings": {
+            "custom_fields": None,
+            "default_payment_method": None,
+            "footer": None,
+            "rendering_options": None,
+        },
         "livemode": False,
         "metadata": P.metadata(p.get("metadata")),
         "name": P.nullable_string(p, "name", max_length=256),
@@ -85,8 +105,13 @@ async def search_customers(call: Call = Depends(current_call)) -> dict[str, Any]
     match = compile_query(query)
     limit = P.integer(call.params, "limit") or 10
     found = [c for c in call.store.list(KIND, call.account) if not c.get("deleted") and match(c)]
-    return {"object": "search_result", "url": "/v1/customers/search", "has_more": len(found) > limit,
-            "next_page": None, "data": found[:limit]}
+    return {
+        "object": "search_result",
+        "url": "/v1/customers/search",
+        "has_more": len(found) > limit,
+        "next_page": None,
+        "data": found[:limit],
+    }
 
 
 @router.get("/{customer_id}")
@@ -147,11 +172,17 @@ def compile_query(query: str):
     for part in parts:
         m = _CLAUSE.match(part)
         if not m:
-            raise StripeError(400, f"Invalid search query: {query!r} (the sandbox supports field:'value' clauses)",
-                              code="parameter_invalid", param="query")
+            raise StripeError(
+                400,
+                f"Invalid search query: {query!r} (the sandbox supports field:'value' clauses)",
+                code="parameter_invalid",
+                param="query",
+            )
         negate, field, meta_key, value = bool(m.group(1)), m.group(2), m.group(3), m.group(4)
         if meta_key is None and field not in {"email", "name", "phone", "created"}:
-            raise StripeError(400, f"Field '{field}' is an unsupported search field.", code="parameter_invalid", param="query")
+            raise StripeError(
+                400, f"Field '{field}' is an unsupported search field.", code="parameter_invalid", param="query"
+            )
         clauses.append((negate, field, meta_key, value))
 
     def matches(customer: dict[str, Any]) -> bool:

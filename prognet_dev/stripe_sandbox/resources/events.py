@@ -35,11 +35,17 @@ def _created_filter(raw: Any):
         try:
             bounds[op] = int(value)
         except (TypeError, ValueError):
-            raise invalid_parameter(f"created[{op}]", f"Invalid integer: {value}", "parameter_invalid_integer") from None
+            raise invalid_parameter(
+                f"created[{op}]", f"Invalid integer: {value}", "parameter_invalid_integer"
+            ) from None
 
     def check(created: int) -> bool:
-        return (("gt" not in bounds or created > bounds["gt"]) and ("gte" not in bounds or created >= bounds["gte"])
-                and ("lt" not in bounds or created < bounds["lt"]) and ("lte" not in bounds or created <= bounds["lte"]))
+        return (
+            ("gt" not in bounds or created > bounds["gt"])
+            and ("gte" not in bounds or created >= bounds["gte"])
+            and ("lt" not in bounds or created < bounds["lt"])
+            and ("lte" not in bounds or created <= bounds["lte"])
+        )
 
     return check
 
@@ -55,9 +61,11 @@ async def list_events(call: Call = Depends(current_call)) -> dict[str, Any]:
         types = p["types"] if isinstance(p["types"], list) else [p["types"]]
         patterns.extend(str(t) for t in types)
     in_window = _created_filter(p.get("created"))
-    events = [e for e in call.store.list(KIND, call.account)
-              if (not patterns or any(fnmatch.fnmatchcase(e["type"], pat) for pat in patterns))
-              and in_window(e["created"])]
+    events = [
+        e
+        for e in call.store.list(KIND, call.account)
+        if (not patterns or any(fnmatch.fnmatchcase(e["type"], pat) for pat in patterns)) and in_window(e["created"])
+    ]
     if "delivery_success" in p:
         delivered = P.boolean(p, "delivery_success")
         events = [e for e in events if (e.get("pending_webhooks", 0) == 0) == delivered]

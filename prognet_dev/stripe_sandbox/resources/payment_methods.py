@@ -48,10 +48,25 @@ class TestCard:
         return hashlib.sha256(f"prognet-sandbox:{self.number}".encode()).hexdigest()[:16]
 
 
-def _decline(number: str, decline_code: str, message: str = "Your card was declined.", *,
-             code: str = "card_declined", param: str | None = None, attach_fails: bool = True) -> TestCard:
-    return TestCard(number, "visa", outcome="decline", code=code, decline_code=decline_code, message=message,
-                    param=param, attach_fails=attach_fails)
+def _decline(
+    number: str,
+    decline_code: str,
+    message: str = "Your card was declined.",
+    *,
+    code: str = "card_declined",
+    param: str | None = None,
+    attach_fails: bool = True,
+) -> TestCard:
+    return TestCard(
+        number,
+        "visa",
+        outcome="decline",
+        code=code,
+        decline_code=decline_code,
+        message=message,
+        param=param,
+        attach_fails=attach_fails,
+    )
 
 
 _VISA = TestCard("4242424242424242", "visa")
@@ -74,14 +89,22 @@ TEST_PAYMENT_METHODS: dict[str, TestCard] = {
     "pm_card_visa_chargeDeclinedLostCard": _decline("4000000000009987", "lost_card"),
     "pm_card_chargeDeclinedStolenCard": _decline("4000000000009979", "stolen_card"),
     "pm_card_visa_chargeDeclinedStolenCard": _decline("4000000000009979", "stolen_card"),
-    "pm_card_chargeDeclinedExpiredCard": _decline("4000000000000069", "expired_card", "Your card has expired.",
-                                                  code="expired_card", param="exp_month"),
-    "pm_card_chargeDeclinedIncorrectCvc": _decline("4000000000000127", "incorrect_cvc",
-                                                   "Your card's security code is incorrect.", code="incorrect_cvc",
-                                                   param="cvc"),
+    "pm_card_chargeDeclinedExpiredCard": _decline(
+        "4000000000000069", "expired_card", "Your card has expired.", code="expired_card", param="exp_month"
+    ),
+    "pm_card_chargeDeclinedIncorrectCvc": _decline(
+        "4000000000000127",
+        "incorrect_cvc",
+        "Your card's security code is incorrect.",
+        code="incorrect_cvc",
+        param="cvc",
+    ),
     "pm_card_chargeDeclinedProcessingError": _decline(
-        "4000000000000119", "processing_error", "An error occurred while processing your card. Try again in a "
-        "little bit.", code="processing_error"),
+        "4000000000000119",
+        "processing_error",
+        "An error occurred while processing your card. Try again in a little bit.",
+        code="processing_error",
+    ),
     "pm_card_chargeCustomerFail": _decline("4000000000000341", "generic_decline", attach_fails=False),
     "pm_card_authenticationRequired": _AUTH,
     "pm_card_threeDSecureRequired": TestCard("4000000000003063", "visa", outcome="authenticate"),
@@ -103,9 +126,18 @@ def _new_pm(call: Call, card: TestCard) -> dict[str, Any]:
         "object": "payment_method",
         "allow_redisplay": "unspecified",
         "billing_details": {
-            "address": {"city": None, "country": None, "line1": None, "line2": None, "postal_code": None,
-                        "state": None},
-            "email": None, "name": None, "phone": None, "tax_id": None,
+            "address": {
+                "city": None,
+                "country": None,
+                "line1": None,
+                "line2": None,
+                "postal_code": None,
+                "state": None,
+            },
+            "email": None,
+            "name": None,
+            "phone": None,
+            "tax_id": None,
         },
         "card": {
             "brand": card.brand,
@@ -139,8 +171,11 @@ def resolve(call: Call, pm_id: str, *, param: str = "payment_method") -> dict[st
         return _new_pm(call, card)
     pm = call.store.get(KIND, call.account, pm_id)
     if pm is None:  # a missing object named in a parameter is a 400 in Stripe (a 404 only for the URL's object)
-        hint = ("; the Stripe sandbox knows these test ids: " + ", ".join(sorted(TEST_PAYMENT_METHODS))
-                if pm_id.startswith("pm_card_") else "")
+        hint = (
+            "; the Stripe sandbox knows these test ids: " + ", ".join(sorted(TEST_PAYMENT_METHODS))
+            if pm_id.startswith("pm_card_")
+            else ""
+        )
         raise StripeError(400, f"No such PaymentMethod: '{pm_id}'{hint}", code="resource_missing", param=param)
     return pm
 
@@ -157,26 +192,38 @@ def mark_consumed(call: Call, pm_id: str) -> None:
 
 def check_usable(call: Call, pm: dict[str, Any], customer: str | None, *, param: str = "payment_method") -> None:
     if is_consumed(call, pm["id"]):
-        raise StripeError(400, "The provided PaymentMethod was previously used with a PaymentIntent without Customer "
-                               "attachment, shared with a connected account without Customer attachment, or was "
-                               "detached from a Customer. It may not be used again. To use a PaymentMethod multiple "
-                               "times, you must attach it to a Customer first.",
-                          code="payment_method_unexpected_state", param=param)
+        raise StripeError(
+            400,
+            "The provided PaymentMethod was previously used with a PaymentIntent without Customer "
+            "attachment, shared with a connected account without Customer attachment, or was "
+            "detached from a Customer. It may not be used again. To use a PaymentMethod multiple "
+            "times, you must attach it to a Customer first.",
+            code="payment_method_unexpected_state",
+            param=param,
+        )
     if pm.get("customer") and pm["customer"] != customer:
         if customer is None:
-            message = (f"The provided PaymentMethod belongs to a Customer ({pm['customer']}), but you did not provide "
-                       "a Customer. Provide the customer parameter with the Customer the PaymentMethod is attached to.")
+            message = (
+                f"The provided PaymentMethod belongs to a Customer ({pm['customer']}), but you did not provide "
+                "a Customer. Provide the customer parameter with the Customer the PaymentMethod is attached to."
+            )
         else:
-            message = (f"The provided PaymentMethod belongs to Customer {pm['customer']}, not {customer}.")
+            message = f"The provided PaymentMethod belongs to Customer {pm['customer']}, not {customer}."
         raise StripeError(400, message, code="payment_method_unexpected_state", param=param)
 
 
 def decline_error(card: TestCard, *, authentication: bool = False) -> StripeError:
     if authentication:
-        return StripeError(402, "Your card was declined. This transaction requires authentication.",
-                           type="card_error", code="authentication_required", decline_code="authentication_required")
-    return StripeError(402, card.message, type="card_error", code=card.code, decline_code=card.decline_code,
-                       param=card.param)
+        return StripeError(
+            402,
+            "Your card was declined. This transaction requires authentication.",
+            type="card_error",
+            code="authentication_required",
+            decline_code="authentication_required",
+        )
+    return StripeError(
+        402, card.message, type="card_error", code=card.code, decline_code=card.decline_code, param=card.param
+    )
 
 
 def attach(call: Call, pm: dict[str, Any], customer_id: str) -> dict[str, Any]:
@@ -206,8 +253,11 @@ async def list_payment_methods(call: Call = Depends(current_call)) -> dict[str, 
     P.check_known(call.params, {"customer", "type", "limit", "starting_after", "ending_before", "allow_redisplay"})
     customer = P.string(call.params, "customer")
     kind = P.string(call.params, "type")
-    methods = [pm for pm in call.store.list(KIND, call.account)
-               if (customer is None or pm.get("customer") == customer) and (kind is None or pm["type"] == kind)]
+    methods = [
+        pm
+        for pm in call.store.list(KIND, call.account)
+        if (customer is None or pm.get("customer") == customer) and (kind is None or pm["type"] == kind)
+    ]
     return P.paginate(methods, call.params, "/v1/payment_methods")
 
 
@@ -229,8 +279,12 @@ async def attach_payment_method(pm_id: str, call: Call = Depends(current_call)) 
     if pm.get("customer") == customer_id:
         return pm
     if pm.get("customer"):
-        raise StripeError(400, "The payment method you provided has already been attached to a customer.",
-                          code="payment_method_unexpected_state", param="payment_method")
+        raise StripeError(
+            400,
+            "The payment method you provided has already been attached to a customer.",
+            code="payment_method_unexpected_state",
+            param="payment_method",
+        )
     if is_consumed(call, pm["id"]):
         check_usable(call, pm, customer_id)
     card = card_of(pm)
@@ -244,8 +298,12 @@ async def detach_payment_method(pm_id: str, call: Call = Depends(current_call)) 
     P.check_known(call.params, set())
     pm = _load(call, pm_id)
     if not pm.get("customer"):
-        raise StripeError(400, "The payment method you provided is not attached to a customer so detachment is "
-                               "impossible.", code="payment_method_unexpected_state", param="payment_method")
+        raise StripeError(
+            400,
+            "The payment method you provided is not attached to a customer so detachment is impossible.",
+            code="payment_method_unexpected_state",
+            param="payment_method",
+        )
     pm = dict(pm, customer=None)
     call.store.put(KIND, call.account, pm)
     mark_consumed(call, pm_id)
