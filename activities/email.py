@@ -32,6 +32,7 @@ from models.contracts import (
     SendVerificationEmail,
 )
 from models.db import transaction
+from models.errors import RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT
 from models.tables import Invitation, Tenant, User, VerificationToken
 from prognet.settings import Settings
 from prognet.tokens import VERIFY_EMAIL, derive_token, invitation_token
@@ -39,9 +40,6 @@ from workflows import activity_names as names
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
-SMTP_PERMANENT = "SmtpPermanentFailure"
-RENDER_FAILED = "RenderFailed"
-RECIPIENT_GONE = "RecipientGone"
 
 
 def render(template: str, **values: str) -> tuple[str, str]:
