@@ -2,7 +2,8 @@
 
 Routes raise `Problem(KIND, detail)`; framework errors (validation, unknown route, wrong method),
 Temporal outages and unhandled exceptions are mapped here too, so every error body has the same shape:
-`type`, `title`, `status`, `detail`, `instance` (+ `errors` for validation failures).
+`type`, `title`, `status`, `detail`, `instance` (+ `errors` for validation failures). A saga's refusal (an
+ApplicationError type from models/errors.py) becomes its problem through one table, `REFUSALS`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
+
+from models import errors
 
 log = logging.getLogger("prognet.api")
 
@@ -51,6 +54,7 @@ ACCOUNT_DISABLED = ProblemType("account-disabled", 403, "Account disabled")
 FORBIDDEN = ProblemType("forbidden", 403, "Forbidden")
 INVITATION_EMAIL_MISMATCH = ProblemType("invitation-email-mismatch", 403, "Invitation is for another email address")
 NOT_FOUND = ProblemType("not-found", 404, "Not found")
+PAYMENT_DECLINED = ProblemType("payment-declined", 402, "Payment declined")
 METHOD_NOT_ALLOWED = ProblemType("method-not-allowed", 405, "Method not allowed")
 EMAIL_ALREADY_REGISTERED = ProblemType("email-already-registered", 409, "Email already registered")
 TOKEN_ALREADY_USED = ProblemType("token-already-used", 409, "Token already used")
@@ -61,6 +65,9 @@ INVITATION_ALREADY_ACCEPTED = ProblemType("invitation-already-accepted", 409, "I
 TENANT_NOT_ACTIVE = ProblemType("tenant-not-active", 409, "Tenant not active")
 EMAIL_NOT_DEAD_LETTERED = ProblemType("email-not-dead-lettered", 409, "Email is not a dead letter")
 EMAIL_ADDRESS_SUPPRESSED = ProblemType("email-address-suppressed", 409, "Email address suppressed")
+SUBSCRIPTION_EXISTS = ProblemType("subscription-exists", 409, "The tenant already has a live subscription")
+SUBSCRIPTION_ENDED = ProblemType("subscription-ended", 409, "Subscription has ended")
+NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Stripe customer")
 TOKEN_EXPIRED = ProblemType("token-expired", 410, "Token expired")
 INVITATION_EXPIRED = ProblemType("invitation-expired", 410, "Invitation expired or revoked")
 PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", 413, "Request body too large")
@@ -72,6 +79,7 @@ TOO_MANY_ATTEMPTS = ProblemType("too-many-attempts", 429, "Too many attempts")
 INTERNAL_ERROR = ProblemType("internal-error", 500, "Internal server error")
 SERVICE_UNAVAILABLE = ProblemType("service-unavailable", 503, "Service unavailable")
 WORKFLOW_ENGINE_UNAVAILABLE = ProblemType("workflow-engine-unavailable", 503, "Workflow engine unavailable")
+SIGNUP_FAILED = ProblemType("signup-failed", 503, "Sign-up could not be completed")
 
 _BY_STATUS = {  # framework HTTPExceptions carry only a status code
     400: BAD_REQUEST, 401: UNAUTHENTICATED, 403: FORBIDDEN, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED,
@@ -92,6 +100,34 @@ class Problem(Exception):
         self.detail = detail
         self.headers = headers or {}
         self.extensions = extensions
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: ProblemType
+    detail: str
+    headers: dict[str, str] | None = None
+
+
+# --- what a saga's refusal (its error type) answers: the caller can act on these ----------------------
+REFUSALS: dict[str, Refusal] = {
+    errors.EMAIL_TAKEN: Refusal(EMAIL_ALREADY_REGISTERED, "An account with this email address already exists."),
+    errors.SLUG_TAKEN: Refusal(SLUG_TAKEN, "Another tenant already uses this slug; choose another."),
+    errors.PAYMENT_DECLINED: Refusal(PAYMENT_DECLINED, "The first payment was declined; nothing was created. "
+                                     "Try another payment method."),
+    errors.SIGNUP_FAILED: Refusal(SIGNUP_FAILED, "The sign-up could not be completed and was undone; nothing was "
+                                  "charged or kept. Retry later with a new Idempotency-Key.",
+                                  headers={"Retry-After": "30"}),
+}
+
+
+def refusal(error_type: str | None, *, detail: str | None = None, **extensions: Any) -> Problem | None:
+    """The problem a saga's refusal answers (`detail` replaces the catalogue's wording); None for an error type
+    the caller cannot act on."""
+    found = REFUSALS.get(error_type) if error_type else None
+    if found is None:
+        return None
+    return Problem(found.kind, detail or found.detail, headers=dict(found.headers or {}), **extensions)
 
 
 def problem_body(kind: ProblemType, detail: str, instance: str, **extensions: Any) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
 from api.deps import DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager, TenantMember
-from api.problems import NOT_FOUND, Problem, ProblemType, TENANT_NOT_ACTIVE, problem_responses
+from api.problems import (NO_BILLING_ACCOUNT, NOT_FOUND, SUBSCRIPTION_ENDED, SUBSCRIPTION_EXISTS, TENANT_NOT_ACTIVE,
+                          Problem, problem_responses)
 from api.routers.plans import resolve_plan
 from api.schemas import PaymentMethodId, PlanId, _Request
 from models.billing_cycle_contracts import (
@@ -54,9 +55,6 @@ from workflows.names import (
 log = logging.getLogger("prognet.api")
 router = APIRouter(tags=["billing"], dependencies=[Depends(require_json_body)])
 
-SUBSCRIPTION_EXISTS = ProblemType("subscription-exists", 409, "The tenant already has a live subscription")
-SUBSCRIPTION_ENDED = ProblemType("subscription-ended", 409, "Subscription has ended")
-NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Stripe customer")
 STATE_QUERY_TIMEOUT_SECONDS = 2.0
 
 SubscriptionIdPath = Annotated[uuid.UUID, Path(description="The subscription's id.")]
