@@ -26,12 +26,12 @@ from models.billing_cycle_contracts import (
     Refunded,
     RefundPayment,
 )
+from models.errors import STRIPE_PERMANENT_ERROR
 from prognet.settings import Settings
 from workflows import activity_names as names
 
 log = logging.getLogger(__name__)
 
-STRIPE_PERMANENT_ERROR = "StripePermanentError"
 PERMANENT_ERRORS: tuple[type[stripe.StripeError], ...] = (
     stripe.CardError, stripe.InvalidRequestError, stripe.AuthenticationError, stripe.PermissionError,
     stripe.IdempotencyError,

@@ -23,14 +23,12 @@ from temporalio.exceptions import ApplicationError
 
 from models.contracts import EmailRequest
 from models.db import transaction
+from models.errors import RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT
 from models.tables import Invitation, Tenant, User, VerificationToken
 from prognet.settings import Settings
 from prognet.tokens import VERIFY_EMAIL, derive_token, invitation_token
 
 TEMPLATES = Path(__file__).parent / "templates"
-SMTP_PERMANENT = "SmtpPermanentFailure"
-RENDER_FAILED = "RenderFailed"
-RECIPIENT_GONE = "RecipientGone"
 
 
 def render(template: str, **values: str) -> tuple[str, str]:

@@ -16,7 +16,15 @@ from sqlmodel import select
 from temporalio import activity
 
 from activities.email import Composer, SmtpTemporaryFailure, build_message, smtp_send
-from models.contracts import EmailDelivery, EmailPolicy, EmailQueued, EmailRequest, MarkEmail, SendEmail, SuppressAddress
+from models.contracts import (
+    EmailDelivery,
+    EmailPolicy,
+    EmailQueued,
+    EmailRequest,
+    MarkEmail,
+    SendEmail,
+    SuppressAddress,
+)
 from models.db import transaction
 from models.tables import EmailMessage, EmailSuppression, utcnow
 from prognet.settings import Settings

@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from models.contracts import CloseInvitation, CompleteInvitation, IssueInvitation
 from models.db import transaction
+from models.errors import INVITATION_CLOSED, INVITATION_NOT_FOUND
 from models.events import record_event
 from models.tables import Invitation, Membership, utcnow
 from prognet.tokens import hash_token, invitation_token
@@ -42,11 +43,11 @@ class InvitationActivities:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
             invitation = await session.get(Invitation, req.invitation_id, with_for_update=True)
             if invitation is None:
-                raise ApplicationError("invitation not found", type="InvitationNotFound", non_retryable=True)
+                raise ApplicationError("invitation not found", type=INVITATION_NOT_FOUND, non_retryable=True)
             if invitation.status == "accepted":
                 return
             if invitation.status != "pending":
-                raise ApplicationError(f"invitation is {invitation.status}", type="InvitationClosed",
+                raise ApplicationError(f"invitation is {invitation.status}", type=INVITATION_CLOSED,
                                        non_retryable=True)
             await session.exec(insert(Membership).values(tenant_id=req.tenant_id, user_id=req.user_id,
                                                          role=invitation.role).on_conflict_do_nothing())

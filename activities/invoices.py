@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlmodel import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -24,6 +24,7 @@ from models.billing_cycle_contracts import (
     VoidInvoice,
 )
 from models.db import transaction
+from models.errors import INVOICE_NOT_FOUND, INVOICE_NOT_OPEN, INVOICE_RACE
 from models.events import record_event
 from models.tables import DomainEvent, InvoiceCounter, utcnow
 from models.tables import Invoice as InvoiceRow
@@ -62,7 +63,7 @@ class InvoiceActivities:
                 return Invoice(invoice_id=str(row.id), number=number)
         except IntegrityError:
             # A concurrent attempt of this same activity issued it first: the retry will find it.
-            raise ApplicationError("invoice issued concurrently; retrying", type="InvoiceRace") from None
+            raise ApplicationError("invoice issued concurrently; retrying", type=INVOICE_RACE) from None
 
     @activity.defn(name=names.VOID_INVOICE)
     async def void_invoice(self, req: VoidInvoice) -> None:
@@ -85,7 +86,7 @@ class InvoiceActivities:
                 return
             if row.status != "open":
                 raise ApplicationError(f"invoice {row.number} is {row.status}, cannot be paid",
-                                       type="InvoiceNotOpen", non_retryable=True)
+                                       type=INVOICE_NOT_OPEN, non_retryable=True)
             row.status, row.payment_intent_id, row.closed_at = "paid", req.payment_intent_id, utcnow()
             db.add(row)
 
@@ -97,7 +98,7 @@ class InvoiceActivities:
                 return
             if row.status != "open":
                 raise ApplicationError(f"invoice {row.number} is {row.status}, cannot be uncollectible",
-                                       type="InvoiceNotOpen", non_retryable=True)
+                                       type=INVOICE_NOT_OPEN, non_retryable=True)
             row.status, row.decline_code, row.closed_at = "uncollectible", req.decline_code, utcnow()
             db.add(row)
 
@@ -123,5 +124,5 @@ class InvoiceActivities:
     async def _get(db, invoice_id: str) -> InvoiceRow:
         row = await db.get(InvoiceRow, uuid.UUID(invoice_id))
         if row is None:
-            raise ApplicationError(f"invoice {invoice_id} not found", type="InvoiceNotFound", non_retryable=True)
+            raise ApplicationError(f"invoice {invoice_id} not found", type=INVOICE_NOT_FOUND, non_retryable=True)
         return row

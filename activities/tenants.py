@@ -21,12 +21,12 @@ from temporalio.exceptions import ApplicationError
 from models.billing_cycle_contracts import SuspendTenant
 from models.contracts import CreateBillingConfig, CreateTenant, MarkTenantFailed, MembershipRef, TenantRef
 from models.db import transaction
-from models.signup_contracts import DiscardTenant
+from models.errors import SLUG_TAKEN
 from models.events import record_event
+from models.signup_contracts import DiscardTenant
 from models.tables import Membership, Tenant, TenantBilling, TenantSettings, utcnow
 from workflows import activity_names as names
 
-SLUG_TAKEN = "SlugTaken"
 DEFAULT_SETTINGS = {"timezone": "UTC", "locale": "en", "invitation_roles": ["admin", "member"]}
 
 

@@ -14,14 +14,13 @@ from temporalio.exceptions import ApplicationError
 
 from models.contracts import ActivateUser, CreatePendingUser, IssueVerificationToken, TokenRef, UserRef
 from models.db import transaction
+from models.errors import EMAIL_TAKEN, USER_NOT_FOUND
 from models.events import record_event
 from models.tables import User, VerificationToken, utcnow
 from prognet.tokens import VERIFY_EMAIL, derive_token, hash_token
 from workflows import activity_names as names
 
 log = logging.getLogger(__name__)
-
-EMAIL_TAKEN = "EmailAlreadyRegistered"
 
 
 class UserActivities:
@@ -82,7 +81,7 @@ class UserActivities:
         async with transaction(self.engine) as session:
             user = await session.get(User, req.user_id, with_for_update=True)
             if user is None:
-                raise ApplicationError("user vanished before activation", type="UserNotFound", non_retryable=True)
+                raise ApplicationError("user vanished before activation", type=USER_NOT_FOUND, non_retryable=True)
             if user.status == "active":
                 return
             now = utcnow()

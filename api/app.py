@@ -15,11 +15,23 @@ from api.login_throttle import LoginThrottle
 from api.problems import install_problem_handlers
 from api.request_log import AccessLog, configure_logging
 from api.routers import (
-    admin, auth, emails, health, invitation_accept, invitations, me, members, pages, plans, registration, tenants,
+    admin,
+    auth,
+    emails,
+    health,
+    invitation_accept,
+    invitations,
+    me,
+    members,
+    pages,
+    plans,
+    registration,
+    signup,
+    stripe_webhooks,
+    subscriptions,
+    tenants,
     workflows,
 )
-from api.routers import stripe_webhooks, subscriptions
-from api.routers import signup
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine

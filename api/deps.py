@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.jwt_tokens import AccessTokenCodec, InvalidAccessToken
 from api.login_throttle import LoginThrottle
 from api.problems import (
-    BEARER_CHALLENGE, BEARER_INVALID, FORBIDDEN, INVALID_ACCESS_TOKEN, NOT_FOUND, UNAUTHENTICATED, Problem,
+    BEARER_CHALLENGE,
+    BEARER_INVALID,
+    FORBIDDEN,
+    INVALID_ACCESS_TOKEN,
+    NOT_FOUND,
+    UNAUTHENTICATED,
+    Problem,
 )
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector

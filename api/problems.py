@@ -2,7 +2,8 @@
 
 Routes raise `Problem(KIND, detail)`; framework errors (validation, unknown route, wrong method),
 Temporal outages and unhandled exceptions are mapped here too, so every error body has the same shape:
-`type`, `title`, `status`, `detail`, `instance` (+ `errors` for validation failures).
+`type`, `title`, `status`, `detail`, `instance` (+ `errors` for validation failures). A saga's refusal (an
+ApplicationError type from models/errors.py) becomes its problem through one table, `REFUSALS`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
+
+from models import errors
 
 log = logging.getLogger("prognet.api")
 
@@ -46,6 +49,7 @@ UNAUTHENTICATED = ProblemType("unauthenticated", 401, "Authentication required")
 INVALID_ACCESS_TOKEN = ProblemType("invalid-access-token", 401, "Invalid access token")
 INVALID_CREDENTIALS = ProblemType("invalid-credentials", 401, "Invalid credentials")
 INVALID_REFRESH_TOKEN = ProblemType("invalid-refresh-token", 401, "Invalid refresh token")
+PAYMENT_DECLINED = ProblemType("payment-declined", 402, "Payment declined")
 ACCOUNT_NOT_VERIFIED = ProblemType("account-not-verified", 403, "Account not verified")
 ACCOUNT_DISABLED = ProblemType("account-disabled", 403, "Account disabled")
 FORBIDDEN = ProblemType("forbidden", 403, "Forbidden")
@@ -62,6 +66,9 @@ TENANT_NOT_ACTIVE = ProblemType("tenant-not-active", 409, "Tenant not active")
 PLAN_UNCHANGED = ProblemType("plan-unchanged", 409, "Already on this plan")
 EMAIL_NOT_DEAD_LETTERED = ProblemType("email-not-dead-lettered", 409, "Email is not a dead letter")
 EMAIL_ADDRESS_SUPPRESSED = ProblemType("email-address-suppressed", 409, "Email address suppressed")
+SUBSCRIPTION_EXISTS = ProblemType("subscription-exists", 409, "The tenant already has a live subscription")
+SUBSCRIPTION_ENDED = ProblemType("subscription-ended", 409, "Subscription has ended")
+NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Stripe customer")
 TOKEN_EXPIRED = ProblemType("token-expired", 410, "Token expired")
 INVITATION_EXPIRED = ProblemType("invitation-expired", 410, "Invitation expired or revoked")
 PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", 413, "Request body too large")
@@ -73,6 +80,7 @@ TOO_MANY_ATTEMPTS = ProblemType("too-many-attempts", 429, "Too many attempts")
 INTERNAL_ERROR = ProblemType("internal-error", 500, "Internal server error")
 SERVICE_UNAVAILABLE = ProblemType("service-unavailable", 503, "Service unavailable")
 WORKFLOW_ENGINE_UNAVAILABLE = ProblemType("workflow-engine-unavailable", 503, "Workflow engine unavailable")
+SIGNUP_FAILED = ProblemType("signup-failed", 503, "Sign-up could not be completed")
 
 _BY_STATUS = {  # framework HTTPExceptions carry only a status code
     400: BAD_REQUEST, 401: UNAUTHENTICATED, 403: FORBIDDEN, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED,
@@ -93,6 +101,39 @@ class Problem(Exception):
         self.detail = detail
         self.headers = headers or {}
         self.extensions = extensions
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: ProblemType
+    detail: str
+    headers: dict[str, str] | None = None
+
+
+# --- what a saga's refusal (its error type) answers: the caller can act on these ----------------------
+REFUSALS: dict[str, Refusal] = {
+    errors.EMAIL_TAKEN: Refusal(EMAIL_ALREADY_REGISTERED, "An account with this email address already exists."),
+    errors.SLUG_TAKEN: Refusal(SLUG_TAKEN, "Another tenant already uses this slug; choose another."),
+    errors.PAYMENT_DECLINED: Refusal(PAYMENT_DECLINED, "The first payment was declined; nothing was created. "
+                                     "Try another payment method."),
+    errors.SIGNUP_FAILED: Refusal(SIGNUP_FAILED, "The sign-up could not be completed and was undone; nothing was "
+                                  "charged or kept. Retry later with a new Idempotency-Key.",
+                                  headers={"Retry-After": "30"}),
+    errors.SUBSCRIPTION_EXISTS: Refusal(SUBSCRIPTION_EXISTS, "Cancel the current subscription or change its plan "
+                                        "instead."),
+    errors.SUBSCRIPTION_ENDED: Refusal(SUBSCRIPTION_ENDED, "This subscription has ended."),
+    errors.PLAN_UNCHANGED: Refusal(PLAN_UNCHANGED, "The subscription is already on this plan."),
+    errors.INVALID_PLAN: Refusal(UNKNOWN_PLAN, "This plan is not available to this subscription (another currency)."),
+}
+
+
+def refusal(error_type: str | None, *, detail: str | None = None, **extensions: Any) -> Problem | None:
+    """The problem a saga's refusal answers (`detail` replaces the catalogue's wording); None for an error type
+    the caller cannot act on."""
+    found = REFUSALS.get(error_type) if error_type else None
+    if found is None:
+        return None
+    return Problem(found.kind, detail or found.detail, headers=dict(found.headers or {}), **extensions)
 
 
 def problem_body(kind: ProblemType, detail: str, instance: str, **extensions: Any) -> dict[str, Any]:

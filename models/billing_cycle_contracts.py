@@ -292,12 +292,6 @@ class SubscriptionResult(BaseModel):
     refunded_amount: int = 0
 
 
-# Why a subscription refuses to start or a request to it is rejected (ApplicationError types).
-SUBSCRIPTION_EXISTS = "SubscriptionExists"  # the tenant already has a live subscription
-SUBSCRIPTION_ENDED = "SubscriptionEnded"  # canceled or unpaid: nothing left to change
-PLAN_UNCHANGED = "PlanUnchanged"  # a change to the plan it is already on
-INVALID_PLAN = "InvalidPlan"  # a plan this subscription cannot move to (another currency)
-
 
 class CreateSubscription(BaseModel):
     """The subscription's first step: its row, `incomplete`; `SubscriptionExists` if the tenant has a live one."""

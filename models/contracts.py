@@ -60,7 +60,6 @@ class RegistrationInput(BaseModel):
     display_name: str | None = None
     password_hash: str  # argon2id, computed by the API before the workflow starts
     verification_timeout_seconds: int = 24 * 3600
-    request_fingerprint: str = ""  # sha256 of the normalised request, to check Idempotency-Key reuse
 
 
 class RegistrationAccepted(BaseModel):
@@ -68,7 +67,6 @@ class RegistrationAccepted(BaseModel):
 
     user_id: uuid.UUID
     status: str
-    request_fingerprint: str = ""
 
 
 class VerifyEmail(BaseModel):

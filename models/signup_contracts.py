@@ -33,7 +33,6 @@ class PaidSignupInput(BaseModel):
     # the subscription that follows: BILLING_DUNNING_DAYS and BILLING_POLL_SECONDS, as for any other
     dunning_schedule_days: list[int] = Field(default_factory=lambda: list(DEFAULT_DUNNING_DAYS))
     subscription_poll_seconds: int = 300
-    request_fingerprint: str = ""  # sha256 of the normalised request, to check Idempotency-Key reuse
 
 
 class RegistrationProgress(BaseModel):
@@ -64,7 +63,6 @@ class SignupOutcome(BaseModel):
     error_type: str | None = None  # EmailAlreadyRegistered, SlugTaken, PaymentDeclined, SignupFailed
     reason: str | None = None  # short and log-safe: no PII
     decline_code: str | None = None
-    request_fingerprint: str = ""
 
 
 class DiscardTenant(BaseModel):

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         SendEmail,
         SuppressAddress,
     )
+    from models.errors import RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT, error_type
     from workflows import activity_names as act
     from workflows.names import (
         EMAIL_DELIVERY_WORKFLOW,
@@ -39,8 +40,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.saga import Saga, describe_error
 
-PERMANENT = "SmtpPermanentFailure"
-NEVER_RETRY = [PERMANENT, "RenderFailed", "RecipientGone"]
+NEVER_RETRY = [SMTP_PERMANENT, RENDER_FAILED, RECIPIENT_GONE]
 BOOKKEEPING = dict(start_to_close_timeout=timedelta(seconds=30),
                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
 
@@ -81,8 +81,7 @@ class EmailDeliveryWorkflow:
                     result_type=EmailDelivery)
             except ActivityError as err:
                 reason = describe_error(err)
-                cause = err.cause
-                if isinstance(cause, ApplicationError) and cause.type == PERMANENT:
+                if error_type(err) == SMTP_PERMANENT:
                     await workflow.execute_activity(act.SUPPRESS_ADDRESS, SuppressAddress(
                         tenant_id=req.tenant_id, address=to_address, reason=reason, message_id=req.message_id),
                         **BOOKKEEPING)

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionState,
     )
     from models.contracts import RegistrationInput, TenantProvisioningInput, TenantProvisioningResult
+    from models.errors import EMAIL_TAKEN, PAYMENT_DECLINED, SIGNUP_FAILED, SLUG_TAKEN, error_type, failure_cause
     from models.signup_contracts import DiscardTenant, PaidSignupInput, RegistrationProgress, SignupOutcome
     from workflows import activity_names as act
     from workflows.names import (
@@ -60,20 +61,9 @@ with workflow.unsafe.imports_passed_through():
         subscription_workflow_id,
         tenant_workflow_id,
     )
-    from workflows.registration import EMAIL_TAKEN
     from workflows.saga import Saga, describe_error
-    from workflows.tenant_provisioning import SLUG_TAKEN
 
-PAYMENT_DECLINED = "PaymentDeclined"
-SIGNUP_FAILED = "SignupFailed"
 MAX_REASON = 300
-
-
-def _cause(err: BaseException) -> BaseException:
-    """The innermost cause of a child workflow's failure (e.g. the ApplicationError it ended with)."""
-    while isinstance(err, ChildWorkflowError) and err.cause is not None:
-        err = err.cause
-    return err
 
 
 @workflow.defn(name=PAID_SIGNUP_WORKFLOW)
@@ -181,8 +171,7 @@ class PaidSignupWorkflow:
                 static_summary=f"Provisioning of tenant {p.tenant_id} (paid sign-up {self._wid()})",
             )
         except ChildWorkflowError as err:
-            cause = _cause(err)
-            if isinstance(cause, ApplicationError) and cause.type == SLUG_TAKEN:
+            if error_type(err) == SLUG_TAKEN:
                 raise ApplicationError("this slug is already taken", type=SLUG_TAKEN, non_retryable=True) from err
             raise
         return tenant
@@ -258,13 +247,13 @@ class PaidSignupWorkflow:
     async def _unwind(self, err: BaseException) -> None:
         """Compensations in reverse (refund, Stripe customer, tenant, the registration); cancellation cannot
         interrupt it. The outcome is set once everything is undone."""
-        self.saga.state.error = describe_error(_cause(err))[:MAX_REASON]
+        self.saga.state.error = describe_error(failure_cause(err))[:MAX_REASON]
         await self.saga.compensate("compensated")
         self.outcome = self._outcome_of(err)
         await workflow.wait_condition(workflow.all_handlers_finished)
 
     def _outcome_of(self, err: BaseException) -> SignupOutcome:
-        cause = _cause(err)
+        cause = failure_cause(err)
         kind = cause.type if isinstance(cause, ApplicationError) else None
         if kind == PAYMENT_DECLINED:
             code = cause.details[0] if cause.details else None
@@ -293,7 +282,7 @@ class PaidSignupWorkflow:
     def _outcome(self, status: str, **fields) -> SignupOutcome:
         p = self.params
         return SignupOutcome(status=status, workflow_id=self._wid(), user_id=p.user_id, tenant_id=p.tenant_id,
-                             subscription_id=p.subscription_id, request_fingerprint=p.request_fingerprint, **fields)
+                             subscription_id=p.subscription_id, **fields)
 
     # --- handlers ---
 

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         UserRef,
         VerifyEmail,
     )
+    from models.errors import EMAIL_TAKEN, REGISTRATION_FAILED, error_type
     from models.signup_contracts import RegistrationProgress
     from workflows import activity_names as act
     from workflows.email_delivery import start_email
@@ -37,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.saga import Saga
 
-EMAIL_TAKEN = "EmailAlreadyRegistered"
 
 
 @workflow.defn(name=REGISTRATION_WORKFLOW)
@@ -62,14 +62,14 @@ class RegistrationWorkflow:
                 compensation=(act.DELETE_PENDING_USER, UserRef(user_id=params.user_id, workflow_id=wid)),
             )
         except ActivityError as err:
-            if isinstance(err.cause, ApplicationError) and err.cause.type == EMAIL_TAKEN:
+            if error_type(err) == EMAIL_TAKEN:
                 # Nothing was created, so nothing to compensate: answer the caller and end.
                 self.rejection = ApplicationError("this email is already registered", type=EMAIL_TAKEN,
                                                   non_retryable=True)
                 await self._tell_parent("rejected", EMAIL_TAKEN)
                 await self.saga.reject(self.rejection, "email already registered; nothing created")
             # Any other failure: the usual unwind (the create may have happened before the error).
-            self.rejection = ApplicationError("the registration could not be started", type="RegistrationFailed",
+            self.rejection = ApplicationError("the registration could not be started", type=REGISTRATION_FAILED,
                                               non_retryable=True)
             await self.saga.abort(err)
         self.user_created = True
@@ -128,8 +128,7 @@ class RegistrationWorkflow:
         await workflow.wait_condition(lambda: self.user_created or self.rejection is not None)
         if self.rejection is not None:
             raise self.rejection
-        return RegistrationAccepted(user_id=self.params.user_id, status=self.saga.state.status,
-                                    request_fingerprint=self.params.request_fingerprint)
+        return RegistrationAccepted(user_id=self.params.user_id, status=self.saga.state.status)
 
     @workflow.signal(name=SIGNAL_VERIFY_EMAIL)
     def verify_email(self, signal: VerifyEmail) -> None:

@@ -48,10 +48,6 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from models.billing_calendar import advance, prorate
     from models.billing_cycle_contracts import (
-        INVALID_PLAN,
-        PLAN_UNCHANGED,
-        SUBSCRIPTION_ENDED,
-        SUBSCRIPTION_EXISTS,
         BillingCycleInput,
         BillingCycleKind,
         BillingCycleResult,
@@ -73,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionStatus,
         SuspendTenant,
     )
+    from models.errors import INVALID_PLAN, PLAN_UNCHANGED, SUBSCRIPTION_ENDED, SUBSCRIPTION_EXISTS
     from models.plans import Plan
     from workflows import activity_names as act
     from workflows.names import (

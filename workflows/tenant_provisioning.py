@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         TenantProvisioningResult,
         TenantRef,
     )
+    from models.errors import SLUG_TAKEN, TENANT_FAILED, error_type
     from workflows import activity_names as act
     from workflows.email_delivery import start_email
     from workflows.names import (
@@ -32,8 +33,6 @@ with workflow.unsafe.imports_passed_through():
         email_message_id,
     )
     from workflows.saga import Saga
-
-SLUG_TAKEN = "SlugTaken"
 
 
 @workflow.defn(name=TENANT_PROVISIONING_WORKFLOW)
@@ -57,10 +56,10 @@ class TenantProvisioningWorkflow:
                 compensation=(act.MARK_TENANT_FAILED, self._failure),
             )
         except ActivityError as err:
-            if isinstance(err.cause, ApplicationError) and err.cause.type == SLUG_TAKEN:
+            if error_type(err) == SLUG_TAKEN:
                 self.rejection = ApplicationError("this slug is already taken", type=SLUG_TAKEN, non_retryable=True)
                 await self.saga.reject(self.rejection, "slug already taken; nothing created")
-            self.rejection = ApplicationError("the tenant could not be created", type="TenantFailed",
+            self.rejection = ApplicationError("the tenant could not be created", type=TENANT_FAILED,
                                               non_retryable=True)
             await self.saga.abort(err)
         self.tenant_created = True

@@ -27,15 +27,36 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.body_guard import require_json_body
 from api.deps import DbDep, Operator, PlatformAdmin, TemporalConnectorDep
 from api.problems import (
-    EMAIL_ADDRESS_SUPPRESSED, EMAIL_NOT_DEAD_LETTERED, NOT_FOUND, Problem, problem_responses,
+    EMAIL_ADDRESS_SUPPRESSED,
+    EMAIL_NOT_DEAD_LETTERED,
+    NOT_FOUND,
+    Problem,
+    problem_responses,
 )
 from api.routers.emails import (
-    DEFAULT_LIMIT, Cursor, Limit, Since, StateFilter, TemplateFilter, Until, aware, check_window, email_filters,
-    page_after, split_page,
+    DEFAULT_LIMIT,
+    Cursor,
+    Limit,
+    Since,
+    StateFilter,
+    TemplateFilter,
+    Until,
+    aware,
+    check_window,
+    email_filters,
+    page_after,
+    split_page,
 )
 from api.schemas import (
-    AdminEmailDetail, AdminEmailLinks, AdminEmailPage, AdminEmailView, DiscardEmailRequest, EmailDecisionAccepted,
-    RetryEmailRequest, SuppressionPage, SuppressionView,
+    AdminEmailDetail,
+    AdminEmailLinks,
+    AdminEmailPage,
+    AdminEmailView,
+    DiscardEmailRequest,
+    EmailDecisionAccepted,
+    RetryEmailRequest,
+    SuppressionPage,
+    SuppressionView,
 )
 from models.contracts import EmailDecision, SagaState
 from models.db import transaction

@@ -11,8 +11,13 @@ from sqlmodel import select
 from api.body_guard import require_json_body
 from api.deps import AccessTokensDep, CurrentUser, DbDep, SessionsDep, SettingsDep, ThrottleDep
 from api.problems import (
-    ACCOUNT_DISABLED, ACCOUNT_NOT_VERIFIED, INVALID_CREDENTIALS, INVALID_REFRESH_TOKEN, TOO_MANY_ATTEMPTS,
-    Problem, problem_responses,
+    ACCOUNT_DISABLED,
+    ACCOUNT_NOT_VERIFIED,
+    INVALID_CREDENTIALS,
+    INVALID_REFRESH_TOKEN,
+    TOO_MANY_ATTEMPTS,
+    Problem,
+    problem_responses,
 )
 from api.schemas import LoginRequest, RefreshRequest, TokenPair
 from api.sessions import RefreshOutcome

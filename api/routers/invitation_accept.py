@@ -19,8 +19,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.body_guard import require_json_body
 from api.deps import CurrentUser, DbDep, TemporalConnectorDep
 from api.problems import (
-    ACCOUNT_NOT_VERIFIED, ALREADY_A_MEMBER, INVALID_TOKEN, INVITATION_ALREADY_ACCEPTED, INVITATION_EMAIL_MISMATCH,
-    INVITATION_EXPIRED, Problem, problem_responses,
+    ACCOUNT_NOT_VERIFIED,
+    ALREADY_A_MEMBER,
+    INVALID_TOKEN,
+    INVITATION_ALREADY_ACCEPTED,
+    INVITATION_EMAIL_MISMATCH,
+    INVITATION_EXPIRED,
+    Problem,
+    problem_responses,
 )
 from api.schemas import AcceptInvitationRequest, InvitationAcceptResponse
 from models.contracts import AcceptInvitation, InvitationResult

@@ -13,46 +13,50 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import func
 from sqlmodel import select
-from temporalio.client import Client, WorkflowFailureError
-from temporalio.common import (
-    SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import SearchAttributePair
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
 from api.deps import DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager
 from api.problems import (
-    ALREADY_A_MEMBER, IDEMPOTENCY_KEY_REUSED, INVITATION_ALREADY_ACCEPTED, NOT_FOUND, TENANT_NOT_ACTIVE, Problem,
+    ALREADY_A_MEMBER,
+    INVITATION_ALREADY_ACCEPTED,
+    NOT_FOUND,
+    TENANT_NOT_ACTIVE,
+    Problem,
     problem_responses,
 )
+from api.saga_start import IdempotencyKey, SagaStart, earlier_start, keyed_id, request_fingerprint, start_saga
 from api.schemas import (
-    CreateInvitationRequest, InvitationAcceptedResponse, InvitationLinks, InvitationStatus, InvitationView,
+    CreateInvitationRequest,
+    InvitationAcceptedResponse,
+    InvitationLinks,
+    InvitationStatus,
+    InvitationView,
 )
 from models.contracts import InvitationInput
 from models.db import transaction
 from models.tables import Invitation, Membership, Tenant, User
 from workflows.names import (
-    INVITATION_WORKFLOW, SA_TENANT_ID, SA_USER_ID, SIGNAL_REVOKE_INVITATION, TASK_QUEUE, invitation_workflow_id,
+    INVITATION_WORKFLOW,
+    SA_TENANT_ID,
+    SA_USER_ID,
+    SIGNAL_REVOKE_INVITATION,
+    invitation_workflow_id,
 )
 
 log = logging.getLogger("prognet.api")
 
 router = APIRouter(tags=["invitations"], dependencies=[Depends(require_json_body)])
 
-# invitation_id = uuid5(IDEMPOTENCY_NAMESPACE, f"invitation:{tenant}:{caller}:{Idempotency-Key}").
-IDEMPOTENCY_NAMESPACE = uuid.UUID("3c9e7b1a-6d2f-5a8e-b4c1-7f0e2d9a6b35")
 REVOKE_RESULT_TIMEOUT_SECONDS = 5.0
 INVITATION_NOT_FOUND = "No invitation with this id in this tenant."
 
 InvitationIdPath = Annotated[uuid.UUID, Path(description="The invitation's id.")]
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,255}$",
-    description="Retry-safe key: the same key returns the same invitation instead of sending another.",
-)]
 
 
 def _view(inv: Invitation) -> InvitationView:
@@ -67,6 +71,15 @@ def _accepted(tenant_id: uuid.UUID, invitation_id: uuid.UUID, state: str) -> Inv
         links=InvitationLinks(self=f"/v1/tenants/{tenant_id}/invitations/{invitation_id}",
                               workflow=f"/v1/workflows/{workflow_id}"),
     )
+
+
+async def _status(engine, tenant_id: uuid.UUID, invitation_id: uuid.UUID, caller_id: uuid.UUID,
+                  running: bool) -> str:
+    """Of an invitation an earlier request under the same Idempotency-Key started. Its saga writes the row:
+    none yet while it runs means pending; none after it ended means it was revoked before being stored."""
+    async with transaction(engine, tenant_id=tenant_id, user_id=caller_id) as db:
+        row = await db.get(Invitation, invitation_id)
+    return row.status if row is not None else "pending" if running else "revoked"
 
 
 async def _revoke(client: Client, invitation_id: uuid.UUID) -> bool:
@@ -92,15 +105,28 @@ async def _revoke(client: Client, invitation_id: uuid.UUID) -> bool:
 async def invite(tenant_id: TenantIdPath, body: CreateInvitationRequest, manager: TenantManager, engine: DbDep,
                  settings: SettingsDep, temporal: TemporalConnectorDep,
                  idempotency_key: IdempotencyKey = None) -> InvitationAcceptedResponse:
-    invitation_id = (uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"invitation:{tenant_id}:{manager.user_id}:{idempotency_key}")
-                     if idempotency_key else uuid.uuid4())
+    invitation_id = keyed_id(idempotency_key, "invitation", tenant_id, manager.user_id)
+    workflow_id = invitation_workflow_id(invitation_id)
     email = body.email.strip()
+    saga = SagaStart(
+        workflow=INVITATION_WORKFLOW, workflow_id=workflow_id,
+        input=InvitationInput(invitation_id=invitation_id, tenant_id=tenant_id, email=email, role=body.role,
+                              invited_by=manager.user_id,
+                              expires_in_seconds=int(settings.invitation_timeout.total_seconds())),
+        fingerprint=request_fingerprint(email.lower(), body.role),
+        reused_detail="This Idempotency-Key was already used for another invitation.",
+        search_attributes=[SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+                           SearchAttributePair(SA_USER_ID, str(manager.user_id))],  # the inviter follows it
+        summary=f"Invitation {invitation_id} to tenant {tenant_id}",
+    )
+    if idempotency_key:
+        client = await temporal.get()
+        earlier = await earlier_start(client, saga)
+        if earlier is not None:  # replayed Idempotency-Key: nothing new to send or revoke
+            running = earlier.status == WorkflowExecutionStatus.RUNNING
+            return _accepted(tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id,
+                                                                     manager.user_id, running))
     async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
-        existing = await db.get(Invitation, invitation_id) if idempotency_key else None
-        if existing is not None:  # replayed Idempotency-Key: nothing new to send or revoke
-            if existing.email.lower() != email.lower() or existing.role != body.role:
-                raise Problem(IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was already used for another invitation.")
-            return _accepted(tenant_id, invitation_id, existing.status)
         tenant = await db.get(Tenant, tenant_id)
         if tenant is None or tenant.status != "active":
             raise Problem(TENANT_NOT_ACTIVE, "Invitations can be sent once the tenant is active.")
@@ -116,26 +142,10 @@ async def invite(tenant_id: TenantIdPath, body: CreateInvitationRequest, manager
         ))).all()
 
     client = await temporal.get()
-    workflow_id = invitation_workflow_id(invitation_id)
-    try:
-        await client.start_workflow(
-            INVITATION_WORKFLOW,
-            InvitationInput(invitation_id=invitation_id, tenant_id=tenant_id, email=email, role=body.role,
-                            invited_by=manager.user_id,
-                            expires_in_seconds=int(settings.invitation_timeout.total_seconds())),
-            id=workflow_id, task_queue=TASK_QUEUE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
-                SearchAttributePair(SA_USER_ID, str(manager.user_id)),  # the inviter follows it at links.workflow
-            ]),
-            static_summary=f"Invitation {invitation_id} to tenant {tenant_id}",
-        )
-    except WorkflowAlreadyStartedError:  # same Idempotency-Key, and that saga has already ended
-        async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
-            ended = await db.get(Invitation, invitation_id)
-        return _accepted(tenant_id, invitation_id, ended.status if ended else "revoked")
+    reply = await start_saga(client, saga, idempotency_key)
+    if reply.closed:  # the same Idempotency-Key, and that saga ended meanwhile
+        return _accepted(tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id, manager.user_id,
+                                                                 running=False))
     revoked = [old for old in older if await _revoke(client, old)]
     log.info("invitation started", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id),
                                           "revoked": [str(r) for r in revoked]})

@@ -3,41 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from sqlmodel import select
-from temporalio.client import (
-    WithStartWorkflowOperation,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
-)
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.client import WorkflowFailureError
+from temporalio.common import SearchAttributePair
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
 from api.deps import DbDep, SettingsDep, TemporalConnectorDep
 from api.problems import (
-    EMAIL_ALREADY_REGISTERED,
-    IDEMPOTENCY_KEY_REUSED,
     INVALID_TOKEN,
     TOKEN_ALREADY_USED,
     TOKEN_EXPIRED,
     Problem,
     problem_responses,
 )
+from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
 from api.schemas import (
     RegisterRequest,
     RegistrationAcceptedResponse,
@@ -45,7 +30,6 @@ from api.schemas import (
     VerifyRequest,
     VerifyResponse,
 )
-from api.temporal_client import answer_within
 from models.contracts import (
     RegistrationAccepted,
     RegistrationInput,
@@ -59,7 +43,6 @@ from workflows.names import (
     REGISTRATION_WORKFLOW,
     SA_USER_ID,
     SIGNAL_VERIFY_EMAIL,
-    TASK_QUEUE,
     UPDATE_REGISTRATION_ACCEPTED,
     registration_workflow_id,
 )
@@ -68,27 +51,7 @@ log = logging.getLogger("prognet.api")
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"], dependencies=[Depends(require_json_body)])
 
-# user_id = uuid5(IDEMPOTENCY_NAMESPACE, "register:" + Idempotency-Key): a retried request finds the same saga.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c6f7e-8a51-5f0e-9c43-6a4f3d2e1b70")
 VERIFY_RESULT_TIMEOUT_SECONDS = 15.0
-EMAIL_ALREADY_REGISTERED_ERROR = "EmailAlreadyRegistered"
-
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,255}$",
-    description="Retry-safe key: the same key with the same body returns the same registration.",
-)]
-
-
-def request_fingerprint(email: str, display_name: str | None) -> str:
-    return hashlib.sha256(f"{email.strip().lower()}\n{display_name or ''}".encode()).hexdigest()
-
-
-async def _ended_on_taken_email(handle: WorkflowHandle) -> bool:
-    try:
-        await handle.result()
-    except WorkflowFailureError as exc:
-        return isinstance(exc.cause, ApplicationError) and exc.cause.type == EMAIL_ALREADY_REGISTERED_ERROR
-    return False
 
 
 def _accepted(user_id: uuid.UUID, workflow_id: str, state: str) -> RegistrationAcceptedResponse:
@@ -108,47 +71,28 @@ def _accepted(user_id: uuid.UUID, workflow_id: str, state: str) -> RegistrationA
 async def register(body: RegisterRequest, settings: SettingsDep, temporal: TemporalConnectorDep,
                    idempotency_key: IdempotencyKey = None) -> RegistrationAcceptedResponse:
     client = await temporal.get()
-    user_id = uuid.uuid5(IDEMPOTENCY_NAMESPACE, "register:" + idempotency_key) if idempotency_key else uuid.uuid4()
-    fingerprint = request_fingerprint(body.email, body.display_name)
+    user_id = keyed_id(idempotency_key, "register")
+    fingerprint = request_fingerprint(body.email.strip().lower(), body.display_name or '')
     workflow_id = registration_workflow_id(user_id)
     password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
 
-    operation = WithStartWorkflowOperation(
-        REGISTRATION_WORKFLOW,
-        RegistrationInput(
+    reply = await start_saga(client, SagaStart(
+        workflow=REGISTRATION_WORKFLOW, workflow_id=workflow_id,
+        input=RegistrationInput(
             user_id=user_id, email=body.email, display_name=body.display_name, password_hash=password_hash,
             verification_timeout_seconds=int(settings.registration_verification_timeout.total_seconds()),
-            request_fingerprint=fingerprint,
         ),
-        id=workflow_id, task_queue=TASK_QUEUE,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=TypedSearchAttributes([SearchAttributePair(SA_USER_ID, str(user_id))]),
-        static_summary=f"Registration of user {user_id}",
-    )
-    try:
-        accepted: RegistrationAccepted = await answer_within(client.execute_update_with_start_workflow(
-            UPDATE_REGISTRATION_ACCEPTED, start_workflow_operation=operation, result_type=RegistrationAccepted,
-        ))
-    except WorkflowUpdateFailedError as exc:
-        if isinstance(exc.cause, ApplicationError) and exc.cause.type == EMAIL_ALREADY_REGISTERED_ERROR:
-            log.info("registration refused: email taken", extra={"workflow_id": workflow_id})
-            raise Problem(EMAIL_ALREADY_REGISTERED, "An account with this email address already exists.") from None
-        raise
-    except WorkflowAlreadyStartedError:
-        # Same Idempotency-Key as a registration that already ended: answer as that one did.
-        handle = client.get_workflow_handle(workflow_id)
-        description = await handle.describe()
-        if description.status == WorkflowExecutionStatus.FAILED and await _ended_on_taken_email(handle):
-            raise Problem(EMAIL_ALREADY_REGISTERED, "An account with this email address already exists.") from None
+        fingerprint=fingerprint,
+        reused_detail="This Idempotency-Key was already used for a different registration request.",
+        search_attributes=[SearchAttributePair(SA_USER_ID, str(user_id))],
+        summary=f"Registration of user {user_id}",
+    ), idempotency_key, update=UPDATE_REGISTRATION_ACCEPTED, result_type=RegistrationAccepted)
+    reply.raise_if_refused()  # a taken email: 409
+    if reply.answer is None:  # the same Idempotency-Key as a registration that already ended
         log.info("registration replayed", extra={"workflow_id": workflow_id})
-        return _accepted(user_id, workflow_id, description.status.name.lower() if description.status else "unknown")
-
-    if accepted.request_fingerprint and accepted.request_fingerprint != fingerprint:
-        raise Problem(IDEMPOTENCY_KEY_REUSED,
-                      "This Idempotency-Key was already used for a different registration request.")
-    log.info("registration accepted", extra={"workflow_id": workflow_id, "user_id": str(accepted.user_id)})
-    return _accepted(accepted.user_id, workflow_id, accepted.status)
+        return _accepted(user_id, workflow_id, reply.closed or "unknown")
+    log.info("registration accepted", extra={"workflow_id": workflow_id, "user_id": str(reply.answer.user_id)})
+    return _accepted(reply.answer.user_id, workflow_id, reply.answer.status)
 
 
 @router.post(

@@ -9,43 +9,23 @@ everything unwound (402 on a declined card, 409 on a taken email or slug). Not d
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import uuid
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, status
-from temporalio.client import (
-    Client,
-    WithStartWorkflowOperation,
-    WorkflowFailureError,
-    WorkflowUpdateFailedError,
-)
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from fastapi import APIRouter, Depends, Path, status
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import SearchAttributePair
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
 from api.deps import SettingsDep, TemporalConnectorDep
-from api.problems import (
-    EMAIL_ALREADY_REGISTERED,
-    IDEMPOTENCY_KEY_REUSED,
-    NOT_FOUND,
-    SLUG_TAKEN,
-    WORKFLOW_ENGINE_UNAVAILABLE,
-    Problem,
-    ProblemType,
-    problem_responses,
-)
+from api.problems import NOT_FOUND, WORKFLOW_ENGINE_UNAVAILABLE, Problem, problem_responses, refusal
 from api.routers.plans import resolve_plan
+from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
 from api.schemas import SignupLinks, SignupRequest, SignupResponse, SignupStatusView
-from api.temporal_client import answer_within
+from models import errors
 from models.signup_contracts import PaidSignupInput, SignupOutcome
 from prognet import passwords
 from workflows.names import (
@@ -53,7 +33,6 @@ from workflows.names import (
     QUERY_SIGNUP_OUTCOME,
     SA_TENANT_ID,
     SA_USER_ID,
-    TASK_QUEUE,
     UPDATE_SIGNUP_OUTCOME,
     signup_workflow_id,
 )
@@ -62,37 +41,12 @@ log = logging.getLogger("prognet.api")
 
 router = APIRouter(prefix="/v1/signup", tags=["auth"], dependencies=[Depends(require_json_body)])
 
-PAYMENT_DECLINED = ProblemType("payment-declined", 402, "Payment declined")
-SIGNUP_FAILED = ProblemType("signup-failed", 503, "Sign-up could not be completed")
-
-# ids = uuid5(IDEMPOTENCY_NAMESPACE, "signup:{kind}:{Idempotency-Key}"): a retried request finds the same saga.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("8e2b7c4a-1d3f-5a6b-9c0e-4f7a2b1d3c5e")
 QUERY_TIMEOUT = timedelta(seconds=3)
-EMAIL_TAKEN_ERROR = "EmailAlreadyRegistered"
-SLUG_TAKEN_ERROR = "SlugTaken"
-PAYMENT_DECLINED_ERROR = "PaymentDeclined"
+# where a sign-up's refusal says more than the catalogue's wording
+DETAILS = {errors.SLUG_TAKEN: "Another tenant already uses this slug; choose another. Nothing was created."}
 
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,255}$",
-    description="Retry-safe key: the same key with the same body returns the same sign-up (and never charges "
-                "twice).",
-)]
 SignupWorkflowId = Annotated[str, Path(pattern=r"^signup-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
                                        description="The `workflow_id` a sign-up answered with.")]
-
-
-def request_fingerprint(body: SignupRequest) -> str:
-    """Of the normalised request, without the password (a retry re-sends it; its hash is salted anyway)."""
-    fields = [body.email.strip().lower(), body.display_name or "", body.tenant_name, body.slug, body.plan,
-              body.payment_method]
-    return hashlib.sha256("\n".join(fields).encode()).hexdigest()
-
-
-def _ids(idempotency_key: str | None) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
-    if not idempotency_key:
-        return uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    return tuple(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"signup:{kind}:{idempotency_key}")  # type: ignore[return-value]
-                 for kind in ("user", "tenant", "subscription"))
 
 
 def _links(outcome: SignupOutcome) -> SignupLinks:
@@ -104,18 +58,18 @@ def _links(outcome: SignupOutcome) -> SignupLinks:
 
 def _outcome_of_failure(exc: WorkflowFailureError, base: SignupOutcome) -> SignupOutcome:
     """The outcome of a sign-up saga that already ended in failure (its error type says why)."""
-    cause = exc.cause
-    while cause is not None and not isinstance(cause, ApplicationError):
-        cause = getattr(cause, "cause", None)
-    kind = cause.type if isinstance(cause, ApplicationError) else None
-    if kind == PAYMENT_DECLINED_ERROR:
+    cause = errors.failure_cause(exc)
+    if not isinstance(cause, ApplicationError):
+        return base.model_copy(update={"status": "failed", "error_type": errors.SIGNUP_FAILED,
+                                       "reason": "cancelled or terminated"})
+    if cause.type == errors.PAYMENT_DECLINED:
         code = cause.details[0] if cause.details else None
-        return base.model_copy(update={"status": "declined", "error_type": kind, "decline_code": code,
+        return base.model_copy(update={"status": "declined", "error_type": cause.type, "decline_code": code,
                                        "reason": cause.message})
-    if kind in (EMAIL_TAKEN_ERROR, SLUG_TAKEN_ERROR):
-        return base.model_copy(update={"status": "rejected", "error_type": kind, "reason": cause.message})
-    return base.model_copy(update={"status": "failed", "error_type": kind or "SignupFailed",
-                                   "reason": cause.message if cause else "cancelled or terminated"})
+    if cause.type in (errors.EMAIL_TAKEN, errors.SLUG_TAKEN):
+        return base.model_copy(update={"status": "rejected", "error_type": cause.type, "reason": cause.message})
+    return base.model_copy(update={"status": "failed", "error_type": cause.type or errors.SIGNUP_FAILED,
+                                   "reason": cause.message})
 
 
 async def _ended_outcome(client: Client, base: SignupOutcome) -> SignupOutcome:
@@ -128,22 +82,16 @@ async def _ended_outcome(client: Client, base: SignupOutcome) -> SignupOutcome:
 
 def _answer(outcome: SignupOutcome) -> SignupResponse:
     """201 for an active sign-up; every other outcome is a problem (nothing is left behind)."""
-    extensions = {"workflow_id": outcome.workflow_id}
     if outcome.status == "active":
         return SignupResponse(status="active", subscription_status=outcome.subscription_status,
                               user_id=outcome.user_id, tenant_id=outcome.tenant_id,
                               subscription_id=outcome.subscription_id, workflow_id=outcome.workflow_id,
                               links=_links(outcome))
-    if outcome.status == "declined":
-        raise Problem(PAYMENT_DECLINED, "The first payment was declined; nothing was created. Try another payment "
-                      "method.", decline_code=outcome.decline_code, **extensions)
-    if outcome.status == "rejected" and outcome.error_type == EMAIL_TAKEN_ERROR:
-        raise Problem(EMAIL_ALREADY_REGISTERED, "An account with this email address already exists.", **extensions)
-    if outcome.status == "rejected" and outcome.error_type == SLUG_TAKEN_ERROR:
-        raise Problem(SLUG_TAKEN, "Another tenant already uses this slug; choose another. Nothing was created.",
-                      **extensions)
-    raise Problem(SIGNUP_FAILED, "The sign-up could not be completed and was undone; nothing was charged or "
-                  "kept. Retry later with a new Idempotency-Key.", headers={"Retry-After": "30"}, **extensions)
+    declined = outcome.status == "declined"
+    kind = errors.PAYMENT_DECLINED if declined else outcome.error_type if outcome.status == "rejected" else None
+    extensions = {"decline_code": outcome.decline_code} if declined else {}
+    raise (refusal(kind, detail=DETAILS.get(kind), **extensions, workflow_id=outcome.workflow_id)
+           or refusal(errors.SIGNUP_FAILED, workflow_id=outcome.workflow_id))  # failed: undone, retry later
 
 
 @router.post(
@@ -162,38 +110,29 @@ async def signup(body: SignupRequest, settings: SettingsDep, temporal: TemporalC
                  idempotency_key: IdempotencyKey = None) -> SignupResponse:
     plan = resolve_plan(settings, body.plan)
     client = await temporal.get()
-    user_id, tenant_id, subscription_id = _ids(idempotency_key)
+    user_id, tenant_id, subscription_id = (keyed_id(idempotency_key, "signup", kind)
+                                           for kind in ("user", "tenant", "subscription"))
     workflow_id = signup_workflow_id(user_id)
-    fingerprint = request_fingerprint(body)
-    base = SignupOutcome(status="pending", workflow_id=workflow_id, user_id=user_id, tenant_id=tenant_id,
-                         subscription_id=subscription_id, request_fingerprint=fingerprint)
+    fingerprint = request_fingerprint(body.email.strip().lower(), body.display_name or "", body.tenant_name, body.slug,
+                                      body.plan, body.payment_method)  # never the password
     password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
 
-    operation = WithStartWorkflowOperation(
-        PAID_SIGNUP_WORKFLOW,
-        PaidSignupInput(
-            user_id=user_id, tenant_id=tenant_id, subscription_id=subscription_id, email=body.email,
-            password_hash=password_hash, display_name=body.display_name, tenant_name=body.tenant_name,
-            slug=body.slug, plan=plan, payment_method=body.payment_method,
-            verification_timeout_seconds=int(settings.registration_verification_timeout.total_seconds()),
-            request_fingerprint=fingerprint, dunning_schedule_days=settings.billing_dunning_days,
-            subscription_poll_seconds=settings.billing_poll_seconds,
-        ),
-        id=workflow_id, task_queue=TASK_QUEUE,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
-                                                 SearchAttributePair(SA_USER_ID, str(user_id))]),
-        static_summary=f"Paid sign-up: user {user_id}, tenant {tenant_id}, plan {plan.id}",
-    )
     try:
-        outcome: SignupOutcome = await answer_within(client.execute_update_with_start_workflow(
-            UPDATE_SIGNUP_OUTCOME, start_workflow_operation=operation, result_type=SignupOutcome,
-        ))
-    except WorkflowAlreadyStartedError:
-        outcome = await _ended_outcome(client, base)  # same Idempotency-Key as a sign-up that already ended
-    except WorkflowUpdateFailedError:
-        outcome = await _ended_outcome(client, base)  # it ended while the update was being delivered
+        reply = await start_saga(client, SagaStart(
+            workflow=PAID_SIGNUP_WORKFLOW, workflow_id=workflow_id,
+            input=PaidSignupInput(
+                user_id=user_id, tenant_id=tenant_id, subscription_id=subscription_id, email=body.email,
+                password_hash=password_hash, display_name=body.display_name, tenant_name=body.tenant_name,
+                slug=body.slug, plan=plan, payment_method=body.payment_method,
+                verification_timeout_seconds=int(settings.registration_verification_timeout.total_seconds()),
+                dunning_schedule_days=settings.billing_dunning_days,
+                subscription_poll_seconds=settings.billing_poll_seconds,
+            ),
+            fingerprint=fingerprint, reused_detail="This Idempotency-Key was already used for a different sign-up.",
+            search_attributes=[SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+                               SearchAttributePair(SA_USER_ID, str(user_id))],
+            summary=f"Paid sign-up: user {user_id}, tenant {tenant_id}, plan {plan.id}",
+        ), idempotency_key, update=UPDATE_SIGNUP_OUTCOME, result_type=SignupOutcome)
     except Problem as exc:
         if exc.kind is not WORKFLOW_ENGINE_UNAVAILABLE:
             raise
@@ -202,8 +141,11 @@ async def signup(body: SignupRequest, settings: SettingsDep, temporal: TemporalC
                       headers=exc.headers, workflow_id=workflow_id,
                       links={"self": f"/v1/signup/{workflow_id}"}) from None
 
-    if outcome.request_fingerprint and outcome.request_fingerprint != fingerprint:
-        raise Problem(IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was already used for a different sign-up.")
+    outcome = reply.answer
+    if outcome is None:  # it had ended under this Idempotency-Key, or ended while the update was delivered
+        outcome = await _ended_outcome(client, SignupOutcome(
+            status="pending", workflow_id=workflow_id, user_id=user_id, tenant_id=tenant_id,
+            subscription_id=subscription_id))
     log.info("signup decided", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id),
                                       "status": outcome.status, "error_type": outcome.error_type})
     return _answer(outcome)

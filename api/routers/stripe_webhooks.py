@@ -26,7 +26,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.body_guard import require_json_body
 from api.deps import RedisDep, SettingsDep, TemporalConnectorDep
 from api.problems import (
-    BAD_REQUEST, MALFORMED_JSON, SERVICE_UNAVAILABLE, Problem, ProblemType, problem_responses,
+    BAD_REQUEST,
+    MALFORMED_JSON,
+    SERVICE_UNAVAILABLE,
+    Problem,
+    ProblemType,
+    problem_responses,
 )
 from api.temporal_client import TemporalConnector
 from models.billing_cycle_contracts import PaymentOutcome

@@ -20,31 +20,27 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel, Field
 from sqlmodel import select
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
 from api.deps import DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager, TenantMember
 from api.problems import (
+    NO_BILLING_ACCOUNT,
     NOT_FOUND,
-    PLAN_UNCHANGED,
+    SUBSCRIPTION_ENDED,
     TENANT_NOT_ACTIVE,
-    UNKNOWN_PLAN,
     Problem,
-    ProblemType,
     problem_responses,
+    refusal,
 )
 from api.routers.plans import resolve_plan
+from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
 from api.schemas import PaymentMethodId, PlanId, _Request
 from api.temporal_client import answer_within
-from models import billing_cycle_contracts as refusal
 from models.billing_cycle_contracts import (
     CancelSubscription,
     ChangePlan,
@@ -53,6 +49,7 @@ from models.billing_cycle_contracts import (
     SubscriptionState,
 )
 from models.db import transaction
+from models.errors import error_type
 from models.tables import Invoice, Subscription, Tenant, TenantBilling
 from workflows.names import (
     QUERY_SUBSCRIPTION_STATE,
@@ -60,7 +57,6 @@ from workflows.names import (
     SA_TENANT_ID,
     SA_USER_ID,
     SUBSCRIPTION_WORKFLOW,
-    TASK_QUEUE,
     UPDATE_CANCEL_SUBSCRIPTION,
     UPDATE_CHANGE_PLAN,
     UPDATE_PAYMENT_METHOD,
@@ -72,16 +68,7 @@ from workflows.names import (
 log = logging.getLogger("prognet.api")
 router = APIRouter(tags=["billing"], dependencies=[Depends(require_json_body)])
 
-SUBSCRIPTION_EXISTS = ProblemType("subscription-exists", 409, "The tenant already has a live subscription")
-SUBSCRIPTION_ENDED = ProblemType("subscription-ended", 409, "Subscription has ended")
-NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Stripe customer")
 STATE_QUERY_TIMEOUT_SECONDS = 2.0
-REFUSALS = {  # the workflow's refusal (an ApplicationError type) → the problem it stands for
-    refusal.SUBSCRIPTION_EXISTS: (SUBSCRIPTION_EXISTS, "Cancel the current subscription or change its plan instead."),
-    refusal.SUBSCRIPTION_ENDED: (SUBSCRIPTION_ENDED, "This subscription has ended."),
-    refusal.PLAN_UNCHANGED: (PLAN_UNCHANGED, "The subscription is already on this plan."),
-    refusal.INVALID_PLAN: (UNKNOWN_PLAN, "This plan is not available to this subscription (another currency)."),
-}
 
 SubscriptionIdPath = Annotated[uuid.UUID, Path(description="The subscription's id.")]
 
@@ -186,9 +173,10 @@ def _invoice_view(row: Invoice) -> InvoiceView:
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
 )
 async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: TenantManager, engine: DbDep,
-                    settings: SettingsDep, temporal: TemporalConnectorDep) -> SubscriptionAccepted:
+                    settings: SettingsDep, temporal: TemporalConnectorDep,
+                    idempotency_key: IdempotencyKey = None) -> SubscriptionAccepted:
     plan = resolve_plan(settings, body.plan)
-    subscription_id = uuid.uuid4()
+    subscription_id = keyed_id(idempotency_key, "subscription", tenant_id, manager.user_id)
     workflow_id = subscription_workflow_id(subscription_id)
     client = await temporal.get()  # with Temporal down: a 503, and nothing started
     async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
@@ -198,29 +186,30 @@ async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: Te
         raise Problem(TENANT_NOT_ACTIVE, "A tenant can subscribe once it is active.")
     if billing is None or not billing.stripe_customer_id:
         raise Problem(NO_BILLING_ACCOUNT, "This tenant has no Stripe customer to charge.")
-    operation = WithStartWorkflowOperation(
-        SUBSCRIPTION_WORKFLOW,
-        SubscriptionInput(subscription_id=subscription_id, tenant_id=tenant_id, plan=plan,
-                          payment_method=body.payment_method, stripe_customer_id=billing.stripe_customer_id,
-                          notify_user_id=manager.user_id, dunning_schedule_days=settings.billing_dunning_days,
-                          poll_interval_seconds=settings.billing_poll_seconds, cycle_driver="schedule"),
-        id=workflow_id, task_queue=TASK_QUEUE,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=TypedSearchAttributes([
-            SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
-            SearchAttributePair(SA_SUBSCRIPTION_ID, str(subscription_id)),
-            SearchAttributePair(SA_USER_ID, str(manager.user_id))]),
-        static_summary=f"Subscription {subscription_id} of tenant {tenant_id} to {plan.id}",
-    )
-    try:
-        state: SubscriptionState = await answer_within(client.execute_update_with_start_workflow(
-            UPDATE_SUBSCRIPTION_ACCEPTED, start_workflow_operation=operation, result_type=SubscriptionState))
-    except WorkflowUpdateFailedError as exc:
-        raise _refused(exc) from None
-    log.info("subscription started", extra={"tenant_id": str(tenant_id), "workflow_id": workflow_id,
-                                            "plan": plan.id})
-    return SubscriptionAccepted(subscription_id=subscription_id, workflow_id=workflow_id, status=state.status,
+    reply = await start_saga(client, SagaStart(
+        workflow=SUBSCRIPTION_WORKFLOW, workflow_id=workflow_id,
+        input=SubscriptionInput(subscription_id=subscription_id, tenant_id=tenant_id, plan=plan,
+                                payment_method=body.payment_method, stripe_customer_id=billing.stripe_customer_id,
+                                notify_user_id=manager.user_id, dunning_schedule_days=settings.billing_dunning_days,
+                                poll_interval_seconds=settings.billing_poll_seconds, cycle_driver="schedule"),
+        fingerprint=request_fingerprint(body.plan, body.payment_method),
+        reused_detail="This Idempotency-Key was already used to subscribe to a different plan or card.",
+        search_attributes=[SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+                           SearchAttributePair(SA_SUBSCRIPTION_ID, str(subscription_id)),
+                           SearchAttributePair(SA_USER_ID, str(manager.user_id))],
+        summary=f"Subscription {subscription_id} of tenant {tenant_id} to {plan.id}",
+    ), idempotency_key, update=UPDATE_SUBSCRIPTION_ACCEPTED, result_type=SubscriptionState)
+    reply.raise_if_refused()  # a second live subscription: 409
+    if reply.answer is not None:
+        log.info("subscription started", extra={"tenant_id": str(tenant_id), "workflow_id": workflow_id,
+                                                "plan": plan.id})
+        return SubscriptionAccepted(subscription_id=subscription_id, workflow_id=workflow_id,
+                                    status=reply.answer.status, links=_links(tenant_id, subscription_id))
+    # The same Idempotency-Key as a subscription whose workflow already ended: its row says how.
+    async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
+        row = await db.get(Subscription, subscription_id)
+    return SubscriptionAccepted(subscription_id=subscription_id, workflow_id=workflow_id,
+                                status=row.status if row is not None else "unknown",
                                 links=_links(tenant_id, subscription_id))
 
 
@@ -285,9 +274,7 @@ async def list_invoices(tenant_id: TenantIdPath, member: TenantMember, engine: D
 
 def _refused(exc: WorkflowUpdateFailedError) -> Exception:
     """The problem a workflow's refusal stands for (its validator's, or a second live subscription's)."""
-    cause = exc.cause
-    refused = REFUSALS.get(cause.type) if isinstance(cause, ApplicationError) and cause.type else None
-    return Problem(*refused) if refused else exc
+    return refusal(error_type(exc)) or exc
 
 
 async def _request(temporal, row: Subscription, update: str, arg: BaseModel) -> SubscriptionChanged:

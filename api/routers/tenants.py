@@ -10,23 +10,10 @@ import asyncio
 import logging
 import uuid
 from datetime import timedelta
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, status
+from fastapi import APIRouter, Depends, status
 from sqlmodel import select
-from temporalio.client import (
-    Client,
-    WithStartWorkflowOperation,
-    WorkflowFailureError,
-    WorkflowUpdateFailedError,
-)
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.common import SearchAttributePair
 
 from api.body_guard import require_json_body
 from api.deps import (
@@ -36,13 +23,8 @@ from api.deps import (
     TemporalConnectorDep,
     TenantIdPath,
 )
-from api.problems import (
-    IDEMPOTENCY_KEY_REUSED,
-    NOT_FOUND,
-    SLUG_TAKEN,
-    Problem,
-    problem_responses,
-)
+from api.problems import NOT_FOUND, Problem, problem_responses
+from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
 from api.schemas import (
     CreateTenantRequest,
     TenantAcceptedResponse,
@@ -51,7 +33,6 @@ from api.schemas import (
     TenantSummary,
     TenantView,
 )
-from api.temporal_client import answer_within
 from models.contracts import SagaState, TenantAccepted, TenantProvisioningInput
 from models.db import transaction
 from models.tables import Membership, Tenant, TenantBilling
@@ -59,7 +40,6 @@ from workflows.names import (
     QUERY_SAGA_STATE,
     SA_TENANT_ID,
     SA_USER_ID,
-    TASK_QUEUE,
     TENANT_PROVISIONING_WORKFLOW,
     UPDATE_TENANT_ACCEPTED,
     tenant_workflow_id,
@@ -69,27 +49,7 @@ log = logging.getLogger("prognet.api")
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"], dependencies=[Depends(require_json_body)])
 
-# tenant_id = uuid5(IDEMPOTENCY_NAMESPACE, f"tenant:{caller}:{Idempotency-Key}"): a retry finds the same saga.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("0f6d2a8e-4b1c-5e7a-9d3f-2c8b6a4e1f09")
-SLUG_TAKEN_ERROR = "SlugTaken"
 SAGA_QUERY_TIMEOUT = timedelta(seconds=3)
-
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,255}$",
-    description="Retry-safe key: the same key with the same body returns the same tenant.",
-)]
-
-
-def _is_slug_taken(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, ApplicationError) and exc.type == SLUG_TAKEN_ERROR:
-            return True
-        exc = exc.__cause__ or getattr(exc, "cause", None)
-    return False
-
-
-def _slug_taken() -> Problem:
-    return Problem(SLUG_TAKEN, "Another tenant already uses this slug; choose another.")
 
 
 def _accepted(tenant_id: uuid.UUID, workflow_id: str, state: str) -> TenantAcceptedResponse:
@@ -97,15 +57,6 @@ def _accepted(tenant_id: uuid.UUID, workflow_id: str, state: str) -> TenantAccep
         tenant_id=tenant_id, workflow_id=workflow_id, status=state,
         links=TenantLinks(self=f"/v1/tenants/{tenant_id}", workflow=f"/v1/workflows/{workflow_id}"),
     )
-
-
-async def _replay_outcome(client: Client, workflow_id: str) -> None:
-    """A saga under this Idempotency-Key already ended: raise 409 if it ended on a taken slug."""
-    try:
-        await client.get_workflow_handle(workflow_id).result()
-    except WorkflowFailureError as exc:
-        if _is_slug_taken(exc.cause):
-            raise _slug_taken() from None
 
 
 @router.post(
@@ -120,47 +71,27 @@ async def _replay_outcome(client: Client, workflow_id: str) -> None:
 async def create_tenant(body: CreateTenantRequest, caller: CurrentUser, engine: DbDep,
                         temporal: TemporalConnectorDep, idempotency_key: IdempotencyKey = None) -> TenantAcceptedResponse:
     client = await temporal.get()
-    tenant_id = (uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"tenant:{caller.user_id}:{idempotency_key}")
-                 if idempotency_key else uuid.uuid4())
+    tenant_id = keyed_id(idempotency_key, "tenant", caller.user_id)
     workflow_id = tenant_workflow_id(tenant_id)
-    operation = WithStartWorkflowOperation(
-        TENANT_PROVISIONING_WORKFLOW,
-        TenantProvisioningInput(tenant_id=tenant_id, name=body.name, slug=body.slug, owner_user_id=caller.user_id,
-                                billing_email=body.billing_email),
-        id=workflow_id, task_queue=TASK_QUEUE,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=TypedSearchAttributes([
-            SearchAttributePair(SA_TENANT_ID, str(tenant_id)), SearchAttributePair(SA_USER_ID, str(caller.user_id)),
-        ]),
-        static_summary=f"Provisioning of tenant {tenant_id}",
-    )
-    replayed = False
-    try:
-        accepted: TenantAccepted = await answer_within(client.execute_update_with_start_workflow(
-            UPDATE_TENANT_ACCEPTED, start_workflow_operation=operation, result_type=TenantAccepted,
-        ))
-        state = accepted.status
-    except WorkflowUpdateFailedError as exc:
-        if _is_slug_taken(exc.cause):
-            log.info("tenant refused: slug taken", extra={"workflow_id": workflow_id})
-            raise _slug_taken() from None
-        raise
-    except WorkflowAlreadyStartedError:
-        await _replay_outcome(client, workflow_id)  # same Idempotency-Key as a saga that already ended
-        replayed, state = True, "unknown"
-
-    if idempotency_key:
-        async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
-            tenant = await db.get(Tenant, tenant_id)
-        if tenant is not None:
-            if (tenant.slug, tenant.name) != (body.slug, body.name):
-                raise Problem(IDEMPOTENCY_KEY_REUSED,
-                              "This Idempotency-Key was already used to create a different tenant.")
-            state = tenant.status if replayed else state
-    log.info("tenant accepted" if not replayed else "tenant replayed",
-             extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id)})
-    return _accepted(tenant_id, workflow_id, state)
+    reply = await start_saga(client, SagaStart(
+        workflow=TENANT_PROVISIONING_WORKFLOW, workflow_id=workflow_id,
+        input=TenantProvisioningInput(tenant_id=tenant_id, name=body.name, slug=body.slug,
+                                      owner_user_id=caller.user_id, billing_email=body.billing_email),
+        fingerprint=request_fingerprint(body.slug, body.name),
+        reused_detail="This Idempotency-Key was already used to create a different tenant.",
+        search_attributes=[SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+                           SearchAttributePair(SA_USER_ID, str(caller.user_id))],
+        summary=f"Provisioning of tenant {tenant_id}",
+    ), idempotency_key, update=UPDATE_TENANT_ACCEPTED, result_type=TenantAccepted)
+    reply.raise_if_refused()  # a taken slug: 409
+    if reply.answer is not None:
+        log.info("tenant accepted", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id)})
+        return _accepted(tenant_id, workflow_id, reply.answer.status)
+    # The same Idempotency-Key as a saga that already ended: the tenant row says how.
+    async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
+        tenant = await db.get(Tenant, tenant_id)
+    log.info("tenant replayed", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id)})
+    return _accepted(tenant_id, workflow_id, tenant.status if tenant is not None else "unknown")
 
 
 @router.get("", response_model=list[TenantSummary], summary="The tenants you belong to, with your role",

@@ -92,6 +92,18 @@ async def test_idempotent_replay_after_the_saga_closed_answers_its_status(api, t
     assert len(users) == 1
 
 
+async def test_a_replay_after_the_saga_closed_must_carry_the_same_body(api, temporal_app):
+    key, email = f"key-{uuid.uuid4()}", _email()
+    first = await _register(api, email, key)
+    token = await wait_for_token(temporal_app, first["user_id"])
+    assert (await api.post("/v1/auth/verify", json={"token": token})).status_code == 200
+    other = await api.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "display_name": "Bob"},
+                           headers={"Idempotency-Key": key})
+    assert_problem(other, 422, "idempotency-key-reused")
+    same = await _register(api, email, key)
+    assert same["workflow_id"] == first["workflow_id"] and same["status"] == "completed"
+
+
 async def test_unknown_verification_token_is_400(api):
     assert_problem(await api.post("/v1/auth/verify", json={"token": "no-such-token"}), 400, "invalid-token")
 

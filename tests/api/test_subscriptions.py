@@ -232,3 +232,24 @@ async def test_operators_pause_and_trigger_the_schedule_and_it_goes_when_the_sub
             break
         assert asyncio.get_running_loop().time() < deadline, "the schedule outlived its subscription"
         await asyncio.sleep(0.2)
+
+
+async def test_subscribe_with_an_idempotency_key_replays_and_refuses_another_body(api, app_engine):
+    owner = await person(api, app_engine)
+    tenant_id = await active_tenant(api, owner)
+    url, key = f"/v1/tenants/{tenant_id}/subscriptions", {"Idempotency-Key": f"sub-{uuid.uuid4()}"}
+    body = {"plan": PLAN, "payment_method": "pm_card_visa"}
+    first = await api.post(url, json=body, headers={**owner.headers, **key})
+    assert first.status_code == 202, first.text
+    again = await api.post(url, json=body, headers={**owner.headers, **key})
+    assert again.status_code == 202, again.text
+    assert again.json()["subscription_id"] == first.json()["subscription_id"]  # the same one, not a 409
+    other = await api.post(url, json={**body, "plan": "starter-monthly"}, headers={**owner.headers, **key})
+    assert_problem(other, 422, "idempotency-key-reused")
+    sub_id = first.json()["subscription_id"]
+    await end(api, owner, tenant_id, sub_id)
+    after = await api.post(url, json=body, headers={**owner.headers, **key})  # its workflow has closed
+    assert after.status_code == 202, after.text
+    assert after.json()["subscription_id"] == sub_id and after.json()["status"] == "canceled"
+    assert_problem(await api.post(url, json={**body, "plan": "starter-monthly"}, headers={**owner.headers, **key}),
+                   422, "idempotency-key-reused")

@@ -71,9 +71,9 @@ from workflows.names import (
     SIGNAL_PAYMENT_METHOD_UPDATED,
     SIGNAL_START_CYCLE,
     SIGNAL_VERIFY_EMAIL,
+    UPDATE_CANCEL_SUBSCRIPTION,
     registration_workflow_id,
     subscription_workflow_id,
-    UPDATE_CANCEL_SUBSCRIPTION,
 )
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow

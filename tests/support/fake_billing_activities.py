@@ -15,7 +15,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from models.billing_cycle_contracts import (
-    SUBSCRIPTION_EXISTS,
     BillingScheduleSpec,
     BillingTriggerInput,
     CreatePaymentIntent,
@@ -33,6 +32,7 @@ from models.billing_cycle_contracts import (
     SuspendTenant,
     VoidInvoice,
 )
+from models.errors import SUBSCRIPTION_EXISTS
 from workflows import activity_names as act
 
 VISA = "pm_card_visa"

@@ -8,8 +8,9 @@ import pytest
 import stripe
 from temporalio.exceptions import ApplicationError
 
-from activities.billing import STRIPE_PERMANENT_ERROR, BillingActivities
+from activities.billing import BillingActivities
 from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer
+from models.errors import STRIPE_PERMANENT_ERROR
 from prognet.settings import Settings
 from prognet_dev.stripe_sandbox import StripeSandbox
 from tests.unit.conftest import STRIPE_KEY

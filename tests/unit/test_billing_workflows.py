@@ -21,10 +21,6 @@ from temporalio.worker import Worker
 
 from models.billing_calendar import add_months, prorate
 from models.billing_cycle_contracts import (
-    INVALID_PLAN,
-    PLAN_UNCHANGED,
-    SUBSCRIPTION_ENDED,
-    SUBSCRIPTION_EXISTS,
     BillingCycleInput,
     BillingCycleState,
     CancelSubscription,
@@ -36,6 +32,7 @@ from models.billing_cycle_contracts import (
     SubscriptionState,
 )
 from models.contracts import SagaState
+from models.errors import INVALID_PLAN, PLAN_UNCHANGED, SUBSCRIPTION_ENDED, SUBSCRIPTION_EXISTS
 from models.plans import Plan
 from tests.support.fake_billing_activities import DECLINED, PENDING, VISA, FakeBillingWorld
 from tests.support.workflows import email_worker

@@ -83,7 +83,7 @@ def signup_input(plan: Plan = STARTER, payment_method: str = VISA) -> PaidSignup
     return PaidSignupInput(user_id=uuid.uuid4(), tenant_id=uuid.uuid4(), subscription_id=uuid.uuid4(),
                            email="ada@example.com", password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake",
                            display_name="Ada", tenant_name="Acme Labs", slug="acme-labs", plan=plan,
-                           payment_method=payment_method, request_fingerprint="f" * 64)
+                           payment_method=payment_method)
 
 
 async def start(client: Client, task_queue: str, params: PaidSignupInput) -> WorkflowHandle:

@@ -9,9 +9,9 @@ import uuid
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.billing import STRIPE_PERMANENT_ERROR
 from models.billing_contracts import CreateStripeCustomer
 from models.billing_cycle_contracts import CreatePaymentIntent, PaymentIntentRef, RefundPayment
+from models.errors import STRIPE_PERMANENT_ERROR
 
 
 @pytest.fixture
