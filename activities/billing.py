@@ -18,6 +18,7 @@ import stripe
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from models import activity_names as names
 from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer, StripeCustomer
 from models.billing_cycle_contracts import (
     CreatePaymentIntent,
@@ -28,7 +29,6 @@ from models.billing_cycle_contracts import (
 )
 from models.errors import STRIPE_PERMANENT_ERROR
 from prognet.settings import Settings
-from workflows import activity_names as names
 
 log = logging.getLogger(__name__)
 

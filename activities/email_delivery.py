@@ -16,6 +16,7 @@ from sqlmodel import select
 from temporalio import activity
 
 from activities.email import Composer, SmtpTemporaryFailure, build_message, smtp_send
+from models import activity_names as names
 from models.contracts import (
     EmailDelivery,
     EmailPolicy,
@@ -26,10 +27,9 @@ from models.contracts import (
     SuppressAddress,
 )
 from models.db import transaction
+from models.names import email_workflow_id
 from models.tables import EmailMessage, EmailSuppression, utcnow
 from prognet.settings import Settings
-from workflows import activity_names as names
-from workflows.names import email_workflow_id
 
 log = logging.getLogger(__name__)
 REPLY_LIMIT = 500

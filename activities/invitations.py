@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from models import activity_names as names
 from models.contracts import CloseInvitation, CompleteInvitation, IssueInvitation
 from models.db import transaction
 from models.errors import INVITATION_CLOSED, INVITATION_NOT_FOUND
 from models.events import record_event
 from models.tables import Invitation, Membership, utcnow
 from prognet.tokens import hash_token, invitation_token
-from workflows import activity_names as names
 
 
 class InvitationActivities:

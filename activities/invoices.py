@@ -15,6 +15,7 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from models import activity_names as names
 from models.billing_cycle_contracts import (
     Invoice,
     InvoiceEvent,
@@ -28,7 +29,6 @@ from models.errors import INVOICE_NOT_FOUND, INVOICE_NOT_OPEN, INVOICE_RACE
 from models.events import record_event
 from models.tables import DomainEvent, InvoiceCounter, utcnow
 from models.tables import Invoice as InvoiceRow
-from workflows import activity_names as names
 
 
 class InvoiceActivities:

@@ -29,17 +29,17 @@ from temporalio.client import (
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
+from models import activity_names as names
 from models.billing_calendar import advance
 from models.billing_cycle_contracts import BillingScheduleSpec, BillingTriggerInput
-from models.plans import Plan
-from workflows import activity_names as names
-from workflows.names import (
+from models.names import (
     BILLING_TRIGGER_WORKFLOW,
     SA_SUBSCRIPTION_ID,
     SA_TENANT_ID,
     TASK_QUEUE,
     billing_schedule_id,
 )
+from models.plans import Plan
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -14,12 +14,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.tenants import set_tenant_status
+from models import activity_names as names
 from models.billing_cycle_contracts import CreateSubscription, SetSubscriptionStatus
 from models.db import transaction
 from models.errors import SUBSCRIPTION_EXISTS
 from models.events import record_event
 from models.tables import Subscription, utcnow
-from workflows import activity_names as names
 
 LIVE_INDEX = "ux_subscriptions_live"  # the partial unique index: one live subscription per tenant
 

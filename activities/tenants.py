@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from models import activity_names as names
 from models.billing_cycle_contracts import SuspendTenant
 from models.contracts import CreateBillingConfig, CreateTenant, MarkTenantFailed, MembershipRef, TenantRef
 from models.db import transaction
@@ -25,7 +26,6 @@ from models.errors import SLUG_TAKEN
 from models.events import record_event
 from models.signup_contracts import DiscardTenant
 from models.tables import Membership, Tenant, TenantBilling, TenantSettings, utcnow
-from workflows import activity_names as names
 
 DEFAULT_SETTINGS = {"timezone": "UTC", "locale": "en", "invitation_roles": ["admin", "member"]}
 

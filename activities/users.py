@@ -12,13 +12,13 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from models import activity_names as names
 from models.contracts import ActivateUser, CreatePendingUser, IssueVerificationToken, TokenRef, UserRef
 from models.db import transaction
 from models.errors import EMAIL_TAKEN, USER_NOT_FOUND
 from models.events import record_event
 from models.tables import User, VerificationToken, utcnow
 from prognet.tokens import VERIFY_EMAIL, derive_token, hash_token
-from workflows import activity_names as names
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.problems import IDEMPOTENCY_KEY_REUSED, Problem, refusal
 from api.temporal_client import answer_within
 from models.errors import error_type
-from workflows.names import TASK_QUEUE
+from models.names import TASK_QUEUE
 
 log = logging.getLogger("prognet.api")
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 import logging
 import signal
 from contextlib import AsyncExitStack
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
@@ -22,12 +22,12 @@ from activities.subscriptions import SubscriptionActivities
 from activities.tenants import TenantActivities
 from activities.users import UserActivities
 from models.db import make_engine
+from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
 from prognet.settings import Settings, get_settings
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.billing_trigger import BillingTriggerWorkflow
 from workflows.email_delivery import EmailDeliveryWorkflow
 from workflows.invitation import InvitationWorkflow
-from workflows.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
 from workflows.subscription import SubscriptionWorkflow

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from models import activity_names as act
     from models.billing_cycle_contracts import (
         BillingCycleInput,
         BillingCycleResult,
@@ -47,9 +48,7 @@ with workflow.unsafe.imports_passed_through():
         VoidInvoice,
     )
     from models.contracts import EmailRequest
-    from workflows import activity_names as act
-    from workflows.email_delivery import start_email
-    from workflows.names import (
+    from models.names import (
         BILLING_CYCLE_WORKFLOW,
         QUERY_BILLING_CYCLE_STATE,
         SIGNAL_BILLING_CYCLE_STATUS,
@@ -57,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_PAYMENT_OUTCOME,
         email_message_id,
     )
+    from workflows.email_delivery import start_email
     from workflows.saga import Saga
 
 

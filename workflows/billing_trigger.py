@@ -13,9 +13,9 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from models import activity_names as act
     from models.billing_cycle_contracts import BillingTriggerInput, StartCycle
-    from workflows import activity_names as act
-    from workflows.names import BILLING_TRIGGER_WORKFLOW, SIGNAL_START_CYCLE, subscription_workflow_id
+    from models.names import BILLING_TRIGGER_WORKFLOW, SIGNAL_START_CYCLE, subscription_workflow_id
 
 
 @workflow.defn(name=BILLING_TRIGGER_WORKFLOW)

@@ -17,6 +17,7 @@ from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from models import activity_names as act
     from models.contracts import (
         EmailDecision,
         EmailDelivery,
@@ -29,8 +30,7 @@ with workflow.unsafe.imports_passed_through():
         SuppressAddress,
     )
     from models.errors import RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT, error_type
-    from workflows import activity_names as act
-    from workflows.names import (
+    from models.names import (
         EMAIL_DELIVERY_WORKFLOW,
         EMAIL_SEND_TASK_QUEUE,
         EMAIL_TASK_QUEUE,

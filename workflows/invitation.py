@@ -10,6 +10,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from models import activity_names as act
     from models.contracts import (
         AcceptInvitation,
         CloseInvitation,
@@ -19,14 +20,13 @@ with workflow.unsafe.imports_passed_through():
         InvitationResult,
         IssueInvitation,
     )
-    from workflows import activity_names as act
-    from workflows.email_delivery import start_email
-    from workflows.names import (
+    from models.names import (
         INVITATION_WORKFLOW,
         SIGNAL_ACCEPT_INVITATION,
         SIGNAL_REVOKE_INVITATION,
         email_message_id,
     )
+    from workflows.email_delivery import start_email
     from workflows.saga import Saga
 
 

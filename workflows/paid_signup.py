@@ -27,6 +27,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError, Workflow
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from models import activity_names as act
     from models.billing_calendar import advance
     from models.billing_contracts import DeleteStripeCustomer
     from models.billing_cycle_contracts import (
@@ -41,9 +42,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.contracts import RegistrationInput, TenantProvisioningInput, TenantProvisioningResult
     from models.errors import EMAIL_TAKEN, PAYMENT_DECLINED, SIGNUP_FAILED, SLUG_TAKEN, error_type, failure_cause
-    from models.signup_contracts import DiscardTenant, PaidSignupInput, RegistrationProgress, SignupOutcome
-    from workflows import activity_names as act
-    from workflows.names import (
+    from models.names import (
         BILLING_CYCLE_WORKFLOW,
         PAID_SIGNUP_WORKFLOW,
         QUERY_SIGNUP_OUTCOME,
@@ -61,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         subscription_workflow_id,
         tenant_workflow_id,
     )
+    from models.signup_contracts import DiscardTenant, PaidSignupInput, RegistrationProgress, SignupOutcome
     from workflows.saga import Saga, describe_error
 
 MAX_REASON = 300

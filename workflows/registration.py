@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from models import activity_names as act
     from models.contracts import (
         ActivateUser,
         CreatePendingUser,
@@ -26,16 +27,15 @@ with workflow.unsafe.imports_passed_through():
         VerifyEmail,
     )
     from models.errors import EMAIL_TAKEN, REGISTRATION_FAILED, error_type
-    from models.signup_contracts import RegistrationProgress
-    from workflows import activity_names as act
-    from workflows.email_delivery import start_email
-    from workflows.names import (
+    from models.names import (
         REGISTRATION_WORKFLOW,
         SIGNAL_REGISTRATION_PROGRESS,
         SIGNAL_VERIFY_EMAIL,
         UPDATE_REGISTRATION_ACCEPTED,
         email_message_id,
     )
+    from models.signup_contracts import RegistrationProgress
+    from workflows.email_delivery import start_email
     from workflows.saga import Saga
 
 

@@ -31,7 +31,7 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from models.contracts import CompensationRecord, OperatorDecision, SagaState, SagaStatusValue
-    from workflows.names import (
+    from models.names import (
         QUERY_SAGA_STATE,
         SA_SAGA_STATUS,
         SA_SAGA_STEP,

@@ -46,6 +46,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from models import activity_names as act
     from models.billing_calendar import advance, prorate
     from models.billing_cycle_contracts import (
         BillingCycleInput,
@@ -70,9 +71,7 @@ with workflow.unsafe.imports_passed_through():
         SuspendTenant,
     )
     from models.errors import INVALID_PLAN, PLAN_UNCHANGED, SUBSCRIPTION_ENDED, SUBSCRIPTION_EXISTS
-    from models.plans import Plan
-    from workflows import activity_names as act
-    from workflows.names import (
+    from models.names import (
         BILLING_CYCLE_WORKFLOW,
         QUERY_SUBSCRIPTION_STATE,
         SA_SUBSCRIPTION_ID,
@@ -87,6 +86,7 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_SUBSCRIPTION_ACCEPTED,
         billing_cycle_workflow_id,
     )
+    from models.plans import Plan
 
 ACTIVITY: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),

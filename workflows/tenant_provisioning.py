@@ -12,6 +12,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from models import activity_names as act
     from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer, StripeCustomer
     from models.contracts import (
         CreateBillingConfig,
@@ -25,13 +26,12 @@ with workflow.unsafe.imports_passed_through():
         TenantRef,
     )
     from models.errors import SLUG_TAKEN, TENANT_FAILED, error_type
-    from workflows import activity_names as act
-    from workflows.email_delivery import start_email
-    from workflows.names import (
+    from models.names import (
         TENANT_PROVISIONING_WORKFLOW,
         UPDATE_TENANT_ACCEPTED,
         email_message_id,
     )
+    from workflows.email_delivery import start_email
     from workflows.saga import Saga
 
 

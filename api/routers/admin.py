@@ -61,8 +61,8 @@ from api.schemas import (
 from models.contracts import EmailDecision, SagaState
 from models.db import transaction
 from models.events import record_event
+from models.names import QUERY_SAGA_STATE, SIGNAL_EMAIL_DECISION
 from models.tables import EmailMessage, EmailSuppression
-from workflows.names import QUERY_SAGA_STATE, SIGNAL_EMAIL_DECISION
 
 log = logging.getLogger("prognet.api")
 

@@ -31,9 +31,9 @@ from api.problems import (
 from api.schemas import AcceptInvitationRequest, InvitationAcceptResponse
 from models.contracts import AcceptInvitation, InvitationResult
 from models.db import transaction
+from models.names import SIGNAL_ACCEPT_INVITATION, invitation_workflow_id
 from models.tables import Invitation, Membership, User
 from prognet import tokens
-from workflows.names import SIGNAL_ACCEPT_INVITATION, invitation_workflow_id
 
 log = logging.getLogger("prognet.api")
 

@@ -40,14 +40,14 @@ from api.schemas import (
 )
 from models.contracts import InvitationInput
 from models.db import transaction
-from models.tables import Invitation, Membership, Tenant, User
-from workflows.names import (
+from models.names import (
     INVITATION_WORKFLOW,
     SA_TENANT_ID,
     SA_USER_ID,
     SIGNAL_REVOKE_INVITATION,
     invitation_workflow_id,
 )
+from models.tables import Invitation, Membership, Tenant, User
 
 log = logging.getLogger("prognet.api")
 

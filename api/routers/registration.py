@@ -37,15 +37,15 @@ from models.contracts import (
     VerifyEmail,
 )
 from models.db import transaction
-from models.tables import VerificationToken
-from prognet import passwords, tokens
-from workflows.names import (
+from models.names import (
     REGISTRATION_WORKFLOW,
     SA_USER_ID,
     SIGNAL_VERIFY_EMAIL,
     UPDATE_REGISTRATION_ACCEPTED,
     registration_workflow_id,
 )
+from models.tables import VerificationToken
+from prognet import passwords, tokens
 
 log = logging.getLogger("prognet.api")
 

@@ -26,9 +26,7 @@ from api.routers.plans import resolve_plan
 from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
 from api.schemas import SignupLinks, SignupRequest, SignupResponse, SignupStatusView
 from models import errors
-from models.signup_contracts import PaidSignupInput, SignupOutcome
-from prognet import passwords
-from workflows.names import (
+from models.names import (
     PAID_SIGNUP_WORKFLOW,
     QUERY_SIGNUP_OUTCOME,
     SA_TENANT_ID,
@@ -36,6 +34,8 @@ from workflows.names import (
     UPDATE_SIGNUP_OUTCOME,
     signup_workflow_id,
 )
+from models.signup_contracts import PaidSignupInput, SignupOutcome
+from prognet import passwords
 
 log = logging.getLogger("prognet.api")
 

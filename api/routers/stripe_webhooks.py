@@ -35,8 +35,8 @@ from api.problems import (
 )
 from api.temporal_client import TemporalConnector
 from models.billing_cycle_contracts import PaymentOutcome
+from models.names import SIGNAL_PAYMENT_OUTCOME
 from prognet.settings import Settings
-from workflows.names import SIGNAL_PAYMENT_OUTCOME
 
 log = logging.getLogger("prognet.api.stripe_webhooks")
 

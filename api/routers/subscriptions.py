@@ -50,8 +50,7 @@ from models.billing_cycle_contracts import (
 )
 from models.db import transaction
 from models.errors import error_type
-from models.tables import Invoice, Subscription, Tenant, TenantBilling
-from workflows.names import (
+from models.names import (
     QUERY_SUBSCRIPTION_STATE,
     SA_SUBSCRIPTION_ID,
     SA_TENANT_ID,
@@ -64,6 +63,7 @@ from workflows.names import (
     billing_schedule_id,
     subscription_workflow_id,
 )
+from models.tables import Invoice, Subscription, Tenant, TenantBilling
 
 log = logging.getLogger("prognet.api")
 router = APIRouter(tags=["billing"], dependencies=[Depends(require_json_body)])

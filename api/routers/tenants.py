@@ -35,8 +35,7 @@ from api.schemas import (
 )
 from models.contracts import SagaState, TenantAccepted, TenantProvisioningInput
 from models.db import transaction
-from models.tables import Membership, Tenant, TenantBilling
-from workflows.names import (
+from models.names import (
     QUERY_SAGA_STATE,
     SA_TENANT_ID,
     SA_USER_ID,
@@ -44,6 +43,7 @@ from workflows.names import (
     UPDATE_TENANT_ACCEPTED,
     tenant_workflow_id,
 )
+from models.tables import Membership, Tenant, TenantBilling
 
 log = logging.getLogger("prognet.api")
 

@@ -13,7 +13,7 @@ from api.deps import CurrentUser, TemporalConnectorDep
 from api.problems import NOT_FOUND, Problem, problem_responses
 from api.schemas import WorkflowView
 from models.contracts import SagaState
-from workflows.names import QUERY_SAGA_STATE, SA_USER_ID
+from models.names import QUERY_SAGA_STATE, SA_USER_ID
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 

@@ -242,7 +242,7 @@ async def bench_raw_smtp(host: str, port: int, maildir: Path, n: int, concurrenc
 async def bench_email_pipeline(client, maildir: Path, n: int, concurrency: int) -> float:
     """Seconds from the first EmailDelivery start until all n messages are in the Maildir."""
     from models.contracts import EmailRequest
-    from workflows.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, email_workflow_id
+    from models.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, email_workflow_id
 
     before = maildir_count(maildir)
     run = uuid.uuid4().hex[:8]
@@ -326,7 +326,7 @@ async def run(args: argparse.Namespace) -> None:
                 billing_subs = await billing.create_billing_tenants(stack, bn + BILLING_WARMUP)
                 warm = await billing.run_cycles(email_client, billing_subs[bn:], stack.maildir, 60)
                 await billing.verify_run(stack, stripe_admin, warm)
-                from workflows.names import billing_cycle_workflow_id
+                from models.names import billing_cycle_workflow_id
 
                 shape = await billing.cycle_shape(
                     email_client, billing_cycle_workflow_id(billing_subs[bn].subscription_id, 0)

@@ -174,7 +174,7 @@ async def start_cycles(client, subs: list[BenchSubscription]) -> list[Any]:
     )
 
     from models.billing_cycle_contracts import BillingCycleResult
-    from workflows.names import (
+    from models.names import (
         BILLING_CYCLE_WORKFLOW,
         SA_SUBSCRIPTION_ID,
         SA_TENANT_ID,

@@ -29,13 +29,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
 from models.db import transaction
+from models.names import email_message_id, email_workflow_id, invitation_workflow_id
 from models.tables import EmailMessage as EmailRow
 from models.tables import Membership, Tenant, User, VerificationToken
 from prognet import tokens
 from prognet.settings import Settings
 from prognet_dev import EmbeddedStack, SandboxAdmin, free_port, message_text, read_messages, stack_settings
 from workers.main import build_workers
-from workflows.names import email_message_id, email_workflow_id, invitation_workflow_id
 
 PASSWORD = "correct horse battery staple"
 # Cheap argon2 for tests; the production parameters are the settings' defaults.

@@ -15,6 +15,7 @@ from sqlmodel import select
 
 from models.contracts import EmailRequest, EmailResult
 from models.db import transaction
+from models.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, email_workflow_id
 from models.tables import DomainEvent, EmailSuppression
 from prognet_dev import read_messages
 from tests.api.conftest import (
@@ -24,7 +25,6 @@ from tests.api.conftest import (
     make_platform_admin,
     person,
 )
-from workflows.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, email_workflow_id
 
 UNKNOWN_PATH_DETAIL = "No resource at this path."
 

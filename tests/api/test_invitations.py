@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 
+from models.names import SA_TENANT_ID, SA_USER_ID, invitation_workflow_id
 from prognet_dev import read_messages
 from tests.api.conftest import (
     active_tenant,
@@ -17,7 +18,6 @@ from tests.api.conftest import (
     person,
     wait_for_invitation,
 )
-from workflows.names import SA_TENANT_ID, SA_USER_ID, invitation_workflow_id
 
 
 def _address(tag: str = "grace") -> str:

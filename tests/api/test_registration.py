@@ -7,10 +7,10 @@ import uuid
 from sqlmodel import select
 
 from models.db import transaction
+from models.names import registration_workflow_id
 from models.tables import User
 from prognet_dev import read_messages
 from tests.api.conftest import PASSWORD, assert_problem, bearer, wait_for_token
-from workflows.names import registration_workflow_id
 
 
 def _email() -> str:

@@ -11,6 +11,13 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from models.names import (
+    SA_TENANT_ID,
+    SA_USER_ID,
+    registration_workflow_id,
+    subscription_workflow_id,
+    tenant_workflow_id,
+)
 from prognet_dev.stripe_sandbox import SandboxAdmin
 from tests.api.conftest import (
     PASSWORD,
@@ -21,13 +28,6 @@ from tests.api.conftest import (
     new_slug,
     person,
     wait_for_token,
-)
-from workflows.names import (
-    SA_TENANT_ID,
-    SA_USER_ID,
-    registration_workflow_id,
-    subscription_workflow_id,
-    tenant_workflow_id,
 )
 
 PLAN = "dev-minutely"

@@ -30,11 +30,11 @@ from temporalio.worker import Worker
 from api.app import create_app
 from api.routers.stripe_webhooks import DEDUPE_TTL_SECONDS, dedupe_key
 from models.billing_cycle_contracts import PaymentOutcome
+from models.names import SIGNAL_PAYMENT_OUTCOME
 from prognet.settings import DEV_STRIPE_WEBHOOK_SECRET, Settings
 from prognet_dev import EmbeddedStack, StripeSandbox, free_port
 from prognet_dev.stripe_sandbox import signature_header
 from tests.api.conftest import ARGON2, assert_problem
-from workflows.names import SIGNAL_PAYMENT_OUTCOME
 
 CURRENT = "whsec_test_current_" + "c" * 24
 PREVIOUS = "whsec_test_previous_" + "p" * 24

@@ -16,9 +16,9 @@ from temporalio.testing import ActivityEnvironment
 from activities.tenants import TenantActivities
 from models.billing_cycle_contracts import SuspendTenant
 from models.db import transaction
+from models.names import SA_SUBSCRIPTION_ID, SA_TENANT_ID, billing_cycle_workflow_id, billing_schedule_id
 from models.tables import DomainEvent
 from tests.api.conftest import active_tenant, add_member, assert_problem, person
-from workflows.names import SA_SUBSCRIPTION_ID, SA_TENANT_ID, billing_cycle_workflow_id, billing_schedule_id
 
 PLAN = "dev-minutely"
 

@@ -9,6 +9,7 @@ import pytest
 from sqlmodel import select
 
 from models.db import transaction
+from models.names import SA_TENANT_ID, SA_USER_ID, tenant_workflow_id
 from models.tables import DomainEvent
 from tests.api.conftest import (
     active_tenant,
@@ -19,7 +20,6 @@ from tests.api.conftest import (
     person,
     wait_for_tenant,
 )
-from workflows.names import SA_TENANT_ID, SA_USER_ID, tenant_workflow_id
 
 
 async def _events(engine, tenant_id: str, type_: str) -> list[DomainEvent]:

@@ -32,14 +32,14 @@ from temporalio.client import Client
 
 from api.routers.stripe_webhooks import dedupe_key
 from models.billing_cycle_contracts import BillingCycleResult, BillingCycleState
-from prognet_dev import EmbeddedStack, StripeSandbox
-from prognet_dev.stripe_sandbox import signature_header
-from tests.integration.conftest import owner_headers, wait_for_status
-from workflows.names import (
+from models.names import (
     QUERY_BILLING_CYCLE_STATE,
     billing_cycle_workflow_id,
     billing_schedule_id,
 )
+from prognet_dev import EmbeddedStack, StripeSandbox
+from prognet_dev.stripe_sandbox import signature_header
+from tests.integration.conftest import owner_headers, wait_for_status
 
 PLAN = "dev-minutely"  # 60-second periods, no trial: subscribing charges period 0 at once
 PERIOD_SECONDS = 60

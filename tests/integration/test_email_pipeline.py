@@ -13,15 +13,15 @@ import asyncpg
 from temporalio.client import Client
 
 from models.contracts import EmailDecision, EmailRequest, EmailResult
-from prognet_dev import EmbeddedStack, read_messages
-from tests.integration.conftest import SEND_RATE
-from workflows.names import (
+from models.names import (
     EMAIL_DELIVERY_WORKFLOW,
     EMAIL_TASK_QUEUE,
     SA_SAGA_STATUS,
     SIGNAL_EMAIL_DECISION,
     email_workflow_id,
 )
+from prognet_dev import EmbeddedStack, read_messages
+from tests.integration.conftest import SEND_RATE
 
 
 def address(tag: str = "") -> str:

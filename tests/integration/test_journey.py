@@ -9,9 +9,9 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
+from models.names import email_message_id
 from prognet_dev import EmbeddedStack
 from tests.integration.conftest import PASSWORD, bearer, email_to, login, new_email, register_and_verify, token_from
-from workflows.names import email_message_id
 
 
 async def test_register_verify_login_refresh_reuse_logout(http: httpx.AsyncClient, stack: EmbeddedStack):

@@ -31,6 +31,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from models import activity_names as act
 from models.billing_cycle_contracts import (
     BillingCycleInput,
     BillingCycleState,
@@ -49,19 +50,7 @@ from models.contracts import (
     TenantProvisioningInput,
     VerifyEmail,
 )
-from models.plans import Plan
-from models.signup_contracts import PaidSignupInput
-from tests.conftest import BIN_DIR, custom_search_attributes
-from tests.support.fake_activities import FakeUsers
-from tests.support.fake_billing_activities import DECLINED, VISA, FakeBillingWorld
-from tests.support.fake_email import FakeEmailDelivery
-from tests.support.fake_signup_activities import FakeSignupWorld
-from tests.support.fake_tenant_activities import FakeTenantWorld
-from workers.main import Workers
-from workflows import activity_names as act
-from workflows.billing_cycle import BillingCycleWorkflow
-from workflows.invitation import InvitationWorkflow
-from workflows.names import (
+from models.names import (
     EMAIL_TASK_QUEUE,
     QUERY_BILLING_CYCLE_STATE,
     QUERY_SAGA_STATE,
@@ -75,6 +64,17 @@ from workflows.names import (
     registration_workflow_id,
     subscription_workflow_id,
 )
+from models.plans import Plan
+from models.signup_contracts import PaidSignupInput
+from tests.conftest import BIN_DIR, custom_search_attributes
+from tests.support.fake_activities import FakeUsers
+from tests.support.fake_billing_activities import DECLINED, VISA, FakeBillingWorld
+from tests.support.fake_email import FakeEmailDelivery
+from tests.support.fake_signup_activities import FakeSignupWorld
+from tests.support.fake_tenant_activities import FakeTenantWorld
+from workers.main import Workers
+from workflows.billing_cycle import BillingCycleWorkflow
+from workflows.invitation import InvitationWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
 from workflows.subscription import SubscriptionWorkflow

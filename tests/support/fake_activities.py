@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from models import activity_names as act
 from models.contracts import (
     ActivateUser,
     CreatePendingUser,
@@ -18,7 +19,6 @@ from models.contracts import (
     TokenRef,
     UserRef,
 )
-from workflows import activity_names as act
 
 
 @dataclass

@@ -14,6 +14,7 @@ from datetime import datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from models import activity_names as act
 from models.billing_cycle_contracts import (
     BillingScheduleSpec,
     BillingTriggerInput,
@@ -33,7 +34,6 @@ from models.billing_cycle_contracts import (
     VoidInvoice,
 )
 from models.errors import SUBSCRIPTION_EXISTS
-from workflows import activity_names as act
 
 VISA = "pm_card_visa"
 DECLINED = "pm_card_chargeDeclined"

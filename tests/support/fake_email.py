@@ -9,7 +9,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from models.contracts import EmailRequest, EmailResult
-    from workflows.names import EMAIL_DELIVERY_WORKFLOW
+    from models.names import EMAIL_DELIVERY_WORKFLOW
 
 
 @workflow.defn(name=EMAIL_DELIVERY_WORKFLOW)

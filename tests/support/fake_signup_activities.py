@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 from temporalio import activity
 
+from models import activity_names as act
 from models.signup_contracts import DiscardTenant
 from tests.support.fake_activities import FakeUsers
 from tests.support.fake_billing_activities import FakeBillingWorld
 from tests.support.fake_tenant_activities import FakeTenantWorld
-from workflows import activity_names as act
 
 
 @dataclass

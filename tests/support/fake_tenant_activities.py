@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from models import activity_names as act
 from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer, StripeCustomer
 from models.contracts import (
     CloseInvitation,
@@ -22,7 +23,6 @@ from models.contracts import (
     MembershipRef,
     TenantRef,
 )
-from workflows import activity_names as act
 
 
 @dataclass

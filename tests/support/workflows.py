@@ -8,8 +8,8 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from models.contracts import SagaState
+from models.names import EMAIL_TASK_QUEUE, QUERY_SAGA_STATE
 from tests.support.fake_email import FakeEmailDelivery
-from workflows.names import EMAIL_TASK_QUEUE, QUERY_SAGA_STATE
 
 
 async def saga_state(handle: WorkflowHandle) -> SagaState:

@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from models import activity_names as act
 from models.billing_calendar import add_months, prorate
 from models.billing_cycle_contracts import (
     BillingCycleInput,
@@ -33,13 +34,7 @@ from models.billing_cycle_contracts import (
 )
 from models.contracts import SagaState
 from models.errors import INVALID_PLAN, PLAN_UNCHANGED, SUBSCRIPTION_ENDED, SUBSCRIPTION_EXISTS
-from models.plans import Plan
-from tests.support.fake_billing_activities import DECLINED, PENDING, VISA, FakeBillingWorld
-from tests.support.workflows import email_worker
-from workers.main import Workers
-from workflows import activity_names as act
-from workflows.billing_cycle import BillingCycleWorkflow
-from workflows.names import (
+from models.names import (
     QUERY_BILLING_CYCLE_STATE,
     QUERY_SAGA_STATE,
     QUERY_SUBSCRIPTION_STATE,
@@ -55,6 +50,11 @@ from workflows.names import (
     email_workflow_id,
     subscription_workflow_id,
 )
+from models.plans import Plan
+from tests.support.fake_billing_activities import DECLINED, PENDING, VISA, FakeBillingWorld
+from tests.support.workflows import email_worker
+from workers.main import Workers
+from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.subscription import SubscriptionWorkflow
 
 DAY = timedelta(days=1)

@@ -12,6 +12,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from models import activity_names as act
 from models.contracts import (
     EmailDecision,
     EmailDelivery,
@@ -22,11 +23,10 @@ from models.contracts import (
     SendEmail,
     SuppressAddress,
 )
+from models.names import EMAIL_SEND_TASK_QUEUE, SIGNAL_EMAIL_DECISION
 from tests.support.workflows import saga_state, wait_for
 from workers.main import Workers
-from workflows import activity_names as act
 from workflows.email_delivery import EmailDeliveryWorkflow
-from workflows.names import EMAIL_SEND_TASK_QUEUE, SIGNAL_EMAIL_DECISION
 
 POLICY = EmailPolicy(initial_interval_seconds=5, backoff_coefficient=2, maximum_interval_seconds=30,
                      maximum_attempts=6, send_timeout_seconds=10)

@@ -23,19 +23,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from models import activity_names as act
 from models.billing_calendar import add_months
 from models.billing_cycle_contracts import CancelSubscription, SubscriptionState
 from models.contracts import OperatorDecision, RegistrationResult, SagaState, VerifyEmail
-from models.plans import Plan
-from models.signup_contracts import PaidSignupInput, SignupOutcome
-from tests.conftest import BIN_DIR, custom_search_attributes
-from tests.support.fake_billing_activities import DECLINED, INSUFFICIENT, PENDING, VISA
-from tests.support.fake_email import FakeEmailDelivery
-from tests.support.fake_signup_activities import FakeSignupWorld
-from workers.main import Workers
-from workflows import activity_names as act
-from workflows.billing_cycle import BillingCycleWorkflow
-from workflows.names import (
+from models.names import (
     EMAIL_TASK_QUEUE,
     QUERY_SAGA_STATE,
     QUERY_SIGNUP_OUTCOME,
@@ -50,6 +42,14 @@ from workflows.names import (
     subscription_workflow_id,
     tenant_workflow_id,
 )
+from models.plans import Plan
+from models.signup_contracts import PaidSignupInput, SignupOutcome
+from tests.conftest import BIN_DIR, custom_search_attributes
+from tests.support.fake_billing_activities import DECLINED, INSUFFICIENT, PENDING, VISA
+from tests.support.fake_email import FakeEmailDelivery
+from tests.support.fake_signup_activities import FakeSignupWorld
+from workers.main import Workers
+from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
 from workflows.subscription import SubscriptionWorkflow

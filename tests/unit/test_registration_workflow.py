@@ -11,17 +11,17 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
+from models import activity_names as act
 from models.contracts import OperatorDecision, RegistrationInput, VerifyEmail
-from tests.support.fake_activities import FakeUsers
-from tests.support.workflows import email_worker, saga_state, wait_for
-from workers.main import Workers
-from workflows import activity_names as act
-from workflows.names import (
+from models.names import (
     SIGNAL_OPERATOR_DECISION,
     SIGNAL_VERIFY_EMAIL,
     email_message_id,
     email_workflow_id,
 )
+from tests.support.fake_activities import FakeUsers
+from tests.support.workflows import email_worker, saga_state, wait_for
+from workers.main import Workers
 from workflows.registration import RegistrationWorkflow
 
 DAY = 24 * 3600

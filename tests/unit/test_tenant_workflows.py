@@ -12,6 +12,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
+from models import activity_names as act
 from models.contracts import (
     AcceptInvitation,
     CreateBillingConfig,
@@ -19,12 +20,11 @@ from models.contracts import (
     OperatorDecision,
     TenantProvisioningInput,
 )
+from models.names import SIGNAL_ACCEPT_INVITATION, SIGNAL_OPERATOR_DECISION, SIGNAL_REVOKE_INVITATION
 from tests.support.fake_tenant_activities import FakeTenantWorld
 from tests.support.workflows import email_worker, saga_state, wait_for
 from workers.main import Workers
-from workflows import activity_names as act
 from workflows.invitation import InvitationWorkflow
-from workflows.names import SIGNAL_ACCEPT_INVITATION, SIGNAL_OPERATOR_DECISION, SIGNAL_REVOKE_INVITATION
 from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
 # (the welcome email is handed to the delivery pipeline as a child workflow between settings and activation)
