@@ -33,7 +33,10 @@ from prognet.settings import Settings
 log = logging.getLogger(__name__)
 
 PERMANENT_ERRORS: tuple[type[stripe.StripeError], ...] = (
-    stripe.CardError, stripe.InvalidRequestError, stripe.AuthenticationError, stripe.PermissionError,
+    stripe.CardError,
+    stripe.InvalidRequestError,
+    stripe.AuthenticationError,
+    stripe.PermissionError,
     stripe.IdempotencyError,
 )
 
@@ -64,12 +67,17 @@ def _raise_translated(exc: stripe.StripeError, action: str) -> NoReturn:
     raise ApplicationError(
         f"Stripe refused to {action}: {facts['error_class']} ({shown})",
         {k: v for k, v in facts.items() if v is not None},
-        type=STRIPE_PERMANENT_ERROR, non_retryable=True,
+        type=STRIPE_PERMANENT_ERROR,
+        non_retryable=True,
     ) from None
 
 
 FAILED_STATES = ("requires_payment_method", "canceled")
-CANCELABLE_STATES = ("requires_action", "requires_confirmation", "requires_capture")  # Stripe cannot cancel `processing`
+CANCELABLE_STATES = (
+    "requires_action",
+    "requires_confirmation",
+    "requires_capture",
+)  # Stripe cannot cancel `processing`
 TEST_PAYMENT_METHOD_PREFIX = "pm_card_"
 # The "intent" of an attempt Stripe refused before creating one (no such card): a failed attempt all the same.
 REFUSED_PREFIX = "refused:"
@@ -77,8 +85,11 @@ REFUSED_PREFIX = "refused:"
 
 def _refused(req: CreatePaymentIntent, code: str | None) -> PaymentIntentInfo:
     log.info("payment method refused", extra={"tenant_id": str(req.tenant_id), "code": code})
-    return PaymentIntentInfo(payment_intent_id=f"{REFUSED_PREFIX}{req.idempotency_key}", status="failed",
-                             decline_code=code or "invalid_payment_method")
+    return PaymentIntentInfo(
+        payment_intent_id=f"{REFUSED_PREFIX}{req.idempotency_key}",
+        status="failed",
+        decline_code=code or "invalid_payment_method",
+    )
 
 
 def _payment_info(pi: Any) -> PaymentIntentInfo:
@@ -112,7 +123,8 @@ class BillingActivities:
             params["email"] = req.email
         try:
             customer = await self.client.v1.customers.create_async(
-                params=params, options={"idempotency_key": req.idempotency_key})  # type: ignore[arg-type]
+                params=params, options={"idempotency_key": req.idempotency_key}
+            )  # type: ignore[arg-type]
         except stripe.StripeError as exc:
             _raise_translated(exc, "create the customer")
         log.info("stripe customer ready", extra={"tenant_id": str(req.tenant_id), "customer_id": customer.id})
@@ -139,7 +151,8 @@ class BillingActivities:
     async def _customers_of(self, tenant_id: UUID) -> list[str]:
         try:
             found = await self.client.v1.customers.search_async(
-                params={"query": f"metadata['tenant_id']:'{tenant_id}'", "limit": 100})
+                params={"query": f"metadata['tenant_id']:'{tenant_id}'", "limit": 100}
+            )
         except stripe.StripeError as exc:
             _raise_translated(exc, "search the tenant's customers")
         return [c.id for c in found.data]
@@ -154,24 +167,35 @@ class BillingActivities:
         if refusal is not None:
             return refusal
         params: dict[str, Any] = {
-            "amount": req.amount, "currency": req.currency, "customer": req.stripe_customer_id,
-            "payment_method": req.payment_method, "confirm": True, "off_session": True,
+            "amount": req.amount,
+            "currency": req.currency,
+            "customer": req.stripe_customer_id,
+            "payment_method": req.payment_method,
+            "confirm": True,
+            "off_session": True,
             "description": f"invoice {req.invoice_id}",
             # the webhook endpoint routes this intent's events to `workflow_id`
-            "metadata": {"workflow_id": req.workflow_id, "invoice_id": req.invoice_id,
-                         "tenant_id": str(req.tenant_id), "subscription_id": str(req.subscription_id)},
+            "metadata": {
+                "workflow_id": req.workflow_id,
+                "invoice_id": req.invoice_id,
+                "tenant_id": str(req.tenant_id),
+                "subscription_id": str(req.subscription_id),
+            },
         }
         try:
             pi = await self.client.v1.payment_intents.create_async(
-                params=params, options={"idempotency_key": req.idempotency_key})  # type: ignore[arg-type]
+                params=params, options={"idempotency_key": req.idempotency_key}
+            )  # type: ignore[arg-type]
         except stripe.CardError as exc:
             error = exc.error
             pi_id = error.payment_intent.id if error is not None and error.payment_intent is not None else None
             if pi_id is None:
                 _raise_translated(exc, "charge the invoice")
             code = (error.decline_code or exc.code) if error is not None else exc.code
-            log.info("payment declined", extra={"tenant_id": str(req.tenant_id), "payment_intent": pi_id,
-                                                "decline_code": code})
+            log.info(
+                "payment declined",
+                extra={"tenant_id": str(req.tenant_id), "payment_intent": pi_id, "decline_code": code},
+            )
             return PaymentIntentInfo(payment_intent_id=pi_id, status="failed", decline_code=code)
         except stripe.InvalidRequestError as exc:
             if exc.param != "payment_method":
@@ -193,7 +217,8 @@ class BillingActivities:
             pm = await self.client.v1.payment_methods.retrieve_async(req.payment_method)
             if pm.customer is None:
                 await self.client.v1.payment_methods.attach_async(
-                    req.payment_method, params={"customer": req.stripe_customer_id})
+                    req.payment_method, params={"customer": req.stripe_customer_id}
+                )
             elif pm.customer != req.stripe_customer_id:
                 return _refused(req, "payment_method_of_another_customer")
         except stripe.InvalidRequestError as exc:
@@ -234,9 +259,14 @@ class BillingActivities:
                     continue
                 amount = pi.amount_received if budget is None else min(budget, pi.amount_received)
                 refund = await self.client.v1.refunds.create_async(
-                    params={"payment_intent": pi_id, "amount": amount, "reason": "requested_by_customer",
-                            "metadata": {"tenant_id": str(req.tenant_id), "reason": req.reason[:450]}},
-                    options={"idempotency_key": f"{req.idempotency_key}:{pi_id}"})  # type: ignore[arg-type]
+                    params={
+                        "payment_intent": pi_id,
+                        "amount": amount,
+                        "reason": "requested_by_customer",
+                        "metadata": {"tenant_id": str(req.tenant_id), "reason": req.reason[:450]},
+                    },
+                    options={"idempotency_key": f"{req.idempotency_key}:{pi_id}"},
+                )  # type: ignore[arg-type]
             except stripe.InvalidRequestError as exc:
                 if exc.code == "charge_already_refunded":
                     continue  # refunded before under another key: nothing left to give back

@@ -35,11 +35,17 @@ def render(template: str, **values: str) -> tuple[str, str]:
     """Render `<template>.txt` and `<template>.html`; values are HTML-escaped for the HTML part."""
     try:
         text = (TEMPLATES / f"{template}.txt").read_text().format(**values)
-        markup = (TEMPLATES / f"{template}.html").read_text().format(
-            **{k: html.escape(v, quote=True) for k, v in values.items()})
+        markup = (
+            (TEMPLATES / f"{template}.html")
+            .read_text()
+            .format(**{k: html.escape(v, quote=True) for k, v in values.items()})
+        )
     except (OSError, KeyError, IndexError, ValueError) as err:
-        raise ApplicationError(f"template {template!r} could not be rendered: {type(err).__name__}: {err}",
-                               type=RENDER_FAILED, non_retryable=True) from None
+        raise ApplicationError(
+            f"template {template!r} could not be rendered: {type(err).__name__}: {err}",
+            type=RENDER_FAILED,
+            non_retryable=True,
+        ) from None
     return text, markup
 
 
@@ -69,8 +75,9 @@ class Composer:
         try:
             return await compose(req, to_address)
         except KeyError as err:
-            raise ApplicationError(f"template {req.template!r} needs parameter {err}", type=RENDER_FAILED,
-                                   non_retryable=True) from None
+            raise ApplicationError(
+                f"template {req.template!r} needs parameter {err}", type=RENDER_FAILED, non_retryable=True
+            ) from None
 
     async def _user(self, req: EmailRequest) -> User:
         async with transaction(self.engine) as session:
@@ -86,8 +93,12 @@ class Composer:
         if token is None:
             raise ApplicationError("verification token no longer exists", type=RECIPIENT_GONE, non_retryable=True)
         secret = derive_token(self.token_key, VERIFY_EMAIL, token.id)
-        text, markup = render("verify_email", name=user.display_name or "there", link=self.link("/verify-email", secret),
-                              expires_at=token.expires_at.strftime("%Y-%m-%d %H:%M"))
+        text, markup = render(
+            "verify_email",
+            name=user.display_name or "there",
+            link=self.link("/verify-email", secret),
+            expires_at=token.expires_at.strftime("%Y-%m-%d %H:%M"),
+        )
         return Composed(to_address or user.email, "Confirm your ProgNetwork email address", text, markup)
 
     async def _welcome(self, req: EmailRequest, to_address: str | None) -> Composed:
@@ -108,9 +119,13 @@ class Composer:
             raise ApplicationError("invitation or tenant no longer exists", type=RECIPIENT_GONE, non_retryable=True)
         token = invitation_token(self.token_key, tenant.id, invitation.id)
         text, markup = render(
-            "invitation", inviter=(inviter.display_name or "A colleague") if inviter else "A colleague",
-            tenant_name=tenant.name, role=invitation.role, link=self.link("/accept-invitation", token),
-            expires_at=invitation.expires_at.strftime("%Y-%m-%d %H:%M"))
+            "invitation",
+            inviter=(inviter.display_name or "A colleague") if inviter else "A colleague",
+            tenant_name=tenant.name,
+            role=invitation.role,
+            link=self.link("/accept-invitation", token),
+            expires_at=invitation.expires_at.strftime("%Y-%m-%d %H:%M"),
+        )
         return Composed(to_address or invitation.email, f"Join {tenant.name} on ProgNetwork", text, markup)
 
     async def _notice(self, req: EmailRequest, to_address: str | None) -> Composed:
@@ -139,8 +154,11 @@ async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None
     """Send one message; returns the server's reply. Raises as described in the module docstring."""
     try:
         _, reply = await aiosmtplib.send(
-            msg, hostname=settings.smtp_host or "127.0.0.1", port=settings.smtp_port,
-            timeout=timeout or settings.smtp_timeout_seconds, username=settings.smtp_username,
+            msg,
+            hostname=settings.smtp_host or "127.0.0.1",
+            port=settings.smtp_port,
+            timeout=timeout or settings.smtp_timeout_seconds,
+            username=settings.smtp_username,
             password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
             start_tls=settings.smtp_start_tls,
         )
@@ -150,14 +168,16 @@ async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None
         codes = ", ".join(_code(r.code, r.message) for r in err.recipients)
         full = "; ".join(f"{r.code} {r.message}" for r in err.recipients)
         if all(500 <= r.code < 600 for r in err.recipients):
-            raise _with_reply(ApplicationError(f"recipient refused: {codes}", type=SMTP_PERMANENT,
-                                               non_retryable=True), full) from None
+            raise _with_reply(
+                ApplicationError(f"recipient refused: {codes}", type=SMTP_PERMANENT, non_retryable=True), full
+            ) from None
         raise _with_reply(SmtpTemporaryFailure(f"recipient deferred: {codes}"), full) from None
     except aiosmtplib.SMTPResponseException as err:
         full = f"{err.code} {err.message}"
         if 500 <= err.code < 600:
-            raise _with_reply(ApplicationError(f"SMTP {_code(err.code, err.message)}", type=SMTP_PERMANENT,
-                                               non_retryable=True), full) from None
+            raise _with_reply(
+                ApplicationError(f"SMTP {_code(err.code, err.message)}", type=SMTP_PERMANENT, non_retryable=True), full
+            ) from None
         raise _with_reply(SmtpTemporaryFailure(f"SMTP {_code(err.code, err.message)}"), full) from None
     except aiosmtplib.SMTPTimeoutError:
         raise SmtpTemporaryFailure("timeout waiting for the relay") from None
@@ -179,4 +199,3 @@ def _with_reply(err: Exception, reply: str) -> Exception:
 
 class SmtpTemporaryFailure(Exception):
     """4xx, timeout or connection trouble: worth another attempt."""
-

@@ -56,11 +56,13 @@ class EmailDeliveryActivities:
     @activity.defn(name=names.EMAIL_POLICY)
     async def policy(self) -> EmailPolicy:
         s = self.settings
-        return EmailPolicy(initial_interval_seconds=s.email_retry_initial_seconds,
-                           backoff_coefficient=s.email_retry_backoff_coefficient,
-                           maximum_interval_seconds=s.email_retry_max_interval_seconds,
-                           maximum_attempts=s.email_retry_max_attempts,
-                           send_timeout_seconds=s.smtp_timeout_seconds)
+        return EmailPolicy(
+            initial_interval_seconds=s.email_retry_initial_seconds,
+            backoff_coefficient=s.email_retry_backoff_coefficient,
+            maximum_interval_seconds=s.email_retry_max_interval_seconds,
+            maximum_attempts=s.email_retry_max_attempts,
+            send_timeout_seconds=s.smtp_timeout_seconds,
+        )
 
     @activity.defn(name=names.QUEUE_EMAIL)
     async def queue(self, req: EmailRequest) -> EmailQueued:
@@ -69,16 +71,31 @@ class EmailDeliveryActivities:
         async with self._scope(req.tenant_id) as session:
             existing = await session.get(EmailMessage, req.message_id)
             if existing is not None:  # a retry after the row was committed
-                return EmailQueued(message_id=req.message_id, to_address=existing.to_address,
-                                   suppressed=existing.state == "suppressed")
-            suppressed = (await session.exec(select(EmailSuppression.id).where(
-                EmailSuppression.tenant_id == req.tenant_id if req.tenant_id else EmailSuppression.tenant_id.is_(None),
-                func.lower(EmailSuppression.address) == composed.to_address.lower()))).first() is not None
-            session.add(EmailMessage(
-                id=req.message_id, tenant_id=req.tenant_id, template=req.template, to_address=composed.to_address,
-                subject=composed.subject[:300], state="suppressed" if suppressed else "queued",
-                last_reply="address is on the suppression list" if suppressed else None,
-                workflow_id=email_workflow_id(req.message_id)))
+                return EmailQueued(
+                    message_id=req.message_id, to_address=existing.to_address, suppressed=existing.state == "suppressed"
+                )
+            suppressed = (
+                await session.exec(
+                    select(EmailSuppression.id).where(
+                        EmailSuppression.tenant_id == req.tenant_id
+                        if req.tenant_id
+                        else EmailSuppression.tenant_id.is_(None),
+                        func.lower(EmailSuppression.address) == composed.to_address.lower(),
+                    )
+                )
+            ).first() is not None
+            session.add(
+                EmailMessage(
+                    id=req.message_id,
+                    tenant_id=req.tenant_id,
+                    template=req.template,
+                    to_address=composed.to_address,
+                    subject=composed.subject[:300],
+                    state="suppressed" if suppressed else "queued",
+                    last_reply="address is on the suppression list" if suppressed else None,
+                    workflow_id=email_workflow_id(req.message_id),
+                )
+            )
         return EmailQueued(message_id=req.message_id, to_address=composed.to_address, suppressed=suppressed)
 
     @activity.defn(name=names.SEND_EMAIL)
@@ -96,8 +113,9 @@ class EmailDeliveryActivities:
         except Exception as err:
             await self._update(req.request.tenant_id, message_id, state="failed", last_reply=_reply(err))
             raise
-        await self._update(req.request.tenant_id, message_id, state="sent", last_reply=reply[:REPLY_LIMIT],
-                           sent_at=utcnow())
+        await self._update(
+            req.request.tenant_id, message_id, state="sent", last_reply=reply[:REPLY_LIMIT], sent_at=utcnow()
+        )
         log.info("email sent", extra={"message_id": str(message_id), "template": req.request.template})
         return EmailDelivery(message_id=message_id, state="sent", reply=reply)
 
@@ -113,12 +131,20 @@ class EmailDeliveryActivities:
     @activity.defn(name=names.SUPPRESS_ADDRESS)
     async def suppress(self, req: SuppressAddress) -> None:
         async with self._scope(req.tenant_id) as session:
-            await session.exec(insert(EmailSuppression).values(
-                id=uuid.uuid4(), tenant_id=req.tenant_id, address=req.address, reason=req.reason[:REPLY_LIMIT],
-                message_id=req.message_id,
-            ).on_conflict_do_nothing())
+            await session.exec(
+                insert(EmailSuppression)
+                .values(
+                    id=uuid.uuid4(),
+                    tenant_id=req.tenant_id,
+                    address=req.address,
+                    reason=req.reason[:REPLY_LIMIT],
+                    message_id=req.message_id,
+                )
+                .on_conflict_do_nothing()
+            )
 
     async def _update(self, tenant_id: uuid.UUID | None, message_id: uuid.UUID, **values) -> None:
         async with self._scope(tenant_id) as session:
-            await session.exec(update(EmailMessage).where(EmailMessage.id == message_id)
-                               .values(updated_at=utcnow(), **values))
+            await session.exec(
+                update(EmailMessage).where(EmailMessage.id == message_id).values(updated_at=utcnow(), **values)
+            )

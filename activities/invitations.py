@@ -32,11 +32,26 @@ class InvitationActivities:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
             if await session.get(Invitation, req.invitation_id) is not None:
                 return
-            session.add(Invitation(id=req.invitation_id, tenant_id=req.tenant_id, email=req.email, role=req.role,
-                                   status="pending", token_hash=hash_token(token), invited_by=req.invited_by,
-                                   expires_at=req.expires_at))
-            record_event(session, "invitation.created", "invitation", req.invitation_id, {"role": req.role},
-                         tenant_id=req.tenant_id)
+            session.add(
+                Invitation(
+                    id=req.invitation_id,
+                    tenant_id=req.tenant_id,
+                    email=req.email,
+                    role=req.role,
+                    status="pending",
+                    token_hash=hash_token(token),
+                    invited_by=req.invited_by,
+                    expires_at=req.expires_at,
+                )
+            )
+            record_event(
+                session,
+                "invitation.created",
+                "invitation",
+                req.invitation_id,
+                {"role": req.role},
+                tenant_id=req.tenant_id,
+            )
 
     @activity.defn(name=names.COMPLETE_INVITATION)
     async def complete_invitation(self, req: CompleteInvitation) -> None:
@@ -47,26 +62,44 @@ class InvitationActivities:
             if invitation.status == "accepted":
                 return
             if invitation.status != "pending":
-                raise ApplicationError(f"invitation is {invitation.status}", type=INVITATION_CLOSED,
-                                       non_retryable=True)
-            await session.exec(insert(Membership).values(tenant_id=req.tenant_id, user_id=req.user_id,
-                                                         role=invitation.role).on_conflict_do_nothing())
+                raise ApplicationError(f"invitation is {invitation.status}", type=INVITATION_CLOSED, non_retryable=True)
+            await session.exec(
+                insert(Membership)
+                .values(tenant_id=req.tenant_id, user_id=req.user_id, role=invitation.role)
+                .on_conflict_do_nothing()
+            )
             invitation.status = "accepted"
             invitation.accepted_by = req.user_id
             invitation.closed_at = utcnow()
             session.add(invitation)
-            record_event(session, "invitation.accepted", "invitation", req.invitation_id,
-                         {"user_id": str(req.user_id), "role": invitation.role},
-                         tenant_id=req.tenant_id, workflow_id=req.workflow_id)
-            record_event(session, "member.added", "membership", req.user_id, {"role": invitation.role},
-                         tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+            record_event(
+                session,
+                "invitation.accepted",
+                "invitation",
+                req.invitation_id,
+                {"user_id": str(req.user_id), "role": invitation.role},
+                tenant_id=req.tenant_id,
+                workflow_id=req.workflow_id,
+            )
+            record_event(
+                session,
+                "member.added",
+                "membership",
+                req.user_id,
+                {"role": invitation.role},
+                tenant_id=req.tenant_id,
+                workflow_id=req.workflow_id,
+            )
 
     @activity.defn(name=names.CLOSE_INVITATION)
     async def close_invitation(self, req: CloseInvitation) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
             result = await session.exec(
-                update(Invitation).where(Invitation.id == req.invitation_id, Invitation.status == "pending")
-                .values(status=req.status, closed_at=utcnow()))
+                update(Invitation)
+                .where(Invitation.id == req.invitation_id, Invitation.status == "pending")
+                .values(status=req.status, closed_at=utcnow())
+            )
             if result.rowcount:
-                record_event(session, f"invitation.{req.status}", "invitation", req.invitation_id, {},
-                             tenant_id=req.tenant_id)
+                record_event(
+                    session, f"invitation.{req.status}", "invitation", req.invitation_id, {}, tenant_id=req.tenant_id
+                )

@@ -42,24 +42,55 @@ class InvoiceActivities:
             async with transaction(self.engine, tenant_id=req.tenant_id) as db:
                 existing = await self._live(db, req.workflow_id)
                 if existing is not None:
-                    return Invoice(invoice_id=str(existing.id), number=existing.number, status=existing.status,
-                                   payment_intent_id=existing.payment_intent_id)
+                    return Invoice(
+                        invoice_id=str(existing.id),
+                        number=existing.number,
+                        status=existing.status,
+                        payment_intent_id=existing.payment_intent_id,
+                    )
                 # The counter row is locked until commit: concurrent cycles of a tenant get 1, 2, 3 …
-                number = (await db.exec(
-                    insert(InvoiceCounter).values(tenant_id=req.tenant_id, last_number=1)
-                    .on_conflict_do_update(index_elements=["tenant_id"],
-                                           set_={"last_number": InvoiceCounter.last_number + 1})
-                    .returning(InvoiceCounter.last_number))).scalar_one()
+                number = (
+                    await db.exec(
+                        insert(InvoiceCounter)
+                        .values(tenant_id=req.tenant_id, last_number=1)
+                        .on_conflict_do_update(
+                            index_elements=["tenant_id"], set_={"last_number": InvoiceCounter.last_number + 1}
+                        )
+                        .returning(InvoiceCounter.last_number)
+                    )
+                ).scalar_one()
                 row = InvoiceRow(
-                    id=uuid.uuid4(), tenant_id=req.tenant_id, subscription_id=req.subscription_id, number=number,
-                    workflow_id=req.workflow_id, kind=req.kind, period_index=req.period_index,
-                    period_start=req.period_start, period_end=req.period_end, plan_id=req.plan_id,
-                    amount=req.amount, currency=req.currency, status="open")
+                    id=uuid.uuid4(),
+                    tenant_id=req.tenant_id,
+                    subscription_id=req.subscription_id,
+                    number=number,
+                    workflow_id=req.workflow_id,
+                    kind=req.kind,
+                    period_index=req.period_index,
+                    period_start=req.period_start,
+                    period_end=req.period_end,
+                    plan_id=req.plan_id,
+                    amount=req.amount,
+                    currency=req.currency,
+                    status="open",
+                )
                 db.add(row)
-                record_event(db, "invoice.issued", "invoice", row.id,
-                             {"number": number, "amount": req.amount, "currency": req.currency, "kind": req.kind,
-                              "subscription_id": str(req.subscription_id), "period_index": req.period_index},
-                             tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+                record_event(
+                    db,
+                    "invoice.issued",
+                    "invoice",
+                    row.id,
+                    {
+                        "number": number,
+                        "amount": req.amount,
+                        "currency": req.currency,
+                        "kind": req.kind,
+                        "subscription_id": str(req.subscription_id),
+                        "period_index": req.period_index,
+                    },
+                    tenant_id=req.tenant_id,
+                    workflow_id=req.workflow_id,
+                )
                 return Invoice(invoice_id=str(row.id), number=number)
         except IntegrityError:
             # A concurrent attempt of this same activity issued it first: the retry will find it.
@@ -69,14 +100,24 @@ class InvoiceActivities:
     async def void_invoice(self, req: VoidInvoice) -> None:
         """Compensation: void the cycle's invoice (found by id, or by workflow id if issuing's answer was lost)."""
         async with transaction(self.engine, tenant_id=req.tenant_id) as db:
-            row = (await db.get(InvoiceRow, uuid.UUID(req.invoice_id)) if req.invoice_id
-                   else await self._live(db, req.workflow_id))
+            row = (
+                await db.get(InvoiceRow, uuid.UUID(req.invoice_id))
+                if req.invoice_id
+                else await self._live(db, req.workflow_id)
+            )
             if row is None or row.status == "void":
                 return
             row.status, row.void_reason, row.closed_at = "void", req.reason[:500], utcnow()
             db.add(row)
-            record_event(db, "invoice.voided", "invoice", row.id, {"number": row.number, "reason": row.void_reason},
-                         tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+            record_event(
+                db,
+                "invoice.voided",
+                "invoice",
+                row.id,
+                {"number": row.number, "reason": row.void_reason},
+                tenant_id=req.tenant_id,
+                workflow_id=req.workflow_id,
+            )
 
     @activity.defn(name=names.MARK_INVOICE_PAID)
     async def mark_invoice_paid(self, req: MarkInvoicePaid) -> None:
@@ -85,8 +126,9 @@ class InvoiceActivities:
             if row.status == "paid" and row.payment_intent_id == req.payment_intent_id:
                 return
             if row.status != "open":
-                raise ApplicationError(f"invoice {row.number} is {row.status}, cannot be paid",
-                                       type=INVOICE_NOT_OPEN, non_retryable=True)
+                raise ApplicationError(
+                    f"invoice {row.number} is {row.status}, cannot be paid", type=INVOICE_NOT_OPEN, non_retryable=True
+                )
             row.status, row.payment_intent_id, row.closed_at = "paid", req.payment_intent_id, utcnow()
             db.add(row)
 
@@ -97,8 +139,11 @@ class InvoiceActivities:
             if row.status == "uncollectible":
                 return
             if row.status != "open":
-                raise ApplicationError(f"invoice {row.number} is {row.status}, cannot be uncollectible",
-                                       type=INVOICE_NOT_OPEN, non_retryable=True)
+                raise ApplicationError(
+                    f"invoice {row.number} is {row.status}, cannot be uncollectible",
+                    type=INVOICE_NOT_OPEN,
+                    non_retryable=True,
+                )
             row.status, row.decline_code, row.closed_at = "uncollectible", req.decline_code, utcnow()
             db.add(row)
 
@@ -106,19 +151,37 @@ class InvoiceActivities:
     async def publish_invoice_event(self, req: InvoiceEvent) -> None:
         """`invoice.paid` / `invoice.uncollectible`, once per cycle (a retry finds the first one)."""
         async with transaction(self.engine, tenant_id=req.tenant_id) as db:
-            seen = (await db.exec(select(DomainEvent.id).where(
-                DomainEvent.workflow_id == req.workflow_id, DomainEvent.type == req.event_type))).first()
+            seen = (
+                await db.exec(
+                    select(DomainEvent.id).where(
+                        DomainEvent.workflow_id == req.workflow_id, DomainEvent.type == req.event_type
+                    )
+                )
+            ).first()
             if seen is not None:
                 return
-            record_event(db, req.event_type, "invoice", req.invoice_id, {
-                "number": req.invoice_number, "amount": req.amount, "currency": req.currency,
-                "subscription_id": str(req.subscription_id), "payment_intent_id": req.payment_intent_id,
-                "attempts": req.attempts}, tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+            record_event(
+                db,
+                req.event_type,
+                "invoice",
+                req.invoice_id,
+                {
+                    "number": req.invoice_number,
+                    "amount": req.amount,
+                    "currency": req.currency,
+                    "subscription_id": str(req.subscription_id),
+                    "payment_intent_id": req.payment_intent_id,
+                    "attempts": req.attempts,
+                },
+                tenant_id=req.tenant_id,
+                workflow_id=req.workflow_id,
+            )
 
     @staticmethod
     async def _live(db, workflow_id: str) -> InvoiceRow | None:
-        return (await db.exec(select(InvoiceRow).where(
-            InvoiceRow.workflow_id == workflow_id, InvoiceRow.status != "void"))).first()
+        return (
+            await db.exec(select(InvoiceRow).where(InvoiceRow.workflow_id == workflow_id, InvoiceRow.status != "void"))
+        ).first()
 
     @staticmethod
     async def _get(db, invoice_id: str) -> InvoiceRow:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 from temporalio.client import (
@@ -42,11 +42,11 @@ from models.names import (
 from models.plans import Plan
 
 log = logging.getLogger(__name__)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def schedule_spec(plan: Plan, anchor: datetime) -> ScheduleSpec:
-    anchor = anchor.astimezone(timezone.utc)
+    anchor = anchor.astimezone(UTC)
     # The first period starts by itself at the anchor; firings begin with the first period end, so no firing
     # comes early to be held by the subscription (and pausing the Schedule pauses the next charge).
     first_end = advance(anchor, plan, 1)
@@ -58,26 +58,37 @@ def schedule_spec(plan: Plan, anchor: datetime) -> ScheduleSpec:
     anchor = (anchor + timedelta(microseconds=999_999)).replace(microsecond=0)  # up to the second, as above
     days = [anchor.day] if anchor.day <= 28 else list(range(28, 32))
     calendar = ScheduleCalendarSpec(
-        second=[ScheduleRange(anchor.second)], minute=[ScheduleRange(anchor.minute)],
-        hour=[ScheduleRange(anchor.hour)], day_of_month=[ScheduleRange(d) for d in days],
+        second=[ScheduleRange(anchor.second)],
+        minute=[ScheduleRange(anchor.minute)],
+        hour=[ScheduleRange(anchor.hour)],
+        day_of_month=[ScheduleRange(d) for d in days],
         month=([ScheduleRange(anchor.month)] if plan.interval == "year" else [ScheduleRange(1, 12)]),
-        comment=f"plan {plan.id}: every {plan.interval_count} {plan.interval}(s) from {anchor.isoformat()}")
+        comment=f"plan {plan.id}: every {plan.interval_count} {plan.interval}(s) from {anchor.isoformat()}",
+    )
     return ScheduleSpec(calendars=[calendar], start_at=first_end)
 
 
 def search_attributes(spec: BillingScheduleSpec) -> TypedSearchAttributes:
     """What the Schedule and each BillingTrigger it starts are found by in the UI."""
-    return TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(spec.tenant_id)),
-                                  SearchAttributePair(SA_SUBSCRIPTION_ID, str(spec.subscription_id))])
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SA_TENANT_ID, str(spec.tenant_id)),
+            SearchAttributePair(SA_SUBSCRIPTION_ID, str(spec.subscription_id)),
+        ]
+    )
 
 
 def billing_schedule(spec: BillingScheduleSpec) -> Schedule:
     sub = spec.subscription_id
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            BILLING_TRIGGER_WORKFLOW, BillingTriggerInput(subscription_id=sub), id=f"billing-trigger-{sub}",
-            task_queue=TASK_QUEUE, execution_timeout=timedelta(minutes=5),
-            typed_search_attributes=search_attributes(spec)),
+            BILLING_TRIGGER_WORKFLOW,
+            BillingTriggerInput(subscription_id=sub),
+            id=f"billing-trigger-{sub}",
+            task_queue=TASK_QUEUE,
+            execution_timeout=timedelta(minutes=5),
+            typed_search_attributes=search_attributes(spec),
+        ),
         spec=schedule_spec(spec.plan, spec.anchor),
         # A missed firing (server down) is caught up once; firings never overlap.
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(days=1)),
@@ -94,8 +105,10 @@ class ScheduleActivities:
         """Create the subscription's Schedule; one that exists already (a retry) is left as it is."""
         try:
             await self.client.create_schedule(
-                billing_schedule_id(spec.subscription_id), billing_schedule(spec),
-                search_attributes=search_attributes(spec))
+                billing_schedule_id(spec.subscription_id),
+                billing_schedule(spec),
+                search_attributes=search_attributes(spec),
+            )
         except ScheduleAlreadyRunningError:
             return
         log.info("billing schedule created", extra={"subscription_id": str(spec.subscription_id)})

@@ -34,23 +34,37 @@ class SubscriptionActivities:
             async with transaction(self.engine, tenant_id=req.tenant_id) as db:
                 if await db.get(Subscription, req.subscription_id) is not None:
                     return  # a retry after the insert committed
-                db.add(Subscription(id=req.subscription_id, tenant_id=req.tenant_id, plan_id=req.plan_id,
-                                    status="incomplete", payment_method=req.payment_method,
-                                    workflow_id=req.workflow_id, created_by=req.created_by))
+                db.add(
+                    Subscription(
+                        id=req.subscription_id,
+                        tenant_id=req.tenant_id,
+                        plan_id=req.plan_id,
+                        status="incomplete",
+                        payment_method=req.payment_method,
+                        workflow_id=req.workflow_id,
+                        created_by=req.created_by,
+                    )
+                )
         except IntegrityError as err:
             if LIVE_INDEX not in str(err.orig):
                 raise
-            raise ApplicationError("the tenant already has a live subscription", type=SUBSCRIPTION_EXISTS,
-                                   non_retryable=True) from None
+            raise ApplicationError(
+                "the tenant already has a live subscription", type=SUBSCRIPTION_EXISTS, non_retryable=True
+            ) from None
 
     @activity.defn(name=names.SET_SUBSCRIPTION_STATUS)
     async def set_status(self, req: SetSubscriptionStatus) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as db:
             row = await db.get(Subscription, req.subscription_id)
             if row is None:  # a paid sign-up records its subscription before starting it: the first word is this
-                row = Subscription(id=req.subscription_id, tenant_id=req.tenant_id, plan_id=req.plan_id,
-                                   status="incomplete", payment_method=req.payment_method or "",
-                                   workflow_id=req.workflow_id)
+                row = Subscription(
+                    id=req.subscription_id,
+                    tenant_id=req.tenant_id,
+                    plan_id=req.plan_id,
+                    status="incomplete",
+                    payment_method=req.payment_method or "",
+                    workflow_id=req.workflow_id,
+                )
             changed = row.status != req.status
             row.status, row.plan_id = req.status, req.plan_id
             row.current_period_start, row.current_period_end = req.current_period_start, req.current_period_end
@@ -61,9 +75,23 @@ class SubscriptionActivities:
             row.updated_at = utcnow()
             db.add(row)
             if changed:
-                record_event(db, f"subscription.{req.status}", "subscription", req.subscription_id,
-                             {"plan_id": req.plan_id}, tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+                record_event(
+                    db,
+                    f"subscription.{req.status}",
+                    "subscription",
+                    req.subscription_id,
+                    {"plan_id": req.plan_id},
+                    tenant_id=req.tenant_id,
+                    workflow_id=req.workflow_id,
+                )
             if req.status == "active":  # paid again: a tenant suspended for an unpaid subscription is back
-                await set_tenant_status(db, req.tenant_id, "active", None, event="tenant.reactivated",
-                                        payload={"subscription_id": str(req.subscription_id)},
-                                        workflow_id=req.workflow_id, only_from="suspended")
+                await set_tenant_status(
+                    db,
+                    req.tenant_id,
+                    "active",
+                    None,
+                    event="tenant.reactivated",
+                    payload={"subscription_id": str(req.subscription_id)},
+                    workflow_id=req.workflow_id,
+                    only_from="suspended",
+                )

@@ -30,9 +30,17 @@ from models.tables import Membership, Tenant, TenantBilling, TenantSettings, utc
 DEFAULT_SETTINGS = {"timezone": "UTC", "locale": "en", "invitation_roles": ["admin", "member"]}
 
 
-async def set_tenant_status(session: AsyncSession, tenant_id: UUID, status: str, reason: str | None, *,
-                            event: str, payload: dict[str, Any], workflow_id: str,
-                            only_from: str | None = None) -> None:
+async def set_tenant_status(
+    session: AsyncSession,
+    tenant_id: UUID,
+    status: str,
+    reason: str | None,
+    *,
+    event: str,
+    payload: dict[str, Any],
+    workflow_id: str,
+    only_from: str | None = None,
+) -> None:
     """Move a tenant to `status` (keeping the reason) with its domain event, in the caller's transaction.
     Idempotent: a tenant already there, gone, or (with `only_from`) in another status is left as it is."""
     tenant = await session.get(Tenant, tenant_id)
@@ -53,10 +61,20 @@ class TenantActivities:
             async with transaction(self.engine, tenant_id=req.tenant_id) as session:
                 if await session.get(Tenant, req.tenant_id) is not None:
                     return  # a retry after the row was committed
-                session.add(Tenant(id=req.tenant_id, name=req.name, slug=req.slug, status="provisioning",
-                                   created_by=req.created_by))
-                record_event(session, "tenant.created", "tenant", req.tenant_id, {"slug": req.slug},
-                             tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+                session.add(
+                    Tenant(
+                        id=req.tenant_id, name=req.name, slug=req.slug, status="provisioning", created_by=req.created_by
+                    )
+                )
+                record_event(
+                    session,
+                    "tenant.created",
+                    "tenant",
+                    req.tenant_id,
+                    {"slug": req.slug},
+                    tenant_id=req.tenant_id,
+                    workflow_id=req.workflow_id,
+                )
         except IntegrityError:
             # Other tenants' rows are invisible here; the unique index on slug still sees them all.
             raise ApplicationError("slug already taken", type=SLUG_TAKEN, non_retryable=True) from None
@@ -64,37 +82,60 @@ class TenantActivities:
     @activity.defn(name=names.MARK_TENANT_FAILED)
     async def mark_tenant_failed(self, req: MarkTenantFailed) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await set_tenant_status(session, req.tenant_id, "failed", req.reason, event="tenant.failed",
-                                    payload={"reason": req.reason[:500]}, workflow_id=req.workflow_id)
+            await set_tenant_status(
+                session,
+                req.tenant_id,
+                "failed",
+                req.reason,
+                event="tenant.failed",
+                payload={"reason": req.reason[:500]},
+                workflow_id=req.workflow_id,
+            )
 
     @activity.defn(name=names.SUSPEND_TENANT)
     async def suspend_tenant(self, req: SuspendTenant) -> None:
         """An unpaid subscription suspends its tenant (status `suspended`, reason kept) until a new
         subscription's first period is paid (`subscriptions.set_status`)."""
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await set_tenant_status(session, req.tenant_id, "suspended", req.reason, event="tenant.suspended",
-                                    payload={"subscription_id": str(req.subscription_id), "reason": req.reason[:500]},
-                                    workflow_id=req.workflow_id)
+            await set_tenant_status(
+                session,
+                req.tenant_id,
+                "suspended",
+                req.reason,
+                event="tenant.suspended",
+                payload={"subscription_id": str(req.subscription_id), "reason": req.reason[:500]},
+                workflow_id=req.workflow_id,
+            )
 
     @activity.defn(name=names.ADD_MEMBERSHIP)
     async def add_membership(self, req: MembershipRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await session.exec(insert(Membership).values(tenant_id=req.tenant_id, user_id=req.user_id, role=req.role)
-                               .on_conflict_do_nothing())
+            await session.exec(
+                insert(Membership)
+                .values(tenant_id=req.tenant_id, user_id=req.user_id, role=req.role)
+                .on_conflict_do_nothing()
+            )
 
     @activity.defn(name=names.REMOVE_MEMBERSHIP)
     async def remove_membership(self, req: MembershipRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await session.exec(delete(Membership).where(Membership.tenant_id == req.tenant_id,
-                                                        Membership.user_id == req.user_id))
+            await session.exec(
+                delete(Membership).where(Membership.tenant_id == req.tenant_id, Membership.user_id == req.user_id)
+            )
 
     @activity.defn(name=names.CREATE_BILLING_CONFIG)
     async def create_billing_config(self, req: CreateBillingConfig) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await session.exec(insert(TenantBilling).values(
-                tenant_id=req.tenant_id, stripe_customer_id=req.stripe_customer_id, currency=req.currency,
-                billing_email=req.billing_email,
-            ).on_conflict_do_nothing())
+            await session.exec(
+                insert(TenantBilling)
+                .values(
+                    tenant_id=req.tenant_id,
+                    stripe_customer_id=req.stripe_customer_id,
+                    currency=req.currency,
+                    billing_email=req.billing_email,
+                )
+                .on_conflict_do_nothing()
+            )
 
     @activity.defn(name=names.DELETE_BILLING_CONFIG)
     async def delete_billing_config(self, req: TenantRef) -> None:
@@ -104,8 +145,9 @@ class TenantActivities:
     @activity.defn(name=names.APPLY_DEFAULT_SETTINGS)
     async def apply_default_settings(self, req: TenantRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await session.exec(insert(TenantSettings).values(tenant_id=req.tenant_id, values=DEFAULT_SETTINGS)
-                               .on_conflict_do_nothing())
+            await session.exec(
+                insert(TenantSettings).values(tenant_id=req.tenant_id, values=DEFAULT_SETTINGS).on_conflict_do_nothing()
+            )
 
     @activity.defn(name=names.REMOVE_DEFAULT_SETTINGS)
     async def remove_default_settings(self, req: TenantRef) -> None:
@@ -115,11 +157,21 @@ class TenantActivities:
     @activity.defn(name=names.ACTIVATE_TENANT)
     async def activate_tenant(self, req: TenantRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            result = await session.exec(update(Tenant).where(Tenant.id == req.tenant_id, Tenant.status == "provisioning")
-                                        .values(status="active", activated_at=utcnow()))
+            result = await session.exec(
+                update(Tenant)
+                .where(Tenant.id == req.tenant_id, Tenant.status == "provisioning")
+                .values(status="active", activated_at=utcnow())
+            )
             if result.rowcount:
-                record_event(session, "tenant.provisioned", "tenant", req.tenant_id, {},
-                             tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+                record_event(
+                    session,
+                    "tenant.provisioned",
+                    "tenant",
+                    req.tenant_id,
+                    {},
+                    tenant_id=req.tenant_id,
+                    workflow_id=req.workflow_id,
+                )
 
     @activity.defn(name=names.DISCARD_TENANT)
     async def discard_tenant(self, req: DiscardTenant) -> None:
@@ -128,5 +180,12 @@ class TenantActivities:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
             result = await session.exec(delete(Tenant).where(Tenant.id == req.tenant_id))
             if result.rowcount:
-                record_event(session, "tenant.discarded", "tenant", req.tenant_id, {"reason": req.reason[:500]},
-                             tenant_id=req.tenant_id, workflow_id=req.workflow_id)
+                record_event(
+                    session,
+                    "tenant.discarded",
+                    "tenant",
+                    req.tenant_id,
+                    {"reason": req.reason[:500]},
+                    tenant_id=req.tenant_id,
+                    workflow_id=req.workflow_id,
+                )

@@ -37,10 +37,18 @@ class UserActivities:
                 taken = await session.exec(select(User.id).where(func.lower(User.email) == req.email.lower()))
                 if taken.first() is not None:
                     raise ApplicationError("email already registered", type=EMAIL_TAKEN, non_retryable=True)
-                session.add(User(id=req.user_id, email=req.email, display_name=req.display_name,
-                                 password_hash=req.password_hash, status="pending"))
-                record_event(session, "user.registered", "user", req.user_id, {"status": "pending"},
-                             workflow_id=req.workflow_id)
+                session.add(
+                    User(
+                        id=req.user_id,
+                        email=req.email,
+                        display_name=req.display_name,
+                        password_hash=req.password_hash,
+                        status="pending",
+                    )
+                )
+                record_event(
+                    session, "user.registered", "user", req.user_id, {"status": "pending"}, workflow_id=req.workflow_id
+                )
         except IntegrityError:
             # Lost a race with a concurrent registration of the same email.
             raise ApplicationError("email already registered", type=EMAIL_TAKEN, non_retryable=True) from None
@@ -54,18 +62,22 @@ class UserActivities:
             if user is None or user.status != "pending":
                 return
             await session.delete(user)
-            record_event(session, "user.registration_expired", "user", req.user_id, {},
-                         workflow_id=req.workflow_id)
+            record_event(session, "user.registration_expired", "user", req.user_id, {}, workflow_id=req.workflow_id)
 
     @activity.defn(name=names.ISSUE_VERIFICATION_TOKEN)
     async def issue_verification_token(self, req: IssueVerificationToken) -> None:
         async with transaction(self.engine) as session:
             if await session.get(VerificationToken, req.token_id) is not None:
                 return
-            session.add(VerificationToken(
-                id=req.token_id, user_id=req.user_id, purpose=VERIFY_EMAIL,
-                token_hash=hash_token(derive_token(self.token_key, VERIFY_EMAIL, req.token_id)), expires_at=req.expires_at,
-            ))
+            session.add(
+                VerificationToken(
+                    id=req.token_id,
+                    user_id=req.user_id,
+                    purpose=VERIFY_EMAIL,
+                    token_hash=hash_token(derive_token(self.token_key, VERIFY_EMAIL, req.token_id)),
+                    expires_at=req.expires_at,
+                )
+            )
 
     @activity.defn(name=names.REVOKE_VERIFICATION_TOKEN)
     async def revoke_verification_token(self, req: TokenRef) -> None:

@@ -46,19 +46,30 @@ Authenticate with `Authorization: Bearer <access token>` from `POST /v1/auth/log
 TAGS = [
     {"name": "auth", "description": "Registration, email verification, login, token refresh, logout."},
     {"name": "me", "description": "The caller's own account."},
-    {"name": "tenants", "description": "Organisations: provisioning saga, status, members and roles. Another "
-                                       "tenant's resources answer 404, exactly like missing ones."},
-    {"name": "invitations", "description": "Invite by email (a saga that waits for acceptance), list, revoke, "
-                                           "accept."},
-    {"name": "emails", "description": "Delivery tracking of the tenant's emails (owners and admins): state, "
-                                      "attempts, last SMTP reply, counts by state and template."},
+    {
+        "name": "tenants",
+        "description": "Organisations: provisioning saga, status, members and roles. Another "
+        "tenant's resources answer 404, exactly like missing ones.",
+    },
+    {"name": "invitations", "description": "Invite by email (a saga that waits for acceptance), list, revoke, accept."},
+    {
+        "name": "emails",
+        "description": "Delivery tracking of the tenant's emails (owners and admins): state, "
+        "attempts, last SMTP reply, counts by state and template.",
+    },
     {"name": "workflows", "description": "Progress of the caller's own sagas."},
-    {"name": "admin", "description": "Platform operators only (`prognet admin grant EMAIL`): all tenants' emails, "
-                                     "dead letters (retry, discard), the suppression list. Anyone else gets 404, "
-                                     "as for an unknown path."},
+    {
+        "name": "admin",
+        "description": "Platform operators only (`prognet admin grant EMAIL`): all tenants' emails, "
+        "dead letters (retry, discard), the suppression list. Anyone else gets 404, "
+        "as for an unknown path.",
+    },
     {"name": "plans", "description": "The plan catalogue (configuration in the repo: models/plans.json)."},
-    {"name": "billing", "description": "Subscriptions (a workflow each, billed by a Temporal Schedule), plan and "
-                                       "payment-method changes, cancellation, invoices."},
+    {
+        "name": "billing",
+        "description": "Subscriptions (a workflow each, billed by a Temporal Schedule), plan and "
+        "payment-method changes, cancellation, invoices.",
+    },
     {"name": "webhooks", "description": "Stripe's signed event deliveries (not for people)."},
     {"name": "health", "description": "Liveness and readiness probes (not versioned)."},
 ]
@@ -74,8 +85,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (postgresql+asyncpg://user:pass@host:port/db)")
     engine = make_engine(settings.database_url, hide_parameters=True)  # no emails in error logs
-    redis = Redis.from_url(_redis_url(settings), decode_responses=True,
-                           socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+    redis = Redis.from_url(
+        _redis_url(settings),
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=30,
+    )
     temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace)
     temporal.start_background_connect()
     app.state.engine = engine
@@ -96,14 +112,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     app = FastAPI(
-        title="ProgNetwork API", version="1.0.0", description=DESCRIPTION, openapi_tags=TAGS,
-        lifespan=_lifespan, docs_url=None, redoc_url=None,  # install_docs serves both offline
+        title="ProgNetwork API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,  # install_docs serves both offline
     )
     app.state.settings = settings
     install_problem_handlers(app)
     install_docs(app)
-    for module in (auth, registration, me, plans, tenants, members, invitations, invitation_accept, emails,
-                   workflows, admin, health, pages):
+    for module in (
+        auth,
+        registration,
+        me,
+        plans,
+        tenants,
+        members,
+        invitations,
+        invitation_accept,
+        emails,
+        workflows,
+        admin,
+        health,
+        pages,
+    ):
         app.include_router(module.router)
     app.include_router(stripe_webhooks.router)
     app.include_router(subscriptions.router)

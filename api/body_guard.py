@@ -60,7 +60,9 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
-            PAYLOAD_TOO_LARGE, f"Request bodies are limited to {self.max_bytes} bytes.", scope.get("path", ""),
+            PAYLOAD_TOO_LARGE,
+            f"Request bodies are limited to {self.max_bytes} bytes.",
+            scope.get("path", ""),
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
@@ -89,5 +91,8 @@ async def require_json_body(request: Request) -> None:
     if not has_body:
         has_body = bool(await request.body())
     if has_body and not is_json_media_type(request.headers.get("content-type", "")):
-        raise Problem(UNSUPPORTED_MEDIA_TYPE, "Send the request body as application/json.",
-                      headers={"Accept-Post": "application/json"})
+        raise Problem(
+            UNSUPPORTED_MEDIA_TYPE,
+            "Send the request body as application/json.",
+            headers={"Accept-Post": "application/json"},
+        )

@@ -87,16 +87,15 @@ async def current_caller(
     sessions: SessionsDep,
 ) -> Caller:
     if credentials is None:
-        raise Problem(UNAUTHENTICATED, "Send an access token as `Authorization: Bearer <token>`.",
-                      headers=BEARER_CHALLENGE)
+        raise Problem(
+            UNAUTHENTICATED, "Send an access token as `Authorization: Bearer <token>`.", headers=BEARER_CHALLENGE
+        )
     try:
         claims = tokens.decode(credentials.credentials)
     except InvalidAccessToken:
-        raise Problem(INVALID_ACCESS_TOKEN, "The access token is invalid or expired.",
-                      headers=BEARER_INVALID) from None
+        raise Problem(INVALID_ACCESS_TOKEN, "The access token is invalid or expired.", headers=BEARER_INVALID) from None
     if await sessions.user_of(claims.session_id) != claims.user_id:
-        raise Problem(INVALID_ACCESS_TOKEN, "The session of this access token has ended.",
-                      headers=BEARER_INVALID)
+        raise Problem(INVALID_ACCESS_TOKEN, "The session of this access token has ended.", headers=BEARER_INVALID)
     return Caller(user_id=claims.user_id, session_id=claims.session_id)
 
 

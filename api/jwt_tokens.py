@@ -33,18 +33,27 @@ class AccessTokenCodec:
     def issue(self, user_id: uuid.UUID, session_id: str) -> str:
         now = int(time.time())
         claims = {
-            "sub": str(user_id), "sid": session_id, "jti": uuid.uuid4().hex,
-            "iat": now, "exp": now + self.ttl_seconds, "typ": ACCESS_TYPE,
+            "sub": str(user_id),
+            "sid": session_id,
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "exp": now + self.ttl_seconds,
+            "typ": ACCESS_TYPE,
         }
         return jwt.encode(claims, self.key, algorithm=ALGORITHM)
 
     def decode(self, token: str) -> AccessClaims:
         try:
-            claims = jwt.decode(token, self.key, algorithms=[ALGORITHM],
-                                options={"require": REQUIRED_CLAIMS, "verify_signature": True})
+            claims = jwt.decode(
+                token, self.key, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS, "verify_signature": True}
+            )
             if claims["typ"] != ACCESS_TYPE or not isinstance(claims["sid"], str):
                 raise InvalidAccessToken("wrong token type")
-            return AccessClaims(user_id=uuid.UUID(claims["sub"]), session_id=claims["sid"],
-                                jti=str(claims["jti"]), expires_at=int(claims["exp"]))
+            return AccessClaims(
+                user_id=uuid.UUID(claims["sub"]),
+                session_id=claims["sid"],
+                jti=str(claims["jti"]),
+                expires_at=int(claims["exp"]),
+            )
         except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
             raise InvalidAccessToken(str(exc)) from exc

@@ -49,8 +49,7 @@ class LoginThrottle:
     async def reserve(self, email: str) -> tuple[str | None, int | None]:
         """(attempt id, None) when the attempt may go ahead; (None, seconds to wait) when the account is locked."""
         now, attempt = time.time(), f"{time.time():.6f}:{uuid.uuid4().hex[:8]}"
-        unlocking = await self._reserve(keys=[account_key(email)],
-                                        args=[now, self.window, self.max_failures, attempt])
+        unlocking = await self._reserve(keys=[account_key(email)], args=[now, self.window, self.max_failures, attempt])
         if unlocking is None:
             return attempt, None
         return None, max(1, math.ceil(float(unlocking) + self.window - now))

@@ -83,8 +83,14 @@ WORKFLOW_ENGINE_UNAVAILABLE = ProblemType("workflow-engine-unavailable", 503, "W
 SIGNUP_FAILED = ProblemType("signup-failed", 503, "Sign-up could not be completed")
 
 _BY_STATUS = {  # framework HTTPExceptions carry only a status code
-    400: BAD_REQUEST, 401: UNAUTHENTICATED, 403: FORBIDDEN, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED,
-    413: PAYLOAD_TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE, 422: VALIDATION_FAILED,
+    400: BAD_REQUEST,
+    401: UNAUTHENTICATED,
+    403: FORBIDDEN,
+    404: NOT_FOUND,
+    405: METHOD_NOT_ALLOWED,
+    413: PAYLOAD_TOO_LARGE,
+    415: UNSUPPORTED_MEDIA_TYPE,
+    422: VALIDATION_FAILED,
 }
 
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -94,8 +100,9 @@ BEARER_INVALID = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 class Problem(Exception):
     """Raise from a route or dependency; becomes a problem+json response."""
 
-    def __init__(self, kind: ProblemType, detail: str, *, headers: dict[str, str] | None = None,
-                 **extensions: Any) -> None:
+    def __init__(
+        self, kind: ProblemType, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any
+    ) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
@@ -114,13 +121,18 @@ class Refusal:
 REFUSALS: dict[str, Refusal] = {
     errors.EMAIL_TAKEN: Refusal(EMAIL_ALREADY_REGISTERED, "An account with this email address already exists."),
     errors.SLUG_TAKEN: Refusal(SLUG_TAKEN, "Another tenant already uses this slug; choose another."),
-    errors.PAYMENT_DECLINED: Refusal(PAYMENT_DECLINED, "The first payment was declined; nothing was created. "
-                                     "Try another payment method."),
-    errors.SIGNUP_FAILED: Refusal(SIGNUP_FAILED, "The sign-up could not be completed and was undone; nothing was "
-                                  "charged or kept. Retry later with a new Idempotency-Key.",
-                                  headers={"Retry-After": "30"}),
-    errors.SUBSCRIPTION_EXISTS: Refusal(SUBSCRIPTION_EXISTS, "Cancel the current subscription or change its plan "
-                                        "instead."),
+    errors.PAYMENT_DECLINED: Refusal(
+        PAYMENT_DECLINED, "The first payment was declined; nothing was created. Try another payment method."
+    ),
+    errors.SIGNUP_FAILED: Refusal(
+        SIGNUP_FAILED,
+        "The sign-up could not be completed and was undone; nothing was "
+        "charged or kept. Retry later with a new Idempotency-Key.",
+        headers={"Retry-After": "30"},
+    ),
+    errors.SUBSCRIPTION_EXISTS: Refusal(
+        SUBSCRIPTION_EXISTS, "Cancel the current subscription or change its plan instead."
+    ),
     errors.SUBSCRIPTION_ENDED: Refusal(SUBSCRIPTION_ENDED, "This subscription has ended."),
     errors.PLAN_UNCHANGED: Refusal(PLAN_UNCHANGED, "The subscription is already on this plan."),
     errors.INVALID_PLAN: Refusal(UNKNOWN_PLAN, "This plan is not available to this subscription (another currency)."),
@@ -137,20 +149,30 @@ def refusal(error_type: str | None, *, detail: str | None = None, **extensions: 
 
 
 def problem_body(kind: ProblemType, detail: str, instance: str, **extensions: Any) -> dict[str, Any]:
-    return {"type": kind.uri, "title": kind.title, "status": kind.status, "detail": detail,
-            "instance": instance, **extensions}
+    return {
+        "type": kind.uri,
+        "title": kind.title,
+        "status": kind.status,
+        "detail": detail,
+        "instance": instance,
+        **extensions,
+    }
 
 
-def problem_response(kind: ProblemType, detail: str, instance: str, *,
-                     headers: dict[str, str] | None = None, **extensions: Any) -> JSONResponse:
-    return JSONResponse(problem_body(kind, detail, instance, **extensions), status_code=kind.status,
-                        headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+def problem_response(
+    kind: ProblemType, detail: str, instance: str, *, headers: dict[str, str] | None = None, **extensions: Any
+) -> JSONResponse:
+    return JSONResponse(
+        problem_body(kind, detail, instance, **extensions),
+        status_code=kind.status,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
 
 
 def _public_errors(errors: Any) -> list[dict[str, Any]]:
     """Field, message and error type only: never echo the input (it may be a password)."""
-    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in errors]
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
 
 
 async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
@@ -162,10 +184,12 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return problem_response(MALFORMED_JSON, "The request body is not valid JSON.", request.url.path,
-                                errors=_public_errors(errors))
-    return problem_response(VALIDATION_FAILED, "One or more fields are missing or invalid.",
-                            request.url.path, errors=_public_errors(errors))
+        return problem_response(
+            MALFORMED_JSON, "The request body is not valid JSON.", request.url.path, errors=_public_errors(errors)
+        )
+    return problem_response(
+        VALIDATION_FAILED, "One or more fields are missing or invalid.", request.url.path, errors=_public_errors(errors)
+    )
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
@@ -181,8 +205,12 @@ async def _on_rpc_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RPCError)
     if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
         log.warning("temporal unavailable", extra={"path": request.url.path, "rpc_status": exc.status.name})
-        return problem_response(WORKFLOW_ENGINE_UNAVAILABLE, "The workflow engine is unreachable; retry later.",
-                                request.url.path, headers={"Retry-After": "5"})
+        return problem_response(
+            WORKFLOW_ENGINE_UNAVAILABLE,
+            "The workflow engine is unreachable; retry later.",
+            request.url.path,
+            headers={"Retry-After": "5"},
+        )
     return await _on_unhandled(request, exc)
 
 

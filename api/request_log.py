@@ -20,8 +20,12 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
-                 "msg": record.getMessage()}
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
@@ -63,8 +67,13 @@ class AccessLog:
             await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
-            log.info("request", extra={
-                "request_id": request_id, "method": scope["method"],
-                "path": getattr(route, "path", None) or scope.get("path", ""),
-                "status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            })
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": getattr(route, "path", None) or scope.get("path", ""),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )

@@ -52,11 +52,15 @@ T = TypeVar("T")
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c6f7e-8a51-5f0e-9c43-6a4f3d2e1b70")
 FINGERPRINT_MEMO = "request_fingerprint"
 
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,255}$",
-    description="Retry-safe key: the same key with the same body returns the same result and never starts (or "
-                "charges) twice; the same key with another body is 422 `idempotency-key-reused`.",
-)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[\x21-\x7e]{1,255}$",
+        description="Retry-safe key: the same key with the same body returns the same result and never starts (or "
+        "charges) twice; the same key with another body is 422 `idempotency-key-reused`.",
+    ),
+]
 
 
 def request_fingerprint(*fields: str) -> str:
@@ -108,11 +112,18 @@ class SagaReply(Generic[T]):
             raise self.failure
 
 
-async def start_saga(client: Client, saga: SagaStart, idempotency_key: str | None, *, update: str | None = None,
-                     result_type: type[T] | None = None) -> SagaReply[T]:
+async def start_saga(
+    client: Client,
+    saga: SagaStart,
+    idempotency_key: str | None,
+    *,
+    update: str | None = None,
+    result_type: type[T] | None = None,
+) -> SagaReply[T]:
     """Start the saga (or find the one this Idempotency-Key started) and, with `update`, wait for its answer."""
     options: dict[str, Any] = dict(
-        id=saga.workflow_id, task_queue=TASK_QUEUE,
+        id=saga.workflow_id,
+        task_queue=TASK_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         memo={FINGERPRINT_MEMO: saga.fingerprint},
@@ -127,8 +138,14 @@ async def start_saga(client: Client, saga: SagaStart, idempotency_key: str | Non
             reply = SagaReply(saga.workflow_id)
         else:
             operation = WithStartWorkflowOperation(saga.workflow, saga.input, **options)
-            reply = SagaReply(saga.workflow_id, answer=await answer_within(client.execute_update_with_start_workflow(
-                update, start_workflow_operation=operation, result_type=result_type)))
+            reply = SagaReply(
+                saga.workflow_id,
+                answer=await answer_within(
+                    client.execute_update_with_start_workflow(
+                        update, start_workflow_operation=operation, result_type=result_type
+                    )
+                ),
+            )
     except WorkflowUpdateFailedError as exc:
         reply = SagaReply(saga.workflow_id, failure=exc)
     except WorkflowAlreadyStartedError:

@@ -25,11 +25,18 @@ def _encodable(password: SecretStr) -> SecretStr:
     return password
 
 
-Password = Annotated[SecretStr, Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH,
-                                      description=f"{PASSWORD_MIN_LENGTH}–{PASSWORD_MAX_LENGTH} characters."),
-                     AfterValidator(_encodable)]
-DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
-                                               pattern=NO_CONTROL_CHARACTERS)]
+Password = Annotated[
+    SecretStr,
+    Field(
+        min_length=PASSWORD_MIN_LENGTH,
+        max_length=PASSWORD_MAX_LENGTH,
+        description=f"{PASSWORD_MIN_LENGTH}–{PASSWORD_MAX_LENGTH} characters.",
+    ),
+    AfterValidator(_encodable),
+]
+DisplayName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)
+]
 OpaqueToken = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
@@ -38,33 +45,53 @@ class _Request(BaseModel):
 
 
 class RegisterRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"email": "ada@example.com", "password": "correct horse battery staple", "display_name": "Ada"},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"email": "ada@example.com", "password": "correct horse battery staple", "display_name": "Ada"},
+            ]
+        },
+    )
     email: EmailStr
     password: Password
     display_name: DisplayName | None = None
 
 
 class VerifyRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"token": "Zk9vYmFyYmF6cXV4LXZlcmlmaWNhdGlvbi10b2tlbg"},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"token": "Zk9vYmFyYmF6cXV4LXZlcmlmaWNhdGlvbi10b2tlbg"},
+            ]
+        },
+    )
     token: OpaqueToken
 
 
 class LoginRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"email": "ada@example.com", "password": "correct horse battery staple"},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"email": "ada@example.com", "password": "correct horse battery staple"},
+            ]
+        },
+    )
     email: EmailStr
     password: Password
 
 
 class RefreshRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"refresh_token": "3f2a9c0e5b7d4e1f8a6b2c9d0e1f2a3b.q1w2e3r4t5y6u7i8o9p0"},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"refresh_token": "3f2a9c0e5b7d4e1f8a6b2c9d0e1f2a3b.q1w2e3r4t5y6u7i8o9p0"},
+            ]
+        },
+    )
     refresh_token: OpaqueToken
 
 
@@ -127,19 +154,31 @@ TenantStatus = Literal["provisioning", "active", "failed", "suspended"]  # suspe
 InvitationStatus = Literal["pending", "accepted", "revoked", "expired"]
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$"
-Slug = Annotated[str, Field(
-    pattern=SLUG_PATTERN, min_length=3, max_length=40, examples=["acme-labs"],
-    description="3–40 characters: lowercase letters, digits and '-', not starting or ending with '-'. "
-                "Unique across all tenants.",
-)]
-TenantName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
-                                              pattern=NO_CONTROL_CHARACTERS)]
+Slug = Annotated[
+    str,
+    Field(
+        pattern=SLUG_PATTERN,
+        min_length=3,
+        max_length=40,
+        examples=["acme-labs"],
+        description="3–40 characters: lowercase letters, digits and '-', not starting or ending with '-'. "
+        "Unique across all tenants.",
+    ),
+]
+TenantName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)
+]
 
 
 class CreateTenantRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"name": "Acme Labs", "slug": "acme-labs", "billing_email": "billing@acme.example"},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "Acme Labs", "slug": "acme-labs", "billing_email": "billing@acme.example"},
+            ]
+        },
+    )
     name: TenantName
     slug: Slug
     billing_email: EmailStr | None = Field(None, description="Where invoices go; defaults to none.")
@@ -151,16 +190,26 @@ class TenantLinks(BaseModel):
 
 
 class TenantAcceptedResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
-        "workflow_id": "tenant-0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e", "status": "provisioning",
-        "links": {"self": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
-                  "workflow": "/v1/workflows/tenant-0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e"},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                    "workflow_id": "tenant-0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                    "status": "provisioning",
+                    "links": {
+                        "self": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                        "workflow": "/v1/workflows/tenant-0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                    },
+                }
+            ]
+        }
+    )
     tenant_id: uuid.UUID
     workflow_id: str
-    status: str = Field(description="`provisioning` for a new tenant; a replayed Idempotency-Key answers the "
-                                    "tenant's current status.")
+    status: str = Field(
+        description="`provisioning` for a new tenant; a replayed Idempotency-Key answers the tenant's current status."
+    )
     links: TenantLinks
 
 
@@ -181,20 +230,39 @@ class TenantBillingView(BaseModel):
 
 
 class TenantView(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e", "name": "Acme Labs", "slug": "acme-labs",
-        "status": "provisioning", "failure_reason": None, "role": "owner",
-        "created_at": "2025-01-01T12:00:00Z", "activated_at": None, "billing": None,
-        "saga": {"saga": "tenant_provisioning", "status": "running", "step": "create_stripe_customer",
-                 "completed_steps": ["create_tenant", "add_owner_membership"], "compensations": []},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                    "name": "Acme Labs",
+                    "slug": "acme-labs",
+                    "status": "provisioning",
+                    "failure_reason": None,
+                    "role": "owner",
+                    "created_at": "2025-01-01T12:00:00Z",
+                    "activated_at": None,
+                    "billing": None,
+                    "saga": {
+                        "saga": "tenant_provisioning",
+                        "status": "running",
+                        "step": "create_stripe_customer",
+                        "completed_steps": ["create_tenant", "add_owner_membership"],
+                        "compensations": [],
+                    },
+                }
+            ]
+        }
+    )
     id: uuid.UUID
     name: str
     slug: str
     status: TenantStatus
     failure_reason: str | None
-    role: Role | None = Field(description="The caller's role; null for the creator of a tenant whose "
-                                          "provisioning has not (or no longer) made them a member.")
+    role: Role | None = Field(
+        description="The caller's role; null for the creator of a tenant whose "
+        "provisioning has not (or no longer) made them a member."
+    )
     created_at: datetime
     activated_at: datetime | None
     billing: TenantBillingView | None
@@ -202,10 +270,19 @@ class TenantView(BaseModel):
 
 
 class MemberView(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "user_id": "6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "email": "ada@example.com", "display_name": "Ada",
-        "role": "owner", "joined_at": "2025-01-01T12:00:00Z",
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                    "email": "ada@example.com",
+                    "display_name": "Ada",
+                    "role": "owner",
+                    "joined_at": "2025-01-01T12:00:00Z",
+                }
+            ]
+        }
+    )
     user_id: uuid.UUID
     email: str
     display_name: str | None
@@ -219,9 +296,14 @@ class ChangeRoleRequest(_Request):
 
 
 class CreateInvitationRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"email": "grace@example.com", "role": "member"},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"email": "grace@example.com", "role": "member"},
+            ]
+        },
+    )
     email: EmailStr
     role: InvitableRole = "member"
 
@@ -232,13 +314,22 @@ class InvitationLinks(BaseModel):
 
 
 class InvitationAcceptedResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "invitation_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
-        "workflow_id": "invitation-9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "status": "pending",
-        "links": {"self": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e/invitations/"
-                          "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
-                  "workflow": "/v1/workflows/invitation-9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "invitation_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "workflow_id": "invitation-9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "status": "pending",
+                    "links": {
+                        "self": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e/invitations/"
+                        "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                        "workflow": "/v1/workflows/invitation-9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    },
+                }
+            ]
+        }
+    )
     invitation_id: uuid.UUID
     workflow_id: str
     status: str
@@ -255,9 +346,14 @@ class InvitationView(BaseModel):
 
 
 class AcceptInvitationRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"token": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e.Zk9vYmFyYmF6cXV4LWludml0YXRpb24"},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"token": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e.Zk9vYmFyYmF6cXV4LWludml0YXRpb24"},
+            ]
+        },
+    )
     token: OpaqueToken
 
 
@@ -265,22 +361,28 @@ class InvitationAcceptResponse(BaseModel):
     tenant_id: uuid.UUID
     role: InvitableRole
     status: Literal["accepted", "accepting"] = Field(
-        description="`accepting` (202) if the invitation saga has not finished within 15 s.")
+        description="`accepting` (202) if the invitation saga has not finished within 15 s."
+    )
 
 
 # --- email delivery tracking (tenant admins) and dead letters (platform operators) -----------------------------
 
-EmailStateName = Literal["queued", "sending", "deferred", "sent", "failed", "dead_lettered", "discarded",
-                         "suppressed"]
+EmailStateName = Literal["queued", "sending", "deferred", "sent", "failed", "dead_lettered", "discarded", "suppressed"]
 EMAIL_STATES: tuple[str, ...] = EmailStateName.__args__  # type: ignore[attr-defined]
 TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,50}$")]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 _EMAIL_EXAMPLE = {
-    "id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f", "template": "invitation", "to_address": "grace@example.com",
-    "subject": "You're invited to Acme Labs", "state": "deferred", "attempts": 2,
-    "last_reply": "421 4.7.0 Try again later", "created_at": "2025-01-01T12:00:00Z",
-    "updated_at": "2025-01-01T12:00:15Z", "sent_at": None,
+    "id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
+    "template": "invitation",
+    "to_address": "grace@example.com",
+    "subject": "You're invited to Acme Labs",
+    "state": "deferred",
+    "attempts": 2,
+    "last_reply": "421 4.7.0 Try again later",
+    "created_at": "2025-01-01T12:00:00Z",
+    "updated_at": "2025-01-01T12:00:15Z",
+    "sent_at": None,
 }
 
 
@@ -290,8 +392,10 @@ class EmailView(BaseModel):
     template: str
     to_address: str
     subject: str | None
-    state: str = Field(description="queued, sending, deferred, sent, failed, dead_lettered, discarded or "
-                                   "suppressed.", examples=["sent"])
+    state: str = Field(
+        description="queued, sending, deferred, sent, failed, dead_lettered, discarded or suppressed.",
+        examples=["sent"],
+    )
     attempts: int = Field(description="SMTP attempts so far.")
     last_reply: str | None = Field(description="The last SMTP reply (or connection error), if any.")
     created_at: datetime
@@ -305,13 +409,32 @@ class EmailPage(BaseModel):
 
 
 class EmailStats(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "since": "2025-01-01T00:00:00Z", "until": "2025-01-02T00:00:00Z", "total": 12,
-        "by_state": {"queued": 0, "sending": 0, "deferred": 1, "sent": 10, "failed": 0, "dead_lettered": 1,
-                     "discarded": 0, "suppressed": 0},
-        "by_template": {"invitation": 4, "welcome": 8},
-        "by_template_state": {"invitation": {"sent": 2, "deferred": 1, "dead_lettered": 1}, "welcome": {"sent": 8}},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "since": "2025-01-01T00:00:00Z",
+                    "until": "2025-01-02T00:00:00Z",
+                    "total": 12,
+                    "by_state": {
+                        "queued": 0,
+                        "sending": 0,
+                        "deferred": 1,
+                        "sent": 10,
+                        "failed": 0,
+                        "dead_lettered": 1,
+                        "discarded": 0,
+                        "suppressed": 0,
+                    },
+                    "by_template": {"invitation": 4, "welcome": 8},
+                    "by_template_state": {
+                        "invitation": {"sent": 2, "deferred": 1, "dead_lettered": 1},
+                        "welcome": {"sent": 8},
+                    },
+                }
+            ]
+        }
+    )
     since: datetime = Field(description="Window start (inclusive), on `created_at`.")
     until: datetime = Field(description="Window end (exclusive).")
     total: int
@@ -321,10 +444,19 @@ class EmailStats(BaseModel):
 
 
 class AdminEmailView(EmailView):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        **_EMAIL_EXAMPLE, "state": "dead_lettered", "last_reply": "550 5.1.1 No such user",
-        "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e", "workflow_id": "email-5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_EMAIL_EXAMPLE,
+                    "state": "dead_lettered",
+                    "last_reply": "550 5.1.1 No such user",
+                    "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                    "workflow_id": "email-5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
+                }
+            ]
+        }
+    )
     tenant_id: uuid.UUID | None = Field(description="Null for platform mail (registration).")
     workflow_id: str
 
@@ -341,15 +473,23 @@ class AdminEmailLinks(BaseModel):
 
 
 class AdminEmailDetail(AdminEmailView):
-    saga: SagaState | None = Field(description="The delivery workflow's saga state (query `saga_state`) while it "
-                                               "runs; null once it has ended or if it cannot answer.")
+    saga: SagaState | None = Field(
+        description="The delivery workflow's saga state (query `saga_state`) while it "
+        "runs; null once it has ended or if it cannot answer."
+    )
     links: AdminEmailLinks
 
 
 class RetryEmailRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {}, {"to_address": "grace.hopper@example.com", "reason": "typo in the address"},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {},
+                {"to_address": "grace.hopper@example.com", "reason": "typo in the address"},
+            ]
+        },
+    )
     to_address: EmailStr | None = Field(None, description="Send to this corrected address instead.")
     reason: Reason | None = None
 
@@ -360,10 +500,18 @@ class DiscardEmailRequest(_Request):
 
 
 class EmailDecisionAccepted(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "message_id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f", "workflow_id": "email-5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
-        "action": "retry", "links": {"self": "/v1/admin/emails/5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f"},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "message_id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
+                    "workflow_id": "email-5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
+                    "action": "retry",
+                    "links": {"self": "/v1/admin/emails/5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f"},
+                }
+            ]
+        }
+    )
     message_id: uuid.UUID
     workflow_id: str
     action: Literal["retry", "discard"]
@@ -371,11 +519,20 @@ class EmailDecisionAccepted(BaseModel):
 
 
 class SuppressionView(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "7a6b5c4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d", "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
-        "address": "nobody@example.com", "reason": "550 5.1.1 No such user",
-        "message_id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f", "created_at": "2025-01-01T12:00:20Z",
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "7a6b5c4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+                    "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                    "address": "nobody@example.com",
+                    "reason": "550 5.1.1 No such user",
+                    "message_id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
+                    "created_at": "2025-01-01T12:00:20Z",
+                }
+            ]
+        }
+    )
     id: uuid.UUID
     tenant_id: uuid.UUID | None
     address: str
@@ -391,20 +548,40 @@ class SuppressionPage(BaseModel):
 
 # --- paid sign-up (user + tenant + first payment in one saga) ------------------------------------------------
 
-PlanId = Annotated[str, Field(pattern=r"^[a-z0-9-]{3,40}$", examples=["starter-monthly"],
-                              description="A plan id from `GET /v1/plans`.")]
-PaymentMethodId = Annotated[str, Field(
-    pattern=r"^pm_[A-Za-z0-9_]+$", max_length=255, examples=["pm_card_visa"],
-    description="A Stripe PaymentMethod id (card data never reaches us). Stripe's test ids work against the "
-                "sandbox: `pm_card_visa` succeeds, `pm_card_chargeDeclined` and "
-                "`pm_card_chargeDeclinedInsufficientFunds` are declined.")]
+PlanId = Annotated[
+    str,
+    Field(pattern=r"^[a-z0-9-]{3,40}$", examples=["starter-monthly"], description="A plan id from `GET /v1/plans`."),
+]
+PaymentMethodId = Annotated[
+    str,
+    Field(
+        pattern=r"^pm_[A-Za-z0-9_]+$",
+        max_length=255,
+        examples=["pm_card_visa"],
+        description="A Stripe PaymentMethod id (card data never reaches us). Stripe's test ids work against the "
+        "sandbox: `pm_card_visa` succeeds, `pm_card_chargeDeclined` and "
+        "`pm_card_chargeDeclinedInsufficientFunds` are declined.",
+    ),
+]
 
 
 class SignupRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "email": "ada@example.com", "password": "correct horse battery staple", "display_name": "Ada",
-        "tenant_name": "Acme Labs", "slug": "acme-labs", "plan": "starter-monthly", "payment_method": "pm_card_visa",
-    }]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "ada@example.com",
+                    "password": "correct horse battery staple",
+                    "display_name": "Ada",
+                    "tenant_name": "Acme Labs",
+                    "slug": "acme-labs",
+                    "plan": "starter-monthly",
+                    "payment_method": "pm_card_visa",
+                }
+            ]
+        },
+    )
     email: EmailStr
     password: Password
     display_name: DisplayName | None = None
@@ -426,19 +603,32 @@ SignupStatusName = Literal["pending", "active", "declined", "rejected", "failed"
 
 
 class SignupResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "status": "active", "subscription_status": "active",
-        "user_id": "6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
-        "subscription_id": "4c3b2a19-0f8e-4d7c-9b6a-5e4d3c2b1a09",
-        "workflow_id": "signup-6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
-        "links": {"self": "/v1/signup/signup-6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
-                  "workflow": "/v1/workflows/signup-6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
-                  "verify": "/v1/auth/verify", "tenant": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
-                  "subscription": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e/subscriptions/"
-                                  "4c3b2a19-0f8e-4d7c-9b6a-5e4d3c2b1a09"},
-    }]})
-    status: SignupStatusName = Field(description="`active` for a 201: paid (or in trial), subscription started. "
-                                                 "The user must still verify their email address to log in.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "active",
+                    "subscription_status": "active",
+                    "user_id": "6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                    "tenant_id": "0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                    "subscription_id": "4c3b2a19-0f8e-4d7c-9b6a-5e4d3c2b1a09",
+                    "workflow_id": "signup-6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                    "links": {
+                        "self": "/v1/signup/signup-6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                        "workflow": "/v1/workflows/signup-6d1f0a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                        "verify": "/v1/auth/verify",
+                        "tenant": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e",
+                        "subscription": "/v1/tenants/0b7e4c1e-2f7d-4a4e-9d1c-3b8f5a6c7d8e/subscriptions/"
+                        "4c3b2a19-0f8e-4d7c-9b6a-5e4d3c2b1a09",
+                    },
+                }
+            ]
+        }
+    )
+    status: SignupStatusName = Field(
+        description="`active` for a 201: paid (or in trial), subscription started. "
+        "The user must still verify their email address to log in."
+    )
     subscription_status: Literal["active", "trialing"] | None = None
     user_id: uuid.UUID
     tenant_id: uuid.UUID
@@ -450,8 +640,10 @@ class SignupResponse(BaseModel):
 class SignupStatusView(BaseModel):
     """`GET /v1/signup/{workflow_id}`: where a sign-up stands (no PII)."""
 
-    status: SignupStatusName = Field(description="pending (still deciding), active, declined (everything "
-                                                 "unwound), rejected (email or slug taken), failed (unwound).")
+    status: SignupStatusName = Field(
+        description="pending (still deciding), active, declined (everything "
+        "unwound), rejected (email or slug taken), failed (unwound)."
+    )
     subscription_status: Literal["active", "trialing"] | None = None
     user_id: uuid.UUID
     tenant_id: uuid.UUID

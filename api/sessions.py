@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from redis.asyncio import Redis
 
@@ -44,10 +44,10 @@ return {'unknown', ''}
 """
 
 
-class RefreshOutcome(str, Enum):
+class RefreshOutcome(StrEnum):
     ROTATED = "rotated"
-    REUSED = "reused"     # an already-rotated token came back: the session was revoked
-    UNKNOWN = "unknown"   # malformed, expired, logged out, or never issued
+    REUSED = "reused"  # an already-rotated token came back: the session was revoked
+    UNKNOWN = "unknown"  # malformed, expired, logged out, or never issued
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,10 @@ class SessionStore:
         secret = secrets.token_urlsafe(32)
         key, _ = _keys(session_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"user_id": str(user_id), "refresh_hash": _hash(secret),
-                                    "created_at": str(int(time.time()))})
+            pipe.hset(
+                key,
+                mapping={"user_id": str(user_id), "refresh_hash": _hash(secret), "created_at": str(int(time.time()))},
+            )
             pipe.expire(key, self.ttl)
             await pipe.execute()
         return NewSession(session_id, f"{session_id}.{secret}")
@@ -116,8 +118,9 @@ class SessionStore:
         result = RefreshOutcome(outcome)
         if result is not RefreshOutcome.ROTATED:
             return Rotation(result, session_id=session_id)
-        return Rotation(result, session_id=session_id, user_id=uuid.UUID(user_id),
-                        refresh_token=f"{session_id}.{new_secret}")
+        return Rotation(
+            result, session_id=session_id, user_id=uuid.UUID(user_id), refresh_token=f"{session_id}.{new_secret}"
+        )
 
     async def revoke(self, session_id: str) -> None:
         await self.redis.delete(*_keys(session_id))

@@ -47,15 +47,18 @@ class TemporalConnector:
             return self._client
         try:
             return await self._connect_once(timeout or self.connect_timeout)
-        except (asyncio.TimeoutError, RuntimeError, OSError) as exc:
+        except (TimeoutError, RuntimeError, OSError) as exc:
             log.warning("temporal unreachable", extra={"temporal_target": self.target, "error": type(exc).__name__})
             return None
 
     async def get(self) -> Client:
         client = await self.try_get()
         if client is None:
-            raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "The workflow engine is unreachable; retry later.",
-                          headers={"Retry-After": "5"})
+            raise Problem(
+                WORKFLOW_ENGINE_UNAVAILABLE,
+                "The workflow engine is unreachable; retry later.",
+                headers={"Retry-After": "5"},
+            )
         return client
 
     async def is_healthy(self, timeout: float) -> bool:
@@ -64,7 +67,7 @@ class TemporalConnector:
             return False
         try:
             return await client.service_client.check_health(timeout=timedelta(seconds=timeout))
-        except Exception:  # noqa: BLE001 - any failure means "not ready"
+        except Exception:
             return False
 
     def start_background_connect(self, max_delay: float = 10.0) -> None:
@@ -73,6 +76,7 @@ class TemporalConnector:
             while await self.try_get() is None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
+
         self._background = asyncio.create_task(keep_trying(), name="temporal-connect")
 
     async def close(self) -> None:
@@ -80,7 +84,7 @@ class TemporalConnector:
             self._background.cancel()
             try:
                 await self._background
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):
                 pass
         # temporalio clients hold no resources needing an explicit close; dropping the reference suffices.
         self._client = None
@@ -95,7 +99,11 @@ async def answer_within(call, timeout: float = SAGA_ANSWER_TIMEOUT_SECONDS):
     retry, with its Idempotency-Key, later."""
     try:
         return await asyncio.wait_for(call, timeout)
-    except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         # the second: the server's own deadline for the update passed first (a loaded server), same meaning
-        raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "The request was accepted but not confirmed in time; retry it "
-                      "with the same Idempotency-Key to see its outcome.", headers={"Retry-After": "5"}) from None
+        raise Problem(
+            WORKFLOW_ENGINE_UNAVAILABLE,
+            "The request was accepted but not confirmed in time; retry it "
+            "with the same Idempotency-Key to see its outcome.",
+            headers={"Retry-After": "5"},
+        ) from None

@@ -110,6 +110,7 @@ class CycleStatusChanged(BaseModel):
 
 # --- billing activities (activities/billing.py) ---
 
+
 class IssueInvoice(BaseModel):
     """Idempotent by `workflow_id` (+ kind): a retried issue returns the same invoice and number.
 
@@ -292,7 +293,6 @@ class SubscriptionResult(BaseModel):
     refunded_amount: int = 0
 
 
-
 class CreateSubscription(BaseModel):
     """The subscription's first step: its row, `incomplete`; `SubscriptionExists` if the tenant has a live one."""
 
@@ -340,6 +340,7 @@ class SuspendTenant(BaseModel):
 
 
 # --- the Temporal Schedule of a subscription (activities/schedules.py, workflows/billing_trigger.py) ---
+
 
 class BillingScheduleSpec(BaseModel):
     """Fires at every period boundary of `plan` counted from `anchor` (UTC)."""

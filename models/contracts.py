@@ -13,14 +13,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 SagaStatusValue = Literal[
-    "running",            # forward steps in progress
-    "waiting",            # parked on a durable timer / external event (e.g. email verification)
-    "completed",          # all forward steps done
-    "compensating",       # running compensations in reverse
-    "compensated",        # a step failed or the saga was cancelled; compensations all done
-    "expired",            # the saga's deadline passed; compensations all done
+    "running",  # forward steps in progress
+    "waiting",  # parked on a durable timer / external event (e.g. email verification)
+    "completed",  # all forward steps done
+    "compensating",  # running compensations in reverse
+    "compensated",  # a step failed or the saga was cancelled; compensations all done
+    "expired",  # the saga's deadline passed; compensations all done
     "awaiting_operator",  # a compensation keeps failing; waits for an operator's retry or skip
-    "failed",             # ended with an error that needed no compensation
+    "failed",  # ended with an error that needed no compensation
 ]
 
 
@@ -54,6 +54,7 @@ class OperatorDecision(BaseModel):
 
 # --- registration saga ---
 
+
 class RegistrationInput(BaseModel):
     user_id: uuid.UUID
     email: str
@@ -79,6 +80,7 @@ class RegistrationResult(BaseModel):
 
 
 # --- activity contracts ---
+
 
 class CreatePendingUser(BaseModel):
     user_id: uuid.UUID
@@ -110,6 +112,7 @@ class ActivateUser(BaseModel):
 
 
 # --- tenant provisioning saga ---
+
 
 class TenantProvisioningInput(BaseModel):
     tenant_id: uuid.UUID
@@ -166,6 +169,7 @@ class CreateBillingConfig(BaseModel):
 
 
 # --- invitation saga ---
+
 
 class InvitationInput(BaseModel):
     invitation_id: uuid.UUID

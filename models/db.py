@@ -17,8 +17,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 APP_ROLE = "prognet_app"  # what the API and workers connect as: owns nothing, cannot bypass RLS
 
-_SET_CONTEXT = text("select set_config('app.tenant_id', :tenant, true), set_config('app.user_id', :user, true), "
-                    "set_config('app.platform', :platform, true)")
+_SET_CONTEXT = text(
+    "select set_config('app.tenant_id', :tenant, true), set_config('app.user_id', :user, true), "
+    "set_config('app.platform', :platform, true)"
+)
 
 
 def make_engine(database_url: str, **kwargs) -> AsyncEngine:
@@ -29,8 +31,9 @@ def make_engine(database_url: str, **kwargs) -> AsyncEngine:
 
 
 @asynccontextmanager
-async def transaction(engine: AsyncEngine, *, tenant_id: uuid.UUID | None = None,
-                      user_id: uuid.UUID | None = None, platform: bool = False) -> AsyncIterator[AsyncSession]:
+async def transaction(
+    engine: AsyncEngine, *, tenant_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None, platform: bool = False
+) -> AsyncIterator[AsyncSession]:
     """One unit of work: commits on success, rolls back on any error.
 
     `tenant_id` makes that tenant's rows visible and writable; `user_id` additionally shows the caller's own
@@ -38,8 +41,13 @@ async def transaction(engine: AsyncEngine, *, tenant_id: uuid.UUID | None = None
     `platform` is for the platform's own mail and its operators: it shows every tenant's email tracking
     (and only that: the policies of other tables ignore it).
     """
-    async with AsyncSession(engine, expire_on_commit=False) as session:
-        async with session.begin():
-            await session.exec(_SET_CONTEXT, params={"tenant": str(tenant_id or ""), "user": str(user_id or ""),
-                                                     "platform": "on" if platform else ""})
-            yield session
+    async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
+        await session.exec(
+            _SET_CONTEXT,
+            params={
+                "tenant": str(tenant_id or ""),
+                "user": str(user_id or ""),
+                "platform": "on" if platform else "",
+            },
+        )
+        yield session

@@ -21,8 +21,12 @@ def record_event(
     workflow_id: str | None = None,
 ) -> DomainEvent:
     event = DomainEvent(
-        type=type, aggregate_type=aggregate_type, aggregate_id=str(aggregate_id),
-        payload=payload or {}, tenant_id=tenant_id, workflow_id=workflow_id,
+        type=type,
+        aggregate_type=aggregate_type,
+        aggregate_id=str(aggregate_id),
+        payload=payload or {},
+        tenant_id=tenant_id,
+        workflow_id=workflow_id,
     )
     session.add(event)
     return event

@@ -63,6 +63,8 @@ def email_workflow_id(message_id: uuid.UUID | str) -> str:
 def email_message_id(parent_workflow_id: str, purpose: str) -> uuid.UUID:
     """A business key: the same parent step always names the same message, so a retried start is a no-op."""
     return uuid.uuid5(uuid.NAMESPACE_URL, f"prognet:email:{parent_workflow_id}:{purpose}")
+
+
 EMAIL_SEND_TASK_QUEUE = "prognet-email-send"  # SMTP sends only: the task-queue rate limit is the send rate
 
 
@@ -93,8 +95,9 @@ def billing_schedule_id(subscription_id: uuid.UUID | str) -> str:
     return f"billing-schedule-{subscription_id}"
 
 
-def billing_cycle_workflow_id(subscription_id: uuid.UUID | str, period_index: int, kind: str = "period",
-                              seq: int = 0) -> str:
+def billing_cycle_workflow_id(
+    subscription_id: uuid.UUID | str, period_index: int, kind: str = "period", seq: int = 0
+) -> str:
     """`billing-{subscription_id}-{period}`; a proration charge of an upgrade adds `-proration-{seq}`."""
     base = f"billing-{subscription_id}-{period_index}"
     return base if kind == "period" else f"{base}-{kind}-{seq}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, func, text
@@ -12,14 +12,15 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _ts(nullable: bool = False, default_now: bool = True) -> Any:
     return Field(
         default_factory=utcnow if default_now else None,
-        sa_column=Column(DateTime(timezone=True), nullable=nullable,
-                         server_default=func.now() if default_now else None),
+        sa_column=Column(
+            DateTime(timezone=True), nullable=nullable, server_default=func.now() if default_now else None
+        ),
     )
 
 
@@ -70,6 +71,7 @@ class DomainEvent(SQLModel, table=True):
 
 # --- tenants: every table below carries tenant_id (tenants: its id) and is isolated by row-level security,
 # enabled and forced, on the per-transaction setting app.tenant_id (migration 0002, models.db.transaction) ---
+
 
 class Tenant(SQLModel, table=True):
     __tablename__ = "tenants"
@@ -130,11 +132,20 @@ class Invitation(SQLModel, table=True):
     closed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
 
 
-TENANT_SCOPED_TABLES = ("tenants", "memberships", "tenant_billing", "tenant_settings", "invitations",
-                        "subscriptions", "invoices", "invoice_counters")
+TENANT_SCOPED_TABLES = (
+    "tenants",
+    "memberships",
+    "tenant_billing",
+    "tenant_settings",
+    "invitations",
+    "subscriptions",
+    "invoices",
+    "invoice_counters",
+)
 
 
 # --- email pipeline (migration 0003): tenant-scoped, tenant_id NULL for platform mail (registration) ---
+
 
 class EmailMessage(SQLModel, table=True):
     """One message's delivery tracking; the body is rendered at send time and never stored."""
@@ -169,6 +180,7 @@ class EmailSuppression(SQLModel, table=True):
 
 
 # --- billing (migration 0005): tenant-scoped and isolated like the tenant tables ---
+
 
 class Subscription(SQLModel, table=True):
     """The read model of a `subscription-{id}` workflow (which owns the truth); the API inserts it `incomplete`.

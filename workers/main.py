@@ -35,8 +35,15 @@ from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
 log = logging.getLogger(__name__)
 
-WORKFLOWS = [RegistrationWorkflow, TenantProvisioningWorkflow, InvitationWorkflow, SubscriptionWorkflow,
-             BillingCycleWorkflow, BillingTriggerWorkflow, PaidSignupWorkflow]
+WORKFLOWS = [
+    RegistrationWorkflow,
+    TenantProvisioningWorkflow,
+    InvitationWorkflow,
+    SubscriptionWorkflow,
+    BillingCycleWorkflow,
+    BillingTriggerWorkflow,
+    PaidSignupWorkflow,
+]
 ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow]
 
 
@@ -49,23 +56,44 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
     invoices = InvoiceActivities(engine)
     subscriptions = SubscriptionActivities(engine)
     return [
-        users.create_pending_user, users.delete_pending_user, users.issue_verification_token,
-        users.revoke_verification_token, users.activate_user,
-        tenants.create_tenant, tenants.mark_tenant_failed, tenants.add_membership, tenants.remove_membership,
-        tenants.create_billing_config, tenants.delete_billing_config, tenants.apply_default_settings,
-        tenants.remove_default_settings, tenants.activate_tenant, tenants.discard_tenant,
-        invitations.issue_invitation, invitations.complete_invitation, invitations.close_invitation,
-        billing.create_stripe_customer, billing.delete_stripe_customer,
-        billing.create_payment_intent, billing.retrieve_payment_intent, billing.refund_payment,
-        invoices.issue_invoice, invoices.void_invoice, invoices.mark_invoice_paid,
-        invoices.mark_invoice_uncollectible, invoices.publish_invoice_event,
-        subscriptions.create, subscriptions.set_status, tenants.suspend_tenant,
+        users.create_pending_user,
+        users.delete_pending_user,
+        users.issue_verification_token,
+        users.revoke_verification_token,
+        users.activate_user,
+        tenants.create_tenant,
+        tenants.mark_tenant_failed,
+        tenants.add_membership,
+        tenants.remove_membership,
+        tenants.create_billing_config,
+        tenants.delete_billing_config,
+        tenants.apply_default_settings,
+        tenants.remove_default_settings,
+        tenants.activate_tenant,
+        tenants.discard_tenant,
+        invitations.issue_invitation,
+        invitations.complete_invitation,
+        invitations.close_invitation,
+        billing.create_stripe_customer,
+        billing.delete_stripe_customer,
+        billing.create_payment_intent,
+        billing.retrieve_payment_intent,
+        billing.refund_payment,
+        invoices.issue_invoice,
+        invoices.void_invoice,
+        invoices.mark_invoice_paid,
+        invoices.mark_invoice_uncollectible,
+        invoices.publish_invoice_event,
+        subscriptions.create,
+        subscriptions.set_status,
+        tenants.suspend_tenant,
     ]
 
 
 async def connect_client(settings: Settings) -> Client:
-    return await Client.connect(settings.temporal_target, namespace=settings.temporal_namespace,
-                                data_converter=pydantic_data_converter)
+    return await Client.connect(
+        settings.temporal_target, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+    )
 
 
 def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Workers:
@@ -74,16 +102,35 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
     delivery = EmailDeliveryActivities(engine, settings)
     schedules = ScheduleActivities(client)
     common = dict(graceful_shutdown_timeout=timedelta(seconds=10))
-    return Workers([
-        Worker(client, task_queue=TASK_QUEUE, workflows=WORKFLOWS,
-               activities=[*activities_for(engine, settings), schedules.ensure_billing_schedule,
-                           schedules.delete_billing_schedule],
-               **common),
-        Worker(client, task_queue=EMAIL_TASK_QUEUE, workflows=[EmailDeliveryWorkflow],
-               activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress], **common),
-        Worker(client, task_queue=EMAIL_SEND_TASK_QUEUE, activities=[delivery.send],
-               max_task_queue_activities_per_second=settings.email_max_per_second, **common),
-    ])
+    return Workers(
+        [
+            Worker(
+                client,
+                task_queue=TASK_QUEUE,
+                workflows=WORKFLOWS,
+                activities=[
+                    *activities_for(engine, settings),
+                    schedules.ensure_billing_schedule,
+                    schedules.delete_billing_schedule,
+                ],
+                **common,
+            ),
+            Worker(
+                client,
+                task_queue=EMAIL_TASK_QUEUE,
+                workflows=[EmailDeliveryWorkflow],
+                activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
+                **common,
+            ),
+            Worker(
+                client,
+                task_queue=EMAIL_SEND_TASK_QUEUE,
+                activities=[delivery.send],
+                max_task_queue_activities_per_second=settings.email_max_per_second,
+                **common,
+            ),
+        ]
+    )
 
 
 class Workers:
@@ -112,8 +159,13 @@ async def run_worker(settings: Settings | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker polling %s, %s and %s on %s", TASK_QUEUE, EMAIL_TASK_QUEUE, EMAIL_SEND_TASK_QUEUE,
-             settings.temporal_target)
+    log.info(
+        "worker polling %s, %s and %s on %s",
+        TASK_QUEUE,
+        EMAIL_TASK_QUEUE,
+        EMAIL_SEND_TASK_QUEUE,
+        settings.temporal_target,
+    )
     async with build_workers(client, engine, settings):
         await stop.wait()
     await engine.dispose()

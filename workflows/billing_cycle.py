@@ -95,27 +95,50 @@ class BillingCycleWorkflow:
     async def _bill(self) -> BillingCycleResult:
         p, wid = self.params, workflow.info().workflow_id
         invoice: Invoice = await self.saga.step(
-            "issue_invoice", act.ISSUE_INVOICE,
-            IssueInvoice(workflow_id=wid, tenant_id=p.tenant_id, subscription_id=p.subscription_id, plan_id=p.plan_id,
-                         kind=p.kind, period_index=p.period_index, period_start=p.period_start,
-                         period_end=p.period_end, amount=p.amount, currency=p.currency,
-                         stripe_customer_id=p.stripe_customer_id),
-            compensation=(act.VOID_INVOICE, lambda: VoidInvoice(
-                workflow_id=wid, tenant_id=p.tenant_id, invoice_id=self.state.invoice_id,
-                reason=self.saga.state.error or "unknown")),
+            "issue_invoice",
+            act.ISSUE_INVOICE,
+            IssueInvoice(
+                workflow_id=wid,
+                tenant_id=p.tenant_id,
+                subscription_id=p.subscription_id,
+                plan_id=p.plan_id,
+                kind=p.kind,
+                period_index=p.period_index,
+                period_start=p.period_start,
+                period_end=p.period_end,
+                amount=p.amount,
+                currency=p.currency,
+                stripe_customer_id=p.stripe_customer_id,
+            ),
+            compensation=(
+                act.VOID_INVOICE,
+                lambda: VoidInvoice(
+                    workflow_id=wid,
+                    tenant_id=p.tenant_id,
+                    invoice_id=self.state.invoice_id,
+                    reason=self.saga.state.error or "unknown",
+                ),
+            ),
             result_type=Invoice,
         )
         self.state.invoice_id, self.state.invoice_number = invoice.invoice_id, invoice.number
         if invoice.status == "paid" and invoice.payment_intent_id:
             # Run again after it was paid (Stripe forgets idempotency keys after 24 h): never charge twice.
             # Its receipt went out with the first run.
-            return await self._paid(PaymentOutcome(payment_intent_id=invoice.payment_intent_id, status="succeeded"),
-                                    receipt=False)
+            return await self._paid(
+                PaymentOutcome(payment_intent_id=invoice.payment_intent_id, status="succeeded"), receipt=False
+            )
         # Registered before the first charge: whatever succeeded is refunded if a later step fails.
-        self.saga.add_compensation("charge", act.REFUND_PAYMENT, lambda: RefundPayment(
-            idempotency_key=f"{wid}:refund", tenant_id=p.tenant_id,
-            payment_intent_ids=list(self.state.payment_intent_ids),
-            reason=f"billing cycle unwound: {self.saga.state.error or 'unknown'}"))
+        self.saga.add_compensation(
+            "charge",
+            act.REFUND_PAYMENT,
+            lambda: RefundPayment(
+                idempotency_key=f"{wid}:refund",
+                tenant_id=p.tenant_id,
+                payment_intent_ids=list(self.state.payment_intent_ids),
+                reason=f"billing cycle unwound: {self.saga.state.error or 'unknown'}",
+            ),
+        )
 
         retry_times: list[datetime] = []
         used = 0  # scheduled dunning retries already made
@@ -128,23 +151,33 @@ class BillingCycleWorkflow:
             self.state.last_decline_code = outcome.decline_code
             if self.state.first_failure_at is None:
                 self.state.first_failure_at = workflow.now()
-                retry_times = [self.state.first_failure_at + timedelta(days=d)
-                               for d in sorted(p.dunning_schedule_days)]
+                retry_times = [self.state.first_failure_at + timedelta(days=d) for d in sorted(p.dunning_schedule_days)]
             if used >= len(retry_times):
                 return await self._unpaid()
             next_retry = retry_times[used]
             self.state.status, self.state.next_retry_at = "dunning", next_retry
             await self._tell_parent("past_due", next_retry)
-            self.saga.set_status("waiting", step="dunning", waiting_for=(
-                f"charge declined ({outcome.decline_code or 'no code'}); next attempt at {next_retry.isoformat()} "
-                f"or at once on a '{SIGNAL_PAYMENT_METHOD_UPDATED}' signal"))
+            self.saga.set_status(
+                "waiting",
+                step="dunning",
+                waiting_for=(
+                    f"charge declined ({outcome.decline_code or 'no code'}); next attempt at {next_retry.isoformat()} "
+                    f"or at once on a '{SIGNAL_PAYMENT_METHOD_UPDATED}' signal"
+                ),
+            )
             if not await sleep_until(next_retry, lambda: self.method_changed):
                 used += 1
                 self.state.reminders_sent += 1
-                await start_email(self.saga, f"send_reminder_{used}", self._email(
-                    f"reminder-{used}", f"Payment reminder: invoice {self.state.invoice_number}",
-                    f"We could not charge {money(p.amount, p.currency)} for invoice {self.state.invoice_number}. "
-                    "We are trying again today; you can update your payment method at any time."))
+                await start_email(
+                    self.saga,
+                    f"send_reminder_{used}",
+                    self._email(
+                        f"reminder-{used}",
+                        f"Payment reminder: invoice {self.state.invoice_number}",
+                        f"We could not charge {money(p.amount, p.currency)} for invoice {self.state.invoice_number}. "
+                        "We are trying again today; you can update your payment method at any time.",
+                    ),
+                )
 
     async def _charge(self) -> PaymentOutcome:
         p, wid = self.params, workflow.info().workflow_id
@@ -152,41 +185,69 @@ class BillingCycleWorkflow:
         attempt = self.state.attempt
         self.state.status = "charging"
         pi: PaymentIntentInfo = await self.saga.step(
-            f"charge_attempt_{attempt}", act.CREATE_PAYMENT_INTENT,
-            CreatePaymentIntent(idempotency_key=f"{wid}:pi:{attempt}", invoice_id=self.state.invoice_id,
-                                tenant_id=p.tenant_id, subscription_id=p.subscription_id, workflow_id=wid,
-                                amount=p.amount, currency=p.currency, stripe_customer_id=p.stripe_customer_id,
-                                payment_method=self.state.payment_method),
+            f"charge_attempt_{attempt}",
+            act.CREATE_PAYMENT_INTENT,
+            CreatePaymentIntent(
+                idempotency_key=f"{wid}:pi:{attempt}",
+                invoice_id=self.state.invoice_id,
+                tenant_id=p.tenant_id,
+                subscription_id=p.subscription_id,
+                workflow_id=wid,
+                amount=p.amount,
+                currency=p.currency,
+                stripe_customer_id=p.stripe_customer_id,
+                payment_method=self.state.payment_method,
+            ),
             result_type=PaymentIntentInfo,
         )
         pi_id = pi.payment_intent_id
         self.state.payment_intent_ids.append(pi_id)
-        self._record(PaymentOutcome(payment_intent_id=pi_id, status=pi.status, decline_code=pi.decline_code)
-                     if pi.status != "pending" else None)
+        self._record(
+            PaymentOutcome(payment_intent_id=pi_id, status=pi.status, decline_code=pi.decline_code)
+            if pi.status != "pending"
+            else None
+        )
         deadline = workflow.now() + timedelta(seconds=p.payment_timeout_seconds)
         self.state.status = "awaiting_payment"
         while pi_id not in self.outcomes:
-            self.saga.set_status("waiting", step=f"await_payment_{attempt}", waiting_for=(
-                f"the outcome of PaymentIntent {pi_id}: a '{SIGNAL_PAYMENT_OUTCOME}' signal (webhook), "
-                f"polled every {p.poll_interval_seconds} s"))
+            self.saga.set_status(
+                "waiting",
+                step=f"await_payment_{attempt}",
+                waiting_for=(
+                    f"the outcome of PaymentIntent {pi_id}: a '{SIGNAL_PAYMENT_OUTCOME}' signal (webhook), "
+                    f"polled every {p.poll_interval_seconds} s"
+                ),
+            )
             remaining = (deadline - workflow.now()).total_seconds()
             if remaining <= 0:
                 # It may still succeed at Stripe; the next attempt would then charge a second time.
                 await workflow.execute_activity(
-                    act.REFUND_PAYMENT, RefundPayment(
-                        idempotency_key=f"{wid}:timeout:{attempt}", tenant_id=p.tenant_id,
-                        payment_intent_ids=[pi_id], reason="no outcome in time"),
-                    result_type=Refunded, start_to_close_timeout=timedelta(seconds=30))
+                    act.REFUND_PAYMENT,
+                    RefundPayment(
+                        idempotency_key=f"{wid}:timeout:{attempt}",
+                        tenant_id=p.tenant_id,
+                        payment_intent_ids=[pi_id],
+                        reason="no outcome in time",
+                    ),
+                    result_type=Refunded,
+                    start_to_close_timeout=timedelta(seconds=30),
+                )
                 return PaymentOutcome(payment_intent_id=pi_id, status="failed", decline_code="payment_timeout")
-            if await sleep_until(workflow.now() + timedelta(seconds=min(p.poll_interval_seconds, remaining)),
-                                 lambda: pi_id in self.outcomes):
+            if await sleep_until(
+                workflow.now() + timedelta(seconds=min(p.poll_interval_seconds, remaining)),
+                lambda: pi_id in self.outcomes,
+            ):
                 break
             polled: PaymentIntentInfo = await workflow.execute_activity(
-                act.RETRIEVE_PAYMENT_INTENT, PaymentIntentRef(payment_intent_id=pi_id), result_type=PaymentIntentInfo,
-                start_to_close_timeout=timedelta(seconds=30))
+                act.RETRIEVE_PAYMENT_INTENT,
+                PaymentIntentRef(payment_intent_id=pi_id),
+                result_type=PaymentIntentInfo,
+                start_to_close_timeout=timedelta(seconds=30),
+            )
             if polled.status != "pending":
-                self._record(PaymentOutcome(payment_intent_id=pi_id, status=polled.status,
-                                            decline_code=polled.decline_code))
+                self._record(
+                    PaymentOutcome(payment_intent_id=pi_id, status=polled.status, decline_code=polled.decline_code)
+                )
         return self.outcomes[pi_id]
 
     def _record(self, outcome: PaymentOutcome | None) -> None:
@@ -201,14 +262,27 @@ class BillingCycleWorkflow:
         p, wid = self.params, workflow.info().workflow_id
         self.state.status, self.state.next_retry_at = "paid", None
         self.state.paid_payment_intent_id = outcome.payment_intent_id
-        await self.saga.step("mark_invoice_paid", act.MARK_INVOICE_PAID, MarkInvoicePaid(
-            invoice_id=self.state.invoice_id, tenant_id=p.tenant_id, payment_intent_id=outcome.payment_intent_id,
-            workflow_id=wid))
+        await self.saga.step(
+            "mark_invoice_paid",
+            act.MARK_INVOICE_PAID,
+            MarkInvoicePaid(
+                invoice_id=self.state.invoice_id,
+                tenant_id=p.tenant_id,
+                payment_intent_id=outcome.payment_intent_id,
+                workflow_id=wid,
+            ),
+        )
         if receipt:
-            await start_email(self.saga, "send_receipt", self._email(
-                "receipt", f"Receipt for invoice {self.state.invoice_number}",
-                f"Thank you: we received {money(p.amount, p.currency)} for invoice {self.state.invoice_number} "
-                f"({p.period_start.date()} – {p.period_end.date()})."))
+            await start_email(
+                self.saga,
+                "send_receipt",
+                self._email(
+                    "receipt",
+                    f"Receipt for invoice {self.state.invoice_number}",
+                    f"Thank you: we received {money(p.amount, p.currency)} for invoice {self.state.invoice_number} "
+                    f"({p.period_start.date()} – {p.period_end.date()}).",
+                ),
+            )
         await self._publish("invoice.paid")
         await self._tell_parent("paid")
         self.saga.complete(f"paid: invoice {self.state.invoice_number}, {outcome.payment_intent_id}")
@@ -217,15 +291,28 @@ class BillingCycleWorkflow:
     async def _unpaid(self) -> BillingCycleResult:
         p, wid = self.params, workflow.info().workflow_id
         self.state.status, self.state.next_retry_at = "unpaid", None
-        await self.saga.step("mark_invoice_uncollectible", act.MARK_INVOICE_UNCOLLECTIBLE, MarkInvoiceUncollectible(
-            invoice_id=self.state.invoice_id, tenant_id=p.tenant_id, workflow_id=wid,
-            decline_code=self.state.last_decline_code))
+        await self.saga.step(
+            "mark_invoice_uncollectible",
+            act.MARK_INVOICE_UNCOLLECTIBLE,
+            MarkInvoiceUncollectible(
+                invoice_id=self.state.invoice_id,
+                tenant_id=p.tenant_id,
+                workflow_id=wid,
+                decline_code=self.state.last_decline_code,
+            ),
+        )
         if p.kind == "period" and p.notify_unpaid:
-            await start_email(self.saga, "send_unpaid_notice", self._email(
-                "unpaid", f"Invoice {self.state.invoice_number} is unpaid",
-                f"After {self.state.attempt} attempts we could not collect {money(p.amount, p.currency)}. "
-                "Your subscription has ended and your organisation is suspended; an owner or admin can "
-                "subscribe again with another payment method to lift the suspension."))
+            await start_email(
+                self.saga,
+                "send_unpaid_notice",
+                self._email(
+                    "unpaid",
+                    f"Invoice {self.state.invoice_number} is unpaid",
+                    f"After {self.state.attempt} attempts we could not collect {money(p.amount, p.currency)}. "
+                    "Your subscription has ended and your organisation is suspended; an owner or admin can "
+                    "subscribe again with another payment method to lift the suspension.",
+                ),
+            )
         await self._publish("invoice.uncollectible")
         await self._tell_parent("unpaid")
         self.saga.complete(f"unpaid after {self.state.attempt} attempts")
@@ -233,25 +320,47 @@ class BillingCycleWorkflow:
 
     async def _publish(self, event_type: str) -> None:
         p = self.params
-        await self.saga.step(f"publish_{event_type}", act.PUBLISH_INVOICE_EVENT, InvoiceEvent(
-            event_type=event_type, workflow_id=workflow.info().workflow_id, tenant_id=p.tenant_id,
-            subscription_id=p.subscription_id, invoice_id=self.state.invoice_id,
-            invoice_number=self.state.invoice_number, amount=p.amount, currency=p.currency,
-            payment_intent_id=self.state.paid_payment_intent_id, attempts=self.state.attempt))
+        await self.saga.step(
+            f"publish_{event_type}",
+            act.PUBLISH_INVOICE_EVENT,
+            InvoiceEvent(
+                event_type=event_type,
+                workflow_id=workflow.info().workflow_id,
+                tenant_id=p.tenant_id,
+                subscription_id=p.subscription_id,
+                invoice_id=self.state.invoice_id,
+                invoice_number=self.state.invoice_number,
+                amount=p.amount,
+                currency=p.currency,
+                payment_intent_id=self.state.paid_payment_intent_id,
+                attempts=self.state.attempt,
+            ),
+        )
 
     def _result(self, status: str) -> BillingCycleResult:
         p = self.params
         return BillingCycleResult(
-            subscription_id=p.subscription_id, period_index=p.period_index, kind=p.kind, status=status,
-            amount=p.amount, invoice_id=self.state.invoice_id, invoice_number=self.state.invoice_number,
-            payment_intent_id=self.state.paid_payment_intent_id, attempts=self.state.attempt,
-            decline_code=self.state.last_decline_code if status == "unpaid" else None)
+            subscription_id=p.subscription_id,
+            period_index=p.period_index,
+            kind=p.kind,
+            status=status,
+            amount=p.amount,
+            invoice_id=self.state.invoice_id,
+            invoice_number=self.state.invoice_number,
+            payment_intent_id=self.state.paid_payment_intent_id,
+            attempts=self.state.attempt,
+            decline_code=self.state.last_decline_code if status == "unpaid" else None,
+        )
 
     def _email(self, purpose: str, subject: str, body: str) -> EmailRequest:
         p = self.params
-        return EmailRequest(message_id=email_message_id(workflow.info().workflow_id, purpose), template="notice",
-                            tenant_id=p.tenant_id, to_user_id=p.notify_user_id,
-                            params={"subject": subject, "body": body})
+        return EmailRequest(
+            message_id=email_message_id(workflow.info().workflow_id, purpose),
+            template="notice",
+            tenant_id=p.tenant_id,
+            to_user_id=p.notify_user_id,
+            params={"subject": subject, "body": body},
+        )
 
     async def _tell_parent(self, status: str, next_retry_at: datetime | None = None) -> None:
         """The parent subscription follows the cycle (past_due while dunning); a cycle may also run alone."""
@@ -260,11 +369,18 @@ class BillingCycleWorkflow:
             return
         try:
             await workflow.get_external_workflow_handle(parent.workflow_id).signal(
-                SIGNAL_BILLING_CYCLE_STATUS, CycleStatusChanged(
-                    period_index=self.params.period_index, kind=self.params.kind, status=status,
-                    attempt=self.state.attempt, next_retry_at=next_retry_at, amount=self.params.amount,
-                    payment_intent_id=self.state.paid_payment_intent_id))
-        except Exception:  # noqa: BLE001 — the parent is gone (closed or reset): nothing to tell
+                SIGNAL_BILLING_CYCLE_STATUS,
+                CycleStatusChanged(
+                    period_index=self.params.period_index,
+                    kind=self.params.kind,
+                    status=status,
+                    attempt=self.state.attempt,
+                    next_retry_at=next_retry_at,
+                    amount=self.params.amount,
+                    payment_intent_id=self.state.paid_payment_intent_id,
+                ),
+            )
+        except Exception:
             workflow.logger.warning("parent %s did not take the %s signal", parent.workflow_id, status)
 
     # --- handlers ---

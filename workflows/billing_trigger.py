@@ -25,9 +25,11 @@ class BillingTriggerWorkflow:
         target = subscription_workflow_id(params.subscription_id)
         try:
             await workflow.get_external_workflow_handle(target).signal(
-                SIGNAL_START_CYCLE, StartCycle(requested_by=f"schedule ({workflow.info().workflow_id})"))
-        except Exception:  # noqa: BLE001 — the subscription is not running any more: nothing left to bill
-            await workflow.execute_activity(act.DELETE_BILLING_SCHEDULE, params,
-                                            start_to_close_timeout=timedelta(seconds=30))
+                SIGNAL_START_CYCLE, StartCycle(requested_by=f"schedule ({workflow.info().workflow_id})")
+            )
+        except Exception:
+            await workflow.execute_activity(
+                act.DELETE_BILLING_SCHEDULE, params, start_to_close_timeout=timedelta(seconds=30)
+            )
             return f"{target} has ended; its schedule was deleted"
         return f"start_cycle sent to {target}"

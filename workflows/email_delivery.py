@@ -41,8 +41,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga import Saga, describe_error
 
 NEVER_RETRY = [SMTP_PERMANENT, RENDER_FAILED, RECIPIENT_GONE]
-BOOKKEEPING = dict(start_to_close_timeout=timedelta(seconds=30),
-                   retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
+BOOKKEEPING = dict(
+    start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30))
+)
 
 
 @workflow.defn(name=EMAIL_DELIVERY_WORKFLOW)
@@ -56,10 +57,12 @@ class EmailDeliveryWorkflow:
     @workflow.run
     async def run(self, req: EmailRequest) -> EmailResult:
         policy: EmailPolicy = await workflow.execute_local_activity(
-            act.EMAIL_POLICY, start_to_close_timeout=timedelta(seconds=10), result_type=EmailPolicy)
+            act.EMAIL_POLICY, start_to_close_timeout=timedelta(seconds=10), result_type=EmailPolicy
+        )
         self.saga.set_status("running", step="queue", details="recording the message")
-        queued: EmailQueued = await workflow.execute_activity(act.QUEUE_EMAIL, req, result_type=EmailQueued,
-                                                              **BOOKKEEPING)
+        queued: EmailQueued = await workflow.execute_activity(
+            act.QUEUE_EMAIL, req, result_type=EmailQueued, **BOOKKEEPING
+        )
         if queued.suppressed:
             self.state = "suppressed"
             self.saga.complete("not sent: the address is on the suppression list")
@@ -70,21 +73,31 @@ class EmailDeliveryWorkflow:
             initial_interval=timedelta(seconds=policy.initial_interval_seconds),
             backoff_coefficient=policy.backoff_coefficient,
             maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
-            maximum_attempts=policy.maximum_attempts, non_retryable_error_types=NEVER_RETRY)
+            maximum_attempts=policy.maximum_attempts,
+            non_retryable_error_types=NEVER_RETRY,
+        )
         while True:
             self.state = "sending"
             self.saga.set_status("running", step="send", details="sending over SMTP (temporary failures retried)")
             try:
                 await workflow.execute_activity(
-                    act.SEND_EMAIL, SendEmail(request=req, to_address=to_address), task_queue=EMAIL_SEND_TASK_QUEUE,
-                    start_to_close_timeout=timedelta(seconds=policy.send_timeout_seconds + 10), retry_policy=retry,
-                    result_type=EmailDelivery)
+                    act.SEND_EMAIL,
+                    SendEmail(request=req, to_address=to_address),
+                    task_queue=EMAIL_SEND_TASK_QUEUE,
+                    start_to_close_timeout=timedelta(seconds=policy.send_timeout_seconds + 10),
+                    retry_policy=retry,
+                    result_type=EmailDelivery,
+                )
             except ActivityError as err:
                 reason = describe_error(err)
                 if error_type(err) == SMTP_PERMANENT:
-                    await workflow.execute_activity(act.SUPPRESS_ADDRESS, SuppressAddress(
-                        tenant_id=req.tenant_id, address=to_address, reason=reason, message_id=req.message_id),
-                        **BOOKKEEPING)
+                    await workflow.execute_activity(
+                        act.SUPPRESS_ADDRESS,
+                        SuppressAddress(
+                            tenant_id=req.tenant_id, address=to_address, reason=reason, message_id=req.message_id
+                        ),
+                        **BOOKKEEPING,
+                    )
                 decision = await self._dead_letter(req, reason)
                 if decision.action == "discard":
                     await self._mark(req, "discarded", decision.reason or "discarded by an operator")
@@ -92,8 +105,12 @@ class EmailDeliveryWorkflow:
                     self.saga.complete("discarded by an operator")
                     return EmailResult(message_id=req.message_id, state="discarded")
                 to_address = decision.to_address or to_address
-                await self._mark(req, "queued", f"retry requested by an operator ({decision.reason or 'no reason'})",
-                                 to_address=to_address)
+                await self._mark(
+                    req,
+                    "queued",
+                    f"retry requested by an operator ({decision.reason or 'no reason'})",
+                    to_address=to_address,
+                )
                 continue
             self.state = "sent"
             self.saga.complete("sent")
@@ -103,17 +120,26 @@ class EmailDeliveryWorkflow:
         self.state = "dead_lettered"
         # Park first, then record: whoever sees the row say dead_lettered also sees the saga waiting for them.
         self.saga.state.error = reason
-        self.saga.set_status("awaiting_operator", step="dead_letter", waiting_for=(
-            f"operator: not delivered ({reason}); signal '{SIGNAL_EMAIL_DECISION}' with "
-            '{"action": "retry"} (optionally "to_address") or {"action": "discard"}'))
+        self.saga.set_status(
+            "awaiting_operator",
+            step="dead_letter",
+            waiting_for=(
+                f"operator: not delivered ({reason}); signal '{SIGNAL_EMAIL_DECISION}' with "
+                '{"action": "retry"} (optionally "to_address") or {"action": "discard"}'
+            ),
+        )
         await self._mark(req, "dead_lettered", reason)
         await workflow.wait_condition(lambda: bool(self.decisions))
         return self.decisions.pop(0)
 
     async def _mark(self, req: EmailRequest, state: str, reply: str, to_address: str | None = None) -> None:
-        await workflow.execute_activity(act.MARK_EMAIL, MarkEmail(
-            message_id=req.message_id, tenant_id=req.tenant_id, state=state, reply=reply, to_address=to_address),
-            **BOOKKEEPING)
+        await workflow.execute_activity(
+            act.MARK_EMAIL,
+            MarkEmail(
+                message_id=req.message_id, tenant_id=req.tenant_id, state=state, reply=reply, to_address=to_address
+            ),
+            **BOOKKEEPING,
+        )
 
     @workflow.signal(name=SIGNAL_EMAIL_DECISION)
     def decide(self, decision: EmailDecision) -> None:
@@ -134,9 +160,13 @@ async def start_email(saga: Saga, step: str, request: EmailRequest) -> None:
     saga.set_status("running", step=step, details=f"handing email {request.message_id} to the delivery pipeline")
     try:
         await workflow.start_child_workflow(
-            EMAIL_DELIVERY_WORKFLOW, request, id=email_workflow_id(request.message_id), task_queue=EMAIL_TASK_QUEUE,
+            EMAIL_DELIVERY_WORKFLOW,
+            request,
+            id=email_workflow_id(request.message_id),
+            task_queue=EMAIL_TASK_QUEUE,
             parent_close_policy=ParentClosePolicy.ABANDON,
-            static_summary=f"Email {request.template} ({request.message_id})")
+            static_summary=f"Email {request.template} ({request.message_id})",
+        )
     except WorkflowAlreadyStartedError:
         pass  # this step ran before (a reset or a replayed start): the message is already on its way
     saga.step_done(step)

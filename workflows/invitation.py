@@ -46,18 +46,37 @@ class InvitationWorkflow:
         timeout = timedelta(seconds=p.expires_in_seconds)
         expires_at = workflow.now() + timeout
         await self.saga.step(
-            "issue_invitation", act.ISSUE_INVITATION,
-            IssueInvitation(invitation_id=p.invitation_id, tenant_id=p.tenant_id, email=p.email, role=p.role,
-                            invited_by=p.invited_by, expires_at=expires_at),
-            compensation=(act.CLOSE_INVITATION,
-                          CloseInvitation(invitation_id=p.invitation_id, tenant_id=p.tenant_id, status="revoked")),
+            "issue_invitation",
+            act.ISSUE_INVITATION,
+            IssueInvitation(
+                invitation_id=p.invitation_id,
+                tenant_id=p.tenant_id,
+                email=p.email,
+                role=p.role,
+                invited_by=p.invited_by,
+                expires_at=expires_at,
+            ),
+            compensation=(
+                act.CLOSE_INVITATION,
+                CloseInvitation(invitation_id=p.invitation_id, tenant_id=p.tenant_id, status="revoked"),
+            ),
         )
         if not self.revoked:
-            await start_email(self.saga, "send_invitation_email", EmailRequest(
-                message_id=email_message_id(wid, "invite"), template="invitation", tenant_id=p.tenant_id,
-                params={"invitation_id": str(p.invitation_id)}))
-            self.saga.set_status("waiting", step="await_acceptance",
-                                 waiting_for=f"acceptance until {expires_at.isoformat(timespec='seconds')}")
+            await start_email(
+                self.saga,
+                "send_invitation_email",
+                EmailRequest(
+                    message_id=email_message_id(wid, "invite"),
+                    template="invitation",
+                    tenant_id=p.tenant_id,
+                    params={"invitation_id": str(p.invitation_id)},
+                ),
+            )
+            self.saga.set_status(
+                "waiting",
+                step="await_acceptance",
+                waiting_for=f"acceptance until {expires_at.isoformat(timespec='seconds')}",
+            )
             try:
                 await workflow.wait_condition(lambda: self.accepted_by is not None or self.revoked, timeout=timeout)
             except TimeoutError:
@@ -67,15 +86,19 @@ class InvitationWorkflow:
 
         user_id = self.accepted_by.user_id
         await self.saga.step(
-            "add_membership", act.COMPLETE_INVITATION,
+            "add_membership",
+            act.COMPLETE_INVITATION,
             CompleteInvitation(invitation_id=p.invitation_id, tenant_id=p.tenant_id, user_id=user_id, workflow_id=wid),
         )
         self.saga.complete("invitation accepted")
         return InvitationResult(invitation_id=p.invitation_id, status="accepted", user_id=user_id)
 
     async def _close(self, p: InvitationInput, status: str) -> InvitationResult:
-        await self.saga.step("close_invitation", act.CLOSE_INVITATION,
-                             CloseInvitation(invitation_id=p.invitation_id, tenant_id=p.tenant_id, status=status))
+        await self.saga.step(
+            "close_invitation",
+            act.CLOSE_INVITATION,
+            CloseInvitation(invitation_id=p.invitation_id, tenant_id=p.tenant_id, status=status),
+        )
         self.saga.complete(f"invitation {status}")
         return InvitationResult(invitation_id=p.invitation_id, status=status)
 

@@ -1,13 +1,7 @@
 """Paid sign-up: `signup-{user_id}` — the seed's distributed transaction (user + tenant + first payment).
 
-One parent saga over three child workflows, each a saga of its own:
-
-| step | child (or activity) | undone by (reverse order) |
-|---|---|---|
-| registration | `Registration` `registration-{user_id}` (ABANDON: it lives on until the email is verified); it signals `registration_progress` once the pending user exists | cancelling it: its own compensation deletes the pending user and revokes the token |
-| tenant | `TenantProvisioning` `tenant-{tenant_id}`, owner = the new user, awaited until active | `tenants.discard_tenant` (tenant row and all that cascades from it, invoices included); before it, the Stripe customer is deleted (`billing.delete_stripe_customer`) |
-| first payment | `BillingCycle` `billing-{subscription_id}-0`, period 0 from now, no dunning (a decline is final at once); skipped for a plan with a trial | a refund of the paid PaymentIntent (only if a later step fails) |
-| subscription | read model written `active`; `Subscription` `subscription-{subscription_id}` (ABANDON), seeded so period 0 counts as paid, cycles driven by its Temporal Schedule | — (the last step; the read model goes with the tenant) |
+One parent saga over three child workflows (Registration, TenantProvisioning, BillingCycle), then the
+Subscription; the README's "Paid sign-up" table lists each step and what undoes it.
 
 A declined first payment, a failure of any child or a cancellation unwinds everything; a taken email ends the
 saga before anything exists, a taken slug unwinds the registration. The `outcome` update answers once the saga
@@ -96,9 +90,15 @@ class PaidSignupWorkflow:
         tenant = await self._provision_tenant()
         self.customer_id = tenant.stripe_customer_id
         # Registered now that the customer id is known (a failing provisioning deleted its customer itself).
-        self.saga.add_compensation("stripe_customer", act.DELETE_STRIPE_CUSTOMER, DeleteStripeCustomer(
-            customer_id=tenant.stripe_customer_id, tenant_id=p.tenant_id,
-            idempotency_key=f"{self._wid()}:delete_stripe_customer"))
+        self.saga.add_compensation(
+            "stripe_customer",
+            act.DELETE_STRIPE_CUSTOMER,
+            DeleteStripeCustomer(
+                customer_id=tenant.stripe_customer_id,
+                tenant_id=p.tenant_id,
+                idempotency_key=f"{self._wid()}:delete_stripe_customer",
+            ),
+        )
 
         now = workflow.now()
         seed: SubscriptionState | None = None
@@ -107,8 +107,10 @@ class PaidSignupWorkflow:
         await self._start_subscription(seed)
 
         self.outcome = self._outcome("active", subscription_status="active" if seed else "trialing")
-        self.saga.complete(f"signed up: tenant {p.tenant_id}, subscription {p.subscription_id} "
-                           f"({self.outcome.subscription_status}); the user verifies their email to log in")
+        self.saga.complete(
+            f"signed up: tenant {p.tenant_id}, subscription {p.subscription_id} "
+            f"({self.outcome.subscription_status}); the user verifies their email to log in"
+        )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.outcome
 
@@ -119,10 +121,15 @@ class PaidSignupWorkflow:
         # Should it have completed meanwhile (the user verified before a later step failed), the account stays,
         # without a tenant.
         self.registration = await self.saga.start_child(
-            "register_user", REGISTRATION_WORKFLOW,
-            RegistrationInput(user_id=p.user_id, email=p.email, display_name=p.display_name,
-                              password_hash=p.password_hash,
-                              verification_timeout_seconds=p.verification_timeout_seconds),
+            "register_user",
+            REGISTRATION_WORKFLOW,
+            RegistrationInput(
+                user_id=p.user_id,
+                email=p.email,
+                display_name=p.display_name,
+                password_hash=p.password_hash,
+                verification_timeout_seconds=p.verification_timeout_seconds,
+            ),
             id=registration_workflow_id(p.user_id),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             parent_close_policy=ParentClosePolicy.ABANDON,
@@ -130,14 +137,16 @@ class PaidSignupWorkflow:
             static_summary=f"Registration of user {p.user_id} (paid sign-up {self._wid()})",
             cancel_on_unwind=True,
         )
-        self.saga.set_status("waiting", step="register_user",
-                             waiting_for="the registration child to create the pending user")
+        self.saga.set_status(
+            "waiting", step="register_user", waiting_for="the registration child to create the pending user"
+        )
         registration = self.registration
         await workflow.wait_condition(lambda: self.progress is not None or registration.done())
         if self.progress is None:
             await registration  # it ended before telling us: raises its failure (it unwound itself)
-            raise ApplicationError("the registration ended before creating the user", type=SIGNUP_FAILED,
-                                   non_retryable=True)
+            raise ApplicationError(
+                "the registration ended before creating the user", type=SIGNUP_FAILED, non_retryable=True
+            )
         if self.progress.status == "rejected":
             try:
                 await registration
@@ -146,9 +155,10 @@ class PaidSignupWorkflow:
             self.saga.not_needed("register_user")
             error_type = self.progress.error_type or EMAIL_TAKEN
             self.outcome = self._outcome("rejected", error_type=error_type, reason="this email is already registered")
-            await self.saga.reject(ApplicationError("this email is already registered", type=error_type,
-                                                    non_retryable=True),
-                                   "email already registered; nothing created")
+            await self.saga.reject(
+                ApplicationError("this email is already registered", type=error_type, non_retryable=True),
+                "email already registered; nothing created",
+            )
         self.saga.step_done("register_user")
 
     async def _provision_tenant(self) -> TenantProvisioningResult:
@@ -157,17 +167,34 @@ class PaidSignupWorkflow:
             # The compensation is registered before the child starts: whatever it left (even a `failed` row,
             # which references the user) is deleted before the user is.
             tenant: TenantProvisioningResult = await self.saga.child_step(
-                "provision_tenant", TENANT_PROVISIONING_WORKFLOW,
-                TenantProvisioningInput(tenant_id=p.tenant_id, name=p.tenant_name, slug=p.slug,
-                                        owner_user_id=p.user_id, billing_email=p.email, currency=p.plan.currency),
-                compensation=(act.DISCARD_TENANT, lambda: DiscardTenant(
-                    tenant_id=p.tenant_id, workflow_id=self._wid(),
-                    reason=(self.saga.state.error or "paid sign-up unwound")[:MAX_REASON])),
-                id=tenant_workflow_id(p.tenant_id), result_type=TenantProvisioningResult,
+                "provision_tenant",
+                TENANT_PROVISIONING_WORKFLOW,
+                TenantProvisioningInput(
+                    tenant_id=p.tenant_id,
+                    name=p.tenant_name,
+                    slug=p.slug,
+                    owner_user_id=p.user_id,
+                    billing_email=p.email,
+                    currency=p.plan.currency,
+                ),
+                compensation=(
+                    act.DISCARD_TENANT,
+                    lambda: DiscardTenant(
+                        tenant_id=p.tenant_id,
+                        workflow_id=self._wid(),
+                        reason=(self.saga.state.error or "paid sign-up unwound")[:MAX_REASON],
+                    ),
+                ),
+                id=tenant_workflow_id(p.tenant_id),
+                result_type=TenantProvisioningResult,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-                search_attributes=TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
-                                                         SearchAttributePair(SA_USER_ID, str(p.user_id))]),
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
+                        SearchAttributePair(SA_USER_ID, str(p.user_id)),
+                    ]
+                ),
                 static_summary=f"Provisioning of tenant {p.tenant_id} (paid sign-up {self._wid()})",
             )
         except ChildWorkflowError as err:
@@ -181,36 +208,73 @@ class PaidSignupWorkflow:
         p, wid = self.params, self._wid()
         cycle_id = billing_cycle_workflow_id(p.subscription_id, 0)
         cycle = await self.saga.start_child(
-            "first_payment", BILLING_CYCLE_WORKFLOW,
-            BillingCycleInput(subscription_id=p.subscription_id, tenant_id=p.tenant_id, plan_id=p.plan.id,
-                              amount=p.plan.amount, currency=p.plan.currency, period_index=0, period_start=start,
-                              period_end=end, payment_method=p.payment_method,
-                              stripe_customer_id=self.customer_id, notify_user_id=p.user_id, kind="period",
-                              dunning_schedule_days=[], poll_interval_seconds=p.poll_interval_seconds,
-                              payment_timeout_seconds=p.payment_timeout_seconds, notify_unpaid=False),
-            id=cycle_id, result_type=BillingCycleResult,
+            "first_payment",
+            BILLING_CYCLE_WORKFLOW,
+            BillingCycleInput(
+                subscription_id=p.subscription_id,
+                tenant_id=p.tenant_id,
+                plan_id=p.plan.id,
+                amount=p.plan.amount,
+                currency=p.plan.currency,
+                period_index=0,
+                period_start=start,
+                period_end=end,
+                payment_method=p.payment_method,
+                stripe_customer_id=self.customer_id,
+                notify_user_id=p.user_id,
+                kind="period",
+                dunning_schedule_days=[],
+                poll_interval_seconds=p.poll_interval_seconds,
+                payment_timeout_seconds=p.payment_timeout_seconds,
+                notify_unpaid=False,
+            ),
+            id=cycle_id,
+            result_type=BillingCycleResult,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-            search_attributes=TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
-                                                     SearchAttributePair(SA_SUBSCRIPTION_ID, str(p.subscription_id))]),
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
+                    SearchAttributePair(SA_SUBSCRIPTION_ID, str(p.subscription_id)),
+                ]
+            ),
             static_summary=f"First payment of subscription {p.subscription_id} (paid sign-up {wid})",
         )
         self.saga.set_status("waiting", step="first_payment", waiting_for=f"the first payment ({cycle_id})")
         result: BillingCycleResult = await cycle
         if result.status != "paid":
-            raise ApplicationError("the first payment was declined", result.decline_code, type=PAYMENT_DECLINED,
-                                   non_retryable=True)
+            raise ApplicationError(
+                "the first payment was declined", result.decline_code, type=PAYMENT_DECLINED, non_retryable=True
+            )
         self.saga.step_done("first_payment")
         # Only if a later step fails: the cycle has closed, so its own refund compensation is gone.
-        self.saga.add_compensation("first_payment", act.REFUND_PAYMENT, RefundPayment(
-            idempotency_key=f"{wid}:refund", tenant_id=p.tenant_id, payment_intent_ids=[result.payment_intent_id],
-            reason="paid sign-up unwound after the first payment"))
+        self.saga.add_compensation(
+            "first_payment",
+            act.REFUND_PAYMENT,
+            RefundPayment(
+                idempotency_key=f"{wid}:refund",
+                tenant_id=p.tenant_id,
+                payment_intent_ids=[result.payment_intent_id],
+                reason="paid sign-up unwound after the first payment",
+            ),
+        )
         return SubscriptionState(
-            subscription_id=p.subscription_id, tenant_id=p.tenant_id, status="active", plan=p.plan,
-            payment_method=p.payment_method, stripe_customer_id=self.customer_id, notify_user_id=p.user_id,
-            anchor=start, anchor_index=0, period_index=0, current_period_start=start, current_period_end=end,
-            paid_through=end, cycles_paid=1,
-            period_payments=[PeriodPayment(payment_intent_id=result.payment_intent_id, amount=result.amount)])
+            subscription_id=p.subscription_id,
+            tenant_id=p.tenant_id,
+            status="active",
+            plan=p.plan,
+            payment_method=p.payment_method,
+            stripe_customer_id=self.customer_id,
+            notify_user_id=p.user_id,
+            anchor=start,
+            anchor_index=0,
+            period_index=0,
+            current_period_start=start,
+            current_period_end=end,
+            paid_through=end,
+            cycles_paid=1,
+            period_payments=[PeriodPayment(payment_intent_id=result.payment_intent_id, amount=result.amount)],
+        )
 
     async def _start_subscription(self, seed: SubscriptionState | None) -> None:
         p = self.params
@@ -218,24 +282,45 @@ class PaidSignupWorkflow:
             # The subscription starts mid-period (period 0 already paid): its read model is written here, at
             # once, so the API shows it active (a subscription in trial writes `trialing` itself). The row goes
             # with the tenant if anything later unwinds.
-            await self.saga.step("record_subscription", act.SET_SUBSCRIPTION_STATUS, SetSubscriptionStatus(
-                subscription_id=p.subscription_id, tenant_id=p.tenant_id, status="active", plan_id=p.plan.id,
-                current_period_start=seed.current_period_start, current_period_end=seed.current_period_end,
-                payment_method=p.payment_method, workflow_id=subscription_workflow_id(p.subscription_id)))
+            await self.saga.step(
+                "record_subscription",
+                act.SET_SUBSCRIPTION_STATUS,
+                SetSubscriptionStatus(
+                    subscription_id=p.subscription_id,
+                    tenant_id=p.tenant_id,
+                    status="active",
+                    plan_id=p.plan.id,
+                    current_period_start=seed.current_period_start,
+                    current_period_end=seed.current_period_end,
+                    payment_method=p.payment_method,
+                    workflow_id=subscription_workflow_id(p.subscription_id),
+                ),
+            )
         try:
             await self.saga.start_child(
-                "start_subscription", SUBSCRIPTION_WORKFLOW,
-                SubscriptionInput(subscription_id=p.subscription_id, tenant_id=p.tenant_id, plan=p.plan,
-                                  payment_method=p.payment_method, stripe_customer_id=self.customer_id,
-                                  notify_user_id=p.user_id, cycle_driver="schedule", state=seed,
-                                  dunning_schedule_days=p.dunning_schedule_days,
-                                  poll_interval_seconds=p.subscription_poll_seconds),
+                "start_subscription",
+                SUBSCRIPTION_WORKFLOW,
+                SubscriptionInput(
+                    subscription_id=p.subscription_id,
+                    tenant_id=p.tenant_id,
+                    plan=p.plan,
+                    payment_method=p.payment_method,
+                    stripe_customer_id=self.customer_id,
+                    notify_user_id=p.user_id,
+                    cycle_driver="schedule",
+                    state=seed,
+                    dunning_schedule_days=p.dunning_schedule_days,
+                    poll_interval_seconds=p.subscription_poll_seconds,
+                ),
                 id=subscription_workflow_id(p.subscription_id),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 parent_close_policy=ParentClosePolicy.ABANDON,
-                search_attributes=TypedSearchAttributes([SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
-                                                         SearchAttributePair(SA_SUBSCRIPTION_ID,
-                                                                             str(p.subscription_id))]),
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
+                        SearchAttributePair(SA_SUBSCRIPTION_ID, str(p.subscription_id)),
+                    ]
+                ),
                 static_summary=f"Subscription {p.subscription_id} to {p.plan.id} (paid sign-up {self._wid()})",
             )
         except WorkflowAlreadyStartedError:
@@ -257,8 +342,12 @@ class PaidSignupWorkflow:
         kind = cause.type if isinstance(cause, ApplicationError) else None
         if kind == PAYMENT_DECLINED:
             code = cause.details[0] if cause.details else None
-            return self._outcome("declined", error_type=PAYMENT_DECLINED, decline_code=code,
-                                 reason=f"the first payment was declined ({code or 'no decline code'})")
+            return self._outcome(
+                "declined",
+                error_type=PAYMENT_DECLINED,
+                decline_code=code,
+                reason=f"the first payment was declined ({code or 'no decline code'})",
+            )
         if kind in (SLUG_TAKEN, EMAIL_TAKEN):
             return self._outcome("rejected", error_type=kind, reason=cause.message)
         return self._outcome("failed", error_type=SIGNUP_FAILED, reason=self.saga.state.error)
@@ -271,8 +360,9 @@ class PaidSignupWorkflow:
             return ApplicationError(outcome.reason, outcome.decline_code, type=PAYMENT_DECLINED, non_retryable=True)
         if outcome.status == "rejected":
             return ApplicationError(outcome.reason or "rejected", type=outcome.error_type, non_retryable=True)
-        return ApplicationError(f"the paid sign-up failed and was unwound: {outcome.reason}", type=SIGNUP_FAILED,
-                                non_retryable=True)
+        return ApplicationError(
+            f"the paid sign-up failed and was unwound: {outcome.reason}", type=SIGNUP_FAILED, non_retryable=True
+        )
 
     # --- helpers ---
 
@@ -281,8 +371,14 @@ class PaidSignupWorkflow:
 
     def _outcome(self, status: str, **fields) -> SignupOutcome:
         p = self.params
-        return SignupOutcome(status=status, workflow_id=self._wid(), user_id=p.user_id, tenant_id=p.tenant_id,
-                             subscription_id=p.subscription_id, **fields)
+        return SignupOutcome(
+            status=status,
+            workflow_id=self._wid(),
+            user_id=p.user_id,
+            tenant_id=p.tenant_id,
+            subscription_id=p.subscription_id,
+            **fields,
+        )
 
     # --- handlers ---
 

@@ -39,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga import Saga
 
 
-
 @workflow.defn(name=REGISTRATION_WORKFLOW)
 class RegistrationWorkflow:
     @workflow.init
@@ -54,23 +53,32 @@ class RegistrationWorkflow:
     @workflow.run
     async def run(self, params: RegistrationInput) -> RegistrationResult:
         wid = workflow.info().workflow_id
-        create = CreatePendingUser(user_id=params.user_id, email=params.email, display_name=params.display_name,
-                                   password_hash=params.password_hash, workflow_id=wid)
+        create = CreatePendingUser(
+            user_id=params.user_id,
+            email=params.email,
+            display_name=params.display_name,
+            password_hash=params.password_hash,
+            workflow_id=wid,
+        )
         try:
             await self.saga.step(
-                "create_pending_user", act.CREATE_PENDING_USER, create,
+                "create_pending_user",
+                act.CREATE_PENDING_USER,
+                create,
                 compensation=(act.DELETE_PENDING_USER, UserRef(user_id=params.user_id, workflow_id=wid)),
             )
         except ActivityError as err:
             if error_type(err) == EMAIL_TAKEN:
                 # Nothing was created, so nothing to compensate: answer the caller and end.
-                self.rejection = ApplicationError("this email is already registered", type=EMAIL_TAKEN,
-                                                  non_retryable=True)
+                self.rejection = ApplicationError(
+                    "this email is already registered", type=EMAIL_TAKEN, non_retryable=True
+                )
                 await self._tell_parent("rejected", EMAIL_TAKEN)
                 await self.saga.reject(self.rejection, "email already registered; nothing created")
             # Any other failure: the usual unwind (the create may have happened before the error).
-            self.rejection = ApplicationError("the registration could not be started", type=REGISTRATION_FAILED,
-                                              non_retryable=True)
+            self.rejection = ApplicationError(
+                "the registration could not be started", type=REGISTRATION_FAILED, non_retryable=True
+            )
             await self.saga.abort(err)
         self.user_created = True
         return await self.saga.run(self._after_user_created)
@@ -83,18 +91,29 @@ class RegistrationWorkflow:
         token_id = workflow.uuid4()
         self.token_id = token_id
         await self.saga.step(
-            "issue_verification_token", act.ISSUE_VERIFICATION_TOKEN,
+            "issue_verification_token",
+            act.ISSUE_VERIFICATION_TOKEN,
             IssueVerificationToken(user_id=params.user_id, token_id=token_id, expires_at=workflow.now() + timeout),
             compensation=(act.REVOKE_VERIFICATION_TOKEN, TokenRef(token_id=token_id)),
         )
         wid = workflow.info().workflow_id
-        await start_email(self.saga, "send_verification_email", EmailRequest(
-            message_id=email_message_id(wid, "verify"), template="verify_email", to_user_id=params.user_id,
-            params={"token_id": str(token_id)}))
+        await start_email(
+            self.saga,
+            "send_verification_email",
+            EmailRequest(
+                message_id=email_message_id(wid, "verify"),
+                template="verify_email",
+                to_user_id=params.user_id,
+                params={"token_id": str(token_id)},
+            ),
+        )
 
         deadline = workflow.now() + timeout
-        self.saga.set_status("waiting", step="await_verification",
-                             waiting_for=f"email verification until {deadline.isoformat(timespec='seconds')}")
+        self.saga.set_status(
+            "waiting",
+            step="await_verification",
+            waiting_for=f"email verification until {deadline.isoformat(timespec='seconds')}",
+        )
         try:
             await workflow.wait_condition(lambda: self.verified_token == token_id, timeout=timeout)
         except TimeoutError:
@@ -103,7 +122,8 @@ class RegistrationWorkflow:
             return RegistrationResult(user_id=params.user_id, status="expired")
 
         await self.saga.step(
-            "activate_user", act.ACTIVATE_USER,
+            "activate_user",
+            act.ACTIVATE_USER,
             ActivateUser(user_id=params.user_id, token_id=token_id, workflow_id=workflow.info().workflow_id),
         )
         self.saga.complete("user verified and active")
@@ -118,8 +138,9 @@ class RegistrationWorkflow:
         try:
             await workflow.get_external_workflow_handle(parent.workflow_id).signal(
                 SIGNAL_REGISTRATION_PROGRESS,
-                RegistrationProgress(user_id=self.params.user_id, status=status, error_type=error_type))
-        except Exception:  # noqa: BLE001 — the parent is gone (closed or reset): nothing to tell
+                RegistrationProgress(user_id=self.params.user_id, status=status, error_type=error_type),
+            )
+        except Exception:
             workflow.logger.warning("parent %s did not take the %s signal", parent.workflow_id, status)
 
     @workflow.update(name=UPDATE_REGISTRATION_ACCEPTED)
@@ -134,4 +155,3 @@ class RegistrationWorkflow:
     def verify_email(self, signal: VerifyEmail) -> None:
         # A token for another registration (or an old one) is ignored: the API checked it exists.
         self.verified_token = signal.token_id
-

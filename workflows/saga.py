@@ -40,10 +40,15 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
-STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                         maximum_interval=timedelta(minutes=1))
-COMPENSATION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                                 maximum_interval=timedelta(seconds=30), maximum_attempts=5)
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1)
+)
+COMPENSATION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+)
 STEP_TIMEOUT = timedelta(seconds=30)
 
 
@@ -75,22 +80,31 @@ class Saga:
         # A decision answers the compensation failing *now*: one sent twice, or while nothing waits, must not
         # be kept for a later failure (it would skip that compensation without anyone having seen it).
         if self.state.status != "awaiting_operator" or self._decisions:
-            workflow.logger.warning("operator decision ignored: the saga is not waiting for one (%s)",
-                                    self.state.status)
+            workflow.logger.warning(
+                "operator decision ignored: the saga is not waiting for one (%s)", self.state.status
+            )
             return
         self._decisions.append(decision)
 
     def _publish(self, details: str | None = None) -> None:
         self.state.updated_at = workflow.now()
-        workflow.upsert_search_attributes([
-            SearchAttributePair(SA_SAGA_STATUS, self.state.status),
-            SearchAttributePair(SA_SAGA_STEP, self.state.step),
-        ])
+        workflow.upsert_search_attributes(
+            [
+                SearchAttributePair(SA_SAGA_STATUS, self.state.status),
+                SearchAttributePair(SA_SAGA_STEP, self.state.step),
+            ]
+        )
         if details is not None:
             workflow.set_current_details(details)
 
-    def set_status(self, status: SagaStatusValue, *, step: str | None = None,
-                   waiting_for: str | None = None, details: str | None = None) -> None:
+    def set_status(
+        self,
+        status: SagaStatusValue,
+        *,
+        step: str | None = None,
+        waiting_for: str | None = None,
+        details: str | None = None,
+    ) -> None:
         self.state.status = status
         if step is not None:
             self.state.step = step
@@ -106,14 +120,23 @@ class Saga:
 
     # --- forward steps ---
 
-    def add_compensation(self, step: str, activity: str | Callable[..., Any], arg: Any, *,
-                         retry_policy: RetryPolicy = COMPENSATION_RETRY,
-                         timeout: timedelta = STEP_TIMEOUT) -> None:
+    def add_compensation(
+        self,
+        step: str,
+        activity: str | Callable[..., Any],
+        arg: Any,
+        *,
+        retry_policy: RetryPolicy = COMPENSATION_RETRY,
+        timeout: timedelta = STEP_TIMEOUT,
+    ) -> None:
         """Register an activity that undoes `step`. `arg` may be a function: then it is built at unwind time
         (e.g. the failure reason, or an id the forward step returned), from workflow state only."""
+
         async def undo() -> None:
-            await workflow.execute_activity(activity, arg() if callable(arg) else arg,
-                                            start_to_close_timeout=timeout, retry_policy=retry_policy)
+            await workflow.execute_activity(
+                activity, arg() if callable(arg) else arg, start_to_close_timeout=timeout, retry_policy=retry_policy
+            )
+
         self._register(step, undo)
 
     def _register(self, step: str, undo: Callable[[], Awaitable[Any]]) -> None:
@@ -126,17 +149,26 @@ class Saga:
             comp.record.status = "not_needed"
             self._compensations.remove(comp)
 
-    async def step(self, name: str, activity: str | Callable[..., Awaitable[T]], arg: Any, *,
-                   compensation: tuple[str | Callable[..., Any], Any] | None = None,
-                   result_type: type | None = None,
-                   retry_policy: RetryPolicy = STEP_RETRY,
-                   timeout: timedelta = STEP_TIMEOUT) -> T:
+    async def step(
+        self,
+        name: str,
+        activity: str | Callable[..., Awaitable[T]],
+        arg: Any,
+        *,
+        compensation: tuple[str | Callable[..., Any], Any] | None = None,
+        result_type: type | None = None,
+        retry_policy: RetryPolicy = STEP_RETRY,
+        timeout: timedelta = STEP_TIMEOUT,
+    ) -> T:
         """Run one forward step as an activity; its compensation is registered before it starts."""
         self.set_status("running", step=name, details=f"running step {name}")
         if compensation is not None:
             self.add_compensation(name, compensation[0], compensation[1])
         result = await workflow.execute_activity(
-            activity, arg, start_to_close_timeout=timeout, retry_policy=retry_policy,
+            activity,
+            arg,
+            start_to_close_timeout=timeout,
+            retry_policy=retry_policy,
             **({"result_type": result_type} if result_type is not None else {}),
         )
         self.state.completed_steps.append(name)
@@ -146,9 +178,16 @@ class Saga:
         """Record a forward step that is not an activity (e.g. handing a message to a child workflow)."""
         self.state.completed_steps.append(name)
 
-    async def start_child(self, name: str, workflow_type: str, arg: Any, *,
-                          compensation: tuple[str | Callable[..., Any], Any] | None = None,
-                          cancel_on_unwind: bool = False, **options: Any) -> workflow.ChildWorkflowHandle:
+    async def start_child(
+        self,
+        name: str,
+        workflow_type: str,
+        arg: Any,
+        *,
+        compensation: tuple[str | Callable[..., Any], Any] | None = None,
+        cancel_on_unwind: bool = False,
+        **options: Any,
+    ) -> workflow.ChildWorkflowHandle:
         """Start a child workflow as a forward step and return its handle once started; the caller awaits it
         (or not) and calls `step_done`. Its compensation is registered before it starts: an activity
         `(activity, arg)`, or (`cancel_on_unwind`) cancelling the child and waiting for its own unwind.
@@ -167,9 +206,15 @@ class Saga:
         handle = await workflow.start_child_workflow(workflow_type, arg, **options)
         return handle
 
-    async def child_step(self, name: str, workflow_type: str, arg: Any, *,
-                         compensation: tuple[str | Callable[..., Any], Any] | None = None,
-                         **options: Any) -> Any:
+    async def child_step(
+        self,
+        name: str,
+        workflow_type: str,
+        arg: Any,
+        *,
+        compensation: tuple[str | Callable[..., Any], Any] | None = None,
+        **options: Any,
+    ) -> Any:
         """Run a child workflow to its end as a forward step (see `start_child`); returns its result."""
         handle = await self.start_child(name, workflow_type, arg, compensation=compensation, **options)
         self.set_status("waiting", step=name, waiting_for=f"{workflow_type} {handle.id} to finish")
@@ -236,8 +281,7 @@ class Saga:
         self.set_status("compensating", details="running compensations in reverse order")
         for comp in reversed(self._compensations):
             await self._compensate_one(comp)
-        self.set_status(final_status, step=self.state.step,
-                        details=f"{final_status}: compensations finished")
+        self.set_status(final_status, step=self.state.step, details=f"{final_status}: compensations finished")
 
     async def _compensate_one(self, comp: _Compensation) -> None:
         record = comp.record
@@ -264,8 +308,10 @@ class Saga:
     async def _wait_for_operator(self, record: CompensationRecord) -> OperatorDecision:
         self.set_status(
             "awaiting_operator",
-            waiting_for=(f"operator: compensation of step '{record.step}' failed ({record.error}); "
-                         f"signal '{SIGNAL_OPERATOR_DECISION}' with {{\"action\": \"retry\"}} or {{\"action\": \"skip\"}}"),
+            waiting_for=(
+                f"operator: compensation of step '{record.step}' failed ({record.error}); "
+                f'signal \'{SIGNAL_OPERATOR_DECISION}\' with {{"action": "retry"}} or {{"action": "skip"}}'
+            ),
         )
         await workflow.wait_condition(lambda: bool(self._decisions))
         return self._decisions.pop(0)

@@ -101,9 +101,13 @@ class SubscriptionWorkflow:
     def __init__(self, params: SubscriptionInput) -> None:
         self.params = params
         self.state = params.state or SubscriptionState(
-            subscription_id=params.subscription_id, tenant_id=params.tenant_id, plan=params.plan,
-            payment_method=params.payment_method, stripe_customer_id=params.stripe_customer_id,
-            notify_user_id=params.notify_user_id)
+            subscription_id=params.subscription_id,
+            tenant_id=params.tenant_id,
+            plan=params.plan,
+            payment_method=params.payment_method,
+            stripe_customer_id=params.stripe_customer_id,
+            notify_user_id=params.notify_user_id,
+        )
         self.commands: list[tuple[str, Any]] = []
         self.cycle: workflow.ChildWorkflowHandle | None = None
         self.finals: dict[tuple[str, int], CycleStatusChanged] = {}
@@ -121,22 +125,32 @@ class SubscriptionWorkflow:
         self.ended = True  # requests still queued are answered with the final state; new ones are rejected
         if self.state.schedule_ready:
             # ended (canceled or unpaid): its Schedule goes too, rather than at its next firing
-            await workflow.execute_activity(act.DELETE_BILLING_SCHEDULE, BillingTriggerInput(
-                subscription_id=self.state.subscription_id), **ACTIVITY)
+            await workflow.execute_activity(
+                act.DELETE_BILLING_SCHEDULE, BillingTriggerInput(subscription_id=self.state.subscription_id), **ACTIVITY
+            )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
 
     async def _create(self) -> None:
         s = self.state
         try:
-            await workflow.execute_activity(act.CREATE_SUBSCRIPTION, CreateSubscription(
-                subscription_id=s.subscription_id, tenant_id=s.tenant_id, plan_id=s.plan.id,
-                payment_method=s.payment_method, workflow_id=workflow.info().workflow_id,
-                created_by=s.notify_user_id), **ACTIVITY)
+            await workflow.execute_activity(
+                act.CREATE_SUBSCRIPTION,
+                CreateSubscription(
+                    subscription_id=s.subscription_id,
+                    tenant_id=s.tenant_id,
+                    plan_id=s.plan.id,
+                    payment_method=s.payment_method,
+                    workflow_id=workflow.info().workflow_id,
+                    created_by=s.notify_user_id,
+                ),
+                **ACTIVITY,
+            )
         except ActivityError as err:
             if isinstance(err.cause, ApplicationError) and err.cause.type == SUBSCRIPTION_EXISTS:
-                self.rejection = ApplicationError("the tenant already has a live subscription",
-                                                  type=SUBSCRIPTION_EXISTS, non_retryable=True)
+                self.rejection = ApplicationError(
+                    "the tenant already has a live subscription", type=SUBSCRIPTION_EXISTS, non_retryable=True
+                )
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 raise self.rejection from None
             raise
@@ -151,8 +165,13 @@ class SubscriptionWorkflow:
                 await self._set_status("trialing")
             s.anchor, s.anchor_index = s.trial_end or now, 0
         if params.cycle_driver == "schedule" and not s.schedule_ready:
-            await workflow.execute_activity(act.ENSURE_BILLING_SCHEDULE, BillingScheduleSpec(
-                subscription_id=s.subscription_id, tenant_id=s.tenant_id, plan=s.plan, anchor=s.anchor), **ACTIVITY)
+            await workflow.execute_activity(
+                act.ENSURE_BILLING_SCHEDULE,
+                BillingScheduleSpec(
+                    subscription_id=s.subscription_id, tenant_id=s.tenant_id, plan=s.plan, anchor=s.anchor
+                ),
+                **ACTIVITY,
+            )
             s.schedule_ready = True
         while True:
             due = s.current_period_end or s.trial_end or workflow.now()
@@ -169,9 +188,16 @@ class SubscriptionWorkflow:
                 return self._result()
             if result.status == "unpaid":
                 await self._set_status("unpaid")
-                await workflow.execute_activity(act.SUSPEND_TENANT, SuspendTenant(
-                    tenant_id=s.tenant_id, subscription_id=s.subscription_id, workflow_id=workflow.info().workflow_id,
-                    reason=f"period {s.period_index} unpaid after dunning"), **ACTIVITY)
+                await workflow.execute_activity(
+                    act.SUSPEND_TENANT,
+                    SuspendTenant(
+                        tenant_id=s.tenant_id,
+                        subscription_id=s.subscription_id,
+                        workflow_id=workflow.info().workflow_id,
+                        reason=f"period {s.period_index} unpaid after dunning",
+                    ),
+                    **ACTIVITY,
+                )
                 return self._result()
             if workflow.info().is_continue_as_new_suggested() and not self.commands:
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -193,11 +219,12 @@ class SubscriptionWorkflow:
             if now < due:
                 workflow.set_current_details(f"{s.status}: period {s.period_index} runs until {due.isoformat()}")
             else:
-                workflow.set_current_details(f"{s.status}: period {s.period_index + 1} is due; waiting for the "
-                                             f"schedule's '{SIGNAL_START_CYCLE}' signal")
+                workflow.set_current_details(
+                    f"{s.status}: period {s.period_index + 1} is due; waiting for the "
+                    f"schedule's '{SIGNAL_START_CYCLE}' signal"
+                )
             try:
-                await workflow.wait_condition(lambda: bool(self.commands),
-                                              timeout=(due - now) if now < due else None)
+                await workflow.wait_condition(lambda: bool(self.commands), timeout=(due - now) if now < due else None)
             except TimeoutError:
                 pass
 
@@ -219,8 +246,10 @@ class SubscriptionWorkflow:
                 # next `start_cycle` (the Schedule's next firing, or an operator) or a new payment method.
                 s.reruns += 1
                 self._note(f"billing cycle {wid} failed ({err.cause or err}); waiting for '{SIGNAL_START_CYCLE}'")
-                workflow.set_current_details(f"billing cycle {wid} failed; period {k} is billed again on the "
-                                             f"next '{SIGNAL_START_CYCLE}' (the schedule, or an operator's signal)")
+                workflow.set_current_details(
+                    f"billing cycle {wid} failed; period {k} is billed again on the "
+                    f"next '{SIGNAL_START_CYCLE}' (the schedule, or an operator's signal)"
+                )
                 self.start_requested = False
                 while not self.start_requested:
                     method = s.payment_method
@@ -240,43 +269,68 @@ class SubscriptionWorkflow:
                 return None
             if result.status == "paid":
                 s.paid_through, s.cycles_paid = end, s.cycles_paid + 1
-                s.period_payments.append(PeriodPayment(payment_intent_id=result.payment_intent_id,
-                                                       amount=result.amount))
+                s.period_payments.append(
+                    PeriodPayment(payment_intent_id=result.payment_intent_id, amount=result.amount)
+                )
                 await self._set_status("active")
             return result
 
-    def _cycle_input(self, kind: BillingCycleKind, plan: Plan, amount: int, start: datetime,
-                     end: datetime) -> BillingCycleInput:
+    def _cycle_input(
+        self, kind: BillingCycleKind, plan: Plan, amount: int, start: datetime, end: datetime
+    ) -> BillingCycleInput:
         s = self.state
         return BillingCycleInput(
-            subscription_id=s.subscription_id, tenant_id=s.tenant_id, plan_id=plan.id, amount=amount,
-            currency=plan.currency, period_index=s.period_index, period_start=start, period_end=end,
-            payment_method=s.payment_method, stripe_customer_id=s.stripe_customer_id,
-            notify_user_id=s.notify_user_id, kind=kind,
+            subscription_id=s.subscription_id,
+            tenant_id=s.tenant_id,
+            plan_id=plan.id,
+            amount=amount,
+            currency=plan.currency,
+            period_index=s.period_index,
+            period_start=start,
+            period_end=end,
+            payment_method=s.payment_method,
+            stripe_customer_id=s.stripe_customer_id,
+            notify_user_id=s.notify_user_id,
+            kind=kind,
             dunning_schedule_days=self.params.dunning_schedule_days if kind == "period" else [],
-            poll_interval_seconds=self.params.poll_interval_seconds)
+            poll_interval_seconds=self.params.poll_interval_seconds,
+        )
 
     async def _run_cycle(self, inp: BillingCycleInput, wid: str, *, watch: bool = True) -> BillingCycleResult | None:
         """Run a cycle as a child; while it runs, requests are handled (`watch`). None: canceled now meanwhile."""
         key = (inp.kind, inp.period_index)
         try:
             self.cycle = await workflow.start_child_workflow(
-                BILLING_CYCLE_WORKFLOW, inp, id=wid, result_type=BillingCycleResult,
+                BILLING_CYCLE_WORKFLOW,
+                inp,
+                id=wid,
+                result_type=BillingCycleResult,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-                search_attributes=TypedSearchAttributes([
-                    SearchAttributePair(SA_TENANT_ID, str(inp.tenant_id)),
-                    SearchAttributePair(SA_SUBSCRIPTION_ID, str(inp.subscription_id))]),
-                static_summary=f"Billing {inp.kind} {inp.period_index} of subscription {inp.subscription_id}")
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(SA_TENANT_ID, str(inp.tenant_id)),
+                        SearchAttributePair(SA_SUBSCRIPTION_ID, str(inp.subscription_id)),
+                    ]
+                ),
+                static_summary=f"Billing {inp.kind} {inp.period_index} of subscription {inp.subscription_id}",
+            )
         except WorkflowAlreadyStartedError:
             # Started before (a reset of this workflow): the cycle reports its end by signal.
             self._note(f"{wid} already started; following it by its signals")
             await workflow.wait_condition(lambda: key in self.finals and self.finals[key].status != "past_due")
             final = self.finals[key]
-            return BillingCycleResult(subscription_id=inp.subscription_id, period_index=inp.period_index,
-                                      kind=inp.kind, status=final.status, amount=final.amount, invoice_id="",
-                                      invoice_number=0, payment_intent_id=final.payment_intent_id,
-                                      attempts=final.attempt)
+            return BillingCycleResult(
+                subscription_id=inp.subscription_id,
+                period_index=inp.period_index,
+                kind=inp.kind,
+                status=final.status,
+                amount=final.amount,
+                invoice_id="",
+                invoice_number=0,
+                payment_intent_id=final.payment_intent_id,
+                attempts=final.attempt,
+            )
         try:
             while watch and not self.cycle.done():
                 await workflow.wait_condition(lambda: self.cycle.done() or bool(self.commands))
@@ -315,12 +369,17 @@ class SubscriptionWorkflow:
             if self.cycle is not None and not self.cycle.done():
                 try:
                     await self.cycle.signal(SIGNAL_PAYMENT_METHOD_UPDATED, req)
-                except Exception:  # noqa: BLE001 — the cycle ended meanwhile; the method is kept for the next
+                except Exception:
                     workflow.logger.info("open cycle closed before the new payment method reached it")
         elif kind == "start_cycle":
             self.start_requested = True
-        elif kind == "cycle_status" and req.kind == "period" and req.period_index == s.period_index \
-                and req.status == "past_due" and s.status != "past_due":
+        elif (
+            kind == "cycle_status"
+            and req.kind == "period"
+            and req.period_index == s.period_index
+            and req.status == "past_due"
+            and s.status != "past_due"
+        ):
             await self._set_status("past_due")
         return False
 
@@ -336,16 +395,22 @@ class SubscriptionWorkflow:
             end = s.current_period_end
             # each payment back for the unused share of the time it paid for: right across an upgrade to a plan
             # of another interval too (the plan's own rate over this period's length is not)
-            refund = sum(prorate(p.amount, end - now, end - (p.covers_from or s.current_period_start))
-                         for p in s.period_payments)
+            refund = sum(
+                prorate(p.amount, end - now, end - (p.covers_from or s.current_period_start)) for p in s.period_payments
+            )
             if refund > 0:
                 refunded: Refunded = await workflow.execute_activity(
-                    act.REFUND_PAYMENT, RefundPayment(
+                    act.REFUND_PAYMENT,
+                    RefundPayment(
                         idempotency_key=f"{workflow.info().workflow_id}:cancel:{s.period_index}",
                         tenant_id=s.tenant_id,
                         payment_intent_ids=[p.payment_intent_id for p in reversed(s.period_payments)],
-                        amount=refund, reason="canceled now: the unused part of the period"),
-                    result_type=Refunded, **ACTIVITY)
+                        amount=refund,
+                        reason="canceled now: the unused part of the period",
+                    ),
+                    result_type=Refunded,
+                    **ACTIVITY,
+                )
                 s.refunded_amount = refunded.amount
         s.canceled_at = now
         self._note(f"canceled now ({req.reason or 'no reason given'})")
@@ -377,12 +442,15 @@ class SubscriptionWorkflow:
             s.prorations += 1
             result = await self._run_cycle(
                 self._cycle_input("proration", plan, amount, now, end),
-                billing_cycle_workflow_id(s.subscription_id, s.period_index, "proration", s.prorations), watch=False)
+                billing_cycle_workflow_id(s.subscription_id, s.period_index, "proration", s.prorations),
+                watch=False,
+            )
             if result is None or result.status != "paid":
                 self._note(f"upgrade to {plan.id} not applied: the proration charge of {amount} was declined")
                 return
-            s.period_payments.append(PeriodPayment(payment_intent_id=result.payment_intent_id, amount=amount,
-                                                   covers_from=now))
+            s.period_payments.append(
+                PeriodPayment(payment_intent_id=result.payment_intent_id, amount=amount, covers_from=now)
+            )
         s.last_proration_amount, s.plan_changed_at = amount, now
         self._switch_plan(plan, at=end)
         await self._set_status("active")
@@ -400,18 +468,32 @@ class SubscriptionWorkflow:
         s = self.state
         s.status = status
         workflow.set_current_details(f"{status}: plan {s.plan.id}, period {s.period_index}")
-        await workflow.execute_activity(act.SET_SUBSCRIPTION_STATUS, SetSubscriptionStatus(
-            subscription_id=s.subscription_id, tenant_id=s.tenant_id, status=status, plan_id=s.plan.id,
-            current_period_start=s.current_period_start, current_period_end=s.current_period_end,
-            payment_method=s.payment_method, workflow_id=workflow.info().workflow_id), **ACTIVITY)
+        await workflow.execute_activity(
+            act.SET_SUBSCRIPTION_STATUS,
+            SetSubscriptionStatus(
+                subscription_id=s.subscription_id,
+                tenant_id=s.tenant_id,
+                status=status,
+                plan_id=s.plan.id,
+                current_period_start=s.current_period_start,
+                current_period_end=s.current_period_end,
+                payment_method=s.payment_method,
+                workflow_id=workflow.info().workflow_id,
+            ),
+            **ACTIVITY,
+        )
 
     def _note(self, text: str) -> None:
         self.state.notes = [*self.state.notes, f"{workflow.now().isoformat()} {text}"][-MAX_NOTES:]
 
     def _result(self) -> SubscriptionResult:
         s = self.state
-        return SubscriptionResult(subscription_id=s.subscription_id, status=s.status, cycles_paid=s.cycles_paid,
-                                  refunded_amount=s.refunded_amount)
+        return SubscriptionResult(
+            subscription_id=s.subscription_id,
+            status=s.status,
+            cycles_paid=s.cycles_paid,
+            refunded_amount=s.refunded_amount,
+        )
 
     # --- handlers: requests only queue; the main loop applies them in order ---
 
@@ -430,8 +512,9 @@ class SubscriptionWorkflow:
     def _refuse_if_ended(self) -> None:
         s = self.state
         if self.ended or self.rejection is not None or s.status in ("canceled", "unpaid"):
-            raise ApplicationError(f"this subscription has ended ({s.status})", type=SUBSCRIPTION_ENDED,
-                                   non_retryable=True)
+            raise ApplicationError(
+                f"this subscription has ended ({s.status})", type=SUBSCRIPTION_ENDED, non_retryable=True
+            )
 
     @workflow.update(name=UPDATE_SUBSCRIPTION_ACCEPTED)
     async def accepted(self) -> SubscriptionState:
@@ -460,8 +543,11 @@ class SubscriptionWorkflow:
         if req.plan.id == current.id:
             raise ApplicationError(f"already on {current.id}", type=PLAN_UNCHANGED, non_retryable=True)
         if req.plan.currency != current.currency:
-            raise ApplicationError(f"{req.plan.id} bills in {req.plan.currency}, this subscription in "
-                                   f"{current.currency}", type=INVALID_PLAN, non_retryable=True)
+            raise ApplicationError(
+                f"{req.plan.id} bills in {req.plan.currency}, this subscription in {current.currency}",
+                type=INVALID_PLAN,
+                non_retryable=True,
+            )
 
     @workflow.update(name=UPDATE_PAYMENT_METHOD)
     async def payment_method(self, req: PaymentMethodUpdated) -> SubscriptionState:

@@ -50,17 +50,22 @@ class TenantProvisioningWorkflow:
         wid = workflow.info().workflow_id
         try:
             await self.saga.step(
-                "create_tenant", act.CREATE_TENANT,
-                CreateTenant(tenant_id=params.tenant_id, name=params.name, slug=params.slug,
-                             created_by=params.owner_user_id, workflow_id=wid),
+                "create_tenant",
+                act.CREATE_TENANT,
+                CreateTenant(
+                    tenant_id=params.tenant_id,
+                    name=params.name,
+                    slug=params.slug,
+                    created_by=params.owner_user_id,
+                    workflow_id=wid,
+                ),
                 compensation=(act.MARK_TENANT_FAILED, self._failure),
             )
         except ActivityError as err:
             if error_type(err) == SLUG_TAKEN:
                 self.rejection = ApplicationError("this slug is already taken", type=SLUG_TAKEN, non_retryable=True)
                 await self.saga.reject(self.rejection, "slug already taken; nothing created")
-            self.rejection = ApplicationError("the tenant could not be created", type=TENANT_FAILED,
-                                              non_retryable=True)
+            self.rejection = ApplicationError("the tenant could not be created", type=TENANT_FAILED, non_retryable=True)
             await self.saga.abort(err)
         self.tenant_created = True
         return await self.saga.run(self._provision)
@@ -69,41 +74,65 @@ class TenantProvisioningWorkflow:
         p, wid = self.params, workflow.info().workflow_id
         tenant = TenantRef(tenant_id=p.tenant_id, workflow_id=wid)
         await self.saga.step(
-            "add_owner_membership", act.ADD_MEMBERSHIP,
+            "add_owner_membership",
+            act.ADD_MEMBERSHIP,
             MembershipRef(tenant_id=p.tenant_id, user_id=p.owner_user_id, role="owner"),
             compensation=(act.REMOVE_MEMBERSHIP, MembershipRef(tenant_id=p.tenant_id, user_id=p.owner_user_id)),
         )
         # The idempotency key comes from the workflow id and the step: stable across retries and resets.
         idempotency_key = f"{wid}:create_stripe_customer"
         customer: StripeCustomer = await self.saga.step(
-            "create_stripe_customer", act.CREATE_STRIPE_CUSTOMER,
-            CreateStripeCustomer(tenant_id=p.tenant_id, name=p.name, email=p.billing_email,
-                                 idempotency_key=idempotency_key),
-            compensation=(act.DELETE_STRIPE_CUSTOMER, lambda: DeleteStripeCustomer(
-                customer_id=self.customer_id, tenant_id=p.tenant_id, idempotency_key=idempotency_key)),
+            "create_stripe_customer",
+            act.CREATE_STRIPE_CUSTOMER,
+            CreateStripeCustomer(
+                tenant_id=p.tenant_id, name=p.name, email=p.billing_email, idempotency_key=idempotency_key
+            ),
+            compensation=(
+                act.DELETE_STRIPE_CUSTOMER,
+                lambda: DeleteStripeCustomer(
+                    customer_id=self.customer_id, tenant_id=p.tenant_id, idempotency_key=idempotency_key
+                ),
+            ),
             result_type=StripeCustomer,
         )
         self.customer_id = customer.customer_id
         await self.saga.step(
-            "create_billing_config", act.CREATE_BILLING_CONFIG,
-            CreateBillingConfig(tenant_id=p.tenant_id, stripe_customer_id=customer.customer_id,
-                                currency=p.currency, billing_email=p.billing_email),
+            "create_billing_config",
+            act.CREATE_BILLING_CONFIG,
+            CreateBillingConfig(
+                tenant_id=p.tenant_id,
+                stripe_customer_id=customer.customer_id,
+                currency=p.currency,
+                billing_email=p.billing_email,
+            ),
             compensation=(act.DELETE_BILLING_CONFIG, tenant),
         )
         await self.saga.step(
-            "apply_default_settings", act.APPLY_DEFAULT_SETTINGS, tenant,
+            "apply_default_settings",
+            act.APPLY_DEFAULT_SETTINGS,
+            tenant,
             compensation=(act.REMOVE_DEFAULT_SETTINGS, tenant),
         )
-        await start_email(self.saga, "send_welcome_email", EmailRequest(
-            message_id=email_message_id(wid, "welcome"), template="welcome", tenant_id=p.tenant_id,
-            to_user_id=p.owner_user_id))
+        await start_email(
+            self.saga,
+            "send_welcome_email",
+            EmailRequest(
+                message_id=email_message_id(wid, "welcome"),
+                template="welcome",
+                tenant_id=p.tenant_id,
+                to_user_id=p.owner_user_id,
+            ),
+        )
         await self.saga.step("activate_tenant", act.ACTIVATE_TENANT, tenant)
         self.saga.complete("tenant active")
         return TenantProvisioningResult(tenant_id=p.tenant_id, status="active", stripe_customer_id=customer.customer_id)
 
     def _failure(self) -> MarkTenantFailed:
-        return MarkTenantFailed(tenant_id=self.params.tenant_id, reason=self.saga.state.error or "unknown",
-                                workflow_id=workflow.info().workflow_id)
+        return MarkTenantFailed(
+            tenant_id=self.params.tenant_id,
+            reason=self.saga.state.error or "unknown",
+            workflow_id=workflow.info().workflow_id,
+        )
 
     @workflow.update(name=UPDATE_TENANT_ACCEPTED)
     async def accepted(self) -> TenantAccepted:
@@ -112,4 +141,3 @@ class TenantProvisioningWorkflow:
         if self.rejection is not None:
             raise self.rejection
         return TenantAccepted(tenant_id=self.params.tenant_id, status="provisioning")
-

@@ -34,19 +34,30 @@ _BAD_CREDENTIALS = "The email or password is incorrect."
 
 
 @router.post(
-    "/login", response_model=TokenPair, summary="Log in with email and password",
+    "/login",
+    response_model=TokenPair,
+    summary="Log in with email and password",
     responses=problem_responses(400, 401, 403, 413, 415, 422, 429),
 )
-async def login(body: LoginRequest, settings: SettingsDep, engine: DbDep, sessions: SessionsDep,
-                throttle: ThrottleDep, tokens: AccessTokensDep) -> TokenPair:
+async def login(
+    body: LoginRequest,
+    settings: SettingsDep,
+    engine: DbDep,
+    sessions: SessionsDep,
+    throttle: ThrottleDep,
+    tokens: AccessTokensDep,
+) -> TokenPair:
     email = body.email.strip().lower()
     password = body.password.get_secret_value()
 
     # The attempt counts as a failure from here on, until the password proves right (see LoginThrottle).
     attempt, retry_after = await throttle.reserve(email)
     if attempt is None:
-        raise Problem(TOO_MANY_ATTEMPTS, "Too many failed logins for this account; try again later.",
-                      headers={"Retry-After": str(retry_after)})
+        raise Problem(
+            TOO_MANY_ATTEMPTS,
+            "Too many failed logins for this account; try again later.",
+            headers={"Retry-After": str(retry_after)},
+        )
 
     async with transaction(engine) as db:
         user = (await db.exec(select(User).where(func.lower(User.email) == email))).first()
@@ -59,12 +70,17 @@ async def login(body: LoginRequest, settings: SettingsDep, engine: DbDep, sessio
     if user.status != "active":
         await throttle.release(email, attempt)
         if user.status == "pending":
-            raise Problem(ACCOUNT_NOT_VERIFIED, "This account's email address is not verified yet; "
-                                                "follow the link in the verification email.")
+            raise Problem(
+                ACCOUNT_NOT_VERIFIED,
+                "This account's email address is not verified yet; follow the link in the verification email.",
+            )
         raise Problem(ACCOUNT_DISABLED, "This account cannot log in.")
 
-    new_hash = (await passwords.hash_password(settings, password)
-                if passwords.needs_rehash(settings, user.password_hash) else None)
+    new_hash = (
+        await passwords.hash_password(settings, password)
+        if passwords.needs_rehash(settings, user.password_hash)
+        else None
+    )
     await throttle.clear(email)
     session = await sessions.create(user.id)
     try:
@@ -78,24 +94,32 @@ async def login(body: LoginRequest, settings: SettingsDep, engine: DbDep, sessio
     except BaseException:
         await sessions.revoke(session.session_id)  # no session without its audit record
         raise
-    log.info("login succeeded", extra={"user_id": str(user.id), "session_id": session.session_id,
-                                       "rehashed": new_hash is not None})
-    return TokenPair(access_token=tokens.issue(user.id, session.session_id), refresh_token=session.refresh_token,
-                     expires_in=tokens.ttl_seconds)
+    log.info(
+        "login succeeded",
+        extra={"user_id": str(user.id), "session_id": session.session_id, "rehashed": new_hash is not None},
+    )
+    return TokenPair(
+        access_token=tokens.issue(user.id, session.session_id),
+        refresh_token=session.refresh_token,
+        expires_in=tokens.ttl_seconds,
+    )
 
 
 @router.post(
-    "/refresh", response_model=TokenPair, summary="Exchange a refresh token for a new token pair",
+    "/refresh",
+    response_model=TokenPair,
+    summary="Exchange a refresh token for a new token pair",
     description="Each refresh token works once. Presenting one that was already exchanged revokes the "
-                "whole session (every token issued since that login).",
+    "whole session (every token issued since that login).",
     responses=problem_responses(400, 401, 413, 415, 422),
 )
 async def refresh(body: RefreshRequest, engine: DbDep, sessions: SessionsDep, tokens: AccessTokensDep) -> TokenPair:
     rotation = await sessions.rotate(body.refresh_token)
     if rotation.outcome is RefreshOutcome.REUSED:
         log.warning("refresh token reuse; session revoked", extra={"session_id": rotation.session_id})
-        raise Problem(INVALID_REFRESH_TOKEN,
-                      "This refresh token was already used; the session has been revoked. Log in again.")
+        raise Problem(
+            INVALID_REFRESH_TOKEN, "This refresh token was already used; the session has been revoked. Log in again."
+        )
     if rotation.outcome is not RefreshOutcome.ROTATED:
         raise Problem(INVALID_REFRESH_TOKEN, "The refresh token is invalid or expired. Log in again.")
     assert rotation.user_id is not None and rotation.session_id and rotation.refresh_token
@@ -104,13 +128,19 @@ async def refresh(body: RefreshRequest, engine: DbDep, sessions: SessionsDep, to
     if user is None or user.status != "active":
         await sessions.revoke(rotation.session_id)
         raise Problem(INVALID_REFRESH_TOKEN, "The refresh token is invalid or expired. Log in again.")
-    return TokenPair(access_token=tokens.issue(rotation.user_id, rotation.session_id),
-                     refresh_token=rotation.refresh_token, expires_in=tokens.ttl_seconds)
+    return TokenPair(
+        access_token=tokens.issue(rotation.user_id, rotation.session_id),
+        refresh_token=rotation.refresh_token,
+        expires_in=tokens.ttl_seconds,
+    )
 
 
 @router.post(
-    "/logout", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
-    summary="End the current session", description="Revokes the session: its access and refresh tokens stop working.",
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="End the current session",
+    description="Revokes the session: its access and refresh tokens stop working.",
     responses=problem_responses(401),
 )
 async def logout(caller: CurrentUser, sessions: SessionsDep) -> Response:

@@ -34,8 +34,9 @@ DEFAULT_STATS_WINDOW = timedelta(hours=24)
 
 StateFilter = Annotated[EmailStateName | None, Query(description="Only messages in this state.")]
 TemplateFilter = Annotated[TemplateName | None, Query(description="Only messages of this template.")]
-Since = Annotated[datetime | None, Query(
-    description="Created at or after this instant (ISO 8601; without an offset, UTC).")]
+Since = Annotated[
+    datetime | None, Query(description="Created at or after this instant (ISO 8601; without an offset, UTC).")
+]
 Until = Annotated[datetime | None, Query(description="Created before this instant (ISO 8601; without an offset, UTC).")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, at most {MAX_LIMIT}.")]
 Cursor = Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")]
@@ -54,6 +55,7 @@ def check_window(since: datetime | None, until: datetime | None) -> None:
 
 
 # --- cursors: opaque base64 of (created_at, id) of the last row of a page, newest first -----------------------
+
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     raw = json.dumps([created_at.isoformat(), str(row_id)], separators=(",", ":")).encode()
@@ -87,8 +89,9 @@ def split_page(rows: list, limit: int) -> tuple[list, str | None]:
     return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
 
 
-def email_filters(query: Any, *, state: str | None, template: str | None, since: datetime | None,
-                  until: datetime | None) -> Any:
+def email_filters(
+    query: Any, *, state: str | None, template: str | None, since: datetime | None, until: datetime | None
+) -> Any:
     if state is not None:
         query = query.where(EmailMessage.state == state)
     if template is not None:
@@ -101,27 +104,52 @@ def email_filters(query: Any, *, state: str | None, template: str | None, since:
 
 
 def email_view(m: EmailMessage) -> EmailView:
-    return EmailView(id=m.id, template=m.template, to_address=m.to_address, subject=m.subject, state=m.state,
-                     attempts=m.attempts, last_reply=m.last_reply, created_at=m.created_at,
-                     updated_at=m.updated_at, sent_at=m.sent_at)
+    return EmailView(
+        id=m.id,
+        template=m.template,
+        to_address=m.to_address,
+        subject=m.subject,
+        state=m.state,
+        attempts=m.attempts,
+        last_reply=m.last_reply,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
+        sent_at=m.sent_at,
+    )
 
 
 # --- routes ----------------------------------------------------------------------------------------------------
 
+
 @router.get(
-    "", response_model=EmailPage, summary="Your tenant's emails and their delivery state",
+    "",
+    response_model=EmailPage,
+    summary="Your tenant's emails and their delivery state",
     description="Owners and admins. Newest first (`created_at`, then id), filtered by `state`, `template` and a "
-                "`since`/`until` window on `created_at`. Page with `limit` and the opaque `next_cursor`. Members "
-                "get 403; anyone outside the tenant 404.",
+    "`since`/`until` window on `created_at`. Page with `limit` and the opaque `next_cursor`. Members "
+    "get 403; anyone outside the tenant 404.",
     responses=problem_responses(400, 401, 403, 404, 422),
 )
-async def list_emails(tenant_id: TenantIdPath, manager: TenantManager, engine: DbDep, state: StateFilter = None,
-                      template: TemplateFilter = None, since: Since = None, until: Until = None,
-                      limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> EmailPage:
+async def list_emails(
+    tenant_id: TenantIdPath,
+    manager: TenantManager,
+    engine: DbDep,
+    state: StateFilter = None,
+    template: TemplateFilter = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> EmailPage:
     since, until = aware(since), aware(until)
     check_window(since, until)
-    query = email_filters(select(EmailMessage).where(EmailMessage.tenant_id == tenant_id),
-                          state=state, template=template, since=since, until=until)
+    query = email_filters(
+        select(EmailMessage).where(EmailMessage.tenant_id == tenant_id),
+        state=state,
+        template=template,
+        since=since,
+        until=until,
+    )
     async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
         rows = list((await db.exec(page_after(query, EmailMessage, cursor, limit))).all())
     rows, next_cursor = split_page(rows, limit)
@@ -129,23 +157,27 @@ async def list_emails(tenant_id: TenantIdPath, manager: TenantManager, engine: D
 
 
 @router.get(
-    "/stats", response_model=EmailStats, summary="Counts of your tenant's emails by state and template",
+    "/stats",
+    response_model=EmailStats,
+    summary="Counts of your tenant's emails by state and template",
     description="Owners and admins. Messages created in `[since, until)`; by default the last 24 hours "
-                "(`until` = now, `since` = `until` − 24 h).",
+    "(`until` = now, `since` = `until` − 24 h).",
     responses=problem_responses(400, 401, 403, 404, 422),
 )
-async def email_stats(tenant_id: TenantIdPath, manager: TenantManager, engine: DbDep, since: Since = None,
-                      until: Until = None) -> EmailStats:
+async def email_stats(
+    tenant_id: TenantIdPath, manager: TenantManager, engine: DbDep, since: Since = None, until: Until = None
+) -> EmailStats:
     until = aware(until) or datetime.now(UTC)
     try:
         since = aware(since) or until - DEFAULT_STATS_WINDOW
     except OverflowError:  # `until` at the very start of the calendar
         raise Problem(INVALID_TIME_WINDOW, "`until` is too early for a default window; give `since` too.") from None
     check_window(since, until)
-    query = (select(EmailMessage.template, EmailMessage.state, func.count())
-             .where(EmailMessage.tenant_id == tenant_id, EmailMessage.created_at >= since,
-                    EmailMessage.created_at < until)
-             .group_by(EmailMessage.template, EmailMessage.state))
+    query = (
+        select(EmailMessage.template, EmailMessage.state, func.count())
+        .where(EmailMessage.tenant_id == tenant_id, EmailMessage.created_at >= since, EmailMessage.created_at < until)
+        .group_by(EmailMessage.template, EmailMessage.state)
+    )
     async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
         counts = (await db.exec(query)).all()
     by_state = dict.fromkeys(EMAIL_STATES, 0)
@@ -155,5 +187,11 @@ async def email_stats(tenant_id: TenantIdPath, manager: TenantManager, engine: D
         by_state[state] = by_state.get(state, 0) + n
         by_template[template] = by_template.get(template, 0) + n
         by_template_state.setdefault(template, {})[state] = n
-    return EmailStats(since=since, until=until, total=sum(by_template.values()), by_state=by_state,
-                      by_template=by_template, by_template_state=by_template_state)
+    return EmailStats(
+        since=since,
+        until=until,
+        total=sum(by_template.values()),
+        by_state=by_state,
+        by_template=by_template,
+        by_template_state=by_template_state,
+    )

@@ -24,12 +24,16 @@ async def healthz() -> HealthResponse:
 async def _bounded(check, timeout: float) -> bool:
     try:
         return bool(await asyncio.wait_for(check, timeout))
-    except Exception:  # noqa: BLE001 - any failure or timeout means "down"
+    except Exception:
         return False
 
 
-@router.get("/readyz", response_model=ReadinessResponse, summary="Readiness: PostgreSQL, Redis and Temporal answer",
-            responses=problem_responses(503))
+@router.get(
+    "/readyz",
+    response_model=ReadinessResponse,
+    summary="Readiness: PostgreSQL, Redis and Temporal answer",
+    responses=problem_responses(503),
+)
 async def readyz(engine: DbDep, redis: RedisDep, temporal: TemporalConnectorDep) -> ReadinessResponse:
     async def postgres() -> bool:
         async with engine.connect() as conn:
@@ -41,9 +45,13 @@ async def readyz(engine: DbDep, redis: RedisDep, temporal: TemporalConnectorDep)
         _bounded(redis.ping(), CHECK_TIMEOUT_SECONDS),
         _bounded(temporal.is_healthy(CHECK_TIMEOUT_SECONDS), CHECK_TIMEOUT_SECONDS + 0.5),
     )
-    checks = {name: "ok" if ok else "down" for name, ok in zip(names, results)}
+    checks = {name: "ok" if ok else "down" for name, ok in zip(names, results, strict=False)}
     down = [name for name, state in checks.items() if state == "down"]
     if down:
-        raise Problem(SERVICE_UNAVAILABLE, f"Not ready: {', '.join(down)} unreachable.", checks=checks,
-                      headers={"Retry-After": "5"})
+        raise Problem(
+            SERVICE_UNAVAILABLE,
+            f"Not ready: {', '.join(down)} unreachable.",
+            checks=checks,
+            headers={"Retry-After": "5"},
+        )
     return ReadinessResponse(checks=checks)

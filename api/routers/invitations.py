@@ -60,21 +60,29 @@ InvitationIdPath = Annotated[uuid.UUID, Path(description="The invitation's id.")
 
 
 def _view(inv: Invitation) -> InvitationView:
-    return InvitationView(id=inv.id, email=inv.email, role=inv.role, status=inv.status, expires_at=inv.expires_at,
-                          created_at=inv.created_at)
+    return InvitationView(
+        id=inv.id,
+        email=inv.email,
+        role=inv.role,
+        status=inv.status,
+        expires_at=inv.expires_at,
+        created_at=inv.created_at,
+    )
 
 
 def _accepted(tenant_id: uuid.UUID, invitation_id: uuid.UUID, state: str) -> InvitationAcceptedResponse:
     workflow_id = invitation_workflow_id(invitation_id)
     return InvitationAcceptedResponse(
-        invitation_id=invitation_id, workflow_id=workflow_id, status=state,
-        links=InvitationLinks(self=f"/v1/tenants/{tenant_id}/invitations/{invitation_id}",
-                              workflow=f"/v1/workflows/{workflow_id}"),
+        invitation_id=invitation_id,
+        workflow_id=workflow_id,
+        status=state,
+        links=InvitationLinks(
+            self=f"/v1/tenants/{tenant_id}/invitations/{invitation_id}", workflow=f"/v1/workflows/{workflow_id}"
+        ),
     )
 
 
-async def _status(engine, tenant_id: uuid.UUID, invitation_id: uuid.UUID, caller_id: uuid.UUID,
-                  running: bool) -> str:
+async def _status(engine, tenant_id: uuid.UUID, invitation_id: uuid.UUID, caller_id: uuid.UUID, running: bool) -> str:
     """Of an invitation an earlier request under the same Idempotency-Key started. Its saga writes the row:
     none yet while it runs means pending; none after it ended means it was revoked before being stored."""
     async with transaction(engine, tenant_id=tenant_id, user_id=caller_id) as db:
@@ -94,29 +102,45 @@ async def _revoke(client: Client, invitation_id: uuid.UUID) -> bool:
 
 
 @router.post(
-    "/v1/tenants/{tenant_id}/invitations", status_code=status.HTTP_202_ACCEPTED,
-    response_model=InvitationAcceptedResponse, summary="Invite someone to a tenant by email",
+    "/v1/tenants/{tenant_id}/invitations",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=InvitationAcceptedResponse,
+    summary="Invite someone to a tenant by email",
     description="Owners and admins of an active tenant. Starts the invitation saga (`invitation-{id}`), which "
-                "stores the invitation, emails its link and waits for acceptance until `INVITATION_TIMEOUT` "
-                "(7 days). Inviting an email again revokes its older pending invitations. An email that already "
-                "belongs to a member answers 409 `already-a-member`.",
+    "stores the invitation, emails its link and waits for acceptance until `INVITATION_TIMEOUT` "
+    "(7 days). Inviting an email again revokes its older pending invitations. An email that already "
+    "belongs to a member answers 409 `already-a-member`.",
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
 )
-async def invite(tenant_id: TenantIdPath, body: CreateInvitationRequest, manager: TenantManager, engine: DbDep,
-                 settings: SettingsDep, temporal: TemporalConnectorDep,
-                 idempotency_key: IdempotencyKey = None) -> InvitationAcceptedResponse:
+async def invite(
+    tenant_id: TenantIdPath,
+    body: CreateInvitationRequest,
+    manager: TenantManager,
+    engine: DbDep,
+    settings: SettingsDep,
+    temporal: TemporalConnectorDep,
+    idempotency_key: IdempotencyKey = None,
+) -> InvitationAcceptedResponse:
     invitation_id = keyed_id(idempotency_key, "invitation", tenant_id, manager.user_id)
     workflow_id = invitation_workflow_id(invitation_id)
     email = body.email.strip()
     saga = SagaStart(
-        workflow=INVITATION_WORKFLOW, workflow_id=workflow_id,
-        input=InvitationInput(invitation_id=invitation_id, tenant_id=tenant_id, email=email, role=body.role,
-                              invited_by=manager.user_id,
-                              expires_in_seconds=int(settings.invitation_timeout.total_seconds())),
+        workflow=INVITATION_WORKFLOW,
+        workflow_id=workflow_id,
+        input=InvitationInput(
+            invitation_id=invitation_id,
+            tenant_id=tenant_id,
+            email=email,
+            role=body.role,
+            invited_by=manager.user_id,
+            expires_in_seconds=int(settings.invitation_timeout.total_seconds()),
+        ),
         fingerprint=request_fingerprint(email.lower(), body.role),
         reused_detail="This Idempotency-Key was already used for another invitation.",
-        search_attributes=[SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
-                           SearchAttributePair(SA_USER_ID, str(manager.user_id))],  # the inviter follows it
+        search_attributes=[
+            SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+            SearchAttributePair(SA_USER_ID, str(manager.user_id)),
+        ],  # the inviter follows it
         summary=f"Invitation {invitation_id} to tenant {tenant_id}",
     )
     if idempotency_key:
@@ -124,40 +148,60 @@ async def invite(tenant_id: TenantIdPath, body: CreateInvitationRequest, manager
         earlier = await earlier_start(client, saga)
         if earlier is not None:  # replayed Idempotency-Key: nothing new to send or revoke
             running = earlier.status == WorkflowExecutionStatus.RUNNING
-            return _accepted(tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id,
-                                                                     manager.user_id, running))
+            return _accepted(
+                tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id, manager.user_id, running)
+            )
     async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
         tenant = await db.get(Tenant, tenant_id)
         if tenant is None or tenant.status != "active":
             raise Problem(TENANT_NOT_ACTIVE, "Invitations can be sent once the tenant is active.")
-        member = (await db.exec(
-            select(Membership.user_id).join(User, User.id == Membership.user_id)
-            .where(Membership.tenant_id == tenant_id, func.lower(User.email) == email.lower())
-        )).first()
+        member = (
+            await db.exec(
+                select(Membership.user_id)
+                .join(User, User.id == Membership.user_id)
+                .where(Membership.tenant_id == tenant_id, func.lower(User.email) == email.lower())
+            )
+        ).first()
         if member is not None:
             raise Problem(ALREADY_A_MEMBER, "This email address already belongs to a member of this tenant.")
-        older = (await db.exec(select(Invitation.id).where(
-            Invitation.tenant_id == tenant_id, func.lower(Invitation.email) == email.lower(),
-            Invitation.status == "pending", Invitation.id != invitation_id,
-        ))).all()
+        older = (
+            await db.exec(
+                select(Invitation.id).where(
+                    Invitation.tenant_id == tenant_id,
+                    func.lower(Invitation.email) == email.lower(),
+                    Invitation.status == "pending",
+                    Invitation.id != invitation_id,
+                )
+            )
+        ).all()
 
     client = await temporal.get()
     reply = await start_saga(client, saga, idempotency_key)
     if reply.closed:  # the same Idempotency-Key, and that saga ended meanwhile
-        return _accepted(tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id, manager.user_id,
-                                                                 running=False))
+        return _accepted(
+            tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id, manager.user_id, running=False)
+        )
     revoked = [old for old in older if await _revoke(client, old)]
-    log.info("invitation started", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id),
-                                          "revoked": [str(r) for r in revoked]})
+    log.info(
+        "invitation started",
+        extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id), "revoked": [str(r) for r in revoked]},
+    )
     return _accepted(tenant_id, invitation_id, "pending")
 
 
-@router.get("/v1/tenants/{tenant_id}/invitations", response_model=list[InvitationView],
-            summary="Invitations of a tenant", description="Owners and admins; newest first.",
-            responses=problem_responses(401, 403, 404, 422))
-async def list_invitations(tenant_id: TenantIdPath, manager: TenantManager, engine: DbDep,
-                           status_filter: Annotated[InvitationStatus | None, Query(alias="status")] = None,
-                           ) -> list[InvitationView]:
+@router.get(
+    "/v1/tenants/{tenant_id}/invitations",
+    response_model=list[InvitationView],
+    summary="Invitations of a tenant",
+    description="Owners and admins; newest first.",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def list_invitations(
+    tenant_id: TenantIdPath,
+    manager: TenantManager,
+    engine: DbDep,
+    status_filter: Annotated[InvitationStatus | None, Query(alias="status")] = None,
+) -> list[InvitationView]:
     query = select(Invitation).where(Invitation.tenant_id == tenant_id)
     if status_filter:
         query = query.where(Invitation.status == status_filter)
@@ -174,24 +218,36 @@ async def _invitation(engine, tenant_id: uuid.UUID, invitation_id: uuid.UUID, ca
     return inv
 
 
-@router.get("/v1/tenants/{tenant_id}/invitations/{invitation_id}", response_model=InvitationView,
-            summary="One invitation", description="Owners and admins.",
-            responses=problem_responses(401, 403, 404, 422))
-async def get_invitation(tenant_id: TenantIdPath, invitation_id: InvitationIdPath, manager: TenantManager,
-                         engine: DbDep) -> InvitationView:
+@router.get(
+    "/v1/tenants/{tenant_id}/invitations/{invitation_id}",
+    response_model=InvitationView,
+    summary="One invitation",
+    description="Owners and admins.",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def get_invitation(
+    tenant_id: TenantIdPath, invitation_id: InvitationIdPath, manager: TenantManager, engine: DbDep
+) -> InvitationView:
     return _view(await _invitation(engine, tenant_id, invitation_id, manager.user_id))
 
 
 @router.delete(
-    "/v1/tenants/{tenant_id}/invitations/{invitation_id}", status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response, summary="Revoke an invitation",
+    "/v1/tenants/{tenant_id}/invitations/{invitation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Revoke an invitation",
     description="Owners and admins. Signals the invitation saga to revoke (waits up to 5 s for it to close the "
-                "invitation). Revoking an invitation that is already revoked or expired is a no-op; an accepted "
-                "one answers 409 (remove the member instead).",
+    "invitation). Revoking an invitation that is already revoked or expired is a no-op; an accepted "
+    "one answers 409 (remove the member instead).",
     responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
-async def revoke_invitation(tenant_id: TenantIdPath, invitation_id: InvitationIdPath, manager: TenantManager,
-                            engine: DbDep, temporal: TemporalConnectorDep) -> Response:
+async def revoke_invitation(
+    tenant_id: TenantIdPath,
+    invitation_id: InvitationIdPath,
+    manager: TenantManager,
+    engine: DbDep,
+    temporal: TemporalConnectorDep,
+) -> Response:
     inv = await _invitation(engine, tenant_id, invitation_id, manager.user_id)
     if inv.status == "accepted":
         raise Problem(INVITATION_ALREADY_ACCEPTED, "This invitation was accepted; remove the member instead.")
@@ -201,7 +257,7 @@ async def revoke_invitation(tenant_id: TenantIdPath, invitation_id: InvitationId
             handle = client.get_workflow_handle(invitation_workflow_id(invitation_id))
             try:
                 await asyncio.wait_for(handle.result(), REVOKE_RESULT_TIMEOUT_SECONDS)
-            except (asyncio.TimeoutError, WorkflowFailureError):
+            except (TimeoutError, WorkflowFailureError):
                 pass  # revoked is signalled; the saga closes the row when it gets there
         log.info("invitation revoked", extra={"tenant_id": str(tenant_id), "invitation_id": str(invitation_id)})
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -27,16 +27,22 @@ from models.tables import Membership, Tenant, User
 
 log = logging.getLogger("prognet.api")
 
-router = APIRouter(prefix="/v1/tenants/{tenant_id}/members", tags=["tenants"],
-                   dependencies=[Depends(require_json_body)])
+router = APIRouter(
+    prefix="/v1/tenants/{tenant_id}/members", tags=["tenants"], dependencies=[Depends(require_json_body)]
+)
 
 UserIdPath = Annotated[uuid.UUID, Path(description="The member's user id.")]
 MEMBER_NOT_FOUND = "No member with this id in this tenant."
 
 
 def _view(membership: Membership, user: User) -> MemberView:
-    return MemberView(user_id=membership.user_id, email=user.email, display_name=user.display_name,
-                      role=membership.role, joined_at=membership.created_at)
+    return MemberView(
+        user_id=membership.user_id,
+        email=user.email,
+        display_name=user.display_name,
+        role=membership.role,
+        joined_at=membership.created_at,
+    )
 
 
 async def _lock(db: AsyncSession, tenant_id: uuid.UUID, caller_id: uuid.UUID) -> Membership:
@@ -49,30 +55,46 @@ async def _lock(db: AsyncSession, tenant_id: uuid.UUID, caller_id: uuid.UUID) ->
 
 
 async def _owner_count(db: AsyncSession, tenant_id: uuid.UUID) -> int:
-    return (await db.exec(select(func.count()).select_from(Membership).where(
-        Membership.tenant_id == tenant_id, Membership.role == "owner"))).one()
+    return (
+        await db.exec(
+            select(func.count())
+            .select_from(Membership)
+            .where(Membership.tenant_id == tenant_id, Membership.role == "owner")
+        )
+    ).one()
 
 
-@router.get("", response_model=list[MemberView], summary="Members of a tenant",
-            description="Any member may list the members.", responses=problem_responses(401, 404, 422))
+@router.get(
+    "",
+    response_model=list[MemberView],
+    summary="Members of a tenant",
+    description="Any member may list the members.",
+    responses=problem_responses(401, 404, 422),
+)
 async def list_members(tenant_id: TenantIdPath, member: TenantMember, engine: DbDep) -> list[MemberView]:
     async with transaction(engine, tenant_id=tenant_id, user_id=member.user_id) as db:
-        rows = (await db.exec(
-            select(Membership, User).join(User, User.id == Membership.user_id)
-            .where(Membership.tenant_id == tenant_id)
-            .order_by(Membership.created_at, Membership.user_id)
-        )).all()
+        rows = (
+            await db.exec(
+                select(Membership, User)
+                .join(User, User.id == Membership.user_id)
+                .where(Membership.tenant_id == tenant_id)
+                .order_by(Membership.created_at, Membership.user_id)
+            )
+        ).all()
     return [_view(m, u) for m, u in rows]
 
 
 @router.patch(
-    "/{user_id}", response_model=MemberView, summary="Change a member's role",
+    "/{user_id}",
+    response_model=MemberView,
+    summary="Change a member's role",
     description="Owners and admins; only an owner may grant or take away `owner`; the last owner cannot be "
-                "demoted (409 `last-owner`). Records `member.role_changed`.",
+    "demoted (409 `last-owner`). Records `member.role_changed`.",
     responses=problem_responses(401, 403, 404, 409, 415, 422),
 )
-async def change_role(tenant_id: TenantIdPath, user_id: UserIdPath, body: ChangeRoleRequest, caller: CurrentUser,
-                      engine: DbDep) -> MemberView:
+async def change_role(
+    tenant_id: TenantIdPath, user_id: UserIdPath, body: ChangeRoleRequest, caller: CurrentUser, engine: DbDep
+) -> MemberView:
     async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
         me = await _lock(db, tenant_id, caller.user_id)
         if me.role not in MANAGER_ROLES:
@@ -88,9 +110,14 @@ async def change_role(tenant_id: TenantIdPath, user_id: UserIdPath, body: Change
                 raise Problem(LAST_OWNER, "This is the tenant's last owner; make someone else owner first.")
             target.role = body.role
             db.add(target)
-            record_event(db, "member.role_changed", "tenant", tenant_id,
-                         {"user_id": str(user_id), "from": previous, "to": body.role, "by": str(caller.user_id)},
-                         tenant_id=tenant_id)
+            record_event(
+                db,
+                "member.role_changed",
+                "tenant",
+                tenant_id,
+                {"user_id": str(user_id), "from": previous, "to": body.role, "by": str(caller.user_id)},
+                tenant_id=tenant_id,
+            )
         user = await db.get(User, user_id)
     if previous != body.role:
         log.info("member role changed", extra={"tenant_id": str(tenant_id), "user_id": str(user_id)})
@@ -99,11 +126,13 @@ async def change_role(tenant_id: TenantIdPath, user_id: UserIdPath, body: Change
 
 
 @router.delete(
-    "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+    "/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
     summary="Remove a member, or leave the tenant",
     description="Owners and admins remove others (admins cannot remove owners); anyone may remove themselves "
-                "(leave). The last owner can neither leave nor be removed (409 `last-owner`). Records "
-                "`member.removed`.",
+    "(leave). The last owner can neither leave nor be removed (409 `last-owner`). Records "
+    "`member.removed`.",
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def remove_member(tenant_id: TenantIdPath, user_id: UserIdPath, caller: CurrentUser, engine: DbDep) -> Response:
@@ -124,9 +153,15 @@ async def remove_member(tenant_id: TenantIdPath, user_id: UserIdPath, caller: Cu
             raise Problem(LAST_OWNER, "This is the tenant's last owner; make someone else owner first.")
         role = target.role
         await db.delete(target)
-        record_event(db, "member.removed", "tenant", tenant_id,
-                     {"user_id": str(user_id), "role": role, "by": str(caller.user_id), "left": leaving},
-                     tenant_id=tenant_id)
-    log.info("member left" if leaving else "member removed",
-             extra={"tenant_id": str(tenant_id), "user_id": str(user_id)})
+        record_event(
+            db,
+            "member.removed",
+            "tenant",
+            tenant_id,
+            {"user_id": str(user_id), "role": role, "by": str(caller.user_id), "left": leaving},
+            tenant_id=tenant_id,
+        )
+    log.info(
+        "member left" if leaving else "member removed", extra={"tenant_id": str(tenant_id), "user_id": str(user_id)}
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -25,7 +25,11 @@ class PlanList(BaseModel):
     items: list[Plan]
 
 
-@router.get("", response_model=PlanList, summary="List the plans one can subscribe to",
-            description="Amounts are in minor units (cents). Development-only plans are hidden in production.")
+@router.get(
+    "",
+    response_model=PlanList,
+    summary="List the plans one can subscribe to",
+    description="Amounts are in minor units (cents). Development-only plans are hidden in production.",
+)
 async def list_plans(settings: SettingsDep) -> PlanList:
     return PlanList(items=available_plans(settings.environment))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Response, status
 from sqlmodel import select
@@ -56,37 +56,52 @@ VERIFY_RESULT_TIMEOUT_SECONDS = 15.0
 
 def _accepted(user_id: uuid.UUID, workflow_id: str, state: str) -> RegistrationAcceptedResponse:
     return RegistrationAcceptedResponse(
-        user_id=user_id, workflow_id=workflow_id, status=state,
+        user_id=user_id,
+        workflow_id=workflow_id,
+        status=state,
         links=RegistrationLinks(self=f"/v1/workflows/{workflow_id}", verify="/v1/auth/verify"),
     )
 
 
 @router.post(
-    "/register", status_code=status.HTTP_202_ACCEPTED, response_model=RegistrationAcceptedResponse,
+    "/register",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RegistrationAcceptedResponse,
     summary="Register a new account",
     description="Starts the registration saga: a pending user is created and a verification email sent. "
-                "Answers once the pending user exists; a taken email answers 409.",
+    "Answers once the pending user exists; a taken email answers 409.",
     responses=problem_responses(400, 409, 413, 415, 422, 503),
 )
-async def register(body: RegisterRequest, settings: SettingsDep, temporal: TemporalConnectorDep,
-                   idempotency_key: IdempotencyKey = None) -> RegistrationAcceptedResponse:
+async def register(
+    body: RegisterRequest, settings: SettingsDep, temporal: TemporalConnectorDep, idempotency_key: IdempotencyKey = None
+) -> RegistrationAcceptedResponse:
     client = await temporal.get()
     user_id = keyed_id(idempotency_key, "register")
-    fingerprint = request_fingerprint(body.email.strip().lower(), body.display_name or '')
+    fingerprint = request_fingerprint(body.email.strip().lower(), body.display_name or "")
     workflow_id = registration_workflow_id(user_id)
     password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
 
-    reply = await start_saga(client, SagaStart(
-        workflow=REGISTRATION_WORKFLOW, workflow_id=workflow_id,
-        input=RegistrationInput(
-            user_id=user_id, email=body.email, display_name=body.display_name, password_hash=password_hash,
-            verification_timeout_seconds=int(settings.registration_verification_timeout.total_seconds()),
+    reply = await start_saga(
+        client,
+        SagaStart(
+            workflow=REGISTRATION_WORKFLOW,
+            workflow_id=workflow_id,
+            input=RegistrationInput(
+                user_id=user_id,
+                email=body.email,
+                display_name=body.display_name,
+                password_hash=password_hash,
+                verification_timeout_seconds=int(settings.registration_verification_timeout.total_seconds()),
+            ),
+            fingerprint=fingerprint,
+            reused_detail="This Idempotency-Key was already used for a different registration request.",
+            search_attributes=[SearchAttributePair(SA_USER_ID, str(user_id))],
+            summary=f"Registration of user {user_id}",
         ),
-        fingerprint=fingerprint,
-        reused_detail="This Idempotency-Key was already used for a different registration request.",
-        search_attributes=[SearchAttributePair(SA_USER_ID, str(user_id))],
-        summary=f"Registration of user {user_id}",
-    ), idempotency_key, update=UPDATE_REGISTRATION_ACCEPTED, result_type=RegistrationAccepted)
+        idempotency_key,
+        update=UPDATE_REGISTRATION_ACCEPTED,
+        result_type=RegistrationAccepted,
+    )
     reply.raise_if_refused()  # a taken email: 409
     if reply.answer is None:  # the same Idempotency-Key as a registration that already ended
         log.info("registration replayed", extra={"workflow_id": workflow_id})
@@ -96,22 +111,32 @@ async def register(body: RegisterRequest, settings: SettingsDep, temporal: Tempo
 
 
 @router.post(
-    "/verify", response_model=VerifyResponse, summary="Verify an email address with the emailed token",
+    "/verify",
+    response_model=VerifyResponse,
+    summary="Verify an email address with the emailed token",
     description="200 once the account is active; 202 (`verifying`) if the saga has not finished within 15 s.",
-    responses={**problem_responses(400, 409, 410, 413, 415, 422, 503),
-               202: {"model": VerifyResponse, "description": "Verification accepted, still in progress."}},
+    responses={
+        **problem_responses(400, 409, 410, 413, 415, 422, 503),
+        202: {"model": VerifyResponse, "description": "Verification accepted, still in progress."},
+    },
 )
-async def verify(body: VerifyRequest, engine: DbDep, temporal: TemporalConnectorDep, response: Response) -> VerifyResponse:
+async def verify(
+    body: VerifyRequest, engine: DbDep, temporal: TemporalConnectorDep, response: Response
+) -> VerifyResponse:
     async with transaction(engine) as db:
-        token = (await db.exec(select(VerificationToken).where(
-            VerificationToken.token_hash == tokens.hash_token(body.token),
-            VerificationToken.purpose == tokens.VERIFY_EMAIL,
-        ))).first()
+        token = (
+            await db.exec(
+                select(VerificationToken).where(
+                    VerificationToken.token_hash == tokens.hash_token(body.token),
+                    VerificationToken.purpose == tokens.VERIFY_EMAIL,
+                )
+            )
+        ).first()
     if token is None:
         raise Problem(INVALID_TOKEN, "This verification token is not valid.")
     if token.used_at is not None:
         raise Problem(TOKEN_ALREADY_USED, "This verification token was already used; log in instead.")
-    if token.revoked_at is not None or token.expires_at <= datetime.now(timezone.utc):
+    if token.revoked_at is not None or token.expires_at <= datetime.now(UTC):
         raise Problem(TOKEN_EXPIRED, "This verification token has expired; register again.")
 
     client = await temporal.get()
@@ -124,7 +149,7 @@ async def verify(body: VerifyRequest, engine: DbDep, temporal: TemporalConnector
         raise
     try:
         result = await asyncio.wait_for(handle.result(), VERIFY_RESULT_TIMEOUT_SECONDS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         response.status_code = status.HTTP_202_ACCEPTED
         return VerifyResponse(user_id=token.user_id, status="verifying")
     except WorkflowFailureError:

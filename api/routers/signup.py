@@ -45,31 +45,43 @@ QUERY_TIMEOUT = timedelta(seconds=3)
 # where a sign-up's refusal says more than the catalogue's wording
 DETAILS = {errors.SLUG_TAKEN: "Another tenant already uses this slug; choose another. Nothing was created."}
 
-SignupWorkflowId = Annotated[str, Path(pattern=r"^signup-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-                                       description="The `workflow_id` a sign-up answered with.")]
+SignupWorkflowId = Annotated[
+    str,
+    Path(
+        pattern=r"^signup-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        description="The `workflow_id` a sign-up answered with.",
+    ),
+]
 
 
 def _links(outcome: SignupOutcome) -> SignupLinks:
     wid, tenant = outcome.workflow_id, outcome.tenant_id
-    return SignupLinks(self=f"/v1/signup/{wid}", workflow=f"/v1/workflows/{wid}", verify="/v1/auth/verify",
-                       tenant=f"/v1/tenants/{tenant}",
-                       subscription=f"/v1/tenants/{tenant}/subscriptions/{outcome.subscription_id}")
+    return SignupLinks(
+        self=f"/v1/signup/{wid}",
+        workflow=f"/v1/workflows/{wid}",
+        verify="/v1/auth/verify",
+        tenant=f"/v1/tenants/{tenant}",
+        subscription=f"/v1/tenants/{tenant}/subscriptions/{outcome.subscription_id}",
+    )
 
 
 def _outcome_of_failure(exc: WorkflowFailureError, base: SignupOutcome) -> SignupOutcome:
     """The outcome of a sign-up saga that already ended in failure (its error type says why)."""
     cause = errors.failure_cause(exc)
     if not isinstance(cause, ApplicationError):
-        return base.model_copy(update={"status": "failed", "error_type": errors.SIGNUP_FAILED,
-                                       "reason": "cancelled or terminated"})
+        return base.model_copy(
+            update={"status": "failed", "error_type": errors.SIGNUP_FAILED, "reason": "cancelled or terminated"}
+        )
     if cause.type == errors.PAYMENT_DECLINED:
         code = cause.details[0] if cause.details else None
-        return base.model_copy(update={"status": "declined", "error_type": cause.type, "decline_code": code,
-                                       "reason": cause.message})
+        return base.model_copy(
+            update={"status": "declined", "error_type": cause.type, "decline_code": code, "reason": cause.message}
+        )
     if cause.type in (errors.EMAIL_TAKEN, errors.SLUG_TAKEN):
         return base.model_copy(update={"status": "rejected", "error_type": cause.type, "reason": cause.message})
-    return base.model_copy(update={"status": "failed", "error_type": cause.type or errors.SIGNUP_FAILED,
-                                   "reason": cause.message})
+    return base.model_copy(
+        update={"status": "failed", "error_type": cause.type or errors.SIGNUP_FAILED, "reason": cause.message}
+    )
 
 
 async def _ended_outcome(client: Client, base: SignupOutcome) -> SignupOutcome:
@@ -83,78 +95,127 @@ async def _ended_outcome(client: Client, base: SignupOutcome) -> SignupOutcome:
 def _answer(outcome: SignupOutcome) -> SignupResponse:
     """201 for an active sign-up; every other outcome is a problem (nothing is left behind)."""
     if outcome.status == "active":
-        return SignupResponse(status="active", subscription_status=outcome.subscription_status,
-                              user_id=outcome.user_id, tenant_id=outcome.tenant_id,
-                              subscription_id=outcome.subscription_id, workflow_id=outcome.workflow_id,
-                              links=_links(outcome))
+        return SignupResponse(
+            status="active",
+            subscription_status=outcome.subscription_status,
+            user_id=outcome.user_id,
+            tenant_id=outcome.tenant_id,
+            subscription_id=outcome.subscription_id,
+            workflow_id=outcome.workflow_id,
+            links=_links(outcome),
+        )
     declined = outcome.status == "declined"
     kind = errors.PAYMENT_DECLINED if declined else outcome.error_type if outcome.status == "rejected" else None
     extensions = {"decline_code": outcome.decline_code} if declined else {}
-    raise (refusal(kind, detail=DETAILS.get(kind), **extensions, workflow_id=outcome.workflow_id)
-           or refusal(errors.SIGNUP_FAILED, workflow_id=outcome.workflow_id))  # failed: undone, retry later
+    raise (
+        refusal(kind, detail=DETAILS.get(kind), **extensions, workflow_id=outcome.workflow_id)
+        or refusal(errors.SIGNUP_FAILED, workflow_id=outcome.workflow_id)
+    )  # failed: undone, retry later
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=SignupResponse,
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SignupResponse,
     summary="Sign up: account, organisation and the first payment, all or nothing",
     description="One saga (`signup-{user_id}`) composing the registration, the tenant provisioning and the first "
-                "payment as child workflows. 201 once paid (or, for a plan with a trial, once the trial started) "
-                "and the subscription runs; the user must still verify their email address to log in. A declined "
-                "card is a 402 (`decline_code` says why) and a taken email or slug a 409: in every such case "
-                "nothing is left behind (no user, tenant, subscription or Stripe customer). Not decided within "
-                "15 s: 503 with `Retry-After`; repeat the request with the same Idempotency-Key, or follow "
-                "`GET /v1/signup/{workflow_id}`.",
+    "payment as child workflows. 201 once paid (or, for a plan with a trial, once the trial started) "
+    "and the subscription runs; the user must still verify their email address to log in. A declined "
+    "card is a 402 (`decline_code` says why) and a taken email or slug a 409: in every such case "
+    "nothing is left behind (no user, tenant, subscription or Stripe customer). Not decided within "
+    "15 s: 503 with `Retry-After`; repeat the request with the same Idempotency-Key, or follow "
+    "`GET /v1/signup/{workflow_id}`.",
     responses=problem_responses(400, 402, 409, 413, 415, 422, 503),
 )
-async def signup(body: SignupRequest, settings: SettingsDep, temporal: TemporalConnectorDep,
-                 idempotency_key: IdempotencyKey = None) -> SignupResponse:
+async def signup(
+    body: SignupRequest, settings: SettingsDep, temporal: TemporalConnectorDep, idempotency_key: IdempotencyKey = None
+) -> SignupResponse:
     plan = resolve_plan(settings, body.plan)
     client = await temporal.get()
-    user_id, tenant_id, subscription_id = (keyed_id(idempotency_key, "signup", kind)
-                                           for kind in ("user", "tenant", "subscription"))
+    user_id, tenant_id, subscription_id = (
+        keyed_id(idempotency_key, "signup", kind) for kind in ("user", "tenant", "subscription")
+    )
     workflow_id = signup_workflow_id(user_id)
-    fingerprint = request_fingerprint(body.email.strip().lower(), body.display_name or "", body.tenant_name, body.slug,
-                                      body.plan, body.payment_method)  # never the password
+    fingerprint = request_fingerprint(
+        body.email.strip().lower(), body.display_name or "", body.tenant_name, body.slug, body.plan, body.payment_method
+    )  # never the password
     password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
 
     try:
-        reply = await start_saga(client, SagaStart(
-            workflow=PAID_SIGNUP_WORKFLOW, workflow_id=workflow_id,
-            input=PaidSignupInput(
-                user_id=user_id, tenant_id=tenant_id, subscription_id=subscription_id, email=body.email,
-                password_hash=password_hash, display_name=body.display_name, tenant_name=body.tenant_name,
-                slug=body.slug, plan=plan, payment_method=body.payment_method,
-                verification_timeout_seconds=int(settings.registration_verification_timeout.total_seconds()),
-                dunning_schedule_days=settings.billing_dunning_days,
-                subscription_poll_seconds=settings.billing_poll_seconds,
+        reply = await start_saga(
+            client,
+            SagaStart(
+                workflow=PAID_SIGNUP_WORKFLOW,
+                workflow_id=workflow_id,
+                input=PaidSignupInput(
+                    user_id=user_id,
+                    tenant_id=tenant_id,
+                    subscription_id=subscription_id,
+                    email=body.email,
+                    password_hash=password_hash,
+                    display_name=body.display_name,
+                    tenant_name=body.tenant_name,
+                    slug=body.slug,
+                    plan=plan,
+                    payment_method=body.payment_method,
+                    verification_timeout_seconds=int(settings.registration_verification_timeout.total_seconds()),
+                    dunning_schedule_days=settings.billing_dunning_days,
+                    subscription_poll_seconds=settings.billing_poll_seconds,
+                ),
+                fingerprint=fingerprint,
+                reused_detail="This Idempotency-Key was already used for a different sign-up.",
+                search_attributes=[
+                    SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+                    SearchAttributePair(SA_USER_ID, str(user_id)),
+                ],
+                summary=f"Paid sign-up: user {user_id}, tenant {tenant_id}, plan {plan.id}",
             ),
-            fingerprint=fingerprint, reused_detail="This Idempotency-Key was already used for a different sign-up.",
-            search_attributes=[SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
-                               SearchAttributePair(SA_USER_ID, str(user_id))],
-            summary=f"Paid sign-up: user {user_id}, tenant {tenant_id}, plan {plan.id}",
-        ), idempotency_key, update=UPDATE_SIGNUP_OUTCOME, result_type=SignupOutcome)
+            idempotency_key,
+            update=UPDATE_SIGNUP_OUTCOME,
+            result_type=SignupOutcome,
+        )
     except Problem as exc:
         if exc.kind is not WORKFLOW_ENGINE_UNAVAILABLE:
             raise
-        raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "The sign-up was accepted but not decided in time; repeat the "
-                      "request with the same Idempotency-Key, or follow links.self, to see its outcome.",
-                      headers=exc.headers, workflow_id=workflow_id,
-                      links={"self": f"/v1/signup/{workflow_id}"}) from None
+        raise Problem(
+            WORKFLOW_ENGINE_UNAVAILABLE,
+            "The sign-up was accepted but not decided in time; repeat the "
+            "request with the same Idempotency-Key, or follow links.self, to see its outcome.",
+            headers=exc.headers,
+            workflow_id=workflow_id,
+            links={"self": f"/v1/signup/{workflow_id}"},
+        ) from None
 
     outcome = reply.answer
     if outcome is None:  # it had ended under this Idempotency-Key, or ended while the update was delivered
-        outcome = await _ended_outcome(client, SignupOutcome(
-            status="pending", workflow_id=workflow_id, user_id=user_id, tenant_id=tenant_id,
-            subscription_id=subscription_id))
-    log.info("signup decided", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id),
-                                      "status": outcome.status, "error_type": outcome.error_type})
+        outcome = await _ended_outcome(
+            client,
+            SignupOutcome(
+                status="pending",
+                workflow_id=workflow_id,
+                user_id=user_id,
+                tenant_id=tenant_id,
+                subscription_id=subscription_id,
+            ),
+        )
+    log.info(
+        "signup decided",
+        extra={
+            "workflow_id": workflow_id,
+            "tenant_id": str(tenant_id),
+            "status": outcome.status,
+            "error_type": outcome.error_type,
+        },
+    )
     return _answer(outcome)
 
 
 @router.get(
-    "/{workflow_id}", response_model=SignupStatusView, summary="Where a sign-up stands",
+    "/{workflow_id}",
+    response_model=SignupStatusView,
+    summary="Where a sign-up stands",
     description="`pending` while the saga decides; then `active`, `declined` (with `decline_code`), `rejected` or "
-                "`failed` — in the last three nothing was left behind. No personal data in the answer.",
+    "`failed` — in the last three nothing was left behind. No personal data in the answer.",
     responses=problem_responses(404, 422, 503),
 )
 async def signup_status(workflow_id: SignupWorkflowId, temporal: TemporalConnectorDep) -> SignupStatusView:

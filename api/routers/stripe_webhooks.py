@@ -70,8 +70,11 @@ def dedupe_key(event_id: str) -> str:
 
 
 def _secrets(settings: Settings) -> list[str]:
-    return [s.get_secret_value() for s in (settings.stripe_webhook_secret, settings.stripe_webhook_secret_previous)
-            if s is not None and s.get_secret_value()]
+    return [
+        s.get_secret_value()
+        for s in (settings.stripe_webhook_secret, settings.stripe_webhook_secret_previous)
+        if s is not None and s.get_secret_value()
+    ]
 
 
 def signature_problem(payload: str, header: str | None, secrets: list[str]) -> str | None:
@@ -116,12 +119,15 @@ def route_of(event: dict[str, Any]) -> Route:
     workflow_id = metadata.get("workflow_id")
     if not isinstance(workflow_id, str) or not workflow_id.startswith(BILLING_PREFIX):
         # PaymentIntents made elsewhere (the dashboard, another integration) or aimed at a non-billing workflow
-        return Route(workflow_id=workflow_id if isinstance(workflow_id, str) else None,
-                     skip_reason="metadata.workflow_id names no billing cycle")
+        return Route(
+            workflow_id=workflow_id if isinstance(workflow_id, str) else None,
+            skip_reason="metadata.workflow_id names no billing cycle",
+        )
     error = intent.get("last_payment_error")
     decline_code = (error.get("decline_code") or error.get("code")) if isinstance(error, dict) else None
-    outcome = PaymentOutcome(payment_intent_id=intent.get("id"), status=status, decline_code=decline_code,
-                             event_id=event["id"])
+    outcome = PaymentOutcome(
+        payment_intent_id=intent.get("id"), status=status, decline_code=decline_code, event_id=event["id"]
+    )
     return Route(workflow_id=workflow_id, outcome=outcome)
 
 
@@ -132,18 +138,21 @@ def _reject(request: Request, kind: ProblemType, detail: str, reason: str) -> Pr
 
 
 @router.post(
-    "/v1/webhooks/stripe", response_model=StripeWebhookReceipt, response_model_exclude_none=True,
+    "/v1/webhooks/stripe",
+    response_model=StripeWebhookReceipt,
+    response_model_exclude_none=True,
     summary="Receive a Stripe event",
     description="Stripe's webhook endpoint. The raw JSON body must carry a valid `Stripe-Signature` (current or "
-                f"previous endpoint secret, at most {TOLERANCE_SECONDS} s old). Each event id is handled once "
-                "(`duplicate: true` afterwards). `payment_intent.succeeded` and `payment_intent.payment_failed` "
-                "are signalled to the billing cycle named in the PaymentIntent's `metadata.workflow_id` "
-                "(`routed: false` when it is not running); other events are acknowledged and not routed. "
-                "A 503 means the event was not handled: Stripe retries it.",
+    f"previous endpoint secret, at most {TOLERANCE_SECONDS} s old). Each event id is handled once "
+    "(`duplicate: true` afterwards). `payment_intent.succeeded` and `payment_intent.payment_failed` "
+    "are signalled to the billing cycle named in the PaymentIntent's `metadata.workflow_id` "
+    "(`routed: false` when it is not running); other events are acknowledged and not routed. "
+    "A 503 means the event was not handled: Stripe retries it.",
     responses=problem_responses(400, 413, 415, 503),
 )
-async def receive_stripe_event(request: Request, settings: SettingsDep, redis: RedisDep,
-                               temporal: TemporalConnectorDep) -> StripeWebhookReceipt:
+async def receive_stripe_event(
+    request: Request, settings: SettingsDep, redis: RedisDep, temporal: TemporalConnectorDep
+) -> StripeWebhookReceipt:
     secrets = _secrets(settings)
     if not secrets:
         log.error("stripe webhook received but STRIPE_WEBHOOK_SECRET is not set")
@@ -159,8 +168,9 @@ async def receive_stripe_event(request: Request, settings: SettingsDep, redis: R
         event = _parse(payload)
         route = route_of(event)
     except (ValueError, ValidationError) as exc:  # json.JSONDecodeError is a ValueError
-        raise _reject(request, MALFORMED_JSON, "The event body is not a Stripe event.",
-                      f"malformed event: {type(exc).__name__}") from None
+        raise _reject(
+            request, MALFORMED_JSON, "The event body is not a Stripe event.", f"malformed event: {type(exc).__name__}"
+        ) from None
     context = {"event_id": event["id"], "event_type": event["type"], "workflow_id": route.workflow_id}
 
     key = dedupe_key(event["id"])
@@ -168,8 +178,9 @@ async def receive_stripe_event(request: Request, settings: SettingsDep, redis: R
         first_time = await redis.set(key, event["type"], nx=True, ex=DEDUPE_TTL_SECONDS)
     except RedisError as exc:
         log.warning("stripe webhook: redis unavailable", extra={**context, "error": type(exc).__name__})
-        raise Problem(SERVICE_UNAVAILABLE, "The event could not be recorded; retry later.",
-                      headers={"Retry-After": "5"}) from None
+        raise Problem(
+            SERVICE_UNAVAILABLE, "The event could not be recorded; retry later.", headers={"Retry-After": "5"}
+        ) from None
     if not first_time:
         log.info("stripe webhook duplicate", extra=context)
         return StripeWebhookReceipt(duplicate=True)

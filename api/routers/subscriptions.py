@@ -72,14 +72,18 @@ STATE_QUERY_TIMEOUT_SECONDS = 2.0
 
 SubscriptionIdPath = Annotated[uuid.UUID, Path(description="The subscription's id.")]
 
+
 class SubscribeRequest(_Request):
     plan: PlanId
     payment_method: PaymentMethodId
 
 
 class CancelRequest(_Request):
-    at_period_end: bool = Field(True, description="True: runs out at the period end. False: ends now and "
-                                                  "refunds the unused part of the paid period pro rata.")
+    at_period_end: bool = Field(
+        True,
+        description="True: runs out at the period end. False: ends now and "
+        "refunds the unused part of the paid period pro rata.",
+    )
     reason: str | None = Field(None, max_length=500)
 
 
@@ -105,14 +109,26 @@ class SubscriptionAccepted(BaseModel):
     links: SubscriptionLinks
 
 
-LIVE_FIELDS = {"status", "trial_end", "period_index", "current_period_start", "current_period_end", "paid_through",
-               "cycles_paid", "cancel_at_period_end", "pending_plan", "refunded_amount", "last_proration_amount",
-               "notes"}
+LIVE_FIELDS = {
+    "status",
+    "trial_end",
+    "period_index",
+    "current_period_start",
+    "current_period_end",
+    "paid_through",
+    "cycles_paid",
+    "cancel_at_period_end",
+    "pending_plan",
+    "refunded_amount",
+    "last_proration_amount",
+    "notes",
+}
 
 
 class SubscriptionChanged(SubscriptionAccepted):
-    live: dict[str, Any] = Field(description="What the workflow knows once the request applied (the fields of "
-                                             "`live` in a subscription).")
+    live: dict[str, Any] = Field(
+        description="What the workflow knows once the request applied (the fields of `live` in a subscription)."
+    )
 
 
 class InvoiceView(BaseModel):
@@ -144,18 +160,22 @@ class SubscriptionView(BaseModel):
     created_at: datetime
     canceled_at: datetime | None
     live: dict[str, Any] | None = Field(
-        None, description="What the running workflow knows now (trial end, pending downgrade, notes), when it "
-                          "answers within 2 s; null once it has ended.")
+        None,
+        description="What the running workflow knows now (trial end, pending downgrade, notes), when it "
+        "answers within 2 s; null once it has ended.",
+    )
     invoices: list[InvoiceView] = Field(default_factory=list)
     links: SubscriptionLinks
 
 
 def _links(tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> SubscriptionLinks:
     base = f"/v1/tenants/{tenant_id}"
-    return SubscriptionLinks(self=f"{base}/subscriptions/{subscription_id}",
-                             workflow=subscription_workflow_id(subscription_id),
-                             schedule=billing_schedule_id(subscription_id),
-                             invoices=f"{base}/invoices?subscription_id={subscription_id}")
+    return SubscriptionLinks(
+        self=f"{base}/subscriptions/{subscription_id}",
+        workflow=subscription_workflow_id(subscription_id),
+        schedule=billing_schedule_id(subscription_id),
+        invoices=f"{base}/invoices?subscription_id={subscription_id}",
+    )
 
 
 def _invoice_view(row: Invoice) -> InvoiceView:
@@ -163,18 +183,26 @@ def _invoice_view(row: Invoice) -> InvoiceView:
 
 
 @router.post(
-    "/v1/tenants/{tenant_id}/subscriptions", status_code=status.HTTP_202_ACCEPTED, response_model=SubscriptionAccepted,
+    "/v1/tenants/{tenant_id}/subscriptions",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SubscriptionAccepted,
     summary="Subscribe the tenant to a plan",
     description="Owners and admins of an active tenant (or of one suspended for an unpaid subscription: a new "
-                "subscription whose first period is paid lifts the suspension). Starts `subscription-{id}`: a trial "
-                "(if the plan has one), then a billing cycle per period, driven by the Temporal Schedule "
-                "`billing-schedule-{id}`. The first period is charged at once (no trial). One live subscription per "
-                "tenant: answers once the workflow has written the subscription, a second live one is a 409.",
+    "subscription whose first period is paid lifts the suspension). Starts `subscription-{id}`: a trial "
+    "(if the plan has one), then a billing cycle per period, driven by the Temporal Schedule "
+    "`billing-schedule-{id}`. The first period is charged at once (no trial). One live subscription per "
+    "tenant: answers once the workflow has written the subscription, a second live one is a 409.",
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
 )
-async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: TenantManager, engine: DbDep,
-                    settings: SettingsDep, temporal: TemporalConnectorDep,
-                    idempotency_key: IdempotencyKey = None) -> SubscriptionAccepted:
+async def subscribe(
+    tenant_id: TenantIdPath,
+    body: SubscribeRequest,
+    manager: TenantManager,
+    engine: DbDep,
+    settings: SettingsDep,
+    temporal: TemporalConnectorDep,
+    idempotency_key: IdempotencyKey = None,
+) -> SubscriptionAccepted:
     plan = resolve_plan(settings, body.plan)
     subscription_id = keyed_id(idempotency_key, "subscription", tenant_id, manager.user_id)
     workflow_id = subscription_workflow_id(subscription_id)
@@ -186,84 +214,143 @@ async def subscribe(tenant_id: TenantIdPath, body: SubscribeRequest, manager: Te
         raise Problem(TENANT_NOT_ACTIVE, "A tenant can subscribe once it is active.")
     if billing is None or not billing.stripe_customer_id:
         raise Problem(NO_BILLING_ACCOUNT, "This tenant has no Stripe customer to charge.")
-    reply = await start_saga(client, SagaStart(
-        workflow=SUBSCRIPTION_WORKFLOW, workflow_id=workflow_id,
-        input=SubscriptionInput(subscription_id=subscription_id, tenant_id=tenant_id, plan=plan,
-                                payment_method=body.payment_method, stripe_customer_id=billing.stripe_customer_id,
-                                notify_user_id=manager.user_id, dunning_schedule_days=settings.billing_dunning_days,
-                                poll_interval_seconds=settings.billing_poll_seconds, cycle_driver="schedule"),
-        fingerprint=request_fingerprint(body.plan, body.payment_method),
-        reused_detail="This Idempotency-Key was already used to subscribe to a different plan or card.",
-        search_attributes=[SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
-                           SearchAttributePair(SA_SUBSCRIPTION_ID, str(subscription_id)),
-                           SearchAttributePair(SA_USER_ID, str(manager.user_id))],
-        summary=f"Subscription {subscription_id} of tenant {tenant_id} to {plan.id}",
-    ), idempotency_key, update=UPDATE_SUBSCRIPTION_ACCEPTED, result_type=SubscriptionState)
+    reply = await start_saga(
+        client,
+        SagaStart(
+            workflow=SUBSCRIPTION_WORKFLOW,
+            workflow_id=workflow_id,
+            input=SubscriptionInput(
+                subscription_id=subscription_id,
+                tenant_id=tenant_id,
+                plan=plan,
+                payment_method=body.payment_method,
+                stripe_customer_id=billing.stripe_customer_id,
+                notify_user_id=manager.user_id,
+                dunning_schedule_days=settings.billing_dunning_days,
+                poll_interval_seconds=settings.billing_poll_seconds,
+                cycle_driver="schedule",
+            ),
+            fingerprint=request_fingerprint(body.plan, body.payment_method),
+            reused_detail="This Idempotency-Key was already used to subscribe to a different plan or card.",
+            search_attributes=[
+                SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+                SearchAttributePair(SA_SUBSCRIPTION_ID, str(subscription_id)),
+                SearchAttributePair(SA_USER_ID, str(manager.user_id)),
+            ],
+            summary=f"Subscription {subscription_id} of tenant {tenant_id} to {plan.id}",
+        ),
+        idempotency_key,
+        update=UPDATE_SUBSCRIPTION_ACCEPTED,
+        result_type=SubscriptionState,
+    )
     reply.raise_if_refused()  # a second live subscription: 409
     if reply.answer is not None:
-        log.info("subscription started", extra={"tenant_id": str(tenant_id), "workflow_id": workflow_id,
-                                                "plan": plan.id})
-        return SubscriptionAccepted(subscription_id=subscription_id, workflow_id=workflow_id,
-                                    status=reply.answer.status, links=_links(tenant_id, subscription_id))
+        log.info(
+            "subscription started", extra={"tenant_id": str(tenant_id), "workflow_id": workflow_id, "plan": plan.id}
+        )
+        return SubscriptionAccepted(
+            subscription_id=subscription_id,
+            workflow_id=workflow_id,
+            status=reply.answer.status,
+            links=_links(tenant_id, subscription_id),
+        )
     # The same Idempotency-Key as a subscription whose workflow already ended: its row says how.
     async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
         row = await db.get(Subscription, subscription_id)
-    return SubscriptionAccepted(subscription_id=subscription_id, workflow_id=workflow_id,
-                                status=row.status if row is not None else "unknown",
-                                links=_links(tenant_id, subscription_id))
+    return SubscriptionAccepted(
+        subscription_id=subscription_id,
+        workflow_id=workflow_id,
+        status=row.status if row is not None else "unknown",
+        links=_links(tenant_id, subscription_id),
+    )
 
 
-async def _subscription(engine, member, subscription_id: uuid.UUID,
-                        with_invoices: bool = False) -> tuple[Subscription, list[Invoice]]:
+async def _subscription(
+    engine, member, subscription_id: uuid.UUID, with_invoices: bool = False
+) -> tuple[Subscription, list[Invoice]]:
     """The subscription (404 if not this tenant's), and its invoices by number when asked, in one transaction."""
     async with transaction(engine, tenant_id=member.tenant_id, user_id=member.user_id) as db:
         row = await db.get(Subscription, subscription_id)
         if row is None or row.tenant_id != member.tenant_id:
             raise Problem(NOT_FOUND, "No subscription with this id in this tenant.")
-        invoices = list((await db.exec(select(Invoice).where(Invoice.subscription_id == subscription_id)
-                                       .order_by(Invoice.number))).all()) if with_invoices else []
+        invoices = (
+            list(
+                (
+                    await db.exec(
+                        select(Invoice).where(Invoice.subscription_id == subscription_id).order_by(Invoice.number)
+                    )
+                ).all()
+            )
+            if with_invoices
+            else []
+        )
     return row, invoices
 
 
 async def _live_state(client: Client, subscription_id: uuid.UUID) -> dict[str, Any] | None:
     handle = client.get_workflow_handle(subscription_workflow_id(subscription_id))
     try:
-        state = await asyncio.wait_for(handle.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState),
-                                       STATE_QUERY_TIMEOUT_SECONDS)
-    except (asyncio.TimeoutError, RPCError):
+        state = await asyncio.wait_for(
+            handle.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState), STATE_QUERY_TIMEOUT_SECONDS
+        )
+    except (TimeoutError, RPCError):
         return None
     return state.model_dump(mode="json", include=LIVE_FIELDS)
 
 
-@router.get("/v1/tenants/{tenant_id}/subscriptions", response_model=list[SubscriptionView],
-            summary="The tenant's subscriptions", description="Members; newest first.",
-            responses=problem_responses(401, 404, 422))
+@router.get(
+    "/v1/tenants/{tenant_id}/subscriptions",
+    response_model=list[SubscriptionView],
+    summary="The tenant's subscriptions",
+    description="Members; newest first.",
+    responses=problem_responses(401, 404, 422),
+)
 async def list_subscriptions(tenant_id: TenantIdPath, member: TenantMember, engine: DbDep) -> list[SubscriptionView]:
     async with transaction(engine, tenant_id=tenant_id, user_id=member.user_id) as db:
-        rows = (await db.exec(select(Subscription).where(Subscription.tenant_id == tenant_id)
-                              .order_by(Subscription.created_at.desc()))).all()
-    return [SubscriptionView.model_validate({**row.model_dump(), "links": _links(tenant_id, row.id)})
-            for row in rows]
+        rows = (
+            await db.exec(
+                select(Subscription).where(Subscription.tenant_id == tenant_id).order_by(Subscription.created_at.desc())
+            )
+        ).all()
+    return [SubscriptionView.model_validate({**row.model_dump(), "links": _links(tenant_id, row.id)}) for row in rows]
 
 
-@router.get("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}", response_model=SubscriptionView,
-            summary="One subscription, its invoices and what its workflow knows now",
-            responses=problem_responses(401, 404, 422))
-async def get_subscription(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, member: TenantMember,
-                           engine: DbDep, temporal: TemporalConnectorDep) -> SubscriptionView:
+@router.get(
+    "/v1/tenants/{tenant_id}/subscriptions/{subscription_id}",
+    response_model=SubscriptionView,
+    summary="One subscription, its invoices and what its workflow knows now",
+    responses=problem_responses(401, 404, 422),
+)
+async def get_subscription(
+    tenant_id: TenantIdPath,
+    subscription_id: SubscriptionIdPath,
+    member: TenantMember,
+    engine: DbDep,
+    temporal: TemporalConnectorDep,
+) -> SubscriptionView:
     row, invoices = await _subscription(engine, member, subscription_id, with_invoices=True)
     client = await temporal.try_get()
     live = await _live_state(client, subscription_id) if client is not None else None
-    return SubscriptionView.model_validate({**row.model_dump(), "live": live,
-                                            "invoices": [_invoice_view(i) for i in invoices],
-                                            "links": _links(tenant_id, subscription_id)})
+    return SubscriptionView.model_validate(
+        {
+            **row.model_dump(),
+            "live": live,
+            "invoices": [_invoice_view(i) for i in invoices],
+            "links": _links(tenant_id, subscription_id),
+        }
+    )
 
 
-@router.get("/v1/tenants/{tenant_id}/invoices", response_model=list[InvoiceView],
-            summary="The tenant's invoices", description="Members; by number, newest first.",
-            responses=problem_responses(401, 404, 422))
-async def list_invoices(tenant_id: TenantIdPath, member: TenantMember, engine: DbDep,
-                        subscription_id: uuid.UUID | None = None) -> list[InvoiceView]:
+@router.get(
+    "/v1/tenants/{tenant_id}/invoices",
+    response_model=list[InvoiceView],
+    summary="The tenant's invoices",
+    description="Members; by number, newest first.",
+    responses=problem_responses(401, 404, 422),
+)
+async def list_invoices(
+    tenant_id: TenantIdPath, member: TenantMember, engine: DbDep, subscription_id: uuid.UUID | None = None
+) -> list[InvoiceView]:
     query = select(Invoice).where(Invoice.tenant_id == tenant_id)
     if subscription_id is not None:
         query = query.where(Invoice.subscription_id == subscription_id)
@@ -280,58 +367,93 @@ def _refused(exc: WorkflowUpdateFailedError) -> Exception:
 async def _request(temporal, row: Subscription, update: str, arg: BaseModel) -> SubscriptionChanged:
     client = await temporal.get()
     try:
-        state: SubscriptionState = await answer_within(client.get_workflow_handle(row.workflow_id).execute_update(
-            update, arg, result_type=SubscriptionState))
+        state: SubscriptionState = await answer_within(
+            client.get_workflow_handle(row.workflow_id).execute_update(update, arg, result_type=SubscriptionState)
+        )
     except WorkflowUpdateFailedError as exc:
         raise _refused(exc) from None
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise Problem(SUBSCRIPTION_ENDED, "This subscription's workflow has ended.") from None
         raise
-    log.info("subscription %s applied", update, extra={"tenant_id": str(row.tenant_id),
-                                                      "workflow_id": row.workflow_id})
-    return SubscriptionChanged(subscription_id=row.id, workflow_id=row.workflow_id, status=state.status,
-                               live=state.model_dump(mode="json", include=LIVE_FIELDS),
-                               links=_links(row.tenant_id, row.id))
+    log.info("subscription %s applied", update, extra={"tenant_id": str(row.tenant_id), "workflow_id": row.workflow_id})
+    return SubscriptionChanged(
+        subscription_id=row.id,
+        workflow_id=row.workflow_id,
+        status=state.status,
+        live=state.model_dump(mode="json", include=LIVE_FIELDS),
+        links=_links(row.tenant_id, row.id),
+    )
 
 
 COMMAND_RESPONSES = problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
 
 
-@router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/cancel", response_model=SubscriptionChanged,
-             summary="Cancel at the period end, or now with a prorated refund",
-             description="Owners and admins. Answers once applied (a cancel now: once the refund is made); an "
-                         "ended subscription is a 409.", responses=COMMAND_RESPONSES)
-async def cancel(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, body: CancelRequest,
-                 manager: TenantManager, engine: DbDep, temporal: TemporalConnectorDep) -> SubscriptionChanged:
+@router.post(
+    "/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/cancel",
+    response_model=SubscriptionChanged,
+    summary="Cancel at the period end, or now with a prorated refund",
+    description="Owners and admins. Answers once applied (a cancel now: once the refund is made); an "
+    "ended subscription is a 409.",
+    responses=COMMAND_RESPONSES,
+)
+async def cancel(
+    tenant_id: TenantIdPath,
+    subscription_id: SubscriptionIdPath,
+    body: CancelRequest,
+    manager: TenantManager,
+    engine: DbDep,
+    temporal: TemporalConnectorDep,
+) -> SubscriptionChanged:
     row, _ = await _subscription(engine, manager, subscription_id)
-    return await _request(temporal, row, UPDATE_CANCEL_SUBSCRIPTION,
-                          CancelSubscription(at_period_end=body.at_period_end, reason=body.reason))
+    return await _request(
+        temporal,
+        row,
+        UPDATE_CANCEL_SUBSCRIPTION,
+        CancelSubscription(at_period_end=body.at_period_end, reason=body.reason),
+    )
 
 
-@router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/change-plan",
-             response_model=SubscriptionChanged,
-             summary="Change plan: an upgrade now with a proration charge, a downgrade at the period end",
-             description="Owners and admins. Answers once applied: an upgrade shows in `live` (its proration, "
-                         "or a note that the charge was declined), a downgrade as `live.pending_plan`. The current "
-                         "plan is a 409; an ended subscription too.",
-             responses=COMMAND_RESPONSES)
-async def change_plan(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath, body: ChangePlanRequest,
-                      manager: TenantManager, engine: DbDep, settings: SettingsDep,
-                      temporal: TemporalConnectorDep) -> SubscriptionChanged:
+@router.post(
+    "/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/change-plan",
+    response_model=SubscriptionChanged,
+    summary="Change plan: an upgrade now with a proration charge, a downgrade at the period end",
+    description="Owners and admins. Answers once applied: an upgrade shows in `live` (its proration, "
+    "or a note that the charge was declined), a downgrade as `live.pending_plan`. The current "
+    "plan is a 409; an ended subscription too.",
+    responses=COMMAND_RESPONSES,
+)
+async def change_plan(
+    tenant_id: TenantIdPath,
+    subscription_id: SubscriptionIdPath,
+    body: ChangePlanRequest,
+    manager: TenantManager,
+    engine: DbDep,
+    settings: SettingsDep,
+    temporal: TemporalConnectorDep,
+) -> SubscriptionChanged:
     plan = resolve_plan(settings, body.plan)
     row, _ = await _subscription(engine, manager, subscription_id)
     return await _request(temporal, row, UPDATE_CHANGE_PLAN, ChangePlan(plan=plan))
 
 
-@router.post("/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/payment-method",
-             response_model=SubscriptionChanged,
-             summary="Change the payment method (an open invoice in dunning is retried at once)",
-             description="Owners and admins. Answers once the workflow has the new method (the retry of an open "
-                         "invoice runs on).", responses=COMMAND_RESPONSES)
-async def change_payment_method(tenant_id: TenantIdPath, subscription_id: SubscriptionIdPath,
-                                body: PaymentMethodRequest, manager: TenantManager, engine: DbDep,
-                                temporal: TemporalConnectorDep) -> SubscriptionChanged:
+@router.post(
+    "/v1/tenants/{tenant_id}/subscriptions/{subscription_id}/payment-method",
+    response_model=SubscriptionChanged,
+    summary="Change the payment method (an open invoice in dunning is retried at once)",
+    description="Owners and admins. Answers once the workflow has the new method (the retry of an open "
+    "invoice runs on).",
+    responses=COMMAND_RESPONSES,
+)
+async def change_payment_method(
+    tenant_id: TenantIdPath,
+    subscription_id: SubscriptionIdPath,
+    body: PaymentMethodRequest,
+    manager: TenantManager,
+    engine: DbDep,
+    temporal: TemporalConnectorDep,
+) -> SubscriptionChanged:
     row, _ = await _subscription(engine, manager, subscription_id)
-    return await _request(temporal, row, UPDATE_PAYMENT_METHOD,
-                          PaymentMethodUpdated(payment_method=body.payment_method))
+    return await _request(
+        temporal, row, UPDATE_PAYMENT_METHOD, PaymentMethodUpdated(payment_method=body.payment_method)
+    )

@@ -54,35 +54,58 @@ SAGA_QUERY_TIMEOUT = timedelta(seconds=3)
 
 def _accepted(tenant_id: uuid.UUID, workflow_id: str, state: str) -> TenantAcceptedResponse:
     return TenantAcceptedResponse(
-        tenant_id=tenant_id, workflow_id=workflow_id, status=state,
+        tenant_id=tenant_id,
+        workflow_id=workflow_id,
+        status=state,
         links=TenantLinks(self=f"/v1/tenants/{tenant_id}", workflow=f"/v1/workflows/{workflow_id}"),
     )
 
 
 @router.post(
-    "", status_code=status.HTTP_202_ACCEPTED, response_model=TenantAcceptedResponse,
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TenantAcceptedResponse,
     summary="Create a tenant (organisation)",
     description="Starts the tenant provisioning saga (`tenant-{tenant_id}`): tenant row, owner membership for the "
-                "caller, Stripe customer, billing configuration, default settings, welcome email, active. Answers "
-                "once the tenant row exists; a taken slug answers 409 synchronously. Follow progress at "
-                "`links.self` (status and saga step) or `links.workflow`.",
+    "caller, Stripe customer, billing configuration, default settings, welcome email, active. Answers "
+    "once the tenant row exists; a taken slug answers 409 synchronously. Follow progress at "
+    "`links.self` (status and saga step) or `links.workflow`.",
     responses=problem_responses(400, 401, 409, 413, 415, 422, 503),
 )
-async def create_tenant(body: CreateTenantRequest, caller: CurrentUser, engine: DbDep,
-                        temporal: TemporalConnectorDep, idempotency_key: IdempotencyKey = None) -> TenantAcceptedResponse:
+async def create_tenant(
+    body: CreateTenantRequest,
+    caller: CurrentUser,
+    engine: DbDep,
+    temporal: TemporalConnectorDep,
+    idempotency_key: IdempotencyKey = None,
+) -> TenantAcceptedResponse:
     client = await temporal.get()
     tenant_id = keyed_id(idempotency_key, "tenant", caller.user_id)
     workflow_id = tenant_workflow_id(tenant_id)
-    reply = await start_saga(client, SagaStart(
-        workflow=TENANT_PROVISIONING_WORKFLOW, workflow_id=workflow_id,
-        input=TenantProvisioningInput(tenant_id=tenant_id, name=body.name, slug=body.slug,
-                                      owner_user_id=caller.user_id, billing_email=body.billing_email),
-        fingerprint=request_fingerprint(body.slug, body.name),
-        reused_detail="This Idempotency-Key was already used to create a different tenant.",
-        search_attributes=[SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
-                           SearchAttributePair(SA_USER_ID, str(caller.user_id))],
-        summary=f"Provisioning of tenant {tenant_id}",
-    ), idempotency_key, update=UPDATE_TENANT_ACCEPTED, result_type=TenantAccepted)
+    reply = await start_saga(
+        client,
+        SagaStart(
+            workflow=TENANT_PROVISIONING_WORKFLOW,
+            workflow_id=workflow_id,
+            input=TenantProvisioningInput(
+                tenant_id=tenant_id,
+                name=body.name,
+                slug=body.slug,
+                owner_user_id=caller.user_id,
+                billing_email=body.billing_email,
+            ),
+            fingerprint=request_fingerprint(body.slug, body.name),
+            reused_detail="This Idempotency-Key was already used to create a different tenant.",
+            search_attributes=[
+                SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
+                SearchAttributePair(SA_USER_ID, str(caller.user_id)),
+            ],
+            summary=f"Provisioning of tenant {tenant_id}",
+        ),
+        idempotency_key,
+        update=UPDATE_TENANT_ACCEPTED,
+        result_type=TenantAccepted,
+    )
     reply.raise_if_refused()  # a taken slug: 409
     if reply.answer is not None:
         log.info("tenant accepted", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id)})
@@ -94,18 +117,34 @@ async def create_tenant(body: CreateTenantRequest, caller: CurrentUser, engine: 
     return _accepted(tenant_id, workflow_id, tenant.status if tenant is not None else "unknown")
 
 
-@router.get("", response_model=list[TenantSummary], summary="The tenants you belong to, with your role",
-            responses=problem_responses(401))
+@router.get(
+    "",
+    response_model=list[TenantSummary],
+    summary="The tenants you belong to, with your role",
+    responses=problem_responses(401),
+)
 async def list_tenants(caller: CurrentUser, engine: DbDep) -> list[TenantSummary]:
     async with transaction(engine, user_id=caller.user_id) as db:
-        rows = (await db.exec(
-            select(Tenant, Membership.role)
-            .join(Membership, Membership.tenant_id == Tenant.id)
-            .where(Membership.user_id == caller.user_id)
-            .order_by(Tenant.created_at, Tenant.id)
-        )).all()
-    return [TenantSummary(id=t.id, name=t.name, slug=t.slug, status=t.status, role=role, created_at=t.created_at,
-                          activated_at=t.activated_at) for t, role in rows]
+        rows = (
+            await db.exec(
+                select(Tenant, Membership.role)
+                .join(Membership, Membership.tenant_id == Tenant.id)
+                .where(Membership.user_id == caller.user_id)
+                .order_by(Tenant.created_at, Tenant.id)
+            )
+        ).all()
+    return [
+        TenantSummary(
+            id=t.id,
+            name=t.name,
+            slug=t.slug,
+            status=t.status,
+            role=role,
+            created_at=t.created_at,
+            activated_at=t.activated_at,
+        )
+        for t, role in rows
+    ]
 
 
 async def _saga_state(temporal: TemporalConnectorDep, tenant_id: uuid.UUID) -> SagaState | None:
@@ -114,33 +153,48 @@ async def _saga_state(temporal: TemporalConnectorDep, tenant_id: uuid.UUID) -> S
         client = await asyncio.wait_for(temporal.get(), SAGA_QUERY_TIMEOUT.total_seconds())
         handle = client.get_workflow_handle(tenant_workflow_id(tenant_id))
         return await handle.query(QUERY_SAGA_STATE, result_type=SagaState, rpc_timeout=SAGA_QUERY_TIMEOUT)
-    except Exception:  # noqa: BLE001 - query failed, rejected, timed out or Temporal is down
+    except Exception:
         log.info("saga state unavailable", extra={"tenant_id": str(tenant_id)})
         return None
 
 
 @router.get(
-    "/{tenant_id}", response_model=TenantView, summary="One of your tenants",
+    "/{tenant_id}",
+    response_model=TenantView,
+    summary="One of your tenants",
     description="Status, your role, billing configuration and, while provisioning, the saga's current step. "
-                "The creator also sees a tenant still provisioning or failed before it made them a member "
-                "(`role` null), so the `failed` status and its reason are visible. Anyone else: 404.",
+    "The creator also sees a tenant still provisioning or failed before it made them a member "
+    "(`role` null), so the `failed` status and its reason are visible. Anyone else: 404.",
     responses=problem_responses(401, 404, 422),
 )
-async def get_tenant(tenant_id: TenantIdPath, caller: CurrentUser, engine: DbDep,
-                     temporal: TemporalConnectorDep) -> TenantView:
+async def get_tenant(
+    tenant_id: TenantIdPath, caller: CurrentUser, engine: DbDep, temporal: TemporalConnectorDep
+) -> TenantView:
     async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
         tenant = await db.get(Tenant, tenant_id)
         membership = await db.get(Membership, (tenant_id, caller.user_id))
         billing = await db.get(TenantBilling, tenant_id) if membership is not None else None
-    creator_view = (tenant is not None and membership is None and tenant.created_by == caller.user_id
-                    and tenant.status != "active")
+    creator_view = (
+        tenant is not None and membership is None and tenant.created_by == caller.user_id and tenant.status != "active"
+    )
     if tenant is None or (membership is None and not creator_view):
         raise Problem(NOT_FOUND, TENANT_NOT_FOUND)
     saga = await _saga_state(temporal, tenant_id) if tenant.status == "provisioning" else None
     return TenantView(
-        id=tenant.id, name=tenant.name, slug=tenant.slug, status=tenant.status, failure_reason=tenant.failure_reason,
-        role=membership.role if membership else None, created_at=tenant.created_at, activated_at=tenant.activated_at,
-        billing=TenantBillingView(currency=billing.currency, billing_email=billing.billing_email,
-                                  stripe_customer_id=billing.stripe_customer_id) if billing else None,
+        id=tenant.id,
+        name=tenant.name,
+        slug=tenant.slug,
+        status=tenant.status,
+        failure_reason=tenant.failure_reason,
+        role=membership.role if membership else None,
+        created_at=tenant.created_at,
+        activated_at=tenant.activated_at,
+        billing=TenantBillingView(
+            currency=billing.currency,
+            billing_email=billing.billing_email,
+            stripe_customer_id=billing.stripe_customer_id,
+        )
+        if billing
+        else None,
         saga=saga,
     )

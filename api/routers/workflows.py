@@ -20,10 +20,15 @@ router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 QUERY_TIMEOUT = timedelta(seconds=3)
 
 
-@router.get("/{workflow_id}", response_model=WorkflowView, summary="Status and saga state of one of your workflows",
-            responses=problem_responses(401, 404, 503))
-async def get_workflow(workflow_id: Annotated[str, Path(max_length=255)], caller: CurrentUser,
-                       temporal: TemporalConnectorDep) -> WorkflowView:
+@router.get(
+    "/{workflow_id}",
+    response_model=WorkflowView,
+    summary="Status and saga state of one of your workflows",
+    responses=problem_responses(401, 404, 503),
+)
+async def get_workflow(
+    workflow_id: Annotated[str, Path(max_length=255)], caller: CurrentUser, temporal: TemporalConnectorDep
+) -> WorkflowView:
     not_found = Problem(NOT_FOUND, "No workflow with this id belongs to you.")
     client = await temporal.get()
     handle = client.get_workflow_handle(workflow_id)
@@ -40,7 +45,10 @@ async def get_workflow(workflow_id: Annotated[str, Path(max_length=255)], caller
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError, RPCError):
         saga = None
     return WorkflowView(
-        workflow_id=workflow_id, type=description.workflow_type,
+        workflow_id=workflow_id,
+        type=description.workflow_type,
         status=description.status.name.lower() if description.status else "unknown",
-        started_at=description.start_time, closed_at=description.close_time, saga=saga,
+        started_at=description.start_time,
+        closed_at=description.close_time,
+        saga=saga,
     )

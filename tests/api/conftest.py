@@ -72,10 +72,14 @@ def schema(services: EmbeddedStack) -> None:
 @pytest.fixture
 def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
     return Settings(
-        environment="development", data_dir=tmp_path, secret_key="test-secret-" + "k" * 40,
-        database_url=database_url, redis_url=redis_url,
+        environment="development",
+        data_dir=tmp_path,
+        secret_key="test-secret-" + "k" * 40,
+        database_url=database_url,
+        redis_url=redis_url,
         temporal_address=f"127.0.0.1:{free_port()}",  # nothing listens there
-        log_level="WARNING", **ARGON2,
+        log_level="WARNING",
+        **ARGON2,
     )
 
 
@@ -111,8 +115,9 @@ class Account:
     password: str = PASSWORD
 
 
-async def insert_user(engine: AsyncEngine, *, status: str = "active", password_hash: str | None = None,
-                      email: str | None = None) -> Account:
+async def insert_user(
+    engine: AsyncEngine, *, status: str = "active", password_hash: str | None = None, email: str | None = None
+) -> Account:
     account = Account(id=uuid.uuid4(), email=email or f"user-{uuid.uuid4().hex[:10]}@Example.com")
     hashed = password_hash or PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
     async with transaction(engine) as db:
@@ -147,6 +152,7 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
 
 # --- Temporal: a dev server from the wheel, the real worker, an SMTP sink -------------------------------
 
+
 @pytest.fixture
 async def stripe(services: EmbeddedStack) -> AsyncIterator[SandboxAdmin]:
     """The stack's Stripe sandbox, to look at what the real SDK calls left there."""
@@ -160,17 +166,28 @@ async def temporal_client(services: EmbeddedStack) -> Client:
 
 
 @pytest.fixture(scope="session")
-async def temporal_settings(services: EmbeddedStack, temporal_client: Client, schema: None,
-                            tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
+async def temporal_settings(
+    services: EmbeddedStack, temporal_client: Client, schema: None, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Settings]:
     """Settings for the API and the worker on the same Temporal server; the worker runs while they live."""
     # The stack's Stripe sandbox, once the stack runs one (tenant provisioning creates Stripe customers).
-    stripe = ({"stripe_api_base": services.stripe_api_base, "stripe_secret_key": services.stripe_secret_key}
-              if getattr(services, "stripe_api_base", None) else {})
+    stripe = (
+        {"stripe_api_base": services.stripe_api_base, "stripe_secret_key": services.stripe_secret_key}
+        if getattr(services, "stripe_api_base", None)
+        else {}
+    )
     settings = Settings(
-        environment="development", data_dir=tmp_path_factory.mktemp("data"), secret_key="test-secret-" + "k" * 40,
-        database_url=services.database_url, redis_url=services.redis_url,
+        environment="development",
+        data_dir=tmp_path_factory.mktemp("data"),
+        secret_key="test-secret-" + "k" * 40,
+        database_url=services.database_url,
+        redis_url=services.redis_url,
         temporal_address=services.temporal_address,
-        smtp_host=services.smtp_host, smtp_port=services.smtp_port, log_level="WARNING", **stripe, **ARGON2,
+        smtp_host=services.smtp_host,
+        smtp_port=services.smtp_port,
+        log_level="WARNING",
+        **stripe,
+        **ARGON2,
     )
     engine = create_async_engine(services.database_url)
     async with build_workers(temporal_client, engine, settings):
@@ -194,6 +211,7 @@ async def api(temporal_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 # --- tenants and invitations: people, tenants, emailed invitation tokens -----------------------------------------
+
 
 @dataclass
 class Person:
@@ -233,8 +251,9 @@ async def create_tenant(api: httpx.AsyncClient, owner: Person, slug: str | None 
     return response.json()
 
 
-async def wait_for_tenant(api: httpx.AsyncClient, who: Person, tenant_id: str, status: str = "active",
-                          timeout: float = 30.0) -> dict:
+async def wait_for_tenant(
+    api: httpx.AsyncClient, who: Person, tenant_id: str, status: str = "active", timeout: float = 30.0
+) -> dict:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         response = await api.get(f"/v1/tenants/{tenant_id}", headers=who.headers)
@@ -259,13 +278,16 @@ async def add_member(engine: AsyncEngine, tenant_id: str | uuid.UUID, user_id: u
 
 
 async def invite(api: httpx.AsyncClient, who: Person, tenant_id: str, email: str, role: str = "member") -> dict:
-    response = await api.post(f"/v1/tenants/{tenant_id}/invitations", json={"email": email, "role": role},
-                              headers=who.headers)
+    response = await api.post(
+        f"/v1/tenants/{tenant_id}/invitations", json={"email": email, "role": role}, headers=who.headers
+    )
     assert response.status_code == 202, response.text
     return response.json()
 
 
-async def emailed_invitation_token(maildir: Path, invitation_id: str, timeout: float = 20.0) -> tuple[EmailMessage, str]:
+async def emailed_invitation_token(
+    maildir: Path, invitation_id: str, timeout: float = 20.0
+) -> tuple[EmailMessage, str]:
     """The invitation email of this invitation (found by its Message-ID) and the token from its link."""
     marker = str(email_message_id(invitation_workflow_id(invitation_id), "invite"))
     deadline = asyncio.get_running_loop().time() + timeout
@@ -280,8 +302,14 @@ async def emailed_invitation_token(maildir: Path, invitation_id: str, timeout: f
         await asyncio.sleep(0.1)
 
 
-async def wait_for_invitation(api: httpx.AsyncClient, who: Person, tenant_id: str, invitation_id: str,
-                              status: str = "pending", timeout: float = 20.0) -> dict:
+async def wait_for_invitation(
+    api: httpx.AsyncClient,
+    who: Person,
+    tenant_id: str,
+    invitation_id: str,
+    status: str = "pending",
+    timeout: float = 20.0,
+) -> dict:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         response = await api.get(f"/v1/tenants/{tenant_id}/invitations/{invitation_id}", headers=who.headers)
@@ -298,6 +326,7 @@ async def stripe_faults(services: EmbeddedStack, temporal_settings: Settings) ->
     base = getattr(services, "stripe_api_base", None)
     assert base, "the embedded stack runs no Stripe sandbox"
     async with httpx.AsyncClient(base_url=base) as sandbox:
+
         async def add(spec: dict) -> dict:
             response = await sandbox.post("/_sandbox/faults", json=spec)
             assert response.status_code == 201, response.text
@@ -309,8 +338,10 @@ async def stripe_faults(services: EmbeddedStack, temporal_settings: Settings) ->
 
 # --- email tracking: tenants, messages and operators set up directly (no saga needed) ------------------------
 
-async def insert_tenant(engine: AsyncEngine, owner: uuid.UUID, *, name: str = "Acme Labs",
-                        members: dict[uuid.UUID, str] | None = None) -> uuid.UUID:
+
+async def insert_tenant(
+    engine: AsyncEngine, owner: uuid.UUID, *, name: str = "Acme Labs", members: dict[uuid.UUID, str] | None = None
+) -> uuid.UUID:
     """An active tenant owned by `owner` (plus `members`: user id → role), inside the tenant's own transaction."""
     tid = uuid.uuid4()
     async with transaction(engine, tenant_id=tid) as db:
@@ -325,9 +356,17 @@ async def insert_email(engine: AsyncEngine, tenant_id: uuid.UUID | None, **field
     """A tracking row as the delivery workflow would leave it (tenant_id None: platform mail)."""
     message_id = fields.pop("id", None) or uuid.uuid4()
     row = EmailRow(
-        id=message_id, tenant_id=tenant_id, workflow_id=email_workflow_id(message_id),
-        **{"template": "notice", "to_address": f"to-{uuid.uuid4().hex[:8]}@example.com", "subject": "Hi",
-           "state": "sent", "attempts": 1, **fields},
+        id=message_id,
+        tenant_id=tenant_id,
+        workflow_id=email_workflow_id(message_id),
+        **{
+            "template": "notice",
+            "to_address": f"to-{uuid.uuid4().hex[:8]}@example.com",
+            "subject": "Hi",
+            "state": "sent",
+            "attempts": 1,
+            **fields,
+        },
     )
     async with transaction(engine, tenant_id=tenant_id, platform=tenant_id is None) as db:
         db.add(row)
@@ -349,13 +388,12 @@ async def token_for(temporal_app, user_id: str) -> str:
     return tokens.derive_token(temporal_app.state.settings.derived_key("tokens"), tokens.VERIFY_EMAIL, row.id)
 
 
-
 async def wait_for_token(temporal_app, user_id: str) -> str:
     import asyncio
+
     for _ in range(100):
         try:
             return await token_for(temporal_app, user_id)
-        except Exception:  # noqa: BLE001 - not issued yet
+        except Exception:
             await asyncio.sleep(0.1)
     raise AssertionError("no verification token was issued")
-

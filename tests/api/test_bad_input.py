@@ -28,8 +28,9 @@ async def _nothing_written(engine, redis) -> int:
 
 async def test_malformed_json_is_400(client, engine, redis):
     before = await _nothing_written(engine, redis)
-    response = await client.post(LOGIN, content=b'{"email": "a@example.com", "password": ',
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        LOGIN, content=b'{"email": "a@example.com", "password": ', headers={"Content-Type": "application/json"}
+    )
     assert_problem(response, 400, "malformed-json")
     assert await _nothing_written(engine, redis) == before
 
@@ -37,7 +38,9 @@ async def test_malformed_json_is_400(client, engine, redis):
 async def test_extra_field_is_422_naming_it(client, user):
     response = await client.post(LOGIN, json={"email": user.email, "password": PASSWORD, "admin": True})
     body = assert_problem(response, 422, "validation-failed")
-    assert {"loc": ["body", "admin"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"} in body["errors"]
+    assert {"loc": ["body", "admin"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"} in body[
+        "errors"
+    ]
 
 
 async def test_missing_field_is_422_naming_it(client):
@@ -46,8 +49,9 @@ async def test_missing_field_is_422_naming_it(client):
 
 
 async def test_invalid_email_is_422(client):
-    body = assert_problem(await client.post(LOGIN, json={"email": "not-an-email", "password": PASSWORD}),
-                          422, "validation-failed")
+    body = assert_problem(
+        await client.post(LOGIN, json={"email": "not-an-email", "password": PASSWORD}), 422, "validation-failed"
+    )
     assert [e["loc"] for e in body["errors"]] == [["body", "email"]]
 
 
@@ -92,8 +96,10 @@ async def test_lying_content_length_is_still_counted(app):
     """A body longer than its declared Content-Length is cut off at the limit, not trusted."""
     sent: list[dict] = []
     body = b"x" * (64 * 1024 + 10)
-    messages = [{"type": "http.request", "body": body[:40000], "more_body": True},
-                {"type": "http.request", "body": body[40000:], "more_body": False}]
+    messages = [
+        {"type": "http.request", "body": body[:40000], "more_body": True},
+        {"type": "http.request", "body": body[40000:], "more_body": False},
+    ]
 
     async def receive():
         return messages.pop(0) if messages else {"type": "http.disconnect"}
@@ -101,26 +107,44 @@ async def test_lying_content_length_is_still_counted(app):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": LOGIN, "raw_path": LOGIN.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", b"10")],
-             "client": ("127.0.0.1", 1), "server": ("api.test", 80), "state": {}}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": LOGIN,
+        "raw_path": LOGIN.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"10")],
+        "client": ("127.0.0.1", 1),
+        "server": ("api.test", 80),
+        "state": {},
+    }
     await app(scope, receive, send)
     assert sent[0]["status"] == 413
 
 
 async def test_wrong_content_type_is_415(client, user):
-    response = await client.post(LOGIN, content=f"email={user.email}&password={PASSWORD}",
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = await client.post(
+        LOGIN,
+        content=f"email={user.email}&password={PASSWORD}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert_problem(response, 415, "unsupported-media-type")
-    response = await client.post(LOGIN, content=json.dumps({"email": user.email, "password": PASSWORD}),
-                                 headers={"Content-Type": "text/plain"})
+    response = await client.post(
+        LOGIN, content=json.dumps({"email": user.email, "password": PASSWORD}), headers={"Content-Type": "text/plain"}
+    )
     assert_problem(response, 415, "unsupported-media-type")
 
 
 async def test_json_with_charset_is_accepted(client, user):
-    response = await client.post(LOGIN, content=json.dumps({"email": user.email, "password": PASSWORD}),
-                                 headers={"Content-Type": "application/json; charset=utf-8"})
+    response = await client.post(
+        LOGIN,
+        content=json.dumps({"email": user.email, "password": PASSWORD}),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
     assert response.status_code == 200
 
 
@@ -158,6 +182,12 @@ async def test_a_lone_surrogate_in_a_password_is_bad_input_not_a_500(client):
 
 
 async def test_control_characters_in_a_display_name_are_refused(client):
-    r = await client.post("/v1/auth/register", json={"email": "x@example.com", "password": "long enough password",
-                                                     "display_name": "Ada\r\nBcc: victim@example.com"})
+    r = await client.post(
+        "/v1/auth/register",
+        json={
+            "email": "x@example.com",
+            "password": "long enough password",
+            "display_name": "Ada\r\nBcc: victim@example.com",
+        },
+    )
     assert r.status_code == 422

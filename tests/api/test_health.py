@@ -25,8 +25,17 @@ async def test_readyz_is_503_naming_temporal_when_it_is_unreachable(client):
 async def test_openapi_documents_versioned_routes_and_examples(client):
     spec = (await client.get("/openapi.json")).json()
     paths = set(spec["paths"])
-    assert {"/v1/auth/login", "/v1/auth/register", "/v1/auth/verify", "/v1/auth/refresh", "/v1/auth/logout",
-            "/v1/me", "/v1/workflows/{workflow_id}", "/healthz", "/readyz"} <= paths
+    assert {
+        "/v1/auth/login",
+        "/v1/auth/register",
+        "/v1/auth/verify",
+        "/v1/auth/refresh",
+        "/v1/auth/logout",
+        "/v1/me",
+        "/v1/workflows/{workflow_id}",
+        "/healthz",
+        "/readyz",
+    } <= paths
     assert all(p.startswith("/v1/") or p in {"/healthz", "/readyz"} for p in paths)
     assert spec["components"]["schemas"]["LoginRequest"]["examples"]
     assert "application/problem+json" in spec["paths"]["/v1/auth/login"]["post"]["responses"]["401"]["content"]

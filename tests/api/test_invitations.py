@@ -42,8 +42,10 @@ async def test_invite_email_accept_makes_a_member(api, app_engine, services, tem
 
     # No email address in the workflow id or its search attributes; tenant and inviter are there.
     description = await temporal_client.get_workflow_handle(wid).describe()
-    attributes = {key.name: value for key, value in
-                  ((p.key, p.value) for p in description.typed_search_attributes.search_attributes)}
+    attributes = {
+        key.name: value
+        for key, value in ((p.key, p.value) for p in description.typed_search_attributes.search_attributes)
+    }
     assert description.typed_search_attributes.get(SA_TENANT_ID) == tid
     assert description.typed_search_attributes.get(SA_USER_ID) == str(owner.id)
     assert "example.com" not in wid + repr(attributes)
@@ -53,19 +55,32 @@ async def test_invite_email_accept_makes_a_member(api, app_engine, services, tem
     assert response.status_code == 200, response.text
     assert response.json() == {"tenant_id": tid, "role": "admin", "status": "accepted"}
 
-    members = {m["user_id"]: m["role"] for m in
-               (await api.get(f"/v1/tenants/{tid}/members", headers=grace.headers)).json()}
+    members = {
+        m["user_id"]: m["role"] for m in (await api.get(f"/v1/tenants/{tid}/members", headers=grace.headers)).json()
+    }
     assert members == {str(owner.id): "owner", str(grace.id): "admin"}
     assert [(t["id"], t["role"]) for t in (await api.get("/v1/tenants", headers=grace.headers)).json()] == [
-        (tid, "admin")]
+        (tid, "admin")
+    ]
     assert (await wait_for_invitation(api, owner, tid, iid, "accepted"))["role"] == "admin"
-    assert_problem(await api.post("/v1/invitations/accept", json={"token": token}, headers=grace.headers),
-                   409, "invitation-already-accepted")
-    assert_problem(await api.delete(f"/v1/tenants/{tid}/invitations/{iid}", headers=owner.headers),
-                   409, "invitation-already-accepted")
+    assert_problem(
+        await api.post("/v1/invitations/accept", json={"token": token}, headers=grace.headers),
+        409,
+        "invitation-already-accepted",
+    )
+    assert_problem(
+        await api.delete(f"/v1/tenants/{tid}/invitations/{iid}", headers=owner.headers),
+        409,
+        "invitation-already-accepted",
+    )
     # Inviting a member again is refused.
-    assert_problem(await api.post(f"/v1/tenants/{tid}/invitations", json={"email": address, "role": "member"},
-                                  headers=owner.headers), 409, "already-a-member")
+    assert_problem(
+        await api.post(
+            f"/v1/tenants/{tid}/invitations", json={"email": address, "role": "member"}, headers=owner.headers
+        ),
+        409,
+        "already-a-member",
+    )
 
 
 async def test_a_different_email_cannot_accept(api, app_engine, services):
@@ -74,8 +89,11 @@ async def test_a_different_email_cannot_accept(api, app_engine, services):
     iid = (await invite(api, owner, tid, _address()))["invitation_id"]
     _, token = await emailed_invitation_token(services.maildir, iid)
     intruder = await person(api, app_engine)
-    assert_problem(await api.post("/v1/invitations/accept", json={"token": token}, headers=intruder.headers),
-                   403, "invitation-email-mismatch")
+    assert_problem(
+        await api.post("/v1/invitations/accept", json={"token": token}, headers=intruder.headers),
+        403,
+        "invitation-email-mismatch",
+    )
     assert_problem(await api.get(f"/v1/tenants/{tid}", headers=intruder.headers), 404, "not-found")
     assert (await wait_for_invitation(api, owner, tid, iid, "pending"))["id"] == iid
     assert_problem(await api.post("/v1/invitations/accept", json={"token": token}), 401, "unauthenticated")
@@ -94,11 +112,15 @@ async def test_revoked_invitation_cannot_be_accepted(api, app_engine, services):
     assert (await api.delete(f"/v1/tenants/{tid}/invitations/{iid}", headers=owner.headers)).status_code == 204
 
     invitee = await person(api, app_engine, email=address)
-    assert_problem(await api.post("/v1/invitations/accept", json={"token": token}, headers=invitee.headers),
-                   410, "invitation-expired")
+    assert_problem(
+        await api.post("/v1/invitations/accept", json={"token": token}, headers=invitee.headers),
+        410,
+        "invitation-expired",
+    )
     assert_problem(await api.get(f"/v1/tenants/{tid}", headers=invitee.headers), 404, "not-found")
-    assert_problem(await api.delete(f"/v1/tenants/{tid}/invitations/{uuid.uuid4()}", headers=owner.headers),
-                   404, "not-found")
+    assert_problem(
+        await api.delete(f"/v1/tenants/{tid}/invitations/{uuid.uuid4()}", headers=owner.headers), 404, "not-found"
+    )
 
 
 async def test_reinviting_revokes_the_older_invitation(api, app_engine, services):
@@ -114,8 +136,11 @@ async def test_reinviting_revokes_the_older_invitation(api, app_engine, services
     await wait_for_invitation(api, owner, tid, first, "revoked")
     await wait_for_invitation(api, owner, tid, second, "pending")
     invitee = await person(api, app_engine, email=address)
-    assert_problem(await api.post("/v1/invitations/accept", json={"token": old_token}, headers=invitee.headers),
-                   410, "invitation-expired")
+    assert_problem(
+        await api.post("/v1/invitations/accept", json={"token": old_token}, headers=invitee.headers),
+        410,
+        "invitation-expired",
+    )
     response = await api.post("/v1/invitations/accept", json={"token": new_token}, headers=invitee.headers)
     assert response.status_code == 200, response.text
     assert response.json()["role"] == "admin"
@@ -135,8 +160,11 @@ async def test_only_owners_and_admins_manage_invitations(api, app_engine):
     assert_problem(await api.get(url, headers=stranger.headers), 404, "not-found")
     assert_problem(await api.post(url, json={**body, "role": "owner"}, headers=owner.headers), 422, "validation-failed")
     assert_problem(await api.post(url, json={**body, "email": "nope"}, headers=owner.headers), 422, "validation-failed")
-    assert_problem(await api.post(url, json={"email": member.email, "role": "admin"}, headers=admin.headers),
-                   409, "already-a-member")
+    assert_problem(
+        await api.post(url, json={"email": member.email, "role": "admin"}, headers=admin.headers),
+        409,
+        "already-a-member",
+    )
     iid = (await invite(api, admin, tid, body["email"]))["invitation_id"]  # an admin may invite
     assert_problem(await api.delete(f"{url}/{iid}", headers=member.headers), 403, "forbidden")
     assert (await wait_for_invitation(api, owner, tid, iid))["email"] == body["email"]
@@ -146,11 +174,12 @@ async def test_unusable_tokens_are_400(api, app_engine):
     owner = await person(api, app_engine)
     tid = await active_tenant(api, owner)
     for token in ("garbage", "not-a-uuid.secret", f"{tid}.not-the-secret", f"{uuid.uuid4()}.whatever"):
-        assert_problem(await api.post("/v1/invitations/accept", json={"token": token}, headers=owner.headers),
-                       400, "invalid-token")
-    assert_problem(await api.post("/v1/invitations/accept", json={"token": ""}, headers=owner.headers),
-                   422, "validation-failed")
-
+        assert_problem(
+            await api.post("/v1/invitations/accept", json={"token": token}, headers=owner.headers), 400, "invalid-token"
+        )
+    assert_problem(
+        await api.post("/v1/invitations/accept", json={"token": ""}, headers=owner.headers), 422, "validation-failed"
+    )
 
 
 async def test_idempotency_key_sends_one_invitation(api, app_engine, services):
@@ -163,8 +192,11 @@ async def test_idempotency_key_sends_one_invitation(api, app_engine, services):
     await emailed_invitation_token(services.maildir, iid)
     again = await api.post(f"/v1/tenants/{tid}/invitations", json=body, headers=headers)
     assert again.status_code == 202 and again.json()["invitation_id"] == iid and again.json()["status"] == "pending"
-    assert_problem(await api.post(f"/v1/tenants/{tid}/invitations", json={**body, "role": "admin"}, headers=headers),
-                   422, "idempotency-key-reused")
+    assert_problem(
+        await api.post(f"/v1/tenants/{tid}/invitations", json={**body, "role": "admin"}, headers=headers),
+        422,
+        "idempotency-key-reused",
+    )
     listed = (await api.get(f"/v1/tenants/{tid}/invitations", headers=owner.headers)).json()
     assert [(i["id"], i["status"]) for i in listed] == [(iid, "pending")]  # the replay revoked nothing
     sent = [m for m in read_messages(services.maildir) if m["To"] == body["email"]]

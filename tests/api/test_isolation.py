@@ -68,8 +68,7 @@ async def test_another_tenants_ids_answer_404_and_reveal_nothing(api, app_engine
         leaked = [s for s in secrets_of_b if s in json.dumps({k: v for k, v in problem.items() if k != "instance"})]
         assert not leaked, (method, url, leaked)
         # The same request for a tenant that does not exist answers the very same way.
-        ghost = await api.request(method, url.replace(tenant_b, str(uuid.uuid4())), json=body,
-                                  headers=owner_a.headers)
+        ghost = await api.request(method, url.replace(tenant_b, str(uuid.uuid4())), json=body, headers=owner_a.headers)
         if url.startswith(b):
             assert (ghost.status_code, ghost.json()["detail"]) == (404, problem["detail"]), (method, url)
 
@@ -82,15 +81,20 @@ async def test_another_tenants_ids_answer_404_and_reveal_nothing(api, app_engine
 
     # B's invitation token, used by A's owner (whose email does not match): refused, no membership.
     _, token_b = await emailed_invitation_token(services.maildir, inv_b)
-    assert_problem(await api.post("/v1/invitations/accept", json={"token": token_b}, headers=owner_a.headers),
-                   403, "invitation-email-mismatch")
+    assert_problem(
+        await api.post("/v1/invitations/accept", json={"token": token_b}, headers=owner_a.headers),
+        403,
+        "invitation-email-mismatch",
+    )
     # B's secret under A's tenant id: A's rows are opened, B's invitation is not among them.
     forged = f"{tenant_a}.{token_b.partition('.')[2]}"
-    assert_problem(await api.post("/v1/invitations/accept", json={"token": forged}, headers=owner_a.headers),
-                   400, "invalid-token")
+    assert_problem(
+        await api.post("/v1/invitations/accept", json={"token": forged}, headers=owner_a.headers), 400, "invalid-token"
+    )
     assert_problem(await api.get(b, headers=owner_a.headers), 404, "not-found")
-    assert str(owner_a.id) not in {m["user_id"] for m in
-                                   (await api.get(f"{b}/members", headers=owner_b.headers)).json()}
+    assert str(owner_a.id) not in {
+        m["user_id"] for m in (await api.get(f"{b}/members", headers=owner_b.headers)).json()
+    }
 
     # Under the API, the application role itself: no tenant setting → nothing; A's setting → only A.
     async with transaction(app_engine) as db:
@@ -104,8 +108,11 @@ async def test_another_tenants_ids_answer_404_and_reveal_nothing(api, app_engine
 
 
 async def test_member_of_two_tenants_sees_each_only_through_its_own_id(api, app_engine):
-    owner_a, owner_b, both = (await person(api, app_engine), await person(api, app_engine),
-                              await person(api, app_engine))
+    owner_a, owner_b, both = (
+        await person(api, app_engine),
+        await person(api, app_engine),
+        await person(api, app_engine),
+    )
     tenant_a = await active_tenant(api, owner_a)
     tenant_b = await active_tenant(api, owner_b)
     await add_member(app_engine, tenant_a, both.id, "admin")
@@ -117,5 +124,6 @@ async def test_member_of_two_tenants_sees_each_only_through_its_own_id(api, app_
     a_members = {m["user_id"] for m in (await api.get(f"/v1/tenants/{tenant_a}/members", headers=both.headers)).json()}
     assert a_members == {str(owner_a.id), str(both.id)}
     # An admin of A cannot touch B's owner through A's path.
-    assert_problem(await api.delete(f"/v1/tenants/{tenant_a}/members/{owner_b.id}", headers=both.headers),
-                   404, "not-found")
+    assert_problem(
+        await api.delete(f"/v1/tenants/{tenant_a}/members/{owner_b.id}", headers=both.headers), 404, "not-found"
+    )

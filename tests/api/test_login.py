@@ -71,9 +71,12 @@ async def test_five_failures_lock_the_account_with_retry_after(client, user, red
 
 async def test_a_burst_of_concurrent_guesses_gets_no_more_than_the_limit(client, user, settings):
     # Every attempt reserves its failure slot before the (slow) password check, atomically.
-    responses = await asyncio.gather(*(
-        client.post("/v1/auth/login", json={"email": user.email, "password": f"wrong password {i}!"})
-        for i in range(20)))
+    responses = await asyncio.gather(
+        *(
+            client.post("/v1/auth/login", json={"email": user.email, "password": f"wrong password {i}!"})
+            for i in range(20)
+        )
+    )
     codes = sorted(r.status_code for r in responses)
     assert codes.count(401) == settings.login_max_failures
     assert codes.count(429) == 20 - settings.login_max_failures
@@ -135,9 +138,9 @@ async def test_refresh_rotates_and_reuse_revokes_the_whole_family(client, user):
 
 async def test_concurrent_refreshes_with_one_token_have_one_winner(client, user):
     tokens = await login(client, user)
-    responses = await asyncio.gather(*[
-        client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}) for _ in range(5)
-    ])
+    responses = await asyncio.gather(
+        *[client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}) for _ in range(5)]
+    )
     assert sorted(r.status_code for r in responses) == [200, 401, 401, 401, 401]
 
 
@@ -145,8 +148,9 @@ async def test_unknown_and_malformed_refresh_tokens_are_401(client, user):
     tokens = await login(client, user)
     sid = tokens["refresh_token"].split(".")[0]
     for token in (f"{sid}.not-the-secret", "garbage", "0" * 32 + ".x"):
-        assert_problem(await client.post("/v1/auth/refresh", json={"refresh_token": token}), 401,
-                       "invalid-refresh-token")
+        assert_problem(
+            await client.post("/v1/auth/refresh", json={"refresh_token": token}), 401, "invalid-refresh-token"
+        )
     # A wrong secret for a live session does not revoke it.
     assert (await client.get("/v1/me", headers=bearer(tokens["access_token"]))).status_code == 200
 
@@ -161,8 +165,11 @@ async def test_logout_revokes_access_and_refresh_tokens(client, user):
     rejected = await client.get("/v1/me", headers=bearer(tokens["access_token"]))
     assert_problem(rejected, 401, "invalid-access-token")
     assert rejected.headers["WWW-Authenticate"].startswith("Bearer")
-    assert_problem(await client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}), 401,
-                   "invalid-refresh-token")
+    assert_problem(
+        await client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}),
+        401,
+        "invalid-refresh-token",
+    )
     assert (await client.get("/v1/me", headers=bearer(other["access_token"]))).status_code == 200
 
 

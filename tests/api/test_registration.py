@@ -35,8 +35,9 @@ async def test_register_verify_login_and_follow_the_saga(api, temporal_app, temp
     assert accepted["links"] == {"self": f"/v1/workflows/{wid}", "verify": "/v1/auth/verify"}
 
     # The pending user exists as soon as the API answers; it cannot log in yet.
-    assert_problem(await api.post("/v1/auth/login", json={"email": email, "password": PASSWORD}), 403,
-                   "account-not-verified")
+    assert_problem(
+        await api.post("/v1/auth/login", json={"email": email, "password": PASSWORD}), 403, "account-not-verified"
+    )
 
     token = await wait_for_token(temporal_app, user_id)
     verified = await api.post("/v1/auth/verify", json={"token": token})
@@ -74,8 +75,9 @@ async def test_same_idempotency_key_returns_the_same_registration(api):
     first = await _register(api, email, key)
     again = await _register(api, email, key)
     assert again["user_id"] == first["user_id"] and again["workflow_id"] == first["workflow_id"]
-    reused = await api.post("/v1/auth/register", json={"email": _email(), "password": PASSWORD},
-                            headers={"Idempotency-Key": key})
+    reused = await api.post(
+        "/v1/auth/register", json={"email": _email(), "password": PASSWORD}, headers={"Idempotency-Key": key}
+    )
     assert_problem(reused, 422, "idempotency-key-reused")
 
 
@@ -97,8 +99,11 @@ async def test_a_replay_after_the_saga_closed_must_carry_the_same_body(api, temp
     first = await _register(api, email, key)
     token = await wait_for_token(temporal_app, first["user_id"])
     assert (await api.post("/v1/auth/verify", json={"token": token})).status_code == 200
-    other = await api.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "display_name": "Bob"},
-                           headers={"Idempotency-Key": key})
+    other = await api.post(
+        "/v1/auth/register",
+        json={"email": email, "password": PASSWORD, "display_name": "Bob"},
+        headers={"Idempotency-Key": key},
+    )
     assert_problem(other, 422, "idempotency-key-reused")
     same = await _register(api, email, key)
     assert same["workflow_id"] == first["workflow_id"] and same["status"] == "completed"
@@ -114,7 +119,9 @@ async def test_someone_elses_workflow_is_404_like_a_missing_one(api, temporal_ap
     other = await _register(api, other_email)
     token = await wait_for_token(temporal_app, other["user_id"])
     assert (await api.post("/v1/auth/verify", json={"token": token})).status_code == 200
-    headers = bearer((await api.post("/v1/auth/login", json={"email": other_email, "password": PASSWORD})).json()["access_token"])
+    headers = bearer(
+        (await api.post("/v1/auth/login", json={"email": other_email, "password": PASSWORD})).json()["access_token"]
+    )
 
     foreign = await api.get(f"/v1/workflows/{owner['workflow_id']}", headers=headers)
     missing = await api.get(f"/v1/workflows/registration-{uuid.uuid4()}", headers=headers)
@@ -135,6 +142,9 @@ async def test_idempotent_replay_of_a_refused_duplicate_is_409_again(api):
     await _register(api, email)
     key = f"key-{uuid.uuid4()}"
     for _ in range(2):  # the second time the saga has already closed
-        response = await api.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "display_name": "Ada"},
-                                  headers={"Idempotency-Key": key})
+        response = await api.post(
+            "/v1/auth/register",
+            json={"email": email, "password": PASSWORD, "display_name": "Ada"},
+            headers={"Idempotency-Key": key},
+        )
         assert_problem(response, 409, "email-already-registered")

@@ -42,15 +42,23 @@ async def owner_db(services):
 
 
 def _body(**changes) -> dict:
-    return {"email": f"signup-{uuid.uuid4().hex[:10]}@example.com", "password": PASSWORD, "display_name": "Ada",
-            "tenant_name": "Acme Labs", "slug": new_slug("signup"), "plan": PLAN, "payment_method": "pm_card_visa",
-            **changes}
+    return {
+        "email": f"signup-{uuid.uuid4().hex[:10]}@example.com",
+        "password": PASSWORD,
+        "display_name": "Ada",
+        "tenant_name": "Acme Labs",
+        "slug": new_slug("signup"),
+        "plan": PLAN,
+        "payment_method": "pm_card_visa",
+        **changes,
+    }
 
 
 async def _left_behind(db: asyncpg.Connection, stripe: SandboxAdmin, body: dict, answer: dict) -> dict:
     tenant_id = uuid.UUID(answer["tenant_id"]) if "tenant_id" in answer else None
-    customers = [c for c in await stripe.customers()
-                 if tenant_id and c.get("metadata", {}).get("tenant_id") == str(tenant_id)]
+    customers = [
+        c for c in await stripe.customers() if tenant_id and c.get("metadata", {}).get("tenant_id") == str(tenant_id)
+    ]
     return {
         "users": await db.fetchval("select count(*) from users where lower(email) = lower($1)", body["email"]),
         "tenants": await db.fetchval("select count(*) from tenants where slug = $1", body["slug"]),
@@ -61,14 +69,19 @@ async def _left_behind(db: asyncpg.Connection, stripe: SandboxAdmin, body: dict,
 
 
 async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_verifies_to_log_in(
-        api, temporal_app, temporal_client: Client, owner_db, stripe):
+    api, temporal_app, temporal_client: Client, owner_db, stripe
+):
     body = _body()
     response = await api.post("/v1/signup", json=body, headers={"Idempotency-Key": f"signup-{uuid.uuid4()}"})
     assert response.status_code == 201, response.text
     answer = response.json()
     assert answer["status"] == "active" and answer["subscription_status"] == "active"
-    wid, user_id, tenant_id, sub_id = (answer["workflow_id"], answer["user_id"], answer["tenant_id"],
-                                       answer["subscription_id"])
+    wid, user_id, tenant_id, sub_id = (
+        answer["workflow_id"],
+        answer["user_id"],
+        answer["tenant_id"],
+        answer["subscription_id"],
+    )
     assert wid == f"signup-{user_id}" and answer["links"]["self"] == f"/v1/signup/{wid}"
     assert body["email"] not in response.text
 
@@ -77,22 +90,33 @@ async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_v
     assert left == {"users": 1, "tenants": 1, "subscriptions": 1, "invoices": 1, "stripe_customers": 1}
     assert await owner_db.fetchval("select status from users where id = $1", uuid.UUID(user_id)) == "pending"
     assert await owner_db.fetchval("select status from invoices where tenant_id = $1", uuid.UUID(tenant_id)) == "paid"
-    assert await owner_db.fetchval("select role from memberships where tenant_id = $1 and user_id = $2",
-                                   uuid.UUID(tenant_id), uuid.UUID(user_id)) == "owner"
+    assert (
+        await owner_db.fetchval(
+            "select role from memberships where tenant_id = $1 and user_id = $2",
+            uuid.UUID(tenant_id),
+            uuid.UUID(user_id),
+        )
+        == "owner"
+    )
     signup = await temporal_client.get_workflow_handle(wid).describe()
     assert signup.status == WorkflowExecutionStatus.COMPLETED
     assert signup.typed_search_attributes.get(SA_TENANT_ID) == tenant_id
     assert signup.typed_search_attributes.get(SA_USER_ID) == user_id
-    assert (await temporal_client.get_workflow_handle(subscription_workflow_id(sub_id)).describe()).status == \
-        WorkflowExecutionStatus.RUNNING
+    assert (
+        await temporal_client.get_workflow_handle(subscription_workflow_id(sub_id)).describe()
+    ).status == WorkflowExecutionStatus.RUNNING
     assert (await api.get(f"/v1/signup/{wid}")).json()["status"] == "active"
 
     # the same Idempotency-Key and body: the same answer, nothing new
-    again = await api.post("/v1/signup", json=body, headers={"Idempotency-Key": response.request.headers[
-        "Idempotency-Key"]})
+    again = await api.post(
+        "/v1/signup", json=body, headers={"Idempotency-Key": response.request.headers["Idempotency-Key"]}
+    )
     assert again.status_code == 201 and again.json()["tenant_id"] == tenant_id
-    reused = await api.post("/v1/signup", json={**body, "tenant_name": "Other"},
-                            headers={"Idempotency-Key": response.request.headers["Idempotency-Key"]})
+    reused = await api.post(
+        "/v1/signup",
+        json={**body, "tenant_name": "Other"},
+        headers={"Idempotency-Key": response.request.headers["Idempotency-Key"]},
+    )
     assert_problem(reused, 422, "idempotency-key-reused")
 
     # no login before the email is verified; then the owner sees the tenant and the subscription
@@ -107,15 +131,19 @@ async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_v
     assert sub.status_code == 200, sub.text
     assert sub.json()["status"] == "active"
 
-    ended = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel", json={"at_period_end": False},
-                           headers=headers)
+    ended = await api.post(
+        f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel", json={"at_period_end": False}, headers=headers
+    )
     assert ended.status_code == 200, ended.text
 
 
-@pytest.mark.parametrize(("card", "code"), [("pm_card_chargeDeclined", "generic_decline"),
-                                            ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds")])
-async def test_a_declined_first_payment_leaves_nothing_behind(api, temporal_client: Client, owner_db, stripe,
-                                                              card, code):
+@pytest.mark.parametrize(
+    ("card", "code"),
+    [("pm_card_chargeDeclined", "generic_decline"), ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds")],
+)
+async def test_a_declined_first_payment_leaves_nothing_behind(
+    api, temporal_client: Client, owner_db, stripe, card, code
+):
     body = _body(payment_method=card)
     response = await api.post("/v1/signup", json=body)
     problem = assert_problem(response, 402, "payment-declined")
@@ -128,8 +156,13 @@ async def test_a_declined_first_payment_leaves_nothing_behind(api, temporal_clie
 
     left = await _left_behind(owner_db, stripe, body, outcome)
     assert left == {"users": 0, "tenants": 0, "subscriptions": 0, "invoices": 0, "stripe_customers": 0}
-    assert await owner_db.fetchval("select count(*) from verification_tokens where user_id = $1 and "
-                                   "revoked_at is null and used_at is null", uuid.UUID(user_id)) == 0
+    assert (
+        await owner_db.fetchval(
+            "select count(*) from verification_tokens where user_id = $1 and revoked_at is null and used_at is null",
+            uuid.UUID(user_id),
+        )
+        == 0
+    )
     registration = await temporal_client.get_workflow_handle(registration_workflow_id(user_id)).describe()
     assert registration.status == WorkflowExecutionStatus.CANCELED
     tenant = await temporal_client.get_workflow_handle(tenant_workflow_id(outcome["tenant_id"])).describe()
@@ -157,11 +190,21 @@ async def test_a_taken_slug_is_409_and_the_new_user_is_gone(api, app_engine, own
     assert await owner_db.fetchval("select count(*) from tenants where slug = $1", slug) == 1  # only the first
 
 
-@pytest.mark.parametrize("change", [
-    {"payment_method": "card_4242"}, {"payment_method": "pm_"}, {"payment_method": "pm_" + "a" * 253},
-    {"payment_method": "pm_visa; drop"}, {"slug": "-bad-"}, {"password": "short"}, {"email": "not-an-email"},
-    {"tenant_name": "bad\nname"}, {"plan": "NOPE"}, {"extra": 1},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"payment_method": "card_4242"},
+        {"payment_method": "pm_"},
+        {"payment_method": "pm_" + "a" * 253},
+        {"payment_method": "pm_visa; drop"},
+        {"slug": "-bad-"},
+        {"password": "short"},
+        {"email": "not-an-email"},
+        {"tenant_name": "bad\nname"},
+        {"plan": "NOPE"},
+        {"extra": 1},
+    ],
+)
 async def test_bad_input_is_422(api, change):
     assert_problem(await api.post("/v1/signup", json=_body(**change)), 422, "validation-failed")
 

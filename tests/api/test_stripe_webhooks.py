@@ -64,11 +64,19 @@ class WebhookProbe:
 
 # --- fixtures ---------------------------------------------------------------------------------------------------
 
+
 def hook_settings(services: EmbeddedStack, data_dir: Path, **overrides: object) -> Settings:
     values: dict = dict(
-        environment="development", data_dir=data_dir, secret_key="test-secret-" + "k" * 40,
-        database_url=services.database_url, redis_url=services.redis_url,
-        temporal_address=services.temporal_address, stripe_webhook_secret=CURRENT, log_level="WARNING", **ARGON2)
+        environment="development",
+        data_dir=data_dir,
+        secret_key="test-secret-" + "k" * 40,
+        database_url=services.database_url,
+        redis_url=services.redis_url,
+        temporal_address=services.temporal_address,
+        stripe_webhook_secret=CURRENT,
+        log_level="WARNING",
+        **ARGON2,
+    )
     return Settings(**{**values, **overrides})
 
 
@@ -105,7 +113,8 @@ async def probe(temporal_client: Client) -> AsyncIterator[StartProbe]:
 
     async def start(workflow_id: str | None = None) -> WorkflowHandle:
         handle = await temporal_client.start_workflow(
-            WebhookProbe.run, id=workflow_id or f"billing-test-{uuid.uuid4()}", task_queue=queue)
+            WebhookProbe.run, id=workflow_id or f"billing-test-{uuid.uuid4()}", task_queue=queue
+        )
         started.append(handle)
         return handle
 
@@ -114,7 +123,7 @@ async def probe(temporal_client: Client) -> AsyncIterator[StartProbe]:
         for handle in started:
             try:
                 await handle.terminate("test over")
-            except Exception:  # noqa: BLE001 — a test may have ended it already
+            except Exception:
                 pass
 
 
@@ -134,26 +143,51 @@ def webhook_log() -> AsyncIterator[list[logging.LogRecord]]:
 
 # --- helpers ----------------------------------------------------------------------------------------------------
 
-def pi_event(event_type: str, workflow_id: str | None, *, pi_id: str | None = None, decline_code: str | None = None,
-             event_id: str | None = None) -> dict:
+
+def pi_event(
+    event_type: str,
+    workflow_id: str | None,
+    *,
+    pi_id: str | None = None,
+    decline_code: str | None = None,
+    event_id: str | None = None,
+) -> dict:
     """A Stripe event of a PaymentIntent, in the shape Stripe sends."""
     failed = event_type == "payment_intent.payment_failed"
     return {
-        "id": event_id or f"evt_{uuid.uuid4().hex[:24]}", "object": "event", "api_version": "2024-06-20",
-        "created": int(time.time()), "livemode": False, "pending_webhooks": 1, "type": event_type,
+        "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": int(time.time()),
+        "livemode": False,
+        "pending_webhooks": 1,
+        "type": event_type,
         "request": {"id": None, "idempotency_key": None},
-        "data": {"object": {
-            "id": pi_id or f"pi_{uuid.uuid4().hex[:24]}", "object": "payment_intent", "amount": 2000,
-            "currency": "usd", "status": "requires_payment_method" if failed else "succeeded",
-            "metadata": {"workflow_id": workflow_id} if workflow_id else {},
-            "last_payment_error": {"type": "card_error", "code": "card_declined", "decline_code": decline_code}
-            if failed else None,
-        }},
+        "data": {
+            "object": {
+                "id": pi_id or f"pi_{uuid.uuid4().hex[:24]}",
+                "object": "payment_intent",
+                "amount": 2000,
+                "currency": "usd",
+                "status": "requires_payment_method" if failed else "succeeded",
+                "metadata": {"workflow_id": workflow_id} if workflow_id else {},
+                "last_payment_error": {"type": "card_error", "code": "card_declined", "decline_code": decline_code}
+                if failed
+                else None,
+            }
+        },
     }
 
 
-async def deliver(client: httpx.AsyncClient, event: dict | bytes, secret: str | list[str] = CURRENT, *,
-                  timestamp: int | None = None, header: str | None = None, sign: bool = True) -> httpx.Response:
+async def deliver(
+    client: httpx.AsyncClient,
+    event: dict | bytes,
+    secret: str | list[str] = CURRENT,
+    *,
+    timestamp: int | None = None,
+    header: str | None = None,
+    sign: bool = True,
+) -> httpx.Response:
     payload = event if isinstance(event, bytes) else json.dumps(event).encode()
     headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "Stripe/1.0"}
     if sign:
@@ -185,15 +219,20 @@ def assert_logged_without_secrets(records: list[logging.LogRecord], payload: byt
 
 # --- routing ----------------------------------------------------------------------------------------------------
 
+
 async def test_a_succeeded_payment_is_signalled_to_its_billing_cycle(
-        hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis) -> None:
+    hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis
+) -> None:
     cycle = await probe()
     event = pi_event("payment_intent.succeeded", cycle.id)
     response = await deliver(hooks, event)
     assert response.status_code == 200, response.text
     assert response.json() == {"received": True, "routed": True}
-    assert await outcomes(cycle, 1) == [PaymentOutcome(
-        payment_intent_id=event["data"]["object"]["id"], status="succeeded", decline_code=None, event_id=event["id"])]
+    assert await outcomes(cycle, 1) == [
+        PaymentOutcome(
+            payment_intent_id=event["data"]["object"]["id"], status="succeeded", decline_code=None, event_id=event["id"]
+        )
+    ]
     assert 0 < await redis.ttl(dedupe_key(event["id"])) <= DEDUPE_TTL_SECONDS
 
 
@@ -227,11 +266,14 @@ async def test_out_of_order_events_are_both_delivered(hooks: httpx.AsyncClient, 
     assert [a.json() for a in answers] == [{"received": True, "routed": True}] * 2
     got = await outcomes(cycle, 2)
     assert [(o.payment_intent_id, o.status, o.event_id) for o in got] == [
-        (pi, "succeeded", succeeded["id"]), (pi, "failed", failed["id"])]
+        (pi, "succeeded", succeeded["id"]),
+        (pi, "failed", failed["id"]),
+    ]
 
 
 async def test_a_cycle_that_is_not_running_is_not_routed(
-        hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis, webhook_log: list[logging.LogRecord]) -> None:
+    hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis, webhook_log: list[logging.LogRecord]
+) -> None:
     never_started = pi_event("payment_intent.succeeded", f"billing-test-{uuid.uuid4()}")
     response = await deliver(hooks, never_started)
     assert response.status_code == 200 and response.json() == {"received": True, "routed": False}
@@ -246,7 +288,8 @@ async def test_a_cycle_that_is_not_running_is_not_routed(
 
 
 async def test_only_billing_workflows_are_targets(
-        hooks: httpx.AsyncClient, probe: StartProbe, webhook_log: list[logging.LogRecord]) -> None:
+    hooks: httpx.AsyncClient, probe: StartProbe, webhook_log: list[logging.LogRecord]
+) -> None:
     other = await probe(f"tenant-test-{uuid.uuid4()}")  # running, listening for the signal, but not billing
     response = await deliver(hooks, pi_event("payment_intent.succeeded", other.id))
     assert response.status_code == 200 and response.json() == {"received": True, "routed": False}
@@ -257,11 +300,16 @@ async def test_only_billing_workflows_are_targets(
 
 
 async def test_other_event_types_are_received_not_routed(
-        hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis) -> None:
+    hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis
+) -> None:
     cycle = await probe()
     refunded = {**pi_event("payment_intent.succeeded", cycle.id), "type": "charge.refunded"}
-    refunded["data"]["object"] = {"id": "ch_1", "object": "charge", "amount_refunded": 700,
-                                  "metadata": {"workflow_id": cycle.id}}
+    refunded["data"]["object"] = {
+        "id": "ch_1",
+        "object": "charge",
+        "amount_refunded": 700,
+        "metadata": {"workflow_id": cycle.id},
+    }
     response = await deliver(hooks, refunded)
     assert response.status_code == 200 and response.json() == {"received": True, "routed": False}
     assert await redis.get(dedupe_key(refunded["id"])) == "charge.refunded"
@@ -271,16 +319,19 @@ async def test_other_event_types_are_received_not_routed(
 
 # --- rejected deliveries: 400, logged without payload or secrets, no effect ------------------------------------
 
-async def rejected(client: httpx.AsyncClient, redis: Redis, cycle: WorkflowHandle, event: dict, slug: str,
-                   **how: object) -> None:
+
+async def rejected(
+    client: httpx.AsyncClient, redis: Redis, cycle: WorkflowHandle, event: dict, slug: str, **how: object
+) -> None:
     response = await deliver(client, event, **how)  # type: ignore[arg-type]
     assert_problem(response, 400, slug)
     assert not await redis.exists(dedupe_key(event["id"]))
     assert await outcomes(cycle) == []
 
 
-async def test_a_forged_signature_is_refused(hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis,
-                                             webhook_log: list[logging.LogRecord]) -> None:
+async def test_a_forged_signature_is_refused(
+    hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis, webhook_log: list[logging.LogRecord]
+) -> None:
     cycle = await probe()
     event = pi_event("payment_intent.succeeded", cycle.id)
     await rejected(hooks, redis, cycle, event, "bad-request", secret="whsec_forged_" + "f" * 24)
@@ -289,7 +340,8 @@ async def test_a_forged_signature_is_refused(hooks: httpx.AsyncClient, probe: St
 
 
 async def test_a_genuine_header_on_a_changed_body_is_refused(
-        hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis) -> None:
+    hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis
+) -> None:
     cycle = await probe()
     event = pi_event("payment_intent.payment_failed", cycle.id, decline_code="card_declined")
     header = signature_header(json.dumps(event).encode(), CURRENT)
@@ -297,33 +349,49 @@ async def test_a_genuine_header_on_a_changed_body_is_refused(
     await rejected(hooks, redis, cycle, event, "bad-request", header=header)
 
 
-async def test_a_stale_signature_is_refused(hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis,
-                                            webhook_log: list[logging.LogRecord]) -> None:
+async def test_a_stale_signature_is_refused(
+    hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis, webhook_log: list[logging.LogRecord]
+) -> None:
     cycle = await probe()
     event = pi_event("payment_intent.succeeded", cycle.id)
     await rejected(hooks, redis, cycle, event, "bad-request", timestamp=int(time.time()) - 301)
-    assert assert_logged_without_secrets(webhook_log, json.dumps(event).encode(), CURRENT) == \
-        "signature older than 300 s"
+    assert (
+        assert_logged_without_secrets(webhook_log, json.dumps(event).encode(), CURRENT) == "signature older than 300 s"
+    )
     fresh_enough = await deliver(hooks, event, timestamp=int(time.time()) - 240)
     assert fresh_enough.json() == {"received": True, "routed": True}
 
 
-async def test_a_missing_or_garbled_header_is_refused(hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis,
-                                                      webhook_log: list[logging.LogRecord]) -> None:
+async def test_a_missing_or_garbled_header_is_refused(
+    hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis, webhook_log: list[logging.LogRecord]
+) -> None:
     cycle = await probe()
     event = pi_event("payment_intent.succeeded", cycle.id)
     await rejected(hooks, redis, cycle, event, "bad-request", sign=False)
-    assert assert_logged_without_secrets(webhook_log, json.dumps(event).encode(), CURRENT) == \
-        "missing Stripe-Signature header"
+    assert (
+        assert_logged_without_secrets(webhook_log, json.dumps(event).encode(), CURRENT)
+        == "missing Stripe-Signature header"
+    )
     await rejected(hooks, redis, cycle, event, "bad-request", header="t=yesterday,v1=nope")
 
 
-@pytest.mark.parametrize("body", [b'{"id": "evt_1", "type": "payment_intent.succeeded", "data": {',
-                                  b"[]", b'{"id": "evt_2", "type": "charge.refunded"}', b"\xff\xfe not utf-8"])
-async def test_a_signed_body_that_is_no_event_is_refused(hooks: httpx.AsyncClient, redis: Redis, body: bytes,
-                                                         webhook_log: list[logging.LogRecord]) -> None:
-    response = await hooks.post(URL, content=body, headers={
-        "Content-Type": "application/json", "Stripe-Signature": signature_header(body, CURRENT)})
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "evt_1", "type": "payment_intent.succeeded", "data": {',
+        b"[]",
+        b'{"id": "evt_2", "type": "charge.refunded"}',
+        b"\xff\xfe not utf-8",
+    ],
+)
+async def test_a_signed_body_that_is_no_event_is_refused(
+    hooks: httpx.AsyncClient, redis: Redis, body: bytes, webhook_log: list[logging.LogRecord]
+) -> None:
+    response = await hooks.post(
+        URL,
+        content=body,
+        headers={"Content-Type": "application/json", "Stripe-Signature": signature_header(body, CURRENT)},
+    )
     assert_problem(response, 400, "malformed-json")
     assert not await redis.exists(dedupe_key("evt_1"), dedupe_key("evt_2"))
     assert_logged_without_secrets(webhook_log, body, CURRENT)
@@ -331,16 +399,23 @@ async def test_a_signed_body_that_is_no_event_is_refused(hooks: httpx.AsyncClien
 
 async def test_events_come_in_json_only(hooks: httpx.AsyncClient) -> None:
     payload = b"id=evt_1&type=payment_intent.succeeded"
-    response = await hooks.post(URL, content=payload, headers={
-        "Content-Type": "application/x-www-form-urlencoded", "Stripe-Signature": signature_header(payload, CURRENT)})
+    response = await hooks.post(
+        URL,
+        content=payload,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Stripe-Signature": signature_header(payload, CURRENT),
+        },
+    )
     assert_problem(response, 415, "unsupported-media-type")
 
 
 # --- secret rotation ----------------------------------------------------------------------------------------------
 
+
 async def test_the_previous_secret_is_accepted_while_it_is_configured(
-        services: EmbeddedStack, schema: None, tmp_path: Path, probe: StartProbe, redis: Redis,
-        hooks: httpx.AsyncClient) -> None:
+    services: EmbeddedStack, schema: None, tmp_path: Path, probe: StartProbe, redis: Redis, hooks: httpx.AsyncClient
+) -> None:
     cycle = await probe()
     signed_before_roll = pi_event("payment_intent.succeeded", cycle.id)
     assert_problem(await deliver(hooks, signed_before_roll, PREVIOUS), 400, "bad-request")  # not configured
@@ -350,15 +425,25 @@ async def test_the_previous_secret_is_accepted_while_it_is_configured(
         assert (await deliver(api, signed_before_roll, PREVIOUS)).json() == {"received": True, "routed": True}
         both = pi_event("payment_intent.payment_failed", cycle.id, decline_code="do_not_honor")
         assert (await deliver(api, both, [CURRENT, PREVIOUS])).json() == {"received": True, "routed": True}
-        assert_problem(await deliver(api, pi_event("payment_intent.succeeded", cycle.id), "whsec_other_" + "o" * 24),
-                       400, "bad-request")
+        assert_problem(
+            await deliver(api, pi_event("payment_intent.succeeded", cycle.id), "whsec_other_" + "o" * 24),
+            400,
+            "bad-request",
+        )
     assert [o.event_id for o in await outcomes(cycle, 2)] == [signed_before_roll["id"], both["id"]]
 
 
 def test_production_refuses_the_public_dev_secret_as_the_previous_one() -> None:
-    production = dict(environment="production", secret_key="x" * 48, database_url="postgresql+asyncpg://app@db/p",
-                      redis_url="redis://cache:6379/0", temporal_address="temporal:7233", smtp_host="smtp.internal",
-                      stripe_secret_key="sk_live_" + "k" * 40, stripe_webhook_secret="whsec_" + "w" * 32)
+    production = dict(
+        environment="production",
+        secret_key="x" * 48,
+        database_url="postgresql+asyncpg://app@db/p",
+        redis_url="redis://cache:6379/0",
+        temporal_address="temporal:7233",
+        smtp_host="smtp.internal",
+        stripe_secret_key="sk_live_" + "k" * 40,
+        stripe_webhook_secret="whsec_" + "w" * 32,
+    )
     assert Settings(**production, stripe_webhook_secret_previous="whsec_" + "v" * 32)
     with pytest.raises(ValidationError, match="STRIPE_WEBHOOK_SECRET_PREVIOUS"):
         Settings(**production, stripe_webhook_secret_previous=DEV_STRIPE_WEBHOOK_SECRET)
@@ -366,9 +451,10 @@ def test_production_refuses_the_public_dev_secret_as_the_previous_one() -> None:
 
 # --- Temporal unavailable: not handled, so Stripe retries ----------------------------------------------------------
 
+
 async def test_when_temporal_is_down_the_event_is_released_for_stripes_retry(
-        services: EmbeddedStack, schema: None, tmp_path: Path, probe: StartProbe, redis: Redis,
-        hooks: httpx.AsyncClient) -> None:
+    services: EmbeddedStack, schema: None, tmp_path: Path, probe: StartProbe, redis: Redis, hooks: httpx.AsyncClient
+) -> None:
     cycle = await probe()
     event = pi_event("payment_intent.succeeded", cycle.id)
     down = hook_settings(services, tmp_path, temporal_address=f"127.0.0.1:{free_port()}")  # nothing listens
@@ -386,12 +472,21 @@ async def test_when_temporal_is_down_the_event_is_released_for_stripes_retry(
 
 # --- the Stripe sandbox delivering to the API over HTTP ----------------------------------------------------------
 
+
 async def test_the_stripe_sandbox_delivers_to_the_api(
-        services: EmbeddedStack, schema: None, tmp_path: Path, probe: StartProbe) -> None:
+    services: EmbeddedStack, schema: None, tmp_path: Path, probe: StartProbe
+) -> None:
     """Real deliveries: signed by the sandbox, duplicated by it, POSTed over a socket to the running API."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(hook_settings(services, tmp_path)), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(hook_settings(services, tmp_path)),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+        )
+    )
     serving = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -400,13 +495,25 @@ async def test_the_stripe_sandbox_delivers_to_the_api(
             sb.configure_webhooks(mode="duplicate", retry_delays=[0.05], enabled_events=["payment_intent.*"])
             sdk = stripe.StripeClient("sk_test_webhooks", base_addresses={"api": sb.api_base}, max_network_retries=0)
             cycle = await probe()
-            paid = await sdk.v1.payment_intents.create_async(params={
-                "amount": 2000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True,
-                "metadata": {"workflow_id": cycle.id}})
+            paid = await sdk.v1.payment_intents.create_async(
+                params={
+                    "amount": 2000,
+                    "currency": "usd",
+                    "payment_method": "pm_card_visa",
+                    "confirm": True,
+                    "metadata": {"workflow_id": cycle.id},
+                }
+            )
             with pytest.raises(stripe.CardError):
-                await sdk.v1.payment_intents.create_async(params={
-                    "amount": 2000, "currency": "usd", "payment_method": "pm_card_chargeDeclinedInsufficientFunds",
-                    "confirm": True, "metadata": {"workflow_id": cycle.id}})
+                await sdk.v1.payment_intents.create_async(
+                    params={
+                        "amount": 2000,
+                        "currency": "usd",
+                        "payment_method": "pm_card_chargeDeclinedInsufficientFunds",
+                        "confirm": True,
+                        "metadata": {"workflow_id": cycle.id},
+                    }
+                )
             await sb.wait_for_webhooks()
             deliveries = sb.webhook_deliveries()
     finally:
@@ -417,4 +524,6 @@ async def test_the_stripe_sandbox_delivers_to_the_api(
     assert len(deliveries) == 2 * 4  # created + succeeded/failed, per PaymentIntent, each twice
     got = await outcomes(cycle, 2)
     assert [(o.payment_intent_id == paid.id, o.status, o.decline_code) for o in got] == [
-        (True, "succeeded", None), (False, "failed", "insufficient_funds")]
+        (True, "succeeded", None),
+        (False, "failed", "insufficient_funds"),
+    ]

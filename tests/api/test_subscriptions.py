@@ -24,8 +24,11 @@ PLAN = "dev-minutely"
 
 
 async def subscribe(api, owner, tenant_id: str, payment_method: str = "pm_card_visa", plan: str = PLAN) -> dict:
-    response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions",
-                              json={"plan": plan, "payment_method": payment_method}, headers=owner.headers)
+    response = await api.post(
+        f"/v1/tenants/{tenant_id}/subscriptions",
+        json={"plan": plan, "payment_method": payment_method},
+        headers=owner.headers,
+    )
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -42,15 +45,17 @@ async def wait_subscription(api, who, tenant_id: str, sub_id: str, predicate, ti
 
 
 async def end(api, owner, tenant_id: str, sub_id: str) -> dict:
-    response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel",
-                              json={"at_period_end": False}, headers=owner.headers)
+    response = await api.post(
+        f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel", json={"at_period_end": False}, headers=owner.headers
+    )
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "canceled"  # answered once applied
     return await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "canceled")
 
 
-async def test_subscribe_charges_the_first_period_and_schedules_the_next(api, app_engine, temporal_client: Client,
-                                                                        stripe):
+async def test_subscribe_charges_the_first_period_and_schedules_the_next(
+    api, app_engine, temporal_client: Client, stripe
+):
     owner = await person(api, app_engine)
     tenant_id = await active_tenant(api, owner)
     accepted = await subscribe(api, owner, tenant_id)
@@ -58,15 +63,20 @@ async def test_subscribe_charges_the_first_period_and_schedules_the_next(api, ap
     assert accepted["status"] == "incomplete" and accepted["workflow_id"] == f"subscription-{sub_id}"
     assert accepted["links"]["schedule"] == billing_schedule_id(sub_id)
 
-    sub = await wait_subscription(api, owner, tenant_id, sub_id,
-                                  lambda s: s["status"] == "active" and s["invoices"]
-                                  and s["invoices"][0]["status"] == "paid")
+    sub = await wait_subscription(
+        api,
+        owner,
+        tenant_id,
+        sub_id,
+        lambda s: s["status"] == "active" and s["invoices"] and s["invoices"][0]["status"] == "paid",
+    )
     [invoice] = sub["invoices"]
     assert (invoice["number"], invoice["amount"], invoice["currency"]) == (1, 100, "eur")
     assert sub["live"]["cycles_paid"] == 1 and sub["plan_id"] == PLAN
     # exactly one successful PaymentIntent, routed back to its cycle by metadata
-    succeeded = [pi for pi in await stripe.payment_intents(status="succeeded")
-                 if pi["metadata"].get("subscription_id") == sub_id]
+    succeeded = [
+        pi for pi in await stripe.payment_intents(status="succeeded") if pi["metadata"].get("subscription_id") == sub_id
+    ]
     assert [pi["id"] for pi in succeeded] == [invoice["payment_intent_id"]]
     assert succeeded[0]["metadata"]["workflow_id"] == billing_cycle_workflow_id(sub_id, 0)
     # operators: the cycle carries TenantId and SubscriptionId; the Schedule exists and fires every 60 s
@@ -81,11 +91,14 @@ async def test_subscribe_charges_the_first_period_and_schedules_the_next(api, ap
     assert {"invoice.issued", "invoice.paid", "subscription.active"} <= set(events)
 
     # a second live subscription is refused by the database's partial unique index
-    again = await api.post(f"/v1/tenants/{tenant_id}/subscriptions",
-                           json={"plan": PLAN, "payment_method": "pm_card_visa"}, headers=owner.headers)
+    again = await api.post(
+        f"/v1/tenants/{tenant_id}/subscriptions",
+        json={"plan": PLAN, "payment_method": "pm_card_visa"},
+        headers=owner.headers,
+    )
     assert_problem(again, 409, "subscription-exists")
     ended = await end(api, owner, tenant_id, sub_id)
-    assert ended["canceled_at"] and ended["live"] is None or ended["live"]["status"] == "canceled"
+    assert (ended["canceled_at"] and ended["live"] is None) or ended["live"]["status"] == "canceled"
 
 
 async def test_a_declined_card_goes_past_due_and_a_new_payment_method_pays_at_once(api, app_engine, stripe):
@@ -96,11 +109,15 @@ async def test_a_declined_card_goes_past_due_and_a_new_payment_method_pays_at_on
     [invoice] = past_due["invoices"]
     assert invoice["status"] == "open"
 
-    response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/payment-method",
-                              json={"payment_method": "pm_card_visa"}, headers=owner.headers)
+    response = await api.post(
+        f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/payment-method",
+        json={"payment_method": "pm_card_visa"},
+        headers=owner.headers,
+    )
     assert response.status_code == 200, response.text
-    paid = await wait_subscription(api, owner, tenant_id, sub_id,
-                                   lambda s: s["status"] == "active" and s["invoices"][0]["status"] == "paid")
+    paid = await wait_subscription(
+        api, owner, tenant_id, sub_id, lambda s: s["status"] == "active" and s["invoices"][0]["status"] == "paid"
+    )
     assert paid["payment_method"] == "pm_card_visa"
     intents = [pi for pi in await stripe.payment_intents() if pi["metadata"].get("subscription_id") == sub_id]
     assert sorted(pi["status"] for pi in intents) == ["requires_payment_method", "succeeded"]
@@ -118,8 +135,7 @@ async def test_cancel_now_refunds_the_unused_part_of_the_period(api, app_engine,
     pi_id = canceled["invoices"][0]["payment_intent_id"]
     refunds = [r for r in await stripe.objects("refund") if r["payment_intent"] == pi_id]
     assert len(refunds) == 1 and 0 < refunds[0]["amount"] <= 100
-    after = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel", json={},
-                           headers=owner.headers)
+    after = await api.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel", json={}, headers=owner.headers)
     assert_problem(after, 409, "subscription-ended")
 
 
@@ -137,8 +153,10 @@ async def test_commands_answer_with_the_state_they_left_and_what_cannot_apply_is
     assert changed.json()["live"]["pending_plan"]["id"] == "starter-monthly"
     assert changed.json()["status"] == "active" and changed.json()["links"]["self"] == url
     await end(api, owner, tenant_id, sub_id)
-    for command, body in [("change-plan", {"plan": "team-monthly"}),
-                          ("payment-method", {"payment_method": "pm_card_visa"})]:
+    for command, body in [
+        ("change-plan", {"plan": "team-monthly"}),
+        ("payment-method", {"payment_method": "pm_card_visa"}),
+    ]:
         assert_problem(await api.post(f"{url}/{command}", json=body, headers=owner.headers), 409, "subscription-ended")
 
 
@@ -146,20 +164,32 @@ async def test_bad_requests_and_other_tenants(api, app_engine):
     owner = await person(api, app_engine)
     tenant_id = await active_tenant(api, owner)
     url = f"/v1/tenants/{tenant_id}/subscriptions"
-    assert_problem(await api.post(url, json={"plan": "no-such-plan", "payment_method": "pm_card_visa"},
-                                  headers=owner.headers), 422, "unknown-plan")
-    assert_problem(await api.post(url, json={"plan": PLAN, "payment_method": "4242424242424242"},
-                                  headers=owner.headers), 422, "validation-failed")
+    assert_problem(
+        await api.post(url, json={"plan": "no-such-plan", "payment_method": "pm_card_visa"}, headers=owner.headers),
+        422,
+        "unknown-plan",
+    )
+    assert_problem(
+        await api.post(url, json={"plan": PLAN, "payment_method": "4242424242424242"}, headers=owner.headers),
+        422,
+        "validation-failed",
+    )
     assert_problem(await api.post(url, json={"plan": PLAN}, headers=owner.headers), 422, "validation-failed")
     member = await person(api, app_engine)
     await add_member(app_engine, tenant_id, member.id, "member")
-    assert_problem(await api.post(url, json={"plan": PLAN, "payment_method": "pm_card_visa"},
-                                  headers=member.headers), 403, "forbidden")
+    assert_problem(
+        await api.post(url, json={"plan": PLAN, "payment_method": "pm_card_visa"}, headers=member.headers),
+        403,
+        "forbidden",
+    )
     stranger = await person(api, app_engine)
     other_tenant = await active_tenant(api, stranger)
     assert_problem(await api.get(url, headers=stranger.headers), 404, "not-found")
-    assert_problem(await api.get(f"/v1/tenants/{other_tenant}/subscriptions/{uuid.uuid4()}",
-                                 headers=stranger.headers), 404, "not-found")
+    assert_problem(
+        await api.get(f"/v1/tenants/{other_tenant}/subscriptions/{uuid.uuid4()}", headers=stranger.headers),
+        404,
+        "not-found",
+    )
     assert (await api.get(f"/v1/tenants/{tenant_id}/invoices", headers=owner.headers)).json() == []
 
 
@@ -167,8 +197,12 @@ async def test_a_suspended_tenant_shows_as_such_and_a_paid_new_subscription_lift
     owner = await person(api, app_engine)
     tenant_id = await active_tenant(api, owner)
     # what an unpaid period does to its tenant
-    await ActivityEnvironment().run(TenantActivities(app_engine).suspend_tenant, SuspendTenant(
-        tenant_id=uuid.UUID(tenant_id), subscription_id=uuid.uuid4(), reason="period 3 unpaid", workflow_id="w"))
+    await ActivityEnvironment().run(
+        TenantActivities(app_engine).suspend_tenant,
+        SuspendTenant(
+            tenant_id=uuid.UUID(tenant_id), subscription_id=uuid.uuid4(), reason="period 3 unpaid", workflow_id="w"
+        ),
+    )
     shown = await api.get(f"/v1/tenants/{tenant_id}", headers=owner.headers)
     assert shown.status_code == 200 and shown.json()["status"] == "suspended"
     listed = await api.get("/v1/tenants", headers=owner.headers)
@@ -187,13 +221,17 @@ async def test_subscribing_while_temporal_is_down_writes_nothing(api, app_engine
     class Down:
         async def get(self):
             from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
+
             raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "down")
 
     real = temporal_app.state.temporal
     temporal_app.state.temporal = Down()
     try:
-        response = await api.post(f"/v1/tenants/{tenant_id}/subscriptions",
-                                  json={"plan": PLAN, "payment_method": "pm_card_visa"}, headers=owner.headers)
+        response = await api.post(
+            f"/v1/tenants/{tenant_id}/subscriptions",
+            json={"plan": PLAN, "payment_method": "pm_card_visa"},
+            headers=owner.headers,
+        )
     finally:
         temporal_app.state.temporal = real
     assert_problem(response, 503, "workflow-engine-unavailable")
@@ -204,7 +242,8 @@ async def test_subscribing_while_temporal_is_down_writes_nothing(api, app_engine
 
 
 async def test_operators_pause_and_trigger_the_schedule_and_it_goes_when_the_subscription_ends(
-        api, app_engine, temporal_client: Client):
+    api, app_engine, temporal_client: Client
+):
     owner = await person(api, app_engine)
     tenant_id = await active_tenant(api, owner)
     sub_id = (await subscribe(api, owner, tenant_id))["subscription_id"]
@@ -251,5 +290,8 @@ async def test_subscribe_with_an_idempotency_key_replays_and_refuses_another_bod
     after = await api.post(url, json=body, headers={**owner.headers, **key})  # its workflow has closed
     assert after.status_code == 202, after.text
     assert after.json()["subscription_id"] == sub_id and after.json()["status"] == "canceled"
-    assert_problem(await api.post(url, json={**body, "plan": "starter-monthly"}, headers={**owner.headers, **key}),
-                   422, "idempotency-key-reused")
+    assert_problem(
+        await api.post(url, json={**body, "plan": "starter-monthly"}, headers={**owner.headers, **key}),
+        422,
+        "idempotency-key-reused",
+    )

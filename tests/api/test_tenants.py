@@ -24,8 +24,9 @@ from tests.api.conftest import (
 
 async def _events(engine, tenant_id: str, type_: str) -> list[DomainEvent]:
     async with transaction(engine, tenant_id=uuid.UUID(tenant_id)) as db:
-        return list((await db.exec(select(DomainEvent).where(DomainEvent.type == type_)
-                                   .order_by(DomainEvent.id))).all())
+        return list(
+            (await db.exec(select(DomainEvent).where(DomainEvent.type == type_).order_by(DomainEvent.id))).all()
+        )
 
 
 async def test_create_tenant_runs_the_saga_until_active(api, app_engine, temporal_client):
@@ -78,16 +79,26 @@ async def test_saga_state_is_shown_while_provisioning(api, app_engine, stripe_fa
         await asyncio.sleep(0.1)
     assert view["role"] == "owner" and view["status"] == "provisioning", view
     assert view["saga"]["step"] == "create_stripe_customer", view["saga"]
-    assert_problem(await api.post(f"/v1/tenants/{tid}/invitations", json={"email": "x@example.com"},
-                                  headers=owner.headers), 409, "tenant-not-active")
+    assert_problem(
+        await api.post(f"/v1/tenants/{tid}/invitations", json={"email": "x@example.com"}, headers=owner.headers),
+        409,
+        "tenant-not-active",
+    )
     final = await wait_for_tenant(api, owner, tid, timeout=60)
     assert final["saga"] is None and final["billing"]["stripe_customer_id"]
 
 
 async def test_failed_provisioning_is_visible_to_its_creator_only(api, app_engine, stripe_faults):
     owner = await person(api, app_engine)
-    await stripe_faults({"status": 400, "count": 1, "path_prefix": "/v1/customers", "method": "POST",
-                         "message": "Invalid email address"})
+    await stripe_faults(
+        {
+            "status": 400,
+            "count": 1,
+            "path_prefix": "/v1/customers",
+            "method": "POST",
+            "message": "Invalid email address",
+        }
+    )
     tid = (await create_tenant(api, owner))["tenant_id"]
     view = await wait_for_tenant(api, owner, tid, status="failed", timeout=60)
     assert view["failure_reason"] and view["role"] is None and view["billing"] is None and view["saga"] is None
@@ -97,22 +108,25 @@ async def test_failed_provisioning_is_visible_to_its_creator_only(api, app_engin
     assert_problem(await api.get(f"/v1/tenants/{tid}", headers=stranger.headers), 404, "not-found")
 
 
-@pytest.mark.parametrize("body", [
-    {"name": "Acme", "slug": "ab"},
-    {"name": "Acme", "slug": "a" * 41},
-    {"name": "Acme", "slug": "Acme-Labs"},
-    {"name": "Acme", "slug": "-acme"},
-    {"name": "Acme", "slug": "acme-"},
-    {"name": "Acme", "slug": "acme labs"},
-    {"name": "Acme", "slug": "acme_labs"},
-    {"name": "Acme", "slug": "acmé-labs"},
-    {"name": "", "slug": "acme-labs"},
-    {"name": "   ", "slug": "acme-labs"},
-    {"name": "x" * 201, "slug": "acme-labs"},
-    {"name": "Acme", "slug": "acme-labs", "billing_email": "not-an-email"},
-    {"name": "Acme", "slug": "acme-labs", "plan": "pro"},
-    {"slug": "acme-labs"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "Acme", "slug": "ab"},
+        {"name": "Acme", "slug": "a" * 41},
+        {"name": "Acme", "slug": "Acme-Labs"},
+        {"name": "Acme", "slug": "-acme"},
+        {"name": "Acme", "slug": "acme-"},
+        {"name": "Acme", "slug": "acme labs"},
+        {"name": "Acme", "slug": "acme_labs"},
+        {"name": "Acme", "slug": "acmé-labs"},
+        {"name": "", "slug": "acme-labs"},
+        {"name": "   ", "slug": "acme-labs"},
+        {"name": "x" * 201, "slug": "acme-labs"},
+        {"name": "Acme", "slug": "acme-labs", "billing_email": "not-an-email"},
+        {"name": "Acme", "slug": "acme-labs", "plan": "pro"},
+        {"slug": "acme-labs"},
+    ],
+)
 async def test_invalid_tenant_requests_are_422(api, app_engine, body):
     owner = await person(api, app_engine)
     body_ = assert_problem(await api.post("/v1/tenants", json=body, headers=owner.headers), 422, "validation-failed")
@@ -129,8 +143,9 @@ async def test_taken_slug_is_409(api, app_engine):
     first, second = await person(api, app_engine), await person(api, app_engine)
     slug = new_slug("taken")
     await active_tenant(api, first, slug=slug)
-    body = assert_problem(await api.post("/v1/tenants", json={"name": "Other", "slug": slug}, headers=second.headers),
-                          409, "slug-taken")
+    body = assert_problem(
+        await api.post("/v1/tenants", json={"name": "Other", "slug": slug}, headers=second.headers), 409, "slug-taken"
+    )
     assert "Acme" not in body["detail"]
     assert (await api.get("/v1/tenants", headers=second.headers)).json() == []
 
@@ -146,8 +161,9 @@ async def test_idempotency_key_returns_the_same_tenant(api, app_engine):
     await wait_for_tenant(api, owner, first.json()["tenant_id"])
     after = await api.post("/v1/tenants", json=body, headers={**owner.headers, "Idempotency-Key": key})
     assert after.status_code == 202 and after.json()["status"] == "active"
-    other = await api.post("/v1/tenants", json={"name": "Acme", "slug": new_slug()},
-                           headers={**owner.headers, "Idempotency-Key": key})
+    other = await api.post(
+        "/v1/tenants", json={"name": "Acme", "slug": new_slug()}, headers={**owner.headers, "Idempotency-Key": key}
+    )
     assert_problem(other, 422, "idempotency-key-reused")
     assert len((await api.get("/v1/tenants", headers=owner.headers)).json()) == 1
 
@@ -161,34 +177,45 @@ async def test_role_changes_follow_the_owner_rules(api, app_engine):
     await add_member(app_engine, tid, member.id, "member")
     url = f"/v1/tenants/{tid}/members"
 
-    assert_problem(await api.patch(f"{url}/{admin.id}", json={"role": "member"}, headers=member.headers),
-                   403, "forbidden")
+    assert_problem(
+        await api.patch(f"{url}/{admin.id}", json={"role": "member"}, headers=member.headers), 403, "forbidden"
+    )
     promoted = await api.patch(f"{url}/{member.id}", json={"role": "admin"}, headers=admin.headers)
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["role"] == "admin" and promoted.json()["email"] == member.email
     # Only an owner grants or takes away `owner`.
-    assert_problem(await api.patch(f"{url}/{member.id}", json={"role": "owner"}, headers=admin.headers),
-                   403, "forbidden")
-    assert_problem(await api.patch(f"{url}/{owner.id}", json={"role": "member"}, headers=admin.headers),
-                   403, "forbidden")
+    assert_problem(
+        await api.patch(f"{url}/{member.id}", json={"role": "owner"}, headers=admin.headers), 403, "forbidden"
+    )
+    assert_problem(
+        await api.patch(f"{url}/{owner.id}", json={"role": "member"}, headers=admin.headers), 403, "forbidden"
+    )
     # The last owner cannot be demoted.
-    assert_problem(await api.patch(f"{url}/{owner.id}", json={"role": "admin"}, headers=owner.headers),
-                   409, "last-owner")
-    assert (await api.patch(f"{url}/{admin.id}", json={"role": "owner"}, headers=owner.headers)).json()["role"] == "owner"
+    assert_problem(
+        await api.patch(f"{url}/{owner.id}", json={"role": "admin"}, headers=owner.headers), 409, "last-owner"
+    )
+    assert (await api.patch(f"{url}/{admin.id}", json={"role": "owner"}, headers=owner.headers)).json()[
+        "role"
+    ] == "owner"
     demoted = await api.patch(f"{url}/{owner.id}", json={"role": "member"}, headers=owner.headers)
     assert demoted.status_code == 200 and demoted.json()["role"] == "member"
-    assert_problem(await api.patch(f"{url}/{admin.id}", json={"role": "admin"}, headers=admin.headers),
-                   409, "last-owner")
+    assert_problem(
+        await api.patch(f"{url}/{admin.id}", json={"role": "admin"}, headers=admin.headers), 409, "last-owner"
+    )
 
-    assert_problem(await api.patch(f"{url}/{uuid.uuid4()}", json={"role": "admin"}, headers=admin.headers),
-                   404, "not-found")
-    assert_problem(await api.patch(f"{url}/{member.id}", json={"role": "boss"}, headers=admin.headers),
-                   422, "validation-failed")
+    assert_problem(
+        await api.patch(f"{url}/{uuid.uuid4()}", json={"role": "admin"}, headers=admin.headers), 404, "not-found"
+    )
+    assert_problem(
+        await api.patch(f"{url}/{member.id}", json={"role": "boss"}, headers=admin.headers), 422, "validation-failed"
+    )
     roles = {m["user_id"]: m["role"] for m in (await api.get(url, headers=member.headers)).json()}
     assert roles == {str(owner.id): "member", str(admin.id): "owner", str(member.id): "admin"}
     events = await _events(app_engine, tid, "member.role_changed")
     assert [(e.payload["user_id"], e.payload["from"], e.payload["to"]) for e in events] == [
-        (str(member.id), "member", "admin"), (str(admin.id), "admin", "owner"), (str(owner.id), "owner", "member"),
+        (str(member.id), "member", "admin"),
+        (str(admin.id), "admin", "owner"),
+        (str(owner.id), "owner", "member"),
     ]
     assert all(e.tenant_id == uuid.UUID(tid) for e in events)
 
@@ -217,5 +244,7 @@ async def test_removing_members_and_leaving(api, app_engine):
 
     events = await _events(app_engine, tid, "member.removed")
     assert [(e.payload["user_id"], e.payload["left"]) for e in events] == [
-        (str(member.id), True), (str(other.id), False), (str(admin.id), False),
+        (str(member.id), True),
+        (str(other.id), False),
+        (str(admin.id), False),
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from models.db import transaction
 from models.tables import VerificationToken
@@ -15,25 +15,32 @@ async def _token(engine, **fields) -> str:
     account = await insert_user(engine, status="pending")
     token_id = uuid.uuid4()
     secret = tokens.derive_token(b"k" * 32, tokens.VERIFY_EMAIL, token_id)
-    values = {"expires_at": datetime.now(timezone.utc) + timedelta(hours=1), **fields}
+    values = {"expires_at": datetime.now(UTC) + timedelta(hours=1), **fields}
     async with transaction(engine) as db:
-        db.add(VerificationToken(id=token_id, user_id=account.id, purpose=tokens.VERIFY_EMAIL,
-                                 token_hash=tokens.hash_token(secret), **values))
+        db.add(
+            VerificationToken(
+                id=token_id,
+                user_id=account.id,
+                purpose=tokens.VERIFY_EMAIL,
+                token_hash=tokens.hash_token(secret),
+                **values,
+            )
+        )
     return secret
 
 
 async def test_used_token_is_409(client, engine):
-    secret = await _token(engine, used_at=datetime.now(timezone.utc))
+    secret = await _token(engine, used_at=datetime.now(UTC))
     assert_problem(await client.post("/v1/auth/verify", json={"token": secret}), 409, "token-already-used")
 
 
 async def test_revoked_token_is_410(client, engine):
-    secret = await _token(engine, revoked_at=datetime.now(timezone.utc))
+    secret = await _token(engine, revoked_at=datetime.now(UTC))
     assert_problem(await client.post("/v1/auth/verify", json={"token": secret}), 410, "token-expired")
 
 
 async def test_expired_token_is_410(client, engine):
-    secret = await _token(engine, expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+    secret = await _token(engine, expires_at=datetime.now(UTC) - timedelta(seconds=1))
     assert_problem(await client.post("/v1/auth/verify", json={"token": secret}), 410, "token-expired")
 
 

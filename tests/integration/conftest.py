@@ -24,9 +24,13 @@ PASSWORD = "correct horse battery staple"
 # Email delivery tuned for tests: short SMTP timeout and backoff, a rate limit low enough to observe.
 SEND_RATE = 8
 SLOW_SECONDS = 4
-FAST_EMAIL = {"SMTP_TIMEOUT_SECONDS": "1.5", "EMAIL_RETRY_INITIAL_SECONDS": "0.3",
-              "EMAIL_RETRY_MAX_INTERVAL_SECONDS": "1.5", "EMAIL_RETRY_MAX_ATTEMPTS": "40",
-              "EMAIL_MAX_PER_SECOND": str(SEND_RATE)}
+FAST_EMAIL = {
+    "SMTP_TIMEOUT_SECONDS": "1.5",
+    "EMAIL_RETRY_INITIAL_SECONDS": "0.3",
+    "EMAIL_RETRY_MAX_INTERVAL_SECONDS": "1.5",
+    "EMAIL_RETRY_MAX_ATTEMPTS": "40",
+    "EMAIL_MAX_PER_SECOND": str(SEND_RATE),
+}
 LOG_TAIL: deque[str] = deque(maxlen=400)
 
 
@@ -39,8 +43,9 @@ async def stack() -> AsyncIterator[EmbeddedStack]:
     # Not under pytest's tmp dir: pytest makes it 0700, which locks out PostgreSQL's own system user.
     data_dir = Path(tempfile.mkdtemp(prefix="prognet-it-"))
     data_dir.chmod(0o755)
-    stack = EmbeddedStack(stack_settings(data_dir / "data"), app=True, log=_keep_log,
-                          smtp_slow_seconds=SLOW_SECONDS, extra_env=FAST_EMAIL)
+    stack = EmbeddedStack(
+        stack_settings(data_dir / "data"), app=True, log=_keep_log, smtp_slow_seconds=SLOW_SECONDS, extra_env=FAST_EMAIL
+    )
     try:
         await stack.start()
     except BaseException:
@@ -59,8 +64,9 @@ async def http(stack: EmbeddedStack) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="session")
 async def temporal(stack: EmbeddedStack) -> Client:
-    return await Client.connect(stack.temporal_address, namespace=stack.temporal_namespace,
-                                data_converter=pydantic_data_converter)
+    return await Client.connect(
+        stack.temporal_address, namespace=stack.temporal_namespace, data_converter=pydantic_data_converter
+    )
 
 
 def new_email(tag: str = "user") -> str:
@@ -70,6 +76,7 @@ def new_email(tag: str = "user") -> str:
 async def email_to(stack: EmbeddedStack, address: str, timeout: float = 30.0, subject: str = "") -> EmailMessage:
     """Wait until the sink holds a message for `address` (whose subject contains `subject`) and return it."""
     import asyncio
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -87,7 +94,7 @@ def token_from(msg: EmailMessage) -> str:
     return match.group(1)
 
 
-__all__ = ["PASSWORD", "new_email", "email_to", "token_from", "wait_for_messages"]
+__all__ = ["PASSWORD", "email_to", "new_email", "token_from", "wait_for_messages"]
 
 
 # --- journeys several test modules start from ---
@@ -103,22 +110,18 @@ async def register_and_verify(http: httpx.AsyncClient, stack: EmbeddedStack, ema
     return accepted
 
 
-
 async def login(http: httpx.AsyncClient, email: str, password: str = PASSWORD) -> httpx.Response:
     return await http.post("/v1/auth/login", json={"email": email, "password": password})
-
 
 
 def bearer(tokens: dict) -> dict:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
-
 async def owner_headers(http: httpx.AsyncClient, stack: EmbeddedStack) -> dict:
     email = new_email("owner")
     await register_and_verify(http, stack, email)
     return bearer((await login(http, email)).json())
-
 
 
 async def wait_for_status(http: httpx.AsyncClient, headers: dict, tenant_id: str, wanted: set[str]) -> dict:
@@ -128,4 +131,3 @@ async def wait_for_status(http: httpx.AsyncClient, headers: dict, tenant_id: str
             return r.json()
         await asyncio.sleep(0.1)
     raise AssertionError(f"tenant {tenant_id} never reached {wanted}: {r.status_code} {r.text}")
-

@@ -48,6 +48,7 @@ WEBHOOK_PATH = "/v1/webhooks/stripe"
 
 # --- helpers ---------------------------------------------------------------------------------------------------
 
+
 def sandbox_of(stack: EmbeddedStack) -> StripeSandbox:
     assert stack.stripe is not None and stack.stripe.sandbox is not None, "the stack runs no Stripe sandbox"
     return stack.stripe.sandbox
@@ -56,8 +57,9 @@ def sandbox_of(stack: EmbeddedStack) -> StripeSandbox:
 async def new_tenant(http: httpx.AsyncClient, stack: EmbeddedStack) -> tuple[dict, str]:
     """A verified, logged-in owner and their active tenant (with its Stripe customer)."""
     headers = await owner_headers(http, stack)
-    r = await http.post("/v1/tenants", json={"name": "Billing Co", "slug": f"bill-{uuid.uuid4().hex[:10]}"},
-                        headers=headers)
+    r = await http.post(
+        "/v1/tenants", json={"name": "Billing Co", "slug": f"bill-{uuid.uuid4().hex[:10]}"}, headers=headers
+    )
     assert r.status_code == 202, r.text
     tenant_id = r.json()["tenant_id"]
     await wait_for_status(http, headers, tenant_id, {"active"})
@@ -65,14 +67,21 @@ async def new_tenant(http: httpx.AsyncClient, stack: EmbeddedStack) -> tuple[dic
 
 
 async def subscribe(http: httpx.AsyncClient, headers: dict, tenant_id: str, payment_method: str) -> str:
-    r = await http.post(f"/v1/tenants/{tenant_id}/subscriptions",
-                        json={"plan": PLAN, "payment_method": payment_method}, headers=headers)
+    r = await http.post(
+        f"/v1/tenants/{tenant_id}/subscriptions", json={"plan": PLAN, "payment_method": payment_method}, headers=headers
+    )
     assert r.status_code == 202, r.text
     return r.json()["subscription_id"]
 
 
-async def wait_subscription(http: httpx.AsyncClient, headers: dict, tenant_id: str, sub_id: str,
-                            predicate: Callable[[dict], bool], timeout: float = 30.0) -> dict:
+async def wait_subscription(
+    http: httpx.AsyncClient,
+    headers: dict,
+    tenant_id: str,
+    sub_id: str,
+    predicate: Callable[[dict], bool],
+    timeout: float = 30.0,
+) -> dict:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -89,16 +98,16 @@ def invoice_statuses(sub: dict) -> list[tuple[int, str]]:
 
 
 async def cancel_now(http: httpx.AsyncClient, headers: dict, tenant_id: str, sub_id: str) -> dict:
-    r = await http.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel", json={"at_period_end": False},
-                        headers=headers)
+    r = await http.post(
+        f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/cancel", json={"at_period_end": False}, headers=headers
+    )
     assert r.status_code == 200, r.text
     return await wait_subscription(http, headers, tenant_id, sub_id, lambda s: s["status"] == "canceled")
 
 
 def intents_of(sandbox: StripeSandbox, sub_id: str) -> list[dict]:
     """Every PaymentIntent the sandbox holds for the subscription, oldest first."""
-    return list(reversed([pi for pi in sandbox.payment_intents()
-                          if pi["metadata"].get("subscription_id") == sub_id]))
+    return list(reversed([pi for pi in sandbox.payment_intents() if pi["metadata"].get("subscription_id") == sub_id]))
 
 
 def subject_of(event: dict) -> str | None:
@@ -108,8 +117,9 @@ def subject_of(event: dict) -> str | None:
 
 
 async def cycle_state(temporal: Client, workflow_id: str) -> BillingCycleState:
-    return await temporal.get_workflow_handle(workflow_id).query(QUERY_BILLING_CYCLE_STATE,
-                                                                 result_type=BillingCycleState)
+    return await temporal.get_workflow_handle(workflow_id).query(
+        QUERY_BILLING_CYCLE_STATE, result_type=BillingCycleState
+    )
 
 
 @dataclass
@@ -164,9 +174,12 @@ class WebhookRelay:
                 body = {"raw": response.text}
             self.answers.append(Answer(json.loads(payload), response.status_code, body))
             out = response.content
-            writer.write(f"HTTP/1.1 {response.status_code} Relayed\r\ncontent-type: "
-                         f"{response.headers.get('content-type', 'application/json')}\r\ncontent-length: {len(out)}"
-                         "\r\nconnection: close\r\n\r\n".encode() + out)
+            writer.write(
+                f"HTTP/1.1 {response.status_code} Relayed\r\ncontent-type: "
+                f"{response.headers.get('content-type', 'application/json')}\r\ncontent-length: {len(out)}"
+                "\r\nconnection: close\r\n\r\n".encode()
+                + out
+            )
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -202,17 +215,20 @@ async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
 
 # --- 1. two periods with a worker restart in between -------------------------------------------------------------
 
+
 async def test_two_periods_bill_once_each_across_a_worker_restart(http, stack: EmbeddedStack, temporal: Client):
     sandbox = sandbox_of(stack)
     headers, tenant_id = await new_tenant(http, stack)
     sub_id = await subscribe(http, headers, tenant_id, "pm_card_visa")
-    first = await wait_subscription(http, headers, tenant_id, sub_id,
-                                    lambda s: s["status"] == "active" and invoice_statuses(s) == [(1, "paid")])
+    first = await wait_subscription(
+        http, headers, tenant_id, sub_id, lambda s: s["status"] == "active" and invoice_statuses(s) == [(1, "paid")]
+    )
     period_end = datetime.fromisoformat(first["current_period_end"])
     assert (period_end - datetime.fromisoformat(first["current_period_start"])).total_seconds() == PERIOD_SECONDS
     # the first cycle finished (its result is the paid invoice) before the worker goes away
-    result = await temporal.get_workflow_handle(billing_cycle_workflow_id(sub_id, 0),
-                                                result_type=BillingCycleResult).result()
+    result = await temporal.get_workflow_handle(
+        billing_cycle_workflow_id(sub_id, 0), result_type=BillingCycleResult
+    ).result()
     assert (result.status, result.invoice_number, result.attempts) == ("paid", 1, 1)
 
     # kill -9 the worker while period 0 runs; keep it down over the period end, when the Schedule fires
@@ -231,12 +247,21 @@ async def test_two_periods_bill_once_each_across_a_worker_restart(http, stack: E
         await worker.start()
 
     second = await wait_subscription(
-        http, headers, tenant_id, sub_id,
-        lambda s: s["status"] == "active" and invoice_statuses(s) == [(1, "paid"), (2, "paid")]
-        and (s["live"] or {}).get("cycles_paid") == 2
-        and datetime.fromisoformat(s["current_period_start"]) == period_end, timeout=45)
-    result = await temporal.get_workflow_handle(billing_cycle_workflow_id(sub_id, 1),
-                                                result_type=BillingCycleResult).result()
+        http,
+        headers,
+        tenant_id,
+        sub_id,
+        lambda s: (
+            s["status"] == "active"
+            and invoice_statuses(s) == [(1, "paid"), (2, "paid")]
+            and (s["live"] or {}).get("cycles_paid") == 2
+            and datetime.fromisoformat(s["current_period_start"]) == period_end
+        ),
+        timeout=45,
+    )
+    result = await temporal.get_workflow_handle(
+        billing_cycle_workflow_id(sub_id, 1), result_type=BillingCycleResult
+    ).result()
     assert (result.status, result.invoice_number, result.attempts) == ("paid", 2, 1)
     assert second["live"]["cycles_paid"] == 2 and second["live"]["period_index"] == 1
     assert datetime.fromisoformat(second["live"]["current_period_start"]) == period_end
@@ -250,8 +275,10 @@ async def test_two_periods_bill_once_each_across_a_worker_restart(http, stack: E
     # Stripe saw exactly two charges, one per invoice, each from its own cycle: nothing charged twice
     intents = intents_of(sandbox, sub_id)
     assert [pi["status"] for pi in intents] == ["succeeded", "succeeded"]
-    assert [pi["metadata"]["workflow_id"] for pi in intents] == [billing_cycle_workflow_id(sub_id, 0),
-                                                                 billing_cycle_workflow_id(sub_id, 1)]
+    assert [pi["metadata"]["workflow_id"] for pi in intents] == [
+        billing_cycle_workflow_id(sub_id, 0),
+        billing_cycle_workflow_id(sub_id, 1),
+    ]
     assert [pi["id"] for pi in intents] == [i["payment_intent_id"] for i in second["invoices"]]
     assert all(pi["amount_received"] == pi["amount"] == 100 for pi in intents)
     pi_ids = {pi["id"] for pi in intents}
@@ -269,9 +296,11 @@ async def test_two_periods_bill_once_each_across_a_worker_restart(http, stack: E
 
 # --- 2. duplicate and out-of-order webhooks ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["duplicate", "reverse"])
-async def test_duplicate_and_reordered_webhooks_change_nothing(http, stack: EmbeddedStack, temporal: Client,
-                                                               relay: WebhookRelay, mode: str):
+async def test_duplicate_and_reordered_webhooks_change_nothing(
+    http, stack: EmbeddedStack, temporal: Client, relay: WebhookRelay, mode: str
+):
     sandbox = sandbox_of(stack)
     headers, tenant_id = await new_tenant(http, stack)
     # duplicate: every event delivered twice as it happens; reverse: all held, released newest first at the end,
@@ -289,14 +318,20 @@ async def test_duplicate_and_reordered_webhooks_change_nothing(http, stack: Embe
         await sandbox.wait_for_webhooks(timeout=20)
         failed = [a for a in relay.about({declined["id"]}) if a.event["type"] == "payment_intent.payment_failed"]
         assert [(a.status, a.body) for a in failed] == [
-            (200, {"received": True, "routed": True}), (200, {"received": True, "duplicate": True})]
+            (200, {"received": True, "routed": True}),
+            (200, {"received": True, "duplicate": True}),
+        ]
         assert (await cycle_state(temporal, cycle_id)).status == "dunning"
 
-    r = await http.post(f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/payment-method",
-                        json={"payment_method": "pm_card_visa"}, headers=headers)
+    r = await http.post(
+        f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/payment-method",
+        json={"payment_method": "pm_card_visa"},
+        headers=headers,
+    )
     assert r.status_code == 200, r.text
-    paid = await wait_subscription(http, headers, tenant_id, sub_id,
-                                   lambda s: s["status"] == "active" and invoice_statuses(s) == [(1, "paid")])
+    paid = await wait_subscription(
+        http, headers, tenant_id, sub_id, lambda s: s["status"] == "active" and invoice_statuses(s) == [(1, "paid")]
+    )
     result = await temporal.get_workflow_handle(cycle_id, result_type=BillingCycleResult).result()
     if mode == "reverse":
         assert sandbox.flush_webhooks() >= 6  # created/failed/charge × 2 intents, at least
@@ -312,8 +347,13 @@ async def test_duplicate_and_reordered_webhooks_change_nothing(http, stack: Embe
     ids = {pi["id"] for pi in intents}
     answers = relay.about(ids)
     events = [e for e in sandbox.events() if subject_of(e) in ids]  # newest first
-    assert {e["type"] for e in events} >= {"payment_intent.created", "charge.failed", "payment_intent.payment_failed",
-                                           "charge.succeeded", "payment_intent.succeeded"}
+    assert {e["type"] for e in events} >= {
+        "payment_intent.created",
+        "charge.failed",
+        "payment_intent.payment_failed",
+        "charge.succeeded",
+        "payment_intent.succeeded",
+    }
     deliveries = [d for e in events for d in sandbox.webhook_deliveries(event=e["id"])]
     assert deliveries and all(d["status"] is not None and 200 <= d["status"] < 300 for d in deliveries), deliveries
     assert all(200 <= a.status < 300 for a in answers), [(a.event["type"], a.status, a.body) for a in answers]
@@ -350,8 +390,10 @@ async def test_duplicate_and_reordered_webhooks_change_nothing(http, stack: Embe
 
 # --- 3. forged and stale signatures ---------------------------------------------------------------------------
 
-async def test_forged_or_stale_webhooks_are_refused_and_change_nothing(http, stack: EmbeddedStack,
-                                                                      temporal: Client, redis: Redis):
+
+async def test_forged_or_stale_webhooks_are_refused_and_change_nothing(
+    http, stack: EmbeddedStack, temporal: Client, redis: Redis
+):
     sandbox = sandbox_of(stack)
     secret = stack.stripe_webhook_secret
     assert secret
@@ -379,8 +421,9 @@ async def test_forged_or_stale_webhooks_are_refused_and_change_nothing(http, sta
         "no v1 signature": f"t={now}",
     }
     for what, header in attempts.items():
-        r = await http.post(WEBHOOK_PATH, content=payload,
-                            headers={"Content-Type": "application/json", "Stripe-Signature": header})
+        r = await http.post(
+            WEBHOOK_PATH, content=payload, headers={"Content-Type": "application/json", "Stripe-Signature": header}
+        )
         assert r.status_code == 400, (what, r.status_code, r.text)
         assert r.headers["content-type"].startswith("application/problem+json"), what
         assert r.json()["type"].endswith("/bad-request"), (what, r.text)
@@ -400,8 +443,11 @@ async def test_forged_or_stale_webhooks_are_refused_and_change_nothing(http, sta
     repeat = copy.deepcopy(real_failure)
     repeat["id"] = f"evt_repeat{uuid.uuid4().hex[:14]}"
     body = json.dumps(repeat, indent=2)
-    r = await http.post(WEBHOOK_PATH, content=body, headers={"Content-Type": "application/json",
-                                                              "Stripe-Signature": signature_header(body, secret)})
+    r = await http.post(
+        WEBHOOK_PATH,
+        content=body,
+        headers={"Content-Type": "application/json", "Stripe-Signature": signature_header(body, secret)},
+    )
     assert r.status_code == 200 and r.json() == {"received": True, "routed": True}, r.text
     assert await redis.exists(dedupe_key(repeat["id"])) == 1
     assert (await cycle_state(temporal, cycle_id)).model_dump() == before.model_dump()

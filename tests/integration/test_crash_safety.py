@@ -43,7 +43,8 @@ async def test_worker_killed_after_user_created_before_email_sent(http: httpx.As
         rows = await conn.fetch("select id, status from users where lower(email) = $1", email)
         assert [row["status"] for row in rows] == ["active"]  # exactly one user
         events = await conn.fetch(
-            "select type from domain_events where aggregate_id = $1 order by id", str(rows[0]["id"]))
+            "select type from domain_events where aggregate_id = $1 order by id", str(rows[0]["id"])
+        )
         assert [e["type"] for e in events] == ["user.registered", "user.verified"]
     finally:
         await conn.close()

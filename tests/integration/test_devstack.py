@@ -131,15 +131,27 @@ def test_prognet_dev_busy_port_is_one_error_line(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {k: v for k, v in os.environ.items()
-               if k.upper() not in {"DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS", "SMTP_HOST"}}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k.upper() not in {"DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS", "SMTP_HOST"}
+        }
         env.update(
             PROGNET_DATA_DIR=str(tmp_path / "data"),
-            TEMPORAL_PORT=str(free_port()), TEMPORAL_UI_PORT=str(port), REDIS_PORT=str(free_port()),
-            SMTP_PORT=str(free_port()), API_PORT=str(free_port()),
+            TEMPORAL_PORT=str(free_port()),
+            TEMPORAL_UI_PORT=str(port),
+            REDIS_PORT=str(free_port()),
+            SMTP_PORT=str(free_port()),
+            API_PORT=str(free_port()),
         )
-        proc = subprocess.run([sys.executable, "-m", "prognet.cli", "dev"], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "prognet.cli", "dev"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: Temporal UI port 127.0.0.1:{port} is busy"]
 
@@ -150,7 +162,8 @@ async def test_external_services_are_not_started(tmp_path: Path) -> None:
         database_url="postgresql+asyncpg://app:secret@db.example:5432/prognet",
         redis_url="redis://cache.example:6379/0",
         temporal_address="temporal.example:7233",
-        smtp_host="mail.example", smtp_port=2525,
+        smtp_host="mail.example",
+        smtp_port=2525,
         stripe_api_base="https://api.stripe.com",
     )
     stack = EmbeddedStack(settings, run_migrations=False, log=_quiet)

@@ -29,11 +29,19 @@ def address(tag: str = "") -> str:
 
 
 async def send(temporal: Client, to: str, subject: str = "Pipeline"):
-    req = EmailRequest(message_id=uuid.uuid4(), template="notice", to_address=to,
-                       params={"subject": subject, "body": "Hello from the pipeline"})
+    req = EmailRequest(
+        message_id=uuid.uuid4(),
+        template="notice",
+        to_address=to,
+        params={"subject": subject, "body": "Hello from the pipeline"},
+    )
     return req.message_id, await temporal.start_workflow(
-        EMAIL_DELIVERY_WORKFLOW, req, id=email_workflow_id(req.message_id), task_queue=EMAIL_TASK_QUEUE,
-        result_type=EmailResult)
+        EMAIL_DELIVERY_WORKFLOW,
+        req,
+        id=email_workflow_id(req.message_id),
+        task_queue=EMAIL_TASK_QUEUE,
+        result_type=EmailResult,
+    )
 
 
 async def tracking(stack: EmbeddedStack, message_id: uuid.UUID, until: set[str], timeout: float = 30) -> asyncpg.Record:
@@ -78,7 +86,7 @@ async def test_fail550_goes_straight_to_the_dead_letter_and_suppresses(stack: Em
     finally:
         await conn.close()
     # the next message to that address is not even tried
-    again_id, again = await send(temporal, to)
+    _again_id, again = await send(temporal, to)
     assert (await again.result()).state == "suppressed"
     # the operator gives up on the first one
     await handle.signal(SIGNAL_EMAIL_DECISION, EmailDecision(action="discard", reason="test"))

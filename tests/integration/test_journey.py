@@ -62,7 +62,11 @@ async def test_register_verify_login_refresh_reuse_logout(http: httpx.AsyncClien
     assert body["status"] == "completed"
     assert body["saga"]["status"] == "completed"
     assert body["saga"]["completed_steps"] == [
-        "create_pending_user", "issue_verification_token", "send_verification_email", "activate_user"]
+        "create_pending_user",
+        "issue_verification_token",
+        "send_verification_email",
+        "activate_user",
+    ]
 
     # Refresh rotates; presenting the old refresh token again revokes the whole family.
     r = await http.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
@@ -108,8 +112,9 @@ async def test_idempotency_key_returns_the_same_registration(http):
     second = await http.post("/v1/auth/register", json=body, headers={"Idempotency-Key": key})
     assert first.status_code == second.status_code == 202
     assert first.json()["user_id"] == second.json()["user_id"]
-    other = await http.post("/v1/auth/register", json={"email": new_email("idem"), "password": PASSWORD},
-                            headers={"Idempotency-Key": key})
+    other = await http.post(
+        "/v1/auth/register", json={"email": new_email("idem"), "password": PASSWORD}, headers={"Idempotency-Key": key}
+    )
     assert other.status_code == 422
     assert other.json()["type"].endswith("idempotency-key-reused")
 
@@ -137,9 +142,7 @@ async def test_no_password_or_email_in_history_ids_or_search_attributes(http, st
     await email_to(stack, email)
     history = await handle.fetch_history()
     raw = history.to_json()
-    decoded = raw + "".join(
-        base64.b64decode(chunk).decode("utf-8", "replace")
-        for chunk in _base64_chunks(raw))
+    decoded = raw + "".join(base64.b64decode(chunk).decode("utf-8", "replace") for chunk in _base64_chunks(raw))
     assert password not in decoded
     assert "$argon2id$" in decoded  # what travels is the hash
     desc = await handle.describe()
@@ -150,6 +153,7 @@ async def test_no_password_or_email_in_history_ids_or_search_attributes(http, st
 
 def _base64_chunks(raw: str):
     import json
+
     def walk(node):
         if isinstance(node, dict):
             for k, v in node.items():
@@ -160,6 +164,7 @@ def _base64_chunks(raw: str):
         elif isinstance(node, list):
             for v in node:
                 yield from walk(v)
+
     yield from walk(json.loads(raw))
 
 

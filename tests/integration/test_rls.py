@@ -23,25 +23,50 @@ async def two_tenants(stack: EmbeddedStack) -> tuple[uuid.UUID, uuid.UUID]:
         for name in ("alpha", "beta"):
             tenant, user = uuid.uuid4(), uuid.uuid4()
             slug = f"{name}-{tenant.hex[:8]}"
-            await owner.execute("insert into users(id, email, password_hash, status, is_platform_admin) "
-                                "values ($1, $2, 'x', 'active', false)", user, f"{slug}@example.com")
-            await owner.execute("insert into tenants(id, name, slug, status, created_by) values ($1, $2, $3, 'active', $4)",
-                                tenant, name, slug, user)
-            await owner.execute("insert into memberships(tenant_id, user_id, role) values ($1, $2, 'owner')", tenant, user)
+            await owner.execute(
+                "insert into users(id, email, password_hash, status, is_platform_admin) "
+                "values ($1, $2, 'x', 'active', false)",
+                user,
+                f"{slug}@example.com",
+            )
+            await owner.execute(
+                "insert into tenants(id, name, slug, status, created_by) values ($1, $2, $3, 'active', $4)",
+                tenant,
+                name,
+                slug,
+                user,
+            )
+            await owner.execute(
+                "insert into memberships(tenant_id, user_id, role) values ($1, $2, 'owner')", tenant, user
+            )
             await owner.execute("insert into tenant_billing(tenant_id, currency) values ($1, 'eur')", tenant)
             await owner.execute("insert into tenant_settings(tenant_id, values) values ($1, '{}')", tenant)
-            await owner.execute("insert into invitations(id, tenant_id, email, role, status, invited_by, expires_at) "
-                                "values ($1, $2, 'x@example.com', 'member', 'pending', $3, now() + interval '1 day')",
-                                uuid.uuid4(), tenant, user)
+            await owner.execute(
+                "insert into invitations(id, tenant_id, email, role, status, invited_by, expires_at) "
+                "values ($1, $2, 'x@example.com', 'member', 'pending', $3, now() + interval '1 day')",
+                uuid.uuid4(),
+                tenant,
+                user,
+            )
             sub = uuid.uuid4()
-            await owner.execute("insert into subscriptions(id, tenant_id, plan_id, status, payment_method, workflow_id) "
-                                "values ($1, $2, 'starter-monthly', 'active', 'pm_card_visa', $3)",
-                                sub, tenant, f"subscription-{sub}")
+            await owner.execute(
+                "insert into subscriptions(id, tenant_id, plan_id, status, payment_method, workflow_id) "
+                "values ($1, $2, 'starter-monthly', 'active', 'pm_card_visa', $3)",
+                sub,
+                tenant,
+                f"subscription-{sub}",
+            )
             await owner.execute("insert into invoice_counters(tenant_id, last_number) values ($1, 1)", tenant)
-            await owner.execute("insert into invoices(id, tenant_id, subscription_id, number, workflow_id, kind, "
-                                "period_index, period_start, period_end, plan_id, amount, currency, status) values "
-                                "($1, $2, $3, 1, $4, 'period', 0, now(), now() + interval '1 month', "
-                                "'starter-monthly', 2900, 'eur', 'paid')", uuid.uuid4(), tenant, sub, f"billing-{sub}-0")
+            await owner.execute(
+                "insert into invoices(id, tenant_id, subscription_id, number, workflow_id, kind, "
+                "period_index, period_start, period_end, plan_id, amount, currency, status) values "
+                "($1, $2, $3, 1, $4, 'period', 0, now(), now() + interval '1 month', "
+                "'starter-monthly', 2900, 'eur', 'paid')",
+                uuid.uuid4(),
+                tenant,
+                sub,
+                f"billing-{sub}-0",
+            )
             ids.append(tenant)
         return ids[0], ids[1]
     finally:
@@ -59,8 +84,10 @@ async def test_the_app_role_owns_nothing_and_cannot_bypass_rls(stack: EmbeddedSt
         assert role["rolsuper"] is False and role["rolbypassrls"] is False
         owned = await conn.fetchval("select count(*) from pg_tables where tableowner = current_user")
         assert owned == 0
-        forced = await conn.fetch("select relname, relrowsecurity, relforcerowsecurity from pg_class "
-                                  "where relname = any($1::text[])", list(TENANT_SCOPED_TABLES))
+        forced = await conn.fetch(
+            "select relname, relrowsecurity, relforcerowsecurity from pg_class where relname = any($1::text[])",
+            list(TENANT_SCOPED_TABLES),
+        )
         assert {r["relname"] for r in forced} == set(TENANT_SCOPED_TABLES)
         assert all(r["relrowsecurity"] and r["relforcerowsecurity"] for r in forced)
     finally:
@@ -82,7 +109,7 @@ async def test_without_the_tenant_setting_every_tenant_table_looks_empty(stack: 
 
 
 async def test_one_tenant_setting_shows_exactly_that_tenants_rows(stack: EmbeddedStack, two_tenants):
-    alpha, beta = two_tenants
+    alpha, _beta = two_tenants
     conn = await app_connection(stack)
     try:
         async with conn.transaction():

@@ -39,8 +39,9 @@ def sdk(sandbox: StripeSandbox) -> stripe.StripeClient:
 
 
 async def test_customer_lifecycle(sdk: stripe.StripeClient) -> None:
-    created = await sdk.v1.customers.create_async(params={
-        "email": "ops@acme.test", "name": "Acme", "metadata": {"tenant_id": "t-1", "plan": "pro"}})
+    created = await sdk.v1.customers.create_async(
+        params={"email": "ops@acme.test", "name": "Acme", "metadata": {"tenant_id": "t-1", "plan": "pro"}}
+    )
     assert created.id.startswith("cus_") and created.object == "customer"
     assert (created.email, created.name, created.livemode) == ("ops@acme.test", "Acme", False)
     assert created.metadata.to_dict() == {"tenant_id": "t-1", "plan": "pro"}
@@ -91,7 +92,8 @@ async def test_idempotent_replay(sandbox: StripeSandbox, sdk: stripe.StripeClien
 
     # keys are scoped per API key: another key's "key-1" is a new request
     other = await client_for(sandbox.api_base, "sk_test_other_account").v1.customers.create_async(
-        params=params, options={"idempotency_key": "key-1"})
+        params=params, options={"idempotency_key": "key-1"}
+    )
     assert other.id != first.id
     with pytest.raises(stripe.InvalidRequestError):  # and objects are too
         await client_for(sandbox.api_base, "sk_test_other_account").v1.customers.retrieve_async(first.id)
@@ -146,7 +148,10 @@ async def test_injected_faults(sandbox: StripeSandbox, sdk: stripe.StripeClient)
     sandbox.inject_fault(429, path_prefix="/v1/customers")
     with pytest.raises(stripe.RateLimitError) as info:
         await sdk.v1.customers.retrieve_async(created.id)
-    assert info.value.http_status == 429 and (info.value.error.type, info.value.error.code) == ("rate_limit_error", "rate_limit")
+    assert info.value.http_status == 429 and (info.value.error.type, info.value.error.code) == (
+        "rate_limit_error",
+        "rate_limit",
+    )
     assert (await sdk.v1.customers.retrieve_async(created.id)).id == created.id  # count used up
 
     sandbox.inject_fault(400, method="POST")
@@ -172,8 +177,9 @@ async def test_admin_api_over_http(sandbox: StripeSandbox, sdk: stripe.StripeCli
         assert fault["status"] == 503 and fault["count"] == 1
         with pytest.raises(stripe.APIError):
             await sdk.v1.customers.list_async()
-        created = await sdk.v1.customers.create_async(params={"name": "z", "metadata": {"tenant_id": "t-z"}},
-                                                       options={"idempotency_key": "admin-k"})
+        created = await sdk.v1.customers.create_async(
+            params={"name": "z", "metadata": {"tenant_id": "t-z"}}, options={"idempotency_key": "admin-k"}
+        )
         assert [c["id"] for c in await admin.customers()] == [created.id]
         posts = await admin.requests(path_prefix="/v1/customers", method="POST")
         assert [(p["idempotency_key"], p["status"]) for p in posts] == [("admin-k", 200)]
@@ -233,10 +239,16 @@ async def test_the_stack_runs_the_sandbox_and_points_the_app_at_it(tmp_path: Pat
         assert settings.stripe_secret_key is not None
         sdk = client_for(settings.stripe_base, settings.stripe_secret_key.get_secret_value())
         created = await sdk.v1.customers.create_async(params={"name": "via stack"})
-        assert ("Stripe sandbox", stack.stripe_api_base, str(tmp_path / "data" / "stripe" / "state.json")) in stack.rows()
+        assert (
+            "Stripe sandbox",
+            stack.stripe_api_base,
+            str(tmp_path / "data" / "stripe" / "state.json"),
+        ) in stack.rows()
         assert stack.processes() == []  # in-process, like the SMTP sink
     async with EmbeddedStack(stack_settings(tmp_path / "data"), **ONLY_STRIPE) as again:  # `prognet dev` run twice
-        assert (await client_for(again.stripe_api_base, DEV_STRIPE_SECRET_KEY).v1.customers.retrieve_async(created.id)).name == "via stack"
+        assert (
+            await client_for(again.stripe_api_base, DEV_STRIPE_SECRET_KEY).v1.customers.retrieve_async(created.id)
+        ).name == "via stack"
 
 
 async def test_an_external_stripe_is_not_started(tmp_path: Path) -> None:
@@ -252,8 +264,14 @@ async def test_an_external_stripe_is_not_started(tmp_path: Path) -> None:
 async def test_prognet_stripe_sandbox_command(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PROGNET_DATA_DIR": str(tmp_path / "data"), "STRIPE_SANDBOX_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "prognet.cli", "stripe-sandbox"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prognet.cli", "stripe-sandbox"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         api_base = f"http://127.0.0.1:{port}"
         for _ in range(100):

@@ -34,9 +34,18 @@ async def customer(sdk: stripe.StripeClient) -> str:
 
 async def test_successful_payment_intent(sdk: stripe.StripeClient) -> None:
     cus = await customer(sdk)
-    pi = await sdk.v1.payment_intents.create_async(params={
-        "amount": 2500, "currency": "EUR", "customer": cus, "payment_method": "pm_card_visa", "confirm": True,
-        "off_session": True, "description": "invoice 7", "metadata": {"invoice_id": "inv-7"}})
+    pi = await sdk.v1.payment_intents.create_async(
+        params={
+            "amount": 2500,
+            "currency": "EUR",
+            "customer": cus,
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+            "off_session": True,
+            "description": "invoice 7",
+            "metadata": {"invoice_id": "inv-7"},
+        }
+    )
     assert pi.id.startswith("pi_") and pi.object == "payment_intent"
     assert (pi.status, pi.amount, pi.amount_received, pi.currency, pi.customer) == ("succeeded", 2500, 2500, "eur", cus)
     assert pi.last_payment_error is None and pi.next_action is None and pi.livemode is False
@@ -65,8 +74,9 @@ async def test_two_step_create_then_confirm_and_list_by_customer(sdk: stripe.Str
 
     pm = await sdk.v1.payment_methods.attach_async("pm_card_mastercard", params={"customer": cus})
     assert pm.customer == cus and pm.card.brand == "mastercard" and pm.card.last4 == "4444"
-    pi = await sdk.v1.payment_intents.create_async(params={
-        "amount": 1200, "currency": "usd", "customer": cus, "payment_method": pm.id})
+    pi = await sdk.v1.payment_intents.create_async(
+        params={"amount": 1200, "currency": "usd", "customer": cus, "payment_method": pm.id}
+    )
     assert pi.status == "requires_confirmation" and pi.payment_method == pm.id
     confirmed = await sdk.v1.payment_intents.confirm_async(pi.id)
     assert confirmed.status == "succeeded" and confirmed.latest_charge.startswith("ch_")
@@ -74,12 +84,14 @@ async def test_two_step_create_then_confirm_and_list_by_customer(sdk: stripe.Str
         await sdk.v1.payment_intents.confirm_async(pi.id)
     assert info.value.code == "payment_intent_unexpected_state" and "already succeeded" in str(info.value)
     # an attached PaymentMethod is reusable; another customer's is not
-    again = await sdk.v1.payment_intents.create_async(params={
-        "amount": 1300, "currency": "usd", "customer": cus, "payment_method": pm.id, "confirm": True})
+    again = await sdk.v1.payment_intents.create_async(
+        params={"amount": 1300, "currency": "usd", "customer": cus, "payment_method": pm.id, "confirm": True}
+    )
     assert again.status == "succeeded"
     with pytest.raises(stripe.InvalidRequestError) as info:
-        await sdk.v1.payment_intents.create_async(params={
-            "amount": 1300, "currency": "usd", "customer": other, "payment_method": pm.id, "confirm": True})
+        await sdk.v1.payment_intents.create_async(
+            params={"amount": 1300, "currency": "usd", "customer": other, "payment_method": pm.id, "confirm": True}
+        )
     assert info.value.code == "payment_method_unexpected_state"
 
     await sdk.v1.payment_intents.create_async(params={"amount": 900, "currency": "usd", "customer": other})
@@ -87,20 +99,35 @@ async def test_two_step_create_then_confirm_and_list_by_customer(sdk: stripe.Str
     assert [p.id for p in listed.data] == [again.id, pi.id, empty.id]
 
 
-@pytest.mark.parametrize(("payment_method", "code", "decline_code", "message"), [
-    ("pm_card_chargeDeclined", "card_declined", "generic_decline", "Your card was declined."),
-    ("pm_card_visa_chargeDeclined", "card_declined", "generic_decline", "Your card was declined."),
-    ("pm_card_chargeDeclinedInsufficientFunds", "card_declined", "insufficient_funds",
-     "Your card has insufficient funds."),
-    ("pm_card_chargeDeclinedExpiredCard", "expired_card", "expired_card", "Your card has expired."),
-])
+@pytest.mark.parametrize(
+    ("payment_method", "code", "decline_code", "message"),
+    [
+        ("pm_card_chargeDeclined", "card_declined", "generic_decline", "Your card was declined."),
+        ("pm_card_visa_chargeDeclined", "card_declined", "generic_decline", "Your card was declined."),
+        (
+            "pm_card_chargeDeclinedInsufficientFunds",
+            "card_declined",
+            "insufficient_funds",
+            "Your card has insufficient funds.",
+        ),
+        ("pm_card_chargeDeclinedExpiredCard", "expired_card", "expired_card", "Your card has expired."),
+    ],
+)
 async def test_declines_raise_card_error_with_the_payment_intent(
-        sdk: stripe.StripeClient, payment_method: str, code: str, decline_code: str, message: str) -> None:
+    sdk: stripe.StripeClient, payment_method: str, code: str, decline_code: str, message: str
+) -> None:
     cus = await customer(sdk)
     with pytest.raises(stripe.CardError) as info:
-        await sdk.v1.payment_intents.create_async(params={
-            "amount": 4200, "currency": "usd", "customer": cus, "payment_method": payment_method, "confirm": True,
-            "off_session": True})
+        await sdk.v1.payment_intents.create_async(
+            params={
+                "amount": 4200,
+                "currency": "usd",
+                "customer": cus,
+                "payment_method": payment_method,
+                "confirm": True,
+                "off_session": True,
+            }
+        )
     err = info.value
     assert err.http_status == 402 and err.code == code and err.user_message == message
     assert err.error.type == "card_error" and err.error.decline_code == decline_code
@@ -122,7 +149,9 @@ async def test_declines_raise_card_error_with_the_payment_intent(
     assert recovered.latest_charge != stored.latest_charge
 
 
-async def test_declining_cards_decline_when_attached_but_charge_customer_fail_attaches(sdk: stripe.StripeClient) -> None:
+async def test_declining_cards_decline_when_attached_but_charge_customer_fail_attaches(
+    sdk: stripe.StripeClient,
+) -> None:
     cus = await customer(sdk)
     with pytest.raises(stripe.CardError) as info:
         await sdk.v1.payment_methods.attach_async("pm_card_chargeDeclinedInsufficientFunds", params={"customer": cus})
@@ -130,9 +159,16 @@ async def test_declining_cards_decline_when_attached_but_charge_customer_fail_at
     saved = await sdk.v1.payment_methods.attach_async("pm_card_chargeCustomerFail", params={"customer": cus})
     assert saved.customer == cus
     with pytest.raises(stripe.CardError) as info:
-        await sdk.v1.payment_intents.create_async(params={
-            "amount": 990, "currency": "usd", "customer": cus, "payment_method": saved.id, "confirm": True,
-            "off_session": True})
+        await sdk.v1.payment_intents.create_async(
+            params={
+                "amount": 990,
+                "currency": "usd",
+                "customer": cus,
+                "payment_method": saved.id,
+                "confirm": True,
+                "off_session": True,
+            }
+        )
     assert info.value.error.decline_code == "generic_decline"
     listed = await sdk.v1.payment_methods.list_async(params={"customer": cus})
     assert [pm.id for pm in listed.data] == [saved.id]
@@ -140,9 +176,15 @@ async def test_declining_cards_decline_when_attached_but_charge_customer_fail_at
 
 async def test_authentication_required(sandbox: StripeSandbox, sdk: stripe.StripeClient) -> None:
     cus = await customer(sdk)
-    pi = await sdk.v1.payment_intents.create_async(params={
-        "amount": 5000, "currency": "usd", "customer": cus, "payment_method": "pm_card_authenticationRequired",
-        "confirm": True})
+    pi = await sdk.v1.payment_intents.create_async(
+        params={
+            "amount": 5000,
+            "currency": "usd",
+            "customer": cus,
+            "payment_method": "pm_card_authenticationRequired",
+            "confirm": True,
+        }
+    )
     assert pi.status == "requires_action" and pi.next_action.type == "use_stripe_sdk"
     assert pi.latest_charge is None
     # the customer completes 3D Secure (what a browser would do)
@@ -150,9 +192,16 @@ async def test_authentication_required(sandbox: StripeSandbox, sdk: stripe.Strip
     assert done["status"] == "succeeded"
     assert (await sdk.v1.payment_intents.retrieve_async(pi.id)).status == "succeeded"
 
-    failing = await sdk.v1.payment_intents.create_async(params={
-        "amount": 5000, "currency": "usd", "customer": cus, "payment_method": "pm_card_authenticationRequired",
-        "confirm": True, "return_url": "https://app.test/return"})
+    failing = await sdk.v1.payment_intents.create_async(
+        params={
+            "amount": 5000,
+            "currency": "usd",
+            "customer": cus,
+            "payment_method": "pm_card_authenticationRequired",
+            "confirm": True,
+            "return_url": "https://app.test/return",
+        }
+    )
     assert failing.next_action.type == "redirect_to_url"
     assert failing.next_action.redirect_to_url.return_url == "https://app.test/return"
     async with SandboxAdmin(sandbox.api_base) as admin:  # the same over the admin API
@@ -162,9 +211,16 @@ async def test_authentication_required(sandbox: StripeSandbox, sdk: stripe.Strip
 
     # off-session, nobody can authenticate: Stripe declines with authentication_required
     with pytest.raises(stripe.CardError) as info:
-        await sdk.v1.payment_intents.create_async(params={
-            "amount": 5000, "currency": "usd", "customer": cus, "payment_method": "pm_card_authenticationRequired",
-            "confirm": True, "off_session": True})
+        await sdk.v1.payment_intents.create_async(
+            params={
+                "amount": 5000,
+                "currency": "usd",
+                "customer": cus,
+                "payment_method": "pm_card_authenticationRequired",
+                "confirm": True,
+                "off_session": True,
+            }
+        )
     assert info.value.code == "authentication_required"
     assert info.value.error.decline_code == "authentication_required"
     assert info.value.error.payment_intent.status == "requires_payment_method"
@@ -172,8 +228,15 @@ async def test_authentication_required(sandbox: StripeSandbox, sdk: stripe.Strip
 
 async def test_idempotent_create_and_replayed_decline(sandbox: StripeSandbox, sdk: stripe.StripeClient) -> None:
     cus = await customer(sdk)
-    params = {"amount": 3000, "currency": "usd", "customer": cus, "payment_method": "pm_card_visa", "confirm": True,
-              "off_session": True, "metadata": {"invoice_id": "inv-1"}}
+    params = {
+        "amount": 3000,
+        "currency": "usd",
+        "customer": cus,
+        "payment_method": "pm_card_visa",
+        "confirm": True,
+        "off_session": True,
+        "metadata": {"invoice_id": "inv-1"},
+    }
     first = await sdk.v1.payment_intents.create_async(params=params, options={"idempotency_key": "billing-inv-1"})
     second = await sdk.v1.payment_intents.create_async(params=params, options={"idempotency_key": "billing-inv-1"})
     assert second.id == first.id and second.to_dict() == first.to_dict()
@@ -182,8 +245,9 @@ async def test_idempotent_create_and_replayed_decline(sandbox: StripeSandbox, sd
     replays = [r for r in sandbox.requests(path_prefix="/v1/payment_intents", method="POST") if r["replayed"]]
     assert len(replays) == 1
     with pytest.raises(stripe.IdempotencyError):
-        await sdk.v1.payment_intents.create_async(params={**params, "amount": 3001},
-                                                  options={"idempotency_key": "billing-inv-1"})
+        await sdk.v1.payment_intents.create_async(
+            params={**params, "amount": 3001}, options={"idempotency_key": "billing-inv-1"}
+        )
 
     declined = {**params, "payment_method": "pm_card_chargeDeclined", "metadata": {"invoice_id": "inv-2"}}
     errors = []
@@ -201,8 +265,9 @@ async def test_parameter_errors(sdk: stripe.StripeClient) -> None:
         await sdk.v1.payment_intents.create_async(params={"amount": 20, "currency": "usd"})
     assert info.value.code == "amount_too_small" and info.value.param == "amount"
     with pytest.raises(stripe.InvalidRequestError) as info:
-        await sdk.v1.payment_intents.create_async(params={"amount": 2000, "currency": "usd",
-                                                          "payment_method": "pm_card_nonsense"})
+        await sdk.v1.payment_intents.create_async(
+            params={"amount": 2000, "currency": "usd", "payment_method": "pm_card_nonsense"}
+        )
     assert info.value.code == "resource_missing" and info.value.param == "payment_method"
     with pytest.raises(stripe.InvalidRequestError) as info:
         await sdk.v1.payment_intents.create_async(params={"amount": 2000, "currency": "usd", "customer": "cus_nope"})
@@ -213,19 +278,27 @@ async def test_parameter_errors(sdk: stripe.StripeClient) -> None:
 
 
 async def test_single_use_payment_method_without_customer(sdk: stripe.StripeClient) -> None:
-    pi = await sdk.v1.payment_intents.create_async(params={
-        "amount": 1000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    pi = await sdk.v1.payment_intents.create_async(
+        params={"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
+    )
     assert pi.status == "succeeded"
     with pytest.raises(stripe.InvalidRequestError) as info:
-        await sdk.v1.payment_intents.create_async(params={
-            "amount": 1000, "currency": "usd", "payment_method": pi.payment_method, "confirm": True})
+        await sdk.v1.payment_intents.create_async(
+            params={"amount": 1000, "currency": "usd", "payment_method": pi.payment_method, "confirm": True}
+        )
     assert info.value.code == "payment_method_unexpected_state"
 
 
 async def test_manual_capture_and_cancel(sdk: stripe.StripeClient) -> None:
-    pi = await sdk.v1.payment_intents.create_async(params={
-        "amount": 8000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True,
-        "capture_method": "manual"})
+    pi = await sdk.v1.payment_intents.create_async(
+        params={
+            "amount": 8000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+            "capture_method": "manual",
+        }
+    )
     assert (pi.status, pi.amount_capturable, pi.amount_received) == ("requires_capture", 8000, 0)
     captured = await sdk.v1.payment_intents.capture_async(pi.id, params={"amount_to_capture": 6000})
     assert (captured.status, captured.amount_received) == ("succeeded", 6000)
@@ -242,14 +315,20 @@ async def test_manual_capture_and_cancel(sdk: stripe.StripeClient) -> None:
 
 async def test_refunds_full_partial_and_over_refund(sdk: stripe.StripeClient) -> None:
     cus = await customer(sdk)
-    pi = await sdk.v1.payment_intents.create_async(params={
-        "amount": 10000, "currency": "usd", "customer": cus, "payment_method": "pm_card_visa", "confirm": True})
+    pi = await sdk.v1.payment_intents.create_async(
+        params={"amount": 10000, "currency": "usd", "customer": cus, "payment_method": "pm_card_visa", "confirm": True}
+    )
 
-    partial = await sdk.v1.refunds.create_async(params={"payment_intent": pi.id, "amount": 2500,
-                                                        "reason": "requested_by_customer"})
+    partial = await sdk.v1.refunds.create_async(
+        params={"payment_intent": pi.id, "amount": 2500, "reason": "requested_by_customer"}
+    )
     assert partial.id.startswith("re_") and partial.object == "refund"
     assert (partial.amount, partial.status, partial.charge, partial.payment_intent) == (
-        2500, "succeeded", pi.latest_charge, pi.id)
+        2500,
+        "succeeded",
+        pi.latest_charge,
+        pi.id,
+    )
     charge = await sdk.v1.charges.retrieve_async(pi.latest_charge)
     assert (charge.amount_refunded, charge.refunded) == (2500, False)
     assert (await sdk.v1.refunds.retrieve_async(partial.id)).to_dict() == partial.to_dict()
@@ -278,20 +357,35 @@ async def test_refunds_full_partial_and_over_refund(sdk: stripe.StripeClient) ->
 
 async def test_events_record_every_state_change(sandbox: StripeSandbox, sdk: stripe.StripeClient) -> None:
     cus = await customer(sdk)
-    ok = await sdk.v1.payment_intents.create_async(params={
-        "amount": 1500, "currency": "usd", "customer": cus, "payment_method": "pm_card_visa", "confirm": True},
-        options={"idempotency_key": "evt-test-1"})
+    ok = await sdk.v1.payment_intents.create_async(
+        params={"amount": 1500, "currency": "usd", "customer": cus, "payment_method": "pm_card_visa", "confirm": True},
+        options={"idempotency_key": "evt-test-1"},
+    )
     with pytest.raises(stripe.CardError):
-        await sdk.v1.payment_intents.create_async(params={
-            "amount": 1500, "currency": "usd", "customer": cus, "payment_method": "pm_card_chargeDeclined",
-            "confirm": True})
+        await sdk.v1.payment_intents.create_async(
+            params={
+                "amount": 1500,
+                "currency": "usd",
+                "customer": cus,
+                "payment_method": "pm_card_chargeDeclined",
+                "confirm": True,
+            }
+        )
     await sdk.v1.refunds.create_async(params={"payment_intent": ok.id, "amount": 500})
 
     events = (await sdk.v1.events.list_async(params={"limit": 100})).data
     types = [e.type for e in events]
-    assert types == ["charge.refunded", "refund.created", "payment_intent.payment_failed", "charge.failed",
-                     "payment_intent.created", "payment_intent.succeeded", "charge.succeeded",
-                     "payment_intent.created", "customer.created"]
+    assert types == [
+        "charge.refunded",
+        "refund.created",
+        "payment_intent.payment_failed",
+        "charge.failed",
+        "payment_intent.created",
+        "payment_intent.succeeded",
+        "charge.succeeded",
+        "payment_intent.created",
+        "customer.created",
+    ]
     succeeded = next(e for e in events if e.type == "payment_intent.succeeded")
     assert succeeded.id.startswith("evt_") and succeeded.object == "event" and succeeded.livemode is False
     assert succeeded.api_version and isinstance(succeeded.created, int)
@@ -303,8 +397,11 @@ async def test_events_record_every_state_change(sandbox: StripeSandbox, sdk: str
     assert refunded.data.object.object == "charge" and refunded.data.object.amount_refunded == 500
 
     only_pi = await sdk.v1.events.list_async(params={"type": "payment_intent.*", "limit": 100})
-    assert {e.type for e in only_pi.data} == {"payment_intent.created", "payment_intent.succeeded",
-                                              "payment_intent.payment_failed"}
+    assert {e.type for e in only_pi.data} == {
+        "payment_intent.created",
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+    }
     failed = await sdk.v1.events.list_async(params={"types": ["payment_intent.payment_failed", "charge.failed"]})
     assert [e.type for e in failed.data] == ["payment_intent.payment_failed", "charge.failed"]
     fetched = await sdk.v1.events.retrieve_async(succeeded.id)
@@ -313,8 +410,7 @@ async def test_events_record_every_state_change(sandbox: StripeSandbox, sdk: str
         await sdk.v1.events.retrieve_async("evt_missing")
     assert info.value.http_status == 404
     # another API key (account) sees none of them
-    other = stripe.StripeClient("sk_test_someone_else", base_addresses={"api": sandbox.api_base},
-                                max_network_retries=0)
+    other = stripe.StripeClient("sk_test_someone_else", base_addresses={"api": sandbox.api_base}, max_network_retries=0)
     assert (await other.v1.events.list_async()).data == []
 
 
@@ -322,8 +418,9 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "stripe.json"
     async with StripeSandbox(state_file=state, port=0) as first:
         sdk = stripe.StripeClient(KEY, base_addresses={"api": first.api_base}, max_network_retries=0)
-        pi = await sdk.v1.payment_intents.create_async(params={
-            "amount": 1000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+        pi = await sdk.v1.payment_intents.create_async(
+            params={"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
+        )
     async with StripeSandbox(state_file=state, port=0) as second:
         sdk = stripe.StripeClient(KEY, base_addresses={"api": second.api_base}, max_network_retries=0)
         again = await sdk.v1.payment_intents.retrieve_async(pi.id)

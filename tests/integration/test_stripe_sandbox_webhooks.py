@@ -73,8 +73,10 @@ class Receiver:
 
     def events(self, secret: str = SECRET) -> list[stripe.Event]:
         """Every received delivery, verified as the API verifies it."""
-        return [stripe.Webhook.construct_event(r.payload.decode(), r.headers["stripe-signature"], secret,
-                                               tolerance=300) for r in self.received]
+        return [
+            stripe.Webhook.construct_event(r.payload.decode(), r.headers["stripe-signature"], secret, tolerance=300)
+            for r in self.received
+        ]
 
 
 @pytest.fixture
@@ -98,12 +100,14 @@ def sdk(sandbox: StripeSandbox) -> stripe.StripeClient:
 
 
 async def pay(sdk: stripe.StripeClient, payment_method: str = "pm_card_visa", amount: int = 2000):
-    return await sdk.v1.payment_intents.create_async(params={
-        "amount": amount, "currency": "usd", "payment_method": payment_method, "confirm": True})
+    return await sdk.v1.payment_intents.create_async(
+        params={"amount": amount, "currency": "usd", "payment_method": payment_method, "confirm": True}
+    )
 
 
 async def test_events_are_delivered_signed_as_stripe_signs(
-        sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver) -> None:
+    sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver
+) -> None:
     pi = await pay(sdk)
     with pytest.raises(stripe.CardError):
         await pay(sdk, "pm_card_chargeDeclinedInsufficientFunds")
@@ -112,9 +116,15 @@ async def test_events_are_delivered_signed_as_stripe_signs(
 
     events = receiver.events()  # raises SignatureVerificationError if any signature were wrong
     assert [e.type for e in events] == [
-        "payment_intent.created", "charge.succeeded", "payment_intent.succeeded",
-        "payment_intent.created", "charge.failed", "payment_intent.payment_failed",
-        "refund.created", "charge.refunded"]
+        "payment_intent.created",
+        "charge.succeeded",
+        "payment_intent.succeeded",
+        "payment_intent.created",
+        "charge.failed",
+        "payment_intent.payment_failed",
+        "refund.created",
+        "charge.refunded",
+    ]
     succeeded = events[2]
     assert succeeded.data.object.id == pi.id and succeeded.data.object.status == "succeeded"
     assert succeeded.livemode is False and succeeded.id.startswith("evt_")
@@ -135,7 +145,8 @@ async def test_events_are_delivered_signed_as_stripe_signs(
 
 
 async def test_forged_tampered_and_stale_signatures_fail(
-        sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver) -> None:
+    sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver
+) -> None:
     await pay(sdk)
     await sandbox.wait_for_webhooks()
     delivery = receiver.received[-1]
@@ -154,23 +165,30 @@ async def test_forged_tampered_and_stale_signatures_fail(
 
 
 async def test_duplicate_mode_delivers_every_event_twice(
-        sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver) -> None:
+    sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver
+) -> None:
     sandbox.configure_webhooks(mode="duplicate", enabled_events=["payment_intent.*"])
     await pay(sdk)
     await sandbox.wait_for_webhooks()
     events = receiver.events()
-    assert [e.type for e in events] == ["payment_intent.created", "payment_intent.created",
-                                        "payment_intent.succeeded", "payment_intent.succeeded"]
+    assert [e.type for e in events] == [
+        "payment_intent.created",
+        "payment_intent.created",
+        "payment_intent.succeeded",
+        "payment_intent.succeeded",
+    ]
     assert events[0].id == events[1].id and events[2].id == events[3].id
     copies = [d["copy"] for d in sandbox.webhook_deliveries()]
     assert copies == [1, 2, 1, 2]
 
 
 async def test_hold_and_reverse_releases_newest_first(
-        sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver) -> None:
+    sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver
+) -> None:
     async with SandboxAdmin(sandbox.api_base) as admin:  # over the admin API, as a test of a separate stack would
-        status = await admin.configure_webhooks(mode="reverse", hold=True,
-                                                enabled_events=["payment_intent.succeeded", "charge.refunded"])
+        status = await admin.configure_webhooks(
+            mode="reverse", hold=True, enabled_events=["payment_intent.succeeded", "charge.refunded"]
+        )
         assert (status["mode"], status["hold"]) == ("reverse", True)
         pi = await pay(sdk)
         await sdk.v1.refunds.create_async(params={"payment_intent": pi.id, "amount": 500})
@@ -194,7 +212,8 @@ async def test_hold_and_reverse_releases_newest_first(
 
 
 async def test_non_2xx_is_retried_with_backoff(
-        sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver) -> None:
+    sandbox: StripeSandbox, sdk: stripe.StripeClient, receiver: Receiver
+) -> None:
     sandbox.configure_webhooks(enabled_events=["payment_intent.succeeded"])
     receiver.statuses = [500, 503]
     pi = await pay(sdk)
@@ -212,8 +231,7 @@ async def test_non_2xx_is_retried_with_backoff(
     await pay(sdk)
     await sandbox.wait_for_webhooks()
     assert len(receiver.received) == 3 + 4  # 1 attempt + 3 retries
-    undelivered = await sdk.v1.events.list_async(params={"type": "payment_intent.succeeded",
-                                                         "delivery_success": False})
+    undelivered = await sdk.v1.events.list_async(params={"type": "payment_intent.succeeded", "delivery_success": False})
     assert len(undelivered.data) == 1 and undelivered.data[0].pending_webhooks == 1
 
     # and resending it (as `stripe events resend`) delivers it
@@ -274,8 +292,12 @@ async def test_the_dev_stack_points_webhooks_at_the_api_which_has_the_route(tmp_
     without_api = EmbeddedStack(stack_settings(tmp_path / "data0"), services={"stripe"})
     assert without_api.stripe_webhook_url is None  # no endpoint to answer them: events are only recorded
 
-    custom = EmbeddedStack(stack_settings(tmp_path / "data2", stripe_webhook_url="http://127.0.0.1:1/hook",
-                                          stripe_webhook_secret="whsec_custom"), services={"stripe"})
+    custom = EmbeddedStack(
+        stack_settings(
+            tmp_path / "data2", stripe_webhook_url="http://127.0.0.1:1/hook", stripe_webhook_secret="whsec_custom"
+        ),
+        services={"stripe"},
+    )
     assert custom.stripe is not None and custom.stripe.sandbox.webhook_url == "http://127.0.0.1:1/hook"
     assert custom.stripe.sandbox.webhook_secret == "whsec_custom"
     assert custom.service_env()["STRIPE_WEBHOOK_SECRET"] == "whsec_custom"

@@ -13,8 +13,9 @@ from tests.integration.conftest import email_to, owner_headers, wait_for_status
 async def test_tenant_becomes_active_with_its_stripe_customer(http, stack: EmbeddedStack):
     headers = await owner_headers(http, stack)
     slug = f"acme-{uuid.uuid4().hex[:8]}"
-    r = await http.post("/v1/tenants", json={"name": "Acme", "slug": slug, "billing_email": "billing@acme.example"},
-                        headers=headers)
+    r = await http.post(
+        "/v1/tenants", json={"name": "Acme", "slug": slug, "billing_email": "billing@acme.example"}, headers=headers
+    )
     assert r.status_code == 202, r.text
     tenant_id = r.json()["tenant_id"]
     tenant = await wait_for_status(http, headers, tenant_id, {"active"})
@@ -43,8 +44,9 @@ async def test_permanent_stripe_failure_leaves_a_failed_tenant_and_no_orphans(ht
     owner = await asyncpg.connect(stack.postgres_dsn)  # the owner sees past row-level security
     try:
         for table in ("memberships", "tenant_billing", "tenant_settings", "invitations"):
-            assert await owner.fetchval(f"select count(*) from {table} where tenant_id = $1",
-                                        uuid.UUID(tenant_id)) == 0, table
+            assert (
+                await owner.fetchval(f"select count(*) from {table} where tenant_id = $1", uuid.UUID(tenant_id)) == 0
+            ), table
         assert await owner.fetchval("select status from tenants where id = $1", uuid.UUID(tenant_id)) == "failed"
     finally:
         await owner.close()

@@ -20,7 +20,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +109,11 @@ async def _status(handle: WorkflowHandle, wanted: str) -> None:
 
 # --- registration ---
 
+
 def _registration(n: int) -> RegistrationInput:
-    return RegistrationInput(user_id=uuid.UUID(int=n), email="replay@example.com",
-                             password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake")
+    return RegistrationInput(
+        user_id=uuid.UUID(int=n), email="replay@example.com", password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake"
+    )
 
 
 _verified = FakeUsers()
@@ -133,10 +135,20 @@ async def _cancel_then_operator_retry(handle: WorkflowHandle, env: WorkflowEnvir
 
 # --- tenants and invitations ---
 
-_TENANT = TenantProvisioningInput(tenant_id=uuid.UUID(int=7), name="Replay", slug="replay",
-                                  owner_user_id=uuid.UUID(int=8), billing_email="billing@replay.test")
-_INVITATION = InvitationInput(invitation_id=uuid.UUID(int=9), tenant_id=uuid.UUID(int=7), email="x@replay.test",
-                              role="member", invited_by=uuid.UUID(int=8))
+_TENANT = TenantProvisioningInput(
+    tenant_id=uuid.UUID(int=7),
+    name="Replay",
+    slug="replay",
+    owner_user_id=uuid.UUID(int=8),
+    billing_email="billing@replay.test",
+)
+_INVITATION = InvitationInput(
+    invitation_id=uuid.UUID(int=9),
+    tenant_id=uuid.UUID(int=7),
+    email="x@replay.test",
+    role="member",
+    invited_by=uuid.UUID(int=8),
+)
 
 
 async def _accept(handle: WorkflowHandle, env: WorkflowEnvironment) -> None:
@@ -146,13 +158,22 @@ async def _accept(handle: WorkflowHandle, env: WorkflowEnvironment) -> None:
 
 # --- billing ---
 
+
 def _cycle(n: int, payment_method: str, dunning: list[int]) -> BillingCycleInput:
     return BillingCycleInput(
-        subscription_id=uuid.UUID(int=100 + n), tenant_id=uuid.UUID(int=7), plan_id=PLAN.id,
-        amount=PLAN.amount, currency=PLAN.currency, period_index=0,
-        period_start=datetime(2026, 1, 31, tzinfo=timezone.utc), period_end=datetime(2026, 2, 28, tzinfo=timezone.utc),
-        payment_method=payment_method, stripe_customer_id="cus_replay", notify_user_id=uuid.UUID(int=8),
-        dunning_schedule_days=dunning)
+        subscription_id=uuid.UUID(int=100 + n),
+        tenant_id=uuid.UUID(int=7),
+        plan_id=PLAN.id,
+        amount=PLAN.amount,
+        currency=PLAN.currency,
+        period_index=0,
+        period_start=datetime(2026, 1, 31, tzinfo=UTC),
+        period_end=datetime(2026, 2, 28, tzinfo=UTC),
+        payment_method=payment_method,
+        stripe_customer_id="cus_replay",
+        notify_user_id=uuid.UUID(int=8),
+        dunning_schedule_days=dunning,
+    )
 
 
 async def _new_card(handle: WorkflowHandle, env: WorkflowEnvironment) -> None:
@@ -171,18 +192,32 @@ async def _bill_twice_then_cancel(handle: WorkflowHandle, env: WorkflowEnvironme
     await handle.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
 
 
-_SUBSCRIPTION = SubscriptionInput(subscription_id=uuid.UUID(int=110), tenant_id=uuid.UUID(int=7), plan=PLAN,
-                                  payment_method=VISA, stripe_customer_id="cus_replay",
-                                  notify_user_id=uuid.UUID(int=8), cycle_driver="schedule")
+_SUBSCRIPTION = SubscriptionInput(
+    subscription_id=uuid.UUID(int=110),
+    tenant_id=uuid.UUID(int=7),
+    plan=PLAN,
+    payment_method=VISA,
+    stripe_customer_id="cus_replay",
+    notify_user_id=uuid.UUID(int=8),
+    cycle_driver="schedule",
+)
 
 
 # --- paid sign-up (its registration child is recorded too) ---
 
+
 def _signup(n: int, payment_method: str) -> PaidSignupInput:
-    return PaidSignupInput(user_id=uuid.UUID(int=n), tenant_id=uuid.UUID(int=100 + n),
-                           subscription_id=uuid.UUID(int=200 + n), email="replay@example.com",
-                           password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake", tenant_name="Replay",
-                           slug="replay", plan=PLAN, payment_method=payment_method)
+    return PaidSignupInput(
+        user_id=uuid.UUID(int=n),
+        tenant_id=uuid.UUID(int=100 + n),
+        subscription_id=uuid.UUID(int=200 + n),
+        email="replay@example.com",
+        password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake",
+        tenant_name="Replay",
+        slug="replay",
+        plan=PLAN,
+        payment_method=payment_method,
+    )
 
 
 _signup_world = FakeSignupWorld.create()
@@ -194,7 +229,8 @@ async def _then_verify_and_cancel_the_subscription(handle: WorkflowHandle, env: 
     await handle.result()
     params = _SIGNUP_ACTIVE
     await env.client.get_workflow_handle(registration_workflow_id(params.user_id)).signal(
-        SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=_signup_world.users.token_ids[0]))
+        SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=_signup_world.users.token_ids[0])
+    )
     subscription = env.client.get_workflow_handle(subscription_workflow_id(params.subscription_id))
     await subscription.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
     await subscription.result()
@@ -207,38 +243,74 @@ _SIGNUP_CHILDREN = (RegistrationWorkflow, TenantProvisioningWorkflow, BillingCyc
 SCENARIOS = [
     Scenario("registration_verified", RegistrationWorkflow, _registration(1), _verified.activities, _verify),
     Scenario("registration_expired", RegistrationWorkflow, _registration(2), lambda: FakeUsers().activities()),
-    Scenario("registration_operator_retry", RegistrationWorkflow, _registration(3), _broken.activities,
-             _cancel_then_operator_retry),
-    Scenario("tenant_provisioning_active", TenantProvisioningWorkflow, _TENANT,
-             lambda: FakeTenantWorld().activities()),
-    Scenario("tenant_provisioning_stripe_failed", TenantProvisioningWorkflow, _TENANT,
-             lambda: FakeTenantWorld(fail_step=act.CREATE_STRIPE_CUSTOMER).activities()),
+    Scenario(
+        "registration_operator_retry",
+        RegistrationWorkflow,
+        _registration(3),
+        _broken.activities,
+        _cancel_then_operator_retry,
+    ),
+    Scenario("tenant_provisioning_active", TenantProvisioningWorkflow, _TENANT, lambda: FakeTenantWorld().activities()),
+    Scenario(
+        "tenant_provisioning_stripe_failed",
+        TenantProvisioningWorkflow,
+        _TENANT,
+        lambda: FakeTenantWorld(fail_step=act.CREATE_STRIPE_CUSTOMER).activities(),
+    ),
     Scenario("invitation_accepted", InvitationWorkflow, _INVITATION, lambda: FakeTenantWorld().activities(), _accept),
     Scenario("invitation_expired", InvitationWorkflow, _INVITATION, lambda: FakeTenantWorld().activities()),
-    Scenario("billing_cycle_paid", BillingCycleWorkflow, _cycle(1, VISA, [1, 3]),
-             lambda: FakeBillingWorld().activities()),
-    Scenario("billing_cycle_recovered", BillingCycleWorkflow, _cycle(2, DECLINED, [1, 3]),
-             lambda: FakeBillingWorld().activities(), _new_card),
-    Scenario("billing_cycle_unpaid", BillingCycleWorkflow, _cycle(3, DECLINED, [1]),
-             lambda: FakeBillingWorld().activities()),
-    Scenario("subscription_schedule_canceled", SubscriptionWorkflow, _SUBSCRIPTION,
-             lambda: FakeBillingWorld().activities(), _bill_twice_then_cancel, workflows=(BillingCycleWorkflow,)),
-    Scenario("paid_signup_active", PaidSignupWorkflow, _SIGNUP_ACTIVE, _signup_world.activities,
-             _then_verify_and_cancel_the_subscription, workflows=_SIGNUP_CHILDREN,
-             children=(registration_workflow_id(_SIGNUP_ACTIVE.user_id),)),
-    Scenario("paid_signup_declined", PaidSignupWorkflow, _SIGNUP_DECLINED,
-             lambda: FakeSignupWorld.create().activities(), workflows=_SIGNUP_CHILDREN,
-             children=(registration_workflow_id(_SIGNUP_DECLINED.user_id),)),
+    Scenario(
+        "billing_cycle_paid", BillingCycleWorkflow, _cycle(1, VISA, [1, 3]), lambda: FakeBillingWorld().activities()
+    ),
+    Scenario(
+        "billing_cycle_recovered",
+        BillingCycleWorkflow,
+        _cycle(2, DECLINED, [1, 3]),
+        lambda: FakeBillingWorld().activities(),
+        _new_card,
+    ),
+    Scenario(
+        "billing_cycle_unpaid", BillingCycleWorkflow, _cycle(3, DECLINED, [1]), lambda: FakeBillingWorld().activities()
+    ),
+    Scenario(
+        "subscription_schedule_canceled",
+        SubscriptionWorkflow,
+        _SUBSCRIPTION,
+        lambda: FakeBillingWorld().activities(),
+        _bill_twice_then_cancel,
+        workflows=(BillingCycleWorkflow,),
+    ),
+    Scenario(
+        "paid_signup_active",
+        PaidSignupWorkflow,
+        _SIGNUP_ACTIVE,
+        _signup_world.activities,
+        _then_verify_and_cancel_the_subscription,
+        workflows=_SIGNUP_CHILDREN,
+        children=(registration_workflow_id(_SIGNUP_ACTIVE.user_id),),
+    ),
+    Scenario(
+        "paid_signup_declined",
+        PaidSignupWorkflow,
+        _SIGNUP_DECLINED,
+        lambda: FakeSignupWorld.create().activities(),
+        workflows=_SIGNUP_CHILDREN,
+        children=(registration_workflow_id(_SIGNUP_DECLINED.user_id),),
+    ),
 ]
 RECORDED = {file for scenario in SCENARIOS for file in scenario.files}  # the stems the replay test expects
 
 
 async def _time_skipping() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(BIN_DIR / "temporal-test-server"))
-    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-        namespace=env.client.namespace,
-        search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in custom_search_attributes()}))
+        data_converter=pydantic_data_converter, test_server_existing_path=str(BIN_DIR / "temporal-test-server")
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in custom_search_attributes()},
+        )
+    )
     return env
 
 
@@ -248,23 +320,32 @@ async def record(scenario: Scenario) -> dict[str, str]:
     env = await _time_skipping()
     try:
         tq = f"record-{uuid.uuid4()}"
-        async with Workers([
-            Worker(env.client, task_queue=tq, workflows=[scenario.workflow, *scenario.workflows],
-                   activities=scenario.activities()),
-            Worker(env.client, task_queue=EMAIL_TASK_QUEUE, workflows=[FakeEmailDelivery]),
-        ]):
-            handle = await env.client.start_workflow(scenario.workflow.run, scenario.params, id=scenario.name,
-                                                     task_queue=tq)
+        async with Workers(
+            [
+                Worker(
+                    env.client,
+                    task_queue=tq,
+                    workflows=[scenario.workflow, *scenario.workflows],
+                    activities=scenario.activities(),
+                ),
+                Worker(env.client, task_queue=EMAIL_TASK_QUEUE, workflows=[FakeEmailDelivery]),
+            ]
+        ):
+            handle = await env.client.start_workflow(
+                scenario.workflow.run, scenario.params, id=scenario.name, task_queue=tq
+            )
             if scenario.drive:
                 await scenario.drive(handle, env)
             # The handle `start_workflow` returned: only its `result()` lets the test server skip time.
             for waited in [handle, *(env.client.get_workflow_handle(child) for child in scenario.children)]:
                 try:
                     await waited.result()
-                except Exception:  # noqa: BLE001 — failed and cancelled sagas are recorded too
+                except Exception:
                     pass
-            return {workflow_id: (await env.client.get_workflow_handle(workflow_id).fetch_history()).to_json()
-                    for workflow_id in scenario.files}
+            return {
+                workflow_id: (await env.client.get_workflow_handle(workflow_id).fetch_history()).to_json()
+                for workflow_id in scenario.files
+            }
     finally:
         await env.shutdown()
 

@@ -23,7 +23,7 @@ from models.contracts import (
 
 @dataclass
 class FakeUsers:
-    fail_step: str | None = None            # activity name that fails permanently
+    fail_step: str | None = None  # activity name that fails permanently
     fail_with_type: str = "Boom"
     broken_compensation: str | None = None  # compensation that fails until healed
     healed: bool = False
@@ -59,5 +59,10 @@ class FakeUsers:
         async def activate_user(req: ActivateUser) -> None:
             self._maybe_fail(act.ACTIVATE_USER)
 
-        return [create_pending_user, delete_pending_user, issue_verification_token,
-                revoke_verification_token, activate_user]
+        return [
+            create_pending_user,
+            delete_pending_user,
+            issue_verification_token,
+            revoke_verification_token,
+            activate_user,
+        ]

@@ -92,13 +92,22 @@ class FakeBillingWorld:
             known = self.invoice_by_workflow.get(req.workflow_id)
             if known and self.invoices[known]["status"] != "void":
                 inv = self.invoices[known]
-                return Invoice(invoice_id=known, number=inv["number"], status=inv["status"],
-                               payment_intent_id=inv.get("payment_intent_id"))
+                return Invoice(
+                    invoice_id=known,
+                    number=inv["number"],
+                    status=inv["status"],
+                    payment_intent_id=inv.get("payment_intent_id"),
+                )
             tenant = str(req.tenant_id)
             self.counters[tenant] = self.counters.get(tenant, 0) + 1
             invoice_id = f"in_{len(self.invoices) + 1}"
-            self.invoices[invoice_id] = {"number": self.counters[tenant], "status": "open", "amount": req.amount,
-                                         "kind": req.kind, "period_index": req.period_index}
+            self.invoices[invoice_id] = {
+                "number": self.counters[tenant],
+                "status": "open",
+                "amount": req.amount,
+                "kind": req.kind,
+                "period_index": req.period_index,
+            }
             self.invoice_by_workflow[req.workflow_id] = invoice_id
             return Invoice(invoice_id=invoice_id, number=self.counters[tenant])
 
@@ -114,11 +123,20 @@ class FakeBillingWorld:
             self._record(act.CREATE_PAYMENT_INTENT, req)
             pi = self.intents.get(req.idempotency_key)
             if pi is None:  # an idempotency-key replay answers the first result, as Stripe does
-                status = "pending" if req.payment_method == PENDING else (
-                    "failed" if req.payment_method in DECLINE_CODES else "succeeded")
-                pi = FakePaymentIntent(id=f"pi_{len(self.intents) + 1}", key=req.idempotency_key, amount=req.amount,
-                                       payment_method=req.payment_method, invoice_id=req.invoice_id, status=status,
-                                       decline_code=DECLINE_CODES.get(req.payment_method))
+                status = (
+                    "pending"
+                    if req.payment_method == PENDING
+                    else ("failed" if req.payment_method in DECLINE_CODES else "succeeded")
+                )
+                pi = FakePaymentIntent(
+                    id=f"pi_{len(self.intents) + 1}",
+                    key=req.idempotency_key,
+                    amount=req.amount,
+                    payment_method=req.payment_method,
+                    invoice_id=req.invoice_id,
+                    status=status,
+                    decline_code=DECLINE_CODES.get(req.payment_method),
+                )
                 self.intents[req.idempotency_key] = pi
             return PaymentIntentInfo(payment_intent_id=pi.id, status=pi.status, decline_code=pi.decline_code)
 
@@ -172,14 +190,17 @@ class FakeBillingWorld:
         async def create_subscription(req: CreateSubscription) -> None:
             self._record(act.CREATE_SUBSCRIPTION, req)
             if self.live_subscriptions.setdefault(req.tenant_id, req.subscription_id) != req.subscription_id:
-                raise ApplicationError("the tenant already has a live subscription", type=SUBSCRIPTION_EXISTS,
-                                       non_retryable=True)
+                raise ApplicationError(
+                    "the tenant already has a live subscription", type=SUBSCRIPTION_EXISTS, non_retryable=True
+                )
 
         @activity.defn(name=act.SET_SUBSCRIPTION_STATUS)
         async def set_subscription_status(req: SetSubscriptionStatus) -> None:
             self._record(act.SET_SUBSCRIPTION_STATUS, req)
-            if req.status in ("canceled", "unpaid") and self.live_subscriptions.get(req.tenant_id) == \
-                    req.subscription_id:
+            if (
+                req.status in ("canceled", "unpaid")
+                and self.live_subscriptions.get(req.tenant_id) == req.subscription_id
+            ):
                 del self.live_subscriptions[req.tenant_id]
 
         @activity.defn(name=act.SUSPEND_TENANT)
@@ -194,7 +215,18 @@ class FakeBillingWorld:
         async def delete_billing_schedule(req: BillingTriggerInput) -> None:
             self._record(act.DELETE_BILLING_SCHEDULE, req)
 
-        return [issue_invoice, void_invoice, create_payment_intent, retrieve_payment_intent, mark_invoice_paid,
-                mark_invoice_uncollectible, refund_payment, publish_invoice_event, create_subscription,
-                set_subscription_status, suspend_tenant,
-                ensure_billing_schedule, delete_billing_schedule]
+        return [
+            issue_invoice,
+            void_invoice,
+            create_payment_intent,
+            retrieve_payment_intent,
+            mark_invoice_paid,
+            mark_invoice_uncollectible,
+            refund_payment,
+            publish_invoice_event,
+            create_subscription,
+            set_subscription_status,
+            suspend_tenant,
+            ensure_billing_schedule,
+            delete_billing_schedule,
+        ]

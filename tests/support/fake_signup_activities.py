@@ -23,12 +23,16 @@ class FakeSignupWorld:
     discarded: list[DiscardTenant] = field(default_factory=list)
 
     @classmethod
-    def create(cls, *, users: dict | None = None, tenants: dict | None = None,
-               billing: dict | None = None) -> FakeSignupWorld:
+    def create(
+        cls, *, users: dict | None = None, tenants: dict | None = None, billing: dict | None = None
+    ) -> FakeSignupWorld:
         calls: list[str] = []  # one log, in the order the activities ran across all three fakes
-        return cls(users=FakeUsers(calls=calls, **(users or {})),
-                   tenants=FakeTenantWorld(calls=calls, **(tenants or {})),
-                   billing=FakeBillingWorld(calls=calls, **(billing or {})), calls=calls)
+        return cls(
+            users=FakeUsers(calls=calls, **(users or {})),
+            tenants=FakeTenantWorld(calls=calls, **(tenants or {})),
+            billing=FakeBillingWorld(calls=calls, **(billing or {})),
+            calls=calls,
+        )
 
     def activities(self) -> list:
         @activity.defn(name=act.DISCARD_TENANT)
@@ -49,8 +53,10 @@ class FakeSignupWorld:
 
     @property
     def pending_user_exists(self) -> bool:
-        return self._after(act.CREATE_PENDING_USER, act.DELETE_PENDING_USER) and \
-            self.users.fail_step != act.CREATE_PENDING_USER
+        return (
+            self._after(act.CREATE_PENDING_USER, act.DELETE_PENDING_USER)
+            and self.users.fail_step != act.CREATE_PENDING_USER
+        )
 
     @property
     def token_live(self) -> bool:

@@ -46,6 +46,7 @@ class FakeTenantWorld:
         def simple(name: str, arg_type):
             async def run(arg) -> None:
                 self._record(name, arg)
+
             run.__annotations__ = {"arg": arg_type, "return": None}
             return activity.defn(name=name)(run)
 
@@ -55,12 +56,18 @@ class FakeTenantWorld:
             return StripeCustomer(customer_id="cus_fake123")
 
         return [
-            simple(act.CREATE_TENANT, CreateTenant), simple(act.MARK_TENANT_FAILED, MarkTenantFailed),
-            simple(act.ADD_MEMBERSHIP, MembershipRef), simple(act.REMOVE_MEMBERSHIP, MembershipRef),
-            create_stripe_customer, simple(act.DELETE_STRIPE_CUSTOMER, DeleteStripeCustomer),
-            simple(act.CREATE_BILLING_CONFIG, CreateBillingConfig), simple(act.DELETE_BILLING_CONFIG, TenantRef),
-            simple(act.APPLY_DEFAULT_SETTINGS, TenantRef), simple(act.REMOVE_DEFAULT_SETTINGS, TenantRef),
+            simple(act.CREATE_TENANT, CreateTenant),
+            simple(act.MARK_TENANT_FAILED, MarkTenantFailed),
+            simple(act.ADD_MEMBERSHIP, MembershipRef),
+            simple(act.REMOVE_MEMBERSHIP, MembershipRef),
+            create_stripe_customer,
+            simple(act.DELETE_STRIPE_CUSTOMER, DeleteStripeCustomer),
+            simple(act.CREATE_BILLING_CONFIG, CreateBillingConfig),
+            simple(act.DELETE_BILLING_CONFIG, TenantRef),
+            simple(act.APPLY_DEFAULT_SETTINGS, TenantRef),
+            simple(act.REMOVE_DEFAULT_SETTINGS, TenantRef),
             simple(act.ACTIVATE_TENANT, TenantRef),
-            simple(act.ISSUE_INVITATION, IssueInvitation), simple(act.COMPLETE_INVITATION, CompleteInvitation),
+            simple(act.ISSUE_INVITATION, IssueInvitation),
+            simple(act.COMPLETE_INVITATION, CompleteInvitation),
             simple(act.CLOSE_INVITATION, CloseInvitation),
         ]

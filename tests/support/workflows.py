@@ -16,7 +16,6 @@ async def saga_state(handle: WorkflowHandle) -> SagaState:
     return await handle.query(QUERY_SAGA_STATE, result_type=SagaState)
 
 
-
 async def wait_for(handle: WorkflowHandle, predicate, timeout: float = 10.0) -> SagaState:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -27,7 +26,5 @@ async def wait_for(handle: WorkflowHandle, predicate, timeout: float = 10.0) -> 
         await asyncio.sleep(0.05)
 
 
-
 def email_worker(client: Client) -> Worker:
     return Worker(client, task_queue=EMAIL_TASK_QUEUE, workflows=[FakeEmailDelivery])
-

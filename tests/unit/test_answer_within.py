@@ -29,4 +29,5 @@ async def test_no_confirmation_in_time_is_a_503_to_retry(call):
 async def test_an_answer_in_time_is_returned():
     async def answer():
         return 42
+
     assert await answer_within(answer(), timeout=1) == 42

@@ -25,8 +25,12 @@ def _no_faults(sandbox: StripeSandbox):
 
 def _create(tenant_id: uuid.UUID | None = None, **kwargs) -> CreateStripeCustomer:
     tenant_id = tenant_id or uuid.uuid4()
-    defaults = dict(tenant_id=tenant_id, name="Acme Ltd", email="billing@acme.test",
-                    idempotency_key=f"tenant-{tenant_id}:create_stripe_customer")
+    defaults = dict(
+        tenant_id=tenant_id,
+        name="Acme Ltd",
+        email="billing@acme.test",
+        idempotency_key=f"tenant-{tenant_id}:create_stripe_customer",
+    )
     return CreateStripeCustomer(**{**defaults, **kwargs})
 
 
@@ -42,7 +46,9 @@ async def test_create_makes_a_customer_carrying_the_tenant_id(sandbox, billing, 
     assert customer["id"] == result.customer_id
     assert (customer["name"], customer["email"], customer["livemode"]) == ("Acme Ltd", "billing@acme.test", False)
     # and the SDK reads it back the same way
-    fetched = await stripe.StripeClient(STRIPE_KEY, base_addresses={"api": sandbox.api_base}).v1.customers.retrieve_async(result.customer_id)
+    fetched = await stripe.StripeClient(
+        STRIPE_KEY, base_addresses={"api": sandbox.api_base}
+    ).v1.customers.retrieve_async(result.customer_id)
     assert fetched.metadata["tenant_id"] == str(req.tenant_id)
 
 
@@ -79,15 +85,19 @@ async def test_delete_twice_is_fine(sandbox, billing, env):
 
 
 async def test_delete_of_a_customer_that_never_existed_is_fine(billing, env):
-    await env.run(billing.delete_stripe_customer, DeleteStripeCustomer(customer_id="cus_neverexisted1", tenant_id=uuid.uuid4()))
+    await env.run(
+        billing.delete_stripe_customer, DeleteStripeCustomer(customer_id="cus_neverexisted1", tenant_id=uuid.uuid4())
+    )
 
 
 async def test_delete_without_an_id_finds_the_tenants_customer(sandbox, billing, env):
     req = _create()
     other = await env.run(billing.create_stripe_customer, _create())
     await env.run(billing.create_stripe_customer, req)
-    await env.run(billing.delete_stripe_customer, DeleteStripeCustomer(customer_id=None, tenant_id=req.tenant_id,
-                                                                       idempotency_key=req.idempotency_key))
+    await env.run(
+        billing.delete_stripe_customer,
+        DeleteStripeCustomer(customer_id=None, tenant_id=req.tenant_id, idempotency_key=req.idempotency_key),
+    )
     assert _of_tenant(sandbox, req.tenant_id) == []
     assert other.customer_id in {c["id"] for c in sandbox.customers()}, "another tenant's customer is untouched"
 
@@ -103,7 +113,9 @@ async def test_invalid_request_is_permanent_and_names_the_code_not_the_email(bil
 
 
 async def test_injected_decline_and_idempotency_misuse_are_permanent(sandbox, billing, env):
-    sandbox.inject_fault(402, path_prefix="/v1/customers", method="POST", code="card_declined", decline_code="generic_decline")
+    sandbox.inject_fault(
+        402, path_prefix="/v1/customers", method="POST", code="card_declined", decline_code="generic_decline"
+    )
     with pytest.raises(ApplicationError) as info:
         await env.run(billing.create_stripe_customer, _create())
     assert info.value.non_retryable and "card_declined" in info.value.message
@@ -152,6 +164,8 @@ async def test_delete_failing_with_500_is_retryable(sandbox, billing, env):
 async def test_unreachable_stripe_is_a_retryable_connection_error(env):
     from prognet_dev import free_port
 
-    billing = BillingActivities(Settings(stripe_api_base=f"http://127.0.0.1:{free_port()}", stripe_secret_key=STRIPE_KEY))
+    billing = BillingActivities(
+        Settings(stripe_api_base=f"http://127.0.0.1:{free_port()}", stripe_secret_key=STRIPE_KEY)
+    )
     with pytest.raises(stripe.APIConnectionError):
         await env.run(billing.create_stripe_customer, _create())

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from activities.schedules import EPOCH, schedule_spec
 from models.billing_calendar import advance
 from models.plans import load_plans
 
 PLANS = {p.id: p for p in load_plans()}
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_a_fixed_period_fires_on_each_boundary_rounded_up_to_the_second():
@@ -21,8 +21,9 @@ def test_a_fixed_period_fires_on_each_boundary_rounded_up_to_the_second():
         due = advance(anchor, plan, k)
         seconds = (due - EPOCH).total_seconds()
         # the firing time of that period: the first epoch + n*every + offset at or after `due`
-        fire = EPOCH + timedelta(seconds=(seconds - interval.offset.total_seconds()) // 60 * 60 + 60
-                                 + interval.offset.total_seconds())
+        fire = EPOCH + timedelta(
+            seconds=(seconds - interval.offset.total_seconds()) // 60 * 60 + 60 + interval.offset.total_seconds()
+        )
         assert timedelta(0) <= fire - due < timedelta(seconds=1)
 
 

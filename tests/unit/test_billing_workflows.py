@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -61,8 +62,12 @@ DAY = timedelta(days=1)
 
 
 def workers(client: Client, task_queue: str, world: FakeBillingWorld) -> Workers:
-    return Workers([Worker(client, task_queue=task_queue, workflows=[BillingCycleWorkflow],
-                           activities=world.activities()), email_worker(client)])
+    return Workers(
+        [
+            Worker(client, task_queue=task_queue, workflows=[BillingCycleWorkflow], activities=world.activities()),
+            email_worker(client),
+        ]
+    )
 
 
 async def poll(read, predicate, timeout: float = 10.0):
@@ -87,8 +92,9 @@ async def saga_state(handle: WorkflowHandle) -> SagaState:
 async def email_started(client: Client, parent_id: str, purpose: str) -> datetime | None:
     """When the email child `purpose` of a workflow was started (None: never)."""
     try:
-        return (await client.get_workflow_handle(email_workflow_id(email_message_id(parent_id, purpose))).describe()
-                ).start_time
+        return (
+            await client.get_workflow_handle(email_workflow_id(email_message_id(parent_id, purpose))).describe()
+        ).start_time
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             return None
@@ -112,20 +118,34 @@ async def emails_delivered(client: Client, *workflow_ids: str) -> list[str]:
 
 def cycle_input(payment_method: str = VISA, **kwargs) -> BillingCycleInput:
     start = datetime(2026, 1, 31, tzinfo=UTC)
-    defaults = {"subscription_id": uuid.uuid4(), "tenant_id": uuid.uuid4(), "plan_id": "starter-monthly",
-                "amount": 900, "currency": "eur", "period_index": 0, "period_start": start,
-                "period_end": datetime(2026, 2, 28, tzinfo=UTC), "payment_method": payment_method,
-                "stripe_customer_id": "cus_fake", "notify_user_id": uuid.uuid4()}
+    defaults = {
+        "subscription_id": uuid.uuid4(),
+        "tenant_id": uuid.uuid4(),
+        "plan_id": "starter-monthly",
+        "amount": 900,
+        "currency": "eur",
+        "period_index": 0,
+        "period_start": start,
+        "period_end": datetime(2026, 2, 28, tzinfo=UTC),
+        "payment_method": payment_method,
+        "stripe_customer_id": "cus_fake",
+        "notify_user_id": uuid.uuid4(),
+    }
     return BillingCycleInput(**{**defaults, **kwargs})
 
 
 async def start_cycle(client: Client, task_queue: str, params: BillingCycleInput, **kwargs) -> WorkflowHandle:
     return await client.start_workflow(
-        BillingCycleWorkflow.run, params, id=billing_cycle_workflow_id(params.subscription_id, params.period_index),
-        task_queue=task_queue, **kwargs)
+        BillingCycleWorkflow.run,
+        params,
+        id=billing_cycle_workflow_id(params.subscription_id, params.period_index),
+        task_queue=task_queue,
+        **kwargs,
+    )
 
 
 # --- the billing cycle alone ---
+
 
 async def test_a_paid_cycle_issues_charges_marks_paid_and_sends_a_receipt(ts_client, task_queue):
     world = FakeBillingWorld()
@@ -137,8 +157,12 @@ async def test_a_paid_cycle_issues_charges_marks_paid_and_sends_a_receipt(ts_cli
         assert await emails_delivered(ts_client, handle.id) == ["receipt"]
         saga = await saga_state(handle)
     assert result.status == "paid" and result.invoice_number == 1 and result.attempts == 1
-    assert world.calls == [act.ISSUE_INVOICE, act.CREATE_PAYMENT_INTENT, act.MARK_INVOICE_PAID,
-                           act.PUBLISH_INVOICE_EVENT]
+    assert world.calls == [
+        act.ISSUE_INVOICE,
+        act.CREATE_PAYMENT_INTENT,
+        act.MARK_INVOICE_PAID,
+        act.PUBLISH_INVOICE_EVENT,
+    ]
     event = world.args[act.PUBLISH_INVOICE_EVENT][0]
     assert event.event_type == "invoice.paid" and event.invoice_number == 1 and event.amount == 900
     create = world.args[act.CREATE_PAYMENT_INTENT][0]
@@ -151,7 +175,8 @@ async def test_a_paid_cycle_issues_charges_marks_paid_and_sends_a_receipt(ts_cli
 
 
 async def test_the_outcome_comes_from_the_webhook_signal_duplicates_and_late_failures_change_nothing(
-        ts_client, task_queue):
+    ts_client, task_queue
+):
     world = FakeBillingWorld()
     async with workers(ts_client, task_queue, world):
         handle = await start_cycle(ts_client, task_queue, cycle_input(PENDING))
@@ -178,7 +203,7 @@ async def test_without_a_webhook_the_cycle_polls_the_payment_intent(ts_client, t
         assert await emails_delivered(ts_client, handle.id) == ["receipt"]
     assert result.status == "paid"
     assert world.calls.count(act.RETRIEVE_PAYMENT_INTENT) == 3
-    gaps = {b - a for a, b in zip(world.times[act.RETRIEVE_PAYMENT_INTENT], world.times[act.RETRIEVE_PAYMENT_INTENT][1:])}
+    gaps = {b - a for a, b in itertools.pairwise(world.times[act.RETRIEVE_PAYMENT_INTENT])}
     assert all(timedelta(minutes=5) <= g < timedelta(minutes=5, seconds=30) for g in gaps)
 
 
@@ -204,8 +229,13 @@ async def test_a_failing_step_after_a_successful_charge_refunds_it_and_voids_the
             await handle.result()
         saga = await saga_state(handle)
         assert await emails_delivered(ts_client, handle.id) == []  # no receipt for a refunded charge
-    assert world.calls == [act.ISSUE_INVOICE, act.CREATE_PAYMENT_INTENT, act.MARK_INVOICE_PAID,
-                           act.REFUND_PAYMENT, act.VOID_INVOICE]
+    assert world.calls == [
+        act.ISSUE_INVOICE,
+        act.CREATE_PAYMENT_INTENT,
+        act.MARK_INVOICE_PAID,
+        act.REFUND_PAYMENT,
+        act.VOID_INVOICE,
+    ]
     [pi] = world.succeeded()
     assert pi.refunded == pi.amount == 900  # refunded in full
     assert world.args[act.REFUND_PAYMENT][0].payment_intent_ids == [pi.id]
@@ -232,8 +262,7 @@ async def test_a_paid_cycle_run_again_charges_nothing(ts_client, task_queue):
     assert world.invoices[first.invoice_id]["status"] == "paid" and len(world.invoices) == 1
 
 
-async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_unpaid(
-        ts_client, task_queue):
+async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_unpaid(ts_client, task_queue):
     world = FakeBillingWorld()
     async with workers(ts_client, task_queue, world):
         params = cycle_input(DECLINED, dunning_schedule_days=[1, 3])
@@ -278,8 +307,9 @@ async def test_starting_a_cycle_twice_is_a_no_op(ts_client, task_queue):
             await start_cycle(ts_client, task_queue, params)
         state = await cycle_state(handle)
         world.intent(state.payment_intent_ids[0]).status = "succeeded"  # Stripe settles, then the webhook
-        await handle.signal(SIGNAL_PAYMENT_OUTCOME, PaymentOutcome(payment_intent_id=state.payment_intent_ids[0],
-                                                                   status="succeeded"))
+        await handle.signal(
+            SIGNAL_PAYMENT_OUTCOME, PaymentOutcome(payment_intent_id=state.payment_intent_ids[0], status="succeeded")
+        )
         result = await handle.result()
         with pytest.raises(WorkflowAlreadyStartedError):  # closed: the business id is still taken
             await start_cycle(ts_client, task_queue, params, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
@@ -299,17 +329,34 @@ TEAM = Plan(id="team-monthly", name="Team", amount=4900, currency="eur", interva
 
 
 def subscription_workers(client: Client, task_queue: str, world: FakeBillingWorld) -> Workers:
-    return Workers([Worker(client, task_queue=task_queue, workflows=[SubscriptionWorkflow, BillingCycleWorkflow],
-                           activities=world.activities()), email_worker(client)])
+    return Workers(
+        [
+            Worker(
+                client,
+                task_queue=task_queue,
+                workflows=[SubscriptionWorkflow, BillingCycleWorkflow],
+                activities=world.activities(),
+            ),
+            email_worker(client),
+        ]
+    )
 
 
-async def start_subscription(client: Client, task_queue: str, plan: Plan = STARTER, payment_method: str = VISA,
-                             **kwargs) -> WorkflowHandle:
-    params = SubscriptionInput(subscription_id=uuid.uuid4(), tenant_id=uuid.uuid4(), plan=plan,
-                               payment_method=payment_method, stripe_customer_id="cus_fake",
-                               notify_user_id=uuid.uuid4(), **kwargs)
-    return await client.start_workflow(SubscriptionWorkflow.run, params,
-                                       id=subscription_workflow_id(params.subscription_id), task_queue=task_queue)
+async def start_subscription(
+    client: Client, task_queue: str, plan: Plan = STARTER, payment_method: str = VISA, **kwargs
+) -> WorkflowHandle:
+    params = SubscriptionInput(
+        subscription_id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        plan=plan,
+        payment_method=payment_method,
+        stripe_customer_id="cus_fake",
+        notify_user_id=uuid.uuid4(),
+        **kwargs,
+    )
+    return await client.start_workflow(
+        SubscriptionWorkflow.run, params, id=subscription_workflow_id(params.subscription_id), task_queue=task_queue
+    )
 
 
 async def sub_state(handle: WorkflowHandle) -> SubscriptionState:
@@ -337,7 +384,11 @@ async def cancel_now_and_finish(client: Client, handle: WorkflowHandle, world: F
 def test_calendar_months_clamp_the_day_and_do_not_drift():
     jan31 = datetime(2026, 1, 31, 12, tzinfo=UTC)
     assert [add_months(jan31, n).date().isoformat() for n in range(4)] == [
-        "2026-01-31", "2026-02-28", "2026-03-31", "2026-04-30"]
+        "2026-01-31",
+        "2026-02-28",
+        "2026-03-31",
+        "2026-04-30",
+    ]
     assert add_months(datetime(2027, 12, 15, tzinfo=UTC), 2).date().isoformat() == "2028-02-15"
     assert prorate(900, timedelta(days=15), timedelta(days=30)) == 450
     assert prorate(1000, timedelta(days=1), timedelta(days=3)) == 333
@@ -388,8 +439,7 @@ async def test_decline_dunning_then_a_new_payment_method_recovers(ts_client, tas
     assert act.SUSPEND_TENANT not in world.calls
 
 
-async def test_decline_through_the_whole_dunning_schedule_ends_unpaid_and_suspends_the_tenant(
-        ts_client, task_queue):
+async def test_decline_through_the_whole_dunning_schedule_ends_unpaid_and_suspends_the_tenant(ts_client, task_queue):
     world = FakeBillingWorld()
     async with subscription_workers(ts_client, task_queue, world):
         handle = await start_subscription(ts_client, task_queue, payment_method=DECLINED)
@@ -438,7 +488,8 @@ async def test_cancel_now_refunds_the_unused_part_of_the_period(ts_client, task_
 
 
 async def test_upgrade_now_charges_the_proration_and_downgrade_waits_for_the_period_end(
-        ts_client, task_queue, time_skipping_env):
+    ts_client, task_queue, time_skipping_env
+):
     world = FakeBillingWorld()
     async with subscription_workers(ts_client, task_queue, world):
         handle = await start_subscription(ts_client, task_queue, STARTER)
@@ -463,11 +514,15 @@ async def test_upgrade_now_charges_the_proration_and_downgrade_waits_for_the_per
     assert later.current_period_start == end
     assert [i.amount for i in world.succeeded()] == [900, expected, 900]
     assert [(i.kind, i.amount) for i in world.args[act.ISSUE_INVOICE]] == [
-        ("period", 900), ("proration", expected), ("period", 900)]
+        ("period", 900),
+        ("proration", expected),
+        ("period", 900),
+    ]
 
 
 async def test_schedule_driven_cycles_start_on_the_start_cycle_signal_never_before_the_period_end(
-        ts_client, task_queue, time_skipping_env):
+    ts_client, task_queue, time_skipping_env
+):
     world = FakeBillingWorld()
     async with subscription_workers(ts_client, task_queue, world):
         handle = await start_subscription(ts_client, task_queue, cycle_driver="schedule")
@@ -516,7 +571,8 @@ async def test_a_failed_cycle_waits_for_a_rerun_and_a_new_card_or_a_cancel_is_ho
 
 
 async def test_cancel_now_after_an_upgrade_to_a_yearly_plan_refunds_only_what_is_unused(
-        ts_client, task_queue, time_skipping_env):
+    ts_client, task_queue, time_skipping_env
+):
     """Each payment of the period comes back for the unused share of the time it paid for: the month's
     payment and the proration charge, not the yearly plan's rate over the month (which refunded too much)."""
     yearly = Plan(id="team-yearly", name="Team (yearly)", amount=49000, currency="eur", interval="year")
@@ -530,8 +586,12 @@ async def test_cancel_now_after_an_upgrade_to_a_yearly_plan_refunds_only_what_is
         await time_skipping_env.sleep(timedelta(days=5))
         result = await cancel_now_and_finish(ts_client, handle, world)
         canceled = await sub_state(handle)
-    start, end, at, now = (upgraded.current_period_start, upgraded.current_period_end, upgraded.plan_changed_at,
-                           canceled.canceled_at)
+    start, end, at, now = (
+        upgraded.current_period_start,
+        upgraded.current_period_end,
+        upgraded.plan_changed_at,
+        canceled.canceled_at,
+    )
     proration = upgraded.last_proration_amount
     assert proration > 0
     expected = prorate(900, end - now, end - start) + prorate(proration, end - now, end - at)
@@ -552,13 +612,24 @@ async def test_the_subscription_writes_its_row_first_and_validators_refuse_what_
     client, world, tenant_id = local_env.client, FakeBillingWorld(), uuid.uuid4()
 
     async def subscribe() -> tuple[WorkflowHandle, SubscriptionState]:
-        params = SubscriptionInput(subscription_id=uuid.uuid4(), tenant_id=tenant_id, plan=STARTER,
-                                   payment_method=VISA, stripe_customer_id="cus_fake", notify_user_id=uuid.uuid4())
+        params = SubscriptionInput(
+            subscription_id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            plan=STARTER,
+            payment_method=VISA,
+            stripe_customer_id="cus_fake",
+            notify_user_id=uuid.uuid4(),
+        )
         operation = WithStartWorkflowOperation(
-            SubscriptionWorkflow.run, params, id=subscription_workflow_id(params.subscription_id),
-            task_queue=task_queue, id_conflict_policy=WorkflowIDConflictPolicy.FAIL)
+            SubscriptionWorkflow.run,
+            params,
+            id=subscription_workflow_id(params.subscription_id),
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        )
         state = await client.execute_update_with_start_workflow(
-            UPDATE_SUBSCRIPTION_ACCEPTED, start_workflow_operation=operation, result_type=SubscriptionState)
+            UPDATE_SUBSCRIPTION_ACCEPTED, start_workflow_operation=operation, result_type=SubscriptionState
+        )
         return await operation.workflow_handle(), state
 
     async with subscription_workers(client, task_queue, world):
@@ -577,9 +648,12 @@ async def test_the_subscription_writes_its_row_first_and_validators_refuse_what_
         dollars = TEAM.model_copy(update={"id": "team-usd", "currency": "usd"})
         assert await refused(request(handle, UPDATE_CHANGE_PLAN, ChangePlan(plan=dollars))) == INVALID_PLAN
         history = await handle.fetch_history()
-        assert not [e for e in history.events if e.HasField("workflow_execution_update_accepted_event_attributes")
-                    and e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
-                    == UPDATE_CHANGE_PLAN]  # refused before reaching history
+        assert not [
+            e
+            for e in history.events
+            if e.HasField("workflow_execution_update_accepted_event_attributes")
+            and e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name == UPDATE_CHANGE_PLAN
+        ]  # refused before reaching history
 
         canceled = await request(handle, UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
         assert canceled.status == "canceled" and canceled.refunded_amount > 0  # answered once applied

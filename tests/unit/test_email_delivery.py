@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,8 +29,13 @@ from tests.support.workflows import saga_state, wait_for
 from workers.main import Workers
 from workflows.email_delivery import EmailDeliveryWorkflow
 
-POLICY = EmailPolicy(initial_interval_seconds=5, backoff_coefficient=2, maximum_interval_seconds=30,
-                     maximum_attempts=6, send_timeout_seconds=10)
+POLICY = EmailPolicy(
+    initial_interval_seconds=5,
+    backoff_coefficient=2,
+    maximum_interval_seconds=30,
+    maximum_attempts=6,
+    send_timeout_seconds=10,
+)
 
 
 @dataclass
@@ -49,8 +55,11 @@ class FakeMail:
 
         @activity.defn(name=act.QUEUE_EMAIL)
         async def queue(req: EmailRequest) -> EmailQueued:
-            return EmailQueued(message_id=req.message_id, to_address=req.to_address,
-                               suppressed=req.to_address in self.suppressed_addresses)
+            return EmailQueued(
+                message_id=req.message_id,
+                to_address=req.to_address,
+                suppressed=req.to_address in self.suppressed_addresses,
+            )
 
         @activity.defn(name=act.SEND_EMAIL)
         async def send(req: SendEmail) -> EmailDelivery:
@@ -75,17 +84,21 @@ class FakeMail:
 
 def workers(client: Client, task_queue: str, mail: FakeMail) -> Workers:
     bookkeeping, sending = mail.activities()
-    return Workers([
-        Worker(client, task_queue=task_queue, workflows=[EmailDeliveryWorkflow], activities=bookkeeping),
-        Worker(client, task_queue=EMAIL_SEND_TASK_QUEUE, activities=sending),
-    ])
+    return Workers(
+        [
+            Worker(client, task_queue=task_queue, workflows=[EmailDeliveryWorkflow], activities=bookkeeping),
+            Worker(client, task_queue=EMAIL_SEND_TASK_QUEUE, activities=sending),
+        ]
+    )
 
 
 async def start(client: Client, task_queue: str, to: str = "ada@example.com"):
-    req = EmailRequest(message_id=uuid.uuid4(), template="notice", to_address=to,
-                       params={"subject": "Hi", "body": "Hello"})
-    return await client.start_workflow(EmailDeliveryWorkflow.run, req, id=f"email-{req.message_id}",
-                                       task_queue=task_queue)
+    req = EmailRequest(
+        message_id=uuid.uuid4(), template="notice", to_address=to, params={"subject": "Hi", "body": "Hello"}
+    )
+    return await client.start_workflow(
+        EmailDeliveryWorkflow.run, req, id=f"email-{req.message_id}", task_queue=task_queue
+    )
 
 
 async def test_temporary_failures_retry_on_the_backoff_schedule_then_send(ts_client, task_queue):
@@ -95,7 +108,7 @@ async def test_temporary_failures_retry_on_the_backoff_schedule_then_send(ts_cli
         result = await handle.result()
     assert result.state == "sent"
     times = [t for t, _ in mail.attempts]
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     # 5 s, then ×2 each time: 5, 10, 20, then capped at the 30 s maximum interval
     assert [round(g) for g in gaps] == [5, 10, 20, 30]
     assert mail.marks == []  # no dead letter, nothing for an operator

@@ -16,14 +16,34 @@ def _caused(err: BaseException, cause: BaseException) -> BaseException:
 
 
 def _activity_error(cause: BaseException) -> ActivityError:
-    return _caused(ActivityError("activity failed", scheduled_event_id=1, started_event_id=2, identity="w",
-                                 activity_type="create_tenant", activity_id="1", retry_state=None), cause)
+    return _caused(
+        ActivityError(
+            "activity failed",
+            scheduled_event_id=1,
+            started_event_id=2,
+            identity="w",
+            activity_type="create_tenant",
+            activity_id="1",
+            retry_state=None,
+        ),
+        cause,
+    )
 
 
 def _child_error(cause: BaseException) -> ChildWorkflowError:
-    return _caused(ChildWorkflowError("child failed", namespace="default", workflow_id="tenant-1", run_id="r",
-                                      workflow_type="TenantProvisioning", initiated_event_id=1, started_event_id=2,
-                                      retry_state=None), cause)
+    return _caused(
+        ChildWorkflowError(
+            "child failed",
+            namespace="default",
+            workflow_id="tenant-1",
+            run_id="r",
+            workflow_type="TenantProvisioning",
+            initiated_event_id=1,
+            started_event_id=2,
+            retry_state=None,
+        ),
+        cause,
+    )
 
 
 def test_the_type_under_every_wrapper():

@@ -57,38 +57,62 @@ from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
 STARTER = Plan(id="starter-monthly", name="Starter", amount=900, currency="eur", interval="month")
 TRIAL = Plan(id="team-monthly", name="Team", amount=4900, currency="eur", interval="month", trial_days=14)
-ALL = [PaidSignupWorkflow, RegistrationWorkflow, TenantProvisioningWorkflow, BillingCycleWorkflow,
-       SubscriptionWorkflow]
-UNWIND_AFTER_TENANT = [act.DELETE_STRIPE_CUSTOMER, act.DISCARD_TENANT, act.REVOKE_VERIFICATION_TOKEN,
-                       act.DELETE_PENDING_USER]
+ALL = [PaidSignupWorkflow, RegistrationWorkflow, TenantProvisioningWorkflow, BillingCycleWorkflow, SubscriptionWorkflow]
+UNWIND_AFTER_TENANT = [
+    act.DELETE_STRIPE_CUSTOMER,
+    act.DISCARD_TENANT,
+    act.REVOKE_VERIFICATION_TOKEN,
+    act.DELETE_PENDING_USER,
+]
 
 
 @pytest.fixture
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(BIN_DIR / "temporal-test-server"))
-    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-        namespace=env.client.namespace,
-        search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in custom_search_attributes()}))
+        data_converter=pydantic_data_converter, test_server_existing_path=str(BIN_DIR / "temporal-test-server")
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in custom_search_attributes()},
+        )
+    )
     yield env
     await env.shutdown()
 
 
 def workers(client: Client, task_queue: str, world: FakeSignupWorld) -> Workers:
-    return Workers([Worker(client, task_queue=task_queue, workflows=ALL, activities=world.activities()),
-                    Worker(client, task_queue=EMAIL_TASK_QUEUE, workflows=[FakeEmailDelivery])])
+    return Workers(
+        [
+            Worker(client, task_queue=task_queue, workflows=ALL, activities=world.activities()),
+            Worker(client, task_queue=EMAIL_TASK_QUEUE, workflows=[FakeEmailDelivery]),
+        ]
+    )
 
 
 def signup_input(plan: Plan = STARTER, payment_method: str = VISA) -> PaidSignupInput:
-    return PaidSignupInput(user_id=uuid.uuid4(), tenant_id=uuid.uuid4(), subscription_id=uuid.uuid4(),
-                           email="ada@example.com", password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake",
-                           display_name="Ada", tenant_name="Acme Labs", slug="acme-labs", plan=plan,
-                           payment_method=payment_method)
+    return PaidSignupInput(
+        user_id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        subscription_id=uuid.uuid4(),
+        email="ada@example.com",
+        password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake",
+        display_name="Ada",
+        tenant_name="Acme Labs",
+        slug="acme-labs",
+        plan=plan,
+        payment_method=payment_method,
+    )
 
 
 async def start(client: Client, task_queue: str, params: PaidSignupInput) -> WorkflowHandle:
-    return await client.start_workflow(PaidSignupWorkflow.run, params, id=signup_workflow_id(params.user_id),
-                                       task_queue=task_queue, result_type=SignupOutcome)
+    return await client.start_workflow(
+        PaidSignupWorkflow.run,
+        params,
+        id=signup_workflow_id(params.user_id),
+        task_queue=task_queue,
+        result_type=SignupOutcome,
+    )
 
 
 async def exists(client: Client, workflow_id: str) -> bool:
@@ -121,8 +145,9 @@ async def test_a_paid_signup_creates_the_user_the_tenant_and_an_active_subscript
         saga = await saga_state(handle)
         subscription = client.get_workflow_handle(subscription_workflow_id(params.subscription_id))
         sub: SubscriptionState = await subscription.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
-        registration = client.get_workflow_handle(registration_workflow_id(params.user_id),
-                                                  result_type=RegistrationResult)
+        registration = client.get_workflow_handle(
+            registration_workflow_id(params.user_id), result_type=RegistrationResult
+        )
         assert (await registration.describe()).status.name == "RUNNING"  # still waiting for the email verification
         left = (world.pending_user_exists, world.token_live, world.tenant_exists, world.stripe_customer_exists)
         calls = list(world.calls)
@@ -134,7 +159,10 @@ async def test_a_paid_signup_creates_the_user_the_tenant_and_an_active_subscript
 
     assert outcome.status == "active" and outcome.subscription_status == "active"
     assert (outcome.user_id, outcome.tenant_id, outcome.subscription_id) == (
-        params.user_id, params.tenant_id, params.subscription_id)
+        params.user_id,
+        params.tenant_id,
+        params.subscription_id,
+    )
     assert outcome.workflow_id == handle.id and outcome.decline_code is None
     assert left == (True, True, True, True)
     # the order across the three children: user first (the membership references it), then the tenant, then money
@@ -161,7 +189,12 @@ async def test_a_paid_signup_creates_the_user_the_tenant_and_an_active_subscript
     assert sub.anchor == invoice.period_start and sub.stripe_customer_id == "cus_fake123"
     assert [p.payment_intent_id for p in sub.period_payments] == [paid.id]
     assert saga.status == "completed" and saga.completed_steps == [
-        "register_user", "provision_tenant", "first_payment", "record_subscription", "start_subscription"]
+        "register_user",
+        "provision_tenant",
+        "first_payment",
+        "record_subscription",
+        "start_subscription",
+    ]
     assert all(c.status == "not_needed" for c in saga.compensations)
 
 
@@ -171,8 +204,9 @@ async def test_a_plan_with_a_trial_charges_nothing_now_and_starts_the_subscripti
     async with workers(client, task_queue, world):
         outcome = await (await start(client, task_queue, params)).result()
         subscription = client.get_workflow_handle(subscription_workflow_id(params.subscription_id))
-        while (sub := await subscription.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
-               ).status == "incomplete":  # until it has written its row and started the trial
+        while (
+            sub := await subscription.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
+        ).status == "incomplete":  # until it has written its row and started the trial
             await asyncio.sleep(0.05)
         await subscription.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
         await subscription.result()
@@ -197,16 +231,19 @@ async def test_a_declined_first_payment_unwinds_everything(env, task_queue, card
         registration = await client.get_workflow_handle(registration_workflow_id(params.user_id)).describe()
         subscription_started = await exists(client, subscription_workflow_id(params.subscription_id))
         cycle_history = await client.get_workflow_handle(
-            billing_cycle_workflow_id(params.subscription_id, 0)).fetch_history()
+            billing_cycle_workflow_id(params.subscription_id, 0)
+        ).fetch_history()
 
     assert error.type == "PaymentDeclined" and list(error.details) == [code]
     # the account is being unwound: no "invoice unpaid, subscription suspended" email to its address
-    assert not [e for e in cycle_history.events if e.HasField("start_child_workflow_execution_initiated_event_attributes")]
+    assert not [
+        e for e in cycle_history.events if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+    ]
     assert "ada@example.com" not in str(error) and "Acme" not in str(error)
     assert outcome.status == "declined" and outcome.decline_code == code and outcome.error_type == "PaymentDeclined"
     # one charge attempt, no dunning; then everything in reverse: customer, tenant (+ invoices), the registration
     assert world.calls.count(act.CREATE_PAYMENT_INTENT) == 1
-    assert world.calls[-len(UNWIND_AFTER_TENANT):] == UNWIND_AFTER_TENANT
+    assert world.calls[-len(UNWIND_AFTER_TENANT) :] == UNWIND_AFTER_TENANT
     assert world.tenants.args[act.DELETE_STRIPE_CUSTOMER][0].customer_id == "cus_fake123"
     assert [d.tenant_id for d in world.discarded] == [params.tenant_id]
     assert "PaymentDeclined" in world.discarded[0].reason
@@ -215,13 +252,17 @@ async def test_a_declined_first_payment_unwinds_everything(env, task_queue, card
     assert registration.status.name == "CANCELED" and not subscription_started
     assert saga.status == "compensated"
     assert [(c.step, c.status) for c in saga.compensations] == [
-        ("register_user", "done"), ("provision_tenant", "done"), ("stripe_customer", "done")]
+        ("register_user", "done"),
+        ("provision_tenant", "done"),
+        ("stripe_customer", "done"),
+    ]
 
 
 async def test_a_taken_email_rejects_the_signup_and_creates_nothing(env, task_queue):
     client = env.client
-    world = FakeSignupWorld.create(users={"fail_step": act.CREATE_PENDING_USER,
-                                          "fail_with_type": "EmailAlreadyRegistered"})
+    world = FakeSignupWorld.create(
+        users={"fail_step": act.CREATE_PENDING_USER, "fail_with_type": "EmailAlreadyRegistered"}
+    )
     params = signup_input()
     async with workers(client, task_queue, world):
         handle = await start(client, task_queue, params)
@@ -260,11 +301,18 @@ async def test_a_failing_tenant_provisioning_unwinds_the_registration(env, task_
         saga = await saga_state(handle)
     assert error.type == "SignupFailed" and outcome.status == "failed"
     assert "Boom" in outcome.reason and "ada@" not in outcome.reason
-    # the tenant saga undid its own steps (billing config and customer deleted, membership removed, marked failed); then this one
-    # discards the failed row (it references the user) and cancels the registration
-    tail = world.calls[world.calls.index(act.CREATE_BILLING_CONFIG) + 1:]
-    assert tail == [act.DELETE_BILLING_CONFIG, act.DELETE_STRIPE_CUSTOMER, act.REMOVE_MEMBERSHIP, act.MARK_TENANT_FAILED,
-                    act.DISCARD_TENANT, act.REVOKE_VERIFICATION_TOKEN, act.DELETE_PENDING_USER]
+    # the tenant saga undid its own steps (billing config and customer deleted, membership removed, marked
+    # failed); then this one discards the failed row (it references the user) and cancels the registration
+    tail = world.calls[world.calls.index(act.CREATE_BILLING_CONFIG) + 1 :]
+    assert tail == [
+        act.DELETE_BILLING_CONFIG,
+        act.DELETE_STRIPE_CUSTOMER,
+        act.REMOVE_MEMBERSHIP,
+        act.MARK_TENANT_FAILED,
+        act.DISCARD_TENANT,
+        act.REVOKE_VERIFICATION_TOKEN,
+        act.DELETE_PENDING_USER,
+    ]
     assert not (world.pending_user_exists or world.token_live or world.tenant_exists or world.stripe_customer_exists)
     assert act.ISSUE_INVOICE not in world.calls
     assert saga.status == "compensated" and [c.status for c in saga.compensations] == ["done", "done"]
@@ -286,7 +334,6 @@ async def test_cancelling_the_signup_while_it_waits_for_the_payment_unwinds_and_
     assert outcome.status == "failed" and outcome.reason == "cancelled"
     assert act.VOID_INVOICE in world.calls  # the cycle unwound itself
     assert not (world.pending_user_exists or world.token_live or world.tenant_exists or world.stripe_customer_exists)
-
 
 
 async def test_a_registration_that_cannot_unwind_is_never_recorded_as_undone(local_env, task_queue):
@@ -315,7 +362,10 @@ async def test_a_registration_that_cannot_unwind_is_never_recorded_as_undone(loc
     [waiting] = [c for c in parked.compensations if c.step == "register_user"]
     assert waiting.status == "failed" and "terminated" in waiting.error.lower()
     assert [(c.step, c.status) for c in saga.compensations] == [
-        ("register_user", "skipped"), ("provision_tenant", "done"), ("stripe_customer", "done")]
+        ("register_user", "skipped"),
+        ("provision_tenant", "done"),
+        ("stripe_customer", "done"),
+    ]
     assert saga.status == "compensated"
     # nothing deleted the pending user: the operator was told, and skipped it
     assert world.pending_user_exists and act.DELETE_PENDING_USER not in world.calls
@@ -323,12 +373,18 @@ async def test_a_registration_that_cannot_unwind_is_never_recorded_as_undone(loc
 
 # --- the `outcome` update (the API's update-with-start), on the local dev server ---
 
+
 async def outcome_with_start(client: Client, task_queue: str, params: PaidSignupInput) -> SignupOutcome:
     operation = WithStartWorkflowOperation(
-        PaidSignupWorkflow.run, params, id=signup_workflow_id(params.user_id), task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
-    return await client.execute_update_with_start_workflow(UPDATE_SIGNUP_OUTCOME, start_workflow_operation=operation,
-                                                           result_type=SignupOutcome)
+        PaidSignupWorkflow.run,
+        params,
+        id=signup_workflow_id(params.user_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    return await client.execute_update_with_start_workflow(
+        UPDATE_SIGNUP_OUTCOME, start_workflow_operation=operation, result_type=SignupOutcome
+    )
 
 
 async def test_the_outcome_update_answers_active_then_declined_after_the_unwind(local_env, task_queue):
@@ -349,4 +405,4 @@ async def test_the_outcome_update_answers_active_then_declined_after_the_unwind(
     assert active.status == "active" and active.subscription_id == paid.subscription_id
     assert declined.status == "declined" and declined.decline_code == "card_declined"
     # the update answered once the unwind had finished, not before
-    assert at_answer[-len(UNWIND_AFTER_TENANT):] == UNWIND_AFTER_TENANT
+    assert at_answer[-len(UNWIND_AFTER_TENANT) :] == UNWIND_AFTER_TENANT

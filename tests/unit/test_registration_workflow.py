@@ -31,19 +31,28 @@ UNWIND = [act.REVOKE_VERIFICATION_TOKEN, act.DELETE_PENDING_USER]
 
 
 def registration_input() -> RegistrationInput:
-    return RegistrationInput(user_id=uuid.uuid4(), email="someone@example.com", display_name="Someone",
-                             password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake",
-                             verification_timeout_seconds=DAY)
+    return RegistrationInput(
+        user_id=uuid.uuid4(),
+        email="someone@example.com",
+        display_name="Someone",
+        password_hash="$argon2id$v=19$m=65536,t=3,p=4$fake$fake",
+        verification_timeout_seconds=DAY,
+    )
 
 
 async def start(client: Client, task_queue: str, params: RegistrationInput) -> WorkflowHandle:
-    return await client.start_workflow(RegistrationWorkflow.run, params, id=f"registration-{params.user_id}",
-                                       task_queue=task_queue)
+    return await client.start_workflow(
+        RegistrationWorkflow.run, params, id=f"registration-{params.user_id}", task_queue=task_queue
+    )
 
 
 def worker(client: Client, task_queue: str, fake: FakeUsers) -> Workers:
-    return Workers([Worker(client, task_queue=task_queue, workflows=[RegistrationWorkflow], activities=fake.activities()),
-                    email_worker(client)])
+    return Workers(
+        [
+            Worker(client, task_queue=task_queue, workflows=[RegistrationWorkflow], activities=fake.activities()),
+            email_worker(client),
+        ]
+    )
 
 
 async def test_verified_registration_runs_every_step_and_no_compensation(ts_client, task_queue):
@@ -55,10 +64,9 @@ async def test_verified_registration_runs_every_step_and_no_compensation(ts_clie
         await handle.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=fake.token_ids[0]))
         result = await handle.result()
         state = await saga_state(handle)
-        email = await ts_client.get_workflow_handle(
-            email_workflow_id(email_message_id(handle.id, "verify"))).describe()
+        email = await ts_client.get_workflow_handle(email_workflow_id(email_message_id(handle.id, "verify"))).describe()
     assert result.status == "verified"
-    assert fake.calls == FORWARD + [act.ACTIVATE_USER]
+    assert fake.calls == [*FORWARD, act.ACTIVATE_USER]
     assert email.workflow_type == "EmailDelivery" and email.parent_id == handle.id
     assert state.completed_steps[:3] == ["create_pending_user", "issue_verification_token", "send_verification_email"]
     assert state.status == "completed"
@@ -90,16 +98,22 @@ async def test_unverified_registration_expires_after_24_hours_and_compensates(ti
     assert fake.calls == FORWARD + UNWIND  # reverse order of registration
     assert state.status == "expired"
     assert [(c.step, c.status) for c in state.compensations] == [
-        ("create_pending_user", "done"), ("issue_verification_token", "done")]
+        ("create_pending_user", "done"),
+        ("issue_verification_token", "done"),
+    ]
 
 
-@pytest.mark.parametrize("failing, expected_unwind", [
-    (act.CREATE_PENDING_USER, [act.DELETE_PENDING_USER]),
-    (act.ISSUE_VERIFICATION_TOKEN, UNWIND),
-    (act.ACTIVATE_USER, UNWIND),
-])
+@pytest.mark.parametrize(
+    "failing, expected_unwind",
+    [
+        (act.CREATE_PENDING_USER, [act.DELETE_PENDING_USER]),
+        (act.ISSUE_VERIFICATION_TOKEN, UNWIND),
+        (act.ACTIVATE_USER, UNWIND),
+    ],
+)
 async def test_failure_at_each_step_compensates_what_was_started_in_reverse(
-        ts_client, task_queue, failing, expected_unwind):
+    ts_client, task_queue, failing, expected_unwind
+):
     fake = FakeUsers(fail_step=failing)
     async with worker(ts_client, task_queue, fake):
         handle = await start(ts_client, task_queue, registration_input())
@@ -145,8 +159,7 @@ async def test_cancellation_while_waiting_compensates_then_reports_cancelled(ts_
 
 
 @pytest.mark.parametrize("decision, final_status", [("retry", "done"), ("skip", "skipped")])
-async def test_failing_compensation_parks_for_an_operator_then_resumes(
-        ts_client, task_queue, decision, final_status):
+async def test_failing_compensation_parks_for_an_operator_then_resumes(ts_client, task_queue, decision, final_status):
     fake = FakeUsers(broken_compensation=act.DELETE_PENDING_USER)
     async with worker(ts_client, task_queue, fake):
         handle = await start(ts_client, task_queue, registration_input())
@@ -166,7 +179,9 @@ async def test_failing_compensation_parks_for_an_operator_then_resumes(
         state = await saga_state(handle)
     assert state.status == "compensated"
     assert [(c.step, c.status) for c in state.compensations] == [
-        ("create_pending_user", final_status), ("issue_verification_token", "done")]
+        ("create_pending_user", final_status),
+        ("issue_verification_token", "done"),
+    ]
     expected_deletes = 2 if decision == "retry" else 1
     assert fake.calls.count(act.DELETE_PENDING_USER) == expected_deletes
 

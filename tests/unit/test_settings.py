@@ -7,9 +7,14 @@ from pydantic import ValidationError
 
 from prognet.settings import Settings
 
-EXTERNAL = dict(database_url="postgresql+asyncpg://app@db/prognet", redis_url="redis://cache:6379/0",
-                temporal_address="temporal:7233", smtp_host="smtp.internal",
-                stripe_secret_key="sk_live_" + "k" * 40, stripe_webhook_secret="whsec_" + "w" * 32)
+EXTERNAL = dict(
+    database_url="postgresql+asyncpg://app@db/prognet",
+    redis_url="redis://cache:6379/0",
+    temporal_address="temporal:7233",
+    smtp_host="smtp.internal",
+    stripe_secret_key="sk_live_" + "k" * 40,
+    stripe_webhook_secret="whsec_" + "w" * 32,
+)
 
 
 def test_development_generates_the_secret_into_the_data_dir_once(tmp_path: Path):

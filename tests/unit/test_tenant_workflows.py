@@ -28,30 +28,51 @@ from workflows.invitation import InvitationWorkflow
 from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
 # (the welcome email is handed to the delivery pipeline as a child workflow between settings and activation)
-FORWARD = [act.CREATE_TENANT, act.ADD_MEMBERSHIP, act.CREATE_STRIPE_CUSTOMER, act.CREATE_BILLING_CONFIG,
-           act.APPLY_DEFAULT_SETTINGS, act.ACTIVATE_TENANT]
+FORWARD = [
+    act.CREATE_TENANT,
+    act.ADD_MEMBERSHIP,
+    act.CREATE_STRIPE_CUSTOMER,
+    act.CREATE_BILLING_CONFIG,
+    act.APPLY_DEFAULT_SETTINGS,
+    act.ACTIVATE_TENANT,
+]
 # the compensation of each forward step that has one, in forward order
-UNDO = {act.CREATE_TENANT: act.MARK_TENANT_FAILED, act.ADD_MEMBERSHIP: act.REMOVE_MEMBERSHIP,
-        act.CREATE_STRIPE_CUSTOMER: act.DELETE_STRIPE_CUSTOMER, act.CREATE_BILLING_CONFIG: act.DELETE_BILLING_CONFIG,
-        act.APPLY_DEFAULT_SETTINGS: act.REMOVE_DEFAULT_SETTINGS}
+UNDO = {
+    act.CREATE_TENANT: act.MARK_TENANT_FAILED,
+    act.ADD_MEMBERSHIP: act.REMOVE_MEMBERSHIP,
+    act.CREATE_STRIPE_CUSTOMER: act.DELETE_STRIPE_CUSTOMER,
+    act.CREATE_BILLING_CONFIG: act.DELETE_BILLING_CONFIG,
+    act.APPLY_DEFAULT_SETTINGS: act.REMOVE_DEFAULT_SETTINGS,
+}
 
 
 def worker(client: Client, task_queue: str, world: FakeTenantWorld) -> Workers:
-    return Workers([Worker(client, task_queue=task_queue, workflows=[TenantProvisioningWorkflow, InvitationWorkflow],
-                           activities=world.activities()), email_worker(client)])
+    return Workers(
+        [
+            Worker(
+                client,
+                task_queue=task_queue,
+                workflows=[TenantProvisioningWorkflow, InvitationWorkflow],
+                activities=world.activities(),
+            ),
+            email_worker(client),
+        ]
+    )
 
 
 def tenant_input() -> TenantProvisioningInput:
-    return TenantProvisioningInput(tenant_id=uuid.uuid4(), name="Acme", slug="acme", owner_user_id=uuid.uuid4(),
-                                   billing_email="billing@acme.test")
+    return TenantProvisioningInput(
+        tenant_id=uuid.uuid4(), name="Acme", slug="acme", owner_user_id=uuid.uuid4(), billing_email="billing@acme.test"
+    )
 
 
 async def test_provisioning_runs_every_step_in_order(ts_client, task_queue):
     world = FakeTenantWorld()
     async with worker(ts_client, task_queue, world):
         params = tenant_input()
-        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
-                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        handle = await ts_client.start_workflow(
+            TenantProvisioningWorkflow.run, params, id=f"tenant-{params.tenant_id}", task_queue=task_queue
+        )
         result = await handle.result()
         state = await saga_state(handle)
     assert result.status == "active" and result.stripe_customer_id == "cus_fake123"
@@ -69,8 +90,9 @@ async def test_failure_at_each_step_compensates_exactly_the_started_steps_in_rev
     world = FakeTenantWorld(fail_step=failing)
     async with worker(ts_client, task_queue, world):
         params = tenant_input()
-        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
-                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        handle = await ts_client.start_workflow(
+            TenantProvisioningWorkflow.run, params, id=f"tenant-{params.tenant_id}", task_queue=task_queue
+        )
         with pytest.raises(WorkflowFailureError):
             await handle.result()
         state = await saga_state(handle)
@@ -92,8 +114,9 @@ async def test_taken_slug_fails_fast_without_compensation(ts_client, task_queue)
     world = FakeTenantWorld(fail_step=act.CREATE_TENANT, fail_with_type="SlugTaken")
     async with worker(ts_client, task_queue, world):
         params = tenant_input()
-        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
-                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        handle = await ts_client.start_workflow(
+            TenantProvisioningWorkflow.run, params, id=f"tenant-{params.tenant_id}", task_queue=task_queue
+        )
         with pytest.raises(WorkflowFailureError) as failure:
             await handle.result()
     assert isinstance(failure.value.cause, ApplicationError) and failure.value.cause.type == "SlugTaken"
@@ -113,12 +136,24 @@ async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
             activity.heartbeat()
             await asyncio.sleep(0.05)
 
-    activities = [a for a in activities if getattr(a, "__temporal_activity_definition").name != act.CREATE_BILLING_CONFIG]
-    async with Workers([Worker(ts_client, task_queue=task_queue, workflows=[TenantProvisioningWorkflow],
-                               activities=activities + [slow_billing_config]), email_worker(ts_client)]):
+    activities = [
+        a for a in activities if getattr(a, "__temporal_activity_definition").name != act.CREATE_BILLING_CONFIG
+    ]
+    async with Workers(
+        [
+            Worker(
+                ts_client,
+                task_queue=task_queue,
+                workflows=[TenantProvisioningWorkflow],
+                activities=[*activities, slow_billing_config],
+            ),
+            email_worker(ts_client),
+        ]
+    ):
         params = tenant_input()
-        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
-                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        handle = await ts_client.start_workflow(
+            TenantProvisioningWorkflow.run, params, id=f"tenant-{params.tenant_id}", task_queue=task_queue
+        )
         await wait_for(handle, lambda s: s.step == "create_billing_config")
         await handle.cancel()
         gate["open"] = True
@@ -126,8 +161,12 @@ async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
             await handle.result()
         state = await saga_state(handle)
     assert isinstance(failure.value.cause, CancelledError)
-    assert world.calls[-4:] == [act.DELETE_BILLING_CONFIG, act.DELETE_STRIPE_CUSTOMER, act.REMOVE_MEMBERSHIP,
-                                act.MARK_TENANT_FAILED]
+    assert world.calls[-4:] == [
+        act.DELETE_BILLING_CONFIG,
+        act.DELETE_STRIPE_CUSTOMER,
+        act.REMOVE_MEMBERSHIP,
+        act.MARK_TENANT_FAILED,
+    ]
     assert state.status == "compensated" and world.args[act.MARK_TENANT_FAILED][0].reason == "cancelled"
 
 
@@ -135,8 +174,9 @@ async def test_failing_compensation_parks_provisioning_for_an_operator(ts_client
     world = FakeTenantWorld(fail_step=act.ACTIVATE_TENANT, broken_compensation=act.DELETE_STRIPE_CUSTOMER)
     async with worker(ts_client, task_queue, world):
         params = tenant_input()
-        handle = await ts_client.start_workflow(TenantProvisioningWorkflow.run, params,
-                                                id=f"tenant-{params.tenant_id}", task_queue=task_queue)
+        handle = await ts_client.start_workflow(
+            TenantProvisioningWorkflow.run, params, id=f"tenant-{params.tenant_id}", task_queue=task_queue
+        )
         parked = await wait_for(handle, lambda s: s.status == "awaiting_operator")
         assert [c.step for c in parked.compensations if c.status == "failed"] == ["create_stripe_customer"]
         assert act.REMOVE_MEMBERSHIP not in world.calls  # the unwind waits; nothing after it ran
@@ -151,14 +191,17 @@ async def test_failing_compensation_parks_provisioning_for_an_operator(ts_client
 
 # --- invitations ---
 
+
 def invitation_input() -> InvitationInput:
-    return InvitationInput(invitation_id=uuid.uuid4(), tenant_id=uuid.uuid4(), email="new@acme.test", role="admin",
-                           invited_by=uuid.uuid4())
+    return InvitationInput(
+        invitation_id=uuid.uuid4(), tenant_id=uuid.uuid4(), email="new@acme.test", role="admin", invited_by=uuid.uuid4()
+    )
 
 
 async def start_invitation(client: Client, task_queue: str, params: InvitationInput):
-    return await client.start_workflow(InvitationWorkflow.run, params, id=f"invitation-{params.invitation_id}",
-                                       task_queue=task_queue)
+    return await client.start_workflow(
+        InvitationWorkflow.run, params, id=f"invitation-{params.invitation_id}", task_queue=task_queue
+    )
 
 
 async def test_accepted_invitation_adds_the_membership(ts_client, task_queue):

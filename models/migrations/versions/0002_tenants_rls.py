@@ -3,6 +3,7 @@
 Revision ID: 0002
 Revises: 0001
 """
+
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
@@ -98,16 +99,22 @@ def upgrade() -> None:
         visible = f"{column} = {TENANT}" + (f" OR {also_visible}" if also_visible else "")
         op.execute(f"CREATE POLICY tenant_read ON {table} FOR SELECT USING ({visible})")
         op.execute(f"CREATE POLICY tenant_insert ON {table} FOR INSERT WITH CHECK ({column} = {TENANT})")
-        op.execute(f"CREATE POLICY tenant_update ON {table} FOR UPDATE USING ({column} = {TENANT}) "
-                   f"WITH CHECK ({column} = {TENANT})")
+        op.execute(
+            f"CREATE POLICY tenant_update ON {table} FOR UPDATE USING ({column} = {TENANT}) "
+            f"WITH CHECK ({column} = {TENANT})"
+        )
         op.execute(f"CREATE POLICY tenant_delete ON {table} FOR DELETE USING ({column} = {TENANT})")
 
     # Events: platform-wide ones (tenant_id NULL) and the current tenant's.
     op.execute("ALTER TABLE domain_events ENABLE ROW LEVEL SECURITY")
     op.execute("ALTER TABLE domain_events FORCE ROW LEVEL SECURITY")
-    op.execute(f"CREATE POLICY tenant_read ON domain_events FOR SELECT USING (tenant_id IS NULL OR tenant_id = {TENANT})")
-    op.execute(f"CREATE POLICY tenant_insert ON domain_events FOR INSERT "
-               f"WITH CHECK (tenant_id IS NULL OR tenant_id = {TENANT})")
+    op.execute(
+        f"CREATE POLICY tenant_read ON domain_events FOR SELECT USING (tenant_id IS NULL OR tenant_id = {TENANT})"
+    )
+    op.execute(
+        f"CREATE POLICY tenant_insert ON domain_events FOR INSERT "
+        f"WITH CHECK (tenant_id IS NULL OR tenant_id = {TENANT})"
+    )
 
     # The application role: owns no table, cannot bypass RLS. LOGIN and its password are the operator's
     # business (the embedded stack grants LOGIN on a trusted unix socket).
@@ -118,8 +125,9 @@ def upgrade() -> None:
             END IF;
         END $$""")
     op.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
-    op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON users, verification_tokens, "
-               f"{', '.join(POLICIES)} TO {APP_ROLE}")
+    op.execute(
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON users, verification_tokens, {', '.join(POLICIES)} TO {APP_ROLE}"
+    )
     op.execute(f"GRANT SELECT, INSERT ON domain_events TO {APP_ROLE}")
     op.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")
 

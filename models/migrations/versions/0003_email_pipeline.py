@@ -3,6 +3,7 @@
 Revision ID: 0003
 Revises: 0002
 """
+
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
@@ -52,8 +53,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index(op.f("ix_email_suppressions_tenant_id"), "email_suppressions", ["tenant_id"], unique=False)
-    op.execute("CREATE UNIQUE INDEX ux_email_suppressions_address ON email_suppressions "
-               "(tenant_id, lower(address)) NULLS NOT DISTINCT")
+    op.execute(
+        "CREATE UNIQUE INDEX ux_email_suppressions_address ON email_suppressions "
+        "(tenant_id, lower(address)) NULLS NOT DISTINCT"
+    )
 
     for table in ("email_messages", "email_suppressions"):
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")

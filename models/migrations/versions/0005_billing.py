@@ -3,6 +3,7 @@
 Revision ID: 0005
 Revises: 0004
 """
+
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
@@ -22,8 +23,9 @@ def _text(length: int):
 
 
 def _ts(name: str, nullable: bool = True, now: bool = False) -> sa.Column:
-    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable,
-                     server_default=sa.text("now()") if now else None)
+    return sa.Column(
+        name, sa.DateTime(timezone=True), nullable=nullable, server_default=sa.text("now()") if now else None
+    )
 
 
 def upgrade() -> None:
@@ -35,14 +37,19 @@ def upgrade() -> None:
         sa.Column("status", _text(20), nullable=False),
         sa.Column("payment_method", _text(255), nullable=False),
         sa.Column("workflow_id", _text(200), nullable=False),
-        _ts("current_period_start"), _ts("current_period_end"),
+        _ts("current_period_start"),
+        _ts("current_period_end"),
         sa.Column("created_by", sa.Uuid(), nullable=True),
-        _ts("created_at", False, True), _ts("updated_at", False, True), _ts("canceled_at"),
+        _ts("created_at", False, True),
+        _ts("updated_at", False, True),
+        _ts("canceled_at"),
     )
     op.create_index("ix_subscriptions_tenant_id", "subscriptions", ["tenant_id"])
     # One live subscription per tenant: a second POST is a 409, decided by the database, not by a race.
-    op.execute("CREATE UNIQUE INDEX ux_subscriptions_live ON subscriptions (tenant_id) "
-               "WHERE status NOT IN ('canceled', 'unpaid')")
+    op.execute(
+        "CREATE UNIQUE INDEX ux_subscriptions_live ON subscriptions (tenant_id) "
+        "WHERE status NOT IN ('canceled', 'unpaid')"
+    )
     op.create_table(
         "invoices",
         sa.Column("id", sa.Uuid(), primary_key=True),
@@ -52,7 +59,8 @@ def upgrade() -> None:
         sa.Column("workflow_id", _text(200), nullable=False),
         sa.Column("kind", _text(20), nullable=False),
         sa.Column("period_index", sa.Integer(), nullable=False),
-        _ts("period_start", False), _ts("period_end", False),
+        _ts("period_start", False),
+        _ts("period_end", False),
         sa.Column("plan_id", _text(40), nullable=False),
         sa.Column("amount", sa.Integer(), nullable=False),
         sa.Column("currency", _text(3), nullable=False),
@@ -60,7 +68,8 @@ def upgrade() -> None:
         sa.Column("payment_intent_id", _text(255), nullable=True),
         sa.Column("decline_code", _text(100), nullable=True),
         sa.Column("void_reason", _text(500), nullable=True),
-        _ts("created_at", False, True), _ts("closed_at"),
+        _ts("created_at", False, True),
+        _ts("closed_at"),
         sa.UniqueConstraint("tenant_id", "number", name="ux_invoices_tenant_number"),
     )
     op.create_index("ix_invoices_tenant_id", "invoices", ["tenant_id"])
