@@ -233,6 +233,7 @@ class SubscriptionWorkflow:
     async def _bill_period(self) -> BillingCycleResult | None:
         s = self.state
         k = s.period_index + 1
+        assert s.anchor is not None, "_run sets the anchor before the first period"
         start = advance(s.anchor, s.plan, k - s.anchor_index)
         end = advance(s.anchor, s.plan, k - s.anchor_index + 1)
         s.period_index, s.current_period_start, s.current_period_end = k, start, end
@@ -392,12 +393,11 @@ class SubscriptionWorkflow:
             except (ChildWorkflowError, asyncio.CancelledError):
                 pass
         elif s.period_payments and s.current_period_end and now < s.current_period_end:
-            end = s.current_period_end
+            start, end = s.current_period_start, s.current_period_end
+            assert start is not None, "a period with payments has started"
             # each payment back for the unused share of the time it paid for: right across an upgrade to a plan
             # of another interval too (the plan's own rate over this period's length is not)
-            refund = sum(
-                prorate(p.amount, end - now, end - (p.covers_from or s.current_period_start)) for p in s.period_payments
-            )
+            refund = sum(prorate(p.amount, end - now, end - (p.covers_from or start)) for p in s.period_payments)
             if refund > 0:
                 refunded: Refunded = await workflow.execute_activity(
                     act.REFUND_PAYMENT,
@@ -422,6 +422,7 @@ class SubscriptionWorkflow:
             self._note(f"change to {plan.id} ignored: already on it")
             return
         if s.status == "trialing":
+            assert s.anchor is not None, "_run sets the anchor (the trial end) before handling requests"
             self._switch_plan(plan, at=s.anchor)
             await self._set_status("trialing")
             return
@@ -431,6 +432,7 @@ class SubscriptionWorkflow:
             self._note(f"change to {plan.id} deferred to the period end (status {s.status})")
             return
         now, start, end = workflow.now(), s.current_period_start, s.current_period_end
+        assert end is not None, "a started period has an end"
         length, new_length = end - start, advance(start, plan, 1) - start
         if plan.amount * length <= s.plan.amount * new_length:  # not dearer per unit of time: a downgrade
             s.pending_plan = plan
