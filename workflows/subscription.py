@@ -301,7 +301,7 @@ class SubscriptionWorkflow:
         """Run a cycle as a child; while it runs, requests are handled (`watch`). None: canceled now meanwhile."""
         key = (inp.kind, inp.period_index)
         try:
-            self.cycle = await workflow.start_child_workflow(
+            cycle = await workflow.start_child_workflow(
                 BILLING_CYCLE_WORKFLOW,
                 inp,
                 id=wid,
@@ -332,12 +332,15 @@ class SubscriptionWorkflow:
                 payment_intent_id=final.payment_intent_id,
                 attempts=final.attempt,
             )
+        # A request handled meanwhile may run a proration cycle of its own (once this one is done), which
+        # replaces `self.cycle`: this loop follows its own cycle.
+        self.cycle = cycle
         try:
-            while watch and not self.cycle.done():
-                await workflow.wait_condition(lambda: self.cycle.done() or bool(self.commands))
+            while watch and not cycle.done():
+                await workflow.wait_condition(lambda: cycle.done() or bool(self.commands))
                 if await self._handle_commands():
                     return None
-            return await self.cycle
+            return await cycle
         finally:
             self.cycle = None
 
