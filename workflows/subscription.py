@@ -88,10 +88,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.plans import Plan
 
-ACTIVITY: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)),
-}
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 MAX_NOTES = 10
 
 
@@ -126,7 +124,10 @@ class SubscriptionWorkflow:
         if self.state.schedule_ready:
             # ended (canceled or unpaid): its Schedule goes too, rather than at its next firing
             await workflow.execute_activity(
-                act.DELETE_BILLING_SCHEDULE, BillingTriggerInput(subscription_id=self.state.subscription_id), **ACTIVITY
+                act.DELETE_BILLING_SCHEDULE,
+                BillingTriggerInput(subscription_id=self.state.subscription_id),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
             )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
@@ -144,7 +145,8 @@ class SubscriptionWorkflow:
                     workflow_id=workflow.info().workflow_id,
                     created_by=s.notify_user_id,
                 ),
-                **ACTIVITY,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
             )
         except ActivityError as err:
             if isinstance(err.cause, ApplicationError) and err.cause.type == SUBSCRIPTION_EXISTS:
@@ -170,7 +172,8 @@ class SubscriptionWorkflow:
                 BillingScheduleSpec(
                     subscription_id=s.subscription_id, tenant_id=s.tenant_id, plan=s.plan, anchor=s.anchor
                 ),
-                **ACTIVITY,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
             )
             s.schedule_ready = True
         while True:
@@ -196,7 +199,8 @@ class SubscriptionWorkflow:
                         workflow_id=workflow.info().workflow_id,
                         reason=f"period {s.period_index} unpaid after dunning",
                     ),
-                    **ACTIVITY,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    retry_policy=ACTIVITY_RETRY,
                 )
                 return self._result()
             if workflow.info().is_continue_as_new_suggested() and not self.commands:
@@ -412,7 +416,8 @@ class SubscriptionWorkflow:
                         reason="canceled now: the unused part of the period",
                     ),
                     result_type=Refunded,
-                    **ACTIVITY,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    retry_policy=ACTIVITY_RETRY,
                 )
                 s.refunded_amount = refunded.amount
         s.canceled_at = now
@@ -485,7 +490,8 @@ class SubscriptionWorkflow:
                 payment_method=s.payment_method,
                 workflow_id=workflow.info().workflow_id,
             ),
-            **ACTIVITY,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
         )
 
     def _note(self, text: str) -> None:
