@@ -35,6 +35,9 @@ from workflows.tenant_provisioning import TenantProvisioningWorkflow
 
 log = logging.getLogger(__name__)
 
+# How long a stopping worker lets running activities finish before cancelling them
+GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+
 WORKFLOWS = [
     RegistrationWorkflow,
     TenantProvisioningWorkflow,
@@ -101,7 +104,6 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
     `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND)."""
     delivery = EmailDeliveryActivities(engine, settings)
     schedules = ScheduleActivities(client)
-    common = dict(graceful_shutdown_timeout=timedelta(seconds=10))
     return Workers(
         [
             Worker(
@@ -113,21 +115,21 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                     schedules.ensure_billing_schedule,
                     schedules.delete_billing_schedule,
                 ],
-                **common,
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             ),
             Worker(
                 client,
                 task_queue=EMAIL_TASK_QUEUE,
                 workflows=[EmailDeliveryWorkflow],
                 activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
-                **common,
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             ),
             Worker(
                 client,
                 task_queue=EMAIL_SEND_TASK_QUEUE,
                 activities=[delivery.send],
                 max_task_queue_activities_per_second=settings.email_max_per_second,
-                **common,
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             ),
         ]
     )

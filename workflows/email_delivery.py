@@ -41,9 +41,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga import Saga, describe_error
 
 NEVER_RETRY = [SMTP_PERMANENT, RENDER_FAILED, RECIPIENT_GONE]
-BOOKKEEPING = dict(
-    start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30))
-)
+# queue, suppress and mark: the pipeline's own bookkeeping, retried without limit
+BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
+BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 
 
 @workflow.defn(name=EMAIL_DELIVERY_WORKFLOW)
@@ -61,7 +61,11 @@ class EmailDeliveryWorkflow:
         )
         self.saga.set_status("running", step="queue", details="recording the message")
         queued: EmailQueued = await workflow.execute_activity(
-            act.QUEUE_EMAIL, req, result_type=EmailQueued, **BOOKKEEPING
+            act.QUEUE_EMAIL,
+            req,
+            result_type=EmailQueued,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
         )
         if queued.suppressed:
             self.state = "suppressed"
@@ -96,7 +100,8 @@ class EmailDeliveryWorkflow:
                         SuppressAddress(
                             tenant_id=req.tenant_id, address=to_address, reason=reason, message_id=req.message_id
                         ),
-                        **BOOKKEEPING,
+                        start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                        retry_policy=BOOKKEEPING_RETRY,
                     )
                 decision = await self._dead_letter(req, reason)
                 if decision.action == "discard":
@@ -138,7 +143,8 @@ class EmailDeliveryWorkflow:
             MarkEmail(
                 message_id=req.message_id, tenant_id=req.tenant_id, state=state, reply=reply, to_address=to_address
             ),
-            **BOOKKEEPING,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
         )
 
     @workflow.signal(name=SIGNAL_EMAIL_DECISION)

@@ -339,8 +339,7 @@ class PaidSignupWorkflow:
 
     def _outcome_of(self, err: BaseException) -> SignupOutcome:
         cause = failure_cause(err)
-        kind = cause.type if isinstance(cause, ApplicationError) else None
-        if kind == PAYMENT_DECLINED:
+        if isinstance(cause, ApplicationError) and cause.type == PAYMENT_DECLINED:
             code = cause.details[0] if cause.details else None
             return self._outcome(
                 "declined",
@@ -348,16 +347,19 @@ class PaidSignupWorkflow:
                 decline_code=code,
                 reason=f"the first payment was declined ({code or 'no decline code'})",
             )
-        if kind in (SLUG_TAKEN, EMAIL_TAKEN):
-            return self._outcome("rejected", error_type=kind, reason=cause.message)
+        if isinstance(cause, ApplicationError) and cause.type in (SLUG_TAKEN, EMAIL_TAKEN):
+            return self._outcome("rejected", error_type=cause.type, reason=cause.message)
         return self._outcome("failed", error_type=SIGNUP_FAILED, reason=self.saga.state.error)
 
     def _final_error(self, err: BaseException) -> BaseException:
         if isinstance(err, asyncio.CancelledError):
             return err  # the workflow ends cancelled
         outcome = self.outcome
+        assert outcome is not None, "_unwind decides the outcome"
         if outcome.status == "declined":
-            return ApplicationError(outcome.reason, outcome.decline_code, type=PAYMENT_DECLINED, non_retryable=True)
+            return ApplicationError(
+                outcome.reason or "declined", outcome.decline_code, type=PAYMENT_DECLINED, non_retryable=True
+            )
         if outcome.status == "rejected":
             return ApplicationError(outcome.reason or "rejected", type=outcome.error_type, non_retryable=True)
         return ApplicationError(
@@ -396,6 +398,7 @@ class PaidSignupWorkflow:
     async def outcome_update(self) -> SignupOutcome:
         """Answers once the saga is decided: paid and the subscription started, or unwound, or rejected."""
         await workflow.wait_condition(lambda: self.outcome is not None)
+        assert self.outcome is not None, "what the wait was for"
         return self.outcome
 
     @workflow.query(name=QUERY_SIGNUP_OUTCOME)

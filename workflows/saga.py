@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -90,8 +90,8 @@ class Saga:
         self.state.updated_at = workflow.now()
         workflow.upsert_search_attributes(
             [
-                SearchAttributePair(SA_SAGA_STATUS, self.state.status),
-                SearchAttributePair(SA_SAGA_STEP, self.state.step),
+                SA_SAGA_STATUS.value_set(self.state.status),
+                SA_SAGA_STEP.value_set(self.state.step),
             ]
         )
         if details is not None:
@@ -164,13 +164,16 @@ class Saga:
         self.set_status("running", step=name, details=f"running step {name}")
         if compensation is not None:
             self.add_compensation(name, compensation[0], compensation[1])
-        result = await workflow.execute_activity(
-            activity,
-            arg,
-            start_to_close_timeout=timeout,
-            retry_policy=retry_policy,
-            **({"result_type": result_type} if result_type is not None else {}),
-        )
+        # `result_type` only applies to an activity named by string; a callable's annotations give its result type
+        result: T
+        if isinstance(activity, str):
+            result = await workflow.execute_activity(
+                activity, arg, start_to_close_timeout=timeout, retry_policy=retry_policy, result_type=result_type
+            )
+        else:
+            result = await workflow.execute_activity(
+                activity, arg, start_to_close_timeout=timeout, retry_policy=retry_policy
+            )
         self.state.completed_steps.append(name)
         return result
 

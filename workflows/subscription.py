@@ -88,10 +88,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.plans import Plan
 
-ACTIVITY: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)),
-}
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 MAX_NOTES = 10
 
 
@@ -126,7 +124,10 @@ class SubscriptionWorkflow:
         if self.state.schedule_ready:
             # ended (canceled or unpaid): its Schedule goes too, rather than at its next firing
             await workflow.execute_activity(
-                act.DELETE_BILLING_SCHEDULE, BillingTriggerInput(subscription_id=self.state.subscription_id), **ACTIVITY
+                act.DELETE_BILLING_SCHEDULE,
+                BillingTriggerInput(subscription_id=self.state.subscription_id),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
             )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
@@ -144,7 +145,8 @@ class SubscriptionWorkflow:
                     workflow_id=workflow.info().workflow_id,
                     created_by=s.notify_user_id,
                 ),
-                **ACTIVITY,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
             )
         except ActivityError as err:
             if isinstance(err.cause, ApplicationError) and err.cause.type == SUBSCRIPTION_EXISTS:
@@ -170,7 +172,8 @@ class SubscriptionWorkflow:
                 BillingScheduleSpec(
                     subscription_id=s.subscription_id, tenant_id=s.tenant_id, plan=s.plan, anchor=s.anchor
                 ),
-                **ACTIVITY,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
             )
             s.schedule_ready = True
         while True:
@@ -196,7 +199,8 @@ class SubscriptionWorkflow:
                         workflow_id=workflow.info().workflow_id,
                         reason=f"period {s.period_index} unpaid after dunning",
                     ),
-                    **ACTIVITY,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    retry_policy=ACTIVITY_RETRY,
                 )
                 return self._result()
             if workflow.info().is_continue_as_new_suggested() and not self.commands:
@@ -233,6 +237,7 @@ class SubscriptionWorkflow:
     async def _bill_period(self) -> BillingCycleResult | None:
         s = self.state
         k = s.period_index + 1
+        assert s.anchor is not None, "_run sets the anchor before the first period"
         start = advance(s.anchor, s.plan, k - s.anchor_index)
         end = advance(s.anchor, s.plan, k - s.anchor_index + 1)
         s.period_index, s.current_period_start, s.current_period_end = k, start, end
@@ -300,7 +305,7 @@ class SubscriptionWorkflow:
         """Run a cycle as a child; while it runs, requests are handled (`watch`). None: canceled now meanwhile."""
         key = (inp.kind, inp.period_index)
         try:
-            self.cycle = await workflow.start_child_workflow(
+            cycle = await workflow.start_child_workflow(
                 BILLING_CYCLE_WORKFLOW,
                 inp,
                 id=wid,
@@ -331,12 +336,15 @@ class SubscriptionWorkflow:
                 payment_intent_id=final.payment_intent_id,
                 attempts=final.attempt,
             )
+        # A request handled meanwhile may run a proration cycle of its own (once this one is done), which
+        # replaces `self.cycle`: this loop follows its own cycle.
+        self.cycle = cycle
         try:
-            while watch and not self.cycle.done():
-                await workflow.wait_condition(lambda: self.cycle.done() or bool(self.commands))
+            while watch and not cycle.done():
+                await workflow.wait_condition(lambda: cycle.done() or bool(self.commands))
                 if await self._handle_commands():
                     return None
-            return await self.cycle
+            return await cycle
         finally:
             self.cycle = None
 
@@ -392,12 +400,11 @@ class SubscriptionWorkflow:
             except (ChildWorkflowError, asyncio.CancelledError):
                 pass
         elif s.period_payments and s.current_period_end and now < s.current_period_end:
-            end = s.current_period_end
+            start, end = s.current_period_start, s.current_period_end
+            assert start is not None, "a period with payments has started"
             # each payment back for the unused share of the time it paid for: right across an upgrade to a plan
             # of another interval too (the plan's own rate over this period's length is not)
-            refund = sum(
-                prorate(p.amount, end - now, end - (p.covers_from or s.current_period_start)) for p in s.period_payments
-            )
+            refund = sum(prorate(p.amount, end - now, end - (p.covers_from or start)) for p in s.period_payments)
             if refund > 0:
                 refunded: Refunded = await workflow.execute_activity(
                     act.REFUND_PAYMENT,
@@ -409,7 +416,8 @@ class SubscriptionWorkflow:
                         reason="canceled now: the unused part of the period",
                     ),
                     result_type=Refunded,
-                    **ACTIVITY,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    retry_policy=ACTIVITY_RETRY,
                 )
                 s.refunded_amount = refunded.amount
         s.canceled_at = now
@@ -422,6 +430,7 @@ class SubscriptionWorkflow:
             self._note(f"change to {plan.id} ignored: already on it")
             return
         if s.status == "trialing":
+            assert s.anchor is not None, "_run sets the anchor (the trial end) before handling requests"
             self._switch_plan(plan, at=s.anchor)
             await self._set_status("trialing")
             return
@@ -431,6 +440,7 @@ class SubscriptionWorkflow:
             self._note(f"change to {plan.id} deferred to the period end (status {s.status})")
             return
         now, start, end = workflow.now(), s.current_period_start, s.current_period_end
+        assert end is not None, "a started period has an end"
         length, new_length = end - start, advance(start, plan, 1) - start
         if plan.amount * length <= s.plan.amount * new_length:  # not dearer per unit of time: a downgrade
             s.pending_plan = plan
@@ -480,7 +490,8 @@ class SubscriptionWorkflow:
                 payment_method=s.payment_method,
                 workflow_id=workflow.info().workflow_id,
             ),
-            **ACTIVITY,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
         )
 
     def _note(self, text: str) -> None:
