@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 import stripe
+from stripe.params import CustomerCreateParams, PaymentIntentCreateParams
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -118,13 +119,13 @@ class BillingActivities:
     async def create_stripe_customer(self, req: CreateStripeCustomer) -> StripeCustomer:
         """Create the tenant's Stripe customer. The caller's idempotency key makes a retry (even after the response
         was lost) return the customer the first attempt created, for as long as Stripe keeps the key (24 h)."""
-        params: dict[str, Any] = {"name": req.name, "metadata": {"tenant_id": str(req.tenant_id)}}
+        params: CustomerCreateParams = {"name": req.name, "metadata": {"tenant_id": str(req.tenant_id)}}
         if req.email:
             params["email"] = req.email
         try:
             customer = await self.client.v1.customers.create_async(
                 params=params, options={"idempotency_key": req.idempotency_key}
-            )  # type: ignore[arg-type]
+            )
         except stripe.StripeError as exc:
             _raise_translated(exc, "create the customer")
         log.info("stripe customer ready", extra={"tenant_id": str(req.tenant_id), "customer_id": customer.id})
@@ -166,7 +167,7 @@ class BillingActivities:
         refusal = await self._attach(req)
         if refusal is not None:
             return refusal
-        params: dict[str, Any] = {
+        params: PaymentIntentCreateParams = {
             "amount": req.amount,
             "currency": req.currency,
             "customer": req.stripe_customer_id,
@@ -185,7 +186,7 @@ class BillingActivities:
         try:
             pi = await self.client.v1.payment_intents.create_async(
                 params=params, options={"idempotency_key": req.idempotency_key}
-            )  # type: ignore[arg-type]
+            )
         except stripe.CardError as exc:
             error = exc.error
             pi_id = error.payment_intent.id if error is not None and error.payment_intent is not None else None
@@ -266,7 +267,7 @@ class BillingActivities:
                         "metadata": {"tenant_id": str(req.tenant_id), "reason": req.reason[:450]},
                     },
                     options={"idempotency_key": f"{req.idempotency_key}:{pi_id}"},
-                )  # type: ignore[arg-type]
+                )
             except stripe.InvalidRequestError as exc:
                 if exc.code == "charge_already_refunded":
                     continue  # refunded before under another key: nothing left to give back

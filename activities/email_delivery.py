@@ -12,7 +12,7 @@ import uuid
 from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio import activity
 
 from activities.email import Composer, SmtpTemporaryFailure, build_message, smtp_send
@@ -77,9 +77,9 @@ class EmailDeliveryActivities:
             suppressed = (
                 await session.exec(
                     select(EmailSuppression.id).where(
-                        EmailSuppression.tenant_id == req.tenant_id
+                        col(EmailSuppression.tenant_id) == req.tenant_id
                         if req.tenant_id
-                        else EmailSuppression.tenant_id.is_(None),
+                        else col(EmailSuppression.tenant_id).is_(None),
                         func.lower(EmailSuppression.address) == composed.to_address.lower(),
                     )
                 )
@@ -121,7 +121,7 @@ class EmailDeliveryActivities:
 
     @activity.defn(name=names.MARK_EMAIL)
     async def mark(self, req: MarkEmail) -> None:
-        values = {"state": req.state}
+        values: dict[str, str] = {"state": req.state}
         if req.reply is not None:
             values["last_reply"] = req.reply[:REPLY_LIMIT]
         if req.to_address is not None:
@@ -146,5 +146,5 @@ class EmailDeliveryActivities:
     async def _update(self, tenant_id: uuid.UUID | None, message_id: uuid.UUID, **values) -> None:
         async with self._scope(tenant_id) as session:
             await session.exec(
-                update(EmailMessage).where(EmailMessage.id == message_id).values(updated_at=utcnow(), **values)
+                update(EmailMessage).where(col(EmailMessage.id) == message_id).values(updated_at=utcnow(), **values)
             )

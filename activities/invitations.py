@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -96,7 +97,7 @@ class InvitationActivities:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
             result = await session.exec(
                 update(Invitation)
-                .where(Invitation.id == req.invitation_id, Invitation.status == "pending")
+                .where(col(Invitation.id) == req.invitation_id, col(Invitation.status) == "pending")
                 .values(status=req.status, closed_at=utcnow())
             )
             if result.rowcount:

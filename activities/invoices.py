@@ -11,7 +11,7 @@ import uuid
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -56,7 +56,7 @@ class InvoiceActivities:
                         .on_conflict_do_update(
                             index_elements=["tenant_id"], set_={"last_number": InvoiceCounter.last_number + 1}
                         )
-                        .returning(InvoiceCounter.last_number)
+                        .returning(col(InvoiceCounter.last_number))
                     )
                 ).scalar_one()
                 row = InvoiceRow(

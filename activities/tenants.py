@@ -14,6 +14,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -120,7 +121,9 @@ class TenantActivities:
     async def remove_membership(self, req: MembershipRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
             await session.exec(
-                delete(Membership).where(Membership.tenant_id == req.tenant_id, Membership.user_id == req.user_id)
+                delete(Membership).where(
+                    col(Membership.tenant_id) == req.tenant_id, col(Membership.user_id) == req.user_id
+                )
             )
 
     @activity.defn(name=names.CREATE_BILLING_CONFIG)
@@ -140,7 +143,7 @@ class TenantActivities:
     @activity.defn(name=names.DELETE_BILLING_CONFIG)
     async def delete_billing_config(self, req: TenantRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await session.exec(delete(TenantBilling).where(TenantBilling.tenant_id == req.tenant_id))
+            await session.exec(delete(TenantBilling).where(col(TenantBilling.tenant_id) == req.tenant_id))
 
     @activity.defn(name=names.APPLY_DEFAULT_SETTINGS)
     async def apply_default_settings(self, req: TenantRef) -> None:
@@ -152,14 +155,14 @@ class TenantActivities:
     @activity.defn(name=names.REMOVE_DEFAULT_SETTINGS)
     async def remove_default_settings(self, req: TenantRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await session.exec(delete(TenantSettings).where(TenantSettings.tenant_id == req.tenant_id))
+            await session.exec(delete(TenantSettings).where(col(TenantSettings.tenant_id) == req.tenant_id))
 
     @activity.defn(name=names.ACTIVATE_TENANT)
     async def activate_tenant(self, req: TenantRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
             result = await session.exec(
                 update(Tenant)
-                .where(Tenant.id == req.tenant_id, Tenant.status == "provisioning")
+                .where(col(Tenant.id) == req.tenant_id, col(Tenant.status) == "provisioning")
                 .values(status="active", activated_at=utcnow())
             )
             if result.rowcount:
@@ -178,7 +181,7 @@ class TenantActivities:
         """Paid sign-up unwinding: the tenant row goes, and with it (ON DELETE CASCADE) its memberships, billing
         config, settings, invitations, emails' tracking, subscriptions and invoices. The audit trail stays."""
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            result = await session.exec(delete(Tenant).where(Tenant.id == req.tenant_id))
+            result = await session.exec(delete(Tenant).where(col(Tenant.id) == req.tenant_id))
             if result.rowcount:
                 record_event(
                     session,

@@ -8,7 +8,7 @@ import logging
 from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -84,7 +84,7 @@ class UserActivities:
         async with transaction(self.engine) as session:
             await session.exec(
                 update(VerificationToken)
-                .where(VerificationToken.id == req.token_id, VerificationToken.revoked_at.is_(None))
+                .where(col(VerificationToken.id) == req.token_id, col(VerificationToken.revoked_at).is_(None))
                 .values(revoked_at=utcnow())
             )
 
@@ -98,7 +98,7 @@ class UserActivities:
                 return
             now = utcnow()
             await session.exec(
-                update(VerificationToken).where(VerificationToken.id == req.token_id).values(used_at=now)
+                update(VerificationToken).where(col(VerificationToken.id) == req.token_id).values(used_at=now)
             )
             user.status = "active"
             user.verified_at = now

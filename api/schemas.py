@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, SecretStr, StringConstraints
+from pydantic.config import JsonDict
 
 from models.contracts import SagaState
 
@@ -372,7 +373,7 @@ EMAIL_STATES: tuple[str, ...] = EmailStateName.__args__  # type: ignore[attr-def
 TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,50}$")]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
-_EMAIL_EXAMPLE = {
+_EMAIL_EXAMPLE: JsonDict = {
     "id": "5f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f",
     "template": "invitation",
     "to_address": "grace@example.com",

@@ -103,7 +103,10 @@ class SessionStore:
         if not _SID.match(session_id):
             return None
         user_id = await self.redis.hget(_keys(session_id)[0], "user_id")
-        return uuid.UUID(user_id) if user_id else None
+        if not user_id:
+            return None
+        assert isinstance(user_id, str), "SessionStore needs a Redis client with decode_responses=True"
+        return uuid.UUID(user_id)
 
     async def rotate(self, refresh_token: str) -> Rotation:
         parsed = parse_refresh_token(refresh_token)

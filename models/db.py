@@ -42,9 +42,11 @@ async def transaction(
     (and only that: the policies of other tables ignore it).
     """
     async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
-        await session.exec(
+        # SQLModel's `exec` takes no textual statement; the session's connection is the one in this transaction.
+        connection = await session.connection()
+        await connection.execute(
             _SET_CONTEXT,
-            params={
+            {
                 "tenant": str(tenant_id or ""),
                 "user": str(user_id or ""),
                 "platform": "on" if platform else "",

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import SearchAttributePair
 from temporalio.service import RPCError, RPCStatusCode
@@ -30,7 +30,15 @@ from api.problems import (
     Problem,
     problem_responses,
 )
-from api.saga_start import IdempotencyKey, SagaStart, earlier_start, keyed_id, request_fingerprint, start_saga
+from api.saga_start import (
+    IdempotencyKey,
+    SagaReply,
+    SagaStart,
+    earlier_start,
+    keyed_id,
+    request_fingerprint,
+    start_saga,
+)
 from api.schemas import (
     CreateInvitationRequest,
     InvitationAcceptedResponse,
@@ -158,7 +166,7 @@ async def invite(
         member = (
             await db.exec(
                 select(Membership.user_id)
-                .join(User, User.id == Membership.user_id)
+                .join(User, col(User.id) == Membership.user_id)
                 .where(Membership.tenant_id == tenant_id, func.lower(User.email) == email.lower())
             )
         ).first()
@@ -176,7 +184,7 @@ async def invite(
         ).all()
 
     client = await temporal.get()
-    reply = await start_saga(client, saga, idempotency_key)
+    reply: SagaReply[None] = await start_saga(client, saga, idempotency_key)  # no update: no answer
     if reply.closed:  # the same Idempotency-Key, and that saga ended meanwhile
         return _accepted(
             tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id, manager.user_id, running=False)
@@ -206,7 +214,7 @@ async def list_invitations(
     if status_filter:
         query = query.where(Invitation.status == status_filter)
     async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
-        rows = (await db.exec(query.order_by(Invitation.created_at.desc(), Invitation.id))).all()
+        rows = (await db.exec(query.order_by(col(Invitation.created_at).desc(), col(Invitation.id)))).all()
     return [_view(inv) for inv in rows]
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Response, status
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.body_guard import require_json_body
@@ -76,9 +76,9 @@ async def list_members(tenant_id: TenantIdPath, member: TenantMember, engine: Db
         rows = (
             await db.exec(
                 select(Membership, User)
-                .join(User, User.id == Membership.user_id)
+                .join(User, col(User.id) == Membership.user_id)
                 .where(Membership.tenant_id == tenant_id)
-                .order_by(Membership.created_at, Membership.user_id)
+                .order_by(col(Membership.created_at), col(Membership.user_id))
             )
         ).all()
     return [_view(m, u) for m, u in rows]
@@ -139,6 +139,7 @@ async def remove_member(tenant_id: TenantIdPath, user_id: UserIdPath, caller: Cu
     leaving = user_id == caller.user_id
     async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
         me = await _lock(db, tenant_id, caller.user_id)
+        target: Membership | None
         if leaving:
             target = me
         else:

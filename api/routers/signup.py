@@ -107,10 +107,12 @@ def _answer(outcome: SignupOutcome) -> SignupResponse:
     declined = outcome.status == "declined"
     kind = errors.PAYMENT_DECLINED if declined else outcome.error_type if outcome.status == "rejected" else None
     extensions = {"decline_code": outcome.decline_code} if declined else {}
-    raise (
-        refusal(kind, detail=DETAILS.get(kind), **extensions, workflow_id=outcome.workflow_id)
-        or refusal(errors.SIGNUP_FAILED, workflow_id=outcome.workflow_id)
+    detail = DETAILS.get(kind) if kind is not None else None
+    problem = refusal(kind, detail=detail, **extensions, workflow_id=outcome.workflow_id) or refusal(
+        errors.SIGNUP_FAILED, workflow_id=outcome.workflow_id
     )  # failed: undone, retry later
+    assert problem is not None, "SIGNUP_FAILED has its entry in api.problems.REFUSALS"
+    raise problem
 
 
 @router.post(

@@ -204,6 +204,7 @@ async def receive_stripe_event(
 
 async def _signal(temporal: TemporalConnector, route: Route) -> bool:
     """Signal the running workflow (never signal-with-start); False when it is not running."""
+    assert route.workflow_id is not None, "route_of gives an outcome only with its billing workflow's id"
     client = await temporal.get()
     handle = client.get_workflow_handle(route.workflow_id)
     try:

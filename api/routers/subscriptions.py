@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel, Field
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributePair,
@@ -277,7 +277,7 @@ async def _subscription(
             list(
                 (
                     await db.exec(
-                        select(Invoice).where(Invoice.subscription_id == subscription_id).order_by(Invoice.number)
+                        select(Invoice).where(Invoice.subscription_id == subscription_id).order_by(col(Invoice.number))
                     )
                 ).all()
             )
@@ -309,7 +309,9 @@ async def list_subscriptions(tenant_id: TenantIdPath, member: TenantMember, engi
     async with transaction(engine, tenant_id=tenant_id, user_id=member.user_id) as db:
         rows = (
             await db.exec(
-                select(Subscription).where(Subscription.tenant_id == tenant_id).order_by(Subscription.created_at.desc())
+                select(Subscription)
+                .where(Subscription.tenant_id == tenant_id)
+                .order_by(col(Subscription.created_at).desc())
             )
         ).all()
     return [SubscriptionView.model_validate({**row.model_dump(), "links": _links(tenant_id, row.id)}) for row in rows]
@@ -355,7 +357,7 @@ async def list_invoices(
     if subscription_id is not None:
         query = query.where(Invoice.subscription_id == subscription_id)
     async with transaction(engine, tenant_id=tenant_id, user_id=member.user_id) as db:
-        rows = (await db.exec(query.order_by(Invoice.number.desc()))).all()
+        rows = (await db.exec(query.order_by(col(Invoice.number).desc()))).all()
     return [_invoice_view(r) for r in rows]
 
 

@@ -12,7 +12,7 @@ import uuid
 from datetime import timedelta
 
 from fastapi import APIRouter, Depends, status
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.common import SearchAttributePair
 
 from api.body_guard import require_json_body
@@ -128,9 +128,9 @@ async def list_tenants(caller: CurrentUser, engine: DbDep) -> list[TenantSummary
         rows = (
             await db.exec(
                 select(Tenant, Membership.role)
-                .join(Membership, Membership.tenant_id == Tenant.id)
+                .join(Membership, col(Membership.tenant_id) == Tenant.id)
                 .where(Membership.user_id == caller.user_id)
-                .order_by(Tenant.created_at, Tenant.id)
+                .order_by(col(Tenant.created_at), col(Tenant.id))
             )
         ).all()
     return [

@@ -18,7 +18,10 @@ def _run(connection) -> None:
 
 
 async def _main() -> None:
-    engine = create_async_engine(context.config.get_main_option("sqlalchemy.url"))
+    url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise SystemExit("sqlalchemy.url is not set: run migrations through models.migrate")
+    engine = create_async_engine(url)
     async with engine.connect() as conn:
         await conn.run_sync(_run)
     await engine.dispose()

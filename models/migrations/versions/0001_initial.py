@@ -6,7 +6,7 @@ Create Date: 2026-11-26 01:02:00.900128
 """
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
