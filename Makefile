@@ -8,18 +8,25 @@ BIN    := $(VENV)/bin
 DEV_STAMP  := $(VENV)/.prognet-dev-installed
 TEST_STAMP := $(VENV)/.prognet-test-installed
 
-.PHONY: dev test bench venv clean-data help
+.PHONY: dev test lint bench venv clean-data help
 
 help:
 	@echo "make dev     start Temporal (+UI), PostgreSQL, Redis, SMTP sink, worker and API (Ctrl-C stops all)"
-	@echo "make test    run the whole test suite"
+	@echo "make test    lint, type-check, then run the whole test suite"
+	@echo "make lint    ruff (lint + format check) and mypy only"
 	@echo "make bench   run the benchmark"
 
 dev: $(DEV_STAMP)
 	$(BIN)/prognet dev
 
-test: $(TEST_STAMP)
+# Lint and types first: a new finding fails the suite (and CI) in seconds, before the long tests run.
+test: lint
 	$(BIN)/pytest -q
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(DEV_STAMP)
 	$(BIN)/prognet bench
