@@ -425,3 +425,64 @@ async def run_step(shell: Shell, step: Step, stack: EmbeddedStack, run_dir: Path
                 pytrace=False,
             )
         await asyncio.sleep(1.0)
+
+
+# --- the reading itself (no stack) ---------------------------------------------------------------------------------
+
+WALKTHROUGH_SECTIONS = (
+    "## Walk-through with curl",
+    "### Create an organisation, invite a colleague",
+    "### Subscribe, get a paid invoice, watch a declined card go through dunning",
+    "### Paid sign-up in one call",
+    "### The operator's desk: a dead letter and a parked saga",
+    "### Clean up",
+)
+
+
+def test_every_walkthrough_section_runs_and_shows_answers():
+    text = README.read_text()
+    lines = text.splitlines()
+    headings = {b.line: next(ln for ln in reversed(lines[: b.line]) if ln.startswith("#")) for b in readme_blocks(text)}
+    by_section: dict[str, list[Block]] = {}
+    for block in readme_blocks(text):
+        by_section.setdefault(headings[block.line], []).append(block)
+    for section in WALKTHROUGH_SECTIONS:
+        blocks = by_section.get(section, [])
+        assert any(s.expect for b in blocks for s in b.steps), f"README section {section!r} has no checked answer"
+    skipped = re.findall(r"<!--\s*readme-test:\s*skip\b(.*?)-->", text)
+    assert all(reason.strip().startswith("(") for reason in skipped), "a skipped block must say why"
+    assert len(skipped) <= 1, "only the external-services block cannot run here"
+
+
+def test_answers_are_read_as_shown():
+    step = steps(
+        ['curl -s -X POST localhost:8000/v1/x -d "{}"', '# 202 {"id": "…", "links": {…},', '#   "n": 1, …}'], 1
+    )
+    assert len(step) == 1 and step[0].expect == Expectation(202, {"id": ANY, "links": ANY, "n": 1}, True)
+    assert steps(["curl -s -o /dev/null localhost:8000/v1/me   # 401: that session is gone"], 1)[0].expect == (
+        Expectation(status=401)
+    )
+    assert steps(['prognet mail show -1   # "Thank you: …"'], 1)[0].expect == Expectation(text="Thank you: …")
+    assert steps(["curl -s localhost:8000/v1/plans   # starter-monthly, team-monthly"], 1)[0].expect is None
+    slept = steps(["sleep 60   # the Schedule fires", "curl -s localhost:8000/v1/x", '# [{"number": 2}]'], 1)
+    assert len(slept) == 1 and slept[0].wait == 60 and "sleep" not in slept[0].code
+
+
+def test_a_changed_answer_does_not_match():
+    shown = parse_pattern('{"status": "verified", "user_id": "…", "workflow_id": "registration-…", "links": {…}, …}')
+    answer = {"status": "verified", "user_id": "u1", "workflow_id": "registration-u1", "links": {}, "extra": 1}
+    assert matches(shown, answer)
+    assert not matches(shown, answer | {"status": "pending"})
+    assert not matches(shown, {k: v for k, v in answer.items() if k != "user_id"})
+    assert not matches(shown, answer | {"workflow_id": "tenant-u1"})
+    invoices = parse_pattern('[{"number": 2, "status": "paid", …}, {"number": 1, "status": "paid", …}]')
+    assert matches(invoices, [{"number": 2, "status": "paid"}, {"number": 1, "status": "paid"}])
+    assert not matches(invoices, [{"number": 1, "status": "paid"}])
+    assert matches(parse_pattern('{"type": ".../payment-declined"}'), {"type": "https://x/payment-declined"})
+    assert text_matches(
+        "Thank you: we received 1.00 EUR for invoice 1 …",
+        "Hello, Thank you: we received 1.00 EUR for invoice 1 of May.",
+    )
+    assert not text_matches("Thank you: we received 1.00 EUR", "we received 2.00 EUR")
+    assert read_only('sleep 3\ncurl -s "localhost:8000/v1/admin/emails" -H "A: b" \\\n     | tee /tmp/dead.json')
+    assert not read_only("curl -s -X POST localhost:8000/v1/auth/verify -d '{}'")
