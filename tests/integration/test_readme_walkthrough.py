@@ -307,7 +307,7 @@ class Shell:
         self.run_dir = run_dir
         self.count = 0
 
-    async def run(self, code: str) -> tuple[int, str]:
+    async def run(self, code: str) -> str:
         self.count += 1
         script = self.run_dir / f"step-{self.count}.sh"
         script.write_text(code + "\n")
@@ -315,7 +315,7 @@ class Shell:
             (self.run_dir / name).unlink(missing_ok=True)
         sentinel = f"__README_STEP_DONE_{uuid.uuid4().hex}"
         assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(f'source "{script}" </dev/null; echo; echo "{sentinel} $?"\n'.encode())
+        self.proc.stdin.write(f'source "{script}" </dev/null; echo; echo "{sentinel}"\n'.encode())
         await self.proc.stdin.drain()
         output: list[str] = []
         async with asyncio.timeout(STEP_TIMEOUT):
@@ -324,7 +324,7 @@ class Shell:
                 assert raw, "the bash session ended:\n" + "".join(output)
                 line = raw.decode(errors="replace")
                 if line.startswith(sentinel):
-                    return int(line.split()[-1]), "".join(output)
+                    return "".join(output)
                 output.append(line)
 
     def answer(self) -> tuple[int | None, str]:
@@ -343,8 +343,8 @@ def rewrite(code: str, stack: EmbeddedStack, run_dir: Path) -> str:
     return re.sub(r"/tmp/", f"{run_dir}/", code)
 
 
-def failure(step: Step, expect: Expectation, rc: int, output: str, status: int | None, body: str) -> str | None:
-    """Why the step's answer is not the README's, or None."""
+def failure(expect: Expectation, output: str, status: int | None, body: str) -> str | None:
+    """Why a step's answer is not the README's, or None."""
     if ERR_MARK in output:
         return "a command failed: " + output[output.index(ERR_MARK) :].splitlines()[0]
     if expect.status is not None and status != expect.status:
@@ -355,7 +355,8 @@ def failure(step: Step, expect: Expectation, rc: int, output: str, status: int |
         except ValueError:
             return f"the answer is not JSON: {body[:500]!r}"
         if not matches(expect.body, actual):
-            return f"the answer {json.dumps(actual)[:2000]} does not match the README's {json.dumps(expect.body)}"
+            got, shown = json.dumps(actual, ensure_ascii=False), json.dumps(expect.body, ensure_ascii=False)
+            return f"the answer {got[:2000]} does not match the README's {shown}"
     if expect.text is not None and not text_matches(expect.text, output):
         return f"the output does not contain {expect.text!r}"
     return None
@@ -411,10 +412,10 @@ async def run_step(shell: Shell, step: Step, stack: EmbeddedStack, run_dir: Path
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (step.wait + 15 if step.wait else READ_RETRY_SECONDS)
     while True:
-        rc, output = await shell.run(code)
+        output = await shell.run(code)
         transcript.append(f"$ {step.code}\n{output}")
         status, body = shell.answer()
-        why = failure(step, step.expect or Expectation(), rc, output, status, body)
+        why = failure(step.expect or Expectation(), output, status, body)
         if why is None:
             return
         if not repeatable or loop.time() > deadline:
