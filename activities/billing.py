@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 from models import activity_names as names
 from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer, StripeCustomer
 from models.billing_cycle_contracts import (
+    REFUSED_PAYMENT_PREFIX,
     CreatePaymentIntent,
     PaymentIntentInfo,
     PaymentIntentRef,
@@ -80,14 +81,13 @@ CANCELABLE_STATES = (
     "requires_capture",
 )  # Stripe cannot cancel `processing`
 TEST_PAYMENT_METHOD_PREFIX = "pm_card_"
-# The "intent" of an attempt Stripe refused before creating one (no such card): a failed attempt all the same.
-REFUSED_PREFIX = "refused:"
 
 
 def _refused(req: CreatePaymentIntent, code: str | None) -> PaymentIntentInfo:
+    """An attempt Stripe refused before creating a PaymentIntent (no such card): a failed attempt all the same."""
     log.info("payment method refused", extra={"tenant_id": str(req.tenant_id), "code": code})
     return PaymentIntentInfo(
-        payment_intent_id=f"{REFUSED_PREFIX}{req.idempotency_key}",
+        payment_intent_id=f"{REFUSED_PAYMENT_PREFIX}{req.idempotency_key}",
         status="failed",
         decline_code=code or "invalid_payment_method",
     )
@@ -249,7 +249,7 @@ class BillingActivities:
         for pi_id in req.payment_intent_ids:
             if budget is not None and budget <= 0:
                 break
-            if pi_id.startswith(REFUSED_PREFIX):
+            if pi_id.startswith(REFUSED_PAYMENT_PREFIX):
                 continue  # Stripe refused the card before any PaymentIntent existed
             try:
                 pi = await self.client.v1.payment_intents.retrieve_async(pi_id)

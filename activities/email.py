@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from models.contracts import EmailRequest
 from models.db import transaction
 from models.errors import RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT
-from models.tables import Invitation, Tenant, User, VerificationToken
+from models.tables import Invitation, Tenant, TenantBilling, User, VerificationToken
 from prognet.settings import Settings
 from prognet.tokens import VERIFY_EMAIL, derive_token, invitation_token
 
@@ -131,6 +131,15 @@ class Composer:
     async def _notice(self, req: EmailRequest, to_address: str | None) -> Composed:
         """A plain notice (operators, tests, the benchmark): subject and body given as parameters."""
         address = to_address or req.to_address or (await self._user(req)).email
+        text, markup = render("notice", body=req.params["body"])
+        return Composed(address, req.params["subject"], text, markup)
+
+    async def _billing_notice(self, req: EmailRequest, to_address: str | None) -> Composed:
+        """A receipt or dunning notice: to the tenant's billing email (where invoices go), else, for a tenant
+        without one, to the subscribing user (`to_user_id`). Resolved here, so no address enters history."""
+        async with transaction(self.engine, tenant_id=req.tenant_id) as session:
+            billing = await session.get(TenantBilling, req.tenant_id) if req.tenant_id else None
+        address = to_address or (billing.billing_email if billing else None) or (await self._user(req)).email
         text, markup = render("notice", body=req.params["body"])
         return Composed(address, req.params["subject"], text, markup)
 

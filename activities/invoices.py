@@ -1,4 +1,5 @@
-"""Invoices in our database: issue (per-tenant sequential number), void, paid, uncollectible, their events.
+"""Invoices in our database: issue (per-tenant sequential number), declined attempts, void, paid, uncollectible,
+their events.
 
 Each activity is idempotent (Temporal may run it again after a crash) and works inside one tenant's
 transaction, so row-level security sees only that tenant's invoices and counter.
@@ -17,11 +18,13 @@ from temporalio.exceptions import ApplicationError
 
 from models import activity_names as names
 from models.billing_cycle_contracts import (
+    REFUSED_PAYMENT_PREFIX,
     Invoice,
     InvoiceEvent,
     IssueInvoice,
     MarkInvoicePaid,
     MarkInvoiceUncollectible,
+    RecordDeclinedAttempt,
     VoidInvoice,
 )
 from models.db import transaction
@@ -130,7 +133,37 @@ class InvoiceActivities:
                     f"invoice {row.number} is {row.status}, cannot be paid", type=INVOICE_NOT_OPEN, non_retryable=True
                 )
             row.status, row.payment_intent_id, row.closed_at = "paid", req.payment_intent_id, utcnow()
+            row.next_retry_at = None
+            if req.attempts is not None:
+                row.attempts = req.attempts
             db.add(row)
+
+    @activity.defn(name=names.RECORD_DECLINED_ATTEMPT)
+    async def record_declined_attempt(self, req: RecordDeclinedAttempt) -> None:
+        """The open invoice shows its last declined attempt (code, PaymentIntent, count) and the next retry."""
+        async with transaction(self.engine, tenant_id=req.tenant_id) as db:
+            row = await self._get(db, req.invoice_id)
+            if row.status != "open" or row.attempts == req.attempt:
+                return  # closed meanwhile, or a retry of this same record
+            refused = req.payment_intent_id.startswith(REFUSED_PAYMENT_PREFIX)  # no PaymentIntent to point at
+            row.attempts, row.decline_code, row.next_retry_at = req.attempt, req.decline_code, req.next_retry_at
+            row.payment_intent_id = None if refused else req.payment_intent_id
+            db.add(row)
+            record_event(
+                db,
+                "invoice.payment_failed",
+                "invoice",
+                row.id,
+                {
+                    "number": row.number,
+                    "attempt": req.attempt,
+                    "decline_code": req.decline_code,
+                    "payment_intent_id": row.payment_intent_id,
+                    "next_retry_at": req.next_retry_at.isoformat() if req.next_retry_at else None,
+                },
+                tenant_id=req.tenant_id,
+                workflow_id=req.workflow_id,
+            )
 
     @activity.defn(name=names.MARK_INVOICE_UNCOLLECTIBLE)
     async def mark_invoice_uncollectible(self, req: MarkInvoiceUncollectible) -> None:
@@ -145,6 +178,7 @@ class InvoiceActivities:
                     non_retryable=True,
                 )
             row.status, row.decline_code, row.closed_at = "uncollectible", req.decline_code, utcnow()
+            row.next_retry_at = None
             db.add(row)
 
     @activity.defn(name=names.PUBLISH_INVOICE_EVENT)

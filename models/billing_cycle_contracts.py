@@ -36,7 +36,8 @@ class BillingCycleInput(BaseModel):
     period_end: datetime
     payment_method: str
     stripe_customer_id: str
-    notify_user_id: uuid.UUID  # receipt and reminder emails go to this user (no address in history)
+    # receipts and dunning mail go to the tenant's billing email; to this user only when the tenant has none
+    notify_user_id: uuid.UUID
     kind: BillingCycleKind = "period"  # "proration": the mid-period charge of an upgrade (no dunning)
     # retries after the first failure, in days counted from that failure; [] = no dunning
     dunning_schedule_days: list[int] = Field(default_factory=lambda: list(DEFAULT_DUNNING_DAYS))
@@ -183,6 +184,25 @@ class MarkInvoicePaid(BaseModel):
     tenant_id: uuid.UUID
     payment_intent_id: str
     workflow_id: str
+    attempts: int | None = None  # charge attempts it took; None leaves the invoice's count as it is
+
+
+# The "PaymentIntent id" of an attempt Stripe refused before creating one (e.g. an unknown card).
+REFUSED_PAYMENT_PREFIX = "refused:"
+
+
+class RecordDeclinedAttempt(BaseModel):
+    """A charge attempt of an open invoice failed: the invoice shows why (the API reads it while dunning).
+
+    Idempotent by `attempt`: recording the same attempt again changes nothing."""
+
+    invoice_id: str
+    tenant_id: uuid.UUID
+    workflow_id: str
+    attempt: int
+    payment_intent_id: str  # may start with REFUSED_PAYMENT_PREFIX: no PaymentIntent exists
+    decline_code: str | None = None
+    next_retry_at: datetime | None = None  # None: no retry is left (the invoice becomes uncollectible)
 
 
 class MarkInvoiceUncollectible(BaseModel):

@@ -216,15 +216,16 @@ class InvitationResult(BaseModel):
 
 # --- email delivery (one workflow per message) ---
 
-EmailTemplate = Literal["verify_email", "welcome", "invitation", "notice"]
+EmailTemplate = Literal["verify_email", "welcome", "invitation", "notice", "billing_notice"]
 EmailState = Literal["queued", "sending", "deferred", "sent", "failed", "dead_lettered", "discarded", "suppressed"]
 
 
 class EmailRequest(BaseModel):
     """What to send; never the text itself when it carries a secret: the send step renders it from ids.
 
-    `to_user_id` or `to_address` names the recipient (invitations resolve their own address). `params`
-    hold ids and plain values only (token_id, invitation_id, subject/body of a notice).
+    `to_user_id` or `to_address` names the recipient (invitations resolve their own address, billing notices
+    the tenant's billing email). `params` hold ids and plain values only (token_id, invitation_id, subject/body
+    of a notice).
     """
 
     message_id: uuid.UUID

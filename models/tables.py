@@ -225,7 +225,9 @@ class Invoice(SQLModel, table=True):
     currency: str = Field(max_length=3)
     status: str = Field(max_length=20)  # open | paid | uncollectible | void
     payment_intent_id: str | None = Field(default=None, max_length=255)
-    decline_code: str | None = Field(default=None, max_length=100)
+    decline_code: str | None = Field(default=None, max_length=100)  # of the last declined attempt
+    attempts: int = Field(default=0)  # charge attempts so far
+    next_retry_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))  # while dunning
     void_reason: str | None = Field(default=None, max_length=500)
     created_at: datetime = _ts()
     closed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))

@@ -86,6 +86,7 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
         invoices.void_invoice,
         invoices.mark_invoice_paid,
         invoices.mark_invoice_uncollectible,
+        invoices.record_declined_attempt,
         invoices.publish_invoice_event,
         subscriptions.create,
         subscriptions.set_status,

@@ -6,10 +6,11 @@ else the `payment_outcome` signal the Stripe webhook endpoint sends, with a poll
 (`retrieve_payment_intent` every `poll_interval_seconds`).
 
 - Paid: invoice marked paid, receipt email, `invoice.paid` event, the parent is told.
-- Declined: dunning. The parent subscription is told `past_due`; at each day of the schedule (counted from the
-  first failure; default 1, 3, 5, 7) a reminder email, then a new charge attempt (same invoice, next attempt's
-  key). A `payment_method_updated` signal retries at once with the new method (no slot of the schedule used).
-  The schedule exhausted: invoice uncollectible, notice email, `invoice.uncollectible` event, the parent is
+- Declined: dunning. The invoice records the attempt (decline code, PaymentIntent, next retry time), then the
+  parent subscription is told `past_due`; at each day of the schedule (counted from the first failure; default
+  1, 3, 5, 7) a reminder email, then a new charge attempt (same invoice, next attempt's key). A
+  `payment_method_updated` signal retries at once with the new method (no slot of the schedule used). The
+  schedule exhausted: invoice uncollectible, notice email, `invoice.uncollectible` event, the parent is
   told `unpaid` (it suspends the tenant).
 - A later step failing after a successful charge refunds it: the refund is registered as a compensation before
   the first charge and refunds whichever of the cycle's PaymentIntents succeeded (none → nothing to do); the
@@ -43,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentIntentRef,
         PaymentMethodUpdated,
         PaymentOutcome,
+        RecordDeclinedAttempt,
         Refunded,
         RefundPayment,
         VoidInvoice,
@@ -152,9 +154,23 @@ class BillingCycleWorkflow:
             if self.state.first_failure_at is None:
                 self.state.first_failure_at = workflow.now()
                 retry_times = [self.state.first_failure_at + timedelta(days=d) for d in sorted(p.dunning_schedule_days)]
-            if used >= len(retry_times):
+            next_retry = retry_times[used] if used < len(retry_times) else None
+            # Before the parent hears `past_due`: a subscription shown past due shows why on its invoice.
+            await self.saga.step(
+                f"record_decline_{self.state.attempt}",
+                act.RECORD_DECLINED_ATTEMPT,
+                RecordDeclinedAttempt(
+                    invoice_id=self.state.invoice_id,
+                    tenant_id=p.tenant_id,
+                    workflow_id=wid,
+                    attempt=self.state.attempt,
+                    payment_intent_id=outcome.payment_intent_id,
+                    decline_code=outcome.decline_code,
+                    next_retry_at=next_retry,
+                ),
+            )
+            if next_retry is None:
                 return await self._unpaid()
-            next_retry = retry_times[used]
             self.state.status, self.state.next_retry_at = "dunning", next_retry
             await self._tell_parent("past_due", next_retry)
             self.saga.set_status(
@@ -270,6 +286,7 @@ class BillingCycleWorkflow:
                 tenant_id=p.tenant_id,
                 payment_intent_id=outcome.payment_intent_id,
                 workflow_id=wid,
+                attempts=self.state.attempt or None,  # 0: run again after it was paid, nothing charged
             ),
         )
         if receipt:
@@ -356,9 +373,9 @@ class BillingCycleWorkflow:
         p = self.params
         return EmailRequest(
             message_id=email_message_id(workflow.info().workflow_id, purpose),
-            template="notice",
+            template="billing_notice",  # to the tenant's billing email, resolved when sent
             tenant_id=p.tenant_id,
-            to_user_id=p.notify_user_id,
+            to_user_id=p.notify_user_id,  # only for a tenant without a billing email
             params={"subject": subject, "body": body},
         )
 

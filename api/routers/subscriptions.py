@@ -133,18 +133,32 @@ class SubscriptionChanged(SubscriptionAccepted):
 
 class InvoiceView(BaseModel):
     id: uuid.UUID
-    number: int
+    number: int = Field(description="Sequential per tenant: 1, 2, 3, …")
     subscription_id: uuid.UUID
-    kind: str
+    kind: str = Field(description="`period`, or `proration`: the mid-period charge of an upgrade.")
     period_index: int
     period_start: datetime
     period_end: datetime
     plan_id: str
-    amount: int
+    amount: int = Field(description="In minor units (cents).")
     currency: str
-    status: str
-    payment_intent_id: str | None
-    decline_code: str | None
+    status: str = Field(
+        description="`open` (being charged, or in dunning while its subscription is `past_due`), `paid`, "
+        "`uncollectible` (dunning exhausted) or `void` (its billing cycle was unwound)."
+    )
+    payment_intent_id: str | None = Field(
+        description="The Stripe PaymentIntent that paid it; while open, that of its last declined attempt (null "
+        "when Stripe refused the payment method before creating one)."
+    )
+    decline_code: str | None = Field(
+        description="Why its last declined attempt failed: Stripe's decline code (e.g. `insufficient_funds`), "
+        "`payment_timeout` when no outcome came in time; null while no attempt was declined."
+    )
+    attempts: int = Field(description="Charge attempts made so far (dunning retries included).")
+    next_retry_at: datetime | None = Field(
+        description="While in dunning: when the next charge attempt is due (a new payment method retries at "
+        "once). Null otherwise."
+    )
     created_at: datetime
     closed_at: datetime | None
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
 
 from sqlmodel import select
 from temporalio.client import Client
@@ -16,8 +19,15 @@ from temporalio.testing import ActivityEnvironment
 from activities.tenants import TenantActivities
 from models.billing_cycle_contracts import SuspendTenant
 from models.db import transaction
-from models.names import SA_SUBSCRIPTION_ID, SA_TENANT_ID, billing_cycle_workflow_id, billing_schedule_id
+from models.names import (
+    SA_SUBSCRIPTION_ID,
+    SA_TENANT_ID,
+    billing_cycle_workflow_id,
+    billing_schedule_id,
+    email_message_id,
+)
 from models.tables import DomainEvent
+from prognet_dev import read_messages
 from tests.api.conftest import active_tenant, add_member, assert_problem, person
 
 PLAN = "dev-minutely"
@@ -101,13 +111,22 @@ async def test_subscribe_charges_the_first_period_and_schedules_the_next(
     assert (ended["canceled_at"] and ended["live"] is None) or ended["live"]["status"] == "canceled"
 
 
-async def test_a_declined_card_goes_past_due_and_a_new_payment_method_pays_at_once(api, app_engine, stripe):
+async def test_a_declined_card_goes_past_due_saying_why_and_a_new_payment_method_pays_at_once(api, app_engine, stripe):
     owner = await person(api, app_engine)
     tenant_id = await active_tenant(api, owner)
     sub_id = (await subscribe(api, owner, tenant_id, "pm_card_chargeDeclinedInsufficientFunds"))["subscription_id"]
     past_due = await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "past_due")
     [invoice] = past_due["invoices"]
     assert invoice["status"] == "open"
+    # why, as soon as it shows past due: the decline, the attempts so far, when the next one is due (day 1 of
+    # the dunning schedule, counted from the failure) and the declined PaymentIntent
+    assert (invoice["decline_code"], invoice["attempts"]) == ("insufficient_funds", 1)
+    retry_in = datetime.fromisoformat(invoice["next_retry_at"]) - datetime.fromisoformat(invoice["created_at"])
+    assert timedelta(days=1) <= retry_in < timedelta(days=1, minutes=1)
+    [declined] = [pi for pi in await stripe.payment_intents() if pi["metadata"].get("subscription_id") == sub_id]
+    assert invoice["payment_intent_id"] == declined["id"] and declined["status"] == "requires_payment_method"
+    listed = await api.get(f"/v1/tenants/{tenant_id}/invoices?subscription_id={sub_id}", headers=owner.headers)
+    assert listed.status_code == 200 and listed.json() == [invoice]
 
     response = await api.post(
         f"/v1/tenants/{tenant_id}/subscriptions/{sub_id}/payment-method",
@@ -123,7 +142,44 @@ async def test_a_declined_card_goes_past_due_and_a_new_payment_method_pays_at_on
     assert sorted(pi["status"] for pi in intents) == ["requires_payment_method", "succeeded"]
     declined = next(pi for pi in intents if pi["status"] != "succeeded")
     assert declined["last_payment_error"]["decline_code"] == "insufficient_funds"
+    [invoice] = paid["invoices"]  # paid by the second attempt; the first one's decline stays on record
+    succeeded = next(pi for pi in intents if pi["status"] == "succeeded")
+    assert (invoice["payment_intent_id"], invoice["attempts"], invoice["next_retry_at"]) == (succeeded["id"], 2, None)
+    assert invoice["decline_code"] == "insufficient_funds"
     await end(api, owner, tenant_id, sub_id)
+
+
+async def delivered(maildir: Path, message_id: uuid.UUID, timeout: float = 20.0) -> EmailMessage:
+    """The message of this EmailRequest id, once the SMTP sink has it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        for msg in read_messages(maildir):
+            if str(message_id) in str(msg.get("Message-ID", "")):
+                return msg
+        assert asyncio.get_running_loop().time() < deadline, f"no message {message_id} was delivered"
+        await asyncio.sleep(0.2)
+
+
+async def test_receipts_go_to_the_billing_email_or_to_the_subscriber_when_the_tenant_has_none(
+    api, app_engine, services
+):
+    owner = await person(api, app_engine)
+    billing_email = f"billing-{uuid.uuid4().hex[:8]}@acme.example"
+    with_billing = await active_tenant(api, owner, billing_email=billing_email)
+    without = await active_tenant(api, owner)
+    subscriptions = {t: (await subscribe(api, owner, t))["subscription_id"] for t in (with_billing, without)}
+    receipts = {}
+    for tenant_id, sub_id in subscriptions.items():
+        await wait_subscription(api, owner, tenant_id, sub_id, lambda s: s["status"] == "active")
+        receipt_id = email_message_id(billing_cycle_workflow_id(sub_id, 0), "receipt")
+        receipts[tenant_id] = await delivered(services.maildir, receipt_id)
+    assert receipts[with_billing]["To"] == billing_email  # where invoices go; no copy to the subscriber
+    assert receipts[with_billing]["Subject"] == "Receipt for invoice 1"
+    assert receipts[without]["To"] == owner.email
+    sent_to = [str(m["To"]) for m in read_messages(services.maildir) if "Receipt for invoice" in str(m["Subject"])]
+    assert sent_to.count(owner.email) == 1 and sent_to.count(billing_email) == 1
+    for tenant_id, sub_id in subscriptions.items():
+        await end(api, owner, tenant_id, sub_id)
 
 
 async def test_cancel_now_refunds_the_unused_part_of_the_period(api, app_engine, stripe):

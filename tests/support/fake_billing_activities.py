@@ -27,6 +27,7 @@ from models.billing_cycle_contracts import (
     MarkInvoiceUncollectible,
     PaymentIntentInfo,
     PaymentIntentRef,
+    RecordDeclinedAttempt,
     Refunded,
     RefundPayment,
     SetSubscriptionStatus,
@@ -152,7 +153,20 @@ class FakeBillingWorld:
         @activity.defn(name=act.MARK_INVOICE_PAID)
         async def mark_invoice_paid(req: MarkInvoicePaid) -> None:
             self._record(act.MARK_INVOICE_PAID, req)
-            self.invoices[req.invoice_id].update(status="paid", payment_intent_id=req.payment_intent_id)
+            invoice = self.invoices[req.invoice_id]
+            invoice.update(status="paid", payment_intent_id=req.payment_intent_id, next_retry_at=None)
+            if req.attempts is not None:
+                invoice["attempts"] = req.attempts
+
+        @activity.defn(name=act.RECORD_DECLINED_ATTEMPT)
+        async def record_declined_attempt(req: RecordDeclinedAttempt) -> None:
+            self._record(act.RECORD_DECLINED_ATTEMPT, req)
+            self.invoices[req.invoice_id].update(
+                attempts=req.attempt,
+                decline_code=req.decline_code,
+                payment_intent_id=req.payment_intent_id,
+                next_retry_at=req.next_retry_at,
+            )
 
         @activity.defn(name=act.MARK_INVOICE_UNCOLLECTIBLE)
         async def mark_invoice_uncollectible(req: MarkInvoiceUncollectible) -> None:
@@ -221,6 +235,7 @@ class FakeBillingWorld:
             create_payment_intent,
             retrieve_payment_intent,
             mark_invoice_paid,
+            record_declined_attempt,
             mark_invoice_uncollectible,
             refund_payment,
             publish_invoice_event,

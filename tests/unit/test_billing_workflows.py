@@ -16,6 +16,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
@@ -33,9 +34,10 @@ from models.billing_cycle_contracts import (
     SubscriptionInput,
     SubscriptionState,
 )
-from models.contracts import SagaState
+from models.contracts import EmailRequest, SagaState
 from models.errors import INVALID_PLAN, PLAN_UNCHANGED, SUBSCRIPTION_ENDED, SUBSCRIPTION_EXISTS
 from models.names import (
+    EMAIL_DELIVERY_WORKFLOW,
     QUERY_BILLING_CYCLE_STATE,
     QUERY_SAGA_STATE,
     QUERY_SUBSCRIPTION_STATE,
@@ -101,6 +103,18 @@ async def email_started(client: Client, parent_id: str, purpose: str) -> datetim
         raise
 
 
+async def email_requests(handle: WorkflowHandle) -> list[EmailRequest]:
+    """The EmailRequests a workflow handed to the delivery pipeline, in order (from its history)."""
+    history = await handle.fetch_history()
+    return [
+        (await pydantic_data_converter.decode(list(attrs.input.payloads), [EmailRequest]))[0]
+        for e in history.events
+        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+        and (attrs := e.start_child_workflow_execution_initiated_event_attributes).workflow_type.name
+        == EMAIL_DELIVERY_WORKFLOW
+    ]
+
+
 EMAIL_PURPOSES = ["receipt", "unpaid", *(f"reminder-{n}" for n in range(1, 6))]
 
 
@@ -156,6 +170,7 @@ async def test_a_paid_cycle_issues_charges_marks_paid_and_sends_a_receipt(ts_cli
         receipt = await email_started(ts_client, handle.id, "receipt")
         assert await emails_delivered(ts_client, handle.id) == ["receipt"]
         saga = await saga_state(handle)
+        [receipt_request] = await email_requests(handle)
     assert result.status == "paid" and result.invoice_number == 1 and result.attempts == 1
     assert world.calls == [
         act.ISSUE_INVOICE,
@@ -171,6 +186,10 @@ async def test_a_paid_cycle_issues_charges_marks_paid_and_sends_a_receipt(ts_cli
     assert world.invoices[result.invoice_id]["status"] == "paid"
     assert world.args[act.MARK_INVOICE_PAID][0].payment_intent_id == result.payment_intent_id
     assert receipt is not None
+    # to the tenant's billing email, resolved when sent: no address in history, the user only as a fallback
+    assert receipt_request.template == "billing_notice" and receipt_request.to_address is None
+    assert receipt_request.tenant_id == params.tenant_id and receipt_request.to_user_id == params.notify_user_id
+    assert world.invoices[result.invoice_id]["attempts"] == 1
     assert saga.status == "completed" and all(c.status == "not_needed" for c in saga.compensations)
 
 
@@ -271,13 +290,32 @@ async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_u
         reminders = [await email_started(ts_client, handle.id, f"reminder-{n}") for n in (1, 2, 3)]
         unpaid = await email_started(ts_client, handle.id, "unpaid")
         assert await emails_delivered(ts_client, handle.id) == ["unpaid", "reminder-1", "reminder-2"]
+        state = await cycle_state(handle)
     assert result.status == "unpaid" and result.attempts == 3 and result.decline_code == "card_declined"
+    assert world.calls == [
+        act.ISSUE_INVOICE,
+        *[act.CREATE_PAYMENT_INTENT, act.RECORD_DECLINED_ATTEMPT] * 3,
+        act.MARK_INVOICE_UNCOLLECTIBLE,
+        act.PUBLISH_INVOICE_EVENT,
+    ]
+    declines = world.args[act.RECORD_DECLINED_ATTEMPT]
+    assert [(d.attempt, d.decline_code, d.invoice_id) for d in declines] == [
+        (n, "card_declined", result.invoice_id) for n in (1, 2, 3)
+    ]
+    assert [d.payment_intent_id for d in declines] == [i.id for i in world.intents.values()]
+    failed_at = state.first_failure_at  # retries count from the first failure
+    assert failed_at and [d.next_retry_at - failed_at if d.next_retry_at else None for d in declines] == [
+        DAY,
+        3 * DAY,
+        None,
+    ]
     keys = [c.idempotency_key for c in world.args[act.CREATE_PAYMENT_INTENT]]
     assert keys == [f"{handle.id}:pi:{n}" for n in (1, 2, 3)]
     assert {c.invoice_id for c in world.args[act.CREATE_PAYMENT_INTENT]} == {result.invoice_id}  # same invoice
     first, *retries = world.times[act.CREATE_PAYMENT_INTENT]
     assert [round((t - first) / DAY) for t in retries] == [1, 3]
     assert reminders[0] and reminders[1] and reminders[2] is None and unpaid
+    assert {r.template for r in await email_requests(handle)} == {"billing_notice"}  # reminders, unpaid notice
     assert world.invoices[result.invoice_id]["status"] == "uncollectible"
     assert [e.event_type for e in world.args[act.PUBLISH_INVOICE_EVENT]] == ["invoice.uncollectible"]
     assert act.REFUND_PAYMENT not in world.calls and act.VOID_INVOICE not in world.calls
@@ -292,6 +330,9 @@ async def test_a_new_payment_method_retries_at_once(ts_client, task_queue):
         result = await handle.result()
         assert await emails_delivered(ts_client, handle.id) == ["receipt"]  # no reminder: no retry day came
     assert result.status == "paid" and result.attempts == 2
+    invoice = world.invoices[result.invoice_id]
+    assert (invoice["status"], invoice["attempts"], invoice["next_retry_at"]) == ("paid", 2, None)
+    assert invoice["decline_code"] == "card_declined" and invoice["payment_intent_id"] == result.payment_intent_id
     first, second = world.times[act.CREATE_PAYMENT_INTENT]
     assert second - first < timedelta(minutes=1)  # not a day later
     assert [c.payment_method for c in world.args[act.CREATE_PAYMENT_INTENT]] == [DECLINED, VISA]
@@ -436,6 +477,8 @@ async def test_decline_dunning_then_a_new_payment_method_recovers(ts_client, tas
     assert state.cycles_paid == 1 and state.payment_method == VISA
     assert [i.status for i in world.intents.values()] == ["failed", "failed", "failed", "succeeded"]
     assert [s.status for s in world.args[act.SET_SUBSCRIPTION_STATUS]] == ["past_due", "active", "canceled"]
+    # the invoice showed the decline before the subscription showed past_due
+    assert world.calls.index(act.RECORD_DECLINED_ATTEMPT) < world.calls.index(act.SET_SUBSCRIPTION_STATUS)
     assert act.SUSPEND_TENANT not in world.calls
 
 
