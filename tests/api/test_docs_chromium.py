@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from prognet_dev import free_port
-from prognet_dev.browser import chromium, find_chromium
+from prognet_dev.browser import dump_dom, find_chromium
 
 PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 
@@ -72,10 +72,10 @@ def image_states(dom: str) -> dict[str, str]:
 
 
 async def test_the_browser_reaches_only_127_0_0_1(served: str) -> None:
-    offline = image_states(await chromium(f"{served}/_probe", budget_ms=3000))
+    offline = image_states(await dump_dom(f"{served}/_probe", budget_ms=3000))
     assert offline == {"same-origin": "loaded", "localhost": "failed", "cdn": "failed"}
     # the same page with the resolver rule lifted: `localhost` (this very server) loads, so the rule is what blocks
-    online = image_states(await chromium(f"{served}/_probe", budget_ms=3000, loopback_only=False))
+    online = image_states(await dump_dom(f"{served}/_probe", budget_ms=3000, loopback_only=False))
     assert online["localhost"] == "loaded"
 
 
@@ -84,7 +84,7 @@ def operation_count(app: FastAPI) -> int:
 
 
 async def test_swagger_ui_renders_the_operations_offline(app: FastAPI, served: str) -> None:
-    dom = await chromium(f"{served}/docs")
+    dom = await dump_dom(f"{served}/docs")
     assert "ProgNetwork API" in dom, dom[:2000]
     operations = re.findall(r'class="opblock opblock-(?:get|post|put|patch|delete)', dom)
     assert len(operations) == operation_count(app), "Swagger UI shows every operation"
@@ -93,7 +93,7 @@ async def test_swagger_ui_renders_the_operations_offline(app: FastAPI, served: s
 
 
 async def test_redoc_renders_the_operations_offline(app: FastAPI, served: str) -> None:
-    dom = await chromium(f"{served}/redoc")
+    dom = await dump_dom(f"{served}/redoc")
     assert re.search(r"<h1[^>]*>ProgNetwork API", dom), dom[:2000]
     operations = re.findall(r'data-item-id="(?:tag/[^"/]+/)?operation/', dom)
     assert len(operations) == operation_count(app), "ReDoc's menu lists every operation"
