@@ -119,9 +119,8 @@ def screenshot_when(
         )
         devtools.call("Page.navigate", session, url=url)
         deadline = time.monotonic() + timeout
-        while not devtools.call("Runtime.evaluate", session, expression=f"!!({ready_js})", returnByValue=True)[
-            "result"
-        ].get("value"):
+        check = {"expression": f"!!({ready_js})", "returnByValue": True}
+        while not devtools.call("Runtime.evaluate", session, **check)["result"].get("value"):
             if time.monotonic() > deadline:
                 raise ChromiumError(f"{url} did not show what was expected ({ready_js}) within {timeout:.0f}s")
             time.sleep(0.25)
