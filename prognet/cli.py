@@ -9,9 +9,11 @@
     prognet mail list    messages the SMTP sink received;  prognet mail show N
     prognet admin grant EMAIL / revoke EMAIL   make a user a platform operator (or stop)
     prognet bench        the benchmark
+    prognet screenshots  the README's pictures of the Temporal UI (docs/screenshots/, needs Chromium)
 
-The development commands (dev, smtp-sink, stripe-sandbox, mail, bench, and migrate/admin without DATABASE_URL)
-use the development harness, package `prognet_dev`, which needs the dev extra; the runtime never imports it.
+The development commands (dev, smtp-sink, stripe-sandbox, mail, bench, screenshots, and migrate/admin without
+DATABASE_URL) use the development harness, package `prognet_dev`, which needs the dev extra; the runtime never
+imports it.
 """
 
 from __future__ import annotations
@@ -434,6 +436,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(bench(args.bench_args) or 0)
 
 
+def cmd_screenshots(args: argparse.Namespace) -> int:
+    _dev_harness()
+    from prognet_dev.screenshots import main as screenshots
+
+    return screenshots(args.out, keep=args.keep)
+
+
 # --- parser ------------------------------------------------------------------------------------------------------
 
 
@@ -503,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmark", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "screenshots",
+        help="regenerate the README's screenshots of the Temporal UI (a stack of its own, demo data, Chromium)",
+    )
+    p.add_argument("--out", type=Path, help="where the PNGs go (default: docs/screenshots)")
+    p.add_argument("--keep", action="store_true", help="keep the stack's temporary data directory")
+    p.set_defaults(func=cmd_screenshots)
     return parser
 
 

