@@ -224,8 +224,8 @@ async def _on_rpc_error(request: Request, exc: Exception) -> JSONResponse:
 
 DEPENDENCY_RETRY_AFTER = "5"
 
-# Redis wraps every socket error in its own ConnectionError/TimeoutError; so a bare OSError (asyncpg's
-# refused or reset connection, which SQLAlchemy does not wrap when connecting) is the database's.
+# Redis wraps every socket error in its own ConnectionError/TimeoutError; asyncpg's refused, missing (Unix
+# socket) or reset connections may surface as a bare OSError, which is the database's only when raised there.
 _CACHE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _DATABASE_ERRORS = (
     sqlalchemy.exc.OperationalError,
@@ -234,8 +234,17 @@ _DATABASE_ERRORS = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InterfaceError,
-    OSError,
 )
+_DATABASE_MODULES = ("asyncpg", "sqlalchemy")
+
+
+def _raised_by_database_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(_DATABASE_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def unavailable_dependency(exc: BaseException) -> ProblemType | None:
@@ -246,8 +255,10 @@ def unavailable_dependency(exc: BaseException) -> ProblemType | None:
         seen.add(id(current))
         if isinstance(current, _CACHE_ERRORS):
             return CACHE_UNAVAILABLE
-        if isinstance(current, _DATABASE_ERRORS) or (
-            isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated
+        if (
+            isinstance(current, _DATABASE_ERRORS)
+            or (isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated)
+            or (isinstance(current, OSError) and _raised_by_database_driver(current))
         ):
             return DATABASE_UNAVAILABLE
         current = current.__cause__ or current.__context__
@@ -283,7 +294,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RPCError, _on_rpc_error)
     # Handled by the exception middleware (the answer ends the request normally: the connection stays up),
     # unlike the catch-all below, which Starlette re-raises to the server after answering.
-    for error in (*_CACHE_ERRORS, *_DATABASE_ERRORS, sqlalchemy.exc.DBAPIError):
+    for error in (*_CACHE_ERRORS, *_DATABASE_ERRORS, sqlalchemy.exc.DBAPIError, OSError):
         app.add_exception_handler(error, _on_dependency_error)
     app.add_exception_handler(Exception, _on_unhandled)
 
