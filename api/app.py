@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from api.body_guard import MAX_BODY_BYTES, BodySizeLimit
 from api.docs import install_docs
 from api.jwt_tokens import AccessTokenCodec
-from api.login_throttle import LoginThrottle
-from api.problems import install_problem_handlers
+from api.login_throttle import DeviceCookies, LoginThrottle
+from api.problems import DEPENDENCY_OUTAGE_RESPONSE, install_problem_handlers
 from api.request_log import AccessLog, configure_logging
 from api.routers import (
     admin,
@@ -91,6 +93,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=30,
+        # One quick retry reconnects a pooled connection that died with a Redis restart; more would only
+        # delay the 503 while Redis is really down.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
     )
     temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace)
     temporal.start_background_connect()
@@ -99,6 +104,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.temporal = temporal
     app.state.sessions = SessionStore(redis, settings.refresh_token_ttl_seconds)
     app.state.login_throttle = LoginThrottle(redis, settings.login_max_failures, settings.login_failure_window_seconds)
+    app.state.device_cookies = DeviceCookies(settings.derived_key("device-cookie"))
     app.state.access_tokens = AccessTokenCodec(settings.derived_key("jwt"), settings.access_token_ttl_seconds)
     try:
         yield
@@ -127,7 +133,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth,
         registration,
         me,
-        plans,
         tenants,
         members,
         invitations,
@@ -136,12 +141,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workflows,
         admin,
         health,
-        pages,
     ):
+        app.include_router(module.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
+    for module in (plans, pages):  # configuration and static pages: no dependency to be down
         app.include_router(module.router)
-    app.include_router(stripe_webhooks.router)
-    app.include_router(subscriptions.router)
-    app.include_router(signup.router)
+    app.include_router(stripe_webhooks.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
+    app.include_router(subscriptions.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
+    app.include_router(signup.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)
     return app

@@ -6,6 +6,7 @@ once in the app's lifespan (`api.app`) and kept on `app.state`; these aliases ha
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from dataclasses import dataclass
 from typing import Annotated
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.jwt_tokens import AccessTokenCodec, InvalidAccessToken
-from api.login_throttle import LoginThrottle
+from api.login_throttle import DeviceCookies, LoginThrottle
 from api.problems import (
     BEARER_CHALLENGE,
     BEARER_INVALID,
@@ -57,8 +58,36 @@ def _throttle(request: Request) -> LoginThrottle:
     return request.app.state.login_throttle
 
 
+def _device_cookies(request: Request) -> DeviceCookies:
+    return request.app.state.device_cookies
+
+
 def _access_tokens(request: Request) -> AccessTokenCodec:
     return request.app.state.access_tokens
+
+
+def client_address(request: Request, settings: Annotated[Settings, Depends(_settings)]) -> str:
+    """The socket peer, unless it is a trusted proxy (TRUSTED_PROXIES): then the rightmost X-Forwarded-For
+    entry that is not itself a trusted proxy. Entries left of it are whatever the client chose to send."""
+    peer = request.client.host if request.client else ""
+    trusted = settings.trusted_proxy_networks
+    if not trusted:
+        return peer
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in trusted)
+
+    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    address = peer
+    for hop in reversed(hops):
+        if not is_trusted(address):
+            break
+        address = hop
+    return address
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -68,6 +97,8 @@ TemporalConnectorDep = Annotated[TemporalConnector, Depends(_connector)]
 SessionsDep = Annotated[SessionStore, Depends(_sessions)]
 ThrottleDep = Annotated[LoginThrottle, Depends(_throttle)]
 AccessTokensDep = Annotated[AccessTokenCodec, Depends(_access_tokens)]
+DeviceCookiesDep = Annotated[DeviceCookies, Depends(_device_cookies)]
+ClientAddress = Annotated[str, Depends(client_address)]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ Routes raise `Problem(KIND, detail)`; framework errors (validation, unknown rout
 Temporal outages and unhandled exceptions are mapped here too, so every error body has the same shape:
 `type`, `title`, `status`, `detail`, `instance` (+ `errors` for validation failures). A saga's refusal (an
 ApplicationError type from models/errors.py) becomes its problem through one table, `REFUSALS`.
+
+A dependency that is down (PostgreSQL, Redis, Temporal) answers 503 with `Retry-After` and a problem type
+naming it, never 500: the caller did nothing wrong and may retry as is.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -80,6 +86,8 @@ TOO_MANY_ATTEMPTS = ProblemType("too-many-attempts", 429, "Too many attempts")
 INTERNAL_ERROR = ProblemType("internal-error", 500, "Internal server error")
 SERVICE_UNAVAILABLE = ProblemType("service-unavailable", 503, "Service unavailable")
 WORKFLOW_ENGINE_UNAVAILABLE = ProblemType("workflow-engine-unavailable", 503, "Workflow engine unavailable")
+DATABASE_UNAVAILABLE = ProblemType("database-unavailable", 503, "Database unavailable")
+CACHE_UNAVAILABLE = ProblemType("cache-unavailable", 503, "Cache unavailable")
 SIGNUP_FAILED = ProblemType("signup-failed", 503, "Sign-up could not be completed")
 
 _BY_STATUS = {  # framework HTTPExceptions carry only a status code
@@ -214,6 +222,66 @@ async def _on_rpc_error(request: Request, exc: Exception) -> JSONResponse:
     return await _on_unhandled(request, exc)
 
 
+DEPENDENCY_RETRY_AFTER = "5"
+
+# Redis wraps every socket error in its own ConnectionError/TimeoutError; asyncpg's refused, missing (Unix
+# socket) or reset connections may surface as a bare OSError, which is the database's only when raised there.
+_CACHE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_DATABASE_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+)
+_DATABASE_MODULES = ("asyncpg", "sqlalchemy")
+
+
+def _raised_by_database_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(_DATABASE_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def unavailable_dependency(exc: BaseException) -> ProblemType | None:
+    """The outage `exc` (or an exception it was raised from) reports, if it reports one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _CACHE_ERRORS):
+            return CACHE_UNAVAILABLE
+        if (
+            isinstance(current, _DATABASE_ERRORS)
+            or (isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated)
+            or (isinstance(current, OSError) and _raised_by_database_driver(current))
+        ):
+            return DATABASE_UNAVAILABLE
+        current = current.__cause__ or current.__context__
+    return None
+
+
+async def _on_dependency_error(request: Request, exc: Exception) -> JSONResponse:
+    kind = unavailable_dependency(exc)
+    if kind is None:
+        return await _on_unhandled(request, exc)
+    log.warning(
+        "dependency unavailable",
+        extra={"path": request.url.path, "problem": kind.slug, "error": type(exc).__name__},
+    )
+    name = "database" if kind is DATABASE_UNAVAILABLE else "cache (Redis)"
+    return problem_response(
+        kind,
+        f"The {name} is unreachable; retry later.",
+        request.url.path,
+        headers={"Retry-After": DEPENDENCY_RETRY_AFTER},
+    )
+
+
 async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error", exc_info=exc, extra={"path": request.url.path, "method": request.method})
     return problem_response(INTERNAL_ERROR, "An unexpected error occurred.", request.url.path)
@@ -224,6 +292,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RPCError, _on_rpc_error)
+    # Handled by the exception middleware (the answer ends the request normally: the connection stays up),
+    # unlike the catch-all below, which Starlette re-raises to the server after answering.
+    for error in (*_CACHE_ERRORS, *_DATABASE_ERRORS, sqlalchemy.exc.DBAPIError, OSError):
+        app.add_exception_handler(error, _on_dependency_error)
     app.add_exception_handler(Exception, _on_unhandled)
 
 
@@ -241,3 +313,14 @@ class ProblemDetails(BaseModel):
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries documenting problem+json answers."""
     return {s: {"model": ProblemDetails, "content": {PROBLEM_MEDIA_TYPE: {}}} for s in statuses}
+
+
+DEPENDENCY_OUTAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ProblemDetails,
+        "content": {PROBLEM_MEDIA_TYPE: {}},
+        "description": "A dependency is down (`database-unavailable`, `cache-unavailable`, "
+        "`workflow-engine-unavailable`); retry after `Retry-After` seconds.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+    }
+}

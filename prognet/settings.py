@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev", "development"}
@@ -96,6 +97,11 @@ class Settings(BaseSettings):
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     login_max_failures: int = 5
     login_failure_window_seconds: int = 15 * 60
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated CIDRs of reverse proxies whose X-Forwarded-For names the client address "
+        "(login throttling); empty: the socket peer is the client.",
+    )
     argon2_time_cost: int = 3
     argon2_memory_cost_kib: int = 65536
     argon2_parallelism: int = 4
@@ -126,6 +132,14 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "INFO"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_cidrs(cls, value: str) -> str:
+        for cidr in value.split(","):
+            if cidr.strip():
+                ipaddress.ip_network(cidr.strip(), strict=False)  # ValueError names the bad entry
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:
@@ -162,6 +176,10 @@ class Settings(BaseSettings):
     def stripe_base(self) -> str:
         """Where the Stripe SDK sends requests: STRIPE_API_BASE, else api.stripe.com (the dev stack sets it)."""
         return (self.stripe_api_base or STRIPE_API_BASE).rstrip("/")
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c.strip(), strict=False) for c in self.trusted_proxies.split(",") if c.strip()]
 
     def secret_bytes(self) -> bytes:
         """The master secret; in development it is generated once into the data dir."""

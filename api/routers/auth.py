@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Cookie, Depends, Response, status
 from sqlalchemy import func
 from sqlmodel import select
 
 from api.body_guard import require_json_body
-from api.deps import AccessTokensDep, CurrentUser, DbDep, SessionsDep, SettingsDep, ThrottleDep
+from api.deps import (
+    AccessTokensDep,
+    ClientAddress,
+    CurrentUser,
+    DbDep,
+    DeviceCookiesDep,
+    SessionsDep,
+    SettingsDep,
+    ThrottleDep,
+)
+from api.login_throttle import DEVICE_COOKIE, DEVICE_COOKIE_MAX_AGE, Attempt, LoginThrottle
 from api.problems import (
     ACCOUNT_DISABLED,
     ACCOUNT_NOT_VERIFIED,
@@ -37,63 +48,89 @@ _BAD_CREDENTIALS = "The email or password is incorrect."
     "/login",
     response_model=TokenPair,
     summary="Log in with email and password",
+    description="A successful login sets a device cookie (`prognet_device`, HttpOnly, SameSite=Strict) bound to the "
+    "account: failed logins from clients without it never throttle a client that presents it. 429 answers carry "
+    '`Retry-After`, which grows with further failures. See the README\'s "Login throttling".',
     responses=problem_responses(400, 401, 403, 413, 415, 422, 429),
 )
 async def login(
     body: LoginRequest,
+    response: Response,
     settings: SettingsDep,
     engine: DbDep,
     sessions: SessionsDep,
     throttle: ThrottleDep,
+    device_cookies: DeviceCookiesDep,
+    address: ClientAddress,
     tokens: AccessTokensDep,
+    prognet_device: Annotated[str | None, Cookie(description="Device cookie from an earlier login.")] = None,
 ) -> TokenPair:
     email = body.email.strip().lower()
     password = body.password.get_secret_value()
+    device_id = device_cookies.device_of(prognet_device, email)
 
     # The attempt counts as a failure from here on, until the password proves right (see LoginThrottle).
-    attempt, retry_after = await throttle.reserve(email)
+    attempt, retry_after = await throttle.reserve(email, address, device_id)
     if attempt is None:
         raise Problem(
             TOO_MANY_ATTEMPTS,
-            "Too many failed logins for this account; try again later.",
+            "Too many failed logins; try again later.",
             headers={"Retry-After": str(retry_after)},
         )
 
-    async with transaction(engine) as db:
-        user = (await db.exec(select(User).where(func.lower(User.email) == email))).first()
-    if user is None:
-        await passwords.verify_against_dummy(settings, password)
-        raise Problem(INVALID_CREDENTIALS, _BAD_CREDENTIALS)
-    if not await passwords.verify_password(settings, user.password_hash, password):
-        log.info("login failed", extra={"user_id": str(user.id), "reason": "wrong_password"})
-        raise Problem(INVALID_CREDENTIALS, _BAD_CREDENTIALS)
-    if user.status != "active":
-        await throttle.release(email, attempt)
-        if user.status == "pending":
-            raise Problem(
-                ACCOUNT_NOT_VERIFIED,
-                "This account's email address is not verified yet; follow the link in the verification email.",
-            )
-        raise Problem(ACCOUNT_DISABLED, "This account cannot log in.")
-
-    new_hash = (
-        await passwords.hash_password(settings, password)
-        if passwords.needs_rehash(settings, user.password_hash)
-        else None
-    )
-    await throttle.clear(email)
-    session = await sessions.create(user.id)
+    wrong_password = False
     try:
         async with transaction(engine) as db:
-            if new_hash is not None:
-                stored = await db.get(User, user.id)
-                if stored is not None:
-                    stored.password_hash = new_hash
-                    db.add(stored)
-            record_event(db, "user.logged_in", "user", user.id, {"session_id": session.session_id})
+            user = (await db.exec(select(User).where(func.lower(User.email) == email))).first()
+        if user is None:
+            await passwords.verify_against_dummy(settings, password)
+            wrong_password = True
+            raise Problem(INVALID_CREDENTIALS, _BAD_CREDENTIALS)
+        if not await passwords.verify_password(settings, user.password_hash, password):
+            log.info("login failed", extra={"user_id": str(user.id), "reason": "wrong_password"})
+            wrong_password = True
+            raise Problem(INVALID_CREDENTIALS, _BAD_CREDENTIALS)
+        if user.status != "active":
+            if user.status == "pending":
+                raise Problem(
+                    ACCOUNT_NOT_VERIFIED,
+                    "This account's email address is not verified yet; follow the link in the verification email.",
+                )
+            raise Problem(ACCOUNT_DISABLED, "This account cannot log in.")
+
+        new_hash = (
+            await passwords.hash_password(settings, password)
+            if passwords.needs_rehash(settings, user.password_hash)
+            else None
+        )
+        await throttle.succeeded(attempt, email, address, device_id)
+        session = await sessions.create(user.id)
+        try:
+            async with transaction(engine) as db:
+                if new_hash is not None:
+                    stored = await db.get(User, user.id)
+                    if stored is not None:
+                        stored.password_hash = new_hash
+                        db.add(stored)
+                record_event(db, "user.logged_in", "user", user.id, {"session_id": session.session_id})
+        except BaseException:
+            await sessions.revoke(session.session_id)  # no session without its audit record
+            raise
     except BaseException:
-        await sessions.revoke(session.session_id)  # no session without its audit record
+        # Only a wrong password is the caller's failure; a refusal for another reason or an outage is not.
+        if not wrong_password:
+            await _release(throttle, attempt)
         raise
+
+    response.set_cookie(
+        DEVICE_COOKIE,
+        prognet_device if device_id is not None and prognet_device else device_cookies.issue(email),
+        max_age=DEVICE_COOKIE_MAX_AGE,
+        path=router.prefix,
+        secure=settings.environment != "development",
+        httponly=True,
+        samesite="strict",
+    )
     log.info(
         "login succeeded",
         extra={"user_id": str(user.id), "session_id": session.session_id, "rehashed": new_hash is not None},
@@ -103,6 +140,13 @@ async def login(
         refresh_token=session.refresh_token,
         expires_in=tokens.ttl_seconds,
     )
+
+
+async def _release(throttle: LoginThrottle, attempt: Attempt) -> None:
+    try:
+        await throttle.release(attempt)
+    except Exception:  # Redis is down too: the original error is the one to answer
+        log.warning("login throttle slot not released", exc_info=True)
 
 
 @router.post(

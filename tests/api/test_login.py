@@ -8,7 +8,7 @@ import httpx
 from argon2 import PasswordHasher
 from sqlmodel import select
 
-from api.login_throttle import account_key
+from api.login_throttle import account_address_key, account_key, address_key
 from models.db import transaction
 from models.tables import DomainEvent, User
 from tests.api.conftest import PASSWORD, assert_problem, bearer, insert_user, login
@@ -55,7 +55,7 @@ async def test_unverified_account_is_refused_with_403(client, engine):
     assert "verif" in body["detail"]
 
 
-async def test_five_failures_lock_the_account_with_retry_after(client, user, redis, settings):
+async def test_five_failures_from_one_address_throttle_it_with_retry_after(client, user, redis, settings):
     for _ in range(settings.login_max_failures):
         response = await client.post("/v1/auth/login", json={"email": user.email, "password": "wrong password!!"})
         assert response.status_code == 401
@@ -63,9 +63,11 @@ async def test_five_failures_lock_the_account_with_retry_after(client, user, red
     assert_problem(locked, 429, "too-many-attempts")
     retry_after = int(locked.headers["Retry-After"])
     assert 0 < retry_after <= settings.login_failure_window_seconds
-    # Keyed on a hash of the account, never the raw email.
+    # Keyed on hashes of the account and the client address (not the account alone), never the raw email.
     keys = await redis.keys("login:failures:*")
-    assert keys == [account_key(user.email)]
+    assert sorted(keys) == sorted(
+        [account_key(user.email), account_address_key(user.email, "127.0.0.1"), address_key("127.0.0.1")]
+    )
     assert all("@" not in k for k in await redis.keys("*"))
 
 

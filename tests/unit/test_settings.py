@@ -59,3 +59,11 @@ def test_env_names_match_the_readme(monkeypatch, tmp_path: Path):
     assert settings.data_dir == tmp_path
     assert settings.registration_verification_timeout.total_seconds() == 7200
     assert settings.smtp_port == 2525
+
+
+def test_trusted_proxies_are_cidrs():
+    settings = Settings(environment="development", trusted_proxies="10.0.0.0/8, fd00::/8")
+    assert [str(n) for n in settings.trusted_proxy_networks] == ["10.0.0.0/8", "fd00::/8"]
+    assert Settings(environment="development").trusted_proxy_networks == []
+    with pytest.raises(ValueError, match="not-an-address"):
+        Settings(environment="development", trusted_proxies="10.0.0.0/8,not-an-address")

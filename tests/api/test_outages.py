@@ -1,0 +1,155 @@
+"""A PostgreSQL or Redis outage answers 503 + Retry-After + a problem naming the dependency, never 500; the
+request ends normally (nothing re-raised to the server, which would drop the connection); a login during the
+outage counts against nobody; the same app recovers by itself once the dependency is back.
+
+Each outage is a TCP relay in front of the stack's real service, switched off and on again: listener closed
+and live connections cut, as when the process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+
+from api.app import create_app
+from prognet.settings import Settings
+from prognet_dev import free_port
+from tests.api.conftest import PASSWORD, assert_problem, bearer, insert_user
+
+
+class Relay:
+    """A listener (TCP port or Unix socket) → the target, until `down()`; `up()` listens at the same place again."""
+
+    def __init__(self, target: tuple[str, int] | Path, listen: tuple[str, int] | Path) -> None:
+        self.target, self.listen = target, listen
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        if isinstance(self.listen, Path):
+            self._server = await asyncio.start_unix_server(self._relay, path=self.listen)
+        else:
+            self._server = await asyncio.start_server(self._relay, *self.listen)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if isinstance(self.target, Path):
+            return await asyncio.open_unix_connection(self.target)
+        return await asyncio.open_connection(*self.target)
+
+    async def down(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            server_reader, server_writer = await self._connect()
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._writers |= {client_writer, server_writer}
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.transport.abort()
+
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+        self._writers -= {client_writer, server_writer}
+
+
+@pytest.fixture
+async def outage(settings: Settings, app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Relay]]]:
+    """A client of an API that reaches PostgreSQL and Redis through relays, and the relays. Its app errors are
+    raised (raise_app_exceptions): an outage answer must end the request normally."""
+    db_url, cache_url = make_url(settings.database_url or ""), make_url(settings.redis_url or "")
+    cache = ("127.0.0.1", free_port())
+    relays = {"cache": Relay((cache_url.host or "127.0.0.1", cache_url.port or 6379), cache)}
+    cache_url = cache_url.set(host=cache[0], port=cache[1])
+    socket_dir = Path(tempfile.mkdtemp(prefix="pg-relay-"))
+    if "host" in db_url.query:  # the embedded PostgreSQL: a Unix socket `<dir>/.s.PGSQL.<port>`
+        real = next(Path(str(db_url.query["host"])).glob(".s.PGSQL.*"))
+        relays["database"] = Relay(real, socket_dir / real.name)
+        db_url = db_url.update_query_dict({"host": str(socket_dir)})
+    else:
+        database = ("127.0.0.1", free_port())
+        relays["database"] = Relay((db_url.host or "127.0.0.1", db_url.port or 5432), database)
+        db_url = db_url.set(host=database[0], port=database[1])
+    for relay in relays.values():
+        await relay.up()
+    relayed_app = create_app(
+        settings.model_copy(
+            update={
+                "database_url": db_url.render_as_string(hide_password=False),
+                "redis_url": cache_url.render_as_string(hide_password=False),
+            }
+        )
+    )
+    async with relayed_app.router.lifespan_context(relayed_app):
+        transport = httpx.ASGITransport(app=relayed_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+            yield c, relays
+    for relay in relays.values():
+        with contextlib.suppress(Exception):
+            await relay.down()
+    shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def assert_outage(response: httpx.Response, slug: str) -> None:
+    body = assert_problem(response, 503, slug)
+    assert int(response.headers["Retry-After"]) > 0
+    assert "retry" in body["detail"]
+
+
+async def reads(client: httpx.AsyncClient, email: str, token: str) -> list[httpx.Response]:
+    """Login, /v1/me and a tenant read."""
+    return [
+        await client.post("/v1/auth/login", json={"email": email, "password": PASSWORD}),
+        await client.get("/v1/me", headers=bearer(token)),
+        await client.get(f"/v1/tenants/{uuid.uuid4()}", headers=bearer(token)),
+    ]
+
+
+@pytest.mark.parametrize(("dependency", "slug"), [("database", "database-unavailable"), ("cache", "cache-unavailable")])
+async def test_an_outage_answers_503_naming_the_dependency_and_recovers_without_restart(
+    outage, engine, settings, dependency, slug
+):
+    relayed, relays = outage
+    user = await insert_user(engine)
+    login = await relayed.post("/v1/auth/login", json={"email": user.email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    token = login.json()["access_token"]
+
+    await relays[dependency].down()
+    # More logins than the throttle allows: none may count, since none was the caller's fault.
+    for _ in range(settings.login_max_failures + 1):
+        for response in await reads(relayed, user.email, token):
+            assert_outage(response, slug)
+
+    await relays[dependency].up()
+    login, me, tenant = await reads(relayed, user.email, token)
+    assert login.status_code == 200, login.text  # at once: no throttle slot was counted
+    assert me.status_code == 200, me.text
+    assert_problem(tenant, 404, "not-found")
+
+
+async def test_503_is_declared_in_the_openapi_of_endpoints_that_use_a_dependency(client):
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for path, method in (("/v1/auth/login", "post"), ("/v1/me", "get"), ("/v1/tenants/{tenant_id}", "get")):
+        assert "503" in paths[path][method]["responses"], (path, method)
+    assert "503" not in paths["/v1/plans"]["get"]["responses"]
