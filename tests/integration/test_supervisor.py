@@ -124,6 +124,19 @@ async def test_killed_postgres_comes_back_with_its_data(supervised: EmbeddedStac
     await _register_and_verify(http, supervised, new_email("after-postgres-crash"))
 
 
+async def test_killed_temporal_comes_back_and_the_worker_polls_again(
+    supervised: EmbeddedStack, http: httpx.AsyncClient
+):
+    assert supervised.temporal is not None and supervised.temporal.process is not None
+    assert supervised.worker is not None and supervised.worker.process is not None
+    worker_pid = supervised.worker.process.pid
+    supervised.temporal.process.signal_group(signal.SIGKILL)
+    await _back("Temporal", 1)
+    # the SDK worker retries its polls until the server is back: the worker process never exits
+    await _register_and_verify(http, supervised, new_email("after-temporal-crash"))
+    assert supervised.worker.process.pid == worker_pid
+
+
 async def test_a_crash_loop_stops_with_one_clear_line(tmp_path: Path):
     lines: list[str] = []
     stack = EmbeddedStack(
