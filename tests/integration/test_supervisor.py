@@ -162,3 +162,30 @@ async def test_a_crash_loop_stops_with_one_clear_line(tmp_path: Path):
         "devstack | Redis exited with code -9; restarting in 0.2 s (restart 1)",
         "devstack | Redis exited with code -9; restarting in 0.4 s (restart 2)",
     ]
+
+
+async def test_in_process_sink_and_sandbox_are_restarted(tmp_path: Path):
+    lines: list[str] = []
+    stack = EmbeddedStack(
+        stack_settings(tmp_path / "data"),
+        services={"smtp", "stripe"},
+        run_migrations=False,
+        log=lambda name, line: lines.append(f"{name} | {line}"),
+    )
+    async with stack:
+        supervisor = asyncio.create_task(stack.supervise(FAST))
+        assert stack.smtp is not None and stack.stripe is not None
+        # what a crash looks like from inside: the listening server goes away without stop()
+        stack.smtp.sink._server.close()  # type: ignore[union-attr]
+        stack.stripe.sandbox._server.should_exit = True  # type: ignore[union-attr]
+        async with asyncio.timeout(20):
+            while not {"devstack | SMTP sink is back", "devstack | Stripe sandbox is back"} <= set(lines):
+                await asyncio.sleep(0.05)
+        assert "devstack | SMTP sink stopped serving; restarting in 0.1 s (restart 1)" in lines
+        assert "devstack | Stripe sandbox stopped serving; restarting in 0.1 s (restart 1)" in lines
+        async with httpx.AsyncClient(base_url=stack.stripe_api_base, timeout=10) as http:
+            r = await http.get("/v1/customers", auth=(stack.stripe_secret_key or "", ""))
+            assert r.status_code == 200, r.text
+        _, writer = await asyncio.open_connection(stack.smtp_host, stack.smtp_port)
+        writer.close()
+        assert not supervisor.done()
