@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from prognet_dev import EmbeddedStack, RestartPolicy, stack_settings
 
@@ -63,11 +64,14 @@ async def http(supervised: EmbeddedStack) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _register_and_verify(http: httpx.AsyncClient, stack: EmbeddedStack, email: str) -> None:
+async def _register_and_verify(http: httpx.AsyncClient, stack: EmbeddedStack, email: str) -> str:
+    """Returns the registration's workflow id."""
     r = await http.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
     assert r.status_code == 202, r.text
+    workflow_id = r.json()["workflow_id"]
     r = await http.post("/v1/auth/verify", json={"token": token_from(await email_to(stack, email))})
     assert r.status_code == 200, r.text
+    return workflow_id
 
 
 async def test_killed_worker_is_restarted_and_runs_new_sagas(supervised: EmbeddedStack, http: httpx.AsyncClient):
@@ -130,8 +134,12 @@ async def test_killed_temporal_comes_back_and_the_worker_polls_again(
     assert supervised.temporal is not None and supervised.temporal.process is not None
     assert supervised.worker is not None and supervised.worker.process is not None
     worker_pid = supervised.worker.process.pid
+    before = await _register_and_verify(http, supervised, new_email("before-temporal-crash"))
     supervised.temporal.process.signal_group(signal.SIGKILL)
     await _back("Temporal", 1)
+    client = await Client.connect(supervised.temporal_address or "", namespace=supervised.temporal_namespace)
+    described = await client.get_workflow_handle(before).describe()  # its history is still in the SQLite file
+    assert described.status == WorkflowExecutionStatus.COMPLETED
     # the SDK worker retries its polls until the server is back: the worker process never exits
     await _register_and_verify(http, supervised, new_email("after-temporal-crash"))
     assert supervised.worker.process.pid == worker_pid
