@@ -140,19 +140,17 @@ async def _dev(dev, settings: Settings, sink, *, with_app: bool) -> int:
     print(stack.table(), flush=True)
     print("\nCtrl-C stops everything. Logs follow.\n", flush=True)
 
-    exit_waiter = asyncio.create_task(stack.wait_for_unexpected_exit())
+    # a crashed component is restarted (and the log says so); only a crash loop or Ctrl-C/SIGTERM stops everything
+    supervisor = asyncio.create_task(stack.supervise())
     stop_waiter = asyncio.create_task(stop_requested.wait())
     code = 0
     try:
-        done, _ = await asyncio.wait({exit_waiter, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if exit_waiter in done:
-            name, rc = exit_waiter.result()
-            print(
-                f"error: {name} exited unexpectedly (exit code {rc}); stopping everything", file=sys.stderr, flush=True
-            )
+        done, _ = await asyncio.wait({supervisor, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if supervisor in done:
+            print(f"error: {supervisor.result()}", file=sys.stderr, flush=True)
             code = 1
     finally:
-        exit_waiter.cancel()
+        supervisor.cancel()
         stop_waiter.cancel()
         await stack.stop()
         sink("devstack", "stopped")

@@ -21,6 +21,7 @@ from .process import LogSink, ManagedProcess
 from .smtp_sink import MaildirHandler, SmtpSink, delivery_date, message_text, read_messages, wait_for_messages
 from .stack import SERVICES, EmbeddedStack, print_log, stack_settings
 from .stripe_sandbox import SandboxAdmin, StripeSandbox
+from .supervisor import RestartPolicy, supervise
 
 __all__ = [
     "SERVICES",
@@ -32,6 +33,7 @@ __all__ = [
     "LogSink",
     "MaildirHandler",
     "ManagedProcess",
+    "RestartPolicy",
     "SandboxAdmin",
     "SmtpSink",
     "SmtpSinkComponent",
@@ -47,5 +49,6 @@ __all__ = [
     "print_log",
     "read_messages",
     "stack_settings",
+    "supervise",
     "wait_for_messages",
 ]

@@ -51,6 +51,14 @@ class Component:
         """(component, address, data location) lines for the summary table."""
         return []
 
+    def crashed(self) -> bool:
+        """True when the component stopped without being asked to (the supervisor then restarts it)."""
+        return self.process is not None and self.process.returncode is not None and not self.process.stopping
+
+    def exit_reason(self) -> str:
+        """How it stopped, for the log: `exited with code -9`."""
+        return f"exited with code {self.process.returncode if self.process else None}"
+
     def _died(self, what: str = "failed to start") -> StackError:
         assert self.process is not None
         tail = self.process.tail(3)
@@ -582,6 +590,12 @@ class SmtpSinkComponent(Component):
     async def stop(self) -> None:
         await self.sink.stop()
 
+    def crashed(self) -> bool:
+        return self.sink.crashed
+
+    def exit_reason(self) -> str:
+        return "stopped serving"
+
     def rows(self) -> list[tuple[str, str, str]]:
         return [("SMTP sink", f"smtp://{self.sink.host}:{self.sink.port}", f"{self.sink.maildir} (prognet mail list)")]
 
@@ -621,6 +635,12 @@ class StripeSandboxComponent(Component):
 
     async def stop(self) -> None:
         await self.sandbox.stop()
+
+    def crashed(self) -> bool:
+        return self.sandbox.crashed
+
+    def exit_reason(self) -> str:
+        return "stopped serving"
 
     def rows(self) -> list[tuple[str, str, str]]:
         return [("Stripe sandbox", self.api_base, str(self.sandbox.state_file or "in memory"))]

@@ -156,6 +156,11 @@ class SmtpSink:
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
 
+    @property
+    def crashed(self) -> bool:
+        """The server stopped listening without stop() being called."""
+        return self._server is not None and not self._server.is_serving()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -35,6 +35,7 @@ from .components import (
 )
 from .ports import free_port, port_is_free
 from .process import LogSink
+from .supervisor import RestartPolicy, supervise
 
 HOST = "127.0.0.1"
 SERVICES = frozenset({"temporal", "postgres", "redis", "smtp", "stripe"})
@@ -108,6 +109,7 @@ class EmbeddedStack:
         self._started: list[Component] = []
         self.migrations_applied = False
         self._lock_fd: int | None = None  # the flock on <data dir>/.lock while started
+        self._supervisor: asyncio.Task | None = None  # the task running supervise(), if any
 
         # Temporal
         self.temporal: TemporalServer | None = None
@@ -391,6 +393,10 @@ class EmbeddedStack:
 
     async def stop(self) -> None:
         """Stop everything that was started, in reverse order. Idempotent; never raises for one component."""
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not asyncio.current_task():
+            supervisor.cancel()  # a restart in progress must not race the shutdown
+            await asyncio.wait({supervisor})
         # reverse of the declared order (app, then SMTP, Redis, PostgreSQL, Temporal), whatever order they came up in
         self._started.sort(key=lambda c: self.components.index(c) if c in self.components else -1)
         while self._started:
@@ -401,23 +407,16 @@ class EmbeddedStack:
                 self.log("devstack", f"error while stopping {component.name}: {exc}")
         self._unlock_data_dir()
 
-    async def wait_for_unexpected_exit(self) -> tuple[str, int]:
-        """Block until a child process exits without being asked to; returns (component name, exit code)."""
-        waiters = {asyncio.ensure_future(c.process.wait()): c for c in self._started if c.process is not None}
-        if not waiters:
-            await asyncio.Event().wait()
+    async def supervise(self, policy: RestartPolicy | None = None) -> str:
+        """Restart every started component that crashes, with backoff, until one crash-loops (see supervisor.py).
+
+        Returns that one-line reason; the caller then stops the stack. stop() cancels a running supervision first.
+        """
+        self._supervisor = asyncio.current_task()
         try:
-            while True:
-                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
-                    component = waiters.pop(fut)
-                    if component.process is not None and not component.process.stopping:
-                        return component.name, fut.result()
-                if not waiters:
-                    await asyncio.Event().wait()
+            return await supervise(list(self._started), self.log, policy)
         finally:
-            for fut in waiters:
-                fut.cancel()
+            self._supervisor = None
 
     async def __aenter__(self) -> EmbeddedStack:
         await self.start()

@@ -99,6 +99,11 @@ class StripeSandbox:
         self._socket = sock
         log.info("Stripe sandbox on %s (state: %s)", self.api_base, self.state_file or "in memory")
 
+    @property
+    def crashed(self) -> bool:
+        """The server task ended without stop() being called."""
+        return self._task is not None and self._task.done()
+
     async def stop(self) -> None:
         if self._server is None or self._task is None:
             return
