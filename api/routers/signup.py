@@ -28,11 +28,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
-from api.deps import AccessTokensDep, SessionsDep, SettingsDep, TemporalConnectorDep
+from api.deps import AccessTokensDep, RedisDep, SessionsDep, SettingsDep, TemporalConnectorDep
 from api.jwt_tokens import InvalidAccessToken
 from api.problems import NOT_FOUND, WORKFLOW_ENGINE_UNAVAILABLE, Problem, problem_responses, refusal
 from api.routers.plans import resolve_plan
-from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
+from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, request_key, start_saga
 from api.schemas import SignupLinks, SignupRequest, SignupResponse, SignupStatusView
 from models import errors
 from models.names import (
@@ -177,17 +177,24 @@ def _answer(outcome: SignupOutcome, token: str) -> SignupResponse:
     responses=problem_responses(400, 402, 409, 413, 415, 422, 503),
 )
 async def signup(
-    body: SignupRequest, settings: SettingsDep, temporal: TemporalConnectorDep, idempotency_key: IdempotencyKey = None
+    body: SignupRequest,
+    settings: SettingsDep,
+    redis: RedisDep,
+    temporal: TemporalConnectorDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> SignupResponse:
     plan = resolve_plan(settings, body.plan)
     client = await temporal.get()
-    user_id, tenant_id, subscription_id = (
-        keyed_id(idempotency_key, "signup", kind) for kind in ("user", "tenant", "subscription")
-    )
-    workflow_id = signup_workflow_id(user_id)
     fingerprint = request_fingerprint(
         body.email.strip().lower(), body.display_name or "", body.tenant_name, body.slug, body.plan, body.payment_method
     )  # never the password
+    key = await request_key(
+        redis, settings, idempotency_key, "signup", fingerprint=fingerprint, secret=body.password.get_secret_value()
+    )
+    user_id, tenant_id, subscription_id = (
+        keyed_id(key.value, "signup", kind) for kind in ("user", "tenant", "subscription")
+    )
+    workflow_id = signup_workflow_id(user_id)
     password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
 
     try:
@@ -218,8 +225,10 @@ async def signup(
                     SearchAttributePair(SA_USER_ID, str(user_id)),
                 ],
                 summary=f"Paid sign-up: user {user_id}, tenant {tenant_id}, plan {plan.id}",
+                ids={"user_id": str(user_id), "tenant_id": str(tenant_id), "subscription_id": str(subscription_id)},
+                location=f"/v1/signup/{workflow_id}",
             ),
-            idempotency_key,
+            key,
             update=UPDATE_SIGNUP_OUTCOME,
             result_type=SignupOutcome,
         )
@@ -227,13 +236,12 @@ async def signup(
         if exc.kind is not WORKFLOW_ENGINE_UNAVAILABLE:
             raise
         raise Problem(
-            WORKFLOW_ENGINE_UNAVAILABLE,
-            "The sign-up was accepted but not decided in time; repeat the "
-            "request with the same Idempotency-Key, or follow links.self, to see its outcome.",
+            exc.kind,
+            "The sign-up was accepted but not decided in time; repeat the same request (with the same "
+            "Idempotency-Key, if you sent one), or follow links.self with the status_token, to see its outcome.",
             headers=exc.headers,
-            workflow_id=workflow_id,
+            **exc.extensions,
             status_token=status_token(settings, workflow_id),
-            links={"self": f"/v1/signup/{workflow_id}"},
         ) from None
 
     outcome = reply.answer
