@@ -290,7 +290,7 @@ async def signup_status(
 ) -> SignupStatusView:
     given = status_token_param or status_token_header
     expected = status_token(settings, workflow_id)
-    if not (given and hmac.compare_digest(given, expected)) and not await _is_the_signing_up_user(
+    if not (given and hmac.compare_digest(given.encode(), expected.encode())) and not await _is_the_signing_up_user(
         credentials, workflow_id, tokens, sessions
     ):
         raise Problem(NOT_FOUND, UNKNOWN)
