@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from api import saga_start
+from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
 from models.names import (
     SA_TENANT_ID,
     SA_USER_ID,
@@ -243,3 +245,32 @@ async def test_only_the_one_who_signed_up_learns_how_it_went(api, app_engine):
         unknown = assert_problem(await api.get(f"/v1/signup/signup-{uuid.uuid4()}", **attempt), 404, "not-found")
         assert problem["detail"] == unknown["detail"]
     assert (await api.get(f"/v1/signup/{wid}", params={"status_token": answer["status_token"]})).status_code == 200
+
+
+async def _answer_lost(call, timeout: float = 0.0):
+    """The saga decides, but too late for the request: its 503 is all the client sees."""
+    await call
+    raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "not decided in time", headers={"Retry-After": "5"})
+
+
+async def test_a_503_names_the_signup_and_a_plain_retry_finds_it(api, monkeypatch):
+    body = _body()
+    with monkeypatch.context() as patched:
+        patched.setattr(saga_start, "answer_within", _answer_lost)
+        lost = await api.post("/v1/signup", json=body)
+    problem = assert_problem(lost, 503, "workflow-engine-unavailable")
+    wid = problem["workflow_id"]
+    assert wid == f"signup-{problem['user_id']}" and lost.headers["Location"] == f"/v1/signup/{wid}"
+    assert problem["links"] == {"self": f"/v1/signup/{wid}"}
+    status = await api.get(f"/v1/signup/{wid}", params={"status_token": problem["status_token"]})
+    assert status.json()["status"] == "active" and status.json()["tenant_id"] == problem["tenant_id"]
+
+    retried = await api.post("/v1/signup", json=body)  # no Idempotency-Key, as the first time
+    assert retried.status_code == 201, retried.text
+    answer = retried.json()
+    assert (answer["workflow_id"], answer["tenant_id"], answer["subscription_id"]) == (
+        wid,
+        problem["tenant_id"],
+        problem["subscription_id"],
+    )
+    assert answer["status_token"] == problem["status_token"]
