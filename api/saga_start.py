@@ -8,13 +8,17 @@ answers, how to render the answer); this module does the rest:
   saga's memo;
 - the replay: whenever the key names a saga that exists, that saga's fingerprint must be this request's, or the
   answer is 422 `idempotency-key-reused` — while it runs and after it closed alike;
-- the answer cap (`answer_within`): not confirmed within 15 s, a 503 with Retry-After.
+- the answer cap (`answer_within`): not confirmed within 15 s, a 503 with Retry-After — and, like a 503 for an
+  unreachable Temporal, it names the saga and the resource it works on, with a `Location` to follow;
+- a request without an Idempotency-Key whose answer was such a 503 is remembered for RETRY_WINDOW_SECONDS
+  (`RequestKey`): the same request again, still without a key, finds that saga instead of starting another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import logging
 import uuid
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Header
 from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -39,10 +45,11 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.problems import IDEMPOTENCY_KEY_REUSED, Problem, refusal
+from api.problems import IDEMPOTENCY_KEY_REUSED, WORKFLOW_ENGINE_UNAVAILABLE, Problem, refusal
 from api.temporal_client import answer_within
 from models.errors import error_type
 from models.names import TASK_QUEUE
+from prognet.settings import Settings
 
 log = logging.getLogger("prognet.api")
 
@@ -51,6 +58,9 @@ T = TypeVar("T")
 # Every keyed id is uuid5(IDEMPOTENCY_NAMESPACE, "<kind>:<scope…>:<Idempotency-Key>").
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c6f7e-8a51-5f0e-9c43-6a4f3d2e1b70")
 FINGERPRINT_MEMO = "request_fingerprint"
+RETRY_WINDOW_SECONDS = 600  # how long a keyless request answered 503 is remembered for its plain retry
+RETRY_PREFIX = "saga:retry:"
+UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -68,12 +78,62 @@ def request_fingerprint(*fields: str) -> str:
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()
 
 
-def keyed_id(idempotency_key: str | None, kind: str, *scope: object) -> uuid.UUID:
-    """The id a request's saga works on: derived from the Idempotency-Key (and whose key it is), so a retry
-    finds the same saga; without a key, a new one."""
-    if not idempotency_key:
-        return uuid.uuid4()
-    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, ":".join([kind, *map(str, scope), idempotency_key]))
+def keyed_id(key: str, kind: str, *scope: object) -> uuid.UUID:
+    """The id a request's saga works on: derived from the request's key (`RequestKey.value`) and whose key it
+    is, so a retry finds the same saga."""
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, ":".join([kind, *map(str, scope), key]))
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """The key a request's ids derive from: its Idempotency-Key or, without one, a fresh key — or the key of the
+    same request (same caller, same fingerprint, same secret fields) that was answered 503 a moment ago."""
+
+    value: str
+    given: bool  # the caller sent it
+    recovered: bool = False  # a keyless retry of a request answered 503: the key that request had
+    redis: Redis | None = None
+    slot: str | None = None  # where a keyless request's key is remembered after a 503
+
+    @property
+    def may_name_earlier(self) -> bool:
+        """Whether a saga may already exist under this key."""
+        return self.given or self.recovered
+
+    async def remember(self) -> None:
+        """The answer is a 503 although the saga may have started: an identical retry must find it."""
+        if self.redis is None or self.slot is None:
+            return
+        try:
+            await self.redis.set(self.slot, self.value, ex=RETRY_WINDOW_SECONDS, nx=True)
+        except RedisError as exc:  # the retry then starts afresh, as it would have without this
+            log.warning("keyless retry not remembered", extra={"error": type(exc).__name__})
+
+
+async def request_key(
+    redis: Redis,
+    settings: Settings,
+    idempotency_key: str | None,
+    kind: str,
+    *scope: object,
+    fingerprint: str,
+    secret: str = "",
+) -> RequestKey:
+    """`idempotency_key` when sent; else the key of this very request's recent 503, else a fresh one. `scope` is
+    whose request it is (the caller); `secret` (a password) tells an identical retry from a stranger's request
+    with the same visible fields, and is never stored (only an HMAC of it names the Redis slot)."""
+    if idempotency_key:
+        return RequestKey(idempotency_key, given=True)
+    name = "\n".join([kind, *map(str, scope), fingerprint, secret])
+    slot = RETRY_PREFIX + hmac.new(settings.derived_key("keyless-retry"), name.encode(), hashlib.sha256).hexdigest()
+    try:
+        earlier = await redis.get(slot)
+    except RedisError as exc:
+        log.warning("keyless retry not looked up", extra={"error": type(exc).__name__})
+        earlier = None
+    if earlier:
+        return RequestKey(earlier.decode() if isinstance(earlier, bytes) else str(earlier), given=False, recovered=True)
+    return RequestKey(f"keyless-{uuid.uuid4()}", given=False, redis=redis, slot=slot)
 
 
 @dataclass(frozen=True)
@@ -87,6 +147,22 @@ class SagaStart:
     reused_detail: str  # the 422's detail when it does not
     search_attributes: list[SearchAttributePair]
     summary: str
+    ids: dict[str, str]  # the resource's ids ("user_id": …), named in a 503 with the workflow id
+    location: str  # where the caller follows the outcome; a 503's Location
+    links: dict[str, str] | None = None  # a 503's links (default: self = location)
+
+
+def unconfirmed(saga: SagaStart, detail: str, retry_after: str = "5", **extensions: Any) -> Problem:
+    """The 503 of a request whose saga may have started: what it works on, and where to follow it."""
+    return Problem(
+        WORKFLOW_ENGINE_UNAVAILABLE,
+        detail,
+        headers={"Retry-After": retry_after, "Location": saga.location},
+        workflow_id=saga.workflow_id,
+        **saga.ids,
+        links=saga.links or {"self": saga.location},
+        **extensions,
+    )
 
 
 @dataclass(frozen=True)
@@ -115,12 +191,46 @@ class SagaReply(Generic[T]):
 async def start_saga(
     client: Client,
     saga: SagaStart,
-    idempotency_key: str | None,
+    key: RequestKey,
     *,
     update: str | None = None,
     result_type: type[T] | None = None,
 ) -> SagaReply[T]:
-    """Start the saga (or find the one this Idempotency-Key started) and, with `update`, wait for its answer."""
+    """Start the saga (or find the one this request's key started) and, with `update`, wait for its answer.
+    Not confirmed (the answer cap, or Temporal unreachable): a 503 naming the saga, remembered for a keyless
+    retry."""
+    try:
+        return await _start_saga(client, saga, key, update=update, result_type=result_type)
+    except Problem as exc:
+        if exc.kind is not WORKFLOW_ENGINE_UNAVAILABLE:
+            raise
+        await key.remember()
+        raise unconfirmed(
+            saga,
+            "The request was accepted but not confirmed in time; repeat the same request (with the same "
+            "Idempotency-Key, if you sent one), or follow Location, to see its outcome.",
+            exc.headers.get("Retry-After", "5"),
+        ) from None
+    except RPCError as exc:
+        if exc.status not in UNAVAILABLE:
+            raise
+        await key.remember()
+        log.warning("temporal unavailable at a saga's start", extra={"workflow_id": saga.workflow_id})
+        raise unconfirmed(
+            saga,
+            "The workflow engine is unreachable; the request may have started. Retry the same request (with the "
+            "same Idempotency-Key, if you sent one) to see its outcome.",
+        ) from None
+
+
+async def _start_saga(
+    client: Client,
+    saga: SagaStart,
+    key: RequestKey,
+    *,
+    update: str | None,
+    result_type: type[T] | None,
+) -> SagaReply[T]:
     options: dict[str, Any] = dict(
         id=saga.workflow_id,
         task_queue=TASK_QUEUE,
@@ -152,7 +262,7 @@ async def start_saga(
         if operation is not None:
             await _settle(operation)
         return await _closed(client, saga)
-    if idempotency_key:  # the key may have named a running saga, started for another request
+    if key.given:  # the key may have named a running saga, started for another request
         await earlier_start(client, saga)
     return reply
 

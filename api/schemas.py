@@ -635,6 +635,10 @@ class SignupResponse(BaseModel):
     tenant_id: uuid.UUID
     subscription_id: uuid.UUID
     workflow_id: str
+    status_token: str = Field(
+        description="Proves you signed up: send it to `GET /v1/signup/{workflow_id}` (`?status_token=` or the "
+        "`Signup-Status-Token` header) to read the outcome. Every answer naming the sign-up carries it."
+    )
     links: SignupLinks
 
 

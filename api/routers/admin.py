@@ -219,7 +219,7 @@ async def get_email(
     "`to_address` if given. A target address on this tenant's suppression list answers 409 "
     "`email-address-suppressed` (lift the suppression first, or correct the address). Follow the "
     "outcome at `links.self`.",
-    responses=problem_responses(*ADMIN_ERRORS, 409, 413, 415, 422, 503),
+    responses=problem_responses(400, *ADMIN_ERRORS, 409, 413, 415, 422, 503),
 )
 async def retry_email(
     message_id: EmailIdPath,
@@ -272,7 +272,7 @@ async def retry_email(
     summary="Give up on a dead-lettered email",
     description="Only for `dead_lettered` emails (else 409 `email-not-dead-lettered`). Signals `email_decision` "
     "`{action: discard}`; the workflow marks the email `discarded` and ends.",
-    responses=problem_responses(*ADMIN_ERRORS, 409, 413, 415, 422, 503),
+    responses=problem_responses(400, *ADMIN_ERRORS, 409, 413, 415, 422, 503),
 )
 async def discard_email(
     message_id: EmailIdPath,

@@ -21,7 +21,7 @@ from temporalio.common import SearchAttributePair
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
-from api.deps import DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager
+from api.deps import DbDep, RedisDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager
 from api.problems import (
     ALREADY_A_MEMBER,
     INVITATION_ALREADY_ACCEPTED,
@@ -37,6 +37,7 @@ from api.saga_start import (
     earlier_start,
     keyed_id,
     request_fingerprint,
+    request_key,
     start_saga,
 )
 from api.schemas import (
@@ -126,12 +127,17 @@ async def invite(
     manager: TenantManager,
     engine: DbDep,
     settings: SettingsDep,
+    redis: RedisDep,
     temporal: TemporalConnectorDep,
     idempotency_key: IdempotencyKey = None,
 ) -> InvitationAcceptedResponse:
-    invitation_id = keyed_id(idempotency_key, "invitation", tenant_id, manager.user_id)
-    workflow_id = invitation_workflow_id(invitation_id)
     email = body.email.strip()
+    fingerprint = request_fingerprint(email.lower(), body.role)
+    key = await request_key(
+        redis, settings, idempotency_key, "invitation", tenant_id, manager.user_id, fingerprint=fingerprint
+    )
+    invitation_id = keyed_id(key.value, "invitation", tenant_id, manager.user_id)
+    workflow_id = invitation_workflow_id(invitation_id)
     saga = SagaStart(
         workflow=INVITATION_WORKFLOW,
         workflow_id=workflow_id,
@@ -143,15 +149,21 @@ async def invite(
             invited_by=manager.user_id,
             expires_in_seconds=int(settings.invitation_timeout.total_seconds()),
         ),
-        fingerprint=request_fingerprint(email.lower(), body.role),
+        fingerprint=fingerprint,
         reused_detail="This Idempotency-Key was already used for another invitation.",
         search_attributes=[
             SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
             SearchAttributePair(SA_USER_ID, str(manager.user_id)),
         ],  # the inviter follows it
         summary=f"Invitation {invitation_id} to tenant {tenant_id}",
+        ids={"invitation_id": str(invitation_id)},
+        location=f"/v1/tenants/{tenant_id}/invitations/{invitation_id}",
+        links={
+            "self": f"/v1/tenants/{tenant_id}/invitations/{invitation_id}",
+            "workflow": f"/v1/workflows/{workflow_id}",
+        },
     )
-    if idempotency_key:
+    if key.may_name_earlier:
         client = await temporal.get()
         earlier = await earlier_start(client, saga)
         if earlier is not None:  # replayed Idempotency-Key: nothing new to send or revoke
@@ -184,7 +196,7 @@ async def invite(
         ).all()
 
     client = await temporal.get()
-    reply: SagaReply[None] = await start_saga(client, saga, idempotency_key)  # no update: no answer
+    reply: SagaReply[None] = await start_saga(client, saga, key)  # no update: no answer
     if reply.closed:  # the same Idempotency-Key, and that saga ended meanwhile
         return _accepted(
             tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id, manager.user_id, running=False)

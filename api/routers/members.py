@@ -90,7 +90,7 @@ async def list_members(tenant_id: TenantIdPath, member: TenantMember, engine: Db
     summary="Change a member's role",
     description="Owners and admins; only an owner may grant or take away `owner`; the last owner cannot be "
     "demoted (409 `last-owner`). Records `member.role_changed`.",
-    responses=problem_responses(401, 403, 404, 409, 415, 422),
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
 )
 async def change_role(
     tenant_id: TenantIdPath, user_id: UserIdPath, body: ChangeRoleRequest, caller: CurrentUser, engine: DbDep

@@ -14,7 +14,7 @@ from temporalio.common import SearchAttributePair
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
-from api.deps import DbDep, SettingsDep, TemporalConnectorDep
+from api.deps import DbDep, RedisDep, SettingsDep, TemporalConnectorDep
 from api.problems import (
     INVALID_TOKEN,
     TOKEN_ALREADY_USED,
@@ -22,7 +22,7 @@ from api.problems import (
     Problem,
     problem_responses,
 )
-from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
+from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, request_key, start_saga
 from api.schemas import (
     RegisterRequest,
     RegistrationAcceptedResponse,
@@ -69,15 +69,23 @@ def _accepted(user_id: uuid.UUID, workflow_id: str, state: str) -> RegistrationA
     response_model=RegistrationAcceptedResponse,
     summary="Register a new account",
     description="Starts the registration saga: a pending user is created and a verification email sent. "
-    "Answers once the pending user exists; a taken email answers 409.",
+    "Answers once the pending user exists; a taken email answers 409. Not confirmed within 15 s: 503 naming "
+    "`user_id` and `workflow_id`; repeating the same request (even without an Idempotency-Key) finds it.",
     responses=problem_responses(400, 409, 413, 415, 422, 503),
 )
 async def register(
-    body: RegisterRequest, settings: SettingsDep, temporal: TemporalConnectorDep, idempotency_key: IdempotencyKey = None
+    body: RegisterRequest,
+    settings: SettingsDep,
+    redis: RedisDep,
+    temporal: TemporalConnectorDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> RegistrationAcceptedResponse:
     client = await temporal.get()
-    user_id = keyed_id(idempotency_key, "register")
     fingerprint = request_fingerprint(body.email.strip().lower(), body.display_name or "")
+    key = await request_key(
+        redis, settings, idempotency_key, "register", fingerprint=fingerprint, secret=body.password.get_secret_value()
+    )
+    user_id = keyed_id(key.value, "register")
     workflow_id = registration_workflow_id(user_id)
     password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
 
@@ -97,8 +105,10 @@ async def register(
             reused_detail="This Idempotency-Key was already used for a different registration request.",
             search_attributes=[SearchAttributePair(SA_USER_ID, str(user_id))],
             summary=f"Registration of user {user_id}",
+            ids={"user_id": str(user_id)},
+            location=f"/v1/workflows/{workflow_id}",
         ),
-        idempotency_key,
+        key,
         update=UPDATE_REGISTRATION_ACCEPTED,
         result_type=RegistrationAccepted,
     )

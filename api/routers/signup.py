@@ -5,25 +5,34 @@ from the catalogue, then starts `signup-{user_id}` (workflows/paid_signup.py) wi
 for its `outcome` update, which answers once the saga is decided: paid and the subscription started (201), or
 everything unwound (402 on a declined card, 409 on a taken email or slug). Not decided within 15 s → 503 with
 `Retry-After`; the same Idempotency-Key (or `GET /v1/signup/{workflow_id}`) then tells the outcome.
+
+The status is the signing-up caller's only: `GET /v1/signup/{workflow_id}` wants the `status_token` every
+answer naming the sign-up carries (an HMAC of the workflow id), or, once they can log in, the new user's
+bearer token. Anyone else gets the 404 of an unknown id.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import uuid
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, status
+from fastapi import APIRouter, Depends, Header, Path, Query, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import SearchAttributePair
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
-from api.deps import SettingsDep, TemporalConnectorDep
+from api.deps import AccessTokensDep, RedisDep, SessionsDep, SettingsDep, TemporalConnectorDep
+from api.jwt_tokens import InvalidAccessToken
 from api.problems import NOT_FOUND, WORKFLOW_ENGINE_UNAVAILABLE, Problem, problem_responses, refusal
 from api.routers.plans import resolve_plan
-from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
+from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, request_key, start_saga
 from api.schemas import SignupLinks, SignupRequest, SignupResponse, SignupStatusView
 from models import errors
 from models.names import (
@@ -36,6 +45,7 @@ from models.names import (
 )
 from models.signup_contracts import PaidSignupInput, SignupOutcome
 from prognet import passwords
+from prognet.settings import Settings
 
 log = logging.getLogger("prognet.api")
 
@@ -52,6 +62,41 @@ SignupWorkflowId = Annotated[
         description="The `workflow_id` a sign-up answered with.",
     ),
 ]
+
+StatusTokenQuery = Annotated[
+    str | None,
+    Query(
+        alias="status_token",
+        max_length=128,
+        description="The `status_token` the sign-up answered with (or send it as a header).",
+    ),
+]
+StatusTokenHeader = Annotated[
+    str | None, Header(alias="Signup-Status-Token", max_length=128, description="The sign-up's `status_token`.")
+]
+_bearer = HTTPBearer(auto_error=False, description="Access token from `POST /v1/auth/login`.")
+UNKNOWN = "No sign-up with this id."
+
+
+def status_token(settings: Settings, workflow_id: str) -> str:
+    """What proves the caller is the one who signed up: only the API can make it, only that answer carried it."""
+    return hmac.new(settings.derived_key("signup-status"), workflow_id.encode(), hashlib.sha256).hexdigest()
+
+
+async def _is_the_signing_up_user(
+    credentials: HTTPAuthorizationCredentials | None,
+    workflow_id: str,
+    tokens: AccessTokensDep,
+    sessions: SessionsDep,
+) -> bool:
+    if credentials is None:
+        return False
+    try:
+        claims = tokens.decode(credentials.credentials)
+    except InvalidAccessToken:
+        return False
+    user_id = uuid.UUID(workflow_id.removeprefix("signup-"))
+    return claims.user_id == user_id and await sessions.user_of(claims.session_id) == user_id
 
 
 def _links(outcome: SignupOutcome) -> SignupLinks:
@@ -92,7 +137,7 @@ async def _ended_outcome(client: Client, base: SignupOutcome) -> SignupOutcome:
         return _outcome_of_failure(exc, base)
 
 
-def _answer(outcome: SignupOutcome) -> SignupResponse:
+def _answer(outcome: SignupOutcome, token: str) -> SignupResponse:
     """201 for an active sign-up; every other outcome is a problem (nothing is left behind)."""
     if outcome.status == "active":
         return SignupResponse(
@@ -102,14 +147,16 @@ def _answer(outcome: SignupOutcome) -> SignupResponse:
             tenant_id=outcome.tenant_id,
             subscription_id=outcome.subscription_id,
             workflow_id=outcome.workflow_id,
+            status_token=token,
             links=_links(outcome),
         )
     declined = outcome.status == "declined"
     kind = errors.PAYMENT_DECLINED if declined else outcome.error_type if outcome.status == "rejected" else None
     extensions = {"decline_code": outcome.decline_code} if declined else {}
     detail = DETAILS.get(kind) if kind is not None else None
-    problem = refusal(kind, detail=detail, **extensions, workflow_id=outcome.workflow_id) or refusal(
-        errors.SIGNUP_FAILED, workflow_id=outcome.workflow_id
+    ids = {"workflow_id": outcome.workflow_id, "status_token": token}
+    problem = refusal(kind, detail=detail, **extensions, **ids) or refusal(
+        errors.SIGNUP_FAILED, **ids
     )  # failed: undone, retry later
     assert problem is not None, "SIGNUP_FAILED has its entry in api.problems.REFUSALS"
     raise problem
@@ -130,17 +177,24 @@ def _answer(outcome: SignupOutcome) -> SignupResponse:
     responses=problem_responses(400, 402, 409, 413, 415, 422, 503),
 )
 async def signup(
-    body: SignupRequest, settings: SettingsDep, temporal: TemporalConnectorDep, idempotency_key: IdempotencyKey = None
+    body: SignupRequest,
+    settings: SettingsDep,
+    redis: RedisDep,
+    temporal: TemporalConnectorDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> SignupResponse:
     plan = resolve_plan(settings, body.plan)
     client = await temporal.get()
-    user_id, tenant_id, subscription_id = (
-        keyed_id(idempotency_key, "signup", kind) for kind in ("user", "tenant", "subscription")
-    )
-    workflow_id = signup_workflow_id(user_id)
     fingerprint = request_fingerprint(
         body.email.strip().lower(), body.display_name or "", body.tenant_name, body.slug, body.plan, body.payment_method
     )  # never the password
+    key = await request_key(
+        redis, settings, idempotency_key, "signup", fingerprint=fingerprint, secret=body.password.get_secret_value()
+    )
+    user_id, tenant_id, subscription_id = (
+        keyed_id(key.value, "signup", kind) for kind in ("user", "tenant", "subscription")
+    )
+    workflow_id = signup_workflow_id(user_id)
     password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
 
     try:
@@ -171,8 +225,10 @@ async def signup(
                     SearchAttributePair(SA_USER_ID, str(user_id)),
                 ],
                 summary=f"Paid sign-up: user {user_id}, tenant {tenant_id}, plan {plan.id}",
+                ids={"user_id": str(user_id), "tenant_id": str(tenant_id), "subscription_id": str(subscription_id)},
+                location=f"/v1/signup/{workflow_id}",
             ),
-            idempotency_key,
+            key,
             update=UPDATE_SIGNUP_OUTCOME,
             result_type=SignupOutcome,
         )
@@ -180,12 +236,12 @@ async def signup(
         if exc.kind is not WORKFLOW_ENGINE_UNAVAILABLE:
             raise
         raise Problem(
-            WORKFLOW_ENGINE_UNAVAILABLE,
-            "The sign-up was accepted but not decided in time; repeat the "
-            "request with the same Idempotency-Key, or follow links.self, to see its outcome.",
+            exc.kind,
+            "The sign-up was accepted but not decided in time; repeat the same request (with the same "
+            "Idempotency-Key, if you sent one), or follow links.self with the status_token, to see its outcome.",
             headers=exc.headers,
-            workflow_id=workflow_id,
-            links={"self": f"/v1/signup/{workflow_id}"},
+            **exc.extensions,
+            status_token=status_token(settings, workflow_id),
         ) from None
 
     outcome = reply.answer
@@ -209,7 +265,7 @@ async def signup(
             "error_type": outcome.error_type,
         },
     )
-    return _answer(outcome)
+    return _answer(outcome, status_token(settings, workflow_id))
 
 
 @router.get(
@@ -217,16 +273,33 @@ async def signup(
     response_model=SignupStatusView,
     summary="Where a sign-up stands",
     description="`pending` while the saga decides; then `active`, `declined` (with `decline_code`), `rejected` or "
-    "`failed` — in the last three nothing was left behind. No personal data in the answer.",
+    "`failed` — in the last three nothing was left behind. No personal data in the answer. Only for the one who "
+    "signed up: send the `status_token` the sign-up answered with (query parameter or `Signup-Status-Token` "
+    "header), or the new user's bearer token once they can log in; otherwise 404, as for an unknown id.",
     responses=problem_responses(404, 422, 503),
 )
-async def signup_status(workflow_id: SignupWorkflowId, temporal: TemporalConnectorDep) -> SignupStatusView:
+async def signup_status(
+    workflow_id: SignupWorkflowId,
+    temporal: TemporalConnectorDep,
+    settings: SettingsDep,
+    tokens: AccessTokensDep,
+    sessions: SessionsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    status_token_param: StatusTokenQuery = None,
+    status_token_header: StatusTokenHeader = None,
+) -> SignupStatusView:
+    given = status_token_param or status_token_header
+    expected = status_token(settings, workflow_id)
+    if not (given and hmac.compare_digest(given.encode(), expected.encode())) and not await _is_the_signing_up_user(
+        credentials, workflow_id, tokens, sessions
+    ):
+        raise Problem(NOT_FOUND, UNKNOWN)
     client = await temporal.get()
     handle = client.get_workflow_handle(workflow_id)
     try:
         outcome = await handle.query(QUERY_SIGNUP_OUTCOME, result_type=SignupOutcome, rpc_timeout=QUERY_TIMEOUT)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
-            raise Problem(NOT_FOUND, "No sign-up with this id.") from None
+            raise Problem(NOT_FOUND, UNKNOWN) from None
         raise
     return SignupStatusView(**outcome.model_dump(include=set(SignupStatusView.model_fields)))

@@ -1,9 +1,9 @@
 """`POST /v1/webhooks/stripe`: Stripe's events, verified, deduplicated and handed to the owning workflow.
 
 The endpoint only routes: it verifies the `Stripe-Signature` header with the `stripe` SDK (current or
-previous endpoint secret, 300 s tolerance), claims the event id in Redis for 7 days, signals the billing
-cycle named by the PaymentIntent's `metadata.workflow_id`, and answers. It never waits for a workflow and
-never starts one: a webhook that could start a billing cycle could make us charge.
+previous endpoint secret, signed within 300 s of now, past or future), claims the event id in Redis for 7
+days, signals the billing cycle named by the PaymentIntent's `metadata.workflow_id`, and answers. It never
+waits for a workflow and never starts one: a webhook that could start a billing cycle could make us charge.
 
 Stripe delivers at least once and in any order; the dedupe key drops repeats here, and the billing cycle
 itself keeps a success over a later failure, so neither duplicates nor reordering change an outcome.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -89,12 +90,19 @@ def signature_problem(payload: str, header: str | None, secrets: list[str]) -> s
             stripe.WebhookSignature.verify_header(payload, header, secret, tolerance=None)
         except stripe.SignatureVerificationError:
             continue
-        try:
-            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance=TOLERANCE_SECONDS)
-        except stripe.SignatureVerificationError:
+        # the SDK's tolerance bounds only the past: a timestamp from the future would stay valid indefinitely
+        age = time.time() - _timestamp(header)
+        if age > TOLERANCE_SECONDS:
             return f"signature older than {TOLERANCE_SECONDS} s"
+        if age < -TOLERANCE_SECONDS:
+            return f"signature more than {TOLERANCE_SECONDS} s in the future"
         return None
     return "no signature made with a current or previous webhook secret"
+
+
+def _timestamp(header: str) -> int:
+    """The `t=` of a header the SDK already verified (so it has exactly one valid one)."""
+    return next(int(value) for key, _, value in (item.partition("=") for item in header.split(",")) if key == "t")
 
 
 def _parse(payload: str) -> dict[str, Any]:
@@ -143,8 +151,8 @@ def _reject(request: Request, kind: ProblemType, detail: str, reason: str) -> Pr
     response_model_exclude_none=True,
     summary="Receive a Stripe event",
     description="Stripe's webhook endpoint. The raw JSON body must carry a valid `Stripe-Signature` (current or "
-    f"previous endpoint secret, at most {TOLERANCE_SECONDS} s old). Each event id is handled once "
-    "(`duplicate: true` afterwards). `payment_intent.succeeded` and `payment_intent.payment_failed` "
+    f"previous endpoint secret, signed within {TOLERANCE_SECONDS} s of now, past or future). Each event id is "
+    "handled once (`duplicate: true` afterwards). `payment_intent.succeeded` and `payment_intent.payment_failed` "
     "are signalled to the billing cycle named in the PaymentIntent's `metadata.workflow_id` "
     "(`routed: false` when it is not running); other events are acknowledged and not routed. "
     "A 503 means the event was not handled: Stripe retries it.",

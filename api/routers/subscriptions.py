@@ -27,7 +27,7 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.body_guard import require_json_body
-from api.deps import DbDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager, TenantMember
+from api.deps import DbDep, RedisDep, SettingsDep, TemporalConnectorDep, TenantIdPath, TenantManager, TenantMember
 from api.problems import (
     NO_BILLING_ACCOUNT,
     NOT_FOUND,
@@ -38,7 +38,7 @@ from api.problems import (
     refusal,
 )
 from api.routers.plans import resolve_plan
-from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
+from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, request_key, start_saga
 from api.schemas import PaymentMethodId, PlanId, _Request
 from api.temporal_client import answer_within
 from models.billing_cycle_contracts import (
@@ -214,11 +214,16 @@ async def subscribe(
     manager: TenantManager,
     engine: DbDep,
     settings: SettingsDep,
+    redis: RedisDep,
     temporal: TemporalConnectorDep,
     idempotency_key: IdempotencyKey = None,
 ) -> SubscriptionAccepted:
     plan = resolve_plan(settings, body.plan)
-    subscription_id = keyed_id(idempotency_key, "subscription", tenant_id, manager.user_id)
+    fingerprint = request_fingerprint(body.plan, body.payment_method)
+    key = await request_key(
+        redis, settings, idempotency_key, "subscription", tenant_id, manager.user_id, fingerprint=fingerprint
+    )
+    subscription_id = keyed_id(key.value, "subscription", tenant_id, manager.user_id)
     workflow_id = subscription_workflow_id(subscription_id)
     client = await temporal.get()  # with Temporal down: a 503, and nothing started
     async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:
@@ -244,7 +249,7 @@ async def subscribe(
                 poll_interval_seconds=settings.billing_poll_seconds,
                 cycle_driver="schedule",
             ),
-            fingerprint=request_fingerprint(body.plan, body.payment_method),
+            fingerprint=fingerprint,
             reused_detail="This Idempotency-Key was already used to subscribe to a different plan or card.",
             search_attributes=[
                 SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
@@ -252,8 +257,11 @@ async def subscribe(
                 SearchAttributePair(SA_USER_ID, str(manager.user_id)),
             ],
             summary=f"Subscription {subscription_id} of tenant {tenant_id} to {plan.id}",
+            ids={"subscription_id": str(subscription_id)},
+            location=_links(tenant_id, subscription_id).self,
+            links=_links(tenant_id, subscription_id).model_dump(),
         ),
-        idempotency_key,
+        key,
         update=UPDATE_SUBSCRIPTION_ACCEPTED,
         result_type=SubscriptionState,
     )

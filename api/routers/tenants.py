@@ -20,11 +20,13 @@ from api.deps import (
     TENANT_NOT_FOUND,
     CurrentUser,
     DbDep,
+    RedisDep,
+    SettingsDep,
     TemporalConnectorDep,
     TenantIdPath,
 )
 from api.problems import NOT_FOUND, Problem, problem_responses
-from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, start_saga
+from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, request_key, start_saga
 from api.schemas import (
     CreateTenantRequest,
     TenantAcceptedResponse,
@@ -76,11 +78,15 @@ async def create_tenant(
     body: CreateTenantRequest,
     caller: CurrentUser,
     engine: DbDep,
+    redis: RedisDep,
+    settings: SettingsDep,
     temporal: TemporalConnectorDep,
     idempotency_key: IdempotencyKey = None,
 ) -> TenantAcceptedResponse:
     client = await temporal.get()
-    tenant_id = keyed_id(idempotency_key, "tenant", caller.user_id)
+    fingerprint = request_fingerprint(body.slug, body.name)
+    key = await request_key(redis, settings, idempotency_key, "tenant", caller.user_id, fingerprint=fingerprint)
+    tenant_id = keyed_id(key.value, "tenant", caller.user_id)
     workflow_id = tenant_workflow_id(tenant_id)
     reply = await start_saga(
         client,
@@ -94,15 +100,18 @@ async def create_tenant(
                 owner_user_id=caller.user_id,
                 billing_email=body.billing_email,
             ),
-            fingerprint=request_fingerprint(body.slug, body.name),
+            fingerprint=fingerprint,
             reused_detail="This Idempotency-Key was already used to create a different tenant.",
             search_attributes=[
                 SearchAttributePair(SA_TENANT_ID, str(tenant_id)),
                 SearchAttributePair(SA_USER_ID, str(caller.user_id)),
             ],
             summary=f"Provisioning of tenant {tenant_id}",
+            ids={"tenant_id": str(tenant_id)},
+            location=f"/v1/tenants/{tenant_id}",
+            links={"self": f"/v1/tenants/{tenant_id}", "workflow": f"/v1/workflows/{workflow_id}"},
         ),
-        idempotency_key,
+        key,
         update=UPDATE_TENANT_ACCEPTED,
         result_type=TenantAccepted,
     )

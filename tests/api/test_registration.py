@@ -6,6 +6,8 @@ import uuid
 
 from sqlmodel import select
 
+from api import saga_start
+from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
 from models.db import transaction
 from models.names import registration_workflow_id
 from models.tables import User
@@ -148,3 +150,40 @@ async def test_idempotent_replay_of_a_refused_duplicate_is_409_again(api):
             headers={"Idempotency-Key": key},
         )
         assert_problem(response, 409, "email-already-registered")
+
+
+async def _answer_lost(call, timeout: float = 0.0):
+    """The saga answers, but too late for the request: its 503 is all the client sees."""
+    await call
+    raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "not confirmed in time", headers={"Retry-After": "5"})
+
+
+async def test_a_plain_retry_after_a_503_finds_the_registration_it_started(api, monkeypatch):
+    email = _email()
+    body = {"email": email, "password": PASSWORD, "display_name": "Ada"}
+    with monkeypatch.context() as patched:
+        patched.setattr(saga_start, "answer_within", _answer_lost)
+        lost = await api.post("/v1/auth/register", json=body)
+    problem = assert_problem(lost, 503, "workflow-engine-unavailable")
+    user_id, workflow_id = problem["user_id"], problem["workflow_id"]
+    assert workflow_id == registration_workflow_id(user_id)
+    assert lost.headers["Retry-After"] == "5" and lost.headers["Location"] == f"/v1/workflows/{workflow_id}"
+    assert problem["links"] == {"self": f"/v1/workflows/{workflow_id}"}
+
+    # the same request, still without an Idempotency-Key: its own registration, not a 409
+    retried = await _register(api, email.upper())
+    assert retried["user_id"] == user_id and retried["workflow_id"] == workflow_id
+    assert (await _register(api, email))["user_id"] == user_id
+    # anyone else's request for that email (another password) is still refused
+    other = await api.post("/v1/auth/register", json={**body, "password": PASSWORD + "!"})
+    assert_problem(other, 409, "email-already-registered")
+
+
+async def test_a_plain_repeat_after_a_202_is_still_409(api):
+    email = _email()
+    await _register(api, email)
+    assert_problem(
+        await api.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "display_name": "Ada"}),
+        409,
+        "email-already-registered",
+    )

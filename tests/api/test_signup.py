@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from api import saga_start
+from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
 from models.names import (
     SA_TENANT_ID,
     SA_USER_ID,
@@ -105,13 +107,17 @@ async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_v
     assert (
         await temporal_client.get_workflow_handle(subscription_workflow_id(sub_id)).describe()
     ).status == WorkflowExecutionStatus.RUNNING
-    assert (await api.get(f"/v1/signup/{wid}")).json()["status"] == "active"
+    status_token = answer["status_token"]
+    assert (await api.get(f"/v1/signup/{wid}", params={"status_token": status_token})).json()["status"] == "active"
+    by_header = await api.get(f"/v1/signup/{wid}", headers={"Signup-Status-Token": status_token})
+    assert by_header.json()["status"] == "active"
 
     # the same Idempotency-Key and body: the same answer, nothing new
     again = await api.post(
         "/v1/signup", json=body, headers={"Idempotency-Key": response.request.headers["Idempotency-Key"]}
     )
     assert again.status_code == 201 and again.json()["tenant_id"] == tenant_id
+    assert again.json()["status_token"] == status_token
     reused = await api.post(
         "/v1/signup",
         json={**body, "tenant_name": "Other"},
@@ -125,6 +131,7 @@ async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_v
     assert (await api.post("/v1/auth/verify", json={"token": token})).status_code == 200
     login = await api.post("/v1/auth/login", json={"email": body["email"], "password": PASSWORD})
     headers = bearer(login.json()["access_token"])
+    assert (await api.get(f"/v1/signup/{wid}", headers=headers)).json()["status"] == "active"
     tenant = await api.get(f"/v1/tenants/{tenant_id}", headers=headers)
     assert tenant.status_code == 200 and tenant.json()["status"] == "active" and tenant.json()["role"] == "owner"
     sub = await api.get(answer["links"]["subscription"], headers=headers)
@@ -151,7 +158,7 @@ async def test_a_declined_first_payment_leaves_nothing_behind(
     assert body["email"] not in response.text
     wid = problem["workflow_id"]
     user_id = wid.removeprefix("signup-")
-    outcome = (await api.get(f"/v1/signup/{wid}")).json()
+    outcome = (await api.get(f"/v1/signup/{wid}", params={"status_token": problem["status_token"]})).json()
     assert outcome["status"] == "declined" and outcome["decline_code"] == code
 
     left = await _left_behind(owner_db, stripe, body, outcome)
@@ -177,7 +184,8 @@ async def test_a_taken_email_is_409_and_creates_nothing(api, app_engine, owner_d
     body = _body(email=account.email.upper())
     problem = assert_problem(await api.post("/v1/signup", json=body), 409, "email-already-registered")
     assert await owner_db.fetchval("select count(*) from tenants where slug = $1", body["slug"]) == 0
-    assert (await api.get(f"/v1/signup/{problem['workflow_id']}")).json()["status"] == "rejected"
+    status = await api.get(f"/v1/signup/{problem['workflow_id']}", params={"status_token": problem["status_token"]})
+    assert status.json()["status"] == "rejected"
 
 
 async def test_a_taken_slug_is_409_and_the_new_user_is_gone(api, app_engine, owner_db):
@@ -216,3 +224,53 @@ async def test_an_unknown_plan_is_422(api):
 async def test_an_unknown_signup_is_404(api):
     assert_problem(await api.get(f"/v1/signup/signup-{uuid.uuid4()}"), 404, "not-found")
     assert_problem(await api.get("/v1/signup/registration-x"), 422, "validation-failed")
+
+
+async def test_only_the_one_who_signed_up_learns_how_it_went(api, app_engine):
+    answer = (await api.post("/v1/signup", json=_body())).json()
+    wid = answer["workflow_id"]
+    other_token = (await api.post("/v1/signup", json=_body())).json()["status_token"]
+    stranger = await person(api, app_engine)
+    for attempt in (
+        {},
+        {"params": {"status_token": other_token}},
+        {"params": {"status_token": "0" * 64}},
+        {"headers": {"Signup-Status-Token": other_token}},
+        {"headers": stranger.headers},
+        {"headers": bearer("not-a-token")},
+    ):
+        refused = await api.get(f"/v1/signup/{wid}", **attempt)
+        problem = assert_problem(refused, 404, "not-found")
+        assert answer["tenant_id"] not in refused.text and answer["subscription_id"] not in refused.text
+        unknown = assert_problem(await api.get(f"/v1/signup/signup-{uuid.uuid4()}", **attempt), 404, "not-found")
+        assert problem["detail"] == unknown["detail"]
+    assert (await api.get(f"/v1/signup/{wid}", params={"status_token": answer["status_token"]})).status_code == 200
+
+
+async def _answer_lost(call, timeout: float = 0.0):
+    """The saga decides, but too late for the request: its 503 is all the client sees."""
+    await call
+    raise Problem(WORKFLOW_ENGINE_UNAVAILABLE, "not decided in time", headers={"Retry-After": "5"})
+
+
+async def test_a_503_names_the_signup_and_a_plain_retry_finds_it(api, monkeypatch):
+    body = _body()
+    with monkeypatch.context() as patched:
+        patched.setattr(saga_start, "answer_within", _answer_lost)
+        lost = await api.post("/v1/signup", json=body)
+    problem = assert_problem(lost, 503, "workflow-engine-unavailable")
+    wid = problem["workflow_id"]
+    assert wid == f"signup-{problem['user_id']}" and lost.headers["Location"] == f"/v1/signup/{wid}"
+    assert problem["links"] == {"self": f"/v1/signup/{wid}"}
+    status = await api.get(f"/v1/signup/{wid}", params={"status_token": problem["status_token"]})
+    assert status.json()["status"] == "active" and status.json()["tenant_id"] == problem["tenant_id"]
+
+    retried = await api.post("/v1/signup", json=body)  # no Idempotency-Key, as the first time
+    assert retried.status_code == 201, retried.text
+    answer = retried.json()
+    assert (answer["workflow_id"], answer["tenant_id"], answer["subscription_id"]) == (
+        wid,
+        problem["tenant_id"],
+        problem["subscription_id"],
+    )
+    assert answer["status_token"] == problem["status_token"]

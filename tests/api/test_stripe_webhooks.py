@@ -362,6 +362,19 @@ async def test_a_stale_signature_is_refused(
     assert fresh_enough.json() == {"received": True, "routed": True}
 
 
+async def test_a_signature_from_the_future_is_refused(
+    hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis, webhook_log: list[logging.LogRecord]
+) -> None:
+    cycle = await probe()
+    event = pi_event("payment_intent.succeeded", cycle.id)
+    await rejected(hooks, redis, cycle, event, "bad-request", timestamp=int(time.time()) + 301)
+    reason = assert_logged_without_secrets(webhook_log, json.dumps(event).encode(), CURRENT)
+    assert reason == "signature more than 300 s in the future"
+    await rejected(hooks, redis, cycle, event, "bad-request", timestamp=int(time.time()) + 10 * 365 * 86400)
+    skewed_enough = await deliver(hooks, event, timestamp=int(time.time()) + 240)
+    assert skewed_enough.json() == {"received": True, "routed": True}
+
+
 async def test_a_missing_or_garbled_header_is_refused(
     hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis, webhook_log: list[logging.LogRecord]
 ) -> None:
