@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Header
+from fastapi import Header, Response
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -195,12 +195,17 @@ async def start_saga(
     *,
     update: str | None = None,
     result_type: type[T] | None = None,
+    response: Response | None = None,
 ) -> SagaReply[T]:
-    """Start the saga (or find the one this request's key started) and, with `update`, wait for its answer.
+    """Start the saga (or find the one this request's key started) and, with `update`, wait for its answer;
+    the answer's `Location` (on `response`) is where the caller follows it.
     Not confirmed (the answer cap, or Temporal unreachable): a 503 naming the saga, remembered for a keyless
     retry."""
     try:
-        return await _start_saga(client, saga, key, update=update, result_type=result_type)
+        reply = await _start_saga(client, saga, key, update=update, result_type=result_type)
+        if response is not None:
+            response.headers["Location"] = saga.location
+        return reply
     except Problem as exc:
         if exc.kind is not WORKFLOW_ENGINE_UNAVAILABLE:
             raise

@@ -122,6 +122,7 @@ async def _revoke(client: Client, invitation_id: uuid.UUID) -> bool:
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
 )
 async def invite(
+    response: Response,
     tenant_id: TenantIdPath,
     body: CreateInvitationRequest,
     manager: TenantManager,
@@ -196,7 +197,7 @@ async def invite(
         ).all()
 
     client = await temporal.get()
-    reply: SagaReply[None] = await start_saga(client, saga, key)  # no update: no answer
+    reply: SagaReply[None] = await start_saga(client, saga, key, response=response)  # no update: no answer
     if reply.closed:  # the same Idempotency-Key, and that saga ended meanwhile
         return _accepted(
             tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id, manager.user_id, running=False)

@@ -74,6 +74,7 @@ def _accepted(user_id: uuid.UUID, workflow_id: str, state: str) -> RegistrationA
     responses=problem_responses(400, 409, 413, 415, 422, 503),
 )
 async def register(
+    response: Response,
     body: RegisterRequest,
     settings: SettingsDep,
     redis: RedisDep,
@@ -111,6 +112,7 @@ async def register(
         key,
         update=UPDATE_REGISTRATION_ACCEPTED,
         result_type=RegistrationAccepted,
+        response=response,
     )
     reply.raise_if_refused()  # a taken email: 409
     if reply.answer is None:  # the same Idempotency-Key as a registration that already ended

@@ -20,7 +20,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import SearchAttributePair
@@ -177,6 +177,7 @@ def _answer(outcome: SignupOutcome, token: str) -> SignupResponse:
     responses=problem_responses(400, 402, 409, 413, 415, 422, 503),
 )
 async def signup(
+    response: Response,
     body: SignupRequest,
     settings: SettingsDep,
     redis: RedisDep,
@@ -231,6 +232,7 @@ async def signup(
             key,
             update=UPDATE_SIGNUP_OUTCOME,
             result_type=SignupOutcome,
+            response=response,
         )
     except Problem as exc:
         if exc.kind is not WORKFLOW_ENGINE_UNAVAILABLE:

@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, status
+from fastapi import APIRouter, Depends, Path, Response, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -209,6 +209,7 @@ def _invoice_view(row: Invoice) -> InvoiceView:
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
 )
 async def subscribe(
+    response: Response,
     tenant_id: TenantIdPath,
     body: SubscribeRequest,
     manager: TenantManager,
@@ -264,6 +265,7 @@ async def subscribe(
         key,
         update=UPDATE_SUBSCRIPTION_ACCEPTED,
         result_type=SubscriptionState,
+        response=response,
     )
     reply.raise_if_refused()  # a second live subscription: 409
     if reply.answer is not None:

@@ -11,7 +11,7 @@ import logging
 import uuid
 from datetime import timedelta
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Response, status
 from sqlmodel import col, select
 from temporalio.common import SearchAttributePair
 
@@ -75,6 +75,7 @@ def _accepted(tenant_id: uuid.UUID, workflow_id: str, state: str) -> TenantAccep
     responses=problem_responses(400, 401, 409, 413, 415, 422, 503),
 )
 async def create_tenant(
+    response: Response,
     body: CreateTenantRequest,
     caller: CurrentUser,
     engine: DbDep,
@@ -114,6 +115,7 @@ async def create_tenant(
         key,
         update=UPDATE_TENANT_ACCEPTED,
         result_type=TenantAccepted,
+        response=response,
     )
     reply.raise_if_refused()  # a taken slug: 409
     if reply.answer is not None:

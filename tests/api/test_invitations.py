@@ -189,6 +189,7 @@ async def test_idempotency_key_sends_one_invitation(api, app_engine, services):
     first = await api.post(f"/v1/tenants/{tid}/invitations", json=body, headers=headers)
     assert first.status_code == 202, first.text
     iid = first.json()["invitation_id"]
+    assert first.headers["Location"] == f"/v1/tenants/{tid}/invitations/{iid}"
     await emailed_invitation_token(services.maildir, iid)
     again = await api.post(f"/v1/tenants/{tid}/invitations", json=body, headers=headers)
     assert again.status_code == 202 and again.json()["invitation_id"] == iid and again.json()["status"] == "pending"

@@ -25,6 +25,8 @@ async def _register(api, email: str, key: str | None = None, display_name: str |
         body["display_name"] = display_name
     response = await api.post("/v1/auth/register", json=body, headers={"Idempotency-Key": key} if key else {})
     assert response.status_code == status, response.text
+    if status == 202:  # where the caller follows the saga it started
+        assert response.headers["Location"] == f"/v1/workflows/{response.json()['workflow_id']}"
     return response.json()
 
 

@@ -339,6 +339,7 @@ async def test_subscribe_with_an_idempotency_key_replays_and_refuses_another_bod
     again = await api.post(url, json=body, headers={**owner.headers, **key})
     assert again.status_code == 202, again.text
     assert again.json()["subscription_id"] == first.json()["subscription_id"]  # the same one, not a 409
+    assert first.headers["Location"] == f"{url}/{first.json()['subscription_id']}" == again.headers["Location"]
     other = await api.post(url, json={**body, "plan": "starter-monthly"}, headers={**owner.headers, **key})
     assert_problem(other, 422, "idempotency-key-reused")
     sub_id = first.json()["subscription_id"]

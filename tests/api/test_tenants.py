@@ -158,6 +158,7 @@ async def test_idempotency_key_returns_the_same_tenant(api, app_engine):
     again = await api.post("/v1/tenants", json=body, headers={**owner.headers, "Idempotency-Key": key})
     assert first.status_code == again.status_code == 202, again.text
     assert first.json()["tenant_id"] == again.json()["tenant_id"]
+    assert first.headers["Location"] == again.headers["Location"] == f"/v1/tenants/{first.json()['tenant_id']}"
     await wait_for_tenant(api, owner, first.json()["tenant_id"])
     after = await api.post("/v1/tenants", json=body, headers={**owner.headers, "Idempotency-Key": key})
     assert after.status_code == 202 and after.json()["status"] == "active"
