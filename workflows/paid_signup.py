@@ -76,6 +76,8 @@ class PaidSignupWorkflow:
     async def run(self, params: PaidSignupInput) -> SignupOutcome:
         try:
             return await self._signup()
+        except GeneratorExit:
+            raise  # the worker is dropping this workflow from memory: not a failure (see Saga.run)
         except BaseException as err:
             if self.outcome is not None:  # rejected before anything was created: nothing to undo
                 raise

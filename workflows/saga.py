@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
@@ -249,6 +249,10 @@ class Saga:
         """
         try:
             result = await body()
+        except GeneratorExit:
+            # The worker is dropping this workflow from memory (evicted, shutting down): not a failure. Nothing
+            # may be started here; the saga carries on from its history wherever it is replayed.
+            raise
         except BaseException as err:
             self.state.error = describe_error(err)
             await self.compensate("compensated")
@@ -271,14 +275,22 @@ class Saga:
 
     async def compensate(self, final_status: SagaStatusValue) -> None:
         """Run every registered compensation in reverse; cancellation cannot interrupt it."""
-        task = asyncio.ensure_future(self._compensate_all(final_status))
+        await self._shielded(lambda: self._compensate_all(final_status))
+
+    async def _shielded(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run `work` to its end even if the workflow is cancelled meanwhile (again)."""
+        coro = work()
+        try:
+            task = asyncio.ensure_future(coro)
+        except BaseException:
+            coro.close()  # no task could take it (the workflow is being evicted): never leave it un-awaited
+            raise
         while not task.done():
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
-                # The workflow was cancelled (again): the unwind must still finish.
                 continue
-        task.result()
+        return task.result()
 
     async def _compensate_all(self, final_status: SagaStatusValue) -> None:
         self.set_status("compensating", details="running compensations in reverse order")
