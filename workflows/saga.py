@@ -5,6 +5,9 @@
   compensation is an activity, or cancelling the child and waiting for its own unwind.
 - On failure or cancellation the compensations run in reverse order, shielded from cancellation, each
   with its own retry policy; every outcome is recorded in the queryable `SagaState`.
+- The pivot is the saga's point of no return (e.g. a payment that succeeded): the compensations registered
+  before it are dropped, the steps after it only move forward (shielded from cancellation), and whatever
+  cannot be taken back (an email) is done only after it.
 - A compensation that still fails after its retries parks the saga in `awaiting_operator` until an
   operator sends the `operator_decision` signal (retry or skip). Nothing is swallowed silently: a
   compensation is recorded `done` only when it returned.
@@ -240,6 +243,22 @@ class Saga:
         except asyncio.CancelledError:
             pass  # it closed by itself as the cancel was sent (completed, or failed and unwound)
 
+    # --- the pivot ---
+
+    def pivot(self, step: str) -> None:
+        """`step` was the point of no return: from here the saga no longer unwinds. The compensations registered
+        so far will never run (recorded `not_needed`); what follows must be retried until it succeeds, and is
+        the place for what cannot be taken back (emails)."""
+        for comp in self._compensations:
+            comp.record.status = "not_needed"
+        self._compensations.clear()
+        self.state.pivot = step
+
+    async def forward(self, body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run steps after the pivot to their end: a cancellation meanwhile is not an unwind any more."""
+        assert self.state.pivot is not None, "forward() is for the steps after the pivot"
+        return await self._shielded(body)
+
     # --- unwinding ---
 
     async def run(self, body: Callable[[], Awaitable[T]]) -> T:
@@ -274,7 +293,10 @@ class Saga:
         raise error
 
     async def compensate(self, final_status: SagaStatusValue) -> None:
-        """Run every registered compensation in reverse; cancellation cannot interrupt it."""
+        """Run every registered compensation in reverse; cancellation cannot interrupt it. Past the pivot there
+        is nothing left to undo: the saga ends `failed`."""
+        if self.state.pivot is not None:
+            final_status = "failed"
         await self._shielded(lambda: self._compensate_all(final_status))
 
     async def _shielded(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
