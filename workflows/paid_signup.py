@@ -145,7 +145,13 @@ class PaidSignupWorkflow:
             id=registration_workflow_id(p.user_id),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             parent_close_policy=ParentClosePolicy.ABANDON,
-            search_attributes=TypedSearchAttributes([SearchAttributePair(SA_USER_ID, str(p.user_id))]),
+            # TenantId too: the user is created for this tenant (and its verification email inherits it)
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
+                    SearchAttributePair(SA_USER_ID, str(p.user_id)),
+                ]
+            ),
             static_summary=f"Registration of user {p.user_id} (paid sign-up {self._wid()})",
             cancel_on_unwind=True,
         )

@@ -33,6 +33,7 @@ from models.names import (
     QUERY_SAGA_STATE,
     QUERY_SIGNUP_OUTCOME,
     QUERY_SUBSCRIPTION_STATE,
+    SA_TENANT_ID,
     SIGNAL_OPERATOR_DECISION,
     SIGNAL_VERIFY_EMAIL,
     UPDATE_CANCEL_SUBSCRIPTION,
@@ -252,6 +253,7 @@ async def test_a_paid_signup_sends_the_verification_and_welcome_emails_after_the
         await wait_for(registration, lambda s: s.step == "await_verification")
         emails = await emails_started(client, params)
         welcome_email = await client.get_workflow_handle(welcome).describe()
+        verify_email = await client.get_workflow_handle(verify).describe()
         history = [e async for e in handle.fetch_history_events()]
         # tidy up: the registration and the subscription would run on
         await registration.cancel()
@@ -263,6 +265,9 @@ async def test_a_paid_signup_sends_the_verification_and_welcome_emails_after_the
     assert sorted(emails) == sorted([verify, welcome, receipt])
     # the welcome email is the tenant's, started by the sign-up (the tenant saga held it), with its TenantId
     assert welcome_email.parent_id == handle.id and welcome_email.workflow_type == EMAIL_DELIVERY_WORKFLOW
+    # both belong to the tenant: the verification email inherits TenantId from the sign-up's registration
+    for email in (welcome_email, verify_email):
+        assert email.typed_search_attributes.get(SA_TENANT_ID) == str(params.tenant_id)
     # both go out after the first payment's cycle completed (paid)
     paid = next(
         i

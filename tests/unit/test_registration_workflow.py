@@ -85,7 +85,8 @@ async def email_started(client: Client, handle: WorkflowHandle) -> bool:
     return True
 
 
-async def test_a_held_verification_email_waits_for_the_go_ahead(ts_client, task_queue):
+async def test_a_held_verification_email_waits_for_the_go_ahead(own_ts_client, task_queue):
+    ts_client = own_ts_client
     """Started with `hold_verification_email` (as a paid sign-up does), nothing is emailed before the signal."""
     fake = FakeUsers()
     async with worker(ts_client, task_queue, fake):
@@ -103,7 +104,8 @@ async def test_a_held_verification_email_waits_for_the_go_ahead(ts_client, task_
     assert not sent_early and sent and result.status == "verified"
 
 
-async def test_a_held_verification_email_never_released_expires_without_emailing(ts_client, task_queue):
+async def test_a_held_verification_email_never_released_expires_without_emailing(own_ts_client, task_queue):
+    ts_client = own_ts_client
     fake = FakeUsers()
     async with worker(ts_client, task_queue, fake):
         handle = await start(

@@ -72,7 +72,8 @@ def tenant_input() -> TenantProvisioningInput:
     )
 
 
-async def test_provisioning_runs_every_step_in_order(ts_client, task_queue):
+async def test_provisioning_runs_every_step_in_order(own_ts_client, task_queue):
+    ts_client = own_ts_client
     world = FakeTenantWorld()
     async with worker(ts_client, task_queue, world):
         params = tenant_input()
@@ -106,8 +107,9 @@ async def welcome_started(client: Client, params: TenantProvisioningInput) -> bo
 
 @pytest.mark.parametrize("send_welcome_email", [True, False])
 async def test_the_welcome_email_goes_only_once_the_tenant_is_active_and_only_if_asked(
-    ts_client, task_queue, send_welcome_email
+    own_ts_client, task_queue, send_welcome_email
 ):
+    ts_client = own_ts_client
     async with worker(ts_client, task_queue, FakeTenantWorld()):
         params = tenant_input().model_copy(update={"send_welcome_email": send_welcome_email})
         handle = await ts_client.start_workflow(
