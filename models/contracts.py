@@ -43,6 +43,7 @@ class SagaState(BaseModel):
     waiting_for: str | None = None
     error: str | None = None
     updated_at: datetime | None = None
+    pivot: str | None = None  # the step after which the saga no longer unwinds, once passed
 
 
 class OperatorDecision(BaseModel):
@@ -61,6 +62,9 @@ class RegistrationInput(BaseModel):
     display_name: str | None = None
     password_hash: str  # argon2id, computed by the API before the workflow starts
     verification_timeout_seconds: int = 24 * 3600
+    # Started by a paid sign-up: the verification email waits for the parent's `send_verification_email`
+    # signal (its first payment succeeded), so a declined sign-up never emailed anyone.
+    hold_verification_email: bool = False
 
 
 class RegistrationAccepted(BaseModel):
@@ -121,6 +125,8 @@ class TenantProvisioningInput(BaseModel):
     owner_user_id: uuid.UUID
     billing_email: str | None = None
     currency: str = "eur"
+    # False when a paid sign-up provisions the tenant: it sends the welcome email itself, after its pivot.
+    send_welcome_email: bool = True
 
 
 class TenantAccepted(BaseModel):

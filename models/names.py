@@ -18,6 +18,8 @@ SIGNAL_OPERATOR_DECISION = "operator_decision"
 REGISTRATION_WORKFLOW = "Registration"
 UPDATE_REGISTRATION_ACCEPTED = "accepted"
 SIGNAL_VERIFY_EMAIL = "verify_email"
+# a paid sign-up → its registration, once past its pivot (the first payment): send the held verification email
+SIGNAL_SEND_VERIFICATION_EMAIL = "send_verification_email"
 
 # Custom search attributes; defined for every server in temporal-config/search-attributes.json.
 SA_TENANT_ID = SearchAttributeKey.for_keyword("TenantId")

@@ -26,8 +26,7 @@ def custom_search_attributes() -> list[SearchAttributeKey]:
     return [SearchAttributeKey.for_keyword(name) for name in spec]
 
 
-@pytest.fixture(scope="session")
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+async def start_time_skipping() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(BIN_DIR / "temporal-test-server"),
@@ -39,7 +38,22 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
             search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in custom_search_attributes()},
         )
     )
+    return env
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_time_skipping()
     yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+async def own_ts_client() -> AsyncIterator[Client]:
+    """A time-skipping server of the test's own (it starts in ~0.1 s), for a saga whose abandoned child (an email)
+    closes after it: the test server then stops skipping time for good, which must not reach other tests."""
+    env = await start_time_skipping()
+    yield env.client
     await env.shutdown()
 
 

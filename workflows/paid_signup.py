@@ -1,7 +1,8 @@
 """Paid sign-up: `signup-{user_id}` — the seed's distributed transaction (user + tenant + first payment).
 
 One parent saga over three child workflows (Registration, TenantProvisioning, BillingCycle), then the
-Subscription; the README's "Paid sign-up" table lists each step and what undoes it.
+Subscription; the README's "Paid sign-up" table lists each step and what undoes it. The first payment is the
+pivot: the children hold their emails (verification, welcome) and this saga releases them once it is paid.
 
 A declined first payment, a failure of any child or a cancellation unwinds everything; a taken email ends the
 saga before anything exists, a taken slug unwinds the registration. The `outcome` update answers once the saga
@@ -29,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
         BillingCycleResult,
         CycleStatusChanged,
         PeriodPayment,
-        RefundPayment,
         SetSubscriptionStatus,
         SubscriptionInput,
         SubscriptionState,
@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         SA_USER_ID,
         SIGNAL_BILLING_CYCLE_STATUS,
         SIGNAL_REGISTRATION_PROGRESS,
+        SIGNAL_SEND_VERIFICATION_EMAIL,
         SUBSCRIPTION_WORKFLOW,
         TENANT_PROVISIONING_WORKFLOW,
         UPDATE_SIGNUP_OUTCOME,
@@ -55,7 +56,9 @@ with workflow.unsafe.imports_passed_through():
         tenant_workflow_id,
     )
     from models.signup_contracts import DiscardTenant, PaidSignupInput, RegistrationProgress, SignupOutcome
+    from workflows.email_delivery import start_email
     from workflows.saga import Saga, describe_error
+    from workflows.tenant_provisioning import welcome_email
 
 MAX_REASON = 300
 
@@ -76,6 +79,8 @@ class PaidSignupWorkflow:
     async def run(self, params: PaidSignupInput) -> SignupOutcome:
         try:
             return await self._signup()
+        except GeneratorExit:
+            raise  # the worker is dropping this workflow from memory: not a failure (see Saga.run)
         except BaseException as err:
             if self.outcome is not None:  # rejected before anything was created: nothing to undo
                 raise
@@ -103,8 +108,15 @@ class PaidSignupWorkflow:
         now = workflow.now()
         seed: SubscriptionState | None = None
         if p.plan.trial_days == 0:
-            seed = await self._first_payment(now, advance(now, p.plan, 1))
-        await self._start_subscription(seed)
+            paid = seed = await self._first_payment(now, advance(now, p.plan, 1))
+            # Paid: the sign-up is not unwound any more. The rest is retried until it succeeds.
+            self.saga.pivot("first_payment")
+            await self.saga.forward(lambda: self._start_subscription(paid))
+        else:
+            await self._start_subscription(None)
+            self.saga.pivot("start_subscription")  # nothing to pay: the started trial is the point of no return
+        # Only now does the customer hear from us: a declined or unwound sign-up has emailed no one.
+        await self.saga.forward(self._send_held_emails)
 
         self.outcome = self._outcome("active", subscription_status="active" if seed else "trialing")
         self.saga.complete(
@@ -118,8 +130,7 @@ class PaidSignupWorkflow:
         p = self.params
         # ABANDON: on success the registration outlives this saga (it waits for the email verification); the
         # unwind cancels it explicitly and waits for its own compensation (pending user deleted, token revoked).
-        # Should it have completed meanwhile (the user verified before a later step failed), the account stays,
-        # without a tenant.
+        # It holds its verification email until this saga is paid, so it cannot complete before then.
         self.registration = await self.saga.start_child(
             "register_user",
             REGISTRATION_WORKFLOW,
@@ -129,11 +140,18 @@ class PaidSignupWorkflow:
                 display_name=p.display_name,
                 password_hash=p.password_hash,
                 verification_timeout_seconds=p.verification_timeout_seconds,
+                hold_verification_email=True,
             ),
             id=registration_workflow_id(p.user_id),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             parent_close_policy=ParentClosePolicy.ABANDON,
-            search_attributes=TypedSearchAttributes([SearchAttributePair(SA_USER_ID, str(p.user_id))]),
+            # TenantId too: the user is created for this tenant (and its verification email inherits it)
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SA_TENANT_ID, str(p.tenant_id)),
+                    SearchAttributePair(SA_USER_ID, str(p.user_id)),
+                ]
+            ),
             static_summary=f"Registration of user {p.user_id} (paid sign-up {self._wid()})",
             cancel_on_unwind=True,
         )
@@ -176,6 +194,7 @@ class PaidSignupWorkflow:
                     owner_user_id=p.user_id,
                     billing_email=p.email,
                     currency=p.plan.currency,
+                    send_welcome_email=False,
                 ),
                 compensation=(
                     act.DISCARD_TENANT,
@@ -247,17 +266,6 @@ class PaidSignupWorkflow:
                 "the first payment was declined", result.decline_code, type=PAYMENT_DECLINED, non_retryable=True
             )
         self.saga.step_done("first_payment")
-        # Only if a later step fails: the cycle has closed, so its own refund compensation is gone.
-        self.saga.add_compensation(
-            "first_payment",
-            act.REFUND_PAYMENT,
-            RefundPayment(
-                idempotency_key=f"{wid}:refund",
-                tenant_id=p.tenant_id,
-                payment_intent_ids=[result.payment_intent_id],
-                reason="paid sign-up unwound after the first payment",
-            ),
-        )
         return SubscriptionState(
             subscription_id=p.subscription_id,
             tenant_id=p.tenant_id,
@@ -327,10 +335,23 @@ class PaidSignupWorkflow:
             pass  # started by an earlier run of this saga (a reset): it is the same subscription
         self.saga.step_done("start_subscription")
 
+    async def _send_held_emails(self) -> None:
+        """The emails the children held back: the registration's verification email (it is told to send it) and
+        the tenant's welcome email (sent from here, under the message id the tenant saga would have used)."""
+        p, registration = self.params, self.registration
+        assert registration is not None, "the registration child started first"
+        self.saga.set_status("running", step="send_verification_email", details="telling the registration to send")
+        try:
+            await registration.signal(SIGNAL_SEND_VERIFICATION_EMAIL)
+        except Exception:  # it ended (expired or was cancelled by hand): there is no token left to send
+            workflow.logger.warning("registration %s did not take the send_verification_email signal", registration.id)
+        self.saga.step_done("send_verification_email")
+        await start_email(self.saga, "send_welcome_email", welcome_email(p.tenant_id, p.user_id))
+
     # --- unwinding ---
 
     async def _unwind(self, err: BaseException) -> None:
-        """Compensations in reverse (refund, Stripe customer, tenant, the registration); cancellation cannot
+        """Compensations in reverse (Stripe customer, tenant, the registration); cancellation cannot
         interrupt it. The outcome is set once everything is undone."""
         self.saga.state.error = describe_error(failure_cause(err))[:MAX_REASON]
         await self.saga.compensate("compensated")

@@ -1,12 +1,15 @@
 """Registration saga: pending user → verification token → verification email → wait → activate.
 
 The password reaches this workflow only as an argon2 hash; the verification token never does (only its id).
+Started by a paid sign-up, it holds the verification email until the parent's `send_verification_email`
+signal (the sign-up's first payment succeeded), so a declined sign-up emails no one.
 Expiry or cancellation compensates: revoke the token, delete the pending user (which releases the email).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -30,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from models.names import (
         REGISTRATION_WORKFLOW,
         SIGNAL_REGISTRATION_PROGRESS,
+        SIGNAL_SEND_VERIFICATION_EMAIL,
         SIGNAL_VERIFY_EMAIL,
         UPDATE_REGISTRATION_ACCEPTED,
         email_message_id,
@@ -49,6 +53,7 @@ class RegistrationWorkflow:
         self.rejection: ApplicationError | None = None
         self.token_id: uuid.UUID | None = None
         self.verified_token: uuid.UUID | None = None
+        self.email_released = False
 
     @workflow.run
     async def run(self, params: RegistrationInput) -> RegistrationResult:
@@ -87,15 +92,29 @@ class RegistrationWorkflow:
         params = self.params
         # Inside the saga body: a cancellation while the parent is told still unwinds the pending user.
         await self._tell_parent("user_created")
-        timeout = timedelta(seconds=params.verification_timeout_seconds)
+        window = timedelta(seconds=params.verification_timeout_seconds)
         token_id = workflow.uuid4()
         self.token_id = token_id
+        expires_at = workflow.now() + window
         await self.saga.step(
             "issue_verification_token",
             act.ISSUE_VERIFICATION_TOKEN,
-            IssueVerificationToken(user_id=params.user_id, token_id=token_id, expires_at=workflow.now() + timeout),
+            IssueVerificationToken(user_id=params.user_id, token_id=token_id, expires_at=expires_at),
             compensation=(act.REVOKE_VERIFICATION_TOKEN, TokenRef(token_id=token_id)),
         )
+        if params.hold_verification_email:
+            # The hold counts against the token's lifetime: the user gets what is left of it.
+            self.saga.set_status(
+                "waiting",
+                step="await_parent_pivot",
+                waiting_for=(
+                    f"the parent's '{SIGNAL_SEND_VERIFICATION_EMAIL}' signal (its first payment) before the "
+                    f"verification email, until {expires_at.isoformat(timespec='seconds')}"
+                ),
+            )
+            if not await self._wait(lambda: self.email_released, expires_at - workflow.now()):
+                return await self._expire()
+            window = expires_at - workflow.now()
         wid = workflow.info().workflow_id
         await start_email(
             self.saga,
@@ -108,26 +127,40 @@ class RegistrationWorkflow:
             ),
         )
 
-        deadline = workflow.now() + timeout
+        deadline = workflow.now() + window
         self.saga.set_status(
             "waiting",
             step="await_verification",
             waiting_for=f"email verification until {deadline.isoformat(timespec='seconds')}",
         )
-        try:
-            await workflow.wait_condition(lambda: self.verified_token == token_id, timeout=timeout)
-        except TimeoutError:
-            await workflow.wait_condition(workflow.all_handlers_finished)
-            await self.saga.compensate("expired")
-            return RegistrationResult(user_id=params.user_id, status="expired")
+        if not await self._wait(lambda: self.verified_token == token_id, window):
+            return await self._expire()
 
         await self.saga.step(
             "activate_user",
             act.ACTIVATE_USER,
             ActivateUser(user_id=params.user_id, token_id=token_id, workflow_id=workflow.info().workflow_id),
         )
+        self.saga.pivot("activate_user")
         self.saga.complete("user verified and active")
         return RegistrationResult(user_id=params.user_id, status="verified")
+
+    async def _wait(self, condition: Callable[[], bool], timeout: timedelta) -> bool:
+        """Wait for `condition` at most `timeout`; False once the time is up."""
+        if condition():
+            return True
+        if timeout <= timedelta(0):
+            return False
+        try:
+            await workflow.wait_condition(condition, timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _expire(self) -> RegistrationResult:
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self.saga.compensate("expired")
+        return RegistrationResult(user_id=self.params.user_id, status="expired")
 
     async def _tell_parent(self, status: str, error_type: str | None = None) -> None:
         """A registration started by a paid sign-up tells its parent as soon as the pending user exists (the
@@ -155,3 +188,8 @@ class RegistrationWorkflow:
     def verify_email(self, signal: VerifyEmail) -> None:
         # A token for another registration (or an old one) is ignored: the API checked it exists.
         self.verified_token = signal.token_id
+
+    @workflow.signal(name=SIGNAL_SEND_VERIFICATION_EMAIL)
+    def send_verification_email(self) -> None:
+        """A held verification email may go: the parent passed its pivot (only waited for when held)."""
+        self.email_released = True

@@ -5,6 +5,9 @@
   compensation is an activity, or cancelling the child and waiting for its own unwind.
 - On failure or cancellation the compensations run in reverse order, shielded from cancellation, each
   with its own retry policy; every outcome is recorded in the queryable `SagaState`.
+- The pivot is the saga's point of no return (e.g. a payment that succeeded): the compensations registered
+  before it are dropped, the steps after it only move forward (shielded from cancellation), and whatever
+  cannot be taken back (an email) is done only after it.
 - A compensation that still fails after its retries parks the saga in `awaiting_operator` until an
   operator sends the `operator_decision` signal (retry or skip). Nothing is swallowed silently: a
   compensation is recorded `done` only when it returned.
@@ -13,7 +16,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
@@ -240,6 +243,22 @@ class Saga:
         except asyncio.CancelledError:
             pass  # it closed by itself as the cancel was sent (completed, or failed and unwound)
 
+    # --- the pivot ---
+
+    def pivot(self, step: str) -> None:
+        """`step` was the point of no return: from here the saga no longer unwinds. The compensations registered
+        so far will never run (recorded `not_needed`); what follows must be retried until it succeeds, and is
+        the place for what cannot be taken back (emails)."""
+        for comp in self._compensations:
+            comp.record.status = "not_needed"
+        self._compensations.clear()
+        self.state.pivot = step
+
+    async def forward(self, body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run steps after the pivot to their end: a cancellation meanwhile is not an unwind any more."""
+        assert self.state.pivot is not None, "forward() is for the steps after the pivot"
+        return await self._shielded(body)
+
     # --- unwinding ---
 
     async def run(self, body: Callable[[], Awaitable[T]]) -> T:
@@ -249,6 +268,10 @@ class Saga:
         """
         try:
             result = await body()
+        except GeneratorExit:
+            # The worker is dropping this workflow from memory (evicted, shutting down): not a failure. Nothing
+            # may be started here; the saga carries on from its history wherever it is replayed.
+            raise
         except BaseException as err:
             self.state.error = describe_error(err)
             await self.compensate("compensated")
@@ -270,15 +293,26 @@ class Saga:
         raise error
 
     async def compensate(self, final_status: SagaStatusValue) -> None:
-        """Run every registered compensation in reverse; cancellation cannot interrupt it."""
-        task = asyncio.ensure_future(self._compensate_all(final_status))
+        """Run every registered compensation in reverse; cancellation cannot interrupt it. Past the pivot there
+        is nothing left to undo: the saga ends `failed`."""
+        if self.state.pivot is not None:
+            final_status = "failed"
+        await self._shielded(lambda: self._compensate_all(final_status))
+
+    async def _shielded(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run `work` to its end even if the workflow is cancelled meanwhile (again)."""
+        coro = work()
+        try:
+            task = asyncio.ensure_future(coro)
+        except BaseException:
+            coro.close()  # no task could take it (the workflow is being evicted): never leave it un-awaited
+            raise
         while not task.done():
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
-                # The workflow was cancelled (again): the unwind must still finish.
                 continue
-        task.result()
+        return task.result()
 
     async def _compensate_all(self, final_status: SagaStatusValue) -> None:
         self.set_status("compensating", details="running compensations in reverse order")

@@ -1,12 +1,14 @@
 """Tenant provisioning saga: tenant row → owner membership → Stripe customer → billing config → default
-settings → welcome email → active.
+settings → active (the pivot) → welcome email.
 
-Any failure (including a permanent Stripe error) or a cancellation unwinds what was done, in reverse:
+Any failure before activation (including a permanent Stripe error) or a cancellation unwinds what was done, in reverse:
 settings and billing config removed, Stripe customer deleted, membership removed, tenant marked `failed`
 with the reason. A taken slug ends the saga at once, before anything was created (a synchronous 409).
 """
 
 from __future__ import annotations
+
+import uuid
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -30,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         TENANT_PROVISIONING_WORKFLOW,
         UPDATE_TENANT_ACCEPTED,
         email_message_id,
+        tenant_workflow_id,
     )
     from workflows.email_delivery import start_email
     from workflows.saga import Saga
@@ -113,17 +116,14 @@ class TenantProvisioningWorkflow:
             tenant,
             compensation=(act.REMOVE_DEFAULT_SETTINGS, tenant),
         )
-        await start_email(
-            self.saga,
-            "send_welcome_email",
-            EmailRequest(
-                message_id=email_message_id(wid, "welcome"),
-                template="welcome",
-                tenant_id=p.tenant_id,
-                to_user_id=p.owner_user_id,
-            ),
-        )
         await self.saga.step("activate_tenant", act.ACTIVATE_TENANT, tenant)
+        # Active: nothing unwinds the tenant any more, so the welcome email (which cannot be taken back) goes now.
+        # A paid sign-up sends it itself, once its own pivot (the first payment) has passed.
+        self.saga.pivot("activate_tenant")
+        if p.send_welcome_email:
+            await self.saga.forward(
+                lambda: start_email(self.saga, "send_welcome_email", welcome_email(p.tenant_id, p.owner_user_id))
+            )
         self.saga.complete("tenant active")
         return TenantProvisioningResult(tenant_id=p.tenant_id, status="active", stripe_customer_id=customer.customer_id)
 
@@ -141,3 +141,13 @@ class TenantProvisioningWorkflow:
         if self.rejection is not None:
             raise self.rejection
         return TenantAccepted(tenant_id=self.params.tenant_id, status="provisioning")
+
+
+def welcome_email(tenant_id: uuid.UUID, owner_user_id: uuid.UUID) -> EmailRequest:
+    """The welcome email of a new tenant; its message id comes from the provisioning saga's id, whoever sends it."""
+    return EmailRequest(
+        message_id=email_message_id(tenant_workflow_id(tenant_id), "welcome"),
+        template="welcome",
+        tenant_id=tenant_id,
+        to_user_id=owner_user_id,
+    )

@@ -5,6 +5,7 @@ The 60-second dev plan has no trial, so the sign-up charges its first period at 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -20,6 +21,7 @@ from models.names import (
     subscription_workflow_id,
     tenant_workflow_id,
 )
+from prognet_dev import read_messages
 from prognet_dev.stripe_sandbox import SandboxAdmin
 from tests.api.conftest import (
     PASSWORD,
@@ -56,6 +58,16 @@ def _body(**changes) -> dict:
     }
 
 
+async def _mail_to(services, address: str, count: int, timeout: float) -> list:
+    """The messages in the SMTP sink's Maildir addressed to `address`, once there are `count` (or time is up)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = [m for m in read_messages(services.maildir) if address.lower() in str(m.get("To", "")).lower()]
+        if len(found) >= count or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.2)
+
+
 async def _left_behind(db: asyncpg.Connection, stripe: SandboxAdmin, body: dict, answer: dict) -> dict:
     tenant_id = uuid.UUID(answer["tenant_id"]) if "tenant_id" in answer else None
     customers = [
@@ -71,7 +83,7 @@ async def _left_behind(db: asyncpg.Connection, stripe: SandboxAdmin, body: dict,
 
 
 async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_verifies_to_log_in(
-    api, temporal_app, temporal_client: Client, owner_db, stripe
+    api, temporal_app, temporal_client: Client, owner_db, stripe, services
 ):
     body = _body()
     response = await api.post("/v1/signup", json=body, headers={"Idempotency-Key": f"signup-{uuid.uuid4()}"})
@@ -111,6 +123,9 @@ async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_v
     assert (await api.get(f"/v1/signup/{wid}", params={"status_token": status_token})).json()["status"] == "active"
     by_header = await api.get(f"/v1/signup/{wid}", headers={"Signup-Status-Token": status_token})
     assert by_header.json()["status"] == "active"
+    # paid: the verification and welcome emails went out (each carries the tenant's id for operators)
+    subjects = sorted(str(m["Subject"]) for m in await _mail_to(services, body["email"], 2, timeout=30))
+    assert len(subjects) == 2 and any("Acme Labs" in s for s in subjects), subjects
 
     # the same Idempotency-Key and body: the same answer, nothing new
     again = await api.post(
@@ -149,7 +164,7 @@ async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_v
     [("pm_card_chargeDeclined", "generic_decline"), ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds")],
 )
 async def test_a_declined_first_payment_leaves_nothing_behind(
-    api, temporal_client: Client, owner_db, stripe, card, code
+    api, temporal_client: Client, owner_db, stripe, services, card, code
 ):
     body = _body(payment_method=card)
     response = await api.post("/v1/signup", json=body)
@@ -174,6 +189,12 @@ async def test_a_declined_first_payment_leaves_nothing_behind(
     assert registration.status == WorkflowExecutionStatus.CANCELED
     tenant = await temporal_client.get_workflow_handle(tenant_workflow_id(outcome["tenant_id"])).describe()
     assert tenant.status == WorkflowExecutionStatus.COMPLETED  # it had finished; the sign-up discarded the tenant
+    # nothing was emailed: the children held their emails until the payment (the pivot), which never came
+    emails = await temporal_client.count_workflows(
+        f"WorkflowType = 'EmailDelivery' AND TenantId = '{outcome['tenant_id']}'"
+    )
+    assert emails.count == 0
+    assert await _mail_to(services, body["email"], 1, timeout=3) == []
     # the email is free again at once
     again = await api.post("/v1/auth/register", json={"email": body["email"], "password": PASSWORD})
     assert again.status_code == 202, again.text

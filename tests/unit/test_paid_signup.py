@@ -28,15 +28,19 @@ from models.billing_calendar import add_months
 from models.billing_cycle_contracts import CancelSubscription, SubscriptionState
 from models.contracts import OperatorDecision, RegistrationResult, SagaState, VerifyEmail
 from models.names import (
+    EMAIL_DELIVERY_WORKFLOW,
     EMAIL_TASK_QUEUE,
     QUERY_SAGA_STATE,
     QUERY_SIGNUP_OUTCOME,
     QUERY_SUBSCRIPTION_STATE,
+    SA_TENANT_ID,
     SIGNAL_OPERATOR_DECISION,
     SIGNAL_VERIFY_EMAIL,
     UPDATE_CANCEL_SUBSCRIPTION,
     UPDATE_SIGNUP_OUTCOME,
     billing_cycle_workflow_id,
+    email_message_id,
+    email_workflow_id,
     registration_workflow_id,
     signup_workflow_id,
     subscription_workflow_id,
@@ -48,6 +52,7 @@ from tests.conftest import BIN_DIR, custom_search_attributes
 from tests.support.fake_billing_activities import DECLINED, INSUFFICIENT, PENDING, VISA
 from tests.support.fake_email import FakeEmailDelivery
 from tests.support.fake_signup_activities import FakeSignupWorld
+from tests.support.workflows import wait_for
 from workers.main import Workers
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
@@ -194,8 +199,92 @@ async def test_a_paid_signup_creates_the_user_the_tenant_and_an_active_subscript
         "first_payment",
         "record_subscription",
         "start_subscription",
+        "send_verification_email",
+        "send_welcome_email",
     ]
+    assert saga.pivot == "first_payment"
     assert all(c.status == "not_needed" for c in saga.compensations)
+
+
+async def emails_started(client: Client, params: PaidSignupInput) -> list[str]:
+    """The EmailDelivery children the sign-up and its children started (workflow ids), from their histories."""
+    started = []
+    for wid in (
+        signup_workflow_id(params.user_id),
+        registration_workflow_id(params.user_id),
+        tenant_workflow_id(params.tenant_id),
+        billing_cycle_workflow_id(params.subscription_id, 0),
+    ):
+        if not await exists(client, wid):
+            continue
+        async for event in client.get_workflow_handle(wid).fetch_history_events():
+            if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+                attrs = event.start_child_workflow_execution_initiated_event_attributes
+                if attrs.workflow_type.name == EMAIL_DELIVERY_WORKFLOW:
+                    started.append(attrs.workflow_id)
+    return started
+
+
+@pytest.mark.parametrize("card", [DECLINED, INSUFFICIENT])
+async def test_a_declined_signup_emails_no_one(env, task_queue, card):
+    """The first payment is the pivot: the verification and welcome emails are held until it succeeded."""
+    client, world = env.client, FakeSignupWorld.create()
+    params = signup_input(payment_method=card)
+    async with workers(client, task_queue, world):
+        handle = await start(client, task_queue, params)
+        await failure_of(handle)
+        emails = await emails_started(client, params)
+        registration = await saga_state(client.get_workflow_handle(registration_workflow_id(params.user_id)))
+    assert emails == []
+    # the registration was unwound while it waited for the go-ahead, before handing its email to the pipeline
+    assert registration.status == "compensated" and registration.step == "await_parent_pivot"
+    assert "send_verification_email" not in registration.completed_steps
+
+
+async def test_a_paid_signup_sends_the_verification_and_welcome_emails_after_the_payment(env, task_queue):
+    client, world = env.client, FakeSignupWorld.create()
+    params = signup_input()
+    verify = email_workflow_id(email_message_id(registration_workflow_id(params.user_id), "verify"))
+    welcome = email_workflow_id(email_message_id(tenant_workflow_id(params.tenant_id), "welcome"))
+    async with workers(client, task_queue, world):
+        handle = await start(client, task_queue, params)
+        outcome = await handle.result()
+        registration = client.get_workflow_handle(registration_workflow_id(params.user_id))
+        await wait_for(registration, lambda s: s.step == "await_verification")
+        emails = await emails_started(client, params)
+        welcome_email = await client.get_workflow_handle(welcome).describe()
+        verify_email = await client.get_workflow_handle(verify).describe()
+        history = [e async for e in handle.fetch_history_events()]
+        # tidy up: the registration and the subscription would run on
+        await registration.cancel()
+        subscription = client.get_workflow_handle(subscription_workflow_id(params.subscription_id))
+        await subscription.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+        await subscription.result()
+    assert outcome.status == "active"
+    receipt = email_workflow_id(email_message_id(billing_cycle_workflow_id(params.subscription_id, 0), "receipt"))
+    assert sorted(emails) == sorted([verify, welcome, receipt])
+    # the welcome email is the tenant's, started by the sign-up (the tenant saga held it), with its TenantId
+    assert welcome_email.parent_id == handle.id and welcome_email.workflow_type == EMAIL_DELIVERY_WORKFLOW
+    # both belong to the tenant: the verification email inherits TenantId from the sign-up's registration
+    for email in (welcome_email, verify_email):
+        assert email.typed_search_attributes.get(SA_TENANT_ID) == str(params.tenant_id)
+    # both go out after the first payment's cycle completed (paid)
+    paid = next(
+        i
+        for i, e in enumerate(history)
+        if e.HasField("child_workflow_execution_completed_event_attributes")
+        and e.child_workflow_execution_completed_event_attributes.workflow_type.name == "BillingCycle"
+    )
+    released = next(
+        i for i, e in enumerate(history) if e.HasField("signal_external_workflow_execution_initiated_event_attributes")
+    )
+    welcomed = next(
+        i
+        for i, e in enumerate(history)
+        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+        and e.start_child_workflow_execution_initiated_event_attributes.workflow_id == welcome
+    )
+    assert paid < released < welcomed
 
 
 async def test_a_plan_with_a_trial_charges_nothing_now_and_starts_the_subscription_in_trial(env, task_queue):

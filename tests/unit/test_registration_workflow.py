@@ -9,12 +9,14 @@ from datetime import timedelta
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from models import activity_names as act
 from models.contracts import OperatorDecision, RegistrationInput, VerifyEmail
 from models.names import (
     SIGNAL_OPERATOR_DECISION,
+    SIGNAL_SEND_VERIFICATION_EMAIL,
     SIGNAL_VERIFY_EMAIL,
     email_message_id,
     email_workflow_id,
@@ -71,6 +73,49 @@ async def test_verified_registration_runs_every_step_and_no_compensation(ts_clie
     assert state.completed_steps[:3] == ["create_pending_user", "issue_verification_token", "send_verification_email"]
     assert state.status == "completed"
     assert [c.status for c in state.compensations] == ["not_needed", "not_needed"]
+
+
+async def email_started(client: Client, handle: WorkflowHandle) -> bool:
+    try:
+        await client.get_workflow_handle(email_workflow_id(email_message_id(handle.id, "verify"))).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+async def test_a_held_verification_email_waits_for_the_go_ahead(own_ts_client, task_queue):
+    ts_client = own_ts_client
+    """Started with `hold_verification_email` (as a paid sign-up does), nothing is emailed before the signal."""
+    fake = FakeUsers()
+    async with worker(ts_client, task_queue, fake):
+        handle = await start(
+            ts_client, task_queue, registration_input().model_copy(update={"hold_verification_email": True})
+        )
+        held = await wait_for(handle, lambda s: s.step == "await_parent_pivot")
+        sent_early = await email_started(ts_client, handle)
+        await handle.signal(SIGNAL_SEND_VERIFICATION_EMAIL)
+        await wait_for(handle, lambda s: s.step == "await_verification")
+        sent = await email_started(ts_client, handle)
+        await handle.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=fake.token_ids[0]))
+        result = await handle.result()
+    assert held.status == "waiting" and SIGNAL_SEND_VERIFICATION_EMAIL in held.waiting_for
+    assert not sent_early and sent and result.status == "verified"
+
+
+async def test_a_held_verification_email_never_released_expires_without_emailing(own_ts_client, task_queue):
+    ts_client = own_ts_client
+    fake = FakeUsers()
+    async with worker(ts_client, task_queue, fake):
+        handle = await start(
+            ts_client, task_queue, registration_input().model_copy(update={"hold_verification_email": True})
+        )
+        result = await handle.result()  # the time-skipping server jumps the 24 h
+        sent = await email_started(ts_client, handle)
+        state = await saga_state(handle)
+    assert result.status == "expired" and not sent
+    assert fake.calls == [*FORWARD, *UNWIND] and state.status == "expired"
 
 
 async def test_a_token_for_another_registration_does_not_verify(ts_client, task_queue):

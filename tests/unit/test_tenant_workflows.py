@@ -10,6 +10,7 @@ import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from models import activity_names as act
@@ -20,14 +21,19 @@ from models.contracts import (
     OperatorDecision,
     TenantProvisioningInput,
 )
-from models.names import SIGNAL_ACCEPT_INVITATION, SIGNAL_OPERATOR_DECISION, SIGNAL_REVOKE_INVITATION
+from models.names import (
+    SIGNAL_ACCEPT_INVITATION,
+    SIGNAL_OPERATOR_DECISION,
+    SIGNAL_REVOKE_INVITATION,
+    email_workflow_id,
+)
 from tests.support.fake_tenant_activities import FakeTenantWorld
 from tests.support.workflows import email_worker, saga_state, wait_for
 from workers.main import Workers
 from workflows.invitation import InvitationWorkflow
-from workflows.tenant_provisioning import TenantProvisioningWorkflow
+from workflows.tenant_provisioning import TenantProvisioningWorkflow, welcome_email
 
-# (the welcome email is handed to the delivery pipeline as a child workflow between settings and activation)
+# (the welcome email is handed to the delivery pipeline as a child workflow after activation, the pivot)
 FORWARD = [
     act.CREATE_TENANT,
     act.ADD_MEMBERSHIP,
@@ -66,7 +72,8 @@ def tenant_input() -> TenantProvisioningInput:
     )
 
 
-async def test_provisioning_runs_every_step_in_order(ts_client, task_queue):
+async def test_provisioning_runs_every_step_in_order(own_ts_client, task_queue):
+    ts_client = own_ts_client
     world = FakeTenantWorld()
     async with worker(ts_client, task_queue, world):
         params = tenant_input()
@@ -81,8 +88,48 @@ async def test_provisioning_runs_every_step_in_order(ts_client, task_queue):
     assert create.idempotency_key == f"tenant-{params.tenant_id}:create_stripe_customer"
     assert create.tenant_id == params.tenant_id
     assert world.args[act.ADD_MEMBERSHIP][0].role == "owner"
-    assert state.status == "completed"
+    assert state.status == "completed" and state.pivot == "activate_tenant"
+    assert state.completed_steps[-2:] == ["activate_tenant", "send_welcome_email"]
     assert all(c.status == "not_needed" for c in state.compensations)
+
+
+async def welcome_started(client: Client, params: TenantProvisioningInput) -> bool:
+    try:
+        await client.get_workflow_handle(
+            email_workflow_id(welcome_email(params.tenant_id, params.owner_user_id).message_id)
+        ).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+@pytest.mark.parametrize("send_welcome_email", [True, False])
+async def test_the_welcome_email_goes_only_once_the_tenant_is_active_and_only_if_asked(
+    own_ts_client, task_queue, send_welcome_email
+):
+    ts_client = own_ts_client
+    async with worker(ts_client, task_queue, FakeTenantWorld()):
+        params = tenant_input().model_copy(update={"send_welcome_email": send_welcome_email})
+        handle = await ts_client.start_workflow(
+            TenantProvisioningWorkflow.run, params, id=f"tenant-{params.tenant_id}", task_queue=task_queue
+        )
+        await handle.result()
+        sent = await welcome_started(ts_client, params)
+    assert sent == send_welcome_email
+
+
+async def test_a_tenant_that_fails_to_activate_sends_no_welcome_email(ts_client, task_queue):
+    async with worker(ts_client, task_queue, FakeTenantWorld(fail_step=act.ACTIVATE_TENANT)):
+        params = tenant_input()
+        handle = await ts_client.start_workflow(
+            TenantProvisioningWorkflow.run, params, id=f"tenant-{params.tenant_id}", task_queue=task_queue
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        sent = await welcome_started(ts_client, params)
+    assert not sent
 
 
 @pytest.mark.parametrize("failing", FORWARD)
