@@ -123,9 +123,12 @@ async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_v
     assert (await api.get(f"/v1/signup/{wid}", params={"status_token": status_token})).json()["status"] == "active"
     by_header = await api.get(f"/v1/signup/{wid}", headers={"Signup-Status-Token": status_token})
     assert by_header.json()["status"] == "active"
-    # paid: the verification and welcome emails went out (each carries the tenant's id for operators)
-    subjects = sorted(str(m["Subject"]) for m in await _mail_to(services, body["email"], 2, timeout=30))
-    assert len(subjects) == 2 and any("Acme Labs" in s for s in subjects), subjects
+    # paid: the verification and welcome emails went out, and the receipt (the tenant has no billing email, so
+    # it goes to the subscribing user); each carries the tenant's id for operators
+    subjects = sorted(str(m["Subject"]) for m in await _mail_to(services, body["email"], 3, timeout=30))
+    assert len(subjects) == 3, subjects
+    assert any("Acme Labs" in s for s in subjects) and any(s.startswith("Confirm") for s in subjects), subjects
+    assert any(s.startswith("Receipt") for s in subjects), subjects
 
     # the same Idempotency-Key and body: the same answer, nothing new
     again = await api.post(
