@@ -333,6 +333,12 @@ async def test_an_outage_degrades_to_503_and_loses_nothing(
     for msg in read_messages(stack.maildir):
         if msg["To"] in seen.registrations:
             messages.setdefault(msg["To"], set()).add(msg["Message-ID"])
+    # one Stripe customer per tenant, however often its provisioning step was retried
+    assert stack.stripe is not None
+    customers = Counter(c["metadata"].get("tenant_id") for c in stack.stripe.sandbox.customers())
+    assert {tenant_id: customers[tenant_id] for tenant_id, _ in seen.tenants.values()} == {
+        tenant_id: 1 for tenant_id, _ in seen.tenants.values()
+    }
     # a resend after an SMTP failure is legitimate only as the same message (same Message-ID)
     assert {to: len(ids) for to, ids in messages.items()} == dict.fromkeys(seen.registrations, 1)
 
