@@ -297,12 +297,14 @@ async def test_a_plan_with_a_trial_charges_nothing_now_and_starts_the_subscripti
             sub := await subscription.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
         ).status == "incomplete":  # until it has written its row and started the trial
             await asyncio.sleep(0.05)
-        await subscription.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
-        await subscription.result()
+        # The registration first: waiting for any result lets the test server skip time, and its 24 h
+        # verification timer would otherwise expire it before it is cancelled.
         registration = client.get_workflow_handle(registration_workflow_id(params.user_id))
         await registration.cancel()
         with pytest.raises(WorkflowFailureError):
             await registration.result()
+        await subscription.execute_update(UPDATE_CANCEL_SUBSCRIPTION, CancelSubscription(at_period_end=False))
+        await subscription.result()
     assert outcome.status == "active" and outcome.subscription_status == "trialing"
     assert sub.status == "trialing" and sub.trial_end is not None and sub.cycles_paid == 0
     assert act.ISSUE_INVOICE not in world.calls and act.CREATE_PAYMENT_INTENT not in world.calls
