@@ -45,6 +45,7 @@ class TenantProvisioningWorkflow:
         self.saga = Saga("tenant_provisioning")
         self.params = params
         self.tenant_created = False
+        self.activated = False  # the tenant row says active: past the pivot, a replayed request is told so
         self.rejection: ApplicationError | None = None
         self.customer_id: str | None = None
 
@@ -117,6 +118,7 @@ class TenantProvisioningWorkflow:
             compensation=(act.REMOVE_DEFAULT_SETTINGS, tenant),
         )
         await self.saga.step("activate_tenant", act.ACTIVATE_TENANT, tenant)
+        self.activated = True
         # Active: nothing unwinds the tenant any more, so the welcome email (which cannot be taken back) goes now.
         # A paid sign-up sends it itself, once its own pivot (the first payment) has passed.
         self.saga.pivot("activate_tenant")
@@ -140,7 +142,7 @@ class TenantProvisioningWorkflow:
         await workflow.wait_condition(lambda: self.tenant_created or self.rejection is not None)
         if self.rejection is not None:
             raise self.rejection
-        return TenantAccepted(tenant_id=self.params.tenant_id, status="provisioning")
+        return TenantAccepted(tenant_id=self.params.tenant_id, status="active" if self.activated else "provisioning")
 
 
 def welcome_email(tenant_id: uuid.UUID, owner_user_id: uuid.UUID) -> EmailRequest:
