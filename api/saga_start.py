@@ -2,7 +2,7 @@
 
 A router says what is specific to it (the workflow, its id, input and search attributes, the update that
 answers, how to render the answer); this module does the rest:
-- the `Idempotency-Key` header, and ids derived from it (`keyed_id`): a retried request finds the same saga;
+- the `Idempotency-Key` header, and ids derived from it (`RequestKey.id`): a retried request finds the same saga;
 - the start: conflict policy USE_EXISTING (a retry while the saga runs attaches to it) and reuse policy
   REJECT_DUPLICATE (a retry after it closed never starts it again), with the request's fingerprint in the
   saga's memo;
@@ -91,9 +91,15 @@ class RequestKey:
 
     value: str
     given: bool  # the caller sent it
+    kind: str = ""  # what the request starts ("register", "tenant", …)
+    scope: tuple[object, ...] = ()  # whose request it is
     recovered: bool = False  # a keyless retry of a request answered 503: the key that request had
     redis: Redis | None = None
     slot: str | None = None  # where a keyless request's key is remembered after a 503
+
+    def id(self, *part: object) -> uuid.UUID:
+        """The id this request's saga works on (`part` names one of several, e.g. a sign-up's user and tenant)."""
+        return keyed_id(self.value, self.kind, *self.scope, *part)
 
     @property
     def may_name_earlier(self) -> bool:
@@ -123,7 +129,7 @@ async def request_key(
     whose request it is (the caller); `secret` (a password) tells an identical retry from a stranger's request
     with the same visible fields, and is never stored (only an HMAC of it names the Redis slot)."""
     if idempotency_key:
-        return RequestKey(idempotency_key, given=True)
+        return RequestKey(idempotency_key, given=True, kind=kind, scope=scope)
     name = "\n".join([kind, *map(str, scope), fingerprint, secret])
     slot = RETRY_PREFIX + hmac.new(settings.derived_key("keyless-retry"), name.encode(), hashlib.sha256).hexdigest()
     try:
@@ -132,8 +138,9 @@ async def request_key(
         log.warning("keyless retry not looked up", extra={"error": type(exc).__name__})
         earlier = None
     if earlier:
-        return RequestKey(earlier.decode() if isinstance(earlier, bytes) else str(earlier), given=False, recovered=True)
-    return RequestKey(f"keyless-{uuid.uuid4()}", given=False, redis=redis, slot=slot)
+        value = earlier.decode() if isinstance(earlier, bytes) else str(earlier)
+        return RequestKey(value, given=False, kind=kind, scope=scope, recovered=True)
+    return RequestKey(f"keyless-{uuid.uuid4()}", given=False, kind=kind, scope=scope, redis=redis, slot=slot)
 
 
 @dataclass(frozen=True)

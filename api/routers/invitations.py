@@ -35,7 +35,6 @@ from api.saga_start import (
     SagaReply,
     SagaStart,
     earlier_start,
-    keyed_id,
     request_fingerprint,
     request_key,
     start_saga,
@@ -137,7 +136,7 @@ async def invite(
     key = await request_key(
         redis, settings, idempotency_key, "invitation", tenant_id, manager.user_id, fingerprint=fingerprint
     )
-    invitation_id = keyed_id(key.value, "invitation", tenant_id, manager.user_id)
+    invitation_id = key.id()
     workflow_id = invitation_workflow_id(invitation_id)
     saga = SagaStart(
         workflow=INVITATION_WORKFLOW,

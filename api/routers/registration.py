@@ -22,7 +22,7 @@ from api.problems import (
     Problem,
     problem_responses,
 )
-from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, request_key, start_saga
+from api.saga_start import IdempotencyKey, SagaStart, request_fingerprint, request_key, start_saga
 from api.schemas import (
     RegisterRequest,
     RegistrationAcceptedResponse,
@@ -86,7 +86,7 @@ async def register(
     key = await request_key(
         redis, settings, idempotency_key, "register", fingerprint=fingerprint, secret=body.password.get_secret_value()
     )
-    user_id = keyed_id(key.value, "register")
+    user_id = key.id()
     workflow_id = registration_workflow_id(user_id)
     password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
 

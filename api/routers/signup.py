@@ -32,7 +32,7 @@ from api.deps import AccessTokensDep, RedisDep, SessionsDep, SettingsDep, Tempor
 from api.jwt_tokens import InvalidAccessToken
 from api.problems import NOT_FOUND, WORKFLOW_ENGINE_UNAVAILABLE, Problem, problem_responses, refusal
 from api.routers.plans import resolve_plan
-from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, request_key, start_saga
+from api.saga_start import IdempotencyKey, SagaStart, request_fingerprint, request_key, start_saga
 from api.schemas import SignupLinks, SignupRequest, SignupResponse, SignupStatusView
 from models import errors
 from models.names import (
@@ -192,9 +192,7 @@ async def signup(
     key = await request_key(
         redis, settings, idempotency_key, "signup", fingerprint=fingerprint, secret=body.password.get_secret_value()
     )
-    user_id, tenant_id, subscription_id = (
-        keyed_id(key.value, "signup", kind) for kind in ("user", "tenant", "subscription")
-    )
+    user_id, tenant_id, subscription_id = (key.id(kind) for kind in ("user", "tenant", "subscription"))
     workflow_id = signup_workflow_id(user_id)
     password_hash = await passwords.hash_password(settings, body.password.get_secret_value())
 

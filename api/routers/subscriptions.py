@@ -38,7 +38,7 @@ from api.problems import (
     refusal,
 )
 from api.routers.plans import resolve_plan
-from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, request_key, start_saga
+from api.saga_start import IdempotencyKey, SagaStart, request_fingerprint, request_key, start_saga
 from api.schemas import PaymentMethodId, PlanId, _Request
 from api.temporal_client import answer_within
 from models.billing_cycle_contracts import (
@@ -224,7 +224,7 @@ async def subscribe(
     key = await request_key(
         redis, settings, idempotency_key, "subscription", tenant_id, manager.user_id, fingerprint=fingerprint
     )
-    subscription_id = keyed_id(key.value, "subscription", tenant_id, manager.user_id)
+    subscription_id = key.id()
     workflow_id = subscription_workflow_id(subscription_id)
     client = await temporal.get()  # with Temporal down: a 503, and nothing started
     async with transaction(engine, tenant_id=tenant_id, user_id=manager.user_id) as db:

@@ -26,7 +26,7 @@ from api.deps import (
     TenantIdPath,
 )
 from api.problems import NOT_FOUND, Problem, problem_responses
-from api.saga_start import IdempotencyKey, SagaStart, keyed_id, request_fingerprint, request_key, start_saga
+from api.saga_start import IdempotencyKey, SagaStart, request_fingerprint, request_key, start_saga
 from api.schemas import (
     CreateTenantRequest,
     TenantAcceptedResponse,
@@ -87,7 +87,7 @@ async def create_tenant(
     client = await temporal.get()
     fingerprint = request_fingerprint(body.slug, body.name)
     key = await request_key(redis, settings, idempotency_key, "tenant", caller.user_id, fingerprint=fingerprint)
-    tenant_id = keyed_id(key.value, "tenant", caller.user_id)
+    tenant_id = key.id()
     workflow_id = tenant_workflow_id(tenant_id)
     reply = await start_saga(
         client,
