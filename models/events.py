@@ -19,7 +19,14 @@ def record_event(
     *,
     tenant_id: uuid.UUID | None = None,
     workflow_id: str | None = None,
+    actor_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
+    version: int = 1,
 ) -> DomainEvent:
+    """`user_id` is the user the event concerns (their audit trail and stream); a user aggregate's own id by
+    default. `actor_id` is whoever acted, when that is a user."""
+    if user_id is None and aggregate_type == "user":
+        user_id = uuid.UUID(str(aggregate_id))
     event = DomainEvent(
         type=type,
         aggregate_type=aggregate_type,
@@ -27,6 +34,9 @@ def record_event(
         payload=payload or {},
         tenant_id=tenant_id,
         workflow_id=workflow_id,
+        actor_id=actor_id,
+        user_id=user_id,
+        version=version,
     )
     session.add(event)
     return event

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, func, text
+from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, SmallInteger, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -54,7 +54,9 @@ class VerificationToken(SQLModel, table=True):
 
 
 class DomainEvent(SQLModel, table=True):
-    """Append-only audit trail; a trigger refuses UPDATE and DELETE."""
+    """Append-only audit trail and the outbox the relay publishes from; a trigger refuses UPDATE and DELETE.
+
+    Not mapped: `txid` (xid8), the writing transaction's id, filled by the database (migration 0007)."""
 
     __tablename__ = "domain_events"
 
@@ -65,6 +67,9 @@ class DomainEvent(SQLModel, table=True):
     aggregate_id: str = Field(max_length=100, index=True)
     tenant_id: uuid.UUID | None = Field(default=None, index=True)
     workflow_id: str | None = Field(default=None, max_length=200)
+    version: int = Field(default=1, sa_column=Column(SmallInteger, nullable=False, server_default="1"))
+    actor_id: uuid.UUID | None = None  # the user who acted; None: the system (a saga step, a schedule)
+    user_id: uuid.UUID | None = None  # the user the event concerns, if any
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
     occurred_at: datetime = _ts()
 
