@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+CONNECT_TIMEOUT_SECONDS = 10
 APP_ROLE = "prognet_app"  # what the API and workers connect as: owns nothing, cannot bypass RLS
 
 _SET_CONTEXT = text(
@@ -27,6 +28,8 @@ def make_engine(database_url: str, **kwargs) -> AsyncEngine:
     # hide_parameters: a database error's text must not carry emails or password hashes into logs,
     # activity failures (workflow history, the Temporal UI) or saga failure reasons.
     kwargs.setdefault("hide_parameters", True)
+    # During an outage, fail in seconds rather than asyncpg's 60 s connect default.
+    kwargs.setdefault("connect_args", {"timeout": CONNECT_TIMEOUT_SECONDS})
     return create_async_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
 
 
