@@ -228,6 +228,10 @@ class Relay:
                 log.warning("relay: %s: %s; retrying in %.1f s", type(exc).__name__, exc, delay)
                 await _wait(stop, delay)
                 delay = min(delay * 2, 30.0)
+            except Exception:  # a process that must not die: say what happened, back off, start over
+                log.exception("relay: unexpected error; retrying in %.1f s", delay)
+                await _wait(stop, delay)
+                delay = min(delay * 2, 30.0)
             else:
                 delay = 0.5
 
