@@ -207,7 +207,8 @@ async def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(owner, se
             assert await process.wait() == -signal.SIGKILL
             process = await start_relay(services, tmp_path / "relay.log", RELAY_BATCH_SIZE="7")
         await producer
-        await eventually(lambda: _published_all(redis, produced), what="every event to be published")
+        # a restarted relay first waits out the dead leader's session: generous on a loaded machine
+        await eventually(lambda: _published_all(redis, produced), timeout=60, what="every event to be published")
         # a graceful stop after the crashes: SIGTERM, exit 0
         await eventually(lambda: _is(leader_pid(redis), process.pid), what="the restarted relay to lead")
         process.send_signal(signal.SIGTERM)
