@@ -21,10 +21,13 @@ PLATFORM = "current_setting('app.platform', true) = 'on'"
 
 def upgrade() -> None:
     # Before: every row without a tenant (every user's logins, password changes…) was visible to anyone.
+    # A transaction also sees the events it wrote itself (its own xid8, migration 0007): an INSERT … RETURNING
+    # needs that, whatever context the writer set, and it shows nothing the writer did not just write.
     op.execute("DROP POLICY tenant_read ON domain_events")
     op.execute(
         f"CREATE POLICY audit_read ON domain_events FOR SELECT USING ("
-        f"(tenant_id IS NULL AND user_id = {USER}) OR tenant_id = {TENANT} OR {PLATFORM})"
+        f"(tenant_id IS NULL AND user_id = {USER}) OR tenant_id = {TENANT} OR {PLATFORM} "
+        f"OR txid = pg_current_xact_id_if_assigned())"
     )
 
     op.create_table(
