@@ -89,7 +89,7 @@ async def test_logins_failures_locks_reuse_and_logout_are_events(client, user, e
     [revoked] = await _events(engine, user.id, "user.session_family_revoked")
     assert revoked.payload == {"session_id": session_id, "reason": "refresh_token_reused"}
 
-    assert all("@" not in str(e.payload) for e in failed + [lock, revoked])
+    assert all("@" not in str(e.payload) for e in [*failed, lock, revoked])
 
 
 async def test_logout_is_an_event(client, user, engine):
