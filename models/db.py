@@ -38,8 +38,9 @@ async def transaction(
 
     `tenant_id` makes that tenant's rows visible and writable; `user_id` additionally shows the caller's own
     memberships (and their tenants) across tenants. Without either, tenant-scoped tables look empty.
-    `platform` is for the platform's own mail and its operators: it shows every tenant's email tracking
-    (and only that: the policies of other tables ignore it).
+    `platform` is for the platform's own processes and its operators: it shows every tenant's email tracking
+    and every domain event (the policies of other tables ignore it). Without it, a domain event without a
+    tenant is visible only with `user_id` set to the user it concerns (migration 0009).
     """
     async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
         # SQLModel's `exec` takes no textual statement; the session's connection is the one in this transaction.
