@@ -14,6 +14,7 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY api ./api
 COPY workers ./workers
+COPY relay ./relay
 RUN pip install . && useradd --system --home /app prognet && mkdir -p /data && chown prognet /data
 
 USER prognet

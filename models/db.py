@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+CONNECT_TIMEOUT_SECONDS = 10
 APP_ROLE = "prognet_app"  # what the API and workers connect as: owns nothing, cannot bypass RLS
 
 _SET_CONTEXT = text(
@@ -27,6 +28,8 @@ def make_engine(database_url: str, **kwargs) -> AsyncEngine:
     # hide_parameters: a database error's text must not carry emails or password hashes into logs,
     # activity failures (workflow history, the Temporal UI) or saga failure reasons.
     kwargs.setdefault("hide_parameters", True)
+    # During an outage, fail in seconds rather than asyncpg's 60 s connect default.
+    kwargs.setdefault("connect_args", {"timeout": CONNECT_TIMEOUT_SECONDS})
     return create_async_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
 
 
@@ -38,9 +41,10 @@ async def transaction(
 
     `tenant_id` makes that tenant's rows visible and writable; `user_id` additionally shows the caller's own
     memberships (and their tenants) across tenants. Without either, tenant-scoped tables look empty.
-    `platform` is for the platform's own processes and its operators: it shows every tenant's email tracking
-    and every domain event (the policies of other tables ignore it). Without it, a domain event without a
-    tenant is visible only with `user_id` set to the user it concerns (migration 0009).
+    `platform` is for the platform's own mail and its operators: it shows every tenant's email tracking and
+    every domain event (the relay's read, migration 0008), and only that: the policies of other tables ignore it.
+    Without it, a domain event without a tenant is visible only with `user_id` set to the user it concerns
+    (the audit trail's policy, migration 0009).
     """
     async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
         # SQLModel's `exec` takes no textual statement; the session's connection is the one in this transaction.

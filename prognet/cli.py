@@ -3,6 +3,8 @@
     prognet dev          Temporal + Web UI, PostgreSQL, Redis, SMTP sink, worker and API on this machine
     prognet worker       the Temporal worker (workers.main.run_worker)
     prognet api          the HTTP API (uvicorn, api.app:create_app)
+    prognet relay        the outbox relay: domain_events → Redis Streams (relay.relay)
+    prognet events tail  print the event stream live;  prognet events catalogue  the event types (Markdown)
     prognet migrate      apply database migrations (Alembic, upgrade head)
     prognet smtp-sink    the development SMTP sink on its own
     prognet stripe-sandbox  the development Stripe sandbox on its own
@@ -186,6 +188,23 @@ def cmd_api(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         proxy_headers=True,
     )
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from relay.relay import run_relay
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)  # finish the batch in hand, release the lock, exit
+        await run_relay(settings, stop)
+
+    asyncio.run(run())
     return 0
 
 
@@ -424,6 +443,51 @@ def cmd_mail_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- events ---------------------------------------------------------------------------------------------------
+
+
+def cmd_events_tail(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.redis_url:
+        return _error("REDIS_URL is not set (under `prognet dev` it is the table's Redis address)")
+    from redis.asyncio import Redis
+
+    from relay.tail import tail
+
+    async def run() -> None:
+        redis = Redis.from_url(settings.redis_url or "", socket_connect_timeout=5)
+        try:
+            await tail(redis, tenant=args.tenant, user=args.user, types=args.type, count=args.count)
+        finally:
+            await redis.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+def cmd_events_catalogue(args: argparse.Namespace) -> int:
+    from models.event_catalogue import markdown
+
+    print(markdown())
+    return 0
+
+
+def _add_events_commands(sub) -> None:
+    """`prognet events ACTION`: one subparser per action (tail, catalogue; replay goes here too)."""
+    events = sub.add_parser("events", help="the domain event stream: tail it, list the event types")
+    actions = events.add_subparsers(dest="events_command", metavar="ACTION", required=True)
+    p = actions.add_parser("tail", help="print events live from the stream (from now on), one line each")
+    p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
+    p.add_argument("--tenant", help="only this tenant's events (its own stream)")
+    p.add_argument("--user", help="only events concerning this user (their own stream)")
+    p.add_argument("--type", action="append", help="only this event type; a glob such as 'user.*'; repeatable")
+    p.add_argument("--count", type=int, help="exit after printing this many events")
+    p.set_defaults(func=cmd_events_tail)
+    p = actions.add_parser("catalogue", help="every event type with its version and payload, as a Markdown table")
+    p.set_defaults(func=cmd_events_catalogue)
+
+
 # --- bench ----------------------------------------------------------------------------------------------------
 
 
@@ -462,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("api", cmd_api, "run the HTTP API")
     p.add_argument("--host", help="bind address (default: API_HOST)")
     p.add_argument("--port", type=int, help="port (default: API_PORT)")
+    add("relay", cmd_relay, "run the outbox relay (domain_events → Redis Streams; one leads, others stand by)")
     add("migrate", cmd_migrate, "apply database migrations (DATABASE_URL, or the embedded database)")
     p = add("smtp-sink", cmd_smtp_sink, "run the development SMTP sink on its own")
     p.add_argument("--host", default="127.0.0.1")
@@ -494,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("email", help="the user's email (case-insensitive)")
         p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
         p.set_defaults(func=cmd_admin)
+
+    _add_events_commands(sub)
 
     mail = sub.add_parser("mail", help="read the messages the SMTP sink received")
     mail_sub = mail.add_subparsers(dest="mail_command", metavar="ACTION", required=True)

@@ -134,6 +134,20 @@ class Settings(BaseSettings):
         300, ge=5, description="While a payment's webhook has not arrived, ask Stripe for its outcome this often."
     )
 
+    # --- event relay (domain_events -> Redis Streams) ---
+    event_stream_maxlen: int = Field(
+        100_000,
+        ge=1,
+        description="Entries kept in each event stream (approximate MAXLEN ~); domain_events keeps everything.",
+    )
+    relay_batch_size: int = Field(500, ge=1, description="Events the relay publishes per Redis transaction.")
+    relay_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="The relay's fallback poll, for a missed notification or an event held back by a transaction "
+        "that was still open; new events wake it at once (LISTEN/NOTIFY).",
+    )
+
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies")

@@ -1,5 +1,5 @@
 """EmbeddedStack: Temporal, PostgreSQL, Redis, the SMTP sink and the Stripe sandbox (plus, for `prognet dev`, the
-worker and the API) started together on one machine, with no Docker and no network.
+worker, the relay and the API) started together on one machine, with no Docker and no network.
 
     async with EmbeddedStack(stack_settings(tmp_path / "data")) as stack:     # every service on a free port
         stack.database_url, stack.redis_url, stack.temporal_address, stack.maildir, ...
@@ -76,7 +76,7 @@ class EmbeddedStack:
     """The embedded services, started in dependency order and stopped in reverse.
 
     `services` names the embedded services this stack may start (a service with an external address in the
-    settings is never started); `app` adds the worker and the API as child processes (`prognet dev`).
+    settings is never started); `app` adds the worker, the relay and the API as child processes (`prognet dev`).
     After `start()` the resolved addresses are attributes: `database_url` (SQLAlchemy/asyncpg), `postgres_dsn`
     (plain asyncpg/libpq), `redis_url`, `temporal_address`, `temporal_namespace`, `temporal_ui_url`, `smtp_host`,
     `smtp_port`, `maildir`, `stripe_api_base`, `stripe_secret_key`, `stripe` (the sandbox component, whose
@@ -205,6 +205,7 @@ class EmbeddedStack:
             self.stripe.configure_webhooks(self.stripe_webhook_url, self.stripe_webhook_secret)
 
         self.worker: AppProcess | None = None
+        self.relay: AppProcess | None = None
         self.api: AppProcess | None = None
         if app:
             self.worker = AppProcess(
@@ -215,6 +216,14 @@ class EmbeddedStack:
                 cwd=REPO_ROOT,
                 address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
             )
+            self.relay = AppProcess(
+                "Relay",
+                "relay",
+                log=self.log,
+                env=self.env(),
+                cwd=REPO_ROOT,
+                address=f"domain_events → {_redact(self.redis_url or '?')} (events:*)",
+            )
             self.api = AppProcess(
                 "API",
                 "api",
@@ -224,7 +233,7 @@ class EmbeddedStack:
                 listen=(host, settings.api_port),
                 address=f"{self.api_url}/docs",
             )
-            self.components += [self.worker, self.api]
+            self.components += [self.worker, self.relay, self.api]
 
     # --- what children and tests need ---------------------------------------------------------------------
     def env(self) -> dict[str, str]:

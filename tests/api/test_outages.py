@@ -55,12 +55,17 @@ class Relay:
         await self._server.wait_closed()
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._writers.add(client_writer)  # before connecting: `down()` during the connect cuts it too
         try:
-            server_reader, server_writer = await self._connect()
-        except OSError:
+            server_reader, server_writer = await asyncio.wait_for(self._connect(), 5)
+        except (OSError, TimeoutError):
             client_writer.transport.abort()
+            self._writers.discard(client_writer)
             return
-        self._writers |= {client_writer, server_writer}
+        if client_writer not in self._writers:  # went down meanwhile
+            server_writer.transport.abort()
+            return
+        self._writers.add(server_writer)
 
         async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
@@ -117,12 +122,19 @@ def assert_outage(response: httpx.Response, slug: str) -> None:
 
 
 async def reads(client: httpx.AsyncClient, email: str, token: str) -> list[httpx.Response]:
-    """Login, /v1/me and a tenant read."""
-    return [
-        await client.post("/v1/auth/login", json={"email": email, "password": PASSWORD}),
-        await client.get("/v1/me", headers=bearer(token)),
-        await client.get(f"/v1/tenants/{uuid.uuid4()}", headers=bearer(token)),
-    ]
+    """Login, /v1/me and a tenant read; each must answer within 30 s, outage or not."""
+    responses = []
+    for method, path, kwargs in (
+        ("POST", "/v1/auth/login", {"json": {"email": email, "password": PASSWORD}}),
+        ("GET", "/v1/me", {"headers": bearer(token)}),
+        ("GET", f"/v1/tenants/{uuid.uuid4()}", {"headers": bearer(token)}),
+    ):
+        try:
+            async with asyncio.timeout(30):
+                responses.append(await client.request(method, path, **kwargs))
+        except TimeoutError:
+            pytest.fail(f"{method} {path} did not answer within 30 s")
+    return responses
 
 
 @pytest.mark.parametrize(("dependency", "slug"), [("database", "database-unavailable"), ("cache", "cache-unavailable")])

@@ -87,6 +87,7 @@ async def test_killed_worker_is_restarted_and_runs_new_sagas(supervised: Embedde
 async def test_killed_redis_comes_back_with_its_data(supervised: EmbeddedStack, http: httpx.AsyncClient):
     assert supervised.redis is not None and supervised.redis.process is not None and supervised.api is not None
     api_pid = supervised.api.process.pid if supervised.api.process else None
+    relay_pid = supervised.relay.process.pid if supervised.relay and supervised.relay.process else None
     r = aioredis.from_url(supervised.redis_url)
     try:
         await r.set("supervisor-probe", "kept")
@@ -106,10 +107,14 @@ async def test_killed_redis_comes_back_with_its_data(supervised: EmbeddedStack, 
     await _register_and_verify(http, supervised, email)
     assert (await http.post("/v1/auth/login", json={"email": email, "password": PASSWORD})).status_code == 200
     assert supervised.api.process is not None and supervised.api.process.pid == api_pid
+    assert supervised.relay is not None and supervised.relay.process is not None
+    assert supervised.relay.process.pid == relay_pid  # the relay reconnects to Redis by itself
 
 
 async def test_killed_postgres_comes_back_with_its_data(supervised: EmbeddedStack, http: httpx.AsyncClient):
     assert supervised.postgres is not None and supervised.postgres.process is not None
+    assert supervised.relay is not None and supervised.relay.process is not None
+    relay_pid = supervised.relay.process.pid
     email = new_email("before-postgres-crash")
     await _register_and_verify(http, supervised, email)
     # only the postmaster, as a crash would: its backends are orphaned and the supervisor must clear them
@@ -125,7 +130,17 @@ async def test_killed_postgres_comes_back_with_its_data(supervised: EmbeddedStac
     async with asyncio.timeout(30):  # the API's pool pre-pings and replaces its dead connections
         while (await http.post("/v1/auth/login", json={"email": email, "password": PASSWORD})).status_code != 200:
             await asyncio.sleep(0.2)
-    await _register_and_verify(http, supervised, new_email("after-postgres-crash"))
+    workflow_id = await _register_and_verify(http, supervised, new_email("after-postgres-crash"))
+    # the relay reconnected by itself (same process) and publishes the new registration's events
+    assert supervised.relay is not None and supervised.relay.process is not None
+    assert supervised.relay.process.pid == relay_pid
+    r = aioredis.from_url(supervised.redis_url)
+    try:
+        async with asyncio.timeout(30):
+            while not any(f[b"workflow_id"] == workflow_id.encode() for _, f in await r.xrange("events:all")):
+                await asyncio.sleep(0.2)
+    finally:
+        await r.aclose()
 
 
 async def test_killed_temporal_comes_back_and_the_worker_polls_again(

@@ -2,31 +2,31 @@
 pending email changes (the email-change saga's reservation of the new address)
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
 APP_ROLE = "prognet_app"
 TENANT = "NULLIF(current_setting('app.tenant_id', true), '')::uuid"
 USER = "NULLIF(current_setting('app.user_id', true), '')::uuid"
-PLATFORM = "current_setting('app.platform', true) = 'on'"
 
 
 def upgrade() -> None:
     # Before: every row without a tenant (every user's logins, password changes…) was visible to anyone.
+    # Platform processes (the relay) read everything through their own policy (relay_read, migration 0008).
     # A transaction also sees the events it wrote itself (its own xid8, migration 0007): an INSERT … RETURNING
     # needs that, whatever context the writer set, and it shows nothing the writer did not just write.
     op.execute("DROP POLICY tenant_read ON domain_events")
     op.execute(
         f"CREATE POLICY audit_read ON domain_events FOR SELECT USING ("
-        f"(tenant_id IS NULL AND user_id = {USER}) OR tenant_id = {TENANT} OR {PLATFORM} "
+        f"(tenant_id IS NULL AND user_id = {USER}) OR tenant_id = {TENANT} "
         f"OR txid = pg_current_xact_id_if_assigned())"
     )
 

@@ -1,0 +1,1 @@
+"""The event relay (domain_events → Redis Streams, `relay.relay`) and the stream's debugging tail (`relay.tail`)."""

@@ -1,0 +1,300 @@
+"""The outbox relay: copies every committed `domain_events` row to Redis Streams (`models.event_stream`).
+
+Order. Events go out in (txid, id) order: by the writing transaction's xid8, then by insert order inside it.
+A row is read only once `txid < pg_snapshot_xmin(pg_current_snapshot())`, i.e. once no transaction that could
+still precede it is running: all rows below that barrier are final (committed, or rolled back and invisible
+forever), and no new row can ever appear below it (xids only grow). So the position is one cursor, the
+(txid, id) of the last published event, and "everything after the cursor and below the barrier" is exactly
+what is left to publish: a late-committing transaction holds back the events after it rather than being
+skipped, and is published first, before the later xids that committed while it was open. Every transaction's
+events are contiguous, and this order is reproducible from the table (`ORDER BY txid, id`), e.g. for a replay.
+Caveat: xids are cluster-wide, so a long-running writing transaction anywhere on the server delays (never loses)
+publication.
+
+Durability. One batch is one Redis MULTI/EXEC (every stream's XADD, or none), then the cursor is saved in
+`relay_position`. A crash between the two is repaired when a relay next takes the lead: the last entry of
+`events:all` names its event (`seq`), and the cursor moves up to it, so nothing is published twice.
+
+One leader. Relays take the session-level advisory lock LOCK_KEY on their connection (`pg_advisory_lock`,
+blocking: standbys wait in it and take over the moment the leader's session ends). Each new leader increments
+the Redis key `relay:epoch` and publishes only while it still holds its epoch (WATCH): a leader whose
+connection died but which has not noticed yet cannot add a batch after its successor took over.
+
+Wake-up. A statement-level trigger NOTIFYs `domain_events` at each commit that inserted events; a poll every
+RELAY_POLL_SECONDS catches a missed notification and events that were held back by the barrier.
+
+Lag. Per batch, now - occurred_at of each event (occurred_at is when the event was recorded, so the figure
+includes the writing transaction's remaining time). The last batch's maximum and the p50/p99 of the last
+1000 events are kept in the Redis hash `relay:stats` (with the leader, the cursor and a published count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, WatchError
+
+from models.event_stream import ALL_EVENTS, StreamEvent
+from prognet.settings import Settings
+
+log = logging.getLogger("prognet.relay")
+
+LOCK_KEY = 0x70726F676E657401  # pg_advisory_lock key of the relay leader: "prognet" in ASCII, then 0x01
+CHANNEL = "domain_events"  # NOTIFY channel of migration 0008's trigger
+POSITION_NAME = ALL_EVENTS  # the relay_position row
+EPOCH_KEY = "relay:epoch"
+STATS_KEY = "relay:stats"
+LAG_WINDOW = 1000  # events the p50/p99 lag is computed over
+
+FETCH = """
+SELECT id, txid::text AS txid, event_id, type, version, aggregate_type, aggregate_id, tenant_id, user_id,
+       actor_id, workflow_id, occurred_at, payload::text AS payload
+FROM domain_events
+WHERE (txid, id) > ($1::text::xid8, $2) AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid, id
+LIMIT $3
+"""
+LOAD_POSITION = "SELECT txid::text AS txid, seq FROM relay_position WHERE name = $1"
+SAVE_POSITION = """
+UPDATE relay_position SET txid = $2::text::xid8, seq = $3, updated_at = now()
+WHERE name = $1 AND (txid, seq) < ($2::text::xid8, $3)
+"""
+
+# What a lost connection or a server that is down looks like: log, back off, retry.
+TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+
+
+class LostLeadership(Exception):
+    """Another relay took the lead (our epoch is gone): stop publishing."""
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    txid: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.txid}:{self.seq}"
+
+
+def plain_dsn(database_url: str) -> str:
+    """asyncpg's DSN from a SQLAlchemy URL (`postgresql+asyncpg://…` → `postgresql://…`)."""
+    scheme, sep, rest = database_url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+
+def stream_event(row: asyncpg.Record) -> StreamEvent:
+    return StreamEvent(
+        seq=row["id"],
+        event_id=row["event_id"],
+        type=row["type"],
+        version=row["version"],
+        aggregate_type=row["aggregate_type"],
+        aggregate_id=row["aggregate_id"],
+        tenant_id=row["tenant_id"],
+        user_id=row["user_id"],
+        actor_id=row["actor_id"],
+        workflow_id=row["workflow_id"],
+        occurred_at=row["occurred_at"],
+        payload=json.loads(row["payload"]),
+    )
+
+
+class Leader:
+    """Publishing under the advisory lock held by `conn`, as epoch `epoch`, from `position` on."""
+
+    def __init__(self, relay: Relay, conn: asyncpg.Connection, epoch: int, position: Position) -> None:
+        self.relay = relay
+        self.conn = conn
+        self.epoch = epoch
+        self.position = position
+        self.lags: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
+
+    async def publish_batch(self) -> int:
+        """Publish up to batch_size events that are past the barrier; returns how many."""
+        rows = await self.conn.fetch(
+            FETCH, str(self.position.txid), self.position.seq, self.relay.batch_size, timeout=30
+        )
+        if not rows:
+            return 0
+        events = [stream_event(row) for row in rows]
+        last = Position(int(rows[-1]["txid"]), rows[-1]["id"])
+        await self._xadd(events, last)
+        self.position = last
+        await self.conn.execute(SAVE_POSITION, POSITION_NAME, str(last.txid), last.seq, timeout=30)
+        return len(events)
+
+    async def drain(self) -> int:
+        """Publish everything that is past the barrier now."""
+        total = 0
+        while count := await self.publish_batch():
+            total += count
+        return total
+
+    async def _xadd(self, events: list[StreamEvent], last: Position) -> None:
+        redis = self.relay.redis
+        now = datetime.now(UTC)
+        batch_lags = [(now - e.occurred_at).total_seconds() for e in events]
+        self.lags.extend(batch_lags)
+        ranked = sorted(self.lags)
+        stats: dict[Any, str | int | float] = {
+            "leader": self.relay.identity,
+            "position": str(last),
+            "last_batch": len(events),
+            "last_lag_ms": round(max(batch_lags) * 1000, 1),
+            "lag_p50_ms": round(ranked[len(ranked) // 2] * 1000, 1),
+            "lag_p99_ms": round(ranked[min(len(ranked) - 1, int(len(ranked) * 0.99))] * 1000, 1),
+            "published_at": now.isoformat(),
+        }
+        async with redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(EPOCH_KEY)
+            if int(await pipe.get(EPOCH_KEY) or 0) != self.epoch:
+                raise LostLeadership(f"epoch {self.epoch} is over")
+            pipe.multi()
+            for event in events:
+                fields: Any = event.to_fields()
+                for stream in event.streams():
+                    pipe.xadd(stream, fields, maxlen=self.relay.maxlen, approximate=True)
+            pipe.hset(STATS_KEY, mapping=stats)
+            pipe.hincrby(STATS_KEY, "published", len(events))
+            try:
+                await pipe.execute()
+            except WatchError:
+                raise LostLeadership(f"epoch {self.epoch} ended during a batch") from None
+        log.debug("published %d events up to %s, lag %.1f ms", len(events), last, stats["last_lag_ms"])
+
+
+class Relay:
+    def __init__(
+        self,
+        database_url: str,
+        redis: Redis,
+        *,
+        maxlen: int = 100_000,
+        batch_size: int = 500,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.dsn = plain_dsn(database_url)
+        self.redis = redis
+        self.maxlen = maxlen
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    async def connect(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        # the session's own setting (not SET LOCAL): this connection reads every tenant's events (0008's policy)
+        await conn.execute("SELECT set_config('app.platform', 'on', false)")
+        return conn
+
+    async def take_lead(self, conn: asyncpg.Connection) -> Leader:
+        """On a connection that holds LOCK_KEY: a new epoch, and the cursor reconciled with the stream's tail."""
+        epoch = int(await self.redis.incr(EPOCH_KEY))  # first: fences out a predecessor that is still publishing
+        row = await conn.fetchrow(LOAD_POSITION, POSITION_NAME)
+        if row is None:
+            raise RuntimeError("relay_position has no row for events:all: run `prognet migrate`")
+        position = Position(int(row["txid"]), row["seq"])
+        tail: Any = await self.redis.xrevrange(ALL_EVENTS, count=1)
+        if tail:
+            seq = int(tail[0][1][b"seq"])
+            txid = await conn.fetchval("SELECT txid::text FROM domain_events WHERE id = $1", seq)
+            if txid is not None and Position(int(txid), seq) > position:
+                log.info("the stream is ahead of the saved position (%s): continuing after %s:%s", position, txid, seq)
+                position = Position(int(txid), seq)
+                await conn.execute(SAVE_POSITION, POSITION_NAME, str(position.txid), position.seq)
+        await self.redis.hset(STATS_KEY, mapping={"leader": self.identity, "epoch": epoch, "position": str(position)})
+        return Leader(self, conn, epoch, position)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stand by, lead, publish; reconnect with backoff after any outage; return once `stop` is set."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                await self._serve(stop)
+            except (*TRANSIENT, LostLeadership) as exc:
+                log.warning("relay: %s: %s; retrying in %.1f s", type(exc).__name__, exc, delay)
+                await _wait(stop, delay)
+                delay = min(delay * 2, 30.0)
+            except Exception:  # a process that must not die: say what happened, back off, start over
+                log.exception("relay: unexpected error; retrying in %.1f s", delay)
+                await _wait(stop, delay)
+                delay = min(delay * 2, 30.0)
+            else:
+                delay = 0.5
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        conn = await self.connect()
+        try:
+            log.info("relay %s: standing by for the leader lock (advisory lock %d)", self.identity, LOCK_KEY)
+            if not await _unless_stopped(stop, conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)):
+                return
+            wake = asyncio.Event()
+            await conn.add_listener(CHANNEL, lambda *_: wake.set())
+            leader = await self.take_lead(conn)
+            log.info("relay %s: leading (epoch %d) from %s", self.identity, leader.epoch, leader.position)
+            while not stop.is_set():
+                wake.clear()  # before reading: a commit from now on wakes the next wait
+                if await leader.publish_batch() == self.batch_size:
+                    continue
+                waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())}
+                await asyncio.wait(waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            # closing the session releases the advisory lock: a standby takes over
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=5)
+            if not conn.is_closed():
+                conn.terminate()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[Any]) -> bool:
+    """Await `work` unless `stop` is set first (then `work` is cancelled); True when `work` finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return False
+
+
+async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
+    """`prognet relay`: the relay of DATABASE_URL and REDIS_URL until `stop` is set."""
+    if not settings.database_url or not settings.redis_url:
+        raise SystemExit("error: the relay needs DATABASE_URL and REDIS_URL")
+    redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        relay = Relay(
+            settings.database_url,
+            redis,
+            maxlen=settings.event_stream_maxlen,
+            batch_size=settings.relay_batch_size,
+            poll_seconds=settings.relay_poll_seconds,
+        )
+        await relay.run(stop)
+    finally:
+        await redis.aclose()
+    log.info("relay stopped")
