@@ -9,6 +9,7 @@ import uuid
 from sqlmodel import select
 
 from models.db import transaction
+from models.event_catalogue import parse_payload
 from models.events import record_event
 from models.tables import DomainEvent
 from tests.api.conftest import PASSWORD, assert_problem, bearer, insert_tenant, insert_user, login
@@ -187,6 +188,8 @@ async def test_no_event_payload_carries_a_secret(client, engine):
         "user.logged_out",
     } <= set(mine)
     for event in events:
+        if event.user_id == account.id:  # the account's own events follow the catalogue's schemas
+            parse_payload(event.type, event.version, event.payload)
         assert not [k for k in _keys(event.payload) if SECRET_KEY.search(k)], (event.type, event.payload)
         text = str(event.payload)
         assert "$argon2" not in text and PASSWORD not in text and new_password not in text, event.type
