@@ -24,9 +24,9 @@ from temporalio.exceptions import ApplicationError
 from models.contracts import EmailRequest
 from models.db import transaction
 from models.errors import RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT
-from models.tables import Invitation, Tenant, TenantBilling, User, VerificationToken
+from models.tables import EmailChange, Invitation, Tenant, TenantBilling, User, VerificationToken
 from prognet.settings import Settings
-from prognet.tokens import VERIFY_EMAIL, derive_token, invitation_token
+from prognet.tokens import CHANGE_EMAIL, VERIFY_EMAIL, derive_token, invitation_token
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -100,6 +100,38 @@ class Composer:
             expires_at=token.expires_at.strftime("%Y-%m-%d %H:%M"),
         )
         return Composed(to_address or user.email, "Confirm your ProgNetwork email address", text, markup)
+
+    async def _email_change(self, req: EmailRequest) -> EmailChange:
+        async with transaction(self.engine) as session:
+            change = await session.get(EmailChange, req.params["change_id"])
+        if change is None:
+            raise ApplicationError("email change no longer exists", type=RECIPIENT_GONE, non_retryable=True)
+        return change
+
+    async def _verify_new_email(self, req: EmailRequest, to_address: str | None) -> Composed:
+        """To the address being verified (not the account's current one)."""
+        user = await self._user(req)
+        change = await self._email_change(req)
+        async with transaction(self.engine) as session:
+            token = await session.get(VerificationToken, change.token_id)
+        if token is None:
+            raise ApplicationError("verification token no longer exists", type=RECIPIENT_GONE, non_retryable=True)
+        text, markup = render(
+            "verify_new_email",
+            name=user.display_name or "there",
+            link=self.link("/verify-email", derive_token(self.token_key, CHANGE_EMAIL, token.id)),
+            expires_at=token.expires_at.strftime("%Y-%m-%d %H:%M"),
+        )
+        return Composed(to_address or change.new_email, "Confirm your new ProgNetwork email address", text, markup)
+
+    async def _email_changed(self, req: EmailRequest, to_address: str | None) -> Composed:
+        """To the address the account had before the change: the owner learns of it even if it was not them."""
+        user = await self._user(req)
+        change = await self._email_change(req)
+        if change.old_email is None:
+            raise ApplicationError("the email change was not completed", type=RENDER_FAILED, non_retryable=True)
+        text, markup = render("email_changed", name=user.display_name or "there", new_email=change.new_email)
+        return Composed(to_address or change.old_email, "Your ProgNetwork email address was changed", text, markup)
 
     async def _welcome(self, req: EmailRequest, to_address: str | None) -> Composed:
         user = await self._user(req)

@@ -81,6 +81,8 @@ class InvitationActivities:
                 {"user_id": str(req.user_id), "role": invitation.role},
                 tenant_id=req.tenant_id,
                 workflow_id=req.workflow_id,
+                user_id=req.user_id,
+                actor_id=req.user_id,
             )
             record_event(
                 session,
@@ -90,6 +92,7 @@ class InvitationActivities:
                 {"role": invitation.role},
                 tenant_id=req.tenant_id,
                 workflow_id=req.workflow_id,
+                user_id=req.user_id,
             )
 
     @activity.defn(name=names.CLOSE_INVITATION)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import col, select
+from sqlmodel import col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.email_change import email_in_use
 from models import activity_names as names
 from models.contracts import ActivateUser, CreatePendingUser, IssueVerificationToken, TokenRef, UserRef
 from models.db import transaction
@@ -34,8 +35,7 @@ class UserActivities:
             async with transaction(self.engine) as session:
                 if await session.get(User, req.user_id) is not None:
                     return  # a retry after the row was committed
-                taken = await session.exec(select(User.id).where(func.lower(User.email) == req.email.lower()))
-                if taken.first() is not None:
+                if await email_in_use(session, req.email):  # a user's, or reserved by a pending email change
                     raise ApplicationError("email already registered", type=EMAIL_TAKEN, non_retryable=True)
                 session.add(
                     User(

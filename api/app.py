@@ -18,7 +18,9 @@ from api.problems import DEPENDENCY_OUTAGE_RESPONSE, install_problem_handlers
 from api.request_log import AccessLog, configure_logging
 from api.routers import (
     admin,
+    audit,
     auth,
+    email_change,
     emails,
     health,
     invitation_accept,
@@ -47,7 +49,8 @@ Authenticate with `Authorization: Bearer <access token>` from `POST /v1/auth/log
 
 TAGS = [
     {"name": "auth", "description": "Registration, email verification, login, token refresh, logout."},
-    {"name": "me", "description": "The caller's own account."},
+    {"name": "me", "description": "The caller's own account: profile, password, email address (a saga)."},
+    {"name": "audit", "description": "The audit trail: a tenant's events (owners and admins) and your own."},
     {
         "name": "tenants",
         "description": "Organisations: provisioning saga, status, members and roles. Another "
@@ -141,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         emails,
         workflows,
         admin,
+        audit,
+        email_change,
         health,
     ):
         app.include_router(module.router, responses=DEPENDENCY_OUTAGE_RESPONSE)

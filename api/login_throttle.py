@@ -111,6 +111,16 @@ return false
 """
 
 
+def lock_key(email: str, address: str) -> str:
+    return "login:locked:" + _digest(_email(email) + "\n" + address)
+
+
+async def lock_noticed(redis: Redis, email: str, address: str, retry_after: int) -> bool:
+    """True for the first throttled attempt of a lock period (per account and address), so a locked account
+    is one audit event, not one per hammered attempt."""
+    return bool(await redis.set(lock_key(email, address), "1", nx=True, ex=max(1, retry_after)))
+
+
 @dataclass(frozen=True)
 class Attempt:
     """A reserved failure slot: the counters it was recorded in."""

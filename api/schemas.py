@@ -656,3 +656,69 @@ class SignupStatusView(BaseModel):
     workflow_id: str
     reason: str | None = None
     decline_code: str | None = None
+
+
+# --- the caller's account: profile, password, email change ----------------------------------------------------
+
+
+class ProfileUpdate(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"display_name": "Ada Lovelace"}]})
+    display_name: DisplayName | None = Field(default=None, description="Omit to leave it; null clears it.")
+
+
+class PasswordChange(_Request):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"current_password": "correct horse battery staple", "new_password": "a new long passphrase"}]
+        },
+    )
+    current_password: Password
+    new_password: Password
+
+
+class EmailChangeRequest(_Request):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"new_email": "ada@new.example.com", "current_password": "correct horse battery staple"}]
+        },
+    )
+    new_email: EmailStr
+    current_password: Password
+
+
+class EmailChangeLinks(BaseModel):
+    self: str
+    verify: str
+
+
+class EmailChangeAcceptedResponse(BaseModel):
+    change_id: uuid.UUID
+    workflow_id: str
+    status: str = Field(description="The saga's status: `waiting` for the verification of the new address, …")
+    links: EmailChangeLinks
+
+
+# --- the audit trail -------------------------------------------------------------------------------------------
+
+
+class AggregateRef(BaseModel):
+    type: str
+    id: str
+
+
+class AuditEvent(BaseModel):
+    id: uuid.UUID = Field(description="The event id (every consumer's dedupe key).")
+    type: str
+    version: int = Field(description="The version of the event type's payload schema.")
+    occurred_at: datetime
+    actor: uuid.UUID | None = Field(description="The user who acted; null: the system (a saga step, a schedule).")
+    aggregate: AggregateRef
+    tenant_id: uuid.UUID | None
+    payload: dict[str, object]
+
+
+class AuditEventPage(BaseModel):
+    items: list[AuditEvent]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last page.")

@@ -5,7 +5,8 @@ the current secret, creation time) and a set `session:{sid}:used` of the hashes 
 Presenting the current secret rotates it; presenting a used one means the token leaked, so the whole
 session (every token derived from that login) is revoked. Rotation is one Lua script, so two concurrent
 refreshes with the same token cannot both win. Access tokens name their session (`sid`): deleting the
-session revokes them too.
+session revokes them too. A set `user-sessions:{user id}` lists a user's sessions, so a password change can
+end all but the caller's.
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ local current = redis.call('HGET', KEYS[1], 'refresh_hash')
 if not current then
   return {'unknown', ''}
 end
+local user_id = redis.call('HGET', KEYS[1], 'user_id')
 if current == ARGV[1] then
-  local user_id = redis.call('HGET', KEYS[1], 'user_id')
   redis.call('HSET', KEYS[1], 'refresh_hash', ARGV[2], 'rotated_at', ARGV[4])
   redis.call('SADD', KEYS[2], ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
+  -- the user's session list outlives each of their sessions (single-node Redis: a key built in the script)
+  redis.call('EXPIRE', 'user-sessions:' .. user_id, ARGV[3])
   return {'rotated', user_id}
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   redis.call('DEL', KEYS[1], KEYS[2])
-  return {'reused', ''}
+  return {'reused', user_id}
 end
 return {'unknown', ''}
 """
@@ -60,7 +63,7 @@ class NewSession:
 class Rotation:
     outcome: RefreshOutcome
     session_id: str | None = None
-    user_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None  # ROTATED, and REUSED (whose session was revoked)
     refresh_token: str | None = None
 
 
@@ -70,6 +73,10 @@ def _hash(secret: str) -> str:
 
 def _keys(session_id: str) -> tuple[str, str]:
     return f"session:{session_id}", f"session:{session_id}:used"
+
+
+def _user_key(user_id: uuid.UUID) -> str:
+    return f"user-sessions:{user_id}"
 
 
 def parse_refresh_token(token: str) -> tuple[str, str] | None:
@@ -95,6 +102,8 @@ class SessionStore:
                 mapping={"user_id": str(user_id), "refresh_hash": _hash(secret), "created_at": str(int(time.time()))},
             )
             pipe.expire(key, self.ttl)
+            pipe.sadd(_user_key(user_id), session_id)
+            pipe.expire(_user_key(user_id), self.ttl)
             await pipe.execute()
         return NewSession(session_id, f"{session_id}.{secret}")
 
@@ -119,6 +128,8 @@ class SessionStore:
             args=[_hash(secret), _hash(new_secret), self.ttl, int(time.time())],
         )
         result = RefreshOutcome(outcome)
+        if result is RefreshOutcome.REUSED:
+            return Rotation(result, session_id=session_id, user_id=uuid.UUID(user_id) if user_id else None)
         if result is not RefreshOutcome.ROTATED:
             return Rotation(result, session_id=session_id)
         return Rotation(
@@ -127,3 +138,16 @@ class SessionStore:
 
     async def revoke(self, session_id: str) -> None:
         await self.redis.delete(*_keys(session_id))
+
+    async def revoke_others(self, user_id: uuid.UUID, keep: str) -> int:
+        """End every session of the user but `keep` (their access and refresh tokens stop working); how many."""
+        members: set[str] = await self.redis.smembers(_user_key(user_id))  # type: ignore[assignment]  # decoded
+        others = [sid for sid in members if sid != keep]
+        if not others:
+            return 0
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for sid in others:
+                pipe.delete(*_keys(sid))
+            pipe.srem(_user_key(user_id), *others)
+            await pipe.execute()
+        return len(others)

@@ -7,6 +7,12 @@ ISSUE_VERIFICATION_TOKEN = "users.issue_verification_token"
 REVOKE_VERIFICATION_TOKEN = "users.revoke_verification_token"
 ACTIVATE_USER = "users.activate_user"
 
+# email change (activities/email_change.py)
+RESERVE_EMAIL_CHANGE = "email_change.reserve"
+ISSUE_EMAIL_CHANGE_TOKEN = "email_change.issue_token"
+RELEASE_EMAIL_CHANGE = "email_change.release"
+SWAP_EMAIL = "email_change.swap_email"
+
 # tenants aggregate (activities/tenants.py)
 CREATE_TENANT = "tenants.create_tenant"
 MARK_TENANT_FAILED = "tenants.mark_tenant_failed"

@@ -115,6 +115,57 @@ class ActivateUser(BaseModel):
     workflow_id: str
 
 
+# --- email change saga ---
+
+
+class EmailChangeInput(BaseModel):
+    change_id: uuid.UUID
+    user_id: uuid.UUID
+    new_email: str
+    verification_timeout_seconds: int = 24 * 3600
+
+
+class EmailChangeAccepted(BaseModel):
+    """Answer of the email change's `accepted` update: the new address is reserved (or it was taken)."""
+
+    change_id: uuid.UUID
+    status: str
+
+
+class EmailChangeResult(BaseModel):
+    change_id: uuid.UUID
+    status: Literal["changed", "expired"]
+
+
+class ReserveEmailChange(BaseModel):
+    change_id: uuid.UUID
+    user_id: uuid.UUID
+    new_email: str
+    token_id: uuid.UUID
+    workflow_id: str
+
+
+class EmailChangeToken(BaseModel):
+    change_id: uuid.UUID
+    user_id: uuid.UUID
+    token_id: uuid.UUID
+    expires_at: datetime
+
+
+class ReleaseEmailChange(BaseModel):
+    change_id: uuid.UUID
+    user_id: uuid.UUID
+    reason: Literal["expired", "cancelled"]
+    workflow_id: str
+
+
+class SwapEmail(BaseModel):
+    change_id: uuid.UUID
+    user_id: uuid.UUID
+    token_id: uuid.UUID
+    workflow_id: str
+
+
 # --- tenant provisioning saga ---
 
 
@@ -222,7 +273,9 @@ class InvitationResult(BaseModel):
 
 # --- email delivery (one workflow per message) ---
 
-EmailTemplate = Literal["verify_email", "welcome", "invitation", "notice", "billing_notice"]
+EmailTemplate = Literal[
+    "verify_email", "welcome", "invitation", "notice", "billing_notice", "verify_new_email", "email_changed"
+]
 EmailState = Literal["queued", "sending", "deferred", "sent", "failed", "dead_lettered", "discarded", "suppressed"]
 
 

@@ -43,6 +43,8 @@ async def transaction(
     memberships (and their tenants) across tenants. Without either, tenant-scoped tables look empty.
     `platform` is for the platform's own mail and its operators: it shows every tenant's email tracking and
     every domain event (the relay's read, migration 0008), and only that: the policies of other tables ignore it.
+    Without it, a domain event without a tenant is visible only with `user_id` set to the user it concerns
+    (the audit trail's policy, migration 0009).
     """
     async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
         # SQLModel's `exec` takes no textual statement; the session's connection is the one in this transaction.

@@ -13,6 +13,8 @@ from temporalio.exceptions import ApplicationError, TemporalError
 EMAIL_TAKEN = "EmailAlreadyRegistered"  # another account has this email: the registration created nothing
 REGISTRATION_FAILED = "RegistrationFailed"  # the pending user could not be created (the saga unwound)
 USER_NOT_FOUND = "UserNotFound"  # the pending user vanished before activation
+EMAIL_CHANGE_FAILED = "EmailChangeFailed"  # the new address could not be reserved (the saga unwound)
+EMAIL_CHANGE_GONE = "EmailChangeGone"  # the email change is no longer pending (superseded by a newer one)
 
 # --- tenants
 SLUG_TAKEN = "SlugTaken"  # another tenant has this slug: the provisioning created nothing

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,49 @@ class UserLoggedIn(Payload):
 
 class PlatformAdminChanged(Payload):
     via: str = Field(description="what made the change, e.g. `prognet admin`")
+
+
+class UserSession(Payload):
+    session_id: str
+
+
+class LoginFailed(Payload):
+    reason: Literal["wrong_password", "not_verified", "disabled", "wrong_current_password"]
+
+
+class LoginLocked(Payload):
+    retry_after_seconds: int = Field(description="how long this client must wait before the next attempt")
+
+
+class SessionFamilyRevoked(Payload):
+    session_id: str
+    reason: str = Field(description="`refresh_token_reused`: an already rotated refresh token came back")
+
+
+class NameChange(Payload):
+    old: str | None
+    new: str | None
+
+
+class ProfileChanges(Payload):
+    display_name: NameChange | None = None
+
+
+class ProfileUpdated(Payload):
+    changes: ProfileChanges = Field(description="each changed field's old and new value")
+
+
+class PasswordChanged(Payload):
+    sessions_revoked: int = Field(description="how many other sessions of the user were ended")
+
+
+class EmailChangeRef(Payload):
+    change_id: uuid.UUID
+
+
+class EmailChangeRequested(Payload):
+    change_id: uuid.UUID
+    superseded: list[uuid.UUID] = Field(description="pending changes of the user this one replaced")
 
 
 # --- tenants and members ---
@@ -158,6 +201,16 @@ SPECS: tuple[EventSpec, ...] = (
     _spec("user.verified", "user", Empty, "The user verified their email address; the account is active."),
     _spec("user.registration_expired", "user", Empty, "A pending registration was never verified and was removed."),
     _spec("user.logged_in", "user", UserLoggedIn, "A login opened a session."),
+    _spec("user.logged_out", "user", UserSession, "The user ended a session (logout)."),
+    _spec("user.login_failed", "user", LoginFailed, "A login, or a check of the current password, failed."),
+    _spec("user.login_locked", "user", LoginLocked, "Failed logins throttled the account (once per lock)."),
+    _spec("user.session_family_revoked", "user", SessionFamilyRevoked, "A reused refresh token ended its session."),
+    _spec("user.profile_updated", "user", ProfileUpdated, "The user changed their profile (display name)."),
+    _spec("user.password_changed", "user", PasswordChanged, "The user changed their password; other sessions ended."),
+    _spec("user.email_change_requested", "user", EmailChangeRequested, "An email change reserved its new address."),
+    _spec("user.email_changed", "user", EmailChangeRef, "The new address was verified and is now the account's."),
+    _spec("user.email_change_expired", "user", EmailChangeRef, "An email change was not verified in time."),
+    _spec("user.email_change_cancelled", "user", EmailChangeRef, "An email change was cancelled or failed."),
     _spec("user.platform_admin_granted", "user", PlatformAdminChanged, "The user became a platform operator."),
     _spec("user.platform_admin_revoked", "user", PlatformAdminChanged, "The user is no longer a platform operator."),
     _spec("tenant.created", "tenant", TenantCreated, "Tenant provisioning started: the tenant row exists."),

@@ -21,6 +21,15 @@ SIGNAL_VERIFY_EMAIL = "verify_email"
 # a paid sign-up → its registration, once past its pivot (the first payment): send the held verification email
 SIGNAL_SEND_VERIFICATION_EMAIL = "send_verification_email"
 
+# email change (workflows/email_change.py): one workflow per request, `email-change-{change id}`
+EMAIL_CHANGE_WORKFLOW = "EmailChange"
+UPDATE_EMAIL_CHANGE_ACCEPTED = "accepted"  # answers once the new address is reserved (or refused)
+
+
+def email_change_workflow_id(change_id: uuid.UUID | str) -> str:
+    return f"email-change-{change_id}"
+
+
 # Custom search attributes; defined for every server in temporal-config/search-attributes.json.
 SA_TENANT_ID = SearchAttributeKey.for_keyword("TenantId")
 SA_USER_ID = SearchAttributeKey.for_keyword("UserId")

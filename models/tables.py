@@ -53,6 +53,22 @@ class VerificationToken(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class EmailChange(SQLModel, table=True):
+    """A user's request to move to `new_email` (the email-change saga's aggregate). While `pending` it reserves
+    the address: no other user may register it or reserve it (migration 0009's partial unique index)."""
+
+    __tablename__ = "email_changes"
+
+    id: uuid.UUID = Field(primary_key=True)  # the saga's business key: workflow `email-change-{id}`
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    new_email: str = Field(max_length=320)
+    old_email: str | None = Field(default=None, max_length=320)  # set by the swap: the notice goes there
+    token_id: uuid.UUID = Field(unique=True)
+    status: str = Field(max_length=20)  # pending | completed | expired | cancelled | superseded
+    created_at: datetime = _ts()
+    closed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
 class DomainEvent(SQLModel, table=True):
     """Append-only audit trail and the outbox the relay publishes from; a trigger refuses UPDATE and DELETE.
 

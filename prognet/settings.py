@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     registration_verification_timeout: timedelta = Field(
         timedelta(hours=24), description="How long a pending registration waits for verification."
     )
+    email_change_verification_timeout: timedelta = Field(
+        timedelta(hours=24), description="How long an email change waits for the new address to be verified."
+    )
     invitation_timeout: timedelta = Field(
         timedelta(days=7), description="How long an invitation waits for acceptance before it expires."
     )

@@ -12,6 +12,7 @@ import hmac
 import uuid
 
 VERIFY_EMAIL = "verify_email"
+CHANGE_EMAIL = "change_email"  # verifies the new address of an email change
 
 
 def derive_token(key: bytes, purpose: str, token_id: uuid.UUID) -> str:

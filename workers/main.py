@@ -14,6 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
+from activities.email_change import EmailChangeActivities
 from activities.email_delivery import EmailDeliveryActivities
 from activities.invitations import InvitationActivities
 from activities.invoices import InvoiceActivities
@@ -26,6 +27,7 @@ from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
 from prognet.settings import Settings, get_settings
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.billing_trigger import BillingTriggerWorkflow
+from workflows.email_change import EmailChangeWorkflow
 from workflows.email_delivery import EmailDeliveryWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
@@ -46,6 +48,7 @@ WORKFLOWS = [
     BillingCycleWorkflow,
     BillingTriggerWorkflow,
     PaidSignupWorkflow,
+    EmailChangeWorkflow,
 ]
 ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow]
 
@@ -53,6 +56,7 @@ ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow]
 def activities_for(engine: AsyncEngine, settings: Settings) -> list:
     token_key = settings.derived_key("tokens")
     users = UserActivities(engine, token_key)
+    email_changes = EmailChangeActivities(engine, token_key)
     tenants = TenantActivities(engine)
     invitations = InvitationActivities(engine, token_key)
     billing = BillingActivities(settings)
@@ -64,6 +68,10 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
         users.issue_verification_token,
         users.revoke_verification_token,
         users.activate_user,
+        email_changes.reserve,
+        email_changes.issue_token,
+        email_changes.release,
+        email_changes.swap_email,
         tenants.create_tenant,
         tenants.mark_tenant_failed,
         tenants.add_membership,

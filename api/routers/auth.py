@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Cookie, Depends, Response, status
 from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import select
 
 from api.body_guard import require_json_body
@@ -20,7 +21,7 @@ from api.deps import (
     SettingsDep,
     ThrottleDep,
 )
-from api.login_throttle import DEVICE_COOKIE, DEVICE_COOKIE_MAX_AGE, Attempt, LoginThrottle
+from api.login_throttle import DEVICE_COOKIE, DEVICE_COOKIE_MAX_AGE, Attempt, LoginThrottle, lock_noticed
 from api.problems import (
     ACCOUNT_DISABLED,
     ACCOUNT_NOT_VERIFIED,
@@ -31,6 +32,7 @@ from api.problems import (
     problem_responses,
 )
 from api.schemas import LoginRequest, RefreshRequest, TokenPair
+from api.security_events import audit_quietly
 from api.sessions import RefreshOutcome
 from models.db import transaction
 from models.events import record_event
@@ -72,6 +74,8 @@ async def login(
     # The attempt counts as a failure from here on, until the password proves right (see LoginThrottle).
     attempt, retry_after = await throttle.reserve(email, address, device_id)
     if attempt is None:
+        if await lock_noticed(throttle.redis, email, address, retry_after or 1):
+            await _record_lock(engine, email, retry_after or 1)
         raise Problem(
             TOO_MANY_ATTEMPTS,
             "Too many failed logins; try again later.",
@@ -89,8 +93,11 @@ async def login(
         if not await passwords.verify_password(settings, user.password_hash, password):
             log.info("login failed", extra={"user_id": str(user.id), "reason": "wrong_password"})
             wrong_password = True
+            await audit_quietly(engine, "user.login_failed", user.id, {"reason": "wrong_password"})
             raise Problem(INVALID_CREDENTIALS, _BAD_CREDENTIALS)
         if user.status != "active":
+            reason = "not_verified" if user.status == "pending" else "disabled"
+            await audit_quietly(engine, "user.login_failed", user.id, {"reason": reason})
             if user.status == "pending":
                 raise Problem(
                     ACCOUNT_NOT_VERIFIED,
@@ -112,7 +119,9 @@ async def login(
                     if stored is not None:
                         stored.password_hash = new_hash
                         db.add(stored)
-                record_event(db, "user.logged_in", "user", user.id, {"session_id": session.session_id})
+                record_event(
+                    db, "user.logged_in", "user", user.id, {"session_id": session.session_id}, actor_id=user.id
+                )
         except BaseException:
             await sessions.revoke(session.session_id)  # no session without its audit record
             raise
@@ -142,6 +151,18 @@ async def login(
     )
 
 
+async def _record_lock(engine: AsyncEngine, email: str, retry_after: int) -> None:
+    """`user.login_locked` for a known account (an unknown email leaves no trace)."""
+    try:
+        async with transaction(engine) as db:
+            user_id = (await db.exec(select(User.id).where(func.lower(User.email) == email))).first()
+    except Exception:
+        log.warning("login lock not recorded", exc_info=True)
+        return
+    if user_id is not None:
+        await audit_quietly(engine, "user.login_locked", user_id, {"retry_after_seconds": retry_after})
+
+
 async def _release(throttle: LoginThrottle, attempt: Attempt) -> None:
     try:
         await throttle.release(attempt)
@@ -161,6 +182,13 @@ async def refresh(body: RefreshRequest, engine: DbDep, sessions: SessionsDep, to
     rotation = await sessions.rotate(body.refresh_token)
     if rotation.outcome is RefreshOutcome.REUSED:
         log.warning("refresh token reuse; session revoked", extra={"session_id": rotation.session_id})
+        if rotation.user_id is not None:
+            await audit_quietly(
+                engine,
+                "user.session_family_revoked",
+                rotation.user_id,
+                {"session_id": rotation.session_id, "reason": "refresh_token_reused"},
+            )
         raise Problem(
             INVALID_REFRESH_TOKEN, "This refresh token was already used; the session has been revoked. Log in again."
         )
@@ -185,9 +213,13 @@ async def refresh(body: RefreshRequest, engine: DbDep, sessions: SessionsDep, to
     response_class=Response,
     summary="End the current session",
     description="Revokes the session: its access and refresh tokens stop working.",
-    responses=problem_responses(401),
+    responses=problem_responses(401, 503),
 )
-async def logout(caller: CurrentUser, sessions: SessionsDep) -> Response:
-    await sessions.revoke(caller.session_id)
+async def logout(caller: CurrentUser, sessions: SessionsDep, engine: DbDep) -> Response:
+    await sessions.revoke(caller.session_id)  # first: a database outage must not keep the session alive
+    async with transaction(engine, user_id=caller.user_id) as db:
+        record_event(
+            db, "user.logged_out", "user", caller.user_id, {"session_id": caller.session_id}, actor_id=caller.user_id
+        )
     log.info("logged out", extra={"user_id": str(caller.user_id), "session_id": caller.session_id})
     return Response(status_code=status.HTTP_204_NO_CONTENT)

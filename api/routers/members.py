@@ -117,6 +117,8 @@ async def change_role(
                 tenant_id,
                 {"user_id": str(user_id), "from": previous, "to": body.role, "by": str(caller.user_id)},
                 tenant_id=tenant_id,
+                user_id=user_id,
+                actor_id=caller.user_id,
             )
         user = await db.get(User, user_id)
     if previous != body.role:
@@ -161,6 +163,8 @@ async def remove_member(tenant_id: TenantIdPath, user_id: UserIdPath, caller: Cu
             tenant_id,
             {"user_id": str(user_id), "role": role, "by": str(caller.user_id), "left": leaving},
             tenant_id=tenant_id,
+            user_id=user_id,
+            actor_id=caller.user_id,
         )
     log.info(
         "member left" if leaving else "member removed", extra={"tenant_id": str(tenant_id), "user_id": str(user_id)}

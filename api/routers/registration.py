@@ -1,4 +1,5 @@
-"""Sign-up: start the registration saga, and verify the email address it sent a token to."""
+"""Sign-up: start the registration saga, and verify the email address it sent a token to (a registration's,
+or the new address of an email change: the token's purpose says which saga waits for it)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, Response, status
-from sqlmodel import select
-from temporalio.client import WorkflowFailureError
+from sqlmodel import col, select
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.common import SearchAttributePair
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -31,6 +33,7 @@ from api.schemas import (
     VerifyResponse,
 )
 from models.contracts import (
+    EmailChangeResult,
     RegistrationAccepted,
     RegistrationInput,
     RegistrationResult,
@@ -42,9 +45,10 @@ from models.names import (
     SA_USER_ID,
     SIGNAL_VERIFY_EMAIL,
     UPDATE_REGISTRATION_ACCEPTED,
+    email_change_workflow_id,
     registration_workflow_id,
 )
-from models.tables import VerificationToken
+from models.tables import EmailChange, VerificationToken
 from prognet import passwords, tokens
 
 log = logging.getLogger("prognet.api")
@@ -126,7 +130,8 @@ async def register(
     "/verify",
     response_model=VerifyResponse,
     summary="Verify an email address with the emailed token",
-    description="200 once the account is active; 202 (`verifying`) if the saga has not finished within 15 s.",
+    description="A registration's token: 200 once the account is active. An email change's token: 200 once the "
+    "account has the new address. 202 (`verifying`) if the saga has not finished within 15 s.",
     responses={
         **problem_responses(400, 409, 410, 413, 415, 422, 503),
         202: {"model": VerifyResponse, "description": "Verification accepted, still in progress."},
@@ -140,24 +145,36 @@ async def verify(
             await db.exec(
                 select(VerificationToken).where(
                     VerificationToken.token_hash == tokens.hash_token(body.token),
-                    VerificationToken.purpose == tokens.VERIFY_EMAIL,
+                    col(VerificationToken.purpose).in_([tokens.VERIFY_EMAIL, tokens.CHANGE_EMAIL]),
                 )
             )
         ).first()
+        change = (
+            (await db.exec(select(EmailChange).where(EmailChange.token_id == token.id))).first()
+            if token is not None and token.purpose == tokens.CHANGE_EMAIL
+            else None
+        )
     if token is None:
         raise Problem(INVALID_TOKEN, "This verification token is not valid.")
     if token.used_at is not None:
         raise Problem(TOKEN_ALREADY_USED, "This verification token was already used; log in instead.")
     if token.revoked_at is not None or token.expires_at <= datetime.now(UTC):
-        raise Problem(TOKEN_EXPIRED, "This verification token has expired; register again.")
+        raise Problem(TOKEN_EXPIRED, "This verification token has expired; start again.")
 
     client = await temporal.get()
-    handle = client.get_workflow_handle(registration_workflow_id(token.user_id), result_type=RegistrationResult)
+    if token.purpose == tokens.CHANGE_EMAIL:
+        if change is None or change.status != "pending":
+            raise Problem(TOKEN_EXPIRED, "This email change has ended; start again.")
+        handle: WorkflowHandle[Any, Any] = client.get_workflow_handle(
+            email_change_workflow_id(change.id), result_type=EmailChangeResult
+        )
+    else:
+        handle = client.get_workflow_handle(registration_workflow_id(token.user_id), result_type=RegistrationResult)
     try:
         await handle.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=token.id))
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:  # the saga already ended (expired or compensated)
-            raise Problem(TOKEN_EXPIRED, "This registration has ended; register again.") from None
+            raise Problem(TOKEN_EXPIRED, "This verification has ended; start again.") from None
         raise
     try:
         result = await asyncio.wait_for(handle.result(), VERIFY_RESULT_TIMEOUT_SECONDS)
@@ -165,8 +182,8 @@ async def verify(
         response.status_code = status.HTTP_202_ACCEPTED
         return VerifyResponse(user_id=token.user_id, status="verifying")
     except WorkflowFailureError:
-        raise Problem(TOKEN_EXPIRED, "This registration has ended; register again.") from None
-    if result.status != "verified":
-        raise Problem(TOKEN_EXPIRED, "This registration has expired; register again.")
-    log.info("email verified", extra={"user_id": str(token.user_id)})
+        raise Problem(TOKEN_EXPIRED, "This verification has ended; start again.") from None
+    if result.status not in ("verified", "changed"):
+        raise Problem(TOKEN_EXPIRED, "This verification has expired; start again.")
+    log.info("email verified", extra={"user_id": str(token.user_id), "purpose": token.purpose})
     return VerifyResponse(user_id=token.user_id, status="verified")

@@ -19,7 +19,7 @@ LOGIN = "/v1/auth/login"
 
 async def _nothing_written(engine, redis) -> int:
     """Number of domain events, after asserting Redis holds no session and no failure counter."""
-    async with transaction(engine) as db:
+    async with transaction(engine, platform=True) as db:  # every event, whoever it concerns
         logins = (await db.exec(select(func.count()).select_from(DomainEvent))).one()
     assert await redis.keys("session:*") == []
     assert await redis.keys("login:failures:*") == []

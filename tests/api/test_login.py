@@ -28,7 +28,7 @@ async def test_login_returns_a_token_pair_that_opens_me(client, user, engine):
     assert body["status"] == "active"
     assert set(body) == {"id", "email", "display_name", "status", "created_at", "verified_at"}
 
-    async with transaction(engine) as db:
+    async with transaction(engine, user_id=user.id) as db:  # a user's own events: visible to that user only
         events = (await db.exec(select(DomainEvent).where(DomainEvent.aggregate_id == str(user.id)))).all()
     assert [e.type for e in events] == ["user.logged_in"]
     assert "session_id" in events[0].payload

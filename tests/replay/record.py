@@ -43,6 +43,7 @@ from models.billing_cycle_contracts import (
 )
 from models.contracts import (
     AcceptInvitation,
+    EmailChangeInput,
     InvitationInput,
     OperatorDecision,
     RegistrationInput,
@@ -67,13 +68,14 @@ from models.names import (
 from models.plans import Plan
 from models.signup_contracts import PaidSignupInput
 from tests.conftest import BIN_DIR, custom_search_attributes
-from tests.support.fake_activities import FakeUsers
+from tests.support.fake_activities import FakeEmailChanges, FakeUsers
 from tests.support.fake_billing_activities import DECLINED, VISA, FakeBillingWorld
 from tests.support.fake_email import FakeEmailDelivery
 from tests.support.fake_signup_activities import FakeSignupWorld
 from tests.support.fake_tenant_activities import FakeTenantWorld
 from workers.main import Workers
 from workflows.billing_cycle import BillingCycleWorkflow
+from workflows.email_change import EmailChangeWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
@@ -131,6 +133,17 @@ async def _cancel_then_operator_retry(handle: WorkflowHandle, env: WorkflowEnvir
     await _status(handle, "awaiting_operator")
     _broken.healed = True
     await handle.signal(SIGNAL_OPERATOR_DECISION, OperatorDecision(action="retry"))
+
+
+# --- email change ---
+
+_EMAIL_CHANGE = EmailChangeInput(change_id=uuid.UUID(int=30), user_id=uuid.UUID(int=31), new_email="new@replay.test")
+_changed = FakeEmailChanges()
+
+
+async def _verify_new_address(handle: WorkflowHandle, env: WorkflowEnvironment) -> None:
+    await _status(handle, "waiting")
+    await handle.signal(SIGNAL_VERIFY_EMAIL, VerifyEmail(token_id=_changed.token_ids[0]))
 
 
 # --- tenants and invitations ---
@@ -250,6 +263,8 @@ SCENARIOS = [
         _broken.activities,
         _cancel_then_operator_retry,
     ),
+    Scenario("email_change_verified", EmailChangeWorkflow, _EMAIL_CHANGE, _changed.activities, _verify_new_address),
+    Scenario("email_change_expired", EmailChangeWorkflow, _EMAIL_CHANGE, lambda: FakeEmailChanges().activities()),
     Scenario("tenant_provisioning_active", TenantProvisioningWorkflow, _TENANT, lambda: FakeTenantWorld().activities()),
     Scenario(
         "tenant_provisioning_stripe_failed",

@@ -15,7 +15,11 @@ from models import activity_names as act
 from models.contracts import (
     ActivateUser,
     CreatePendingUser,
+    EmailChangeToken,
     IssueVerificationToken,
+    ReleaseEmailChange,
+    ReserveEmailChange,
+    SwapEmail,
     TokenRef,
     UserRef,
 )
@@ -66,3 +70,44 @@ class FakeUsers:
             revoke_verification_token,
             activate_user,
         ]
+
+
+@dataclass
+class FakeEmailChanges:
+    """Stand-ins for the email-change activities (and the token revocation it shares with registration)."""
+
+    fail_step: str | None = None
+    fail_with_type: str = "Boom"
+    calls: list[str] = field(default_factory=list)
+    token_ids: list = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # the reasons the reservation was released with
+
+    def _maybe_fail(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.fail_step:
+            raise ApplicationError(f"{name} failed on purpose", type=self.fail_with_type, non_retryable=True)
+
+    def activities(self) -> list:
+        @activity.defn(name=act.RESERVE_EMAIL_CHANGE)
+        async def reserve(req: ReserveEmailChange) -> None:
+            self.token_ids.append(req.token_id)
+            self._maybe_fail(act.RESERVE_EMAIL_CHANGE)
+
+        @activity.defn(name=act.ISSUE_EMAIL_CHANGE_TOKEN)
+        async def issue_token(req: EmailChangeToken) -> None:
+            self._maybe_fail(act.ISSUE_EMAIL_CHANGE_TOKEN)
+
+        @activity.defn(name=act.RELEASE_EMAIL_CHANGE)
+        async def release(req: ReleaseEmailChange) -> None:
+            self.released.append(req.reason)
+            self._maybe_fail(act.RELEASE_EMAIL_CHANGE)
+
+        @activity.defn(name=act.SWAP_EMAIL)
+        async def swap_email(req: SwapEmail) -> None:
+            self._maybe_fail(act.SWAP_EMAIL)
+
+        @activity.defn(name=act.REVOKE_VERIFICATION_TOKEN)
+        async def revoke_verification_token(req: TokenRef) -> None:
+            self._maybe_fail(act.REVOKE_VERIFICATION_TOKEN)
+
+        return [reserve, issue_token, release, swap_email, revoke_verification_token]
