@@ -23,6 +23,7 @@ import httpx
 import pytest
 import uvicorn
 from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
@@ -31,7 +32,7 @@ from models.event_stream import StreamEvent, tenant_stream, user_stream
 from models.events import record_event
 from models.tables import Membership
 from prognet.settings import Settings
-from prognet_dev import EmbeddedStack
+from prognet_dev import EmbeddedStack, free_port
 from relay.relay import Relay
 from tests.api.conftest import (
     Account,
@@ -44,6 +45,7 @@ from tests.api.conftest import (
     person,
     wait_for_tenant,
 )
+from tests.api.test_outages import Relay as TcpRelay
 
 SSE = {"heartbeat": 0.3, "send_timeout": 1.0}
 
@@ -303,6 +305,25 @@ async def test_two_replicas_serve_the_same_users_stream(settings, schema, db, re
             assert [m.id for m in await resumed.take(1)] == ids[2:]
         async with stream(a, {**headers, "Last-Event-ID": got[0].id}) as elsewhere:  # on either replica
             assert [m.id for m in await elsewhere.take(2)] == ids[1:]
+
+
+async def test_redis_going_away_ends_the_stream_and_new_streams_answer_503(settings, schema, db, redis_url):
+    real = make_url(redis_url)
+    listen = ("127.0.0.1", free_port())
+    cache = TcpRelay((real.host or "127.0.0.1", real.port or 6379), listen)
+    await cache.up()
+    relayed = sse_settings(settings, redis_url=real.set(host=listen[0], port=listen[1]).render_as_string())
+    async with serve(relayed) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+        _, tokens = await logged_in(http, db)
+        headers = bearer(tokens["access_token"])
+        async with stream(http, headers) as s:
+            await cache.down()
+            final = await s.next(timeout=5.0)
+            assert final is not None and final.event == "error" and final.data["reason"] == "cache-unavailable"
+            assert await s.next(timeout=3.0) is None
+        refused = await http.get("/v1/events/stream", headers=headers)
+        assert_problem(refused, 503, "cache-unavailable")
+        assert refused.headers["Retry-After"]
 
 
 # --- a tenant's stream -----------------------------------------------------------------------------------------
