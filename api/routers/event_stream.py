@@ -53,6 +53,7 @@ async def member_role(engine: AsyncEngine, tenant_id: uuid.UUID, user_id: uuid.U
     "Reconnect with `Last-Event-ID` (or `?last_event_id=`) to get every event you missed, in order. "
     f"At most SSE_MAX_STREAMS_PER_USER open streams per user.\n\n{STREAM_DESCRIPTION}",
     response_class=EventStream,
+    status_code=200,
     responses=stream_responses("The event stream."),
 )
 async def stream_events(

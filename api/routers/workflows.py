@@ -91,6 +91,7 @@ async def get_workflow(
     "ends. Comment lines (`: heartbeat`) keep idle connections open. `event: error` ends the stream early, with "
     "a `reason`: `session-ended`, `slow-consumer`, `workflow-engine-unavailable`.",
     response_class=EventStream,
+    status_code=200,
     responses=stream_responses("The saga's progress."),
 )
 async def stream_workflow(
