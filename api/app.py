@@ -22,6 +22,7 @@ from api.routers import (
     auth,
     email_change,
     emails,
+    event_stream,
     health,
     invitation_accept,
     invitations,
@@ -62,7 +63,11 @@ TAGS = [
         "description": "Delivery tracking of the tenant's emails (owners and admins): state, "
         "attempts, last SMTP reply, counts by state and template.",
     },
-    {"name": "workflows", "description": "Progress of the caller's own sagas."},
+    {"name": "workflows", "description": "Progress of the caller's own sagas (also as a server-sent event stream)."},
+    {
+        "name": "events",
+        "description": "Domain events as server-sent events: your own, or a tenant's; resumable with Last-Event-ID.",
+    },
     {
         "name": "admin",
         "description": "Platform operators only (`prognet admin grant EMAIL`): all tenants' emails, "
@@ -142,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         invitations,
         invitation_accept,
         emails,
+        event_stream,
         workflows,
         admin,
         audit,

@@ -148,6 +148,23 @@ class Settings(BaseSettings):
         "that was still open; new events wake it at once (LISTEN/NOTIFY).",
     )
 
+    # --- server-sent event streams (GET /v1/events/stream, GET /v1/workflows/{id}/stream) ---
+    sse_heartbeat_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Comment line sent this often on an idle stream (keeps proxies from closing it); the caller's "
+        "session and tenant access are rechecked at the same pace.",
+    )
+    sse_max_streams_per_user: int = Field(
+        5, ge=1, description="Concurrent event and saga-progress streams one user may hold, across all replicas."
+    )
+    sse_send_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A write to a stream that cannot go out this long (the client stopped reading) ends the stream "
+        "as a slow consumer.",
+    )
+
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies")

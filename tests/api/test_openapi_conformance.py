@@ -91,12 +91,17 @@ def identities(served: str, services: EmbeddedStack) -> dict[str, dict[str, str]
     return {"anonymous": {}, "user": bearer(login.json()["access_token"])}
 
 
+# The event stream never ends by itself: a case that opens one would only wait out its timeout. Its answers
+# before the stream starts (400, 401, 404, 422, 429, 503) are tested in tests/api/test_event_stream.py. (A saga's
+# stream stays in: here Temporal is down, so it answers before streaming.)
+ENDLESS = ["/v1/events/stream"]
+
 # the published schema, as the app builds it (building an app connects to nothing)
 openapi = schemathesis.openapi.from_dict(
     create_app(
         Settings(environment="development", data_dir=Path(tempfile.gettempdir()), secret_key="schema-only-" + "k" * 40)
     ).openapi()
-)
+).exclude(path=ENDLESS)
 
 
 @schemathesis.check

@@ -1,0 +1,364 @@
+"""Server-sent event streams: the response every stream uses, per-user stream slots, and reading an event stream.
+
+Memory per connection is bounded by construction: a connection reads its Redis stream itself, one batch
+(`BATCH` entries) at a time, and reads the next batch only once the previous one was written to the socket, whose
+write buffer the ASGI server bounds (it makes `send` wait while the buffer is full). So a slow client falls behind
+in Redis, not in our memory; one that stops reading makes a write wait, and a write that waits longer than
+SSE_SEND_TIMEOUT_SECONDS ends the stream with `event: error` `{"reason": "slow-consumer"}` (delivered if the
+client reads within another SSE_SEND_TIMEOUT_SECONDS; it resumes with Last-Event-ID and misses nothing).
+
+Every stream holds a slot in the Redis sorted set `sse:slots:{user_id}` (member: the connection, score: when the
+slot lapses), refreshed with each heartbeat and removed when the stream ends, so the per-user limit holds across
+replicas and a crashed replica's slots lapse by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Message, Receive, Scope, Send
+from temporalio.service import RPCError
+
+from api.deps import Caller
+from api.problems import (
+    INVALID_LAST_EVENT_ID,
+    PROBLEM_MEDIA_TYPE,
+    TOO_MANY_STREAMS,
+    WORKFLOW_ENGINE_UNAVAILABLE,
+    Problem,
+    ProblemDetails,
+    unavailable_dependency,
+)
+from api.sessions import SessionStore
+from models.event_stream import StreamEvent
+from prognet.settings import Settings
+
+log = logging.getLogger("prognet.api.sse")
+
+BATCH = 100  # stream entries read (and held) per connection at a time
+MAX_BLOCK_SECONDS = 2.0  # one XREAD BLOCK; below the API's Redis socket timeout (api.app: 5 s)
+SEP = "\n"
+_STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+
+
+# --- the response --------------------------------------------------------------------------------------------
+
+
+class SlowConsumer(Exception):
+    """A write to the client waited longer than the send timeout."""
+
+
+def message(event: str, data: Any, id: str | None = None) -> ServerSentEvent:
+    return ServerSentEvent(json.dumps(data, separators=(",", ":"), default=str), event=event, id=id, sep=SEP)
+
+
+def ended(reason: str, detail: str) -> ServerSentEvent:
+    """The last message of a stream the server ends early."""
+    return message("error", {"reason": reason, "detail": detail})
+
+
+class EventStream(EventSourceResponse):
+    """`text/event-stream` with a bounded send, no library pings (our generators send heartbeats, together with
+    the access checks), and `on_close` run once the stream is over, whatever ended it."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        messages: AsyncIterator[ServerSentEvent],
+        *,
+        send_timeout: float,
+        on_close: Callable[[], Awaitable[None]],
+    ) -> None:
+        super().__init__(messages, ping=0, sep=SEP, headers={"Cache-Control": "no-store"})
+        self.bounded_send_timeout = send_timeout
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        timeout = self.bounded_send_timeout
+
+        async def bounded(msg: Message) -> None:
+            if msg["type"] != "http.response.body" or not msg.get("more_body"):
+                await send(msg)
+                return
+            try:
+                with anyio.fail_after(timeout):
+                    await send(msg)  # waits only while the server's write buffer is full; writes all or nothing
+            except TimeoutError:
+                raise SlowConsumer from None
+
+        try:
+            await super().__call__(scope, receive, bounded)
+        except SlowConsumer:
+            log.info("slow consumer: ending its stream", extra={"path": scope.get("path")})
+            farewell = ended("slow-consumer", "The client did not read fast enough; reconnect with Last-Event-ID.")
+            with anyio.move_on_after(timeout):
+                await send({"type": "http.response.body", "body": farewell.encode(), "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            try:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self.on_close()
+            except Exception as exc:  # Redis is down: the slot lapses by itself
+                log.warning("stream cleanup failed: %s", type(exc).__name__, extra={"path": scope.get("path")})
+
+
+def stream_responses(description: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` of a stream: 200 as text/event-stream, and the problems answered before it starts."""
+    problem = {"model": ProblemDetails, "content": {PROBLEM_MEDIA_TYPE: {}}}
+    return {
+        200: {"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **{status: problem for status in (400, 401, 404, 422)},
+        429: {
+            **problem,
+            "description": "Too many open streams for this user (`too-many-streams`).",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+        },
+    }
+
+
+def end_reason(exc: BaseException) -> str | None:
+    """The reason to send when `exc` is a dependency that went away mid-stream (the client reconnects later)."""
+    kind = unavailable_dependency(exc)
+    if kind is not None:
+        return kind.slug
+    if isinstance(exc, RPCError):
+        return WORKFLOW_ENGINE_UNAVAILABLE.slug
+    return None
+
+
+# --- per-user stream slots -----------------------------------------------------------------------------------
+
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[4] == 'new' and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
+return 1
+"""
+
+
+class StreamSlots:
+    """At most `limit` open streams per user, counted in Redis; a slot lapses `ttl` seconds after its last refresh."""
+
+    def __init__(self, redis: Redis, limit: int, ttl: float) -> None:
+        self.redis = redis
+        self.limit = limit
+        self.ttl = ttl
+        self._take = redis.register_script(_TAKE)
+
+    @staticmethod
+    def _key(user_id: uuid.UUID) -> str:
+        return f"sse:slots:{user_id}"
+
+    async def acquire(self, user_id: uuid.UUID, retry_after: float) -> str:
+        slot = uuid.uuid4().hex
+        if not await self._take(keys=[self._key(user_id)], args=[self.limit, self.ttl, slot, "new"]):
+            raise Problem(
+                TOO_MANY_STREAMS,
+                f"You already have {self.limit} open streams; close one first.",
+                headers={"Retry-After": str(max(1, round(retry_after)))},
+            )
+        return slot
+
+    async def refresh(self, user_id: uuid.UUID, slot: str) -> None:
+        await self._take(keys=[self._key(user_id)], args=[self.limit, self.ttl, slot, "refresh"])
+
+    async def release(self, user_id: uuid.UUID, slot: str) -> None:
+        await self.redis.zrem(self._key(user_id), slot)
+
+
+def stream_slots(redis: Redis, settings: Settings) -> StreamSlots:
+    # a slot outlives a few missed heartbeats, so only a dead replica's streams lapse
+    return StreamSlots(redis, settings.sse_max_streams_per_user, 3 * settings.sse_heartbeat_seconds + 5)
+
+
+@dataclass
+class Guard:
+    """What keeps a stream open: the caller's session, the optional `access` check (tenant membership), its slot."""
+
+    sessions: SessionStore
+    caller: Caller
+    slots: StreamSlots
+    slot: str
+    access: Callable[[], Awaitable[bool]] | None = None
+
+    async def check(self) -> ServerSentEvent | None:
+        """None while the stream may go on, else its final message. Refreshes the slot."""
+        if await self.sessions.user_of(self.caller.session_id) != self.caller.user_id:
+            return ended("session-ended", "The session of this access token has ended (logout or password change).")
+        if self.access is not None and not await self.access():
+            return ended("access-revoked", "You no longer have access to this tenant's events.")
+        await self.slots.refresh(self.caller.user_id, self.slot)
+        return None
+
+    async def close(self) -> None:
+        await self.slots.release(self.caller.user_id, self.slot)
+
+
+@dataclass
+class Beat:
+    """Heartbeat pacing."""
+
+    every: float
+    due: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self.due = time.monotonic() + self.every
+
+    def left(self) -> float:
+        return max(0.0, self.due - time.monotonic())
+
+    def next(self) -> None:
+        self.due = time.monotonic() + self.every
+
+
+# --- reading an event stream ---------------------------------------------------------------------------------
+
+
+def parse_stream_id(value: str) -> tuple[int, int]:
+    match = _STREAM_ID.match(value)
+    if match is None:
+        raise Problem(
+            INVALID_LAST_EVENT_ID, "Last-Event-ID must be an event id this stream sent (e.g. `1700000000000-0`)."
+        )
+    return int(match[1]), int(match[2])
+
+
+def _as_id(value: Any) -> tuple[int, int] | None:
+    if value in (None, "", "0-0"):
+        return None
+    return parse_stream_id(str(value))
+
+
+@dataclass(frozen=True)
+class Start:
+    position: str  # read entries after this id
+    reset: bool  # the client's Last-Event-ID is beyond retention: it must re-read state
+
+
+async def start_position(redis: Redis, stream: str, last_event_id: str | None) -> Start:
+    """Where a connection starts reading: after Last-Event-ID while nothing after it was trimmed, else (and
+    without one) after the stream's newest entry."""
+    last = parse_stream_id(last_event_id) if last_event_id is not None else None
+    try:
+        info: dict[str, Any] = await redis.xinfo_stream(stream)
+    except ResponseError:  # no such stream yet: nothing was ever published to it
+        return Start(last_event_id or "0-0", reset=False)
+    newest = str(info["last-generated-id"])
+    if last is None:
+        return Start(newest, reset=False)
+    newest_id = _as_id(newest) or (0, 0)
+    # Redis 7 says which id was deleted last (trimming); before it, the oldest retained entry bounds the gap
+    # (conservatively: the client may get a reset it did not strictly need).
+    trimmed = _as_id(info.get("max-deleted-entry-id"))
+    first = info.get("first-entry")
+    oldest = _as_id(first[0]) if first else None
+    if "max-deleted-entry-id" in info:
+        gap = trimmed is not None and last < trimmed
+    else:
+        gap = oldest is not None and last < oldest
+    if gap or last > newest_id:  # trimmed past it, or an id this stream never had
+        return Start(newest, reset=True)
+    return Start(last_event_id or newest, reset=False)
+
+
+@dataclass(frozen=True)
+class TypeFilter:
+    """`?types=`: exact types and `prefix.*` patterns; empty = every type."""
+
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, value: str | None) -> TypeFilter:
+        items = [t.strip() for t in (value or "").split(",") if t.strip()]
+        if "*" in items:
+            return cls(frozenset(), ())
+        return cls(
+            frozenset(t for t in items if not t.endswith(".*")),
+            tuple(t[:-1] for t in items if t.endswith(".*")),
+        )
+
+    def __call__(self, event_type: str) -> bool:
+        if not self.exact and not self.prefixes:
+            return True
+        return event_type in self.exact or event_type.startswith(self.prefixes)
+
+
+def event_data(event: StreamEvent) -> dict[str, Any]:
+    """What a client sees of an event (the catalogue's payload; never the actor's session or secrets)."""
+    return {
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "version": event.version,
+        "occurred_at": event.occurred_at.isoformat(),
+        "aggregate": {"type": event.aggregate_type, "id": event.aggregate_id},
+        "tenant_id": str(event.tenant_id) if event.tenant_id else None,
+        "payload": event.payload,
+    }
+
+
+async def event_messages(
+    redis: Redis,
+    stream: str,
+    start: Start,
+    *,
+    visible: Callable[[StreamEvent], bool],
+    recheck_on: Callable[[StreamEvent], bool],
+    guard: Guard,
+    heartbeat: float,
+) -> AsyncIterator[ServerSentEvent]:
+    """The SSE messages of `stream` from `start` on, until the guard or a dependency ends them."""
+    position = start.position
+    sent = position  # the last id the client has seen
+    if start.reset:
+        yield message(
+            "reset",
+            {"reason": "Last-Event-ID is older than this stream keeps; re-read state over HTTP, then follow on."},
+            id=position,
+        )
+    beat = Beat(heartbeat)
+    try:
+        while True:
+            block = max(1, int(min(beat.left(), MAX_BLOCK_SECONDS) * 1000))
+            reply: Any = await redis.xread({stream: position}, count=BATCH, block=block)
+            for _name, entries in reply or []:
+                for entry_id, fields in entries:
+                    position = entry_id
+                    event = StreamEvent.from_fields(fields)
+                    if recheck_on(event) and (final := await guard.check()) is not None:
+                        yield final
+                        return
+                    if visible(event):
+                        yield message(event.type, event_data(event), id=entry_id)
+                        sent = entry_id
+            if beat.left() == 0:
+                if (final := await guard.check()) is not None:
+                    yield final
+                    return
+                # an id-only message moves the client's Last-Event-ID past entries the filter skipped
+                yield ServerSentEvent(comment="heartbeat", id=position if position != sent else None, sep=SEP)
+                sent = position
+                beat.next()
+    except Exception as exc:
+        reason = end_reason(exc)
+        if reason is None:
+            raise
+        log.warning("event stream ended: %s", reason, extra={"stream": stream})
+        yield ended(reason, "A service this stream reads went away; reconnect with Last-Event-ID.")
