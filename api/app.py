@@ -32,6 +32,7 @@ from api.routers import (
     stripe_webhooks,
     subscriptions,
     tenants,
+    webhooks,
     workflows,
 )
 from api.sessions import SessionStore
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         invitations,
         invitation_accept,
         emails,
+        webhooks,
         workflows,
         admin,
         health,

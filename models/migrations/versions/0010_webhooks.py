@@ -52,9 +52,7 @@ def upgrade() -> None:
         "webhook_deliveries",
         sa.Column("id", sa.Uuid(), primary_key=True),
         sa.Column("tenant_id", sa.Uuid(), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
-        sa.Column(
-            "endpoint_id", sa.Uuid(), sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("endpoint_id", sa.Uuid(), sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False),
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("event_type", _text(100), nullable=False),
         sa.Column("workflow_id", _text(200), nullable=False),
@@ -72,9 +70,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("endpoint_id", "event_id", name="ux_webhook_deliveries_endpoint_event"),
     )
     op.create_index("ix_webhook_deliveries_tenant_id", "webhook_deliveries", ["tenant_id"])
-    op.create_index(
-        "ix_webhook_deliveries_endpoint_created", "webhook_deliveries", ["endpoint_id", "created_at", "id"]
-    )
+    op.create_index("ix_webhook_deliveries_endpoint_created", "webhook_deliveries", ["endpoint_id", "created_at", "id"])
     for table in TABLES:
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
