@@ -98,14 +98,18 @@ def check_url(url: str, *, allow_private: bool) -> tuple[str, str, int]:
     return scheme, host, port or (443 if scheme == "https" else 80)
 
 
+async def lookup(host: str, port: int) -> tuple[str, ...]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
 async def resolve(url: str, *, allow_private: bool) -> Target:
     """Check the URL, resolve its host, and check every address it resolves to."""
     scheme, host, port = check_url(url, allow_private=allow_private)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = await lookup(host, port)
     except (socket.gaierror, UnicodeError) as err:
         raise TargetRefused(f"the host {host} does not resolve ({err})") from None
-    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
         raise TargetRefused(f"the host {host} does not resolve")
     if not allow_private:
