@@ -10,7 +10,7 @@ from cryptography.exceptions import InvalidTag
 
 from webhooks import secret_box, signing, targets
 from webhooks.event_filter import invalid_filters, matches
-from webhooks.targets import TargetRefused, Target, check_url, forbidden_reason, resolve
+from webhooks.targets import Target, TargetRefused, check_url, forbidden_reason, resolve
 
 # The specification's published test vector (standard-webhooks, libraries' shared tests).
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
