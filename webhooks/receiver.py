@@ -27,6 +27,7 @@ class Received:
     webhook_id: str
     headers: dict[str, str]
     body: dict
+    raw: bytes  # the body as sent (what the signature covers)
     at: float  # time.time() when it arrived
 
 
@@ -56,7 +57,7 @@ class WebhookReceiver:
             self._print(f"rejected: bad signature ({headers.get('webhook-id', 'no webhook-id')})")
             return JSONResponse({"error": "invalid signature"}, status_code=401)
         body = json.loads(raw)
-        item = Received(msg_id, headers, body, time.time())
+        item = Received(msg_id, headers, body, raw, time.time())
         self.requests.append(item)
         if self.fail > 0:
             self.fail -= 1
