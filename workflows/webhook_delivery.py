@@ -46,6 +46,7 @@ BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 # An attempt's own failures (its database read, a worker lost mid-POST) are retried a little; the receiver's
 # answer is the activity's result, never an exception, so it is never retried here.
 ATTEMPT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+ENDPOINT_GONE = "the endpoint was deleted"
 
 
 @workflow.defn(name=WEBHOOK_DELIVERY_WORKFLOW)
@@ -70,13 +71,13 @@ class WebhookDeliveryWorkflow:
             retry_policy=BOOKKEEPING_RETRY,
         )
         if not exists:
-            return self._end(req, "failed", "the endpoint was deleted")
+            return self._end(req, "failed", ENDPOINT_GONE)
         while True:
             reason = await self._attempt_on_schedule(req, policy)
             if reason is None:
                 return self._end(req, "delivered", "delivered")
-            if reason == "":
-                return self._end(req, "failed", "the endpoint was deleted")
+            if reason == ENDPOINT_GONE:  # nothing left to deliver to, nor to retry later
+                return self._end(req, "failed", ENDPOINT_GONE)
             decision = await self._dead_letter(req, reason)
             if decision.action == "discard":
                 await self._mark(req, "discarded", decision.reason or "discarded")
@@ -84,7 +85,7 @@ class WebhookDeliveryWorkflow:
             await self._mark(req, "pending", f"retry requested ({decision.reason or 'no reason'})")
 
     async def _attempt_on_schedule(self, req: WebhookDeliveryInput, policy: WebhookPolicy) -> str | None:
-        """None once delivered; "" if the endpoint is gone; else why it goes to the dead letter."""
+        """None once delivered; else why not (ENDPOINT_GONE, or why the delivery goes to the dead letter)."""
         schedule = policy.schedule_seconds
         for index, wait in enumerate(schedule):
             if wait > 0:
@@ -107,7 +108,7 @@ class WebhookDeliveryWorkflow:
             if result.outcome == "delivered":
                 return None
             if result.outcome == "endpoint_gone":
-                return ""
+                return ENDPOINT_GONE
             if result.outcome == "endpoint_disabled":
                 return "the endpoint is disabled (enable it, then retry)"
             if result.outcome == "refused":
