@@ -197,7 +197,9 @@ async def test_a_matching_event_is_delivered_signed_once_even_if_dispatched_twic
     api, app_engine, hooks, temporal_client
 ):
     owner, tenant = await owner_and_tenant(api, app_engine)
+    earlier = await emit(app_engine, tenant, "member.added")
     endpoint = await create_endpoint(api, owner, tenant, f"{hooks.url}/in", event_types=["member.*"])
+    assert await hooks.dispatcher.dispatch(earlier) == []  # before the endpoint existed: not its business
     secret = endpoint["secret"]
     hooks.receiver.secrets = [secret]
 
