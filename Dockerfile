@@ -15,6 +15,7 @@ COPY activities ./activities
 COPY api ./api
 COPY workers ./workers
 COPY relay ./relay
+COPY webhooks ./webhooks
 RUN pip install . && useradd --system --home /app prognet && mkdir -p /data && chown prognet /data
 
 USER prognet

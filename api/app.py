@@ -35,6 +35,7 @@ from api.routers import (
     stripe_webhooks,
     subscriptions,
     tenants,
+    webhooks,
     workflows,
 )
 from api.sessions import SessionStore
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         invitation_accept,
         emails,
         event_stream,
+        webhooks,
         workflows,
         admin,
         audit,

@@ -74,6 +74,9 @@ TENANT_NOT_ACTIVE = ProblemType("tenant-not-active", 409, "Tenant not active")
 PLAN_UNCHANGED = ProblemType("plan-unchanged", 409, "Already on this plan")
 EMAIL_NOT_DEAD_LETTERED = ProblemType("email-not-dead-lettered", 409, "Email is not a dead letter")
 EMAIL_ADDRESS_SUPPRESSED = ProblemType("email-address-suppressed", 409, "Email address suppressed")
+WEBHOOK_DELIVERY_NOT_DEAD_LETTERED = ProblemType(
+    "webhook-delivery-not-dead-lettered", 409, "Webhook delivery is not a dead letter"
+)
 SUBSCRIPTION_EXISTS = ProblemType("subscription-exists", 409, "The tenant already has a live subscription")
 SUBSCRIPTION_ENDED = ProblemType("subscription-ended", 409, "Subscription has ended")
 NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Stripe customer")
@@ -82,6 +85,8 @@ INVITATION_EXPIRED = ProblemType("invitation-expired", 410, "Invitation expired 
 PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", 413, "Request body too large")
 UNSUPPORTED_MEDIA_TYPE = ProblemType("unsupported-media-type", 415, "Unsupported media type")
 VALIDATION_FAILED = ProblemType("validation-failed", 422, "Request validation failed")
+WEBHOOK_TARGET_REFUSED = ProblemType("webhook-target-refused", 422, "Webhook target refused")
+UNKNOWN_EVENT_TYPE = ProblemType("unknown-event-type", 422, "Unknown event type")
 UNKNOWN_PLAN = ProblemType("unknown-plan", 422, "Unknown plan")
 IDEMPOTENCY_KEY_REUSED = ProblemType("idempotency-key-reused", 422, "Idempotency-Key reused with a different request")
 TOO_MANY_ATTEMPTS = ProblemType("too-many-attempts", 429, "Too many attempts")

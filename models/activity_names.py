@@ -56,3 +56,10 @@ ENSURE_BILLING_SCHEDULE = "schedules.ensure_billing_schedule"
 DELETE_BILLING_SCHEDULE = "schedules.delete_billing_schedule"
 SUSPEND_TENANT = "tenants.suspend_tenant"
 DISCARD_TENANT = "tenants.discard_tenant"  # paid sign-up unwinding: the tenant and its rows deleted
+
+# outbound webhooks (activities/webhooks.py)
+WEBHOOK_POLICY = "webhooks.policy"
+WEBHOOK_RECORD = "webhooks.record"
+WEBHOOK_ATTEMPT = "webhooks.attempt"
+WEBHOOK_MARK = "webhooks.mark"
+WEBHOOK_DISABLE_ENDPOINT = "webhooks.disable_endpoint"

@@ -349,3 +349,101 @@ class SuppressAddress(BaseModel):
     address: str
     reason: str
     message_id: uuid.UUID
+
+
+# --- outbound webhooks (workflows/webhook_delivery.py) ---
+
+
+class WebhookEvent(BaseModel):
+    """What a receiver gets as the JSON body: the event, with the id and time it needs to order and dedupe."""
+
+    id: uuid.UUID
+    type: str
+    version: int
+    occurred_at: datetime
+    tenant_id: uuid.UUID
+    aggregate_type: str
+    aggregate_id: str
+    payload: dict = Field(default_factory=dict)
+
+    def body(self) -> dict:
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "version": self.version,
+            "occurred_at": self.occurred_at.isoformat(),
+            "tenant_id": str(self.tenant_id),
+            "aggregate": {"type": self.aggregate_type, "id": self.aggregate_id},
+            "payload": self.payload,
+        }
+
+
+class WebhookDeliveryInput(BaseModel):
+    """No URL and no secret: the attempt reads both from the endpoint's row, so history never holds them."""
+
+    delivery_id: uuid.UUID
+    endpoint_id: uuid.UUID
+    tenant_id: uuid.UUID
+    event: WebhookEvent
+
+
+class WebhookPolicy(BaseModel):
+    """Read from settings by a local activity, so it lands in history and replays the same."""
+
+    schedule_seconds: list[float] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    timeout_seconds: float = 15.0
+    disable_after_seconds: float = 5 * 24 * 3600.0
+
+
+class WebhookAttempt(BaseModel):
+    delivery: WebhookDeliveryInput
+    attempt: int  # 1-based, counted over the delivery's whole life (operator retries included)
+    disable_after_seconds: float
+
+
+WebhookOutcome = Literal["delivered", "failed", "refused", "endpoint_gone", "endpoint_disabled"]
+
+
+class WebhookAttemptResult(BaseModel):
+    outcome: WebhookOutcome
+    status_code: int | None = None
+    error: str | None = None
+    disable: bool = False  # the endpoint has failed every attempt for WEBHOOK_DISABLE_AFTER
+
+
+WebhookDeliveryStatus = Literal["pending", "retrying", "delivered", "dead_lettered", "failed", "discarded"]
+
+
+class MarkWebhookDelivery(BaseModel):
+    delivery_id: uuid.UUID
+    tenant_id: uuid.UUID
+    status: WebhookDeliveryStatus
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+
+
+class DisableWebhookEndpoint(BaseModel):
+    endpoint_id: uuid.UUID
+    tenant_id: uuid.UUID
+    reason: str
+
+
+class DisabledWebhookEndpoint(BaseModel):
+    disabled: bool  # false: it was already disabled (or gone), nobody to tell again
+    owner_ids: list[uuid.UUID] = Field(default_factory=list)
+    url_host: str | None = None
+
+
+class WebhookDecision(BaseModel):
+    """A dead letter's answer: attempt again (the whole schedule) or give up."""
+
+    action: Literal["retry", "discard"]
+    reason: str | None = None
+
+
+class WebhookDeliveryResult(BaseModel):
+    delivery_id: uuid.UUID
+    status: WebhookDeliveryStatus
+    attempts: int = 0

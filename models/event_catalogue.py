@@ -178,6 +178,22 @@ class SuppressionLifted(Payload):
     message_id: uuid.UUID | None
 
 
+# --- outbound webhooks (tenant owners and admins) ---
+class WebhookEndpointChanged(Payload):
+    host: str = Field(description="the URL's host only: a URL's path or query may carry the receiver's token")
+    enabled: bool
+    event_types: list[str] | None = Field(description="exact types or `prefix.*`; null: every type")
+
+
+class WebhookSecretRotated(Payload):
+    previous_secret_expires_at: str = Field(description="ISO 8601: the old secret signs beside the new one until then")
+
+
+class WebhookEndpointDisabled(Payload):
+    reason: str
+    failing_since: str = Field(description="ISO 8601: the first failed attempt since the last delivered one")
+
+
 PayloadModel = type[Payload]
 
 
@@ -237,6 +253,21 @@ SPECS: tuple[EventSpec, ...] = (
     _spec("invoice.uncollectible", "invoice", InvoiceClosed, "Dunning gave up: the invoice is uncollectible."),
     _spec("email.retry_requested", "email", EmailRetryRequested, "An operator retried a dead-lettered email."),
     _spec("email.discard_requested", "email", EmailDiscardRequested, "An operator discarded a dead-lettered email."),
+    _spec("webhook_endpoint.created", "webhook_endpoint", WebhookEndpointChanged, "A webhook endpoint was added."),
+    _spec("webhook_endpoint.updated", "webhook_endpoint", WebhookEndpointChanged, "A webhook endpoint was changed."),
+    _spec("webhook_endpoint.deleted", "webhook_endpoint", Empty, "A webhook endpoint was removed."),
+    _spec(
+        "webhook_endpoint.secret_rotated",
+        "webhook_endpoint",
+        WebhookSecretRotated,
+        "The endpoint's signing secret was replaced; the old one signs alongside for a while.",
+    ),
+    _spec(
+        "webhook_endpoint.disabled",
+        "webhook_endpoint",
+        WebhookEndpointDisabled,
+        "Every delivery to the endpoint failed for too long: it was disabled (its owners are emailed).",
+    ),
     _spec("email.suppression_lifted", "email_suppression", SuppressionLifted, "An operator lifted a suppression."),
 )
 

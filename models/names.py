@@ -125,3 +125,19 @@ def signup_workflow_id(signup_id: uuid.UUID | str) -> str:
 
 SIGNAL_REGISTRATION_PROGRESS = "registration_progress"  # a child registration → its parent: user created / rejected
 QUERY_SIGNUP_OUTCOME = "signup_outcome"  # the outcome so far (status "pending" until the saga is decided)
+
+
+# outbound webhooks (webhooks/dispatcher.py → workflows/webhook_delivery.py): HTTP attempts on their own queue
+WEBHOOK_TASK_QUEUE = "prognet-webhooks"
+WEBHOOK_DELIVERY_WORKFLOW = "WebhookDelivery"
+SIGNAL_WEBHOOK_DECISION = "webhook_decision"  # a dead letter's retry or discard (the API, an operator)
+QUERY_WEBHOOK_STATE = "webhook_state"
+
+
+def webhook_delivery_id(endpoint_id: uuid.UUID | str, event_id: uuid.UUID | str) -> uuid.UUID:
+    """A business key: one event to one endpoint is one delivery, however often the event is read."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"prognet:webhook:{endpoint_id}:{event_id}")
+
+
+def webhook_workflow_id(delivery_id: uuid.UUID | str) -> str:
+    return f"webhook-{delivery_id}"

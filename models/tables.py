@@ -162,6 +162,8 @@ TENANT_SCOPED_TABLES = (
     "subscriptions",
     "invoices",
     "invoice_counters",
+    "webhook_endpoints",
+    "webhook_deliveries",
 )
 
 
@@ -259,3 +261,52 @@ class InvoiceCounter(SQLModel, table=True):
 
     tenant_id: uuid.UUID = Field(primary_key=True, foreign_key="tenants.id", ondelete="CASCADE")
     last_number: int = Field(default=0)
+
+
+# --- outbound webhooks (migration 0010): tenant-scoped and isolated like the tenant tables ---
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A tenant's webhook receiver. The signing secret is stored sealed (webhooks.secret_box), never in clear;
+    during a rotation's overlap the previous secret signs too, until `previous_secret_expires_at`."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: uuid.UUID = Field(primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    url: str = Field(max_length=2000)
+    description: str | None = Field(default=None, max_length=500)
+    event_types: list[str] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))  # None: every type
+    enabled: bool = True
+    secret_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    previous_secret_sealed: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    previous_secret_expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    failing_since: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))  # no 2xx since
+    disabled_reason: str | None = Field(default=None, max_length=500)
+    created_by: uuid.UUID | None = None
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to one endpoint (`webhook-{id}`, id = uuid5 of endpoint + event): the delivery log's row."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: uuid.UUID = Field(primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    endpoint_id: uuid.UUID = Field(foreign_key="webhook_endpoints.id", ondelete="CASCADE")
+    event_id: uuid.UUID
+    event_type: str = Field(max_length=100)
+    workflow_id: str = Field(max_length=200)
+    status: str = Field(max_length=20)  # pending | retrying | delivered | dead_lettered | failed | discarded
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_response_body: str | None = Field(default=None, max_length=1024)
+    last_error: str | None = Field(default=None, max_length=500)
+    last_duration_ms: int | None = None
+    last_attempt_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    next_attempt_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    delivered_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()

@@ -4,6 +4,8 @@
     prognet worker       the Temporal worker (workers.main.run_worker)
     prognet api          the HTTP API (uvicorn, api.app:create_app)
     prognet relay        the outbox relay: domain_events → Redis Streams (relay.relay)
+    prognet webhooks-dispatcher  tenant events → webhook delivery workflows (webhooks.dispatcher)
+    prognet webhook-receiver --port P --secret whsec_…  a local receiver that verifies and prints deliveries
     prognet events tail  print the event stream live;  prognet events catalogue  the event types (Markdown)
     prognet migrate      apply database migrations (Alembic, upgrade head)
     prognet smtp-sink    the development SMTP sink on its own
@@ -203,6 +205,41 @@ def cmd_relay(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)  # finish the batch in hand, release the lock, exit
         await run_relay(settings, stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_webhooks_dispatcher(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from webhooks.dispatcher import run_dispatcher
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)  # finish the entry in hand, then exit
+        await run_dispatcher(settings, stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_webhook_receiver(args: argparse.Namespace) -> int:
+    from webhooks.receiver import WebhookReceiver, serving
+
+    receiver = WebhookReceiver(secrets=args.secret, fail=args.fail, out=lambda line: print(line, flush=True))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with serving(receiver, args.host, args.port) as url:
+            print(f"webhook receiver on {url}/ (failing the first {args.fail})", flush=True)
+            await stop.wait()
 
     asyncio.run(run())
     return 0
@@ -527,6 +564,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default: API_HOST)")
     p.add_argument("--port", type=int, help="port (default: API_PORT)")
     add("relay", cmd_relay, "run the outbox relay (domain_events → Redis Streams; one leads, others stand by)")
+    add(
+        "webhooks-dispatcher",
+        cmd_webhooks_dispatcher,
+        "run the webhook dispatcher (tenant events on events:all → webhook-{delivery} workflows)",
+    )
+    p = sub.add_parser(
+        "webhook-receiver",
+        help="a local webhook receiver: verifies signatures, prints one line per delivery (development only)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument(
+        "--secret", action="append", required=True, help="the endpoint's whsec_… secret (repeat during a rotation)"
+    )
+    p.add_argument("--fail", type=int, default=0, metavar="N", help="answer 500 to the first N deliveries")
+    p.set_defaults(func=cmd_webhook_receiver)
     add("migrate", cmd_migrate, "apply database migrations (DATABASE_URL, or the embedded database)")
     p = add("smtp-sink", cmd_smtp_sink, "run the development SMTP sink on its own")
     p.add_argument("--host", default="127.0.0.1")

@@ -165,6 +165,27 @@ class Settings(BaseSettings):
         "as a slow consumer.",
     )
 
+    # --- outbound webhooks (webhooks/, workflows/webhook_delivery.py) ---
+    webhook_timeout_seconds: float = Field(15.0, gt=0, description="How long one delivery attempt may take.")
+    webhook_retry_schedule_seconds: list[float] = Field(
+        [0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+        min_length=1,
+        description="Wait before each delivery attempt (the first: 0 = at once); after the last failed attempt the "
+        "delivery is dead-lettered. Default: Svix's (now, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h).",
+    )
+    webhook_secret_overlap: timedelta = Field(
+        timedelta(hours=24), description="How long a rotated-out signing secret keeps signing beside the new one."
+    )
+    webhook_disable_after: timedelta = Field(
+        timedelta(days=5),
+        description="An endpoint whose every delivery attempt failed for this long is disabled (event + email).",
+    )
+    webhook_allow_private_targets: bool | None = Field(
+        None,
+        description="Let webhooks go to http:// and to loopback/private addresses (a local receiver); "
+        "unset: true in development, false in production.",
+    )
+
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies")
@@ -210,6 +231,12 @@ class Settings(BaseSettings):
     def stripe_base(self) -> str:
         """Where the Stripe SDK sends requests: STRIPE_API_BASE, else api.stripe.com (the dev stack sets it)."""
         return (self.stripe_api_base or STRIPE_API_BASE).rstrip("/")
+
+    @property
+    def allow_private_webhook_targets(self) -> bool:
+        if self.webhook_allow_private_targets is not None:
+            return self.webhook_allow_private_targets
+        return self.environment == "development"
 
     @property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

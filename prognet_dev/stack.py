@@ -206,6 +206,7 @@ class EmbeddedStack:
 
         self.worker: AppProcess | None = None
         self.relay: AppProcess | None = None
+        self.webhooks: AppProcess | None = None
         self.api: AppProcess | None = None
         if app:
             self.worker = AppProcess(
@@ -224,6 +225,14 @@ class EmbeddedStack:
                 cwd=REPO_ROOT,
                 address=f"domain_events → {_redact(self.redis_url or '?')} (events:*)",
             )
+            self.webhooks = AppProcess(
+                "Webhooks",
+                "webhooks-dispatcher",
+                log=self.log,
+                env=self.env(),
+                cwd=REPO_ROOT,
+                address="events:all → webhook-{delivery} workflows",
+            )
             self.api = AppProcess(
                 "API",
                 "api",
@@ -233,7 +242,7 @@ class EmbeddedStack:
                 listen=(host, settings.api_port),
                 address=f"{self.api_url}/docs",
             )
-            self.components += [self.worker, self.relay, self.api]
+            self.components += [self.worker, self.relay, self.webhooks, self.api]
 
     # --- what children and tests need ---------------------------------------------------------------------
     def env(self) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The worker process: the sagas on `prognet-main`, email delivery on `prognet-email` and `prognet-email-send`."""
+"""The worker process: the sagas on `prognet-main`, email delivery on `prognet-email` and `prognet-email-send`,
+webhook deliveries on `prognet-webhooks`."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from activities.schedules import ScheduleActivities
 from activities.subscriptions import SubscriptionActivities
 from activities.tenants import TenantActivities
 from activities.users import UserActivities
+from activities.webhooks import WebhookActivities
 from models.db import make_engine
-from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
+from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from prognet.settings import Settings, get_settings
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.billing_trigger import BillingTriggerWorkflow
@@ -34,6 +36,7 @@ from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
 from workflows.subscription import SubscriptionWorkflow
 from workflows.tenant_provisioning import TenantProvisioningWorkflow
+from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ WORKFLOWS = [
     PaidSignupWorkflow,
     EmailChangeWorkflow,
 ]
-ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow]
+ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow, WebhookDeliveryWorkflow]
 
 
 def activities_for(engine: AsyncEngine, settings: Settings) -> list:
@@ -133,6 +136,7 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                 activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             ),
+            webhook_worker(client, engine, settings),
             Worker(
                 client,
                 task_queue=EMAIL_SEND_TASK_QUEUE,
@@ -141,6 +145,20 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             ),
         ]
+    )
+
+
+def webhook_worker(
+    client: Client, engine: AsyncEngine, settings: Settings, task_queue: str = WEBHOOK_TASK_QUEUE
+) -> Worker:
+    """Webhook deliveries on their own queue: slow receivers hold only these slots."""
+    hooks = WebhookActivities(engine, settings)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[WebhookDeliveryWorkflow],
+        activities=[hooks.policy, hooks.record, hooks.attempt, hooks.mark, hooks.disable_endpoint],
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
 
 
@@ -171,10 +189,11 @@ async def run_worker(settings: Settings | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "worker polling %s, %s and %s on %s",
+        "worker polling %s, %s, %s and %s on %s",
         TASK_QUEUE,
         EMAIL_TASK_QUEUE,
         EMAIL_SEND_TASK_QUEUE,
+        WEBHOOK_TASK_QUEUE,
         settings.temporal_target,
     )
     async with build_workers(client, engine, settings):

@@ -15,8 +15,8 @@ from prognet_dev import EmbeddedStack
 
 @pytest.fixture(scope="module")
 async def two_tenants(stack: EmbeddedStack) -> tuple[uuid.UUID, uuid.UUID]:
-    """Two tenants with a member, billing config, settings, an invitation, a subscription and an invoice each
-    (seeded as the owner)."""
+    """Two tenants with a member, billing config, settings, an invitation, a subscription, an invoice, a webhook
+    endpoint and a delivery each (seeded as the owner)."""
     owner = await asyncpg.connect(stack.postgres_dsn)
     try:
         ids = []
@@ -66,6 +66,21 @@ async def two_tenants(stack: EmbeddedStack) -> tuple[uuid.UUID, uuid.UUID]:
                 tenant,
                 sub,
                 f"billing-{sub}-0",
+            )
+            endpoint = uuid.uuid4()
+            await owner.execute(
+                "insert into webhook_endpoints(id, tenant_id, url, secret_sealed) "
+                "values ($1, $2, 'https://example.com/hook', 'x')",
+                endpoint,
+                tenant,
+            )
+            await owner.execute(
+                "insert into webhook_deliveries(id, tenant_id, endpoint_id, event_id, event_type, workflow_id, "
+                "status) values ($1, $2, $3, $4, 'tenant.created', 'webhook-x', 'delivered')",
+                uuid.uuid4(),
+                tenant,
+                endpoint,
+                uuid.uuid4(),
             )
             ids.append(tenant)
         return ids[0], ids[1]

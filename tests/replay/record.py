@@ -50,6 +50,10 @@ from models.contracts import (
     SagaState,
     TenantProvisioningInput,
     VerifyEmail,
+    WebhookDecision,
+    WebhookDeliveryInput,
+    WebhookEvent,
+    WebhookPolicy,
 )
 from models.names import (
     EMAIL_TASK_QUEUE,
@@ -61,6 +65,7 @@ from models.names import (
     SIGNAL_PAYMENT_METHOD_UPDATED,
     SIGNAL_START_CYCLE,
     SIGNAL_VERIFY_EMAIL,
+    SIGNAL_WEBHOOK_DECISION,
     UPDATE_CANCEL_SUBSCRIPTION,
     registration_workflow_id,
     subscription_workflow_id,
@@ -73,6 +78,7 @@ from tests.support.fake_billing_activities import DECLINED, VISA, FakeBillingWor
 from tests.support.fake_email import FakeEmailDelivery
 from tests.support.fake_signup_activities import FakeSignupWorld
 from tests.support.fake_tenant_activities import FakeTenantWorld
+from tests.support.fake_webhook_activities import FakeReceiver
 from workers.main import Workers
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.email_change import EmailChangeWorkflow
@@ -81,6 +87,7 @@ from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
 from workflows.subscription import SubscriptionWorkflow
 from workflows.tenant_provisioning import TenantProvisioningWorkflow
+from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 PLAN = Plan(id="starter-monthly", name="Starter", amount=900, currency="eur", interval="month")
@@ -249,6 +256,37 @@ async def _then_verify_and_cancel_the_subscription(handle: WorkflowHandle, env: 
     await subscription.result()
 
 
+# --- webhook deliveries ---
+
+
+def _webhook(n: int) -> WebhookDeliveryInput:
+    tenant = uuid.UUID(int=n)
+    return WebhookDeliveryInput(
+        delivery_id=uuid.UUID(int=n + 1),
+        endpoint_id=uuid.UUID(int=n + 2),
+        tenant_id=tenant,
+        event=WebhookEvent(
+            id=uuid.UUID(int=n + 3),
+            type="invoice.paid",
+            version=1,
+            occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+            tenant_id=tenant,
+            aggregate_type="invoice",
+            aggregate_id=str(uuid.UUID(int=n + 4)),
+            payload={"number": 1},
+        ),
+    )
+
+
+async def _dead_letter_then_retry(handle: WorkflowHandle, env: WorkflowEnvironment) -> None:
+    while (await handle.query(QUERY_SAGA_STATE, result_type=SagaState)).status != "awaiting_operator":
+        await env.sleep(timedelta(seconds=10))
+    await handle.signal(SIGNAL_WEBHOOK_DECISION, WebhookDecision(action="retry"))
+
+
+_SHORT_WEBHOOK_SCHEDULE = WebhookPolicy(schedule_seconds=[0, 5])
+
+
 _SIGNUP_ACTIVE = _signup(21, VISA)
 _SIGNUP_DECLINED = _signup(22, DECLINED)
 _SIGNUP_CHILDREN = (RegistrationWorkflow, TenantProvisioningWorkflow, BillingCycleWorkflow, SubscriptionWorkflow)
@@ -311,6 +349,28 @@ SCENARIOS = [
         lambda: FakeSignupWorld.create().activities(),
         workflows=_SIGNUP_CHILDREN,
         children=(registration_workflow_id(_SIGNUP_DECLINED.user_id),),
+    ),
+]
+SCENARIOS += [
+    Scenario(
+        "webhook_delivery_retried",
+        WebhookDeliveryWorkflow,
+        _webhook(30),
+        lambda: FakeReceiver(codes=[500, 500]).activities(),
+    ),
+    Scenario(
+        "webhook_delivery_dead_letter_retried",
+        WebhookDeliveryWorkflow,
+        _webhook(40),
+        lambda: FakeReceiver(codes=[500, 503], policy=_SHORT_WEBHOOK_SCHEDULE).activities(),
+        _dead_letter_then_retry,
+    ),
+    Scenario(
+        "webhook_endpoint_disabled",
+        WebhookDeliveryWorkflow,
+        _webhook(50),
+        lambda: FakeReceiver(codes=[500], disable_after=1).activities(),
+        _dead_letter_then_retry,
     ),
 ]
 RECORDED = {file for scenario in SCENARIOS for file in scenario.files}  # the stems the replay test expects

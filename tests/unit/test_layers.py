@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("activities", "api", "models", "prognet", "prognet_dev", "relay", "workers", "workflows")
+PACKAGES = ("activities", "api", "models", "prognet", "prognet_dev", "relay", "webhooks", "workers", "workflows")
 DRIVERS = ("sqlmodel", "sqlalchemy", "asyncpg", "redis", "stripe", "aiosmtplib", "httpx", "alembic")
 
 # package → the packages of ours it may import at module level
 ALLOWED = {
     "workflows": {"workflows", "models"},
-    "activities": {"activities", "models", "prognet"},
+    "activities": {"activities", "models", "prognet", "webhooks"},
     "models": {"models"},
     "prognet": {"prognet"},
-    "api": {"api", "models", "prognet", "workflows"},
+    "api": {"api", "models", "prognet", "workflows", "webhooks"},
     "workers": {"workers", "workflows", "activities", "models", "prognet"},
     "relay": {"relay", "models", "prognet"},
+    "webhooks": {"webhooks", "models", "prognet"},
     "prognet_dev": set(PACKAGES),
 }
 
