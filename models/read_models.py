@@ -52,8 +52,7 @@ async def mark_applied(conn: AsyncConnection, projection: str, event: StreamEven
     """Record the event as applied to `projection`; False if it already was (then it must not be applied again)."""
     row = await conn.execute(
         text(
-            "INSERT INTO rm_applied (projection, event_id, seq) VALUES (:p, :e, :s) "
-            "ON CONFLICT DO NOTHING RETURNING 1"
+            "INSERT INTO rm_applied (projection, event_id, seq) VALUES (:p, :e, :s) ON CONFLICT DO NOTHING RETURNING 1"
         ),
         {"p": projection, "e": event.event_id, "s": event.seq},
     )
@@ -221,7 +220,12 @@ class UserProfile(Projection):
                     f"INSERT INTO {memberships} (user_id, tenant_id, role, joined_at) VALUES (:u, :tenant, :role, :at) "
                     "ON CONFLICT (user_id, tenant_id) DO UPDATE SET role = excluded.role"
                 ),
-                {"u": uuid.UUID(event.aggregate_id), "tenant": event.tenant_id, "role": p.get("role"), "at": event.occurred_at},
+                {
+                    "u": uuid.UUID(event.aggregate_id),
+                    "tenant": event.tenant_id,
+                    "role": p.get("role"),
+                    "at": event.occurred_at,
+                },
             )
         elif kind == "member.removed":
             await conn.execute(
@@ -234,7 +238,9 @@ class UserProfile(Projection):
                 {"u": _uuid(p.get("user_id")), "tenant": event.tenant_id, "role": p.get("to")},
             )
         elif kind == "tenant.discarded":
-            await conn.execute(text(f"DELETE FROM {memberships} WHERE tenant_id = :tenant"), {"tenant": event.tenant_id})
+            await conn.execute(
+                text(f"DELETE FROM {memberships} WHERE tenant_id = :tenant"), {"tenant": event.tenant_id}
+            )
         elif event.user_id is not None:
             await update("updated_at = now()")
 
