@@ -31,6 +31,7 @@ import uuid
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -88,7 +89,7 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL
 
 class Consumer:
     def __init__(self, redis: Redis, config: ConsumerConfig, handler: Handler, *, copy_id: str | None = None) -> None:
-        self.redis = redis
+        self.redis: Any = redis  # redis-py's reply types are unions of everything; entries are read as below
         self.config = config
         self.handler = handler
         self.copy_id = copy_id or f"{config.name}-{uuid.uuid4().hex[:8]}"
@@ -164,14 +165,14 @@ class Consumer:
         for k in range(cfg.partitions):
             if k not in self.held and len(self.held) >= fair:
                 continue
-            got = await self.redis.eval(_LEASE, 1, self._lease_key(k), self.copy_id, ttl_ms)  # type: ignore[misc]
+            got = await self.redis.eval(_LEASE, 1, self._lease_key(k), self.copy_id, ttl_ms)
             if got == 0:
                 self.held.discard(k)
             elif got == 2 or k not in self.held:
                 self.held.add(k)
                 await self._claim(k)
         for k in sorted(self.held)[fair:]:  # more than a fair share: give the rest back
-            await self.redis.eval(_RELEASE, 1, self._lease_key(k), self.copy_id)  # type: ignore[misc]
+            await self.redis.eval(_RELEASE, 1, self._lease_key(k), self.copy_id)
             self.held.discard(k)
 
     async def _claim(self, k: int) -> None:
@@ -188,7 +189,7 @@ class Consumer:
 
     async def _release_all(self) -> None:
         for k in list(self.held):
-            await self.redis.eval(_RELEASE, 1, self._lease_key(k), self.copy_id)  # type: ignore[misc]
+            await self.redis.eval(_RELEASE, 1, self._lease_key(k), self.copy_id)
         self.held.clear()
         await self.redis.zrem(self._copies_key, self.copy_id)
 
@@ -235,7 +236,7 @@ class Consumer:
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
         """Apply one entry (retrying) or park it; returns once it may be acked."""
         while True:
-            attempt = await self.redis.hincrby(self._attempts_key, entry_id, 1)  # type: ignore[misc]
+            attempt = await self.redis.hincrby(self._attempts_key, entry_id, 1)
             try:
                 event = StreamEvent.from_fields(fields)
             except Exception as exc:
@@ -246,14 +247,14 @@ class Consumer:
                 return await self._park(entry_id, fields, str(exc), attempt)
             except Exception as exc:
                 if is_outage(exc):
-                    await self.redis.hincrby(self._attempts_key, entry_id, -1)  # type: ignore[misc]
+                    await self.redis.hincrby(self._attempts_key, entry_id, -1)
                     raise
                 if attempt >= self.config.max_attempts:
                     return await self._park(entry_id, fields, f"{type(exc).__name__}: {exc}"[:500], attempt)
                 log.warning("consumer %s: %s failed (attempt %d): %s", self.copy_id, entry_id, attempt, exc)
                 await asyncio.sleep(self.config.retry_delay * 2 ** (attempt - 1))
                 continue
-            await self.redis.hdel(self._attempts_key, entry_id)  # type: ignore[misc]
+            await self.redis.hdel(self._attempts_key, entry_id)
             self.handled += 1
             return None
 
@@ -264,12 +265,12 @@ class Consumer:
             maxlen=PARKED_MAXLEN,
             approximate=True,
         )
-        await self.redis.hdel(self._attempts_key, entry_id)  # type: ignore[misc]
+        await self.redis.hdel(self._attempts_key, entry_id)
         self.handled += 1
         log.error("consumer %s parked %s (%s): %s", self.config.name, entry_id, fields.get("type"), reason)
 
 
-async def parked(redis: Redis, count: int = 100) -> list[dict[str, str]]:
+async def parked(redis: Any, count: int = 100) -> list[dict[str, str]]:
     """The newest parked entries, newest first (what `prognet events parked` prints)."""
     rows = await redis.xrevrange(PARKED, count=count)
     return [{"parked_id": _text(i), **{_text(a): _text(b) for a, b in raw.items()}} for i, raw in rows]

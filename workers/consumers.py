@@ -17,7 +17,7 @@ from models.db import make_engine, transaction
 from models.event_stream import StreamEvent
 from models.read_models import PROJECTIONS, UnsupportedVersion, cache_key, live_tables, mark_applied
 from prognet.settings import Settings
-from workers.consumer import Consumer, ConsumerConfig, Park
+from workers.consumer import Consumer, ConsumerConfig, Handler, Park
 
 log = logging.getLogger("prognet.consumers")
 
@@ -96,6 +96,11 @@ class CacheInvalidator:
             await asyncio.sleep(0.05)
 
 
+def _stop_all(consumers: list[Consumer]) -> None:
+    for consumer in consumers:
+        consumer.stop()
+
+
 async def run_consumers(settings: Settings, *, names: tuple[str, ...] = (PROJECTOR, CACHE_INVALIDATOR)) -> None:
     """`prognet consume`: the projector and the cache invalidator until SIGTERM/SIGINT (a clean stop: the current
     entry finishes and the leases are given back)."""
@@ -106,15 +111,16 @@ async def run_consumers(settings: Settings, *, names: tuple[str, ...] = (PROJECT
     cache = Redis.from_url(
         settings.cache_redis_url or settings.redis_target, socket_connect_timeout=2, socket_timeout=5
     )
-    handlers = {
-        PROJECTOR: lambda event: project(engine, event),
-        CACHE_INVALIDATOR: CacheInvalidator(engine, streams, cache),
-    }
+
+    async def projector(event: StreamEvent) -> None:
+        await project(engine, event)
+
+    handlers: dict[str, Handler] = {PROJECTOR: projector, CACHE_INVALIDATOR: CacheInvalidator(engine, streams, cache)}
     consumers = [Consumer(streams, consumer_config(settings, name), handlers[name]) for name in names]
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, lambda: [c.stop() for c in consumers])
+            loop.add_signal_handler(signum, _stop_all, consumers)
     log.info("consuming events:all as %s", ", ".join(c.copy_id for c in consumers))
     try:
         await asyncio.gather(*(c.run() for c in consumers))

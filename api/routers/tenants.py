@@ -18,8 +18,10 @@ from temporalio.common import SearchAttributePair
 from api.body_guard import require_json_body
 from api.deps import (
     TENANT_NOT_FOUND,
+    ConsistentAfter,
     CurrentUser,
     DbDep,
+    ReadModelsDep,
     RedisDep,
     SettingsDep,
     TemporalConnectorDep,
@@ -30,7 +32,6 @@ from api.saga_start import IdempotencyKey, SagaStart, request_fingerprint, reque
 from api.schemas import (
     CreateTenantRequest,
     TenantAcceptedResponse,
-    TenantBillingView,
     TenantLinks,
     TenantSummary,
     TenantView,
@@ -45,7 +46,7 @@ from models.names import (
     UPDATE_TENANT_ACCEPTED,
     tenant_workflow_id,
 )
-from models.tables import Membership, Tenant, TenantBilling
+from models.tables import Membership, Tenant
 
 log = logging.getLogger("prognet.api")
 
@@ -179,33 +180,33 @@ async def _saga_state(temporal: TemporalConnectorDep, tenant_id: uuid.UUID) -> S
     responses=problem_responses(401, 404, 422),
 )
 async def get_tenant(
-    tenant_id: TenantIdPath, caller: CurrentUser, engine: DbDep, temporal: TemporalConnectorDep
+    tenant_id: TenantIdPath,
+    caller: CurrentUser,
+    engine: DbDep,
+    reads: ReadModelsDep,
+    temporal: TemporalConnectorDep,
+    response: Response,
+    consistent_after: ConsistentAfter = None,
 ) -> TenantView:
+    # Access first, always on the primary: the cache and the read model answer only for a tenant the caller sees.
     async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
-        tenant = await db.get(Tenant, tenant_id)
         membership = await db.get(Membership, (tenant_id, caller.user_id))
-        billing = await db.get(TenantBilling, tenant_id) if membership is not None else None
-    creator_view = (
-        tenant is not None and membership is None and tenant.created_by == caller.user_id and tenant.status != "active"
-    )
-    if tenant is None or (membership is None and not creator_view):
+        tenant = await db.get(Tenant, tenant_id) if membership is None else None
+    creator_view = tenant is not None and tenant.created_by == caller.user_id and tenant.status != "active"
+    if membership is None and not creator_view:
         raise Problem(NOT_FOUND, TENANT_NOT_FOUND)
-    saga = await _saga_state(temporal, tenant_id) if tenant.status == "provisioning" else None
-    return TenantView(
-        id=tenant.id,
-        name=tenant.name,
-        slug=tenant.slug,
-        status=tenant.status,
-        failure_reason=tenant.failure_reason,
-        role=membership.role if membership else None,
-        created_at=tenant.created_at,
-        activated_at=tenant.activated_at,
-        billing=TenantBillingView(
-            currency=billing.currency,
-            billing_email=billing.billing_email,
-            stripe_customer_id=billing.stripe_customer_id,
-        )
-        if billing
-        else None,
-        saga=saga,
+    found = await reads.tenant_overview(tenant_id, consistent_after)
+    if found is None:
+        raise Problem(NOT_FOUND, TENANT_NOT_FOUND)
+    overview, source = found
+    response.headers["Read-Source"] = source
+    saga = await _saga_state(temporal, tenant_id) if overview["status"] == "provisioning" else None
+    show_billing = membership is not None
+    return TenantView.model_validate(
+        {
+            **overview,
+            "role": membership.role if membership else None,
+            "billing": overview["billing"] if show_billing else None,
+            "saga": saga,
+        }
     )
