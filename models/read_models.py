@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -256,7 +257,7 @@ def live_tables(projection: Projection) -> dict[str, str]:
     return {name: name for name in projection.tables}
 
 
-def event_from_row(row: Mapping[str, object]) -> StreamEvent:
+def event_from_row(row: dict[str, Any]) -> StreamEvent:
     """A domain_events row (as selected by a rebuild) as the stream entry the relay would have published."""
     payload = row["payload"]
     return StreamEvent.model_validate({**row, "payload": json.loads(payload) if isinstance(payload, str) else payload})
