@@ -180,7 +180,7 @@ class Consumer:
         start = "0-0"
         while True:
             start, claimed, *_ = await self.redis.xautoclaim(
-                ALL_EVENTS, self.group(k), self.copy_id, min_idle_time=0, start_id=start, count=100, justid=True
+                ALL_EVENTS, self.group(k), self.copy_id, min_idle_time=0, start_id=start, count=100
             )
             if claimed:
                 log.info("consumer %s reclaimed %d entries of partition %d", self.copy_id, len(claimed), k)
