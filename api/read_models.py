@@ -66,6 +66,21 @@ class ReadModels:
             lambda: profile_from_primary(self.engine, user_id),
         )
 
+    async def tenant_summaries(self, user_id: uuid.UUID, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
+        """Read-model rows of these tenants (the caller's, as its memberships on the primary say); a tenant
+        without a complete row yet is missing from the answer (the caller reads it from the primary)."""
+        if not tenant_ids:
+            return {}
+        async with transaction(self.read_engine, user_id=user_id) as db:
+            conn = await db.connection()
+            rows = (
+                await conn.execute(
+                    text("SELECT * FROM rm_tenant_overview WHERE tenant_id = ANY(:ids) AND name IS NOT NULL"),
+                    {"ids": tenant_ids},
+                )
+            ).mappings()
+            return {row["tenant_id"]: dict(row) for row in rows}
+
     # --- the read path -----------------------------------------------------------------------------------------
     async def _read(
         self, resource: str, key_id: uuid.UUID, after: int | None, from_model: Loader, from_primary: Loader

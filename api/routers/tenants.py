@@ -135,28 +135,34 @@ async def create_tenant(
     summary="The tenants you belong to, with your role",
     responses=problem_responses(401),
 )
-async def list_tenants(caller: CurrentUser, engine: DbDep) -> list[TenantSummary]:
+async def list_tenants(
+    caller: CurrentUser, engine: DbDep, reads: ReadModelsDep, response: Response
+) -> list[TenantSummary]:
+    # Which tenants and with what role: the primary's memberships (access is never decided by a read model).
     async with transaction(engine, user_id=caller.user_id) as db:
-        rows = (
-            await db.exec(
-                select(Tenant, Membership.role)
-                .join(Membership, col(Membership.tenant_id) == Tenant.id)
-                .where(Membership.user_id == caller.user_id)
-                .order_by(col(Tenant.created_at), col(Tenant.id))
-            )
-        ).all()
-    return [
+        memberships = (await db.exec(select(Membership).where(Membership.user_id == caller.user_id))).all()
+    roles = {m.tenant_id: m.role for m in memberships}
+    rows: dict[uuid.UUID, dict] = await reads.tenant_summaries(caller.user_id, list(roles))
+    missing = [t for t in roles if t not in rows]
+    if missing:  # not projected yet: the write tables
+        async with transaction(engine, user_id=caller.user_id) as db:
+            for t in (await db.exec(select(Tenant).where(col(Tenant.id).in_(missing)))).all():
+                rows[t.id] = t.model_dump()
+    response.headers["Read-Source"] = "primary" if missing else "read-model"
+    summaries = [
         TenantSummary(
-            id=t.id,
-            name=t.name,
-            slug=t.slug,
-            status=t.status,
-            role=role,
-            created_at=t.created_at,
-            activated_at=t.activated_at,
+            id=tenant_id,
+            name=row["name"],
+            slug=row["slug"],
+            status=row["status"],
+            role=roles[tenant_id],
+            created_at=row["created_at"],
+            activated_at=row["activated_at"],
         )
-        for t, role in rows
+        for tenant_id, row in rows.items()
+        if tenant_id in roles
     ]
+    return sorted(summaries, key=lambda s: (s.created_at, str(s.id)))
 
 
 async def _saga_state(temporal: TemporalConnectorDep, tenant_id: uuid.UUID) -> SagaState | None:

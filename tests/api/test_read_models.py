@@ -123,6 +123,9 @@ async def test_projected_overview_is_served_cached_and_invalidated_within_a_seco
         assert (body["name"], body["status"], body["member_count"], body["role"]) == ("Projected", "active", 1, "owner")
         again = await client.get(f"/v1/tenants/{tid}", headers=headers)
         assert again.headers["Read-Source"] == "cache" and again.json()["member_count"] == 1
+        listed = await client.get("/v1/tenants", headers=headers)
+        assert listed.headers["Read-Source"] == "read-model"
+        assert [(t["id"], t["name"], t["role"]) for t in listed.json()] == [(str(tid), "Projected", "owner")]
 
         other = await insert_user(engine)
         start = time.monotonic()
@@ -163,6 +166,8 @@ async def test_read_after_write_without_a_projector(client, engine, redis, user)
     assert read.json()["member_count"] == 2
     plain = await client.get(f"/v1/tenants/{tid}", headers=headers)  # no read model row at all: the primary
     assert plain.headers["Read-Source"] == "primary" and plain.json()["name"] == "No projector"
+    listed = await client.get("/v1/tenants", headers=headers)
+    assert listed.headers["Read-Source"] == "primary" and [t["name"] for t in listed.json()] == ["No projector"]
     me = await client.get("/v1/me", headers=headers)
     assert me.status_code == 200 and me.headers["Read-Source"] == "primary"
     assert {m["tenant_id"]: m["role"] for m in me.json()["memberships"]}[str(tid)] == "owner"

@@ -20,7 +20,9 @@ PLATFORM = "coalesce(current_setting('app.platform', true), '') = 'on'"
 
 # table -> who may read it besides platform work (writes: platform work only)
 POLICIES = {
-    "rm_tenant_overview": f"tenant_id = {TENANT}",
+    # as the tenants table: also every tenant the caller is a member of (their tenant list)
+    "rm_tenant_overview": f"tenant_id = {TENANT} OR tenant_id IN "
+    f"(SELECT tenant_id FROM memberships WHERE user_id = {USER})",
     "rm_tenant_member": f"tenant_id = {TENANT}",
     "rm_tenant_dead_letter": f"tenant_id = {TENANT}",
     "rm_user_profile": f"user_id = {USER}",
