@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -362,3 +364,19 @@ async def test_the_cache_never_answers_for_another_tenant(client, engine, redis,
     await redis.copy(cache_key("tenant_overview", mine), cache_key("tenant_overview", theirs), replace=True)
     read = await client.get(f"/v1/tenants/{theirs}", headers=stranger_headers)
     assert read.status_code == 200 and read.json()["name"] == "Other Org" and "Secret" not in read.text
+
+
+async def test_prognet_consume_projects_and_stops_cleanly_on_sigterm(services, engine, redis, user):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "prognet.cli", "consume", env={**services.env(), "LOG_LEVEL": "WARNING"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        tid = await tenant_with_events(engine, redis, user.id, name="Via process")
+        row = await eventually(lambda: active_overview(engine, tid), timeout=15)
+        assert row["name"] == "Via process"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 10)
+    assert process.returncode == 0, output.decode()
+    assert not await redis.zcard("consumer:projector:copies")  # its leases and heartbeat were given back
