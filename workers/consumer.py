@@ -55,7 +55,11 @@ def is_outage(exc: BaseException) -> bool:
     """A dependency being down is not the entry's fault: never counted as an attempt."""
     if isinstance(exc, (RedisError, OSError, ConnectionError, TimeoutError, OperationalError, InterfaceError)):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    # connection exceptions (08…), shutdown or starting up (57P…), out of resources (53…)
+    code = str(getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None) or "")
+    return exc.connection_invalidated or code.startswith(("08", "57P", "53"))
 
 
 @dataclass(frozen=True)
@@ -126,10 +130,9 @@ class Consumer:
                 while not self._stop.is_set():
                     await self.step()
                     delay = 0.2
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                log.warning("consumer %s: %s; retrying in %.1f s", self.copy_id, type(exc).__name__, delay)
+            except Exception as exc:  # an outage (or a bug outside any handler): back off, never exit
+                outage = is_outage(exc)
+                log.warning("consumer %s: %r; retrying in %.1f s", self.copy_id, exc, delay, exc_info=not outage)
                 self.held.clear()  # leases may lapse meanwhile: take them again properly
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)

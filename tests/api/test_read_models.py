@@ -119,6 +119,7 @@ async def test_projected_overview_is_served_cached_and_invalidated_within_a_seco
     )
     async with running(projector(redis, engine), invalidator):
         await eventually(lambda: active_overview(engine, tid))
+        await eventually(lambda: asyncio.sleep(0, result=invalidator.handled == 3))  # done with those events
         first = await client.get(f"/v1/tenants/{tid}", headers=headers)
         assert first.status_code == 200 and first.headers["Read-Source"] == "read-model"
         body = first.json()
@@ -193,8 +194,14 @@ async def test_a_crash_mid_handler_is_redelivered_to_another_copy_and_applied_on
     with contextlib.suppress(asyncio.CancelledError):
         await task
     survivor = Consumer(redis, ConsumerConfig(name=PROJECTOR, **FAST), commits_then_dies, copy_id="survivor")
+
+    async def caught_up() -> bool:
+        groups = [survivor.group(k) for k in range(survivor.config.partitions)]
+        pending = [(await redis.xpending(ALL_EVENTS, g))["pending"] for g in groups]
+        return survivor.handled >= 1 and sum(pending) == 0
+
     async with running(survivor):
-        await eventually(lambda: asyncio.sleep(0, result=survivor.handled >= 1), timeout=5)
+        await eventually(caught_up, timeout=5)  # every entry acked, none left to the dead copy
     provisioned = deliveries[2]
     assert deliveries.count(provisioned) == 2  # redelivered after the lease lapsed (XAUTOCLAIM)
     async with engine.connect() as conn:
@@ -204,8 +211,6 @@ async def test_a_crash_mid_handler_is_redelivered_to_another_copy_and_applied_on
         )
         assert applied.scalar_one() == 1
     assert (await overview_row(engine, tid))["status"] == "active"
-    for k in range(survivor.config.partitions):
-        assert (await redis.xpending(ALL_EVENTS, survivor.group(k)))["pending"] == 0
 
 
 async def test_retry_limit_and_unknown_versions_park_the_entry(engine, redis, user):
@@ -380,3 +385,18 @@ async def test_prognet_consume_projects_and_stops_cleanly_on_sigterm(services, e
         output, _ = await asyncio.wait_for(process.communicate(), 10)
     assert process.returncode == 0, output.decode()
     assert not await redis.zcard("consumer:projector:copies")  # its leases and heartbeat were given back
+
+
+async def test_an_outage_is_not_an_attempt_the_consumer_backs_off_and_carries_on(engine, redis, user):
+    calls: list[str] = []
+
+    async def database_down_for_a_while(event: StreamEvent) -> None:
+        calls.append(event.type)
+        if len(calls) <= 2:
+            raise ConnectionRefusedError("PostgreSQL is down")
+
+    await emit(engine, redis, "user.logged_in", "user", user.id, {"session_id": "x"})
+    consumer = Consumer(redis, ConsumerConfig(name="patient", max_attempts=1, **FAST), database_down_for_a_while)
+    async with running(consumer):
+        await eventually(lambda: asyncio.sleep(0, result=consumer.handled == 1))
+    assert calls == ["user.logged_in"] * 3 and await _parked_for(redis, "patient") == []
