@@ -164,7 +164,7 @@ class EmailChangeActivities:
                     "user.email_changed",
                     "user",
                     req.user_id,
-                    {"change_id": str(req.change_id)},
+                    {"change_id": str(req.change_id), "email": change.new_email},
                     actor_id=req.user_id,
                     workflow_id=req.workflow_id,
                 )

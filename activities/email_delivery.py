@@ -27,6 +27,7 @@ from models.contracts import (
     SuppressAddress,
 )
 from models.db import transaction
+from models.events import record_event
 from models.names import email_workflow_id
 from models.tables import EmailMessage, EmailSuppression, utcnow
 from prognet.settings import Settings
@@ -126,7 +127,13 @@ class EmailDeliveryActivities:
             values["last_reply"] = req.reply[:REPLY_LIMIT]
         if req.to_address is not None:
             values["to_address"] = req.to_address
-        await self._update(req.tenant_id, req.message_id, **values)
+        async with self._scope(req.tenant_id) as session:
+            before = (await session.exec(select(EmailMessage.state).where(EmailMessage.id == req.message_id))).first()
+            await session.exec(
+                update(EmailMessage).where(col(EmailMessage.id) == req.message_id).values(updated_at=utcnow(), **values)
+            )
+            if req.state == "dead_lettered" and before not in (None, "dead_lettered"):  # counted in the overview
+                record_event(session, "email.dead_lettered", "email", req.message_id, {}, tenant_id=req.tenant_id)
 
     @activity.defn(name=names.SUPPRESS_ADDRESS)
     async def suppress(self, req: SuppressAddress) -> None:

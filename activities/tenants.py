@@ -72,7 +72,7 @@ class TenantActivities:
                     "tenant.created",
                     "tenant",
                     req.tenant_id,
-                    {"slug": req.slug},
+                    {"slug": req.slug, "name": req.name, "created_by": str(req.created_by)},
                     tenant_id=req.tenant_id,
                     workflow_id=req.workflow_id,
                 )
@@ -111,25 +111,38 @@ class TenantActivities:
     @activity.defn(name=names.ADD_MEMBERSHIP)
     async def add_membership(self, req: MembershipRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await session.exec(
+            result = await session.exec(
                 insert(Membership)
                 .values(tenant_id=req.tenant_id, user_id=req.user_id, role=req.role)
                 .on_conflict_do_nothing()
             )
+            if result.rowcount:
+                record_event(
+                    session, "member.added", "membership", req.user_id, {"role": req.role}, tenant_id=req.tenant_id
+                )
 
     @activity.defn(name=names.REMOVE_MEMBERSHIP)
     async def remove_membership(self, req: MembershipRef) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await session.exec(
+            result = await session.exec(
                 delete(Membership).where(
                     col(Membership.tenant_id) == req.tenant_id, col(Membership.user_id) == req.user_id
                 )
             )
+            if result.rowcount:
+                record_event(
+                    session,
+                    "member.removed",
+                    "tenant",
+                    req.tenant_id,
+                    {"user_id": str(req.user_id), "role": req.role},
+                    tenant_id=req.tenant_id,
+                )
 
     @activity.defn(name=names.CREATE_BILLING_CONFIG)
     async def create_billing_config(self, req: CreateBillingConfig) -> None:
         async with transaction(self.engine, tenant_id=req.tenant_id) as session:
-            await session.exec(
+            result = await session.exec(
                 insert(TenantBilling)
                 .values(
                     tenant_id=req.tenant_id,
@@ -139,6 +152,15 @@ class TenantActivities:
                 )
                 .on_conflict_do_nothing()
             )
+            if result.rowcount:
+                record_event(
+                    session,
+                    "tenant.billing_configured",
+                    "tenant",
+                    req.tenant_id,
+                    req.model_dump(mode="json", exclude={"tenant_id"}),
+                    tenant_id=req.tenant_id,
+                )
 
     @activity.defn(name=names.DELETE_BILLING_CONFIG)
     async def delete_billing_config(self, req: TenantRef) -> None:

@@ -47,7 +47,12 @@ class UserActivities:
                     )
                 )
                 record_event(
-                    session, "user.registered", "user", req.user_id, {"status": "pending"}, workflow_id=req.workflow_id
+                    session,
+                    "user.registered",
+                    "user",
+                    req.user_id,
+                    {"status": "pending", "email": req.email, "display_name": req.display_name},
+                    workflow_id=req.workflow_id,
                 )
         except IntegrityError:
             # Lost a race with a concurrent registration of the same email.

@@ -15,6 +15,7 @@ from api.docs import install_docs
 from api.jwt_tokens import AccessTokenCodec
 from api.login_throttle import DeviceCookies, LoginThrottle
 from api.problems import DEPENDENCY_OUTAGE_RESPONSE, install_problem_handlers
+from api.read_models import ReadModels
 from api.request_log import AccessLog, configure_logging
 from api.routers import (
     admin,
@@ -107,9 +108,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # delay the 503 while Redis is really down.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
     )
+    # Queries read here (a replica, if DATABASE_READ_URL names one); commands never do.
+    read_engine = make_engine(settings.database_read_url) if settings.database_read_url else engine
+    cache = (
+        Redis.from_url(settings.cache_redis_url, decode_responses=True, socket_connect_timeout=1, socket_timeout=1)
+        if settings.cache_redis_url
+        else redis
+    )
     temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace)
     temporal.start_background_connect()
     app.state.engine = engine
+    app.state.read_models = ReadModels(read_engine, engine, cache, settings)
     app.state.redis = redis
     app.state.temporal = temporal
     app.state.sessions = SessionStore(redis, settings.refresh_token_ttl_seconds)
@@ -120,7 +129,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await temporal.close()
+        if cache is not redis:
+            await cache.aclose()
         await redis.aclose()
+        if read_engine is not engine:
+            await read_engine.dispose()
         await engine.dispose()
 
 

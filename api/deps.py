@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,6 +27,7 @@ from api.problems import (
     UNAUTHENTICATED,
     Problem,
 )
+from api.read_models import ReadModels
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import transaction
@@ -44,6 +45,10 @@ def _engine(request: Request) -> AsyncEngine:
 
 def _redis(request: Request) -> Redis:
     return request.app.state.redis
+
+
+def _read_models(request: Request) -> ReadModels:
+    return request.app.state.read_models
 
 
 def _connector(request: Request) -> TemporalConnector:
@@ -93,6 +98,15 @@ def client_address(request: Request, settings: Annotated[Settings, Depends(_sett
 SettingsDep = Annotated[Settings, Depends(_settings)]
 DbDep = Annotated[AsyncEngine, Depends(_engine)]
 RedisDep = Annotated[Redis, Depends(_redis)]
+ReadModelsDep = Annotated[ReadModels, Depends(_read_models)]
+ConsistentAfter = Annotated[
+    int | None,
+    Header(
+        alias="Consistent-After",
+        description="An `Event-Position` from a command's response: the answer reflects at least that event "
+        "(waits up to a second for the read model, else reads the primary).",
+    ),
+]
 TemporalConnectorDep = Annotated[TemporalConnector, Depends(_connector)]
 SessionsDep = Annotated[SessionStore, Depends(_sessions)]
 ThrottleDep = Annotated[LoginThrottle, Depends(_throttle)]

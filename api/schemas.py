@@ -120,6 +120,12 @@ class VerifyResponse(BaseModel):
     status: Literal["verified", "verifying"]
 
 
+class MembershipSummary(BaseModel):
+    tenant_id: uuid.UUID
+    role: str
+    joined_at: datetime
+
+
 class MeResponse(BaseModel):
     id: uuid.UUID
     email: str
@@ -127,6 +133,8 @@ class MeResponse(BaseModel):
     status: str
     created_at: datetime
     verified_at: datetime | None
+    last_login_at: datetime | None = None
+    memberships: list[MembershipSummary] = Field(default_factory=list, description="Your tenants and your role.")
 
 
 class WorkflowView(BaseModel):
@@ -230,6 +238,13 @@ class TenantBillingView(BaseModel):
     stripe_customer_id: str | None
 
 
+class LastInvoiceView(BaseModel):
+    number: int
+    amount: int
+    currency: str
+    status: str
+
+
 class TenantView(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -267,6 +282,11 @@ class TenantView(BaseModel):
     created_at: datetime
     activated_at: datetime | None
     billing: TenantBillingView | None
+    member_count: int = 0
+    plan: str | None = Field(None, description="The plan of the tenant's latest subscription.")
+    subscription_status: str | None = None
+    last_invoice: LastInvoiceView | None = None
+    open_dead_letters: int = Field(0, description="Emails of this tenant waiting for an operator.")
     saga: SagaState | None = Field(description="The provisioning saga's state while `status` is `provisioning`.")
 
 

@@ -26,6 +26,8 @@ class Empty(Payload):
 # --- users ---
 class UserRegistered(Payload):
     status: str = Field(description="`pending` until the address is verified")
+    email: str | None = Field(None, description="the address registered (the user profile read model shows it)")
+    display_name: str | None = None
 
 
 class UserLoggedIn(Payload):
@@ -74,6 +76,11 @@ class EmailChangeRef(Payload):
     change_id: uuid.UUID
 
 
+class EmailChanged(Payload):
+    change_id: uuid.UUID
+    email: str = Field(description="the account's new address")
+
+
 class EmailChangeRequested(Payload):
     change_id: uuid.UUID
     superseded: list[uuid.UUID] = Field(description="pending changes of the user this one replaced")
@@ -82,6 +89,14 @@ class EmailChangeRequested(Payload):
 # --- tenants and members ---
 class TenantCreated(Payload):
     slug: str
+    name: str | None = None
+    created_by: uuid.UUID | None = None
+
+
+class TenantBillingConfigured(Payload):
+    stripe_customer_id: str
+    currency: str
+    billing_email: str | None = Field(None, description="where the tenant's invoices and receipts go")
 
 
 class TenantWithReason(Payload):
@@ -224,7 +239,7 @@ SPECS: tuple[EventSpec, ...] = (
     _spec("user.profile_updated", "user", ProfileUpdated, "The user changed their profile (display name)."),
     _spec("user.password_changed", "user", PasswordChanged, "The user changed their password; other sessions ended."),
     _spec("user.email_change_requested", "user", EmailChangeRequested, "An email change reserved its new address."),
-    _spec("user.email_changed", "user", EmailChangeRef, "The new address was verified and is now the account's."),
+    _spec("user.email_changed", "user", EmailChanged, "The new address was verified and is now the account's."),
     _spec("user.email_change_expired", "user", EmailChangeRef, "An email change was not verified in time."),
     _spec("user.email_change_cancelled", "user", EmailChangeRef, "An email change was cancelled or failed."),
     _spec("user.platform_admin_granted", "user", PlatformAdminChanged, "The user became a platform operator."),
@@ -233,6 +248,7 @@ SPECS: tuple[EventSpec, ...] = (
     _spec("tenant.provisioned", "tenant", Empty, "Tenant provisioning finished: the tenant is active."),
     _spec("tenant.failed", "tenant", TenantWithReason, "Tenant provisioning failed and was unwound."),
     _spec("tenant.discarded", "tenant", TenantWithReason, "A paid sign-up was unwound: the tenant is gone."),
+    _spec("tenant.billing_configured", "tenant", TenantBillingConfigured, "The tenant's billing is set up."),
     _spec("tenant.suspended", "tenant", TenantSuspended, "An unpaid subscription suspended the tenant."),
     _spec("tenant.reactivated", "tenant", TenantReactivated, "A paid subscription brought a suspended tenant back."),
     _spec("member.added", "membership", MemberAdded, "A user joined the tenant (aggregate id: the user)."),
@@ -251,6 +267,7 @@ SPECS: tuple[EventSpec, ...] = (
     _spec("invoice.payment_failed", "invoice", InvoicePaymentFailed, "A charge of the invoice was declined."),
     _spec("invoice.paid", "invoice", InvoiceClosed, "The invoice was paid; the cycle is over."),
     _spec("invoice.uncollectible", "invoice", InvoiceClosed, "Dunning gave up: the invoice is uncollectible."),
+    _spec("email.dead_lettered", "email", Empty, "An email became a dead letter, waiting for an operator."),
     _spec("email.retry_requested", "email", EmailRetryRequested, "An operator retried a dead-lettered email."),
     _spec("email.discard_requested", "email", EmailDiscardRequested, "An operator discarded a dead-lettered email."),
     _spec("webhook_endpoint.created", "webhook_endpoint", WebhookEndpointChanged, "A webhook endpoint was added."),

@@ -2,6 +2,8 @@
 
     prognet dev          Temporal + Web UI, PostgreSQL, Redis, SMTP sink, worker and API on this machine
     prognet worker       the Temporal worker (workers.main.run_worker)
+    prognet consume      the event stream consumers: read-model projector and cache invalidator
+    prognet events replay --projection NAME   rebuild a read model from domain_events;  prognet events parked
     prognet api          the HTTP API (uvicorn, api.app:create_app)
     prognet relay        the outbox relay: domain_events → Redis Streams (relay.relay)
     prognet webhooks-dispatcher  tenant events → webhook delivery workflows (webhooks.dispatcher)
@@ -29,6 +31,7 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,6 +176,88 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_worker())
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    """The projector and the cache invalidator on `events:all`, until SIGTERM (the current entry finishes)."""
+    settings = _settings(args)
+    from workers.consumers import run_consumers
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_consumers(settings))
+    return 0
+
+
+# --- prognet events ---------------------------------------------------------------------------------------------
+
+
+def _database_url(settings: Settings) -> str | None:
+    url = settings.database_url
+    if url and url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+asyncpg://" + url.partition("://")[2]
+    return url
+
+
+def _embedded_database_url(settings: Settings) -> str | None:
+    """DATABASE_URL, else the running embedded database of the data dir (as the application role)."""
+    if settings.database_url:
+        return _database_url(settings)
+    stack = _dev_harness().EmbeddedStack(settings, services={"postgres"}, log=lambda name, line: None)
+    return stack.database_url
+
+
+def cmd_events_replay(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    settings = _settings(args)
+    url = _embedded_database_url(settings)
+    if not url:
+        return _error("DATABASE_URL is not set and there is no embedded database")
+    from workers.replay import replay
+
+    def progress(done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        bar = "#" * (percent // 4)
+        sys.stderr.write(f"\r{args.projection}: [{bar:<25}] {percent:3d}% ({done}/{total} events)")
+        sys.stderr.flush()
+
+    try:
+        since = datetime.fromisoformat(args.since) if args.since else None
+        done = asyncio.run(replay(url, args.projection, tenant_id=args.tenant, since=since, progress=progress))
+    except Exception as exc:
+        sys.stderr.write("\n")
+        return _error(f"replay failed: {type(exc).__name__}: {exc}")
+    sys.stderr.write("\n")
+    print(f"{args.projection} rebuilt from {done} events and swapped in")
+    return 0
+
+
+def cmd_events_parked(args: argparse.Namespace) -> int:
+    """Entries a consumer gave up on (retry limit, unknown event version), newest first."""
+    settings = _settings(args)
+    from redis.asyncio import Redis
+
+    from workers.consumer import parked
+
+    async def run() -> list[dict[str, str]]:
+        redis = Redis.from_url(settings.redis_target, decode_responses=True, socket_connect_timeout=3)
+        try:
+            return await parked(redis, args.limit)
+        finally:
+            await redis.aclose()
+
+    try:
+        rows = asyncio.run(run())
+    except Exception as exc:
+        return _error(f"cannot read the parked entries: {type(exc).__name__}: {exc}")
+    for row in rows:
+        print(
+            f"{row['parked_id']}  {row.get('consumer', '?'):<18} {row.get('type', '?'):<28} "
+            f"seq={row.get('seq', '?')} attempts={row.get('attempts', '?')}  {row.get('reason', '')}"
+        )
+    if not rows:
+        print("no parked entries")
     return 0
 
 
@@ -560,6 +645,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("dev", cmd_dev, "start the whole system on this machine (no Docker, no network)")
     p.add_argument("--no-app", action="store_true", help="start only the services, not the worker and the API")
     add("worker", cmd_worker, "run the Temporal worker")
+    add("consume", cmd_consume, "run the event stream consumers (read-model projector, cache invalidator)")
+    events = sub.add_parser("events", help="the event log and its consumers")
+    events_sub = events.add_subparsers(dest="events_command", metavar="ACTION", required=True)
+    p = events_sub.add_parser(
+        "replay",
+        help="rebuild a read model from domain_events into a fresh table and swap it in (the projector may run)",
+    )
+    p.add_argument("--projection", required=True, choices=["tenant_overview", "user_profile"])
+    p.add_argument("--tenant", type=uuid.UUID, help="only the rows this tenant's events touch")
+    p.add_argument("--since", help="only the rows touched by events since this ISO time (rebuilt from all events)")
+    p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
+    p.set_defaults(func=cmd_events_replay)
+    p = events_sub.add_parser("parked", help="entries a consumer parked (retry limit, unknown version), newest first")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
+    p.set_defaults(func=cmd_events_parked)
     p = add("api", cmd_api, "run the HTTP API")
     p.add_argument("--host", help="bind address (default: API_HOST)")
     p.add_argument("--port", type=int, help="port (default: API_PORT)")

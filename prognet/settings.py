@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     migration_database_url: str | None = Field(
         None, description="the same database as the schema owner, for migrations; defaults to DATABASE_URL"
     )
+    database_read_url: str | None = Field(
+        None, description="where queries read (a replica), as the application role; defaults to DATABASE_URL"
+    )
     redis_url: str | None = Field(None, description="redis://host:port/0")
+    cache_redis_url: str | None = Field(None, description="the read-model cache's Redis; defaults to REDIS_URL")
     temporal_address: str | None = Field(None, description="host:port of the Temporal frontend")
     temporal_namespace: str = "default"
     smtp_host: str | None = Field(None, description="SMTP relay host")
@@ -186,6 +190,20 @@ class Settings(BaseSettings):
         "unset: true in development, false in production.",
     )
 
+    # --- event consumers, read models and their cache ---
+    cache_ttl_tenant_overview: float = Field(60.0, description="Seconds a cached tenant overview is served.")
+    cache_ttl_user_profile: float = Field(60.0, description="Seconds a cached user profile is served.")
+    consumer_partitions: int = Field(
+        4, ge=1, description="Ordering partitions of each consumer: a tenant's (or aggregate's) events share one."
+    )
+    consumer_lease_seconds: float = Field(
+        10.0, description="A consumer copy silent this long loses its partitions; another reclaims their entries."
+    )
+    consumer_max_attempts: int = Field(5, description="Failed attempts at one entry before it is parked.")
+    read_consistency_wait_seconds: float = Field(
+        1.0, description="How long a read with Consistent-After waits for the read model before using the primary."
+    )
+
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies")
@@ -226,6 +244,10 @@ class Settings(BaseSettings):
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def redis_target(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
     def stripe_base(self) -> str:

@@ -208,6 +208,7 @@ class EmbeddedStack:
         self.relay: AppProcess | None = None
         self.webhooks: AppProcess | None = None
         self.api: AppProcess | None = None
+        self.consumers: AppProcess | None = None
         if app:
             self.worker = AppProcess(
                 "Worker",
@@ -243,6 +244,11 @@ class EmbeddedStack:
                 address=f"{self.api_url}/docs",
             )
             self.components += [self.worker, self.relay, self.webhooks, self.api]
+            # the event stream's projector and cache invalidator (prognet consume)
+            self.consumers = AppProcess(
+                "Consumers", "consume", log=self.log, env=self.env(), cwd=REPO_ROOT, address="reads events:all"
+            )
+            self.components.append(self.consumers)
 
     # --- what children and tests need ---------------------------------------------------------------------
     def env(self) -> dict[str, str]:

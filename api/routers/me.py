@@ -8,8 +8,18 @@ from fastapi import APIRouter, Depends, Response, status
 
 from api.body_guard import require_json_body
 from api.current_password import prove_current_password
-from api.deps import ClientAddress, CurrentUser, DbDep, SessionsDep, SettingsDep, ThrottleDep
+from api.deps import (
+    ClientAddress,
+    ConsistentAfter,
+    CurrentUser,
+    DbDep,
+    ReadModelsDep,
+    SessionsDep,
+    SettingsDep,
+    ThrottleDep,
+)
 from api.problems import NOT_FOUND, Problem, problem_responses
+from api.read_models import profile_from_primary
 from api.schemas import MeResponse, PasswordChange, ProfileUpdate
 from models.db import transaction
 from models.events import record_event
@@ -21,26 +31,18 @@ log = logging.getLogger("prognet.api")
 router = APIRouter(prefix="/v1", tags=["me"], dependencies=[Depends(require_json_body)])
 
 
-def _view(user: User) -> MeResponse:
-    return MeResponse(
-        id=user.id,
-        email=user.email,
-        display_name=user.display_name,
-        status=user.status,
-        created_at=user.created_at,
-        verified_at=user.verified_at,
-    )
-
-
 @router.get(
     "/me", response_model=MeResponse, summary="The authenticated user's account", responses=problem_responses(401, 404)
 )
-async def me(caller: CurrentUser, engine: DbDep) -> MeResponse:
-    async with transaction(engine) as db:
-        user = await db.get(User, caller.user_id)
-    if user is None:
+async def me(
+    caller: CurrentUser, reads: ReadModelsDep, response: Response, consistent_after: ConsistentAfter = None
+) -> MeResponse:
+    found = await reads.user_profile(caller.user_id, consistent_after)
+    if found is None:
         raise Problem(NOT_FOUND, "This account no longer exists.")
-    return _view(user)
+    profile, source = found
+    response.headers["Read-Source"] = source
+    return MeResponse.model_validate(profile)
 
 
 @router.patch(
@@ -63,7 +65,10 @@ async def update_profile(body: ProfileUpdate, caller: CurrentUser, engine: DbDep
         if changes:
             db.add(user)
             record_event(db, "user.profile_updated", "user", user.id, {"changes": changes}, actor_id=caller.user_id)
-    return _view(user)
+    profile = await profile_from_primary(engine, caller.user_id)  # the write tables: this answer follows a write
+    if profile is None:
+        raise Problem(NOT_FOUND, "This account no longer exists.")
+    return MeResponse.model_validate(profile)
 
 
 @router.post(

@@ -93,8 +93,14 @@ async def list_members(tenant_id: TenantIdPath, member: TenantMember, engine: Db
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
 )
 async def change_role(
-    tenant_id: TenantIdPath, user_id: UserIdPath, body: ChangeRoleRequest, caller: CurrentUser, engine: DbDep
+    tenant_id: TenantIdPath,
+    user_id: UserIdPath,
+    body: ChangeRoleRequest,
+    caller: CurrentUser,
+    engine: DbDep,
+    response: Response,
 ) -> MemberView:
+    event = None
     async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
         me = await _lock(db, tenant_id, caller.user_id)
         if me.role not in MANAGER_ROLES:
@@ -110,7 +116,7 @@ async def change_role(
                 raise Problem(LAST_OWNER, "This is the tenant's last owner; make someone else owner first.")
             target.role = body.role
             db.add(target)
-            record_event(
+            event = record_event(
                 db,
                 "member.role_changed",
                 "tenant",
@@ -121,6 +127,8 @@ async def change_role(
                 actor_id=caller.user_id,
             )
         user = await db.get(User, user_id)
+    if event is not None:  # read-your-writes: send it back as Consistent-After
+        response.headers["Event-Position"] = str(event.id)
     if previous != body.role:
         log.info("member role changed", extra={"tenant_id": str(tenant_id), "user_id": str(user_id)})
     assert user is not None  # memberships cascade with their user
@@ -156,7 +164,7 @@ async def remove_member(tenant_id: TenantIdPath, user_id: UserIdPath, caller: Cu
             raise Problem(LAST_OWNER, "This is the tenant's last owner; make someone else owner first.")
         role = target.role
         await db.delete(target)
-        record_event(
+        event = record_event(
             db,
             "member.removed",
             "tenant",
@@ -169,4 +177,4 @@ async def remove_member(tenant_id: TenantIdPath, user_id: UserIdPath, caller: Cu
     log.info(
         "member left" if leaving else "member removed", extra={"tenant_id": str(tenant_id), "user_id": str(user_id)}
     )
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Event-Position": str(event.id)})

@@ -18,8 +18,10 @@ from temporalio.common import SearchAttributePair
 from api.body_guard import require_json_body
 from api.deps import (
     TENANT_NOT_FOUND,
+    ConsistentAfter,
     CurrentUser,
     DbDep,
+    ReadModelsDep,
     RedisDep,
     SettingsDep,
     TemporalConnectorDep,
@@ -30,7 +32,6 @@ from api.saga_start import IdempotencyKey, SagaStart, request_fingerprint, reque
 from api.schemas import (
     CreateTenantRequest,
     TenantAcceptedResponse,
-    TenantBillingView,
     TenantLinks,
     TenantSummary,
     TenantView,
@@ -45,7 +46,7 @@ from models.names import (
     UPDATE_TENANT_ACCEPTED,
     tenant_workflow_id,
 )
-from models.tables import Membership, Tenant, TenantBilling
+from models.tables import Membership, Tenant
 
 log = logging.getLogger("prognet.api")
 
@@ -134,28 +135,34 @@ async def create_tenant(
     summary="The tenants you belong to, with your role",
     responses=problem_responses(401),
 )
-async def list_tenants(caller: CurrentUser, engine: DbDep) -> list[TenantSummary]:
+async def list_tenants(
+    caller: CurrentUser, engine: DbDep, reads: ReadModelsDep, response: Response
+) -> list[TenantSummary]:
+    # Which tenants and with what role: the primary's memberships (access is never decided by a read model).
     async with transaction(engine, user_id=caller.user_id) as db:
-        rows = (
-            await db.exec(
-                select(Tenant, Membership.role)
-                .join(Membership, col(Membership.tenant_id) == Tenant.id)
-                .where(Membership.user_id == caller.user_id)
-                .order_by(col(Tenant.created_at), col(Tenant.id))
-            )
-        ).all()
-    return [
+        memberships = (await db.exec(select(Membership).where(Membership.user_id == caller.user_id))).all()
+    roles = {m.tenant_id: m.role for m in memberships}
+    rows: dict[uuid.UUID, dict] = await reads.tenant_summaries(caller.user_id, list(roles))
+    missing = [t for t in roles if t not in rows]
+    if missing:  # not projected yet: the write tables
+        async with transaction(engine, user_id=caller.user_id) as db:
+            for t in (await db.exec(select(Tenant).where(col(Tenant.id).in_(missing)))).all():
+                rows[t.id] = t.model_dump()
+    response.headers["Read-Source"] = "primary" if missing else "read-model"
+    summaries = [
         TenantSummary(
-            id=t.id,
-            name=t.name,
-            slug=t.slug,
-            status=t.status,
-            role=role,
-            created_at=t.created_at,
-            activated_at=t.activated_at,
+            id=tenant_id,
+            name=row["name"],
+            slug=row["slug"],
+            status=row["status"],
+            role=roles[tenant_id],
+            created_at=row["created_at"],
+            activated_at=row["activated_at"],
         )
-        for t, role in rows
+        for tenant_id, row in rows.items()
+        if tenant_id in roles
     ]
+    return sorted(summaries, key=lambda s: (s.created_at, str(s.id)))
 
 
 async def _saga_state(temporal: TemporalConnectorDep, tenant_id: uuid.UUID) -> SagaState | None:
@@ -179,33 +186,33 @@ async def _saga_state(temporal: TemporalConnectorDep, tenant_id: uuid.UUID) -> S
     responses=problem_responses(401, 404, 422),
 )
 async def get_tenant(
-    tenant_id: TenantIdPath, caller: CurrentUser, engine: DbDep, temporal: TemporalConnectorDep
+    tenant_id: TenantIdPath,
+    caller: CurrentUser,
+    engine: DbDep,
+    reads: ReadModelsDep,
+    temporal: TemporalConnectorDep,
+    response: Response,
+    consistent_after: ConsistentAfter = None,
 ) -> TenantView:
+    # Access first, always on the primary: the cache and the read model answer only for a tenant the caller sees.
     async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
-        tenant = await db.get(Tenant, tenant_id)
         membership = await db.get(Membership, (tenant_id, caller.user_id))
-        billing = await db.get(TenantBilling, tenant_id) if membership is not None else None
-    creator_view = (
-        tenant is not None and membership is None and tenant.created_by == caller.user_id and tenant.status != "active"
-    )
-    if tenant is None or (membership is None and not creator_view):
+        tenant = await db.get(Tenant, tenant_id) if membership is None else None
+    creator_view = tenant is not None and tenant.created_by == caller.user_id and tenant.status != "active"
+    if membership is None and not creator_view:
         raise Problem(NOT_FOUND, TENANT_NOT_FOUND)
-    saga = await _saga_state(temporal, tenant_id) if tenant.status == "provisioning" else None
-    return TenantView(
-        id=tenant.id,
-        name=tenant.name,
-        slug=tenant.slug,
-        status=tenant.status,
-        failure_reason=tenant.failure_reason,
-        role=membership.role if membership else None,
-        created_at=tenant.created_at,
-        activated_at=tenant.activated_at,
-        billing=TenantBillingView(
-            currency=billing.currency,
-            billing_email=billing.billing_email,
-            stripe_customer_id=billing.stripe_customer_id,
-        )
-        if billing
-        else None,
-        saga=saga,
+    found = await reads.tenant_overview(tenant_id, consistent_after)
+    if found is None:
+        raise Problem(NOT_FOUND, TENANT_NOT_FOUND)
+    overview, source = found
+    response.headers["Read-Source"] = source
+    saga = await _saga_state(temporal, tenant_id) if overview["status"] == "provisioning" else None
+    show_billing = membership is not None
+    return TenantView.model_validate(
+        {
+            **overview,
+            "role": membership.role if membership else None,
+            "billing": overview["billing"] if show_billing else None,
+            "saga": saga,
+        }
     )

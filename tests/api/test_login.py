@@ -26,7 +26,17 @@ async def test_login_returns_a_token_pair_that_opens_me(client, user, engine):
     assert body["id"] == str(user.id)
     assert body["email"] == user.email
     assert body["status"] == "active"
-    assert set(body) == {"id", "email", "display_name", "status", "created_at", "verified_at"}
+    assert set(body) == {
+        "id",
+        "email",
+        "display_name",
+        "status",
+        "created_at",
+        "verified_at",
+        "last_login_at",  # the user profile read model (or the primary before it is projected)
+        "memberships",
+    }
+    assert body["memberships"] == [] and body["last_login_at"] is not None
 
     async with transaction(engine, user_id=user.id) as db:  # a user's own events: visible to that user only
         events = (await db.exec(select(DomainEvent).where(DomainEvent.aggregate_id == str(user.id)))).all()

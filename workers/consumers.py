@@ -1,0 +1,130 @@
+"""The shipped stream consumers: the read-model projector and the cache invalidator (`prognet consume`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from models.db import make_engine, transaction
+from models.event_stream import StreamEvent
+from models.read_models import PROJECTIONS, UnsupportedVersion, cache_key, live_tables, mark_applied
+from prognet.settings import Settings
+from workers.consumer import Consumer, ConsumerConfig, Handler, Park
+
+log = logging.getLogger("prognet.consumers")
+
+PROJECTOR = "projector"
+CACHE_INVALIDATOR = "cache-invalidator"
+PROJECTOR_WAIT_SECONDS = 2.0  # how long the invalidator waits for the projector before deleting anyway
+
+
+def consumer_config(settings: Settings, name: str) -> ConsumerConfig:
+    return ConsumerConfig(
+        name=name,
+        partitions=settings.consumer_partitions,
+        lease_seconds=settings.consumer_lease_seconds,
+        max_attempts=settings.consumer_max_attempts,
+    )
+
+
+async def project(engine: AsyncEngine, event: StreamEvent) -> None:
+    """Apply one event to every read model it concerns, in one transaction with its `rm_applied` marks.
+
+    Each projection's tables are locked (ROW EXCLUSIVE, what any write takes) before anything else, so a
+    replay's swap (EXCLUSIVE) and this transaction queue up cleanly instead of deadlocking."""
+    try:
+        async with transaction(engine, platform=True) as session:
+            conn = await session.connection()
+            for projection in PROJECTIONS.values():
+                if not projection.concerns(event):
+                    continue
+                await conn.execute(text(f"LOCK TABLE {', '.join(projection.tables)} IN ROW EXCLUSIVE MODE"))
+                if await mark_applied(conn, projection.name, event):
+                    await projection.apply(conn, event, live_tables(projection))
+    except UnsupportedVersion as exc:
+        raise Park(f"unsupported event version: {exc}") from None
+
+
+def cache_keys(event: StreamEvent) -> list[str]:
+    """The cached read models an event can change."""
+    keys = []
+    if event.tenant_id is not None:
+        keys.append(cache_key("tenant_overview", event.tenant_id))
+    users = {event.user_id} if event.user_id else set()
+    if event.type == "member.added":
+        users.add(uuid.UUID(event.aggregate_id))
+    elif event.type.startswith("member.") and event.payload.get("user_id"):
+        users.add(uuid.UUID(event.payload["user_id"]))
+    keys += [cache_key("user_profile", user) for user in sorted(users, key=str)]
+    return keys
+
+
+class CacheInvalidator:
+    """Deletes the cache entries an event makes stale. The projector may not have applied the event yet, and a
+    read in between would cache the old row again: so the keys are deleted at once and again once the projector
+    has applied it (or after PROJECTOR_WAIT_SECONDS; not at all when no projector copy is alive)."""
+
+    def __init__(self, engine: AsyncEngine, streams: Redis, cache: Redis) -> None:
+        self.engine, self.streams, self.cache = engine, streams, cache
+
+    async def __call__(self, event: StreamEvent) -> None:
+        keys = cache_keys(event)
+        if not keys:
+            return
+        await self.cache.delete(*keys)
+        if await self.streams.zcount(f"consumer:{PROJECTOR}:copies", time.time(), "+inf"):
+            await self._projected(event)
+            await self.cache.delete(*keys)
+
+    async def _projected(self, event: StreamEvent) -> None:
+        deadline = time.monotonic() + PROJECTOR_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            async with self.engine.connect() as conn:
+                row = await conn.execute(
+                    text("SELECT 1 FROM rm_applied WHERE event_id = :e LIMIT 1"), {"e": event.event_id}
+                )
+                if row.first() is not None:
+                    return
+            await asyncio.sleep(0.05)
+
+
+def _stop_all(consumers: list[Consumer]) -> None:
+    for consumer in consumers:
+        consumer.stop()
+
+
+async def run_consumers(settings: Settings, *, names: tuple[str, ...] = (PROJECTOR, CACHE_INVALIDATOR)) -> None:
+    """`prognet consume`: the projector and the cache invalidator until SIGTERM/SIGINT (a clean stop: the current
+    entry finishes and the leases are given back)."""
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set")
+    engine = make_engine(settings.database_url)
+    streams = Redis.from_url(settings.redis_target, socket_connect_timeout=2, socket_timeout=10)
+    cache = Redis.from_url(
+        settings.cache_redis_url or settings.redis_target, socket_connect_timeout=2, socket_timeout=5
+    )
+
+    async def projector(event: StreamEvent) -> None:
+        await project(engine, event)
+
+    handlers: dict[str, Handler] = {PROJECTOR: projector, CACHE_INVALIDATOR: CacheInvalidator(engine, streams, cache)}
+    consumers = [Consumer(streams, consumer_config(settings, name), handlers[name]) for name in names]
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, _stop_all, consumers)
+    log.info("consuming events:all as %s", ", ".join(c.copy_id for c in consumers))
+    try:
+        await asyncio.gather(*(c.run() for c in consumers))
+    finally:
+        await streams.aclose()
+        await cache.aclose()
+        await engine.dispose()
