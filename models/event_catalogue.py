@@ -178,6 +178,12 @@ class SuppressionLifted(Payload):
     message_id: uuid.UUID | None
 
 
+# --- platform: external services (no tenant, no user)
+class CircuitChanged(Payload):
+    circuit: str = Field(description="`stripe`, `smtp`, `webhook:<host>`")
+    open_until: str | None = Field(None, description="ISO 8601 end of the cool-down (opened only)")
+
+
 PayloadModel = type[Payload]
 
 
@@ -237,6 +243,8 @@ SPECS: tuple[EventSpec, ...] = (
     _spec("invoice.uncollectible", "invoice", InvoiceClosed, "Dunning gave up: the invoice is uncollectible."),
     _spec("email.retry_requested", "email", EmailRetryRequested, "An operator retried a dead-lettered email."),
     _spec("email.discard_requested", "email", EmailDiscardRequested, "An operator discarded a dead-lettered email."),
+    _spec("circuit.opened", "circuit", CircuitChanged, "An external service looks down: its calls fail fast."),
+    _spec("circuit.closed", "circuit", CircuitChanged, "A probe call succeeded: the service is back."),
     _spec("email.suppression_lifted", "email_suppression", SuppressionLifted, "An operator lifted a suppression."),
 )
 

@@ -172,15 +172,22 @@ class CircuitBreaker:
 
     async def record(self, *, ok: bool) -> None:
         c = self.config
-        args = [int(ok), _ms(c.window), c.min_calls, c.failure_rate, _ms(c.cooldown), uuid.uuid4().hex]
+        args: list[int | float | str] = [
+            int(ok),
+            _ms(c.window),
+            c.min_calls,
+            c.failure_rate,
+            _ms(c.cooldown),
+            uuid.uuid4().hex,
+        ]
         try:
             state, until, moved = await self._record(keys=self._keys, args=args)
         except RedisError as exc:
             log.warning("circuit %s: Redis unreachable, outcome not recorded: %s", self.name, exc)
             return
         if moved:
-            state = _text(state)
-            await self._report(Transition(self.name, state, _at(int(until)) if state == "open" else None))
+            new: State = "open" if _text(state) == "open" else "closed"
+            await self._report(Transition(self.name, new, _at(int(until)) if new == "open" else None))
 
     async def _report(self, transition: Transition) -> None:
         until = f" until {transition.open_until.isoformat(timespec='seconds')}" if transition.open_until else ""
