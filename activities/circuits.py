@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 STRIPE = "stripe"
 SMTP = "smtp"
 DISPLAY_NAMES = {STRIPE: "Stripe", SMTP: "SMTP relay"}
-EVENTS = {"open": "circuit.opened", "closed": "circuit.closed"}
 
 
 def circuit_config(settings: Settings) -> CircuitConfig:
@@ -57,14 +56,13 @@ class Circuits:
 
     async def _on_transition(self, t: Transition) -> None:
         CIRCUIT_TRANSITIONS.labels(t.name, t.state).inc()
-        event = EVENTS.get(t.state)
-        if event is None or self.engine is None:
+        if t.state == "half_open" or self.engine is None:
             return
         payload: dict[str, Any] = {"circuit": t.name}
         if t.open_until is not None:
             payload["open_until"] = t.open_until.isoformat()
         async with transaction(self.engine, platform=True) as db:
-            record_event(db, event, "circuit", t.name, payload)
+            record_event(db, "circuit.opened" if t.state == "open" else "circuit.closed", "circuit", t.name, payload)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -200,8 +200,11 @@ class Saga:
                 info = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
                 delay = timedelta(seconds=max(float(info.get("retry_after_seconds", 1.0)), 0.1))
                 service, until = info.get("service", "service"), info.get("until", "later")
-                workflow.set_current_details(f"waiting: {service} circuit open until {until}")
+                status, waiting_for = self.state.status, self.state.waiting_for
+                wait = f"{service} circuit open until {until}"
+                self.set_status("waiting", waiting_for=wait, details=f"waiting: {wait}")
                 await workflow.sleep(delay)
+                self.set_status(status, waiting_for=waiting_for, details=f"{status}: {self.state.step}")
 
     def step_done(self, name: str) -> None:
         """Record a forward step that is not an activity (e.g. handing a message to a child workflow)."""
