@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+import stripe as stripe_sdk
 from redis.asyncio import Redis
 from sqlmodel import select
 
@@ -16,7 +17,7 @@ from activities.circuits import Circuits
 from models.db import transaction
 from models.tables import DomainEvent
 from prognet.circuit import CircuitBreaker, CircuitConfig, CircuitOpenError, Transition
-from prognet_dev import free_port
+from prognet_dev import SandboxAdmin, free_port
 from tests.api.conftest import create_tenant, person, wait_for_tenant
 from workers.main import serve_metrics
 
@@ -79,7 +80,7 @@ def _config(**changes: object) -> CircuitConfig:
 
 
 async def test_stripe_breaker_opens_fails_fast_probes_and_recovers_across_processes(
-    services, temporal_settings, stripe, stripe_faults, app_engine
+    services, temporal_settings, stripe: SandboxAdmin, stripe_faults, app_engine
 ):
     """Two Circuits (two worker processes) with their own Redis connections share one "stripe"-like circuit."""
     name = f"stripe-{uuid.uuid4().hex[:8]}"
@@ -104,13 +105,13 @@ async def test_stripe_breaker_opens_fails_fast_probes_and_recovers_across_proces
         # a card decline / 4xx is Stripe answering: it never counts
         await stripe_faults({"status": 400, "count": 3, "path_prefix": "/v1/customers", "method": "GET"})
         for _ in range(3):
-            with pytest.raises(stripe.InvalidRequestError):
+            with pytest.raises(stripe_sdk.InvalidRequestError):
                 await sdk_one.v1.customers.list_async()
         assert seen == []
         await stripe_faults({"status": 503, "count": 3, "path_prefix": "/v1/customers", "method": "GET"})
         reached = len(await stripe.requests(path_prefix="/v1/customers"))
         for sdk in (sdk_one, sdk_two, sdk_one):
-            with pytest.raises(stripe.APIError):
+            with pytest.raises(stripe_sdk.APIError):
                 await sdk.v1.customers.list_async()
         assert [t.state for t in seen] == ["open"]  # 3 of 6 calls in the window failed: 50 %
         for sdk in (sdk_two, sdk_one, sdk_two):  # both "processes" now fail fast: nothing reaches Stripe
