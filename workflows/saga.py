@@ -148,7 +148,7 @@ class Saga:
         (e.g. the failure reason, or an id the forward step returned), from workflow state only."""
 
         async def undo() -> None:
-            await self._activity(
+            await self.execute_activity(
                 activity, arg() if callable(arg) else arg, start_to_close_timeout=timeout, retry_policy=retry_policy
             )
 
@@ -183,11 +183,11 @@ class Saga:
         options: dict[str, Any] = {"start_to_close_timeout": timeout, "retry_policy": retry_policy}
         if isinstance(activity, str):
             options["result_type"] = result_type
-        result: T = await self._activity(activity, arg, **options)
+        result: T = await self.execute_activity(activity, arg, **options)
         self.state.completed_steps.append(name)
         return result
 
-    async def _activity(self, activity: str | Callable[..., Any], arg: Any, **options: Any) -> Any:
+    async def execute_activity(self, activity: str | Callable[..., Any], arg: Any, **options: Any) -> Any:
         """Execute an activity; while the service it calls has its circuit open, wait on a durable timer until
         the cool-down is over (saying so in the details) and run it again."""
         while True:
