@@ -228,11 +228,11 @@ class EmbeddedStack:
             self.metrics_rows = [
                 (label, f"http://{settings.metrics_host}:{port}/metrics", "")
                 for label, port in (
-                    ("Worker metrics", settings.worker_metrics_port),
-                    ("Worker SDK metrics", settings.worker_sdk_metrics_port),
+                    ("Metrics: worker", settings.worker_metrics_port),
+                    ("Metrics: Temporal SDK", settings.worker_sdk_metrics_port),
                 )
                 if port
-            ] + [("API metrics", f"{self.api_url}/metrics", "")]
+            ] + [("Metrics: API", f"{self.api_url}/metrics", "")]
             self.relay = AppProcess(
                 "Relay",
                 "relay",
