@@ -171,7 +171,6 @@ class Settings(BaseSettings):
     worker_sdk_metrics_port: int = Field(
         9465, ge=0, description="The Temporal SDK's runtime metrics of the worker (task latencies, failures)."
     )
-    relay_metrics_port: int = Field(9466, ge=0, description="The relay's metrics (lag, published events).")
     temporal_metrics_port: int = Field(9233, ge=0, description="The embedded Temporal dev server's own metrics.")
 
     # --- circuit breakers (Stripe, SMTP, outbound webhooks per host; state shared through Redis) ---
@@ -184,18 +183,6 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How long an open circuit fails calls fast before letting probes through."
     )
     circuit_half_open_probes: int = Field(1, ge=1, description="Calls let through at once while half-open.")
-
-    # --- retry policies of saga steps and compensations, per external service (recorded in each saga's history)
-    retry_initial_seconds: float = Field(1.0, gt=0, description="First wait before retrying a failed saga step.")
-    retry_backoff_coefficient: float = Field(2.0, ge=1, description="Each further wait is this much longer.")
-    retry_max_interval_seconds: float = Field(60.0, gt=0, description="Longest wait between two step attempts.")
-    stripe_retry_max_interval_seconds: float = Field(
-        60.0, gt=0, description="Longest wait between two attempts of a step that calls Stripe."
-    )
-    compensation_max_attempts: int = Field(
-        5, ge=1, description="Attempts of a compensation before the saga waits for an operator."
-    )
-    compensation_max_interval_seconds: float = Field(30.0, gt=0, description="Longest wait between two attempts.")
 
     log_level: str = "INFO"
 
