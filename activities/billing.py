@@ -19,6 +19,7 @@ from stripe.params import CustomerCreateParams, PaymentIntentCreateParams
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.circuits import BreakerHttpClient
 from models import activity_names as names
 from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer, StripeCustomer
 from models.billing_cycle_contracts import (
@@ -30,6 +31,8 @@ from models.billing_cycle_contracts import (
     RefundPayment,
 )
 from models.errors import STRIPE_PERMANENT_ERROR
+from prognet.circuit import CircuitBreaker
+from prognet.metrics import PAYMENTS_DECLINED, PAYMENTS_SUCCEEDED
 from prognet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,12 +46,19 @@ PERMANENT_ERRORS: tuple[type[stripe.StripeError], ...] = (
 )
 
 
-def stripe_client(settings: Settings) -> stripe.StripeClient:
-    """A StripeClient for STRIPE_API_BASE (api.stripe.com unless set) with no SDK-level retries."""
+STRIPE_TIMEOUT_SECONDS = 20  # below the activities' start-to-close timeout: a hung Stripe counts as down
+
+
+def stripe_client(settings: Settings, breaker: CircuitBreaker | None = None) -> stripe.StripeClient:
+    """A StripeClient for STRIPE_API_BASE (api.stripe.com unless set) with no SDK-level retries; with a
+    breaker, every request goes through the Stripe circuit."""
     key = settings.stripe_secret_key.get_secret_value() if settings.stripe_secret_key else ""
     if not key:
         raise ApplicationError("STRIPE_SECRET_KEY is not set", type=STRIPE_PERMANENT_ERROR, non_retryable=True)
-    return stripe.StripeClient(key, base_addresses={"api": settings.stripe_base}, max_network_retries=0)
+    http_client = BreakerHttpClient(breaker, timeout=STRIPE_TIMEOUT_SECONDS) if breaker is not None else None
+    return stripe.StripeClient(
+        key, base_addresses={"api": settings.stripe_base}, max_network_retries=0, http_client=http_client
+    )
 
 
 def _raise_translated(exc: stripe.StripeError, action: str) -> NoReturn:
@@ -86,6 +96,7 @@ TEST_PAYMENT_METHOD_PREFIX = "pm_card_"
 def _refused(req: CreatePaymentIntent, code: str | None) -> PaymentIntentInfo:
     """An attempt Stripe refused before creating a PaymentIntent (no such card): a failed attempt all the same."""
     log.info("payment method refused", extra={"tenant_id": str(req.tenant_id), "code": code})
+    PAYMENTS_DECLINED.labels(code or "invalid_payment_method").inc()
     return PaymentIntentInfo(
         payment_intent_id=f"{REFUSED_PAYMENT_PREFIX}{req.idempotency_key}",
         status="failed",
@@ -105,14 +116,17 @@ def _payment_info(pi: Any) -> PaymentIntentInfo:
 
 
 class BillingActivities:
-    def __init__(self, settings: Settings, *, client: stripe.StripeClient | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, client: stripe.StripeClient | None = None, breaker: CircuitBreaker | None = None
+    ) -> None:
         self.settings = settings
         self._client = client
+        self.breaker = breaker
 
     @property
     def client(self) -> stripe.StripeClient:
         if self._client is None:
-            self._client = stripe_client(self.settings)
+            self._client = stripe_client(self.settings, self.breaker)
         return self._client
 
     @activity.defn(name=names.CREATE_STRIPE_CUSTOMER)
@@ -197,6 +211,7 @@ class BillingActivities:
                 "payment declined",
                 extra={"tenant_id": str(req.tenant_id), "payment_intent": pi_id, "decline_code": code},
             )
+            PAYMENTS_DECLINED.labels(code or "unknown").inc()
             return PaymentIntentInfo(payment_intent_id=pi_id, status="failed", decline_code=code)
         except stripe.InvalidRequestError as exc:
             if exc.param != "payment_method":
@@ -205,6 +220,10 @@ class BillingActivities:
         except stripe.StripeError as exc:
             _raise_translated(exc, "charge the invoice")
         info = _payment_info(pi)
+        if info.status == "succeeded":
+            PAYMENTS_SUCCEEDED.inc()
+        elif info.status == "failed":
+            PAYMENTS_DECLINED.labels(info.decline_code or "unknown").inc()
         log.info("payment intent %s", info.status, extra={"tenant_id": str(req.tenant_id), "payment_intent": pi.id})
         return info
 

@@ -219,11 +219,12 @@ async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None
             raise _with_reply(
                 ApplicationError(f"SMTP {_code(err.code, err.message)}", type=SMTP_PERMANENT, non_retryable=True), full
             ) from None
-        raise _with_reply(SmtpTemporaryFailure(f"SMTP {_code(err.code, err.message)}"), full) from None
+        down = err.code == 421  # "service not available": the relay is shutting its doors
+        raise _with_reply(SmtpTemporaryFailure(f"SMTP {_code(err.code, err.message)}", relay_down=down), full) from None
     except aiosmtplib.SMTPTimeoutError:
-        raise SmtpTemporaryFailure("timeout waiting for the relay") from None
+        raise SmtpTemporaryFailure("timeout waiting for the relay", relay_down=True) from None
     except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as err:
-        raise SmtpTemporaryFailure(f"connection: {type(err).__name__}") from None
+        raise SmtpTemporaryFailure(f"connection: {type(err).__name__}", relay_down=True) from None
     return reply
 
 
@@ -239,4 +240,9 @@ def _with_reply(err: Exception, reply: str) -> Exception:
 
 
 class SmtpTemporaryFailure(Exception):
-    """4xx, timeout or connection trouble: worth another attempt."""
+    """4xx, timeout or connection trouble: worth another attempt. `relay_down`: no answer at all (the circuit
+    breaker counts those; a 4xx is the relay answering)."""
+
+    def __init__(self, message: str, *, relay_down: bool = False) -> None:
+        super().__init__(message)
+        self.relay_down = relay_down

@@ -30,6 +30,8 @@ from models.db import transaction
 from models.events import record_event
 from models.names import email_workflow_id
 from models.tables import EmailMessage, EmailSuppression, utcnow
+from prognet.circuit import CircuitBreaker
+from prognet.metrics import EMAILS
 from prognet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,10 +48,11 @@ def message_id_header(message_id: uuid.UUID) -> str:
 
 
 class EmailDeliveryActivities:
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: Settings, breaker: CircuitBreaker | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.composer = Composer(engine, settings)
+        self.breaker = breaker  # the "smtp" circuit
 
     def _scope(self, tenant_id: uuid.UUID | None):
         return transaction(self.engine, tenant_id=tenant_id, platform=tenant_id is None)
@@ -97,28 +100,51 @@ class EmailDeliveryActivities:
                     workflow_id=email_workflow_id(req.message_id),
                 )
             )
+        EMAILS.labels("suppressed" if suppressed else "queued").inc()
         return EmailQueued(message_id=req.message_id, to_address=composed.to_address, suppressed=suppressed)
 
     @activity.defn(name=names.SEND_EMAIL)
     async def send(self, req: SendEmail) -> EmailDelivery:
         """One attempt. Every attempt is counted and its reply kept, so tracking shows deferrals as they happen."""
         message_id = req.request.message_id
+        if self.breaker is not None:
+            await self.breaker.acquire()  # open: not an attempt at all (CircuitOpenError)
         await self._update(req.request.tenant_id, message_id, state="sending", attempts=EmailMessage.attempts + 1)
+        EMAILS.labels("sending").inc()
         try:
             composed = await self.composer.compose(req.request, req.to_address)
             msg = build_message(self.settings, composed, message_id_header(message_id))
-            reply = await smtp_send(self.settings, msg)
+            reply = await self._send(msg)
         except SmtpTemporaryFailure as err:
             await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=_reply(err))
+            EMAILS.labels("deferred").inc()
             raise
         except Exception as err:
             await self._update(req.request.tenant_id, message_id, state="failed", last_reply=_reply(err))
+            EMAILS.labels("failed").inc()
             raise
         await self._update(
             req.request.tenant_id, message_id, state="sent", last_reply=reply[:REPLY_LIMIT], sent_at=utcnow()
         )
+        EMAILS.labels("sent").inc()
         log.info("email sent", extra={"message_id": str(message_id), "template": req.request.template})
         return EmailDelivery(message_id=message_id, state="sent", reply=reply)
+
+    async def _send(self, msg) -> str:
+        """One SMTP send, its outcome told to the circuit: a relay that cannot be reached or does not answer
+        in time is down; any reply (even a refusal) means it is up."""
+        if self.breaker is None:
+            return await smtp_send(self.settings, msg)
+        try:
+            reply = await smtp_send(self.settings, msg)
+        except SmtpTemporaryFailure as err:
+            await self.breaker.record(ok=not err.relay_down)
+            raise
+        except Exception:
+            await self.breaker.record(ok=True)
+            raise
+        await self.breaker.record(ok=True)
+        return reply
 
     @activity.defn(name=names.MARK_EMAIL)
     async def mark(self, req: MarkEmail) -> None:
@@ -134,6 +160,7 @@ class EmailDeliveryActivities:
             )
             if req.state == "dead_lettered" and before not in (None, "dead_lettered"):  # counted in the overview
                 record_event(session, "email.dead_lettered", "email", req.message_id, {}, tenant_id=req.tenant_id)
+        EMAILS.labels(req.state).inc()
 
     @activity.defn(name=names.SUPPRESS_ADDRESS)
     async def suppress(self, req: SuppressAddress) -> None:

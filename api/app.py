@@ -14,6 +14,8 @@ from api.body_guard import MAX_BODY_BYTES, BodySizeLimit
 from api.docs import install_docs
 from api.jwt_tokens import AccessTokenCodec
 from api.login_throttle import DeviceCookies, LoginThrottle
+from api.metrics import RequestMetrics
+from api.metrics import router as metrics_router
 from api.problems import DEPENDENCY_OUTAGE_RESPONSE, install_problem_handlers
 from api.read_models import ReadModels
 from api.request_log import AccessLog, configure_logging
@@ -175,6 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stripe_webhooks.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
     app.include_router(subscriptions.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
     app.include_router(signup.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
+    app.include_router(metrics_router)  # GET /metrics, out of the OpenAPI schema
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)
+    app.add_middleware(RequestMetrics)
     return app

@@ -39,6 +39,10 @@ SMTP_PERMANENT = "SmtpPermanentFailure"  # the relay refused the message for goo
 RENDER_FAILED = "RenderFailed"  # the template or its parameters cannot make a message: never retried
 RECIPIENT_GONE = "RecipientGone"  # the user, token, tenant or invitation the message is about is gone
 
+# --- external services
+CIRCUIT_OPEN = "CircuitOpen"  # the service's circuit breaker is open: retryable, `next_retry_delay` = the cool-down
+# left; details[0] = {"service": name, "until": ISO 8601, "retry_after_seconds": float}
+
 # --- invitations
 INVITATION_NOT_FOUND = "InvitationNotFound"  # no invitation with this id
 INVITATION_CLOSED = "InvitationClosed"  # the invitation was already accepted, revoked or expired

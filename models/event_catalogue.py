@@ -207,6 +207,10 @@ class WebhookSecretRotated(Payload):
 class WebhookEndpointDisabled(Payload):
     reason: str
     failing_since: str = Field(description="ISO 8601: the first failed attempt since the last delivered one")
+# --- platform: external services (no tenant, no user)
+class CircuitChanged(Payload):
+    circuit: str = Field(description="`stripe`, `smtp`, `webhook:<host>`")
+    open_until: str | None = Field(None, description="ISO 8601 end of the cool-down (opened only)")
 
 
 PayloadModel = type[Payload]
@@ -285,6 +289,8 @@ SPECS: tuple[EventSpec, ...] = (
         WebhookEndpointDisabled,
         "Every delivery to the endpoint failed for too long: it was disabled (its owners are emailed).",
     ),
+    _spec("circuit.opened", "circuit", CircuitChanged, "An external service looks down: its calls fail fast."),
+    _spec("circuit.closed", "circuit", CircuitChanged, "A probe call succeeded: the service is back."),
     _spec("email.suppression_lifted", "email_suppression", SuppressionLifted, "An operator lifted a suppression."),
 )
 

@@ -13,6 +13,9 @@ TASK_QUEUE = "prognet-main"
 
 QUERY_SAGA_STATE = "saga_state"
 SIGNAL_OPERATOR_DECISION = "operator_decision"
+# the worker's extern functions sagas call outside replay (workers/interceptors.py): metrics, never workflow state
+EXTERN_SAGA_STATUS = "prognet_saga_status"
+EXTERN_COMPENSATION_FAILED = "prognet_compensation_failed"
 
 # registration
 REGISTRATION_WORKFLOW = "Registration"

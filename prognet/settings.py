@@ -204,6 +204,25 @@ class Settings(BaseSettings):
         1.0, description="How long a read with Consistent-After waits for the read model before using the primary."
     )
 
+    # --- metrics (Prometheus text on GET /metrics; port 0: not served) ---
+    metrics_host: str = Field("127.0.0.1", description="Where the worker's and the relay's /metrics listen.")
+    worker_metrics_port: int = Field(9464, ge=0, description="The worker's business metrics (sagas, emails, …).")
+    worker_sdk_metrics_port: int = Field(
+        9465, ge=0, description="The Temporal SDK's runtime metrics of the worker (task latencies, failures)."
+    )
+    temporal_metrics_port: int = Field(9233, ge=0, description="The embedded Temporal dev server's own metrics.")
+
+    # --- circuit breakers (Stripe, SMTP, outbound webhooks per host; state shared through Redis) ---
+    circuit_window_seconds: float = Field(60.0, gt=0, description="Sliding window the failure rate is taken over.")
+    circuit_min_calls: int = Field(5, ge=1, description="Calls in the window before the rate can open the circuit.")
+    circuit_failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of calls in the window failing with 'service down' that opens it."
+    )
+    circuit_cooldown_seconds: float = Field(
+        30.0, gt=0, description="How long an open circuit fails calls fast before letting probes through."
+    )
+    circuit_half_open_probes: int = Field(1, ge=1, description="Calls let through at once while half-open.")
+
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies")

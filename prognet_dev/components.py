@@ -108,6 +108,7 @@ class TemporalServer(Component):
         host: str = "127.0.0.1",
         port: int = 7233,
         ui_port: int = 8233,
+        metrics_port: int = 0,
         namespace: str = "default",
         search_attributes: dict[str, str] | None = None,
         log_level: str = "warn",
@@ -116,6 +117,7 @@ class TemporalServer(Component):
         self.data_dir = Path(data_dir)
         self.db_file = self.data_dir / "temporal.db"
         self.host, self.port, self.ui_port = host, port, ui_port
+        self.metrics_port = metrics_port  # 0: the server's metrics are not served
         self.namespace = namespace
         self.search_attributes = load_search_attributes() if search_attributes is None else search_attributes
         self.log_level = log_level
@@ -132,7 +134,8 @@ class TemporalServer(Component):
         return f"http://{self.host}:{self.ui_port}"
 
     def ports(self) -> list[tuple[str, str, int]]:
-        return [("Temporal gRPC", self.host, self.port), ("Temporal UI", self.host, self.ui_port)]
+        ports = [("Temporal gRPC", self.host, self.port), ("Temporal UI", self.host, self.ui_port)]
+        return ports + ([("Temporal metrics", self.host, self.metrics_port)] if self.metrics_port else [])
 
     def argv(self) -> list[str]:
         binary = find_binary("temporal")
@@ -149,6 +152,7 @@ class TemporalServer(Component):
             "--ui-port",
             str(self.ui_port),
             "--ui-disable-news-fetch",
+            *(["--metrics-port", str(self.metrics_port)] if self.metrics_port else []),
             "--namespace",
             self.namespace,
             "--log-level",
@@ -222,6 +226,11 @@ class TemporalServer(Component):
         return [
             ("Temporal gRPC", self.address, str(self.db_file)),
             ("Temporal UI", self.ui_url, ""),
+            *(
+                [("Temporal metrics", f"http://{self.host}:{self.metrics_port}/metrics", "")]
+                if self.metrics_port
+                else []
+            ),
         ]
 
 

@@ -68,6 +68,9 @@ def stack_settings(data_dir: Path | str, **values: Any) -> Settings:
         "smtp_port": free_port(HOST),
         "stripe_sandbox_port": free_port(HOST),
         "api_port": free_port(HOST),
+        "temporal_metrics_port": free_port(HOST),
+        "worker_metrics_port": free_port(HOST),
+        "worker_sdk_metrics_port": free_port(HOST),
     }
     return Settings(**(defaults | values))
 
@@ -100,6 +103,10 @@ class EmbeddedStack:
             raise ValueError(f"unknown services {sorted(unknown)}; known: {sorted(SERVICES)}")
         host = HOST
         self.data_dir = Path(settings.data_dir).resolve()
+        self.worker_metrics_port, self.worker_sdk_metrics_port = (
+            settings.worker_metrics_port,
+            settings.worker_sdk_metrics_port,
+        )
         self.host = host
         self.log = log or print_log
         self.run_migrations = run_migrations
@@ -123,6 +130,7 @@ class EmbeddedStack:
                 host=host,
                 port=settings.temporal_port,
                 ui_port=settings.temporal_ui_port,
+                metrics_port=settings.temporal_metrics_port,
                 namespace=self.temporal_namespace,
             )
             self.temporal_address = self.temporal.address
@@ -204,6 +212,7 @@ class EmbeddedStack:
             self.stripe_webhook_secret = self.stripe_webhook_secret or DEV_STRIPE_WEBHOOK_SECRET
             self.stripe.configure_webhooks(self.stripe_webhook_url, self.stripe_webhook_secret)
 
+        self.metrics_rows: list[tuple[str, str, str]] = []  # where each /metrics is (prognet dev's banner)
         self.worker: AppProcess | None = None
         self.relay: AppProcess | None = None
         self.webhooks: AppProcess | None = None
@@ -218,6 +227,14 @@ class EmbeddedStack:
                 cwd=REPO_ROOT,
                 address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
             )
+            self.metrics_rows = [
+                (label, f"http://{settings.metrics_host}:{port}/metrics", "")
+                for label, port in (
+                    ("Metrics: worker", settings.worker_metrics_port),
+                    ("Metrics: Temporal SDK", settings.worker_sdk_metrics_port),
+                )
+                if port
+            ] + [("Metrics: API", f"{self.api_url}/metrics", "")]
             self.relay = AppProcess(
                 "Relay",
                 "relay",
@@ -270,6 +287,8 @@ class EmbeddedStack:
             "SMTP_HOST": self.smtp_host,
             "SMTP_PORT": self.smtp_port,
             "STRIPE_API_BASE": self.stripe_api_base,
+            "WORKER_METRICS_PORT": self.worker_metrics_port,
+            "WORKER_SDK_METRICS_PORT": self.worker_sdk_metrics_port,
         }
         if self.stripe is not None:  # the sandbox's key; a real key stays in the environment it came from
             values["STRIPE_SECRET_KEY"] = self.stripe_secret_key
@@ -320,7 +339,7 @@ class EmbeddedStack:
             rows.append(("Stripe", f"{self.stripe_api_base} (external)", ""))
         for component in self.components:
             rows.extend(component.rows())
-        return rows
+        return rows + self.metrics_rows
 
     def table(self) -> str:
         rows = [("component", "address", "data"), *self.rows()]

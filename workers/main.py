@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
+from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
+from activities.circuits import SMTP, STRIPE, Circuits
 from activities.email_change import EmailChangeActivities
 from activities.email_delivery import EmailDeliveryActivities
 from activities.invitations import InvitationActivities
@@ -27,6 +31,7 @@ from activities.webhooks import WebhookActivities
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from prognet.settings import Settings, get_settings
+from workers.interceptors import ObservabilityInterceptor
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.billing_trigger import BillingTriggerWorkflow
 from workflows.email_change import EmailChangeWorkflow
@@ -56,13 +61,14 @@ WORKFLOWS = [
 ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow, WebhookDeliveryWorkflow]
 
 
-def activities_for(engine: AsyncEngine, settings: Settings) -> list:
+def activities_for(engine: AsyncEngine, settings: Settings, circuits: Circuits | None = None) -> list:
+    circuits = circuits or Circuits(engine, settings)
     token_key = settings.derived_key("tokens")
     users = UserActivities(engine, token_key)
     email_changes = EmailChangeActivities(engine, token_key)
     tenants = TenantActivities(engine)
     invitations = InvitationActivities(engine, token_key)
-    billing = BillingActivities(settings)
+    billing = BillingActivities(settings, breaker=circuits.breaker(STRIPE))
     invoices = InvoiceActivities(engine)
     subscriptions = SubscriptionActivities(engine)
     return [
@@ -105,17 +111,31 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
     ]
 
 
-async def connect_client(settings: Settings) -> Client:
+async def connect_client(settings: Settings, runtime: Runtime | None = None) -> Client:
     return await Client.connect(
-        settings.temporal_target, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+        settings.temporal_target,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        runtime=runtime,
     )
+
+
+def sdk_runtime(settings: Settings) -> Runtime | None:
+    """A Temporal runtime whose SDK metrics (task latencies, schedule-to-start, failures) the SDK serves itself
+    on WORKER_SDK_METRICS_PORT; None (the default runtime, no endpoint) when that port is 0."""
+    if not settings.worker_sdk_metrics_port:
+        return None
+    address = f"{settings.metrics_host}:{settings.worker_sdk_metrics_port}"
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
 
 
 def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Workers:
     """The sagas on `prognet-main`; email delivery on `prognet-email`; SMTP sends alone on
     `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND)."""
-    delivery = EmailDeliveryActivities(engine, settings)
+    circuits = Circuits(engine, settings)
+    delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP))
     schedules = ScheduleActivities(client)
+    interceptors = [ObservabilityInterceptor()]
     return Workers(
         [
             Worker(
@@ -123,11 +143,12 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                 task_queue=TASK_QUEUE,
                 workflows=WORKFLOWS,
                 activities=[
-                    *activities_for(engine, settings),
+                    *activities_for(engine, settings, circuits),
                     schedules.ensure_billing_schedule,
                     schedules.delete_billing_schedule,
                 ],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                interceptors=interceptors,
             ),
             Worker(
                 client,
@@ -135,6 +156,7 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                 workflows=[EmailDeliveryWorkflow],
                 activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                interceptors=interceptors,
             ),
             webhook_worker(client, engine, settings),
             Worker(
@@ -143,6 +165,7 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                 activities=[delivery.send],
                 max_task_queue_activities_per_second=settings.email_max_per_second,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                interceptors=interceptors,
             ),
         ]
     )
@@ -165,9 +188,11 @@ def webhook_worker(
 class Workers:
     """Several workers started and stopped together (`async with build_workers(...)`)."""
 
-    def __init__(self, workers: list[Worker]) -> None:
+    def __init__(self, workers: list[Worker], on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         self.workers = workers
         self._stack = AsyncExitStack()
+        if on_close is not None:
+            self._stack.push_async_callback(on_close)
 
     async def __aenter__(self) -> Workers:
         for worker in self.workers:
@@ -183,7 +208,8 @@ async def run_worker(settings: Settings | None = None) -> None:
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
     engine = make_engine(settings.database_url)
-    client = await connect_client(settings)
+    client = await connect_client(settings, sdk_runtime(settings))
+    serve_metrics(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -199,3 +225,13 @@ async def run_worker(settings: Settings | None = None) -> None:
     async with build_workers(client, engine, settings):
         await stop.wait()
     await engine.dispose()
+
+
+def serve_metrics(settings: Settings) -> int | None:
+    """Our business metrics (prognet.metrics) on WORKER_METRICS_PORT, apart from the SDK's endpoint: the SDK
+    serves its own registry from Rust, and two endpoints keep each scrape cheap and each source obvious."""
+    if not settings.worker_metrics_port:
+        return None
+    start_http_server(settings.worker_metrics_port, addr=settings.metrics_host)
+    log.info("worker metrics on http://%s:%d/metrics", settings.metrics_host, settings.worker_metrics_port)
+    return settings.worker_metrics_port

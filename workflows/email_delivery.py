@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
         SendEmail,
         SuppressAddress,
     )
-    from models.errors import RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT, error_type
+    from models.errors import CIRCUIT_OPEN, RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT, error_type
     from models.names import (
         EMAIL_DELIVERY_WORKFLOW,
         EMAIL_SEND_TASK_QUEUE,
@@ -79,13 +79,13 @@ class EmailDeliveryWorkflow:
             backoff_coefficient=policy.backoff_coefficient,
             maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
             maximum_attempts=policy.maximum_attempts,
-            non_retryable_error_types=NEVER_RETRY,
+            non_retryable_error_types=[*NEVER_RETRY, CIRCUIT_OPEN],  # an open circuit is waited out, not retried
         )
         while True:
             self.state = "sending"
             self.saga.set_status("running", step="send", details="sending over SMTP (temporary failures retried)")
             try:
-                await workflow.execute_activity(
+                await self.saga.execute_activity(
                     act.SEND_EMAIL,
                     SendEmail(request=req, to_address=to_address),
                     task_queue=EMAIL_SEND_TASK_QUEUE,

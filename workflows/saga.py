@@ -34,7 +34,10 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from models.contracts import CompensationRecord, OperatorDecision, SagaState, SagaStatusValue
+    from models.errors import CIRCUIT_OPEN, failure_cause
     from models.names import (
+        EXTERN_COMPENSATION_FAILED,
+        EXTERN_SAGA_STATUS,
         QUERY_SAGA_STATE,
         SA_SAGA_STATUS,
         SA_SAGA_STEP,
@@ -43,14 +46,20 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
+# An open circuit is not retried by Temporal inside a step: the saga waits out the cool-down on a timer, with
+# "waiting: Stripe circuit open until …" in its details, then runs the step again (no attempt is used up).
 STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1)
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=[CIRCUIT_OPEN],
 )
 COMPENSATION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
+    non_retryable_error_types=[CIRCUIT_OPEN],
 )
 STEP_TIMEOUT = timedelta(seconds=30)
 
@@ -70,6 +79,7 @@ class Saga:
         self._decisions: list[OperatorDecision] = []
         workflow.set_query_handler(QUERY_SAGA_STATE, self._query_state)
         workflow.set_signal_handler(SIGNAL_OPERATOR_DECISION, self._on_operator_decision)
+        _report(EXTERN_SAGA_STATUS, name, "started")
 
     # --- state, visible to operators ---
 
@@ -108,6 +118,8 @@ class Saga:
         waiting_for: str | None = None,
         details: str | None = None,
     ) -> None:
+        if status != self.state.status:
+            _report(EXTERN_SAGA_STATUS, self.state.saga, status)
         self.state.status = status
         if step is not None:
             self.state.step = step
@@ -136,7 +148,7 @@ class Saga:
         (e.g. the failure reason, or an id the forward step returned), from workflow state only."""
 
         async def undo() -> None:
-            await workflow.execute_activity(
+            await self.execute_activity(
                 activity, arg() if callable(arg) else arg, start_to_close_timeout=timeout, retry_policy=retry_policy
             )
 
@@ -168,17 +180,31 @@ class Saga:
         if compensation is not None:
             self.add_compensation(name, compensation[0], compensation[1])
         # `result_type` only applies to an activity named by string; a callable's annotations give its result type
-        result: T
+        options: dict[str, Any] = {"start_to_close_timeout": timeout, "retry_policy": retry_policy}
         if isinstance(activity, str):
-            result = await workflow.execute_activity(
-                activity, arg, start_to_close_timeout=timeout, retry_policy=retry_policy, result_type=result_type
-            )
-        else:
-            result = await workflow.execute_activity(
-                activity, arg, start_to_close_timeout=timeout, retry_policy=retry_policy
-            )
+            options["result_type"] = result_type
+        result: T = await self.execute_activity(activity, arg, **options)
         self.state.completed_steps.append(name)
         return result
+
+    async def execute_activity(self, activity: str | Callable[..., Any], arg: Any, **options: Any) -> Any:
+        """Execute an activity; while the service it calls has its circuit open, wait on a durable timer until
+        the cool-down is over (saying so in the details) and run it again."""
+        while True:
+            try:
+                return await workflow.execute_activity(activity, arg, **options)
+            except ActivityError as err:
+                cause = failure_cause(err)
+                if not isinstance(cause, ApplicationError) or cause.type != CIRCUIT_OPEN:
+                    raise
+                info = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
+                delay = timedelta(seconds=max(float(info.get("retry_after_seconds", 1.0)), 0.1))
+                service, until = info.get("service", "service"), info.get("until", "later")
+                status, waiting_for = self.state.status, self.state.waiting_for
+                wait = f"{service} circuit open until {until}"
+                self.set_status("waiting", waiting_for=wait, details=f"waiting: {wait}")
+                await workflow.sleep(delay)
+                self.set_status(status, waiting_for=waiting_for, details=f"{status}: {self.state.step}")
 
     def step_done(self, name: str) -> None:
         """Record a forward step that is not an activity (e.g. handing a message to a child workflow)."""
@@ -330,6 +356,7 @@ class Saga:
             except (ActivityError, ChildWorkflowError) as err:
                 record.status = "failed"
                 record.error = describe_error(err)
+                _report(EXTERN_COMPENSATION_FAILED, self.state.saga, record.step)
                 decision = await self._wait_for_operator(record)
                 if decision.action == "skip":
                     record.status = "skipped"
@@ -352,6 +379,15 @@ class Saga:
         )
         await workflow.wait_condition(lambda: bool(self._decisions))
         return self._decisions.pop(0)
+
+
+def _report(name: str, *args: str) -> None:
+    """Tell the worker (metrics) what happened, once: never while replaying history."""
+    if workflow.unsafe.is_replaying():
+        return
+    report = workflow.extern_functions().get(name)
+    if report is not None:
+        report(*args)
 
 
 def describe_error(err: BaseException) -> str:

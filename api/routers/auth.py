@@ -38,6 +38,7 @@ from models.db import transaction
 from models.events import record_event
 from models.tables import User
 from prognet import passwords
+from prognet.metrics import LOGINS
 
 log = logging.getLogger("prognet.api")
 
@@ -74,6 +75,7 @@ async def login(
     # The attempt counts as a failure from here on, until the password proves right (see LoginThrottle).
     attempt, retry_after = await throttle.reserve(email, address, device_id)
     if attempt is None:
+        LOGINS.labels("throttled").inc()
         if await lock_noticed(throttle.redis, email, address, retry_after or 1):
             await _record_lock(engine, email, retry_after or 1)
         raise Problem(
@@ -126,11 +128,13 @@ async def login(
             await sessions.revoke(session.session_id)  # no session without its audit record
             raise
     except BaseException:
+        LOGINS.labels("failure").inc()
         # Only a wrong password is the caller's failure; a refusal for another reason or an outage is not.
         if not wrong_password:
             await _release(throttle, attempt)
         raise
 
+    LOGINS.labels("success").inc()
     response.set_cookie(
         DEVICE_COOKIE,
         prognet_device if device_id is not None and prognet_device else device_cookies.issue(email),

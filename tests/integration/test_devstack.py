@@ -105,6 +105,19 @@ def test_banner_gives_every_address_as_127_0_0_1(tmp_path: Path) -> None:
     assert "0.0.0.0" not in table
 
 
+def test_banner_says_where_each_metrics_endpoint_is(tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path / "data")
+    table = EmbeddedStack(settings, app=True, log=_quiet).table()
+    for component, port in (
+        ("Temporal metrics", settings.temporal_metrics_port),
+        ("Metrics: worker", settings.worker_metrics_port),
+        ("Metrics: Temporal SDK", settings.worker_sdk_metrics_port),
+        ("Metrics: API", settings.api_port),
+    ):
+        (row,) = [line for line in table.splitlines() if line.startswith(component + " ")]
+        assert f"http://127.0.0.1:{port}/metrics" in row, row
+
+
 async def test_second_start_reuses_the_data(stack_dir: Path) -> None:
     assert (stack_dir / "postgres" / "PG_VERSION").exists(), "runs after the first test"
     async with EmbeddedStack(stack_settings(stack_dir), run_migrations=False, log=_quiet) as stack:

@@ -1,0 +1,191 @@
+"""Prometheus metrics (API and worker) and the Redis-shared circuit breaker, against the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import httpx
+import pytest
+import stripe as stripe_sdk
+from redis.asyncio import Redis
+from sqlmodel import select
+
+from activities.billing import stripe_client
+from activities.circuits import Circuits
+from models.db import transaction
+from models.tables import DomainEvent
+from prognet.circuit import CircuitBreaker, CircuitConfig, CircuitOpenError, Transition
+from prognet_dev import SandboxAdmin, free_port
+from tests.api.conftest import create_tenant, person, wait_for_tenant
+from workers.main import serve_metrics
+
+
+def sample(text: str, series: str, **labels: str) -> float:
+    """The value of one series in a Prometheus text exposition (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    head = f"{series}{{{wanted}}}" if labels else series
+    for line in text.splitlines():
+        if line.startswith(head + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_move_when_a_saga_runs_and_carry_no_ids_or_emails(api, app_engine, temporal_settings):
+    before = (await api.get("/metrics")).text
+    owner = await person(api, app_engine)
+    tid = (await create_tenant(api, owner))["tenant_id"]
+    await wait_for_tenant(api, owner, tid)
+    for _ in range(50):  # the saga's last status change is reported as the workflow completes
+        after = (await api.get("/metrics")).text
+        if sample(after, "prognet_saga_completed_total", saga="tenant_provisioning") > sample(
+            before, "prognet_saga_completed_total", saga="tenant_provisioning"
+        ):
+            break
+        await asyncio.sleep(0.1)
+    response = await api.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    after = response.text
+    for series in ("prognet_saga_started_total", "prognet_saga_completed_total"):
+        assert sample(after, series, saga="tenant_provisioning") > sample(before, series, saga="tenant_provisioning")
+    assert sample(after, "prognet_logins_total", outcome="success") > sample(
+        before, "prognet_logins_total", outcome="success"
+    )
+    assert sample(after, "prognet_emails_total", state="queued") >= 0  # declared even before any email
+    labels = {"method": "GET", "route": "/v1/tenants/{tenant_id}", "status_class": "2xx"}
+    assert sample(after, "prognet_http_requests_total", **labels) >= 1
+    assert sample(after, "prognet_http_request_duration_seconds_count", **labels) >= 1
+    assert 'route="/v1/tenants/{tenant_id}"' in after
+    assert tid not in after and str(owner.id) not in after and owner.email.lower() not in after.lower()
+    assert "@" not in after  # no email address anywhere, in any label
+    assert "/metrics" not in (await api.get("/openapi.json")).json()["paths"]
+    # the worker's own endpoint serves the same business series (in the worker process)
+    port = free_port()
+    assert serve_metrics(temporal_settings.model_copy(update={"worker_metrics_port": port})) == port
+    async with httpx.AsyncClient() as http:
+        worker_text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert sample(worker_text, "prognet_saga_started_total", saga="tenant_provisioning") >= 1
+
+
+def _config(**changes: object) -> CircuitConfig:
+    values: dict = {
+        "window": timedelta(seconds=30),
+        "min_calls": 3,
+        "failure_rate": 0.5,
+        "cooldown": timedelta(seconds=1),
+        "half_open_probes": 1,
+    }
+    return CircuitConfig(**(values | changes))
+
+
+async def test_stripe_breaker_opens_fails_fast_probes_and_recovers_across_processes(
+    services, temporal_settings, stripe: SandboxAdmin, stripe_faults, app_engine
+):
+    """Two Circuits (two worker processes) with their own Redis connections share one "stripe"-like circuit."""
+    name = f"stripe-{uuid.uuid4().hex[:8]}"
+    settings = temporal_settings.model_copy(
+        update={"circuit_min_calls": 3, "circuit_cooldown_seconds": 1.0, "circuit_window_seconds": 30.0}
+    )
+    one, two = Circuits(app_engine, settings), Circuits(app_engine, settings)
+    seen: list[Transition] = []
+    for circuits in (one, two):
+        breaker = circuits.breaker(name)
+        report = breaker.on_transition
+        assert report is not None
+
+        async def observe(t: Transition, report=report) -> None:
+            seen.append(t)
+            await report(t)
+
+        breaker.on_transition = observe
+    sdk_one = stripe_client(settings, one.breaker(name))
+    sdk_two = stripe_client(settings, two.breaker(name))
+    try:
+        # a card decline / 4xx is Stripe answering: it never counts
+        await stripe_faults({"status": 400, "count": 3, "path_prefix": "/v1/customers", "method": "GET"})
+        for _ in range(3):
+            with pytest.raises(stripe_sdk.InvalidRequestError):
+                await sdk_one.v1.customers.list_async()
+        assert seen == []
+        await stripe_faults({"status": 503, "count": 3, "path_prefix": "/v1/customers", "method": "GET"})
+        reached = len(await stripe.requests(path_prefix="/v1/customers"))
+        for sdk in (sdk_one, sdk_two, sdk_one):
+            with pytest.raises(stripe_sdk.APIError):
+                await sdk.v1.customers.list_async()
+        assert [t.state for t in seen] == ["open"]  # 3 of 6 calls in the window failed: 50 %
+        for sdk in (sdk_two, sdk_one, sdk_two):  # both "processes" now fail fast: nothing reaches Stripe
+            with pytest.raises(CircuitOpenError) as opened:
+                await sdk.v1.customers.list_async()
+        assert opened.value.retry_after <= timedelta(seconds=1)
+        assert len(await stripe.requests(path_prefix="/v1/customers")) == reached + 3
+        await asyncio.sleep(opened.value.retry_after.total_seconds() + 0.05)
+        # half-open: one probe at a time, whichever process asks first
+        await one.breaker(name).acquire()
+        with pytest.raises(CircuitOpenError):
+            await two.breaker(name).acquire()
+        await one.breaker(name).record(ok=True)
+        assert [t.state for t in seen] == ["open", "half_open", "closed"]
+        await sdk_two.v1.customers.list_async()  # closed again: calls reach Stripe
+        assert len(await stripe.requests(path_prefix="/v1/customers")) == reached + 4
+        async with transaction(app_engine, platform=True) as db:
+            events = (
+                await db.exec(
+                    select(DomainEvent).where(DomainEvent.aggregate_type == "circuit", DomainEvent.aggregate_id == name)
+                )
+            ).all()
+        assert sorted(e.type for e in events) == ["circuit.closed", "circuit.opened"]
+        assert all(e.tenant_id is None and e.user_id is None for e in events)
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_a_failed_probe_reopens_and_a_lost_probe_frees_its_slot(redis_url):
+    redis = Redis.from_url(redis_url)
+    breaker = CircuitBreaker(redis, f"smtp-{uuid.uuid4().hex[:8]}", _config(cooldown=timedelta(milliseconds=300)))
+    try:
+        for _ in range(3):
+            await breaker.acquire()
+            await breaker.record(ok=False)
+        with pytest.raises(CircuitOpenError):
+            await breaker.acquire()
+        await asyncio.sleep(0.35)
+        await breaker.acquire()  # the probe
+        await breaker.record(ok=False)  # still down: open again, a new cool-down
+        with pytest.raises(CircuitOpenError):
+            await breaker.acquire()
+        await asyncio.sleep(0.35)
+        await breaker.acquire()  # a probe whose caller dies and never reports …
+        with pytest.raises(CircuitOpenError):
+            await breaker.acquire()
+        await asyncio.sleep(0.35)
+        await breaker.acquire()  # … frees its slot after a cool-down
+        await breaker.record(ok=True)
+        await breaker.acquire()  # closed
+    finally:
+        await redis.aclose()
+
+
+async def test_a_saga_waits_out_an_open_stripe_circuit_and_completes_by_itself(api, app_engine, redis, stripe):
+    """Another worker opened the shared "stripe" circuit: provisioning waits (saying so), then carries on."""
+    owner = await person(api, app_engine)
+    seconds, micros = await redis.time()
+    until_ms = seconds * 1000 + micros // 1000 + 2500
+    await redis.hset("circuit:stripe", mapping={"state": "open", "open_until": until_ms, "probes": 0})
+    posts = len(await stripe.requests(path_prefix="/v1/customers", method="POST"))
+    tid = (await create_tenant(api, owner))["tenant_id"]
+    waiting = ""
+    for _ in range(100):
+        view = (await api.get(f"/v1/tenants/{tid}", headers=owner.headers)).json()
+        waiting = (view.get("saga") or {}).get("waiting_for") or ""
+        if "circuit open" in waiting:
+            break
+        await asyncio.sleep(0.05)
+    assert waiting.startswith("Stripe circuit open until "), waiting
+    final = await wait_for_tenant(api, owner, tid, timeout=30)
+    assert final["billing"]["stripe_customer_id"]
+    assert len(await stripe.requests(path_prefix="/v1/customers", method="POST")) == posts + 1
+    assert await redis.hget("circuit:stripe", "state") == "closed"  # the saga's call was the successful probe
+    metrics = (await api.get("/metrics")).text
+    assert sample(metrics, "prognet_circuit_state", circuit="stripe") == 0
