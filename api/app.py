@@ -20,6 +20,7 @@ from api.routers import (
     admin,
     audit,
     auth,
+    codec,
     email_change,
     emails,
     event_stream,
@@ -40,6 +41,7 @@ from api.routers import (
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
+from prognet.payload_codec import codec_from, converter_for
 from prognet.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -74,6 +76,11 @@ TAGS = [
         "dead letters (retry, discard), the suppression list. Anyone else gets 404, "
         "as for an unknown path.",
     },
+    {
+        "name": "codec",
+        "description": "The codec server of the Temporal Web UI and CLI: decrypts (and encrypts) workflow payloads "
+        "for platform operators. Anyone else gets 404, as for an unknown path.",
+    },
     {"name": "plans", "description": "The plan catalogue (configuration in the repo: models/plans.json)."},
     {
         "name": "billing",
@@ -106,11 +113,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # delay the 503 while Redis is really down.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
     )
-    temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace)
+    payload_codec = codec_from(settings)  # the Temporal client's codec, also served to the Web UI at /codec
+    temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace, converter_for(payload_codec))
     temporal.start_background_connect()
     app.state.engine = engine
     app.state.redis = redis
     app.state.temporal = temporal
+    app.state.payload_codec = payload_codec
     app.state.sessions = SessionStore(redis, settings.refresh_token_ttl_seconds)
     app.state.login_throttle = LoginThrottle(redis, settings.login_max_failures, settings.login_failure_window_seconds)
     app.state.device_cookies = DeviceCookies(settings.derived_key("device-cookie"))
@@ -153,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit,
         email_change,
         health,
+        codec,
     ):
         app.include_router(module.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
     for module in (plans, pages):  # configuration and static pages: no dependency to be down
@@ -161,5 +171,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(subscriptions.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
     app.include_router(signup.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(codec.CodecCors, origins=settings.codec_origins)
     app.add_middleware(AccessLog)
     return app

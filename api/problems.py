@@ -83,6 +83,7 @@ PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", 413, "Request body too larg
 UNSUPPORTED_MEDIA_TYPE = ProblemType("unsupported-media-type", 415, "Unsupported media type")
 VALIDATION_FAILED = ProblemType("validation-failed", 422, "Request validation failed")
 UNKNOWN_PLAN = ProblemType("unknown-plan", 422, "Unknown plan")
+UNDECODABLE_PAYLOAD = ProblemType("undecodable-payload", 422, "Payload cannot be decrypted")
 IDEMPOTENCY_KEY_REUSED = ProblemType("idempotency-key-reused", 422, "Idempotency-Key reused with a different request")
 TOO_MANY_ATTEMPTS = ProblemType("too-many-attempts", 429, "Too many attempts")
 TOO_MANY_STREAMS = ProblemType("too-many-streams", 429, "Too many open streams")

@@ -28,6 +28,7 @@ import httpx
 from temporalio.client import Client, ScheduleDescription
 
 from models.names import billing_schedule_id
+from prognet.payload_codec import data_converter
 
 from .browser import find_chromium, screenshot_when
 from .components import REPO_ROOT
@@ -192,7 +193,11 @@ async def run(base: Path, out_dir: Path) -> None:
     try:
         async with stack:
             assert stack.api_url and stack.temporal_address and stack.temporal_ui_url
-            temporal = await Client.connect(stack.temporal_address, namespace=stack.temporal_namespace)
+            temporal = await Client.connect(
+                stack.temporal_address,
+                namespace=stack.temporal_namespace,
+                data_converter=data_converter(stack.settings()),
+            )
             async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as api:
                 shots = await make_demo(stack, api, temporal)
             for shot in shots:

@@ -124,6 +124,8 @@ class EmbeddedStack:
                 port=settings.temporal_port,
                 ui_port=settings.temporal_ui_port,
                 namespace=self.temporal_namespace,
+                # with the API started, the UI decodes payloads through its codec server
+                codec_endpoint=f"http://{host}:{settings.api_port}/codec" if app else None,
             )
             self.temporal_address = self.temporal.address
             self.temporal_ui_url = self.temporal.ui_url
@@ -256,6 +258,8 @@ class EmbeddedStack:
             "SMTP_PORT": self.smtp_port,
             "STRIPE_API_BASE": self.stripe_api_base,
         }
+        if self.temporal is not None:  # the API lets the embedded UI's origin call /codec
+            values["TEMPORAL_UI_PORT"] = self.temporal.ui_port
         if self.stripe is not None:  # the sandbox's key; a real key stays in the environment it came from
             values["STRIPE_SECRET_KEY"] = self.stripe_secret_key
             values["STRIPE_WEBHOOK_SECRET"] = self.stripe_webhook_secret
@@ -278,6 +282,8 @@ class EmbeddedStack:
         }
         if self.smtp_port is not None:
             values["smtp_port"] = self.smtp_port
+        if self.temporal is not None:
+            values["temporal_ui_port"] = self.temporal.ui_port
         if self.stripe_api_base:
             values["stripe_api_base"] = self.stripe_api_base
         if self.stripe is not None:

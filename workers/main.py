@@ -10,7 +10,6 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
@@ -24,6 +23,7 @@ from activities.tenants import TenantActivities
 from activities.users import UserActivities
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
+from prognet.payload_codec import data_converter
 from prognet.settings import Settings, get_settings
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.billing_trigger import BillingTriggerWorkflow
@@ -104,7 +104,7 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
 
 async def connect_client(settings: Settings) -> Client:
     return await Client.connect(
-        settings.temporal_target, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+        settings.temporal_target, namespace=settings.temporal_namespace, data_converter=data_converter(settings)
     )
 
 
