@@ -2,11 +2,12 @@
 
 Starts a stack of its own (every service on a free port, data in a temporary directory, so a `make dev` running
 alongside is untouched and no demo subscription is left billing), creates the demo data through the API, and
-has headless Chromium (which can reach only 127.0.0.1) photograph four pages of the UI into docs/screenshots/:
+has headless Chromium (which can reach only 127.0.0.1) photograph five pages of the UI into docs/screenshots/:
 
     workflows-by-tenant.png   the Workflows list filtered by TenantId
     saga-details.png          a registration saga waiting for email verification: its summary and current details
     schedules.png             the Schedules page: one billing schedule per subscription
+    payload-decoded.png       that registration's history: its encrypted input, decoded by the UI through /codec
     dead-letter.png           an EmailDelivery to a +fail550 address, dead-lettered and awaiting an operator
 """
 
@@ -175,6 +176,11 @@ async def make_demo(stack: EmbeddedStack, api: httpx.AsyncClient, temporal: Clie
             "schedules.png",
             f"/namespaces/{ns}/schedules",
             f"document.body.innerText.includes('{schedule_id}')",
+        ),
+        Shot(
+            "payload-decoded.png",  # the UI decrypts through the API's /codec (the payloads themselves are ciphertext)
+            f"/namespaces/{ns}/workflows/{registration[0]}/{registration[1]}/history",
+            "document.body.innerText.includes('charles@example.com')",
         ),
         Shot(
             "dead-letter.png",

@@ -112,3 +112,17 @@ def test_production_needs_explicit_keys_and_never_opens_the_codec_to_the_local_u
         "https://temporal.example.com"
     ]
     assert Settings(temporal_ui_port=9999).codec_origins == ["http://127.0.0.1:9999", "http://localhost:9999"]
+
+
+def test_the_dev_stack_points_the_web_ui_at_the_apis_codec(tmp_path: Path):
+    from prognet_dev import EmbeddedStack, stack_settings
+
+    settings = stack_settings(tmp_path / "data")
+    stack = EmbeddedStack(settings, app=True, run_migrations=False, log=lambda name, line: None)
+    assert stack.temporal is not None
+    argv = stack.temporal.argv()
+    assert argv[argv.index("--ui-codec-endpoint") + 1] == f"{stack.api_url}/codec"
+    # the API learns the UI's port, whose origin it lets call /codec
+    assert stack.service_env()["TEMPORAL_UI_PORT"] == str(settings.temporal_ui_port)
+    without_api = EmbeddedStack(settings, run_migrations=False, log=lambda name, line: None)
+    assert without_api.temporal is not None and "--ui-codec-endpoint" not in without_api.temporal.argv()
