@@ -23,6 +23,7 @@ from api.routers import (
     admin,
     audit,
     auth,
+    codec,
     email_change,
     emails,
     event_stream,
@@ -44,6 +45,7 @@ from api.routers import (
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
+from prognet.payload_codec import codec_from, converter_for
 from prognet.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -77,6 +79,11 @@ TAGS = [
         "description": "Platform operators only (`prognet admin grant EMAIL`): all tenants' emails, "
         "dead letters (retry, discard), the suppression list. Anyone else gets 404, "
         "as for an unknown path.",
+    },
+    {
+        "name": "codec",
+        "description": "The codec server of the Temporal Web UI and CLI: decrypts (and encrypts) workflow payloads "
+        "for platform operators. Anyone else gets 404, as for an unknown path.",
     },
     {"name": "plans", "description": "The plan catalogue (configuration in the repo: models/plans.json)."},
     {
@@ -117,12 +124,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.cache_redis_url
         else redis
     )
-    temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace)
+    payload_codec = codec_from(settings)  # the Temporal client's codec, also served to the Web UI at /codec
+    temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace, converter_for(payload_codec))
     temporal.start_background_connect()
     app.state.engine = engine
     app.state.read_models = ReadModels(read_engine, engine, cache, settings)
     app.state.redis = redis
     app.state.temporal = temporal
+    app.state.payload_codec = payload_codec
     app.state.sessions = SessionStore(redis, settings.refresh_token_ttl_seconds)
     app.state.login_throttle = LoginThrottle(redis, settings.login_max_failures, settings.login_failure_window_seconds)
     app.state.device_cookies = DeviceCookies(settings.derived_key("device-cookie"))
@@ -170,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit,
         email_change,
         health,
+        codec,
     ):
         app.include_router(module.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
     for module in (plans, pages):  # configuration and static pages: no dependency to be down
@@ -179,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(signup.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
     app.include_router(metrics_router)  # GET /metrics, out of the OpenAPI schema
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(codec.CodecCors, origins=settings.codec_origins)
     app.add_middleware(AccessLog)
     app.add_middleware(RequestMetrics)
     return app

@@ -88,6 +88,7 @@ VALIDATION_FAILED = ProblemType("validation-failed", 422, "Request validation fa
 WEBHOOK_TARGET_REFUSED = ProblemType("webhook-target-refused", 422, "Webhook target refused")
 UNKNOWN_EVENT_TYPE = ProblemType("unknown-event-type", 422, "Unknown event type")
 UNKNOWN_PLAN = ProblemType("unknown-plan", 422, "Unknown plan")
+UNDECODABLE_PAYLOAD = ProblemType("undecodable-payload", 422, "Payload cannot be decrypted")
 IDEMPOTENCY_KEY_REUSED = ProblemType("idempotency-key-reused", 422, "Idempotency-Key reused with a different request")
 TOO_MANY_ATTEMPTS = ProblemType("too-many-attempts", 429, "Too many attempts")
 TOO_MANY_STREAMS = ProblemType("too-many-streams", 429, "Too many open streams")

@@ -12,7 +12,7 @@ import logging
 from datetime import timedelta
 
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 
 from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
 
@@ -20,9 +20,12 @@ log = logging.getLogger("prognet.api")
 
 
 class TemporalConnector:
-    def __init__(self, target: str, namespace: str, *, connect_timeout: float = 3.0) -> None:
+    def __init__(
+        self, target: str, namespace: str, data_converter: DataConverter, *, connect_timeout: float = 3.0
+    ) -> None:
         self.target = target
         self.namespace = namespace
+        self.data_converter = data_converter  # prognet.payload_codec.data_converter: the one with the codec
         self.connect_timeout = connect_timeout
         self._client: Client | None = None
         self._lock = asyncio.Lock()
@@ -36,7 +39,7 @@ class TemporalConnector:
         async with self._lock:
             if self._client is None:
                 self._client = await asyncio.wait_for(
-                    Client.connect(self.target, namespace=self.namespace, data_converter=pydantic_data_converter),
+                    Client.connect(self.target, namespace=self.namespace, data_converter=self.data_converter),
                     timeout,
                 )
                 log.info("connected to temporal", extra={"temporal_target": self.target, "namespace": self.namespace})

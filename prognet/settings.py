@@ -7,6 +7,8 @@ the dev stack then passes the concrete address to the worker and API it starts.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -27,7 +29,8 @@ STRIPE_API_BASE = "https://api.stripe.com"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a refused value may be a secret (PAYLOAD_KEYS, SECRET_KEY); errors name it, never echo it
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = Field(
         "development",
@@ -223,6 +226,27 @@ class Settings(BaseSettings):
     )
     circuit_half_open_probes: int = Field(1, ge=1, description="Calls let through at once while half-open.")
 
+    # --- payload encryption (the Temporal payload codec) and the codec server (/codec) ---
+    payload_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated `id:base64key` AES-256 keys (32 random bytes each, e.g. `openssl rand -base64 "
+        "32`) that encrypt Temporal payloads; keep old keys listed so old histories stay readable. Required in "
+        "production; unset in development: one key derived from SECRET_KEY.",
+    )
+    payload_key_id: str | None = Field(
+        None, description="The key id that encrypts new payloads (the others only decrypt); default: the first key."
+    )
+    codec_cors_origins: str = Field(
+        "",
+        description="Comma-separated origins of the Temporal Web UI allowed to call /codec from the browser; empty in "
+        "development: the embedded UI (http://127.0.0.1:TEMPORAL_UI_PORT and http://localhost:TEMPORAL_UI_PORT).",
+    )
+    codec_allow_local_ui: bool | None = Field(
+        None,
+        description="Development only (refused in production): /codec answers a request without a token when it "
+        "comes from a loopback address with the embedded UI's Origin. Unset: on in development.",
+    )
+
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies")
@@ -232,6 +256,23 @@ class Settings(BaseSettings):
             if cidr.strip():
                 ipaddress.ip_network(cidr.strip(), strict=False)  # ValueError names the bad entry
         return value
+
+    @field_validator("payload_keys")
+    @classmethod
+    def _valid_payload_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_payload_keys(value.get_secret_value())  # ValueError names the bad entry, never the key
+        return value
+
+    @model_validator(mode="after")
+    def _current_payload_key_is_listed(self) -> Settings:
+        if self.payload_key_id is not None:
+            if self.payload_keys is None:
+                raise ValueError("PAYLOAD_KEY_ID is set but PAYLOAD_KEYS is not")
+            known = parse_payload_keys(self.payload_keys.get_secret_value())
+            if self.payload_key_id not in known:
+                raise ValueError(f"PAYLOAD_KEY_ID {self.payload_key_id!r} is not in PAYLOAD_KEYS ({', '.join(known)})")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:
@@ -257,6 +298,13 @@ class Settings(BaseSettings):
         previous = self.stripe_webhook_secret_previous.get_secret_value() if self.stripe_webhook_secret_previous else ""
         if previous == DEV_STRIPE_WEBHOOK_SECRET:  # as public as above: it would keep forgery open
             raise ValueError("STRIPE_WEBHOOK_SECRET_PREVIOUS must not be the development secret in production")
+        if self.payload_keys is None:
+            raise ValueError(
+                "PAYLOAD_KEYS must be set in production (`id:base64key`, a 32-byte key: `openssl rand -base64 32`); "
+                "it encrypts every Temporal payload"
+            )
+        if self.codec_allow_local_ui:
+            raise ValueError("CODEC_ALLOW_LOCAL_UI is a development setting; it must not be set in production")
         return self
 
     # --- derived values ---
@@ -283,6 +331,34 @@ class Settings(BaseSettings):
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(c.strip(), strict=False) for c in self.trusted_proxies.split(",") if c.strip()]
 
+    @property
+    def codec_origins(self) -> list[str]:
+        """Origins whose browser requests /codec accepts (CORS); the embedded UI's in development by default."""
+        configured = [o.strip().rstrip("/") for o in self.codec_cors_origins.split(",") if o.strip()]
+        if configured or self.environment == "production":
+            return configured
+        return self.local_ui_origins
+
+    @property
+    def local_ui_origins(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.temporal_ui_port}", f"http://localhost:{self.temporal_ui_port}"]
+
+    @property
+    def codec_local_ui_allowed(self) -> bool:
+        if self.environment == "production":
+            return False
+        return True if self.codec_allow_local_ui is None else self.codec_allow_local_ui
+
+    def payload_keyring(self) -> tuple[str, dict[str, bytes]]:
+        """(current key id, every key by id). In development without PAYLOAD_KEYS: one key derived from the
+        master secret, its id a fingerprint of it (`dev-…`), so a changed SECRET_KEY names the key it lacks."""
+        if self.payload_keys is not None:
+            keys = parse_payload_keys(self.payload_keys.get_secret_value())
+            return self.payload_key_id or next(iter(keys)), keys
+        key = self.derived_key("payload-encryption")
+        key_id = "dev-" + hashlib.sha256(key).hexdigest()[:8]
+        return key_id, {key_id: key}
+
     def secret_bytes(self) -> bytes:
         """The master secret; in development it is generated once into the data dir."""
         if self.secret_key is not None:
@@ -299,6 +375,31 @@ class Settings(BaseSettings):
     def derived_key(self, purpose: str) -> bytes:
         """One key per purpose (JWT signing, verification tokens) from the single master secret."""
         return hmac.new(self.secret_bytes(), purpose.encode(), hashlib.sha256).digest()
+
+
+PAYLOAD_KEY_BYTES = 32  # AES-256
+
+
+def parse_payload_keys(value: str) -> dict[str, bytes]:
+    """`id:base64key,id2:base64key` → {id: key}, in the order given. Errors name the entry, never key material."""
+    keys: dict[str, bytes] = {}
+    for position, entry in enumerate((e.strip() for e in value.split(",") if e.strip()), start=1):
+        key_id, sep, encoded = entry.partition(":")
+        key_id = key_id.strip()
+        if not sep or not key_id:
+            raise ValueError(f"PAYLOAD_KEYS entry {position} is not `id:base64key`")
+        if key_id in keys:
+            raise ValueError(f"PAYLOAD_KEYS lists key id {key_id!r} twice")
+        try:
+            key = base64.b64decode(encoded.strip(), validate=True)
+        except binascii.Error:
+            raise ValueError(f"PAYLOAD_KEYS key {key_id!r} is not valid base64") from None
+        if len(key) != PAYLOAD_KEY_BYTES:
+            raise ValueError(f"PAYLOAD_KEYS key {key_id!r} must be {PAYLOAD_KEY_BYTES} bytes (AES-256), not {len(key)}")
+        keys[key_id] = key
+    if not keys:
+        raise ValueError("PAYLOAD_KEYS is empty")
+    return keys
 
 
 @lru_cache

@@ -113,8 +113,10 @@ class TemporalServer(Component):
         search_attributes: dict[str, str] | None = None,
         log_level: str = "warn",
         start_timeout: float = 60.0,
+        codec_endpoint: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.codec_endpoint = codec_endpoint  # the API's /codec: the Web UI decrypts payloads through it
         self.db_file = self.data_dir / "temporal.db"
         self.host, self.port, self.ui_port = host, port, ui_port
         self.metrics_port = metrics_port  # 0: the server's metrics are not served
@@ -160,6 +162,8 @@ class TemporalServer(Component):
         ]
         for key, kind in self.search_attributes.items():
             argv += ["--search-attribute", f"{key}={kind}"]
+        if self.codec_endpoint:
+            argv += ["--ui-codec-endpoint", self.codec_endpoint]
         return argv
 
     async def start(self) -> None:

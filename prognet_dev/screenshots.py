@@ -2,11 +2,12 @@
 
 Starts a stack of its own (every service on a free port, data in a temporary directory, so a `make dev` running
 alongside is untouched and no demo subscription is left billing), creates the demo data through the API, and
-has headless Chromium (which can reach only 127.0.0.1) photograph four pages of the UI into docs/screenshots/:
+has headless Chromium (which can reach only 127.0.0.1) photograph five pages of the UI into docs/screenshots/:
 
     workflows-by-tenant.png   the Workflows list filtered by TenantId
     saga-details.png          a registration saga waiting for email verification: its summary and current details
     schedules.png             the Schedules page: one billing schedule per subscription
+    payload-decoded.png       that registration's history: its encrypted input, decoded by the UI through /codec
     dead-letter.png           an EmailDelivery to a +fail550 address, dead-lettered and awaiting an operator
 """
 
@@ -28,6 +29,7 @@ import httpx
 from temporalio.client import Client, ScheduleDescription
 
 from models.names import billing_schedule_id
+from prognet.payload_codec import data_converter
 
 from .browser import find_chromium, screenshot_when
 from .components import REPO_ROOT
@@ -176,6 +178,11 @@ async def make_demo(stack: EmbeddedStack, api: httpx.AsyncClient, temporal: Clie
             f"document.body.innerText.includes('{schedule_id}')",
         ),
         Shot(
+            "payload-decoded.png",  # the UI decrypts through the API's /codec (the payloads themselves are ciphertext)
+            f"/namespaces/{ns}/workflows/{registration[0]}/{registration[1]}/history",
+            "document.body.innerText.includes('charles@example.com')",
+        ),
+        Shot(
             "dead-letter.png",
             f"/namespaces/{ns}/workflows/{dead_letter[0]}/{dead_letter[1]}/user-metadata",
             f"{current_details}?.includes('not delivered')",
@@ -192,7 +199,11 @@ async def run(base: Path, out_dir: Path) -> None:
     try:
         async with stack:
             assert stack.api_url and stack.temporal_address and stack.temporal_ui_url
-            temporal = await Client.connect(stack.temporal_address, namespace=stack.temporal_namespace)
+            temporal = await Client.connect(
+                stack.temporal_address,
+                namespace=stack.temporal_namespace,
+                data_converter=data_converter(stack.settings()),
+            )
             async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as api:
                 shots = await make_demo(stack, api, temporal)
             for shot in shots:

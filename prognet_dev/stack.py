@@ -132,6 +132,8 @@ class EmbeddedStack:
                 ui_port=settings.temporal_ui_port,
                 metrics_port=settings.temporal_metrics_port,
                 namespace=self.temporal_namespace,
+                # with the API started, the UI decodes payloads through its codec server
+                codec_endpoint=f"http://{host}:{settings.api_port}/codec" if app else None,
             )
             self.temporal_address = self.temporal.address
             self.temporal_ui_url = self.temporal.ui_url
@@ -290,6 +292,8 @@ class EmbeddedStack:
             "WORKER_METRICS_PORT": self.worker_metrics_port,
             "WORKER_SDK_METRICS_PORT": self.worker_sdk_metrics_port,
         }
+        if self.temporal is not None:  # the API lets the embedded UI's origin call /codec
+            values["TEMPORAL_UI_PORT"] = self.temporal.ui_port
         if self.stripe is not None:  # the sandbox's key; a real key stays in the environment it came from
             values["STRIPE_SECRET_KEY"] = self.stripe_secret_key
             values["STRIPE_WEBHOOK_SECRET"] = self.stripe_webhook_secret
@@ -312,6 +316,8 @@ class EmbeddedStack:
         }
         if self.smtp_port is not None:
             values["smtp_port"] = self.smtp_port
+        if self.temporal is not None:
+            values["temporal_ui_port"] = self.temporal.ui_port
         if self.stripe_api_base:
             values["stripe_api_base"] = self.stripe_api_base
         if self.stripe is not None:

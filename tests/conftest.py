@@ -13,11 +13,17 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+
+from prognet.payload_codec import EncryptionCodec, converter_for
 
 BIN_DIR = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
+
+# The workflow tests' converter: the production one (pydantic + the encrypting codec) with a fixed test-only key.
+TEST_PAYLOAD_KEY_ID = "tests"
+TEST_PAYLOAD_KEY = bytes(range(32))
+TEST_CONVERTER = converter_for(EncryptionCodec({TEST_PAYLOAD_KEY_ID: TEST_PAYLOAD_KEY}, TEST_PAYLOAD_KEY_ID))
 
 
 def custom_search_attributes() -> list[SearchAttributeKey]:
@@ -28,7 +34,7 @@ def custom_search_attributes() -> list[SearchAttributeKey]:
 
 async def start_time_skipping() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=TEST_CONVERTER,
         test_server_existing_path=str(BIN_DIR / "temporal-test-server"),
     )
     # The test server knows no custom search attributes until told, like a fresh real cluster.
@@ -61,7 +67,7 @@ async def own_ts_client() -> AsyncIterator[Client]:
 async def local_env() -> AsyncIterator[WorkflowEnvironment]:
     """A real dev server (updates, search attributes); state is in memory."""
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=TEST_CONVERTER,
         dev_server_existing_path=str(BIN_DIR / "temporal"),
         search_attributes=custom_search_attributes(),
     )

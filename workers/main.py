@@ -13,7 +13,6 @@ from datetime import timedelta
 from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
@@ -30,6 +29,7 @@ from activities.users import UserActivities
 from activities.webhooks import WebhookActivities
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
+from prognet.payload_codec import data_converter
 from prognet.settings import Settings, get_settings
 from workers.interceptors import ObservabilityInterceptor
 from workflows.billing_cycle import BillingCycleWorkflow
@@ -115,7 +115,7 @@ async def connect_client(settings: Settings, runtime: Runtime | None = None) -> 
     return await Client.connect(
         settings.temporal_target,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
         runtime=runtime,
     )
 

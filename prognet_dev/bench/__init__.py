@@ -300,10 +300,13 @@ async def run(args: argparse.Namespace) -> None:
                 await bench_noop_workflows(stack.temporal_address, 5, 5)
             if 3 in sections:
                 from temporalio.client import Client
-                from temporalio.contrib.pydantic import pydantic_data_converter
+
+                from prognet.payload_codec import data_converter
 
                 email_client = await Client.connect(
-                    stack.temporal_address, namespace=stack.temporal_namespace, data_converter=pydantic_data_converter
+                    stack.temporal_address,
+                    namespace=stack.temporal_namespace,
+                    data_converter=data_converter(stack.settings()),
                 )
                 await bench_raw_smtp(stack.smtp_host, stack.smtp_port, stack.maildir, 5, 5)
                 await bench_email_pipeline(email_client, stack.maildir, 5, 5)
@@ -314,12 +317,13 @@ async def run(args: argparse.Namespace) -> None:
                 stripe_admin = SandboxAdmin(stack.stripe_api_base, timeout=60)
                 if 3 not in sections:
                     from temporalio.client import Client
-                    from temporalio.contrib.pydantic import pydantic_data_converter
+
+                    from prognet.payload_codec import data_converter
 
                     email_client = await Client.connect(
                         stack.temporal_address,
                         namespace=stack.temporal_namespace,
-                        data_converter=pydantic_data_converter,
+                        data_converter=data_converter(stack.settings()),
                     )
                 bn = args.billing
                 print(f"billing: creating {bn} + {BILLING_WARMUP} tenants with Stripe customers ...", flush=True)

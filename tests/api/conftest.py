@@ -25,7 +25,6 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import select
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
 from models.db import transaction
@@ -33,6 +32,7 @@ from models.names import email_message_id, email_workflow_id, invitation_workflo
 from models.tables import EmailMessage as EmailRow
 from models.tables import Membership, Tenant, User, VerificationToken
 from prognet import tokens
+from prognet.payload_codec import data_converter
 from prognet.settings import Settings
 from prognet_dev import EmbeddedStack, SandboxAdmin, free_port, message_text, read_messages, stack_settings
 from workers.main import build_workers
@@ -40,6 +40,7 @@ from workers.main import build_workers
 PASSWORD = "correct horse battery staple"
 # Cheap argon2 for tests; the production parameters are the settings' defaults.
 ARGON2 = {"argon2_time_cost": 1, "argon2_memory_cost_kib": 8192, "argon2_parallelism": 1}
+SECRET_KEY = "test-secret-" + "k" * 40  # the payload key is derived from it: the worker, API and tests share it
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +75,7 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
     return Settings(
         environment="development",
         data_dir=tmp_path,
-        secret_key="test-secret-" + "k" * 40,
+        secret_key=SECRET_KEY,
         database_url=database_url,
         redis_url=redis_url,
         temporal_address=f"127.0.0.1:{free_port()}",  # nothing listens there
@@ -162,7 +163,8 @@ async def stripe(services: EmbeddedStack) -> AsyncIterator[SandboxAdmin]:
 
 @pytest.fixture(scope="session")
 async def temporal_client(services: EmbeddedStack) -> Client:
-    return await Client.connect(services.temporal_address, data_converter=pydantic_data_converter)
+    converter = data_converter(Settings(secret_key=SECRET_KEY))  # the codec of the worker and the API below
+    return await Client.connect(services.temporal_address, data_converter=converter)
 
 
 @pytest.fixture(scope="session")
@@ -179,7 +181,7 @@ async def temporal_settings(
     settings = Settings(
         environment="development",
         data_dir=tmp_path_factory.mktemp("data"),
-        secret_key="test-secret-" + "k" * 40,
+        secret_key=SECRET_KEY,
         database_url=services.database_url,
         redis_url=services.redis_url,
         temporal_address=services.temporal_address,

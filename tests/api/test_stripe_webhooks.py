@@ -457,6 +457,7 @@ def test_production_refuses_the_public_dev_secret_as_the_previous_one() -> None:
         smtp_host="smtp.internal",
         stripe_secret_key="sk_live_" + "k" * 40,
         stripe_webhook_secret="whsec_" + "w" * 32,
+        payload_keys="k1:" + "A" * 43 + "=",
     )
     assert Settings(**production, stripe_webhook_secret_previous="whsec_" + "v" * 32)
     with pytest.raises(ValidationError, match="STRIPE_WEBHOOK_SECRET_PREVIOUS"):

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from prognet.payload_codec import data_converter
 from prognet_dev import EmbeddedStack, read_messages, stack_settings, wait_for_messages
 
 PASSWORD = "correct horse battery staple"
@@ -65,7 +65,7 @@ async def http(stack: EmbeddedStack) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="session")
 async def temporal(stack: EmbeddedStack) -> Client:
     return await Client.connect(
-        stack.temporal_address, namespace=stack.temporal_namespace, data_converter=pydantic_data_converter
+        stack.temporal_address, namespace=stack.temporal_namespace, data_converter=data_converter(stack.settings())
     )
 
 

@@ -27,7 +27,6 @@ from typing import Any
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -72,6 +71,7 @@ from models.names import (
 )
 from models.plans import Plan
 from models.signup_contracts import PaidSignupInput
+from prognet.payload_codec import EncryptionCodec, converter_for
 from tests.conftest import BIN_DIR, custom_search_attributes
 from tests.support.fake_activities import FakeEmailChanges, FakeUsers
 from tests.support.fake_billing_activities import DECLINED, VISA, FakeBillingWorld
@@ -373,12 +373,19 @@ SCENARIOS += [
         _dead_letter_then_retry,
     ),
 ]
+
+# Histories are recorded through the production converter (pydantic + the encrypting codec) with this fixed,
+# test-only key, and replayed with it: the recorded payloads are ciphertext that this key, and only this, opens.
+REPLAY_KEY_ID = "replay-tests"
+REPLAY_KEY = bytes.fromhex("5265706c6179207465737473206f6e6c793a206e6f7420612073656372657421")  # 32 bytes
+REPLAY_CONVERTER = converter_for(EncryptionCodec({REPLAY_KEY_ID: REPLAY_KEY}, REPLAY_KEY_ID))
+
 RECORDED = {file for scenario in SCENARIOS for file in scenario.files}  # the stems the replay test expects
 
 
 async def _time_skipping() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(BIN_DIR / "temporal-test-server")
+        data_converter=REPLAY_CONVERTER, test_server_existing_path=str(BIN_DIR / "temporal-test-server")
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(

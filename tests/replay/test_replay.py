@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests.replay.record import RECORDED
+from tests.replay.record import RECORDED, REPLAY_CONVERTER
 from workers.main import ALL_WORKFLOWS as WORKFLOWS
 
 FOLDER = Path(__file__).parent / "histories"
@@ -29,6 +28,6 @@ def test_the_recorded_set_is_exactly_what_record_py_records():
 async def test_recorded_history_replays(path: Path):
     # the stem is the recorded workflow id: child workflow ids are derived from it
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=REPLAY_CONVERTER)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None

@@ -16,7 +16,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
@@ -54,6 +53,7 @@ from models.names import (
     subscription_workflow_id,
 )
 from models.plans import Plan
+from tests.conftest import TEST_CONVERTER
 from tests.support.fake_billing_activities import DECLINED, PENDING, VISA, FakeBillingWorld
 from tests.support.workflows import email_worker
 from workers.main import Workers
@@ -107,7 +107,7 @@ async def email_requests(handle: WorkflowHandle) -> list[EmailRequest]:
     """The EmailRequests a workflow handed to the delivery pipeline, in order (from its history)."""
     history = await handle.fetch_history()
     return [
-        (await pydantic_data_converter.decode(list(attrs.input.payloads), [EmailRequest]))[0]
+        (await TEST_CONVERTER.decode(list(attrs.input.payloads), [EmailRequest]))[0]
         for e in history.events
         if e.HasField("start_child_workflow_execution_initiated_event_attributes")
         and (attrs := e.start_child_workflow_execution_initiated_event_attributes).workflow_type.name

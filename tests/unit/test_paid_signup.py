@@ -17,7 +17,6 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
@@ -48,7 +47,7 @@ from models.names import (
 )
 from models.plans import Plan
 from models.signup_contracts import PaidSignupInput, SignupOutcome
-from tests.conftest import BIN_DIR, custom_search_attributes
+from tests.conftest import BIN_DIR, TEST_CONVERTER, custom_search_attributes
 from tests.support.fake_billing_activities import DECLINED, INSUFFICIENT, PENDING, VISA
 from tests.support.fake_email import FakeEmailDelivery
 from tests.support.fake_signup_activities import FakeSignupWorld
@@ -74,7 +73,7 @@ UNWIND_AFTER_TENANT = [
 @pytest.fixture
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(BIN_DIR / "temporal-test-server")
+        data_converter=TEST_CONVERTER, test_server_existing_path=str(BIN_DIR / "temporal-test-server")
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(

@@ -14,6 +14,7 @@ EXTERNAL = dict(
     smtp_host="smtp.internal",
     stripe_secret_key="sk_live_" + "k" * 40,
     stripe_webhook_secret="whsec_" + "w" * 32,
+    payload_keys="k1:" + "A" * 43 + "=",
 )
 
 
