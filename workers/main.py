@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Collection
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -108,40 +109,50 @@ async def connect_client(settings: Settings) -> Client:
     )
 
 
-def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Workers:
+ALL_TASK_QUEUES = (TASK_QUEUE, EMAIL_TASK_QUEUE, EMAIL_SEND_TASK_QUEUE)
+
+
+def build_workers(
+    client: Client, engine: AsyncEngine, settings: Settings, task_queues: Collection[str] = ALL_TASK_QUEUES
+) -> Workers:
     """The sagas on `prognet-main`; email delivery on `prognet-email`; SMTP sends alone on
-    `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND)."""
+    `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND).
+
+    `task_queues` picks a subset: a deployment can run the rate-limited sender as its own scaled service
+    (the limit is enforced by the server per task queue, so it holds whatever the number of senders)."""
+    unknown = set(task_queues) - set(ALL_TASK_QUEUES)
+    if unknown or not task_queues:
+        raise ValueError(f"unknown task queues {sorted(unknown)}; known: {', '.join(ALL_TASK_QUEUES)}")
     delivery = EmailDeliveryActivities(engine, settings)
     schedules = ScheduleActivities(client)
-    return Workers(
-        [
-            Worker(
-                client,
-                task_queue=TASK_QUEUE,
-                workflows=WORKFLOWS,
-                activities=[
-                    *activities_for(engine, settings),
-                    schedules.ensure_billing_schedule,
-                    schedules.delete_billing_schedule,
-                ],
-                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-            ),
-            Worker(
-                client,
-                task_queue=EMAIL_TASK_QUEUE,
-                workflows=[EmailDeliveryWorkflow],
-                activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
-                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-            ),
-            Worker(
-                client,
-                task_queue=EMAIL_SEND_TASK_QUEUE,
-                activities=[delivery.send],
-                max_task_queue_activities_per_second=settings.email_max_per_second,
-                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-            ),
-        ]
-    )
+    workers = [
+        Worker(
+            client,
+            task_queue=TASK_QUEUE,
+            workflows=WORKFLOWS,
+            activities=[
+                *activities_for(engine, settings),
+                schedules.ensure_billing_schedule,
+                schedules.delete_billing_schedule,
+            ],
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        ),
+        Worker(
+            client,
+            task_queue=EMAIL_TASK_QUEUE,
+            workflows=[EmailDeliveryWorkflow],
+            activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        ),
+        Worker(
+            client,
+            task_queue=EMAIL_SEND_TASK_QUEUE,
+            activities=[delivery.send],
+            max_task_queue_activities_per_second=settings.email_max_per_second,
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        ),
+    ]
+    return Workers([w for w in workers if w.task_queue in task_queues])
 
 
 class Workers:
@@ -160,7 +171,7 @@ class Workers:
         await self._stack.aclose()
 
 
-async def run_worker(settings: Settings | None = None) -> None:
+async def run_worker(settings: Settings | None = None, task_queues: Collection[str] = ALL_TASK_QUEUES) -> None:
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
@@ -170,13 +181,8 @@ async def run_worker(settings: Settings | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "worker polling %s, %s and %s on %s",
-        TASK_QUEUE,
-        EMAIL_TASK_QUEUE,
-        EMAIL_SEND_TASK_QUEUE,
-        settings.temporal_target,
-    )
-    async with build_workers(client, engine, settings):
+    workers = build_workers(client, engine, settings, task_queues)
+    log.info("worker polling %s on %s", ", ".join(task_queues), settings.temporal_target)
+    async with workers:
         await stop.wait()
     await engine.dispose()
