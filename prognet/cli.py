@@ -244,10 +244,11 @@ def _run_upgrade(url: str) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
     from prognet.healthcheck import check
-    from workers.main import ALL_TASK_QUEUES
 
-    queues = [q.strip() for q in (args.task_queues or ",".join(ALL_TASK_QUEUES)).split(",") if q.strip()]
+    every = (TASK_QUEUE, EMAIL_TASK_QUEUE, EMAIL_SEND_TASK_QUEUE)  # as workers.main, without importing the worker
+    queues = [q.strip() for q in (args.task_queues or ",".join(every)).split(",") if q.strip()]
     healthy = check(args.component, _settings(args), queues)
     print(f"{args.component}: {'healthy' if healthy else 'unhealthy'}")
     return 0 if healthy else 1
