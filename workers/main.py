@@ -125,8 +125,9 @@ def build_workers(
         raise ValueError(f"unknown task queues {sorted(unknown)}; known: {', '.join(ALL_TASK_QUEUES)}")
     delivery = EmailDeliveryActivities(engine, settings)
     schedules = ScheduleActivities(client)
-    workers = [
-        Worker(
+    # built only for the queues asked for: a worker is registered with the client as soon as it exists
+    factories = {
+        TASK_QUEUE: lambda: Worker(
             client,
             task_queue=TASK_QUEUE,
             workflows=WORKFLOWS,
@@ -137,22 +138,22 @@ def build_workers(
             ],
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         ),
-        Worker(
+        EMAIL_TASK_QUEUE: lambda: Worker(
             client,
             task_queue=EMAIL_TASK_QUEUE,
             workflows=[EmailDeliveryWorkflow],
             activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         ),
-        Worker(
+        EMAIL_SEND_TASK_QUEUE: lambda: Worker(
             client,
             task_queue=EMAIL_SEND_TASK_QUEUE,
             activities=[delivery.send],
             max_task_queue_activities_per_second=settings.email_max_per_second,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         ),
-    ]
-    return Workers([w for w in workers if w.task_queue in task_queues])
+    }
+    return Workers([factories[queue]() for queue in ALL_TASK_QUEUES if queue in task_queues])
 
 
 class Workers:
