@@ -65,8 +65,10 @@ def init_script() -> Path:
 def run_init_script(pg: EmbeddedPostgres, **env: str) -> subprocess.CompletedProcess:
     # as the postgres image's entrypoint runs an .sql init file: psql, ON_ERROR_STOP, the superuser, no psqlrc
     return subprocess.run(
-        [str(pg.bin_dir / "psql"), "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--no-password"]
-        + ["--host", str(pg.socket_dir), "--username", "postgres", "--dbname", "postgres", "-f", str(init_script())],
+        [
+            *(str(pg.bin_dir / "psql"), "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--no-password"),
+            *("--host", str(pg.socket_dir), "--username", "postgres", "--dbname", "postgres", "-f", str(init_script())),
+        ],
         env={"PATH": os.environ["PATH"], **PASSWORDS, **env},
         capture_output=True,
         text=True,
@@ -177,7 +179,8 @@ async def test_the_application_role_reads_no_tenant_row_without_a_tenant(deploye
     tenant, user = uuid.uuid4(), uuid.uuid4()
     try:
         await superuser.execute(
-            "INSERT INTO users(id, email, password_hash, status, is_platform_admin) VALUES ($1, $2, 'x', 'active', false)",
+            "INSERT INTO users(id, email, password_hash, status, is_platform_admin) "
+            "VALUES ($1, $2, 'x', 'active', false)",
             user,
             f"{user.hex}@example.com",
         )

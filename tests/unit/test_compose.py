@@ -156,3 +156,14 @@ def test_the_final_image_has_only_the_runtime():
     assert re.search(r"^USER\s+(?!root|0\b)\S+", final, flags=re.MULTILINE)
     assert re.search(r"^HEALTHCHECK\s", final, flags=re.MULTILINE)
     assert re.search(r'^CMD \["prognet", "api"\]', final, flags=re.MULTILINE)
+
+
+def test_the_proxy_caches_the_static_prefix_the_api_serves(services):
+    from api.static_assets import STATIC_PREFIX
+
+    conf = (REPO / "deploy/nginx/nginx.conf").read_text()
+    static = conf[conf.index(f"location {STATIC_PREFIX}/ {{") :].split("}", 1)[0]
+    assert "proxy_cache static;" in static
+    assert re.search(r"server api:8000 resolve", conf)  # every replica, re-resolved as they scale
+    mounts = {v["target"]: Path(v["source"]) for v in services["proxy"]["volumes"] if v["type"] == "bind"}
+    assert mounts["/etc/nginx/nginx.conf"] == REPO / "deploy/nginx/nginx.conf"
