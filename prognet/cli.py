@@ -10,6 +10,7 @@
     prognet webhook-receiver --port P --secret whsec_…  a local receiver that verifies and prints deliveries
     prognet events tail  print the event stream live;  prognet events catalogue  the event types (Markdown)
     prognet migrate      apply database migrations (Alembic, upgrade head)
+    prognet healthcheck api|worker|relay   a container healthcheck (exit 0 healthy)
     prognet smtp-sink    the development SMTP sink on its own
     prognet stripe-sandbox  the development Stripe sandbox on its own
     prognet mail list    messages the SMTP sink received;  prognet mail show N
@@ -170,12 +171,16 @@ async def _dev(dev, settings: Settings, sink, *, with_app: bool) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     _settings(args)
     try:
-        from workers.main import run_worker
+        from workers.main import ALL_TASK_QUEUES, run_worker
     except ImportError as exc:
         return _error(f"cannot import workers.main.run_worker: {exc}")
+    queues = [q.strip() for q in (args.task_queues or ",".join(ALL_TASK_QUEUES)).split(",") if q.strip()]
+    unknown = sorted(set(queues) - set(ALL_TASK_QUEUES))
+    if unknown or not queues:
+        return _error(f"unknown task queues {unknown}; known: {', '.join(ALL_TASK_QUEUES)}")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker())
+        asyncio.run(run_worker(task_queues=queues))
     return 0
 
 
@@ -358,6 +363,17 @@ def _run_upgrade(url: str) -> int:
         return _error(f"migrations failed: {type(exc).__name__}: {exc}")
     print("database is at the latest revision")
     return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
+    from prognet.healthcheck import check
+
+    every = (TASK_QUEUE, EMAIL_TASK_QUEUE, EMAIL_SEND_TASK_QUEUE)  # as workers.main, without importing the worker
+    queues = [q.strip() for q in (args.task_queues or ",".join(every)).split(",") if q.strip()]
+    healthy = check(args.component, _settings(args), queues)
+    print(f"{args.component}: {'healthy' if healthy else 'unhealthy'}")
+    return 0 if healthy else 1
 
 
 # --- platform operators -------------------------------------------------------------------------------------
@@ -644,7 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dev", cmd_dev, "start the whole system on this machine (no Docker, no network)")
     p.add_argument("--no-app", action="store_true", help="start only the services, not the worker and the API")
-    add("worker", cmd_worker, "run the Temporal worker")
+    p = add("worker", cmd_worker, "run the Temporal worker")
+    p.add_argument(
+        "--task-queues",
+        help="comma-separated task queues to poll (default: all; e.g. prognet-email-send for a sender of its own)",
+    )
     add("consume", cmd_consume, "run the event stream consumers (read-model projector, cache invalidator)")
     events = sub.add_parser("events", help="the event log and its consumers")
     events_sub = events.add_subparsers(dest="events_command", metavar="ACTION", required=True)
@@ -681,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fail", type=int, default=0, metavar="N", help="answer 500 to the first N deliveries")
     p.set_defaults(func=cmd_webhook_receiver)
+    p = add("healthcheck", cmd_healthcheck, "exit 0 when this container's api, worker or relay is healthy")
+    p.add_argument("component", choices=["api", "worker", "relay"])
+    p.add_argument("--task-queues", help="worker: the task queues it serves (default: all)")
     add("migrate", cmd_migrate, "apply database migrations (DATABASE_URL, or the embedded database)")
     p = add("smtp-sink", cmd_smtp_sink, "run the development SMTP sink on its own")
     p.add_argument("--host", default="127.0.0.1")

@@ -22,6 +22,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev", "development"}
+PLACEHOLDER_MARK = "change-me"  # every secret in .env.example carries it
 MIN_SECRET_LENGTH = 32
 DEV_STRIPE_SECRET_KEY = "sk_test_prognet_sandbox"  # accepted by the dev Stripe sandbox only
 DEV_STRIPE_WEBHOOK_SECRET = "whsec_prognet_sandbox_development_only"  # the dev sandbox signs webhooks with it
@@ -249,6 +250,11 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    @field_validator("smtp_username", "smtp_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # SMTP_USERNAME= in an env file means "no SMTP login"
+
     @field_validator("trusted_proxies")
     @classmethod
     def _valid_cidrs(cls, value: str) -> str:
@@ -278,6 +284,10 @@ class Settings(BaseSettings):
     def _refuse_placeholders_in_production(self) -> Settings:
         if self.environment != "production":
             return self
+        for name in ("secret_key", "stripe_secret_key", "stripe_webhook_secret", "smtp_password"):
+            value: SecretStr | None = getattr(self, name)
+            if value is not None and PLACEHOLDER_MARK in value.get_secret_value().lower():
+                raise ValueError(f"{name.upper()} is still the placeholder of .env.example; set the real value")
         key = self.secret_key.get_secret_value() if self.secret_key else ""
         if key.lower() in PLACEHOLDER_SECRETS or len(key) < MIN_SECRET_LENGTH:
             raise ValueError(

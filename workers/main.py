@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -129,46 +129,58 @@ def sdk_runtime(settings: Settings) -> Runtime | None:
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
 
 
-def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Workers:
+ALL_TASK_QUEUES = (TASK_QUEUE, EMAIL_TASK_QUEUE, EMAIL_SEND_TASK_QUEUE, WEBHOOK_TASK_QUEUE)
+
+
+def build_workers(
+    client: Client, engine: AsyncEngine, settings: Settings, task_queues: Collection[str] = ALL_TASK_QUEUES
+) -> Workers:
     """The sagas on `prognet-main`; email delivery on `prognet-email`; SMTP sends alone on
-    `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND)."""
+    `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND);
+    outbound webhook deliveries on `prognet-webhooks`.
+
+    `task_queues` picks a subset: a deployment can run the rate-limited sender as its own scaled service
+    (the limit is enforced by the server per task queue, so it holds whatever the number of senders)."""
+    unknown = set(task_queues) - set(ALL_TASK_QUEUES)
+    if unknown or not task_queues:
+        raise ValueError(f"unknown task queues {sorted(unknown)}; known: {', '.join(ALL_TASK_QUEUES)}")
     circuits = Circuits(engine, settings)
     delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP))
     schedules = ScheduleActivities(client)
     interceptors = [ObservabilityInterceptor()]
-    return Workers(
-        [
-            Worker(
-                client,
-                task_queue=TASK_QUEUE,
-                workflows=WORKFLOWS,
-                activities=[
-                    *activities_for(engine, settings, circuits),
-                    schedules.ensure_billing_schedule,
-                    schedules.delete_billing_schedule,
-                ],
-                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-                interceptors=interceptors,
-            ),
-            Worker(
-                client,
-                task_queue=EMAIL_TASK_QUEUE,
-                workflows=[EmailDeliveryWorkflow],
-                activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
-                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-                interceptors=interceptors,
-            ),
-            webhook_worker(client, engine, settings),
-            Worker(
-                client,
-                task_queue=EMAIL_SEND_TASK_QUEUE,
-                activities=[delivery.send],
-                max_task_queue_activities_per_second=settings.email_max_per_second,
-                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-                interceptors=interceptors,
-            ),
-        ]
-    )
+    # built only for the queues asked for: a worker is registered with the client as soon as it exists
+    factories = {
+        TASK_QUEUE: lambda: Worker(
+            client,
+            task_queue=TASK_QUEUE,
+            workflows=WORKFLOWS,
+            activities=[
+                *activities_for(engine, settings, circuits),
+                schedules.ensure_billing_schedule,
+                schedules.delete_billing_schedule,
+            ],
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            interceptors=interceptors,
+        ),
+        EMAIL_TASK_QUEUE: lambda: Worker(
+            client,
+            task_queue=EMAIL_TASK_QUEUE,
+            workflows=[EmailDeliveryWorkflow],
+            activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            interceptors=interceptors,
+        ),
+        EMAIL_SEND_TASK_QUEUE: lambda: Worker(
+            client,
+            task_queue=EMAIL_SEND_TASK_QUEUE,
+            activities=[delivery.send],
+            max_task_queue_activities_per_second=settings.email_max_per_second,
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            interceptors=interceptors,
+        ),
+        WEBHOOK_TASK_QUEUE: lambda: webhook_worker(client, engine, settings),
+    }
+    return Workers([factories[queue]() for queue in ALL_TASK_QUEUES if queue in task_queues], on_close=circuits.aclose)
 
 
 def webhook_worker(
@@ -203,7 +215,7 @@ class Workers:
         await self._stack.aclose()
 
 
-async def run_worker(settings: Settings | None = None) -> None:
+async def run_worker(settings: Settings | None = None, task_queues: Collection[str] = ALL_TASK_QUEUES) -> None:
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
@@ -214,15 +226,9 @@ async def run_worker(settings: Settings | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "worker polling %s, %s, %s and %s on %s",
-        TASK_QUEUE,
-        EMAIL_TASK_QUEUE,
-        EMAIL_SEND_TASK_QUEUE,
-        WEBHOOK_TASK_QUEUE,
-        settings.temporal_target,
-    )
-    async with build_workers(client, engine, settings):
+    workers = build_workers(client, engine, settings, task_queues)
+    log.info("worker polling %s on %s", ", ".join(task_queues), settings.temporal_target)
+    async with workers:
         await stop.wait()
     await engine.dispose()
 

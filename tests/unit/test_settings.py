@@ -68,3 +68,25 @@ def test_trusted_proxies_are_cidrs():
     assert Settings(environment="development").trusted_proxy_networks == []
     with pytest.raises(ValueError, match="not-an-address"):
         Settings(environment="development", trusted_proxies="10.0.0.0/8,not-an-address")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("secret_key", "change-me-" + "x" * 40),
+        ("stripe_secret_key", "sk_test_change-me"),
+        ("stripe_webhook_secret", "whsec_change-me"),
+        ("smtp_password", "change-me"),
+    ],
+)
+def test_production_refuses_the_example_env_placeholders(name, value):
+    values = {**EXTERNAL, "secret_key": "x" * 48, name: value}
+    with pytest.raises(ValidationError, match=f"{name.upper()} is still the placeholder"):
+        Settings(environment="production", **values)
+
+
+def test_an_empty_smtp_login_in_an_env_file_means_none(monkeypatch):
+    monkeypatch.setenv("SMTP_USERNAME", "")
+    monkeypatch.setenv("SMTP_PASSWORD", "")
+    settings = Settings()
+    assert settings.smtp_username is None and settings.smtp_password is None

@@ -117,11 +117,20 @@ def upgrade() -> None:
     )
 
     # The application role: owns no table, cannot bypass RLS. LOGIN and its password are the operator's
-    # business (the embedded stack grants LOGIN on a trusted unix socket).
+    # business (the embedded stack grants LOGIN on a trusted unix socket; deploy/postgres/init-roles.sql creates
+    # it with a password). A migrating role without CREATEROLE (a managed database's owner) needs it to exist.
     op.execute(f"""
         DO $$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                IF NOT (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user) THEN
+                    RAISE EXCEPTION 'role {APP_ROLE} is missing: create it (LOGIN, NOBYPASSRLS) before migrating'
+                        USING HINT = 'the migrating role ' || current_user || ' lacks CREATEROLE; '
+                                     'deploy/postgres/init-roles.sql creates both roles as a superuser';
+                END IF;
                 CREATE ROLE {APP_ROLE} NOLOGIN NOSUPERUSER NOBYPASSRLS;
+            ELSIF EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}' AND (rolsuper OR rolbypassrls)) THEN
+                RAISE EXCEPTION 'role {APP_ROLE} must not bypass row-level security: '
+                                'ALTER ROLE {APP_ROLE} NOSUPERUSER NOBYPASSRLS, then migrate again';
             END IF;
         END $$""")
     op.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
