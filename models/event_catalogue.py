@@ -207,6 +207,8 @@ class WebhookSecretRotated(Payload):
 class WebhookEndpointDisabled(Payload):
     reason: str
     failing_since: str = Field(description="ISO 8601: the first failed attempt since the last delivered one")
+
+
 # --- platform: external services (no tenant, no user)
 class CircuitChanged(Payload):
     circuit: str = Field(description="`stripe`, `smtp`, `webhook:<host>`")
