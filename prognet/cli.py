@@ -612,8 +612,8 @@ def cmd_events_catalogue(args: argparse.Namespace) -> int:
 
 
 def _add_events_commands(sub) -> None:
-    """`prognet events ACTION`: one subparser per action (tail, catalogue; replay goes here too)."""
-    events = sub.add_parser("events", help="the domain event stream: tail it, list the event types")
+    """`prognet events ACTION`: one subparser per action."""
+    events = sub.add_parser("events", help="the domain event stream: tail it, list its types, rebuild read models")
     actions = events.add_subparsers(dest="events_command", metavar="ACTION", required=True)
     p = actions.add_parser("tail", help="print events live from the stream (from now on), one line each")
     p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
@@ -624,6 +624,19 @@ def _add_events_commands(sub) -> None:
     p.set_defaults(func=cmd_events_tail)
     p = actions.add_parser("catalogue", help="every event type with its version and payload, as a Markdown table")
     p.set_defaults(func=cmd_events_catalogue)
+    p = actions.add_parser(
+        "replay",
+        help="rebuild a read model from domain_events into a fresh table and swap it in (the projector may run)",
+    )
+    p.add_argument("--projection", required=True, choices=["tenant_overview", "user_profile"])
+    p.add_argument("--tenant", type=uuid.UUID, help="only the rows this tenant's events touch")
+    p.add_argument("--since", help="only the rows touched by events since this ISO time (rebuilt from all events)")
+    p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
+    p.set_defaults(func=cmd_events_replay)
+    p = actions.add_parser("parked", help="entries a consumer parked (retry limit, unknown version), newest first")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
+    p.set_defaults(func=cmd_events_parked)
 
 
 # --- bench ----------------------------------------------------------------------------------------------------
@@ -666,21 +679,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated task queues to poll (default: all; e.g. prognet-email-send for a sender of its own)",
     )
     add("consume", cmd_consume, "run the event stream consumers (read-model projector, cache invalidator)")
-    events = sub.add_parser("events", help="the event log and its consumers")
-    events_sub = events.add_subparsers(dest="events_command", metavar="ACTION", required=True)
-    p = events_sub.add_parser(
-        "replay",
-        help="rebuild a read model from domain_events into a fresh table and swap it in (the projector may run)",
-    )
-    p.add_argument("--projection", required=True, choices=["tenant_overview", "user_profile"])
-    p.add_argument("--tenant", type=uuid.UUID, help="only the rows this tenant's events touch")
-    p.add_argument("--since", help="only the rows touched by events since this ISO time (rebuilt from all events)")
-    p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
-    p.set_defaults(func=cmd_events_replay)
-    p = events_sub.add_parser("parked", help="entries a consumer parked (retry limit, unknown version), newest first")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--data-dir", help="data directory (default: $PROGNET_DATA_DIR or .prognet)")
-    p.set_defaults(func=cmd_events_parked)
     p = add("api", cmd_api, "run the HTTP API")
     p.add_argument("--host", help="bind address (default: API_HOST)")
     p.add_argument("--port", type=int, help="port (default: API_PORT)")
