@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -40,6 +41,7 @@ from api.routers import (
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
+from prognet import telemetry
 from prognet.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -126,6 +128,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    telemetry.configure_tracing(telemetry.API, settings)
     app = FastAPI(
         title="ProgNetwork API",
         version="1.0.0",
@@ -162,4 +165,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(signup.router, responses=DEPENDENCY_OUTAGE_RESPONSE)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)
+    # the server span wraps every middleware and error handler: logs and problem bodies carry its trace id
+    FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
     return app

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
@@ -24,6 +25,7 @@ from activities.tenants import TenantActivities
 from activities.users import UserActivities
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
+from prognet import telemetry
 from prognet.settings import Settings, get_settings
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.billing_trigger import BillingTriggerWorkflow
@@ -104,8 +106,19 @@ def activities_for(engine: AsyncEngine, settings: Settings) -> list:
 
 async def connect_client(settings: Settings) -> Client:
     return await Client.connect(
-        settings.temporal_target, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+        settings.temporal_target,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        interceptors=[TracingInterceptor()],  # the workers built on this client inherit it
     )
+
+
+def tracing_interceptors(client: Client) -> list[TracingInterceptor]:
+    """A TracingInterceptor for workers whose client lacks one (a worker also runs its client's interceptors:
+    two would record every span twice)."""
+    if any(isinstance(i, TracingInterceptor) for i in client.config()["interceptors"]):
+        return []
+    return [TracingInterceptor()]
 
 
 def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Workers:
@@ -113,6 +126,7 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
     `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND)."""
     delivery = EmailDeliveryActivities(engine, settings)
     schedules = ScheduleActivities(client)
+    interceptors = tracing_interceptors(client)
     return Workers(
         [
             Worker(
@@ -125,6 +139,7 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                     schedules.delete_billing_schedule,
                 ],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                interceptors=interceptors,
             ),
             Worker(
                 client,
@@ -132,6 +147,7 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                 workflows=[EmailDeliveryWorkflow],
                 activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                interceptors=interceptors,
             ),
             Worker(
                 client,
@@ -139,6 +155,7 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                 activities=[delivery.send],
                 max_task_queue_activities_per_second=settings.email_max_per_second,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                interceptors=interceptors,
             ),
         ]
     )
@@ -164,6 +181,7 @@ async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
+    telemetry.configure_tracing(telemetry.WORKER, settings)
     engine = make_engine(settings.database_url)
     client = await connect_client(settings)
     stop = asyncio.Event()
