@@ -1,4 +1,4 @@
-"""Shared fixtures: Temporal test servers from the wheels (never downloaded)."""
+"""Shared fixtures: Temporal test servers from the wheels (never downloaded), tracing into memory."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
@@ -16,8 +17,26 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from prognet import telemetry
+
 BIN_DIR = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def span_exporter() -> InMemorySpanExporter:
+    """Tracing is on in every test, as in production: the one TracerProvider of this process (the API and the
+    worker run in-process) records into memory instead of the data dir."""
+    exporter = InMemorySpanExporter()
+    telemetry.configure_tracing("prognet-tests", exporter=exporter)
+    return exporter
+
+
+@pytest.fixture(autouse=True)
+def spans(span_exporter: InMemorySpanExporter) -> InMemorySpanExporter:
+    """This test's spans (and stragglers of the previous test's background work)."""
+    span_exporter.clear()  # keeps the session's memory flat
+    return span_exporter
 
 
 def custom_search_attributes() -> list[SearchAttributeKey]:
