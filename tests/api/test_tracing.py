@@ -49,6 +49,11 @@ def assert_one_tree(found: list[ReadableSpan], root_name: str) -> None:
     assert [(r.name, r.kind) for r in roots_of(found)] == [(root_name, SpanKind.SERVER)]
 
 
+def url_of(span: ReadableSpan) -> str:
+    attributes = span.attributes or {}
+    return str(attributes.get("url.full") or attributes.get("http.url") or "")
+
+
 def under(found: list[ReadableSpan], span: ReadableSpan, ancestor_prefix: str) -> bool:
     by_id = {s.context.span_id: s for s in found}
     while span.parent is not None and span.parent.span_id in by_id:
