@@ -166,5 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessLog)
     # the server span wraps every middleware and error handler: logs and problem bodies carry its trace id
-    FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
+    FastAPIInstrumentor.instrument_app(
+        app, server_request_hook=telemetry.strip_query, exclude_spans=["receive", "send"]
+    )
     return app

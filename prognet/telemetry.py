@@ -151,6 +151,20 @@ def current_trace_id() -> str | None:
     return ids[0] if ids else None
 
 
+def strip_query(span: trace.Span, scope: dict[str, Any]) -> None:
+    """A server span's hook: keep paths, drop query strings. They carry tokens (the verification page's link)
+    and addresses (admin filters), and traces leave the system."""
+    if not scope.get("query_string") or not span.is_recording():
+        return
+    attributes = getattr(span, "attributes", None) or {}
+    for key in ("http.target", "http.url", "url.full"):
+        value = attributes.get(key)
+        if isinstance(value, str) and "?" in value:
+            span.set_attribute(key, value.split("?", 1)[0])
+    if "url.query" in attributes:
+        span.set_attribute("url.query", "")
+
+
 class TraceparentResponse(ResponsePropagator):
     """Puts the server span's W3C `traceparent` on every HTTP response (the ASGI instrumentation calls this), so a
     user's error report names its trace."""

@@ -146,7 +146,7 @@ async def test_the_trace_id_is_in_the_header_the_problem_body_and_the_log_line(c
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        response = await client.post("/v1/auth/login", json={"email": "nobody"})
+        response = await client.post("/v1/auth/login?token=query-secret", json={"email": "nobody"})
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -155,5 +155,7 @@ async def test_the_trace_id_is_in_the_header_the_problem_body_and_the_log_line(c
     assert body["trace_id"] == trace_id
     [server] = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
     assert format_trace_id(server.context.trace_id) == trace_id
+    assert "query-secret" not in json.dumps(dict(server.attributes or {}))  # query strings stay out of traces
+    assert (server.attributes or {})["http.target"] == "/v1/auth/login"
     [access] = [json.loads(line) for line in lines if json.loads(line)["msg"] == "request"]
     assert access["trace_id"] == trace_id and access["status"] == 422 and len(access["span_id"]) == 16
