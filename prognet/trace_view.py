@@ -7,11 +7,13 @@ service, a bar placed and sized on the trace's time line, its duration, and ✗ 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 Span = dict[str, Any]
 NAME_WIDTH = 44
@@ -44,6 +46,25 @@ def _root(spans: list[Span]) -> Span:
     ids = {s["span_id"] for s in spans}
     roots = [s for s in spans if s.get("parent_id") not in ids] or spans
     return min(roots, key=lambda s: s["start"])
+
+
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+([\w.]+)", re.IGNORECASE)
+
+
+def label(span: Span) -> str:
+    """What a span did, readably: driver spans are named by their verb only (`SELECT`, `GET`, `POST`)."""
+    attributes = span.get("attributes") or {}
+    statement = attributes.get("db.statement") or attributes.get("db.query.text")
+    if attributes.get("db.system") == "postgresql" and statement:
+        table = _TABLE.search(statement)
+        verb = statement.split(None, 1)[0].upper()
+        return f"sql {verb} {table.group(1)}" if table else "sql " + " ".join(statement.split())
+    if attributes.get("db.system") == "redis":
+        return f"redis {span['name']}"
+    url = attributes.get("url.full") or attributes.get("http.url")
+    if span.get("kind") == "CLIENT" and url:
+        return f"{span['name']} {urlsplit(str(url)).path}"
+    return span["name"]
 
 
 def _ms(nanoseconds: int) -> str:
@@ -111,7 +132,7 @@ def render_waterfall(spans: list[Span], width: int = 40) -> str:
         begin = min(begin, width - 1)
         bar = "·" if span["end"] <= span["start"] else "█" * max(1, min(length, width - begin))
         failed = span.get("status") == "ERROR"
-        name = _fit(("  " * depth) + ("✗ " if failed else "") + span["name"], NAME_WIDTH)
+        name = _fit(("  " * depth) + ("✗ " if failed else "") + label(span), NAME_WIDTH)
         line = f"{_fit(span.get('service', ''), SERVICE_WIDTH):{SERVICE_WIDTH}} {name:{NAME_WIDTH}} "
         line += f"|{(' ' * begin + bar).ljust(width)}| {_ms(span['end'] - span['start']):>11}"
         if failed and span.get("error"):

@@ -28,7 +28,10 @@ def record_registration(traces, t0: int) -> str:
     w = worker.get_tracer("t")
     w.start_span("RunWorkflow:Registration", ctx, start_time=t0 + 10 * MS).end(end_time=t0 + 10 * MS)
     activity = w.start_span("RunActivity:users.create_pending_user", ctx, kind=SpanKind.SERVER, start_time=t0 + 20 * MS)
-    sql = w.start_span("INSERT", set_span_in_context(activity), kind=SpanKind.CLIENT, start_time=t0 + 30 * MS)
+    statement = {"db.system": "postgresql", "db.statement": "INSERT INTO users (id, email) VALUES ($1, $2)"}
+    sql = w.start_span(
+        "INSERT", set_span_in_context(activity), kind=SpanKind.CLIENT, attributes=statement, start_time=t0 + 30 * MS
+    )
     sql.end(end_time=t0 + 50 * MS)
     activity.end(end_time=t0 + 60 * MS)
     smtp = w.start_span("smtp send", ctx, kind=SpanKind.CLIENT, start_time=t0 + 60 * MS)
@@ -58,7 +61,7 @@ def test_a_trace_is_drawn_as_a_waterfall_and_listed(tmp_path, monkeypatch, capsy
     assert workflow.startswith("prognet-worker    RunWorkflow:Registration") and "|  ·" in workflow
     assert activity.startswith("prognet-worker    RunActivity:users.create_pending_user")
     assert "|    ████████        |" in activity and activity.endswith("40.0 ms")
-    assert sql.startswith("prognet-worker      INSERT") and "|      ████          |" in sql
+    assert sql.startswith("prognet-worker      sql INSERT users") and "|      ████          |" in sql
     assert smtp.startswith("prognet-worker    ✗ smtp send") and "|            ██████  |" in smtp
     assert smtp.endswith("30.0 ms  SmtpTemporaryFailure: connection: ConnectionRefusedError")
 
