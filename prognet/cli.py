@@ -502,7 +502,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
         found = trace_view.find_trace(spans, args.trace_id)
         if not found:
             return _error(f"no trace {args.trace_id} in {directory}")
-        print(trace_view.render_waterfall(found, width=args.width))
+        print(trace_view.render_waterfall(found, width=args.width, fold_sql=args.fold_sql))
     else:
         print(trace_view.render_list(spans, args.last))
     return 0
@@ -587,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trace_id", nargs="?", help="draw this trace (its id, or an unambiguous prefix)")
     p.add_argument("--last", type=int, default=10, metavar="N", help="list the last N traces (default: 10)")
     p.add_argument("--width", type=int, default=40, help="width of the duration bars (default: 40)")
+    p.add_argument("--fold-sql", action="store_true", help="one line for each step's SQL statements (`sql ×N`)")
 
     mail = sub.add_parser("mail", help="read the messages the SMTP sink received")
     mail_sub = mail.add_subparsers(dest="mail_command", metavar="ACTION", required=True)

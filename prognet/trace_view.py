@@ -106,16 +106,41 @@ def find_trace(spans: list[Span], trace_id: str) -> list[Span]:
     return traces[matches[0]] if len(matches) == 1 else []
 
 
-def render_waterfall(spans: list[Span], width: int = 40) -> str:
-    """One trace: a header line, then each span under its parent, children in start order."""
+def _is_sql(span: Span) -> bool:
+    return (span.get("attributes") or {}).get("db.system") == "postgresql"
+
+
+def _fold_sql(siblings: list[Span]) -> list[Span]:
+    """A parent's SQL spans as one line, `sql ×N`, from the first statement's start to the last one's end."""
+    sql = [s for s in siblings if _is_sql(s)]
+    if len(sql) < 2:
+        return siblings
+    folded = {
+        "trace_id": sql[0]["trace_id"],
+        "span_id": sql[0]["span_id"] + "+",
+        "service": sql[0].get("service", ""),
+        "name": f"sql ×{len(sql)}",
+        "start": min(s["start"] for s in sql),
+        "end": max(s["end"] for s in sql),
+        "status": "ERROR" if any(s.get("status") == "ERROR" for s in sql) else "UNSET",
+    }
+    rest = [s for s in siblings if not _is_sql(s)]
+    return sorted([*rest, folded], key=lambda s: (s["start"], s["end"]))
+
+
+def render_waterfall(spans: list[Span], width: int = 40, fold_sql: bool = False) -> str:
+    """One trace: a header line, then each span under its parent, children in start order (with `fold_sql`, a
+    parent's SQL statements as one line)."""
     t0 = min(s["start"] for s in spans)
     total = max(max(s["end"] for s in spans) - t0, 1)
     ids = {s["span_id"] for s in spans}
     children: dict[str | None, list[Span]] = defaultdict(list)
     for span in spans:
         children[span.get("parent_id") if span.get("parent_id") in ids else None].append(span)
-    for siblings in children.values():
+    for parent, siblings in children.items():
         siblings.sort(key=lambda s: (s["start"], s["end"]))
+        if fold_sql:
+            children[parent] = _fold_sql(siblings)
 
     root = _root(spans)
     errors = sum(s.get("status") == "ERROR" for s in spans)

@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, format_trace_id, s
 
 from prognet import cli
 from prognet.telemetry import JsonlSpanExporter
-from prognet.trace_view import load_spans
+from prognet.trace_view import load_spans, render_waterfall
 
 MS = 1_000_000  # nanoseconds
 
@@ -90,3 +90,40 @@ def test_the_store_is_capped_by_rotating_each_file(tmp_path):
     assert kept and kept[-1]["name"] == "span 199" and len(kept) < 200  # the oldest went with the rotation
     assert {s["service"] for s in kept} == {"prognet-api"}
     assert all(json.loads(json.dumps(s)) == s for s in kept)
+
+
+def test_fold_sql_puts_a_steps_statements_on_one_line():
+    def span(span_id, name, parent, start, end, **attributes):
+        return {
+            "trace_id": "t" * 32,
+            "span_id": span_id,
+            "parent_id": parent,
+            "service": "prognet-worker",
+            "name": name,
+            "start": start * MS,
+            "end": end * MS,
+            "status": "UNSET",
+            "attributes": attributes,
+        }
+
+    sql = {"db.system": "postgresql", "db.statement": "SELECT users.id FROM users WHERE users.id = $1"}
+    spans = [
+        span("a", "RunActivity:users.activate_user", None, 0, 100),
+        span("b", "SELECT", "a", 10, 20, **sql),
+        span("c", "smtp send", "a", 30, 40),
+        span("d", "SELECT", "a", 50, 90, **sql),
+    ]
+    full = render_waterfall(spans, width=10).splitlines()[2:]
+    assert [line.split("|")[0].strip() for line in full] == [
+        "prognet-worker  RunActivity:users.activate_user",
+        "prognet-worker    sql SELECT users",
+        "prognet-worker    smtp send",
+        "prognet-worker    sql SELECT users",
+    ]
+    folded = render_waterfall(spans, width=10, fold_sql=True).splitlines()[2:]
+    assert [line.split("|")[0].split(None, 1)[1].strip() for line in folded] == [
+        "RunActivity:users.activate_user",
+        "sql ×2",
+        "smtp send",
+    ]
+    assert folded[1].endswith(" 80.0 ms")  # from the first statement's start to the last one's end
