@@ -23,20 +23,21 @@ BIN_DIR = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def span_exporter() -> InMemorySpanExporter:
+SPANS = InMemorySpanExporter()
+
+
+def pytest_configure(config: pytest.Config) -> None:
     """Tracing is on in every test, as in production: the one TracerProvider of this process (the API and the
-    worker run in-process) records into memory instead of the data dir."""
-    exporter = InMemorySpanExporter()
-    telemetry.configure_tracing("prognet-tests", exporter=exporter)
-    return exporter
+    worker run in-process) records into memory instead of the data dir. Configured before collection: a test
+    module may build an app (and so configure tracing, first come first served) while it is imported."""
+    telemetry.configure_tracing("prognet-tests", exporter=SPANS)
 
 
 @pytest.fixture(autouse=True)
-def spans(span_exporter: InMemorySpanExporter) -> InMemorySpanExporter:
+def spans() -> InMemorySpanExporter:
     """This test's spans (and stragglers of the previous test's background work)."""
-    span_exporter.clear()  # keeps the session's memory flat
-    return span_exporter
+    SPANS.clear()  # keeps the session's memory flat
+    return SPANS
 
 
 def custom_search_attributes() -> list[SearchAttributeKey]:
