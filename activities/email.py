@@ -18,6 +18,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import aiosmtplib
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
@@ -27,6 +29,8 @@ from models.errors import RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT
 from models.tables import EmailChange, Invitation, Tenant, TenantBilling, User, VerificationToken
 from prognet.settings import Settings
 from prognet.tokens import CHANGE_EMAIL, VERIFY_EMAIL, derive_token, invitation_token
+
+tracer = trace.get_tracer(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -193,10 +197,18 @@ def build_message(settings: Settings, composed: Composed, message_id: str) -> Em
 
 async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None = None) -> str:
     """Send one message; returns the server's reply. Raises as described in the module docstring."""
+    host = settings.smtp_host or "127.0.0.1"
+    # no recipient or subject on the span: traces leave the system (Jaeger, a vendor), addresses must not
+    attributes = {"server.address": host, "server.port": settings.smtp_port, "email.message_id": msg["Message-ID"]}
+    with tracer.start_as_current_span("smtp send", kind=SpanKind.CLIENT, attributes=attributes):
+        return await _smtp_send(settings, host, msg, timeout)  # a failure marks the span (codes only, see below)
+
+
+async def _smtp_send(settings: Settings, host: str, msg: EmailMessage, timeout: float | None) -> str:
     try:
         _, reply = await aiosmtplib.send(
             msg,
-            hostname=settings.smtp_host or "127.0.0.1",
+            hostname=host,
             port=settings.smtp_port,
             timeout=timeout or settings.smtp_timeout_seconds,
             username=settings.smtp_username,

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -45,6 +46,7 @@ from api.routers import (
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
+from prognet import telemetry
 from prognet.payload_codec import codec_from, converter_for
 from prognet.settings import Settings, get_settings
 
@@ -151,6 +153,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    telemetry.configure_tracing(telemetry.API, settings)
     app = FastAPI(
         title="ProgNetwork API",
         version="1.0.0",
@@ -192,4 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(codec.CodecCors, origins=settings.codec_origins)
     app.add_middleware(AccessLog)
     app.add_middleware(RequestMetrics)
+    # the server span wraps every middleware and error handler: logs and problem bodies carry its trace id
+    FastAPIInstrumentor.instrument_app(
+        app, server_request_hook=telemetry.strip_query, exclude_spans=["receive", "send"]
+    )
     return app

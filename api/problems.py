@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
 from models import errors
+from prognet.telemetry import current_trace_id
 
 log = logging.getLogger("prognet.api")
 
@@ -166,7 +167,7 @@ def refusal(error_type: str | None, *, detail: str | None = None, **extensions: 
 
 
 def problem_body(kind: ProblemType, detail: str, instance: str, **extensions: Any) -> dict[str, Any]:
-    return {
+    body = {
         "type": kind.uri,
         "title": kind.title,
         "status": kind.status,
@@ -174,6 +175,9 @@ def problem_body(kind: ProblemType, detail: str, instance: str, **extensions: An
         "instance": instance,
         **extensions,
     }
+    if trace_id := current_trace_id():  # a user's error report leads straight to the trace
+        body["trace_id"] = trace_id
+    return body
 
 
 def problem_response(
@@ -317,6 +321,7 @@ class ProblemDetails(BaseModel):
     detail: str
     instance: str
     errors: list[dict[str, Any]] | None = Field(None, description="Offending fields, for validation problems.")
+    trace_id: str | None = Field(None, description="The request's trace (32 hex digits), for a support request.")
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -12,6 +12,7 @@ import logging
 from datetime import timedelta
 
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
 
 from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
@@ -39,7 +40,12 @@ class TemporalConnector:
         async with self._lock:
             if self._client is None:
                 self._client = await asyncio.wait_for(
-                    Client.connect(self.target, namespace=self.namespace, data_converter=self.data_converter),
+                    Client.connect(
+                        self.target,
+                        namespace=self.namespace,
+                        data_converter=self.data_converter,
+                        interceptors=[TracingInterceptor()],  # the HTTP request's trace continues in the saga
+                    ),
                     timeout,
                 )
                 log.info("connected to temporal", extra={"temporal_target": self.target, "namespace": self.namespace})

@@ -9,6 +9,7 @@
     prognet webhooks-dispatcher  tenant events → webhook delivery workflows (webhooks.dispatcher)
     prognet webhook-receiver --port P --secret whsec_…  a local receiver that verifies and prints deliveries
     prognet events tail  print the event stream live;  prognet events catalogue  the event types (Markdown)
+    prognet traces       the last traces kept under the data dir;  prognet traces TRACE_ID  one as a waterfall
     prognet migrate      apply database migrations (Alembic, upgrade head)
     prognet healthcheck api|worker|relay   a container healthcheck (exit 0 healthy)
     prognet smtp-sink    the development SMTP sink on its own
@@ -642,6 +643,22 @@ def _add_events_commands(sub) -> None:
 # --- bench ----------------------------------------------------------------------------------------------------
 
 
+def cmd_traces(args: argparse.Namespace) -> int:
+    from prognet import telemetry, trace_view
+
+    settings = _settings(args)
+    directory = telemetry.traces_dir(settings)
+    spans = trace_view.load_spans(directory) if directory.is_dir() else []
+    if args.trace_id:
+        found = trace_view.find_trace(spans, args.trace_id)
+        if not found:
+            return _error(f"no trace {args.trace_id} in {directory}")
+        print(trace_view.render_waterfall(found, width=args.width, fold_sql=args.fold_sql))
+    else:
+        print(trace_view.render_list(spans, args.last))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     _dev_harness()
     from prognet_dev.bench import main as bench
@@ -736,6 +753,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_admin)
 
     _add_events_commands(sub)
+
+    p = add(
+        "traces",
+        cmd_traces,
+        "the traces kept under the data dir (development, no OTLP exporter): the last ones, or one as a waterfall",
+    )
+    p.add_argument("trace_id", nargs="?", help="draw this trace (its id, or an unambiguous prefix)")
+    p.add_argument("--last", type=int, default=10, metavar="N", help="list the last N traces (default: 10)")
+    p.add_argument("--width", type=int, default=40, help="width of the duration bars (default: 40)")
+    p.add_argument("--fold-sql", action="store_true", help="one line for each step's SQL statements (`sql ×N`)")
 
     mail = sub.add_parser("mail", help="read the messages the SMTP sink received")
     mail_sub = mail.add_subparsers(dest="mail_command", metavar="ACTION", required=True)

@@ -345,6 +345,14 @@ class EmbeddedStack:
             rows.append(("Stripe", f"{self.stripe_api_base} (external)", ""))
         for component in self.components:
             rows.extend(component.rows())
+        if self.api is not None:  # where the app's spans go (prognet.telemetry decides the same way)
+            endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+                "OTEL_EXPORTER_OTLP_ENDPOINT"
+            )
+            if endpoint:
+                rows.append(("Traces", f"OTLP to {endpoint}", ""))
+            else:
+                rows.append(("Traces", "prognet traces [--last N | TRACE_ID]", str(self.data_dir / "traces")))
         return rows + self.metrics_rows
 
     def table(self) -> str:

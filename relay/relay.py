@@ -44,13 +44,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from models.event_stream import ALL_EVENTS, StreamEvent
+from prognet import telemetry
 from prognet.settings import Settings
 
 log = logging.getLogger("prognet.relay")
+tracer = trace.get_tracer(__name__)
 
 LOCK_KEY = 0x70726F676E657401  # pg_advisory_lock key of the relay leader: "prognet" in ASCII, then 0x01
 CHANNEL = "domain_events"  # NOTIFY channel of migration 0008's trigger
@@ -132,9 +135,11 @@ class Leader:
             return 0
         events = [stream_event(row) for row in rows]
         last = Position(int(rows[-1]["txid"]), rows[-1]["id"])
-        await self._xadd(events, last)
-        self.position = last
-        await self.conn.execute(SAVE_POSITION, POSITION_NAME, str(last.txid), last.seq, timeout=30)
+        # a trace per published batch; the empty polls before it are not traced (telemetry's sampler)
+        with tracer.start_as_current_span("relay.publish", attributes={"relay.events": len(events)}):
+            await self._xadd(events, last)
+            self.position = last
+            await self.conn.execute(SAVE_POSITION, POSITION_NAME, str(last.txid), last.seq, timeout=30)
         return len(events)
 
     async def drain(self) -> int:
@@ -285,6 +290,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     """`prognet relay`: the relay of DATABASE_URL and REDIS_URL until `stop` is set."""
     if not settings.database_url or not settings.redis_url:
         raise SystemExit("error: the relay needs DATABASE_URL and REDIS_URL")
+    telemetry.configure_tracing(telemetry.RELAY, settings)
     redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     try:
         relay = Relay(

@@ -1,4 +1,4 @@
-"""Shared fixtures: Temporal test servers from the wheels (never downloaded)."""
+"""Shared fixtures: Temporal test servers from the wheels (never downloaded), tracing into memory."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
+from prognet import telemetry
 from prognet.payload_codec import EncryptionCodec, converter_for
 
 BIN_DIR = Path(sys.executable).parent
@@ -24,6 +26,23 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_PAYLOAD_KEY_ID = "tests"
 TEST_PAYLOAD_KEY = bytes(range(32))
 TEST_CONVERTER = converter_for(EncryptionCodec({TEST_PAYLOAD_KEY_ID: TEST_PAYLOAD_KEY}, TEST_PAYLOAD_KEY_ID))
+
+
+SPANS = InMemorySpanExporter()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tracing is on in every test, as in production: the one TracerProvider of this process (the API and the
+    worker run in-process) records into memory instead of the data dir. Configured before collection: a test
+    module may build an app (and so configure tracing, first come first served) while it is imported."""
+    telemetry.configure_tracing("prognet-tests", exporter=SPANS)
+
+
+@pytest.fixture(autouse=True)
+def spans() -> InMemorySpanExporter:
+    """This test's spans (and stragglers of the previous test's background work)."""
+    SPANS.clear()  # keeps the session's memory flat
+    return SPANS
 
 
 def custom_search_attributes() -> list[SearchAttributeKey]:

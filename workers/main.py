@@ -13,6 +13,7 @@ from datetime import timedelta
 from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
@@ -29,6 +30,7 @@ from activities.users import UserActivities
 from activities.webhooks import WebhookActivities
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
+from prognet import telemetry
 from prognet.payload_codec import data_converter
 from prognet.settings import Settings, get_settings
 from workers.interceptors import ObservabilityInterceptor
@@ -117,7 +119,16 @@ async def connect_client(settings: Settings, runtime: Runtime | None = None) -> 
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         runtime=runtime,
+        interceptors=[TracingInterceptor()],  # the workers built on this client inherit it
     )
+
+
+def tracing_interceptors(client: Client) -> list[TracingInterceptor]:
+    """A TracingInterceptor for workers whose client lacks one (a worker also runs its client's interceptors:
+    two would record every span twice)."""
+    if any(isinstance(i, TracingInterceptor) for i in client.config()["interceptors"]):
+        return []
+    return [TracingInterceptor()]
 
 
 def sdk_runtime(settings: Settings) -> Runtime | None:
@@ -147,7 +158,7 @@ def build_workers(
     circuits = Circuits(engine, settings)
     delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP))
     schedules = ScheduleActivities(client)
-    interceptors = [ObservabilityInterceptor()]
+    interceptors = [ObservabilityInterceptor(), *tracing_interceptors(client)]
     # built only for the queues asked for: a worker is registered with the client as soon as it exists
     factories = {
         TASK_QUEUE: lambda: Worker(
@@ -178,13 +189,17 @@ def build_workers(
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             interceptors=interceptors,
         ),
-        WEBHOOK_TASK_QUEUE: lambda: webhook_worker(client, engine, settings),
+        WEBHOOK_TASK_QUEUE: lambda: webhook_worker(client, engine, settings, interceptors=interceptors),
     }
     return Workers([factories[queue]() for queue in ALL_TASK_QUEUES if queue in task_queues], on_close=circuits.aclose)
 
 
 def webhook_worker(
-    client: Client, engine: AsyncEngine, settings: Settings, task_queue: str = WEBHOOK_TASK_QUEUE
+    client: Client,
+    engine: AsyncEngine,
+    settings: Settings,
+    task_queue: str = WEBHOOK_TASK_QUEUE,
+    interceptors: list | None = None,
 ) -> Worker:
     """Webhook deliveries on their own queue: slow receivers hold only these slots."""
     hooks = WebhookActivities(engine, settings)
@@ -194,6 +209,7 @@ def webhook_worker(
         workflows=[WebhookDeliveryWorkflow],
         activities=[hooks.policy, hooks.record, hooks.attempt, hooks.mark, hooks.disable_endpoint],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        interceptors=interceptors or [],
     )
 
 
@@ -219,6 +235,7 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
+    telemetry.configure_tracing(telemetry.WORKER, settings)
     engine = make_engine(settings.database_url)
     client = await connect_client(settings, sdk_runtime(settings))
     serve_metrics(settings)
