@@ -186,6 +186,21 @@ class Settings(BaseSettings):
         "unset: true in development, false in production.",
     )
 
+    # --- alerting (config/alerting.toml; the evaluator Schedule `alert-evaluator`) ---
+    alerting_config: Path = Field(
+        Path(__file__).resolve().parents[1] / "config" / "alerting.toml",
+        description="The alert rules and the on-call routing table (TOML), validated when the worker starts.",
+    )
+    alert_escalation_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Replaces every routing level's timeout and repeat interval (`prognet dev` sets 30, so an "
+        "escalation can be watched in a minute); unset: the routing table's times.",
+    )
+    alertmanager_token: SecretStr | None = Field(
+        None, description="Bearer token Alertmanager's webhook sends to /v1/admin/incidents/alertmanager; unset: off."
+    )
+
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies")

@@ -12,8 +12,10 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from redis.asyncio import Redis
 from temporalio.worker import Worker
 
+from activities.alerting import AlertingActivities, ensure_alert_schedule
 from activities.billing import BillingActivities
 from activities.email_change import EmailChangeActivities
 from activities.email_delivery import EmailDeliveryActivities
@@ -24,13 +26,16 @@ from activities.subscriptions import SubscriptionActivities
 from activities.tenants import TenantActivities
 from activities.users import UserActivities
 from activities.webhooks import WebhookActivities
+from models.alerting import AlertConfigError, load_alerting_config
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from prognet.settings import Settings, get_settings
+from workflows.alert_evaluator import AlertEvaluatorWorkflow
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.billing_trigger import BillingTriggerWorkflow
 from workflows.email_change import EmailChangeWorkflow
 from workflows.email_delivery import EmailDeliveryWorkflow
+from workflows.incident import IncidentWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
@@ -52,6 +57,8 @@ WORKFLOWS = [
     BillingTriggerWorkflow,
     PaidSignupWorkflow,
     EmailChangeWorkflow,
+    AlertEvaluatorWorkflow,
+    IncidentWorkflow,
 ]
 ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow, WebhookDeliveryWorkflow]
 
@@ -116,6 +123,7 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
     `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND)."""
     delivery = EmailDeliveryActivities(engine, settings)
     schedules = ScheduleActivities(client)
+    alerting = alerting_activities(client, engine, settings)
     return Workers(
         [
             Worker(
@@ -126,6 +134,9 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
                     *activities_for(engine, settings),
                     schedules.ensure_billing_schedule,
                     schedules.delete_billing_schedule,
+                    alerting.collect_signals,
+                    alerting.apply_verdicts,
+                    alerting.post_webhook,
                 ],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             ),
@@ -146,6 +157,13 @@ def build_workers(client: Client, engine: AsyncEngine, settings: Settings) -> Wo
             ),
         ]
     )
+
+
+def alerting_activities(client: Client, engine: AsyncEngine, settings: Settings) -> AlertingActivities:
+    """The evaluator's activities; the rule file is read and validated here (a bad one stops the worker)."""
+    redis = Redis.from_url(settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0", socket_timeout=5)
+    config = load_alerting_config(settings.alerting_config)
+    return AlertingActivities(engine, redis, client, config, settings.alert_escalation_seconds)
 
 
 def webhook_worker(
@@ -182,6 +200,10 @@ async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
+    try:
+        load_alerting_config(settings.alerting_config)
+    except AlertConfigError as exc:
+        raise SystemExit(str(exc)) from None
     engine = make_engine(settings.database_url)
     client = await connect_client(settings)
     stop = asyncio.Event()
@@ -197,5 +219,6 @@ async def run_worker(settings: Settings | None = None) -> None:
         settings.temporal_target,
     )
     async with build_workers(client, engine, settings):
+        await ensure_alert_schedule(client)
         await stop.wait()
     await engine.dispose()
