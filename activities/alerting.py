@@ -27,22 +27,24 @@ from temporalio.client import (
     ScheduleSpec,
     ScheduleState,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.service import RPCError, RPCStatusCode
 
 from models import activity_names as names
 from models.alerting import AlertingConfig, Verdict
 from models.db import transaction
-from models.incidents import CollectedSignals, Firing, IncidentView, SignalPoint, incident_input, incident_workflow_id
+from models.incidents import (
+    CollectedSignals,
+    Firing,
+    IncidentView,
+    SignalPoint,
+    fire_incident,
+    incident_workflow_id,
+    signal_if_running,
+)
 from models.names import (
     ALERT_EVALUATOR_SCHEDULE,
     ALERT_EVALUATOR_WORKFLOW,
     EMAIL_DELIVERY_WORKFLOW,
-    INCIDENT_WORKFLOW,
-    SA_INCIDENT_SEVERITY,
-    SA_INCIDENT_STATE,
     SIGNAL_INCIDENT_CLEAR,
-    SIGNAL_INCIDENT_FIRE,
     TASK_QUEUE,
     WEBHOOK_DELIVERY_WORKFLOW,
 )
@@ -153,14 +155,14 @@ class AlertingActivities:
                 pipe.zadd(key, {f"{minute}:{value:g}": minute})
                 pipe.zremrangebyscore(key, "-inf", minute - KEEP_MINUTES)
             await pipe.execute()
-        history = {}
+        history: dict[str, int] = {}
         for rule in self.config.rules:
             history[rule.signal] = max(history.get(rule.signal, 0), rule.history_minutes)
         series: dict[str, list[SignalPoint]] = {}
         for signal, minutes in history.items():
             members = await self.redis.zrangebyscore(SERIES_KEY.format(signal), minute - minutes, minute)
-            points = [m.decode() if isinstance(m, bytes) else m for m in members]
-            series[signal] = [SignalPoint(minute=int(m), value=float(v)) for m, v in (p.split(":") for p in points)]
+            points = [str(m.decode() if isinstance(m, bytes) else m).split(":") for m in members]
+            series[signal] = [SignalPoint(minute=int(m), value=float(v)) for m, v in points]
         return CollectedSignals(minute=minute, rules=self.config.rules, series=series, missing=missing)
 
     # --- incidents ---
@@ -190,48 +192,11 @@ class AlertingActivities:
     async def post_webhook(self, url: str, incident: IncidentView) -> None:
         """The incident as JSON to a chat or paging URL of the routing table (trusted config, not a tenant's)."""
         async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as http:
-            response = await http.post(url, content=incident.model_dump_json(), headers={"content-type": "application/json"})
+            response = await http.post(
+                url, content=incident.model_dump_json(), headers={"content-type": "application/json"}
+            )
         if response.status_code >= 300:
             raise RuntimeError(f"{url} answered {response.status_code}")
-
-
-async def fire_incident(
-    client: Client,
-    config: AlertingConfig,
-    rule_name: str,
-    firing: Firing,
-    *,
-    dedupe_key: str = "global",
-    task_queue: str = TASK_QUEUE,
-    escalation_seconds: float | None = None,
-) -> str:
-    """Open the rule's incident, or join the one open (signal-with-start of `fire`): its workflow id."""
-    rule = next(r for r in config.rules if r.name == rule_name)
-    workflow_id = incident_workflow_id(rule.name, dedupe_key)
-    await client.start_workflow(
-        INCIDENT_WORKFLOW,
-        incident_input(config, rule, dedupe_key, escalation_seconds),
-        id=workflow_id,
-        task_queue=task_queue,
-        start_signal=SIGNAL_INCIDENT_FIRE,
-        start_signal_args=[firing],
-        search_attributes=TypedSearchAttributes(
-            [SearchAttributePair(SA_INCIDENT_SEVERITY, rule.severity), SearchAttributePair(SA_INCIDENT_STATE, "open")]
-        ),
-        static_summary=f"Incident {rule.name} ({rule.severity})",
-    )
-    return workflow_id
-
-
-async def signal_if_running(client: Client, workflow_id: str, signal: str, arg: object = None) -> bool:
-    try:
-        handle = client.get_workflow_handle(workflow_id)
-        await (handle.signal(signal) if arg is None else handle.signal(signal, arg))
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
 
 
 def evaluator_schedule() -> Schedule:

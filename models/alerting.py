@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 Severity = Literal["critical", "warning", "info"]
+ALERTMANAGER = "alertmanager"
 
 # Every signal the evaluator collects (activities/alerting.py); a rule naming another is a config error.
 SIGNALS = {
@@ -32,6 +33,7 @@ SIGNALS = {
     "billing.payment_declines": "invoice.payment_failed events in the last minute",
     "relay.lag_ms": "the relay's last batch lag (Redis hash relay:stats, last_lag_ms)",
     "circuit.open_breakers": "circuit breakers whose last event is circuit.opened",
+    ALERTMANAGER: "pushed by Alertmanager (rule `am-{alertname}`): no threshold, the evaluator skips it",
 }
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
@@ -85,7 +87,12 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _one_detector(self) -> Rule:
-        if (self.threshold is None) == (self.anomaly is None):
+        if self.signal == ALERTMANAGER:
+            if self.threshold or self.anomaly:
+                raise ValueError("an `alertmanager` rule has no `threshold` or `anomaly`: Alertmanager decides")
+            if not self.name.startswith("am-"):
+                raise ValueError("an `alertmanager` rule is named `am-{alertname}`")
+        elif (self.threshold is None) == (self.anomaly is None):
             raise ValueError("give exactly one of `threshold` or `anomaly`")
         if self.signal not in SIGNALS:
             raise ValueError(f"unknown signal {self.signal!r}; known: {', '.join(sorted(SIGNALS))}")
@@ -93,7 +100,9 @@ class Rule(_Strict):
 
     @property
     def history_minutes(self) -> int:
-        return self.threshold.minutes + 1 if self.threshold else self.anomaly.window  # type: ignore[union-attr]
+        if self.anomaly is not None:
+            return self.anomaly.window
+        return self.threshold.minutes + 1 if self.threshold else 0
 
 
 class Level(_Strict):

@@ -10,9 +10,19 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, Field
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError, RPCStatusCode
 
 from models.alerting import AlertingConfig, Rule, Severity, Verdict
-from models.names import INCIDENT_ID_PREFIX
+from models.names import (
+    INCIDENT_ID_PREFIX,
+    INCIDENT_WORKFLOW,
+    SA_INCIDENT_SEVERITY,
+    SA_INCIDENT_STATE,
+    SIGNAL_INCIDENT_FIRE,
+    TASK_QUEUE,
+)
 
 IncidentStateValue = Literal["open", "acknowledged", "resolved"]
 TimelineKind = Literal[
@@ -135,3 +145,45 @@ def incident_input(
         clear_after_seconds=config.incidents.clear_after.total_seconds(),
         reopen_window_seconds=config.incidents.reopen_window.total_seconds(),
     )
+
+
+# --- opening and clearing (the evaluator's activity and the Alertmanager receiver) ---
+
+
+async def fire_incident(
+    client: Client,
+    config: AlertingConfig,
+    rule_name: str,
+    firing: Firing,
+    *,
+    dedupe_key: str = "global",
+    task_queue: str = TASK_QUEUE,
+    escalation_seconds: float | None = None,
+) -> str:
+    """Open the rule's incident, or join the one open (signal-with-start of `fire`): its workflow id."""
+    rule = next(r for r in config.rules if r.name == rule_name)
+    workflow_id = incident_workflow_id(rule.name, dedupe_key)
+    await client.start_workflow(
+        INCIDENT_WORKFLOW,
+        incident_input(config, rule, dedupe_key, escalation_seconds),
+        id=workflow_id,
+        task_queue=task_queue,
+        start_signal=SIGNAL_INCIDENT_FIRE,
+        start_signal_args=[firing],
+        search_attributes=TypedSearchAttributes(
+            [SearchAttributePair(SA_INCIDENT_SEVERITY, rule.severity), SearchAttributePair(SA_INCIDENT_STATE, "open")]
+        ),
+        static_summary=f"Incident {rule.name} ({rule.severity})",
+    )
+    return workflow_id
+
+
+async def signal_if_running(client: Client, workflow_id: str, signal: str, arg: object = None) -> bool:
+    try:
+        handle = client.get_workflow_handle(workflow_id)
+        await (handle.signal(signal) if arg is None else handle.signal(signal, arg))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True

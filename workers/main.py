@@ -9,10 +9,10 @@ import signal
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from redis.asyncio import Redis
 from temporalio.worker import Worker
 
 from activities.alerting import AlertingActivities, ensure_alert_schedule

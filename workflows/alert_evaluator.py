@@ -14,7 +14,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from models import activity_names as act
-    from models.alerting import evaluate
+    from models.alerting import ALERTMANAGER, evaluate
     from models.incidents import CollectedSignals, EvaluationReport
     from models.names import ALERT_EVALUATOR_WORKFLOW
 
@@ -36,7 +36,8 @@ class AlertEvaluatorWorkflow:
         verdicts = [
             evaluate(rule, [(p.minute, p.value) for p in collected.series.get(rule.signal, [])], collected.minute)
             for rule in collected.rules
-            if rule.signal not in collected.missing  # a source that did not answer neither fires nor clears
+            # a source that did not answer neither fires nor clears; Alertmanager's rules are its own
+            if rule.signal not in collected.missing and rule.signal != ALERTMANAGER
         ]
         await workflow.execute_activity(
             act.APPLY_ALERT_VERDICTS, verdicts, start_to_close_timeout=STEP_TIMEOUT, retry_policy=STEP_RETRY

@@ -11,7 +11,6 @@ The search attributes `IncidentSeverity` and `IncidentState` list incidents in t
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -123,7 +122,7 @@ class IncidentWorkflow:
         self.woken = False
         try:
             await workflow.wait_condition(lambda: self.woken, timeout=timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _notify(self, index: int, kind: TimelineKind) -> None:
@@ -235,5 +234,5 @@ class IncidentWorkflow:
         self.woken = True
 
     @workflow.query(name=QUERY_INCIDENT)
-    def current(self) -> IncidentView | None:
-        return self.view
+    def current(self) -> IncidentView:
+        return self._view  # before the first `fire` is handled: the query fails
