@@ -200,11 +200,14 @@ class Verdict(BaseModel):
     detail: str = ""
 
 
+ANOMALY_LEARNING = 0.1  # how much less an anomalous minute teaches the baseline than a normal one
+
+
 def ewma_baselines(values: list[float], p: Anomaly) -> list[tuple[float, float]]:
     """For each point: the (mean, deviation) of the points before it, exponentially weighted.
 
-    The baseline learns each point winsorised at the firing bound, so one spike barely moves it and a lasting
-    step is absorbed over a few `1/alpha` minutes (the incident then auto-resolves, clear for its `clear_after`).
+    An anomalous point is learnt at a tenth of the weight and leaves the deviation alone: one spike barely
+    moves the baseline, a lasting attack keeps firing, and a lasting new level is accepted over hours.
     """
     out: list[tuple[float, float]] = []
     mean = var = 0.0
@@ -213,10 +216,12 @@ def ewma_baselines(values: list[float], p: Anomaly) -> list[tuple[float, float]]
         out.append((mean, std))
         if i == 0:
             mean = x
-            continue
-        diff = min(x, mean + p.z * std) - mean
-        mean += p.alpha * diff
-        var = (1 - p.alpha) * (var + p.alpha * diff * diff)
+        elif x - mean >= p.z * std:
+            mean += p.alpha * ANOMALY_LEARNING * (x - mean)
+        else:
+            diff = x - mean
+            mean += p.alpha * diff
+            var = (1 - p.alpha) * (var + p.alpha * diff * diff)
     return out
 
 

@@ -118,13 +118,12 @@ def test_noise_alone_never_fires():
     assert _alarms(_noise(1440)) == []  # a day of 10 ± 3 failures a minute
 
 
-def test_a_step_is_detected_in_the_minute_it_happens():
-    values = _noise(300) + _noise(120, mean=80, seed=8)
+def test_a_step_is_detected_in_the_minute_it_happens_and_fires_while_it_lasts():
+    values = _noise(300) + _noise(900, mean=80, seed=8)  # 10 → 80 failures a minute for 15 hours
     alarms = _alarms(values)
-    assert alarms and alarms[0] == 300  # detection delay: 0 minutes
-    assert all(a >= 300 for a in alarms)  # no false positive before the step
-    # the baseline absorbs a lasting step (winsorised learning): the alarm stops within the hour
-    assert max(alarms) < 360
+    assert alarms[0] == 300  # detection delay: 0 minutes, no false positive before
+    assert len([a for a in alarms if a < 420]) >= 115  # an attack keeps the incident firing (not auto-resolved)
+    assert max(alarms) < 600  # a lasting new level is accepted within hours
 
 
 def test_a_spike_fires_once_and_leaves_the_baseline_alone():
