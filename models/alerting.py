@@ -42,7 +42,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def _duration(value: object) -> object:
     """'90s', '10m', '4h', '1d' or a number of seconds."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not value.startswith("P"):  # ISO 8601 (PT10M): how it travels in JSON
         match = _DURATION.match(value)
         if not match:
             raise ValueError(f"{value!r} is not a duration like '30s', '10m', '4h' or '1d'")
