@@ -91,7 +91,7 @@ def test_a_bad_rule_is_refused_naming_the_rule_and_the_field(rule, message):
 
 def test_a_severity_without_a_route_and_duplicate_names_are_refused():
     rule = '[[rules]]\nname = "x"\nseverity = "critical"\nsignal = "email.dead_letters"\nthreshold = { above = 0 }\n'
-    with pytest.raises(AlertConfigError, match="no route .* for severity critical"):
+    with pytest.raises(AlertConfigError, match=r"no route .* for severity critical"):
         parse_alerting_config(rule + ROUTES)
     with pytest.raises(AlertConfigError, match="rule names must be unique: x"):
         parse_alerting_config((rule + rule).replace("critical", "warning") + ROUTES)
