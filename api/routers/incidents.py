@@ -149,7 +149,7 @@ async def _act(
     response_model=IncidentAction,
     status_code=status.HTTP_202_ACCEPTED,
     summary="Acknowledge an incident: its escalation stops (platform operators)",
-    responses=problem_responses(*ADMIN_ERRORS, 409, 422),
+    responses=problem_responses(400, *ADMIN_ERRORS, 409, 422),
 )
 async def acknowledge_incident(
     incident_id: IncidentIdPath,
@@ -167,7 +167,7 @@ async def acknowledge_incident(
     response_model=IncidentAction,
     status_code=status.HTTP_202_ACCEPTED,
     summary="Resolve an incident (platform operators); firing again within the reopen window reopens it",
-    responses=problem_responses(*ADMIN_ERRORS, 409, 422),
+    responses=problem_responses(400, *ADMIN_ERRORS, 409, 422),
 )
 async def resolve_incident(
     incident_id: IncidentIdPath,
@@ -221,7 +221,7 @@ def _require_token(request: Request, authorization: str | None) -> None:
     summary="Alertmanager's webhook receiver: infrastructure alerts open incidents",
     description="Bearer ALERTMANAGER_TOKEN (unset: 404). Firing alerts open or join the incident of rule "
     "`am-{alertname}` (it must be in config/alerting.toml, signal `alertmanager`); resolved alerts clear it.",
-    responses=problem_responses(401, 404, 422),
+    responses=problem_responses(400, 401, 404, 422),
 )
 async def alertmanager_webhook(
     payload: AlertmanagerWebhook,

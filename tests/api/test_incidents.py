@@ -17,15 +17,21 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
-from temporalio.client import Client
+from temporalio.client import Client, ScheduleActionStartWorkflow
 from temporalio.worker import Worker
 
-from activities.alerting import AlertingActivities
+from activities.alerting import AlertingActivities, ensure_alert_schedule
 from models.alerting import parse_alerting_config
 from models.contracts import EmailRequest
 from models.db import transaction
 from models.incidents import EvaluationReport
-from models.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, email_workflow_id
+from models.names import (
+    ALERT_EVALUATOR_SCHEDULE,
+    ALERT_EVALUATOR_WORKFLOW,
+    EMAIL_DELIVERY_WORKFLOW,
+    EMAIL_TASK_QUEUE,
+    email_workflow_id,
+)
 from models.tables import EmailMessage
 from prognet_dev import read_messages
 from tests.api.conftest import assert_problem, make_platform_admin, person
@@ -277,3 +283,18 @@ async def test_alertmanager_opens_and_clears_an_incident_with_its_bearer_token(
     )
     assert cleared["state"] == "open"  # resolves by itself once clear for `clear_after`
     await temporal_client.get_workflow_handle(incident_id).terminate("test over")
+
+
+async def test_the_evaluator_schedule_is_created_once_and_left_alone_after(temporal_client):
+    handle = temporal_client.get_schedule_handle(ALERT_EVALUATOR_SCHEDULE)
+    try:
+        assert await ensure_alert_schedule(temporal_client) is True
+        await handle.pause(note="an operator silenced alerting")
+        assert await ensure_alert_schedule(temporal_client) is False  # a worker start keeps the pause
+        desc = await handle.describe()
+        assert desc.schedule.state.paused and desc.schedule.state.note == "an operator silenced alerting"
+        assert [i.every for i in desc.schedule.spec.intervals] == [timedelta(minutes=1)]
+        assert isinstance(desc.schedule.action, ScheduleActionStartWorkflow)
+        assert desc.schedule.action.workflow == ALERT_EVALUATOR_WORKFLOW
+    finally:
+        await handle.delete()
