@@ -177,7 +177,7 @@ class IncidentWorkflow:
         view = self._view
         self._set_state("resolved")
         view.resolved_at = workflow.now()
-        view.clear_since = None
+        view.clear_since = view.next_notification_at = None
         self._log("resolved", note, by=by)
 
     def _set_state(self, state: IncidentStateValue) -> None:
@@ -223,6 +223,7 @@ class IncidentWorkflow:
             return  # acknowledged or resolved already: nothing to stop
         self._set_state("acknowledged")
         self.view.acknowledged_by = ack.by
+        self.view.next_notification_at = None
         self._log("acknowledged", ack.note or "", by=ack.by)
         self.woken = True
 
