@@ -12,6 +12,7 @@ label (`alertmanager` rules of config/alerting.toml carry the severity and routi
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -109,13 +110,12 @@ async def list_incidents(
             clauses.append("ExecutionStatus = 'Running'")
     if severity is not None:
         clauses.append(f"IncidentSeverity = '{severity}'")
-    items = []
-    async for execution in client.list_workflows(" AND ".join(clauses), limit=LIST_LIMIT):
-        try:
-            items.append(await _view(client, execution.id))
-        except Problem:
-            continue  # ended between the listing and the query
-    return IncidentPage(items=items)
+    ids = [execution.id async for execution in client.list_workflows(" AND ".join(clauses), limit=LIST_LIMIT)]
+    views = await asyncio.gather(*(_view(client, i) for i in ids), return_exceptions=True)
+    for view in views:
+        if isinstance(view, BaseException) and not isinstance(view, Problem):
+            raise view  # Temporal down: 503; a Problem (404) is one that ended between the listing and the query
+    return IncidentPage(items=[v for v in views if isinstance(v, IncidentView)])
 
 
 @router.get(
