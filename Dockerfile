@@ -16,6 +16,7 @@ COPY api ./api
 COPY workers ./workers
 COPY relay ./relay
 COPY webhooks ./webhooks
+COPY config ./config
 RUN pip install . && useradd --system --home /app prognet && mkdir -p /data && chown prognet /data
 
 USER prognet
