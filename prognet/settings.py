@@ -26,6 +26,13 @@ DEV_STRIPE_WEBHOOK_SECRET = "whsec_prognet_sandbox_development_only"  # the dev 
 STRIPE_API_BASE = "https://api.stripe.com"
 
 
+def _default_alerting_config() -> Path:
+    """The repository's config/alerting.toml: beside the source tree, or (an installed package, the Docker image)
+    under the working directory."""
+    beside = Path(__file__).resolve().parents[1] / "config" / "alerting.toml"
+    return beside if beside.exists() else Path("config") / "alerting.toml"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
@@ -188,7 +195,7 @@ class Settings(BaseSettings):
 
     # --- alerting (config/alerting.toml; the evaluator Schedule `alert-evaluator`) ---
     alerting_config: Path = Field(
-        Path(__file__).resolve().parents[1] / "config" / "alerting.toml",
+        default_factory=lambda: _default_alerting_config(),
         description="The alert rules and the on-call routing table (TOML), validated when the worker starts.",
     )
     alert_escalation_seconds: float | None = Field(
