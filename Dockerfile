@@ -23,6 +23,7 @@ COPY api ./api
 COPY workers ./workers
 COPY relay ./relay
 COPY webhooks ./webhooks
+COPY config ./config
 RUN /opt/prognet/bin/pip install . \
     && /opt/prognet/bin/python -c "import api.app, workers.main, relay.relay, webhooks.dispatcher"
 

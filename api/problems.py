@@ -78,6 +78,7 @@ EMAIL_ADDRESS_SUPPRESSED = ProblemType("email-address-suppressed", 409, "Email a
 WEBHOOK_DELIVERY_NOT_DEAD_LETTERED = ProblemType(
     "webhook-delivery-not-dead-lettered", 409, "Webhook delivery is not a dead letter"
 )
+INCIDENT_RESOLVED = ProblemType("incident-resolved", 409, "Incident already resolved")
 SUBSCRIPTION_EXISTS = ProblemType("subscription-exists", 409, "The tenant already has a live subscription")
 SUBSCRIPTION_ENDED = ProblemType("subscription-ended", 409, "Subscription has ended")
 NO_BILLING_ACCOUNT = ProblemType("no-billing-account", 409, "Tenant has no Stripe customer")

@@ -63,3 +63,8 @@ WEBHOOK_RECORD = "webhooks.record"
 WEBHOOK_ATTEMPT = "webhooks.attempt"
 WEBHOOK_MARK = "webhooks.mark"
 WEBHOOK_DISABLE_ENDPOINT = "webhooks.disable_endpoint"
+
+# alerting (activities/alerting.py)
+COLLECT_ALERT_SIGNALS = "alerting.collect_signals"
+APPLY_ALERT_VERDICTS = "alerting.apply_verdicts"
+POST_INCIDENT_WEBHOOK = "alerting.post_webhook"

@@ -144,3 +144,18 @@ def webhook_delivery_id(endpoint_id: uuid.UUID | str, event_id: uuid.UUID | str)
 
 def webhook_workflow_id(delivery_id: uuid.UUID | str) -> str:
     return f"webhook-{delivery_id}"
+
+
+# alerting (workflows/alert_evaluator.py, workflows/incident.py): one evaluator run a minute, one workflow per
+# incident `incident-{rule}-{dedupe key}`
+ALERT_EVALUATOR_WORKFLOW = "AlertEvaluator"
+ALERT_EVALUATOR_SCHEDULE = "alert-evaluator"  # the Schedules page: pause it to silence every rule
+INCIDENT_WORKFLOW = "Incident"
+INCIDENT_ID_PREFIX = "incident-"
+SIGNAL_INCIDENT_FIRE = "fire"  # the evaluator (signal-with-start): the condition holds this minute
+SIGNAL_INCIDENT_CLEAR = "condition_clear"  # the evaluator: the condition does not hold this minute
+SIGNAL_INCIDENT_ACK = "acknowledge"  # the API or the Temporal UI: {"by": "...", "note": "..."}
+SIGNAL_INCIDENT_RESOLVE = "resolve"  # the API or the Temporal UI: {"by": "...", "note": "..."}
+QUERY_INCIDENT = "incident"
+SA_INCIDENT_SEVERITY = SearchAttributeKey.for_keyword("IncidentSeverity")
+SA_INCIDENT_STATE = SearchAttributeKey.for_keyword("IncidentState")

@@ -75,6 +75,7 @@ class DomainEvent(SQLModel, table=True):
     Not mapped: `txid` (xid8), the writing transaction's id, filled by the database (migration 0007)."""
 
     __tablename__ = "domain_events"
+    __table_args__ = (Index("ix_domain_events_type_occurred_at", "type", "occurred_at"),)  # alert signals (0012)
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)

@@ -29,6 +29,13 @@ DEV_STRIPE_WEBHOOK_SECRET = "whsec_prognet_sandbox_development_only"  # the dev 
 STRIPE_API_BASE = "https://api.stripe.com"
 
 
+def _default_alerting_config() -> Path:
+    """The repository's config/alerting.toml: beside the source tree, or (an installed package, the Docker image)
+    under the working directory."""
+    beside = Path(__file__).resolve().parents[1] / "config" / "alerting.toml"
+    return beside if beside.exists() else Path("config") / "alerting.toml"
+
+
 class Settings(BaseSettings):
     # hide_input_in_errors: a refused value may be a secret (PAYLOAD_KEYS, SECRET_KEY); errors name it, never echo it
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True)
@@ -246,6 +253,21 @@ class Settings(BaseSettings):
         None,
         description="Development only (refused in production): /codec answers a request without a token when it "
         "comes from a loopback address with the embedded UI's Origin. Unset: on in development.",
+    )
+
+    # --- alerting (config/alerting.toml; the evaluator Schedule `alert-evaluator`) ---
+    alerting_config: Path = Field(
+        default_factory=lambda: _default_alerting_config(),
+        description="The alert rules and the on-call routing table (TOML), validated when the worker starts.",
+    )
+    alert_escalation_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Replaces every routing level's timeout and repeat interval (`prognet dev` sets 30, so an "
+        "escalation can be watched in a minute); unset: the routing table's times.",
+    )
+    alertmanager_token: SecretStr | None = Field(
+        None, description="Bearer token Alertmanager's webhook sends to /v1/admin/incidents/alertmanager; unset: off."
     )
 
     log_level: str = "INFO"

@@ -276,6 +276,8 @@ class EmbeddedStack:
         env.update(self.service_env())
         env.update(self.extra_env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # incidents escalate level by level every 30 s, so an escalation can be watched (config/alerting.toml)
+        env.setdefault("ALERT_ESCALATION_SECONDS", "30")
         return env
 
     def service_env(self) -> dict[str, str]:

@@ -11,12 +11,14 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 
 from prometheus_client import start_http_server
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.alerting import AlertingActivities, ensure_alert_schedule
 from activities.billing import BillingActivities
 from activities.circuits import SMTP, STRIPE, Circuits
 from activities.email_change import EmailChangeActivities
@@ -28,16 +30,19 @@ from activities.subscriptions import SubscriptionActivities
 from activities.tenants import TenantActivities
 from activities.users import UserActivities
 from activities.webhooks import WebhookActivities
+from models.alerting import AlertConfigError, load_alerting_config
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from prognet import telemetry
 from prognet.payload_codec import data_converter
 from prognet.settings import Settings, get_settings
 from workers.interceptors import ObservabilityInterceptor
+from workflows.alert_evaluator import AlertEvaluatorWorkflow
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.billing_trigger import BillingTriggerWorkflow
 from workflows.email_change import EmailChangeWorkflow
 from workflows.email_delivery import EmailDeliveryWorkflow
+from workflows.incident import IncidentWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
@@ -59,6 +64,8 @@ WORKFLOWS = [
     BillingTriggerWorkflow,
     PaidSignupWorkflow,
     EmailChangeWorkflow,
+    AlertEvaluatorWorkflow,
+    IncidentWorkflow,
 ]
 ALL_WORKFLOWS = [*WORKFLOWS, EmailDeliveryWorkflow, WebhookDeliveryWorkflow]
 
@@ -159,6 +166,7 @@ def build_workers(
     delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP))
     schedules = ScheduleActivities(client)
     interceptors = [ObservabilityInterceptor(), *tracing_interceptors(client)]
+    alerting = alerting_activities(client, engine, settings)
     # built only for the queues asked for: a worker is registered with the client as soon as it exists
     factories = {
         TASK_QUEUE: lambda: Worker(
@@ -169,6 +177,9 @@ def build_workers(
                 *activities_for(engine, settings, circuits),
                 schedules.ensure_billing_schedule,
                 schedules.delete_billing_schedule,
+                alerting.collect_signals,
+                alerting.apply_verdicts,
+                alerting.post_webhook,
             ],
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             interceptors=interceptors,
@@ -192,6 +203,13 @@ def build_workers(
         WEBHOOK_TASK_QUEUE: lambda: webhook_worker(client, engine, settings, interceptors=interceptors),
     }
     return Workers([factories[queue]() for queue in ALL_TASK_QUEUES if queue in task_queues], on_close=circuits.aclose)
+
+
+def alerting_activities(client: Client, engine: AsyncEngine, settings: Settings) -> AlertingActivities:
+    """The evaluator's activities; the rule file is read and validated here (a bad one stops the worker)."""
+    redis = Redis.from_url(settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0", socket_timeout=5)
+    config = load_alerting_config(settings.alerting_config)
+    return AlertingActivities(engine, redis, client, config, settings.alert_escalation_seconds)
 
 
 def webhook_worker(
@@ -236,6 +254,10 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
     telemetry.configure_tracing(telemetry.WORKER, settings)
+    try:
+        load_alerting_config(settings.alerting_config)
+    except AlertConfigError as exc:
+        raise SystemExit(str(exc)) from None
     engine = make_engine(settings.database_url)
     client = await connect_client(settings, sdk_runtime(settings))
     serve_metrics(settings)
@@ -246,6 +268,8 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
     workers = build_workers(client, engine, settings, task_queues)
     log.info("worker polling %s on %s", ", ".join(task_queues), settings.temporal_target)
     async with workers:
+        if TASK_QUEUE in task_queues:  # the worker that runs the evaluator's workflow makes sure its Schedule exists
+            await ensure_alert_schedule(client)
         await stop.wait()
     await engine.dispose()
 

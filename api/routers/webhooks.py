@@ -199,7 +199,7 @@ def _scope(engine, manager: Member):
     summary="Add a webhook endpoint",
     description="Owners and admins. The answer carries the signing secret, shown this once. Production accepts "
     "only https URLs of public addresses (422 `webhook-target-refused`).",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
 )
 async def create_endpoint(
     tenant_id: TenantIdPath, body: WebhookEndpointCreate, manager: TenantManager, engine: DbDep, settings: SettingsDep
@@ -237,7 +237,7 @@ async def create_endpoint(
     response_model=list[WebhookEndpointView],
     summary="Your tenant's webhook endpoints",
     description="Owners and admins; oldest first. Secrets are never shown here.",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
 )
 async def list_endpoints(tenant_id: TenantIdPath, manager: TenantManager, engine: DbDep) -> list[WebhookEndpointView]:
     async with _scope(engine, manager) as db:
@@ -255,7 +255,7 @@ async def list_endpoints(tenant_id: TenantIdPath, manager: TenantManager, engine
     "/{endpoint_id}",
     response_model=WebhookEndpointView,
     summary="One webhook endpoint",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
 )
 async def get_endpoint(
     tenant_id: TenantIdPath, endpoint_id: EndpointIdPath, manager: TenantManager, engine: DbDep
@@ -270,7 +270,7 @@ async def get_endpoint(
     summary="Change a webhook endpoint",
     description="Only the fields sent change. Enabling a disabled endpoint clears its failure record; its "
     "dead-lettered deliveries can then be retried.",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
 )
 async def update_endpoint(
     tenant_id: TenantIdPath,
@@ -319,7 +319,7 @@ async def update_endpoint(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Remove a webhook endpoint",
     description="Its delivery log goes with it; deliveries in flight stop, dead letters are discarded.",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
 )
 async def delete_endpoint(
     tenant_id: TenantIdPath,
@@ -364,7 +364,7 @@ async def delete_endpoint(
     summary="Replace the signing secret",
     description="The answer carries the new secret, shown this once. The previous secret keeps signing beside it "
     "(a second `v1,` signature) until `previous_secret_expires_at` (24 h by default).",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
 )
 async def rotate_secret(
     tenant_id: TenantIdPath, endpoint_id: EndpointIdPath, manager: TenantManager, engine: DbDep, settings: SettingsDep
@@ -403,7 +403,7 @@ StatusFilter = Annotated[
     response_model=WebhookDeliveryPage,
     summary="The endpoint's deliveries",
     description="Newest first; page with `limit` and the opaque `next_cursor`.",
-    responses=problem_responses(400, 401, 403, 404, 422),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
 )
 async def list_deliveries(
     tenant_id: TenantIdPath,
@@ -436,7 +436,7 @@ async def _delivery(db: AsyncSession, tenant_id: uuid.UUID, endpoint_id: uuid.UU
     "/{endpoint_id}/deliveries/{delivery_id}",
     response_model=WebhookDeliveryView,
     summary="One delivery",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
 )
 async def get_delivery(
     tenant_id: TenantIdPath,
@@ -456,7 +456,7 @@ async def get_delivery(
     summary="Retry a dead-lettered delivery",
     description="Sends the parked `webhook-{id}` workflow a retry: it runs the retry schedule again from the top. "
     "409 unless the delivery is dead-lettered.",
-    responses=problem_responses(401, 403, 404, 409, 422, 503),
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
 )
 async def retry_delivery(
     tenant_id: TenantIdPath,

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from temporalio import activity
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle
@@ -31,6 +32,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from models import activity_names as act
+from models.alerting import Rule, Verdict
 from models.billing_cycle_contracts import (
     BillingCycleInput,
     BillingCycleState,
@@ -54,12 +56,24 @@ from models.contracts import (
     WebhookEvent,
     WebhookPolicy,
 )
+from models.incidents import (
+    Acknowledge,
+    CollectedSignals,
+    Firing,
+    IncidentInput,
+    IncidentLevel,
+    IncidentView,
+    SignalPoint,
+)
 from models.names import (
     EMAIL_TASK_QUEUE,
     QUERY_BILLING_CYCLE_STATE,
     QUERY_SAGA_STATE,
     QUERY_SUBSCRIPTION_STATE,
     SIGNAL_ACCEPT_INVITATION,
+    SIGNAL_INCIDENT_ACK,
+    SIGNAL_INCIDENT_CLEAR,
+    SIGNAL_INCIDENT_FIRE,
     SIGNAL_OPERATOR_DECISION,
     SIGNAL_PAYMENT_METHOD_UPDATED,
     SIGNAL_START_CYCLE,
@@ -80,8 +94,10 @@ from tests.support.fake_signup_activities import FakeSignupWorld
 from tests.support.fake_tenant_activities import FakeTenantWorld
 from tests.support.fake_webhook_activities import FakeReceiver
 from workers.main import Workers
+from workflows.alert_evaluator import AlertEvaluatorWorkflow
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.email_change import EmailChangeWorkflow
+from workflows.incident import IncidentWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
 from workflows.registration import RegistrationWorkflow
@@ -105,6 +121,8 @@ class Scenario:
     drive: Drive | None = None
     workflows: tuple = ()  # further workflow classes its worker runs (children)
     children: tuple[str, ...] = ()
+    start_signal: str | None = None  # signal-with-start (incidents)
+    start_signal_args: tuple = ()
 
     @property
     def files(self) -> list[str]:
@@ -380,6 +398,67 @@ REPLAY_KEY_ID = "replay-tests"
 REPLAY_KEY = bytes.fromhex("5265706c6179207465737473206f6e6c793a206e6f7420612073656372657421")  # 32 bytes
 REPLAY_CONVERTER = converter_for(EncryptionCodec({REPLAY_KEY_ID: REPLAY_KEY}, REPLAY_KEY_ID))
 
+
+# --- alerting: one evaluator run that fires a rule; an incident escalated, acknowledged, auto-resolved ---
+
+
+class _FakeAlerting:
+    def __init__(self) -> None:
+        self.applied: list = []
+
+    def activities(self) -> list:
+        @activity.defn(name=act.COLLECT_ALERT_SIGNALS)
+        async def collect() -> CollectedSignals:
+            rule = Rule(
+                name="email-dead-letter", severity="warning", signal="email.dead_letters", threshold={"above": 0}
+            )
+            points = [SignalPoint(minute=100, value=2)]
+            return CollectedSignals(minute=100, rules=[rule], series={"email.dead_letters": points})
+
+        @activity.defn(name=act.APPLY_ALERT_VERDICTS)
+        async def apply(verdicts: list[Verdict]) -> None:
+            self.applied.append(verdicts)
+
+        @activity.defn(name=act.POST_INCIDENT_WEBHOOK)
+        async def post(url: str, incident: IncidentView) -> None:
+            pass
+
+        return [collect, apply, post]
+
+
+_INCIDENT = IncidentInput(
+    rule="email-dead-letter",
+    severity="warning",
+    summary="An email is in the dead letter",
+    levels=[
+        IncidentLevel(emails=["first@example.com"], webhooks=["https://chat.example/hook"], timeout_seconds=60),
+        IncidentLevel(emails=["second@example.com"], timeout_seconds=120),
+    ],
+    repeat_every_seconds=600,
+    clear_after_seconds=600,
+    reopen_window_seconds=1800,
+)
+
+
+async def _escalate_ack_then_clear(handle: WorkflowHandle, env: WorkflowEnvironment) -> None:
+    await env.sleep(timedelta(seconds=90))
+    await handle.signal(SIGNAL_INCIDENT_FIRE, Firing(value=3, detail="3 above 0"))
+    await handle.signal(SIGNAL_INCIDENT_ACK, Acknowledge(by="user:replay"))
+    await handle.signal(SIGNAL_INCIDENT_CLEAR)
+
+
+SCENARIOS += [
+    Scenario("alert_evaluator_run", AlertEvaluatorWorkflow, None, lambda: _FakeAlerting().activities()),
+    Scenario(
+        "incident-email-dead-letter-global",
+        IncidentWorkflow,
+        _INCIDENT,
+        lambda: _FakeAlerting().activities(),
+        _escalate_ack_then_clear,
+        start_signal=SIGNAL_INCIDENT_FIRE,
+        start_signal_args=(Firing(value=1, detail="1 above 0"),),
+    ),
+]
 RECORDED = {file for scenario in SCENARIOS for file in scenario.files}  # the stems the replay test expects
 
 
@@ -414,7 +493,12 @@ async def record(scenario: Scenario) -> dict[str, str]:
             ]
         ):
             handle = await env.client.start_workflow(
-                scenario.workflow.run, scenario.params, id=scenario.name, task_queue=tq
+                scenario.workflow.run,
+                scenario.params,
+                id=scenario.name,
+                task_queue=tq,
+                start_signal=scenario.start_signal,
+                start_signal_args=scenario.start_signal_args,
             )
             if scenario.drive:
                 await scenario.drive(handle, env)
