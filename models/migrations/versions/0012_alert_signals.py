@@ -1,13 +1,13 @@
 """alert signals: per-minute counts of event types (login failures, payment declines) read by an index
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 """
 
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
