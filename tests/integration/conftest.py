@@ -31,6 +31,8 @@ FAST_EMAIL = {
     "EMAIL_RETRY_MAX_ATTEMPTS": "40",
     "EMAIL_MAX_PER_SECOND": str(SEND_RATE),
 }
+# A delivery attempt lost with its worker is retried when its start-to-close timeout (this + 15 s) runs out.
+FAST_WEBHOOKS = {"WEBHOOK_TIMEOUT_SECONDS": "3"}
 LOG_TAIL: deque[str] = deque(maxlen=400)
 
 
@@ -44,7 +46,11 @@ async def stack() -> AsyncIterator[EmbeddedStack]:
     data_dir = Path(tempfile.mkdtemp(prefix="prognet-it-"))
     data_dir.chmod(0o755)
     stack = EmbeddedStack(
-        stack_settings(data_dir / "data"), app=True, log=_keep_log, smtp_slow_seconds=SLOW_SECONDS, extra_env=FAST_EMAIL
+        stack_settings(data_dir / "data"),
+        app=True,
+        log=_keep_log,
+        smtp_slow_seconds=SLOW_SECONDS,
+        extra_env={**FAST_EMAIL, **FAST_WEBHOOKS},
     )
     try:
         await stack.start()
