@@ -28,6 +28,11 @@ class UnsupportedVersion(Exception):
     pass
 
 
+def _set(assignments: str) -> str:
+    """An UPDATE's SET list: the event's own assignments, then the row's position and time."""
+    return ", ".join(part for part in (assignments, "last_seq = :seq", "updated_at = now()") if part)
+
+
 def cache_key(resource: str, resource_id: uuid.UUID | str) -> str:
     """One cached read model entry: `tenant_overview` is keyed by tenant id, `user_profile` by user id."""
     return f"cache:{resource}:{resource_id}"
@@ -84,7 +89,7 @@ class TenantOverview(Projection):
 
         async def update(assignments: str, **extra: object) -> None:
             await conn.execute(
-                text(f"UPDATE {ov} SET {assignments}, last_seq = :seq, updated_at = now() WHERE tenant_id = :tenant"),
+                text(f"UPDATE {ov} SET {_set(assignments)} WHERE tenant_id = :tenant"),
                 {**args, **extra},
             )
 
@@ -138,7 +143,7 @@ class TenantOverview(Projection):
                 text(f"UPDATE {members} SET role = :role WHERE tenant_id = :tenant AND user_id = :user"),
                 {**args, "user": _uuid(p.get("user_id")), "role": p.get("to")},
             )
-            await update("updated_at = now()")
+            await update("")
         elif kind.startswith("subscription."):
             await update(
                 "subscription_id = :sub, plan = :plan, subscription_status = :status",
@@ -175,7 +180,7 @@ class TenantOverview(Projection):
             )
             await recount()
         else:
-            await update("updated_at = now()")  # not shown here, but the row has seen it
+            await update("")  # not shown here, but the row has seen it (last_seq moves on)
 
 
 class UserProfile(Projection):
@@ -195,7 +200,7 @@ class UserProfile(Projection):
 
         async def update(assignments: str, **extra: object) -> None:
             await conn.execute(
-                text(f"UPDATE {profile} SET {assignments}, last_seq = :seq, updated_at = now() WHERE user_id = :user"),
+                text(f"UPDATE {profile} SET {_set(assignments)} WHERE user_id = :user"),
                 {**args, **extra},
             )
 
@@ -245,7 +250,7 @@ class UserProfile(Projection):
                 text(f"DELETE FROM {memberships} WHERE tenant_id = :tenant"), {"tenant": event.tenant_id}
             )
         elif event.user_id is not None:
-            await update("updated_at = now()")
+            await update("")
 
 
 MEMBERSHIP_EVENTS = ("member.added", "member.removed", "member.role_changed", "tenant.discarded")

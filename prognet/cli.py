@@ -586,15 +586,13 @@ def cmd_mail_show(args: argparse.Namespace) -> int:
 
 
 def cmd_events_tail(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if not settings.redis_url:
-        return _error("REDIS_URL is not set (under `prognet dev` it is the table's Redis address)")
+    settings = _settings(args)  # REDIS_URL, else the embedded Redis of `prognet dev` on this machine (REDIS_PORT)
     from redis.asyncio import Redis
 
     from relay.tail import tail
 
     async def run() -> None:
-        redis = Redis.from_url(settings.redis_url or "", socket_connect_timeout=5)
+        redis = Redis.from_url(settings.redis_target, socket_connect_timeout=5)
         try:
             await tail(redis, tenant=args.tenant, user=args.user, types=args.type, count=args.count)
         finally:

@@ -53,7 +53,7 @@ async def emit(
     """Record a domain event and publish it as the relay would."""
     async with transaction(engine, tenant_id=tenant_id) as db:
         row = record_event(db, type, aggregate_type, aggregate_id, payload, tenant_id=tenant_id, version=version)
-    async with transaction(engine, tenant_id=tenant_id) as db:
+    async with transaction(engine, platform=True) as db:  # what the relay reads: every event, whoever it concerns
         saved = (await db.exec(select(DomainEvent).where(DomainEvent.event_id == row.event_id))).one()
     event = StreamEvent(seq=saved.id, **saved.model_dump(exclude={"id"}))
     await redis.xadd(ALL_EVENTS, event.to_fields())  # type: ignore[arg-type]

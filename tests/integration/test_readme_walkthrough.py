@@ -250,6 +250,7 @@ def text_matches(pattern: str, output: str) -> bool:
 READ_ONLY_LINE = re.compile(
     r"^(curl -s (?!.*-X )(?!.* -d )[^|]*(\|\s*tee \S+)?"
     r"|\.venv/bin/prognet mail (list|show)\b.*"
+    r"|\.venv/bin/prognet traces\b.*"
     r"|\.venv/bin/temporal workflow (list|query|describe)\b.*"
     r"|sleep \d+"
     r"|[A-Z_]+=\$\(python3 -c '[^']*'\))$"
@@ -375,6 +376,7 @@ async def test_readme_walkthrough(readme_stack: EmbeddedStack):
         "PROGNET_DATA_DIR": str(stack.data_dir),
         "TEMPORAL_ADDRESS": stack.temporal_address,
         "TEMPORAL_NAMESPACE": stack.temporal_namespace,
+        "REDIS_PORT": str(stack.redis.port if stack.redis else ""),  # `make dev`'s Redis is on the default port
         "__README_RUN": str(run_dir),
     }
     proc = await asyncio.create_subprocess_exec(
@@ -412,7 +414,14 @@ async def run_step(shell: Shell, step: Step, stack: EmbeddedStack, run_dir: Path
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (step.wait + 15 if step.wait else READ_RETRY_SECONDS)
     while True:
-        output = await shell.run(code)
+        try:
+            output = await shell.run(code)
+        except TimeoutError:
+            pytest.fail(
+                f"README line {step.line}: no answer within {STEP_TIMEOUT:.0f} s\n\n--- the step ---\n{step.code}"
+                f"\n\n--- stack log (tail) ---\n" + "\n".join(list(LOG_TAIL)[-40:]),
+                pytrace=False,
+            )
         transcript.append(f"$ {step.code}\n{output}")
         status, body = shell.answer()
         why = failure(step.expect or Expectation(), output, status, body)
