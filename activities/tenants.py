@@ -118,7 +118,7 @@ class TenantActivities:
             )
             if result.rowcount:
                 record_event(
-                    session, "member.added", "membership", req.user_id, {"role": req.role}, tenant_id=req.tenant_id
+                    session, "member.added", "membership", req.user_id, {"role": req.role}, tenant_id=req.tenant_id, user_id=req.user_id
                 )
 
     @activity.defn(name=names.REMOVE_MEMBERSHIP)

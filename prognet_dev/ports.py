@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import socket
 from pathlib import Path
@@ -28,14 +29,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     """
     low = max(1024, min(_ephemeral_range()[0], 65536) - 20000)
     high = _ephemeral_range()[0] - 1
+    slot, slots = _worker_slot()
     for _ in range(200):
         port = random.randint(low, high)
+        if port % slots != slot:
+            continue
         if port not in _handed_out and port_is_free(host, port):
             _handed_out.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # fall back to the OS's choice
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _worker_slot() -> tuple[int, int]:
+    """(i, n): the residue class mod n this process picks ports from. Test processes running side by side
+    (pytest-xdist's `gwI`, of PYTEST_XDIST_WORKER_COUNT) draw from disjoint classes, so a port one of them
+    frees for a moment (a service stopped and started again on the same port, or a port a server derives
+    from another, such as Temporal's HTTP port) is never handed to the other."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1:
+        return int(worker[2:]) % int(count), int(count)
+    return 0, 1
 
 
 def port_is_free(host: str, port: int) -> bool:

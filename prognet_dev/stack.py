@@ -278,6 +278,8 @@ class EmbeddedStack:
         env.setdefault("PYTHONUNBUFFERED", "1")
         # incidents escalate level by level every 30 s, so an escalation can be watched (config/alerting.toml)
         env.setdefault("ALERT_ESCALATION_SECONDS", "30")
+        # a failing webhook endpoint's deliveries retry at 0, 2 and 5 s, then dead-letter, so that can be watched
+        env.setdefault("WEBHOOK_RETRY_SCHEDULE_SECONDS", "[0,2,5]")
         return env
 
     def service_env(self) -> dict[str, str]:

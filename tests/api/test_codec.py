@@ -30,21 +30,24 @@ CLI = Path(sys.executable).parent / "temporal"
 LOCAL_UI = "http://127.0.0.1:8233"  # the embedded UI's origin on the default TEMPORAL_UI_PORT
 
 
-def _payloads(node: object, *, search_attributes: bool = False) -> list[dict]:
+def _payloads(node: object, *, search_attributes: bool = False, headers: bool = False) -> list[dict]:
     """Every payload (proto3 JSON: base64 `metadata` values and `data`) in a history's JSON: those of the search
-    attributes (plaintext by design: the server indexes them), or all the others."""
+    attributes (plaintext by design: the server indexes them), of the headers (the trace context the tracing
+    interceptor propagates, plaintext too), or all the others."""
     if isinstance(node, dict):
         if isinstance(node.get("metadata"), dict) and "encoding" in node["metadata"]:
-            return [] if search_attributes else [node]
+            return [] if search_attributes or headers else [node]
         found = []
         for key, value in node.items():
             if key == "searchAttributes":
                 found += _payloads(value) if search_attributes else []
+            elif key == "header":
+                found += _payloads(value) if headers else []
             else:
-                found += _payloads(value, search_attributes=search_attributes)
+                found += _payloads(value, search_attributes=search_attributes, headers=headers)
         return found
     if isinstance(node, list):
-        return [p for item in node for p in _payloads(item, search_attributes=search_attributes)]
+        return [p for item in node for p in _payloads(item, search_attributes=search_attributes, headers=headers)]
     return []
 
 
@@ -105,6 +108,8 @@ async def test_a_registration_history_is_ciphertext_to_the_cli_and_decodes_for_a
     raw = _readable(payloads)
     assert email not in raw and "$argon2id$" not in raw and PASSWORD not in raw
     assert {base64.b64decode(p["metadata"]["encoding"]) for p in payloads} == {b"binary/encrypted"}
+    traced = _readable(_payloads(history, headers=True))  # trace context only
+    assert email not in traced and "$argon2id$" not in traced and user_id not in traced
     indexed = _readable(_payloads(history, search_attributes=True))
     assert user_id in indexed and "SagaStep" not in indexed  # plaintext UserId, SagaStatus, SagaStep values ...
     assert email not in indexed and "$argon2id$" not in indexed  # ... and no personal data

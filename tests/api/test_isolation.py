@@ -24,7 +24,7 @@ from tests.api.conftest import (
     wait_for_invitation,
 )
 
-PROBLEM_KEYS = {"type", "title", "status", "detail", "instance"}
+PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "trace_id"}  # trace_id: this request's own
 
 
 async def test_another_tenants_ids_answer_404_and_reveal_nothing(api, app_engine, services):

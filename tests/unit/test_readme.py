@@ -16,3 +16,9 @@ def test_every_setting_is_documented():
     for name, field in Settings.model_fields.items():
         env = field.validation_alias.choices[0] if field.validation_alias else name.upper()
         assert f"`{env}`" in README, f"{env} is missing from the README's settings table"
+
+
+def test_the_event_catalogue_in_the_readme_is_the_codes():
+    from models.event_catalogue import markdown
+
+    assert markdown().strip() in README, "paste `prognet events catalogue` into the README"
