@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         default=50,
         help="subscriptions falling due at once (billing cycles and bare workflows each)",
     )
-    parser.add_argument("--events", type=int, default=3000, help="events through relay and projector (section 5)")
+    parser.add_argument("--events", type=int, default=2000, help="events through relay and projector (section 5)")
     parser.add_argument("--event-batch", type=int, default=20, help="events per inserting transaction (5, 7)")
     parser.add_argument("--reads", type=int, default=200, help="GET /v1/tenants/{id} per read source (5)")
     parser.add_argument("--sse-streams", type=int, default=200, help="concurrent SSE streams (section 6)")

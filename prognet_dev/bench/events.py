@@ -248,6 +248,7 @@ class FlowRun:
 async def event_flow(redis: Redis, tenants: BenchTenants, n: int, batch: int, pause: float = 0.0) -> FlowRun:
     """Insert n events; timed until the projector applied the last one. Lags read back from Redis and rm_applied."""
     from models.event_stream import ALL_EVENTS
+    from workers.consumer import PARKED
 
     tail: Any = await redis.xrevrange(ALL_EVENTS, count=1)
     after = tail[0][0] if tail else "0-0"
@@ -265,7 +266,13 @@ async def event_flow(redis: Redis, tenants: BenchTenants, n: int, batch: int, pa
                 "SELECT count(*) FROM rm_applied WHERE projection = 'tenant_overview' AND event_id = ANY($1)", ids
             ) == len(ids)
 
-        await wait_until(all_applied, max(60.0, n / 20), f"the projector to apply {n} events", every=0.2)
+        try:
+            await wait_until(all_applied, max(120.0, n / 10), f"the projector to apply {n} events", every=0.2)
+        except TimeoutError as exc:
+            applied_now = await conn.fetchval(
+                "SELECT count(*) FROM rm_applied WHERE projection = 'tenant_overview' AND event_id = ANY($1)", ids
+            )
+            raise TimeoutError(f"{exc}: {applied_now} applied, {await redis.xlen(PARKED)} entries parked") from None
         applied = {row["event_id"]: row["at"] for row in await conn.fetch(applied_sql, ids)}
     finally:
         await conn.close()
