@@ -402,12 +402,15 @@ async def run(args: argparse.Namespace) -> None:
             if sections & {5, 6, 7}:
                 from prognet_dev.bench import events, realtime
 
+                assert stack.redis_url, "the bench's stack is fully embedded"
                 tenants = await events.create_tenants(stack, http, 4)
                 if 5 in sections:
                     realtime_lines += await events.bench_events(stack, http, tenants, args)
                 if 6 in sections:
+                    await events.quiesce(stack.redis_url)
                     realtime_lines += await realtime.bench_sse(stack.api_url, tenants, args)
                 if 7 in sections:
+                    await events.quiesce(stack.redis_url)
                     realtime_lines += await realtime.bench_webhooks(tenants, stack, args)
 
         print()

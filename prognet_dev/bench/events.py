@@ -11,7 +11,8 @@ own millisecond clock at XADD) and the read model at `rm_applied.applied_at` (th
 a few ms before its commit): both read back after the run, so nothing polls while it runs. The stack's other
 consumers (cache invalidator, webhook dispatcher) read the same events meanwhile, as they would in production.
 A burst's lag is mostly its own backlog, so the lags are measured again without one: PACED_EVENTS events, one
-per transaction, PACED_PAUSE apart.
+per transaction, PACED_PAUSE apart, once every consumer group has caught up (`quiesce`, also run before
+sections 6 and 7).
 
 Baseline, same run, same Redis: a bare XADD loop of as many entries with the same 12 fields, to two streams per
 event as the relay writes (`events:all` and the tenant's), pipelined in the relay's batch size.
@@ -180,6 +181,24 @@ async def wait_until(check, timeout: float, what: str, every: float = 0.1) -> No
         await asyncio.sleep(every)
 
 
+async def quiesce(redis_url: str, timeout: float = 180) -> None:
+    """Wait until every consumer group on `events:all` has read and acked everything (the stack is idle again), so
+    one section's backlog does not share the cores with the next one's figures."""
+    from models.event_stream import ALL_EVENTS
+
+    redis = Redis.from_url(redis_url, decode_responses=True)
+
+    async def idle() -> bool:
+        tail = (await redis.xinfo_stream(ALL_EVENTS))["last-generated-id"]
+        groups = await redis.xinfo_groups(ALL_EVENTS)
+        return all(g["last-delivered-id"] == tail and not g["pending"] for g in groups)
+
+    try:
+        await wait_until(idle, timeout, "the stream's consumers to catch up", every=0.5)
+    finally:
+        await redis.aclose()
+
+
 async def insert_events(
     conn: asyncpg.Connection, tenant_ids: list[uuid.UUID], n: int, batch: int, pause: float = 0.0
 ) -> Committed:
@@ -334,8 +353,10 @@ async def bench_events(stack, http: httpx.AsyncClient, tenants: BenchTenants, ar
         primary = await timed_reads(http, redis, tenants, tenants.primary_only, args.reads, "primary")
 
         await event_flow(redis, tenants, 50, args.event_batch)  # warm-up
+        await quiesce(stack.redis_url)
         t_xadd = await bare_xadd(redis, args.events)
         flow = await event_flow(redis, tenants, args.events, args.event_batch)
+        await quiesce(stack.redis_url)  # the other consumers' backlog of the burst
         paced = await event_flow(redis, tenants, PACED_EVENTS, 1, PACED_PAUSE)
     finally:
         await redis.aclose()
