@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sse-streams", type=int, default=80, help="concurrent SSE streams (section 6)")
     parser.add_argument("--sse-events", type=int, default=30, help="events each SSE stream receives (6)")
     parser.add_argument("--sse-interval", type=float, default=0.1, help="seconds between those events' commits (6)")
-    parser.add_argument("--webhooks", type=int, default=200, help="webhook deliveries and raw POSTs each (7)")
+    parser.add_argument("--webhooks", type=int, default=150, help="webhook deliveries and raw POSTs each (7)")
     parser.add_argument("--webhook-concurrency", type=int, default=20, help="concurrent raw POSTs (7)")
     parser.add_argument(
         "--sections",
