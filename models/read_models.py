@@ -28,11 +28,6 @@ class UnsupportedVersion(Exception):
     pass
 
 
-def _set(assignments: str) -> str:
-    """An UPDATE's SET list: the event's own assignments, then the row's position and time."""
-    return ", ".join(part for part in (assignments, "last_seq = :seq", "updated_at = now()") if part)
-
-
 def cache_key(resource: str, resource_id: uuid.UUID | str) -> str:
     """One cached read model entry: `tenant_overview` is keyed by tenant id, `user_profile` by user id."""
     return f"cache:{resource}:{resource_id}"
@@ -87,11 +82,9 @@ class TenantOverview(Projection):
         p, kind = event.payload, event.type
         args: dict[str, object] = {"tenant": event.tenant_id, "seq": event.seq, "at": event.occurred_at}
 
-        async def update(assignments: str, **extra: object) -> None:
-            await conn.execute(
-                text(f"UPDATE {ov} SET {_set(assignments)} WHERE tenant_id = :tenant"),
-                {**args, **extra},
-            )
+        async def update(assignments: str = "", **extra: object) -> None:
+            sets = ", ".join(filter(None, (assignments, "last_seq = :seq", "updated_at = now()")))
+            await conn.execute(text(f"UPDATE {ov} SET {sets} WHERE tenant_id = :tenant"), {**args, **extra})
 
         async def recount() -> None:
             await update(
@@ -143,7 +136,7 @@ class TenantOverview(Projection):
                 text(f"UPDATE {members} SET role = :role WHERE tenant_id = :tenant AND user_id = :user"),
                 {**args, "user": _uuid(p.get("user_id")), "role": p.get("to")},
             )
-            await update("")
+            await update()
         elif kind.startswith("subscription."):
             await update(
                 "subscription_id = :sub, plan = :plan, subscription_status = :status",
@@ -180,7 +173,7 @@ class TenantOverview(Projection):
             )
             await recount()
         else:
-            await update("")  # not shown here, but the row has seen it (last_seq moves on)
+            await update()  # not shown here, but the row has seen it
 
 
 class UserProfile(Projection):
@@ -198,11 +191,9 @@ class UserProfile(Projection):
         p, kind = event.payload, event.type
         args: dict[str, object] = {"user": event.user_id, "seq": event.seq, "at": event.occurred_at}
 
-        async def update(assignments: str, **extra: object) -> None:
-            await conn.execute(
-                text(f"UPDATE {profile} SET {_set(assignments)} WHERE user_id = :user"),
-                {**args, **extra},
-            )
+        async def update(assignments: str = "", **extra: object) -> None:
+            sets = ", ".join(filter(None, (assignments, "last_seq = :seq", "updated_at = now()")))
+            await conn.execute(text(f"UPDATE {profile} SET {sets} WHERE user_id = :user"), {**args, **extra})
 
         if kind == "user.registered":
             await conn.execute(
@@ -250,7 +241,7 @@ class UserProfile(Projection):
                 text(f"DELETE FROM {memberships} WHERE tenant_id = :tenant"), {"tenant": event.tenant_id}
             )
         elif event.user_id is not None:
-            await update("")
+            await update()
 
 
 MEMBERSHIP_EVENTS = ("member.added", "member.removed", "member.role_changed", "tenant.discarded")

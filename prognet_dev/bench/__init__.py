@@ -14,6 +14,12 @@ and noisy: only the ratios carry over between runs.
    the real worker with the real activities against PostgreSQL and the Stripe sandbox, timed until all N
    results) vs N bare workflows with as many no-op activities as one paid cycle scheduled. The run is checked
    (N paid, exactly N succeeded PaymentIntents, …) before the figures are printed. See prognet_dev/bench/billing.py.
+5. Events/s through outbox → relay → `events:all` → projector vs a bare pipelined XADD loop on the same Redis;
+   commit-to-stream and commit-to-read-model lag p50/p99; `GET /v1/tenants/{id}` latency from the cache, the read
+   model and the primary. See prognet_dev/bench/events.py.
+6. SSE fan-out: N concurrent streams of one tenant receiving each of M events, commit-to-client p50/p99.
+7. Webhook deliveries/s to a local `prognet webhook-receiver` vs raw signed POSTs/s to the same receiver.
+   Sections 6 and 7: prognet_dev/bench/realtime.py.
 
 Sections are chosen with `--sections` (alias `--only`), by number or name: `prognet bench --only billing`.
 """
@@ -35,7 +41,18 @@ from pathlib import Path
 import httpx
 
 BENCH_PASSWORD = "benchmark password 123"
-SECTION_NAMES = {"sagas": 1, "registration": 1, "logins": 2, "login": 2, "emails": 3, "email": 3, "billing": 4}
+SECTION_NAMES = {
+    "sagas": 1,
+    "registration": 1,
+    "logins": 2,
+    "login": 2,
+    "emails": 3,
+    "email": 3,
+    "billing": 4,
+    "events": 5,
+    "sse": 6,
+    "webhooks": 7,
+}
 
 
 def parse_sections(text: str) -> set[int]:
@@ -47,7 +64,7 @@ def parse_sections(text: str) -> set[int]:
         number = SECTION_NAMES.get(part) or (int(part) if part.isdigit() else None)
         if number is None or number not in SECTION_NAMES.values():
             raise argparse.ArgumentTypeError(
-                f"unknown section {part!r} (1-4 or {', '.join(sorted(set(SECTION_NAMES)))})"
+                f"unknown section {part!r} (1-{max(SECTION_NAMES.values())} or {', '.join(sorted(set(SECTION_NAMES)))})"
             )
         sections.add(number)
     if not sections:
@@ -64,8 +81,9 @@ def _quiet(name: str, line: str) -> None:
 
 
 def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    from prognet_dev.bench.events import pct
+
+    return pct(values, q)
 
 
 async def _gather_limited(n: int, limit: int, make) -> list:
@@ -277,7 +295,12 @@ async def run(args: argparse.Namespace) -> None:
         stack_settings(data_dir / "data"),
         app=True,
         log=_quiet,
-        extra_env={"EMAIL_MAX_PER_SECOND": str(EMAIL_BENCH_MAX_PER_SECOND)},
+        extra_env={
+            "EMAIL_MAX_PER_SECOND": str(EMAIL_BENCH_MAX_PER_SECOND),
+            # section 6 holds this many streams of one user at once
+            "SSE_MAX_STREAMS_PER_USER": str(args.sse_streams + 10),
+            "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",  # section 7's receiver is on loopback
+        },
     )
     sections = args.sections
     stripe_admin = None
@@ -375,6 +398,21 @@ async def run(args: argparse.Namespace) -> None:
                 bare_rate, cycle_rate = bn / t_bare, bn / billing_run.seconds
                 receipt_rate = bn / billing_run.seconds_with_receipts
 
+            realtime_lines: list[str] = []
+            if sections & {5, 6, 7}:
+                from prognet_dev.bench import events, realtime
+
+                assert stack.redis_url, "the bench's stack is fully embedded"
+                tenants = await events.create_tenants(stack, http, 4)
+                if 5 in sections:
+                    realtime_lines += await events.bench_events(stack, http, tenants, args)
+                if 6 in sections:
+                    await events.quiesce(stack.redis_url)
+                    realtime_lines += await realtime.bench_sse(stack.api_url, tenants, args)
+                if 7 in sections:
+                    await events.quiesce(stack.redis_url)
+                    realtime_lines += await realtime.bench_webhooks(tenants, stack, args)
+
         print()
         if 1 in sections:
             print(f"1. sagas ({n} each, concurrency {args.concurrency})")
@@ -430,6 +468,8 @@ async def run(args: argparse.Namespace) -> None:
                 f"   ratio {receipt_rate / bare_rate:.2f} of bare"
             )
             print(f"   checked: {'; '.join(billing_checks)}")
+        for line in realtime_lines:
+            print(line)
     finally:
         if stripe_admin is not None:
             await stripe_admin.aclose()
@@ -454,13 +494,23 @@ def main(argv: list[str] | None = None) -> int:
         default=50,
         help="subscriptions falling due at once (billing cycles and bare workflows each)",
     )
+    parser.add_argument("--events", type=int, default=2000, help="events through relay and projector (section 5)")
+    parser.add_argument("--event-batch", type=int, default=20, help="events per inserting transaction (5, 7)")
+    parser.add_argument("--reads", type=int, default=200, help="GET /v1/tenants/{id} per read source (5)")
+    # Each stream holds one of the API's pooled Redis connections in its XREAD, and redis-py's pool stops at 100
+    # (MaxConnectionsError: streams end `cache-unavailable`), so one API process serves fewer than 100 at once.
+    parser.add_argument("--sse-streams", type=int, default=80, help="concurrent SSE streams (section 6)")
+    parser.add_argument("--sse-events", type=int, default=30, help="events each SSE stream receives (6)")
+    parser.add_argument("--sse-interval", type=float, default=0.1, help="seconds between those events' commits (6)")
+    parser.add_argument("--webhooks", type=int, default=150, help="webhook deliveries and raw POSTs each (7)")
+    parser.add_argument("--webhook-concurrency", type=int, default=20, help="concurrent raw POSTs (7)")
     parser.add_argument(
         "--sections",
         "--only",
         type=parse_sections,
-        default="1,2,3,4",
+        default="1,2,3,4,5,6,7",
         help="which figures to measure, by number or name, e.g. 3, 1,3 or billing "
-        "(sagas, logins, emails, billing; default: all)",
+        "(sagas, logins, emails, billing, events, sse, webhooks; default: all)",
     )
     asyncio.run(run(parser.parse_args(argv)))
     return 0

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -400,3 +401,41 @@ async def test_an_outage_is_not_an_attempt_the_consumer_backs_off_and_carries_on
     async with running(consumer):
         await eventually(lambda: asyncio.sleep(0, result=consumer.handled == 1))
     assert calls == ["user.logged_in"] * 3 and await _parked_for(redis, "patient") == []
+
+
+async def test_events_without_columns_of_their_own_still_move_last_seq(engine, user):
+    """Events the read models show nothing of (a payment failure, a role change, a logout) are applied, not
+    parked: the row's `last_seq` moves on. Applied directly (no stream): only the projection is under test."""
+    tid = uuid.uuid4()
+    base = int(time.time() * 1000)  # seqs above anything this session's tables hold
+
+    def event(seq: int, type: str, aggregate_type: str, payload: dict, **ids: Any) -> StreamEvent:
+        return StreamEvent(seq=base + seq, event_id=uuid.uuid4(), type=type, version=1, aggregate_type=aggregate_type,
+                           aggregate_id=str(ids.pop("aggregate_id", tid)), tenant_id=ids.get("tenant_id"),
+                           user_id=ids.get("user_id"), actor_id=None, workflow_id=None,
+                           occurred_at=datetime.now(UTC), payload=payload)  # fmt: skip
+
+    failed = {"number": 1, "attempt": 1, "decline_code": None, "payment_intent_id": None, "next_retry_at": None}
+    events = [
+        event(1, "tenant.created", "tenant", {"name": "Generic", "slug": f"g-{tid.hex[:8]}"}, tenant_id=tid),
+        event(
+            2,
+            "user.registered",
+            "user",
+            {"status": "active", "email": "g@example.com"},
+            user_id=user.id,
+            aggregate_id=user.id,
+        ),
+        event(3, "invoice.payment_failed", "invoice", failed, tenant_id=tid, aggregate_id=uuid.uuid4()),
+        event(
+            4, "member.role_changed", "tenant", {"user_id": str(user.id), "from": "owner", "to": "admin"}, tenant_id=tid
+        ),
+        event(5, "user.logged_out", "user", {"session_id": "s"}, user_id=user.id, aggregate_id=user.id),
+    ]
+    for e in events:
+        await project(engine, e)
+    async with transaction(engine, platform=True) as db:
+        conn = await db.connection()
+        overview = await conn.execute(text("SELECT last_seq FROM rm_tenant_overview WHERE tenant_id = :t"), {"t": tid})
+        profile = await conn.execute(text("SELECT last_seq FROM rm_user_profile WHERE user_id = :u"), {"u": user.id})
+        assert (overview.scalar_one(), profile.scalar_one()) == (base + 4, base + 5)
