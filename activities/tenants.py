@@ -118,7 +118,13 @@ class TenantActivities:
             )
             if result.rowcount:
                 record_event(
-                    session, "member.added", "membership", req.user_id, {"role": req.role}, tenant_id=req.tenant_id, user_id=req.user_id
+                    session,
+                    "member.added",
+                    "membership",
+                    req.user_id,
+                    {"role": req.role},
+                    tenant_id=req.tenant_id,
+                    user_id=req.user_id,  # on the new member's own stream too
                 )
 
     @activity.defn(name=names.REMOVE_MEMBERSHIP)
