@@ -44,7 +44,8 @@ class CodecPayload(BaseModel):
 
 
 class CodecPayloads(BaseModel):
-    payloads: list[CodecPayload] = Field(description="Temporal payloads in proto3 JSON.")
+    # proto3 JSON leaves an empty list out: the CLI sends `{}` to encode a query without arguments
+    payloads: list[CodecPayload] = Field(default_factory=list, description="Temporal payloads in proto3 JSON.")
 
 
 async def codec_access(

@@ -225,3 +225,13 @@ async def test_a_payload_of_an_unknown_key_is_refused_with_the_key_id(client, en
         "undecodable-payload",
     )
     assert foreign_id in problem["detail"] and settings.payload_keyring()[0] in problem["detail"]
+
+
+async def test_an_empty_list_left_out_by_proto3_json_is_an_empty_list(client, engine):
+    # `temporal workflow query` encodes a query without arguments as `{}`
+    operator = await person(client, engine)
+    await make_platform_admin(engine, operator.id)
+    for path in ("/codec/encode", "/codec/decode"):
+        response = await client.post(path, json={}, headers=operator.headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"payloads": []}
