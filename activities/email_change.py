@@ -19,13 +19,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import verification_tokens
 from models import activity_names as names
 from models.contracts import EmailChangeToken, ReleaseEmailChange, ReserveEmailChange, SwapEmail
 from models.db import transaction
 from models.errors import EMAIL_CHANGE_GONE, EMAIL_TAKEN
 from models.events import record_event
 from models.tables import EmailChange, User, VerificationToken, utcnow
-from prognet.tokens import CHANGE_EMAIL, derive_token, hash_token
+from prognet.tokens import CHANGE_EMAIL
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +104,8 @@ class EmailChangeActivities:
     @activity.defn(name=names.ISSUE_EMAIL_CHANGE_TOKEN)
     async def issue_token(self, req: EmailChangeToken) -> None:
         async with transaction(self.engine, user_id=req.user_id) as session:
-            if await session.get(VerificationToken, req.token_id) is not None:
-                return
-            session.add(
-                VerificationToken(
-                    id=req.token_id,
-                    user_id=req.user_id,
-                    purpose=CHANGE_EMAIL,
-                    token_hash=hash_token(derive_token(self.token_key, CHANGE_EMAIL, req.token_id)),
-                    expires_at=req.expires_at,
-                )
+            await verification_tokens.issue(
+                session, self.token_key, CHANGE_EMAIL, req.token_id, req.user_id, req.expires_at
             )
 
     @activity.defn(name=names.RELEASE_EMAIL_CHANGE)

@@ -12,6 +12,7 @@ from sqlmodel import col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import verification_tokens
 from activities.email_change import email_in_use
 from models import activity_names as names
 from models.contracts import ActivateUser, CreatePendingUser, IssueVerificationToken, TokenRef, UserRef
@@ -19,7 +20,7 @@ from models.db import transaction
 from models.errors import EMAIL_TAKEN, USER_NOT_FOUND
 from models.events import record_event
 from models.tables import User, VerificationToken, utcnow
-from prognet.tokens import VERIFY_EMAIL, derive_token, hash_token
+from prognet.tokens import VERIFY_EMAIL
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,8 @@ class UserActivities:
     @activity.defn(name=names.ISSUE_VERIFICATION_TOKEN)
     async def issue_verification_token(self, req: IssueVerificationToken) -> None:
         async with transaction(self.engine) as session:
-            if await session.get(VerificationToken, req.token_id) is not None:
-                return
-            session.add(
-                VerificationToken(
-                    id=req.token_id,
-                    user_id=req.user_id,
-                    purpose=VERIFY_EMAIL,
-                    token_hash=hash_token(derive_token(self.token_key, VERIFY_EMAIL, req.token_id)),
-                    expires_at=req.expires_at,
-                )
+            await verification_tokens.issue(
+                session, self.token_key, VERIFY_EMAIL, req.token_id, req.user_id, req.expires_at
             )
 
     @activity.defn(name=names.REVOKE_VERIFICATION_TOKEN)
