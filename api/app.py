@@ -128,7 +128,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         else redis
     )
     payload_codec = codec_from(settings)  # the Temporal client's codec, also served to the Web UI at /codec
-    temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace, converter_for(payload_codec))
+    temporal = TemporalConnector(
+        settings.temporal_target,
+        settings.temporal_namespace,
+        converter_for(payload_codec),
+        retry_policies=settings.saga_retry_policies(),
+    )
     temporal.start_background_connect()
     app.state.engine = engine
     app.state.read_models = ReadModels(read_engine, engine, cache, settings)

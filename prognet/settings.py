@@ -21,6 +21,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.retry_policies import CompensationRetrySpec, RetrySpec, SagaRetryPolicies
+
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev", "development"}
 PLACEHOLDER_MARK = "change-me"  # every secret in .env.example carries it
 MIN_SECRET_LENGTH = 32
@@ -38,7 +40,10 @@ def _default_alerting_config() -> Path:
 
 class Settings(BaseSettings):
     # hide_input_in_errors: a refused value may be a secret (PAYLOAD_KEYS, SECRET_KEY); errors name it, never echo it
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True)
+    # env_nested_delimiter: one field of a nested setting on its own, e.g. RETRY_STRIPE__MAXIMUM_ATTEMPTS=10
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True, env_nested_delimiter="__"
+    )
 
     environment: Literal["development", "production"] = Field(
         "development",
@@ -130,6 +135,31 @@ class Settings(BaseSettings):
     )
     invitation_timeout: timedelta = Field(
         timedelta(days=7), description="How long an invitation waits for acceptance before it expires."
+    )
+
+    # --- retry policies of saga steps and compensations, per external service (models/retry_policies.py) ---
+    # Each is {initial_interval_seconds, backoff_coefficient, maximum_interval_seconds, maximum_attempts (0: no
+    # limit)}: RETRY_STRIPE='{"maximum_attempts": 10}' or RETRY_STRIPE__MAXIMUM_ATTEMPTS=10. Recorded in each
+    # saga's input when it starts: a change applies to sagas started after it.
+    retry_database: RetrySpec = Field(
+        default_factory=RetrySpec,
+        description="Forward saga steps on our database (users, tenants, invoices, …); default 1 s, x2, at most "
+        "60 s apart, without limit.",
+    )
+    retry_stripe: RetrySpec = Field(
+        default_factory=RetrySpec,
+        description="Forward saga steps that call Stripe (customer, PaymentIntent); an open Stripe circuit is "
+        "waited out, not counted. Default 1 s, x2, at most 60 s apart, without limit.",
+    )
+    retry_compensation_database: CompensationRetrySpec = Field(
+        default_factory=CompensationRetrySpec,
+        description="Compensations on our database; after the last attempt the saga waits for an operator. "
+        "Default 1 s, x2, at most 30 s apart, 5 attempts.",
+    )
+    retry_compensation_stripe: CompensationRetrySpec = Field(
+        default_factory=CompensationRetrySpec,
+        description="Compensations that call Stripe (delete customer, refund). Default 1 s, x2, at most 30 s "
+        "apart, 5 attempts.",
     )
 
     # --- email delivery pipeline ---
@@ -340,6 +370,15 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values ---
+    def saga_retry_policies(self) -> SagaRetryPolicies:
+        """What a saga started now records in its input (`WithRetryPolicies`)."""
+        return SagaRetryPolicies(
+            step_database=self.retry_database,
+            step_stripe=self.retry_stripe,
+            compensation_database=self.retry_compensation_database,
+            compensation_stripe=self.retry_compensation_stripe,
+        )
+
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"

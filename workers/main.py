@@ -35,6 +35,7 @@ from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from prognet import telemetry
 from prognet.payload_codec import data_converter
+from prognet.retry_policies import RetryPoliciesInterceptor
 from prognet.settings import Settings, get_settings
 from workers.interceptors import ObservabilityInterceptor
 from workflows.alert_evaluator import AlertEvaluatorWorkflow
@@ -126,7 +127,8 @@ async def connect_client(settings: Settings, runtime: Runtime | None = None) -> 
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         runtime=runtime,
-        interceptors=[TracingInterceptor()],  # the workers built on this client inherit it
+        # the workers built on this client inherit them; sagas its activities start record the retry settings
+        interceptors=[TracingInterceptor(), RetryPoliciesInterceptor(settings.saga_retry_policies())],
     )
 
 
