@@ -47,6 +47,7 @@ from api.routers import (
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
+from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
 from prognet.payload_codec import codec_from, converter_for
 from prognet.settings import Settings, get_settings
@@ -132,7 +133,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.temporal_target,
         settings.temporal_namespace,
         converter_for(payload_codec),
-        retry_policies=settings.saga_retry_policies(),
+        retry_policies=SagaRetryPolicies.model_validate(settings.saga_retry_policies()),
     )
     temporal.start_background_connect()
     app.state.engine = engine

@@ -16,8 +16,8 @@ from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
 
 from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
+from models.retry_interceptor import RetryPoliciesInterceptor
 from models.retry_policies import SagaRetryPolicies
-from prognet.retry_policies import RetryPoliciesInterceptor
 
 log = logging.getLogger("prognet.api")
 

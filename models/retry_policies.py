@@ -1,7 +1,7 @@
 """Retry policies of saga steps and compensations, per external service, as they cross the workflow boundary.
 
 Whoever starts a saga puts the current settings (`RETRY_STRIPE`, `RETRY_COMPENSATION_DATABASE`, …) into its
-input (`WithRetryPolicies.retry_policies`; `prognet.retry_policies.RetryPoliciesInterceptor` does it for every
+input (`WithRetryPolicies.retry_policies`; `models.retry_interceptor.RetryPoliciesInterceptor` does it for every
 client start, `Saga.start_child` for child sagas). The input is in the history, so a changed setting applies to
 executions started after the change and never alters one already running (nor its replay). A saga started
 without them (an operator's `temporal workflow start`) gets the defaults below, which are the settings' defaults.

@@ -18,10 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from models.retry_policies import CompensationRetrySpec, RetrySpec, SagaRetryPolicies
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev", "development"}
 PLACEHOLDER_MARK = "change-me"  # every secret in .env.example carries it
@@ -36,6 +34,31 @@ def _default_alerting_config() -> Path:
     under the working directory."""
     beside = Path(__file__).resolve().parents[1] / "config" / "alerting.toml"
     return beside if beside.exists() else Path("config") / "alerting.toml"
+
+
+class RetrySetting(BaseModel):
+    """A retry policy (models/retry_policies.RetrySpec): Temporal retries a failed activity after
+    initial_interval_seconds, each further wait backoff_coefficient times longer, at most maximum_interval_seconds
+    apart, until maximum_attempts (0: without limit)."""
+
+    initial_interval_seconds: float = Field(1.0, gt=0, description="Wait before the second attempt.")
+    backoff_coefficient: float = Field(2.0, ge=1, description="Each further wait is this many times longer.")
+    maximum_interval_seconds: float = Field(60.0, gt=0, description="Longest wait between two attempts.")
+    maximum_attempts: int = Field(0, ge=0, description="Attempts in all, the first included; 0: without limit.")
+
+    @model_validator(mode="after")
+    def _interval_order(self) -> RetrySetting:
+        if self.maximum_interval_seconds < self.initial_interval_seconds:
+            raise ValueError("maximum_interval_seconds must not be below initial_interval_seconds")
+        return self
+
+
+class CompensationRetrySetting(RetrySetting):
+    """A compensation's: it gives up sooner (then the saga waits for an operator). Its own defaults, so a setting
+    that names one field (RETRY_COMPENSATION_STRIPE__MAXIMUM_ATTEMPTS=3) keeps the others."""
+
+    maximum_interval_seconds: float = Field(30.0, gt=0, description="Longest wait between two attempts.")
+    maximum_attempts: int = Field(5, ge=0, description="Attempts in all, the first included; 0: without limit.")
 
 
 class Settings(BaseSettings):
@@ -141,23 +164,23 @@ class Settings(BaseSettings):
     # Each is {initial_interval_seconds, backoff_coefficient, maximum_interval_seconds, maximum_attempts (0: no
     # limit)}: RETRY_STRIPE='{"maximum_attempts": 10}' or RETRY_STRIPE__MAXIMUM_ATTEMPTS=10. Recorded in each
     # saga's input when it starts: a change applies to sagas started after it.
-    retry_database: RetrySpec = Field(
-        default_factory=RetrySpec,
+    retry_database: RetrySetting = Field(
+        default_factory=RetrySetting,
         description="Forward saga steps on our database (users, tenants, invoices, …); default 1 s, x2, at most "
         "60 s apart, without limit.",
     )
-    retry_stripe: RetrySpec = Field(
-        default_factory=RetrySpec,
+    retry_stripe: RetrySetting = Field(
+        default_factory=RetrySetting,
         description="Forward saga steps that call Stripe (customer, PaymentIntent); an open Stripe circuit is "
         "waited out, not counted. Default 1 s, x2, at most 60 s apart, without limit.",
     )
-    retry_compensation_database: CompensationRetrySpec = Field(
-        default_factory=CompensationRetrySpec,
+    retry_compensation_database: CompensationRetrySetting = Field(
+        default_factory=CompensationRetrySetting,
         description="Compensations on our database; after the last attempt the saga waits for an operator. "
         "Default 1 s, x2, at most 30 s apart, 5 attempts.",
     )
-    retry_compensation_stripe: CompensationRetrySpec = Field(
-        default_factory=CompensationRetrySpec,
+    retry_compensation_stripe: CompensationRetrySetting = Field(
+        default_factory=CompensationRetrySetting,
         description="Compensations that call Stripe (delete customer, refund). Default 1 s, x2, at most 30 s "
         "apart, 5 attempts.",
     )
@@ -370,14 +393,14 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values ---
-    def saga_retry_policies(self) -> SagaRetryPolicies:
-        """What a saga started now records in its input (`WithRetryPolicies`)."""
-        return SagaRetryPolicies(
-            step_database=self.retry_database,
-            step_stripe=self.retry_stripe,
-            compensation_database=self.retry_compensation_database,
-            compensation_stripe=self.retry_compensation_stripe,
-        )
+    def saga_retry_policies(self) -> dict[str, dict[str, float]]:
+        """What a saga started now records in its input: `models.retry_policies.SagaRetryPolicies`' fields."""
+        return {
+            "step_database": self.retry_database.model_dump(),
+            "step_stripe": self.retry_stripe.model_dump(),
+            "compensation_database": self.retry_compensation_database.model_dump(),
+            "compensation_stripe": self.retry_compensation_stripe.model_dump(),
+        }
 
     @property
     def temporal_target(self) -> str:

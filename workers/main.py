@@ -33,9 +33,10 @@ from activities.webhooks import WebhookActivities
 from models.alerting import AlertConfigError, load_alerting_config
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
+from models.retry_interceptor import RetryPoliciesInterceptor
+from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
 from prognet.payload_codec import data_converter
-from prognet.retry_policies import RetryPoliciesInterceptor
 from prognet.settings import Settings, get_settings
 from workers.interceptors import ObservabilityInterceptor
 from workflows.alert_evaluator import AlertEvaluatorWorkflow
@@ -122,13 +123,17 @@ def activities_for(engine: AsyncEngine, settings: Settings, circuits: Circuits |
 
 
 async def connect_client(settings: Settings, runtime: Runtime | None = None) -> Client:
+    retry_policies = SagaRetryPolicies.model_validate(settings.saga_retry_policies())
     return await Client.connect(
         settings.temporal_target,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         runtime=runtime,
         # the workers built on this client inherit them; sagas its activities start record the retry settings
-        interceptors=[TracingInterceptor(), RetryPoliciesInterceptor(settings.saga_retry_policies())],
+        interceptors=[
+            TracingInterceptor(),
+            RetryPoliciesInterceptor(retry_policies),
+        ],
     )
 
 

@@ -1,7 +1,8 @@
-"""Every saga a process starts records the process's retry settings in its input (models/retry_policies.py).
+"""Every saga a process starts records the process's retry settings (RETRY_*) in its input (models/retry_policies.py).
 
-A client interceptor, so no starter can forget it: the API's routers, the webhook dispatcher, the worker's own
-activities. An input that names its policies already (a child saga inheriting its parent's, a test) is left alone.
+A client interceptor on the API's and the worker's clients, so no starter can forget it (the API's routers, the
+worker's activities). An input that names its policies already (a child saga inheriting its parent's, a test)
+is left alone.
 """
 
 from __future__ import annotations
