@@ -19,7 +19,7 @@ from api.metrics import RequestMetrics
 from api.metrics import router as metrics_router
 from api.problems import DEPENDENCY_OUTAGE_RESPONSE, install_problem_handlers
 from api.read_models import ReadModels
-from api.request_log import AccessLog, configure_logging
+from api.request_log import AccessLog
 from api.routers import (
     admin,
     audit,
@@ -159,8 +159,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
-    telemetry.configure_tracing(telemetry.API, settings)
+    telemetry.configure_process(telemetry.API, settings)
     app = FastAPI(
         title="ProgNetwork API",
         version="1.0.0",

@@ -323,7 +323,12 @@ class Settings(BaseSettings):
         None, description="Bearer token Alertmanager's webhook sends to /v1/admin/incidents/alertmanager; unset: off."
     )
 
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR, for every process.")
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="json: one JSON object per line with trace_id/span_id inside a span (for a log pipeline); "
+        "text: `LEVEL logger: message key=value trace=…` (what `prognet dev` gives the processes it starts).",
+    )
 
     @field_validator("smtp_username", "smtp_password", mode="before")
     @classmethod

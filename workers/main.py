@@ -260,7 +260,7 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
-    telemetry.configure_tracing(telemetry.WORKER, settings)
+    telemetry.configure_process(telemetry.WORKER, settings)
     try:
         load_alerting_config(settings.alerting_config)
     except AlertConfigError as exc:
