@@ -134,6 +134,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.temporal_namespace,
         converter_for(payload_codec),
         retry_policies=SagaRetryPolicies.model_validate(settings.saga_retry_policies()),
+        tracing=not settings.bench_telemetry_off,
     )
     temporal.start_background_connect()
     app.state.engine = engine
@@ -201,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(codec.CodecCors, origins=settings.codec_origins)
     app.add_middleware(AccessLog)
+    if settings.bench_telemetry_off:  # development only: what `prognet bench --only telemetry` compares against
+        return app
     app.add_middleware(RequestMetrics)
     # the server span wraps every middleware and error handler: logs and problem bodies carry its trace id
     FastAPIInstrumentor.instrument_app(

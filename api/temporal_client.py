@@ -30,12 +30,14 @@ class TemporalConnector:
         data_converter: DataConverter,
         *,
         retry_policies: SagaRetryPolicies | None = None,
+        tracing: bool = True,
         connect_timeout: float = 3.0,
     ) -> None:
         self.target = target
         self.namespace = namespace
         self.data_converter = data_converter  # prognet.payload_codec.data_converter: the one with the codec
         self.retry_policies = retry_policies or SagaRetryPolicies()  # from settings: recorded in each saga's input
+        self.tracing = tracing  # False only under BENCH_TELEMETRY_OFF
         self.connect_timeout = connect_timeout
         self._client: Client | None = None
         self._lock = asyncio.Lock()
@@ -54,7 +56,10 @@ class TemporalConnector:
                         namespace=self.namespace,
                         data_converter=self.data_converter,
                         # the HTTP request's trace continues in the saga; the saga records the retry settings
-                        interceptors=[TracingInterceptor(), RetryPoliciesInterceptor(self.retry_policies)],
+                        interceptors=[
+                            *([TracingInterceptor()] if self.tracing else []),
+                            RetryPoliciesInterceptor(self.retry_policies),
+                        ],
                     ),
                     timeout,
                 )

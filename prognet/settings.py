@@ -323,6 +323,13 @@ class Settings(BaseSettings):
         None, description="Bearer token Alertmanager's webhook sends to /v1/admin/incidents/alertmanager; unset: off."
     )
 
+    bench_telemetry_off: bool = Field(
+        False,
+        description="Development only (refused in production): no tracing, no metrics endpoints or request metrics, "
+        "and new Temporal payloads unencrypted (encrypted ones still decrypt). How `prognet bench --only telemetry` "
+        "measures what tracing, metrics and the codec cost.",
+    )
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR, for every process.")
     log_format: Literal["json", "text"] = Field(
         "json",
@@ -395,6 +402,8 @@ class Settings(BaseSettings):
             )
         if self.codec_allow_local_ui:
             raise ValueError("CODEC_ALLOW_LOCAL_UI is a development setting; it must not be set in production")
+        if self.bench_telemetry_off:
+            raise ValueError("BENCH_TELEMETRY_OFF is a benchmark setting; it must not be set in production")
         return self
 
     # --- derived values ---

@@ -65,6 +65,8 @@ def configure_process(service_name: str, settings: Settings) -> TracerProvider |
     from prognet.logs import configure_logging  # it reads the current span through this module
 
     configure_logging(settings)
+    if settings.bench_telemetry_off:  # development only: what `prognet bench` compares against
+        return None
     return configure_tracing(service_name, settings)
 
 

@@ -131,7 +131,7 @@ async def connect_client(settings: Settings, runtime: Runtime | None = None) -> 
         runtime=runtime,
         # the workers built on this client inherit them; sagas its activities start record the retry settings
         interceptors=[
-            TracingInterceptor(),
+            *([] if settings.bench_telemetry_off else [TracingInterceptor()]),
             RetryPoliciesInterceptor(retry_policies),
         ],
     )
@@ -148,7 +148,7 @@ def tracing_interceptors(client: Client) -> list[TracingInterceptor]:
 def sdk_runtime(settings: Settings) -> Runtime | None:
     """A Temporal runtime whose SDK metrics (task latencies, schedule-to-start, failures) the SDK serves itself
     on WORKER_SDK_METRICS_PORT; None (the default runtime, no endpoint) when that port is 0."""
-    if not settings.worker_sdk_metrics_port:
+    if not settings.worker_sdk_metrics_port or settings.bench_telemetry_off:
         return None
     address = f"{settings.metrics_host}:{settings.worker_sdk_metrics_port}"
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
@@ -172,7 +172,8 @@ def build_workers(
     circuits = Circuits(engine, settings)
     delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP))
     schedules = ScheduleActivities(client)
-    interceptors = [ObservabilityInterceptor(), *tracing_interceptors(client)]
+    tracing = [] if settings.bench_telemetry_off else tracing_interceptors(client)
+    interceptors = [ObservabilityInterceptor(), *tracing]
     alerting = alerting_activities(client, engine, settings)
     # built only for the queues asked for: a worker is registered with the client as soon as it exists
     factories = {
@@ -284,7 +285,7 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
 def serve_metrics(settings: Settings) -> int | None:
     """Our business metrics (prognet.metrics) on WORKER_METRICS_PORT, apart from the SDK's endpoint: the SDK
     serves its own registry from Rust, and two endpoints keep each scrape cheap and each source obvious."""
-    if not settings.worker_metrics_port:
+    if not settings.worker_metrics_port or settings.bench_telemetry_off:
         return None
     start_http_server(settings.worker_metrics_port, addr=settings.metrics_host)
     log.info("worker metrics on http://%s:%d/metrics", settings.metrics_host, settings.worker_metrics_port)
