@@ -19,7 +19,7 @@ from api.metrics import RequestMetrics
 from api.metrics import router as metrics_router
 from api.problems import DEPENDENCY_OUTAGE_RESPONSE, install_problem_handlers
 from api.read_models import ReadModels
-from api.request_log import AccessLog, configure_logging
+from api.request_log import AccessLog
 from api.routers import (
     admin,
     audit,
@@ -47,6 +47,7 @@ from api.routers import (
 from api.sessions import SessionStore
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
+from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
 from prognet.payload_codec import codec_from, converter_for
 from prognet.settings import Settings, get_settings
@@ -128,7 +129,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         else redis
     )
     payload_codec = codec_from(settings)  # the Temporal client's codec, also served to the Web UI at /codec
-    temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace, converter_for(payload_codec))
+    temporal = TemporalConnector(
+        settings.temporal_target,
+        settings.temporal_namespace,
+        converter_for(payload_codec),
+        retry_policies=SagaRetryPolicies.model_validate(settings.saga_retry_policies()),
+        tracing=not settings.bench_telemetry_off,
+    )
     temporal.start_background_connect()
     app.state.engine = engine
     app.state.read_models = ReadModels(read_engine, engine, cache, settings)
@@ -153,8 +160,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
-    telemetry.configure_tracing(telemetry.API, settings)
+    telemetry.configure_process(telemetry.API, settings)
     app = FastAPI(
         title="ProgNetwork API",
         version="1.0.0",
@@ -196,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(codec.CodecCors, origins=settings.codec_origins)
     app.add_middleware(AccessLog)
+    if settings.bench_telemetry_off:  # development only: what `prognet bench --only telemetry` compares against
+        return app
     app.add_middleware(RequestMetrics)
     # the server span wraps every middleware and error handler: logs and problem bodies carry its trace id
     FastAPIInstrumentor.instrument_app(

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev", "development"}
@@ -36,9 +36,37 @@ def _default_alerting_config() -> Path:
     return beside if beside.exists() else Path("config") / "alerting.toml"
 
 
+class RetrySetting(BaseModel):
+    """A retry policy (models/retry_policies.RetrySpec): Temporal retries a failed activity after
+    initial_interval_seconds, each further wait backoff_coefficient times longer, at most maximum_interval_seconds
+    apart, until maximum_attempts (0: without limit)."""
+
+    initial_interval_seconds: float = Field(1.0, gt=0, description="Wait before the second attempt.")
+    backoff_coefficient: float = Field(2.0, ge=1, description="Each further wait is this many times longer.")
+    maximum_interval_seconds: float = Field(60.0, gt=0, description="Longest wait between two attempts.")
+    maximum_attempts: int = Field(0, ge=0, description="Attempts in all, the first included; 0: without limit.")
+
+    @model_validator(mode="after")
+    def _interval_order(self) -> RetrySetting:
+        if self.maximum_interval_seconds < self.initial_interval_seconds:
+            raise ValueError("maximum_interval_seconds must not be below initial_interval_seconds")
+        return self
+
+
+class CompensationRetrySetting(RetrySetting):
+    """A compensation's: it gives up sooner (then the saga waits for an operator). Its own defaults, so a setting
+    that names one field (RETRY_COMPENSATION_STRIPE__MAXIMUM_ATTEMPTS=3) keeps the others."""
+
+    maximum_interval_seconds: float = Field(30.0, gt=0, description="Longest wait between two attempts.")
+    maximum_attempts: int = Field(5, ge=0, description="Attempts in all, the first included; 0: without limit.")
+
+
 class Settings(BaseSettings):
     # hide_input_in_errors: a refused value may be a secret (PAYLOAD_KEYS, SECRET_KEY); errors name it, never echo it
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True)
+    # env_nested_delimiter: one field of a nested setting on its own, e.g. RETRY_STRIPE__MAXIMUM_ATTEMPTS=10
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True, env_nested_delimiter="__"
+    )
 
     environment: Literal["development", "production"] = Field(
         "development",
@@ -130,6 +158,31 @@ class Settings(BaseSettings):
     )
     invitation_timeout: timedelta = Field(
         timedelta(days=7), description="How long an invitation waits for acceptance before it expires."
+    )
+
+    # --- retry policies of saga steps and compensations, per external service (models/retry_policies.py) ---
+    # Each is {initial_interval_seconds, backoff_coefficient, maximum_interval_seconds, maximum_attempts (0: no
+    # limit)}: RETRY_STRIPE='{"maximum_attempts": 10}' or RETRY_STRIPE__MAXIMUM_ATTEMPTS=10. Recorded in each
+    # saga's input when it starts: a change applies to sagas started after it.
+    retry_database: RetrySetting = Field(
+        default_factory=RetrySetting,
+        description="Forward saga steps on our database (users, tenants, invoices, …); default 1 s, x2, at most "
+        "60 s apart, without limit.",
+    )
+    retry_stripe: RetrySetting = Field(
+        default_factory=RetrySetting,
+        description="Forward saga steps that call Stripe (customer, PaymentIntent); an open Stripe circuit is "
+        "waited out, not counted. Default 1 s, x2, at most 60 s apart, without limit.",
+    )
+    retry_compensation_database: CompensationRetrySetting = Field(
+        default_factory=CompensationRetrySetting,
+        description="Compensations on our database; after the last attempt the saga waits for an operator. "
+        "Default 1 s, x2, at most 30 s apart, 5 attempts.",
+    )
+    retry_compensation_stripe: CompensationRetrySetting = Field(
+        default_factory=CompensationRetrySetting,
+        description="Compensations that call Stripe (delete customer, refund). Default 1 s, x2, at most 30 s "
+        "apart, 5 attempts.",
     )
 
     # --- email delivery pipeline ---
@@ -270,7 +323,19 @@ class Settings(BaseSettings):
         None, description="Bearer token Alertmanager's webhook sends to /v1/admin/incidents/alertmanager; unset: off."
     )
 
-    log_level: str = "INFO"
+    bench_telemetry_off: bool = Field(
+        False,
+        description="Development only (refused in production): no tracing, no metrics endpoints or request metrics, "
+        "and new Temporal payloads unencrypted (encrypted ones still decrypt). How `prognet bench --only telemetry` "
+        "measures what tracing, metrics and the codec cost.",
+    )
+
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR, for every process.")
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="json: one JSON object per line with trace_id/span_id inside a span (for a log pipeline); "
+        "text: `LEVEL logger: message key=value trace=…` (what `prognet dev` gives the processes it starts).",
+    )
 
     @field_validator("smtp_username", "smtp_password", mode="before")
     @classmethod
@@ -337,9 +402,20 @@ class Settings(BaseSettings):
             )
         if self.codec_allow_local_ui:
             raise ValueError("CODEC_ALLOW_LOCAL_UI is a development setting; it must not be set in production")
+        if self.bench_telemetry_off:
+            raise ValueError("BENCH_TELEMETRY_OFF is a benchmark setting; it must not be set in production")
         return self
 
     # --- derived values ---
+    def saga_retry_policies(self) -> dict[str, dict[str, float]]:
+        """What a saga started now records in its input: `models.retry_policies.SagaRetryPolicies`' fields."""
+        return {
+            "step_database": self.retry_database.model_dump(),
+            "step_stripe": self.retry_stripe.model_dump(),
+            "compensation_database": self.retry_compensation_database.model_dump(),
+            "compensation_stripe": self.retry_compensation_stripe.model_dump(),
+        }
+
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"

@@ -40,6 +40,7 @@ from models.names import (
     webhook_workflow_id,
 )
 from models.tables import WebhookEndpoint
+from prognet import telemetry
 from prognet.settings import Settings
 from webhooks.event_filter import matches
 
@@ -193,6 +194,7 @@ async def run_dispatcher(settings: Settings, stop: asyncio.Event) -> None:
     """`prognet webhooks-dispatcher`: until `stop` is set."""
     if not settings.database_url or not settings.redis_url:
         raise SystemExit("error: the webhook dispatcher needs DATABASE_URL and REDIS_URL")
+    telemetry.configure_process(telemetry.WEBHOOKS_DISPATCHER, settings)
     engine = make_engine(settings.database_url)
     redis = Redis.from_url(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, socket_connect_timeout=5)
     client = None

@@ -33,6 +33,8 @@ from activities.webhooks import WebhookActivities
 from models.alerting import AlertConfigError, load_alerting_config
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
+from models.retry_interceptor import RetryPoliciesInterceptor
+from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
 from prognet.payload_codec import data_converter
 from prognet.settings import Settings, get_settings
@@ -121,12 +123,17 @@ def activities_for(engine: AsyncEngine, settings: Settings, circuits: Circuits |
 
 
 async def connect_client(settings: Settings, runtime: Runtime | None = None) -> Client:
+    retry_policies = SagaRetryPolicies.model_validate(settings.saga_retry_policies())
     return await Client.connect(
         settings.temporal_target,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         runtime=runtime,
-        interceptors=[TracingInterceptor()],  # the workers built on this client inherit it
+        # the workers built on this client inherit them; sagas its activities start record the retry settings
+        interceptors=[
+            *([] if settings.bench_telemetry_off else [TracingInterceptor()]),
+            RetryPoliciesInterceptor(retry_policies),
+        ],
     )
 
 
@@ -141,7 +148,7 @@ def tracing_interceptors(client: Client) -> list[TracingInterceptor]:
 def sdk_runtime(settings: Settings) -> Runtime | None:
     """A Temporal runtime whose SDK metrics (task latencies, schedule-to-start, failures) the SDK serves itself
     on WORKER_SDK_METRICS_PORT; None (the default runtime, no endpoint) when that port is 0."""
-    if not settings.worker_sdk_metrics_port:
+    if not settings.worker_sdk_metrics_port or settings.bench_telemetry_off:
         return None
     address = f"{settings.metrics_host}:{settings.worker_sdk_metrics_port}"
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
@@ -165,7 +172,8 @@ def build_workers(
     circuits = Circuits(engine, settings)
     delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP))
     schedules = ScheduleActivities(client)
-    interceptors = [ObservabilityInterceptor(), *tracing_interceptors(client)]
+    tracing = [] if settings.bench_telemetry_off else tracing_interceptors(client)
+    interceptors = [ObservabilityInterceptor(), *tracing]
     alerting = alerting_activities(client, engine, settings)
     # built only for the queues asked for: a worker is registered with the client as soon as it exists
     factories = {
@@ -253,7 +261,7 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
-    telemetry.configure_tracing(telemetry.WORKER, settings)
+    telemetry.configure_process(telemetry.WORKER, settings)
     try:
         load_alerting_config(settings.alerting_config)
     except AlertConfigError as exc:
@@ -277,7 +285,7 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
 def serve_metrics(settings: Settings) -> int | None:
     """Our business metrics (prognet.metrics) on WORKER_METRICS_PORT, apart from the SDK's endpoint: the SDK
     serves its own registry from Rust, and two endpoints keep each scrape cheap and each source obvious."""
-    if not settings.worker_metrics_port:
+    if not settings.worker_metrics_port or settings.bench_telemetry_off:
         return None
     start_http_server(settings.worker_metrics_port, addr=settings.metrics_host)
     log.info("worker metrics on http://%s:%d/metrics", settings.metrics_host, settings.worker_metrics_port)

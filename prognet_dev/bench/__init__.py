@@ -20,6 +20,8 @@ and noisy: only the ratios carry over between runs.
 6. SSE fan-out: N concurrent streams of one tenant receiving each of M events, commit-to-client p50/p99.
 7. Webhook deliveries/s to a local `prognet webhook-receiver` vs raw signed POSTs/s to the same receiver.
    Sections 6 and 7: prognet_dev/bench/realtime.py.
+8. What tracing + metrics + the payload codec cost: registration and billing sagas/s with telemetry on vs off
+   (BENCH_TELEMETRY_OFF) on the same stack, phases on, off, off, on. See prognet_dev/bench/telemetry.py.
 
 Sections are chosen with `--sections` (alias `--only`), by number or name: `prognet bench --only billing`.
 """
@@ -52,6 +54,7 @@ SECTION_NAMES = {
     "events": 5,
     "sse": 6,
     "webhooks": 7,
+    "telemetry": 8,
 }
 
 
@@ -413,6 +416,11 @@ async def run(args: argparse.Namespace) -> None:
                     await events.quiesce(stack.redis_url)
                     realtime_lines += await realtime.bench_webhooks(tenants, stack, args)
 
+            if 8 in sections:  # last: it restarts the worker and the API
+                from prognet_dev.bench.telemetry import bench_telemetry
+
+                realtime_lines += await bench_telemetry(stack, http, args)
+
         print()
         if 1 in sections:
             print(f"1. sagas ({n} each, concurrency {args.concurrency})")
@@ -504,13 +512,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sse-interval", type=float, default=0.1, help="seconds between those events' commits (6)")
     parser.add_argument("--webhooks", type=int, default=150, help="webhook deliveries and raw POSTs each (7)")
     parser.add_argument("--webhook-concurrency", type=int, default=20, help="concurrent raw POSTs (7)")
+    parser.add_argument("--telemetry-sagas", type=int, default=100, help="registrations per phase (section 8)")
+    parser.add_argument("--telemetry-billing", type=int, default=30, help="billing cycles per phase (8)")
     parser.add_argument(
         "--sections",
         "--only",
         type=parse_sections,
-        default="1,2,3,4,5,6,7",
+        default="1,2,3,4,5,6,7,8",
         help="which figures to measure, by number or name, e.g. 3, 1,3 or billing "
-        "(sagas, logins, emails, billing, events, sse, webhooks; default: all)",
+        "(sagas, logins, emails, billing, events, sse, webhooks, telemetry; default: all)",
     )
     asyncio.run(run(parser.parse_args(argv)))
     return 0
