@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -41,6 +41,7 @@ from models.names import (
 )
 from models.tables import WebhookEndpoint
 from prognet import telemetry
+from prognet.payload_codec import data_converter
 from prognet.settings import Settings
 from webhooks.event_filter import matches
 
@@ -200,8 +201,12 @@ async def run_dispatcher(settings: Settings, stop: asyncio.Event) -> None:
     client = None
     while client is None and not stop.is_set():
         try:
+            # the same converter as every other client: delivery inputs are encrypted like all payloads
             client = await Client.connect(
-                settings.temporal_target, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+                settings.temporal_target,
+                namespace=settings.temporal_namespace,
+                data_converter=data_converter(settings),
+                interceptors=[] if settings.bench_telemetry_off else [TracingInterceptor()],
             )
         except RuntimeError as err:
             log.warning("temporal unreachable (%s); retrying", err)
