@@ -289,6 +289,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from relay.relay import run_relay
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if settings.relay_metrics_port:  # Prometheus sees the relay up (its lag is the API's series, from Redis)
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.relay_metrics_port, addr=settings.metrics_host)
 
     async def run() -> None:
         stop = asyncio.Event()
