@@ -288,6 +288,11 @@ def cmd_relay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from relay.relay import run_relay
 
+    if settings.relay_metrics_port:  # Prometheus sees the relay up (its lag is the API's series, from Redis)
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.relay_metrics_port, addr=settings.metrics_host)
+
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

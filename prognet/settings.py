@@ -275,6 +275,9 @@ class Settings(BaseSettings):
         9465, ge=0, description="The Temporal SDK's runtime metrics of the worker (task latencies, failures)."
     )
     temporal_metrics_port: int = Field(9233, ge=0, description="The embedded Temporal dev server's own metrics.")
+    relay_metrics_port: int = Field(
+        0, ge=0, description="The relay's /metrics (its process; 0: off). docker-compose serves it for Prometheus."
+    )
 
     # --- circuit breakers (Stripe, SMTP, outbound webhooks per host; state shared through Redis) ---
     circuit_window_seconds: float = Field(60.0, gt=0, description="Sliding window the failure rate is taken over.")
@@ -371,7 +374,7 @@ class Settings(BaseSettings):
     def _refuse_placeholders_in_production(self) -> Settings:
         if self.environment != "production":
             return self
-        for name in ("secret_key", "stripe_secret_key", "stripe_webhook_secret", "smtp_password"):
+        for name in ("secret_key", "stripe_secret_key", "stripe_webhook_secret", "smtp_password", "alertmanager_token"):
             value: SecretStr | None = getattr(self, name)
             if value is not None and PLACEHOLDER_MARK in value.get_secret_value().lower():
                 raise ValueError(f"{name.upper()} is still the placeholder of .env.example; set the real value")

@@ -81,6 +81,7 @@ def test_trusted_proxies_are_cidrs():
         ("stripe_secret_key", "sk_test_change-me"),
         ("stripe_webhook_secret", "whsec_change-me"),
         ("smtp_password", "change-me"),
+        ("alertmanager_token", "change-me-alertmanager-token"),
     ],
 )
 def test_production_refuses_the_example_env_placeholders(name, value):
