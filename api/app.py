@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -45,6 +45,7 @@ from api.routers import (
     workflows,
 )
 from api.sessions import SessionStore
+from api.sse import StreamCap
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
 from prognet import telemetry
@@ -120,6 +121,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # delay the 503 while Redis is really down.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
     )
+    # Streams read Redis through a pool of their own: however many are open, ordinary requests (logins, sessions,
+    # throttles) never wait behind them. Blocking: past its size a stream waits a moment for a connection (then
+    # ends `cache-unavailable`) instead of failing at once as redis-py's default pool does.
+    sse_redis = Redis(
+        connection_pool=BlockingConnectionPool.from_url(
+            _redis_url(settings),
+            max_connections=settings.sse_redis_max_connections,
+            timeout=2,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+        )
+    )
     # Queries read here (a replica, if DATABASE_READ_URL names one); commands never do.
     read_engine = make_engine(settings.database_read_url) if settings.database_read_url else engine
     cache = (
@@ -136,6 +152,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.temporal = temporal
     app.state.payload_codec = payload_codec
     app.state.sessions = SessionStore(redis, settings.refresh_token_ttl_seconds)
+    app.state.sse_redis = sse_redis
+    app.state.sse_sessions = SessionStore(sse_redis, settings.refresh_token_ttl_seconds)  # streams' session checks
+    app.state.sse_cap = StreamCap(settings.sse_max_streams_per_process)
     app.state.login_throttle = LoginThrottle(redis, settings.login_max_failures, settings.login_failure_window_seconds)
     app.state.device_cookies = DeviceCookies(settings.derived_key("device-cookie"))
     app.state.access_tokens = AccessTokenCodec(settings.derived_key("jwt"), settings.access_token_ttl_seconds)
@@ -146,6 +165,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if cache is not redis:
             await cache.aclose()
         await redis.aclose()
+        await sse_redis.aclose()
+        await sse_redis.connection_pool.disconnect()
         if read_engine is not engine:
             await read_engine.dispose()
         await engine.dispose()
