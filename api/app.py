@@ -118,7 +118,7 @@ def _redis_client(settings: Settings, max_connections: int) -> Redis:
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
     )
-    return Redis(connection_pool=pool, auto_close_connection_pool=True)
+    return Redis.from_pool(pool)  # the client owns the pool: closing it disconnects the pool
 
 
 @asynccontextmanager
