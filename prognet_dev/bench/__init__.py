@@ -502,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reads", type=int, default=200, help="GET /v1/tenants/{id} per read source (5)")
     # One API process serves them all: streams read Redis through their own pool (SSE_REDIS_MAX_CONNECTIONS).
     parser.add_argument("--sse-streams", type=int, default=200, help="concurrent SSE streams (section 6)")
+    parser.add_argument("--sse-connect-concurrency", type=int, default=20, help="SSE streams being opened at once (6)")
     parser.add_argument("--sse-events", type=int, default=30, help="events each SSE stream receives (6)")
     parser.add_argument("--sse-interval", type=float, default=0.1, help="seconds between those events' commits (6)")
     parser.add_argument("--webhooks", type=int, default=150, help="webhook deliveries and raw POSTs each (7)")

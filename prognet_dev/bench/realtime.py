@@ -44,10 +44,16 @@ class SseClient:
         self.arrivals: dict[uuid.UUID, float] = {}
         self.connected = asyncio.Event()
 
-    async def follow(self, http: httpx.AsyncClient, tenants: BenchTenants, tenant_id: uuid.UUID, m: int) -> None:
+    async def follow(
+        self, http: httpx.AsyncClient, tenants: BenchTenants, tenant_id: uuid.UUID, m: int, opening: asyncio.Semaphore
+    ) -> None:
         headers = {"Authorization": f"Bearer {tenants.token}", "Accept": "text/event-stream"}
         params = {"tenant_id": str(tenant_id), "types": BENCH_EVENT}
-        async with http.stream("GET", "/v1/events/stream", params=params, headers=headers) as response:
+        async with opening:  # released once the stream has answered (or failed)
+            response = await http.send(
+                http.build_request("GET", "/v1/events/stream", params=params, headers=headers), stream=True
+            )
+        try:
             response.raise_for_status()
             self.connected.set()
             async for line in response.aiter_lines():
@@ -56,6 +62,8 @@ class SseClient:
                     self.arrivals[uuid.UUID(data["event_id"])] = time.time()
                     if len(self.arrivals) >= m:
                         return
+        finally:
+            await response.aclose()
 
 
 @dataclass
@@ -94,7 +102,10 @@ async def sse_round(api_url: str, redis_url: str, tenants: BenchTenants, n: int,
     reader = asyncio.create_task(redis_reader(redis, tenant_stream(tenant_id), in_redis, reader_ready))
     async with httpx.AsyncClient(base_url=api_url, limits=limits, timeout=timeout) as http:
         clients = [SseClient(i) for i in range(n)]
-        tasks = [asyncio.create_task(c.follow(http, tenants, tenant_id, m)) for c in clients]
+        # opened args.sse_connect_concurrency at a time: each open is a session check and a membership
+        # transaction, and 200 at once queue past the database pool's timeout on a loaded 2-core machine
+        opening = asyncio.Semaphore(args.sse_connect_concurrency)
+        tasks = [asyncio.create_task(c.follow(http, tenants, tenant_id, m, opening)) for c in clients]
         conn = await asyncpg.connect(tenants.owner_dsn)
         try:
             connect_start = time.perf_counter()
