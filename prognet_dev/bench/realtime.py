@@ -59,6 +59,8 @@ class SseClient:
             async for line in response.aiter_lines():
                 if line.startswith("data:"):
                     data = json.loads(line[5:])
+                    if "event_id" not in data:  # `event: error`: the server ended the stream
+                        raise RuntimeError(f"SSE stream {self.index} ended by the server: {data}")
                     self.arrivals[uuid.UUID(data["event_id"])] = time.time()
                     if len(self.arrivals) >= m:
                         return
