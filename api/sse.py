@@ -19,8 +19,10 @@ replicas and a crashed replica's slots lapse by themselves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import re
 import time
 import uuid
@@ -55,6 +57,7 @@ log = logging.getLogger("prognet.api.sse")
 
 BATCH = 100  # stream entries read (and held) per connection at a time
 CAPACITY_RETRY_AFTER = 5  # seconds a client waits when this process holds as many streams as it may
+STREAM_DB_CHECKS = 5  # of the API's 20 pooled database connections (models.db.make_engine)
 MAX_BLOCK_SECONDS = 2.0  # one XREAD BLOCK; below the API's Redis socket timeout (api.app: 5 s)
 SEP = "\n"
 _STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
@@ -203,11 +206,14 @@ def stream_slots(redis: Redis, settings: Settings) -> StreamSlots:
 
 
 class StreamCap:
-    """At most `limit` streams open at once in this API process (counted in memory: the limit is per process)."""
+    """At most `limit` streams open at once in this API process (counted in memory: the limit is per process), and
+    at most STREAM_DB_CHECKS of their periodic access checks in the database at once: the rest wait here, not in
+    the API's database pool, where hundreds of streams checking together would make ordinary requests time out."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
+        self.db_checks = asyncio.Semaphore(STREAM_DB_CHECKS)
 
     def take(self) -> None:
         if self.open >= self.limit:
@@ -254,8 +260,11 @@ class Guard:
         """None while the stream may go on, else its final message. Refreshes the slot."""
         if await self.sessions.user_of(self.caller.session_id) != self.caller.user_id:
             return ended("session-ended", "The session of this access token has ended (logout or password change).")
-        if self.access is not None and not await self.access():
-            return ended("access-revoked", "You no longer have access to this tenant's events.")
+        if self.access is not None:
+            async with self.cap.db_checks:
+                allowed = await self.access()
+            if not allowed:
+                return ended("access-revoked", "You no longer have access to this tenant's events.")
         await self.slots.refresh(self.caller.user_id, self.slot)
         return None
 
@@ -274,7 +283,8 @@ class Beat:
     due: float = field(default=0.0)
 
     def __post_init__(self) -> None:
-        self.due = time.monotonic() + self.every
+        # the first beat comes a little early, by chance: streams opened together do not check their guards together
+        self.due = time.monotonic() + self.every * random.uniform(0.5, 1.0)
 
     def left(self) -> float:
         return max(0.0, self.due - time.monotonic())
