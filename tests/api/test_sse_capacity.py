@@ -58,7 +58,9 @@ async def test_a_flood_of_streams_does_not_block_logins_or_probes(settings, sche
         assert "access_token" in await login(http, other)  # throttle and session writes on the main pool
         me = await http.get("/v1/me", headers=headers)
         assert me.status_code == 200, me.text
-        assert time.monotonic() - started < 5.0
+        # starved, they would answer 503 (no pooled connection within 2 s), checked above; the time only bounds a
+        # hang, with room for a machine shared by other test processes
+        assert time.monotonic() - started < 15.0
 
         # and every stream still works
         [entry] = await publish(redis, event("test.flood", user=account.id))
