@@ -99,6 +99,7 @@ SERVICE_UNAVAILABLE = ProblemType("service-unavailable", 503, "Service unavailab
 WORKFLOW_ENGINE_UNAVAILABLE = ProblemType("workflow-engine-unavailable", 503, "Workflow engine unavailable")
 DATABASE_UNAVAILABLE = ProblemType("database-unavailable", 503, "Database unavailable")
 CACHE_UNAVAILABLE = ProblemType("cache-unavailable", 503, "Cache unavailable")
+STREAMS_AT_CAPACITY = ProblemType("streams-at-capacity", 503, "This server holds as many streams as it can")
 SIGNUP_FAILED = ProblemType("signup-failed", 503, "Sign-up could not be completed")
 
 _BY_STATUS = {  # framework HTTPExceptions carry only a status code

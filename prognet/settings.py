@@ -226,6 +226,20 @@ class Settings(BaseSettings):
     sse_max_streams_per_user: int = Field(
         5, ge=1, description="Concurrent event and saga-progress streams one user may hold, across all replicas."
     )
+    sse_max_streams_per_process: int = Field(
+        500,
+        ge=1,
+        description="Concurrent streams one API process serves (then 503 `streams-at-capacity` with Retry-After, "
+        "so a load balancer or client tries again, perhaps on another replica). Each stream costs two sockets (the "
+        "client's and a Redis connection while it waits for events): keep the open-files limit above twice this.",
+    )
+    sse_redis_max_connections: int = Field(
+        500,
+        ge=1,
+        description="Redis connections of the API process's own pool for streams, apart from the pool ordinary "
+        "requests use (logins, sessions, throttles), so streams never make them wait. Each stream uses at most one "
+        "at a time: keep it at least SSE_MAX_STREAMS_PER_PROCESS.",
+    )
     sse_send_timeout_seconds: float = Field(
         10.0,
         gt=0,

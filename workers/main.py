@@ -208,9 +208,24 @@ def build_workers(
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             interceptors=interceptors,
         ),
-        WEBHOOK_TASK_QUEUE: lambda: webhook_worker(client, engine, settings, interceptors=interceptors),
+        WEBHOOK_TASK_QUEUE: lambda: webhook_worker(client, webhook_activities(), interceptors=interceptors),
     }
-    return Workers([factories[queue]() for queue in ALL_TASK_QUEUES if queue in task_queues], on_close=circuits.aclose)
+    hooks: list[WebhookActivities] = []  # made only with their worker; closed (their HTTP client) with the workers
+
+    def webhook_activities() -> WebhookActivities:
+        hooks.append(WebhookActivities(engine, settings))
+        return hooks[-1]
+
+    workers = [factories[queue]() for queue in ALL_TASK_QUEUES if queue in task_queues]
+
+    async def close() -> None:
+        try:
+            for made in hooks:
+                await made.aclose()
+        finally:
+            await circuits.aclose()
+
+    return Workers(workers, on_close=close)
 
 
 def alerting_activities(client: Client, engine: AsyncEngine, settings: Settings) -> AlertingActivities:
@@ -222,13 +237,12 @@ def alerting_activities(client: Client, engine: AsyncEngine, settings: Settings)
 
 def webhook_worker(
     client: Client,
-    engine: AsyncEngine,
-    settings: Settings,
+    hooks: WebhookActivities,
     task_queue: str = WEBHOOK_TASK_QUEUE,
     interceptors: list | None = None,
 ) -> Worker:
-    """Webhook deliveries on their own queue: slow receivers hold only these slots."""
-    hooks = WebhookActivities(engine, settings)
+    """Webhook deliveries on their own queue: slow receivers hold only these slots. The caller closes `hooks`
+    (its shared HTTP client) after the worker has stopped."""
     return Worker(
         client,
         task_queue=task_queue,
