@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 from temporalio.common import RetryPolicy
 
 from models import activity_names as act
@@ -95,3 +95,12 @@ class WithRetryPolicies(BaseModel):
         default_factory=SagaRetryPolicies,
         description="Set by whoever starts the saga from the RETRY_* settings; the defaults otherwise.",
     )
+
+    @model_serializer(mode="wrap")
+    def _policies_last(self, handler: SerializerFunctionWrapHandler) -> object:
+        """The business fields first: an operator reading the input in the UI sees what the saga is about before
+        its retry settings."""
+        data = handler(self)
+        if isinstance(data, dict) and "retry_policies" in data:
+            data["retry_policies"] = data.pop("retry_policies")
+        return data

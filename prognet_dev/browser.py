@@ -121,8 +121,14 @@ def screenshot_when(
         deadline = time.monotonic() + timeout
         check = {"expression": f"!!({ready_js})", "returnByValue": True}
         while not devtools.call("Runtime.evaluate", session, **check)["result"].get("value"):
-            if time.monotonic() > deadline:
-                raise ChromiumError(f"{url} did not show what was expected ({ready_js}) within {timeout:.0f}s")
+            if time.monotonic() > deadline:  # keep what the page did show, to see why
+                failed = path.with_suffix(".failed.png")
+                failed.write_bytes(
+                    base64.b64decode(devtools.call("Page.captureScreenshot", session, format="png")["data"])
+                )
+                raise ChromiumError(
+                    f"{url} did not show what was expected ({ready_js}) within {timeout:.0f}s; it showed {failed}"
+                )
             time.sleep(0.25)
         time.sleep(settle_seconds)  # fonts, icons and the last render
         png = devtools.call("Page.captureScreenshot", session, format="png")["data"]
