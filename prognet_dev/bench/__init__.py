@@ -109,15 +109,18 @@ async def bench_registrations(
     start = time.perf_counter()
 
     async def register(i: int) -> None:
-        # As a client should: a 503 (the saga not confirmed within 15 s on a saturated machine) is retried
-        # after Retry-After with the same Idempotency-Key, which finds the same registration.
+        # As a client should: a 503 (the saga not confirmed within 15 s on a saturated machine) or no answer in
+        # time is retried (after Retry-After) with the same Idempotency-Key, which finds the same registration.
         key = f"bench-{run}-{i}"
         while True:
-            r = await http.post(
-                "/v1/auth/register",
-                headers={"Idempotency-Key": key},
-                json={"email": f"bench-{run}-{i}@example.com", "password": BENCH_PASSWORD},
-            )
+            try:
+                r = await http.post(
+                    "/v1/auth/register",
+                    headers={"Idempotency-Key": key},
+                    json={"email": f"bench-{run}-{i}@example.com", "password": BENCH_PASSWORD},
+                )
+            except httpx.TimeoutException:
+                continue
             if r.status_code != 503:
                 break
             await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
