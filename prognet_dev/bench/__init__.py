@@ -464,7 +464,8 @@ async def run(args: argparse.Namespace) -> None:
                 await stripe_admin.wait_for_webhooks(timeout=60)
                 t_naive = await bench_noop_workflows(address, bn, bn, steps=NAIVE_STEPS["billing"])
                 t_shaped = await bench_shaped_workflows(address, billing_shape.plan(), bn, bn, await_children=False)
-                billing_run = await billing.run_cycles(client, billing_subs[:bn], stack.maildir, max(120.0, bn))
+                with billing.ConnectionPeak(stack.migration_database_url) as connections:
+                    billing_run = await billing.run_cycles(client, billing_subs[:bn], stack.maildir, max(120.0, bn))
                 billing_checks = await billing.verify_run(stack, stripe_admin, billing_run)
                 figures["billing"] = saga_section(bn / billing_run.seconds, bn / t_naive, bn / t_shaped, billing_shape)
                 receipt_rate = bn / billing_run.seconds_with_receipts
@@ -541,6 +542,8 @@ async def run(args: argparse.Namespace) -> None:
                 f"   the same, until every receipt is in the Maildir : {receipt_rate:8.1f} /s"
                 f"   ratio {receipt_rate / figures['billing']['naive_baseline_rate']:.2f} of naive"
             )
+            for line in billing.scale_lines(stack, billing_run, connections):
+                print(line)
             print(f"   checked: {'; '.join(billing_checks)}")
         for line in realtime_lines:
             print(line)
