@@ -366,6 +366,7 @@ async def run(args: argparse.Namespace) -> None:
     # stack_settings embeds every service and app=True starts the API, so start() has resolved every address
     assert stack.temporal_address and stack.api_url and stack.database_url, "the bench's stack is fully embedded"
     assert stack.smtp_host and stack.smtp_port and stack.stripe_api_base, "the bench's stack is fully embedded"
+    assert stack.migration_database_url, "the bench's stack is fully embedded"
     address = stack.temporal_address
     # a plain child for the whole run, stopped synchronously in `finally`; it needs only Temporal (its own process),
     # so blocking on its `ready` line stalls nothing it depends on
