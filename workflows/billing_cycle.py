@@ -288,6 +288,7 @@ class BillingCycleWorkflow:
                 workflow_id=wid,
                 attempts=self.state.attempt or None,  # 0: run again after it was paid, nothing charged
             ),
+            local=True,  # idempotent: paid by this PaymentIntent already is a no-op
         )
         if receipt:
             await start_email(

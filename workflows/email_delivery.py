@@ -61,7 +61,8 @@ class EmailDeliveryWorkflow:
             act.EMAIL_POLICY, start_to_close_timeout=timedelta(seconds=10), result_type=EmailPolicy
         )
         self.saga.set_status("running", step="queue", details="recording the message")
-        queued: EmailQueued = await workflow.execute_activity(
+        # Local, in the first workflow task with the policy: idempotent by message id (a re-run finds its row).
+        queued: EmailQueued = await workflow.execute_local_activity(
             act.QUEUE_EMAIL,
             req,
             result_type=EmailQueued,

@@ -71,6 +71,7 @@ class RegistrationWorkflow:
                 act.CREATE_PENDING_USER,
                 create,
                 compensation=(act.DELETE_PENDING_USER, UserRef(user_id=params.user_id, workflow_id=wid)),
+                local=True,  # idempotent by user id: a re-run finds its row
             )
         except ActivityError as err:
             if error_type(err) == EMAIL_TAKEN:
@@ -101,6 +102,7 @@ class RegistrationWorkflow:
             act.ISSUE_VERIFICATION_TOKEN,
             IssueVerificationToken(user_id=params.user_id, token_id=token_id, expires_at=expires_at),
             compensation=(act.REVOKE_VERIFICATION_TOKEN, TokenRef(token_id=token_id)),
+            local=True,  # idempotent by token id
         )
         if params.hold_verification_email:
             # The hold counts against the token's lifetime: the user gets what is left of it.

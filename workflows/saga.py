@@ -67,6 +67,7 @@ class Saga:
         self.retry_policies = retry_policies or SagaRetryPolicies()  # the saga input's (WithRetryPolicies)
         self._compensations: list[_Compensation] = []
         self._decisions: list[OperatorDecision] = []
+        self._published: tuple[str, str | None] | None = None  # SagaStatus, SagaStep last upserted
         workflow.set_query_handler(QUERY_SAGA_STATE, self._query_state)
         workflow.set_signal_handler(SIGNAL_OPERATOR_DECISION, self._on_operator_decision)
         _report(EXTERN_SAGA_STATUS, name, "started")
@@ -91,12 +92,16 @@ class Saga:
 
     def _publish(self, details: str | None = None) -> None:
         self.state.updated_at = workflow.now()
-        workflow.upsert_search_attributes(
-            [
-                SA_SAGA_STATUS.value_set(self.state.status),
-                SA_SAGA_STEP.value_set(self.state.step),
-            ]
-        )
+        # Each upsert is a history event: only a change is sent (current details cost no event).
+        published = (self.state.status, self.state.step)
+        if published != self._published:
+            self._published = published
+            workflow.upsert_search_attributes(
+                [
+                    SA_SAGA_STATUS.value_set(self.state.status),
+                    SA_SAGA_STEP.value_set(self.state.step),
+                ]
+            )
         if details is not None:
             workflow.set_current_details(details)
 
@@ -167,9 +172,14 @@ class Saga:
         result_type: type | None = None,
         retry_policy: RetryPolicy | None = None,
         timeout: timedelta = STEP_TIMEOUT,
+        local: bool = False,
     ) -> T:
         """Run one forward step as an activity; its compensation is registered before it starts. Its retry
-        policy: the input's for the service `activity` calls, unless given."""
+        policy: the input's for the service `activity` calls, unless given.
+
+        `local`: a local activity, run by this worker inside the workflow task (no task of its own, no server
+        round trip): for a short, idempotent database step, since a worker crash makes the workflow task run
+        it again from the start."""
         if retry_policy is None:
             retry_policy = self.retry_policies.for_step(_activity_name(activity))
         self.set_status("running", step=name, details=f"running step {name}")
@@ -179,28 +189,39 @@ class Saga:
         options: dict[str, Any] = {"start_to_close_timeout": timeout, "retry_policy": retry_policy}
         if isinstance(activity, str):
             options["result_type"] = result_type
-        result: T = await self.execute_activity(activity, arg, **options)
+        result: T = await self.execute_activity(activity, arg, local=local, **options)
         self.state.completed_steps.append(name)
         return result
 
-    async def execute_activity(self, activity: str | Callable[..., Any], arg: Any, **options: Any) -> Any:
-        """Execute an activity; while the service it calls has its circuit open, wait on a durable timer until
-        the cool-down is over (saying so in the details) and run it again."""
+    async def execute_activity(
+        self, activity: str | Callable[..., Any], arg: Any, *, local: bool = False, **options: Any
+    ) -> Any:
+        """Execute an activity (`local`: a local activity); while the service it calls has its circuit open,
+        wait on a durable timer until the cool-down is over (saying so in the details) and run it again."""
+        execute = workflow.execute_local_activity if local else workflow.execute_activity
         while True:
             try:
-                return await workflow.execute_activity(activity, arg, **options)
+                return await execute(activity, arg, **options)
             except ActivityError as err:
                 cause = failure_cause(err)
                 if not isinstance(cause, ApplicationError) or cause.type != CIRCUIT_OPEN:
                     raise
-                info = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
-                delay = timedelta(seconds=max(float(info.get("retry_after_seconds", 1.0)), 0.1))
-                service, until = info.get("service", "service"), info.get("until", "later")
-                status, waiting_for = self.state.status, self.state.waiting_for
-                wait = f"{service} circuit open until {until}"
-                self.set_status("waiting", waiting_for=wait, details=f"waiting: {wait}")
-                await workflow.sleep(delay)
-                self.set_status(status, waiting_for=waiting_for, details=f"{status}: {self.state.step}")
+            except ApplicationError as err:
+                # A local activity's failure can reach the workflow bare: wrapped as an activity's is, callers
+                # (EMAIL_TAKEN, the unwind, describe_error) tell failures apart the same way for both kinds.
+                if not local:
+                    raise
+                if err.type != CIRCUIT_OPEN:
+                    raise _local_activity_error(activity, err) from err
+                cause = err
+            info = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
+            delay = timedelta(seconds=max(float(info.get("retry_after_seconds", 1.0)), 0.1))
+            service, until = info.get("service", "service"), info.get("until", "later")
+            status, waiting_for = self.state.status, self.state.waiting_for
+            wait = f"{service} circuit open until {until}"
+            self.set_status("waiting", waiting_for=wait, details=f"waiting: {wait}")
+            await workflow.sleep(delay)
+            self.set_status(status, waiting_for=waiting_for, details=f"{status}: {self.state.step}")
 
     def step_done(self, name: str) -> None:
         """Record a forward step that is not an activity (e.g. handing a message to a child workflow)."""
@@ -390,6 +411,19 @@ def _report(name: str, *args: str) -> None:
 
 def _activity_name(activity: str | Callable[..., Any]) -> str:
     return activity if isinstance(activity, str) else getattr(activity, "__name__", "")
+
+
+def _local_activity_error(activity: str | Callable[..., Any], err: ApplicationError) -> ActivityError:
+    name = _activity_name(activity) or "local activity"
+    return ActivityError(
+        f"local activity {name} failed",
+        scheduled_event_id=0,  # a local activity has no events of its own (its marker is written on success)
+        started_event_id=0,
+        identity="",
+        activity_type=name,
+        activity_id="",
+        retry_state=None,
+    )
 
 
 def describe_error(err: BaseException) -> str:

@@ -103,33 +103,38 @@ async def _gather_limited(n: int, limit: int, make) -> list:
 # --- 1. sagas ------------------------------------------------------------------------------------------------
 
 
-async def bench_registrations(http: httpx.AsyncClient, maildir: Path, n: int, concurrency: int) -> float:
-    """Seconds for n registrations, from the first POST until every verification email is in the Maildir."""
-    from prognet_dev import read_messages
-
-    before = len(read_messages(maildir))
+async def bench_registrations(
+    http: httpx.AsyncClient, maildir: Path, n: int, concurrency: int, workflow_ids: list[str] | None = None
+) -> float:
+    """Seconds for n registrations, from the first POST until every verification email is in the Maildir.
+    The registrations' workflow ids are appended to `workflow_ids` (to read a real history's shape)."""
+    before = maildir_count(maildir)
     run = uuid.uuid4().hex[:8]
     start = time.perf_counter()
 
     async def register(i: int) -> None:
-        # As a client should: a 503 (the saga not confirmed within 15 s on a saturated machine) is retried
-        # after Retry-After with the same Idempotency-Key, which finds the same registration.
+        # As a client should: a 503 (the saga not confirmed within 15 s on a saturated machine) or no answer in
+        # time is retried (after Retry-After) with the same Idempotency-Key, which finds the same registration.
         key = f"bench-{run}-{i}"
         while True:
-            r = await http.post(
-                "/v1/auth/register",
-                headers={"Idempotency-Key": key},
-                json={"email": f"bench-{run}-{i}@example.com", "password": BENCH_PASSWORD},
-            )
+            try:
+                r = await http.post(
+                    "/v1/auth/register",
+                    headers={"Idempotency-Key": key},
+                    json={"email": f"bench-{run}-{i}@example.com", "password": BENCH_PASSWORD},
+                )
+            except httpx.TimeoutException:
+                continue
             if r.status_code != 503:
                 break
             await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
         r.raise_for_status()
+        if workflow_ids is not None:
+            workflow_ids.append(r.json()["workflow_id"])
 
     await _gather_limited(n, concurrency, register)
-    # the sink writes the Maildir from another task; the files are all there is to wait on
-    while len(read_messages(maildir)) < before + n:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+    # the sink writes the Maildir from another task; counting its files is cheap (parsing them is not)
+    await wait_for_maildir(maildir, before + n, max(120.0, n))
     return time.perf_counter() - start
 
 
@@ -149,6 +154,33 @@ async def bench_noop_workflows(address: str, n: int, concurrency: int, steps: in
             id=f"bench-noop-{run}-{i}",
             task_queue=NOOP_TASK_QUEUE,
         )
+
+    await _gather_limited(n, concurrency, one)
+    return time.perf_counter() - start
+
+
+async def bench_shaped_workflows(
+    address: str, plan: dict, n: int, concurrency: int, *, await_children: bool = True
+) -> float:
+    """Seconds for n bare `ShapedWorkflow`s of `plan` (a real journey's shape), children included unless the
+    journey's own figure leaves them out (billing: results, not receipts)."""
+    from temporalio.client import Client
+
+    from prognet_dev.bench.noop_workflow import NOOP_TASK_QUEUE, ShapedWorkflow
+
+    client = await Client.connect(address)
+    run = uuid.uuid4().hex[:8]
+    start = time.perf_counter()
+
+    async def finish(workflow_id: str) -> None:
+        children = await client.get_workflow_handle(workflow_id, result_type=list[str]).result()
+        if await_children:
+            await asyncio.gather(*(finish(c) for c in children))
+
+    async def one(i: int) -> None:
+        workflow_id = f"bench-shaped-{run}-{i}"
+        await client.start_workflow(ShapedWorkflow.run, plan, id=workflow_id, task_queue=NOOP_TASK_QUEUE)
+        await finish(workflow_id)
 
     await _gather_limited(n, concurrency, one)
     return time.perf_counter() - start
@@ -261,7 +293,9 @@ async def bench_raw_smtp(host: str, port: int, maildir: Path, n: int, concurrenc
     return time.perf_counter() - start
 
 
-async def bench_email_pipeline(client, maildir: Path, n: int, concurrency: int) -> float:
+async def bench_email_pipeline(
+    client, maildir: Path, n: int, concurrency: int, workflow_ids: list[str] | None = None
+) -> float:
     """Seconds from the first EmailDelivery start until all n messages are in the Maildir."""
     from models.contracts import EmailRequest
     from models.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, email_workflow_id
@@ -281,6 +315,8 @@ async def bench_email_pipeline(client, maildir: Path, n: int, concurrency: int) 
         await client.start_workflow(
             EMAIL_DELIVERY_WORKFLOW, req, id=email_workflow_id(message_id), task_queue=EMAIL_TASK_QUEUE
         )
+        if workflow_ids is not None:
+            workflow_ids.append(email_workflow_id(message_id))
 
     await _gather_limited(n, concurrency, one)
     await wait_for_maildir(maildir, before + n, max(120.0, n / 2))
@@ -290,8 +326,28 @@ async def bench_email_pipeline(client, maildir: Path, n: int, concurrency: int) 
 # --- driver ----------------------------------------------------------------------------------------------------
 
 
+NAIVE_STEPS = {"registration": 3, "emails": 3, "billing": 5}  # one no-op activity per business step
+
+
+def _print_saga(number: int, title: str, section: dict, shape, naive_steps: int, line: str) -> None:
+    from prognet_dev.bench.shape import bare_workflow_tasks
+
+    plan = shape.plan()
+    print(f"{number}. {title}")
+    print(f"   real journey: {shape.journey_events} events, {shape.journey_workflow_tasks} workflow tasks")
+    print(f"     ({shape.describe()})")
+    print(f"   naive bare workflow, {naive_steps} no-op activities      : {section['naive_baseline_rate']:8.1f} /s")
+    bare_tasks = bare_workflow_tasks(plan)
+    print(f"   same-shape bare workflow ({bare_tasks} wf tasks) : {section['same_shape_baseline_rate']:8.1f} /s")
+    print(
+        f"   {line:<42}: {section['rate']:8.1f} /s   naive ratio {section['naive_ratio']:.2f}, "
+        f"same-shape ratio {section['same_shape_ratio']:.2f}, {section['events_per_journey']} events/journey"
+    )
+
+
 async def run(args: argparse.Namespace) -> None:
     from prognet_dev import EmbeddedStack, stack_settings
+    from prognet_dev.bench.shape import journey_shape, saga_section
 
     data_dir = Path(tempfile.mkdtemp(prefix="prognet-bench-"))
     data_dir.chmod(0o755)  # noqa: ASYNC240 - once, before the loop runs anything else
@@ -309,73 +365,71 @@ async def run(args: argparse.Namespace) -> None:
         },
     )
     sections = args.sections
+    figures: dict[str, dict] = {}
     stripe_admin = None
     print(f"starting the embedded stack in {data_dir} ...", flush=True)
     await stack.start()
     # stack_settings embeds every service and app=True starts the API, so start() has resolved every address
     assert stack.temporal_address and stack.api_url and stack.database_url, "the bench's stack is fully embedded"
     assert stack.smtp_host and stack.smtp_port and stack.stripe_api_base, "the bench's stack is fully embedded"
+    assert stack.migration_database_url, "the bench's stack is fully embedded"
+    address = stack.temporal_address
     # a plain child for the whole run, stopped synchronously in `finally`; it needs only Temporal (its own process),
     # so blocking on its `ready` line stalls nothing it depends on
-    noop_argv = [sys.executable, "-m", "prognet_dev.bench.noop_workflow", stack.temporal_address]
+    noop_argv = [sys.executable, "-m", "prognet_dev.bench.noop_workflow", address]
     noop_worker = subprocess.Popen(noop_argv, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220
     try:
         assert noop_worker.stdout is not None  # stdout=PIPE
         assert noop_worker.stdout.readline().strip() == "ready"
+        from temporalio.client import Client
+
+        from prognet.payload_codec import data_converter
+
+        client = await Client.connect(
+            address, namespace=stack.temporal_namespace, data_converter=data_converter(stack.settings())
+        )
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
             print(f"cores: {os.cpu_count()}; warming up ...", flush=True)
+            # Each saga's warm-up also gives a real journey whose history is its shape.
             if 1 in sections:
-                await bench_registrations(http, stack.maildir, 5, 5)
-                await bench_noop_workflows(stack.temporal_address, 5, 5)
+                reg_ids: list[str] = []
+                await bench_registrations(http, stack.maildir, 5, 5, reg_ids)
+                await asyncio.sleep(1)  # the journey's last tasks (after the email was written) settle
+                reg_shape = await journey_shape(client, reg_ids[0])
+                await bench_noop_workflows(address, 5, 5, steps=NAIVE_STEPS["registration"])
+                await bench_shaped_workflows(address, reg_shape.plan(), 5, 5)
             if 3 in sections:
-                from temporalio.client import Client
-
-                from prognet.payload_codec import data_converter
-
-                email_client = await Client.connect(
-                    stack.temporal_address,
-                    namespace=stack.temporal_namespace,
-                    data_converter=data_converter(stack.settings()),
-                )
+                email_ids: list[str] = []
                 await bench_raw_smtp(stack.smtp_host, stack.smtp_port, stack.maildir, 5, 5)
-                await bench_email_pipeline(email_client, stack.maildir, 5, 5)
+                await bench_email_pipeline(client, stack.maildir, 5, 5, email_ids)
+                await asyncio.sleep(1)
+                email_shape = await journey_shape(client, email_ids[0])
+                await bench_shaped_workflows(address, email_shape.plan(), 5, 5)
             if 4 in sections:
+                from models.names import billing_cycle_workflow_id
                 from prognet_dev import SandboxAdmin
                 from prognet_dev.bench import billing
 
                 stripe_admin = SandboxAdmin(stack.stripe_api_base, timeout=60)
-                if 3 not in sections:
-                    from temporalio.client import Client
-
-                    from prognet.payload_codec import data_converter
-
-                    email_client = await Client.connect(
-                        stack.temporal_address,
-                        namespace=stack.temporal_namespace,
-                        data_converter=data_converter(stack.settings()),
-                    )
                 bn = args.billing
                 print(f"billing: creating {bn} + {BILLING_WARMUP} tenants with Stripe customers ...", flush=True)
                 billing_subs = await billing.create_billing_tenants(stack, bn + BILLING_WARMUP)
-                warm = await billing.run_cycles(email_client, billing_subs[bn:], stack.maildir, 60)
+                warm = await billing.run_cycles(client, billing_subs[bn:], stack.maildir, 60)
                 await billing.verify_run(stack, stripe_admin, warm)
-                from models.names import billing_cycle_workflow_id
-
-                shape = await billing.cycle_shape(
-                    email_client, billing_cycle_workflow_id(billing_subs[bn].subscription_id, 0)
+                billing_shape = await journey_shape(
+                    client, billing_cycle_workflow_id(billing_subs[bn].subscription_id, 0)
                 )
-                await bench_noop_workflows(
-                    stack.temporal_address,
-                    BILLING_WARMUP,
-                    BILLING_WARMUP,
-                    steps=shape.activities + shape.local_activities,
+                await bench_noop_workflows(address, BILLING_WARMUP, BILLING_WARMUP, steps=NAIVE_STEPS["billing"])
+                await bench_shaped_workflows(
+                    address, billing_shape.plan(), BILLING_WARMUP, BILLING_WARMUP, await_children=False
                 )
 
             if 1 in sections:
                 n = args.sagas
-                t_noop = await bench_noop_workflows(stack.temporal_address, n, args.concurrency)
+                t_naive = await bench_noop_workflows(address, n, args.concurrency, steps=NAIVE_STEPS["registration"])
+                t_shaped = await bench_shaped_workflows(address, reg_shape.plan(), n, args.concurrency)
                 t_reg = await bench_registrations(http, stack.maildir, n, args.concurrency)
-                noop_rate, reg_rate = n / t_noop, n / t_reg
+                figures["registration"] = saga_section(n / t_reg, n / t_naive, n / t_shaped, reg_shape)
 
             if 2 in sections:
                 raw_n = args.logins
@@ -384,24 +438,43 @@ async def run(args: argparse.Namespace) -> None:
                 idle = await idle_healthz(http, 2.0)
                 t_login, under_load = await bench_logins(http, emails, args.logins, args.login_concurrency)
                 raw_rate, login_rate = raw_n / t_raw, args.logins / t_login
+                p99_idle, p99_storm = _pct(idle, 0.99) * 1000, _pct(under_load, 0.99) * 1000
+                figures["logins"] = {
+                    "rate": login_rate,
+                    "argon2_rate": raw_rate,
+                    "ratio": login_rate / raw_rate,
+                    "healthz_p99_idle_ms": p99_idle,
+                    "healthz_p99_storm_ms": p99_storm,
+                    "healthz_p99_ratio": p99_storm / p99_idle,
+                }
 
             if 3 in sections:
                 en = args.emails
                 t_smtp = await bench_raw_smtp(
                     stack.smtp_host, stack.smtp_port, stack.maildir, en, args.smtp_concurrency
                 )
-                t_pipe = await bench_email_pipeline(email_client, stack.maildir, en, args.concurrency)
-                smtp_rate, pipe_rate = en / t_smtp, en / t_pipe
+                t_naive = await bench_noop_workflows(address, en, args.concurrency, steps=NAIVE_STEPS["emails"])
+                t_shaped = await bench_shaped_workflows(address, email_shape.plan(), en, args.concurrency)
+                t_pipe = await bench_email_pipeline(client, stack.maildir, en, args.concurrency)
+                figures["emails"] = saga_section(
+                    en / t_pipe,
+                    en / t_naive,
+                    en / t_shaped,
+                    email_shape,
+                    raw_smtp_rate=en / t_smtp,
+                    raw_smtp_ratio=(en / t_pipe) / (en / t_smtp),
+                )
 
             if 4 in sections:
                 bn = args.billing
-                steps = shape.activities + shape.local_activities
                 assert stripe_admin is not None  # opened in the warm-up above
                 await stripe_admin.wait_for_webhooks(timeout=60)
-                t_bare = await bench_noop_workflows(stack.temporal_address, bn, bn, steps=steps)
-                billing_run = await billing.run_cycles(email_client, billing_subs[:bn], stack.maildir, max(120.0, bn))
+                t_naive = await bench_noop_workflows(address, bn, bn, steps=NAIVE_STEPS["billing"])
+                t_shaped = await bench_shaped_workflows(address, billing_shape.plan(), bn, bn, await_children=False)
+                with billing.ConnectionPeak(stack.migration_database_url) as connections:
+                    billing_run = await billing.run_cycles(client, billing_subs[:bn], stack.maildir, max(120.0, bn))
                 billing_checks = await billing.verify_run(stack, stripe_admin, billing_run)
-                bare_rate, cycle_rate = bn / t_bare, bn / billing_run.seconds
+                figures["billing"] = saga_section(bn / billing_run.seconds, bn / t_naive, bn / t_shaped, billing_shape)
                 receipt_rate = bn / billing_run.seconds_with_receipts
 
             realtime_lines: list[str] = []
@@ -426,67 +499,82 @@ async def run(args: argparse.Namespace) -> None:
 
         print()
         if 1 in sections:
-            print(f"1. sagas ({n} each, concurrency {args.concurrency})")
-            print(f"   bare Temporal workflow, {3} no-op activities : {noop_rate:8.1f} /s")
-            print(
-                f"   registration saga through HTTP            : {reg_rate:8.1f} /s"
-                f"   ratio {reg_rate / noop_rate:.2f} of bare"
+            _print_saga(
+                1,
+                f"registration, HTTP → verification email in the Maildir ({n} each, concurrency {args.concurrency})",
+                figures["registration"],
+                reg_shape,
+                NAIVE_STEPS["registration"],
+                "registration saga through HTTP",
             )
         if 2 in sections:
+            lf = figures["logins"]
             print(f"2. logins ({args.logins}, concurrency {args.login_concurrency})")
             print(f"   raw argon2 verifications ({os.cpu_count()} threads)     : {raw_rate:8.1f} /s")
             print(
                 f"   logins through HTTP                       : {login_rate:8.1f} /s"
-                f"   ratio {login_rate / raw_rate:.2f} of raw argon2"
+                f"   ratio {lf['ratio']:.2f} of raw argon2"
             )
             print(
                 f"   GET /healthz p50/p99 idle                 : {_pct(idle, 0.5) * 1000:6.1f} / "
-                f"{_pct(idle, 0.99) * 1000:6.1f} ms"
-                f"  ({len(idle)} probes)"
+                f"{p99_idle:6.1f} ms  ({len(idle)} probes)"
             )
             print(
                 f"   GET /healthz p50/p99 during login storm   : {_pct(under_load, 0.5) * 1000:6.1f} / "
-                f"{_pct(under_load, 0.99) * 1000:6.1f} ms  ({len(under_load)} probes, "
-                f"p99 ratio {_pct(under_load, 0.99) / _pct(idle, 0.99):.1f}x idle)"
+                f"{p99_storm:6.1f} ms  ({len(under_load)} probes, p99 ratio {lf['healthz_p99_ratio']:.1f}x idle)"
             )
             print(f"   mean healthz during storm                 : {statistics.mean(under_load) * 1000:6.1f} ms")
         if 3 in sections:
-            print(
-                f"3. emails ({args.emails} each; pipeline rate limit raised to EMAIL_MAX_PER_SECOND="
-                f"{EMAIL_BENCH_MAX_PER_SECOND} for this run)"
+            ef = figures["emails"]
+            _print_saga(
+                3,
+                f"emails, start → Maildir ({args.emails} each; pipeline rate limit raised to "
+                f"EMAIL_MAX_PER_SECOND={EMAIL_BENCH_MAX_PER_SECOND} for this run)",
+                ef,
+                email_shape,
+                NAIVE_STEPS["emails"],
+                "EmailDelivery workflows, start→Maildir",
             )
-            print(f"   raw aiosmtplib sends to the sink (conc. {args.smtp_concurrency}) : {smtp_rate:8.1f} /s")
             print(
-                f"   EmailDelivery workflows, start→Maildir     : {pipe_rate:8.1f} /s"
-                f"   ratio {pipe_rate / smtp_rate:.2f} of raw SMTP"
+                f"   raw aiosmtplib sends to the sink (conc. {args.smtp_concurrency}) : {ef['raw_smtp_rate']:8.1f} /s"
+                f"   pipeline ratio {ef['raw_smtp_ratio']:.2f} of raw SMTP"
             )
         if 4 in sections:
-            print(
-                f"4. billing cycles ({bn} subscriptions falling due at once, all started together; "
-                f"plan {billing.BILLING_PLAN_ID}, {billing.PAYMENT_METHOD})"
+            _print_saga(
+                4,
+                f"billing cycles ({bn} subscriptions falling due at once, all started together; "
+                f"plan {billing.BILLING_PLAN_ID}, {billing.PAYMENT_METHOD}; start → all results)",
+                figures["billing"],
+                billing_shape,
+                NAIVE_STEPS["billing"],
+                "BillingCycle workflows, start→results",
             )
-            print(
-                f"   a paid cycle's history: {shape.activities} activities ({', '.join(shape.activity_types)}), "
-                f"{shape.local_activities} local, {shape.child_workflows} child workflow (receipt email, abandoned)"
-            )
-            print(f"   bare Temporal workflow, {steps} no-op activities : {bare_rate:8.1f} /s")
-            print(
-                f"   BillingCycle workflows, start→all results  : {cycle_rate:8.1f} /s"
-                f"   ratio {cycle_rate / bare_rate:.2f} of bare"
-            )
+            print(f"   activities: {', '.join(billing_shape.activity_types)}")
             print(
                 f"   the same, until every receipt is in the Maildir : {receipt_rate:8.1f} /s"
-                f"   ratio {receipt_rate / bare_rate:.2f} of bare"
+                f"   ratio {receipt_rate / figures['billing']['naive_baseline_rate']:.2f} of naive"
             )
+            for line in billing.scale_lines(stack, billing_run, connections):
+                print(line)
             print(f"   checked: {'; '.join(billing_checks)}")
         for line in realtime_lines:
             print(line)
+        if args.json:
+            write_json(args.json, figures)
+            print(f"figures written to {args.json}")
     finally:
         if stripe_admin is not None:
             await stripe_admin.aclose()
         noop_worker.terminate()
         noop_worker.wait(10)
         await stack.stop()
+
+
+def write_json(path: Path, figures: dict[str, dict]) -> None:
+    """`{"sections": {name: {figure: value}}}`, the sections measured in this run."""
+    import json
+
+    path.write_text(json.dumps({"sections": figures}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -505,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         default=50,
         help="subscriptions falling due at once (billing cycles and bare workflows each)",
     )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("--events", type=int, default=2000, help="events through relay and projector (section 5)")
     parser.add_argument("--event-batch", type=int, default=20, help="events per inserting transaction (5, 7)")
     parser.add_argument("--reads", type=int, default=200, help="GET /v1/tenants/{id} per read source (5)")

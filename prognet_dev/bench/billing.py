@@ -298,3 +298,73 @@ async def verify_run(stack, admin, run: BillingRun) -> list[str]:
         f"{events} invoice.paid events",
         f"{n} receipts in the Maildir",
     ]
+
+
+# --- scale figures (`prognet bench --sections billing --billing 10000`) ------------------------------------------
+
+
+def peak_rss_mb(pid: int | None) -> float | None:
+    """The process's peak resident set since it started (the kernel's VmHWM), in MiB; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class ConnectionPeak:
+    """Samples the client connections open on our PostgreSQL (pg_stat_activity) while a run goes on; `peak`
+    is the most seen at once. One extra connection of its own, not counted."""
+
+    def __init__(self, database_url: str, interval: float = 0.25) -> None:
+        self.database_url = database_url
+        self.interval = interval
+        self.peak = 0
+        self._task: asyncio.Task | None = None
+
+    async def _sample(self) -> None:
+        from sqlalchemy import text
+
+        from models.db import make_engine
+
+        engine = make_engine(self.database_url)
+        query = text(
+            "SELECT count(*) - 1 FROM pg_stat_activity WHERE backend_type = 'client backend' "
+            "AND datname = current_database()"
+        )
+        try:
+            async with engine.connect() as conn:
+                while True:
+                    self.peak = max(self.peak, (await conn.execute(query)).scalar_one())
+                    await conn.commit()  # a fresh snapshot of pg_stat_activity each time
+                    await asyncio.sleep(self.interval)
+        finally:
+            await engine.dispose()
+
+    def __enter__(self) -> ConnectionPeak:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def scale_lines(stack, run: BillingRun, connections: ConnectionPeak) -> list[str]:
+    def mb(value: float | None) -> str:
+        return "unknown" if value is None else f"{value:.0f} MiB"
+
+    worker_pid = stack.worker.process.pid if getattr(stack, "worker", None) and stack.worker.process else None
+    temporal = getattr(stack, "temporal", None)
+    server_pid = temporal.process.pid if temporal is not None and temporal.process is not None else None
+    worker_rss, server_rss = mb(peak_rss_mb(worker_pid)), mb(peak_rss_mb(server_pid))
+    return [
+        f"   {run.n} cycles: {run.n / run.seconds:.1f} cycles/s to the last result ({run.seconds:.1f} s); "
+        f"last receipt in the Maildir after {run.seconds_with_receipts:.1f} s",
+        f"   peak RSS since start: worker {worker_rss}, Temporal server {server_rss}; "
+        f"PostgreSQL client connections at most {connections.peak} at once during the run",
+    ]

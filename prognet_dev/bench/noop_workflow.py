@@ -1,16 +1,23 @@
-"""The baseline for the saga benchmark: a bare workflow running the same number of no-op activities
-as the registration saga's forward path (create user, issue token, send email), on the same server."""
+"""The saga benchmark's baselines, run by their own worker process on the same server:
+
+- `NoopWorkflow`: the naive bare workflow, one no-op activity per business step (3 for registration and
+  emails, 5 for billing);
+- `ShapedWorkflow`: the same shape as a real journey (see prognet_dev/bench/shape.py): as many activities,
+  local activities, timers and child workflows (each with its own shape) as the real histories hold."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity, workflow
+from temporalio.workflow import ParentClosePolicy
 
 NOOP_TASK_QUEUE = "bench-noop"
 NOOP_ACTIVITIES = 3
+PENDING_TIMER = timedelta(days=1)  # a timer the journey starts and is not waiting out (a verification window)
 
 
 @activity.defn(name="bench.noop")
@@ -27,13 +34,40 @@ class NoopWorkflow:
         return steps
 
 
+@workflow.defn(name="BenchShaped")
+class ShapedWorkflow:
+    """Runs `plan` (Shape.plan()): local activities, then activities one after another, then fired timers, then
+    starts each child (abandoned, like an email) and leaves the pending timers running. Returns the children's
+    ids: the bench waits for them when the journey's figure includes its children's work."""
+
+    @workflow.run
+    async def run(self, plan: dict[str, Any]) -> list[str]:
+        timeout = timedelta(seconds=30)
+        for step in range(plan["local_activities"]):
+            await workflow.execute_local_activity(noop, step, start_to_close_timeout=timeout)
+        for step in range(plan["activities"]):
+            await workflow.execute_activity(noop, step, start_to_close_timeout=timeout)
+        for _ in range(plan["timers_fired"]):
+            await workflow.sleep(timedelta(milliseconds=1))
+        pending = [asyncio.ensure_future(workflow.sleep(PENDING_TIMER)) for _ in range(plan["timers_pending"])]
+        ids = []
+        for i, child in enumerate(plan["children"]):
+            child_id = f"{workflow.info().workflow_id}-c{i}"
+            await workflow.start_child_workflow(
+                ShapedWorkflow.run, child, id=child_id, parent_close_policy=ParentClosePolicy.ABANDON
+            )
+            ids.append(child_id)
+        del pending  # left running: they go out (TimerStarted) with the completing task, as the journey's do
+        return ids
+
+
 async def serve(address: str) -> None:
-    """Run the baseline worker in its own process, as the registration worker runs in its own."""
+    """Run the baseline worker in its own process, as the real worker runs in its own."""
     from temporalio.client import Client
     from temporalio.worker import Worker
 
     client = await Client.connect(address)
-    async with Worker(client, task_queue=NOOP_TASK_QUEUE, workflows=[NoopWorkflow], activities=[noop]):
+    async with Worker(client, task_queue=NOOP_TASK_QUEUE, workflows=[NoopWorkflow, ShapedWorkflow], activities=[noop]):
         print("ready", flush=True)
         await asyncio.Event().wait()
 
