@@ -107,13 +107,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
     for name in ("prognet", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(settings.log_level.upper())
     try:
-        return asyncio.run(_dev(dev, settings, sink, with_app=not args.no_app))
+        return asyncio.run(
+            _dev(dev, settings, sink, with_app=not args.no_app, workers=args.workers, api_replicas=args.api_replicas)
+        )
     except KeyboardInterrupt:
         return 130
 
 
-async def _dev(dev, settings: Settings, sink, *, with_app: bool) -> int:
-    stack = dev.EmbeddedStack(settings, app=with_app, log=sink)
+async def _dev(dev, settings: Settings, sink, *, with_app: bool, workers: int = 1, api_replicas: int = 1) -> int:
+    stack = dev.EmbeddedStack(settings, app=with_app, log=sink, workers=workers, api_replicas=api_replicas)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -542,6 +544,13 @@ def cmd_screenshots(args: argparse.Namespace) -> int:
     return screenshots(args.out, keep=args.keep)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 # --- parser ------------------------------------------------------------------------------------------------------
 
 
@@ -559,6 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dev", cmd_dev, "start the whole system on this machine (no Docker, no network)")
     p.add_argument("--no-app", action="store_true", help="start only the services, not the worker and the API")
+    p.add_argument(
+        "--api-replicas",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="API processes (default 1); with more, each has a port of its own behind a round-robin front on API_PORT",
+    )
+    p.add_argument("--workers", type=_at_least_one, default=1, metavar="M", help="worker processes (default 1)")
     add("worker", cmd_worker, "run the Temporal worker")
     p = add("api", cmd_api, "run the HTTP API")
     p.add_argument("--host", help="bind address (default: API_HOST)")

@@ -24,6 +24,7 @@ from prognet.settings import DEV_STRIPE_SECRET_KEY, DEV_STRIPE_WEBHOOK_SECRET, S
 
 from .components import (
     REPO_ROOT,
+    ApiFrontComponent,
     AppProcess,
     Component,
     EmbeddedPostgres,
@@ -76,7 +77,9 @@ class EmbeddedStack:
     """The embedded services, started in dependency order and stopped in reverse.
 
     `services` names the embedded services this stack may start (a service with an external address in the
-    settings is never started); `app` adds the worker, the relay and the API as child processes (`prognet dev`).
+    settings is never started); `app` adds the worker, the relay, the webhook dispatcher and the API as child
+    processes (`prognet dev`): `workers` worker processes and `api_replicas` API processes, several of them on ports
+    of their own behind a round-robin front on the API port (`front`; `api_url` is always the API port).
     After `start()` the resolved addresses are attributes: `database_url` (SQLAlchemy/asyncpg), `postgres_dsn`
     (plain asyncpg/libpq), `redis_url`, `temporal_address`, `temporal_namespace`, `temporal_ui_url`, `smtp_host`,
     `smtp_port`, `maildir`, `stripe_api_base`, `stripe_secret_key`, `stripe` (the sandbox component, whose
@@ -94,7 +97,11 @@ class EmbeddedStack:
         smtp_slow_seconds: float | None = None,
         extra_env: dict[str, str] | None = None,
         log: LogSink | None = None,
+        workers: int = 1,
+        api_replicas: int = 1,
     ) -> None:
+        if workers < 1 or api_replicas < 1:
+            raise ValueError("workers and api_replicas must be at least 1")
         unknown = set(services) - SERVICES
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; known: {sorted(SERVICES)}")
@@ -204,45 +211,71 @@ class EmbeddedStack:
             self.stripe_webhook_secret = self.stripe_webhook_secret or DEV_STRIPE_WEBHOOK_SECRET
             self.stripe.configure_webhooks(self.stripe_webhook_url, self.stripe_webhook_secret)
 
-        self.worker: AppProcess | None = None
+        self.worker: AppProcess | None = None  # the first worker (of `workers`)
+        self.workers: list[AppProcess] = []
         self.relay: AppProcess | None = None
         self.webhooks: AppProcess | None = None
-        self.api: AppProcess | None = None
+        self.api: AppProcess | None = None  # the first replica (of `apis`)
+        self.apis: list[AppProcess] = []
+        self.front: ApiFrontComponent | None = None  # only with several replicas: they sit behind it
         if app:
-            self.worker = AppProcess(
-                "Worker",
-                "worker",
-                log=self.log,
-                env=self.env(),
-                cwd=REPO_ROOT,
-                address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
+            self._add_app(settings, workers=workers, api_replicas=api_replicas)
+
+    def _add_app(self, settings: Settings, *, workers: int, api_replicas: int) -> None:
+        """The app's processes: `workers` workers, the relay, the webhook dispatcher and the API. One API replica
+        listens on the API port itself; several listen on ports of their own behind a round-robin front there."""
+        host = self.host
+        for i in range(workers):
+            self.workers.append(
+                AppProcess(
+                    "Worker" if workers == 1 else f"Worker {i + 1}",
+                    "worker",
+                    log=self.log,
+                    env=self.env(),
+                    cwd=REPO_ROOT,
+                    address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
+                    log_name="worker" if workers == 1 else f"worker-{i + 1}",
+                )
             )
-            self.relay = AppProcess(
-                "Relay",
-                "relay",
-                log=self.log,
-                env=self.env(),
-                cwd=REPO_ROOT,
-                address=f"domain_events → {_redact(self.redis_url or '?')} (events:*)",
+        self.relay = AppProcess(
+            "Relay",
+            "relay",
+            log=self.log,
+            env=self.env(),
+            cwd=REPO_ROOT,
+            address=f"domain_events → {_redact(self.redis_url or '?')} (events:*)",
+        )
+        self.webhooks = AppProcess(
+            "Webhooks",
+            "webhooks-dispatcher",
+            log=self.log,
+            env=self.env(),
+            cwd=REPO_ROOT,
+            address="events:all → webhook-{delivery} workflows",
+        )
+        if api_replicas == 1:
+            ports = [settings.api_port]
+        else:
+            ports = [free_port(host) for _ in range(api_replicas)]
+        for i, port in enumerate(ports):
+            replica = f" (replica {i + 1} of {api_replicas})" if api_replicas > 1 else ""
+            self.apis.append(
+                AppProcess(
+                    "API" if api_replicas == 1 else f"API {i + 1}",
+                    "api",
+                    log=self.log,
+                    env=self.env() | {"API_PORT": str(port)},
+                    cwd=REPO_ROOT,
+                    listen=(host, port),
+                    address=f"http://{host}:{port}/docs{replica}",
+                    log_name="api" if api_replicas == 1 else f"api-{i + 1}",
+                )
             )
-            self.webhooks = AppProcess(
-                "Webhooks",
-                "webhooks-dispatcher",
-                log=self.log,
-                env=self.env(),
-                cwd=REPO_ROOT,
-                address="events:all → webhook-{delivery} workflows",
-            )
-            self.api = AppProcess(
-                "API",
-                "api",
-                log=self.log,
-                env=self.env(),
-                cwd=REPO_ROOT,
-                listen=(host, settings.api_port),
-                address=f"{self.api_url}/docs",
-            )
-            self.components += [self.worker, self.relay, self.webhooks, self.api]
+        if api_replicas > 1:
+            self.front = ApiFrontComponent(host, settings.api_port, [(host, port) for port in ports])
+        self.worker, self.api = self.workers[0], self.apis[0]
+        front = [self.front] if self.front is not None else []
+        self.components += [*self.workers, self.relay, self.webhooks, *self.apis, *front]
 
     # --- what children and tests need ---------------------------------------------------------------------
     def env(self) -> dict[str, str]:
