@@ -13,6 +13,7 @@
     prognet mail list    messages the SMTP sink received;  prognet mail show N
     prognet admin grant EMAIL / revoke EMAIL   make a user a platform operator (or stop)
     prognet bench        the benchmark
+    prognet chaos        2 API replicas + 3 workers under load while processes are killed; checks nothing was lost
     prognet screenshots  the README's pictures of the Temporal UI (docs/screenshots/, needs Chromium)
 
 The development commands (dev, smtp-sink, stripe-sandbox, mail, bench, screenshots, and migrate/admin without
@@ -537,6 +538,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(bench(args.bench_args) or 0)
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    _dev_harness()
+    from prognet_dev.chaos import main as chaos
+
+    return chaos(args.chaos_args)
+
+
 def cmd_screenshots(args: argparse.Namespace) -> int:
     _dev_harness()
     from prognet_dev.screenshots import main as screenshots
@@ -649,6 +657,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
+        "chaos",
+        help="2 API replicas + 3 workers under a saga load while processes are killed; checks nothing was lost",
+        add_help=False,
+    )
+    p.add_argument("chaos_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_chaos)
+
+    p = sub.add_parser(
         "screenshots",
         help="regenerate the README's screenshots of the Temporal UI (a stack of its own, demo data, Chromium)",
     )
@@ -663,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["bench"]:  # everything after `bench` (options included) belongs to the benchmark
             return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
+        if argv[:1] == ["chaos"]:  # the same for the chaos test
+            return cmd_chaos(argparse.Namespace(chaos_args=argv[1:]))
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except DevExtraMissing as exc:

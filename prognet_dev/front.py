@@ -33,7 +33,7 @@ class RoundRobinFront:
         self._next = 0
         self._server: asyncio.Server | None = None
         self._checker: asyncio.Task[None] | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
+        self._open: set[asyncio.StreamWriter] = set()  # both ends of every connection being proxied
         self.crashed = False
 
     async def start(self) -> None:
@@ -48,9 +48,8 @@ class RoundRobinFront:
             self._server.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
-        for task in list(self._pipes):
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
+        for writer in list(self._open):  # the pipes see their connections end and return
+            writer.close()
         self._server = self._checker = None
 
     async def _check_forever(self) -> None:
@@ -70,9 +69,7 @@ class RoundRobinFront:
         return [u for u in turn if u in self.healthy] + [u for u in turn if u not in self.healthy]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._pipes.add(task)
+        self._open.add(writer)
         try:
             for upstream in self._order():
                 try:
@@ -81,11 +78,16 @@ class RoundRobinFront:
                     self.healthy.discard(upstream)
                     continue
                 self.connections[upstream] += 1
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                self._open.add(up_writer)
+                try:
+                    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                finally:
+                    self._open.discard(up_writer)
+                    up_writer.close()
                 return
             self.refused += 1
         finally:
-            self._pipes.discard(task)
+            self._open.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -100,6 +102,3 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
     except (OSError, RuntimeError):
         writer.close()  # one side went away: end the other side too
-    except asyncio.CancelledError:
-        writer.close()
-        raise

@@ -253,10 +253,7 @@ class EmbeddedStack:
             cwd=REPO_ROOT,
             address="events:all → webhook-{delivery} workflows",
         )
-        if api_replicas == 1:
-            ports = [settings.api_port]
-        else:
-            ports = [free_port(host) for _ in range(api_replicas)]
+        ports = [settings.api_port] if api_replicas == 1 else [free_port(host) for _ in range(api_replicas)]
         for i, port in enumerate(ports):
             replica = f" (replica {i + 1} of {api_replicas})" if api_replicas > 1 else ""
             self.apis.append(
