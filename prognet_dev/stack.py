@@ -402,8 +402,12 @@ class EmbeddedStack:
                     raise result
             if self.run_migrations and self.database_url:
                 await self.migrate()
-            for component in self.components[len(self._infra) :]:
-                await self._start_one(component)
+            # then the app's processes, also in parallel: each copes with the others not being up yet
+            app = self.components[len(self._infra) :]
+            results = await asyncio.gather(*(self._start_one(c) for c in app), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         except BaseException:
             await self.stop()
             raise
@@ -445,7 +449,14 @@ class EmbeddedStack:
         if supervisor is not None and supervisor is not asyncio.current_task():
             supervisor.cancel()  # a restart in progress must not race the shutdown
             await asyncio.wait({supervisor})
-        # reverse of the declared order (app, then SMTP, Redis, PostgreSQL, Temporal), whatever order they came up in
+        # the app's processes together (a worker may take seconds to drain), then the services in reverse of the
+        # declared order (SMTP, Redis, PostgreSQL, Temporal), whatever order they came up in
+        app = [c for c in self._started if c not in self._infra]
+        self._started = [c for c in self._started if c in self._infra]
+        results = await asyncio.gather(*(c.stop() for c in app), return_exceptions=True)
+        for component, result in zip(app, results, strict=True):
+            if isinstance(result, Exception):
+                self.log("devstack", f"error while stopping {component.name}: {result}")
         self._started.sort(key=lambda c: self.components.index(c) if c in self.components else -1)
         while self._started:
             component = self._started.pop()
