@@ -61,6 +61,8 @@ FAST_EMAIL = {
     "ARGON2_TIME_COST": "1",
     "ARGON2_MEMORY_COST_KIB": "8192",
     "ARGON2_PARALLELISM": "1",
+    # the owners log in once, at the start: on a loaded machine the full run outlasts the default 15 minutes
+    "ACCESS_TOKEN_TTL_SECONDS": "10800",
 }
 # Restart a killed process half a second later; many restarts in a run are the point, not a crash loop.
 POLICY = RestartPolicy(initial_delay=0.5, max_delay=2.0, max_restarts=30, poll_interval=0.1)
