@@ -241,18 +241,20 @@ class EmbeddedStack:
             name = "Worker" if workers == 1 else f"Worker {i + 1}"
             # each worker serves its own /metrics: the first on the configured ports, the others on free ones
             # (a second process on the same port would fail to start); 0 stays 0 (not served)
-            ports = {
+            metrics_ports = {
                 "WORKER_METRICS_PORT": self.worker_metrics_port,
                 "WORKER_SDK_METRICS_PORT": self.worker_sdk_metrics_port,
             }
             if i > 0:
-                ports = {key: free_port(settings.metrics_host) if port else 0 for key, port in ports.items()}
+                metrics_ports = {
+                    key: free_port(settings.metrics_host) if port else 0 for key, port in metrics_ports.items()
+                }
             self.workers.append(
                 AppProcess(
                     name,
                     "worker",
                     log=self.log,
-                    env=self.env() | {key: str(port) for key, port in ports.items()},
+                    env=self.env() | {key: str(port) for key, port in metrics_ports.items()},
                     cwd=REPO_ROOT,
                     address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
                     log_name="worker" if workers == 1 else f"worker-{i + 1}",
@@ -261,10 +263,10 @@ class EmbeddedStack:
             self.metrics_rows += [
                 (f"Metrics: {label}", f"http://{settings.metrics_host}:{port}/metrics", "")
                 for label, port in (
-                    (name.lower(), ports["WORKER_METRICS_PORT"]),
+                    (name.lower(), metrics_ports["WORKER_METRICS_PORT"]),
                     (
                         f"Temporal SDK ({name.lower()})" if workers > 1 else "Temporal SDK",
-                        ports["WORKER_SDK_METRICS_PORT"],
+                        metrics_ports["WORKER_SDK_METRICS_PORT"],
                     ),
                 )
                 if port
