@@ -1,6 +1,7 @@
 """The `prognet` command.
 
     prognet dev          Temporal + Web UI, PostgreSQL, Redis, SMTP sink, worker and API on this machine
+                         (--api-replicas N behind a round-robin front, --workers M)
     prognet worker       the Temporal worker (workers.main.run_worker)
     prognet consume      the event stream consumers: read-model projector and cache invalidator
     prognet events replay --projection NAME   rebuild a read model from domain_events;  prognet events parked
