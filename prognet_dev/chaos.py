@@ -135,6 +135,7 @@ class ChaosReport:
     unaccounted: list[str] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)  # 5xx other than 503
     latency: dict[str, list[float]] = field(default_factory=dict)  # job kind -> seconds until its sagas got there
+    app_errors: list[str] = field(default_factory=list)  # the app's ERROR log lines (a 500's traceback is in one)
 
     def problems(self) -> list[str]:
         found = [f"not accepted / never done: {x}" for x in self.accepted.failures]
@@ -187,6 +188,11 @@ class ChaosReport:
         problems = self.problems()
         lines.append("RESULT: " + ("clean" if not problems else f"{len(problems)} problem(s)"))
         lines += [f"  - {p}" for p in problems[:40]]
+        if self.server_errors and self.app_errors:  # what the 500s were: the run's data dir is gone by now
+            lines.append(
+                f"the app's ERROR log lines ({len(self.app_errors)}), the first {min(3, len(self.app_errors))}:"
+            )
+            lines += [f"  {line[:3000]}" for line in self.app_errors[:3]]
         return "\n".join(lines)
 
 
@@ -570,6 +576,8 @@ async def run_chaos(plan: ChaosPlan, *, progress: Callable[[str], None] | None =
 
     def sink(name: str, line: str) -> None:
         log.append(f"{name} | {line}")
+        if '"level": "ERROR"' in line:
+            report.app_errors.append(f"{name} | {line}")
         if name == "devstack":
             say(line)
             if line.endswith(" is back"):
