@@ -30,7 +30,7 @@ from models.db import transaction
 from models.events import record_event
 from models.names import email_workflow_id
 from models.tables import EmailMessage, EmailSuppression, utcnow
-from prognet.circuit import CircuitBreaker
+from prognet.circuit import CircuitBreaker, CircuitOpenError
 from prognet.metrics import EMAILS
 from prognet.settings import Settings
 
@@ -108,7 +108,12 @@ class EmailDeliveryActivities:
         """One attempt. Every attempt is counted and its reply kept, so tracking shows deferrals as they happen."""
         message_id = req.request.message_id
         if self.breaker is not None:
-            await self.breaker.acquire()  # open: not an attempt at all (CircuitOpenError)
+            try:
+                await self.breaker.acquire()
+            except CircuitOpenError as exc:  # not an attempt (attempts stay), but tracking says why it waits
+                reply = f"SMTP relay circuit open until {exc.until.isoformat(timespec='seconds')}"
+                await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=reply)
+                raise
         await self._update(req.request.tenant_id, message_id, state="sending", attempts=EmailMessage.attempts + 1)
         EMAILS.labels("sending").inc()
         try:

@@ -35,6 +35,7 @@ from models.names import webhook_workflow_id
 from models.tables import Membership, WebhookDelivery, WebhookEndpoint, utcnow
 from prognet.settings import Settings
 from webhooks import secret_box, signing
+from webhooks.http_client import delivery_client, pinned
 from webhooks.targets import TargetRefused, resolve
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,23 @@ def encode_body(req: WebhookDeliveryInput) -> bytes:
 
 
 class WebhookActivities:
+    """Also an async context manager: leaving it closes the worker's one delivery client (`webhooks.http_client`),
+    whose keep-alive connections every attempt reuses."""
+
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
         self.key = settings.derived_key(secret_box.KEY_PURPOSE)
+        self.http = delivery_client(settings.webhook_timeout_seconds)
+
+    async def __aenter__(self) -> WebhookActivities:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
     @activity.defn(name=names.WEBHOOK_POLICY)
     async def policy(self) -> WebhookPolicy:
@@ -104,25 +118,17 @@ class WebhookActivities:
         signed = signing.headers(self._secrets(endpoint), str(delivery.delivery_id), int(time.time()), body)
         answer: bytes | None = None
         try:
-            # Connect to the address that was checked; Host and SNI carry the name (no DNS rebinding).
-            # Redirects are not followed: a 3xx is a failed attempt, never a hop to an unchecked address.
-            async with (
-                httpx.AsyncClient(timeout=self.settings.webhook_timeout_seconds, follow_redirects=False) as client,
-                client.stream(
+            # Connect only to the address that was checked (`pinned`); the URL keeps the name for Host, SNI and
+            # the pool. Redirects are not followed: a 3xx is a failed attempt, never a hop to an unchecked address.
+            with pinned(target):
+                async with self.http.stream(
                     "POST",
-                    target.url_for(target.addresses[0]),
+                    target.url,
                     content=body,
-                    headers={
-                        **signed,
-                        "content-type": "application/json",
-                        "host": target.host_header,
-                        "user-agent": "ProgNetwork-Webhooks/1",
-                    },
-                    extensions={"sni_hostname": target.host},
-                ) as response,
-            ):
-                answer = await _read_capped(response)
-                code = response.status_code
+                    headers={**signed, "content-type": "application/json", "user-agent": "ProgNetwork-Webhooks/1"},
+                ) as response:
+                    answer = await _read_capped(response)
+                    code = response.status_code
             ok = 200 <= code < 300
             result = WebhookAttemptResult(outcome="delivered" if ok else "failed", status_code=code)
         except httpx.TimeoutException:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -19,7 +19,7 @@ from api.metrics import RequestMetrics
 from api.metrics import router as metrics_router
 from api.problems import DEPENDENCY_OUTAGE_RESPONSE, install_problem_handlers
 from api.read_models import ReadModels
-from api.request_log import AccessLog, configure_logging
+from api.request_log import AccessLog
 from api.routers import (
     admin,
     audit,
@@ -45,8 +45,10 @@ from api.routers import (
     workflows,
 )
 from api.sessions import SessionStore
+from api.sse import StreamCap
 from api.temporal_client import TemporalConnector
 from models.db import make_engine
+from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
 from prognet.payload_codec import codec_from, converter_for
 from prognet.settings import Settings, get_settings
@@ -103,6 +105,23 @@ def _redis_url(settings: Settings) -> str:
     return settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0"
 
 
+MAIN_REDIS_MAX_CONNECTIONS = 100  # redis-py's default size; requests hold a connection only per command
+
+
+def _redis_client(settings: Settings, max_connections: int) -> Redis:
+    pool = BlockingConnectionPool.from_url(
+        _redis_url(settings),
+        max_connections=max_connections,
+        timeout=2,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it disconnects the pool
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -110,16 +129,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError("DATABASE_URL is not set (postgresql+asyncpg://user:pass@host:port/db)")
     # A request waits at most 10 s for a pooled connection (then 503), not SQLAlchemy's 30 s.
     engine = make_engine(settings.database_url, hide_parameters=True, pool_timeout=10)
-    redis = Redis.from_url(
-        _redis_url(settings),
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=30,
-        # One quick retry reconnects a pooled connection that died with a Redis restart; more would only
-        # delay the 503 while Redis is really down.
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
-    )
+    # Blocking pools: a burst of requests beyond a pool's size waits up to 2 s for a connection, where redis-py's
+    # default pool fails at once (MaxConnectionsError, a 503). One quick retry reconnects a pooled connection that
+    # died with a Redis restart; more would only delay the 503 while Redis is really down.
+    redis = _redis_client(settings, MAIN_REDIS_MAX_CONNECTIONS)
+    # Streams read Redis through a pool of their own: however many are open, ordinary requests (logins, sessions,
+    # throttles) never wait behind them.
+    sse_redis = _redis_client(settings, settings.sse_redis_max_connections)
     # Queries read here (a replica, if DATABASE_READ_URL names one); commands never do.
     read_engine = make_engine(settings.database_read_url) if settings.database_read_url else engine
     cache = (
@@ -128,7 +144,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         else redis
     )
     payload_codec = codec_from(settings)  # the Temporal client's codec, also served to the Web UI at /codec
-    temporal = TemporalConnector(settings.temporal_target, settings.temporal_namespace, converter_for(payload_codec))
+    temporal = TemporalConnector(
+        settings.temporal_target,
+        settings.temporal_namespace,
+        converter_for(payload_codec),
+        retry_policies=SagaRetryPolicies.model_validate(settings.saga_retry_policies()),
+        tracing=not settings.bench_telemetry_off,
+    )
     temporal.start_background_connect()
     app.state.engine = engine
     app.state.read_models = ReadModels(read_engine, engine, cache, settings)
@@ -136,6 +158,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.temporal = temporal
     app.state.payload_codec = payload_codec
     app.state.sessions = SessionStore(redis, settings.refresh_token_ttl_seconds)
+    app.state.sse_redis = sse_redis
+    app.state.sse_sessions = SessionStore(sse_redis, settings.refresh_token_ttl_seconds)  # streams' session checks
+    app.state.sse_cap = StreamCap(settings.sse_max_streams_per_process)
     app.state.login_throttle = LoginThrottle(redis, settings.login_max_failures, settings.login_failure_window_seconds)
     app.state.device_cookies = DeviceCookies(settings.derived_key("device-cookie"))
     app.state.access_tokens = AccessTokenCodec(settings.derived_key("jwt"), settings.access_token_ttl_seconds)
@@ -146,6 +171,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if cache is not redis:
             await cache.aclose()
         await redis.aclose()
+        await sse_redis.aclose()
         if read_engine is not engine:
             await read_engine.dispose()
         await engine.dispose()
@@ -153,8 +179,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
-    telemetry.configure_tracing(telemetry.API, settings)
+    telemetry.configure_process(telemetry.API, settings)
     app = FastAPI(
         title="ProgNetwork API",
         version="1.0.0",
@@ -196,6 +221,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(codec.CodecCors, origins=settings.codec_origins)
     app.add_middleware(AccessLog)
+    if settings.bench_telemetry_off:  # development only: what `prognet bench --only telemetry` compares against
+        return app
     app.add_middleware(RequestMetrics)
     # the server span wraps every middleware and error handler: logs and problem bodies carry its trace id
     FastAPIInstrumentor.instrument_app(

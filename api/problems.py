@@ -99,6 +99,7 @@ SERVICE_UNAVAILABLE = ProblemType("service-unavailable", 503, "Service unavailab
 WORKFLOW_ENGINE_UNAVAILABLE = ProblemType("workflow-engine-unavailable", 503, "Workflow engine unavailable")
 DATABASE_UNAVAILABLE = ProblemType("database-unavailable", 503, "Database unavailable")
 CACHE_UNAVAILABLE = ProblemType("cache-unavailable", 503, "Cache unavailable")
+STREAMS_AT_CAPACITY = ProblemType("streams-at-capacity", 503, "This server holds as many streams as it can")
 SIGNUP_FAILED = ProblemType("signup-failed", 503, "Sign-up could not be completed")
 
 _BY_STATUS = {  # framework HTTPExceptions carry only a status code
@@ -223,9 +224,27 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(kind, detail, request.url.path, headers=getattr(exc, "headers", None))
 
 
+_TRANSIENT_RPC = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED)
+_WORKFLOW_NOT_READY = "temporal.api.errordetails.v1.WorkflowNotReadyFailure"
+
+
+def engine_unavailable(exc: RPCError) -> bool:
+    """The workflow engine cannot take the call now but will: unreachable, overloaded, or (an update) the
+    workflow's last task failed, typically timed out on a loaded worker, and is being retried."""
+    if exc.status in _TRANSIENT_RPC:
+        return True
+    if exc.status == RPCStatusCode.FAILED_PRECONDITION:
+        try:
+            details = exc.grpc_status.details
+        except Exception:  # an unparsable status says nothing more
+            return False
+        return any(d.type_url.endswith(_WORKFLOW_NOT_READY) for d in details)
+    return False
+
+
 async def _on_rpc_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RPCError)
-    if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+    if engine_unavailable(exc):
         log.warning("temporal unavailable", extra={"path": request.url.path, "rpc_status": exc.status.name})
         return problem_response(
             WORKFLOW_ENGINE_UNAVAILABLE,

@@ -1,4 +1,4 @@
-"""Structured logs: one JSON line per record, and one access-log line per request.
+"""One access-log line per request (prognet/logs.py formats it: JSON with the trace id, or text).
 
 Only method, route path, status and timing are logged for a request: never bodies, query strings,
 headers or tokens (they carry emails, passwords and credentials).
@@ -6,45 +6,13 @@ headers or tokens (they carry emails, passwords and credentials).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prognet.telemetry import current_ids
-
 log = logging.getLogger("prognet.api")
-
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if ids := current_ids():  # formatted where it was logged: the current span is the record's
-            entry["trace_id"], entry["span_id"] = ids
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level: str) -> None:
-    """Give the `prognet` loggers a JSON handler unless the host process already configured one."""
-    logger = logging.getLogger("prognet")
-    logger.setLevel(level.upper())
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        logger.addHandler(handler)
-        logger.propagate = False
 
 
 class AccessLog:

@@ -45,7 +45,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.problems import IDEMPOTENCY_KEY_REUSED, WORKFLOW_ENGINE_UNAVAILABLE, Problem, refusal
+from api.problems import IDEMPOTENCY_KEY_REUSED, WORKFLOW_ENGINE_UNAVAILABLE, Problem, engine_unavailable, refusal
 from api.temporal_client import answer_within
 from models.errors import error_type
 from models.names import TASK_QUEUE
@@ -60,7 +60,6 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c6f7e-8a51-5f0e-9c43-6a4f3d2e1b70")
 FINGERPRINT_MEMO = "request_fingerprint"
 RETRY_WINDOW_SECONDS = 600  # how long a keyless request answered 503 is remembered for its plain retry
 RETRY_PREFIX = "saga:retry:"
-UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -224,7 +223,7 @@ async def start_saga(
             exc.headers.get("Retry-After", "5"),
         ) from None
     except RPCError as exc:
-        if exc.status not in UNAVAILABLE:
+        if not engine_unavailable(exc):
             raise
         await key.remember()
         log.warning("temporal unavailable at a saga's start", extra={"workflow_id": saga.workflow_id})

@@ -7,6 +7,11 @@ in Redis, not in our memory; one that stops reading makes a write wait, and a wr
 SSE_SEND_TIMEOUT_SECONDS ends the stream with `event: error` `{"reason": "slow-consumer"}` (delivered if the
 client reads within another SSE_SEND_TIMEOUT_SECONDS; it resumes with Last-Event-ID and misses nothing).
 
+Each API process serves at most SSE_MAX_STREAMS_PER_PROCESS streams (`StreamCap`; beyond, 503
+`streams-at-capacity`), and streams read Redis through a pool of their own (`app.state.sse_redis`, up to
+SSE_REDIS_MAX_CONNECTIONS): a stream holds one of its connections only while it waits in XREAD or checks its guard,
+so ordinary requests on the main pool never wait behind streams.
+
 Every stream holds a slot in the Redis sorted set `sse:slots:{user_id}` (member: the connection, score: when the
 slot lapses), refreshed with each heartbeat and removed when the stream ends, so the per-user limit holds across
 replicas and a crashed replica's slots lapse by themselves.
@@ -14,8 +19,10 @@ replicas and a crashed replica's slots lapse by themselves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import re
 import time
 import uuid
@@ -27,6 +34,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.datastructures import State
 from starlette.types import Message, Receive, Scope, Send
 from temporalio.service import RPCError
 
@@ -34,6 +42,7 @@ from api.deps import Caller
 from api.problems import (
     INVALID_LAST_EVENT_ID,
     PROBLEM_MEDIA_TYPE,
+    STREAMS_AT_CAPACITY,
     TOO_MANY_STREAMS,
     WORKFLOW_ENGINE_UNAVAILABLE,
     Problem,
@@ -47,6 +56,8 @@ from prognet.settings import Settings
 log = logging.getLogger("prognet.api.sse")
 
 BATCH = 100  # stream entries read (and held) per connection at a time
+CAPACITY_RETRY_AFTER = 5  # seconds a client waits when this process holds as many streams as it may
+STREAM_DB_CHECKS = 5  # of the API's 20 pooled database connections (models.db.make_engine)
 MAX_BLOCK_SECONDS = 2.0  # one XREAD BLOCK; below the API's Redis socket timeout (api.app: 5 s)
 SEP = "\n"
 _STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
@@ -125,6 +136,12 @@ def stream_responses(description: str) -> dict[int | str, dict[str, Any]]:
             "description": "Too many open streams for this user (`too-many-streams`).",
             "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
         },
+        503: {
+            **problem,
+            "description": "This API process holds as many streams as it may (`streams-at-capacity`), or a service "
+            "the stream reads is down.",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+        },
     }
 
 
@@ -188,27 +205,74 @@ def stream_slots(redis: Redis, settings: Settings) -> StreamSlots:
     return StreamSlots(redis, settings.sse_max_streams_per_user, 3 * settings.sse_heartbeat_seconds + 5)
 
 
+class StreamCap:
+    """At most `limit` streams open at once in this API process (counted in memory: the limit is per process), and
+    at most STREAM_DB_CHECKS of their periodic access checks in the database at once: the rest wait here, not in
+    the API's database pool, where hundreds of streams checking together would make ordinary requests time out."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.db_checks = asyncio.Semaphore(STREAM_DB_CHECKS)
+
+    def take(self) -> None:
+        if self.open >= self.limit:
+            raise Problem(
+                STREAMS_AT_CAPACITY,
+                f"This server holds {self.limit} streams, as many as it may; try again shortly.",
+                headers={"Retry-After": str(CAPACITY_RETRY_AFTER)},
+            )
+        self.open += 1
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+async def admit(
+    state: State, caller: Caller, settings: Settings, access: Callable[[], Awaitable[bool]] | None = None
+) -> Guard:
+    """A place for one more stream of the caller: in this process, then among the user's slots (429). Everything a
+    stream does in Redis from here on goes through the streams' own pool. Close the guard when the stream ends."""
+    cap: StreamCap = state.sse_cap
+    cap.take()
+    try:
+        slots = stream_slots(state.sse_redis, settings)
+        slot = await slots.acquire(caller.user_id, retry_after=settings.sse_heartbeat_seconds)
+    except BaseException:
+        cap.give_back()
+        raise
+    return Guard(state.sse_sessions, caller, slots, slot, cap, access)
+
+
 @dataclass
 class Guard:
-    """What keeps a stream open: the caller's session, the optional `access` check (tenant membership), its slot."""
+    """What keeps a stream open: the caller's session, the optional `access` check (tenant membership), its slot
+    and its place in the process (`cap`)."""
 
     sessions: SessionStore
     caller: Caller
     slots: StreamSlots
     slot: str
+    cap: StreamCap
     access: Callable[[], Awaitable[bool]] | None = None
 
     async def check(self) -> ServerSentEvent | None:
         """None while the stream may go on, else its final message. Refreshes the slot."""
         if await self.sessions.user_of(self.caller.session_id) != self.caller.user_id:
             return ended("session-ended", "The session of this access token has ended (logout or password change).")
-        if self.access is not None and not await self.access():
-            return ended("access-revoked", "You no longer have access to this tenant's events.")
+        if self.access is not None:
+            async with self.cap.db_checks:
+                allowed = await self.access()
+            if not allowed:
+                return ended("access-revoked", "You no longer have access to this tenant's events.")
         await self.slots.refresh(self.caller.user_id, self.slot)
         return None
 
     async def close(self) -> None:
-        await self.slots.release(self.caller.user_id, self.slot)
+        try:
+            await self.slots.release(self.caller.user_id, self.slot)
+        finally:
+            self.cap.give_back()
 
 
 @dataclass
@@ -219,7 +283,8 @@ class Beat:
     due: float = field(default=0.0)
 
     def __post_init__(self) -> None:
-        self.due = time.monotonic() + self.every
+        # the first beat comes a little early, by chance: streams opened together do not check their guards together
+        self.due = time.monotonic() + self.every * random.uniform(0.5, 1.0)
 
     def left(self) -> float:
         return max(0.0, self.due - time.monotonic())

@@ -16,17 +16,28 @@ from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
 
 from api.problems import WORKFLOW_ENGINE_UNAVAILABLE, Problem
+from models.retry_interceptor import RetryPoliciesInterceptor
+from models.retry_policies import SagaRetryPolicies
 
 log = logging.getLogger("prognet.api")
 
 
 class TemporalConnector:
     def __init__(
-        self, target: str, namespace: str, data_converter: DataConverter, *, connect_timeout: float = 3.0
+        self,
+        target: str,
+        namespace: str,
+        data_converter: DataConverter,
+        *,
+        retry_policies: SagaRetryPolicies | None = None,
+        tracing: bool = True,
+        connect_timeout: float = 3.0,
     ) -> None:
         self.target = target
         self.namespace = namespace
         self.data_converter = data_converter  # prognet.payload_codec.data_converter: the one with the codec
+        self.retry_policies = retry_policies or SagaRetryPolicies()  # from settings: recorded in each saga's input
+        self.tracing = tracing  # False only under BENCH_TELEMETRY_OFF
         self.connect_timeout = connect_timeout
         self._client: Client | None = None
         self._lock = asyncio.Lock()
@@ -44,7 +55,11 @@ class TemporalConnector:
                         self.target,
                         namespace=self.namespace,
                         data_converter=self.data_converter,
-                        interceptors=[TracingInterceptor()],  # the HTTP request's trace continues in the saga
+                        # the HTTP request's trace continues in the saga; the saga records the retry settings
+                        interceptors=[
+                            *([TracingInterceptor()] if self.tracing else []),
+                            RetryPoliciesInterceptor(self.retry_policies),
+                        ],
                     ),
                     timeout,
                 )

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from models.plans import Plan
+from models.retry_policies import WithRetryPolicies
 
 DEFAULT_DUNNING_DAYS = [1, 3, 5, 7]
 
@@ -25,7 +26,7 @@ DEFAULT_DUNNING_DAYS = [1, 3, 5, 7]
 BillingCycleKind = Literal["period", "proration"]
 
 
-class BillingCycleInput(BaseModel):
+class BillingCycleInput(WithRetryPolicies):
     subscription_id: uuid.UUID
     tenant_id: uuid.UUID
     plan_id: str
@@ -291,7 +292,7 @@ class SubscriptionState(BaseModel):
     schedule_ready: bool = False  # cycle_driver "schedule": its Temporal Schedule exists
 
 
-class SubscriptionInput(BaseModel):
+class SubscriptionInput(WithRetryPolicies):
     subscription_id: uuid.UUID
     tenant_id: uuid.UUID
     plan: Plan

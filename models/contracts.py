@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from models.retry_policies import WithRetryPolicies
+
 SagaStatusValue = Literal[
     "running",  # forward steps in progress
     "waiting",  # parked on a durable timer / external event (e.g. email verification)
@@ -56,7 +58,7 @@ class OperatorDecision(BaseModel):
 # --- registration saga ---
 
 
-class RegistrationInput(BaseModel):
+class RegistrationInput(WithRetryPolicies):
     user_id: uuid.UUID
     email: str
     display_name: str | None = None
@@ -118,7 +120,7 @@ class ActivateUser(BaseModel):
 # --- email change saga ---
 
 
-class EmailChangeInput(BaseModel):
+class EmailChangeInput(WithRetryPolicies):
     change_id: uuid.UUID
     user_id: uuid.UUID
     new_email: str
@@ -169,7 +171,7 @@ class SwapEmail(BaseModel):
 # --- tenant provisioning saga ---
 
 
-class TenantProvisioningInput(BaseModel):
+class TenantProvisioningInput(WithRetryPolicies):
     tenant_id: uuid.UUID
     name: str
     slug: str
@@ -228,7 +230,7 @@ class CreateBillingConfig(BaseModel):
 # --- invitation saga ---
 
 
-class InvitationInput(BaseModel):
+class InvitationInput(WithRetryPolicies):
     invitation_id: uuid.UUID
     tenant_id: uuid.UUID
     email: str

@@ -13,9 +13,10 @@ from pydantic import BaseModel, Field
 
 from models.billing_cycle_contracts import DEFAULT_DUNNING_DAYS
 from models.plans import Plan
+from models.retry_policies import WithRetryPolicies
 
 
-class PaidSignupInput(BaseModel):
+class PaidSignupInput(WithRetryPolicies):
     user_id: uuid.UUID
     tenant_id: uuid.UUID
     subscription_id: uuid.UUID

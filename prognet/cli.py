@@ -183,8 +183,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     unknown = sorted(set(queues) - set(ALL_TASK_QUEUES))
     if unknown or not queues:
         return _error(f"unknown task queues {unknown}; known: {', '.join(ALL_TASK_QUEUES)}")
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(levelname)s %(name)s: %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt):  # run_worker configures logging (prognet.logs)
         asyncio.run(run_worker(task_queues=queues))
     return 0
 
@@ -194,7 +193,6 @@ def cmd_consume(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from workers.consumers import run_consumers
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     asyncio.run(run_consumers(settings))
     return 0
 
@@ -283,6 +281,8 @@ def cmd_api(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's own records go through the app's handler (prognet.logs), JSON or text
+        access_log=False,  # the app writes its own access line (api/request_log.py), with the trace id
         proxy_headers=True,
     )
     return 0
@@ -292,7 +292,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from relay.relay import run_relay
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if settings.relay_metrics_port:  # Prometheus sees the relay up (its lag is the API's series, from Redis)
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.relay_metrics_port, addr=settings.metrics_host)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -308,8 +311,6 @@ def cmd_relay(args: argparse.Namespace) -> int:
 def cmd_webhooks_dispatcher(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from webhooks.dispatcher import run_dispatcher
-
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -39,18 +39,19 @@ class PayloadDecryptionError(ValueError):
 
 
 class EncryptionCodec(PayloadCodec):
-    def __init__(self, keys: Mapping[str, bytes], current: str) -> None:
+    def __init__(self, keys: Mapping[str, bytes], current: str, *, encrypt: bool = True) -> None:
         if current not in keys:
             raise ValueError(f"the current payload key {current!r} is not among the keys ({', '.join(keys)})")
         self._ciphers = {key_id: AESGCM(key) for key_id, key in keys.items()}
         self.current = current
+        self.encrypts = encrypt  # False: BENCH_TELEMETRY_OFF (development only): new payloads stay plaintext
 
     @property
     def key_ids(self) -> list[str]:
         return list(self._ciphers)
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.encrypt(p) for p in payloads]
+        return [self.encrypt(p) for p in payloads] if self.encrypts else list(payloads)
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self.decrypt(p) for p in payloads]
@@ -95,7 +96,7 @@ def converter_for(codec: EncryptionCodec) -> DataConverter:
 
 def codec_from(settings: Settings) -> EncryptionCodec:
     current, keys = settings.payload_keyring()
-    return EncryptionCodec(keys, current)
+    return EncryptionCodec(keys, current, encrypt=not settings.bench_telemetry_off)
 
 
 def data_converter(settings: Settings) -> DataConverter:

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev", "development"}
@@ -36,9 +36,37 @@ def _default_alerting_config() -> Path:
     return beside if beside.exists() else Path("config") / "alerting.toml"
 
 
+class RetrySetting(BaseModel):
+    """A retry policy (models/retry_policies.RetrySpec): Temporal retries a failed activity after
+    initial_interval_seconds, each further wait backoff_coefficient times longer, at most maximum_interval_seconds
+    apart, until maximum_attempts (0: without limit)."""
+
+    initial_interval_seconds: float = Field(1.0, gt=0, description="Wait before the second attempt.")
+    backoff_coefficient: float = Field(2.0, ge=1, description="Each further wait is this many times longer.")
+    maximum_interval_seconds: float = Field(60.0, gt=0, description="Longest wait between two attempts.")
+    maximum_attempts: int = Field(0, ge=0, description="Attempts in all, the first included; 0: without limit.")
+
+    @model_validator(mode="after")
+    def _interval_order(self) -> RetrySetting:
+        if self.maximum_interval_seconds < self.initial_interval_seconds:
+            raise ValueError("maximum_interval_seconds must not be below initial_interval_seconds")
+        return self
+
+
+class CompensationRetrySetting(RetrySetting):
+    """A compensation's: it gives up sooner (then the saga waits for an operator). Its own defaults, so a setting
+    that names one field (RETRY_COMPENSATION_STRIPE__MAXIMUM_ATTEMPTS=3) keeps the others."""
+
+    maximum_interval_seconds: float = Field(30.0, gt=0, description="Longest wait between two attempts.")
+    maximum_attempts: int = Field(5, ge=0, description="Attempts in all, the first included; 0: without limit.")
+
+
 class Settings(BaseSettings):
     # hide_input_in_errors: a refused value may be a secret (PAYLOAD_KEYS, SECRET_KEY); errors name it, never echo it
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True)
+    # env_nested_delimiter: one field of a nested setting on its own, e.g. RETRY_STRIPE__MAXIMUM_ATTEMPTS=10
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True, env_nested_delimiter="__"
+    )
 
     environment: Literal["development", "production"] = Field(
         "development",
@@ -132,6 +160,31 @@ class Settings(BaseSettings):
         timedelta(days=7), description="How long an invitation waits for acceptance before it expires."
     )
 
+    # --- retry policies of saga steps and compensations, per external service (models/retry_policies.py) ---
+    # Each is {initial_interval_seconds, backoff_coefficient, maximum_interval_seconds, maximum_attempts (0: no
+    # limit)}: RETRY_STRIPE='{"maximum_attempts": 10}' or RETRY_STRIPE__MAXIMUM_ATTEMPTS=10. Recorded in each
+    # saga's input when it starts: a change applies to sagas started after it.
+    retry_database: RetrySetting = Field(
+        default_factory=RetrySetting,
+        description="Forward saga steps on our database (users, tenants, invoices, …); default 1 s, x2, at most "
+        "60 s apart, without limit.",
+    )
+    retry_stripe: RetrySetting = Field(
+        default_factory=RetrySetting,
+        description="Forward saga steps that call Stripe (customer, PaymentIntent); an open Stripe circuit is "
+        "waited out, not counted. Default 1 s, x2, at most 60 s apart, without limit.",
+    )
+    retry_compensation_database: CompensationRetrySetting = Field(
+        default_factory=CompensationRetrySetting,
+        description="Compensations on our database; after the last attempt the saga waits for an operator. "
+        "Default 1 s, x2, at most 30 s apart, 5 attempts.",
+    )
+    retry_compensation_stripe: CompensationRetrySetting = Field(
+        default_factory=CompensationRetrySetting,
+        description="Compensations that call Stripe (delete customer, refund). Default 1 s, x2, at most 30 s "
+        "apart, 5 attempts.",
+    )
+
     # --- email delivery pipeline ---
     email_retry_initial_seconds: float = Field(5.0, description="First wait after a temporary SMTP failure.")
     email_retry_backoff_coefficient: float = Field(2.0, description="Each further wait is this much longer.")
@@ -172,6 +225,20 @@ class Settings(BaseSettings):
     )
     sse_max_streams_per_user: int = Field(
         5, ge=1, description="Concurrent event and saga-progress streams one user may hold, across all replicas."
+    )
+    sse_max_streams_per_process: int = Field(
+        500,
+        ge=1,
+        description="Concurrent streams one API process serves (then 503 `streams-at-capacity` with Retry-After, "
+        "so a load balancer or client tries again, perhaps on another replica). Each stream costs two sockets (the "
+        "client's and a Redis connection while it waits for events): keep the open-files limit above twice this.",
+    )
+    sse_redis_max_connections: int = Field(
+        500,
+        ge=1,
+        description="Redis connections of the API process's own pool for streams, apart from the pool ordinary "
+        "requests use (logins, sessions, throttles), so streams never make them wait. Each stream uses at most one "
+        "at a time: keep it at least SSE_MAX_STREAMS_PER_PROCESS.",
     )
     sse_send_timeout_seconds: float = Field(
         10.0,
@@ -222,6 +289,9 @@ class Settings(BaseSettings):
         9465, ge=0, description="The Temporal SDK's runtime metrics of the worker (task latencies, failures)."
     )
     temporal_metrics_port: int = Field(9233, ge=0, description="The embedded Temporal dev server's own metrics.")
+    relay_metrics_port: int = Field(
+        0, ge=0, description="The relay's /metrics (its process; 0: off). docker-compose serves it for Prometheus."
+    )
 
     # --- circuit breakers (Stripe, SMTP, outbound webhooks per host; state shared through Redis) ---
     circuit_window_seconds: float = Field(60.0, gt=0, description="Sliding window the failure rate is taken over.")
@@ -270,7 +340,19 @@ class Settings(BaseSettings):
         None, description="Bearer token Alertmanager's webhook sends to /v1/admin/incidents/alertmanager; unset: off."
     )
 
-    log_level: str = "INFO"
+    bench_telemetry_off: bool = Field(
+        False,
+        description="Development only (refused in production): no tracing, no metrics endpoints or request metrics, "
+        "and new Temporal payloads unencrypted (encrypted ones still decrypt). How `prognet bench --only telemetry` "
+        "measures what tracing, metrics and the codec cost.",
+    )
+
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR, for every process.")
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="json: one JSON object per line with trace_id/span_id inside a span (for a log pipeline); "
+        "text: `LEVEL logger: message key=value trace=…` (what `prognet dev` gives the processes it starts).",
+    )
 
     @field_validator("smtp_username", "smtp_password", mode="before")
     @classmethod
@@ -306,7 +388,7 @@ class Settings(BaseSettings):
     def _refuse_placeholders_in_production(self) -> Settings:
         if self.environment != "production":
             return self
-        for name in ("secret_key", "stripe_secret_key", "stripe_webhook_secret", "smtp_password"):
+        for name in ("secret_key", "stripe_secret_key", "stripe_webhook_secret", "smtp_password", "alertmanager_token"):
             value: SecretStr | None = getattr(self, name)
             if value is not None and PLACEHOLDER_MARK in value.get_secret_value().lower():
                 raise ValueError(f"{name.upper()} is still the placeholder of .env.example; set the real value")
@@ -337,9 +419,20 @@ class Settings(BaseSettings):
             )
         if self.codec_allow_local_ui:
             raise ValueError("CODEC_ALLOW_LOCAL_UI is a development setting; it must not be set in production")
+        if self.bench_telemetry_off:
+            raise ValueError("BENCH_TELEMETRY_OFF is a benchmark setting; it must not be set in production")
         return self
 
     # --- derived values ---
+    def saga_retry_policies(self) -> dict[str, dict[str, float]]:
+        """What a saga started now records in its input: `models.retry_policies.SagaRetryPolicies`' fields."""
+        return {
+            "step_database": self.retry_database.model_dump(),
+            "step_stripe": self.retry_stripe.model_dump(),
+            "compensation_database": self.retry_compensation_database.model_dump(),
+            "compensation_stripe": self.retry_compensation_stripe.model_dump(),
+        }
+
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"

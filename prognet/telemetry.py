@@ -42,6 +42,8 @@ from prognet.settings import Settings
 API = "prognet-api"
 WORKER = "prognet-worker"
 RELAY = "prognet-relay"
+CONSUMERS = "prognet-consumers"
+WEBHOOKS_DISPATCHER = "prognet-webhooks-dispatcher"
 
 TRACE_FILE_MAX_BYTES = 8 * 1024 * 1024  # per service; one rotated file (`.1.jsonl`) is kept beside it
 
@@ -55,6 +57,17 @@ def traces_dir(settings: Settings) -> Path:
 
 def _disabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def configure_process(service_name: str, settings: Settings) -> TracerProvider | None:
+    """What every process (API, worker, relay, consumers, webhooks dispatcher) calls once at its start: logging
+    (prognet.logs: JSON lines with the trace id, or text under `prognet dev`), then tracing."""
+    from prognet.logs import configure_logging  # it reads the current span through this module
+
+    configure_logging(settings)
+    if settings.bench_telemetry_off:  # development only: what `prognet bench` compares against
+        return None
+    return configure_tracing(service_name, settings)
 
 
 def configure_tracing(

@@ -8,6 +8,8 @@ has headless Chromium (which can reach only 127.0.0.1) photograph five pages of 
     saga-details.png          a registration saga waiting for email verification: its summary and current details
     schedules.png             the Schedules page: one billing schedule per subscription
     payload-decoded.png       that registration's history: its encrypted input, decoded by the UI through /codec
+    payload-encrypted.png     the same history as an operator without codec access sees it: ciphertext (the API
+                              restarted with CODEC_ALLOW_LOCAL_UI=false, so /codec refuses the UI's token-less call)
     dead-letter.png           an EmailDelivery to a +fail550 address, dead-lettered and awaiting an operator
 """
 
@@ -190,6 +192,33 @@ async def make_demo(stack: EmbeddedStack, api: httpx.AsyncClient, temporal: Clie
     ]
 
 
+async def photograph(stack: EmbeddedStack, shot: Shot, out_dir: Path) -> None:
+    assert stack.temporal_ui_url
+    url, png = stack.temporal_ui_url + shot.path, out_dir / shot.name
+    await asyncio.to_thread(screenshot_when, url, png, ready_js=shot.ready_js, window=WINDOW)
+    say(f"wrote {png}")
+
+
+async def restart_api(stack: EmbeddedStack, **env: str) -> None:
+    assert stack.api is not None
+    await stack.api.stop()
+    stack.api.env = {**stack.env(), **env}
+    await stack.api.start()
+
+
+def encrypted_shot(decoded: Shot) -> Shot:
+    """The decoded history's page once the UI has no codec: the input is the codec's envelope (its metadata
+    names the encoding `binary/encrypted` and the key id), and no address is readable."""
+    text = "document.body.innerText"
+    return Shot(
+        "payload-encrypted.png",
+        decoded.path,
+        # the encoding as the UI shows it: decoded, or base64 (YmluYXJ5L2VuY3J5cHRlZA== is "binary/encrypted")
+        f"({text}.includes('binary/encrypted') || {text}.includes('YmluYXJ5L2VuY3J5cHRlZA'))"
+        f" && !{text}.includes('charles@example.com')",
+    )
+
+
 async def run(base: Path, out_dir: Path) -> None:
     logs: list[str] = []  # shown only if something fails
     stack = EmbeddedStack(
@@ -207,9 +236,11 @@ async def run(base: Path, out_dir: Path) -> None:
             async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as api:
                 shots = await make_demo(stack, api, temporal)
             for shot in shots:
-                url, png = stack.temporal_ui_url + shot.path, out_dir / shot.name
-                await asyncio.to_thread(screenshot_when, url, png, ready_js=shot.ready_js, window=WINDOW)
-                say(f"wrote {png}")
+                await photograph(stack, shot, out_dir)
+            say("the same history without access to /codec")
+            await restart_api(stack, CODEC_ALLOW_LOCAL_UI="false")
+            decoded = next(s for s in shots if s.name == "payload-decoded.png")
+            await photograph(stack, encrypted_shot(decoded), out_dir)
     except BaseException:
         sys.stderr.write("\n".join(logs[-40:]) + "\n")
         raise

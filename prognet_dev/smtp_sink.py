@@ -162,11 +162,11 @@ class SmtpSink:
         return self._server is not None and not self._server.is_serving()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        server, self._server = self._server, None  # forgotten first: while it closes it is stopping, not crashed
+        if server is not None:
+            server.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
+                await asyncio.wait_for(server.wait_closed(), 5)
 
     async def serve_forever(self) -> None:
         await self.start()

@@ -322,6 +322,8 @@ class EmbeddedStack:
         env.update(self.service_env())
         env.update(self.extra_env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # readable lines under the console's "Worker |" prefixes; JSON (the default) is for a log pipeline
+        env.setdefault("LOG_FORMAT", "text")
         # incidents escalate level by level every 30 s, so an escalation can be watched (config/alerting.toml)
         env.setdefault("ALERT_ESCALATION_SECONDS", "30")
         # a failing webhook endpoint's deliveries retry at 0, 2 and 5 s, then dead-letter, so that can be watched

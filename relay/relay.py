@@ -290,7 +290,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     """`prognet relay`: the relay of DATABASE_URL and REDIS_URL until `stop` is set."""
     if not settings.database_url or not settings.redis_url:
         raise SystemExit("error: the relay needs DATABASE_URL and REDIS_URL")
-    telemetry.configure_tracing(telemetry.RELAY, settings)
+    telemetry.configure_process(telemetry.RELAY, settings)
     redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     try:
         relay = Relay(

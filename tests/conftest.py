@@ -66,8 +66,10 @@ async def start_time_skipping() -> WorkflowEnvironment:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """One time-skipping server per test module: a module whose test leaves the server unable to skip time (an
+    abandoned child still open) cannot stall the long timers of another module's tests."""
     env = await start_time_skipping()
     yield env
     await env.shutdown()

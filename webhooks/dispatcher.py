@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -40,6 +40,8 @@ from models.names import (
     webhook_workflow_id,
 )
 from models.tables import WebhookEndpoint
+from prognet import telemetry
+from prognet.payload_codec import data_converter
 from prognet.settings import Settings
 from webhooks.event_filter import matches
 
@@ -193,13 +195,18 @@ async def run_dispatcher(settings: Settings, stop: asyncio.Event) -> None:
     """`prognet webhooks-dispatcher`: until `stop` is set."""
     if not settings.database_url or not settings.redis_url:
         raise SystemExit("error: the webhook dispatcher needs DATABASE_URL and REDIS_URL")
+    telemetry.configure_process(telemetry.WEBHOOKS_DISPATCHER, settings)
     engine = make_engine(settings.database_url)
     redis = Redis.from_url(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, socket_connect_timeout=5)
     client = None
     while client is None and not stop.is_set():
         try:
+            # the same converter as every other client: delivery inputs are encrypted like all payloads
             client = await Client.connect(
-                settings.temporal_target, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+                settings.temporal_target,
+                namespace=settings.temporal_namespace,
+                data_converter=data_converter(settings),
+                interceptors=[] if settings.bench_telemetry_off else [TracingInterceptor()],
             )
         except RuntimeError as err:
             log.warning("temporal unreachable (%s); retrying", err)

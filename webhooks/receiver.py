@@ -29,6 +29,7 @@ class Received:
     body: dict
     raw: bytes  # the body as sent (what the signature covers)
     at: float  # time.time() when it arrived
+    peer: str = ""  # the sender's address and port: the same for requests over one kept-alive connection
 
 
 @dataclass
@@ -57,7 +58,8 @@ class WebhookReceiver:
             self._print(f"rejected: bad signature ({headers.get('webhook-id', 'no webhook-id')})")
             return JSONResponse({"error": "invalid signature"}, status_code=401)
         body = json.loads(raw)
-        item = Received(msg_id, headers, body, raw, time.time())
+        peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+        item = Received(msg_id, headers, body, raw, time.time(), peer)
         self.requests.append(item)
         if self.fail > 0:
             self.fail -= 1

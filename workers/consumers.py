@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from models.db import make_engine, transaction
 from models.event_stream import StreamEvent
 from models.read_models import PROJECTIONS, UnsupportedVersion, cache_key, live_tables, mark_applied
+from prognet import telemetry
 from prognet.settings import Settings
 from workers.consumer import Consumer, ConsumerConfig, Handler, Park
 
@@ -106,6 +107,7 @@ async def run_consumers(settings: Settings, *, names: tuple[str, ...] = (PROJECT
     entry finishes and the leases are given back)."""
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
+    telemetry.configure_process(telemetry.CONSUMERS, settings)
     engine = make_engine(settings.database_url)
     streams = Redis.from_url(settings.redis_target, socket_connect_timeout=2, socket_timeout=10)
     cache = Redis.from_url(

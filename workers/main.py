@@ -33,6 +33,8 @@ from activities.webhooks import WebhookActivities
 from models.alerting import AlertConfigError, load_alerting_config
 from models.db import make_engine
 from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
+from models.retry_interceptor import RetryPoliciesInterceptor
+from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
 from prognet.payload_codec import data_converter
 from prognet.settings import Settings, get_settings
@@ -121,12 +123,17 @@ def activities_for(engine: AsyncEngine, settings: Settings, circuits: Circuits |
 
 
 async def connect_client(settings: Settings, runtime: Runtime | None = None) -> Client:
+    retry_policies = SagaRetryPolicies.model_validate(settings.saga_retry_policies())
     return await Client.connect(
         settings.temporal_target,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         runtime=runtime,
-        interceptors=[TracingInterceptor()],  # the workers built on this client inherit it
+        # the workers built on this client inherit them; sagas its activities start record the retry settings
+        interceptors=[
+            *([] if settings.bench_telemetry_off else [TracingInterceptor()]),
+            RetryPoliciesInterceptor(retry_policies),
+        ],
     )
 
 
@@ -141,7 +148,7 @@ def tracing_interceptors(client: Client) -> list[TracingInterceptor]:
 def sdk_runtime(settings: Settings) -> Runtime | None:
     """A Temporal runtime whose SDK metrics (task latencies, schedule-to-start, failures) the SDK serves itself
     on WORKER_SDK_METRICS_PORT; None (the default runtime, no endpoint) when that port is 0."""
-    if not settings.worker_sdk_metrics_port:
+    if not settings.worker_sdk_metrics_port or settings.bench_telemetry_off:
         return None
     address = f"{settings.metrics_host}:{settings.worker_sdk_metrics_port}"
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
@@ -165,7 +172,8 @@ def build_workers(
     circuits = Circuits(engine, settings)
     delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP))
     schedules = ScheduleActivities(client)
-    interceptors = [ObservabilityInterceptor(), *tracing_interceptors(client)]
+    tracing = [] if settings.bench_telemetry_off else tracing_interceptors(client)
+    interceptors = [ObservabilityInterceptor(), *tracing]
     alerting = alerting_activities(client, engine, settings)
     # built only for the queues asked for: a worker is registered with the client as soon as it exists
     factories = {
@@ -200,9 +208,24 @@ def build_workers(
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             interceptors=interceptors,
         ),
-        WEBHOOK_TASK_QUEUE: lambda: webhook_worker(client, engine, settings, interceptors=interceptors),
+        WEBHOOK_TASK_QUEUE: lambda: webhook_worker(client, webhook_activities(), interceptors=interceptors),
     }
-    return Workers([factories[queue]() for queue in ALL_TASK_QUEUES if queue in task_queues], on_close=circuits.aclose)
+    hooks: list[WebhookActivities] = []  # made only with their worker; closed (their HTTP client) with the workers
+
+    def webhook_activities() -> WebhookActivities:
+        hooks.append(WebhookActivities(engine, settings))
+        return hooks[-1]
+
+    workers = [factories[queue]() for queue in ALL_TASK_QUEUES if queue in task_queues]
+
+    async def close() -> None:
+        try:
+            for made in hooks:
+                await made.aclose()
+        finally:
+            await circuits.aclose()
+
+    return Workers(workers, on_close=close)
 
 
 def alerting_activities(client: Client, engine: AsyncEngine, settings: Settings) -> AlertingActivities:
@@ -214,13 +237,12 @@ def alerting_activities(client: Client, engine: AsyncEngine, settings: Settings)
 
 def webhook_worker(
     client: Client,
-    engine: AsyncEngine,
-    settings: Settings,
+    hooks: WebhookActivities,
     task_queue: str = WEBHOOK_TASK_QUEUE,
     interceptors: list | None = None,
 ) -> Worker:
-    """Webhook deliveries on their own queue: slow receivers hold only these slots."""
-    hooks = WebhookActivities(engine, settings)
+    """Webhook deliveries on their own queue: slow receivers hold only these slots. The caller closes `hooks`
+    (its shared HTTP client) after the worker has stopped."""
     return Worker(
         client,
         task_queue=task_queue,
@@ -253,7 +275,7 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set (run the worker under `prognet dev` or set it)")
-    telemetry.configure_tracing(telemetry.WORKER, settings)
+    telemetry.configure_process(telemetry.WORKER, settings)
     try:
         load_alerting_config(settings.alerting_config)
     except AlertConfigError as exc:
@@ -277,7 +299,7 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
 def serve_metrics(settings: Settings) -> int | None:
     """Our business metrics (prognet.metrics) on WORKER_METRICS_PORT, apart from the SDK's endpoint: the SDK
     serves its own registry from Rust, and two endpoints keep each scrape cheap and each source obvious."""
-    if not settings.worker_metrics_port:
+    if not settings.worker_metrics_port or settings.bench_telemetry_off:
         return None
     start_http_server(settings.worker_metrics_port, addr=settings.metrics_host)
     log.info("worker metrics on http://%s:%d/metrics", settings.metrics_host, settings.worker_metrics_port)

@@ -77,7 +77,7 @@ class BillingCycleWorkflow:
     @workflow.init
     def __init__(self, params: BillingCycleInput) -> None:
         self.params = params
-        self.saga = Saga("billing_cycle")
+        self.saga = Saga("billing_cycle", params.retry_policies)
         self.state = BillingCycleState(payment_method=params.payment_method)
         self.outcomes: dict[str, PaymentOutcome] = {}
         self.method_changed = False

@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
 class EmailChangeWorkflow:
     @workflow.init
     def __init__(self, params: EmailChangeInput) -> None:
-        self.saga = Saga("email_change")
+        self.saga = Saga("email_change", params.retry_policies)
         self.params = params
         self.reserved = False
         self.rejection: ApplicationError | None = None

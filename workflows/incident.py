@@ -130,8 +130,12 @@ class IncidentWorkflow:
         view = self._view
         level = self.inp.levels[index]
         view.level = index + 1
-        wait = self.inp.repeat_every_seconds if kind == "repeated" else level.timeout_seconds
-        view.next_notification_at = workflow.now() + timedelta(seconds=wait)
+        wait = timedelta(seconds=self.inp.repeat_every_seconds if kind == "repeated" else level.timeout_seconds)
+        now = workflow.now()
+        # An escalation or repeat is due at a time: the next one counts from that time, not from when this task
+        # happened to run, so small delays do not add up; one missed by a whole interval is not caught up in a burst.
+        due = view.next_notification_at if kind in ("escalated", "repeated") else None
+        view.next_notification_at = due + wait if due is not None and due + wait > now else now + wait
         view.notifications += 1
         subject = f"[{view.severity.upper()}] {view.rule}: {view.summary}"
         body = (

@@ -39,6 +39,7 @@ class InvitationWorkflow:
 
     @workflow.run
     async def run(self, params: InvitationInput) -> InvitationResult:
+        self.saga.retry_policies = params.retry_policies
         return await self.saga.run(lambda: self._invite(params))
 
     async def _invite(self, p: InvitationInput) -> InvitationResult:

@@ -68,7 +68,7 @@ class PaidSignupWorkflow:
     @workflow.init
     def __init__(self, params: PaidSignupInput) -> None:
         self.params = params
-        self.saga = Saga("paid_signup")
+        self.saga = Saga("paid_signup", params.retry_policies)
         self.registration: workflow.ChildWorkflowHandle | None = None
         self.progress: RegistrationProgress | None = None
         self.outcome: SignupOutcome | None = None

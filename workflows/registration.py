@@ -47,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
 class RegistrationWorkflow:
     @workflow.init
     def __init__(self, params: RegistrationInput) -> None:
-        self.saga = Saga("registration")
+        self.saga = Saga("registration", params.retry_policies)
         self.params = params
         self.user_created = False
         self.rejection: ApplicationError | None = None

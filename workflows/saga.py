@@ -43,24 +43,13 @@ with workflow.unsafe.imports_passed_through():
         SA_SAGA_STEP,
         SIGNAL_OPERATOR_DECISION,
     )
+    from models.retry_policies import SagaRetryPolicies, WithRetryPolicies
 
 T = TypeVar("T")
 
-# An open circuit is not retried by Temporal inside a step: the saga waits out the cool-down on a timer, with
-# "waiting: Stripe circuit open until …" in its details, then runs the step again (no attempt is used up).
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=[CIRCUIT_OPEN],
-)
-COMPENSATION_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-    non_retryable_error_types=[CIRCUIT_OPEN],
-)
+# Retry policies come from the saga's input (models/retry_policies.py: per external service, from settings, recorded
+# in history). An open circuit is not retried by Temporal inside a step: the saga waits out the cool-down on a
+# timer, with "waiting: Stripe circuit open until …" in its details, then runs the step again (no attempt is used up).
 STEP_TIMEOUT = timedelta(seconds=30)
 
 
@@ -72,8 +61,9 @@ async def wait_until(condition: Callable[[], bool], timeout: timedelta | None) -
     of a signal to another workflow or of a child: the await returns its result and the workflow runs on as if
     no cancel had come. That happens when the task that would have taken the result alone timed out (a worker
     killed, or too busy for 10 s): a billing cycle told its parent `past_due`, the customer cancelled, and the
-    cycle went to sleep on its day-long dunning timer while its parent waited for it to unwind. Every long wait
-    goes through here, so such a cancel unwinds the saga instead."""
+    cycle went to sleep on its day-long dunning timer while its parent waited for it to unwind. The sagas that
+    tell another workflow something and then wait long (a billing cycle, a registration) wait through here, so
+    such a cancel unwinds them instead."""
     if workflow.cancellation_reason() is not None:
         raise asyncio.CancelledError("the workflow's cancellation was requested")
     if condition():
@@ -96,8 +86,9 @@ class _Compensation:
 class Saga:
     """Create one in the workflow's `__init__`; it registers the `saga_state` query and the operator signal."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, retry_policies: SagaRetryPolicies | None = None) -> None:
         self.state = SagaState(saga=name)
+        self.retry_policies = retry_policies or SagaRetryPolicies()  # the saga input's (WithRetryPolicies)
         self._compensations: list[_Compensation] = []
         self._decisions: list[OperatorDecision] = []
         workflow.set_query_handler(QUERY_SAGA_STATE, self._query_state)
@@ -164,11 +155,14 @@ class Saga:
         activity: str | Callable[..., Any],
         arg: Any,
         *,
-        retry_policy: RetryPolicy = COMPENSATION_RETRY,
+        retry_policy: RetryPolicy | None = None,
         timeout: timedelta = STEP_TIMEOUT,
     ) -> None:
         """Register an activity that undoes `step`. `arg` may be a function: then it is built at unwind time
-        (e.g. the failure reason, or an id the forward step returned), from workflow state only."""
+        (e.g. the failure reason, or an id the forward step returned), from workflow state only. Its retry
+        policy: the input's for the service `activity` calls, unless given."""
+        if retry_policy is None:
+            retry_policy = self.retry_policies.for_compensation(_activity_name(activity))
 
         async def undo() -> None:
             await self.execute_activity(
@@ -195,10 +189,13 @@ class Saga:
         *,
         compensation: tuple[str | Callable[..., Any], Any] | None = None,
         result_type: type | None = None,
-        retry_policy: RetryPolicy = STEP_RETRY,
+        retry_policy: RetryPolicy | None = None,
         timeout: timedelta = STEP_TIMEOUT,
     ) -> T:
-        """Run one forward step as an activity; its compensation is registered before it starts."""
+        """Run one forward step as an activity; its compensation is registered before it starts. Its retry
+        policy: the input's for the service `activity` calls, unless given."""
+        if retry_policy is None:
+            retry_policy = self.retry_policies.for_step(_activity_name(activity))
         self.set_status("running", step=name, details=f"running step {name}")
         if compensation is not None:
             self.add_compensation(name, compensation[0], compensation[1])
@@ -257,6 +254,8 @@ class Saga:
             self.add_compensation(name, compensation[0], compensation[1])
         elif cancel_on_unwind:
             self._register(name, cancel_child)
+        if isinstance(arg, WithRetryPolicies) and "retry_policies" not in arg.model_fields_set:
+            arg = arg.model_copy(update={"retry_policies": self.retry_policies})  # a child saga inherits them
         self.set_status("running", step=name, details=f"starting {workflow_type} {options['id']}")
         handle = await workflow.start_child_workflow(workflow_type, arg, **options)
         return handle
@@ -411,6 +410,10 @@ def _report(name: str, *args: str) -> None:
     report = workflow.extern_functions().get(name)
     if report is not None:
         report(*args)
+
+
+def _activity_name(activity: str | Callable[..., Any]) -> str:
+    return activity if isinstance(activity, str) else getattr(activity, "__name__", "")
 
 
 def describe_error(err: BaseException) -> str:

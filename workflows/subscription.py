@@ -299,6 +299,7 @@ class SubscriptionWorkflow:
             kind=kind,
             dunning_schedule_days=self.params.dunning_schedule_days if kind == "period" else [],
             poll_interval_seconds=self.params.poll_interval_seconds,
+            retry_policies=self.params.retry_policies,  # those recorded when the subscription started
         )
 
     async def _run_cycle(self, inp: BillingCycleInput, wid: str, *, watch: bool = True) -> BillingCycleResult | None:

@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
 class TenantProvisioningWorkflow:
     @workflow.init
     def __init__(self, params: TenantProvisioningInput) -> None:
-        self.saga = Saga("tenant_provisioning")
+        self.saga = Saga("tenant_provisioning", params.retry_policies)
         self.params = params
         self.tenant_created = False
         self.activated = False  # the tenant row says active: past the pivot, a replayed request is told so

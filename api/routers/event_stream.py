@@ -5,20 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.deps import MANAGER_ROLES, TENANT_NOT_FOUND, CurrentUser, DbDep, RedisDep, SessionsDep, SettingsDep
+from api.deps import MANAGER_ROLES, TENANT_NOT_FOUND, CurrentUser, DbDep, SettingsDep
 from api.problems import NOT_FOUND, Problem
-from api.sse import (
-    EventStream,
-    Guard,
-    TypeFilter,
-    event_messages,
-    start_position,
-    stream_responses,
-    stream_slots,
-)
+from api.sse import EventStream, TypeFilter, admit, event_messages, start_position, stream_responses
 from models.db import transaction
 from models.event_stream import StreamEvent, tenant_stream, user_stream
 from models.tables import Membership
@@ -51,16 +43,16 @@ async def member_role(engine: AsyncEngine, tenant_id: uuid.UUID, user_id: uuid.U
     description="Without `tenant_id`: the events about you (your account, logins, memberships). With it: that "
     "tenant's events (you must be a member; invitation and email events only for owners and admins). "
     "Reconnect with `Last-Event-ID` (or `?last_event_id=`) to get every event you missed, in order. "
-    f"At most SSE_MAX_STREAMS_PER_USER open streams per user.\n\n{STREAM_DESCRIPTION}",
+    "At most SSE_MAX_STREAMS_PER_USER open streams per user (then 429), and SSE_MAX_STREAMS_PER_PROCESS per API "
+    f"process (then 503 `streams-at-capacity`; retry after Retry-After).\n\n{STREAM_DESCRIPTION}",
     response_class=EventStream,
     status_code=200,
     responses=stream_responses("The event stream."),
 )
 async def stream_events(
+    request: Request,
     caller: CurrentUser,
     engine: DbDep,
-    redis: RedisDep,
-    sessions: SessionsDep,
     settings: SettingsDep,
     tenant_id: Annotated[uuid.UUID | None, Query(description="A tenant you are a member of.")] = None,
     types: Annotated[
@@ -89,9 +81,6 @@ async def stream_events(
         stream = tenant_stream(tenant_id)
     else:
         stream = user_stream(caller.user_id)
-    start = await start_position(redis, stream, resume_from)
-    slots = stream_slots(redis, settings)
-    slot = await slots.acquire(caller.user_id, retry_after=settings.sse_heartbeat_seconds)
 
     async def still_member() -> bool:
         nonlocal role
@@ -104,7 +93,13 @@ async def stream_events(
             return False
         return tenant_id is None or role in MANAGER_ROLES or not event.type.startswith(MANAGER_ONLY)
 
-    guard = Guard(sessions, caller, slots, slot, access=still_member if tenant_id is not None else None)
+    guard = await admit(request.app.state, caller, settings, access=still_member if tenant_id is not None else None)
+    redis = request.app.state.sse_redis
+    try:
+        start = await start_position(redis, stream, resume_from)
+    except BaseException:
+        await guard.close()
+        raise
     messages = event_messages(
         redis,
         stream,

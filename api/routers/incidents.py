@@ -237,25 +237,34 @@ async def alertmanager_webhook(
         log.error("alerting config: %s", exc)
         raise
     rules = {r.name for r in config.rules}
-    client = await temporal.get()
-    opened, ignored = [], []
+    # One notification carries a group's alerts (e.g. one per instance): the rule's incident fires if any of them
+    # still fires, and is told clear only when none does.
+    firing: dict[str, AlertmanagerAlert] = {}
+    cleared: list[str] = []
+    ignored: list[str] = []
     for alert in payload.alerts:
         name = _rule_name(alert.labels.get("alertname", ""))
         if name not in rules:
             ignored.append(alert.labels.get("alertname", ""))
-            continue
-        if alert.status == "firing":
-            detail = alert.annotations.get("summary") or alert.annotations.get("description") or name
-            opened.append(
-                await fire_incident(
-                    client,
-                    config,
-                    name,
-                    Firing(detail=detail[:300], source="alertmanager"),
-                    task_queue=TASK_QUEUE,
-                    escalation_seconds=settings.alert_escalation_seconds,
-                )
+        elif alert.status == "firing":
+            firing.setdefault(name, alert)
+        elif name not in cleared:
+            cleared.append(name)
+    client = await temporal.get()
+    opened = []
+    for name, alert in firing.items():
+        detail = alert.annotations.get("summary") or alert.annotations.get("description") or name
+        opened.append(
+            await fire_incident(
+                client,
+                config,
+                name,
+                Firing(detail=detail[:300], source="alertmanager"),
+                task_queue=TASK_QUEUE,
+                escalation_seconds=settings.alert_escalation_seconds,
             )
-        else:
+        )
+    for name in cleared:
+        if name not in firing:
             await signal_if_running(client, incident_workflow_id(name, "global"), SIGNAL_INCIDENT_CLEAR)
     return AlertmanagerAccepted(incidents=opened, ignored=ignored)

@@ -18,10 +18,10 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import Caller, CurrentUser, SessionsDep, SettingsDep, TemporalConnectorDep
+from api.deps import Caller, CurrentUser, SettingsDep, TemporalConnectorDep
 from api.problems import NOT_FOUND, Problem, problem_responses
 from api.schemas import WorkflowView
-from api.sse import SEP, Beat, EventStream, Guard, end_reason, ended, message, stream_responses, stream_slots
+from api.sse import SEP, Beat, EventStream, Guard, admit, end_reason, ended, message, stream_responses
 from api.temporal_client import TemporalConnector
 from models.contracts import SagaState
 from models.names import QUERY_SAGA_STATE, SA_USER_ID
@@ -99,13 +99,10 @@ async def stream_workflow(
     workflow_id: WorkflowIdPath,
     caller: CurrentUser,
     temporal: TemporalConnectorDep,
-    sessions: SessionsDep,
     settings: SettingsDep,
 ) -> EventStream:
     handle, _ = await owned_workflow(workflow_id, caller, temporal)
-    slots = stream_slots(request.app.state.redis, settings)
-    slot = await slots.acquire(caller.user_id, retry_after=settings.sse_heartbeat_seconds)
-    guard = Guard(sessions, caller, slots, slot)
+    guard = await admit(request.app.state, caller, settings)
     messages = saga_messages(handle, guard, settings.sse_heartbeat_seconds)
     return EventStream(messages, send_timeout=settings.sse_send_timeout_seconds, on_close=guard.close)
 

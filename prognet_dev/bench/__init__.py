@@ -17,9 +17,12 @@ and noisy: only the ratios carry over between runs.
 5. Events/s through outbox → relay → `events:all` → projector vs a bare pipelined XADD loop on the same Redis;
    commit-to-stream and commit-to-read-model lag p50/p99; `GET /v1/tenants/{id}` latency from the cache, the read
    model and the primary. See prognet_dev/bench/events.py.
-6. SSE fan-out: N concurrent streams of one tenant receiving each of M events, commit-to-client p50/p99.
+6. SSE fan-out: N concurrent streams of one tenant receiving each of M events, commit-to-client p50/p99, as ratios
+   to one stream alone and to the bench's own Redis read of the same events.
 7. Webhook deliveries/s to a local `prognet webhook-receiver` vs raw signed POSTs/s to the same receiver.
    Sections 6 and 7: prognet_dev/bench/realtime.py.
+8. What tracing + metrics + the payload codec cost: registration and billing sagas/s with telemetry on vs off
+   (BENCH_TELEMETRY_OFF) on the same stack, phases on, off, off, on. See prognet_dev/bench/telemetry.py.
 
 Sections are chosen with `--sections` (alias `--only`), by number or name: `prognet bench --only billing`.
 """
@@ -52,6 +55,7 @@ SECTION_NAMES = {
     "events": 5,
     "sse": 6,
     "webhooks": 7,
+    "telemetry": 8,
 }
 
 
@@ -299,6 +303,8 @@ async def run(args: argparse.Namespace) -> None:
             "EMAIL_MAX_PER_SECOND": str(EMAIL_BENCH_MAX_PER_SECOND),
             # section 6 holds this many streams of one user at once
             "SSE_MAX_STREAMS_PER_USER": str(args.sse_streams + 10),
+            "SSE_MAX_STREAMS_PER_PROCESS": str(max(500, args.sse_streams + 10)),
+            "SSE_REDIS_MAX_CONNECTIONS": str(max(500, args.sse_streams + 10)),
             "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",  # section 7's receiver is on loopback
         },
     )
@@ -408,10 +414,15 @@ async def run(args: argparse.Namespace) -> None:
                     realtime_lines += await events.bench_events(stack, http, tenants, args)
                 if 6 in sections:
                     await events.quiesce(stack.redis_url)
-                    realtime_lines += await realtime.bench_sse(stack.api_url, tenants, args)
+                    realtime_lines += await realtime.bench_sse(stack.api_url, stack.redis_url, tenants, args)
                 if 7 in sections:
                     await events.quiesce(stack.redis_url)
                     realtime_lines += await realtime.bench_webhooks(tenants, stack, args)
+
+            if 8 in sections:  # last: it restarts the worker and the API
+                from prognet_dev.bench.telemetry import bench_telemetry
+
+                realtime_lines += await bench_telemetry(stack, http, args)
 
         print()
         if 1 in sections:
@@ -497,20 +508,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=2000, help="events through relay and projector (section 5)")
     parser.add_argument("--event-batch", type=int, default=20, help="events per inserting transaction (5, 7)")
     parser.add_argument("--reads", type=int, default=200, help="GET /v1/tenants/{id} per read source (5)")
-    # Each stream holds one of the API's pooled Redis connections in its XREAD, and redis-py's pool stops at 100
-    # (MaxConnectionsError: streams end `cache-unavailable`), so one API process serves fewer than 100 at once.
-    parser.add_argument("--sse-streams", type=int, default=80, help="concurrent SSE streams (section 6)")
+    # One API process serves them all: streams read Redis through their own pool (SSE_REDIS_MAX_CONNECTIONS).
+    parser.add_argument("--sse-streams", type=int, default=200, help="concurrent SSE streams (section 6)")
+    parser.add_argument("--sse-connect-concurrency", type=int, default=20, help="SSE streams being opened at once (6)")
     parser.add_argument("--sse-events", type=int, default=30, help="events each SSE stream receives (6)")
     parser.add_argument("--sse-interval", type=float, default=0.1, help="seconds between those events' commits (6)")
     parser.add_argument("--webhooks", type=int, default=150, help="webhook deliveries and raw POSTs each (7)")
     parser.add_argument("--webhook-concurrency", type=int, default=20, help="concurrent raw POSTs (7)")
+    parser.add_argument("--telemetry-sagas", type=int, default=100, help="registrations per phase (section 8)")
+    parser.add_argument("--telemetry-billing", type=int, default=30, help="billing cycles per phase (8)")
     parser.add_argument(
         "--sections",
         "--only",
         type=parse_sections,
-        default="1,2,3,4,5,6,7",
+        default="1,2,3,4,5,6,7,8",
         help="which figures to measure, by number or name, e.g. 3, 1,3 or billing "
-        "(sagas, logins, emails, billing, events, sse, webhooks; default: all)",
+        "(sagas, logins, emails, billing, events, sse, webhooks, telemetry; default: all)",
     )
     asyncio.run(run(parser.parse_args(argv)))
     return 0

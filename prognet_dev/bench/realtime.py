@@ -4,7 +4,9 @@
    bench's stack), raw httpx streaming clients in the bench process. Once every stream has answered 200, M events
    are committed one per transaction, `--sse-interval` apart; each client notes when each event's `data:` line
    arrives. Latency: that arrival minus the event's commit (time.time() once COMMIT returned). The clients share
-   the bench's one event loop, so their own parsing is part of the figure.
+   the bench's one event loop, so their own parsing is part of the figure. Baselines in the same run, reported as
+   ratios: one stream alone (same events), and the bench's own XREAD BLOCK of the tenant's Redis stream during each
+   round (commit → relay → Redis, which every SSE delivery includes).
 
 7. webhooks: `prognet webhook-receiver` in its own process, with an endpoint of a tenant of its own pointing at it.
    Pipeline: W events committed (`--event-batch` per transaction), timed until the receiver printed W verified
@@ -21,13 +23,17 @@ import json
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from prognet_dev.bench.events import BENCH_EVENT, BenchTenants, insert_events, ms, wait_until
+from models.event_stream import StreamEvent, tenant_stream
+from prognet_dev.bench.events import BENCH_EVENT, BenchTenants, insert_events, ms, pct, wait_until
 
 # --- 6. sse --------------------------------------------------------------------------------------------------------
 
@@ -38,51 +44,120 @@ class SseClient:
         self.arrivals: dict[uuid.UUID, float] = {}
         self.connected = asyncio.Event()
 
-    async def follow(self, http: httpx.AsyncClient, tenants: BenchTenants, tenant_id: uuid.UUID, m: int) -> None:
+    async def follow(
+        self, http: httpx.AsyncClient, tenants: BenchTenants, tenant_id: uuid.UUID, m: int, opening: asyncio.Semaphore
+    ) -> None:
         headers = {"Authorization": f"Bearer {tenants.token}", "Accept": "text/event-stream"}
         params = {"tenant_id": str(tenant_id), "types": BENCH_EVENT}
-        async with http.stream("GET", "/v1/events/stream", params=params, headers=headers) as response:
+        async with opening:  # released once the stream has answered (or failed)
+            response = await http.send(
+                http.build_request("GET", "/v1/events/stream", params=params, headers=headers), stream=True
+            )
+        try:
             response.raise_for_status()
             self.connected.set()
             async for line in response.aiter_lines():
                 if line.startswith("data:"):
                     data = json.loads(line[5:])
+                    if "event_id" not in data:  # `event: error`: the server ended the stream
+                        raise RuntimeError(f"SSE stream {self.index} ended by the server: {data}")
                     self.arrivals[uuid.UUID(data["event_id"])] = time.time()
                     if len(self.arrivals) >= m:
                         return
+        finally:
+            await response.aclose()
 
 
-async def bench_sse(api_url: str, tenants: BenchTenants, args) -> list[str]:
-    n, m = args.sse_streams, args.sse_events
+@dataclass
+class SseRound:
+    streams: int
+    connect_seconds: float
+    to_clients: list[float]  # commit → each stream's client, every event
+    to_redis: list[float]  # commit → the bench's own XREAD of the tenant's Redis stream (the relay's share)
+
+
+async def redis_reader(redis: Redis, stream: str, arrivals: dict[uuid.UUID, float], ready: asyncio.Event) -> None:
+    """Notes when each entry of `stream` can be read from Redis (XREAD BLOCK, as an API process does)."""
+    try:
+        position = str((await redis.xinfo_stream(stream))["last-generated-id"])
+    except ResponseError:  # no such stream yet
+        position = "0-0"
+    ready.set()
+    while True:
+        reply: Any = await redis.xread({stream: position}, count=500, block=1000)
+        now = time.time()
+        for _name, entries in reply or []:
+            for entry_id, fields in entries:
+                position = entry_id
+                arrivals[StreamEvent.from_fields(fields).event_id] = now
+
+
+async def sse_round(api_url: str, redis_url: str, tenants: BenchTenants, n: int, args) -> SseRound:
+    """n streams of one tenant; m events committed one per transaction; every stream must get every event."""
+    m = args.sse_events
     tenant_id = tenants.tenant_ids[0]
     limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
     timeout = httpx.Timeout(60, connect=30)
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    in_redis: dict[uuid.UUID, float] = {}
+    reader_ready = asyncio.Event()
+    reader = asyncio.create_task(redis_reader(redis, tenant_stream(tenant_id), in_redis, reader_ready))
     async with httpx.AsyncClient(base_url=api_url, limits=limits, timeout=timeout) as http:
         clients = [SseClient(i) for i in range(n)]
-        tasks = [asyncio.create_task(c.follow(http, tenants, tenant_id, m)) for c in clients]
+        # opened args.sse_connect_concurrency at a time: each open is a session check and a membership
+        # transaction, and 200 at once queue past the database pool's timeout on a loaded 2-core machine
+        opening = asyncio.Semaphore(args.sse_connect_concurrency)
+        tasks = [asyncio.create_task(c.follow(http, tenants, tenant_id, m, opening)) for c in clients]
         conn = await asyncpg.connect(tenants.owner_dsn)
         try:
             connect_start = time.perf_counter()
-            await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in clients)), 120)
+            await asyncio.wait_for(asyncio.gather(reader_ready.wait(), *(c.connected.wait() for c in clients)), 120)
             connect_seconds = time.perf_counter() - connect_start
             committed = await insert_events(conn, [tenant_id], m, 1, pause=args.sse_interval)
             done, pending = await asyncio.wait(tasks, timeout=max(60.0, m * args.sse_interval * 2))
         finally:
             await conn.close()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await redis.aclose()
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             task.result()  # a stream that failed fails the run
-    latencies = [t - committed.at[e] for c in clients for e, t in c.arrivals.items() if e in committed.at]
     received = sum(len(c.arrivals) for c in clients)
     if received != n * m:
         raise RuntimeError(f"SSE: {received} of {n * m} events arrived ({len(pending)} streams incomplete)")
+    if set(committed.at) - set(in_redis):
+        raise RuntimeError("SSE: the bench's own Redis reader missed events")
+    return SseRound(
+        streams=n,
+        connect_seconds=connect_seconds,
+        to_clients=[t - committed.at[e] for c in clients for e, t in c.arrivals.items() if e in committed.at],
+        to_redis=[in_redis[e] - at for e, at in committed.at.items()],
+    )
+
+
+def _ratio(values: list[float], base: list[float]) -> str:
+    return f"p50 x{pct(values, 0.5) / pct(base, 0.5):5.2f}   p99 x{pct(values, 0.99) / pct(base, 0.99):5.2f}"
+
+
+async def bench_sse(api_url: str, redis_url: str, tenants: BenchTenants, args) -> list[str]:
+    """Baselines in the same run: one stream alone, and (in each round) the bench's own XREAD of the same Redis
+    stream, which every SSE delivery waits for (commit → relay → Redis); then n streams at once."""
+    n, m = args.sse_streams, args.sse_events
+    one = await sse_round(api_url, redis_url, tenants, 1, args)
+    many = await sse_round(api_url, redis_url, tenants, n, args)
     return [
-        f"6. sse ({n} concurrent streams of one tenant, one user; {m} events committed "
-        f"{args.sse_interval * 1000:.0f} ms apart; {received} deliveries, all received)",
-        f"   {n} streams answered 200 in {connect_seconds:.1f} s",
-        f"   commit → client             {ms(latencies)}   max {max(latencies) * 1000:7.1f} ms",
+        f"6. sse ({n} concurrent streams of one tenant, one user, one API process; {m} events committed "
+        f"{args.sse_interval * 1000:.0f} ms apart; {n * m} deliveries, all received)",
+        f"   {n} streams answered 200 in {many.connect_seconds:.1f} s",
+        f"   commit → Redis (bench XREAD)   {ms(many.to_redis)}   (baseline: the relay's share)",
+        f"   commit → 1 stream alone       {ms(one.to_clients)}",
+        f"   1 stream vs its Redis read    {_ratio(one.to_clients, one.to_redis)}",
+        f"   commit → each of {n:<4} streams {ms(many.to_clients)}   max {max(many.to_clients) * 1000:7.1f} ms",
+        f"   {n} streams vs 1 stream       {_ratio(many.to_clients, one.to_clients)}",
+        f"   {n} streams vs Redis read     {_ratio(many.to_clients, many.to_redis)}",
     ]
 
 

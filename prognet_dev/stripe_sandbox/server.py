@@ -69,7 +69,10 @@ class StripeSandbox:
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.sandbox = Sandbox(StateStore(self.state_file))
+        # One Sandbox for the component's life: a stop() is an outage, not amnesia. A request the old server was
+        # still finishing when it stopped writes into this same state instead of a store a restart reloaded.
+        if self.sandbox is None:
+            self.sandbox = Sandbox(StateStore(self.state_file))
         self.sandbox.webhooks.configure(url=self.webhook_url, secret=self.webhook_secret)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -105,15 +108,18 @@ class StripeSandbox:
         return self._task is not None and self._task.done()
 
     async def stop(self) -> None:
-        if self._server is None or self._task is None:
+        server, task = self._server, self._task
+        if server is None or task is None:
             return
-        self._server.should_exit = True
+        # Forgotten first: from here on the ended task is a stop, not a crash a supervisor would restart.
+        self._server = self._task = None
+        server.should_exit = True
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), 5)
+            await asyncio.wait_for(asyncio.shield(task), 5)
         except TimeoutError:
-            self._server.force_exit = True
+            server.force_exit = True
             with contextlib.suppress(asyncio.TimeoutError, Exception):
-                await asyncio.wait_for(self._task, 5)
+                await asyncio.wait_for(task, 5)
         except Exception:
             pass
         with contextlib.suppress(OSError):
@@ -121,7 +127,6 @@ class StripeSandbox:
         if self.sandbox is not None:
             await self.sandbox.webhooks.aclose()
             self.sandbox.store.flush()
-        self._server = self._task = None
 
     async def serve_forever(self) -> None:
         await self.start()

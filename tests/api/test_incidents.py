@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -248,6 +248,34 @@ async def test_a_dead_letter_opens_an_incident_that_notifies_escalates_and_is_ac
     await temporal_client.get_workflow_handle(incident_id).terminate("test over")
 
 
+def _alertmanager_notification(alerts: list[dict]) -> dict:
+    """What Alertmanager's webhook receiver POSTs (payload version 4, every field), for a group of alerts."""
+    now = datetime.now(UTC).isoformat()
+    full = [
+        {
+            "startsAt": now,
+            "endsAt": now if a["status"] == "resolved" else "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus:9090/graph?g0.expr=up",
+            "fingerprint": uuid.uuid4().hex[:16],
+            "annotations": {},
+            **a,
+        }
+        for a in alerts
+    ]
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="x"}',
+        "truncatedAlerts": 0,
+        "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
+        "receiver": "prognet-incidents",
+        "groupLabels": {"alertname": alerts[0]["labels"]["alertname"]},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": full,
+    }
+
+
 async def test_alertmanager_opens_and_clears_an_incident_with_its_bearer_token(
     api, app_engine, temporal_client, temporal_app, alerting
 ):
@@ -259,11 +287,9 @@ async def test_alertmanager_opens_and_clears_an_incident_with_its_bearer_token(
     operator = await person(api, app_engine)
     await make_platform_admin(app_engine, operator.id)
     alert = {"labels": {"alertname": f"DiskFull-{tag}", "severity": "warning"}, "annotations": {"summary": "disk"}}
-    body = {
-        "version": "4",
-        "status": "firing",
-        "alerts": [{**alert, "status": "firing"}, {"status": "firing", "labels": {"alertname": "NoSuchRule"}}],
-    }
+    body = _alertmanager_notification(
+        [{**alert, "status": "firing"}, {"status": "firing", "labels": {"alertname": "NoSuchRule"}}]
+    )
 
     assert_problem(await api.post("/v1/admin/incidents/alertmanager", json=body), 401, "unauthenticated")
     wrong = {"Authorization": "Bearer nope"}
@@ -276,7 +302,13 @@ async def test_alertmanager_opens_and_clears_an_incident_with_its_bearer_token(
     view = await _until(api, f"/v1/admin/incidents/{incident_id}", operator.headers, lambda v: v["notifications"] >= 1)
     assert view["timeline"][0]["detail"] == "disk (alertmanager)"
 
-    resolved = {"alerts": [{**alert, "status": "resolved"}]}
+    # a group of two instances, one resolved and one still firing: the incident is not told clear
+    other = {**alert, "labels": {**alert["labels"], "instance": "disk-2"}}
+    half = _alertmanager_notification([{**alert, "status": "resolved"}, {**other, "status": "firing"}])
+    assert (await api.post("/v1/admin/incidents/alertmanager", json=half, headers=auth)).status_code == 202
+    joined = await _until(api, f"/v1/admin/incidents/{incident_id}", operator.headers, lambda v: v["firings"] == 2)
+    assert joined["clear_since"] is None
+    resolved = _alertmanager_notification([{**alert, "status": "resolved"}, {**other, "status": "resolved"}])
     assert (await api.post("/v1/admin/incidents/alertmanager", json=resolved, headers=auth)).status_code == 202
     cleared = await _until(
         api, f"/v1/admin/incidents/{incident_id}", operator.headers, lambda v: v["clear_since"] is not None

@@ -5,15 +5,16 @@ process, so the in-memory exporter (tests/conftest.py) sees both."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import uuid
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, format_trace_id
+from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
-from api.request_log import JsonFormatter
+from prognet.logs import JsonFormatter, configure_logging
 from tests.api.conftest import PASSWORD, active_tenant, assert_problem, person
 
 
@@ -163,3 +164,30 @@ async def test_the_trace_id_is_in_the_header_the_problem_body_and_the_log_line(c
     assert (server.attributes or {})["http.target"] == "/v1/auth/login"
     [access] = [json.loads(line) for line in lines if json.loads(line)["msg"] == "request"]
     assert access["trace_id"] == trace_id and access["status"] == 422 and len(access["span_id"]) == 16
+
+
+async def test_a_worker_activity_log_line_carries_the_trace_id_of_the_request(api, spans, temporal_settings):
+    """The process's own log handler (prognet.logs, set up by configure_process): the activity that created the
+    pending user logs a JSON line with the trace id the register response named in `traceparent`."""
+    handler = configure_logging(temporal_settings)  # the one the API and the worker in this process share
+    assert isinstance(handler, logging.StreamHandler) and isinstance(handler.formatter, JsonFormatter)
+    out = io.StringIO()
+    activity_log = logging.getLogger("activities.users")
+    previous_stream, level = handler.setStream(out), activity_log.level
+    activity_log.setLevel(logging.INFO)
+    try:
+        email = f"logged-{uuid.uuid4().hex[:10]}@example.com"
+        response = await api.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+        assert response.status_code == 202, response.text
+        trace_id = trace_id_of(response)
+        found = await wait_for_trace(spans, trace_id, "RunActivity:users.create_pending_user")
+    finally:
+        handler.setStream(previous_stream)
+        activity_log.setLevel(level)
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    [created] = [e for e in lines if e["msg"] == "pending user created" and e["user_id"] == response.json()["user_id"]]
+    assert created["trace_id"] == trace_id and created["logger"] == "activities.users"
+    # the span it was logged in: the activity's own
+    [activity] = [s for s in found if s.name == "RunActivity:users.create_pending_user"]
+    assert created["span_id"] == format_span_id(activity.context.span_id)
+    assert email not in out.getvalue() and PASSWORD not in out.getvalue()

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import select
 from temporalio.client import Client
 
+from activities.webhooks import WebhookActivities
 from api.app import create_app
 from models.db import transaction
 from models.event_stream import ALL_EVENTS, StreamEvent
@@ -56,7 +57,8 @@ async def running_hooks(
     task_queue = f"webhooks-{uuid.uuid4()}"
     receiver = WebhookReceiver(secrets=[], out=None)
     async with (
-        webhook_worker(temporal_client, engine, settings, task_queue=task_queue),
+        WebhookActivities(engine, settings) as activities,
+        webhook_worker(temporal_client, activities, task_queue=task_queue),
         serving(receiver, "127.0.0.1", free_port()) as url,
     ):
         yield Hooks(receiver, url, WebhookDispatcher(engine, temporal_client, task_queue), engine, temporal_client)
@@ -253,6 +255,17 @@ async def test_a_matching_event_is_delivered_signed_once_even_if_dispatched_twic
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_deliveries_to_one_receiver_reuse_the_workers_kept_alive_connection(api, app_engine, hooks):
+    owner, tenant = await owner_and_tenant(api, app_engine)
+    endpoint = await create_endpoint(api, owner, tenant, f"{hooks.url}/in")
+    hooks.receiver.secrets = [endpoint["secret"]]
+    for n in range(1, 4):  # one after the other: each can find the previous one's connection idle in the pool
+        await hooks.dispatcher.dispatch(await emit(app_engine, tenant))
+        await poll(lambda n=n: _true(len(hooks.receiver.delivered) == n), what=f"delivery {n}")
+    peers = {d.peer for d in hooks.receiver.delivered}
+    assert len(peers) == 1 and "" not in peers, peers  # three deliveries, one TCP connection
 
 
 async def test_500_twice_then_200_is_delivered_on_attempt_3(api, app_engine, hooks):

@@ -33,6 +33,9 @@ FAST_EMAIL = {
 }
 # A delivery attempt lost with its worker is retried when its start-to-close timeout (this + 15 s) runs out.
 FAST_WEBHOOKS = {"WEBHOOK_TIMEOUT_SECONDS": "3"}
+# Tests share one stack, and so its circuit breakers: a circuit a relay outage opened closes again within seconds,
+# not after the production 30 s cool-down that would hold the next test's messages back.
+SHORT_CIRCUITS = {"CIRCUIT_COOLDOWN_SECONDS": "3"}
 LOG_TAIL: deque[str] = deque(maxlen=400)
 
 
@@ -50,7 +53,7 @@ async def stack() -> AsyncIterator[EmbeddedStack]:
         app=True,
         log=_keep_log,
         smtp_slow_seconds=SLOW_SECONDS,
-        extra_env={**FAST_EMAIL, **FAST_WEBHOOKS},
+        extra_env={**FAST_EMAIL, **FAST_WEBHOOKS, **SHORT_CIRCUITS},
     )
     try:
         await stack.start()

@@ -363,7 +363,8 @@ def failure(expect: Expectation, output: str, status: int | None, body: str) -> 
     return None
 
 
-@pytest.mark.timeout(480)
+# The alerting walk-through waits for the evaluator's next minute and a 30 s escalation (about 2 minutes of it)
+@pytest.mark.timeout(720)
 async def test_readme_walkthrough(readme_stack: EmbeddedStack):
     stack = readme_stack
     blocks = readme_blocks(README.read_text())

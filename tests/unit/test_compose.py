@@ -7,9 +7,11 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import compose
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = Path(compose.__file__).parent / "docker-compose"  # the binary itself: the wrapper script hides its exit code
@@ -167,3 +169,101 @@ def test_the_proxy_caches_the_static_prefix_the_api_serves(services):
     assert re.search(r"server api:8000 resolve", conf)  # every replica, re-resolved as they scale
     mounts = {v["target"]: Path(v["source"]) for v in services["proxy"]["volumes"] if v["type"] == "bind"}
     assert mounts["/etc/nginx/nginx.conf"] == REPO / "deploy/nginx/nginx.conf"
+
+
+# --- monitoring and alerting: Prometheus scrapes every app service, its infrastructure alerts reach our incident API
+
+
+def _deploy_file(service: dict, target: str) -> Path:
+    """The repository file a service sees at `target` through its bind mounts (a file or a folder mount)."""
+    for mount in service.get("volumes", []):
+        if mount["type"] == "bind" and (target == mount["target"] or target.startswith(mount["target"] + "/")):
+            return Path(mount["source"]) / Path(target).relative_to(mount["target"])
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+@pytest.fixture(scope="module")
+def prometheus(services) -> dict:
+    service = services["prometheus"]
+    config_flag = next(a for a in service["command"] if a.startswith("--config.file="))
+    return yaml.safe_load(_deploy_file(service, config_flag.split("=", 1)[1]).read_text())
+
+
+def _targets(job: dict) -> set[tuple[str, int]]:
+    found = {tuple(t.rsplit(":", 1)) for c in job.get("static_configs", []) for t in c["targets"]}
+    found |= {(n, c["port"]) for c in job.get("dns_sd_configs", []) for n in c["names"]}
+    return {(host, int(port)) for host, port in found}
+
+
+def test_prometheus_scrapes_the_api_the_workers_the_relay_temporal_and_the_exporters(services, prometheus):
+    from prognet.settings import Settings
+
+    jobs = {job["job_name"]: _targets(job) for job in prometheus["scrape_configs"]}
+    defaults = Settings.model_fields
+    worker_port = defaults["worker_metrics_port"].default
+    sdk_port = defaults["worker_sdk_metrics_port"].default
+    api_port = int(services["api"]["command"][services["api"]["command"].index("--port") + 1])
+    assert jobs["api"] == {("api", api_port)}
+    assert jobs["worker"] == {("worker", worker_port), ("email-sender", worker_port)}
+    assert jobs["worker-sdk"] == {("worker", sdk_port), ("email-sender", sdk_port)}
+    assert jobs["relay"] == {("relay", int(services["relay"]["environment"]["RELAY_METRICS_PORT"]))}
+    temporal_port = int(services["temporal"]["environment"]["PROMETHEUS_ENDPOINT"].rsplit(":", 1)[1])
+    assert jobs["temporal"] == {("temporal", temporal_port)}
+    assert jobs["postgres"] == {("postgres-exporter", 9187)} and jobs["redis"] == {("redis-exporter", 9121)}
+    for name in ("api", "worker", "email-sender", "relay"):  # reachable from Prometheus' container
+        assert services[name]["environment"]["METRICS_HOST"] == "0.0.0.0", name
+    for name, port in (("postgres-exporter", "9187"), ("redis-exporter", "9121")):
+        assert port in services[name]["expose"], name
+    assert services["postgres-exporter"]["environment"]["DATA_SOURCE_URI"].startswith("postgres:5432/")
+    assert services["redis-exporter"]["environment"]["REDIS_ADDR"] == "redis://redis:6379"
+
+
+def test_the_infrastructure_rules_are_loaded_and_each_has_an_incident_rule(services, prometheus):
+    from api.routers.incidents import _rule_name
+    from models.alerting import ALERTMANAGER, load_alerting_config
+
+    service = services["prometheus"]
+    rules = [
+        rule
+        for path in prometheus["rule_files"]
+        for group in yaml.safe_load(_deploy_file(service, path).read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    alerts = {rule["alert"]: rule for rule in rules}
+    assert {"TemporalDown", "PostgresDown", "RedisDown", "WorkerScheduleToStartLatency"} <= set(alerts)
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    for name, rule in alerts.items():
+        named = set(re.findall(r'job(?:="([\w-]+)"|=~"([\w|-]+)")', rule["expr"]))
+        used = {j for exact, alternatives in named for j in (exact or alternatives).split("|")}
+        assert used and used <= jobs, f"{name} names jobs {used - jobs} that Prometheus does not scrape"
+    config = load_alerting_config(REPO / "config" / "alerting.toml")
+    incident_rules = {r.name: r for r in config.rules if r.signal == ALERTMANAGER}
+    for name, rule in alerts.items():
+        incident = incident_rules.get(_rule_name(name))
+        assert incident is not None, f"{name}: no rule {_rule_name(name)} in config/alerting.toml"
+        assert incident.severity == rule["labels"]["severity"], name
+    assert prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+
+
+def test_alertmanager_posts_to_the_incident_api_with_the_token_the_api_checks(services):
+    from api.app import create_app
+
+    service = services["alertmanager"]
+    config_flag = next(a for a in service["command"] if a.startswith("--config.file="))
+    config = yaml.safe_load(_deploy_file(service, config_flag.split("=", 1)[1]).read_text())
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert set(receivers) == {config["route"]["receiver"]} and not config["route"].get("routes")
+    (hook,) = receivers[config["route"]["receiver"]]["webhook_configs"]
+    url = urlsplit(hook["url"])
+    assert (url.hostname, url.port) == ("api", 8000) and hook["send_resolved"] is True
+    assert "post" in create_app().openapi()["paths"][url.path]  # the API's receiver route
+    auth = hook["http_config"]["authorization"]
+    assert auth["type"] == "Bearer"
+    (secret,) = [s for s in service["secrets"] if s["target"] == auth["credentials_file"]]
+    source = compose_config("--format", "json")
+    secrets = json.loads(source.stdout)["secrets"]
+    variable = secrets[secret["source"]]["environment"]
+    assert variable == "ALERTMANAGER_TOKEN"  # the secret is made of the variable the API reads
+    example = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines() if "=" in line)
+    assert services["api"]["environment"]["ALERTMANAGER_TOKEN"] == example[variable] != ""
+    assert "change-me" in example[variable]  # the app refuses it in production until it is replaced

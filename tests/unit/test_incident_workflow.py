@@ -1,9 +1,11 @@
 """The incident workflow under the time-skipping server: escalation level by level at the configured times,
-acknowledgement, auto-resolve, the reopen window, and repeated firings joining one incident.
+acknowledgement, auto-resolve, the reopen window, repeated firings joining one incident, and a worker restart
+mid-escalation.
 
-Each test has a server of its own (the notifications are abandoned children, see tests/conftest.py). A worker
-restart mid-escalation is not tested here: a worker shut down on the time-skipping server stops its time
-skipping for good (the timers are the server's either way)."""
+Each test has a server of its own (the notifications are abandoned children, see tests/conftest.py). The worker
+that is stopped mid-escalation keeps no workflow cache: the time-skipping server would send the next task to its
+sticky queue and, its clock held by that task, never fall back to the shared queue (a real server does after
+5 s), so no time would pass for anyone again."""
 
 from __future__ import annotations
 
@@ -65,10 +67,10 @@ class Hooks:
         self.posted.append((url, incident.state))
 
 
-def _workers(client: Client, task_queue: str, hooks: Hooks) -> Workers:
+def _workers(client: Client, task_queue: str, hooks: Hooks, **options) -> Workers:
     return Workers(
         [
-            Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=[hooks.post]),
+            Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=[hooks.post], **options),
             email_worker(client),
         ]
     )
@@ -180,3 +182,29 @@ async def test_clear_for_long_enough_resolves_and_firing_again_within_the_window
         assert fresh.result_run_id != handle.result_run_id
     resolved_entry = next(e for e in resolved.timeline if e.kind == "resolved")
     assert resolved_entry.by == "evaluator" and resolved_entry.detail == "condition clear for 600 s"
+
+
+async def test_a_worker_restart_mid_escalation_keeps_the_schedule(env, task_queue):
+    """The first worker stops between level 1 and level 2; a new one (another process, as far as the server can
+    tell) takes over, and levels 2 and 3 are notified at 60 s and 180 s as if nothing had happened: the timers
+    are the server's, and the new worker rebuilds the incident from its history."""
+    hooks = Hooks()
+    incident_id = _incident_id()
+    async with _workers(env.client, task_queue, hooks, max_cached_workflows=0):
+        handle = await _fire(env.client, task_queue, incident_id)
+        await env.sleep(30)
+        assert [n[:2] for n in _notifications(await _view(handle))] == [("notified", 1)]
+    # the first worker is gone with level 2 half-way to its time
+    async with _workers(env.client, task_queue, hooks):
+        await env.sleep(200)
+        view = await _view(handle)
+    assert [n[:3] for n in _notifications(view)] == [
+        ("notified", 1, ["first@example.com", HOOK]),
+        ("escalated", 2, ["second@example.com"]),
+        ("escalated", 3, ["lead@example.com", "cto@example.com"]),
+    ]
+    # never early, and late only by the moments the test server lets pass while a task waits for the new worker
+    # (a restart that restarted the timers would put level 2 at 90 s)
+    at = [(e.at - view.opened_at).total_seconds() for e in view.timeline if e.kind in ("notified", "escalated")]
+    assert all(0 <= s - due < 2 for s, due in zip(at, (0, 60, 180), strict=True)), at
+    assert view.state == "open" and view.level == 3

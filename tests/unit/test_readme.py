@@ -22,3 +22,17 @@ def test_the_event_catalogue_in_the_readme_is_the_codes():
     from models.event_catalogue import markdown
 
     assert markdown().strip() in README, "paste `prognet events catalogue` into the README"
+
+
+def test_the_alerting_section_names_every_shipped_rule_and_routing_level():
+    from models.alerting import load_alerting_config
+
+    section = README[README.index("## Monitoring and alerting") :]
+    section = section[: section.index("\n## ")]
+    config = load_alerting_config(Path(__file__).resolve().parents[2] / "config" / "alerting.toml")
+    for rule in config.rules:
+        assert f"`{rule.name}`" in section, f"rule {rule.name} is missing from the README's rule table"
+    for route in config.routes:
+        for level in route.levels:
+            for address in level.emails:
+                assert f"`{address}`" in section, f"{address} is missing from the README's routing table"

@@ -17,6 +17,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.worker import Worker
 
 from models.contracts import SagaState
+from models.retry_policies import SagaRetryPolicies
 from workflows.saga import Saga, wait_until
 
 
@@ -31,6 +32,7 @@ def bare_saga() -> Saga:
     # Saga.__init__ registers workflow handlers, which needs a running workflow; the unwind path does not.
     saga = Saga.__new__(Saga)
     saga.state = SagaState(saga="test")
+    saga.retry_policies = SagaRetryPolicies()
     saga._compensations = []
     saga._decisions = []
     return saga

@@ -1,10 +1,14 @@
 """Settings: development generates its secret once; production refuses placeholders and embedded services."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from models.activity_names import CREATE_STRIPE_CUSTOMER, CREATE_TENANT, DELETE_STRIPE_CUSTOMER
+from models.errors import CIRCUIT_OPEN
+from models.retry_policies import SagaRetryPolicies
 from prognet.settings import Settings
 
 EXTERNAL = dict(
@@ -77,6 +81,7 @@ def test_trusted_proxies_are_cidrs():
         ("stripe_secret_key", "sk_test_change-me"),
         ("stripe_webhook_secret", "whsec_change-me"),
         ("smtp_password", "change-me"),
+        ("alertmanager_token", "change-me-alertmanager-token"),
     ],
 )
 def test_production_refuses_the_example_env_placeholders(name, value):
@@ -90,3 +95,34 @@ def test_an_empty_smtp_login_in_an_env_file_means_none(monkeypatch):
     monkeypatch.setenv("SMTP_PASSWORD", "")
     settings = Settings()
     assert settings.smtp_username is None and settings.smtp_password is None
+
+
+def test_retry_settings_default_to_the_policies_a_saga_without_them_uses(monkeypatch):
+    for name in ("RETRY_DATABASE", "RETRY_STRIPE", "RETRY_COMPENSATION_DATABASE", "RETRY_COMPENSATION_STRIPE"):
+        monkeypatch.delenv(name, raising=False)
+    recorded = SagaRetryPolicies.model_validate(Settings().saga_retry_policies())
+    assert recorded == SagaRetryPolicies()
+    assert recorded.for_step(CREATE_STRIPE_CUSTOMER).maximum_attempts == 0  # a step waits for its service
+    assert recorded.for_compensation(DELETE_STRIPE_CUSTOMER).maximum_attempts == 5
+
+
+def test_a_retry_setting_is_json_or_one_field_per_variable(monkeypatch):
+    monkeypatch.setenv("RETRY_STRIPE", '{"initial_interval_seconds": 2, "maximum_attempts": 10}')
+    monkeypatch.setenv("RETRY_COMPENSATION_STRIPE__MAXIMUM_ATTEMPTS", "3")
+    policies = SagaRetryPolicies.model_validate(Settings().saga_retry_policies())
+    step = policies.for_step(CREATE_STRIPE_CUSTOMER)
+    assert (step.initial_interval, step.maximum_attempts) == (timedelta(seconds=2), 10)
+    assert step.non_retryable_error_types == [CIRCUIT_OPEN]  # an open circuit is waited out, not retried
+    undo = policies.for_compensation(DELETE_STRIPE_CUSTOMER)
+    # the other fields keep the compensation's defaults, not a forward step's
+    assert (undo.maximum_attempts, undo.maximum_interval) == (3, timedelta(seconds=30))
+    assert policies.for_step(CREATE_TENANT).maximum_attempts == 0  # the database's setting is untouched
+
+
+@pytest.mark.parametrize(
+    "value", ['{"maximum_attempts": -1}', '{"backoff_coefficient": 0.5}', '{"initial_interval_seconds": 90}']
+)
+def test_a_retry_setting_temporal_would_refuse_is_refused_at_start(monkeypatch, value):
+    monkeypatch.setenv("RETRY_DATABASE", value)
+    with pytest.raises(ValidationError, match="retry_database"):
+        Settings()
