@@ -8,13 +8,14 @@ BIN    := $(VENV)/bin
 DEV_STAMP  := $(VENV)/.prognet-dev-installed
 TEST_STAMP := $(VENV)/.prognet-test-installed
 
-.PHONY: dev test lint bench venv clean-data help
+.PHONY: dev test lint bench chaos venv clean-data help
 
 help:
 	@echo "make dev     start Temporal (+UI), PostgreSQL, Redis, SMTP sink, worker and API (Ctrl-C stops all)"
 	@echo "make test    lint, type-check, then run the whole test suite"
 	@echo "make lint    ruff (lint + format check) and mypy only"
 	@echo "make bench   run the benchmark"
+	@echo "make chaos   2 API replicas + 3 workers under a saga load while processes are killed; prints the report"
 
 dev: $(DEV_STAMP)
 	$(BIN)/prognet dev
@@ -32,6 +33,11 @@ lint: $(TEST_STAMP)
 
 bench: $(DEV_STAMP)
 	$(BIN)/prognet bench
+
+# A few minutes: a calm phase with 1 worker, one with 3, then several hundred sagas while workers, an API replica
+# and Redis are killed; exits non-zero unless the report is clean. `make chaos CHAOS_ARGS=--short` for the short form.
+chaos: $(DEV_STAMP)
+	$(BIN)/prognet chaos $(CHAOS_ARGS)
 
 venv: $(TEST_STAMP)
 

@@ -1,6 +1,7 @@
 """The `prognet` command.
 
     prognet dev          Temporal + Web UI, PostgreSQL, Redis, SMTP sink, worker and API on this machine
+                         (--api-replicas N behind a round-robin front, --workers M)
     prognet worker       the Temporal worker (workers.main.run_worker)
     prognet consume      the event stream consumers: read-model projector and cache invalidator
     prognet events replay --projection NAME   rebuild a read model from domain_events;  prognet events parked
@@ -17,6 +18,7 @@
     prognet mail list    messages the SMTP sink received;  prognet mail show N
     prognet admin grant EMAIL / revoke EMAIL   make a user a platform operator (or stop)
     prognet bench        the benchmark
+    prognet chaos        2 API replicas + 3 workers under load while processes are killed; checks nothing was lost
     prognet screenshots  the README's pictures of the Temporal UI (docs/screenshots/, needs Chromium)
 
 The development commands (dev, smtp-sink, stripe-sandbox, mail, bench, screenshots, and migrate/admin without
@@ -112,13 +114,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
     for name in ("prognet", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(settings.log_level.upper())
     try:
-        return asyncio.run(_dev(dev, settings, sink, with_app=not args.no_app))
+        return asyncio.run(
+            _dev(dev, settings, sink, with_app=not args.no_app, workers=args.workers, api_replicas=args.api_replicas)
+        )
     except KeyboardInterrupt:
         return 130
 
 
-async def _dev(dev, settings: Settings, sink, *, with_app: bool) -> int:
-    stack = dev.EmbeddedStack(settings, app=with_app, log=sink)
+async def _dev(dev, settings: Settings, sink, *, with_app: bool, workers: int = 1, api_replicas: int = 1) -> int:
+    stack = dev.EmbeddedStack(settings, app=with_app, log=sink, workers=workers, api_replicas=api_replicas)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -665,11 +669,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(bench(args.bench_args) or 0)
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    _dev_harness()
+    from prognet_dev.chaos import main as chaos
+
+    return chaos(args.chaos_args)
+
+
 def cmd_screenshots(args: argparse.Namespace) -> int:
     _dev_harness()
     from prognet_dev.screenshots import main as screenshots
 
     return screenshots(args.out, keep=args.keep)
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 # --- parser ------------------------------------------------------------------------------------------------------
@@ -689,6 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dev", cmd_dev, "start the whole system on this machine (no Docker, no network)")
     p.add_argument("--no-app", action="store_true", help="start only the services, not the worker and the API")
+    p.add_argument(
+        "--api-replicas",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="API processes (default 1); with more, each has a port of its own behind a round-robin front on API_PORT",
+    )
+    p.add_argument("--workers", type=_at_least_one, default=1, metavar="M", help="worker processes (default 1)")
     p = add("worker", cmd_worker, "run the Temporal worker")
     p.add_argument(
         "--task-queues",
@@ -780,6 +806,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
+        "chaos",
+        help="2 API replicas + 3 workers under a saga load while processes are killed; checks nothing was lost",
+        add_help=False,
+    )
+    p.add_argument("chaos_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_chaos)
+
+    p = sub.add_parser(
         "screenshots",
         help="regenerate the README's screenshots of the Temporal UI (a stack of its own, demo data, Chromium)",
     )
@@ -794,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["bench"]:  # everything after `bench` (options included) belongs to the benchmark
             return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
+        if argv[:1] == ["chaos"]:  # the same for the chaos test
+            return cmd_chaos(argparse.Namespace(chaos_args=argv[1:]))
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except DevExtraMissing as exc:

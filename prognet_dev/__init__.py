@@ -6,6 +6,7 @@ workers/, activities/ or workflows/ imports it except the `prognet` CLI's develo
 """
 
 from .components import (
+    ApiFrontComponent,
     AppProcess,
     Component,
     EmbeddedPostgres,
@@ -16,6 +17,7 @@ from .components import (
     TemporalServer,
     load_search_attributes,
 )
+from .front import RoundRobinFront
 from .ports import free_port, port_is_free
 from .process import LogSink, ManagedProcess
 from .smtp_sink import MaildirHandler, SmtpSink, delivery_date, message_text, read_messages, wait_for_messages
@@ -25,6 +27,7 @@ from .supervisor import RestartPolicy, supervise
 
 __all__ = [
     "SERVICES",
+    "ApiFrontComponent",
     "AppProcess",
     "Component",
     "EmbeddedPostgres",
@@ -34,6 +37,7 @@ __all__ = [
     "MaildirHandler",
     "ManagedProcess",
     "RestartPolicy",
+    "RoundRobinFront",
     "SandboxAdmin",
     "SmtpSink",
     "SmtpSinkComponent",

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from .front import RoundRobinFront
 from .ports import tcp_accepts
 from .process import LogSink, ManagedProcess
 from .smtp_sink import DEFAULT_SLOW_SECONDS, SmtpSink
@@ -659,6 +660,40 @@ class StripeSandboxComponent(Component):
         return [("Stripe sandbox", self.api_base, str(self.sandbox.state_file or "in memory"))]
 
 
+# --- the front of several API replicas ----------------------------------------------------------------------
+
+
+class ApiFrontComponent(Component):
+    """The round-robin front (prognet_dev/front.py) on the API's usual port, run inside the supervisor's loop."""
+
+    name = "API front"
+
+    def __init__(self, host: str, port: int, upstreams: list[tuple[str, int]]) -> None:
+        self.front = RoundRobinFront(host, port, upstreams)
+
+    def ports(self) -> list[tuple[str, str, int]]:
+        return [(self.name, self.front.host, self.front.port)]
+
+    async def start(self) -> None:
+        try:
+            await self.front.start()
+        except OSError as exc:
+            raise StackError(
+                self.name, f"API front could not listen on {self.front.host}:{self.front.port}: {exc.strerror or exc}"
+            ) from exc
+
+    async def stop(self) -> None:
+        await self.front.stop()
+
+    def crashed(self) -> bool:
+        return False
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        ports = ", ".join(str(port) for _, port in self.front.upstreams)
+        url = f"http://{self.front.host}:{self.front.port}"
+        return [(self.name, f"{url}/docs (round-robin over ports {ports})", "")]
+
+
 # --- the app's own processes --------------------------------------------------------------------------------
 
 
@@ -676,9 +711,11 @@ class AppProcess(Component):
         listen: tuple[str, int] | None = None,
         address: str = "",
         start_timeout: float = 60.0,
+        log_name: str | None = None,
     ) -> None:
         self.name = name
         self.subcommand = subcommand
+        self.log_name = log_name or subcommand  # the prefix of its log lines
         self.env = env
         self.cwd = cwd
         self.listen = listen
@@ -691,7 +728,7 @@ class AppProcess(Component):
 
     async def start(self) -> None:
         self.process = ManagedProcess(
-            self.subcommand,
+            self.log_name,
             [sys.executable, "-m", "prognet.cli", self.subcommand],
             log=self._log,
             env=self.env,

@@ -24,6 +24,7 @@ from prognet.settings import DEV_STRIPE_SECRET_KEY, DEV_STRIPE_WEBHOOK_SECRET, S
 
 from .components import (
     REPO_ROOT,
+    ApiFrontComponent,
     AppProcess,
     Component,
     EmbeddedPostgres,
@@ -79,7 +80,9 @@ class EmbeddedStack:
     """The embedded services, started in dependency order and stopped in reverse.
 
     `services` names the embedded services this stack may start (a service with an external address in the
-    settings is never started); `app` adds the worker, the relay and the API as child processes (`prognet dev`).
+    settings is never started); `app` adds the worker, the relay, the webhook dispatcher and the API as child
+    processes (`prognet dev`): `workers` worker processes and `api_replicas` API processes, several of them on ports
+    of their own behind a round-robin front on the API port (`front`; `api_url` is always the API port).
     After `start()` the resolved addresses are attributes: `database_url` (SQLAlchemy/asyncpg), `postgres_dsn`
     (plain asyncpg/libpq), `redis_url`, `temporal_address`, `temporal_namespace`, `temporal_ui_url`, `smtp_host`,
     `smtp_port`, `maildir`, `stripe_api_base`, `stripe_secret_key`, `stripe` (the sandbox component, whose
@@ -97,7 +100,11 @@ class EmbeddedStack:
         smtp_slow_seconds: float | None = None,
         extra_env: dict[str, str] | None = None,
         log: LogSink | None = None,
+        workers: int = 1,
+        api_replicas: int = 1,
     ) -> None:
+        if workers < 1 or api_replicas < 1:
+            raise ValueError("workers and api_replicas must be at least 1")
         unknown = set(services) - SERVICES
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; known: {sorted(SERVICES)}")
@@ -215,59 +222,98 @@ class EmbeddedStack:
             self.stripe.configure_webhooks(self.stripe_webhook_url, self.stripe_webhook_secret)
 
         self.metrics_rows: list[tuple[str, str, str]] = []  # where each /metrics is (prognet dev's banner)
-        self.worker: AppProcess | None = None
+        self.worker: AppProcess | None = None  # the first worker (of `workers`)
+        self.workers: list[AppProcess] = []
         self.relay: AppProcess | None = None
         self.webhooks: AppProcess | None = None
-        self.api: AppProcess | None = None
+        self.api: AppProcess | None = None  # the first replica (of `apis`)
+        self.apis: list[AppProcess] = []
+        self.front: ApiFrontComponent | None = None  # only with several replicas: they sit behind it
         self.consumers: AppProcess | None = None
         if app:
-            self.worker = AppProcess(
-                "Worker",
-                "worker",
-                log=self.log,
-                env=self.env(),
-                cwd=REPO_ROOT,
-                address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
+            self._add_app(settings, workers=workers, api_replicas=api_replicas)
+
+    def _add_app(self, settings: Settings, *, workers: int, api_replicas: int) -> None:
+        """The app's processes: `workers` workers, the relay, the webhook dispatcher and the API. One API replica
+        listens on the API port itself; several listen on ports of their own behind a round-robin front there."""
+        host = self.host
+        for i in range(workers):
+            name = "Worker" if workers == 1 else f"Worker {i + 1}"
+            # each worker serves its own /metrics: the first on the configured ports, the others on free ones
+            # (a second process on the same port would fail to start); 0 stays 0 (not served)
+            metrics_ports = {
+                "WORKER_METRICS_PORT": self.worker_metrics_port,
+                "WORKER_SDK_METRICS_PORT": self.worker_sdk_metrics_port,
+            }
+            if i > 0:
+                metrics_ports = {
+                    key: free_port(settings.metrics_host) if port else 0 for key, port in metrics_ports.items()
+                }
+            self.workers.append(
+                AppProcess(
+                    name,
+                    "worker",
+                    log=self.log,
+                    env=self.env() | {key: str(port) for key, port in metrics_ports.items()},
+                    cwd=REPO_ROOT,
+                    address=f"polls {self.temporal_address or '?'} ({self.temporal_namespace})",
+                    log_name="worker" if workers == 1 else f"worker-{i + 1}",
+                )
             )
-            self.metrics_rows = [
-                (label, f"http://{settings.metrics_host}:{port}/metrics", "")
+            self.metrics_rows += [
+                (f"Metrics: {label}", f"http://{settings.metrics_host}:{port}/metrics", "")
                 for label, port in (
-                    ("Metrics: worker", settings.worker_metrics_port),
-                    ("Metrics: Temporal SDK", settings.worker_sdk_metrics_port),
+                    (name.lower(), metrics_ports["WORKER_METRICS_PORT"]),
+                    (
+                        f"Temporal SDK ({name.lower()})" if workers > 1 else "Temporal SDK",
+                        metrics_ports["WORKER_SDK_METRICS_PORT"],
+                    ),
                 )
                 if port
-            ] + [("Metrics: API", f"{self.api_url}/metrics", "")]
-            self.relay = AppProcess(
-                "Relay",
-                "relay",
-                log=self.log,
-                env=self.env(),
-                cwd=REPO_ROOT,
-                address=f"domain_events → {_redact(self.redis_url or '?')} (events:*)",
+            ]
+        self.relay = AppProcess(
+            "Relay",
+            "relay",
+            log=self.log,
+            env=self.env(),
+            cwd=REPO_ROOT,
+            address=f"domain_events → {_redact(self.redis_url or '?')} (events:*)",
+        )
+        self.webhooks = AppProcess(
+            "Webhooks",
+            "webhooks-dispatcher",
+            log=self.log,
+            env=self.env(),
+            cwd=REPO_ROOT,
+            address="events:all → webhook-{delivery} workflows",
+        )
+        ports = [settings.api_port] if api_replicas == 1 else [free_port(host) for _ in range(api_replicas)]
+        for i, port in enumerate(ports):
+            replica = f" (replica {i + 1} of {api_replicas})" if api_replicas > 1 else ""
+            self.apis.append(
+                AppProcess(
+                    "API" if api_replicas == 1 else f"API {i + 1}",
+                    "api",
+                    log=self.log,
+                    env=self.env() | {"API_PORT": str(port)},
+                    cwd=REPO_ROOT,
+                    listen=(host, port),
+                    address=f"http://{host}:{port}/docs{replica}",
+                    log_name="api" if api_replicas == 1 else f"api-{i + 1}",
+                )
             )
-            self.webhooks = AppProcess(
-                "Webhooks",
-                "webhooks-dispatcher",
-                log=self.log,
-                env=self.env(),
-                cwd=REPO_ROOT,
-                address="events:all → webhook-{delivery} workflows",
-            )
-            self.api = AppProcess(
-                "API",
-                "api",
-                log=self.log,
-                env=self.env(),
-                cwd=REPO_ROOT,
-                listen=(host, settings.api_port),
-                address=f"{self.api_url}/docs",
-            )
-            self.components += [self.worker, self.relay, self.webhooks, self.api]
-            # the event stream's projector and cache invalidator (prognet consume)
-            self.consumers = AppProcess(
-                "Consumers", "consume", log=self.log, env=self.env(), cwd=REPO_ROOT, address="reads events:all"
-            )
-            self.components.append(self.consumers)
+            # per process, so each replica's own (the front would alternate between them)
+            self.metrics_rows.append((f"Metrics: {self.apis[-1].name}", f"http://{host}:{port}/metrics", ""))
+        if api_replicas > 1:
+            self.front = ApiFrontComponent(host, settings.api_port, [(host, port) for port in ports])
+        self.worker, self.api = self.workers[0], self.apis[0]
+        front = [self.front] if self.front is not None else []
+        self.components += [*self.workers, self.relay, self.webhooks, *self.apis, *front]
+        # the event stream's projector and cache invalidator (prognet consume)
+        self.consumers = AppProcess(
+            "Consumers", "consume", log=self.log, env=self.env(), cwd=REPO_ROOT, address="reads events:all"
+        )
+        self.components.append(self.consumers)
 
     # --- what children and tests need ---------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -417,8 +463,12 @@ class EmbeddedStack:
                     raise result
             if self.run_migrations and self.database_url:
                 await self.migrate()
-            for component in self.components[len(self._infra) :]:
-                await self._start_one(component)
+            # then the app's processes, also in parallel: each copes with the others not being up yet
+            app = self.components[len(self._infra) :]
+            results = await asyncio.gather(*(self._start_one(c) for c in app), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         except BaseException:
             await self.stop()
             raise
@@ -460,7 +510,14 @@ class EmbeddedStack:
         if supervisor is not None and supervisor is not asyncio.current_task():
             supervisor.cancel()  # a restart in progress must not race the shutdown
             await asyncio.wait({supervisor})
-        # reverse of the declared order (app, then SMTP, Redis, PostgreSQL, Temporal), whatever order they came up in
+        # the app's processes together (a worker may take seconds to drain), then the services in reverse of the
+        # declared order (SMTP, Redis, PostgreSQL, Temporal), whatever order they came up in
+        app = [c for c in self._started if c not in self._infra]
+        self._started = [c for c in self._started if c in self._infra]
+        results = await asyncio.gather(*(c.stop() for c in app), return_exceptions=True)
+        for component, result in zip(app, results, strict=True):
+            if isinstance(result, Exception):
+                self.log("devstack", f"error while stopping {component.name}: {result}")
         self._started.sort(key=lambda c: self.components.index(c) if c in self.components else -1)
         while self._started:
             component = self._started.pop()

@@ -59,7 +59,7 @@ with workflow.unsafe.imports_passed_through():
         email_message_id,
     )
     from workflows.email_delivery import start_email
-    from workflows.saga import Saga
+    from workflows.saga import Saga, wait_until
 
 
 def money(amount: int, currency: str) -> str:
@@ -67,17 +67,9 @@ def money(amount: int, currency: str) -> str:
 
 
 async def sleep_until(when: datetime, wake: Callable[[], bool]) -> bool:
-    """A durable timer to `when` that `wake()` interrupts; True when woken, False when the time came."""
-    seconds = (when - workflow.now()).total_seconds()
-    if wake():
-        return True
-    if seconds <= 0:
-        return False
-    try:
-        await workflow.wait_condition(wake, timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
+    """A durable timer to `when` that `wake()` interrupts; True when woken, False when the time came. A
+    cancellation the SDK dropped meanwhile is raised here (`saga.wait_until`)."""
+    return await wait_until(wake, when - workflow.now())
 
 
 @workflow.defn(name=BILLING_CYCLE_WORKFLOW)

@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.signup_contracts import RegistrationProgress
     from workflows.email_delivery import start_email
-    from workflows.saga import Saga
+    from workflows.saga import Saga, wait_until
 
 
 @workflow.defn(name=REGISTRATION_WORKFLOW)
@@ -148,16 +148,8 @@ class RegistrationWorkflow:
         return RegistrationResult(user_id=params.user_id, status="verified")
 
     async def _wait(self, condition: Callable[[], bool], timeout: timedelta) -> bool:
-        """Wait for `condition` at most `timeout`; False once the time is up."""
-        if condition():
-            return True
-        if timeout <= timedelta(0):
-            return False
-        try:
-            await workflow.wait_condition(condition, timeout=timeout)
-        except TimeoutError:
-            return False
-        return True
+        """Wait for `condition` at most `timeout`; False once the time is up (a dropped cancel is raised)."""
+        return await wait_until(condition, timeout)
 
     async def _expire(self) -> RegistrationResult:
         await workflow.wait_condition(workflow.all_handlers_finished)

@@ -53,6 +53,30 @@ T = TypeVar("T")
 STEP_TIMEOUT = timedelta(seconds=30)
 
 
+async def wait_until(condition: Callable[[], bool], timeout: timedelta | None) -> bool:
+    """Wait for `condition` at most `timeout` (None: no limit); False once the time is up.
+
+    First raises `asyncio.CancelledError` if the workflow's cancellation was requested and never raised. The SDK
+    (temporalio 1.35, sdk-python#352) drops a cancellation that arrives in the same workflow task as the result
+    of a signal to another workflow or of a child: the await returns its result and the workflow runs on as if
+    no cancel had come. That happens when the task that would have taken the result alone timed out (a worker
+    killed, or too busy for 10 s): a billing cycle told its parent `past_due`, the customer cancelled, and the
+    cycle went to sleep on its day-long dunning timer while its parent waited for it to unwind. The sagas that
+    tell another workflow something and then wait long (a billing cycle, a registration) wait through here, so
+    such a cancel unwinds them instead."""
+    if workflow.cancellation_reason() is not None:
+        raise asyncio.CancelledError("the workflow's cancellation was requested")
+    if condition():
+        return True
+    if timeout is not None and timeout <= timedelta(0):
+        return False
+    try:
+        await workflow.wait_condition(condition, timeout=timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
 @dataclass
 class _Compensation:
     record: CompensationRecord

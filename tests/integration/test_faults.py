@@ -26,6 +26,8 @@ import httpx
 import pytest
 
 from prognet_dev import EmbeddedStack, RestartPolicy, read_messages, stack_settings
+from prognet_dev.load import Observed as LoadObserved
+from prognet_dev.load import RetryingClient
 
 from .conftest import FAST_EMAIL, PASSWORD, bearer, email_to, new_email, token_from
 
@@ -52,12 +54,9 @@ class LoadUser:
 
 
 @dataclass
-class Observed:
-    """Everything the load clients saw."""
+class Observed(LoadObserved):
+    """Everything the load clients saw, and the sagas they started."""
 
-    answers: list[tuple[str, int, str | None, str]] = field(default_factory=list)  # (what, status, Retry-After, type)
-    spans: list[tuple[str, float, float]] = field(default_factory=list)  # (what, sent, answered), loop time
-    resets: list[str] = field(default_factory=list)  # transport errors: refused, reset, timed out
     registrations: dict[str, str] = field(default_factory=dict)  # email -> user_id of an accepted (202) registration
     tenants: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)  # slug -> (tenant_id, owner headers)
     unfinished: list[str] = field(default_factory=list)  # saga requests never accepted within RETRY_DEADLINE
@@ -119,40 +118,13 @@ async def _tenant_active(http: httpx.AsyncClient, headers: dict[str, str], tenan
 # --- the load ----------------------------------------------------------------------------------------------
 
 
-class Client:
+class Client(RetryingClient):
     """One load client: records every answer; retries a 503 with the same request (and Idempotency-Key)."""
 
+    seen: Observed
+
     def __init__(self, http: httpx.AsyncClient, seen: Observed) -> None:
-        self.http = http
-        self.seen = seen
-
-    async def call(self, what: str, method: str, url: str, **kwargs: object) -> httpx.Response | None:
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
-        try:
-            r = await self.http.request(method, url, **kwargs)  # type: ignore[arg-type]
-        except httpx.TransportError as exc:
-            self.seen.resets.append(f"{what}: {type(exc).__name__}: {exc}")
-            return None
-        finally:
-            self.seen.spans.append((what, sent, loop.time()))
-        is_problem = r.headers.get("content-type", "").startswith("application/problem")
-        self.seen.answers.append(
-            (what, r.status_code, r.headers.get("Retry-After"), r.json()["type"] if is_problem else "")
-        )
-        return r
-
-    async def until_not_503(self, what: str, method: str, url: str, **kwargs: object) -> httpx.Response | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RETRY_DEADLINE
-        while True:
-            r = await self.call(what, method, url, **kwargs)
-            if r is not None and r.status_code != 503:
-                return r
-            if loop.time() > deadline:
-                return None
-            wait = float(r.headers.get("Retry-After") or 1) if r is not None else 1.0
-            await asyncio.sleep(min(wait, MAX_RETRY_WAIT))
+        super().__init__(http, seen, retry_deadline=RETRY_DEADLINE, max_retry_wait=MAX_RETRY_WAIT)
 
     async def register(self) -> None:
         email = new_email("fault")
