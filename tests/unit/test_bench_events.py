@@ -13,8 +13,9 @@ from prognet_dev.bench.events import entry_seconds, pct
 def test_sections_by_name_or_number_include_the_event_sections():
     assert parse_sections("events,sse,webhooks") == {5, 6, 7}
     assert parse_sections("billing, 6") == {4, 6}
-    with pytest.raises(argparse.ArgumentTypeError, match="1-7"):
-        parse_sections("8")
+    assert parse_sections("telemetry") == {8}
+    with pytest.raises(argparse.ArgumentTypeError, match="1-8"):
+        parse_sections("9")
 
 
 def test_pct_is_the_nearest_rank_at_or_below_the_quantile():
