@@ -425,7 +425,12 @@ async def stalled_client(base_url: str, token: str, redis: Redis, user_id: uuid.
     await loop.sock_sendall(sock, request.encode())
     await asyncio.sleep(0.3)  # the stream has started; now this client reads nothing for a while
     big = "x" * 4000
-    await publish(redis, *(event("test.big", user=user_id, n=i, pad=big) for i in range(200)))
+    # The server's writes back up with the first few events, so the send timeout runs from about when publishing
+    # starts, however long publishing all 200 takes on a loaded machine: read again 1.5 timeouts after that start,
+    # inside the window in which the server delivers its farewell.
+    publishing = asyncio.create_task(
+        publish(redis, *(event("test.big", user=user_id, n=i, pad=big) for i in range(200)))
+    )
     await asyncio.sleep(SSE["send_timeout"] * 1.5)  # a write has waited longer than the send timeout
     received = bytearray()
     with contextlib.suppress(TimeoutError):
@@ -433,6 +438,7 @@ async def stalled_client(base_url: str, token: str, redis: Redis, user_id: uuid.
             while chunk := await loop.sock_recv(sock, 65536):
                 received += chunk
     sock.close()
+    await publishing
     return received.decode(errors="replace")
 
 
