@@ -12,13 +12,16 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from api.app import create_app
 from api.fanout import Fanout
 from models.event_stream import user_stream
+from prognet_dev import free_port
 from tests.api.conftest import bearer
 from tests.api.test_event_stream import event, logged_in, publish, serve, sse_settings, stream
+from tests.api.test_outages import Relay as TcpRelay
 
 
 @pytest.fixture
@@ -105,6 +108,35 @@ async def test_a_slow_client_does_not_delay_a_fast_one_on_the_same_stream(settin
         assert 0 < text.count("event: test.big") < 200  # cut off, not everything delivered
         assert "event: error" in text and '"reason":"slow-consumer"' in text
         await listeners_of(app.state.sse_fanout, key, 0)
+
+
+async def test_the_shared_reader_outlives_a_redis_blip_and_its_clients_miss_nothing(
+    settings, schema, db, redis, redis_url
+):
+    real = make_url(redis_url)
+    listen = ("127.0.0.1", free_port())
+    cache = TcpRelay((real.host or "127.0.0.1", real.port or 6379), listen)
+    await cache.up()
+    # a slow heartbeat: no guard check (which would end the stream while Redis is away) falls in the blip
+    relayed = sse_settings(
+        settings, sse_heartbeat_seconds=10.0, redis_url=real.set(host=listen[0], port=listen[1]).render_as_string()
+    )
+    app = create_app(relayed)
+    async with serve(relayed, app=app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+        account, tokens = await logged_in(http, db)
+        key = user_stream(account.id)
+        async with stream(http, bearer(tokens["access_token"])) as s:
+            await listeners_of(app.state.sse_fanout, key, 1)
+            reader = app.state.sse_fanout.readers[key]
+            first = await publish(redis, event("test.one", user=account.id, n=0))
+            assert [m.id for m in await s.take(1)] == first
+            await cache.down()  # the reader's XREAD connection is cut
+            during = await publish(redis, *(event("test.one", user=account.id, n=i) for i in (1, 2)))
+            await asyncio.sleep(0.3)
+            await cache.up()
+            got = await s.take(2, timeout=8.0)  # the reader reconnects with backoff, from where it was
+            assert [m.id for m in got] == during
+            assert app.state.sse_fanout.readers[key] is reader and not reader.task.done()
 
 
 class StalledClient:
