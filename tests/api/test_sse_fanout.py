@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import socket
 import time
+import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 
 import httpx
@@ -172,3 +174,27 @@ async def stalled(base_url: str, token: str) -> AsyncIterator[StalledClient]:
         yield StalledClient(sock)
     finally:
         sock.close()
+
+
+async def test_a_listener_whose_queue_fills_is_dropped_without_holding_up_the_others(redis):
+    fanout = Fanout(redis, client_buffer=5)
+    key = user_stream(uuid.uuid4())  # a stream nobody else writes to
+    slow = fanout.join(key, "0-0")
+    fast = fanout.join(key, "0-0")
+    user = uuid.UUID(key.rsplit(":", 1)[1])
+    try:
+        ids: list[str] = []
+        got: list[str] = []
+        for i in range(12):  # one at a time: the fast listener takes each before the next comes
+            ids += await publish(redis, event("test.one", user=user, n=i))
+            async with asyncio.timeout(5):
+                while len(got) < len(ids):
+                    assert not fast.overflowed
+                    got += [e.id for e in await fast.take(timeout=1.0)]
+        assert got == ids
+        assert slow.overflowed and slow.entries == deque()  # marked, its queue freed, no longer fed
+        assert fanout.readers[key].listeners == {fast}
+    finally:
+        fanout.leave(key, slow)
+        fanout.leave(key, fast)
+    assert fanout.readers == {}
