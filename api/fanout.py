@@ -74,8 +74,16 @@ class Entry:
 
 
 def entries_of(reply: Any) -> list[Entry]:
-    """The entries of an XREAD reply of one stream."""
-    return [Entry.read(entry_id, fields) for _name, found in reply or [] for entry_id, fields in found]
+    """The entries of an XREAD reply of one stream. One that is not an event (not the relay's) is skipped, so it
+    cannot stop the stream for every client of it."""
+    entries = []
+    for _name, found in reply or []:
+        for entry_id, fields in found:
+            try:
+                entries.append(Entry.read(entry_id, fields))
+            except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+                log.warning("skipped stream entry %s that is not an event: %s", entry_id, type(exc).__name__)
+    return entries
 
 
 class Listener:
@@ -126,7 +134,6 @@ class SharedReader:
             try:
                 self.xreads += 1
                 reply: Any = await self.redis.xread({self.stream: self.position}, count=READ_BATCH, block=BLOCK_MS)
-                entries = entries_of(reply)
             except Exception as exc:  # Redis is away: read again from the same position, later
                 failures += 1
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
@@ -134,9 +141,12 @@ class SharedReader:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
+            read = [entry_id for _name, found in reply or [] for entry_id, _fields in found]
+            if read:
+                self.position = read[-1]  # past every entry read, skipped ones too
+            entries = entries_of(reply)
             if not entries:
                 continue
-            self.position = entries[-1].id
             for listener in list(self.listeners):
                 if not listener.offer(entries):
                     self.listeners.discard(listener)  # a slow consumer: its stream ends, the others go on
