@@ -89,11 +89,12 @@ def entries_of(reply: Any) -> list[Entry]:
 class Listener:
     """One client's place in a shared reader: a bounded queue of entries, drained a batch at a time."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, demand: asyncio.Event) -> None:
         self.limit = limit
         self.entries: deque[Entry] = deque()
         self.overflowed = False
         self._wake = asyncio.Event()
+        self._demand = demand  # its reader's: set whenever a listener has taken everything queued
 
     def offer(self, entries: list[Entry]) -> bool:
         """Queue `entries` without waiting; False (and overflowed) when they do not fit."""
@@ -114,6 +115,7 @@ class Listener:
         self._wake.clear()
         taken = list(self.entries)
         self.entries.clear()
+        self._demand.set()
         return taken
 
 
@@ -125,12 +127,14 @@ class SharedReader:
         self.stream = stream
         self.position = position
         self.listeners: set[Listener] = set()
+        self.demand = asyncio.Event()  # a listener is ready for more
         self.xreads = 0  # XREAD calls made (tests: one loop serves every client)
         self.task = asyncio.create_task(self._run(), name=f"sse-reader {stream}")
 
     async def _run(self) -> None:
         failures = 0
         while True:
+            await self._while_all_busy()
             try:
                 self.xreads += 1
                 reply: Any = await self.redis.xread({self.stream: self.position}, count=READ_BATCH, block=BLOCK_MS)
@@ -151,6 +155,17 @@ class SharedReader:
                 if not listener.offer(entries):
                     self.listeners.discard(listener)  # a slow consumer: its stream ends, the others go on
 
+    async def _while_all_busy(self) -> None:
+        """While every listener still has entries queued (all are busy writing), read nothing for up to one block:
+        entries wait in Redis and come in one batch, rather than as work nobody can take yet. One listener keeping
+        up is enough to read on, so a slow client never holds up a fast one."""
+        if not self.listeners or not all(listener.entries for listener in self.listeners):
+            return
+        self.demand.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(BLOCK_MS / 1000):
+                await self.demand.wait()
+
 
 class Fanout:
     """This process's shared readers, one per stream key with listeners."""
@@ -165,7 +180,7 @@ class Fanout:
         reader = self.readers.get(stream)
         if reader is None:
             reader = self.readers[stream] = SharedReader(self.redis, stream, position)
-        listener = Listener(self.client_buffer)
+        listener = Listener(self.client_buffer, reader.demand)
         reader.listeners.add(listener)
         return listener
 
