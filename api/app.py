@@ -13,6 +13,7 @@ from redis.backoff import ExponentialBackoff
 
 from api.body_guard import MAX_BODY_BYTES, BodySizeLimit
 from api.docs import install_docs
+from api.fanout import Fanout
 from api.jwt_tokens import AccessTokenCodec
 from api.login_throttle import DeviceCookies, LoginThrottle
 from api.metrics import RequestMetrics
@@ -161,6 +162,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sse_redis = sse_redis
     app.state.sse_sessions = SessionStore(sse_redis, settings.refresh_token_ttl_seconds)  # streams' session checks
     app.state.sse_cap = StreamCap(settings.sse_max_streams_per_process)
+    app.state.sse_fanout = Fanout(sse_redis)  # one reader per event stream, shared by this process's clients
     app.state.login_throttle = LoginThrottle(redis, settings.login_max_failures, settings.login_failure_window_seconds)
     app.state.device_cookies = DeviceCookies(settings.derived_key("device-cookie"))
     app.state.access_tokens = AccessTokenCodec(settings.derived_key("jwt"), settings.access_token_ttl_seconds)
@@ -171,6 +173,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if cache is not redis:
             await cache.aclose()
         await redis.aclose()
+        await app.state.sse_fanout.close()
         await sse_redis.aclose()
         if read_engine is not engine:
             await read_engine.dispose()

@@ -1,16 +1,17 @@
 """Server-sent event streams: the response every stream uses, per-user stream slots, and reading an event stream.
 
-Memory per connection is bounded by construction: a connection reads its Redis stream itself, one batch
-(`BATCH` entries) at a time, and reads the next batch only once the previous one was written to the socket, whose
-write buffer the ASGI server bounds (it makes `send` wait while the buffer is full). So a slow client falls behind
-in Redis, not in our memory; one that stops reading makes a write wait, and a write that waits longer than
-SSE_SEND_TIMEOUT_SECONDS ends the stream with `event: error` `{"reason": "slow-consumer"}` (delivered if the
-client reads within another SSE_SEND_TIMEOUT_SECONDS; it resumes with Last-Event-ID and misses nothing).
+Live events reach a stream through the process's shared reader of its Redis stream (`api.fanout`): one XREAD
+loop per stream key, each entry decoded and encoded once, handed to every client's bounded queue without waiting.
+A client that resumes first catches up from Redis on its own, one batch (`BATCH` entries) at a time, each written
+to the socket before the next is read. Memory per connection is bounded: a client whose queue fills (CLIENT_BUFFER
+entries, shared with the other clients) or whose write waits longer than SSE_SEND_TIMEOUT_SECONDS (the ASGI server
+bounds the socket's write buffer) ends with `event: error` `{"reason": "slow-consumer"}` (delivered if the client
+reads within another SSE_SEND_TIMEOUT_SECONDS; it resumes with Last-Event-ID and misses nothing).
 
 Each API process serves at most SSE_MAX_STREAMS_PER_PROCESS streams (`StreamCap`; beyond, 503
 `streams-at-capacity`), and streams read Redis through a pool of their own (`app.state.sse_redis`, up to
-SSE_REDIS_MAX_CONNECTIONS): a stream holds one of its connections only while it waits in XREAD or checks its guard,
-so ordinary requests on the main pool never wait behind streams.
+SSE_REDIS_MAX_CONNECTIONS): a shared reader holds one while it waits in XREAD, a stream one while it catches up or
+checks its guard, so ordinary requests on the main pool never wait behind streams.
 
 Every stream holds a slot in the Redis sorted set `sse:slots:{user_id}` (member: the connection, score: when the
 slot lapses), refreshed with each heartbeat and removed when the stream ends, so the per-user limit holds across
@@ -39,6 +40,7 @@ from starlette.types import Message, Receive, Scope, Send
 from temporalio.service import RPCError
 
 from api.deps import Caller
+from api.fanout import SEP, Entry, Fanout, Listener, entries_of, entry_key
 from api.problems import (
     INVALID_LAST_EVENT_ID,
     PROBLEM_MEDIA_TYPE,
@@ -58,8 +60,6 @@ log = logging.getLogger("prognet.api.sse")
 BATCH = 100  # stream entries read (and held) per connection at a time
 CAPACITY_RETRY_AFTER = 5  # seconds a client waits when this process holds as many streams as it may
 STREAM_DB_CHECKS = 5  # of the API's 20 pooled database connections (models.db.make_engine)
-MAX_BLOCK_SECONDS = 2.0  # one XREAD BLOCK; below the API's Redis socket timeout (api.app: 5 s)
-SEP = "\n"
 _STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 
 
@@ -87,7 +87,7 @@ class EventStream(EventSourceResponse):
 
     def __init__(
         self,
-        messages: AsyncIterator[ServerSentEvent],
+        messages: AsyncIterator[ServerSentEvent] | AsyncIterator[ServerSentEvent | bytes],
         *,
         send_timeout: float,
         on_close: Callable[[], Awaitable[None]],
@@ -366,21 +366,42 @@ class TypeFilter:
         return event_type in self.exact or event_type.startswith(self.prefixes)
 
 
-def event_data(event: StreamEvent) -> dict[str, Any]:
-    """What a client sees of an event (the catalogue's payload; never the actor's session or secrets)."""
-    return {
-        "event_id": str(event.event_id),
-        "type": event.type,
-        "version": event.version,
-        "occurred_at": event.occurred_at.isoformat(),
-        "aggregate": {"type": event.aggregate_type, "id": event.aggregate_id},
-        "tenant_id": str(event.tenant_id) if event.tenant_id else None,
-        "payload": event.payload,
-    }
+async def read_after(redis: Redis, stream: str, position: str) -> list[Entry]:
+    """Up to BATCH entries after `position`, without waiting (a client catching up on its own)."""
+    return entries_of(await redis.xread({stream: position}, count=BATCH))
+
+
+class Delivery:
+    """What one client has been sent: its position in the stream (every entry, shown or filtered) and the last
+    id it was sent; entries at or before the position are skipped, so catching up and the fan-out overlap safely."""
+
+    def __init__(self, position: str, visible: Callable[[StreamEvent], bool]) -> None:
+        self.position = position
+        self.key = entry_key(position)
+        self.sent = position
+        self.visible = visible
+
+    def new(self, entries: list[Entry]) -> list[Entry]:
+        return [e for e in entries if e.key > self.key]
+
+    def passed(self, entry: Entry) -> bytes | None:
+        """Moves past `entry`; its message when the client may see it."""
+        self.position, self.key = entry.id, entry.key
+        if not self.visible(entry.event):
+            return None
+        self.sent = entry.id
+        return entry.encoded
+
+    def heartbeat(self) -> ServerSentEvent:
+        # an id-only message moves the client's Last-Event-ID past entries the filter skipped
+        beat = ServerSentEvent(comment="heartbeat", id=self.position if self.position != self.sent else None, sep=SEP)
+        self.sent = self.position
+        return beat
 
 
 async def event_messages(
     redis: Redis,
+    fanout: Fanout,
     stream: str,
     start: Start,
     *,
@@ -388,42 +409,72 @@ async def event_messages(
     recheck_on: Callable[[StreamEvent], bool],
     guard: Guard,
     heartbeat: float,
-) -> AsyncIterator[ServerSentEvent]:
-    """The SSE messages of `stream` from `start` on, until the guard or a dependency ends them."""
-    position = start.position
-    sent = position  # the last id the client has seen
+) -> AsyncIterator[ServerSentEvent | bytes]:
+    """The SSE messages of `stream` from `start` on, until the guard or a dependency ends them.
+
+    A client first catches up from Redis on its own, BATCH entries at a time (one far behind stays behind in Redis,
+    not in memory), then joins the process's shared reader of the stream and reads once more up to where that
+    reader is, so nothing between the two is lost; entries it already had are skipped by their id."""
+    delivery = Delivery(start.position, visible)
     if start.reset:
         yield message(
             "reset",
             {"reason": "Last-Event-ID is older than this stream keeps; re-read state over HTTP, then follow on."},
-            id=position,
+            id=start.position,
         )
     beat = Beat(heartbeat)
-    try:
-        while True:
-            block = max(1, int(min(beat.left(), MAX_BLOCK_SECONDS) * 1000))
-            reply: Any = await redis.xread({stream: position}, count=BATCH, block=block)
-            for _name, entries in reply or []:
-                for entry_id, fields in entries:
-                    position = entry_id
-                    event = StreamEvent.from_fields(fields)
-                    if recheck_on(event) and (final := await guard.check()) is not None:
-                        yield final
-                        return
-                    if visible(event):
-                        yield message(event.type, event_data(event), id=entry_id)
-                        sent = entry_id
-            if beat.left() == 0:
-                if (final := await guard.check()) is not None:
-                    yield final
-                    return
-                # an id-only message moves the client's Last-Event-ID past entries the filter skipped
-                yield ServerSentEvent(comment="heartbeat", id=position if position != sent else None, sep=SEP)
-                sent = position
+    listener: Listener | None = None
+    final: ServerSentEvent | None = None
+
+    async def send(entries: list[Entry]) -> AsyncIterator[bytes]:
+        nonlocal final
+        for entry in delivery.new(entries):
+            if recheck_on(entry.event) and (final := await guard.check()) is not None:
+                return
+            if (encoded := delivery.passed(entry)) is not None:
+                yield encoded
+
+    async def pulse() -> AsyncIterator[ServerSentEvent]:
+        """When a beat is due: the guard's check, then a heartbeat (or the final message, in `final`)."""
+        nonlocal final
+        if beat.left() == 0:
+            final = await guard.check()
+            if final is None:
+                yield delivery.heartbeat()
                 beat.next()
+
+    try:
+        while final is None:  # catching up on its own
+            caught_up = await read_after(redis, stream, delivery.position)
+            async for encoded in send(caught_up):
+                yield encoded
+            if len(caught_up) < BATCH:
+                break
+            async for beat_message in pulse():
+                yield beat_message
+        if final is None:
+            listener = fanout.join(stream, delivery.position)
+            # what came between that read and joining: the shared reader may already be past it
+            while final is None and (gap := await read_after(redis, stream, delivery.position)):
+                async for encoded in send(gap):
+                    yield encoded
+        while final is None and listener is not None:  # live, from the shared reader
+            if listener.overflowed:
+                final = ended("slow-consumer", "The client did not read fast enough; reconnect with Last-Event-ID.")
+                break
+            async for encoded in send(await listener.take(timeout=beat.left())):
+                yield encoded
+            if final is None:
+                async for beat_message in pulse():
+                    yield beat_message
+        if final is not None:
+            yield final
     except Exception as exc:
         reason = end_reason(exc)
         if reason is None:
             raise
         log.warning("event stream ended: %s", reason, extra={"stream": stream})
         yield ended(reason, "A service this stream reads went away; reconnect with Last-Event-ID.")
+    finally:
+        if listener is not None:
+            fanout.leave(stream, listener)

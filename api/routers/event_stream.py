@@ -102,6 +102,7 @@ async def stream_events(
         raise
     messages = event_messages(
         redis,
+        request.app.state.sse_fanout,
         stream,
         start,
         visible=visible,

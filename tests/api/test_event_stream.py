@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -68,16 +69,17 @@ class _Server(uvicorn.Server):
 
 
 @asynccontextmanager
-async def serve(settings: Settings, send_buffer: int | None = None) -> AsyncIterator[str]:
+async def serve(settings: Settings, send_buffer: int | None = None, app: FastAPI | None = None) -> AsyncIterator[str]:
     """The API under uvicorn on a free port, in this event loop (httpx's ASGI transport does not stream).
-    `send_buffer` fixes the kernel's send buffer of its connections (else it grows to megabytes)."""
+    `send_buffer` fixes the kernel's send buffer of its connections (else it grows to megabytes); `app` is the
+    application to serve (default: one made from `settings`)."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if send_buffer is not None:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # accepted sockets inherit it
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app or create_app(settings), log_level="warning", timeout_graceful_shutdown=1)
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
