@@ -114,7 +114,12 @@ class EmailDeliveryActivities:
                 reply = f"SMTP relay circuit open until {exc.until.isoformat(timespec='seconds')}"
                 await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=reply)
                 raise
-        await self._update(req.request.tenant_id, message_id, state="sending", attempts=EmailMessage.attempts + 1)
+        sent_before = await self._start_attempt(req.request.tenant_id, message_id)
+        if (
+            sent_before is not None
+        ):  # an earlier attempt sent it and said so, then its worker died before Temporal heard
+            log.info("email already sent by an earlier attempt", extra={"message_id": str(message_id)})
+            return EmailDelivery(message_id=message_id, state="sent", reply=sent_before)
         EMAILS.labels("sending").inc()
         try:
             composed = await self.composer.compose(req.request, req.to_address)
@@ -181,6 +186,25 @@ class EmailDeliveryActivities:
                 )
                 .on_conflict_do_nothing()
             )
+
+    async def _start_attempt(self, tenant_id: uuid.UUID | None, message_id: uuid.UUID) -> str | None:
+        """Count an attempt and mark the message `sending`, unless it is already `sent`: then its recorded reply
+        (an attempt whose result was lost with its worker is not sent twice once its `sent` was committed)."""
+        async with self._scope(tenant_id) as session:
+            counted = await session.exec(
+                update(EmailMessage)
+                .where(col(EmailMessage.id) == message_id, col(EmailMessage.state) != "sent")
+                .values(updated_at=utcnow(), state="sending", attempts=EmailMessage.attempts + 1)
+                .returning(col(EmailMessage.id))
+            )
+            if counted.first() is not None:
+                return None
+            row = (
+                await session.exec(
+                    select(EmailMessage.state, EmailMessage.last_reply).where(EmailMessage.id == message_id)
+                )
+            ).first()
+            return (row[1] or "") if row is not None and row[0] == "sent" else None
 
     async def _update(self, tenant_id: uuid.UUID | None, message_id: uuid.UUID, **values) -> None:
         async with self._scope(tenant_id) as session:

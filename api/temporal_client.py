@@ -106,10 +106,9 @@ class TemporalConnector:
     async def close(self) -> None:
         if self._background is not None:
             self._background.cancel()
-            try:
-                await self._background
-            except (asyncio.CancelledError, Exception):
-                pass
+            # A connect attempt in the SDK's core may not notice the cancellation until it gives up by itself:
+            # shutting down does not wait for that (the task ends on its own, its result unused).
+            await asyncio.wait({self._background}, timeout=2)
         # temporalio clients hold no resources needing an explicit close; dropping the reference suffices.
         self._client = None
 
