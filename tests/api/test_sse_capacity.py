@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
-from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tests.api import test_event_stream as event_stream_tests
 from tests.api.conftest import assert_problem, bearer, insert_user, login
 from tests.api.test_event_stream import event, logged_in, publish, serve, sse_settings, stream
 
@@ -21,18 +18,9 @@ from tests.api.test_event_stream import event, logged_in, publish, serve, sse_se
 FLOOD = 110
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
+# the event-stream tests' own engine and Redis client (decoded replies), shared as fixtures
+db = event_stream_tests.db
+redis = event_stream_tests.redis
 
 
 async def test_a_flood_of_streams_does_not_block_logins_or_probes(settings, schema, db, redis):

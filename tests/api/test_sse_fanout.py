@@ -12,32 +12,20 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 import httpx
-import pytest
-from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from api.app import create_app
 from api.fanout import Fanout
 from models.event_stream import user_stream
 from prognet_dev import free_port
+from tests.api import test_event_stream as event_stream_tests
 from tests.api.conftest import bearer
 from tests.api.test_event_stream import event, logged_in, publish, serve, sse_settings, stream
 from tests.api.test_outages import Relay as TcpRelay
 
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
+# the event-stream tests' own engine and Redis client (decoded replies), shared as fixtures
+db = event_stream_tests.db
+redis = event_stream_tests.redis
 
 
 async def listeners_of(fanout: Fanout, key: str, n: int, seconds: float = 5.0) -> None:
