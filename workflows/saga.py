@@ -236,7 +236,7 @@ class Saga:
                 if not local:
                     raise
                 if err.type != CIRCUIT_OPEN:
-                    raise _local_activity_error(activity, err) from err
+                    raise _local_activity_error(activity) from err
                 cause = err
             info = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
             delay = timedelta(seconds=max(float(info.get("retry_after_seconds", 1.0)), 0.1))
@@ -437,7 +437,7 @@ def _activity_name(activity: str | Callable[..., Any]) -> str:
     return activity if isinstance(activity, str) else getattr(activity, "__name__", "")
 
 
-def _local_activity_error(activity: str | Callable[..., Any], err: ApplicationError) -> ActivityError:
+def _local_activity_error(activity: str | Callable[..., Any]) -> ActivityError:
     name = _activity_name(activity) or "local activity"
     return ActivityError(
         f"local activity {name} failed",
