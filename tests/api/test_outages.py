@@ -25,75 +25,25 @@ from api.app import create_app
 from prognet.settings import Settings
 from prognet_dev import free_port
 from tests.api.conftest import PASSWORD, assert_problem, bearer, insert_user
-
-
-class Relay:
-    """A listener (TCP port or Unix socket) → the target, until `down()`; `up()` listens at the same place again."""
-
-    def __init__(self, target: tuple[str, int] | Path, listen: tuple[str, int] | Path) -> None:
-        self.target, self.listen = target, listen
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def up(self) -> None:
-        if isinstance(self.listen, Path):
-            self._server = await asyncio.start_unix_server(self._relay, path=self.listen)
-        else:
-            self._server = await asyncio.start_server(self._relay, *self.listen)
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if isinstance(self.target, Path):
-            return await asyncio.open_unix_connection(self.target)
-        return await asyncio.open_connection(*self.target)
-
-    async def down(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-
-    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        self._writers.add(client_writer)  # before connecting: `down()` during the connect cuts it too
-        try:
-            server_reader, server_writer = await asyncio.wait_for(self._connect(), 5)
-        except (OSError, TimeoutError):
-            client_writer.transport.abort()
-            self._writers.discard(client_writer)
-            return
-        if client_writer not in self._writers:  # went down meanwhile
-            server_writer.transport.abort()
-            return
-        self._writers.add(server_writer)
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            writer.transport.abort()
-
-        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
-        self._writers -= {client_writer, server_writer}
+from tests.support.tcp_relay import TcpRelay
 
 
 @pytest.fixture
-async def outage(settings: Settings, app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Relay]]]:
+async def outage(settings: Settings, app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, TcpRelay]]]:
     """A client of an API that reaches PostgreSQL and Redis through relays, and the relays. Its app errors are
     raised (raise_app_exceptions): an outage answer must end the request normally."""
     db_url, cache_url = make_url(settings.database_url or ""), make_url(settings.redis_url or "")
     cache = ("127.0.0.1", free_port())
-    relays = {"cache": Relay((cache_url.host or "127.0.0.1", cache_url.port or 6379), cache)}
+    relays = {"cache": TcpRelay((cache_url.host or "127.0.0.1", cache_url.port or 6379), cache)}
     cache_url = cache_url.set(host=cache[0], port=cache[1])
     socket_dir = Path(tempfile.mkdtemp(prefix="pg-relay-"))
     if "host" in db_url.query:  # the embedded PostgreSQL: a Unix socket `<dir>/.s.PGSQL.<port>`
         real = next(Path(str(db_url.query["host"])).glob(".s.PGSQL.*"))
-        relays["database"] = Relay(real, socket_dir / real.name)
+        relays["database"] = TcpRelay(real, socket_dir / real.name)
         db_url = db_url.update_query_dict({"host": str(socket_dir)})
     else:
         database = ("127.0.0.1", free_port())
-        relays["database"] = Relay((db_url.host or "127.0.0.1", db_url.port or 5432), database)
+        relays["database"] = TcpRelay((db_url.host or "127.0.0.1", db_url.port or 5432), database)
         db_url = db_url.set(host=database[0], port=database[1])
     for relay in relays.values():
         await relay.up()

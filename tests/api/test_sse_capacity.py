@@ -10,17 +10,17 @@ import time
 
 import httpx
 
-from tests.api import test_event_stream as event_stream_tests
 from tests.api.conftest import assert_problem, bearer, insert_user, login
-from tests.api.test_event_stream import event, logged_in, publish, serve, sse_settings, stream
+from tests.support import sse
+from tests.support.sse import event, logged_in, publish, serve, sse_settings, stream
 
 # More streams than redis-py's default pool holds (100): on one shared pool they would starve every other request.
 FLOOD = 110
 
 
 # the event-stream tests' own engine and Redis client (decoded replies), shared as fixtures
-db = event_stream_tests.db
-redis = event_stream_tests.redis
+db = sse.db
+redis = sse.redis
 
 
 async def test_a_flood_of_streams_does_not_block_logins_or_probes(settings, schema, db, redis):

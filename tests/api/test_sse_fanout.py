@@ -18,14 +18,14 @@ from api.app import create_app
 from api.fanout import Fanout
 from models.event_stream import user_stream
 from prognet_dev import free_port
-from tests.api import test_event_stream as event_stream_tests
 from tests.api.conftest import bearer
-from tests.api.test_event_stream import event, logged_in, publish, serve, sse_settings, stream
-from tests.api.test_outages import Relay as TcpRelay
+from tests.support import sse
+from tests.support.sse import event, logged_in, publish, serve, sse_settings, stream
+from tests.support.tcp_relay import TcpRelay
 
 # the event-stream tests' own engine and Redis client (decoded replies), shared as fixtures
-db = event_stream_tests.db
-redis = event_stream_tests.redis
+db = sse.db
+redis = sse.redis
 
 
 async def listeners_of(fanout: Fanout, key: str, n: int, seconds: float = 5.0) -> None:

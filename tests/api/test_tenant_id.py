@@ -13,7 +13,7 @@ from temporalio.client import Client
 
 from models.names import billing_cycle_workflow_id, billing_schedule_id, tenant_workflow_id
 from tests.api.conftest import create_tenant, invite, person, wait_for_tenant
-from tests.api.test_subscriptions import end, subscribe, wait_subscription
+from tests.support.subscriptions import end, subscribe, wait_subscription
 
 
 async def children(client: Client, workflow_id: str) -> list[str]:
