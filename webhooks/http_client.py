@@ -37,11 +37,17 @@ class Pin:
 _pin: ContextVar[Pin | None] = ContextVar("webhook_pin", default=None)
 
 
+def pin_for(target: Target) -> Pin:
+    """Where new connections for the target go: its first checked address, for its host and port as the request
+    URL names them (what the network backend is asked to connect to)."""
+    url = httpx.URL(target.url)
+    return Pin(url.raw_host.decode("ascii"), target.port, target.addresses[0])
+
+
 @contextlib.contextmanager
 def pinned(target: Target) -> Iterator[None]:
     """New connections made in this block for the target's host and port go to its first checked address."""
-    url = httpx.URL(target.url)
-    token = _pin.set(Pin(url.raw_host.decode("ascii"), target.port, target.addresses[0]))
+    token = _pin.set(pin_for(target))
     try:
         yield
     finally:

@@ -35,19 +35,6 @@ class Target:
     port: int
     addresses: tuple[str, ...]  # what the host resolved to; all of them passed the check
 
-    @property
-    def host_header(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-    def url_for(self, address: str) -> str:
-        """The URL with its host replaced by one checked address (connect there; send Host and SNI by name)."""
-        parts = urlsplit(self.url)
-        literal = f"[{address}]" if ":" in address else address
-        netloc = f"{literal}:{self.port}"
-        return parts._replace(netloc=netloc).geturl()
-
 
 def forbidden_reason(ip: IPAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:

@@ -10,6 +10,7 @@ from cryptography.exceptions import InvalidTag
 
 from webhooks import secret_box, signing, targets
 from webhooks.event_filter import invalid_filters, matches
+from webhooks.http_client import Pin, pin_for
 from webhooks.targets import Target, TargetRefused, check_url, forbidden_reason, resolve
 
 # The specification's published test vector (standard-webhooks, libraries' shared tests).
@@ -127,13 +128,15 @@ async def test_a_name_resolving_to_a_private_address_is_refused_after_dns(monkey
     with pytest.raises(TargetRefused, match=r"resolves to 10\.0\.0\.7, a private"):
         await resolve("https://rebind.example/hook", allow_private=False)
     target = await resolve("https://public.example:8443/p?q=1", allow_private=False)
-    assert target.addresses == ("93.184.216.34",) and target.host_header == "public.example:8443"
-    # the delivery connects to the checked address; Host and SNI keep the name
-    assert target.url_for("93.184.216.34") == "https://93.184.216.34:8443/p?q=1"
+    assert target.addresses == ("93.184.216.34",)
+    # the delivery sends to the URL as written (Host and SNI keep the name) and connects to the checked address
+    assert target.url == "https://public.example:8443/p?q=1"
+    assert pin_for(target) == Pin("public.example", 8443, "93.184.216.34")
 
 
 async def test_development_lets_a_local_http_receiver_through():
     target = await resolve("http://localhost:8080/x", allow_private=True)
-    assert target.host_header == "localhost:8080"
     assert set(target.addresses) & {"127.0.0.1", "::1"}
-    assert Target("http://[::1]:80/", "http", "::1", 80, ("::1",)).host_header == "[::1]"
+    assert pin_for(target) == Pin("localhost", 8080, target.addresses[0])
+    # a literal IPv6 host is pinned as the connection is asked for it: without brackets, on the default port
+    assert pin_for(Target("http://[::1]/", "http", "::1", 80, ("::1",))) == Pin("::1", 80, "::1")
