@@ -70,7 +70,7 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionStatus,
         SuspendTenant,
     )
-    from models.errors import INVALID_PLAN, PLAN_UNCHANGED, SUBSCRIPTION_ENDED, SUBSCRIPTION_EXISTS
+    from models.errors import INVALID_PLAN, PLAN_UNCHANGED, SUBSCRIPTION_ENDED, SUBSCRIPTION_EXISTS, error_type
     from models.names import (
         BILLING_CYCLE_WORKFLOW,
         QUERY_SUBSCRIPTION_STATE,
@@ -149,7 +149,7 @@ class SubscriptionWorkflow:
                 retry_policy=ACTIVITY_RETRY,
             )
         except ActivityError as err:
-            if isinstance(err.cause, ApplicationError) and err.cause.type == SUBSCRIPTION_EXISTS:
+            if error_type(err) == SUBSCRIPTION_EXISTS:
                 self.rejection = ApplicationError(
                     "the tenant already has a live subscription", type=SUBSCRIPTION_EXISTS, non_retryable=True
                 )
