@@ -1,10 +1,13 @@
-"""The README is the front door: its settings table must name every setting the code reads."""
+"""The README is the front door: its settings table must name every setting the code reads, its folder table every
+folder there is."""
 
+import subprocess
 from pathlib import Path
 
 from prognet.settings import Settings
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
 
 
 def test_readme_leads_with_the_two_commands():
@@ -36,3 +39,12 @@ def test_the_alerting_section_names_every_shipped_rule_and_routing_level():
         for level in route.levels:
             for address in level.emails:
                 assert f"`{address}`" in section, f"{address} is missing from the README's routing table"
+
+
+def test_the_folder_table_lists_every_top_level_folder_and_no_other():
+    section = README[README.index("| folder | holds |") :]
+    rows = section[: section.index("\n\n")].splitlines()[2:]
+    listed = {row.split("`")[1].rstrip("/") for row in rows}
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    folders = {path.split("/")[0] for path in tracked.splitlines() if "/" in path and not path.startswith(".")}
+    assert listed == folders
