@@ -89,6 +89,11 @@ async def emit(engine: AsyncEngine, tenant_id: str, type: str = "member.added", 
     async with transaction(engine, tenant_id=tid) as db:
         row = record_event(db, type, "membership", uuid.uuid4(), payload or {"role": "member"}, tenant_id=tid)
         await db.flush()
+    return as_stream_event(row)
+
+
+def as_stream_event(row: DomainEvent) -> StreamEvent:
+    """A domain event row as the relay puts it on the stream."""
     return StreamEvent(
         seq=row.id or 0,
         event_id=row.event_id,
@@ -97,9 +102,9 @@ async def emit(engine: AsyncEngine, tenant_id: str, type: str = "member.added", 
         aggregate_type=row.aggregate_type,
         aggregate_id=row.aggregate_id,
         tenant_id=row.tenant_id,
-        user_id=None,
-        actor_id=None,
-        workflow_id=None,
+        user_id=row.user_id,
+        actor_id=row.actor_id,
+        workflow_id=row.workflow_id,
         occurred_at=row.occurred_at,
         payload=row.payload,
     )
