@@ -460,6 +460,12 @@ def test_every_walkthrough_section_runs_and_shows_answers():
     for section in WALKTHROUGH_SECTIONS:
         blocks = by_section.get(section, [])
         assert any(s.expect for b in blocks for s in b.steps), f"README section {section!r} has no checked answer"
+    for block in readme_blocks(text):  # a quoted text after a command is an answer the test must be able to read
+        for step in block.steps:
+            for line in step.code.splitlines():
+                comment = re.search(r"\s#\s(.*)$", line)
+                if comment and '"' in comment.group(1):
+                    assert _trailing_expectation(line.strip()), f"README: an answer the test cannot read: {line}"
     skipped = re.findall(r"<!--\s*readme-test:\s*skip\b(.*?)-->", text)
     assert all(reason.strip().startswith("(") for reason in skipped), "a skipped block must say why"
     assert len(skipped) <= 1, "only the external-services block cannot run here"
