@@ -33,8 +33,9 @@ from tests.api.conftest import (
     person,
     wait_for_token,
 )
+from tests.support.signup import SIGNUP_PLAN, signup_body
 
-PLAN = "dev-minutely"
+PLAN = SIGNUP_PLAN
 
 
 @pytest.fixture
@@ -43,19 +44,6 @@ async def owner_db(services):
     db = await asyncpg.connect(services.postgres_dsn)
     yield db
     await db.close()
-
-
-def _body(**changes) -> dict:
-    return {
-        "email": f"signup-{uuid.uuid4().hex[:10]}@example.com",
-        "password": PASSWORD,
-        "display_name": "Ada",
-        "tenant_name": "Acme Labs",
-        "slug": new_slug("signup"),
-        "plan": PLAN,
-        "payment_method": "pm_card_visa",
-        **changes,
-    }
 
 
 async def _mail_to(services, address: str, count: int, timeout: float) -> list:
@@ -85,7 +73,7 @@ async def _left_behind(db: asyncpg.Connection, stripe: SandboxAdmin, body: dict,
 async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_verifies_to_log_in(
     api, temporal_app, temporal_client: Client, owner_db, stripe, services
 ):
-    body = _body()
+    body = signup_body()
     response = await api.post("/v1/signup", json=body, headers={"Idempotency-Key": f"signup-{uuid.uuid4()}"})
     assert response.status_code == 201, response.text
     answer = response.json()
@@ -169,7 +157,7 @@ async def test_a_paid_signup_creates_user_tenant_and_subscription_and_the_user_v
 async def test_a_declined_first_payment_leaves_nothing_behind(
     api, temporal_client: Client, owner_db, stripe, services, card, code
 ):
-    body = _body(payment_method=card)
+    body = signup_body(payment_method=card)
     response = await api.post("/v1/signup", json=body)
     problem = assert_problem(response, 402, "payment-declined")
     assert problem["decline_code"] == code
@@ -205,7 +193,7 @@ async def test_a_declined_first_payment_leaves_nothing_behind(
 
 async def test_a_taken_email_is_409_and_creates_nothing(api, app_engine, owner_db, stripe):
     account = await insert_user(app_engine)
-    body = _body(email=account.email.upper())
+    body = signup_body(email=account.email.upper())
     problem = assert_problem(await api.post("/v1/signup", json=body), 409, "email-already-registered")
     assert await owner_db.fetchval("select count(*) from tenants where slug = $1", body["slug"]) == 0
     status = await api.get(f"/v1/signup/{problem['workflow_id']}", params={"status_token": problem["status_token"]})
@@ -216,7 +204,7 @@ async def test_a_taken_slug_is_409_and_the_new_user_is_gone(api, app_engine, own
     owner = await person(api, app_engine)
     slug = new_slug("taken")
     await active_tenant(api, owner, slug=slug)
-    body = _body(slug=slug)
+    body = signup_body(slug=slug)
     assert_problem(await api.post("/v1/signup", json=body), 409, "slug-taken")
     assert await owner_db.fetchval("select count(*) from users where lower(email) = lower($1)", body["email"]) == 0
     assert await owner_db.fetchval("select count(*) from tenants where slug = $1", slug) == 1  # only the first
@@ -238,11 +226,11 @@ async def test_a_taken_slug_is_409_and_the_new_user_is_gone(api, app_engine, own
     ],
 )
 async def test_bad_input_is_422(api, change):
-    assert_problem(await api.post("/v1/signup", json=_body(**change)), 422, "validation-failed")
+    assert_problem(await api.post("/v1/signup", json=signup_body(**change)), 422, "validation-failed")
 
 
 async def test_an_unknown_plan_is_422(api):
-    assert_problem(await api.post("/v1/signup", json=_body(plan="no-such-plan")), 422, "unknown-plan")
+    assert_problem(await api.post("/v1/signup", json=signup_body(plan="no-such-plan")), 422, "unknown-plan")
 
 
 async def test_an_unknown_signup_is_404(api):
@@ -251,9 +239,9 @@ async def test_an_unknown_signup_is_404(api):
 
 
 async def test_only_the_one_who_signed_up_learns_how_it_went(api, app_engine):
-    answer = (await api.post("/v1/signup", json=_body())).json()
+    answer = (await api.post("/v1/signup", json=signup_body())).json()
     wid = answer["workflow_id"]
-    other_token = (await api.post("/v1/signup", json=_body())).json()["status_token"]
+    other_token = (await api.post("/v1/signup", json=signup_body())).json()["status_token"]
     stranger = await person(api, app_engine)
     for attempt in (
         {},
@@ -278,7 +266,7 @@ async def _answer_lost(call, timeout: float = 0.0):
 
 
 async def test_a_503_names_the_signup_and_a_plain_retry_finds_it(api, monkeypatch):
-    body = _body()
+    body = signup_body()
     with monkeypatch.context() as patched:
         patched.setattr(saga_start, "answer_within", _answer_lost)
         lost = await api.post("/v1/signup", json=body)

@@ -8,10 +8,8 @@ is tested under the time-skipping server in tests/unit/test_webhook_delivery.py)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -20,9 +18,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import select
-from temporalio.client import Client
 
-from activities.webhooks import WebhookActivities
 from api.app import create_app
 from models.db import transaction
 from models.event_stream import ALL_EVENTS, StreamEvent
@@ -30,38 +26,18 @@ from models.events import record_event
 from models.names import SA_TENANT_ID
 from models.tables import DomainEvent
 from prognet.settings import Settings
-from prognet_dev import EmbeddedStack, free_port, message_text, read_messages
+from prognet_dev import EmbeddedStack, message_text, read_messages
 from tests.api.conftest import Person, add_member, assert_problem, insert_tenant, person
+from tests.support.webhooks import (
+    Hooks,
+    as_stream_event,
+    create_endpoint,
+    delivery_in,
+    poll,
+    running_hooks,
+)
 from webhooks import signing
-from webhooks.dispatcher import GROUP, StreamConsumer, WebhookDispatcher
-from webhooks.receiver import WebhookReceiver, serving
-from workers.main import webhook_worker
-
-FAST = {"webhook_retry_schedule_seconds": [0, 0.2, 0.2], "webhook_timeout_seconds": 5.0}
-
-
-@dataclass
-class Hooks:
-    receiver: WebhookReceiver
-    url: str  # the receiver's base URL
-    dispatcher: WebhookDispatcher
-    engine: AsyncEngine
-    client: Client
-
-
-@contextlib.asynccontextmanager
-async def running_hooks(
-    temporal_settings: Settings, temporal_client: Client, engine: AsyncEngine, **overrides: object
-) -> AsyncIterator[Hooks]:
-    settings = temporal_settings.model_copy(update={**FAST, **overrides})
-    task_queue = f"webhooks-{uuid.uuid4()}"
-    receiver = WebhookReceiver(secrets=[], out=None)
-    async with (
-        WebhookActivities(engine, settings) as activities,
-        webhook_worker(temporal_client, activities, task_queue=task_queue),
-        serving(receiver, "127.0.0.1", free_port()) as url,
-    ):
-        yield Hooks(receiver, url, WebhookDispatcher(engine, temporal_client, task_queue), engine, temporal_client)
+from webhooks.dispatcher import GROUP, StreamConsumer
 
 
 @pytest.fixture
@@ -75,56 +51,13 @@ async def owner_and_tenant(api: httpx.AsyncClient, engine: AsyncEngine) -> tuple
     return owner, str(await insert_tenant(engine, owner.id))
 
 
-async def create_endpoint(api: httpx.AsyncClient, who: Person, tenant_id: str, url: str, **extra) -> dict:
-    response = await api.post(
-        f"/v1/tenants/{tenant_id}/webhook-endpoints", json={"url": url, **extra}, headers=who.headers
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 async def emit(engine: AsyncEngine, tenant_id: str, type: str = "member.added", **payload) -> StreamEvent:
     """A tenant event as the relay would put it on the stream (the row is real; the relay is not running here)."""
     tid = uuid.UUID(tenant_id)
     async with transaction(engine, tenant_id=tid) as db:
         row = record_event(db, type, "membership", uuid.uuid4(), payload or {"role": "member"}, tenant_id=tid)
         await db.flush()
-    return StreamEvent(
-        seq=row.id or 0,
-        event_id=row.event_id,
-        type=row.type,
-        version=row.version,
-        aggregate_type=row.aggregate_type,
-        aggregate_id=row.aggregate_id,
-        tenant_id=row.tenant_id,
-        user_id=None,
-        actor_id=None,
-        workflow_id=None,
-        occurred_at=row.occurred_at,
-        payload=row.payload,
-    )
-
-
-async def poll(check, timeout: float = 15.0, what: str = "condition"):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
-async def delivery_in(api: httpx.AsyncClient, who: Person, tenant_id: str, endpoint_id: str, status: str) -> dict:
-    async def check():
-        response = await api.get(
-            f"/v1/tenants/{tenant_id}/webhook-endpoints/{endpoint_id}/deliveries", headers=who.headers
-        )
-        assert response.status_code == 200, response.text
-        items = [d for d in response.json()["items"] if d["status"] == status]
-        return items[0] if items else None
-
-    return await poll(check, what=f"a {status} delivery")
+    return as_stream_event(row)
 
 
 async def event_types(engine: AsyncEngine, tenant_id: str, aggregate_id: str) -> list[str]:

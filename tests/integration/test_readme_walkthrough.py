@@ -243,7 +243,9 @@ def matches(pattern: Any, actual: Any) -> bool:
 
 
 def text_matches(pattern: str, output: str) -> bool:
-    regex = ".*?".join(re.escape(p) for p in re.split(r"…|\.\.\.", pattern))
+    """`…` stands for anything, and a space for any whitespace (a shown text may span the output's lines)."""
+    parts = re.split(r"…|\.\.\.", pattern)
+    regex = ".*?".join(r"\s+".join(re.escape(w) for w in part.split(" ")) for part in parts)
     return re.search(regex, output, re.DOTALL) is not None
 
 
@@ -460,6 +462,12 @@ def test_every_walkthrough_section_runs_and_shows_answers():
     for section in WALKTHROUGH_SECTIONS:
         blocks = by_section.get(section, [])
         assert any(s.expect for b in blocks for s in b.steps), f"README section {section!r} has no checked answer"
+    for block in readme_blocks(text):  # a quoted text after a command is an answer the test must be able to read
+        for step in block.steps:
+            for line in step.code.splitlines():
+                comment = re.search(r"\s#\s(.*)$", line)
+                if comment and '"' in comment.group(1):
+                    assert _trailing_expectation(line.strip()), f"README: an answer the test cannot read: {line}"
     skipped = re.findall(r"<!--\s*readme-test:\s*skip\b(.*?)-->", text)
     assert all(reason.strip().startswith("(") for reason in skipped), "a skipped block must say why"
     assert len(skipped) <= 1, "only the external-services block cannot run here"
@@ -495,5 +503,8 @@ def test_a_changed_answer_does_not_match():
         "Hello, Thank you: we received 1.00 EUR for invoice 1 of May.",
     )
     assert not text_matches("Thank you: we received 1.00 EUR", "we received 2.00 EUR")
+    receipt = "To: billing@x.example\nSubject: Receipt\n\nThank you: we received 1.00 EUR for invoice 1."
+    assert text_matches("To: billing@x.example … Thank you: we received 1.00 EUR …", receipt)
+    assert not text_matches("To: owner@x.example … Thank you: …", receipt)
     assert read_only('sleep 3\ncurl -s "localhost:8000/v1/admin/emails" -H "A: b" \\\n     | tee /tmp/dead.json')
     assert not read_only("curl -s -X POST localhost:8000/v1/auth/verify -d '{}'")
