@@ -439,11 +439,17 @@ async def run(args: argparse.Namespace) -> None:
                 figures["registration"] = saga_section(n / t_reg, n / t_naive, n / t_shaped, reg_shape)
 
             if 2 in sections:
+                from prognet_dev.bench.cpu import cpu_by_role, per_unit_ms
+
                 raw_n = args.logins
+                cpu_before = cpu_by_role()
                 t_raw = bench_raw_argon2(raw_n)
+                argon2_cpu = per_unit_ms(cpu_before, cpu_by_role(), raw_n).get("bench client", 0.0)
                 emails = await create_active_users(stack.database_url, 20)
                 idle = await idle_healthz(http, IDLE_PROBE_SECONDS)
+                cpu_before = cpu_by_role()
                 t_login, under_load = await bench_logins(http, emails, args.logins, args.login_concurrency)
+                login_cpu = per_unit_ms(cpu_before, cpu_by_role(), args.logins)
                 raw_rate, login_rate = raw_n / t_raw, args.logins / t_login
                 p99_idle, p99_storm = _pct(idle, 0.99) * 1000, _pct(under_load, 0.99) * 1000
                 figures["logins"] = {
@@ -453,6 +459,9 @@ async def run(args: argparse.Namespace) -> None:
                     "healthz_p99_idle_ms": p99_idle,
                     "healthz_p99_storm_ms": p99_storm,
                     "healthz_p99_ratio": p99_storm / p99_idle,
+                    # where the CPU goes: argon2 alone, and each process's share per login during the storm
+                    "argon2_cpu_ms_per_verify": argon2_cpu,
+                    "cpu_ms_per_login": login_cpu,
                 }
 
             if 3 in sections:
@@ -531,6 +540,12 @@ async def run(args: argparse.Namespace) -> None:
                 f"{p99_storm:6.1f} ms  ({len(under_load)} probes, p99 ratio {lf['healthz_p99_ratio']:.1f}x idle)"
             )
             print(f"   mean healthz during storm                 : {statistics.mean(under_load) * 1000:6.1f} ms")
+            print(f"   CPU per raw argon2 verification           : {argon2_cpu:6.1f} ms")
+            print(
+                f"   CPU per login during the storm, by process: {sum(login_cpu.values()):6.1f} ms  ("
+                + ", ".join(f"{role} {ms:.1f}" for role, ms in login_cpu.items())
+                + "; probes included)"
+            )
         if 3 in sections:
             ef = figures["emails"]
             _print_saga(
