@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from prognet.settings import Settings
 
-# How much lower than the event loop's the argon2 threads' scheduling priority is (Linux nice steps).
+# How much lower than the event loop's the argon2 threads' scheduling priority is (Linux nice steps, relative).
 ARGON2_NICENESS = 10
 
 
@@ -24,7 +24,8 @@ def _lower_priority() -> None:
     request and finishes logins whose hash is done, instead of waiting for a time slice behind the hashes.
     Nothing is lost while the loop idles: the hashes get every cycle it leaves."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux (per-thread nice): plain priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ARGON2_NICENESS)
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + ARGON2_NICENESS))
 
 
 # argon2-cffi releases the GIL; one thread per core keeps the CPU busy without thrashing memory, and bounds the
