@@ -5,7 +5,8 @@ and noisy: only the ratios carry over between runs.
 
 1. Registration sagas/s through HTTP vs bare Temporal workflows with the same number of no-op activities.
 2. Logins/s over HTTP vs raw argon2 verifications/s on the same cores, and `GET /healthz` latency during
-   that login storm vs idle (argon2 must never block the API's event loop).
+   that login storm vs idle (argon2 must never block the API's event loop), and the CPU per login of each process
+   of the stack and of this one (prognet_dev/bench/cpu.py) beside the CPU of one raw verification.
 3. Emails delivered/s to the local SMTP sink through the pipeline (one EmailDelivery workflow per message,
    started directly with a Temporal client, timed until every message is in the Maildir) vs raw aiosmtplib
    sends/s to the same sink. The pipeline's send-rate limit (EMAIL_MAX_PER_SECOND) is raised for the run, so
