@@ -228,7 +228,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app
     app.add_middleware(RequestMetrics)
     # the server span wraps every middleware and error handler: logs and problem bodies carry its trace id
+    # except liveness probes: a span per probe is noise in the traces, and its cost lands on the probed loop
     FastAPIInstrumentor.instrument_app(
-        app, server_request_hook=telemetry.strip_query, exclude_spans=["receive", "send"]
+        app,
+        server_request_hook=telemetry.strip_query,
+        exclude_spans=["receive", "send"],
+        excluded_urls=r"/healthz(\?|$)",
     )
     return app

@@ -35,43 +35,45 @@ from models.tables import Membership, User
 from prognet.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+# The request-scoped lookups below are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in a worker thread, one thread hop per dependency per request (a login has nine).
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _engine(request: Request) -> AsyncEngine:
+async def _engine(request: Request) -> AsyncEngine:
     return request.app.state.engine
 
 
-def _redis(request: Request) -> Redis:
+async def _redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-def _read_models(request: Request) -> ReadModels:
+async def _read_models(request: Request) -> ReadModels:
     return request.app.state.read_models
 
 
-def _connector(request: Request) -> TemporalConnector:
+async def _connector(request: Request) -> TemporalConnector:
     return request.app.state.temporal
 
 
-def _sessions(request: Request) -> SessionStore:
+async def _sessions(request: Request) -> SessionStore:
     return request.app.state.sessions
 
 
-def _throttle(request: Request) -> LoginThrottle:
+async def _throttle(request: Request) -> LoginThrottle:
     return request.app.state.login_throttle
 
 
-def _device_cookies(request: Request) -> DeviceCookies:
+async def _device_cookies(request: Request) -> DeviceCookies:
     return request.app.state.device_cookies
 
 
-def _access_tokens(request: Request) -> AccessTokenCodec:
+async def _access_tokens(request: Request) -> AccessTokenCodec:
     return request.app.state.access_tokens
 
 
-def client_address(request: Request, settings: Annotated[Settings, Depends(_settings)]) -> str:
+async def client_address(request: Request, settings: Annotated[Settings, Depends(_settings)]) -> str:
     """The socket peer, unless it is a trusted proxy (TRUSTED_PROXIES): then the rightmost X-Forwarded-For
     entry that is not itself a trusted proxy. Entries left of it are whatever the client chose to send."""
     peer = request.client.host if request.client else ""

@@ -172,6 +172,9 @@ class LoginThrottle:
     async def succeeded(self, attempt: Attempt, email: str, address: str, device_id: str | None) -> None:
         """The password was right: this client's own counters start over. The account-wide and per-address
         counters only lose this attempt, so a distributed guesser gains nothing from the owner's logins."""
-        await self.release(attempt)
         own = [account_address_key(email, address)] + ([device_key(device_id)] if device_id else [])
-        await self.redis.delete(*own)
+        async with self.redis.pipeline(transaction=True) as pipe:  # one round trip, as one step
+            for key in attempt.keys:
+                pipe.zrem(key, attempt.id)
+            pipe.delete(*own)
+            await pipe.execute()

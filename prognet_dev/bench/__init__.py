@@ -5,7 +5,8 @@ and noisy: only the ratios carry over between runs.
 
 1. Registration sagas/s through HTTP vs bare Temporal workflows with the same number of no-op activities.
 2. Logins/s over HTTP vs raw argon2 verifications/s on the same cores, and `GET /healthz` latency during
-   that login storm vs idle (argon2 must never block the API's event loop).
+   that login storm vs idle (argon2 must never block the API's event loop), and the CPU per login of each process
+   of the stack and of this one (prognet_dev/bench/cpu.py) beside the CPU of one raw verification.
 3. Emails delivered/s to the local SMTP sink through the pipeline (one EmailDelivery workflow per message,
    started directly with a Temporal client, timed until every message is in the Maildir) vs raw aiosmtplib
    sends/s to the same sink. The pipeline's send-rate limit (EMAIL_MAX_PER_SECOND) is raised for the run, so
@@ -218,13 +219,20 @@ async def create_active_users(database_url: str, count: int) -> list[str]:
     return emails
 
 
+# One probe per 50 ms: a probe costs some milliseconds of CPU in this process and in the API, so a tighter loop
+# (10 ms) took a good part of a core from the logins it measures; a 200-login storm still gives several
+# hundred probes, and the idle phase (IDLE_PROBE_SECONDS) about two hundred, enough for a p99.
+HEALTHZ_PROBE_INTERVAL = 0.05
+IDLE_PROBE_SECONDS = 10.0
+
+
 async def probe_healthz(http: httpx.AsyncClient, stop: asyncio.Event) -> list[float]:
     latencies: list[float] = []
     while not stop.is_set():
         t = time.perf_counter()
         (await http.get("/healthz")).raise_for_status()
         latencies.append(time.perf_counter() - t)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(HEALTHZ_PROBE_INTERVAL)
     return latencies
 
 
@@ -432,11 +440,17 @@ async def run(args: argparse.Namespace) -> None:
                 figures["registration"] = saga_section(n / t_reg, n / t_naive, n / t_shaped, reg_shape)
 
             if 2 in sections:
+                from prognet_dev.bench.cpu import cpu_by_role, per_unit_ms
+
                 raw_n = args.logins
+                cpu_before = cpu_by_role()
                 t_raw = bench_raw_argon2(raw_n)
+                argon2_cpu = per_unit_ms(cpu_before, cpu_by_role(), raw_n).get("bench client", 0.0)
                 emails = await create_active_users(stack.database_url, 20)
-                idle = await idle_healthz(http, 2.0)
+                idle = await idle_healthz(http, IDLE_PROBE_SECONDS)
+                cpu_before = cpu_by_role()
                 t_login, under_load = await bench_logins(http, emails, args.logins, args.login_concurrency)
+                login_cpu = per_unit_ms(cpu_before, cpu_by_role(), args.logins)
                 raw_rate, login_rate = raw_n / t_raw, args.logins / t_login
                 p99_idle, p99_storm = _pct(idle, 0.99) * 1000, _pct(under_load, 0.99) * 1000
                 figures["logins"] = {
@@ -446,6 +460,9 @@ async def run(args: argparse.Namespace) -> None:
                     "healthz_p99_idle_ms": p99_idle,
                     "healthz_p99_storm_ms": p99_storm,
                     "healthz_p99_ratio": p99_storm / p99_idle,
+                    # where the CPU goes: argon2 alone, and each process's share per login during the storm
+                    "argon2_cpu_ms_per_verify": argon2_cpu,
+                    "cpu_ms_per_login": login_cpu,
                 }
 
             if 3 in sections:
@@ -524,6 +541,12 @@ async def run(args: argparse.Namespace) -> None:
                 f"{p99_storm:6.1f} ms  ({len(under_load)} probes, p99 ratio {lf['healthz_p99_ratio']:.1f}x idle)"
             )
             print(f"   mean healthz during storm                 : {statistics.mean(under_load) * 1000:6.1f} ms")
+            print(f"   CPU per raw argon2 verification           : {argon2_cpu:6.1f} ms")
+            print(
+                f"   CPU per login during the storm, by process: {sum(login_cpu.values()):6.1f} ms  ("
+                + ", ".join(f"{role} {ms:.1f}" for role, ms in login_cpu.items())
+                + "; probes included)"
+            )
         if 3 in sections:
             ef = figures["emails"]
             _print_saga(
