@@ -176,6 +176,8 @@ async def test_503_is_declared_in_the_openapi_of_endpoints_that_use_a_dependency
 
 DEPENDENCY_SLUGS = {"database": "database-unavailable", "cache": "cache-unavailable"}
 ENGINE_SLUG = "workflow-engine-unavailable"  # Temporal is unreachable for this app throughout
+# Endless once open; what they answer before streaming, and how an outage ends them: tests/api/test_event_stream.py.
+LIVE_STREAMS = {"GET /v1/events/stream", "GET /v1/workflows/{workflow_id}/stream"}
 
 
 def _published_operations(settings: Settings) -> list[Any]:
@@ -218,10 +220,13 @@ async def test_every_operation_answers_an_outage_with_503_naming_a_dependency_ne
     failures = []
     for name, kwargs in requests:
         try:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(5 if name in LIVE_STREAMS else 30):
                 response = await relayed.request(**kwargs)
         except TimeoutError:
-            failures.append(f"{name}: no answer within 30 s")
+            if name in LIVE_STREAMS:  # it opened: a stream needing only what is up (ASGITransport buffers bodies)
+                seen[(200, "stream")] += 1
+            else:
+                failures.append(f"{name}: no answer within 30 s")
             continue
         problem = response.headers.get("content-type", "").startswith("application/problem+json")
         slug = response.json()["type"].rsplit("/", 1)[-1] if problem else ""
