@@ -168,6 +168,7 @@ async def invite(
         earlier = await earlier_start(client, saga)
         if earlier is not None:  # replayed Idempotency-Key: nothing new to send or revoke
             running = earlier.status == WorkflowExecutionStatus.RUNNING
+            response.headers["Location"] = saga.location  # as the first answer had it
             return _accepted(
                 tenant_id, invitation_id, await _status(engine, tenant_id, invitation_id, manager.user_id, running)
             )

@@ -28,6 +28,7 @@ from api.body_guard import require_json_body
 from api.deps import RedisDep, SettingsDep, TemporalConnectorDep
 from api.problems import (
     BAD_REQUEST,
+    CACHE_UNAVAILABLE,
     MALFORMED_JSON,
     SERVICE_UNAVAILABLE,
     Problem,
@@ -187,7 +188,7 @@ async def receive_stripe_event(
     except RedisError as exc:
         log.warning("stripe webhook: redis unavailable", extra={**context, "error": type(exc).__name__})
         raise Problem(
-            SERVICE_UNAVAILABLE, "The event could not be recorded; retry later.", headers={"Retry-After": "5"}
+            CACHE_UNAVAILABLE, "The event could not be recorded; retry later.", headers={"Retry-After": "5"}
         ) from None
     if not first_time:
         log.info("stripe webhook duplicate", extra=context)

@@ -112,6 +112,24 @@ def no_internal_error(ctx, response, case):  # type: ignore[no-untyped-def]
     return None
 
 
+# What a 503 may name: the dependency that is down, or (/readyz) every dependency's state in `checks`.
+OUTAGE_TYPES = {"database-unavailable", "cache-unavailable", "workflow-engine-unavailable", "service-unavailable"}
+
+
+@schemathesis.check
+def outage_says_what_and_when(ctx, response, case):  # type: ignore[no-untyped-def]
+    """A 503 names the dependency (its problem type) and when to retry (Retry-After)."""
+    if response.status_code != 503:
+        return None
+    kind = response.json().get("type", "").rsplit("/", 1)[-1]
+    if kind not in OUTAGE_TYPES or (kind == "service-unavailable" and case.path != "/readyz"):
+        raise AssertionError(f"503 {kind} for {case.method} {case.formatted_path}")
+    retry_after = {name.lower(): value for name, value in response.headers.items()}.get("retry-after", ["0"])
+    if int(retry_after[0] if isinstance(retry_after, list) else retry_after) <= 0:
+        raise AssertionError(f"503 without Retry-After for {case.method} {case.formatted_path}")
+    return None
+
+
 @openapi.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -123,5 +141,8 @@ def no_internal_error(ctx, response, case):  # type: ignore[no-untyped-def]
 def test_every_answer_is_declared(case, served: str, identities: dict[str, dict[str, str]]) -> None:  # type: ignore[no-untyped-def]
     for headers in identities.values():
         case.call_and_validate(
-            base_url=served, headers=headers, checks=[status_code_conformance, no_internal_error], timeout=20
+            base_url=served,
+            headers=headers,
+            checks=[status_code_conformance, no_internal_error, outage_says_what_and_when],
+            timeout=20,
         )

@@ -13,12 +13,17 @@ import contextlib
 import shutil
 import tempfile
 import uuid
+import warnings
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import schemathesis
 from fastapi import FastAPI
+from schemathesis.generation import GenerationMode
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
@@ -115,3 +120,78 @@ async def test_503_is_declared_in_the_openapi_of_endpoints_that_use_a_dependency
     for path, method in (("/v1/auth/login", "post"), ("/v1/me", "get"), ("/v1/tenants/{tenant_id}", "get")):
         assert "503" in paths[path][method]["responses"], (path, method)
     assert "503" not in paths["/v1/plans"]["get"]["responses"]
+
+
+# --- every operation, not just the three above --------------------------------------------------------------
+
+DEPENDENCY_SLUGS = {"database": "database-unavailable", "cache": "cache-unavailable"}
+ENGINE_SLUG = "workflow-engine-unavailable"  # Temporal is unreachable for this app throughout
+# Endless once open; what they answer before streaming, and how an outage ends them: tests/api/test_event_stream.py.
+LIVE_STREAMS = {"GET /v1/events/stream", "GET /v1/workflows/{workflow_id}/stream"}
+
+
+def _published_operations(settings: Settings) -> list[Any]:
+    """Every operation of the app's OpenAPI (building an app connects to nothing)."""
+    schema = schemathesis.openapi.from_dict(create_app(settings).openapi())
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+def _draw(operation: Any) -> Any:
+    with warnings.catch_warnings():  # `.example()` outside a @given test is what this sweep wants
+        warnings.simplefilter("ignore")
+        return operation.as_strategy(generation_mode=GenerationMode.POSITIVE).example()
+
+
+@pytest.mark.parametrize("dependency", list(DEPENDENCY_SLUGS))
+async def test_every_operation_answers_an_outage_with_503_naming_a_dependency_never_500(
+    outage, engine, settings, dependency
+):
+    """One valid request per published operation (plus /metrics and the live streams) while PostgreSQL or Redis is
+    down, as a logged-in user: a 2xx/4xx (the operation did not need it), or a 503 with Retry-After whose problem
+    names the dependency that is down (or the workflow engine, unreachable here) — never a 500, never a hang.
+    Only /readyz answers the generic `service-unavailable`: it lists each dependency's state in `checks`."""
+    relayed, relays = outage
+    user = await insert_user(engine)
+    login = await relayed.post("/v1/auth/login", json={"email": user.email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    auth = bearer(login.json()["access_token"])
+    requests = []
+    for operation in _published_operations(settings):
+        kwargs = _draw(operation).as_transport_kwargs(base_url="http://api.test", headers=auth)
+        kwargs["headers"].pop("Connection", None)
+        if cookies := kwargs.pop("cookies", None):  # httpx takes cookies per client, not per request
+            kwargs["headers"]["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        requests.append((f"{operation.method.upper()} {operation.path}", kwargs))
+    requests.append(("GET /metrics", {"method": "GET", "url": "http://api.test/metrics"}))
+    requests.sort(key=lambda request: request[0] == "POST /v1/auth/logout")  # it ends the session: last
+
+    await relays[dependency].down()
+    seen: Counter[tuple[int, str]] = Counter()
+    failures = []
+    for name, kwargs in requests:
+        try:
+            async with asyncio.timeout(5 if name in LIVE_STREAMS else 30):
+                response = await relayed.request(**kwargs)
+        except TimeoutError:
+            if name in LIVE_STREAMS:  # it opened: a stream needing only what is up (ASGITransport buffers bodies)
+                seen[(200, "stream")] += 1
+            else:
+                failures.append(f"{name}: no answer within 30 s")
+            continue
+        problem = response.headers.get("content-type", "").startswith("application/problem+json")
+        slug = response.json()["type"].rsplit("/", 1)[-1] if problem else ""
+        seen[(response.status_code, slug)] += 1
+        if response.status_code < 500:
+            continue
+        if (
+            response.status_code != 503
+            or (
+                slug not in (DEPENDENCY_SLUGS[dependency], ENGINE_SLUG)
+                and not (name == "GET /readyz" and slug == "service-unavailable")
+            )
+            or not int(response.headers.get("Retry-After", "0")) > 0
+        ):
+            failures.append(f"{name}: {response.status_code} {slug} Retry-After={response.headers.get('Retry-After')}")
+    print(f"\n{dependency} down, {len(requests)} operations:", sorted(seen.items()))
+    assert not failures, failures
+    assert seen[(503, DEPENDENCY_SLUGS[dependency])] > len(requests) // 2  # most operations need it, and say so

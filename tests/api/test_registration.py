@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import uuid
 
 from sqlmodel import select
@@ -189,3 +191,24 @@ async def test_a_plain_repeat_after_a_202_is_still_409(api):
         409,
         "email-already-registered",
     )
+
+
+async def test_replaying_a_closed_sagas_key_leaves_no_unretrieved_future(api, temporal_app):
+    """The update-with-start that finds the closed saga fails inside the SDK too (WorkflowAlreadyStartedError):
+    that failure is retrieved, so asyncio never logs "Future exception was never retrieved"."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
+    try:
+        key, email = f"key-{uuid.uuid4()}", _email()
+        first = await _register(api, email, key)
+        token = await wait_for_token(temporal_app, first["user_id"])
+        assert (await api.post("/v1/auth/verify", json={"token": token})).status_code == 200
+        for _ in range(3):
+            assert (await _register(api, email, key))["status"] == "completed"
+        gc.collect()  # an unretrieved future reports itself when it is collected
+        await asyncio.sleep(0.1)
+    finally:
+        loop.set_exception_handler(previous)
+    assert not [m for m in reported if "never retrieved" in m], reported

@@ -485,6 +485,17 @@ async def test_when_temporal_is_down_the_event_is_released_for_stripes_retry(
     assert [o.event_id for o in await outcomes(cycle, 1)] == [event["id"]]
 
 
+async def test_when_redis_is_down_the_event_is_refused_naming_the_cache(
+    services: EmbeddedStack, schema: None, tmp_path: Path
+) -> None:
+    event = pi_event("payment_intent.succeeded", f"billing-test-{uuid.uuid4()}")
+    down = hook_settings(services, tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    async with running_api(down) as api:
+        response = await deliver(api, event)
+    assert_problem(response, 503, "cache-unavailable")  # not handled: Stripe retries it
+    assert int(response.headers["Retry-After"]) > 0
+
+
 # --- the Stripe sandbox delivering to the API over HTTP ----------------------------------------------------------
 
 

@@ -84,6 +84,34 @@ async def test_killed_worker_is_restarted_and_runs_new_sagas(supervised: Embedde
     await _register_and_verify(http, supervised, new_email("after-worker-crash"))
 
 
+async def test_killed_api_relay_and_dispatchers_are_restarted(supervised: EmbeddedStack, http: httpx.AsyncClient):
+    """Every app process is supervised, not only the worker: each killed one is started again, the API on its port."""
+    processes = [supervised.api, supervised.relay, supervised.webhooks, supervised.consumers]
+    for component in processes:
+        assert component is not None and component.process is not None, component
+        old_pid = component.process.pid
+        component.process.signal_group(signal.SIGKILL)
+        await _back(component.name, 1)
+        assert f"devstack | {component.name} exited with code -9; restarting in 0.1 s (restart 1)" in LOG
+        assert component.process is not None and component.process.pid != old_pid
+    async with asyncio.timeout(30):  # the restarted API answers on the same address
+        while True:
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    break
+            except httpx.TransportError:  # the pooled connection died with the old process
+                pass
+            await asyncio.sleep(0.2)
+    workflow_id = await _register_and_verify(http, supervised, new_email("after-app-crashes"))
+    r = aioredis.from_url(supervised.redis_url)
+    try:  # the restarted relay publishes the new registration's events
+        async with asyncio.timeout(30):
+            while not any(f[b"workflow_id"] == workflow_id.encode() for _, f in await r.xrange("events:all")):
+                await asyncio.sleep(0.2)
+    finally:
+        await r.aclose()
+
+
 async def test_killed_redis_comes_back_with_its_data(supervised: EmbeddedStack, http: httpx.AsyncClient):
     assert supervised.redis is not None and supervised.redis.process is not None and supervised.api is not None
     api_pid = supervised.api.process.pid if supervised.api.process else None
