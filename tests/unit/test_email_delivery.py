@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
@@ -25,6 +27,7 @@ from models.contracts import (
     SendEmail,
     SuppressAddress,
 )
+from models.errors import SEND_RATE_LIMITED
 from models.names import SIGNAL_EMAIL_DECISION
 from tests.support.workflows import saga_state, wait_for
 from workers.main import Workers
@@ -37,6 +40,7 @@ POLICY = EmailPolicy(
     maximum_attempts=6,
     send_timeout_seconds=10,
 )
+FAR_SLOT_US = 1_900_000_000_000_000  # a send-rate ticket (µs on Redis's clock)
 
 
 @dataclass
@@ -49,6 +53,7 @@ class FakeMail:
     # The send is a local activity: its info's times are the worker's wall clock, which a skipped timer does not
     # move; the backoff is measured on the test server's clock instead when given.
     clock: Callable[[], Awaitable[datetime]] | None = None
+    slots: list[int | None] = field(default_factory=list)  # the send-rate ticket each attempt came with
     marks: list[str] = field(default_factory=list)
     suppressions: list[str] = field(default_factory=list)
 
@@ -69,7 +74,15 @@ class FakeMail:
         async def send(req: SendEmail) -> EmailDelivery:
             now = await self.clock() if self.clock else activity.info().started_time
             self.attempts.append((now, req.to_address))
+            self.slots.append(req.send_slot_us)
             outcome = self.outcomes.pop(0) if self.outcomes else "ok"
+            if outcome == "far slot":  # as the real send when its rate-limit slot is 40 s ahead
+                raise ApplicationError(
+                    "waiting for a send slot",
+                    {"slot_us": FAR_SLOT_US, "retry_after_seconds": 40.0},
+                    type=SEND_RATE_LIMITED,
+                    non_retryable=True,
+                )
             if outcome == "4xx":
                 raise RuntimeError("SMTP 421 try again later")
             if outcome == "5xx":
@@ -178,3 +191,32 @@ async def test_a_decision_before_the_dead_letter_is_ignored(ts_client, task_queu
         await handle.signal(SIGNAL_EMAIL_DECISION, EmailDecision(action="retry", to_address="ok@example.com"))
         result = await handle.result()
     assert result.state == "sent"  # …so the early "discard" did not decide this dead letter
+
+
+async def test_a_message_sent_at_once_is_one_workflow_task_without_activity_tasks(ts_client, task_queue):
+    mail = FakeMail()
+    async with workers(ts_client, task_queue, mail):
+        handle = await start(ts_client, task_queue)
+        assert (await handle.result()).state == "sent"
+        events = [e async for e in handle.fetch_history_events()]
+    kinds = Counter(EventType.Name(e.event_type) for e in events)
+    assert kinds["EVENT_TYPE_WORKFLOW_TASK_COMPLETED"] == 1
+    assert kinds["EVENT_TYPE_MARKER_RECORDED"] == 3  # policy, queue, send: local activities
+    assert kinds["EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"] == 0
+    # one search-attribute upsert per state an operator could see: running (send), completed
+    assert kinds["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 2
+
+
+async def test_a_far_send_slot_is_waited_for_on_a_timer_with_its_ticket_and_uses_no_attempt(
+    time_skipping_env, task_queue
+):
+    ts_client = time_skipping_env.client
+    far = POLICY.maximum_attempts + 1  # more waits for a slot than attempts: none of them is an attempt
+    mail = FakeMail(outcomes=["far slot"] * far + ["ok"], clock=time_skipping_env.get_current_time)
+    async with workers(ts_client, task_queue, mail):
+        handle = await start(ts_client, task_queue)
+        result = await handle.result()
+    assert result.state == "sent" and mail.marks == []  # never dead-lettered
+    times = [t for t, _ in mail.attempts]
+    assert [round((b - a).total_seconds()) for a, b in itertools.pairwise(times)] == [40] * far  # on a timer
+    assert mail.slots == [None] + [FAR_SLOT_US] * far  # each time back with the ticket it was given
