@@ -41,8 +41,9 @@ from prognet.settings import Settings
 
 log = logging.getLogger(__name__)
 REPLY_LIMIT = 500
-SLOT_WAIT_SECONDS = 2.0  # a send slot further ahead is waited for on a workflow timer, not in the attempt
-SLOT_LEAD_SECONDS = 1.0  # the timer wakes this long before the slot (a late holder loses its slot)
+SLOT_WAIT_SECONDS = 5.0  # a send slot further ahead is waited for on a workflow timer, not in the attempt
+# The timer wakes this long before the slot: a busy worker's late timer still finds its ticket ahead.
+SLOT_LEAD_SECONDS = 4.0
 
 
 def _reply(err: Exception) -> str:

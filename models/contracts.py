@@ -305,7 +305,7 @@ class EmailPolicy(BaseModel):
     maximum_interval_seconds: float = 600.0
     maximum_attempts: int = 8
     send_timeout_seconds: float = 30.0
-    slot_wait_seconds: float = 2.0  # longest wait for a send-rate slot inside one attempt (longer: a timer)
+    slot_wait_seconds: float = 5.0  # longest wait for a send-rate slot inside one attempt (longer: a timer)
 
 
 class EmailQueued(BaseModel):

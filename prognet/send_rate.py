@@ -7,9 +7,10 @@ up wastes it (the rate falls, it never rises).
 
 A slot far ahead (a burst queued behind the limit) is not waited for inside one send attempt: the caller gets
 the slot as a ticket (`SendSlot.slot_us`) and presents it again when it comes back near that time (the email
-workflow sleeps on a durable timer meanwhile). A ticket still ahead of Redis's clock is honoured as is; one
-whose time has passed (its holder came back late) is not: the caller gets a fresh slot, so late holders never
-add up to a burst above the limit.
+workflow sleeps on a durable timer meanwhile). A ticket still ahead of Redis's clock, or behind it by less than
+`LATE_GRACE_SECONDS` (its holder's timer fired late on a busy worker), is honoured: sent at once; one later than
+that is not: the caller gets a fresh slot, so late holders add at most half a second's worth of sends to any
+second (a send starts within [slot, slot + grace]: at most 1.5 × rate + 1 starts in any one second).
 
 If Redis is unreachable, `reserve` raises (redis.exceptions.RedisError): the caller must not send unlimited.
 
@@ -24,13 +25,15 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 KEY = "send-rate:email"  # one global key: the limit holds across every worker and tenant
+LATE_GRACE_SECONDS = 0.5
 
-# KEYS[1]: next free slot (µs on Redis's clock). ARGV: interval_us, held ticket (µs, 0 = none). Returns {slot, now}.
+# KEYS[1]: next free slot (µs on Redis's clock). ARGV: interval_us, held ticket (µs, 0 = none), grace_us.
+# Returns {slot, now}.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local held = tonumber(ARGV[2])
-if held > 0 and held >= now then return {held, now} end
+if held > 0 and held + tonumber(ARGV[3]) >= now then return {held, now} end
 local interval = tonumber(ARGV[1])
 local slot = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local ttl_ms = math.floor((slot + interval - now) / 1000) + 60000
@@ -59,6 +62,7 @@ class SendRateLimiter:
         self._reserve = redis.register_script(_RESERVE)
 
     async def reserve(self, held_slot_us: int | None = None) -> SendSlot:
-        """The caller's send slot: its held ticket while that is still ahead, else the next free one."""
-        slot, now = await self._reserve(keys=[self.key], args=[self.interval_us, held_slot_us or 0])
+        """The caller's send slot: its held ticket unless that is more than the grace late, else the next free one."""
+        grace_us = int(LATE_GRACE_SECONDS * 1_000_000)
+        slot, now = await self._reserve(keys=[self.key], args=[self.interval_us, held_slot_us or 0, grace_us])
         return SendSlot(slot_us=int(slot), now_us=int(now))
