@@ -1,13 +1,14 @@
 """Email delivery: one workflow per message (`email-{message_id}`) on its own task queue.
 
 queue (track, suppression check, render once) → send with exponential backoff for temporary failures
-(4xx, timeouts, relay down) → sent. All three are local activities: a message that goes out at the first
-attempt is one workflow task (the SDK turns a backoff longer than its local-retry threshold into a timer).
+(4xx, timeouts, relay down) → sent. Policy, queue and send are local activities: a message that goes out at
+its first attempt is one workflow task (the SDK turns a backoff longer than LOCAL_RETRY_THRESHOLD into a timer).
 The send rate across all workers is kept by a shared Redis limiter in the send activity (prognet.send_rate):
-a send slot far ahead comes back as a ticket the workflow holds over a timer. A permanent failure (5xx) suppresses the address for its tenant and goes
-straight to the dead letter without retries; so does running out of attempts. A dead letter waits, with
-SagaStatus `awaiting_operator`, for an operator's `email_decision` signal: retry (optionally to a corrected
-address) or discard.
+a send slot far ahead comes back as a ticket the workflow holds over a timer.
+
+A permanent failure (5xx) suppresses the address for its tenant and goes straight to the dead letter without
+retries; so does running out of attempts. A dead letter waits, with SagaStatus `awaiting_operator`, for an
+operator's `email_decision` signal: retry (optionally to a corrected address) or discard.
 """
 
 from __future__ import annotations

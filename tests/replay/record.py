@@ -44,9 +44,9 @@ from models.billing_cycle_contracts import (
 )
 from models.contracts import (
     AcceptInvitation,
+    EmailChangeInput,
     EmailDecision,
     EmailRequest,
-    EmailChangeInput,
     InvitationInput,
     OperatorDecision,
     RegistrationInput,
@@ -73,6 +73,7 @@ from models.names import (
     QUERY_SAGA_STATE,
     QUERY_SUBSCRIPTION_STATE,
     SIGNAL_ACCEPT_INVITATION,
+    SIGNAL_EMAIL_DECISION,
     SIGNAL_INCIDENT_ACK,
     SIGNAL_INCIDENT_CLEAR,
     SIGNAL_INCIDENT_FIRE,
@@ -80,7 +81,6 @@ from models.names import (
     SIGNAL_PAYMENT_METHOD_UPDATED,
     SIGNAL_START_CYCLE,
     SIGNAL_VERIFY_EMAIL,
-    SIGNAL_EMAIL_DECISION,
     SIGNAL_WEBHOOK_DECISION,
     UPDATE_CANCEL_SUBSCRIPTION,
     registration_workflow_id,
