@@ -1,4 +1,5 @@
-"""The shared send-rate limit (prognet.send_rate) on the real Redis: slots across workers, tickets, Redis down."""
+"""The shared send-rate limit (prognet.send_rate) on the real Redis: slots across workers, tickets, Redis down
+(the send activity then defers the message and sends nothing)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ import asyncio
 import itertools
 import uuid
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.email_delivery import EmailDeliveryActivities
+from models.contracts import EmailRequest, SendEmail
+from models.errors import SEND_RATE_UNAVAILABLE
 from prognet.send_rate import LATE_GRACE_SECONDS, SendRateLimiter
+from prognet_dev import read_messages
 
 
 def limiter(redis: Redis, key: str, per_second: float = 10) -> SendRateLimiter:
@@ -60,3 +68,29 @@ async def test_an_unreachable_redis_raises_instead_of_letting_sends_through():
             await limiter(redis, "send-rate:unreachable").reserve()
     finally:
         await redis.aclose()
+
+
+async def test_a_send_while_the_limiter_is_unreachable_is_deferred_retryably_and_not_sent(
+    app_engine, temporal_settings, services
+):
+    unreachable = Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    activities = EmailDeliveryActivities(app_engine, temporal_settings, send_rate=SendRateLimiter(unreachable, 10))
+    to = f"limited-{uuid.uuid4().hex[:8]}@example.com"
+    req = EmailRequest(
+        message_id=uuid.uuid4(), template="notice", to_address=to, params={"subject": "Hi", "body": "Hello"}
+    )
+    try:
+        await ActivityEnvironment().run(activities.queue, req)
+        with pytest.raises(ApplicationError) as failed:
+            await ActivityEnvironment().run(activities.send, SendEmail(request=req, to_address=to))
+    finally:
+        await unreachable.aclose()
+    assert failed.value.type == SEND_RATE_UNAVAILABLE and not failed.value.non_retryable  # the backoff retries it
+    db = await asyncpg.connect(services.postgres_dsn)
+    try:
+        row = await db.fetchrow("select state, attempts, last_reply from email_messages where id = $1", req.message_id)
+    finally:
+        await db.close()
+    assert row["state"] == "deferred" and row["attempts"] == 0  # no SMTP attempt was made
+    assert "rate limiter unavailable" in row["last_reply"]
+    assert not any(m["To"] == to for m in read_messages(services.maildir))
