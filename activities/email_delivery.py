@@ -6,17 +6,14 @@ scope, a tenant's message in its tenant's (row-level security, see models.db.tra
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 
-from redis.exceptions import RedisError
 from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.email import Composer, SmtpTemporaryFailure, build_message, smtp_send
 from models import activity_names as names
@@ -30,20 +27,15 @@ from models.contracts import (
     SuppressAddress,
 )
 from models.db import transaction
-from models.errors import SEND_RATE_LIMITED, SEND_RATE_UNAVAILABLE
 from models.events import record_event
 from models.names import email_workflow_id
 from models.tables import EmailMessage, EmailSuppression, utcnow
 from prognet.circuit import CircuitBreaker, CircuitOpenError
 from prognet.metrics import EMAILS
-from prognet.send_rate import SendRateLimiter
 from prognet.settings import Settings
 
 log = logging.getLogger(__name__)
 REPLY_LIMIT = 500
-SLOT_WAIT_SECONDS = 5.0  # a send slot further ahead is waited for on a workflow timer, not in the attempt
-# The timer wakes this long before the slot: a busy worker's late timer still finds its ticket ahead.
-SLOT_LEAD_SECONDS = 4.0
 
 
 def _reply(err: Exception) -> str:
@@ -56,18 +48,11 @@ def message_id_header(message_id: uuid.UUID) -> str:
 
 
 class EmailDeliveryActivities:
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        settings: Settings,
-        breaker: CircuitBreaker | None = None,
-        send_rate: SendRateLimiter | None = None,
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, settings: Settings, breaker: CircuitBreaker | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.composer = Composer(engine, settings)
         self.breaker = breaker  # the "smtp" circuit
-        self.send_rate = send_rate  # EMAIL_MAX_PER_SECOND across all workers; None: no limit (tests only)
 
     def _scope(self, tenant_id: uuid.UUID | None):
         return transaction(self.engine, tenant_id=tenant_id, platform=tenant_id is None)
@@ -81,7 +66,6 @@ class EmailDeliveryActivities:
             maximum_interval_seconds=s.email_retry_max_interval_seconds,
             maximum_attempts=s.email_retry_max_attempts,
             send_timeout_seconds=s.smtp_timeout_seconds,
-            slot_wait_seconds=SLOT_WAIT_SECONDS,
         )
 
     @activity.defn(name=names.QUEUE_EMAIL)
@@ -130,7 +114,6 @@ class EmailDeliveryActivities:
                 reply = f"SMTP relay circuit open until {exc.until.isoformat(timespec='seconds')}"
                 await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=reply)
                 raise
-        await self._wait_for_send_slot(req)
         sent_before = await self._start_attempt(req.request.tenant_id, message_id)
         if (
             sent_before is not None
@@ -156,31 +139,6 @@ class EmailDeliveryActivities:
         EMAILS.labels("sent").inc()
         log.info("email sent", extra={"message_id": str(message_id), "template": req.request.template})
         return EmailDelivery(message_id=message_id, state="sent", reply=reply)
-
-    async def _wait_for_send_slot(self, req: SendEmail) -> None:
-        """Wait for this send's slot under the shared rate limit (prognet.send_rate). A slot far ahead goes back
-        to the workflow as a ticket (SEND_RATE_LIMITED: no attempt used up); no limiter, no send (retryable)."""
-        if self.send_rate is None:
-            return
-        tenant_id, message_id = req.request.tenant_id, req.request.message_id
-        try:
-            slot = await self.send_rate.reserve(req.send_slot_us)
-        except RedisError as err:
-            reply = f"send rate limiter unavailable (Redis: {type(err).__name__}): not sent"
-            await self._update(tenant_id, message_id, state="deferred", last_reply=reply)
-            EMAILS.labels("deferred").inc()
-            raise ApplicationError(reply, type=SEND_RATE_UNAVAILABLE) from err
-        wait = slot.wait_seconds
-        if wait > SLOT_WAIT_SECONDS:
-            reply = f"waiting for a send slot (EMAIL_MAX_PER_SECOND): {wait:.1f} s ahead"
-            await self._update(tenant_id, message_id, last_reply=reply)
-            raise ApplicationError(
-                reply,
-                {"slot_us": slot.slot_us, "retry_after_seconds": wait - SLOT_LEAD_SECONDS},
-                type=SEND_RATE_LIMITED,
-                non_retryable=True,
-            )
-        await asyncio.sleep(wait)
 
     async def _send(self, msg) -> str:
         """One SMTP send, its outcome told to the circuit: a relay that cannot be reached or does not answer

@@ -305,7 +305,6 @@ class EmailPolicy(BaseModel):
     maximum_interval_seconds: float = 600.0
     maximum_attempts: int = 8
     send_timeout_seconds: float = 30.0
-    slot_wait_seconds: float = 5.0  # longest wait for a send-rate slot inside one attempt (longer: a timer)
 
 
 class EmailQueued(BaseModel):
@@ -317,7 +316,6 @@ class EmailQueued(BaseModel):
 class SendEmail(BaseModel):
     request: EmailRequest
     to_address: str  # the resolved (or operator-corrected) recipient
-    send_slot_us: int | None = None  # a send-rate slot reserved by an earlier attempt (prognet.send_rate)
 
 
 class EmailDelivery(BaseModel):

@@ -79,6 +79,9 @@ def email_message_id(parent_workflow_id: str, purpose: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"prognet:email:{parent_workflow_id}:{purpose}")
 
 
+EMAIL_SEND_TASK_QUEUE = "prognet-email-send"  # SMTP sends only: the task-queue rate limit is the send rate
+
+
 # subscriptions and billing cycles (workflows/subscription.py, workflows/billing_cycle.py)
 SUBSCRIPTION_WORKFLOW = "Subscription"
 BILLING_CYCLE_WORKFLOW = "BillingCycle"

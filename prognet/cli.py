@@ -372,10 +372,10 @@ def _run_upgrade(url: str) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    from models.names import EMAIL_TASK_QUEUE, TASK_QUEUE
+    from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
     from prognet.healthcheck import check
 
-    every = (TASK_QUEUE, EMAIL_TASK_QUEUE)  # as workers.main, without importing the worker
+    every = (TASK_QUEUE, EMAIL_TASK_QUEUE, EMAIL_SEND_TASK_QUEUE)  # as workers.main, without importing the worker
     queues = [q.strip() for q in (args.task_queues or ",".join(every)).split(",") if q.strip()]
     healthy = check(args.component, _settings(args), queues)
     print(f"{args.component}: {'healthy' if healthy else 'unhealthy'}")
@@ -718,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("worker", cmd_worker, "run the Temporal worker")
     p.add_argument(
         "--task-queues",
-        help="comma-separated task queues to poll (default: all; e.g. prognet-email for an email worker of its own)",
+        help="comma-separated task queues to poll (default: all; e.g. prognet-email-send for a sender of its own)",
     )
     add("consume", cmd_consume, "run the event stream consumers (read-model projector, cache invalidator)")
     p = add("api", cmd_api, "run the HTTP API")

@@ -33,14 +33,19 @@ async def worker_healthy(settings: Settings, task_queues: Collection[str], host:
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
     from temporalio.client import Client
 
+    from models.names import EMAIL_SEND_TASK_QUEUE
+
     suffix = f"@{host or socket.gethostname()}"  # the SDK's default worker identity is "pid@hostname"
     client = await Client.connect(settings.temporal_target, namespace=settings.temporal_namespace)
     for queue in task_queues:
+        kind = (
+            TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+            if queue == EMAIL_SEND_TASK_QUEUE  # activities only: no workflow poller there
+            else TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
+        )
         answer = await client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
-                namespace=settings.temporal_namespace,
-                task_queue=TaskQueue(name=queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+                namespace=settings.temporal_namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind
             )
         )
         now = time.time()

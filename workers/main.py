@@ -1,5 +1,5 @@
-"""The worker process: the sagas on `prognet-main`, email delivery on `prognet-email`, webhook deliveries on
-`prognet-webhooks`."""
+"""The worker process: the sagas on `prognet-main`, email delivery on `prognet-email` and `prognet-email-send`,
+webhook deliveries on `prognet-webhooks`."""
 
 from __future__ import annotations
 
@@ -32,12 +32,11 @@ from activities.users import UserActivities
 from activities.webhooks import WebhookActivities
 from models.alerting import AlertConfigError, load_alerting_config
 from models.db import make_engine
-from models.names import EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
+from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from models.retry_interceptor import RetryPoliciesInterceptor
 from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
 from prognet.payload_codec import data_converter
-from prognet.send_rate import SendRateLimiter
 from prognet.settings import Settings, get_settings
 from workers.interceptors import ObservabilityInterceptor
 from workflows.alert_evaluator import AlertEvaluatorWorkflow
@@ -155,21 +154,23 @@ def sdk_runtime(settings: Settings) -> Runtime | None:
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
 
 
-ALL_TASK_QUEUES = (TASK_QUEUE, EMAIL_TASK_QUEUE, WEBHOOK_TASK_QUEUE)
+ALL_TASK_QUEUES = (TASK_QUEUE, EMAIL_TASK_QUEUE, EMAIL_SEND_TASK_QUEUE, WEBHOOK_TASK_QUEUE)
 
 
 def build_workers(
     client: Client, engine: AsyncEngine, settings: Settings, task_queues: Collection[str] = ALL_TASK_QUEUES
 ) -> Workers:
-    """The sagas on `prognet-main`; email delivery on `prognet-email` (its SMTP send is a local activity,
-    held to EMAIL_MAX_PER_SECOND across all workers by a limiter in Redis); outbound webhook deliveries on
-    `prognet-webhooks`. `task_queues` picks a subset (e.g. a deployment's own email worker service)."""
+    """The sagas on `prognet-main`; email delivery on `prognet-email`; SMTP sends alone on
+    `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND);
+    outbound webhook deliveries on `prognet-webhooks`.
+
+    `task_queues` picks a subset: a deployment can run the rate-limited sender as its own scaled service
+    (the limit is enforced by the server per task queue, so it holds whatever the number of senders)."""
     unknown = set(task_queues) - set(ALL_TASK_QUEUES)
     if unknown or not task_queues:
         raise ValueError(f"unknown task queues {sorted(unknown)}; known: {', '.join(ALL_TASK_QUEUES)}")
     circuits = Circuits(engine, settings)
-    send_rate = SendRateLimiter(circuits.redis, settings.email_max_per_second)  # closed with the circuits' Redis
-    delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP), send_rate=send_rate)
+    delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP))
     schedules = ScheduleActivities(client)
     tracing = [] if settings.bench_telemetry_off else tracing_interceptors(client)
     interceptors = [ObservabilityInterceptor(), *tracing]
@@ -195,7 +196,15 @@ def build_workers(
             client,
             task_queue=EMAIL_TASK_QUEUE,
             workflows=[EmailDeliveryWorkflow],
-            activities=[delivery.policy, delivery.queue, delivery.send, delivery.mark, delivery.suppress],
+            activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            interceptors=interceptors,
+        ),
+        EMAIL_SEND_TASK_QUEUE: lambda: Worker(
+            client,
+            task_queue=EMAIL_SEND_TASK_QUEUE,
+            activities=[delivery.send],
+            max_task_queue_activities_per_second=settings.email_max_per_second,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             interceptors=interceptors,
         ),

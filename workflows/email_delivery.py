@@ -1,14 +1,10 @@
 """Email delivery: one workflow per message (`email-{message_id}`) on its own task queue.
 
 queue (track, suppression check, render once) → send with exponential backoff for temporary failures
-(4xx, timeouts, relay down) → sent. Policy, queue and send are local activities: a message that goes out at
-its first attempt is one workflow task (the SDK turns a backoff longer than LOCAL_RETRY_THRESHOLD into a timer).
-The send rate across all workers is kept by a shared Redis limiter in the send activity (prognet.send_rate):
-a send slot far ahead comes back as a ticket the workflow holds over a timer.
-
-A permanent failure (5xx) suppresses the address for its tenant and goes straight to the dead letter without
-retries; so does running out of attempts. A dead letter waits, with SagaStatus `awaiting_operator`, for an
-operator's `email_decision` signal: retry (optionally to a corrected address) or discard.
+(4xx, timeouts, relay down) → sent. A permanent failure (5xx) suppresses the address for its tenant and goes
+straight to the dead letter without retries; so does running out of attempts. A dead letter waits, with
+SagaStatus `awaiting_operator`, for an operator's `email_decision` signal: retry (optionally to a corrected
+address) or discard.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -33,17 +29,10 @@ with workflow.unsafe.imports_passed_through():
         SendEmail,
         SuppressAddress,
     )
-    from models.errors import (
-        CIRCUIT_OPEN,
-        RECIPIENT_GONE,
-        RENDER_FAILED,
-        SEND_RATE_LIMITED,
-        SMTP_PERMANENT,
-        error_type,
-        failure_cause,
-    )
+    from models.errors import CIRCUIT_OPEN, RECIPIENT_GONE, RENDER_FAILED, SMTP_PERMANENT, error_type
     from models.names import (
         EMAIL_DELIVERY_WORKFLOW,
+        EMAIL_SEND_TASK_QUEUE,
         EMAIL_TASK_QUEUE,
         QUERY_EMAIL_STATE,
         SA_TENANT_ID,
@@ -56,8 +45,6 @@ NEVER_RETRY = [SMTP_PERMANENT, RENDER_FAILED, RECIPIENT_GONE]
 # queue, suppress and mark: the pipeline's own bookkeeping, retried without limit
 BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
 BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
-# A send retried sooner than this waits in the worker (no events); later, on a timer the SDK schedules.
-LOCAL_RETRY_THRESHOLD = timedelta(seconds=3)
 
 
 @workflow.defn(name=EMAIL_DELIVERY_WORKFLOW)
@@ -73,8 +60,7 @@ class EmailDeliveryWorkflow:
         policy: EmailPolicy = await workflow.execute_local_activity(
             act.EMAIL_POLICY, start_to_close_timeout=timedelta(seconds=10), result_type=EmailPolicy
         )
-        # One status for queue and send: both run in this workflow task, so a "queue" status would never be seen.
-        self.saga.set_status("running", step="send", details="recording the message and sending it over SMTP")
+        self.saga.set_status("running", step="queue", details="recording the message")
         # Local, in the first workflow task with the policy: idempotent by message id (a re-run finds its row).
         queued: EmailQueued = await workflow.execute_local_activity(
             act.QUEUE_EMAIL,
@@ -94,14 +80,20 @@ class EmailDeliveryWorkflow:
             backoff_coefficient=policy.backoff_coefficient,
             maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
             maximum_attempts=policy.maximum_attempts,
-            # an open circuit and a far send slot are waited out on a timer, not retried (no attempt used up)
-            non_retryable_error_types=[*NEVER_RETRY, CIRCUIT_OPEN, SEND_RATE_LIMITED],
+            non_retryable_error_types=[*NEVER_RETRY, CIRCUIT_OPEN],  # an open circuit is waited out, not retried
         )
         while True:
             self.state = "sending"
             self.saga.set_status("running", step="send", details="sending over SMTP (temporary failures retried)")
             try:
-                await self._send(SendEmail(request=req, to_address=to_address), policy, retry)
+                await self.saga.execute_activity(
+                    act.SEND_EMAIL,
+                    SendEmail(request=req, to_address=to_address),
+                    task_queue=EMAIL_SEND_TASK_QUEUE,
+                    start_to_close_timeout=timedelta(seconds=policy.send_timeout_seconds + 10),
+                    retry_policy=retry,
+                    result_type=EmailDelivery,
+                )
             except ActivityError as err:
                 reason = describe_error(err)
                 if error_type(err) == SMTP_PERMANENT:
@@ -130,40 +122,6 @@ class EmailDeliveryWorkflow:
             self.state = "sent"
             self.saga.complete("sent")
             return EmailResult(message_id=req.message_id, state="sent")
-
-    async def _send(self, send: SendEmail, policy: EmailPolicy, retry: RetryPolicy) -> EmailDelivery:
-        """The send, local: in the same workflow task as the queue step when it goes out at once. While its
-        send slot is far ahead (a burst over the rate limit), sleep on a timer and come back with the ticket."""
-        while True:
-            try:
-                delivery: EmailDelivery = await self.saga.execute_activity(
-                    act.SEND_EMAIL,
-                    send,
-                    local=True,
-                    start_to_close_timeout=timedelta(
-                        seconds=policy.send_timeout_seconds + policy.slot_wait_seconds + 10
-                    ),
-                    retry_policy=retry,
-                    # a longer backoff waits on a durable timer: it outlives a worker crash and holds no slot
-                    local_retry_threshold=LOCAL_RETRY_THRESHOLD,
-                    result_type=EmailDelivery,
-                )
-                return delivery
-            except ActivityError as err:
-                cause = failure_cause(err)
-                if not isinstance(cause, ApplicationError) or cause.type != SEND_RATE_LIMITED:
-                    raise
-            info = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
-            send = send.model_copy(update={"send_slot_us": info.get("slot_us")})
-            delay = timedelta(seconds=max(float(info.get("retry_after_seconds", 1.0)), 0.1))
-            self.saga.set_status(
-                "waiting",
-                step="send",
-                waiting_for="a send slot under the send-rate limit (EMAIL_MAX_PER_SECOND)",
-                details=f"waiting {delay.total_seconds():.0f} s for a send slot (EMAIL_MAX_PER_SECOND)",
-            )
-            await workflow.sleep(delay)
-            self.saga.set_status("running", step="send", details="sending over SMTP (temporary failures retried)")
 
     async def _dead_letter(self, req: EmailRequest, reason: str) -> EmailDecision:
         self.state = "dead_lettered"

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from temporalio.client import Client
 
-from models.names import EMAIL_TASK_QUEUE, TASK_QUEUE
+from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE
 from prognet.healthcheck import relay_healthy, worker_healthy
 from prognet.settings import Settings
 from relay.relay import LOCK_KEY
@@ -16,7 +16,7 @@ from workers.main import build_workers
 
 
 async def test_a_worker_is_healthy_while_this_host_polls_each_of_its_task_queues(temporal_settings: Settings):
-    every = [TASK_QUEUE, EMAIL_TASK_QUEUE]
+    every = [TASK_QUEUE, EMAIL_TASK_QUEUE, EMAIL_SEND_TASK_QUEUE]
     for _ in range(100):  # the session's workers register their first polls within moments
         if await worker_healthy(temporal_settings, every):
             break
@@ -29,8 +29,8 @@ async def test_a_worker_is_healthy_while_this_host_polls_each_of_its_task_queues
 async def test_a_worker_service_can_serve_a_subset_of_the_task_queues(services, temporal_settings: Settings):
     # a client of its own: the session's workers already serve these queues on the shared client
     client = await Client.connect(services.temporal_address)
-    workers = build_workers(client, None, temporal_settings, task_queues=[EMAIL_TASK_QUEUE])  # type: ignore[arg-type]
-    assert [w.task_queue for w in workers.workers] == [EMAIL_TASK_QUEUE]
+    workers = build_workers(client, None, temporal_settings, task_queues=[EMAIL_SEND_TASK_QUEUE])  # type: ignore[arg-type]
+    assert [w.task_queue for w in workers.workers] == [EMAIL_SEND_TASK_QUEUE]
     with pytest.raises(ValueError, match="unknown task queues"):
         build_workers(client, None, temporal_settings, task_queues=["prognet-typo"])  # type: ignore[arg-type]
 

@@ -45,8 +45,6 @@ from models.billing_cycle_contracts import (
 from models.contracts import (
     AcceptInvitation,
     EmailChangeInput,
-    EmailDecision,
-    EmailRequest,
     InvitationInput,
     OperatorDecision,
     RegistrationInput,
@@ -73,7 +71,6 @@ from models.names import (
     QUERY_SAGA_STATE,
     QUERY_SUBSCRIPTION_STATE,
     SIGNAL_ACCEPT_INVITATION,
-    SIGNAL_EMAIL_DECISION,
     SIGNAL_INCIDENT_ACK,
     SIGNAL_INCIDENT_CLEAR,
     SIGNAL_INCIDENT_FIRE,
@@ -92,7 +89,7 @@ from prognet.payload_codec import EncryptionCodec, converter_for
 from tests.conftest import BIN_DIR, custom_search_attributes
 from tests.support.fake_activities import FakeEmailChanges, FakeUsers
 from tests.support.fake_billing_activities import DECLINED, VISA, FakeBillingWorld
-from tests.support.fake_email import FakeEmailDelivery, FakeMail
+from tests.support.fake_email import FakeEmailDelivery
 from tests.support.fake_signup_activities import FakeSignupWorld
 from tests.support.fake_tenant_activities import FakeTenantWorld
 from tests.support.fake_webhook_activities import FakeReceiver
@@ -100,7 +97,6 @@ from workers.main import Workers
 from workflows.alert_evaluator import AlertEvaluatorWorkflow
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.email_change import EmailChangeWorkflow
-from workflows.email_delivery import EmailDeliveryWorkflow
 from workflows.incident import IncidentWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
@@ -309,20 +305,6 @@ async def _dead_letter_then_retry(handle: WorkflowHandle, env: WorkflowEnvironme
 _SHORT_WEBHOOK_SCHEDULE = WebhookPolicy(schedule_seconds=[0, 5])
 
 
-# --- email delivery ---
-
-
-def _email(n: int) -> EmailRequest:
-    return EmailRequest(
-        message_id=uuid.UUID(int=n), template="notice", to_address="ada@replay.test", params={"subject": "Hi"}
-    )
-
-
-async def _email_dead_letter_then_retry(handle: WorkflowHandle, env: WorkflowEnvironment) -> None:
-    await _status(handle, "awaiting_operator")
-    await handle.signal(SIGNAL_EMAIL_DECISION, EmailDecision(action="retry", to_address="ada2@replay.test"))
-
-
 _SIGNUP_ACTIVE = _signup(21, VISA)
 _SIGNUP_DECLINED = _signup(22, DECLINED)
 _SIGNUP_CHILDREN = (RegistrationWorkflow, TenantProvisioningWorkflow, BillingCycleWorkflow, SubscriptionWorkflow)
@@ -388,20 +370,6 @@ SCENARIOS = [
     ),
 ]
 SCENARIOS += [
-    Scenario("email_delivery_sent", EmailDeliveryWorkflow, _email(60), lambda: FakeMail().activities()),
-    Scenario(
-        "email_delivery_deferred_then_sent",
-        EmailDeliveryWorkflow,
-        _email(61),
-        lambda: FakeMail(outcomes=["4xx", "far slot", "4xx"]).activities(),
-    ),
-    Scenario(
-        "email_delivery_dead_letter_retried",
-        EmailDeliveryWorkflow,
-        _email(62),
-        lambda: FakeMail(outcomes=["5xx"]).activities(),
-        _email_dead_letter_then_retry,
-    ),
     Scenario(
         "webhook_delivery_retried",
         WebhookDeliveryWorkflow,

@@ -16,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = Path(compose.__file__).parent / "docker-compose"  # the binary itself: the wrapper script hides its exit code
 ONE_SHOT = {"migrate", "temporal-schema", "temporal-setup"}
-SCALED = {"api", "worker", "relay"}
+SCALED = {"api", "worker", "email-sender", "relay"}
 APP_COMMANDS = {"api", "worker", "relay", "migrate"}
 
 
@@ -128,12 +128,14 @@ def test_the_temporal_jobs_use_admin_tools_and_the_config_folder(services):
     assert "update-schema" in script
 
 
-def test_the_worker_service_serves_every_task_queue(services):
+def test_the_worker_services_split_the_task_queues(services):
     from workers.main import ALL_TASK_QUEUES
 
-    command = services["worker"]["command"]
-    served = command[command.index("--task-queues") + 1].split(",")
-    assert sorted(served) == sorted(ALL_TASK_QUEUES)  # each queue served, once
+    queues = [
+        services[n]["command"][services[n]["command"].index("--task-queues") + 1] for n in ("worker", "email-sender")
+    ]
+    served = [q for spec in queues for q in spec.split(",")]
+    assert sorted(served) == sorted(ALL_TASK_QUEUES)  # each queue served, by exactly one service
 
 
 def dockerfile_stages() -> dict[str, str]:
@@ -202,13 +204,13 @@ def test_prometheus_scrapes_the_api_the_workers_the_relay_temporal_and_the_expor
     sdk_port = defaults["worker_sdk_metrics_port"].default
     api_port = int(services["api"]["command"][services["api"]["command"].index("--port") + 1])
     assert jobs["api"] == {("api", api_port)}
-    assert jobs["worker"] == {("worker", worker_port)}
-    assert jobs["worker-sdk"] == {("worker", sdk_port)}
+    assert jobs["worker"] == {("worker", worker_port), ("email-sender", worker_port)}
+    assert jobs["worker-sdk"] == {("worker", sdk_port), ("email-sender", sdk_port)}
     assert jobs["relay"] == {("relay", int(services["relay"]["environment"]["RELAY_METRICS_PORT"]))}
     temporal_port = int(services["temporal"]["environment"]["PROMETHEUS_ENDPOINT"].rsplit(":", 1)[1])
     assert jobs["temporal"] == {("temporal", temporal_port)}
     assert jobs["postgres"] == {("postgres-exporter", 9187)} and jobs["redis"] == {("redis-exporter", 9121)}
-    for name in ("api", "worker", "relay"):  # reachable from Prometheus' container
+    for name in ("api", "worker", "email-sender", "relay"):  # reachable from Prometheus' container
         assert services[name]["environment"]["METRICS_HOST"] == "0.0.0.0", name
     for name, port in (("postgres-exporter", "9187"), ("redis-exporter", "9121")):
         assert port in services[name]["expose"], name

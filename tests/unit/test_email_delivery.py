@@ -4,25 +4,91 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections import Counter
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import pytest
-from temporalio.api.enums.v1 import EventType
+from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from models.contracts import EmailDecision, EmailRequest
-from models.names import SIGNAL_EMAIL_DECISION
-from tests.support.fake_email import FAR_SLOT_US, POLICY, FakeMail
+from models import activity_names as act
+from models.contracts import (
+    EmailDecision,
+    EmailDelivery,
+    EmailPolicy,
+    EmailQueued,
+    EmailRequest,
+    MarkEmail,
+    SendEmail,
+    SuppressAddress,
+)
+from models.names import EMAIL_SEND_TASK_QUEUE, SIGNAL_EMAIL_DECISION
 from tests.support.workflows import saga_state, wait_for
 from workers.main import Workers
 from workflows.email_delivery import EmailDeliveryWorkflow
 
+POLICY = EmailPolicy(
+    initial_interval_seconds=5,
+    backoff_coefficient=2,
+    maximum_interval_seconds=30,
+    maximum_attempts=6,
+    send_timeout_seconds=10,
+)
+
+
+@dataclass
+class FakeMail:
+    """`outcomes` is consumed one per send attempt: "ok", "4xx" (temporary) or "5xx" (permanent)."""
+
+    outcomes: list[str] = field(default_factory=list)
+    suppressed_addresses: set[str] = field(default_factory=set)
+    attempts: list[tuple[datetime, str]] = field(default_factory=list)  # (start time, address)
+    marks: list[str] = field(default_factory=list)
+    suppressions: list[str] = field(default_factory=list)
+
+    def activities(self):
+        @activity.defn(name=act.EMAIL_POLICY)
+        async def policy() -> EmailPolicy:
+            return POLICY
+
+        @activity.defn(name=act.QUEUE_EMAIL)
+        async def queue(req: EmailRequest) -> EmailQueued:
+            return EmailQueued(
+                message_id=req.message_id,
+                to_address=req.to_address,
+                suppressed=req.to_address in self.suppressed_addresses,
+            )
+
+        @activity.defn(name=act.SEND_EMAIL)
+        async def send(req: SendEmail) -> EmailDelivery:
+            self.attempts.append((activity.info().started_time, req.to_address))
+            outcome = self.outcomes.pop(0) if self.outcomes else "ok"
+            if outcome == "4xx":
+                raise RuntimeError("SMTP 421 try again later")
+            if outcome == "5xx":
+                raise ApplicationError("SMTP 550 mailbox unavailable", type="SmtpPermanentFailure", non_retryable=True)
+            return EmailDelivery(message_id=req.request.message_id, state="sent", reply="250 OK")
+
+        @activity.defn(name=act.MARK_EMAIL)
+        async def mark(req: MarkEmail) -> None:
+            self.marks.append(req.state)
+
+        @activity.defn(name=act.SUPPRESS_ADDRESS)
+        async def suppress(req: SuppressAddress) -> None:
+            self.suppressions.append(req.address)
+
+        return [policy, queue, mark, suppress], [send]
+
 
 def workers(client: Client, task_queue: str, mail: FakeMail) -> Workers:
+    bookkeeping, sending = mail.activities()
     return Workers(
-        [Worker(client, task_queue=task_queue, workflows=[EmailDeliveryWorkflow], activities=mail.activities())]
+        [
+            Worker(client, task_queue=task_queue, workflows=[EmailDeliveryWorkflow], activities=bookkeeping),
+            Worker(client, task_queue=EMAIL_SEND_TASK_QUEUE, activities=sending),
+        ]
     )
 
 
@@ -35,9 +101,8 @@ async def start(client: Client, task_queue: str, to: str = "ada@example.com"):
     )
 
 
-async def test_temporary_failures_retry_on_the_backoff_schedule_then_send(time_skipping_env, task_queue):
-    ts_client = time_skipping_env.client
-    mail = FakeMail(outcomes=["4xx", "4xx", "4xx", "4xx", "ok"], clock=time_skipping_env.get_current_time)
+async def test_temporary_failures_retry_on_the_backoff_schedule_then_send(ts_client, task_queue):
+    mail = FakeMail(outcomes=["4xx", "4xx", "4xx", "4xx", "ok"])
     async with workers(ts_client, task_queue, mail):
         handle = await start(ts_client, task_queue)
         result = await handle.result()
@@ -111,32 +176,3 @@ async def test_a_decision_before_the_dead_letter_is_ignored(ts_client, task_queu
         await handle.signal(SIGNAL_EMAIL_DECISION, EmailDecision(action="retry", to_address="ok@example.com"))
         result = await handle.result()
     assert result.state == "sent"  # …so the early "discard" did not decide this dead letter
-
-
-async def test_a_message_sent_at_once_is_one_workflow_task_without_activity_tasks(ts_client, task_queue):
-    mail = FakeMail()
-    async with workers(ts_client, task_queue, mail):
-        handle = await start(ts_client, task_queue)
-        assert (await handle.result()).state == "sent"
-        events = [e async for e in handle.fetch_history_events()]
-    kinds = Counter(EventType.Name(e.event_type) for e in events)
-    assert kinds["EVENT_TYPE_WORKFLOW_TASK_COMPLETED"] == 1
-    assert kinds["EVENT_TYPE_MARKER_RECORDED"] == 3  # policy, queue, send: local activities
-    assert kinds["EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"] == 0
-    # one search-attribute upsert per state an operator could see: running (send), completed
-    assert kinds["EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 2
-
-
-async def test_a_far_send_slot_is_waited_for_on_a_timer_with_its_ticket_and_uses_no_attempt(
-    time_skipping_env, task_queue
-):
-    ts_client = time_skipping_env.client
-    far = POLICY.maximum_attempts + 1  # more waits for a slot than attempts: none of them is an attempt
-    mail = FakeMail(outcomes=["far slot"] * far + ["ok"], clock=time_skipping_env.get_current_time)
-    async with workers(ts_client, task_queue, mail):
-        handle = await start(ts_client, task_queue)
-        result = await handle.result()
-    assert result.state == "sent" and mail.marks == []  # never dead-lettered
-    times = [t for t, _ in mail.attempts]
-    assert [round((b - a).total_seconds()) for a, b in itertools.pairwise(times)] == [40] * far  # on a timer
-    assert mail.slots == [None] + [FAR_SLOT_US] * far  # each time back with the ticket it was given
