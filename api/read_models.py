@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.db import transaction
-from models.read_models import cache_key
+from models.read_models import STORE_IF_CURRENT, cache_floor_key, cache_key
 from prognet.settings import Settings
 
 log = logging.getLogger("prognet.api")
@@ -35,6 +35,8 @@ LOCK_MS = 2000  # a cache filler holds the lock at most this long
 LOCK_WAIT_SECONDS = 0.5  # a reader that lost the race waits this long for the winner's entry
 
 Loader = Callable[[], Awaitable[dict[str, Any] | None]]
+# A read-model loader answers the row and its `last_seq` (the event position the row reflects)
+ModelLoader = Callable[[], Awaitable[tuple[dict[str, Any], int] | None]]
 
 
 class ReadModels:
@@ -45,6 +47,7 @@ class ReadModels:
             "user_profile": settings.cache_ttl_user_profile,
         }
         self.wait = settings.read_consistency_wait_seconds
+        self._store_if_current = cache.register_script(STORE_IF_CURRENT)
 
     # --- the two resources -------------------------------------------------------------------------------------
     async def tenant_overview(self, tenant_id: uuid.UUID, after: int | None) -> tuple[dict[str, Any], str] | None:
@@ -83,15 +86,15 @@ class ReadModels:
 
     # --- the read path -----------------------------------------------------------------------------------------
     async def _read(
-        self, resource: str, key_id: uuid.UUID, after: int | None, from_model: Loader, from_primary: Loader
+        self, resource: str, key_id: uuid.UUID, after: int | None, from_model: ModelLoader, from_primary: Loader
     ) -> tuple[dict[str, Any], str] | None:
         key = cache_key(resource, key_id)
         if after is not None:
             if await self._reached(resource, after):
-                value = await from_model()
-                if value is not None:
-                    await self._store(resource, key, value)
-                    return value, "read-model"
+                found = await from_model()
+                if found is not None:
+                    await self._store(resource, key, *found)
+                    return found[0], "read-model"
             value = await from_primary()
             return (value, "primary") if value is not None else None
         cached = await self._cached(key, key_id)
@@ -106,10 +109,10 @@ class ReadModels:
                 if cached is not None:
                     return cached, "cache"
         try:
-            value = await from_model()
-            if value is not None:
-                await self._store(resource, key, value)
-                return value, "read-model"
+            found = await from_model()
+            if found is not None:
+                await self._store(resource, key, *found)
+                return found[0], "read-model"
         finally:
             if locked:
                 await self._unlock(key)
@@ -140,9 +143,14 @@ class ReadModels:
         value = json.loads(raw)
         return value if value.get("id") == str(key_id) else None  # an entry is only ever served for its own id
 
-    async def _store(self, resource: str, key: str, value: dict[str, Any]) -> None:
+    async def _store(self, resource: str, key: str, value: dict[str, Any], seq: int) -> None:
+        """Cache the row unless an event newer than it was invalidated meanwhile (the projector lagging, or this
+        read racing the invalidation): then it is served once, not cached."""
+        ttl_ms = int(self.ttl[resource] * 1000)
         try:
-            await self.cache.set(key, json.dumps(value, default=str), px=int(self.ttl[resource] * 1000))
+            await self._store_if_current(
+                keys=[key, cache_floor_key(key)], args=[json.dumps(value, default=str), ttl_ms, seq]
+            )
         except RedisError:
             log.info("cache unavailable", extra={"key": key})
 
@@ -159,7 +167,7 @@ class ReadModels:
             pass
 
     # --- the read models (read engine; platform work may read every row, RLS scopes the rest) ------------------
-    async def _overview_from_read_model(self, tenant_id: uuid.UUID) -> dict[str, Any] | None:
+    async def _overview_from_read_model(self, tenant_id: uuid.UUID) -> tuple[dict[str, Any], int] | None:
         async with transaction(self.read_engine, tenant_id=tenant_id) as db:
             conn = await db.connection()
             row = (
@@ -169,9 +177,9 @@ class ReadModels:
             )
         if row is None or row["name"] is None:  # created before the projector ran: no full row until a replay
             return None
-        return _overview(dict(row))
+        return _overview(dict(row)), row["last_seq"]
 
-    async def _profile_from_read_model(self, user_id: uuid.UUID) -> dict[str, Any] | None:
+    async def _profile_from_read_model(self, user_id: uuid.UUID) -> tuple[dict[str, Any], int] | None:
         async with transaction(self.read_engine, user_id=user_id) as db:
             conn = await db.connection()
             row = (
@@ -191,7 +199,7 @@ class ReadModels:
             members = [dict(m) for m in memberships]
         if row is None:
             return None
-        return _profile(dict(row), members)
+        return _profile(dict(row), members), row["last_seq"]
 
 
 def _overview(row: dict[str, Any]) -> dict[str, Any]:

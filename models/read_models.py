@@ -33,6 +33,37 @@ def cache_key(resource: str, resource_id: uuid.UUID | str) -> str:
     return f"cache:{resource}:{resource_id}"
 
 
+def cache_floor_key(key: str) -> str:
+    """The lowest event position an entry of `key` may be cached at: raised by the cache invalidator, so a reader
+    that read the row before the projector applied an event cannot put that older row back into the cache. (A
+    profile's row does not move for membership events: after one, that profile is read uncached until the floor
+    expires.)"""
+    return f"cache-floor:{key.removeprefix('cache:')}"
+
+
+# KEYS: entry, its floor. ARGV: value, TTL ms, the row's last_seq. Stored only at or above the floor.
+STORE_IF_CURRENT = """
+local floor = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[3]) < floor then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: entries and their floors, alternating. ARGV: the event's position, the floors' TTL ms.
+INVALIDATE = """
+for i = 1, #KEYS, 2 do
+  redis.call('DEL', KEYS[i])
+  local floor = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if tonumber(ARGV[1]) > floor then
+    redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])
+  else
+    redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
+  end
+end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Projection:
     name: str

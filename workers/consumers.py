@@ -15,7 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.db import make_engine, transaction
 from models.event_stream import StreamEvent
-from models.read_models import PROJECTIONS, UnsupportedVersion, cache_key, live_tables, mark_applied
+from models.read_models import (
+    INVALIDATE,
+    PROJECTIONS,
+    UnsupportedVersion,
+    cache_floor_key,
+    cache_key,
+    live_tables,
+    mark_applied,
+)
 from prognet import telemetry
 from prognet.settings import Settings
 from workers.consumer import Consumer, ConsumerConfig, Handler, Park
@@ -24,6 +32,7 @@ log = logging.getLogger("prognet.consumers")
 
 PROJECTOR = "projector"
 CACHE_INVALIDATOR = "cache-invalidator"
+FLOOR_TTL_MS = 600_000  # ten minutes: beyond the cache TTLs and any projector lag worth caching through
 PROJECTOR_WAIT_SECONDS = 2.0  # how long the invalidator waits for the projector before deleting anyway
 
 
@@ -75,12 +84,16 @@ class CacheInvalidator:
 
     def __init__(self, engine: AsyncEngine, streams: Redis, cache: Redis) -> None:
         self.engine, self.streams, self.cache = engine, streams, cache
+        self._invalidate = cache.register_script(INVALIDATE)
 
     async def __call__(self, event: StreamEvent) -> None:
         keys = cache_keys(event)
         if not keys:
             return
-        await self.cache.delete(*keys)
+        # Each entry's floor rises to this event: a row read before the projector applied it is never cached again
+        # (however long the projector lags); the deletes make the next read go to the read model.
+        pairs = [k for key in keys for k in (key, cache_floor_key(key))]
+        await self._invalidate(keys=pairs, args=[event.seq, FLOOR_TTL_MS])
         if await self.streams.zcount(f"consumer:{PROJECTOR}:copies", time.time(), "+inf"):
             await self._projected(event)
             await self.cache.delete(*keys)

@@ -28,7 +28,7 @@ from api.app import create_app
 from models.db import transaction
 from models.event_stream import ALL_EVENTS, StreamEvent
 from models.events import record_event
-from models.read_models import cache_key
+from models.read_models import cache_floor_key, cache_key
 from models.tables import DomainEvent
 from prognet.settings import Settings
 from prognet_dev import free_port
@@ -154,6 +154,40 @@ async def test_projected_overview_is_served_cached_and_invalidated_within_a_seco
         assert profile["last_login_at"] and profile["memberships"] == [
             {"tenant_id": str(tid), "role": "owner", "joined_at": profile["memberships"][0]["joined_at"]}
         ]
+
+
+async def test_a_row_read_before_a_lagging_projector_caught_up_is_not_cached(client, engine, redis, user):
+    """The invalidator runs ahead of the projector: a read in between gets the older row once, and never puts it in
+    the cache, however long the projector takes (the entry's floor is the event's position)."""
+    tid = await tenant_with_events(engine, redis, user.id, name="Lagging")
+    headers = bearer((await login(client, user))["access_token"])
+    async with running(projector(redis, engine)):
+        await eventually(lambda: active_overview(engine, tid))
+    assert (await client.get(f"/v1/tenants/{tid}", headers=headers)).headers["Read-Source"] == "read-model"
+    assert (await client.get(f"/v1/tenants/{tid}", headers=headers)).headers["Read-Source"] == "cache"
+
+    other = await insert_user(engine)
+    added = await emit(engine, redis, "member.added", "membership", other.id, {"role": "member"}, tenant_id=tid)
+    invalidator = Consumer(
+        redis, ConsumerConfig(name=CACHE_INVALIDATOR, **FAST), CacheInvalidator(engine, redis, redis)
+    )
+    async with running(invalidator):  # the projector is not running: the read model still shows one member
+        await eventually(lambda: asyncio.sleep(0, result=invalidator.handled >= 4))
+    for _ in range(2):
+        stale = await client.get(f"/v1/tenants/{tid}", headers=headers)
+        assert stale.headers["Read-Source"] == "read-model" and stale.json()["member_count"] == 1
+    assert int(await redis.get(cache_floor_key(cache_key("tenant_overview", tid)))) == added.seq
+
+    async with running(projector(redis, engine)):
+        await eventually(lambda: _member_count_is(engine, tid, 2))
+    fresh = await client.get(f"/v1/tenants/{tid}", headers=headers)
+    assert fresh.headers["Read-Source"] == "read-model" and fresh.json()["member_count"] == 2
+    assert (await client.get(f"/v1/tenants/{tid}", headers=headers)).headers["Read-Source"] == "cache"
+
+
+async def _member_count_is(engine: AsyncEngine, tenant_id: uuid.UUID, count: int) -> bool:
+    row = await overview_row(engine, tenant_id)
+    return bool(row and row["member_count"] == count)
 
 
 async def test_read_after_write_without_a_projector(client, engine, redis, user):
