@@ -10,6 +10,7 @@ The delivery pipeline's activities (activities/email_delivery.py) compose and se
 
 from __future__ import annotations
 
+import asyncio
 import html
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -205,16 +206,25 @@ async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None
 
 
 async def _smtp_send(settings: Settings, host: str, msg: EmailMessage, timeout: float | None) -> str:
+    client = aiosmtplib.SMTP(
+        hostname=host,
+        port=settings.smtp_port,
+        timeout=timeout or settings.smtp_timeout_seconds,
+        username=settings.smtp_username,
+        password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+        start_tls=settings.smtp_start_tls,
+    )
     try:
-        _, reply = await aiosmtplib.send(
-            msg,
-            hostname=host,
-            port=settings.smtp_port,
-            timeout=timeout or settings.smtp_timeout_seconds,
-            username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            start_tls=settings.smtp_start_tls,
-        )
+        try:
+            await client.connect()
+            _, reply = await client.send_message(msg)
+        except BaseException:
+            client.close()
+            raise
+        # The relay has the message: the caller records it sent without waiting for QUIT's round trip, which
+        # narrows the moment in which a crash makes a retry send it twice (between this reply and that record).
+        _QUITTING.add(task := asyncio.create_task(_quit(client)))
+        task.add_done_callback(_QUITTING.discard)
     # Relays echo the recipient's address in their replies: the exception (which reaches workflow history,
     # logs and the UI) says only the codes; the full reply rides along as `.reply` for the tracking row.
     except aiosmtplib.SMTPRecipientsRefused as err:
@@ -238,6 +248,16 @@ async def _smtp_send(settings: Settings, host: str, msg: EmailMessage, timeout: 
     except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as err:
         raise SmtpTemporaryFailure(f"connection: {type(err).__name__}", relay_down=True) from None
     return reply
+
+
+_QUITTING: set[asyncio.Task] = set()  # goodbyes still on their way (a task needs a reference to finish)
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
 
 
 def _code(code: int, message: str) -> str:
