@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 import uuid
 
 from redis.asyncio import Redis
@@ -33,7 +32,6 @@ log = logging.getLogger("prognet.consumers")
 PROJECTOR = "projector"
 CACHE_INVALIDATOR = "cache-invalidator"
 FLOOR_TTL_MS = 600_000  # ten minutes: beyond the cache TTLs and any projector lag worth caching through
-PROJECTOR_WAIT_SECONDS = 2.0  # how long the invalidator waits for the projector before deleting anyway
 
 
 def consumer_config(settings: Settings, name: str) -> ConsumerConfig:
@@ -78,36 +76,18 @@ def cache_keys(event: StreamEvent) -> list[str]:
 
 
 class CacheInvalidator:
-    """Deletes the cache entries an event makes stale. The projector may not have applied the event yet, and a
-    read in between would cache the old row again: so the keys are deleted at once and again once the projector
-    has applied it (or after PROJECTOR_WAIT_SECONDS; not at all when no projector copy is alive)."""
+    """Deletes the cache entries an event makes stale and raises their floor to the event's position, so a reader
+    that read the row before the projector applied the event (however long the projector lags) cannot cache it
+    again: only a row at or above the floor is stored (api/read_models.py)."""
 
-    def __init__(self, engine: AsyncEngine, streams: Redis, cache: Redis) -> None:
-        self.engine, self.streams, self.cache = engine, streams, cache
+    def __init__(self, cache: Redis) -> None:
         self._invalidate = cache.register_script(INVALIDATE)
 
     async def __call__(self, event: StreamEvent) -> None:
         keys = cache_keys(event)
-        if not keys:
-            return
-        # Each entry's floor rises to this event: a row read before the projector applied it is never cached again
-        # (however long the projector lags); the deletes make the next read go to the read model.
-        pairs = [k for key in keys for k in (key, cache_floor_key(key))]
-        await self._invalidate(keys=pairs, args=[event.seq, FLOOR_TTL_MS])
-        if await self.streams.zcount(f"consumer:{PROJECTOR}:copies", time.time(), "+inf"):
-            await self._projected(event)
-            await self.cache.delete(*keys)
-
-    async def _projected(self, event: StreamEvent) -> None:
-        deadline = time.monotonic() + PROJECTOR_WAIT_SECONDS
-        while time.monotonic() < deadline:
-            async with self.engine.connect() as conn:
-                row = await conn.execute(
-                    text("SELECT 1 FROM rm_applied WHERE event_id = :e LIMIT 1"), {"e": event.event_id}
-                )
-                if row.first() is not None:
-                    return
-            await asyncio.sleep(0.05)
+        if keys:
+            pairs = [k for key in keys for k in (key, cache_floor_key(key))]
+            await self._invalidate(keys=pairs, args=[event.seq, FLOOR_TTL_MS])
 
 
 def _stop_all(consumers: list[Consumer]) -> None:
@@ -130,7 +110,7 @@ async def run_consumers(settings: Settings, *, names: tuple[str, ...] = (PROJECT
     async def projector(event: StreamEvent) -> None:
         await project(engine, event)
 
-    handlers: dict[str, Handler] = {PROJECTOR: projector, CACHE_INVALIDATOR: CacheInvalidator(engine, streams, cache)}
+    handlers: dict[str, Handler] = {PROJECTOR: projector, CACHE_INVALIDATOR: CacheInvalidator(cache)}
     consumers = [Consumer(streams, consumer_config(settings, name), handlers[name]) for name in names]
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

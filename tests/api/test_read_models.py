@@ -115,9 +115,7 @@ async def active_overview(engine: AsyncEngine, tenant_id: uuid.UUID) -> dict | N
 async def test_projected_overview_is_served_cached_and_invalidated_within_a_second(client, engine, redis, user):
     tid = await tenant_with_events(engine, redis, user.id, name="Projected")
     headers = bearer((await login(client, user))["access_token"])
-    invalidator = Consumer(
-        redis, ConsumerConfig(name=CACHE_INVALIDATOR, **FAST), CacheInvalidator(engine, redis, redis)
-    )
+    invalidator = Consumer(redis, ConsumerConfig(name=CACHE_INVALIDATOR, **FAST), CacheInvalidator(redis))
     async with running(projector(redis, engine), invalidator):
         await eventually(lambda: active_overview(engine, tid))
         await eventually(lambda: asyncio.sleep(0, result=invalidator.handled == 3))  # done with those events
@@ -168,9 +166,7 @@ async def test_a_row_read_before_a_lagging_projector_caught_up_is_not_cached(cli
 
     other = await insert_user(engine)
     added = await emit(engine, redis, "member.added", "membership", other.id, {"role": "member"}, tenant_id=tid)
-    invalidator = Consumer(
-        redis, ConsumerConfig(name=CACHE_INVALIDATOR, **FAST), CacheInvalidator(engine, redis, redis)
-    )
+    invalidator = Consumer(redis, ConsumerConfig(name=CACHE_INVALIDATOR, **FAST), CacheInvalidator(redis))
     async with running(invalidator):  # the projector is not running: the read model still shows one member
         await eventually(lambda: asyncio.sleep(0, result=invalidator.handled >= 4))
     for _ in range(2):
