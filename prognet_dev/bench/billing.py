@@ -204,13 +204,23 @@ async def start_cycles(client, subs: list[BenchSubscription]) -> list[Any]:
     return await asyncio.gather(*(start(sub) for sub in subs))
 
 
+# Results awaited at once: each is a long poll on the server; 10,000 of them would hold as many gRPC streams.
+RESULT_WAITERS = 500
+
+
 async def run_cycles(client, subs: list[BenchSubscription], maildir: Path, receipt_timeout: float) -> BillingRun:
     from prognet_dev.bench import maildir_count, wait_for_maildir
 
     before = maildir_count(maildir)
     start = time.perf_counter()
     handles = await start_cycles(client, subs)
-    results = await asyncio.gather(*(h.result() for h in handles))
+    waiting = asyncio.Semaphore(RESULT_WAITERS)
+
+    async def result(handle):
+        async with waiting:
+            return await handle.result()
+
+    results = await asyncio.gather(*(result(h) for h in handles))
     seconds = time.perf_counter() - start
     await wait_for_maildir(maildir, before + len(subs), receipt_timeout)
     return BillingRun(
