@@ -101,6 +101,8 @@ class Consumer:
         self.handled = 0  # entries this copy handled (applied or parked), for tests and logs
         self._stop = asyncio.Event()
         self._last_seen = "$"
+        self._next_balance = 0.0  # monotonic time of the next lease round
+        self._no_pending: set[int] = set()  # held partitions whose pending list this copy read empty
 
     # --- names -------------------------------------------------------------------------------------------------
     def group(self, k: int) -> str:
@@ -134,6 +136,8 @@ class Consumer:
                 outage = is_outage(exc)
                 log.warning("consumer %s: %r; retrying in %.1f s", self.copy_id, exc, delay, exc_info=not outage)
                 self.held.clear()  # leases may lapse meanwhile: take them again properly
+                self._no_pending.clear()
+                self._next_balance = 0.0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, 5.0)
@@ -149,8 +153,10 @@ class Consumer:
                     raise
 
     async def step(self) -> int:
-        """One round: leases, then every held partition's pending and new entries. Waits when there was nothing."""
-        await self._balance()
+        """One round: leases when due, then every held partition's pending and new entries. Waits when there was
+        nothing."""
+        if time.monotonic() >= self._next_balance:
+            await self._balance()
         done = 0
         for k in sorted(self.held):
             done += await self._drain(k)
@@ -159,7 +165,10 @@ class Consumer:
         return done
 
     async def _balance(self) -> None:
+        """Heartbeat, take or renew leases up to a fair share, give the rest back. Every third of a lease period
+        (not every round: at one event per round that was most of a consumer's Redis calls)."""
         cfg, now = self.config, time.time()
+        self._next_balance = time.monotonic() + cfg.lease_seconds / 3
         ttl_ms = int(cfg.lease_seconds * 1000)
         await self.redis.zadd(self._copies_key, {self.copy_id: now + cfg.lease_seconds})
         await self.redis.zremrangebyscore(self._copies_key, "-inf", now)
@@ -171,15 +180,18 @@ class Consumer:
             got = await self.redis.eval(_LEASE, 1, self._lease_key(k), self.copy_id, ttl_ms)
             if got == 0:
                 self.held.discard(k)
+                self._no_pending.discard(k)
             elif got == 2 or k not in self.held:
                 self.held.add(k)
                 await self._claim(k)
         for k in sorted(self.held)[fair:]:  # more than a fair share: give the rest back
             await self.redis.eval(_RELEASE, 1, self._lease_key(k), self.copy_id)
             self.held.discard(k)
+            self._no_pending.discard(k)
 
     async def _claim(self, k: int) -> None:
         """Take over the pending entries of whoever held partition k before (its lease expired: it is gone)."""
+        self._no_pending.discard(k)
         start = "0-0"
         while True:
             start, claimed, *_ = await self.redis.xautoclaim(
@@ -214,24 +226,38 @@ class Consumer:
         await self.redis.xread({ALL_EVENTS: self._last_seen}, count=1, block=max(1, int(block * 1000)))
 
     async def _drain(self, k: int) -> int:
-        """Pending entries first (redelivered in order), then new ones. Returns how many entries it read."""
+        """Pending entries first (redelivered in order), then new ones. Returns how many entries it read.
+
+        The pending list is read only while it may hold something: after taking the partition over, or after a
+        round cut short. The entries read are acked together once handled (a crash before that redelivers them,
+        and handlers are idempotent)."""
         read = 0
         for start in ("0", ">"):
+            if start == "0" and k in self._no_pending:
+                continue
             reply = await self.redis.xreadgroup(
                 self.group(k), self.copy_id, {ALL_EVENTS: start}, count=self.config.batch
             )
             entries = reply[0][1] if reply else []
-            for entry_id, raw in entries:
-                if self._stop.is_set() or k not in self.held:
-                    return read
-                fields = {_text(a): _text(b) for a, b in raw.items()}
-                eid = _text(entry_id)
-                if start == ">" and (self._last_seen == "$" or _id_key(eid) > _id_key(self._last_seen)):
-                    self._last_seen = eid
-                if partition_of(fields, self.config.partitions) == k:
-                    await self._handle(eid, fields)
-                await self.redis.xack(ALL_EVENTS, self.group(k), eid)
-                read += 1
+            done: list[str] = []
+            try:
+                for entry_id, raw in entries:
+                    if self._stop.is_set() or k not in self.held:
+                        self._no_pending.discard(k)
+                        return read
+                    fields = {_text(a): _text(b) for a, b in raw.items()}
+                    eid = _text(entry_id)
+                    if start == ">" and (self._last_seen == "$" or _id_key(eid) > _id_key(self._last_seen)):
+                        self._last_seen = eid
+                    if partition_of(fields, self.config.partitions) == k:
+                        await self._handle(eid, fields)
+                    done.append(eid)
+                    read += 1
+            finally:
+                if done:
+                    await self.redis.xack(ALL_EVENTS, self.group(k), *done)
+            if start == "0" and not entries:
+                self._no_pending.add(k)
             if entries:
                 return read
         return read
