@@ -126,7 +126,7 @@ class StripeSandbox:
             self._socket.close()
         if self.sandbox is not None:
             await self.sandbox.webhooks.aclose()
-            self.sandbox.store.flush()
+            self.sandbox.store.close()
 
     async def serve_forever(self) -> None:
         await self.start()

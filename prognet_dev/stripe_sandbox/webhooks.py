@@ -249,7 +249,7 @@ class WebhookDispatcher:
         if ok:
             event["pending_webhooks"] = max(0, int(event.get("pending_webhooks", 1)) - 1)
             if self.store is not None:
-                self.store.touch()  # the event object changed in place
+                self.store.touch("event", event["id"])  # the event object changed in place
         return ok
 
     # --- tests and shutdown ----------------------------------------------------------------------------------
