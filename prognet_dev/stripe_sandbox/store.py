@@ -23,7 +23,8 @@ from typing import Any
 
 _ALPHABET = string.ascii_letters + string.digits
 FORMAT_VERSION = 1
-JOURNAL_MIN_LINES = 1000  # below this the journal is never folded into the snapshot
+JOURNAL_MIN_LINES = 1000
+PRUNE_INTERVAL_SECONDS = 60.0  # below this the journal is never folded into the snapshot
 
 
 def random_id(prefix: str, length: int = 14) -> str:
@@ -40,6 +41,7 @@ class StateStore:
         self._changed_keys: set[str] = set()  # idempotency records stored or pruned since the last flush
         self._rewrite = False  # the next flush writes a snapshot (after a reset)
         self._journal_lines = 0
+        self._next_prune = 0.0
         self._objects: dict[str, dict[str, dict[str, Any]]] = {}  # kind -> id -> {"account", "seq", "object"}
         self._idempotency: dict[str, dict[str, Any]] = {}  # "account key" -> record
         self._seq = 0
@@ -97,10 +99,11 @@ class StateStore:
                 self._dirty = True
 
     def trim(self, kind: str, keep: int) -> None:
-        """Drop the oldest objects of `kind` beyond the newest `keep` (events, request-like records)."""
+        """Drop the oldest objects of `kind` beyond the newest `keep` (events, request-like records). Only once a
+        tenth more have piled up: sorting them on every call made each new event cost O(keep)."""
         with self._lock:
             records = self._objects.get(kind, {})
-            if len(records) <= keep:
+            if len(records) <= keep + keep // 10:
                 return
             for object_id, _ in sorted(records.items(), key=lambda item: item[1]["seq"])[: len(records) - keep]:
                 del records[object_id]
@@ -119,7 +122,12 @@ class StateStore:
             self._dirty = True
 
     def idempotency_prune(self, max_age_seconds: float) -> None:
-        cutoff = time.time() - max_age_seconds
+        """Forget records older than `max_age_seconds`; looks at most once a minute (each look reads them all)."""
+        now = time.time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL_SECONDS
+        cutoff = now - max_age_seconds
         with self._lock:
             stale = [k for k, r in self._idempotency.items() if r.get("stored_at", 0) < cutoff]
             for k in stale:
