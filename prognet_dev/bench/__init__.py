@@ -425,6 +425,8 @@ async def run(args: argparse.Namespace) -> None:
                 bn = args.billing
                 print(f"billing: creating {bn} + {BILLING_WARMUP} tenants with Stripe customers ...", flush=True)
                 billing_subs = await billing.create_billing_tenants(stack, bn + BILLING_WARMUP)
+                # the customers' webhooks (customer.created) are delivered before any cycle is timed
+                await stripe_admin.wait_for_webhooks(timeout=billing.webhook_timeout(bn))
                 warm = await billing.run_cycles(client, billing_subs[bn:], stack.maildir, 60)
                 await billing.verify_run(stack, stripe_admin, warm)
                 billing_shape = await journey_shape(
@@ -488,7 +490,7 @@ async def run(args: argparse.Namespace) -> None:
             if 4 in sections:
                 bn = args.billing
                 assert stripe_admin is not None  # opened in the warm-up above
-                await stripe_admin.wait_for_webhooks(timeout=60)
+                await stripe_admin.wait_for_webhooks(timeout=billing.webhook_timeout(bn))
                 base_n = min(bn, BILLING_BASELINE_MAX)
                 t_naive = await bench_noop_workflows(address, base_n, base_n, steps=NAIVE_STEPS["billing"])
                 t_shaped = await bench_shaped_workflows(

@@ -249,6 +249,11 @@ async def cycle_shape(client, workflow_id: str) -> CycleShape:
     return CycleShape(activities=len(types), local_activities=markers, child_workflows=children, activity_types=types)
 
 
+def webhook_timeout(count: int) -> float:
+    """How long the sandbox may take to deliver the webhooks of `count` customers or payments (about 50/s here)."""
+    return max(60.0, count / 10)
+
+
 class BillingCheckFailed(AssertionError):
     pass
 
@@ -271,7 +276,7 @@ async def verify_run(stack, admin, run: BillingRun) -> list[str]:
     paid_pis = {r.payment_intent_id for r in run.results}
     check(len(paid_pis) == n and None not in paid_pis, "results do not name n distinct PaymentIntents")
 
-    await admin.wait_for_webhooks(timeout=60)
+    await admin.wait_for_webhooks(timeout=webhook_timeout(n))
     mine = [pi for pi in await admin.payment_intents() if pi["metadata"].get("subscription_id") in sub_ids]
     succeeded = [pi for pi in mine if pi["status"] == "succeeded"]
     check(len(succeeded) == n, f"{len(succeeded)} succeeded PaymentIntents in the sandbox for {n} subscriptions")
