@@ -85,7 +85,8 @@ def attribute(samples: dict[int, ProcSample], root: int) -> dict[str, float]:
         s = samples[pid]
         role = CLIENT if pid == root else role_of(s.argv) or inherited
         totals[role] = totals.get(role, 0.0) + s.cpu + (0.0 if pid == root else s.reaped_children_cpu)
-        todo.extend((child, role) for child in children.get(pid, []))
+        # a child of the bench with no role of its own is not the client's
+        todo.extend((child, OTHER if pid == root else role) for child in children.get(pid, []))
     return totals
 
 
