@@ -17,6 +17,7 @@ from pathlib import Path
 
 _PROC = Path("/proc")
 CLIENT = "bench client"  # this process: HTTP and Temporal clients, Maildir polling
+PROFILER = "profiler"  # py-spy (`--profile`): shown, but not part of a journey's total
 OTHER = "other"  # a child of this process whose role is unknown
 # `prognet <subcommand>` (or `python -m prognet.cli <subcommand>`) → role
 _APP_ROLES = {
@@ -42,7 +43,7 @@ def role_of(argv: list[str]) -> str | None:
     if program.startswith("redis-server"):
         return "redis"
     if program == "py-spy":
-        return "profiler"
+        return PROFILER
     if "prognet_dev.bench.noop_workflow" in argv:
         return "noop-worker"  # the bare workflows' worker (the baselines' activities)
     for i, word in enumerate(argv):
@@ -108,6 +109,25 @@ def per_unit_ms(before: dict[str, float], after: dict[str, float], units: int) -
     }
 
 
+def machine_times() -> tuple[float, float] | None:
+    """(busy, total) CPU time of the whole machine so far, all cores, in clock ticks (/proc/stat); None if unknown.
+    Busy is everything but idle and I/O wait: other work on a shared machine shows here, not in `cpu_by_role`."""
+    try:
+        fields = [float(x) for x in (_PROC / "stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    total = sum(fields[:8])  # guest time is already inside user time
+    return total - idle, total
+
+
+def busy_share(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """The share of the machine's CPU time that was busy between two `machine_times()` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def cores() -> int:
     """The cores this process may run on (its affinity), which its children inherit."""
     try:
@@ -124,10 +144,12 @@ class CpuPhase:
     wall_s: float
     cores: int
     ms_per_unit: dict[str, float]  # by role, most first
+    machine_busy: float | None = None  # the whole machine's busy share over the phase, ours and others' work
 
     @property
     def total_ms(self) -> float:
-        return round(sum(self.ms_per_unit.values()), 1)
+        """Every role's CPU but the profiler's: what the journey itself costs."""
+        return round(sum(ms for role, ms in self.ms_per_unit.items() if role != PROFILER), 1)
 
     @property
     def utilisation(self) -> float:
@@ -149,13 +171,17 @@ class CpuPhase:
             "cpu_s": round(self.total_ms * self.units / 1000, 3),
             "utilisation": round(self.utilisation, 3),
             "ceiling_rate": _finite(self.ceiling_rate),
+            "machine_busy": None if self.machine_busy is None else round(self.machine_busy, 3),
         }
 
     def line(self, label: str, unit: str = "journey") -> str:
-        roles = ", ".join(f"{role} {ms:.1f}" for role, ms in self.ms_per_unit.items())
+        roles = ", ".join(f"{role} {ms:.1f}" for role, ms in self.ms_per_unit.items() if role != PROFILER)
+        if PROFILER in self.ms_per_unit:
+            roles += f"; not counted: {PROFILER} {self.ms_per_unit[PROFILER]:.1f}"
+        machine = "" if self.machine_busy is None else f", machine {self.machine_busy:.0%} busy"
         return (
             f"   CPU/{unit} {label:<10}: {self.total_ms:7.1f} ms ({roles}); "
-            f"{self.wall_s:.1f} s x {self.cores} cores, {self.utilisation:.0%} used"
+            f"{self.wall_s:.1f} s x {self.cores} cores, {self.utilisation:.0%} used by these{machine}"
         )
 
 
@@ -166,6 +192,7 @@ class CpuMeter:
     units: int
     _phase: CpuPhase | None = None
     _before: dict[str, float] = field(default_factory=dict)
+    _machine: tuple[float, float] | None = None
     _start: float = 0.0
 
     @property
@@ -175,12 +202,13 @@ class CpuMeter:
         return self._phase
 
     def __enter__(self) -> CpuMeter:
-        self._before, self._start = cpu_by_role(), time.perf_counter()
+        self._before, self._machine, self._start = cpu_by_role(), machine_times(), time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self._start
-        self._phase = CpuPhase(self.units, wall, cores(), per_unit_ms(self._before, cpu_by_role(), self.units))
+        by_role = per_unit_ms(self._before, cpu_by_role(), self.units)
+        self._phase = CpuPhase(self.units, wall, cores(), by_role, busy_share(self._machine, machine_times()))
 
 
 def _finite(value: float, digits: int = 2) -> float | None:
@@ -218,10 +246,8 @@ class CpuBudget:
 
     def excess_by_role(self, top: int = 4) -> dict[str, float]:
         """Where the journey spends more than the baseline: ms per journey by role, most first."""
-        extra = {
-            role: round(ms - self.baseline.ms_per_unit.get(role, 0.0), 1)
-            for role, ms in self.journey.ms_per_unit.items()
-        }
+        baseline, journey = self.baseline.ms_per_unit, self.journey.ms_per_unit
+        extra = {role: round(ms - baseline.get(role, 0.0), 1) for role, ms in journey.items() if role != PROFILER}
         return dict(sorted(((r, ms) for r, ms in extra.items() if ms > 0), key=lambda x: -x[1])[:top])
 
     def figures(self) -> dict[str, object]:

@@ -16,13 +16,16 @@ from prognet_dev.bench import write_json
 from prognet_dev.bench.cpu import (
     CLIENT,
     OTHER,
+    PROFILER,
     CpuBudget,
     CpuMeter,
     CpuPhase,
     ProcSample,
     Target,
     attribute,
+    busy_share,
     cpu_by_role,
+    machine_times,
     role_of,
     section_cpu,
 )
@@ -84,6 +87,16 @@ def test_a_phase_gives_cpu_per_journey_utilisation_and_ceiling() -> None:
     assert idle.figures()["ceiling_rate"] is None  # JSON has no infinity
 
 
+def test_the_profilers_cpu_is_shown_but_not_the_journeys() -> None:
+    phase = CpuPhase(units=1, wall_s=1.0, cores=2, ms_per_unit={PROFILER: 500.0, "worker": 100.0}, machine_busy=0.9)
+    assert phase.total_ms == 100.0
+    assert "not counted: profiler 500.0" in phase.line("journey")
+    assert "machine 90% busy" in phase.line("journey")
+    assert phase.figures()["machine_busy"] == 0.9
+    naive = CpuPhase(units=1, wall_s=1.0, cores=2, ms_per_unit={"worker": 40.0})
+    assert CpuBudget("naive_ratio >= 1", 1.0, naive, phase).excess_by_role() == {"worker": 60.0}
+
+
 def test_a_target_ratio_is_a_cpu_budget_for_the_journey() -> None:
     naive = CpuPhase(10, 2.0, 2, {"noop-worker": 40.0, "temporal": 60.0})
     journey = CpuPhase(10, 10.0, 2, {"api": 150.0, "temporal": 120.0, "worker": 30.0})
@@ -135,6 +148,18 @@ def test_cpu_meter_counts_this_process_per_journey() -> None:
     assert phase.ms_per_unit[CLIENT] >= 90  # 0.2 s burnt over 2 journeys, less one clock tick of rounding
     assert phase.cores == len(os.sched_getaffinity(0))
     assert phase.utilisation > 0
+    assert phase.machine_busy is not None and 0 < phase.machine_busy <= 1
+
+
+@linux_only
+def test_machine_times_count_busy_within_total() -> None:
+    before = machine_times()
+    _burn(0.05)
+    after = machine_times()
+    assert before is not None and after is not None
+    assert 0 <= after[0] - before[0] <= after[1] - before[1]
+    assert busy_share(before, before) is None  # no time passed: no share
+    assert busy_share(None, after) is None
 
 
 @linux_only
