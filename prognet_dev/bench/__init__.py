@@ -357,7 +357,7 @@ def _cpu_lines(phases: dict, budgets: list, labels: dict[str, str], unit: str = 
     from prognet_dev.bench.cpu import ceiling_lines
 
     lines = [phase.line(labels.get(name, name), unit) for name, phase in phases.items()]
-    return lines + ceiling_lines(phases["journey"], budgets)
+    return lines + ceiling_lines(phases["journey"], budgets, unit)
 
 
 def _print_saga(

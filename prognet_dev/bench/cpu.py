@@ -261,23 +261,23 @@ class CpuBudget:
             "excess_ms_by_role": self.excess_by_role(),
         }
 
-    def line(self) -> str:
+    def line(self, unit: str = "journey") -> str:
         verdict = "within" if self.within else f"{self.journey.total_ms / self.budget_ms:.1f}x over"
         more = ", ".join(f"{role} +{ms:.1f}" for role, ms in self.excess_by_role().items())
         return (
-            f"   {self.target}: needs <= {self.budget_ms:.1f} ms CPU/journey ({self.baseline.total_ms:.1f} / "
+            f"   {self.target}: needs <= {self.budget_ms:.1f} ms CPU/{unit} ({self.baseline.total_ms:.1f} / "
             f"{self.target_ratio:g}); costs {self.journey.total_ms:.1f} ({verdict}; CPU-bound ratio "
             f"{self.cpu_bound_ratio:.2f}; beyond the baseline: {more or 'nothing'})"
         )
 
 
-def ceiling_lines(journey: CpuPhase, budgets: list[CpuBudget]) -> list[str]:
+def ceiling_lines(journey: CpuPhase, budgets: list[CpuBudget], unit: str = "journey") -> list[str]:
     """A saga's CPU-bound ceiling and what each of its targets asks of its CPU."""
     head = (
-        f"   CPU-bound ceiling: {journey.cores} cores / {journey.total_ms / 1000:.3f} CPU s per journey = "
+        f"   CPU-bound ceiling: {journey.cores} cores / {journey.total_ms / 1000:.3f} CPU s per {unit} = "
         f"{journey.ceiling_rate:.1f} /s"
     )
-    return [head] + [b.line() for b in budgets]
+    return [head] + [b.line(unit) for b in budgets]
 
 
 @dataclass(frozen=True)
