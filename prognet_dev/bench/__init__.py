@@ -26,6 +26,12 @@ and noisy: only the ratios carry over between runs.
    (BENCH_TELEMETRY_OFF) on the same stack, phases on, off, off, on. See prognet_dev/bench/telemetry.py.
 
 Sections are chosen with `--sections` (alias `--only`), by number or name: `prognet bench --only billing`.
+
+Sections 1-4 also print, for the journeys and for each baseline, the CPU per journey of every process (read from
+/proc; the SMTP sink and the Stripe sandbox run as processes of their own for that), the wall time x cores, and
+each saga's CPU-bound ceiling and the CPU per journey its target ratio would need (prognet_dev/bench/cpu.py).
+`--profile DIR` records the worker and the API with py-spy while each saga's journeys run
+(prognet_dev/bench/profile.py).
 """
 
 from __future__ import annotations
