@@ -700,8 +700,10 @@ async def run(args: argparse.Namespace) -> None:
             await stripe_admin.aclose()
         noop_worker.terminate()
         noop_worker.wait(10)
-        await stack.stop()
-        services.stop()
+        try:
+            await stack.stop()
+        finally:
+            services.stop()
 
 
 def _profile_lines(profiles) -> list[str]:
