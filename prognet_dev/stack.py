@@ -372,8 +372,10 @@ class EmbeddedStack:
             values["temporal_ui_port"] = self.temporal.ui_port
         if self.stripe_api_base:
             values["stripe_api_base"] = self.stripe_api_base
-        if self.stripe is not None:
+        # the sandbox's keys, or those the stack was given for an external Stripe (the bench's sandbox process)
+        if self.stripe_secret_key:
             values["stripe_secret_key"] = self.stripe_secret_key
+        if self.stripe_webhook_secret:
             values["stripe_webhook_secret"] = self.stripe_webhook_secret
         if self.api_url:
             values.update(api_host=self.host, api_port=self.api_port, public_base_url=self.api_url)

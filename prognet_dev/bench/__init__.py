@@ -26,6 +26,12 @@ and noisy: only the ratios carry over between runs.
    (BENCH_TELEMETRY_OFF) on the same stack, phases on, off, off, on. See prognet_dev/bench/telemetry.py.
 
 Sections are chosen with `--sections` (alias `--only`), by number or name: `prognet bench --only billing`.
+
+Sections 1-4 also print, for the journeys and for each baseline, the CPU per journey of every process (read from
+/proc; the SMTP sink and the Stripe sandbox run as processes of their own for that), the wall time x cores, and
+each saga's CPU-bound ceiling and the CPU per journey its target ratio would need (prognet_dev/bench/cpu.py).
+`--profile DIR` records the worker and the API with py-spy while each saga's journeys run
+(prognet_dev/bench/profile.py).
 """
 
 from __future__ import annotations
@@ -340,7 +346,29 @@ async def bench_email_pipeline(
 NAIVE_STEPS = {"registration": 3, "emails": 3, "billing": 5}  # one no-op activity per business step
 
 
-def _print_saga(number: int, title: str, section: dict, shape, naive_steps: int, line: str) -> None:
+def _targets() -> dict[str, list]:
+    """Issue 16's ratio targets, each against the phase measured as its baseline (for the CPU budgets)."""
+    from prognet_dev.bench.cpu import Target
+
+    return {
+        "registration": [Target("naive_ratio", "naive", 0.5)],
+        "emails": [Target("naive_ratio", "naive", 1.5), Target("raw_smtp_ratio", "raw_smtp", 0.1)],
+        "billing": [Target("naive_ratio", "naive", 1.0)],
+        "logins": [Target("ratio", "argon2", 0.9)],
+    }
+
+
+def _cpu_lines(phases: dict, budgets: list, labels: dict[str, str], unit: str = "journey") -> list[str]:
+    """One line per measured phase (CPU per journey by process, wall time x cores), then the CPU-bound ceiling."""
+    from prognet_dev.bench.cpu import ceiling_lines
+
+    lines = [phase.line(labels.get(name, name), unit) for name, phase in phases.items()]
+    return lines + ceiling_lines(phases["journey"], budgets, unit)
+
+
+def _print_saga(
+    number: int, title: str, section: dict, shape, naive_steps: int, line: str, cpu_lines: list[str]
+) -> None:
     from prognet_dev.bench.shape import bare_workflow_tasks
 
     plan = shape.plan()
@@ -354,19 +382,29 @@ def _print_saga(number: int, title: str, section: dict, shape, naive_steps: int,
         f"   {line:<42}: {section['rate']:8.1f} /s   naive ratio {section['naive_ratio']:.2f}, "
         f"same-shape ratio {section['same_shape_ratio']:.2f}, {section['events_per_journey']} events/journey"
     )
+    for cpu_line in cpu_lines:
+        print(cpu_line)
 
 
 async def run(args: argparse.Namespace) -> None:
     from prognet_dev import EmbeddedStack, stack_settings
+    from prognet_dev.bench.cpu import CpuMeter, section_cpu
+    from prognet_dev.bench.profile import Profiles
+    from prognet_dev.bench.services import ServiceProcesses
     from prognet_dev.bench.shape import journey_shape, saga_section
+    from prognet_dev.ports import free_port
 
     data_dir = Path(tempfile.mkdtemp(prefix="prognet-bench-"))
     data_dir.chmod(0o755)  # noqa: ASYNC240 - once, before the loop runs anything else
+    api_port = free_port()
+    # the SMTP sink and the Stripe sandbox in processes of their own, so that their CPU is theirs, not the client's
+    services = ServiceProcesses(data_dir / "data", api_port)
     stack = EmbeddedStack(
-        stack_settings(data_dir / "data"),
+        stack_settings(data_dir / "data", api_port=api_port, **services.settings()),
         app=True,
         log=_quiet,
-        extra_env={
+        extra_env=services.env()
+        | {
             "EMAIL_MAX_PER_SECOND": str(EMAIL_BENCH_MAX_PER_SECOND),
             # section 6 holds this many streams of one user at once
             "SSE_MAX_STREAMS_PER_USER": str(args.sse_streams + 10),
@@ -377,14 +415,30 @@ async def run(args: argparse.Namespace) -> None:
     )
     sections = args.sections
     figures: dict[str, dict] = {}
+    cpu_lines: dict[str, list[str]] = {}
+    targets = _targets()
     stripe_admin = None
     print(f"starting the embedded stack in {data_dir} ...", flush=True)
-    await stack.start()
+    await services.start()
+    try:
+        await stack.start()
+    except BaseException:
+        services.stop()
+        raise
     # stack_settings embeds every service and app=True starts the API, so start() has resolved every address
     assert stack.temporal_address and stack.api_url and stack.database_url, "the bench's stack is fully embedded"
     assert stack.smtp_host and stack.smtp_port and stack.stripe_api_base, "the bench's stack is fully embedded"
     assert stack.migration_database_url, "the bench's stack is fully embedded"
     address = stack.temporal_address
+
+    def profiles(label: str) -> Profiles:
+        """py-spy on the worker and the API while a saga's journeys run (`--profile DIR`; else nothing)."""
+        pids = {
+            name: component.process.pid if component is not None and component.process is not None else None
+            for name, component in (("worker", stack.worker), ("api", stack.api))
+        }
+        return Profiles(args.profile, label, pids, args.profile_format)
+
     # a plain child for the whole run, stopped synchronously in `finally`; it needs only Temporal (its own process),
     # so blocking on its `ready` line stalls nothing it depends on
     noop_argv = [sys.executable, "-m", "prognet_dev.bench.noop_workflow", address]
@@ -439,23 +493,30 @@ async def run(args: argparse.Namespace) -> None:
 
             if 1 in sections:
                 n = args.sagas
-                t_naive = await bench_noop_workflows(address, n, args.concurrency, steps=NAIVE_STEPS["registration"])
-                t_shaped = await bench_shaped_workflows(address, reg_shape.plan(), n, args.concurrency)
-                t_reg = await bench_registrations(http, stack.maildir, n, args.concurrency)
+                with CpuMeter(n) as naive_cpu:
+                    t_naive = await bench_noop_workflows(
+                        address, n, args.concurrency, steps=NAIVE_STEPS["registration"]
+                    )
+                with CpuMeter(n) as shaped_cpu:
+                    t_shaped = await bench_shaped_workflows(address, reg_shape.plan(), n, args.concurrency)
+                with profiles("registration") as reg_profiles, CpuMeter(n) as reg_cpu:
+                    t_reg = await bench_registrations(http, stack.maildir, n, args.concurrency)
                 figures["registration"] = saga_section(n / t_reg, n / t_naive, n / t_shaped, reg_shape)
+                phases = {"naive": naive_cpu.phase, "same_shape": shaped_cpu.phase, "journey": reg_cpu.phase}
+                cpu_figures, budgets = section_cpu(phases, targets["registration"])
+                figures["registration"].update(cpu_figures)
+                cpu_lines["registration"] = _cpu_lines(phases, budgets, {}) + _profile_lines(reg_profiles)
 
             if 2 in sections:
-                from prognet_dev.bench.cpu import cpu_by_role, per_unit_ms
-
                 raw_n = args.logins
-                cpu_before = cpu_by_role()
-                t_raw = bench_raw_argon2(raw_n)
-                argon2_cpu = per_unit_ms(cpu_before, cpu_by_role(), raw_n).get("bench client", 0.0)
+                with CpuMeter(raw_n) as argon2_meter:
+                    t_raw = bench_raw_argon2(raw_n)
+                argon2_cpu = argon2_meter.phase.ms_per_unit.get("bench client", 0.0)
                 emails = await create_active_users(stack.database_url, 20)
                 idle = await idle_healthz(http, IDLE_PROBE_SECONDS)
-                cpu_before = cpu_by_role()
-                t_login, under_load = await bench_logins(http, emails, args.logins, args.login_concurrency)
-                login_cpu = per_unit_ms(cpu_before, cpu_by_role(), args.logins)
+                with CpuMeter(args.logins) as login_meter:
+                    t_login, under_load = await bench_logins(http, emails, args.logins, args.login_concurrency)
+                login_cpu = login_meter.phase.ms_per_unit
                 raw_rate, login_rate = raw_n / t_raw, args.logins / t_login
                 p99_idle, p99_storm = _pct(idle, 0.99) * 1000, _pct(under_load, 0.99) * 1000
                 figures["logins"] = {
@@ -469,15 +530,23 @@ async def run(args: argparse.Namespace) -> None:
                     "argon2_cpu_ms_per_verify": argon2_cpu,
                     "cpu_ms_per_login": login_cpu,
                 }
+                phases = {"argon2": argon2_meter.phase, "journey": login_meter.phase}
+                cpu_figures, budgets = section_cpu(phases, targets["logins"])
+                figures["logins"] |= {k: v for k, v in cpu_figures.items() if k in ("cpu_phases", "cpu_ceiling")}
+                cpu_lines["logins"] = _cpu_lines(phases, budgets, {"argon2": "raw argon2", "journey": "login"}, "login")
 
             if 3 in sections:
                 en = args.emails
-                t_smtp = await bench_raw_smtp(
-                    stack.smtp_host, stack.smtp_port, stack.maildir, en, args.smtp_concurrency
-                )
-                t_naive = await bench_noop_workflows(address, en, args.concurrency, steps=NAIVE_STEPS["emails"])
-                t_shaped = await bench_shaped_workflows(address, email_shape.plan(), en, args.concurrency)
-                t_pipe = await bench_email_pipeline(client, stack.maildir, en, args.concurrency)
+                with CpuMeter(en) as smtp_cpu:
+                    t_smtp = await bench_raw_smtp(
+                        stack.smtp_host, stack.smtp_port, stack.maildir, en, args.smtp_concurrency
+                    )
+                with CpuMeter(en) as naive_cpu:
+                    t_naive = await bench_noop_workflows(address, en, args.concurrency, steps=NAIVE_STEPS["emails"])
+                with CpuMeter(en) as shaped_cpu:
+                    t_shaped = await bench_shaped_workflows(address, email_shape.plan(), en, args.concurrency)
+                with profiles("emails") as email_profiles, CpuMeter(en) as pipe_cpu:
+                    t_pipe = await bench_email_pipeline(client, stack.maildir, en, args.concurrency)
                 figures["emails"] = saga_section(
                     en / t_pipe,
                     en / t_naive,
@@ -486,21 +555,45 @@ async def run(args: argparse.Namespace) -> None:
                     raw_smtp_rate=en / t_smtp,
                     raw_smtp_ratio=(en / t_pipe) / (en / t_smtp),
                 )
+                phases = {
+                    "raw_smtp": smtp_cpu.phase,
+                    "naive": naive_cpu.phase,
+                    "same_shape": shaped_cpu.phase,
+                    "journey": pipe_cpu.phase,
+                }
+                cpu_figures, budgets = section_cpu(phases, targets["emails"])
+                figures["emails"].update(cpu_figures)
+                cpu_lines["emails"] = _cpu_lines(phases, budgets, {"raw_smtp": "raw SMTP"}) + _profile_lines(
+                    email_profiles
+                )
 
             if 4 in sections:
                 bn = args.billing
                 assert stripe_admin is not None  # opened in the warm-up above
                 await stripe_admin.wait_for_webhooks(timeout=billing.webhook_timeout(bn))
                 base_n = min(bn, BILLING_BASELINE_MAX)
-                t_naive = await bench_noop_workflows(address, base_n, base_n, steps=NAIVE_STEPS["billing"])
-                t_shaped = await bench_shaped_workflows(
-                    address, billing_shape.plan(), base_n, base_n, await_children=False
-                )
-                with billing.ConnectionPeak(stack.migration_database_url) as connections:
+                with CpuMeter(base_n) as naive_cpu:
+                    t_naive = await bench_noop_workflows(address, base_n, base_n, steps=NAIVE_STEPS["billing"])
+                with CpuMeter(base_n) as shaped_cpu:
+                    t_shaped = await bench_shaped_workflows(
+                        address, billing_shape.plan(), base_n, base_n, await_children=False
+                    )
+                # the cycles' CPU counts until the last receipt is in the Maildir (run_cycles waits for them)
+                with (
+                    profiles("billing") as billing_profiles,
+                    CpuMeter(bn) as cycle_cpu,
+                    billing.ConnectionPeak(stack.migration_database_url) as connections,
+                ):
                     billing_run = await billing.run_cycles(client, billing_subs[:bn], stack.maildir, max(120.0, bn))
                 billing_checks = await billing.verify_run(stack, stripe_admin, billing_run)
                 figures["billing"] = saga_section(
                     bn / billing_run.seconds, base_n / t_naive, base_n / t_shaped, billing_shape
+                )
+                phases = {"naive": naive_cpu.phase, "same_shape": shaped_cpu.phase, "journey": cycle_cpu.phase}
+                cpu_figures, budgets = section_cpu(phases, targets["billing"])
+                figures["billing"].update(cpu_figures)
+                cpu_lines["billing"] = _cpu_lines(phases, budgets, {"journey": "cycle+rcpt"}) + _profile_lines(
+                    billing_profiles
                 )
                 receipt_rate = bn / billing_run.seconds_with_receipts
 
@@ -533,6 +626,7 @@ async def run(args: argparse.Namespace) -> None:
                 reg_shape,
                 NAIVE_STEPS["registration"],
                 "registration saga through HTTP",
+                cpu_lines["registration"],
             )
         if 2 in sections:
             lf = figures["logins"]
@@ -557,6 +651,8 @@ async def run(args: argparse.Namespace) -> None:
                 + ", ".join(f"{role} {ms:.1f}" for role, ms in login_cpu.items())
                 + "; probes included)"
             )
+            for cpu_line in cpu_lines["logins"]:
+                print(cpu_line)
         if 3 in sections:
             ef = figures["emails"]
             _print_saga(
@@ -567,11 +663,14 @@ async def run(args: argparse.Namespace) -> None:
                 email_shape,
                 NAIVE_STEPS["emails"],
                 "EmailDelivery workflows, start→Maildir",
+                [],
             )
             print(
                 f"   raw aiosmtplib sends to the sink (conc. {args.smtp_concurrency}) : {ef['raw_smtp_rate']:8.1f} /s"
                 f"   pipeline ratio {ef['raw_smtp_ratio']:.2f} of raw SMTP"
             )
+            for cpu_line in cpu_lines["emails"]:
+                print(cpu_line)
         if 4 in sections:
             _print_saga(
                 4,
@@ -581,6 +680,7 @@ async def run(args: argparse.Namespace) -> None:
                 billing_shape,
                 NAIVE_STEPS["billing"],
                 "BillingCycle workflows, start→results",
+                [],
             )
             print(f"   activities: {', '.join(billing_shape.activity_types)}")
             print(
@@ -590,6 +690,8 @@ async def run(args: argparse.Namespace) -> None:
             for line in billing.scale_lines(stack, billing_run, connections):
                 print(line)
             print(f"   checked: {'; '.join(billing_checks)}")
+            for cpu_line in cpu_lines["billing"]:
+                print(cpu_line)
         for line in realtime_lines:
             print(line)
         if args.json:
@@ -600,7 +702,15 @@ async def run(args: argparse.Namespace) -> None:
             await stripe_admin.aclose()
         noop_worker.terminate()
         noop_worker.wait(10)
-        await stack.stop()
+        try:
+            await stack.stop()
+        finally:
+            services.stop()
+
+
+def _profile_lines(profiles) -> list[str]:
+    line = profiles.line()
+    return [line] if line else []
 
 
 def write_json(path: Path, figures: dict[str, dict]) -> None:
@@ -627,6 +737,16 @@ def main(argv: list[str] | None = None) -> int:
         help=f"subscriptions falling due at once (and bare workflows each, at most {BILLING_BASELINE_MAX})",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record the worker and the API with py-spy while each saga's journeys run, into DIR "
+        "(e.g. DIR/billing-worker.svg; needs ptrace rights over them)",
+    )
+    parser.add_argument(
+        "--profile-format", choices=("flamegraph", "speedscope", "raw"), default="flamegraph", help="py-spy's format"
+    )
     parser.add_argument("--events", type=int, default=2000, help="events through relay and projector (section 5)")
     parser.add_argument("--event-batch", type=int, default=20, help="events per inserting transaction (5, 7)")
     parser.add_argument("--reads", type=int, default=200, help="GET /v1/tenants/{id} per read source (5)")

