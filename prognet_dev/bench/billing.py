@@ -165,6 +165,11 @@ def _next_month(when: datetime) -> datetime:
     return when.replace(year=year, month=month, day=min(when.day, 28))
 
 
+# Starts in flight and results awaited at once: each result is a long poll on the server; 10,000 of them would
+# hold as many gRPC streams (500 at once already timed out on the dev server).
+RESULT_WAITERS = 100
+
+
 async def start_cycles(client, subs: list[BenchSubscription]) -> list[Any]:
     """Start one BillingCycle per subscription, all at once, as a due Schedule's children would be started."""
     from temporalio.common import (
@@ -201,11 +206,13 @@ async def start_cycles(client, subs: list[BenchSubscription]) -> list[Any]:
             static_summary=f"Billing period 0 of subscription {sub.subscription_id} (bench)",
         )
 
-    return await asyncio.gather(*(start(sub) for sub in subs))
+    starting = asyncio.Semaphore(RESULT_WAITERS)
 
+    async def limited(sub: BenchSubscription):
+        async with starting:
+            return await start(sub)
 
-# Results awaited at once: each is a long poll on the server; 10,000 of them would hold as many gRPC streams.
-RESULT_WAITERS = 500
+    return await asyncio.gather(*(limited(sub) for sub in subs))
 
 
 async def run_cycles(client, subs: list[BenchSubscription], maildir: Path, receipt_timeout: float) -> BillingRun:
