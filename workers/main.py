@@ -23,6 +23,7 @@ from activities.billing import BillingActivities
 from activities.circuits import SMTP, STRIPE, Circuits
 from activities.email_change import EmailChangeActivities
 from activities.email_delivery import EmailDeliveryActivities
+from activities.email_handoff import start_email_delivery
 from activities.invitations import InvitationActivities
 from activities.invoices import InvoiceActivities
 from activities.schedules import ScheduleActivities
@@ -88,6 +89,7 @@ def activities_for(engine: AsyncEngine, settings: Settings, circuits: Circuits |
         users.issue_verification_token,
         users.revoke_verification_token,
         users.activate_user,
+        start_email_delivery,
         email_changes.reserve,
         email_changes.issue_token,
         email_changes.release,

@@ -83,6 +83,20 @@ def test_the_plan_reproduces_the_shape_with_its_children():
     assert bare_workflow_tasks(plan) == 1 + 1 + 1 + 1 + 1
 
 
+def test_a_handed_off_workflow_counts_in_the_journey_and_is_handed_off_by_the_bare_one_too():
+    parent, started = count(registration_like()), count(registration_like()[:4])
+    parent.handed_off.append(started)
+    plan = parent.plan()
+    # the hand-off was one of the journey's local activities: the bare workflow's hand-off is that one
+    assert plan["local_activities"] == 0 and plan["children"] == []
+    assert plan["handed_off"] == [
+        {"activities": 0, "local_activities": 0, "timers_fired": 0, "timers_pending": 0, "children": []}
+    ]
+    assert (parent.journey_events, parent.journey_workflow_tasks) == (17 + 4, 2 + 1)
+    # bare: first task, one per activity and fired timer; the hand-off costs no task, the started one its first
+    assert bare_workflow_tasks(plan) == 1 + 1 + 1 + 1
+
+
 def test_the_shape_of_a_recorded_history_matches_its_events():
     path = HISTORIES / "registration_verified.json"
     history = WorkflowHistory.from_json(path.stem, path.read_text())
