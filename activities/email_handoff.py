@@ -14,6 +14,7 @@ the delivery it already started and does not send twice.
 from __future__ import annotations
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -22,19 +23,25 @@ from models.contracts import StartEmailDelivery
 from models.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, SA_TENANT_ID, email_workflow_id
 
 
-@activity.defn(name=act.START_EMAIL_DELIVERY)
-async def start_email_delivery(req: StartEmailDelivery) -> None:
-    tenant = [SearchAttributePair(SA_TENANT_ID, req.tenant_id)] if req.tenant_id else []
-    try:
-        # the worker's client: its codec encrypts the request, its interceptors carry the trace and retry settings
-        await activity.client().start_workflow(
-            EMAIL_DELIVERY_WORKFLOW,
-            req.request,
-            id=email_workflow_id(req.request.message_id),
-            task_queue=EMAIL_TASK_QUEUE,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(tenant),
-            static_summary=req.summary,
-        )
-    except WorkflowAlreadyStartedError:
-        pass  # started by an earlier run of this step: the message is already on its way
+class EmailHandoff:
+    """`client`: the one to start deliveries with (the worker's, with its tracing); None: the worker's own."""
+
+    def __init__(self, client: Client | None = None) -> None:
+        self.client = client
+
+    @activity.defn(name=act.START_EMAIL_DELIVERY)
+    async def start_delivery(self, req: StartEmailDelivery) -> None:
+        tenant = [SearchAttributePair(SA_TENANT_ID, req.tenant_id)] if req.tenant_id else []
+        try:
+            # its codec encrypts the request; its interceptors carry the trace and the retry settings
+            await (self.client or activity.client()).start_workflow(
+                EMAIL_DELIVERY_WORKFLOW,
+                req.request,
+                id=email_workflow_id(req.request.message_id),
+                task_queue=EMAIL_TASK_QUEUE,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(tenant),
+                static_summary=req.summary,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # started by an earlier run of this step: the message is already on its way

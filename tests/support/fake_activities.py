@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.email_handoff import start_email_delivery
+from activities.email_handoff import EmailHandoff
 from models import activity_names as act
 from models.contracts import (
     ActivateUser,
@@ -71,7 +71,7 @@ class FakeUsers:
             issue_verification_token,
             revoke_verification_token,
             activate_user,
-            start_email_delivery,  # the real one: it only starts the (fake) delivery workflow through the client
+            EmailHandoff().start_delivery,  # the real one: it starts the (fake) delivery through the worker's client
         ]
 
 
