@@ -207,7 +207,8 @@ class Saga:
         round trip): for a short, idempotent database step, since a worker crash makes the workflow task run
         it again from the start. Its `SagaStep` is not upserted: search attributes change when the workflow task
         completes, and the task goes on past a local step, so only the state it ends in (the next one published)
-        is ever seen; the query and the current details say which local step runs."""
+        is seen. Only a failing local step that backs off long enough for its task to complete on a retry timer
+        leaves the earlier `SagaStep` showing meanwhile; the query and the current details name it all along."""
         if retry_policy is None:
             retry_policy = self.retry_policies.for_step(_activity_name(activity))
         self.set_status("running", step=name, details=f"running step {name}", upsert=not local)
