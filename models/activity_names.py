@@ -39,6 +39,8 @@ QUEUE_EMAIL = "email.queue"
 SEND_EMAIL = "email.send"
 MARK_EMAIL = "email.mark"
 SUPPRESS_ADDRESS = "email.suppress_address"
+# a saga hands an email to the pipeline without a child workflow (activities/email_handoff.py)
+START_EMAIL_DELIVERY = "email.start_delivery"
 
 # invoices, payments, subscriptions (activities/billing.py, activities/subscriptions.py)
 ISSUE_INVOICE = "billing.issue_invoice"

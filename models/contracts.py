@@ -297,6 +297,15 @@ class EmailRequest(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
 
 
+class StartEmailDelivery(BaseModel):
+    """An email handed to the delivery pipeline by a local activity (not a child workflow): what `EmailDelivery`
+    is started with, and the `TenantId` and summary its execution carries."""
+
+    request: EmailRequest
+    tenant_id: str | None = None  # the TenantId search attribute, when the sender belongs to a tenant
+    summary: str
+
+
 class EmailPolicy(BaseModel):
     """Retry policy for temporary failures; read from settings by a local activity, so it lands in history."""
 

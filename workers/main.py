@@ -23,6 +23,7 @@ from activities.billing import BillingActivities
 from activities.circuits import SMTP, STRIPE, Circuits
 from activities.email_change import EmailChangeActivities
 from activities.email_delivery import EmailDeliveryActivities
+from activities.email_handoff import EmailHandoff
 from activities.invitations import InvitationActivities
 from activities.invoices import InvoiceActivities
 from activities.schedules import ScheduleActivities
@@ -145,6 +146,13 @@ def tracing_interceptors(client: Client) -> list[TracingInterceptor]:
     return [TracingInterceptor()]
 
 
+def with_interceptors(client: Client, interceptors: list[TracingInterceptor]) -> Client:
+    """`client` (same connection, namespace and codec) with `interceptors` added to its own."""
+    config = client.config()
+    config["interceptors"] = [*config["interceptors"], *interceptors]
+    return Client(**config)
+
+
 def sdk_runtime(settings: Settings) -> Runtime | None:
     """A Temporal runtime whose SDK metrics (task latencies, schedule-to-start, failures) the SDK serves itself
     on WORKER_SDK_METRICS_PORT; None (the default runtime, no endpoint) when that port is 0."""
@@ -174,6 +182,8 @@ def build_workers(
     schedules = ScheduleActivities(client)
     tracing = [] if settings.bench_telemetry_off else tracing_interceptors(client)
     interceptors = [ObservabilityInterceptor(), *tracing]
+    # emails handed off by a saga's local activity start on a client that traces, so the trace goes on into them
+    handoff = EmailHandoff(with_interceptors(client, tracing) if tracing else client)
     alerting = alerting_activities(client, engine, settings)
     # built only for the queues asked for: a worker is registered with the client as soon as it exists
     factories = {
@@ -183,6 +193,7 @@ def build_workers(
             workflows=WORKFLOWS,
             activities=[
                 *activities_for(engine, settings, circuits),
+                handoff.start_delivery,
                 schedules.ensure_billing_schedule,
                 schedules.delete_billing_schedule,
                 alerting.collect_signals,

@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         email_message_id,
     )
     from models.signup_contracts import RegistrationProgress
-    from workflows.email_delivery import start_email
+    from workflows.email_handoff import hand_off_email
     from workflows.saga import Saga, wait_until
 
 
@@ -118,7 +118,7 @@ class RegistrationWorkflow:
                 return await self._expire()
             window = expires_at - workflow.now()
         wid = workflow.info().workflow_id
-        await start_email(
+        await hand_off_email(
             self.saga,
             "send_verification_email",
             EmailRequest(

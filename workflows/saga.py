@@ -114,11 +114,12 @@ class Saga:
             return
         self._decisions.append(decision)
 
-    def _publish(self, details: str | None = None) -> None:
+    def _publish(self, details: str | None = None, *, upsert: bool = True) -> None:
         self.state.updated_at = workflow.now()
-        # Each upsert is a history event: only a change is sent (current details cost no event).
+        # Each upsert is a history event: only a change is sent (current details cost no event). `upsert=False`
+        # leaves the search attributes to the next status that is published (see `step`).
         published = (self.state.status, self.state.step)
-        if published != self._published:
+        if upsert and published != self._published:
             self._published = published
             workflow.upsert_search_attributes(
                 [
@@ -136,6 +137,7 @@ class Saga:
         step: str | None = None,
         waiting_for: str | None = None,
         details: str | None = None,
+        upsert: bool = True,
     ) -> None:
         if status != self.state.status:
             _report(EXTERN_SAGA_STATUS, self.state.saga, status)
@@ -143,7 +145,7 @@ class Saga:
         if step is not None:
             self.state.step = step
         self.state.waiting_for = waiting_for
-        self._publish(details if details is not None else waiting_for or f"{status}: {self.state.step}")
+        self._publish(details if details is not None else waiting_for or f"{status}: {self.state.step}", upsert=upsert)
 
     def complete(self, details: str) -> None:
         """Every forward step is done: the registered compensations will never be needed."""
@@ -203,10 +205,13 @@ class Saga:
 
         `local`: a local activity, run by this worker inside the workflow task (no task of its own, no server
         round trip): for a short, idempotent database step, since a worker crash makes the workflow task run
-        it again from the start."""
+        it again from the start. Its `SagaStep` is not upserted: search attributes change when the workflow task
+        completes, and the task goes on past a local step, so only the state it ends in (the next one published)
+        is seen. Only a failing local step that backs off long enough for its task to complete on a retry timer
+        leaves the earlier `SagaStep` showing meanwhile; the query and the current details name it all along."""
         if retry_policy is None:
             retry_policy = self.retry_policies.for_step(_activity_name(activity))
-        self.set_status("running", step=name, details=f"running step {name}")
+        self.set_status("running", step=name, details=f"running step {name}", upsert=not local)
         if compensation is not None:
             self.add_compensation(name, compensation[0], compensation[1])
         # `result_type` only applies to an activity named by string; a callable's annotations give its result type

@@ -3,7 +3,8 @@
 - `NoopWorkflow`: the naive bare workflow, one no-op activity per business step (3 for registration and
   emails, 5 for billing);
 - `ShapedWorkflow`: the same shape as a real journey (see prognet_dev/bench/shape.py): as many activities,
-  local activities, timers and child workflows (each with its own shape) as the real histories hold."""
+  local activities, timers and child workflows (each with its own shape) as the real histories hold, and the
+  workflows a journey hands off through a local activity, started the same way."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ async def noop(step: int) -> int:
     return step
 
 
+@activity.defn(name="bench.start_shaped")
+async def start_shaped(start: dict[str, Any]) -> None:
+    """A hand-off: start a `ShapedWorkflow` through the worker's client (the bare twin of a saga's
+    `email.start_delivery` local activity)."""
+    await activity.client().start_workflow(
+        "BenchShaped", start["plan"], id=start["id"], task_queue=activity.info().task_queue
+    )
+
+
 @workflow.defn(name="BenchNoop")
 class NoopWorkflow:
     @workflow.run
@@ -37,8 +47,9 @@ class NoopWorkflow:
 @workflow.defn(name="BenchShaped")
 class ShapedWorkflow:
     """Runs `plan` (Shape.plan()): local activities, then activities one after another, then fired timers, then
-    starts each child (abandoned, like an email) and leaves the pending timers running. Returns the children's
-    ids: the bench waits for them when the journey's figure includes its children's work."""
+    starts each child (abandoned, like an email), hands off each `handed_off` plan (a local activity starts it)
+    and leaves the pending timers running. Returns the ids of the children and the handed-off workflows: the
+    bench waits for them when the journey's figure includes their work."""
 
     @workflow.run
     async def run(self, plan: dict[str, Any]) -> list[str]:
@@ -57,6 +68,12 @@ class ShapedWorkflow:
                 ShapedWorkflow.run, child, id=child_id, parent_close_policy=ParentClosePolicy.ABANDON
             )
             ids.append(child_id)
+        for i, started in enumerate(plan.get("handed_off", [])):
+            started_id = f"{workflow.info().workflow_id}-h{i}"
+            await workflow.execute_local_activity(
+                start_shaped, {"plan": started, "id": started_id}, start_to_close_timeout=timeout
+            )
+            ids.append(started_id)
         del pending  # left running: they go out (TimerStarted) with the completing task, as the journey's do
         return ids
 
@@ -67,7 +84,9 @@ async def serve(address: str) -> None:
     from temporalio.worker import Worker
 
     client = await Client.connect(address)
-    async with Worker(client, task_queue=NOOP_TASK_QUEUE, workflows=[NoopWorkflow, ShapedWorkflow], activities=[noop]):
+    async with Worker(
+        client, task_queue=NOOP_TASK_QUEUE, workflows=[NoopWorkflow, ShapedWorkflow], activities=[noop, start_shaped]
+    ):
         print("ready", flush=True)
         await asyncio.Event().wait()
 

@@ -1,6 +1,7 @@
 """What a journey costs Temporal, read from real histories, and the bare workflow of the same shape.
 
-A journey is a workflow plus the child workflows it started (a registration and its verification email). Its
+A journey is a workflow plus the workflows it started: its child workflows, and the ones it handed off through a
+local activity (a registration's verification email, started by the worker's client, not as a child). Its
 shape counts what drives server round trips: workflow tasks, activities, local activities (markers), child
 workflows and timers (fired, or started and still pending when the journey's figure was taken), and the
 history length in events. `prognet_dev.bench.noop_workflow.ShapedWorkflow` runs the same counts with no-op
@@ -32,14 +33,16 @@ class Shape:
     activity_types: list[str] = field(default_factory=list)
     children: list[Shape] = field(default_factory=list)
     child_ids: list[str] = field(default_factory=list)
+    # workflows it started through one of its local activities (counted in `local_activities`), not as children
+    handed_off: list[Shape] = field(default_factory=list)
 
     @property
     def journey_events(self) -> int:
-        return self.events + sum(c.journey_events for c in self.children)
+        return self.events + sum(c.journey_events for c in [*self.children, *self.handed_off])
 
     @property
     def journey_workflow_tasks(self) -> int:
-        return self.workflow_tasks + sum(c.journey_workflow_tasks for c in self.children)
+        return self.workflow_tasks + sum(c.journey_workflow_tasks for c in [*self.children, *self.handed_off])
 
     def describe(self) -> str:
         text = (
@@ -49,17 +52,23 @@ class Shape:
         )
         for child in self.children:
             text += f"; child: {child.describe()}"
+        for started in self.handed_off:
+            text += f"; started by a local activity: {started.describe()}"
         return text
 
     def plan(self) -> dict[str, Any]:
         """The input of the bare `ShapedWorkflow` that reproduces this shape (JSON-able, recursive)."""
-        return {
+        plan: dict[str, Any] = {
             "activities": self.activities,
-            "local_activities": self.local_activities,
+            # a hand-off is one of the local activities: the bare workflow's hand-off is one too
+            "local_activities": self.local_activities - len(self.handed_off),
             "timers_fired": self.timers_fired,
             "timers_pending": self.timers_pending,
             "children": [c.plan() for c in self.children],
         }
+        if self.handed_off:
+            plan["handed_off"] = [h.plan() for h in self.handed_off]
+        return plan
 
 
 def count(events: Iterable[Any]) -> Shape:
@@ -92,21 +101,25 @@ def count(events: Iterable[Any]) -> Shape:
     return shape
 
 
-async def journey_shape(client, workflow_id: str, depth: int = 2) -> Shape:
-    """The shape of `workflow_id`'s history and, `depth` levels down, of the child workflows it started."""
+async def journey_shape(client, workflow_id: str, depth: int = 2, handed_off: Iterable[str] = ()) -> Shape:
+    """The shape of `workflow_id`'s history and, `depth` levels down, of the child workflows it started; with
+    the workflows it `handed_off` (their ids: a history does not name what a local activity started)."""
     history = await client.get_workflow_handle(workflow_id).fetch_history()
     shape = count(history.events)
     if depth > 0:
         for child_id in shape.child_ids:
             shape.children.append(await journey_shape(client, child_id, depth - 1))
+        for started_id in handed_off:
+            shape.handed_off.append(await journey_shape(client, started_id, depth - 1))
     return shape
 
 
 def bare_workflow_tasks(plan: dict[str, Any]) -> int:
-    """Workflow tasks the bare `ShapedWorkflow` takes for `plan` (itself and its children): the first, one per
-    activity, one per fired timer and one per child started (children are abandoned, not awaited)."""
+    """Workflow tasks the bare `ShapedWorkflow` takes for `plan` (itself, its children and the workflows it
+    hands off): the first, one per activity, one per fired timer and one per child started (children are
+    abandoned, not awaited); a hand-off is a local activity, inside a task."""
     own = 1 + plan["activities"] + plan["timers_fired"] + len(plan["children"])
-    return own + sum(bare_workflow_tasks(c) for c in plan["children"])
+    return own + sum(bare_workflow_tasks(c) for c in [*plan["children"], *plan.get("handed_off", [])])
 
 
 def saga_section(

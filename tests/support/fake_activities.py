@@ -1,7 +1,8 @@
 """Stand-ins for the registration activities, registered under the real activity names.
 
 `FakeUsers` records every call in order and can be told to fail a step (permanently) or a
-compensation (until `healed`), so a test can drive the saga down each path.
+compensation (until `healed`), so a test can drive the saga down each path. The verification email's hand-off
+(`email.start_delivery`) is the real activity: it starts whatever `EmailDelivery` the test's email worker runs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.email_handoff import EmailHandoff
 from models import activity_names as act
 from models.contracts import (
     ActivateUser,
@@ -69,6 +71,7 @@ class FakeUsers:
             issue_verification_token,
             revoke_verification_token,
             activate_user,
+            EmailHandoff().start_delivery,  # the real one: it starts the (fake) delivery through the worker's client
         ]
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from prognet_dev.bench import write_json
+from prognet_dev.bench.noop_workflow import ShapedWorkflow, noop, start_shaped
 from prognet_dev.bench.shape import LOCAL_ACTIVITY_MARKER, bare_workflow_tasks, count, saga_section
 
 HISTORIES = Path(__file__).parents[1] / "replay" / "histories"
@@ -83,6 +85,20 @@ def test_the_plan_reproduces_the_shape_with_its_children():
     assert bare_workflow_tasks(plan) == 1 + 1 + 1 + 1 + 1
 
 
+def test_a_handed_off_workflow_counts_in_the_journey_and_is_handed_off_by_the_bare_one_too():
+    parent, started = count(registration_like()), count(registration_like()[:4])
+    parent.handed_off.append(started)
+    plan = parent.plan()
+    # the hand-off was one of the journey's local activities: the bare workflow's hand-off is that one
+    assert plan["local_activities"] == 0 and plan["children"] == []
+    assert plan["handed_off"] == [
+        {"activities": 0, "local_activities": 0, "timers_fired": 0, "timers_pending": 0, "children": []}
+    ]
+    assert (parent.journey_events, parent.journey_workflow_tasks) == (17 + 4, 2 + 1)
+    # bare: first task, one per activity and fired timer; the hand-off costs no task, the started one its first
+    assert bare_workflow_tasks(plan) == 1 + 1 + 1 + 1
+
+
 def test_the_shape_of_a_recorded_history_matches_its_events():
     path = HISTORIES / "registration_verified.json"
     history = WorkflowHistory.from_json(path.stem, path.read_text())
@@ -122,3 +138,24 @@ def test_json_has_the_issue_keys_per_section(tmp_path):
     assert sections["registration"]["naive_ratio"] == 0.5
     assert sections["registration"]["same_shape_ratio"] == 2.0
     assert sections["registration"]["events_per_journey"] == 17
+
+
+async def test_the_bare_workflow_hands_off_through_a_local_activity(own_ts_client, task_queue):
+    started = {"activities": 0, "local_activities": 0, "timers_fired": 0, "timers_pending": 0, "children": []}
+    plan = {**started, "local_activities": 1, "handed_off": [started]}
+    # unsandboxed: the bench runs its module as __main__; imported here, its package's argparse trips the sandbox
+    async with Worker(
+        own_ts_client,
+        task_queue=task_queue,
+        workflows=[ShapedWorkflow],
+        activities=[noop, start_shaped],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+        handle = await own_ts_client.start_workflow(
+            ShapedWorkflow.run, plan, id=f"shaped-{task_queue}", task_queue=task_queue
+        )
+        (handed_off,) = await handle.result()
+        assert await own_ts_client.get_workflow_handle(handed_off, result_type=list[str]).result() == []
+        shape = count([e async for e in handle.fetch_history_events()])
+    # one local activity of its own and the hand-off: two markers, no child, the first task only
+    assert (shape.local_activities, shape.child_ids, shape.workflow_tasks) == (2, [], 1)
