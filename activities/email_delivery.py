@@ -6,14 +6,18 @@ scope, a tenant's message in its tenant's (row-level security, see models.db.tra
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import uuid
 
+from redis.exceptions import RedisError
 from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.email import Composer, SmtpTemporaryFailure, build_message, smtp_send
 from models import activity_names as names
@@ -27,11 +31,13 @@ from models.contracts import (
     SuppressAddress,
 )
 from models.db import transaction
+from models.errors import SEND_RATE_UNAVAILABLE
 from models.events import record_event
 from models.names import email_workflow_id
 from models.tables import EmailMessage, EmailSuppression, utcnow
 from prognet.circuit import CircuitBreaker, CircuitOpenError
 from prognet.metrics import EMAILS
+from prognet.send_rate import SendRateLimiter
 from prognet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,11 +54,18 @@ def message_id_header(message_id: uuid.UUID) -> str:
 
 
 class EmailDeliveryActivities:
-    def __init__(self, engine: AsyncEngine, settings: Settings, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        breaker: CircuitBreaker | None = None,
+        send_rate: SendRateLimiter | None = None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.composer = Composer(engine, settings)
         self.breaker = breaker  # the "smtp" circuit
+        self.send_rate = send_rate  # EMAIL_MAX_PER_SECOND at the moment of sending; None: no limit (tests only)
 
     def _scope(self, tenant_id: uuid.UUID | None):
         return transaction(self.engine, tenant_id=tenant_id, platform=tenant_id is None)
@@ -114,6 +127,8 @@ class EmailDeliveryActivities:
                 reply = f"SMTP relay circuit open until {exc.until.isoformat(timespec='seconds')}"
                 await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=reply)
                 raise
+        # Last step before the attempt (count it, render, SMTP: a few ms): a send starts right after its token.
+        await self._take_send_token(req)
         sent_before = await self._start_attempt(req.request.tenant_id, message_id)
         if (
             sent_before is not None
@@ -139,6 +154,29 @@ class EmailDeliveryActivities:
         EMAILS.labels("sent").inc()
         log.info("email sent", extra={"message_id": str(message_id), "template": req.request.template})
         return EmailDelivery(message_id=message_id, state="sent", reply=reply)
+
+    async def _take_send_token(self, req: SendEmail) -> None:
+        """Take a token from the shared send-rate bucket (prognet.send_rate), asking again after every wait, so a
+        send never starts on an earlier answer. The send queue's own limit (the server hands out at most
+        EMAIL_MAX_PER_SECOND of these tasks a second) keeps the waits short; the bucket is what holds when a
+        starved worker runs the tasks it polled over several seconds all at once. Without the limiter (Redis
+        down) nothing is sent: the message is deferred and retried with the send's backoff."""
+        if self.send_rate is None:
+            return
+        ticket = None
+        while True:
+            try:
+                answer = await self.send_rate.acquire(ticket)
+            except RedisError as err:
+                reply = f"send rate limiter unavailable (Redis: {type(err).__name__}): not sent"
+                await self._update(req.request.tenant_id, req.request.message_id, state="deferred", last_reply=reply)
+                EMAILS.labels("deferred").inc()
+                raise ApplicationError(reply, type=SEND_RATE_UNAVAILABLE) from err
+            if answer.granted:
+                return
+            ticket = answer.ticket_us
+            # callers told the same moment (late wake-ups) spread out instead of asking again in a herd
+            await asyncio.sleep(answer.wait_seconds + random.uniform(0, 1 / self.send_rate.per_second))
 
     async def _send(self, msg) -> str:
         """One SMTP send, its outcome told to the circuit: a relay that cannot be reached or does not answer

@@ -38,6 +38,8 @@ INVALID_PLAN = "InvalidPlan"  # a plan this subscription cannot move to (another
 SMTP_PERMANENT = "SmtpPermanentFailure"  # the relay refused the message for good (5xx): never retried
 RENDER_FAILED = "RenderFailed"  # the template or its parameters cannot make a message: never retried
 RECIPIENT_GONE = "RecipientGone"  # the user, token, tenant or invitation the message is about is gone
+SEND_RATE_UNAVAILABLE = "SendRateUnavailable"  # the shared send-rate limiter (Redis) cannot be reached: not sent,
+# retried with the send's backoff (never sent without the limit)
 
 # --- external services
 CIRCUIT_OPEN = "CircuitOpen"  # the service's circuit breaker is open: retryable, `next_retry_delay` = the cool-down

@@ -38,6 +38,7 @@ from models.retry_interceptor import RetryPoliciesInterceptor
 from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
 from prognet.payload_codec import data_converter
+from prognet.send_rate import SendRateLimiter
 from prognet.settings import Settings, get_settings
 from workers.interceptors import ObservabilityInterceptor
 from workflows.alert_evaluator import AlertEvaluatorWorkflow
@@ -169,7 +170,8 @@ def build_workers(
     client: Client, engine: AsyncEngine, settings: Settings, task_queues: Collection[str] = ALL_TASK_QUEUES
 ) -> Workers:
     """The sagas on `prognet-main`; email delivery on `prognet-email`; SMTP sends alone on
-    `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND);
+    `prognet-email-send`, whose task-queue rate limit is the system's send rate (EMAIL_MAX_PER_SECOND; each send
+    also takes a token from the same rate's bucket in Redis right before SMTP: prognet.send_rate);
     outbound webhook deliveries on `prognet-webhooks`.
 
     `task_queues` picks a subset: a deployment can run the rate-limited sender as its own scaled service
@@ -178,7 +180,9 @@ def build_workers(
     if unknown or not task_queues:
         raise ValueError(f"unknown task queues {sorted(unknown)}; known: {', '.join(ALL_TASK_QUEUES)}")
     circuits = Circuits(engine, settings)
-    delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP))
+    send_redis = Redis.from_url(redis_url(settings), socket_connect_timeout=2, socket_timeout=5)
+    send_rate = SendRateLimiter(send_redis, settings.email_max_per_second)
+    delivery = EmailDeliveryActivities(engine, settings, breaker=circuits.breaker(SMTP), send_rate=send_rate)
     schedules = ScheduleActivities(client)
     tracing = [] if settings.bench_telemetry_off else tracing_interceptors(client)
     interceptors = [ObservabilityInterceptor(), *tracing]
@@ -235,13 +239,18 @@ def build_workers(
                 await made.aclose()
         finally:
             await circuits.aclose()
+            await send_redis.aclose()
 
     return Workers(workers, on_close=close)
 
 
+def redis_url(settings: Settings) -> str:
+    return settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0"
+
+
 def alerting_activities(client: Client, engine: AsyncEngine, settings: Settings) -> AlertingActivities:
     """The evaluator's activities; the rule file is read and validated here (a bad one stops the worker)."""
-    redis = Redis.from_url(settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0", socket_timeout=5)
+    redis = Redis.from_url(redis_url(settings), socket_timeout=5)
     config = load_alerting_config(settings.alerting_config)
     return AlertingActivities(engine, redis, client, config, settings.alert_escalation_seconds)
 
