@@ -213,22 +213,6 @@ class MarkInvoiceUncollectible(BaseModel):
     decline_code: str | None = None
 
 
-class InvoiceEvent(BaseModel):
-    """`invoice.paid` / `invoice.uncollectible` into domain_events (and its fan-out); idempotent by
-    `{workflow_id}:{event_type}`. The last step of a cycle, after its email was handed over."""
-
-    event_type: Literal["invoice.paid", "invoice.uncollectible"]
-    workflow_id: str
-    tenant_id: uuid.UUID
-    subscription_id: uuid.UUID
-    invoice_id: str
-    invoice_number: int
-    amount: int
-    currency: str
-    payment_intent_id: str | None = None
-    attempts: int = 1
-
-
 class RefundPayment(BaseModel):
     """Refund the PaymentIntents among `payment_intent_ids` that succeeded (none succeeded → nothing to do) and
     cancel those still waiting for an outcome.

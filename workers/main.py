@@ -23,6 +23,7 @@ from activities.billing import BillingActivities
 from activities.circuits import SMTP, STRIPE, Circuits
 from activities.email_change import EmailChangeActivities
 from activities.email_delivery import EmailDeliveryActivities
+from activities.email_handoff import start_email_workflow
 from activities.invitations import InvitationActivities
 from activities.invoices import InvoiceActivities
 from activities.schedules import ScheduleActivities
@@ -115,7 +116,7 @@ def activities_for(engine: AsyncEngine, settings: Settings, circuits: Circuits |
         invoices.mark_invoice_paid,
         invoices.mark_invoice_uncollectible,
         invoices.record_declined_attempt,
-        invoices.publish_invoice_event,
+        start_email_workflow,  # the billing cycle's local hand-over of its emails
         subscriptions.create,
         subscriptions.set_status,
         tenants.suspend_tenant,

@@ -86,7 +86,12 @@ class _Compensation:
 class Saga:
     """Create one in the workflow's `__init__`; it registers the `saga_state` query and the operator signal."""
 
-    def __init__(self, name: str, retry_policies: SagaRetryPolicies | None = None) -> None:
+    def __init__(
+        self, name: str, retry_policies: SagaRetryPolicies | None = None, *, local_steps_upsert: bool = True
+    ) -> None:
+        """`local_steps_upsert` False: a local step upserts no `SagaStatus`/`SagaStep` of its own (see
+        `set_status`)."""
+        self.local_steps_upsert = local_steps_upsert
         self.state = SagaState(saga=name)
         self.retry_policies = retry_policies or SagaRetryPolicies()  # the saga input's (WithRetryPolicies)
         self._compensations: list[_Compensation] = []
@@ -114,11 +119,11 @@ class Saga:
             return
         self._decisions.append(decision)
 
-    def _publish(self, details: str | None = None) -> None:
+    def _publish(self, details: str | None = None, *, search_attributes: bool = True) -> None:
         self.state.updated_at = workflow.now()
         # Each upsert is a history event: only a change is sent (current details cost no event).
         published = (self.state.status, self.state.step)
-        if published != self._published:
+        if search_attributes and published != self._published:
             self._published = published
             workflow.upsert_search_attributes(
                 [
@@ -136,14 +141,21 @@ class Saga:
         step: str | None = None,
         waiting_for: str | None = None,
         details: str | None = None,
+        search_attributes: bool = True,
     ) -> None:
+        """`search_attributes` False: the query and the current details say it, `SagaStatus`/`SagaStep` are left
+        for the next change that upserts them (a local step: it starts and ends inside one workflow task, so an
+        upsert of its own would be an event no operator ever sees as the current state)."""
         if status != self.state.status:
             _report(EXTERN_SAGA_STATUS, self.state.saga, status)
         self.state.status = status
         if step is not None:
             self.state.step = step
         self.state.waiting_for = waiting_for
-        self._publish(details if details is not None else waiting_for or f"{status}: {self.state.step}")
+        self._publish(
+            details if details is not None else waiting_for or f"{status}: {self.state.step}",
+            search_attributes=search_attributes,
+        )
 
     def complete(self, details: str) -> None:
         """Every forward step is done: the registered compensations will never be needed."""
@@ -202,11 +214,13 @@ class Saga:
         policy: the input's for the service `activity` calls, unless given.
 
         `local`: a local activity, run by this worker inside the workflow task (no task of its own, no server
-        round trip): for a short, idempotent database step, since a worker crash makes the workflow task run
-        it again from the start."""
+        round trip): for a short step that is idempotent (by a business id or an idempotency key), since a
+        worker crash makes the workflow task run it again from the start."""
         if retry_policy is None:
             retry_policy = self.retry_policies.for_step(_activity_name(activity))
-        self.set_status("running", step=name, details=f"running step {name}")
+        self.set_status(
+            "running", step=name, details=f"running step {name}", search_attributes=not local or self.local_steps_upsert
+        )
         if compensation is not None:
             self.add_compensation(name, compensation[0], compensation[1])
         # `result_type` only applies to an activity named by string; a callable's annotations give its result type

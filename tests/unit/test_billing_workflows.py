@@ -55,6 +55,7 @@ from models.names import (
 from models.plans import Plan
 from tests.conftest import TEST_CONVERTER
 from tests.support.fake_billing_activities import DECLINED, PENDING, VISA, FakeBillingWorld
+from tests.support.workflow_clock import WorkflowClock
 from tests.support.workflows import email_worker
 from workers.main import Workers
 from workflows.billing_cycle import BillingCycleWorkflow
@@ -66,7 +67,13 @@ DAY = timedelta(days=1)
 def workers(client: Client, task_queue: str, world: FakeBillingWorld) -> Workers:
     return Workers(
         [
-            Worker(client, task_queue=task_queue, workflows=[BillingCycleWorkflow], activities=world.activities()),
+            Worker(
+                client,
+                task_queue=task_queue,
+                workflows=[BillingCycleWorkflow],
+                activities=world.activities(),
+                interceptors=[WorkflowClock()],
+            ),
             email_worker(client),
         ]
     )
@@ -103,16 +110,19 @@ async def email_started(client: Client, parent_id: str, purpose: str) -> datetim
         raise
 
 
-async def email_requests(handle: WorkflowHandle) -> list[EmailRequest]:
-    """The EmailRequests a workflow handed to the delivery pipeline, in order (from its history)."""
-    history = await handle.fetch_history()
-    return [
-        (await TEST_CONVERTER.decode(list(attrs.input.payloads), [EmailRequest]))[0]
-        for e in history.events
-        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
-        and (attrs := e.start_child_workflow_execution_initiated_event_attributes).workflow_type.name
-        == EMAIL_DELIVERY_WORKFLOW
-    ]
+async def email_requests(client: Client, parent_id: str) -> list[EmailRequest]:
+    """The EmailRequests a workflow handed to the delivery pipeline (the inputs their email workflows started
+    with), by purpose: receipt, unpaid notice, reminders."""
+    requests = []
+    for purpose in EMAIL_PURPOSES:
+        if await email_started(client, parent_id, purpose):
+            history = await client.get_workflow_handle(
+                email_workflow_id(email_message_id(parent_id, purpose))
+            ).fetch_history()
+            started = history.events[0].workflow_execution_started_event_attributes
+            assert started.workflow_type.name == EMAIL_DELIVERY_WORKFLOW
+            requests.append((await TEST_CONVERTER.decode(list(started.input.payloads), [EmailRequest]))[0])
+    return requests
 
 
 EMAIL_PURPOSES = ["receipt", "unpaid", *(f"reminder-{n}" for n in range(1, 6))]
@@ -170,16 +180,17 @@ async def test_a_paid_cycle_issues_charges_marks_paid_and_sends_a_receipt(ts_cli
         receipt = await email_started(ts_client, handle.id, "receipt")
         assert await emails_delivered(ts_client, handle.id) == ["receipt"]
         saga = await saga_state(handle)
-        [receipt_request] = await email_requests(handle)
+        [receipt_request] = await email_requests(ts_client, handle.id)
     assert result.status == "paid" and result.invoice_number == 1 and result.attempts == 1
     assert world.calls == [
         act.ISSUE_INVOICE,
         act.CREATE_PAYMENT_INTENT,
-        act.MARK_INVOICE_PAID,
-        act.PUBLISH_INVOICE_EVENT,
+        act.MARK_INVOICE_PAID,  # and its `invoice.paid` event, in the same step
+        act.START_EMAIL_WORKFLOW,  # the receipt, only once the invoice is paid
     ]
-    event = world.args[act.PUBLISH_INVOICE_EVENT][0]
-    assert event.event_type == "invoice.paid" and event.invoice_number == 1 and event.amount == 900
+    [(event_type, invoice_id, event)] = world.events
+    assert event_type == "invoice.paid" and invoice_id == result.invoice_id
+    assert event["number"] == 1 and event["amount"] == 900 and event["payment_intent_id"] == result.payment_intent_id
     create = world.args[act.CREATE_PAYMENT_INTENT][0]
     assert create.idempotency_key == f"{handle.id}:pi:1" and create.invoice_id == result.invoice_id
     assert create.amount == 900 and create.payment_method == VISA and create.workflow_id == handle.id
@@ -275,8 +286,10 @@ async def test_a_paid_cycle_run_again_charges_nothing(ts_client, task_queue):
         again = await second.result()
         history = await second.fetch_history()
     assert again.status == "paid" and again.payment_intent_id == first.payment_intent_id
-    # no second receipt (its email child would also outlive the test's workers)
+    # no second receipt, and no second `invoice.paid`
     assert not [e for e in history.events if e.HasField("start_child_workflow_execution_initiated_event_attributes")]
+    assert world.calls.count(act.START_EMAIL_WORKFLOW) == 1
+    assert [e[0] for e in world.events] == ["invoice.paid"]
     assert world.calls.count(act.CREATE_PAYMENT_INTENT) == 1 and world.intents == {}
     assert world.invoices[first.invoice_id]["status"] == "paid" and len(world.invoices) == 1
 
@@ -294,9 +307,11 @@ async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_u
     assert result.status == "unpaid" and result.attempts == 3 and result.decline_code == "card_declined"
     assert world.calls == [
         act.ISSUE_INVOICE,
-        *[act.CREATE_PAYMENT_INTENT, act.RECORD_DECLINED_ATTEMPT] * 3,
-        act.MARK_INVOICE_UNCOLLECTIBLE,
-        act.PUBLISH_INVOICE_EVENT,
+        act.CREATE_PAYMENT_INTENT,
+        act.RECORD_DECLINED_ATTEMPT,
+        *[act.START_EMAIL_WORKFLOW, act.CREATE_PAYMENT_INTENT, act.RECORD_DECLINED_ATTEMPT] * 2,  # reminder, retry
+        act.MARK_INVOICE_UNCOLLECTIBLE,  # and its `invoice.uncollectible` event, in the same step
+        act.START_EMAIL_WORKFLOW,  # the unpaid notice
     ]
     declines = world.args[act.RECORD_DECLINED_ATTEMPT]
     assert [(d.attempt, d.decline_code, d.invoice_id) for d in declines] == [
@@ -315,9 +330,9 @@ async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_u
     first, *retries = world.times[act.CREATE_PAYMENT_INTENT]
     assert [round((t - first) / DAY) for t in retries] == [1, 3]
     assert reminders[0] and reminders[1] and reminders[2] is None and unpaid
-    assert {r.template for r in await email_requests(handle)} == {"billing_notice"}  # reminders, unpaid notice
+    assert {r.template for r in await email_requests(ts_client, handle.id)} == {"billing_notice"}  # reminders, unpaid
     assert world.invoices[result.invoice_id]["status"] == "uncollectible"
-    assert [e.event_type for e in world.args[act.PUBLISH_INVOICE_EVENT]] == ["invoice.uncollectible"]
+    assert [(e[0], e[1]) for e in world.events] == [("invoice.uncollectible", result.invoice_id)]
     assert act.REFUND_PAYMENT not in world.calls and act.VOID_INVOICE not in world.calls
 
 
@@ -377,6 +392,7 @@ def subscription_workers(client: Client, task_queue: str, world: FakeBillingWorl
                 task_queue=task_queue,
                 workflows=[SubscriptionWorkflow, BillingCycleWorkflow],
                 activities=world.activities(),
+                interceptors=[WorkflowClock()],
             ),
             email_worker(client),
         ]
