@@ -206,8 +206,14 @@ async def test_a_paid_signup_creates_the_user_the_tenant_and_an_active_subscript
 
 
 async def emails_started(client: Client, params: PaidSignupInput) -> list[str]:
-    """The EmailDelivery children the sign-up and its children started (workflow ids), from their histories."""
+    """The EmailDelivery workflows the sign-up and its children started (workflow ids): children, from their
+    histories, and the billing cycle's, which it hands over by a local activity (found by their derived ids)."""
     started = []
+    cycle_id = billing_cycle_workflow_id(params.subscription_id, 0)
+    for purpose in ("receipt", "unpaid", "reminder-1"):
+        email_id = email_workflow_id(email_message_id(cycle_id, purpose))
+        if await exists(client, email_id):
+            started.append(email_id)
     for wid in (
         signup_workflow_id(params.user_id),
         registration_workflow_id(params.user_id),
