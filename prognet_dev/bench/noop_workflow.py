@@ -3,7 +3,8 @@
 - `NoopWorkflow`: the naive bare workflow, one no-op activity per business step (3 for registration and
   emails, 5 for billing);
 - `ShapedWorkflow`: the same shape as a real journey (see prognet_dev/bench/shape.py): as many activities,
-  local activities, timers and child workflows (each with its own shape) as the real histories hold."""
+  local activities, timers and child workflows (each with its own shape) as the real histories hold, and the
+  workflows a journey starts from a local activity (`handed_over`), started the same way."""
 
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ async def noop(step: int) -> int:
     return step
 
 
+@activity.defn(name="bench.start_shaped")
+async def start_shaped(job: dict[str, Any]) -> None:
+    """Start a `ShapedWorkflow` through the worker's client (what `activities/email_handoff.py` does)."""
+    await activity.client().start_workflow(
+        "BenchShaped", job["plan"], id=job["id"], task_queue=activity.info().task_queue
+    )
+
+
 @workflow.defn(name="BenchNoop")
 class NoopWorkflow:
     @workflow.run
@@ -43,14 +52,21 @@ class ShapedWorkflow:
     @workflow.run
     async def run(self, plan: dict[str, Any]) -> list[str]:
         timeout = timedelta(seconds=30)
-        for step in range(plan["local_activities"]):
+        handed_over = plan.get("handed_over", [])
+        ids = []
+        for step in range(plan["local_activities"] - len(handed_over)):
             await workflow.execute_local_activity(noop, step, start_to_close_timeout=timeout)
+        for i, started in enumerate(handed_over):  # the journey's hand-overs are among its local activities
+            started_id = f"{workflow.info().workflow_id}-h{i}"
+            await workflow.execute_local_activity(
+                start_shaped, {"plan": started, "id": started_id}, start_to_close_timeout=timeout
+            )
+            ids.append(started_id)
         for step in range(plan["activities"]):
             await workflow.execute_activity(noop, step, start_to_close_timeout=timeout)
         for _ in range(plan["timers_fired"]):
             await workflow.sleep(timedelta(milliseconds=1))
         pending = [asyncio.ensure_future(workflow.sleep(PENDING_TIMER)) for _ in range(plan["timers_pending"])]
-        ids = []
         for i, child in enumerate(plan["children"]):
             child_id = f"{workflow.info().workflow_id}-c{i}"
             await workflow.start_child_workflow(
@@ -67,7 +83,9 @@ async def serve(address: str) -> None:
     from temporalio.worker import Worker
 
     client = await Client.connect(address)
-    async with Worker(client, task_queue=NOOP_TASK_QUEUE, workflows=[NoopWorkflow, ShapedWorkflow], activities=[noop]):
+    async with Worker(
+        client, task_queue=NOOP_TASK_QUEUE, workflows=[NoopWorkflow, ShapedWorkflow], activities=[noop, start_shaped]
+    ):
         print("ready", flush=True)
         await asyncio.Event().wait()
 

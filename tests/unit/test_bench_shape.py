@@ -75,12 +75,33 @@ def test_the_plan_reproduces_the_shape_with_its_children():
         "local_activities": 1,
         "timers_fired": 1,
         "timers_pending": 1,
-        "children": [{"activities": 0, "local_activities": 0, "timers_fired": 0, "timers_pending": 0, "children": []}],
+        "children": [
+            {
+                "activities": 0,
+                "local_activities": 0,
+                "timers_fired": 0,
+                "timers_pending": 0,
+                "children": [],
+                "handed_over": [],
+            }
+        ],
+        "handed_over": [],
     }
     # the journey counts the child's history too
     assert (parent.journey_events, parent.journey_workflow_tasks) == (17 + 4, 2 + 1)
     # bare: first task, one per activity, fired timer and child start; the child's own first task
     assert bare_workflow_tasks(plan) == 1 + 1 + 1 + 1 + 1
+
+
+def test_a_workflow_handed_over_by_a_local_activity_counts_in_the_journey_and_the_plan():
+    """A billing cycle's receipt: started from one of the cycle's local activities, not as a child."""
+    cycle, receipt = count(registration_like()[:5]), count(registration_like()[:4])
+    cycle.handed_over.append(receipt)
+    plan = cycle.plan()
+    assert plan["local_activities"] == 1 and plan["children"] == [] and len(plan["handed_over"]) == 1
+    assert (cycle.journey_events, cycle.journey_workflow_tasks) == (5 + 4, 1 + 1)
+    # bare: its first task (the hand-over runs inside it), then the started workflow's first task
+    assert bare_workflow_tasks(plan) == 1 + 1
 
 
 def test_the_shape_of_a_recorded_history_matches_its_events():
