@@ -21,13 +21,15 @@ from models.names import EMAIL_DELIVERY_WORKFLOW, EMAIL_TASK_QUEUE, SA_TENANT_ID
 
 
 @activity.defn(name=names.START_EMAIL_WORKFLOW)
-async def start_email_workflow(request: EmailRequest) -> None:
-    """Start the delivery workflow of `request` (it must name its tenant: the `TenantId` the UI filters by)."""
+async def start_email_workflow(request: EmailRequest) -> str:
+    """Start the delivery workflow of `request` (it must name its tenant: the `TenantId` the UI filters by).
+    Returns its workflow id, so the sending workflow's history (the local activity's marker) names it."""
+    workflow_id = email_workflow_id(request.message_id)
     try:
         await activity.client().start_workflow(
             EMAIL_DELIVERY_WORKFLOW,
             request,
-            id=email_workflow_id(request.message_id),
+            id=workflow_id,
             task_queue=EMAIL_TASK_QUEUE,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             search_attributes=TypedSearchAttributes(
@@ -37,3 +39,4 @@ async def start_email_workflow(request: EmailRequest) -> None:
         )
     except WorkflowAlreadyStartedError:
         pass  # handed over before (a retry, or a re-run of the saga): the message is already on its way
+    return workflow_id

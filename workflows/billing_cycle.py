@@ -350,7 +350,7 @@ class BillingCycleWorkflow:
 
     async def _hand_over(self, step: str, request: EmailRequest) -> None:
         """Start the message's own delivery workflow (not awaited: a dead letter must not hold the cycle)."""
-        await self.saga.step(step, act.START_EMAIL_WORKFLOW, request, local=True)
+        await self.saga.step(step, act.START_EMAIL_WORKFLOW, request, local=True, result_type=str)
 
     def _email(self, purpose: str, subject: str, body: str) -> EmailRequest:
         p = self.params

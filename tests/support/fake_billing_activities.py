@@ -220,9 +220,9 @@ class FakeBillingWorld:
             return Refunded(amount=total, refund_ids=ids)
 
         @activity.defn(name=act.START_EMAIL_WORKFLOW)
-        async def hand_over_email(req: EmailRequest) -> None:
+        async def hand_over_email(req: EmailRequest) -> str:
             self._record(act.START_EMAIL_WORKFLOW, req)
-            await start_email_workflow(req)
+            return await start_email_workflow(req)
 
         @activity.defn(name=act.CREATE_SUBSCRIPTION)
         async def create_subscription(req: CreateSubscription) -> None:
