@@ -54,6 +54,7 @@ class InvoiceActivities:
                         number=existing.number,
                         status=existing.status,
                         payment_intent_id=existing.payment_intent_id,
+                        attempts=existing.attempts,
                     )
                 # The counter row is locked until commit: concurrent cycles of a tenant get 1, 2, 3 …
                 number = (

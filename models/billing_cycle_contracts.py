@@ -137,6 +137,7 @@ class Invoice(BaseModel):
     # a cycle run again (a reset, a re-run days later) finds its invoice already paid: nothing to charge
     status: Literal["open", "paid", "uncollectible"] = "open"
     payment_intent_id: str | None = None
+    attempts: int = 0  # charge attempts recorded on it (a paid one: those it took)
 
 
 class VoidInvoice(BaseModel):

@@ -124,11 +124,13 @@ class BillingCycleWorkflow:
         )
         self.state.invoice_id, self.state.invoice_number = invoice.invoice_id, invoice.number
         if invoice.status == "paid" and invoice.payment_intent_id:
-            # Run again after it was paid (Stripe forgets idempotency keys after 24 h): never charge twice.
-            # Its receipt went out with the first run.
-            return await self._paid(
-                PaymentOutcome(payment_intent_id=invoice.payment_intent_id, status="succeeded"), receipt=False
-            )
+            # Paid before: never charge twice. A run again (a reset, a re-run after Stripe forgot the idempotency
+            # keys, 24 h), or this run's first task run again after a worker crash (its local activities' results
+            # were not recorded yet: the invoice may have been paid in it). The receipt is handed over again: a
+            # no-op for a receipt already started (only one whose workflow failed, or one past the namespace's
+            # retention, is started again), and it is never lost to such a crash.
+            self.state.attempt = invoice.attempts
+            return await self._paid(PaymentOutcome(payment_intent_id=invoice.payment_intent_id, status="succeeded"))
         # Registered before the first charge: whatever succeeded is refunded if a later step fails.
         self.saga.add_compensation(
             "charge",
@@ -274,7 +276,7 @@ class BillingCycleWorkflow:
         if known is None or (known.status != "succeeded" and outcome.status == "succeeded"):
             self.outcomes[outcome.payment_intent_id] = outcome
 
-    async def _paid(self, outcome: PaymentOutcome, *, receipt: bool = True) -> BillingCycleResult:
+    async def _paid(self, outcome: PaymentOutcome) -> BillingCycleResult:
         p, wid = self.params, workflow.info().workflow_id
         self.state.status, self.state.next_retry_at = "paid", None
         self.state.paid_payment_intent_id = outcome.payment_intent_id
@@ -286,20 +288,19 @@ class BillingCycleWorkflow:
                 tenant_id=p.tenant_id,
                 payment_intent_id=outcome.payment_intent_id,
                 workflow_id=wid,
-                attempts=self.state.attempt or None,  # 0: run again after it was paid, nothing charged
+                attempts=self.state.attempt or None,
             ),
             local=True,  # idempotent: paid by this PaymentIntent already is a no-op (its event was recorded then)
         )
-        if receipt:
-            await self._hand_over(
-                "send_receipt",
-                self._email(
-                    "receipt",
-                    f"Receipt for invoice {self.state.invoice_number}",
-                    f"Thank you: we received {money(p.amount, p.currency)} for invoice {self.state.invoice_number} "
-                    f"({p.period_start.date()} – {p.period_end.date()}).",
-                ),
-            )
+        await self._hand_over(
+            "send_receipt",
+            self._email(
+                "receipt",
+                f"Receipt for invoice {self.state.invoice_number}",
+                f"Thank you: we received {money(p.amount, p.currency)} for invoice {self.state.invoice_number} "
+                f"({p.period_start.date()} – {p.period_end.date()}).",
+            ),
+        )
         await self._tell_parent("paid")
         self.saga.complete(f"paid: invoice {self.state.invoice_number}, {outcome.payment_intent_id}")
         return self._result("paid")

@@ -119,6 +119,7 @@ class FakeBillingWorld:
                     number=inv["number"],
                     status=inv["status"],
                     payment_intent_id=inv.get("payment_intent_id"),
+                    attempts=inv.get("attempts", 0),
                 )
             tenant = str(req.tenant_id)
             self.counters[tenant] = self.counters.get(tenant, 0) + 1

@@ -275,23 +275,49 @@ async def test_a_failing_step_after_a_successful_charge_refunds_it_and_voids_the
 
 
 async def test_a_paid_cycle_run_again_charges_nothing(ts_client, task_queue):
-    """A reset or re-run after Stripe forgot the idempotency key (24 h) finds the invoice paid: no new charge."""
+    """A reset or re-run after Stripe forgot the idempotency key (24 h) finds the invoice paid: no new charge.
+    (So does the cycle's first task run again after a worker crash: its local activities' answers were lost.)"""
     world = FakeBillingWorld()
     async with workers(ts_client, task_queue, world):
         params = cycle_input()
+        cycle_id = billing_cycle_workflow_id(params.subscription_id, 0)
         first = await (await start_cycle(ts_client, task_queue, params)).result()
-        await emails_delivered(ts_client, billing_cycle_workflow_id(params.subscription_id, 0))
+        await emails_delivered(ts_client, cycle_id)
+        receipt = ts_client.get_workflow_handle(email_workflow_id(email_message_id(cycle_id, "receipt")))
+        receipt_run = (await receipt.describe()).run_id
         world.intents.clear()  # Stripe's idempotency keys expired
         second = await start_cycle(ts_client, task_queue, params, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
         again = await second.result()
         history = await second.fetch_history()
+        receipt_after = await receipt.describe()
     assert again.status == "paid" and again.payment_intent_id == first.payment_intent_id
-    # no second receipt, and no second `invoice.paid`
+    assert again.attempts == first.attempts == 1  # the attempts it took, as the invoice records them
+    # the receipt handed over again is the same message: its workflow was not started a second time
+    assert world.calls.count(act.START_EMAIL_WORKFLOW) == 2 and receipt_after.run_id == receipt_run
     assert not [e for e in history.events if e.HasField("start_child_workflow_execution_initiated_event_attributes")]
-    assert world.calls.count(act.START_EMAIL_WORKFLOW) == 1
-    assert [e[0] for e in world.events] == ["invoice.paid"]
+    assert [e[0] for e in world.events] == ["invoice.paid"]  # no second `invoice.paid`
     assert world.calls.count(act.CREATE_PAYMENT_INTENT) == 1 and world.intents == {}
     assert world.invoices[first.invoice_id]["status"] == "paid" and len(world.invoices) == 1
+
+
+async def test_a_cycle_whose_first_task_ran_again_after_the_charge_still_sends_its_receipt(ts_client, task_queue):
+    """A worker killed after the cycle's first task had paid the invoice (local activities: their answers are
+    recorded only when the task completes): the task runs again, finds the invoice paid, charges nothing, and
+    the receipt, never handed over, goes out."""
+    world = FakeBillingWorld()
+    params = cycle_input()
+    cycle_id = billing_cycle_workflow_id(params.subscription_id, 0)
+    # what the lost task left behind: the invoice issued, charged with the attempt's key and marked paid
+    world.invoices["in_1"] = {"number": 1, "status": "paid", "amount": 900, "kind": "period", "period_index": 0}
+    world.invoices["in_1"].update(payment_intent_id="pi_1", attempts=1)
+    world.invoice_by_workflow[cycle_id] = "in_1"
+    world.counters[str(params.tenant_id)] = 1
+    async with workers(ts_client, task_queue, world):
+        result = await (await start_cycle(ts_client, task_queue, params)).result()
+        assert await emails_delivered(ts_client, cycle_id) == ["receipt"]
+    assert (result.status, result.payment_intent_id, result.attempts) == ("paid", "pi_1", 1)
+    assert act.CREATE_PAYMENT_INTENT not in world.calls and world.intents == {}
+    assert world.events == []  # `invoice.paid` was written with the paid mark, by the lost task
 
 
 async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_unpaid(ts_client, task_queue):
