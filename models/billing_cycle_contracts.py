@@ -177,6 +177,9 @@ class PaymentIntentInfo(BaseModel):
     payment_intent_id: str
     status: PaymentIntentStatus
     decline_code: str | None = None
+    # when the answer came (the worker's clock): a local activity's answer comes later than the workflow task's
+    # `workflow.now()`, and dunning counts its days from the decline itself
+    answered_at: datetime | None = None
 
 
 class MarkInvoicePaid(BaseModel):

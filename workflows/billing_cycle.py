@@ -87,6 +87,7 @@ class BillingCycleWorkflow:
         self.state = BillingCycleState(payment_method=params.payment_method)
         self.outcomes: dict[str, PaymentOutcome] = {}
         self.method_changed = False
+        self.answered_at: datetime | None = None  # when the last charge attempt's create call answered
 
     @workflow.run
     async def run(self, params: BillingCycleInput) -> BillingCycleResult:
@@ -153,7 +154,8 @@ class BillingCycleWorkflow:
                 return await self._paid(outcome)
             self.state.last_decline_code = outcome.decline_code
             if self.state.first_failure_at is None:
-                self.state.first_failure_at = workflow.now()
+                # The decline's own time: a charge answered by a local activity came after this task's now()
+                self.state.first_failure_at = max(workflow.now(), self.answered_at or workflow.now())
                 retry_times = [self.state.first_failure_at + timedelta(days=d) for d in sorted(p.dunning_schedule_days)]
             next_retry = retry_times[used] if used < len(retry_times) else None
             # Before the parent hears `past_due`: a subscription shown past due shows why on its invoice.
@@ -219,6 +221,7 @@ class BillingCycleWorkflow:
             local=True,  # idempotent by the attempt's key: run again, Stripe replays its first answer
         )
         pi_id = pi.payment_intent_id
+        self.answered_at = pi.answered_at
         self.state.payment_intent_ids.append(pi_id)
         self._record(
             PaymentOutcome(payment_intent_id=pi_id, status=pi.status, decline_code=pi.decline_code)
