@@ -11,6 +11,7 @@ The SDK never retries (`max_network_retries=0`): Temporal owns retries. Stripe's
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -174,6 +175,11 @@ class BillingActivities:
 
     @activity.defn(name=names.CREATE_PAYMENT_INTENT)
     async def create_payment_intent(self, req: CreatePaymentIntent) -> PaymentIntentInfo:
+        """`_create_payment_intent`, stamped with the time of its answer."""
+        info = await self._create_payment_intent(req)
+        return info.model_copy(update={"answered_at": datetime.now(UTC)})
+
+    async def _create_payment_intent(self, req: CreatePaymentIntent) -> PaymentIntentInfo:
         """Create and confirm off-session. A decline is an answer (status failed + Stripe's decline code), not an
         activity failure; so is a payment method Stripe will not use (unknown, or another customer's): the
         customer can change it and dunning goes on. The idempotency key makes a retried activity replay

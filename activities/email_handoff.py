@@ -30,14 +30,16 @@ class EmailHandoff:
         self.client = client
 
     @activity.defn(name=act.START_EMAIL_DELIVERY)
-    async def start_delivery(self, req: StartEmailDelivery) -> None:
+    async def start_delivery(self, req: StartEmailDelivery) -> str:
+        """Returns the delivery's workflow id, so the sender's history (the local activity's marker) names it."""
+        workflow_id = email_workflow_id(req.request.message_id)
         tenant = [SearchAttributePair(SA_TENANT_ID, req.tenant_id)] if req.tenant_id else []
         try:
             # its codec encrypts the request; its interceptors carry the trace and the retry settings
             await (self.client or activity.client()).start_workflow(
                 EMAIL_DELIVERY_WORKFLOW,
                 req.request,
-                id=email_workflow_id(req.request.message_id),
+                id=workflow_id,
                 task_queue=EMAIL_TASK_QUEUE,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(tenant),
@@ -45,3 +47,4 @@ class EmailHandoff:
             )
         except WorkflowAlreadyStartedError:
             pass  # started by an earlier run of this step: the message is already on its way
+        return workflow_id

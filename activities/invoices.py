@@ -1,6 +1,10 @@
 """Invoices in our database: issue (per-tenant sequential number), declined attempts, void, paid, uncollectible,
 their events.
 
+Each change records its domain event in its own transaction (`domain_events` is the outbox): `invoice.paid` is
+written with the paid mark, `invoice.uncollectible` with the uncollectible one, so neither can exist without the
+other and a retry that finds the invoice already closed records nothing twice.
+
 Each activity is idempotent (Temporal may run it again after a crash) and works inside one tenant's
 transaction, so row-level security sees only that tenant's invoices and counter.
 """
@@ -8,6 +12,7 @@ transaction, so row-level security sees only that tenant's invoices and counter.
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +25,6 @@ from models import activity_names as names
 from models.billing_cycle_contracts import (
     REFUSED_PAYMENT_PREFIX,
     Invoice,
-    InvoiceEvent,
     IssueInvoice,
     MarkInvoicePaid,
     MarkInvoiceUncollectible,
@@ -30,8 +34,8 @@ from models.billing_cycle_contracts import (
 from models.db import transaction
 from models.errors import INVOICE_NOT_FOUND, INVOICE_NOT_OPEN, INVOICE_RACE
 from models.events import record_event
-from models.tables import DomainEvent, InvoiceCounter, utcnow
 from models.tables import Invoice as InvoiceRow
+from models.tables import InvoiceCounter, utcnow
 
 
 class InvoiceActivities:
@@ -50,6 +54,7 @@ class InvoiceActivities:
                         number=existing.number,
                         status=existing.status,
                         payment_intent_id=existing.payment_intent_id,
+                        attempts=existing.attempts,
                     )
                 # The counter row is locked until commit: concurrent cycles of a tenant get 1, 2, 3 …
                 number = (
@@ -137,6 +142,7 @@ class InvoiceActivities:
             if req.attempts is not None:
                 row.attempts = req.attempts
             db.add(row)
+            _record_closed(db, row, "invoice.paid", req.workflow_id)
 
     @activity.defn(name=names.RECORD_DECLINED_ATTEMPT)
     async def record_declined_attempt(self, req: RecordDeclinedAttempt) -> None:
@@ -180,36 +186,7 @@ class InvoiceActivities:
             row.status, row.decline_code, row.closed_at = "uncollectible", req.decline_code, utcnow()
             row.next_retry_at = None
             db.add(row)
-
-    @activity.defn(name=names.PUBLISH_INVOICE_EVENT)
-    async def publish_invoice_event(self, req: InvoiceEvent) -> None:
-        """`invoice.paid` / `invoice.uncollectible`, once per cycle (a retry finds the first one)."""
-        async with transaction(self.engine, tenant_id=req.tenant_id) as db:
-            seen = (
-                await db.exec(
-                    select(DomainEvent.id).where(
-                        DomainEvent.workflow_id == req.workflow_id, DomainEvent.type == req.event_type
-                    )
-                )
-            ).first()
-            if seen is not None:
-                return
-            record_event(
-                db,
-                req.event_type,
-                "invoice",
-                req.invoice_id,
-                {
-                    "number": req.invoice_number,
-                    "amount": req.amount,
-                    "currency": req.currency,
-                    "subscription_id": str(req.subscription_id),
-                    "payment_intent_id": req.payment_intent_id,
-                    "attempts": req.attempts,
-                },
-                tenant_id=req.tenant_id,
-                workflow_id=req.workflow_id,
-            )
+            _record_closed(db, row, "invoice.uncollectible", req.workflow_id)
 
     @staticmethod
     async def _live(db, workflow_id: str) -> InvoiceRow | None:
@@ -223,3 +200,25 @@ class InvoiceActivities:
         if row is None:
             raise ApplicationError(f"invoice {invoice_id} not found", type=INVOICE_NOT_FOUND, non_retryable=True)
         return row
+
+
+def _record_closed(
+    db, row: InvoiceRow, event_type: Literal["invoice.paid", "invoice.uncollectible"], workflow_id: str
+) -> None:
+    """The event of an invoice closing, in the transaction that closes it (the row is the source of its fields)."""
+    record_event(
+        db,
+        event_type,
+        "invoice",
+        row.id,
+        {
+            "number": row.number,
+            "amount": row.amount,
+            "currency": row.currency,
+            "subscription_id": str(row.subscription_id),
+            "payment_intent_id": row.payment_intent_id if event_type == "invoice.paid" else None,
+            "attempts": row.attempts,
+        },
+        tenant_id=row.tenant_id,
+        workflow_id=workflow_id,
+    )

@@ -137,6 +137,7 @@ class Invoice(BaseModel):
     # a cycle run again (a reset, a re-run days later) finds its invoice already paid: nothing to charge
     status: Literal["open", "paid", "uncollectible"] = "open"
     payment_intent_id: str | None = None
+    attempts: int = 0  # charge attempts recorded on it (a paid one: those it took)
 
 
 class VoidInvoice(BaseModel):
@@ -176,6 +177,9 @@ class PaymentIntentInfo(BaseModel):
     payment_intent_id: str
     status: PaymentIntentStatus
     decline_code: str | None = None
+    # when the answer came (the worker's clock): a local activity's answer comes later than the workflow task's
+    # `workflow.now()`, and dunning counts its days from the decline itself
+    answered_at: datetime | None = None
 
 
 class MarkInvoicePaid(BaseModel):
@@ -211,22 +215,6 @@ class MarkInvoiceUncollectible(BaseModel):
     tenant_id: uuid.UUID
     workflow_id: str
     decline_code: str | None = None
-
-
-class InvoiceEvent(BaseModel):
-    """`invoice.paid` / `invoice.uncollectible` into domain_events (and its fan-out); idempotent by
-    `{workflow_id}:{event_type}`. The last step of a cycle, after its email was handed over."""
-
-    event_type: Literal["invoice.paid", "invoice.uncollectible"]
-    workflow_id: str
-    tenant_id: uuid.UUID
-    subscription_id: uuid.UUID
-    invoice_id: str
-    invoice_number: int
-    amount: int
-    currency: str
-    payment_intent_id: str | None = None
-    attempts: int = 1
 
 
 class RefundPayment(BaseModel):

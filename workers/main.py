@@ -117,7 +117,6 @@ def activities_for(engine: AsyncEngine, settings: Settings, circuits: Circuits |
         invoices.mark_invoice_paid,
         invoices.mark_invoice_uncollectible,
         invoices.record_declined_attempt,
-        invoices.publish_invoice_event,
         subscriptions.create,
         subscriptions.set_status,
         tenants.suspend_tenant,

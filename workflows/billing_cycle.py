@@ -5,16 +5,24 @@ issue invoice (per-tenant sequential number, idempotent by workflow id) → crea
 else the `payment_outcome` signal the Stripe webhook endpoint sends, with a polling fallback
 (`retrieve_payment_intent` every `poll_interval_seconds`).
 
-- Paid: invoice marked paid, receipt email, `invoice.paid` event, the parent is told.
+- Paid: invoice marked paid and the `invoice.paid` event, in one transaction (the events table is the outbox),
+  then the receipt email, then the parent is told.
 - Declined: dunning. The invoice records the attempt (decline code, PaymentIntent, next retry time), then the
   parent subscription is told `past_due`; at each day of the schedule (counted from the first failure; default
   1, 3, 5, 7) a reminder email, then a new charge attempt (same invoice, next attempt's key). A
   `payment_method_updated` signal retries at once with the new method (no slot of the schedule used). The
-  schedule exhausted: invoice uncollectible, notice email, `invoice.uncollectible` event, the parent is
-  told `unpaid` (it suspends the tenant).
+  schedule exhausted: invoice uncollectible with its `invoice.uncollectible` event (one transaction), notice
+  email, the parent is told `unpaid` (it suspends the tenant).
 - A later step failing after a successful charge refunds it: the refund is registered as a compensation before
   the first charge and refunds whichever of the cycle's PaymentIntents succeeded (none → nothing to do); the
   invoice is voided.
+
+Round trips: issuing the invoice, creating the PaymentIntent, marking the invoice and handing an email to the
+delivery pipeline are local activities (each is idempotent by the workflow id, the idempotency key or the
+message id, so the workflow task running one again after a crash is safe), and they upsert no search attribute
+of their own: a cycle paid at once is one workflow task (two with a parent to tell). Emails are started through
+the worker's client (`activities/email_handoff.py`), not as children: each keeps its own workflow, retries and
+dead letter, and costs the cycle no task.
 
 Starting it twice is a no-op: the business id rejects a second start, and even a second run (a reset, a
 backfill) reuses the invoice and the PaymentIntent idempotency keys, so it cannot charge twice.
@@ -36,7 +44,6 @@ with workflow.unsafe.imports_passed_through():
         CreatePaymentIntent,
         CycleStatusChanged,
         Invoice,
-        InvoiceEvent,
         IssueInvoice,
         MarkInvoicePaid,
         MarkInvoiceUncollectible,
@@ -58,7 +65,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_PAYMENT_OUTCOME,
         email_message_id,
     )
-    from workflows.email_delivery import start_email
+    from workflows.email_handoff import hand_off_email
     from workflows.saga import Saga, wait_until
 
 
@@ -81,6 +88,7 @@ class BillingCycleWorkflow:
         self.state = BillingCycleState(payment_method=params.payment_method)
         self.outcomes: dict[str, PaymentOutcome] = {}
         self.method_changed = False
+        self.answered_at: datetime | None = None  # when the last charge attempt's create call answered
 
     @workflow.run
     async def run(self, params: BillingCycleInput) -> BillingCycleResult:
@@ -114,14 +122,17 @@ class BillingCycleWorkflow:
                 ),
             ),
             result_type=Invoice,
+            local=True,  # idempotent by workflow id: a re-run finds the cycle's live invoice
         )
         self.state.invoice_id, self.state.invoice_number = invoice.invoice_id, invoice.number
         if invoice.status == "paid" and invoice.payment_intent_id:
-            # Run again after it was paid (Stripe forgets idempotency keys after 24 h): never charge twice.
-            # Its receipt went out with the first run.
-            return await self._paid(
-                PaymentOutcome(payment_intent_id=invoice.payment_intent_id, status="succeeded"), receipt=False
-            )
+            # Paid before: never charge twice. A run again (a reset, a re-run after Stripe forgot the idempotency
+            # keys, 24 h), or this run's first task run again after a worker crash (its local activities' results
+            # were not recorded yet: the invoice may have been paid in it). The receipt is handed over again: a
+            # no-op for a receipt already started (only one whose workflow failed, or one past the namespace's
+            # retention, is started again), and it is never lost to such a crash.
+            self.state.attempt = invoice.attempts
+            return await self._paid(PaymentOutcome(payment_intent_id=invoice.payment_intent_id, status="succeeded"))
         # Registered before the first charge: whatever succeeded is refunded if a later step fails.
         self.saga.add_compensation(
             "charge",
@@ -144,7 +155,8 @@ class BillingCycleWorkflow:
                 return await self._paid(outcome)
             self.state.last_decline_code = outcome.decline_code
             if self.state.first_failure_at is None:
-                self.state.first_failure_at = workflow.now()
+                # The decline's own time: a charge answered by a local activity came after this task's now()
+                self.state.first_failure_at = max(workflow.now(), self.answered_at or workflow.now())
                 retry_times = [self.state.first_failure_at + timedelta(days=d) for d in sorted(p.dunning_schedule_days)]
             next_retry = retry_times[used] if used < len(retry_times) else None
             # Before the parent hears `past_due`: a subscription shown past due shows why on its invoice.
@@ -160,6 +172,7 @@ class BillingCycleWorkflow:
                     decline_code=outcome.decline_code,
                     next_retry_at=next_retry,
                 ),
+                local=True,  # idempotent by attempt: the same attempt recorded again changes nothing
             )
             if next_retry is None:
                 return await self._unpaid()
@@ -176,8 +189,7 @@ class BillingCycleWorkflow:
             if not await sleep_until(next_retry, lambda: self.method_changed):
                 used += 1
                 self.state.reminders_sent += 1
-                await start_email(
-                    self.saga,
+                await self._hand_over(
                     f"send_reminder_{used}",
                     self._email(
                         f"reminder-{used}",
@@ -207,8 +219,10 @@ class BillingCycleWorkflow:
                 payment_method=self.state.payment_method,
             ),
             result_type=PaymentIntentInfo,
+            local=True,  # idempotent by the attempt's key: run again, Stripe replays its first answer
         )
         pi_id = pi.payment_intent_id
+        self.answered_at = pi.answered_at
         self.state.payment_intent_ids.append(pi_id)
         self._record(
             PaymentOutcome(payment_intent_id=pi_id, status=pi.status, decline_code=pi.decline_code)
@@ -266,7 +280,7 @@ class BillingCycleWorkflow:
         if known is None or (known.status != "succeeded" and outcome.status == "succeeded"):
             self.outcomes[outcome.payment_intent_id] = outcome
 
-    async def _paid(self, outcome: PaymentOutcome, *, receipt: bool = True) -> BillingCycleResult:
+    async def _paid(self, outcome: PaymentOutcome) -> BillingCycleResult:
         p, wid = self.params, workflow.info().workflow_id
         self.state.status, self.state.next_retry_at = "paid", None
         self.state.paid_payment_intent_id = outcome.payment_intent_id
@@ -278,22 +292,19 @@ class BillingCycleWorkflow:
                 tenant_id=p.tenant_id,
                 payment_intent_id=outcome.payment_intent_id,
                 workflow_id=wid,
-                attempts=self.state.attempt or None,  # 0: run again after it was paid, nothing charged
+                attempts=self.state.attempt or None,
             ),
-            local=True,  # idempotent: paid by this PaymentIntent already is a no-op
+            local=True,  # idempotent: paid by this PaymentIntent already is a no-op (its event was recorded then)
         )
-        if receipt:
-            await start_email(
-                self.saga,
-                "send_receipt",
-                self._email(
-                    "receipt",
-                    f"Receipt for invoice {self.state.invoice_number}",
-                    f"Thank you: we received {money(p.amount, p.currency)} for invoice {self.state.invoice_number} "
-                    f"({p.period_start.date()} – {p.period_end.date()}).",
-                ),
-            )
-        await self._publish("invoice.paid")
+        await self._hand_over(
+            "send_receipt",
+            self._email(
+                "receipt",
+                f"Receipt for invoice {self.state.invoice_number}",
+                f"Thank you: we received {money(p.amount, p.currency)} for invoice {self.state.invoice_number} "
+                f"({p.period_start.date()} – {p.period_end.date()}).",
+            ),
+        )
         await self._tell_parent("paid")
         self.saga.complete(f"paid: invoice {self.state.invoice_number}, {outcome.payment_intent_id}")
         return self._result("paid")
@@ -310,10 +321,10 @@ class BillingCycleWorkflow:
                 workflow_id=wid,
                 decline_code=self.state.last_decline_code,
             ),
+            local=True,  # idempotent: already uncollectible is a no-op (its event was recorded then)
         )
         if p.kind == "period" and p.notify_unpaid:
-            await start_email(
-                self.saga,
+            await self._hand_over(
                 "send_unpaid_notice",
                 self._email(
                     "unpaid",
@@ -323,29 +334,9 @@ class BillingCycleWorkflow:
                     "subscribe again with another payment method to lift the suspension.",
                 ),
             )
-        await self._publish("invoice.uncollectible")
         await self._tell_parent("unpaid")
         self.saga.complete(f"unpaid after {self.state.attempt} attempts")
         return self._result("unpaid")
-
-    async def _publish(self, event_type: str) -> None:
-        p = self.params
-        await self.saga.step(
-            f"publish_{event_type}",
-            act.PUBLISH_INVOICE_EVENT,
-            InvoiceEvent(
-                event_type=event_type,
-                workflow_id=workflow.info().workflow_id,
-                tenant_id=p.tenant_id,
-                subscription_id=p.subscription_id,
-                invoice_id=self.state.invoice_id,
-                invoice_number=self.state.invoice_number,
-                amount=p.amount,
-                currency=p.currency,
-                payment_intent_id=self.state.paid_payment_intent_id,
-                attempts=self.state.attempt,
-            ),
-        )
 
     def _result(self, status: str) -> BillingCycleResult:
         p = self.params
@@ -361,6 +352,10 @@ class BillingCycleWorkflow:
             attempts=self.state.attempt,
             decline_code=self.state.last_decline_code if status == "unpaid" else None,
         )
+
+    async def _hand_over(self, step: str, request: EmailRequest) -> None:
+        """Start the message's own delivery workflow (not awaited: a dead letter must not hold the cycle)."""
+        await hand_off_email(self.saga, step, request)
 
     def _email(self, purpose: str, subject: str, body: str) -> EmailRequest:
         p = self.params

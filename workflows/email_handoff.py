@@ -18,12 +18,12 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga import Saga
 
 
-async def hand_off_email(saga: Saga, step: str, request: EmailRequest) -> None:
+async def hand_off_email(saga: Saga, step: str, request: EmailRequest) -> str:
     """Start the delivery of `request` as the saga's local step `step` (nothing to compensate: an email that
     went cannot be taken back, so a saga hands one over only where it may go)."""
     info = workflow.info()
     tenant_id = str(request.tenant_id) if request.tenant_id else info.typed_search_attributes.get(SA_TENANT_ID)
-    await saga.step(
+    return await saga.step(
         step,
         act.START_EMAIL_DELIVERY,
         StartEmailDelivery(
@@ -32,4 +32,5 @@ async def hand_off_email(saga: Saga, step: str, request: EmailRequest) -> None:
             summary=f"Email {request.template} ({request.message_id}) from {info.workflow_id}",
         ),
         local=True,  # idempotent: the delivery's id is the message's business key
+        result_type=str,  # the delivery's workflow id
     )

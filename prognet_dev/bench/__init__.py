@@ -464,7 +464,7 @@ async def run(args: argparse.Namespace) -> None:
 
                 # the verification email is handed off by a local activity, not a child: named, not found in history
                 verification = email_workflow_id(email_message_id(reg_ids[0], "verify"))
-                reg_shape = await journey_shape(client, reg_ids[0], handed_off=[verification])
+                reg_shape = await journey_shape(client, reg_ids[0], handed_over=[verification])
                 await bench_noop_workflows(address, 5, 5, steps=NAIVE_STEPS["registration"])
                 await bench_shaped_workflows(address, reg_shape.plan(), 5, 5)
             if 3 in sections:
@@ -475,7 +475,7 @@ async def run(args: argparse.Namespace) -> None:
                 email_shape = await journey_shape(client, email_ids[0])
                 await bench_shaped_workflows(address, email_shape.plan(), 5, 5)
             if 4 in sections:
-                from models.names import billing_cycle_workflow_id
+                from models.names import billing_cycle_workflow_id, email_message_id, email_workflow_id
                 from prognet_dev import SandboxAdmin
                 from prognet_dev.bench import billing
 
@@ -487,8 +487,10 @@ async def run(args: argparse.Namespace) -> None:
                 await stripe_admin.wait_for_webhooks(timeout=billing.webhook_timeout(bn))
                 warm = await billing.run_cycles(client, billing_subs[bn:], stack.maildir, 60)
                 await billing.verify_run(stack, stripe_admin, warm)
+                warm_cycle = billing_cycle_workflow_id(billing_subs[bn].subscription_id, 0)
+                # its receipt is started by a local activity, not as a child: followed by its id
                 billing_shape = await journey_shape(
-                    client, billing_cycle_workflow_id(billing_subs[bn].subscription_id, 0)
+                    client, warm_cycle, handed_over=[email_workflow_id(email_message_id(warm_cycle, "receipt"))]
                 )
                 await bench_noop_workflows(address, BILLING_WARMUP, BILLING_WARMUP, steps=NAIVE_STEPS["billing"])
                 await bench_shaped_workflows(

@@ -4,7 +4,7 @@
   emails, 5 for billing);
 - `ShapedWorkflow`: the same shape as a real journey (see prognet_dev/bench/shape.py): as many activities,
   local activities, timers and child workflows (each with its own shape) as the real histories hold, and the
-  workflows a journey hands off through a local activity, started the same way."""
+  workflows a journey starts from a local activity (`handed_over`), started the same way."""
 
 from __future__ import annotations
 
@@ -27,11 +27,10 @@ async def noop(step: int) -> int:
 
 
 @activity.defn(name="bench.start_shaped")
-async def start_shaped(start: dict[str, Any]) -> None:
-    """A hand-off: start a `ShapedWorkflow` through the worker's client (the bare twin of a saga's
-    `email.start_delivery` local activity)."""
+async def start_shaped(job: dict[str, Any]) -> None:
+    """Start a `ShapedWorkflow` through the worker's client (what `activities/email_handoff.py` does)."""
     await activity.client().start_workflow(
-        "BenchShaped", start["plan"], id=start["id"], task_queue=activity.info().task_queue
+        "BenchShaped", job["plan"], id=job["id"], task_queue=activity.info().task_queue
     )
 
 
@@ -47,33 +46,33 @@ class NoopWorkflow:
 @workflow.defn(name="BenchShaped")
 class ShapedWorkflow:
     """Runs `plan` (Shape.plan()): local activities, then activities one after another, then fired timers, then
-    starts each child (abandoned, like an email), hands off each `handed_off` plan (a local activity starts it)
-    and leaves the pending timers running. Returns the ids of the children and the handed-off workflows: the
-    bench waits for them when the journey's figure includes their work."""
+    starts each child (abandoned, like an email) and leaves the pending timers running. Returns the children's
+    ids: the bench waits for them when the journey's figure includes its children's work."""
 
     @workflow.run
     async def run(self, plan: dict[str, Any]) -> list[str]:
         timeout = timedelta(seconds=30)
-        for step in range(plan["local_activities"]):
+        handed_over = plan.get("handed_over", [])
+        ids = []
+        for step in range(plan["local_activities"] - len(handed_over)):
             await workflow.execute_local_activity(noop, step, start_to_close_timeout=timeout)
+        for i, started in enumerate(handed_over):  # the journey's hand-overs are among its local activities
+            started_id = f"{workflow.info().workflow_id}-h{i}"
+            await workflow.execute_local_activity(
+                start_shaped, {"plan": started, "id": started_id}, start_to_close_timeout=timeout
+            )
+            ids.append(started_id)
         for step in range(plan["activities"]):
             await workflow.execute_activity(noop, step, start_to_close_timeout=timeout)
         for _ in range(plan["timers_fired"]):
             await workflow.sleep(timedelta(milliseconds=1))
         pending = [asyncio.ensure_future(workflow.sleep(PENDING_TIMER)) for _ in range(plan["timers_pending"])]
-        ids = []
         for i, child in enumerate(plan["children"]):
             child_id = f"{workflow.info().workflow_id}-c{i}"
             await workflow.start_child_workflow(
                 ShapedWorkflow.run, child, id=child_id, parent_close_policy=ParentClosePolicy.ABANDON
             )
             ids.append(child_id)
-        for i, started in enumerate(plan.get("handed_off", [])):
-            started_id = f"{workflow.info().workflow_id}-h{i}"
-            await workflow.execute_local_activity(
-                start_shaped, {"plan": started, "id": started_id}, start_to_close_timeout=timeout
-            )
-            ids.append(started_id)
         del pending  # left running: they go out (TimerStarted) with the completing task, as the journey's do
         return ids
 

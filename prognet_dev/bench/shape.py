@@ -1,11 +1,12 @@
 """What a journey costs Temporal, read from real histories, and the bare workflow of the same shape.
 
-A journey is a workflow plus the workflows it started: its child workflows, and the ones it handed off through a
-local activity (a registration's verification email, started by the worker's client, not as a child). Its
+A journey is a workflow plus the child workflows it started (a registration and its verification email). Its
 shape counts what drives server round trips: workflow tasks, activities, local activities (markers), child
 workflows and timers (fired, or started and still pending when the journey's figure was taken), and the
-history length in events. `prognet_dev.bench.noop_workflow.ShapedWorkflow` runs the same counts with no-op
-activities, so "same-shape ratio" compares our code with Temporal doing the same amount of work by hand.
+history length in events. A workflow a journey starts through its worker's client from a local activity (a billing
+cycle's receipt) is not a child: it is followed as `handed_over`, found by its id. `prognet_dev.bench.noop_workflow.
+ShapedWorkflow` runs the same counts with no-op activities, so "same-shape ratio" compares our code with Temporal
+doing the same amount of work by hand.
 """
 
 from __future__ import annotations
@@ -33,16 +34,20 @@ class Shape:
     activity_types: list[str] = field(default_factory=list)
     children: list[Shape] = field(default_factory=list)
     child_ids: list[str] = field(default_factory=list)
-    # workflows it started through one of its local activities (counted in `local_activities`), not as children
-    handed_off: list[Shape] = field(default_factory=list)
+    # started by one of its local activities (each also counted in `local_activities`), not as children
+    handed_over: list[Shape] = field(default_factory=list)
+
+    @property
+    def _started(self) -> list[Shape]:
+        return self.children + self.handed_over
 
     @property
     def journey_events(self) -> int:
-        return self.events + sum(c.journey_events for c in [*self.children, *self.handed_off])
+        return self.events + sum(c.journey_events for c in self._started)
 
     @property
     def journey_workflow_tasks(self) -> int:
-        return self.workflow_tasks + sum(c.journey_workflow_tasks for c in [*self.children, *self.handed_off])
+        return self.workflow_tasks + sum(c.journey_workflow_tasks for c in self._started)
 
     def describe(self) -> str:
         text = (
@@ -52,23 +57,20 @@ class Shape:
         )
         for child in self.children:
             text += f"; child: {child.describe()}"
-        for started in self.handed_off:
+        for started in self.handed_over:
             text += f"; started by a local activity: {started.describe()}"
         return text
 
     def plan(self) -> dict[str, Any]:
         """The input of the bare `ShapedWorkflow` that reproduces this shape (JSON-able, recursive)."""
-        plan: dict[str, Any] = {
+        return {
             "activities": self.activities,
-            # a hand-off is one of the local activities: the bare workflow's hand-off is one too
-            "local_activities": self.local_activities - len(self.handed_off),
+            "local_activities": self.local_activities,
             "timers_fired": self.timers_fired,
             "timers_pending": self.timers_pending,
             "children": [c.plan() for c in self.children],
+            "handed_over": [c.plan() for c in self.handed_over],
         }
-        if self.handed_off:
-            plan["handed_off"] = [h.plan() for h in self.handed_off]
-        return plan
 
 
 def count(events: Iterable[Any]) -> Shape:
@@ -101,25 +103,26 @@ def count(events: Iterable[Any]) -> Shape:
     return shape
 
 
-async def journey_shape(client, workflow_id: str, depth: int = 2, handed_off: Iterable[str] = ()) -> Shape:
-    """The shape of `workflow_id`'s history and, `depth` levels down, of the child workflows it started; with
-    the workflows it `handed_off` (their ids: a history does not name what a local activity started)."""
+async def journey_shape(client, workflow_id: str, depth: int = 2, handed_over: Iterable[str] = ()) -> Shape:
+    """The shape of `workflow_id`'s history and, `depth` levels down, of the child workflows it started; plus
+    the workflows `handed_over` (ids) it started from a local activity."""
     history = await client.get_workflow_handle(workflow_id).fetch_history()
     shape = count(history.events)
     if depth > 0:
         for child_id in shape.child_ids:
             shape.children.append(await journey_shape(client, child_id, depth - 1))
-        for started_id in handed_off:
-            shape.handed_off.append(await journey_shape(client, started_id, depth - 1))
+        for started_id in handed_over:
+            shape.handed_over.append(await journey_shape(client, started_id, depth - 1))
     return shape
 
 
 def bare_workflow_tasks(plan: dict[str, Any]) -> int:
-    """Workflow tasks the bare `ShapedWorkflow` takes for `plan` (itself, its children and the workflows it
-    hands off): the first, one per activity, one per fired timer and one per child started (children are
-    abandoned, not awaited); a hand-off is a local activity, inside a task."""
+    """Workflow tasks the bare `ShapedWorkflow` takes for `plan` (itself and its children): the first, one per
+    activity, one per fired timer and one per child started (children are abandoned, not awaited); a workflow
+    handed over by a local activity costs none of its own."""
+    started = plan["children"] + plan.get("handed_over", [])
     own = 1 + plan["activities"] + plan["timers_fired"] + len(plan["children"])
-    return own + sum(bare_workflow_tasks(c) for c in [*plan["children"], *plan.get("handed_off", [])])
+    return own + sum(bare_workflow_tasks(c) for c in started)
 
 
 def saga_section(

@@ -27,7 +27,7 @@ async def test_a_registration_takes_one_workflow_task_up_to_its_verification_ema
     message_id = email_message_id(wid, "verify")
     await _wait_for_email(services.maildir, str(message_id))
 
-    shape = await journey_shape(temporal_client, wid, handed_off=[email_workflow_id(message_id)])
+    shape = await journey_shape(temporal_client, wid, handed_over=[email_workflow_id(message_id)])
     # The update-with-start's first task does it all: the pending user, the token and the email's hand-off run
     # as local activities (3 markers), the `accepted` update answers, one upsert says what it waits for, and the
     # verification window's timer starts. No child: no task for its start, none for its end.
@@ -35,6 +35,6 @@ async def test_a_registration_takes_one_workflow_task_up_to_its_verification_ema
     assert (shape.local_activities, shape.activities, shape.upserts, shape.timers_pending) == (3, 0, 1, 1)
     assert shape.child_ids == [] and shape.events == 11, shape.describe()
     # the email's own workflow is counted in the journey all the same
-    (delivery,) = shape.handed_off
+    (delivery,) = shape.handed_over
     assert delivery.workflow_tasks >= 1
     assert shape.journey_events == 11 + delivery.events

@@ -3,9 +3,10 @@
 Two tenants, one per way a tenant comes to be: one goes through provisioning, an outbound webhook endpoint, an
 invitation and a paid subscription (with a billing firing triggered from its Schedule); the other is a paid
 sign-up. Every workflow each caused is collected from the ids the API (or the webhook dispatcher) answered, the
-children their histories started (and a registration's handed-off verification email), and the Schedule's
-triggers (found by `SubscriptionId`). Each must carry `TenantId`. Every workflow type the worker runs is either
-among those seen here or named as belonging to no tenant, so a workflow type added later is checked too.
+workflows their histories started (children, and emails handed over by a local activity), and the Schedule's
+triggers (found by `SubscriptionId`). Each must carry
+`TenantId`. Every workflow type the worker runs is either among those seen here or named as belonging to no tenant,
+so a workflow type added later is checked too.
 """
 
 from __future__ import annotations
@@ -15,21 +16,15 @@ import uuid
 
 from sqlmodel import select
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from models.db import transaction
-from models.names import (
-    billing_cycle_workflow_id,
-    billing_schedule_id,
-    email_message_id,
-    email_workflow_id,
-    tenant_workflow_id,
-)
+from models.names import billing_cycle_workflow_id, billing_schedule_id, tenant_workflow_id
 from models.tables import DomainEvent
 from tests.api.conftest import bearer, create_tenant, invite, person, wait_for_tenant, wait_for_token
 from tests.support.signup import signup_body
 from tests.support.subscriptions import end, subscribe, wait_subscription
 from tests.support.webhooks import as_stream_event, create_endpoint, delivery_in, poll, running_hooks
+from tests.support.workflows import started_workflows
 from workers.main import ALL_WORKFLOWS
 
 # What a tenant's own journey causes, and what a paid sign-up causes (its registration is the tenant's too)
@@ -55,33 +50,15 @@ PAID_SIGNUP_TYPES = {
 NOT_A_TENANTS = {"EmailChange": "a user's", "AlertEvaluator": "the platform's", "Incident": "the platform's"}
 
 
-async def children(client: Client, workflow_id: str) -> list[str]:
-    """The workflows this one started: its children (emails, billing cycles), from its history, and the
-    verification email a registration hands off through a local activity (no child: found by its id)."""
-    started = []
-    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
-        if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
-            started.append(event.start_child_workflow_execution_initiated_event_attributes.workflow_id)
-    if workflow_id.startswith("registration-"):
-        verification = email_workflow_id(email_message_id(workflow_id, "verify"))
-        try:
-            await client.get_workflow_handle(verification).describe()
-            started.append(verification)
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise
-    return started
-
-
 async def caused_by(client: Client, roots: list[str]) -> set[str]:
-    """`roots` and every child they started, transitively."""
+    """`roots` and every workflow they started (children, emails handed over by a local activity), transitively."""
     found: set[str] = set()
     todo = list(roots)
     while todo:
         wid = todo.pop()
         if wid not in found:
             found.add(wid)
-            todo.extend(await children(client, wid))
+            todo.extend(await started_workflows(client, wid))
     return found
 
 

@@ -213,6 +213,32 @@ async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+async def paid_events_and_their_invoices(stack: EmbeddedStack, sub_id: str) -> list[tuple[str, bool]]:
+    """Per `invoice.paid` event of the subscription: its cycle, and whether the transaction that wrote it is the
+    one that last wrote its invoice row (the paid mark), compared as 32-bit xids."""
+    from sqlalchemy import text
+
+    from models.db import make_engine
+
+    assert stack.migration_database_url
+    engine = make_engine(stack.migration_database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT e.workflow_id, (e.txid::text::bigint % 4294967296) = i.xmin::text::bigint AS same "
+                        "FROM domain_events e JOIN invoices i ON i.id::text = e.aggregate_id "
+                        "WHERE e.type = 'invoice.paid' AND i.subscription_id::text = :sub ORDER BY i.number"
+                    ),
+                    {"sub": sub_id},
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    return [(r.workflow_id, r.same) for r in rows]
+
+
 # --- 1. two periods with a worker restart in between -------------------------------------------------------------
 
 
@@ -285,6 +311,11 @@ async def test_two_periods_bill_once_each_across_a_worker_restart(http, stack: E
     charges = [c for c in sandbox.objects("charge") if c.get("payment_intent") in pi_ids]
     assert sorted(c["status"] for c in charges) == ["succeeded", "succeeded"]
     assert [r for r in sandbox.objects("refund") if r["payment_intent"] in pi_ids] == []
+    # each invoice's `invoice.paid` event, once, written by the transaction that marked it paid (the outbox)
+    assert await paid_events_and_their_invoices(stack, sub_id) == [
+        (billing_cycle_workflow_id(sub_id, 0), True),
+        (billing_cycle_workflow_id(sub_id, 1), True),
+    ]
 
     canceled = await cancel_now(http, headers, tenant_id, sub_id)
     assert invoice_statuses(canceled) == [(1, "paid"), (2, "paid")]

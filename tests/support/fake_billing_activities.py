@@ -2,18 +2,21 @@
 
 A small Stripe-like world: invoices numbered per tenant (idempotent by workflow id unless voided),
 PaymentIntents idempotent by key whose outcome follows Stripe's test PaymentMethod ids, refunds. Every call
-is recorded in order with its argument and the server time it was scheduled at.
+is recorded in order with its argument and the workflow time it was scheduled at (a local activity's needs the
+worker's `WorkflowClock` interceptor under time skipping). Marking an invoice paid or uncollectible records its
+event in the same step, as the real activities do (the events table is the outbox). The hand-over of an email
+is the real activity (it starts the email workflow through the worker's client), recorded like the others.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.email_handoff import EmailHandoff
 from models import activity_names as act
 from models.billing_cycle_contracts import (
     BillingScheduleSpec,
@@ -21,7 +24,6 @@ from models.billing_cycle_contracts import (
     CreatePaymentIntent,
     CreateSubscription,
     Invoice,
-    InvoiceEvent,
     IssueInvoice,
     MarkInvoicePaid,
     MarkInvoiceUncollectible,
@@ -34,7 +36,9 @@ from models.billing_cycle_contracts import (
     SuspendTenant,
     VoidInvoice,
 )
+from models.contracts import StartEmailDelivery
 from models.errors import SUBSCRIPTION_EXISTS
+from tests.support.workflow_clock import scheduled_at
 
 VISA = "pm_card_visa"
 DECLINED = "pm_card_chargeDeclined"
@@ -67,13 +71,30 @@ class FakeBillingWorld:
     intents: dict[str, FakePaymentIntent] = field(default_factory=dict)  # idempotency key → intent
     settled: dict[str, str] = field(default_factory=dict)  # pending intent id → status `retrieve` answers
     live_subscriptions: dict = field(default_factory=dict)  # tenant id → its live subscription's id
+    events: list[tuple[str, str, dict]] = field(default_factory=list)  # (type, invoice id, payload), the outbox
 
     def _record(self, name: str, arg) -> None:
         self.calls.append(name)
         self.args.setdefault(name, []).append(arg)
-        self.times.setdefault(name, []).append(activity.info().scheduled_time)
+        self.times.setdefault(name, []).append(scheduled_at())
         if name == self.fail_step:
             raise ApplicationError(f"{name} failed on purpose", type="Boom", non_retryable=True)
+
+    def _closed(self, event_type: str, invoice_id: str) -> None:
+        invoice = self.invoices[invoice_id]
+        paid = event_type == "invoice.paid"
+        self.events.append(
+            (
+                event_type,
+                invoice_id,
+                {
+                    "number": invoice["number"],
+                    "amount": invoice["amount"],
+                    "payment_intent_id": invoice.get("payment_intent_id") if paid else None,
+                    "attempts": invoice.get("attempts", 0),
+                },
+            )
+        )
 
     # --- views for assertions ---
 
@@ -98,6 +119,7 @@ class FakeBillingWorld:
                     number=inv["number"],
                     status=inv["status"],
                     payment_intent_id=inv.get("payment_intent_id"),
+                    attempts=inv.get("attempts", 0),
                 )
             tenant = str(req.tenant_id)
             self.counters[tenant] = self.counters.get(tenant, 0) + 1
@@ -154,9 +176,12 @@ class FakeBillingWorld:
         async def mark_invoice_paid(req: MarkInvoicePaid) -> None:
             self._record(act.MARK_INVOICE_PAID, req)
             invoice = self.invoices[req.invoice_id]
+            if invoice["status"] == "paid" and invoice.get("payment_intent_id") == req.payment_intent_id:
+                return
             invoice.update(status="paid", payment_intent_id=req.payment_intent_id, next_retry_at=None)
             if req.attempts is not None:
                 invoice["attempts"] = req.attempts
+            self._closed("invoice.paid", req.invoice_id)
 
         @activity.defn(name=act.RECORD_DECLINED_ATTEMPT)
         async def record_declined_attempt(req: RecordDeclinedAttempt) -> None:
@@ -171,7 +196,9 @@ class FakeBillingWorld:
         @activity.defn(name=act.MARK_INVOICE_UNCOLLECTIBLE)
         async def mark_invoice_uncollectible(req: MarkInvoiceUncollectible) -> None:
             self._record(act.MARK_INVOICE_UNCOLLECTIBLE, req)
-            self.invoices[req.invoice_id]["status"] = "uncollectible"
+            if self.invoices[req.invoice_id]["status"] != "uncollectible":
+                self.invoices[req.invoice_id]["status"] = "uncollectible"
+                self._closed("invoice.uncollectible", req.invoice_id)
 
         @activity.defn(name=act.REFUND_PAYMENT)
         async def refund_payment(req: RefundPayment) -> Refunded:
@@ -193,12 +220,10 @@ class FakeBillingWorld:
                 ids.append(f"re_{pi.id}_{pi.refunded}")
             return Refunded(amount=total, refund_ids=ids)
 
-        @activity.defn(name=act.PUBLISH_INVOICE_EVENT)
-        async def publish_invoice_event(req: InvoiceEvent) -> None:
-            self._record(act.PUBLISH_INVOICE_EVENT, req)
-            # Give the email child handed out just before time to finish while the cycle is still open: the
-            # time-skipping test server stops skipping for good once a child closes after its parent.
-            await asyncio.sleep(0.3)
+        @activity.defn(name=act.START_EMAIL_DELIVERY)
+        async def hand_over_email(req: StartEmailDelivery) -> str:
+            self._record(act.START_EMAIL_DELIVERY, req.request)
+            return await EmailHandoff().start_delivery(req)
 
         @activity.defn(name=act.CREATE_SUBSCRIPTION)
         async def create_subscription(req: CreateSubscription) -> None:
@@ -238,7 +263,7 @@ class FakeBillingWorld:
             record_declined_attempt,
             mark_invoice_uncollectible,
             refund_payment,
-            publish_invoice_event,
+            hand_over_email,
             create_subscription,
             set_subscription_status,
             suspend_tenant,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from models import activity_names as act
 from models.contracts import SagaState
 from models.names import EMAIL_TASK_QUEUE, QUERY_SAGA_STATE
 from tests.support.fake_email import FakeEmailDelivery
@@ -28,3 +30,24 @@ async def wait_for(handle: WorkflowHandle, predicate, timeout: float = 10.0) -> 
 
 def email_worker(client: Client) -> Worker:
     return Worker(client, task_queue=EMAIL_TASK_QUEUE, workflows=[FakeEmailDelivery])
+
+
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+
+
+async def started_workflows(client: Client, workflow_id: str) -> list[str]:
+    """The workflows this one started: its children, and the emails it handed over by a local activity (the
+    marker of `email.start_delivery` holds the started workflow's id as its result), from its history."""
+    started = []
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+            started.append(event.start_child_workflow_execution_initiated_event_attributes.workflow_id)
+        elif event.HasField("marker_recorded_event_attributes"):
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name != LOCAL_ACTIVITY_MARKER or "result" not in marker.details:
+                continue
+            data = json.loads(marker.details["data"].payloads[0].data)
+            if data.get("activity_type") == act.START_EMAIL_DELIVERY:
+                [started_id] = await client.data_converter.decode(list(marker.details["result"].payloads), [str])
+                started.append(started_id)
+    return started

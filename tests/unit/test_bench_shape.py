@@ -77,7 +77,17 @@ def test_the_plan_reproduces_the_shape_with_its_children():
         "local_activities": 1,
         "timers_fired": 1,
         "timers_pending": 1,
-        "children": [{"activities": 0, "local_activities": 0, "timers_fired": 0, "timers_pending": 0, "children": []}],
+        "children": [
+            {
+                "activities": 0,
+                "local_activities": 0,
+                "timers_fired": 0,
+                "timers_pending": 0,
+                "children": [],
+                "handed_over": [],
+            }
+        ],
+        "handed_over": [],
     }
     # the journey counts the child's history too
     assert (parent.journey_events, parent.journey_workflow_tasks) == (17 + 4, 2 + 1)
@@ -85,18 +95,15 @@ def test_the_plan_reproduces_the_shape_with_its_children():
     assert bare_workflow_tasks(plan) == 1 + 1 + 1 + 1 + 1
 
 
-def test_a_handed_off_workflow_counts_in_the_journey_and_is_handed_off_by_the_bare_one_too():
-    parent, started = count(registration_like()), count(registration_like()[:4])
-    parent.handed_off.append(started)
-    plan = parent.plan()
-    # the hand-off was one of the journey's local activities: the bare workflow's hand-off is that one
-    assert plan["local_activities"] == 0 and plan["children"] == []
-    assert plan["handed_off"] == [
-        {"activities": 0, "local_activities": 0, "timers_fired": 0, "timers_pending": 0, "children": []}
-    ]
-    assert (parent.journey_events, parent.journey_workflow_tasks) == (17 + 4, 2 + 1)
-    # bare: first task, one per activity and fired timer; the hand-off costs no task, the started one its first
-    assert bare_workflow_tasks(plan) == 1 + 1 + 1 + 1
+def test_a_workflow_handed_over_by_a_local_activity_counts_in_the_journey_and_the_plan():
+    """A billing cycle's receipt: started from one of the cycle's local activities, not as a child."""
+    cycle, receipt = count(registration_like()[:5]), count(registration_like()[:4])
+    cycle.handed_over.append(receipt)
+    plan = cycle.plan()
+    assert plan["local_activities"] == 1 and plan["children"] == [] and len(plan["handed_over"]) == 1
+    assert (cycle.journey_events, cycle.journey_workflow_tasks) == (5 + 4, 1 + 1)
+    # bare: its first task (the hand-over runs inside it), then the started workflow's first task
+    assert bare_workflow_tasks(plan) == 1 + 1
 
 
 def test_the_shape_of_a_recorded_history_matches_its_events():
@@ -142,7 +149,7 @@ def test_json_has_the_issue_keys_per_section(tmp_path):
 
 async def test_the_bare_workflow_hands_off_through_a_local_activity(own_ts_client, task_queue):
     started = {"activities": 0, "local_activities": 0, "timers_fired": 0, "timers_pending": 0, "children": []}
-    plan = {**started, "local_activities": 1, "handed_off": [started]}
+    plan = {**started, "local_activities": 2, "handed_over": [started]}  # a no-op and the hand-over
     # unsandboxed: the bench runs its module as __main__; imported here, its package's argparse trips the sandbox
     async with Worker(
         own_ts_client,
@@ -154,8 +161,8 @@ async def test_the_bare_workflow_hands_off_through_a_local_activity(own_ts_clien
         handle = await own_ts_client.start_workflow(
             ShapedWorkflow.run, plan, id=f"shaped-{task_queue}", task_queue=task_queue
         )
-        (handed_off,) = await handle.result()
-        assert await own_ts_client.get_workflow_handle(handed_off, result_type=list[str]).result() == []
+        (handed_over,) = await handle.result()
+        assert await own_ts_client.get_workflow_handle(handed_over, result_type=list[str]).result() == []
         shape = count([e async for e in handle.fetch_history_events()])
     # one local activity of its own and the hand-off: two markers, no child, the first task only
     assert (shape.local_activities, shape.child_ids, shape.workflow_tasks) == (2, [], 1)

@@ -55,6 +55,7 @@ from models.names import (
 from models.plans import Plan
 from tests.conftest import TEST_CONVERTER
 from tests.support.fake_billing_activities import DECLINED, PENDING, VISA, FakeBillingWorld
+from tests.support.workflow_clock import WorkflowClock
 from tests.support.workflows import email_worker
 from workers.main import Workers
 from workflows.billing_cycle import BillingCycleWorkflow
@@ -66,7 +67,13 @@ DAY = timedelta(days=1)
 def workers(client: Client, task_queue: str, world: FakeBillingWorld) -> Workers:
     return Workers(
         [
-            Worker(client, task_queue=task_queue, workflows=[BillingCycleWorkflow], activities=world.activities()),
+            Worker(
+                client,
+                task_queue=task_queue,
+                workflows=[BillingCycleWorkflow],
+                activities=world.activities(),
+                interceptors=[WorkflowClock()],
+            ),
             email_worker(client),
         ]
     )
@@ -103,16 +110,19 @@ async def email_started(client: Client, parent_id: str, purpose: str) -> datetim
         raise
 
 
-async def email_requests(handle: WorkflowHandle) -> list[EmailRequest]:
-    """The EmailRequests a workflow handed to the delivery pipeline, in order (from its history)."""
-    history = await handle.fetch_history()
-    return [
-        (await TEST_CONVERTER.decode(list(attrs.input.payloads), [EmailRequest]))[0]
-        for e in history.events
-        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
-        and (attrs := e.start_child_workflow_execution_initiated_event_attributes).workflow_type.name
-        == EMAIL_DELIVERY_WORKFLOW
-    ]
+async def email_requests(client: Client, parent_id: str) -> list[EmailRequest]:
+    """The EmailRequests a workflow handed to the delivery pipeline (the inputs their email workflows started
+    with), by purpose: receipt, unpaid notice, reminders."""
+    requests = []
+    for purpose in EMAIL_PURPOSES:
+        if await email_started(client, parent_id, purpose):
+            history = await client.get_workflow_handle(
+                email_workflow_id(email_message_id(parent_id, purpose))
+            ).fetch_history()
+            started = history.events[0].workflow_execution_started_event_attributes
+            assert started.workflow_type.name == EMAIL_DELIVERY_WORKFLOW
+            requests.append((await TEST_CONVERTER.decode(list(started.input.payloads), [EmailRequest]))[0])
+    return requests
 
 
 EMAIL_PURPOSES = ["receipt", "unpaid", *(f"reminder-{n}" for n in range(1, 6))]
@@ -170,16 +180,17 @@ async def test_a_paid_cycle_issues_charges_marks_paid_and_sends_a_receipt(ts_cli
         receipt = await email_started(ts_client, handle.id, "receipt")
         assert await emails_delivered(ts_client, handle.id) == ["receipt"]
         saga = await saga_state(handle)
-        [receipt_request] = await email_requests(handle)
+        [receipt_request] = await email_requests(ts_client, handle.id)
     assert result.status == "paid" and result.invoice_number == 1 and result.attempts == 1
     assert world.calls == [
         act.ISSUE_INVOICE,
         act.CREATE_PAYMENT_INTENT,
-        act.MARK_INVOICE_PAID,
-        act.PUBLISH_INVOICE_EVENT,
+        act.MARK_INVOICE_PAID,  # and its `invoice.paid` event, in the same step
+        act.START_EMAIL_DELIVERY,  # the receipt, only once the invoice is paid
     ]
-    event = world.args[act.PUBLISH_INVOICE_EVENT][0]
-    assert event.event_type == "invoice.paid" and event.invoice_number == 1 and event.amount == 900
+    [(event_type, invoice_id, event)] = world.events
+    assert event_type == "invoice.paid" and invoice_id == result.invoice_id
+    assert event["number"] == 1 and event["amount"] == 900 and event["payment_intent_id"] == result.payment_intent_id
     create = world.args[act.CREATE_PAYMENT_INTENT][0]
     assert create.idempotency_key == f"{handle.id}:pi:1" and create.invoice_id == result.invoice_id
     assert create.amount == 900 and create.payment_method == VISA and create.workflow_id == handle.id
@@ -264,21 +275,49 @@ async def test_a_failing_step_after_a_successful_charge_refunds_it_and_voids_the
 
 
 async def test_a_paid_cycle_run_again_charges_nothing(ts_client, task_queue):
-    """A reset or re-run after Stripe forgot the idempotency key (24 h) finds the invoice paid: no new charge."""
+    """A reset or re-run after Stripe forgot the idempotency key (24 h) finds the invoice paid: no new charge.
+    (So does the cycle's first task run again after a worker crash: its local activities' answers were lost.)"""
     world = FakeBillingWorld()
     async with workers(ts_client, task_queue, world):
         params = cycle_input()
+        cycle_id = billing_cycle_workflow_id(params.subscription_id, 0)
         first = await (await start_cycle(ts_client, task_queue, params)).result()
-        await emails_delivered(ts_client, billing_cycle_workflow_id(params.subscription_id, 0))
+        await emails_delivered(ts_client, cycle_id)
+        receipt = ts_client.get_workflow_handle(email_workflow_id(email_message_id(cycle_id, "receipt")))
+        receipt_run = (await receipt.describe()).run_id
         world.intents.clear()  # Stripe's idempotency keys expired
         second = await start_cycle(ts_client, task_queue, params, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
         again = await second.result()
         history = await second.fetch_history()
+        receipt_after = await receipt.describe()
     assert again.status == "paid" and again.payment_intent_id == first.payment_intent_id
-    # no second receipt (its email child would also outlive the test's workers)
+    assert again.attempts == first.attempts == 1  # the attempts it took, as the invoice records them
+    # the receipt handed over again is the same message: its workflow was not started a second time
+    assert world.calls.count(act.START_EMAIL_DELIVERY) == 2 and receipt_after.run_id == receipt_run
     assert not [e for e in history.events if e.HasField("start_child_workflow_execution_initiated_event_attributes")]
+    assert [e[0] for e in world.events] == ["invoice.paid"]  # no second `invoice.paid`
     assert world.calls.count(act.CREATE_PAYMENT_INTENT) == 1 and world.intents == {}
     assert world.invoices[first.invoice_id]["status"] == "paid" and len(world.invoices) == 1
+
+
+async def test_a_cycle_whose_first_task_ran_again_after_the_charge_still_sends_its_receipt(ts_client, task_queue):
+    """A worker killed after the cycle's first task had paid the invoice (local activities: their answers are
+    recorded only when the task completes): the task runs again, finds the invoice paid, charges nothing, and
+    the receipt, never handed over, goes out."""
+    world = FakeBillingWorld()
+    params = cycle_input()
+    cycle_id = billing_cycle_workflow_id(params.subscription_id, 0)
+    # what the lost task left behind: the invoice issued, charged with the attempt's key and marked paid
+    world.invoices["in_1"] = {"number": 1, "status": "paid", "amount": 900, "kind": "period", "period_index": 0}
+    world.invoices["in_1"].update(payment_intent_id="pi_1", attempts=1)
+    world.invoice_by_workflow[cycle_id] = "in_1"
+    world.counters[str(params.tenant_id)] = 1
+    async with workers(ts_client, task_queue, world):
+        result = await (await start_cycle(ts_client, task_queue, params)).result()
+        assert await emails_delivered(ts_client, cycle_id) == ["receipt"]
+    assert (result.status, result.payment_intent_id, result.attempts) == ("paid", "pi_1", 1)
+    assert act.CREATE_PAYMENT_INTENT not in world.calls and world.intents == {}
+    assert world.events == []  # `invoice.paid` was written with the paid mark, by the lost task
 
 
 async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_unpaid(ts_client, task_queue):
@@ -294,9 +333,11 @@ async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_u
     assert result.status == "unpaid" and result.attempts == 3 and result.decline_code == "card_declined"
     assert world.calls == [
         act.ISSUE_INVOICE,
-        *[act.CREATE_PAYMENT_INTENT, act.RECORD_DECLINED_ATTEMPT] * 3,
-        act.MARK_INVOICE_UNCOLLECTIBLE,
-        act.PUBLISH_INVOICE_EVENT,
+        act.CREATE_PAYMENT_INTENT,
+        act.RECORD_DECLINED_ATTEMPT,
+        *[act.START_EMAIL_DELIVERY, act.CREATE_PAYMENT_INTENT, act.RECORD_DECLINED_ATTEMPT] * 2,  # reminder, retry
+        act.MARK_INVOICE_UNCOLLECTIBLE,  # and its `invoice.uncollectible` event, in the same step
+        act.START_EMAIL_DELIVERY,  # the unpaid notice
     ]
     declines = world.args[act.RECORD_DECLINED_ATTEMPT]
     assert [(d.attempt, d.decline_code, d.invoice_id) for d in declines] == [
@@ -315,9 +356,9 @@ async def test_a_declined_cycle_without_a_parent_goes_through_dunning_and_ends_u
     first, *retries = world.times[act.CREATE_PAYMENT_INTENT]
     assert [round((t - first) / DAY) for t in retries] == [1, 3]
     assert reminders[0] and reminders[1] and reminders[2] is None and unpaid
-    assert {r.template for r in await email_requests(handle)} == {"billing_notice"}  # reminders, unpaid notice
+    assert {r.template for r in await email_requests(ts_client, handle.id)} == {"billing_notice"}  # reminders, unpaid
     assert world.invoices[result.invoice_id]["status"] == "uncollectible"
-    assert [e.event_type for e in world.args[act.PUBLISH_INVOICE_EVENT]] == ["invoice.uncollectible"]
+    assert [(e[0], e[1]) for e in world.events] == [("invoice.uncollectible", result.invoice_id)]
     assert act.REFUND_PAYMENT not in world.calls and act.VOID_INVOICE not in world.calls
 
 
@@ -377,6 +418,7 @@ def subscription_workers(client: Client, task_queue: str, world: FakeBillingWorl
                 task_queue=task_queue,
                 workflows=[SubscriptionWorkflow, BillingCycleWorkflow],
                 activities=world.activities(),
+                interceptors=[WorkflowClock()],
             ),
             email_worker(client),
         ]

@@ -206,11 +206,13 @@ async def test_a_paid_signup_creates_the_user_the_tenant_and_an_active_subscript
 
 
 async def emails_started(client: Client, params: PaidSignupInput) -> list[str]:
-    """The EmailDelivery workflows the sign-up and its children started (workflow ids): the children from their
-    histories; the registration's verification email, which it hands off through a local activity (no child, so
-    not in its history), by its id."""
-    verification = email_workflow_id(email_message_id(registration_workflow_id(params.user_id), "verify"))
-    started = [verification] if await exists(client, verification) else []
+    """The EmailDelivery workflows the sign-up and its children started (workflow ids): children, from their
+    histories; the registration's verification email and the billing cycle's emails, which they hand over by a
+    local activity (not in a history as children: found by their derived ids)."""
+    cycle_id = billing_cycle_workflow_id(params.subscription_id, 0)
+    candidates = [email_workflow_id(email_message_id(registration_workflow_id(params.user_id), "verify"))]
+    candidates += [email_workflow_id(email_message_id(cycle_id, p)) for p in ("receipt", "unpaid", "reminder-1")]
+    started = [email_id for email_id in candidates if await exists(client, email_id)]
     for wid in (
         signup_workflow_id(params.user_id),
         registration_workflow_id(params.user_id),
