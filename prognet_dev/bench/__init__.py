@@ -688,7 +688,8 @@ async def run(args: argparse.Namespace) -> None:
                 "BillingCycle workflows, start→results",
                 [],
             )
-            print(f"   activities: {', '.join(billing_shape.activity_types) or 'none (every step is a local activity)'}")
+            scheduled = ", ".join(billing_shape.activity_types) or "none (every step is a local activity)"
+            print(f"   activities: {scheduled}")
             print(
                 f"   the same, until every receipt is in the Maildir : {receipt_rate:8.1f} /s"
                 f"   ratio {receipt_rate / figures['billing']['naive_baseline_rate']:.2f} of naive"
