@@ -193,4 +193,13 @@ async def test_a_worker_activity_log_line_carries_the_trace_id_of_the_request(ap
     # the span it was logged in: the activity's own
     [activity] = [s for s in found if s.name == "RunActivity:users.create_pending_user"]
     assert created["span_id"] == format_span_id(activity.context.span_id)
-    assert email not in out.getvalue() and PASSWORD not in out.getvalue()
+    # Our code's lines only: the in-process SMTP sink stands in for the relay, and its own log (aiosmtpd's
+    # `mail.log`, `prognet.smtp_sink`) names recipients, as a relay's does; the verification email, handed off in
+    # the registration's first workflow task, can reach it within this window.
+    relay = {"mail.log", "prognet.smtp_sink"}
+    ours = [
+        line
+        for line in out.getvalue().splitlines()
+        if not (line.startswith("{") and json.loads(line)["logger"] in relay)
+    ]
+    assert not [line for line in ours if email in line] and PASSWORD not in out.getvalue()
