@@ -36,7 +36,6 @@ class StateStore:
         self.path = Path(path) if path is not None else None
         self.journal_path = self.path.with_name(self.path.name + ".journal") if self.path is not None else None
         self._lock = threading.RLock()
-        self._dirty = False  # something changed since the last flush
         self._changed: set[tuple[str, str]] = set()  # (kind, id) put or removed since the last flush
         self._changed_keys: set[str] = set()  # idempotency records stored or pruned since the last flush
         self._rewrite = False  # the next flush writes a snapshot (after a reset)
@@ -63,7 +62,6 @@ class StateStore:
             else:
                 existing["object"] = obj
             self._changed.add((kind, obj["id"]))
-            self._dirty = True
             return obj
 
     def get(self, kind: str, account: str, object_id: str) -> dict[str, Any] | None:
@@ -90,13 +88,11 @@ class StateStore:
         """Note that an object was changed in place (written at the next flush)."""
         with self._lock:
             self._changed.add((kind, object_id))
-            self._dirty = True
 
     def remove(self, kind: str, object_id: str) -> None:
         with self._lock:
             if self._objects.get(kind, {}).pop(object_id, None) is not None:
                 self._changed.add((kind, object_id))
-                self._dirty = True
 
     def trim(self, kind: str, keep: int) -> None:
         """Drop the oldest objects of `kind` beyond the newest `keep` (events, request-like records). Only once a
@@ -108,7 +104,6 @@ class StateStore:
             for object_id, _ in sorted(records.items(), key=lambda item: item[1]["seq"])[: len(records) - keep]:
                 del records[object_id]
                 self._changed.add((kind, object_id))
-            self._dirty = True
 
     # --- idempotency records --------------------------------------------------------------------------------
     def idempotency_get(self, account: str, key: str) -> dict[str, Any] | None:
@@ -119,7 +114,6 @@ class StateStore:
         with self._lock:
             self._idempotency[f"{account} {key}"] = {**record, "stored_at": time.time()}
             self._changed_keys.add(f"{account} {key}")
-            self._dirty = True
 
     def idempotency_prune(self, max_age_seconds: float) -> None:
         """Forget records older than `max_age_seconds`; looks at most once a minute (each look reads them all)."""
@@ -133,22 +127,20 @@ class StateStore:
             for k in stale:
                 del self._idempotency[k]
             self._changed_keys.update(stale)
-            if stale:
-                self._dirty = True
 
     # --- persistence ----------------------------------------------------------------------------------------
     def reset(self) -> None:
         with self._lock:
             self._objects.clear()
             self._idempotency.clear()
-            self._rewrite = self._dirty = True
+            self._rewrite = True
         self.flush()
 
     def flush(self) -> None:
         """Make the changes since the last flush durable: appended to the journal, or, when the journal has grown
         past the state itself (or after a reset), a new snapshot."""
         with self._lock:
-            if not self._dirty or self.path is None:
+            if not self._dirty() or self.path is None:
                 self._forget_changes()
                 return
             objects = sum(len(records) for records in self._objects.values()) + len(self._idempotency)
@@ -163,14 +155,18 @@ class StateStore:
         with self._lock:
             if self.path is None:
                 return
-            if self._dirty or (self.journal_path is not None and self.journal_path.exists()):
+            if self._dirty() or (self.journal_path is not None and self.journal_path.exists()):
                 self._write_snapshot()
             self._forget_changes()
+
+    def _dirty(self) -> bool:
+        """Something changed since the last flush."""
+        return bool(self._changed or self._changed_keys or self._rewrite)
 
     def _forget_changes(self) -> None:
         self._changed.clear()
         self._changed_keys.clear()
-        self._dirty = self._rewrite = False
+        self._rewrite = False
 
     def _append_journal(self) -> None:
         assert self.journal_path is not None
