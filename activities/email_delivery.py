@@ -148,9 +148,13 @@ class EmailDeliveryActivities:
             await self._update(req.request.tenant_id, message_id, state="failed", last_reply=_reply(err))
             EMAILS.labels("failed").inc()
             raise
+        # Recorded before anything else: a crash between the relay's reply and this commit is the one moment in
+        # which a retry sends the message twice (SMTP has no way to ask the relay whether it has it).
         await self._update(
             req.request.tenant_id, message_id, state="sent", last_reply=reply[:REPLY_LIMIT], sent_at=utcnow()
         )
+        if self.breaker is not None:
+            await self.breaker.record(ok=True)
         EMAILS.labels("sent").inc()
         log.info("email sent", extra={"message_id": str(message_id), "template": req.request.template})
         return EmailDelivery(message_id=message_id, state="sent", reply=reply)
@@ -179,20 +183,19 @@ class EmailDeliveryActivities:
             await asyncio.sleep(answer.wait_seconds + random.uniform(0, 1 / self.send_rate.per_second))
 
     async def _send(self, msg) -> str:
-        """One SMTP send, its outcome told to the circuit: a relay that cannot be reached or does not answer
-        in time is down; any reply (even a refusal) means it is up."""
+        """One SMTP send, a failure's outcome told to the circuit: a relay that cannot be reached or does not
+        answer in time is down; any reply (even a refusal) means it is up. `send` tells it of a success, once
+        the message is recorded sent."""
         if self.breaker is None:
             return await smtp_send(self.settings, msg)
         try:
-            reply = await smtp_send(self.settings, msg)
+            return await smtp_send(self.settings, msg)
         except SmtpTemporaryFailure as err:
             await self.breaker.record(ok=not err.relay_down)
             raise
         except Exception:
             await self.breaker.record(ok=True)
             raise
-        await self.breaker.record(ok=True)
-        return reply
 
     @activity.defn(name=names.MARK_EMAIL)
     async def mark(self, req: MarkEmail) -> None:

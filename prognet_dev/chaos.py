@@ -131,6 +131,7 @@ class ChaosReport:
     workflows: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, status) -> count
     stuck: list[str] = field(default_factory=list)
     duplicates: dict[str, list[str]] = field(default_factory=dict)
+    resent_after_cut: list[str] = field(default_factory=list)  # emails re-sent after a sender died mid-reply
     orphans: dict[str, list[str]] = field(default_factory=dict)
     unaccounted: list[str] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)  # 5xx other than 503
@@ -183,6 +184,11 @@ class ChaosReport:
         lines.append("workflows: " + ", ".join(f"{t} {s.lower()} {n}" for (t, s), n in sorted(self.workflows.items())))
         lines.append(f"stuck or failed sagas: {len(self.stuck)}")
         lines.append("duplicates: " + ", ".join(f"{k} {len(v)}" for k, v in self.duplicates.items()))
+        if self.resent_after_cut:
+            lines.append(
+                "emails sent again because their sender was killed after the relay stored them but before it read "
+                "the relay's reply (SMTP's at-least-once edge, same Message-ID): " + ", ".join(self.resent_after_cut)
+            )
         lines.append("orphans: " + ", ".join(f"{k} {len(v)}" for k, v in self.orphans.items()))
         lines.append(f"accepted but unaccounted for: {len(self.unaccounted)}; never accepted: {len(a.failures)}")
         problems = self.problems()
@@ -488,6 +494,22 @@ async def settle(stack: EmbeddedStack, timeout: float) -> list[tuple[str, str, s
         await asyncio.sleep(1.0)
 
 
+async def _explain_duplicate_email(stack: EmbeddedStack, message_id: str, messages: list) -> str:
+    """What the tracking row says about a message that arrived more than once, and when each copy arrived."""
+    import asyncpg
+
+    arrivals = [str(msg["Received"]).rsplit(";", 1)[-1].strip() for msg in messages if msg["Message-ID"] == message_id]
+    conn = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        row = await conn.fetchrow(
+            "select template, state, attempts, last_reply, created_at, updated_at from email_messages where id = $1",
+            uuid.UUID(message_id.strip("<>").split("@")[0]),
+        )
+    finally:
+        await conn.close()
+    return f"arrived {', '.join(arrivals)}; tracking row {dict(row) if row else None}"
+
+
 async def check(stack: EmbeddedStack, load: Load, report: ChaosReport, workflows: list) -> None:
     import asyncpg
 
@@ -515,14 +537,24 @@ async def check(stack: EmbeddedStack, load: Load, report: ChaosReport, workflows
     intents: dict[str, set[str]] = collections.defaultdict(set)
     for event in sandbox.events("payment_intent.created"):
         intents[event["request"]["idempotency_key"] or "(none)"].add(event["data"]["object"]["id"])
-    message_ids = Counter(msg["Message-ID"] for msg in read_messages(stack.maildir))
+    messages = read_messages(stack.maildir)
+    message_ids = Counter(msg["Message-ID"] for msg in messages)
+    # A sender killed after the sink stored its message but before it read the 250 cannot know the relay has it:
+    # its retry sends the same Message-ID again. SMTP offers no way to close that moment; any other copy is ours.
+    assert stack.smtp is not None
+    cut = stack.smtp.sink.handler.cut_after_store
     report.duplicates = {
         "users by email": [f"{r['k']} x{r['n']}" for r in dup_users],
         "tenants by slug": [f"{r['k']} x{r['n']}" for r in dup_tenants],
         "Stripe customers per tenant": [f"{t} x{n}" for t, n in customers.items() if n > 1],
         "PaymentIntents per idempotency key": [f"{k} x{len(v)}" for k, v in intents.items() if len(v) > 1],
-        "emails by Message-ID": [f"{m} x{n}" for m, n in message_ids.items() if n > 1],
+        "emails by Message-ID": [
+            f"{m} x{n} ({await _explain_duplicate_email(stack, m, messages)})"
+            for m, n in message_ids.items()
+            if n - 1 > cut[m]
+        ],
     }
+    report.resent_after_cut = [f"{m} x{n}" for m, n in message_ids.items() if 1 < n <= cut[m] + 1]
     report.orphans = {
         "pending users without a waiting registration": [
             u["email"] for u in users.values() if u["status"] == "pending" and f"registration-{u['id']}" not in running

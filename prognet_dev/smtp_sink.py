@@ -20,6 +20,7 @@ reply to refuse it. `before_store()` may answer DATA instead of storing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email.policy
 import email.utils
@@ -27,7 +28,7 @@ import logging
 import mailbox
 import time
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -55,6 +56,9 @@ class MaildirHandler:
         self._maildir: mailbox.Maildir | None = None
         self.received = 0
         self.rcpt_attempts: dict[str, int] = {}  # +fail421 addresses (lowercased) -> RCPT attempts so far
+        # Message-IDs stored whose sender then vanished without QUIT: it may never have read our 250, so a copy
+        # sent again is SMTP's own at-least-once edge (RFC 1047), not a duplicate made by the sender's pipeline.
+        self.cut_after_store: collections.Counter[str] = collections.Counter()
 
     @property
     def maildir(self) -> mailbox.Maildir:
@@ -124,8 +128,29 @@ class MaildirHandler:
         ).encode("utf-8", "replace")
         key = await asyncio.to_thread(self.maildir.add, trace + content)
         self.received += 1
+        session.stored_unconfirmed = BytesHeaderParser().parsebytes(content).get("Message-ID")  # type: ignore[attr-defined]
         log.info("stored message %s from %s to %s", key, envelope.mail_from, ", ".join(envelope.rcpt_tos))
         return "250 2.0.0 OK: message stored"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        session.stored_unconfirmed = None  # type: ignore[attr-defined]
+        return "221 Bye"
+
+    def connection_lost(self, session: Session) -> None:
+        message_id = getattr(session, "stored_unconfirmed", None)
+        if message_id:
+            self.cut_after_store[message_id] += 1
+            log.info("the sender of %s went away before QUIT (it may not have read the 250)", message_id)
+
+
+class _SinkSMTP(SMTP):
+    """aiosmtpd's server, telling the handler when a connection ends (it has no hook for that)."""
+
+    def connection_lost(self, error: Exception | None) -> None:
+        session = self.session
+        super().connection_lost(error)
+        if session is not None and isinstance(self.event_handler, MaildirHandler):
+            self.event_handler.connection_lost(session)
 
 
 class SmtpSink:
@@ -147,7 +172,7 @@ class SmtpSink:
         self._server: asyncio.base_events.Server | None = None
 
     def _factory(self) -> SMTP:
-        return SMTP(self.handler, hostname=SINK_HOSTNAME, ident="ProgNetwork SMTP sink", enable_SMTPUTF8=True)
+        return _SinkSMTP(self.handler, hostname=SINK_HOSTNAME, ident="ProgNetwork SMTP sink", enable_SMTPUTF8=True)
 
     async def start(self) -> None:
         _ = self.handler.maildir  # the property creates the Maildir (new/cur/tmp): do it up front

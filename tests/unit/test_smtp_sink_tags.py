@@ -122,3 +122,23 @@ def test_embedded_stack_passes_slow_seconds(tmp_path: Path) -> None:
     assert stack.smtp is not None and stack.smtp.sink.handler.slow_seconds == 2.5
     default = EmbeddedStack(stack_settings(tmp_path / "data2"), services={"smtp"})
     assert default.smtp is not None and default.smtp.sink.handler.slow_seconds == 15.0
+
+
+async def test_a_sender_gone_after_the_250_but_before_quit_is_noted(sink: SmtpSink) -> None:
+    """The chaos run tells SMTP's own at-least-once edge (a sender killed while the 250 was on its way) from a
+    duplicate our pipeline made: the sink notes a stored message whose sender never said QUIT."""
+    cut, polite = _message(_unique("cut")), _message(_unique("polite"))
+    cut["Message-ID"], polite["Message-ID"] = "<cut@prognet>", "<polite@prognet>"
+
+    client = aiosmtplib.SMTP(hostname=sink.host, port=sink.port, timeout=5)
+    await client.connect()
+    await client.send_message(cut)
+    client.close()  # gone without QUIT, as a SIGKILLed worker is
+    await aiosmtplib.send(polite, hostname=sink.host, port=sink.port, timeout=5)  # ends with QUIT
+
+    await wait_for_messages(sink.maildir, 2, timeout=5)
+    deadline = time.monotonic() + 5
+    while not sink.handler.cut_after_store and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # the polite connection has closed too by now
+    assert dict(sink.handler.cut_after_store) == {"<cut@prognet>": 1}
