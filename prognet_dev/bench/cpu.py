@@ -221,6 +221,32 @@ def cpu_ms_per_journey(phase: CpuPhase) -> dict[str, float]:
     return {**phase.ms_per_unit, "total": phase.total_ms}
 
 
+# Processes that are not ProgNetwork's code: what a journey makes them spend is work any implementation of it does.
+NOT_OURS = ("postgres", "redis", "smtp-sink", "stripe-sandbox")
+
+
+@dataclass
+class CpuFloor:
+    """The least CPU a journey can cost here if every process of ours (API, worker, consumers, relay, dispatcher)
+    cost nothing beyond a bare workflow's: the same-shape bare workflow (the Temporal server and a worker that
+    does nothing, for the journey's shape), plus what the journey makes PostgreSQL, Redis, the SMTP sink and the
+    Stripe sandbox spend, plus work the journey cannot skip (a registration's argon2 hash). A target whose
+    budget is below it is out of reach on this machine for a journey of that shape."""
+
+    parts: dict[str, float]  # e.g. {"same-shape bare workflow": 150.0, "argon2 hash": 220.0, "postgres": 9.0}
+
+    @property
+    def ms(self) -> float:
+        return sum(self.parts.values())
+
+    @staticmethod
+    def of(journey: CpuPhase, same_shape: CpuPhase | None, intrinsic: dict[str, float]) -> CpuFloor:
+        parts = {"same-shape bare workflow": same_shape.total_ms} if same_shape is not None else {}
+        parts |= intrinsic
+        parts |= {role: journey.ms_per_unit[role] for role in NOT_OURS if journey.ms_per_unit.get(role)}
+        return CpuFloor({k: round(v, 1) for k, v in parts.items()})
+
+
 @dataclass
 class CpuBudget:
     """What a ratio target asks of a journey's CPU if both sides were CPU-bound: with the baseline costing b ms per
@@ -230,6 +256,12 @@ class CpuBudget:
     target_ratio: float
     baseline: CpuPhase
     journey: CpuPhase
+    floor: CpuFloor | None = None
+
+    @property
+    def out_of_reach(self) -> bool:
+        """Even the journey's floor costs more than the target allows."""
+        return self.floor is not None and self.floor.ms > self.budget_ms
 
     @property
     def budget_ms(self) -> float:
@@ -259,16 +291,24 @@ class CpuBudget:
             "cpu_bound_ratio": _finite(self.cpu_bound_ratio, 3),
             "within_budget": self.within,
             "excess_ms_by_role": self.excess_by_role(),
+            "floor_cpu_ms": round(self.floor.ms, 1) if self.floor else None,
+            "floor_parts_ms": self.floor.parts if self.floor else None,
+            "out_of_reach": self.out_of_reach,
         }
 
     def line(self, unit: str = "journey") -> str:
         verdict = "within" if self.within else f"{self.journey.total_ms / self.budget_ms:.1f}x over"
         more = ", ".join(f"{role} +{ms:.1f}" for role, ms in self.excess_by_role().items())
-        return (
+        text = (
             f"   {self.target}: needs <= {self.budget_ms:.1f} ms CPU/{unit} ({self.baseline.total_ms:.1f} / "
             f"{self.target_ratio:g}); costs {self.journey.total_ms:.1f} ({verdict}; CPU-bound ratio "
             f"{self.cpu_bound_ratio:.2f}; beyond the baseline: {more or 'nothing'})"
         )
+        if self.floor is not None:
+            parts = " + ".join(f"{name} {ms:.1f}" for name, ms in self.floor.parts.items())
+            reach = "OUT OF REACH here: the floor alone is over budget" if self.out_of_reach else "floor within budget"
+            text += f"\n     floor {self.floor.ms:.1f} ms ({parts}): {reach}"
+        return text
 
 
 def ceiling_lines(journey: CpuPhase, budgets: list[CpuBudget], unit: str = "journey") -> list[str]:
@@ -289,12 +329,16 @@ class Target:
     ratio: float
 
 
-def section_cpu(phases: dict[str, CpuPhase], targets: list[Target]) -> tuple[dict[str, object], list[CpuBudget]]:
+def section_cpu(
+    phases: dict[str, CpuPhase], targets: list[Target], intrinsic: dict[str, float] | None = None
+) -> tuple[dict[str, object], list[CpuBudget]]:
     """A section's CPU figures for `--json` from its phases ("journey" and its baselines) and its targets:
     `cpu_ms_per_journey`, `<baseline>_cpu_ms_per_journey`, `cpu_phases` (wall time, cores, utilisation) and
-    `cpu_ceiling` (the CPU-bound rates and each target's CPU budget); also the budgets, to print."""
+    `cpu_ceiling` (the CPU-bound rates and each target's CPU budget and the journey's floor); also the budgets, to
+    print. `intrinsic`: work the journey cannot skip, ms per journey by name (see CpuFloor)."""
     journey = phases["journey"]
-    budgets = [CpuBudget(f"{t.figure} >= {t.ratio:g}", t.ratio, phases[t.baseline], journey) for t in targets]
+    floor = CpuFloor.of(journey, phases.get("same_shape"), intrinsic or {})
+    budgets = [CpuBudget(f"{t.figure} >= {t.ratio:g}", t.ratio, phases[t.baseline], journey, floor) for t in targets]
     figures: dict[str, object] = {
         ("cpu_ms_per_journey" if name == "journey" else f"{name}_cpu_ms_per_journey"): cpu_ms_per_journey(phase)
         for name, phase in phases.items()

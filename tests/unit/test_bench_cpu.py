@@ -132,6 +132,34 @@ def test_section_cpu_names_each_phase_and_writes_as_json(tmp_path) -> None:
     assert ceiling["ceiling_rate"] == pytest.approx(2 / 0.104, abs=0.01)
     assert [t["target"] for t in ceiling["targets"]] == ["naive_ratio >= 1.5", "raw_smtp_ratio >= 0.1"]
     assert [t["within_budget"] for t in ceiling["targets"]] == [False, False]
+    # the floor: the same-shape bare workflow (70) + the sink the journey made work (4)
+    assert [t["floor_cpu_ms"] for t in ceiling["targets"]] == [74.0, 74.0]
+    assert [t["out_of_reach"] for t in ceiling["targets"]] == [True, False]  # budgets 53.3 and 80
+
+
+def test_a_floor_over_the_budget_puts_a_target_out_of_reach() -> None:
+    """The floor is what the journey would cost if our processes cost no more than a bare workflow's: the same-shape
+    baseline, the work it makes processes that are not ours do, and work it cannot skip."""
+    naive = CpuPhase(10, 2.0, 2, {"noop-worker": 40.0, "temporal": 80.0})  # 120 ms
+    same_shape = CpuPhase(10, 2.0, 2, {"noop-worker": 30.0, "temporal": 70.0})  # 100 ms
+    journey = CpuPhase(10, 10.0, 2, {"api": 250.0, "temporal": 120.0, "worker": 60.0, "postgres": 10.0, "redis": 5.0})
+    phases = {"naive": naive, "same_shape": same_shape, "journey": journey}
+
+    _, [budget] = section_cpu(phases, [Target("naive_ratio", "naive", 0.5)], {"argon2 hash": 220.0})
+    assert budget.budget_ms == 240.0
+    assert budget.floor is not None
+    assert budget.floor.parts == {
+        "same-shape bare workflow": 100.0,
+        "argon2 hash": 220.0,
+        "postgres": 10.0,
+        "redis": 5.0,
+    }
+    assert budget.floor.ms == 335.0 and budget.out_of_reach
+    assert "floor 335.0 ms" in budget.line() and "OUT OF REACH" in budget.line()
+
+    _, [cheap] = section_cpu(phases, [Target("naive_ratio", "naive", 0.3)], {"argon2 hash": 220.0})
+    assert cheap.budget_ms == 400.0 and not cheap.out_of_reach  # over budget today, but not by its floor
+    assert "floor within budget" in cheap.line()
 
 
 def _burn(seconds: float) -> None:
