@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -121,6 +122,10 @@ class StreamConsumer:
         self.redis = redis
         self.dispatcher = dispatcher
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        # Our own pending entries are read only when there can be some (at start, after a failure), and other
+        # consumers' are claimed once per half CLAIM_IDLE: every round asking both cost two Redis calls per event.
+        self._own_pending = True
+        self._next_claim = 0.0
 
     async def ensure_group(self) -> None:
         try:
@@ -130,32 +135,46 @@ class StreamConsumer:
                 raise
 
     async def handle(self, entries: list) -> int:
-        """Dispatch and acknowledge entries in order; stops at the first that fails (it stays pending)."""
-        done = 0
-        for entry_id, fields in entries:
-            if fields is None:  # deleted from the stream (trimmed) while pending: nothing left to dispatch
-                await self.redis.xack(ALL_EVENTS, GROUP, entry_id)
-                continue
-            try:
-                event = StreamEvent.from_fields(fields)
-            except (KeyError, ValueError) as err:
-                log.error("unreadable stream entry %s skipped: %s", entry_id, err)
-                await self.redis.xack(ALL_EVENTS, GROUP, entry_id)
-                continue
-            await self.dispatcher.dispatch(event)
-            await self.redis.xack(ALL_EVENTS, GROUP, entry_id)
-            done += 1
-        return done
+        """Dispatch entries in order and acknowledge them in one XACK; stops at the first that fails (it and the
+        rest stay pending, to be read again), after acknowledging the ones before it."""
+        done: list[Any] = []
+        dispatched = 0
+        try:
+            for entry_id, fields in entries:
+                if fields is None:  # deleted from the stream (trimmed) while pending: nothing left to dispatch
+                    done.append(entry_id)
+                    continue
+                try:
+                    event = StreamEvent.from_fields(fields)
+                except (KeyError, ValueError) as err:
+                    log.error("unreadable stream entry %s skipped: %s", entry_id, err)
+                    done.append(entry_id)
+                    continue
+                await self.dispatcher.dispatch(event)
+                done.append(entry_id)
+                dispatched += 1
+        except BaseException:
+            self._own_pending = True
+            raise
+        finally:
+            if done:
+                await self.redis.xack(ALL_EVENTS, GROUP, *done)
+        return dispatched
 
     async def run_once(self, block_ms: int = BLOCK_MS) -> int:
         """Our pending entries first (a dispatch that failed, or a restart), then claimed ones, then new ones."""
-        pending: Any = await self.redis.xreadgroup(GROUP, self.consumer, {ALL_EVENTS: "0"}, count=BATCH)
-        entries = pending[0][1] if pending else []
-        if not entries:
+        entries: list = []
+        if self._own_pending:
+            pending: Any = await self.redis.xreadgroup(GROUP, self.consumer, {ALL_EVENTS: "0"}, count=BATCH)
+            entries = pending[0][1] if pending else []
+            self._own_pending = len(entries) == BATCH  # a full batch: there may be more
+        if not entries and time.monotonic() >= self._next_claim:
             claimed: Any = await self.redis.xautoclaim(
                 ALL_EVENTS, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=BATCH
             )
             entries = claimed[1]
+            if len(entries) < BATCH:  # all claimed: look again in half the idle time
+                self._next_claim = time.monotonic() + CLAIM_IDLE_MS / 2000
         if not entries:
             fresh: Any = await self.redis.xreadgroup(
                 GROUP, self.consumer, {ALL_EVENTS: ">"}, count=BATCH, block=block_ms
@@ -168,6 +187,7 @@ class StreamConsumer:
         while not stop.is_set():
             try:
                 if failures:
+                    self._own_pending = True
                     await self.ensure_group()
                 await self.run_once()
                 failures = 0

@@ -241,20 +241,58 @@ async def create_active_users(database_url: str, count: int) -> list[str]:
     return emails
 
 
-# One probe per 50 ms: a probe costs some milliseconds of CPU in this process and in the API, so a tighter loop
-# (10 ms) took a good part of a core from the logins it measures; a 200-login storm still gives several
-# hundred probes, and the idle phase (IDLE_PROBE_SECONDS) about two hundred, enough for a p99.
+# One probe per 50 ms: a probe costs the API some CPU, so a tighter loop (10 ms) took a good part of a core from the
+# logins it measures; a 60-login storm still gives well over a hundred probes, and the idle phase
+# (IDLE_PROBE_SECONDS) about two hundred, enough for a p99.
 HEALTHZ_PROBE_INTERVAL = 0.05
 IDLE_PROBE_SECONDS = 10.0
 
 
-async def probe_healthz(http: httpx.AsyncClient, stop: asyncio.Event) -> list[float]:
+class HealthzProbe:
+    """`GET /healthz` over one kept-alive HTTP/1.1 connection, written and read by hand: the prober runs on the
+    cores it measures, and an HTTP client library spends a few milliseconds of CPU per request (with httpx the
+    probes were most of the bench process's CPU during the login storm); this spends a fraction of one."""
+
+    def __init__(self, base_url: str) -> None:
+        url = httpx.URL(base_url)
+        self.host, self.port = url.host, url.port or 80
+        self._request = f"GET /healthz HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode()
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def get(self) -> float:
+        """Seconds until the whole 200 answer was read (a new connection's setup is not timed)."""
+        if self._conn is None:
+            self._conn = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._conn
+        start = time.perf_counter()
+        writer.write(self._request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.lower().split(b"\r\n")
+        status = lines[0].split(b" ", 2)[1]
+        length = next((int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        elapsed = time.perf_counter() - start
+        if status != b"200":
+            raise RuntimeError(f"/healthz answered {status.decode()}")
+        if b"connection: close" in lines:
+            await self.close()
+        return elapsed
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            self._conn = None
+
+
+async def probe_healthz(base_url: str, stop: asyncio.Event) -> list[float]:
+    probe = HealthzProbe(base_url)
     latencies: list[float] = []
-    while not stop.is_set():
-        t = time.perf_counter()
-        (await http.get("/healthz")).raise_for_status()
-        latencies.append(time.perf_counter() - t)
-        await asyncio.sleep(HEALTHZ_PROBE_INTERVAL)
+    try:
+        while not stop.is_set():
+            latencies.append(await probe.get())
+            await asyncio.sleep(HEALTHZ_PROBE_INTERVAL)
+    finally:
+        await probe.close()
     return latencies
 
 
@@ -262,23 +300,22 @@ async def bench_logins(
     http: httpx.AsyncClient, emails: list[str], n: int, concurrency: int
 ) -> tuple[float, list[float]]:
     stop = asyncio.Event()
-    async with httpx.AsyncClient(base_url=str(http.base_url), timeout=30) as probe_client:
-        prober = asyncio.create_task(probe_healthz(probe_client, stop))
-        start = time.perf_counter()
+    prober = asyncio.create_task(probe_healthz(str(http.base_url), stop))
+    start = time.perf_counter()
 
-        async def login(i: int) -> None:
-            r = await http.post("/v1/auth/login", json={"email": emails[i % len(emails)], "password": BENCH_PASSWORD})
-            r.raise_for_status()
+    async def login(i: int) -> None:
+        r = await http.post("/v1/auth/login", json={"email": emails[i % len(emails)], "password": BENCH_PASSWORD})
+        r.raise_for_status()
 
-        await _gather_limited(n, concurrency, login)
-        elapsed = time.perf_counter() - start
-        stop.set()
-        return elapsed, await prober
+    await _gather_limited(n, concurrency, login)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    return elapsed, await prober
 
 
 async def idle_healthz(http: httpx.AsyncClient, seconds: float) -> list[float]:
     stop = asyncio.Event()
-    task = asyncio.create_task(probe_healthz(http, stop))
+    task = asyncio.create_task(probe_healthz(str(http.base_url), stop))
     await asyncio.sleep(seconds)
     stop.set()
     return await task

@@ -324,3 +324,60 @@ async def test_the_dispatcher_reads_events_all_as_a_consumer_group_and_acks(api,
         assert hooks.receiver.delivered[0].body["id"] == str(event.event_id)
     finally:
         await redis.aclose()
+
+
+async def test_a_failed_dispatch_acks_the_entries_before_it_and_is_read_again(redis_url):
+    """One XACK per round for what was dispatched; the entry that failed, and those after it, stay pending and are
+    the next round's first read (own pending entries are read again after a failure, not on every round)."""
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+            self.fail_on: str | None = None
+
+        async def dispatch(self, event: StreamEvent) -> list[str]:
+            if event.type == self.fail_on:
+                raise RuntimeError("PostgreSQL is down")
+            if event.type.startswith("test."):  # other tests' events may share the stream
+                self.seen.append(event.type)
+            return []
+
+    def entry(kind: str) -> dict:
+        return StreamEvent(
+            seq=1,
+            event_id=uuid.uuid4(),
+            type=kind,
+            version=1,
+            aggregate_type="tenant",
+            aggregate_id=str(uuid.uuid4()),
+            tenant_id=uuid.uuid4(),
+            user_id=None,
+            actor_id=None,
+            workflow_id=None,
+            occurred_at=datetime.now(UTC),
+            payload={},
+        ).to_fields()
+
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    flaky = Flaky()
+    name = f"flaky-{uuid.uuid4().hex[:6]}"
+
+    async def mine() -> set[str]:
+        return {p["message_id"] for p in await redis.xpending_range(ALL_EVENTS, GROUP, "-", "+", 1000, name)}
+
+    try:
+        consumer = StreamConsumer(redis, flaky, consumer=name)  # type: ignore[arg-type]
+        await consumer.ensure_group()
+        ids = [await redis.xadd(ALL_EVENTS, entry(kind)) for kind in ("test.first", "test.second", "test.third")]
+        flaky.fail_on = "test.second"
+        with pytest.raises(RuntimeError):
+            await consumer.run_once(block_ms=500)
+        assert flaky.seen == ["test.first"]
+        assert ids[0] not in await mine() and {ids[1], ids[2]} <= await mine()
+
+        flaky.fail_on = None
+        await consumer.run_once(block_ms=500)
+        assert flaky.seen == ["test.first", "test.second", "test.third"]
+        assert not set(ids) & await mine()
+    finally:
+        await redis.aclose()
