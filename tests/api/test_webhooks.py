@@ -366,7 +366,7 @@ async def test_a_failed_dispatch_acks_the_entries_before_it_and_is_read_again(re
         return {p["message_id"] for p in await redis.xpending_range(ALL_EVENTS, GROUP, "-", "+", 1000, name)}
 
     try:
-        consumer = StreamConsumer(redis, flaky, consumer=name)  # type: ignore[arg-type]
+        consumer = StreamConsumer(redis, flaky, consumer=name)
         await consumer.ensure_group()
         ids = [await redis.xadd(ALL_EVENTS, entry(kind)) for kind in ("test.first", "test.second", "test.third")]
         flaky.fail_on = "test.second"
