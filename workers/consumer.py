@@ -153,16 +153,19 @@ class Consumer:
                     raise
 
     async def step(self) -> int:
-        """One round: leases when due, then every held partition's pending and new entries. Waits when there was
-        nothing."""
+        """One round: leases when due, then every held partition's entries (its pending ones while there may be
+        some, else new ones), read in one round trip and acked in another. Waits for the stream when the round
+        left nothing behind."""
         if time.monotonic() >= self._next_balance:
             await self._balance()
-        done = 0
-        for k in sorted(self.held):
-            done += await self._drain(k)
-        if not done and not self._stop.is_set():
+        more = False
+        read = 0
+        if self.held:
+            starts = {k: ">" if k in self._no_pending else "0" for k in sorted(self.held)}
+            read, more = await self._drain(starts)
+        if not more and not self._stop.is_set():
             await self._wait_for_entries()
-        return done
+        return read
 
     async def _balance(self) -> None:
         """Heartbeat, take or renew leases up to a fair share, give the rest back. Every third of a lease period
@@ -225,67 +228,77 @@ class Consumer:
             self._last_seen = min(ids, key=_id_key) if ids else "0-0"
         await self.redis.xread({ALL_EVENTS: self._last_seen}, count=1, block=max(1, int(block * 1000)))
 
-    async def _drain(self, k: int) -> int:
-        """Pending entries first (redelivered in order), then new ones. Returns how many entries it read.
+    async def _drain(self, starts: dict[int, str]) -> tuple[int, bool]:
+        """Read each held partition's group from `starts` ("0": this copy's pending entries, redelivered in order;
+        ">": new ones) in one pipelined round trip, handle the entries of each partition in stream order, then ack
+        them (and forget their attempt counts) in one more. Returns how many entries were read, and whether more
+        may be waiting (a pending list was read, a batch came back full, or the round was cut short).
 
-        The pending list is read only while it may hold something: after taking the partition over, or after a
-        round cut short. The entries read are acked together once handled (a crash before that redelivers them,
-        and handlers are idempotent)."""
+        A pending list is read only while it may hold something: after taking the partition over, or after a
+        round cut short. A crash before the ack redelivers the entries, and handlers are idempotent."""
+        pipe = self.redis.pipeline(transaction=False)
+        for k, start in starts.items():
+            pipe.xreadgroup(self.group(k), self.copy_id, {ALL_EVENTS: start}, count=self.config.batch)
+        replies = await pipe.execute()
+        batches = {k: reply[0][1] if reply else [] for k, reply in zip(starts, replies, strict=True)}
+        more = any(start == "0" for start in starts.values())
         read = 0
-        for start in ("0", ">"):
-            if start == "0" and k in self._no_pending:
-                continue
-            reply = await self.redis.xreadgroup(
-                self.group(k), self.copy_id, {ALL_EVENTS: start}, count=self.config.batch
-            )
-            entries = reply[0][1] if reply else []
-            done: list[str] = []
-            try:
+        acks: dict[int, list[str]] = {}
+        handled: list[str] = []
+        try:
+            for k, entries in batches.items():
+                if starts[k] == "0" and not entries:
+                    self._no_pending.add(k)
+                more = more or len(entries) >= self.config.batch
                 for entry_id, raw in entries:
-                    if self._stop.is_set() or k not in self.held:
-                        self._no_pending.discard(k)
-                        return read
+                    if self._stop.is_set() or k not in self.held:  # the rest stay pending: read them first
+                        self._no_pending.difference_update(batches)
+                        return read, True
                     fields = {_text(a): _text(b) for a, b in raw.items()}
                     eid = _text(entry_id)
-                    if start == ">" and (self._last_seen == "$" or _id_key(eid) > _id_key(self._last_seen)):
+                    if starts[k] == ">" and (self._last_seen == "$" or _id_key(eid) > _id_key(self._last_seen)):
                         self._last_seen = eid
-                    if partition_of(fields, self.config.partitions) == k:
-                        await self._handle(eid, fields)
-                    done.append(eid)
+                    if partition_of(fields, self.config.partitions) == k and await self._handle(eid, fields):
+                        handled.append(eid)
+                    acks.setdefault(k, []).append(eid)
                     read += 1
-            finally:
-                if done:
-                    await self.redis.xack(ALL_EVENTS, self.group(k), *done)
-            if start == "0" and not entries:
-                self._no_pending.add(k)
-            if entries:
-                return read
-        return read
+        finally:
+            if acks:
+                pipe = self.redis.pipeline(transaction=False)
+                for k, ids in acks.items():
+                    pipe.xack(ALL_EVENTS, self.group(k), *ids)
+                if handled:
+                    pipe.hdel(self._attempts_key, *handled)
+                await pipe.execute()
+        return read, more
 
-    async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
-        """Apply one entry (retrying) or park it; returns once it may be acked."""
+    async def _handle(self, entry_id: str, fields: dict[str, str]) -> bool:
+        """Apply one entry (retrying) or park it; returns once it may be acked: True when it was applied (its
+        attempt count is then forgotten with the ack), False when it was parked."""
         while True:
             attempt = await self.redis.hincrby(self._attempts_key, entry_id, 1)
             try:
                 event = StreamEvent.from_fields(fields)
             except Exception as exc:
-                return await self._park(entry_id, fields, f"unreadable entry: {exc}", attempt)
+                await self._park(entry_id, fields, f"unreadable entry: {exc}", attempt)
+                return False
             try:
                 await self.handler(event)
             except Park as exc:
-                return await self._park(entry_id, fields, str(exc), attempt)
+                await self._park(entry_id, fields, str(exc), attempt)
+                return False
             except Exception as exc:
                 if is_outage(exc):
                     await self.redis.hincrby(self._attempts_key, entry_id, -1)
                     raise
                 if attempt >= self.config.max_attempts:
-                    return await self._park(entry_id, fields, f"{type(exc).__name__}: {exc}"[:500], attempt)
+                    await self._park(entry_id, fields, f"{type(exc).__name__}: {exc}"[:500], attempt)
+                    return False
                 log.warning("consumer %s: %s failed (attempt %d): %s", self.copy_id, entry_id, attempt, exc)
                 await asyncio.sleep(self.config.retry_delay * 2 ** (attempt - 1))
                 continue
-            await self.redis.hdel(self._attempts_key, entry_id)
             self.handled += 1
-            return None
+            return True
 
     async def _park(self, entry_id: str, fields: dict[str, str], reason: str, attempts: int) -> None:
         await self.redis.xadd(
