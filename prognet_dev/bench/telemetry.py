@@ -3,9 +3,9 @@
 The same stack runs the same two loads with telemetry on (the default: spans exported by the worker and the API to
 their JSONL files, Prometheus endpoints and request metrics, every payload AES-GCM encrypted) and off
 (`BENCH_TELEMETRY_OFF=true`: no tracer provider nor instrumentation, no TracingInterceptor, no metrics endpoints
-nor request metrics, plaintext payloads). Between phases only the worker and API processes are restarted with the
-other setting; the phases run in the order on, off, off, on, so drift over the run (the database growing, the
-machine's other load) weighs on both sides alike.
+nor request metrics, plaintext payloads). Between phases every process of ours (API, worker, relay, consumers,
+webhook dispatcher) is restarted with the other setting; the phases run in the order on, off, off, on, so drift
+over the run (the database growing, the machine's other load) weighs on both sides alike.
 
 Loads, each timed the way sections 1 and 4 time them:
 - registrations through HTTP, from the first POST until every verification email is in the Maildir;
@@ -41,12 +41,14 @@ def span_lines(data_dir: Path) -> int:
 
 
 async def restart_app(stack, *, off: bool) -> None:
-    """Stop the stack's API and worker, start them again with BENCH_TELEMETRY_OFF on or off."""
+    """Stop every process of ours (API, worker, relay, consumers, webhook dispatcher), start them again with
+    BENCH_TELEMETRY_OFF on or off: each of them traces, so restarting only some left spans in the "off" phases."""
     env = stack.env()
     env["BENCH_TELEMETRY_OFF"] = "true" if off else "false"
-    await stack.api.stop()
-    await stack.worker.stop()
-    for process in (stack.worker, stack.api):  # the API waits until it listens
+    ours = [p for p in (stack.worker, stack.relay, stack.consumers, stack.webhooks, stack.api) if p is not None]
+    for process in reversed(ours):
+        await process.stop()
+    for process in ours:  # the API last: it waits until it listens
         process.env = env
         await process.start()
 
@@ -74,7 +76,7 @@ async def bench_telemetry(stack, http, args) -> list[str]:
     async with SandboxAdmin(stack.stripe_api_base, timeout=60) as admin:
         for index, phase in enumerate(PHASES):
             if phase != current:
-                print(f"telemetry: restarting the worker and the API with telemetry {phase} ...", flush=True)
+                print(f"telemetry: restarting our processes with telemetry {phase} ...", flush=True)
                 await restart_app(stack, off=phase == "off")
                 current = phase
             client = await client_for(stack, off=phase == "off")
