@@ -70,8 +70,7 @@ class EmailDeliveryActivities:
     def _scope(self, tenant_id: uuid.UUID | None):
         return transaction(self.engine, tenant_id=tenant_id, platform=tenant_id is None)
 
-    @activity.defn(name=names.EMAIL_POLICY)
-    async def policy(self) -> EmailPolicy:
+    def _policy(self) -> EmailPolicy:
         s = self.settings
         return EmailPolicy(
             initial_interval_seconds=s.email_retry_initial_seconds,
@@ -83,13 +82,17 @@ class EmailDeliveryActivities:
 
     @activity.defn(name=names.QUEUE_EMAIL)
     async def queue(self, req: EmailRequest) -> EmailQueued:
-        """Resolve the recipient, render once (a broken template fails here, permanently), record the message."""
+        """Resolve the recipient, render once (a broken template fails here, permanently), record the message;
+        with the send's retry policy (the worker's settings), so the workflow needs no step of its own to read it."""
         composed = await self.composer.compose(req, req.to_address)
         async with self._scope(req.tenant_id) as session:
             existing = await session.get(EmailMessage, req.message_id)
             if existing is not None:  # a retry after the row was committed
                 return EmailQueued(
-                    message_id=req.message_id, to_address=existing.to_address, suppressed=existing.state == "suppressed"
+                    message_id=req.message_id,
+                    to_address=existing.to_address,
+                    policy=self._policy(),
+                    suppressed=existing.state == "suppressed",
                 )
             suppressed = (
                 await session.exec(
@@ -114,7 +117,9 @@ class EmailDeliveryActivities:
                 )
             )
         EMAILS.labels("suppressed" if suppressed else "queued").inc()
-        return EmailQueued(message_id=req.message_id, to_address=composed.to_address, suppressed=suppressed)
+        return EmailQueued(
+            message_id=req.message_id, to_address=composed.to_address, policy=self._policy(), suppressed=suppressed
+        )
 
     @activity.defn(name=names.SEND_EMAIL)
     async def send(self, req: SendEmail) -> EmailDelivery:

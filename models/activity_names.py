@@ -34,7 +34,6 @@ CREATE_STRIPE_CUSTOMER = "billing.create_stripe_customer"
 DELETE_STRIPE_CUSTOMER = "billing.delete_stripe_customer"
 
 # email delivery pipeline (activities/email_delivery.py)
-EMAIL_POLICY = "email.policy"
 QUEUE_EMAIL = "email.queue"
 SEND_EMAIL = "email.send"
 MARK_EMAIL = "email.mark"

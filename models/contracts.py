@@ -319,6 +319,7 @@ class EmailPolicy(BaseModel):
 class EmailQueued(BaseModel):
     message_id: uuid.UUID
     to_address: str
+    policy: EmailPolicy  # the send's retry policy, read from the worker's settings with the message's row
     suppressed: bool = False
 
 

@@ -211,7 +211,7 @@ def build_workers(
             client,
             task_queue=EMAIL_TASK_QUEUE,
             workflows=[EmailDeliveryWorkflow],
-            activities=[delivery.policy, delivery.queue, delivery.mark, delivery.suppress],
+            activities=[delivery.queue, delivery.mark, delivery.suppress],
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             interceptors=interceptors,
         ),

@@ -21,7 +21,6 @@ with workflow.unsafe.imports_passed_through():
     from models.contracts import (
         EmailDecision,
         EmailDelivery,
-        EmailPolicy,
         EmailQueued,
         EmailRequest,
         EmailResult,
@@ -57,11 +56,9 @@ class EmailDeliveryWorkflow:
 
     @workflow.run
     async def run(self, req: EmailRequest) -> EmailResult:
-        policy: EmailPolicy = await workflow.execute_local_activity(
-            act.EMAIL_POLICY, start_to_close_timeout=timedelta(seconds=10), result_type=EmailPolicy
-        )
-        self.saga.set_status("running", step="queue", details="recording the message")
-        # Local, in the first workflow task with the policy: idempotent by message id (a re-run finds its row).
+        # A local step: the search attributes are left to the send's status, set in the same workflow task.
+        self.saga.set_status("running", step="queue", details="recording the message", upsert=False)
+        # Local, in the first workflow task: idempotent by message id (a re-run finds its row).
         queued: EmailQueued = await workflow.execute_local_activity(
             act.QUEUE_EMAIL,
             req,
@@ -74,7 +71,7 @@ class EmailDeliveryWorkflow:
             self.saga.complete("not sent: the address is on the suppression list")
             return EmailResult(message_id=req.message_id, state="suppressed")
 
-        to_address = queued.to_address
+        to_address, policy = queued.to_address, queued.policy
         retry = RetryPolicy(
             initial_interval=timedelta(seconds=policy.initial_interval_seconds),
             backoff_coefficient=policy.backoff_coefficient,

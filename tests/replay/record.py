@@ -45,6 +45,8 @@ from models.billing_cycle_contracts import (
 from models.contracts import (
     AcceptInvitation,
     EmailChangeInput,
+    EmailDecision,
+    EmailRequest,
     InvitationInput,
     OperatorDecision,
     RegistrationInput,
@@ -66,11 +68,13 @@ from models.incidents import (
     SignalPoint,
 )
 from models.names import (
+    EMAIL_SEND_TASK_QUEUE,
     EMAIL_TASK_QUEUE,
     QUERY_BILLING_CYCLE_STATE,
     QUERY_SAGA_STATE,
     QUERY_SUBSCRIPTION_STATE,
     SIGNAL_ACCEPT_INVITATION,
+    SIGNAL_EMAIL_DECISION,
     SIGNAL_INCIDENT_ACK,
     SIGNAL_INCIDENT_CLEAR,
     SIGNAL_INCIDENT_FIRE,
@@ -89,7 +93,7 @@ from prognet.payload_codec import EncryptionCodec, converter_for
 from tests.conftest import BIN_DIR, custom_search_attributes
 from tests.support.fake_activities import FakeEmailChanges, FakeUsers
 from tests.support.fake_billing_activities import DECLINED, VISA, FakeBillingWorld
-from tests.support.fake_email import FakeEmailDelivery
+from tests.support.fake_email import FakeEmailDelivery, FakeMailActivities
 from tests.support.fake_signup_activities import FakeSignupWorld
 from tests.support.fake_tenant_activities import FakeTenantWorld
 from tests.support.fake_webhook_activities import FakeReceiver
@@ -97,6 +101,7 @@ from workers.main import Workers
 from workflows.alert_evaluator import AlertEvaluatorWorkflow
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.email_change import EmailChangeWorkflow
+from workflows.email_delivery import EmailDeliveryWorkflow
 from workflows.incident import IncidentWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
@@ -123,6 +128,7 @@ class Scenario:
     children: tuple[str, ...] = ()
     start_signal: str | None = None  # signal-with-start (incidents)
     start_signal_args: tuple = ()
+    send_activities: Callable[[], list] | None = None  # for a worker on the email send queue (EmailDelivery)
 
     @property
     def files(self) -> list[str]:
@@ -305,11 +311,41 @@ async def _dead_letter_then_retry(handle: WorkflowHandle, env: WorkflowEnvironme
 _SHORT_WEBHOOK_SCHEDULE = WebhookPolicy(schedule_seconds=[0, 5])
 
 
+def _email(n: int) -> EmailRequest:
+    return EmailRequest(
+        message_id=uuid.UUID(int=n), template="welcome", tenant_id=uuid.UUID(int=n + 1), to_address="ada@example.com"
+    )
+
+
+async def _email_dead_letter_then_retry(handle: WorkflowHandle, env: WorkflowEnvironment) -> None:
+    while (await handle.query(QUERY_SAGA_STATE, result_type=SagaState)).status != "awaiting_operator":
+        await env.sleep(timedelta(seconds=10))
+    await handle.signal(SIGNAL_EMAIL_DECISION, EmailDecision(action="retry", reason="address fixed"))
+
+
+_MAIL_DEFERRED = FakeMailActivities(["4xx", "ok"])
+_MAIL_REFUSED = FakeMailActivities(["5xx", "ok"])
+
 _SIGNUP_ACTIVE = _signup(21, VISA)
 _SIGNUP_DECLINED = _signup(22, DECLINED)
 _SIGNUP_CHILDREN = (RegistrationWorkflow, TenantProvisioningWorkflow, BillingCycleWorkflow, SubscriptionWorkflow)
 
 SCENARIOS = [
+    Scenario(
+        "email_sent_after_a_deferral",
+        EmailDeliveryWorkflow,
+        _email(31),
+        _MAIL_DEFERRED.workflow_activities,
+        send_activities=_MAIL_DEFERRED.send_activities,
+    ),
+    Scenario(
+        "email_dead_letter_retried",
+        EmailDeliveryWorkflow,
+        _email(33),
+        _MAIL_REFUSED.workflow_activities,
+        _email_dead_letter_then_retry,
+        send_activities=_MAIL_REFUSED.send_activities,
+    ),
     Scenario("registration_verified", RegistrationWorkflow, _registration(1), _verified.activities, _verify),
     Scenario("registration_expired", RegistrationWorkflow, _registration(2), lambda: FakeUsers().activities()),
     Scenario(
@@ -490,6 +526,11 @@ async def record(scenario: Scenario) -> dict[str, str]:
                     activities=scenario.activities(),
                 ),
                 Worker(env.client, task_queue=EMAIL_TASK_QUEUE, workflows=[FakeEmailDelivery]),
+                *(
+                    [Worker(env.client, task_queue=EMAIL_SEND_TASK_QUEUE, activities=scenario.send_activities())]
+                    if scenario.send_activities
+                    else []
+                ),
             ]
         ):
             handle = await env.client.start_workflow(

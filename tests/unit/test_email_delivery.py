@@ -49,15 +49,12 @@ class FakeMail:
     suppressions: list[str] = field(default_factory=list)
 
     def activities(self):
-        @activity.defn(name=act.EMAIL_POLICY)
-        async def policy() -> EmailPolicy:
-            return POLICY
-
         @activity.defn(name=act.QUEUE_EMAIL)
         async def queue(req: EmailRequest) -> EmailQueued:
             return EmailQueued(
                 message_id=req.message_id,
                 to_address=req.to_address,
+                policy=POLICY,
                 suppressed=req.to_address in self.suppressed_addresses,
             )
 
@@ -79,7 +76,7 @@ class FakeMail:
         async def suppress(req: SuppressAddress) -> None:
             self.suppressions.append(req.address)
 
-        return [policy, queue, mark, suppress], [send]
+        return [queue, mark, suppress], [send]
 
 
 def workers(client: Client, task_queue: str, mail: FakeMail) -> Workers:
