@@ -223,7 +223,9 @@ def build_workers(
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             interceptors=interceptors,
         ),
-        WEBHOOK_TASK_QUEUE: lambda: webhook_worker(client, webhook_activities(), interceptors=interceptors),
+        WEBHOOK_TASK_QUEUE: lambda: webhook_worker(
+            client, webhook_activities(), interceptors=interceptors, handoff=handoff
+        ),
     }
     hooks: list[WebhookActivities] = []  # made only with their worker; closed (their HTTP client) with the workers
 
@@ -260,14 +262,23 @@ def webhook_worker(
     hooks: WebhookActivities,
     task_queue: str = WEBHOOK_TASK_QUEUE,
     interceptors: list | None = None,
+    handoff: EmailHandoff | None = None,
 ) -> Worker:
     """Webhook deliveries on their own queue: slow receivers hold only these slots. The caller closes `hooks`
-    (its shared HTTP client) after the worker has stopped."""
+    (its shared HTTP client) after the worker has stopped. `handoff` starts the owners' notice of a disabled
+    endpoint (a local activity: it runs on this worker); default: through this worker's client."""
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[WebhookDeliveryWorkflow],
-        activities=[hooks.policy, hooks.record, hooks.attempt, hooks.mark, hooks.disable_endpoint],
+        activities=[
+            hooks.policy,
+            hooks.record,
+            hooks.attempt,
+            hooks.mark,
+            hooks.disable_endpoint,
+            (handoff or EmailHandoff()).start_delivery,
+        ],
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         interceptors=interceptors or [],
     )

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_EMAIL_CHANGE_ACCEPTED,
         email_message_id,
     )
-    from workflows.email_delivery import start_email
+    from workflows.email_handoff import hand_off_email
     from workflows.saga import Saga
 
 
@@ -98,7 +98,7 @@ class EmailChangeWorkflow:
             ),
             compensation=(act.REVOKE_VERIFICATION_TOKEN, TokenRef(token_id=token_id)),
         )
-        await start_email(
+        await hand_off_email(
             self.saga,
             "send_verification_email",
             EmailRequest(
@@ -132,7 +132,7 @@ class EmailChangeWorkflow:
         return EmailChangeResult(change_id=params.change_id, status="changed")
 
     async def _notify_old_address(self, wid: str) -> None:
-        await start_email(
+        await hand_off_email(
             self.saga,
             "notify_old_address",
             EmailRequest(

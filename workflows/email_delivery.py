@@ -12,9 +12,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
-from temporalio.workflow import ParentClosePolicy
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from models import activity_names as act
@@ -32,11 +31,8 @@ with workflow.unsafe.imports_passed_through():
     from models.names import (
         EMAIL_DELIVERY_WORKFLOW,
         EMAIL_SEND_TASK_QUEUE,
-        EMAIL_TASK_QUEUE,
         QUERY_EMAIL_STATE,
-        SA_TENANT_ID,
         SIGNAL_EMAIL_DECISION,
-        email_workflow_id,
     )
     from workflows.saga import Saga, describe_error
 
@@ -157,30 +153,3 @@ class EmailDeliveryWorkflow:
     @workflow.query(name=QUERY_EMAIL_STATE)
     def current_state(self) -> str:
         return self.state
-
-
-async def start_email(saga: Saga, step: str, request: EmailRequest) -> None:
-    """Hand a message to the delivery pipeline from another saga: started as a child that outlives its parent,
-    and not awaited (a dead letter must not hold the parent). Starting it twice is a no-op.
-
-    The message carries `TenantId` (its tenant's, or else the sending workflow's: a paid sign-up's verification
-    email), so filtering the UI by tenant finds its emails and their dead letters."""
-    saga.set_status("running", step=step, details=f"handing email {request.message_id} to the delivery pipeline")
-    tenant_id = (
-        str(request.tenant_id) if request.tenant_id else workflow.info().typed_search_attributes.get(SA_TENANT_ID)
-    )
-    try:
-        await workflow.start_child_workflow(
-            EMAIL_DELIVERY_WORKFLOW,
-            request,
-            id=email_workflow_id(request.message_id),
-            task_queue=EMAIL_TASK_QUEUE,
-            parent_close_policy=ParentClosePolicy.ABANDON,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(SA_TENANT_ID, tenant_id)] if tenant_id else []
-            ),
-            static_summary=f"Email {request.template} ({request.message_id})",
-        )
-    except WorkflowAlreadyStartedError:
-        pass  # this step ran before (a reset or a replayed start): the message is already on its way
-    saga.step_done(step)

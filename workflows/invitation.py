@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_REVOKE_INVITATION,
         email_message_id,
     )
-    from workflows.email_delivery import start_email
+    from workflows.email_handoff import hand_off_email
     from workflows.saga import Saga
 
 
@@ -63,7 +63,7 @@ class InvitationWorkflow:
             ),
         )
         if not self.revoked:
-            await start_email(
+            await hand_off_email(
                 self.saga,
                 "send_invitation_email",
                 EmailRequest(

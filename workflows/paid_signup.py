@@ -56,7 +56,7 @@ with workflow.unsafe.imports_passed_through():
         tenant_workflow_id,
     )
     from models.signup_contracts import DiscardTenant, PaidSignupInput, RegistrationProgress, SignupOutcome
-    from workflows.email_delivery import start_email
+    from workflows.email_handoff import hand_off_email
     from workflows.saga import Saga, describe_error
     from workflows.tenant_provisioning import welcome_email
 
@@ -346,7 +346,7 @@ class PaidSignupWorkflow:
         except Exception:  # it ended (expired or was cancelled by hand): there is no token left to send
             workflow.logger.warning("registration %s did not take the send_verification_email signal", registration.id)
         self.saga.step_done("send_verification_email")
-        await start_email(self.saga, "send_welcome_email", welcome_email(p.tenant_id, p.user_id))
+        await hand_off_email(self.saga, "send_welcome_email", welcome_email(p.tenant_id, p.user_id))
 
     # --- unwinding ---
 

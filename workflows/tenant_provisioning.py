@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
         email_message_id,
         tenant_workflow_id,
     )
-    from workflows.email_delivery import start_email
+    from workflows.email_handoff import hand_off_email
     from workflows.saga import Saga
 
 
@@ -124,7 +124,7 @@ class TenantProvisioningWorkflow:
         self.saga.pivot("activate_tenant")
         if p.send_welcome_email:
             await self.saga.forward(
-                lambda: start_email(self.saga, "send_welcome_email", welcome_email(p.tenant_id, p.owner_user_id))
+                lambda: hand_off_email(self.saga, "send_welcome_email", welcome_email(p.tenant_id, p.owner_user_id))
             )
         self.saga.complete("tenant active")
         return TenantProvisioningResult(tenant_id=p.tenant_id, status="active", stripe_customer_id=customer.customer_id)

@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         WEBHOOK_DELIVERY_WORKFLOW,
         email_message_id,
     )
-    from workflows.email_delivery import start_email
+    from workflows.email_handoff import hand_off_email
     from workflows.saga import Saga
 
 BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
@@ -137,7 +137,7 @@ class WebhookDeliveryWorkflow:
             return  # another delivery disabled it first, and told the owners
         wid = workflow.info().workflow_id
         for owner in disabled.owner_ids:
-            await start_email(
+            await hand_off_email(
                 self.saga,
                 f"email_owner_{owner}",
                 EmailRequest(

@@ -113,4 +113,4 @@ class FakeEmailChanges:
         async def revoke_verification_token(req: TokenRef) -> None:
             self._maybe_fail(act.REVOKE_VERIFICATION_TOKEN)
 
-        return [reserve, issue_token, release, swap_email, revoke_verification_token]
+        return [reserve, issue_token, release, swap_email, revoke_verification_token, EmailHandoff().start_delivery]

@@ -41,8 +41,11 @@ class FakeSignupWorld:
             self.discarded.append(req)
 
         # one email hand-off for all: the billing world's, which records its calls and starts the email the same way
-        users = [fn for fn in self.users.activities() if getattr(fn, "__name__", None) != "start_delivery"]
-        return [*users, *self.tenants.activities(), *self.billing.activities(), discard_tenant]
+        def without_handoff(activities: list) -> list:
+            return [fn for fn in activities if getattr(fn, "__name__", None) != "start_delivery"]
+
+        users, tenants = without_handoff(self.users.activities()), without_handoff(self.tenants.activities())
+        return [*users, *tenants, *self.billing.activities(), discard_tenant]
 
     # --- what is left behind, read from the call log ---
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.email_handoff import EmailHandoff
 from models import activity_names as act
 from models.billing_contracts import CreateStripeCustomer, DeleteStripeCustomer, StripeCustomer
 from models.contracts import (
@@ -70,4 +71,5 @@ class FakeTenantWorld:
             simple(act.ISSUE_INVITATION, IssueInvitation),
             simple(act.COMPLETE_INVITATION, CompleteInvitation),
             simple(act.CLOSE_INVITATION, CloseInvitation),
+            EmailHandoff().start_delivery,  # the real one: it starts the (fake) delivery through the worker's client
         ]

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from temporalio import activity
 
+from activities.email_handoff import EmailHandoff
 from models import activity_names as act
 from models.contracts import (
     DisabledWebhookEndpoint,
@@ -60,4 +61,5 @@ class FakeReceiver:
             self.disabled.append(req)
             return DisabledWebhookEndpoint(disabled=True, owner_ids=[uuid.UUID(int=7)], url_host="hooks.example")
 
-        return [policy, record, attempt, mark, disable_endpoint]
+        # the real hand-off: it starts the owners' notices (fake deliveries) through the worker's client
+        return [policy, record, attempt, mark, disable_endpoint, EmailHandoff().start_delivery]

@@ -38,16 +38,23 @@ LOCAL_ACTIVITY_MARKER = "core_local_activity"
 async def started_workflows(client: Client, workflow_id: str) -> list[str]:
     """The workflows this one started: its children, and the emails it handed over by a local activity (the
     marker of `email.start_delivery` holds the started workflow's id as its result), from its history."""
+    return [started for _, started in await started_at(client, workflow_id)]
+
+
+async def started_at(client: Client, workflow_id: str) -> list[tuple[int, str]]:
+    """`started_workflows` with the index in this workflow's history of the event that started each."""
     started = []
+    index = 0
     async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
         if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
-            started.append(event.start_child_workflow_execution_initiated_event_attributes.workflow_id)
+            started.append((index, event.start_child_workflow_execution_initiated_event_attributes.workflow_id))
         elif event.HasField("marker_recorded_event_attributes"):
             marker = event.marker_recorded_event_attributes
-            if marker.marker_name != LOCAL_ACTIVITY_MARKER or "result" not in marker.details:
-                continue
-            data = json.loads(marker.details["data"].payloads[0].data)
-            if data.get("activity_type") == act.START_EMAIL_DELIVERY:
-                [started_id] = await client.data_converter.decode(list(marker.details["result"].payloads), [str])
-                started.append(started_id)
+            if marker.marker_name == LOCAL_ACTIVITY_MARKER and "result" in marker.details:
+                data = json.loads(marker.details["data"].payloads[0].data)
+                if data.get("activity_type") == act.START_EMAIL_DELIVERY:
+                    payloads = list(marker.details["result"].payloads)
+                    [started_id] = await client.data_converter.decode(payloads, [str])
+                    started.append((index, started_id))
+        index += 1
     return started

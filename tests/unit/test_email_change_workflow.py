@@ -42,7 +42,7 @@ async def _described(client: Client, handle: WorkflowHandle, purpose: str) -> st
 
 
 async def test_verified_change_swaps_then_tells_the_old_address(own_ts_client, task_queue):
-    # its own server: the notice (an abandoned child) closes after the saga, which stops a server's time skipping
+    # its own server: the notice, a workflow of its own, may close after the saga
     ts_client = own_ts_client
     fake = FakeEmailChanges()
     async with _workers(ts_client, task_queue, fake):
@@ -61,7 +61,7 @@ async def test_verified_change_swaps_then_tells_the_old_address(own_ts_client, t
 
 
 async def test_expiry_revokes_the_token_then_releases_the_address(own_ts_client, task_queue):
-    ts_client = own_ts_client  # the verification email (an abandoned child) outlives the saga too
+    ts_client = own_ts_client  # the verification email, a workflow of its own, outlives the saga too
     fake = FakeEmailChanges()
     async with _workers(ts_client, task_queue, fake):
         handle = await _start(ts_client, task_queue)

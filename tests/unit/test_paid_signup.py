@@ -51,7 +51,7 @@ from tests.conftest import BIN_DIR, TEST_CONVERTER, custom_search_attributes
 from tests.support.fake_billing_activities import DECLINED, INSUFFICIENT, PENDING, VISA
 from tests.support.fake_email import FakeEmailDelivery
 from tests.support.fake_signup_activities import FakeSignupWorld
-from tests.support.workflows import wait_for
+from tests.support.workflows import started_at, started_workflows, wait_for
 from workers.main import Workers
 from workflows.billing_cycle import BillingCycleWorkflow
 from workflows.paid_signup import PaidSignupWorkflow
@@ -206,26 +206,16 @@ async def test_a_paid_signup_creates_the_user_the_tenant_and_an_active_subscript
 
 
 async def emails_started(client: Client, params: PaidSignupInput) -> list[str]:
-    """The EmailDelivery workflows the sign-up and its children started (workflow ids): children, from their
-    histories; the registration's verification email and the billing cycle's emails, which they hand over by a
-    local activity (not in a history as children: found by their derived ids)."""
-    cycle_id = billing_cycle_workflow_id(params.subscription_id, 0)
-    candidates = [email_workflow_id(email_message_id(registration_workflow_id(params.user_id), "verify"))]
-    candidates += [email_workflow_id(email_message_id(cycle_id, p)) for p in ("receipt", "unpaid", "reminder-1")]
-    started = [email_id for email_id in candidates if await exists(client, email_id)]
+    """The EmailDelivery workflows the sign-up and its children handed over (workflow ids), from their histories."""
+    started = []
     for wid in (
         signup_workflow_id(params.user_id),
         registration_workflow_id(params.user_id),
         tenant_workflow_id(params.tenant_id),
         billing_cycle_workflow_id(params.subscription_id, 0),
     ):
-        if not await exists(client, wid):
-            continue
-        async for event in client.get_workflow_handle(wid).fetch_history_events():
-            if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
-                attrs = event.start_child_workflow_execution_initiated_event_attributes
-                if attrs.workflow_type.name == EMAIL_DELIVERY_WORKFLOW:
-                    started.append(attrs.workflow_id)
+        if await exists(client, wid):
+            started += [s for s in await started_workflows(client, wid) if s.startswith(email_workflow_id(""))]
     return started
 
 
@@ -267,8 +257,9 @@ async def test_a_paid_signup_sends_the_verification_and_welcome_emails_after_the
     assert outcome.status == "active"
     receipt = email_workflow_id(email_message_id(billing_cycle_workflow_id(params.subscription_id, 0), "receipt"))
     assert sorted(emails) == sorted([verify, welcome, receipt])
-    # the welcome email is the tenant's, started by the sign-up (the tenant saga held it), with its TenantId
-    assert welcome_email.parent_id == handle.id and welcome_email.workflow_type == EMAIL_DELIVERY_WORKFLOW
+    # the welcome email is the tenant's, handed over by the sign-up (the tenant saga held it), with its TenantId
+    handed_over = dict((started, index) for index, started in await started_at(client, handle.id))
+    assert welcome in handed_over and welcome_email.workflow_type == EMAIL_DELIVERY_WORKFLOW
     # both belong to the tenant: the verification email inherits TenantId from the sign-up's registration
     for email in (welcome_email, verify_email):
         assert email.typed_search_attributes.get(SA_TENANT_ID) == str(params.tenant_id)
@@ -282,13 +273,7 @@ async def test_a_paid_signup_sends_the_verification_and_welcome_emails_after_the
     released = next(
         i for i, e in enumerate(history) if e.HasField("signal_external_workflow_execution_initiated_event_attributes")
     )
-    welcomed = next(
-        i
-        for i, e in enumerate(history)
-        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
-        and e.start_child_workflow_execution_initiated_event_attributes.workflow_id == welcome
-    )
-    assert paid < released < welcomed
+    assert paid < released < handed_over[welcome]
 
 
 async def test_a_plan_with_a_trial_charges_nothing_now_and_starts_the_subscription_in_trial(env, task_queue):

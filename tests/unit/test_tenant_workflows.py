@@ -33,7 +33,7 @@ from workers.main import Workers
 from workflows.invitation import InvitationWorkflow
 from workflows.tenant_provisioning import TenantProvisioningWorkflow, welcome_email
 
-# (the welcome email is handed to the delivery pipeline as a child workflow after activation, the pivot)
+# (the welcome email is handed to the delivery pipeline by a local activity after activation, the pivot)
 FORWARD = [
     act.CREATE_TENANT,
     act.ADD_MEMBERSHIP,
