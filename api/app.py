@@ -1,4 +1,4 @@
-"""The FastAPI application. Run with `uvicorn api.app:create_app --factory`."""
+"""The FastAPI application. Run with `uvicorn api.app:create_served_app --factory` (what `prognet api` does)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ from api.temporal_client import TemporalConnector
 from models.db import make_engine
 from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
+from prognet.gc_pauses import freeze_startup_objects
 from prognet.payload_codec import codec_from, converter_for
 from prognet.settings import Settings, get_settings
 
@@ -235,4 +236,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exclude_spans=["receive", "send"],
         excluded_urls=r"/healthz(\?|$)",
     )
+    return app
+
+
+def create_served_app() -> FastAPI:
+    """`prognet api`'s app (uvicorn's factory): `create_app`, then what startup made is left out of the garbage
+    collector's full passes (prognet/gc_pauses.py)."""
+    app = create_app()
+    freeze_startup_objects()
     return app

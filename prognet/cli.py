@@ -5,7 +5,7 @@
     prognet worker       the Temporal worker (workers.main.run_worker)
     prognet consume      the event stream consumers: read-model projector and cache invalidator
     prognet events replay --projection NAME   rebuild a read model from domain_events;  prognet events parked
-    prognet api          the HTTP API (uvicorn, api.app:create_app)
+    prognet api          the HTTP API (uvicorn, api.app:create_served_app)
     prognet relay        the outbox relay: domain_events → Redis Streams (relay.relay)
     prognet webhooks-dispatcher  tenant events → webhook delivery workflows (webhooks.dispatcher)
     prognet webhook-receiver --port P --secret whsec_…  a local receiver that verifies and prints deliveries
@@ -276,7 +276,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     uvicorn.run(
-        "api.app:create_app",
+        "api.app:create_served_app",
         factory=True,
         host=host,
         port=port,
