@@ -1,4 +1,4 @@
-"""Shorter garbage-collector pauses for long-running processes (`prognet api`, `prognet worker`).
+"""Shorter garbage-collector pauses for the API process (`prognet api`), whose event loop answers every request.
 
 A process that has imported FastAPI, SQLAlchemy, OpenTelemetry and temporalio holds some 200,000 objects made at
 startup that live as long as it does. Every full collection walks them all: about 100 ms during which the event
@@ -12,7 +12,7 @@ import gc
 
 
 def freeze_startup_objects() -> None:
-    # No gc.collect() first: in the worker it collected what temporalio's sandbox left from validating the
-    # workflow definitions, and afterwards tests/integration/test_faults.py[redis] failed 3 runs of 4 (a tenant
-    # saga never finished); not understood yet. Freezing keeps that garbage (a few hundred objects) instead.
+    # Not in the worker, and no gc.collect() first: a collect at worker start freed what temporalio's sandbox
+    # left from validating the workflow definitions, and tests/integration/test_faults.py[redis] then failed 3
+    # runs of 4 (a tenant saga never finished); not understood yet.
     gc.freeze()

@@ -38,7 +38,6 @@ from models.names import EMAIL_SEND_TASK_QUEUE, EMAIL_TASK_QUEUE, TASK_QUEUE, WE
 from models.retry_interceptor import RetryPoliciesInterceptor
 from models.retry_policies import SagaRetryPolicies
 from prognet import telemetry
-from prognet.gc_pauses import freeze_startup_objects
 from prognet.payload_codec import data_converter
 from prognet.send_rate import SendRateLimiter
 from prognet.settings import Settings, get_settings
@@ -324,7 +323,6 @@ async def run_worker(settings: Settings | None = None, task_queues: Collection[s
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     workers = build_workers(client, engine, settings, task_queues)
-    freeze_startup_objects()
     log.info("worker polling %s on %s", ", ".join(task_queues), settings.temporal_target)
     async with workers:
         if TASK_QUEUE in task_queues:  # the worker that runs the evaluator's workflow makes sure its Schedule exists
