@@ -28,6 +28,7 @@ from models.tables import DomainEvent
 from prognet.settings import Settings
 from prognet_dev import EmbeddedStack, message_text, read_messages
 from tests.api.conftest import Person, add_member, assert_problem, insert_tenant, person
+from tests.support.sse import event as stream_event
 from tests.support.webhooks import (
     Hooks,
     as_stream_event,
@@ -343,20 +344,7 @@ async def test_a_failed_dispatch_acks_the_entries_before_it_and_is_read_again(re
             return []
 
     def entry(kind: str) -> dict:
-        return StreamEvent(
-            seq=1,
-            event_id=uuid.uuid4(),
-            type=kind,
-            version=1,
-            aggregate_type="tenant",
-            aggregate_id=str(uuid.uuid4()),
-            tenant_id=uuid.uuid4(),
-            user_id=None,
-            actor_id=None,
-            workflow_id=None,
-            occurred_at=datetime.now(UTC),
-            payload={},
-        ).to_fields()
+        return stream_event(kind, tenant=uuid.uuid4()).to_fields()
 
     redis = Redis.from_url(redis_url, decode_responses=True)
     flaky = Flaky()
