@@ -12,6 +12,7 @@ import uuid
 from datetime import timedelta
 
 from fastapi import APIRouter, Depends, Response, status
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from temporalio.common import SearchAttributePair
 
@@ -121,12 +122,21 @@ async def create_tenant(
     reply.raise_if_refused()  # a taken slug: 409
     if reply.answer is not None:
         log.info("tenant accepted", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id)})
-        return _accepted(tenant_id, workflow_id, reply.answer.status)
+        if reply.answer.status != "provisioning":
+            return _accepted(tenant_id, workflow_id, reply.answer.status)
+        # The row is activated by an activity before the saga has read its result: a repeated request between
+        # the two must not answer `provisioning` after GET showed the tenant active.
+        row_status = await _row_status(engine, tenant_id, caller.user_id)
+        return _accepted(tenant_id, workflow_id, row_status or reply.answer.status)
     # The same Idempotency-Key as a saga that already ended: the tenant row says how.
-    async with transaction(engine, tenant_id=tenant_id, user_id=caller.user_id) as db:
-        tenant = await db.get(Tenant, tenant_id)
     log.info("tenant replayed", extra={"workflow_id": workflow_id, "tenant_id": str(tenant_id)})
-    return _accepted(tenant_id, workflow_id, tenant.status if tenant is not None else "unknown")
+    return _accepted(tenant_id, workflow_id, await _row_status(engine, tenant_id, caller.user_id) or "unknown")
+
+
+async def _row_status(engine: AsyncEngine, tenant_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
+    async with transaction(engine, tenant_id=tenant_id, user_id=user_id) as db:
+        tenant = await db.get(Tenant, tenant_id)
+    return tenant.status if tenant is not None else None
 
 
 @router.get(
