@@ -12,7 +12,7 @@ import gc
 
 
 def freeze_startup_objects() -> None:
-    # Not in the worker, and no gc.collect() first: a collect at worker start freed what temporalio's sandbox
-    # left from validating the workflow definitions, and tests/integration/test_faults.py[redis] then failed 3
-    # runs of 4 (a tenant saga never finished); not understood yet.
+    # Not in the worker: its benefit there was never measured. (A gc.collect() + freeze at worker start once
+    # seemed to make tests/integration/test_faults.py[redis] fail; on a quiet machine that test passed 6 runs of 6
+    # with it. The failures came on a busy machine, where the test is known to be sensitive.)
     gc.freeze()
