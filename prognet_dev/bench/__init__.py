@@ -50,6 +50,8 @@ from pathlib import Path
 
 import httpx
 
+from prognet_dev.bench.http1 import ConnectionPool, HealthzProbe
+
 BENCH_PASSWORD = "benchmark password 123"
 SECTION_NAMES = {
     "sagas": 1,
@@ -114,35 +116,41 @@ async def _gather_limited(n: int, limit: int, make) -> list:
 
 
 async def bench_registrations(
-    http: httpx.AsyncClient, maildir: Path, n: int, concurrency: int, workflow_ids: list[str] | None = None
+    api_url: str, maildir: Path, n: int, concurrency: int, workflow_ids: list[str] | None = None
 ) -> float:
     """Seconds for n registrations, from the first POST until every verification email is in the Maildir.
     The registrations' workflow ids are appended to `workflow_ids` (to read a real history's shape)."""
     before = maildir_count(maildir)
     run = uuid.uuid4().hex[:8]
+    pool = ConnectionPool(api_url, concurrency)
     start = time.perf_counter()
 
     async def register(i: int) -> None:
         # As a client should: a 503 (the saga not confirmed within 15 s on a saturated machine) or no answer in
         # time is retried (after Retry-After) with the same Idempotency-Key, which finds the same registration.
         key = f"bench-{run}-{i}"
-        while True:
-            try:
-                r = await http.post(
-                    "/v1/auth/register",
-                    headers={"Idempotency-Key": key},
-                    json={"email": f"bench-{run}-{i}@example.com", "password": BENCH_PASSWORD},
-                )
-            except httpx.TimeoutException:
-                continue
-            if r.status_code != 503:
-                break
-            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
-        r.raise_for_status()
+        async with pool.connection() as api:
+            while True:
+                try:
+                    r = await api.request(
+                        "POST",
+                        "/v1/auth/register",
+                        {"email": f"bench-{run}-{i}@example.com", "password": BENCH_PASSWORD},
+                        headers={"Idempotency-Key": key},
+                    )
+                except TimeoutError:
+                    continue
+                if r.status != 503:
+                    break
+                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+        r.raise_for_status("POST /v1/auth/register")
         if workflow_ids is not None:
             workflow_ids.append(r.json()["workflow_id"])
 
-    await _gather_limited(n, concurrency, register)
+    try:
+        await _gather_limited(n, concurrency, register)
+    finally:
+        await pool.close()
     # the sink writes the Maildir from another task; counting its files is cheap (parsing them is not)
     await wait_for_maildir(maildir, before + n, max(120.0, n))
     return time.perf_counter() - start
@@ -248,42 +256,6 @@ HEALTHZ_PROBE_INTERVAL = 0.05
 IDLE_PROBE_SECONDS = 10.0
 
 
-class HealthzProbe:
-    """`GET /healthz` over one kept-alive HTTP/1.1 connection, written and read by hand: the prober runs on the
-    cores it measures, and an HTTP client library spends a few milliseconds of CPU per request (with httpx the
-    probes were most of the bench process's CPU during the login storm); this spends a fraction of one."""
-
-    def __init__(self, base_url: str) -> None:
-        url = httpx.URL(base_url)
-        self.host, self.port = url.host, url.port or 80
-        self._request = f"GET /healthz HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode()
-        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def get(self) -> float:
-        """Seconds until the whole 200 answer was read (a new connection's setup is not timed)."""
-        if self._conn is None:
-            self._conn = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self._conn
-        start = time.perf_counter()
-        writer.write(self._request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.lower().split(b"\r\n")
-        status = lines[0].split(b" ", 2)[1]
-        length = next((int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:")), 0)
-        await reader.readexactly(length)
-        elapsed = time.perf_counter() - start
-        if status != b"200":
-            raise RuntimeError(f"/healthz answered {status.decode()}")
-        if b"connection: close" in lines:
-            await self.close()
-        return elapsed
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            self._conn[1].close()
-            self._conn = None
-
-
 async def probe_healthz(base_url: str, stop: asyncio.Event) -> list[float]:
     probe = HealthzProbe(base_url)
     latencies: list[float] = []
@@ -296,26 +268,31 @@ async def probe_healthz(base_url: str, stop: asyncio.Event) -> list[float]:
     return latencies
 
 
-async def bench_logins(
-    http: httpx.AsyncClient, emails: list[str], n: int, concurrency: int
-) -> tuple[float, list[float]]:
+async def bench_logins(api_url: str, emails: list[str], n: int, concurrency: int) -> tuple[float, list[float]]:
     stop = asyncio.Event()
-    prober = asyncio.create_task(probe_healthz(str(http.base_url), stop))
+    prober = asyncio.create_task(probe_healthz(api_url, stop))
+    pool = ConnectionPool(api_url, concurrency)
     start = time.perf_counter()
 
     async def login(i: int) -> None:
-        r = await http.post("/v1/auth/login", json={"email": emails[i % len(emails)], "password": BENCH_PASSWORD})
-        r.raise_for_status()
+        async with pool.connection() as api:
+            r = await api.request(
+                "POST", "/v1/auth/login", {"email": emails[i % len(emails)], "password": BENCH_PASSWORD}
+            )
+        r.raise_for_status("POST /v1/auth/login")
 
-    await _gather_limited(n, concurrency, login)
+    try:
+        await _gather_limited(n, concurrency, login)
+    finally:
+        await pool.close()
     elapsed = time.perf_counter() - start
     stop.set()
     return elapsed, await prober
 
 
-async def idle_healthz(http: httpx.AsyncClient, seconds: float) -> list[float]:
+async def idle_healthz(api_url: str, seconds: float) -> list[float]:
     stop = asyncio.Event()
-    task = asyncio.create_task(probe_healthz(str(http.base_url), stop))
+    task = asyncio.create_task(probe_healthz(api_url, stop))
     await asyncio.sleep(seconds)
     stop.set()
     return await task
@@ -510,7 +487,7 @@ async def run(args: argparse.Namespace) -> None:
             # Each saga's warm-up also gives a real journey whose history is its shape.
             if 1 in sections:
                 reg_ids: list[str] = []
-                await bench_registrations(http, stack.maildir, 5, 5, reg_ids)
+                await bench_registrations(stack.api_url, stack.maildir, 5, 5, reg_ids)
                 await asyncio.sleep(1)  # the journey's last tasks (after the email was written) settle
                 from models.names import email_message_id, email_workflow_id
 
@@ -558,7 +535,7 @@ async def run(args: argparse.Namespace) -> None:
                 with CpuMeter(n) as shaped_cpu:
                     t_shaped = await bench_shaped_workflows(address, reg_shape.plan(), n, args.concurrency)
                 with profiles("registration") as reg_profiles, CpuMeter(n) as reg_cpu:
-                    t_reg = await bench_registrations(http, stack.maildir, n, args.concurrency)
+                    t_reg = await bench_registrations(stack.api_url, stack.maildir, n, args.concurrency)
                 figures["registration"] = saga_section(n / t_reg, n / t_naive, n / t_shaped, reg_shape)
                 phases = {"naive": naive_cpu.phase, "same_shape": shaped_cpu.phase, "journey": reg_cpu.phase}
                 cpu_figures, budgets = section_cpu(
@@ -573,9 +550,9 @@ async def run(args: argparse.Namespace) -> None:
                     t_raw = bench_raw_argon2(raw_n)
                 argon2_cpu = argon2_meter.phase.ms_per_unit.get("bench client", 0.0)
                 emails = await create_active_users(stack.database_url, 20)
-                idle = await idle_healthz(http, IDLE_PROBE_SECONDS)
+                idle = await idle_healthz(stack.api_url, IDLE_PROBE_SECONDS)
                 with profiles("logins") as login_profiles, CpuMeter(args.logins) as login_meter:
-                    t_login, under_load = await bench_logins(http, emails, args.logins, args.login_concurrency)
+                    t_login, under_load = await bench_logins(stack.api_url, emails, args.logins, args.login_concurrency)
                 login_cpu = login_meter.phase.ms_per_unit
                 raw_rate, login_rate = raw_n / t_raw, args.logins / t_login
                 p99_idle, p99_storm = _pct(idle, 0.99) * 1000, _pct(under_load, 0.99) * 1000
@@ -677,7 +654,7 @@ async def run(args: argparse.Namespace) -> None:
             if 8 in sections:  # last: it restarts the worker and the API
                 from prognet_dev.bench.telemetry import bench_telemetry
 
-                realtime_lines += await bench_telemetry(stack, http, args)
+                realtime_lines += await bench_telemetry(stack, args)
 
         print()
         if 1 in sections:

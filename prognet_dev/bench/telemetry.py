@@ -64,7 +64,7 @@ async def client_for(stack, *, off: bool):
     )
 
 
-async def bench_telemetry(stack, http, args) -> list[str]:
+async def bench_telemetry(stack, args) -> list[str]:
     from prognet_dev import SandboxAdmin
     from prognet_dev.bench import bench_registrations, billing
 
@@ -81,13 +81,13 @@ async def bench_telemetry(stack, http, args) -> list[str]:
                 current = phase
             client = await client_for(stack, off=phase == "off")
             mine = subs[index * (bn + WARMUP) : (index + 1) * (bn + WARMUP)]
-            await bench_registrations(http, stack.maildir, WARMUP, WARMUP)
+            await bench_registrations(stack.api_url, stack.maildir, WARMUP, WARMUP)
             warm = await billing.run_cycles(client, mine[bn:], stack.maildir, 60)
             await billing.verify_run(stack, admin, warm)
             await admin.wait_for_webhooks(timeout=60)
 
             spans_before = span_lines(stack.data_dir)
-            seconds = await bench_registrations(http, stack.maildir, n, args.concurrency)
+            seconds = await bench_registrations(stack.api_url, stack.maildir, n, args.concurrency)
             run = await billing.run_cycles(client, mine[:bn], stack.maildir, max(120.0, bn))
             await billing.verify_run(stack, admin, run)
             await admin.wait_for_webhooks(timeout=60)

@@ -1,4 +1,4 @@
-"""The bench's hand-written `/healthz` probe: one kept-alive connection, the whole answer read, a non-200 an error."""
+"""The bench's HTTP/1.1 client: kept-alive connections, whole answers read, a non-200 probe an error."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from prognet_dev.bench import HealthzProbe
+from prognet_dev.bench.http1 import HealthzProbe, Http1Connection
 
 
 async def _server(answers: list[bytes]) -> tuple[asyncio.Server, list[int]]:
@@ -63,3 +63,27 @@ async def test_a_closed_connection_is_opened_again_and_a_non_200_is_an_error() -
         await probe.close()
         server.close()
     assert per_connection == [1, 1]
+
+
+async def test_a_post_sends_its_json_and_headers_and_a_chunked_answer_is_read_whole() -> None:
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"Content-Length"))
+        seen.extend([head, await reader.readexactly(length)])
+        writer.write(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nRetry-After: 3\r\n\r\n")
+        writer.write(b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n')
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    conn = Http1Connection(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        answer = await conn.request("POST", "/v1/things", {"name": "x"}, headers={"Idempotency-Key": "k1"})
+    finally:
+        await conn.close()
+        server.close()
+    assert answer.status == 201 and answer.json() == {"a": 1} and answer.headers["retry-after"] == "3"
+    assert seen[0].startswith(b"POST /v1/things HTTP/1.1\r\n") and b"Idempotency-Key: k1\r\n" in seen[0]
+    assert seen[1] == b'{"name": "x"}'
