@@ -24,10 +24,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from temporalio.client import Client as TemporalClient
 
+from models.names import tenant_workflow_id
+from prognet.payload_codec import data_converter
 from prognet_dev import EmbeddedStack, RestartPolicy, read_messages, stack_settings
 from prognet_dev.load import Observed as LoadObserved
 from prognet_dev.load import RetryingClient
+from tests.support.workflows import history_story
 
 from .conftest import FAST_EMAIL, PASSWORD, bearer, email_to, new_email, token_from
 
@@ -97,22 +101,32 @@ async def users(stack: EmbeddedStack) -> list[LoadUser]:
             r = await http.post("/v1/tenants", json={"name": "Load", "slug": slug}, headers=headers)
             assert r.status_code == 202, r.text
             tenant_id = r.json()["tenant_id"]
-            await _tenant_active(http, headers, tenant_id, SAGA_DEADLINE)
+            await _tenant_active(stack, http, headers, tenant_id, SAGA_DEADLINE)
             result.append(LoadUser(email, headers, tenant_id))
     return result
 
 
-async def _tenant_active(http: httpx.AsyncClient, headers: dict[str, str], tenant_id: str, timeout: float) -> None:
+async def _tenant_active(
+    stack: EmbeddedStack, http: httpx.AsyncClient, headers: dict[str, str], tenant_id: str, timeout: float
+) -> None:
     r = None
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                r = await http.get(f"/v1/tenants/{tenant_id}", headers=headers)
-                if r.status_code == 200 and r.json()["status"] == "active":
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    r = await http.get(f"/v1/tenants/{tenant_id}", headers=headers)
+                    if r.status_code == 200 and r.json()["status"] == "active":
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        client = await TemporalClient.connect(
+            stack.temporal_address, namespace=stack.temporal_namespace, data_converter=data_converter(stack.settings())
+        )
+        story = await history_story(client, tenant_workflow_id(uuid.UUID(tenant_id)))
+        last = r.text if r is not None else "no answer"
+        raise AssertionError(f"tenant {tenant_id} not active after {timeout:.0f} s; GET said {last}\n{story}") from None
 
 
 # --- the load ----------------------------------------------------------------------------------------------
@@ -292,7 +306,7 @@ async def test_an_outage_degrades_to_503_and_loses_nothing(
 
         # every accepted saga finishes: tenants active, registrations waiting with their verification email
         for tenant_id, headers in seen.tenants.values():
-            await _tenant_active(http, headers, tenant_id, SAGA_DEADLINE)
+            await _tenant_active(stack, http, headers, tenant_id, SAGA_DEADLINE)
         await _verification_emails(stack, set(seen.registrations), SAGA_DEADLINE)
 
     # nothing duplicated: one user per email, one tenant per slug, one verification email per registration

@@ -58,3 +58,35 @@ async def started_at(client: Client, workflow_id: str) -> list[tuple[int, str]]:
                     started.append((index, started_id))
         index += 1
     return started
+
+
+async def history_story(client: Client, workflow_id: str, last: int = 25) -> str:
+    """A workflow's status and its last `last` history events, one line each with what failed or is pending:
+    what a test prints when a saga did not finish in time."""
+    handle = client.get_workflow_handle(workflow_id)
+    description = await handle.describe()
+    lines = [f"{workflow_id}: {description.status.name if description.status else 'unknown'}"]
+    for pending in description.raw_description.pending_activities:
+        failure = pending.last_failure.message
+        lines.append(f"  pending activity {pending.activity_type.name}: attempt {pending.attempt}, {failure}")
+    events = [event async for event in handle.fetch_history_events()]
+    for event in events[-last:]:
+        kind = temporalio_event_name(event.event_type)
+        failure = next(
+            (getattr(event, field).failure.message for field in _FAILURE_FIELDS if event.HasField(field)), ""
+        )
+        lines.append(f"  {event.event_id:>4} {event.event_time.ToDatetime():%H:%M:%S.%f} {kind} {failure}".rstrip())
+    return "\n".join(lines)
+
+
+_FAILURE_FIELDS = (
+    "activity_task_failed_event_attributes",
+    "workflow_task_failed_event_attributes",
+    "workflow_execution_failed_event_attributes",
+)
+
+
+def temporalio_event_name(event_type: int) -> str:
+    from temporalio.api.enums.v1 import EventType
+
+    return EventType.Name(event_type).removeprefix("EVENT_TYPE_")
