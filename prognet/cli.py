@@ -36,8 +36,9 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from prognet.settings import Settings
 
@@ -48,6 +49,15 @@ LogSink = Callable[[str, str], None]  # (component, line), as prognet_dev.proces
 
 class DevExtraMissing(Exception):
     """The development harness (or one of its dependencies) is not installed."""
+
+
+def run_service(main: Coroutine[Any, Any, object]) -> None:
+    """Run a long-lived process's main coroutine on uvloop's event loop (libuv, the loop uvicorn gives the API):
+    the worker, the consumers, the relay and the webhook dispatcher spend much of their CPU in the loop itself
+    (readiness polling, socket writes), which libuv does in C."""
+    import uvloop
+
+    uvloop.run(main)
 
 
 def _dev_harness():
@@ -184,7 +194,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if unknown or not queues:
         return _error(f"unknown task queues {unknown}; known: {', '.join(ALL_TASK_QUEUES)}")
     with contextlib.suppress(KeyboardInterrupt):  # run_worker configures logging (prognet.logs)
-        asyncio.run(run_worker(task_queues=queues))
+        run_service(run_worker(task_queues=queues))
     return 0
 
 
@@ -193,7 +203,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from workers.consumers import run_consumers
 
-    asyncio.run(run_consumers(settings))
+    run_service(run_consumers(settings))
     return 0
 
 
@@ -304,7 +314,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)  # finish the batch in hand, release the lock, exit
         await run_relay(settings, stop)
 
-    asyncio.run(run())
+    run_service(run())
     return 0
 
 
@@ -319,7 +329,7 @@ def cmd_webhooks_dispatcher(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)  # finish the entry in hand, then exit
         await run_dispatcher(settings, stop)
 
-    asyncio.run(run())
+    run_service(run())
     return 0
 
 
