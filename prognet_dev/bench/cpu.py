@@ -306,7 +306,13 @@ class CpuBudget:
         )
         if self.floor is not None:
             parts = " + ".join(f"{name} {ms:.1f}" for name, ms in self.floor.parts.items())
-            reach = "OUT OF REACH here: the floor alone is over budget" if self.out_of_reach else "floor within budget"
+            reach = (
+                "OUT OF REACH here while CPU-bound: the floor alone is over budget (the baseline kept "
+                f"{self.baseline.utilisation:.0%} of the cores busy; only a journey that keeps more of them busy "
+                "can still meet the target)"
+                if self.out_of_reach
+                else "floor within budget"
+            )
             text += f"\n     floor {self.floor.ms:.1f} ms ({parts}): {reach}"
         return text
 
