@@ -28,10 +28,8 @@ RUN /opt/prognet/bin/pip install . \
     && /opt/prognet/bin/python -c "import api.app, workers.main, relay.relay, webhooks.dispatcher"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
-# GLIBC_TUNABLES: argon2's 64 MiB per hash on transparent huge pages (prognet/huge_pages.py)
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     PATH=/opt/prognet/bin:$PATH \
     PROGNET_DATA_DIR=/data \
     API_HOST=0.0.0.0 \

@@ -673,10 +673,6 @@ def cmd_traces(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from prognet.huge_pages import enabled, with_huge_pages
-
-    if not enabled(os.environ):  # its raw-argon2 baselines must run with the allocator the API runs with
-        os.execve(sys.executable, sys.orig_argv, with_huge_pages(os.environ))
     _dev_harness()
     from prognet_dev.bench import main as bench
 

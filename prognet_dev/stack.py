@@ -20,7 +20,6 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from prognet.huge_pages import with_huge_pages
 from prognet.settings import DEV_STRIPE_SECRET_KEY, DEV_STRIPE_WEBHOOK_SECRET, Settings
 
 from .components import (
@@ -329,7 +328,7 @@ class EmbeddedStack:
         env.setdefault("ALERT_ESCALATION_SECONDS", "30")
         # a failing webhook endpoint's deliveries retry at 0, 2 and 5 s, then dead-letter, so that can be watched
         env.setdefault("WEBHOOK_RETRY_SCHEDULE_SECONDS", "[0,2,5]")
-        return with_huge_pages(env)  # argon2's 64 MiB on huge pages (prognet/huge_pages.py)
+        return env
 
     def service_env(self) -> dict[str, str]:
         """Only the variables that point at this stack's services."""
