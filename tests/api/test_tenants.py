@@ -20,6 +20,7 @@ from tests.api.conftest import (
     person,
     wait_for_tenant,
 )
+from tests.support.workflows import history_story
 
 
 async def _events(engine, tenant_id: str, type_: str) -> list[DomainEvent]:
@@ -249,3 +250,14 @@ async def test_removing_members_and_leaving(api, app_engine):
         (str(other.id), False),
         (str(admin.id), False),
     ]
+
+
+async def test_a_finished_saga_tells_its_story(api, app_engine, temporal_client):
+    """What a test prints when a saga did not finish in time (tests/support/workflows.history_story)."""
+    owner = await person(api, app_engine)
+    tid = await active_tenant(api, owner)
+    workflow_id = tenant_workflow_id(uuid.UUID(tid))
+    await temporal_client.get_workflow_handle(workflow_id).result()
+    story = (await history_story(temporal_client, workflow_id, last=3)).splitlines()
+    assert story[0] == f"{workflow_id}: COMPLETED"
+    assert len(story) == 4 and story[-1].endswith("WORKFLOW_EXECUTION_COMPLETED")
