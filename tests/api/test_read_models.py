@@ -33,7 +33,7 @@ from models.tables import DomainEvent
 from prognet.settings import Settings
 from prognet_dev import free_port
 from tests.api.conftest import bearer, insert_tenant, insert_user, login
-from workers.consumer import PARKED, Consumer, ConsumerConfig, parked
+from workers.consumer import PARKED, Consumer, ConsumerConfig, parked, partition_of
 from workers.consumers import CACHE_INVALIDATOR, PROJECTOR, CacheInvalidator, project
 from workers.replay import replay
 
@@ -270,6 +270,16 @@ async def _parked_for(redis: Redis, consumer: str) -> list[dict[str, str]]:
     return [row for row in await parked(redis) if row["consumer"] == consumer]
 
 
+def _tenants_in_every_partition(partitions: int, count: int) -> list[uuid.UUID]:
+    """`count` tenant ids, at least one in each partition: random ones all fell into the two partitions one copy
+    held now and then (1 run in 32), and the other copy had nothing to do."""
+    first: dict[int, uuid.UUID] = {}
+    while len(first) < partitions:
+        tenant = uuid.uuid4()
+        first.setdefault(partition_of({"tenant_id": str(tenant)}, partitions), tenant)
+    return list(first.values()) + [uuid.uuid4() for _ in range(count - partitions)]
+
+
 async def test_two_projector_copies_split_the_work_and_keep_each_aggregates_order(engine, redis, user):
     seen: dict[str, list[tuple[str, int]]] = {}
 
@@ -284,7 +294,7 @@ async def test_two_projector_copies_split_the_work_and_keep_each_aggregates_orde
     async with running(a, b):
         await eventually(lambda: asyncio.sleep(0, result=len(a.held) == len(b.held) == 2))
         users = [await insert_user(engine) for _ in range(3)]
-        tenants = [uuid.uuid4() for _ in range(6)]
+        tenants = _tenants_in_every_partition(partitions=4, count=6)
         published: dict[str, list[int]] = {str(t): [] for t in tenants}
         for t in tenants:
             e = await emit(engine, redis, "tenant.created", "tenant", t, {"name": f"T{t.hex[:4]}"}, tenant_id=t)
