@@ -122,7 +122,6 @@ async def bench_registrations(
     The registrations' workflow ids are appended to `workflow_ids` (to read a real history's shape)."""
     before = maildir_count(maildir)
     run = uuid.uuid4().hex[:8]
-    pool = ConnectionPool(api_url, concurrency)
     start = time.perf_counter()
 
     async def register(i: int) -> None:
@@ -147,10 +146,8 @@ async def bench_registrations(
         if workflow_ids is not None:
             workflow_ids.append(r.json()["workflow_id"])
 
-    try:
+    async with ConnectionPool(api_url, concurrency) as pool:
         await _gather_limited(n, concurrency, register)
-    finally:
-        await pool.close()
     # the sink writes the Maildir from another task; counting its files is cheap (parsing them is not)
     await wait_for_maildir(maildir, before + n, max(120.0, n))
     return time.perf_counter() - start
@@ -271,7 +268,6 @@ async def probe_healthz(base_url: str, stop: asyncio.Event) -> list[float]:
 async def bench_logins(api_url: str, emails: list[str], n: int, concurrency: int) -> tuple[float, list[float]]:
     stop = asyncio.Event()
     prober = asyncio.create_task(probe_healthz(api_url, stop))
-    pool = ConnectionPool(api_url, concurrency)
     start = time.perf_counter()
 
     async def login(i: int) -> None:
@@ -281,10 +277,8 @@ async def bench_logins(api_url: str, emails: list[str], n: int, concurrency: int
             )
         r.raise_for_status("POST /v1/auth/login")
 
-    try:
+    async with ConnectionPool(api_url, concurrency) as pool:
         await _gather_limited(n, concurrency, login)
-    finally:
-        await pool.close()
     elapsed = time.perf_counter() - start
     stop.set()
     return elapsed, await prober

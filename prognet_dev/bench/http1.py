@@ -103,7 +103,8 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 
 
 class ConnectionPool:
-    """`size` connections, each used by one caller at a time (the bench's concurrency)."""
+    """`size` connections, each used by one caller at a time (the bench's concurrency); closed on leaving
+    `async with`."""
 
     def __init__(self, base_url: str, size: int) -> None:
         self._idle: asyncio.Queue[Http1Connection] = asyncio.Queue()
@@ -119,7 +120,10 @@ class ConnectionPool:
         finally:
             self._idle.put_nowait(conn)
 
-    async def close(self) -> None:
+    async def __aenter__(self) -> ConnectionPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
         for conn in self._all:
             await conn.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
@@ -71,7 +72,7 @@ async def history_story(client: Client, workflow_id: str, last: int = 25) -> str
         lines.append(f"  pending activity {pending.activity_type.name}: attempt {pending.attempt}, {failure}")
     events = [event async for event in handle.fetch_history_events()]
     for event in events[-last:]:
-        kind = temporalio_event_name(event.event_type)
+        kind = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
         failure = next(
             (getattr(event, field).failure.message for field in _FAILURE_FIELDS if event.HasField(field)), ""
         )
@@ -84,9 +85,3 @@ _FAILURE_FIELDS = (
     "workflow_task_failed_event_attributes",
     "workflow_execution_failed_event_attributes",
 )
-
-
-def temporalio_event_name(event_type: int) -> str:
-    from temporalio.api.enums.v1 import EventType
-
-    return EventType.Name(event_type).removeprefix("EVENT_TYPE_")
