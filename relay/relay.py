@@ -11,9 +11,13 @@ events are contiguous, and this order is reproducible from the table (`ORDER BY 
 Caveat: xids are cluster-wide, so a long-running writing transaction anywhere on the server delays (never loses)
 publication.
 
-Durability. One batch is one Redis MULTI/EXEC (every stream's XADD, or none), then the cursor is saved in
-`relay_position`. A crash between the two is repaired when a relay next takes the lead: the last entry of
-`events:all` names its event (`seq`), and the cursor moves up to it, so nothing is published twice.
+Durability. One batch is one Redis MULTI/EXEC (every stream's XADD and the key `relay:published`, or none), then
+the cursor is saved in `relay_position`. A crash between the two is repaired when a relay next takes the lead:
+the last entry of `events:all` names its event (`seq`), and the cursor moves up to it, so nothing is published
+twice. The other way round, Redis can lose writes it acknowledged (a restart from an older AOF or snapshot; with
+`appendfsync everysec` a kill can drop the last second): before each batch the leader checks that
+`relay:published` still names its own cursor, and when it does not, it takes the lead again, which moves the
+cursor back to the stream's tail and publishes the lost events again (consumers are idempotent by event id).
 
 One leader. Relays take the session-level advisory lock LOCK_KEY on their connection (`pg_advisory_lock`,
 blocking: standbys wait in it and take over the moment the leader's session ends). Each new leader increments
@@ -48,7 +52,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
-from models.event_stream import ALL_EVENTS, StreamEvent
+from models.event_stream import ALL_EVENTS, StreamEvent, backbone_client
 from prognet import telemetry
 from prognet.settings import Settings
 
@@ -59,6 +63,7 @@ LOCK_KEY = 0x70726F676E657401  # pg_advisory_lock key of the relay leader: "prog
 CHANNEL = "domain_events"  # NOTIFY channel of migration 0008's trigger
 POSITION_NAME = ALL_EVENTS  # the relay_position row
 EPOCH_KEY = "relay:epoch"
+PUBLISHED_KEY = "relay:published"  # the cursor of the last batch in the streams, written with that batch
 STATS_KEY = "relay:stats"
 LAG_WINDOW = 1000  # events the p50/p99 lag is computed over
 
@@ -75,6 +80,7 @@ SAVE_POSITION = """
 UPDATE relay_position SET txid = $2::text::xid8, seq = $3, updated_at = now()
 WHERE name = $1 AND (txid, seq) < ($2::text::xid8, $3)
 """
+REWIND_POSITION = "UPDATE relay_position SET txid = $2::text::xid8, seq = $3, updated_at = now() WHERE name = $1"
 
 # What a lost connection or a server that is down looks like: log, back off, retry.
 TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
@@ -82,6 +88,10 @@ TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceErro
 
 class LostLeadership(Exception):
     """Another relay took the lead (our epoch is gone): stop publishing."""
+
+
+class StreamRewound(Exception):
+    """Redis no longer holds this leader's last batches (it lost acknowledged writes): take the lead again."""
 
 
 @dataclass(frozen=True, order=True)
@@ -166,13 +176,19 @@ class Leader:
         }
         async with redis.pipeline(transaction=True) as pipe:
             await pipe.watch(EPOCH_KEY)
-            if int(await pipe.get(EPOCH_KEY) or 0) != self.epoch:
+            epoch, published = await pipe.mget(EPOCH_KEY, PUBLISHED_KEY)
+            if int(epoch or 0) != self.epoch:
                 raise LostLeadership(f"epoch {self.epoch} is over")
+            if published is None or published.decode() != str(self.position):
+                raise StreamRewound(
+                    f"Redis has the stream up to {published!r}, this leader published up to {self.position}"
+                )
             pipe.multi()
             for event in events:
                 fields: Any = event.to_fields()
                 for stream in event.streams():
                     pipe.xadd(stream, fields, maxlen=self.relay.maxlen, approximate=True)
+            pipe.set(PUBLISHED_KEY, str(last))
             pipe.hset(STATS_KEY, mapping=stats)
             pipe.hincrby(STATS_KEY, "published", len(events))
             try:
@@ -206,20 +222,28 @@ class Relay:
         return conn
 
     async def take_lead(self, conn: asyncpg.Connection) -> Leader:
-        """On a connection that holds LOCK_KEY: a new epoch, and the cursor reconciled with the stream's tail."""
+        """On a connection that holds LOCK_KEY: a new epoch, and the cursor reconciled with the stream's tail
+        (up after a crash between a batch and its saved cursor, down after Redis lost acknowledged batches)."""
         epoch = int(await self.redis.incr(EPOCH_KEY))  # first: fences out a predecessor that is still publishing
         row = await conn.fetchrow(LOAD_POSITION, POSITION_NAME)
         if row is None:
             raise RuntimeError("relay_position has no row for events:all: run `prognet migrate`")
-        position = Position(int(row["txid"]), row["seq"])
+        position = saved = Position(int(row["txid"]), row["seq"])
         tail: Any = await self.redis.xrevrange(ALL_EVENTS, count=1)
         if tail:
             seq = int(tail[0][1][b"seq"])
             txid = await conn.fetchval("SELECT txid::text FROM domain_events WHERE id = $1", seq)
-            if txid is not None and Position(int(txid), seq) > position:
-                log.info("the stream is ahead of the saved position (%s): continuing after %s:%s", position, txid, seq)
+            if txid is not None:
                 position = Position(int(txid), seq)
-                await conn.execute(SAVE_POSITION, POSITION_NAME, str(position.txid), position.seq)
+        if position > saved:
+            log.info("the stream is ahead of the saved position (%s): continuing after %s", saved, position)
+            await conn.execute(SAVE_POSITION, POSITION_NAME, str(position.txid), position.seq)
+        elif position < saved:
+            log.warning("Redis lost the events after %s (saved position %s): publishing them again", position, saved)
+            await conn.execute(REWIND_POSITION, POSITION_NAME, str(position.txid), position.seq)
+        elif not tail and saved.seq:
+            log.warning("%s is empty: publishing from the saved position %s on", ALL_EVENTS, saved)
+        await self.redis.set(PUBLISHED_KEY, str(position))
         await self.redis.hset(STATS_KEY, mapping={"leader": self.identity, "epoch": epoch, "position": str(position)})
         return Leader(self, conn, epoch, position)
 
@@ -229,7 +253,7 @@ class Relay:
         while not stop.is_set():
             try:
                 await self._serve(stop)
-            except (*TRANSIENT, LostLeadership) as exc:
+            except (*TRANSIENT, LostLeadership, StreamRewound) as exc:
                 log.warning("relay: %s: %s; retrying in %.1f s", type(exc).__name__, exc, delay)
                 await _wait(stop, delay)
                 delay = min(delay * 2, 30.0)
@@ -291,7 +315,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     if not settings.database_url or not settings.redis_url:
         raise SystemExit("error: the relay needs DATABASE_URL and REDIS_URL")
     telemetry.configure_process(telemetry.RELAY, settings)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    redis = backbone_client(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     try:
         relay = Relay(
             settings.database_url,

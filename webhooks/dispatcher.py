@@ -32,7 +32,7 @@ from temporalio.service import RPCError
 
 from models.contracts import WebhookDeliveryInput, WebhookEvent
 from models.db import make_engine, transaction
-from models.event_stream import ALL_EVENTS, StreamEvent
+from models.event_stream import ALL_EVENTS, StreamEvent, backbone_client
 from models.names import (
     SA_TENANT_ID,
     WEBHOOK_DELIVERY_WORKFLOW,
@@ -217,7 +217,7 @@ async def run_dispatcher(settings: Settings, stop: asyncio.Event) -> None:
         raise SystemExit("error: the webhook dispatcher needs DATABASE_URL and REDIS_URL")
     telemetry.configure_process(telemetry.WEBHOOKS_DISPATCHER, settings)
     engine = make_engine(settings.database_url)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, socket_connect_timeout=5)
+    redis = backbone_client(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5, socket_connect_timeout=5)
     client = None
     while client is None and not stop.is_set():
         try:

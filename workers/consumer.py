@@ -17,7 +17,8 @@ in order. The handler commits its transaction (which also records the event id: 
 the entry is acked. An exception is retried with backoff up to `max_attempts` (counted in Redis, so a crash
 mid-handler counts too); then, or at once for `Park` (e.g. an unknown event version), the entry is copied to the
 `events:parked` stream with the reason and acked. An outage of Redis or PostgreSQL is not an attempt: the copy
-backs off and carries on where it was.
+backs off and carries on where it was, reading its pending entries first (its client must not retry commands by
+itself: `models.event_stream.backbone_client`).
 """
 
 from __future__ import annotations

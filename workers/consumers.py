@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.db import make_engine, transaction
-from models.event_stream import StreamEvent
+from models.event_stream import StreamEvent, backbone_client
 from models.read_models import (
     INVALIDATE,
     PROJECTIONS,
@@ -102,7 +102,7 @@ async def run_consumers(settings: Settings, *, names: tuple[str, ...] = (PROJECT
         raise RuntimeError("DATABASE_URL is not set")
     telemetry.configure_process(telemetry.CONSUMERS, settings)
     engine = make_engine(settings.database_url)
-    streams = Redis.from_url(settings.redis_target, socket_connect_timeout=2, socket_timeout=10)
+    streams = backbone_client(settings.redis_target, socket_connect_timeout=2, socket_timeout=10)
     cache = Redis.from_url(
         settings.cache_redis_url or settings.redis_target, socket_connect_timeout=2, socket_timeout=5
     )

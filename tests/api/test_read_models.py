@@ -26,7 +26,7 @@ from sqlmodel import select
 
 from api.app import create_app
 from models.db import transaction
-from models.event_stream import ALL_EVENTS, StreamEvent
+from models.event_stream import ALL_EVENTS, StreamEvent, backbone_client
 from models.events import record_event
 from models.read_models import cache_floor_key, cache_key
 from models.tables import DomainEvent
@@ -479,3 +479,76 @@ async def test_events_without_columns_of_their_own_still_move_last_seq(engine, u
         overview = await conn.execute(text("SELECT last_seq FROM rm_tenant_overview WHERE tenant_id = :t"), {"t": tid})
         profile = await conn.execute(text("SELECT last_seq FROM rm_user_profile WHERE user_id = :u"), {"u": user.id})
         assert (overview.scalar_one(), profile.scalar_one()) == (base + 4, base + 5)
+
+
+class ReplyDropper:
+    """A TCP proxy in front of Redis that, once, cuts the connection instead of passing on the reply to an
+    `XREADGROUP … >` (Redis has delivered the entries; the consumer never sees them)."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.dropped = False
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        upstream, to_redis = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        armed = False
+
+        async def requests() -> None:
+            nonlocal armed
+            while data := await client.read(65536):
+                armed = armed or (not self.dropped and b"XREADGROUP" in data.upper() and b"\r\n>\r\n" in data)
+                to_redis.write(data)
+                await to_redis.drain()
+
+        async def replies() -> None:
+            while data := await upstream.read(65536):
+                if armed and not self.dropped:
+                    self.dropped = True
+                    return
+                to_client.write(data)
+                await to_client.drain()
+
+        try:
+            await asyncio.wait(
+                [asyncio.create_task(requests()), asyncio.create_task(replies())], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            to_client.transport.abort()
+            to_redis.transport.abort()
+
+
+async def test_a_lost_read_reply_hides_no_entry(engine, redis, user, redis_url):
+    """The entries of an XREADGROUP whose reply was lost are pending for the copy: it reads them again rather
+    than retrying the read and moving past them (what redis-py's own retry would do)."""
+    last = await emit(engine, redis, "user.logged_in", "user", user.id, {"session_id": "lost-reply"})
+    seen: set[uuid.UUID] = set()
+
+    async def handler(event: StreamEvent) -> None:
+        seen.add(event.event_id)
+
+    port = Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
+    dropper = ReplyDropper(port)
+    async with dropper as proxy_port:
+        client = backbone_client(f"redis://127.0.0.1:{proxy_port}/0", socket_timeout=5, socket_connect_timeout=2)
+        consumer = Consumer(client, ConsumerConfig(name=f"lossy-{uuid.uuid4().hex[:6]}", partitions=1, **FAST), handler)
+        async with running(consumer):
+            await eventually(lambda: asyncio.sleep(0, result=last.event_id in seen), timeout=10)
+        await client.aclose()
+    assert dropper.dropped
+    # every event up to the last one was handled, the dropped reply's among them
+    assert set(await _events_up_to(redis, last)) <= seen
+
+
+async def _events_up_to(redis: Redis, last: StreamEvent) -> list[uuid.UUID]:
+    events = []
+    for _, fields in await redis.xrange(ALL_EVENTS):
+        with contextlib.suppress(Exception):  # other tests' unreadable entries are parked, not handled
+            events.append(StreamEvent.from_fields(fields).event_id)
+    return events[: events.index(last.event_id) + 1]

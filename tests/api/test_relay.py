@@ -20,10 +20,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from models.event_stream import ALL_EVENTS, StreamEvent, tenant_stream, user_stream
-from prognet_dev import EmbeddedStack
-from relay.relay import FETCH, LOCK_KEY, STATS_KEY, Leader, Position, Relay, stream_event
+from prognet_dev import EmbeddedStack, free_port
+from prognet_dev.components import redis_server_binary
+from relay.relay import FETCH, LOCK_KEY, STATS_KEY, Leader, Position, Relay, StreamRewound, stream_event
 
 REPO = Path(__file__).resolve().parents[2]
 INSERT = """
@@ -148,6 +150,66 @@ async def test_a_batch_published_but_not_saved_is_not_published_again(owner, red
         assert successor.position > saved
         assert await successor.drain() == 0
     assert await ours(redis, ids + more) == ids + more
+
+
+class ForgetfulRedis:
+    """A Redis of its own that really loses acknowledged writes: no AOF, and `restart` kills it and starts it
+    again from its last snapshot (what a restart from an older AOF or backup looks like to the relay)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir, self.port = data_dir, free_port()
+        self.process: asyncio.subprocess.Process | None = None
+        self.client = Redis(port=self.port)
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(exist_ok=True)
+        args = ["--port", str(self.port), "--dir", str(self.data_dir), "--appendonly", "no", "--save", ""]
+        self.process = await asyncio.create_subprocess_exec(
+            str(redis_server_binary()), *args, stdout=asyncio.subprocess.DEVNULL
+        )
+        await eventually(self._answers, what="the forgetful Redis to start")
+
+    async def restart(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()
+        await self.client.connection_pool.disconnect()
+        await self.start()
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        if self.process is not None:
+            await stop_all(self.process)
+
+    async def _answers(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (OSError, RedisError):
+            return False
+
+
+async def test_batches_redis_lost_are_published_again_in_order(owner, services, tmp_path):
+    forgetful = ForgetfulRedis(tmp_path / "redis")
+    await forgetful.start()
+    try:
+        redis, relay = forgetful.client, Relay(services.database_url, forgetful.client, batch_size=50)
+        kept = await insert(owner, 5)
+        async with leading(relay) as leader:
+            await leader.drain()
+            await redis.save()  # the state Redis will come back with
+            lost = await insert(owner, 5)
+            await leader.drain()
+            assert await ours(redis, kept + lost) == kept + lost
+            await forgetful.restart()
+            assert await ours(redis, kept + lost) == kept  # acknowledged, saved as published in PostgreSQL, gone
+            after = await insert(owner, 5)
+            with pytest.raises(StreamRewound):  # the leader notices before it publishes anything after the gap
+                await leader.drain()
+        async with leading(relay) as successor:  # what the relay's loop does next: take the lead again
+            await successor.drain()
+        assert await ours(redis, kept + lost + after) == kept + lost + after  # once each, in order
+    finally:
+        await forgetful.stop()
 
 
 # --- `prognet relay` processes ---------------------------------------------------------------------------------

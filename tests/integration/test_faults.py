@@ -125,7 +125,7 @@ async def _tenant_active(
             stack.temporal_address, namespace=stack.temporal_namespace, data_converter=data_converter(stack.settings())
         )
         story = await history_story(client, tenant_workflow_id(uuid.UUID(tenant_id)))
-        last = r.text if r is not None else "no answer"
+        last = f"{r.headers.get('read-source')}: {r.text}" if r is not None else "no answer"
         raise AssertionError(f"tenant {tenant_id} not active after {timeout:.0f} s; GET said {last}\n{story}") from None
 
 
