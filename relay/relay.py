@@ -179,7 +179,7 @@ class Leader:
             epoch, published = await pipe.mget(EPOCH_KEY, PUBLISHED_KEY)
             if int(epoch or 0) != self.epoch:
                 raise LostLeadership(f"epoch {self.epoch} is over")
-            if published is None or published.decode() != str(self.position):
+            if published != str(self.position).encode():  # the relay's client answers bytes
                 raise StreamRewound(
                     f"Redis has the stream up to {published!r}, this leader published up to {self.position}"
                 )
