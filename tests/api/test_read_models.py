@@ -195,11 +195,16 @@ async def test_read_after_write_without_a_projector(client, engine, redis, user)
     position = changed.headers["Event-Position"]
     start = time.monotonic()
     read = await client.get(f"/v1/tenants/{tid}", headers={**headers, "Consistent-After": position})
+    waited = time.monotonic() - start
     assert read.status_code == 200 and read.headers["Read-Source"] == "primary"
-    assert time.monotonic() - start < 2.0  # waited at most READ_CONSISTENCY_WAIT_SECONDS, then the primary
     assert read.json()["member_count"] == 2
+    start = time.monotonic()
     plain = await client.get(f"/v1/tenants/{tid}", headers=headers)  # no read model row at all: the primary
+    answered = time.monotonic() - start
     assert plain.headers["Read-Source"] == "primary" and plain.json()["name"] == "No projector"
+    # waited READ_CONSISTENCY_WAIT_SECONDS (1.0), then answered from the primary: give or take one slow request
+    # under the suite's load (a plain read of the same tenant, timed just now), never the projector's lag
+    assert waited < 1.0 + 1.0 + 2 * answered, (waited, answered)
     listed = await client.get("/v1/tenants", headers=headers)
     assert listed.headers["Read-Source"] == "primary" and [t["name"] for t in listed.json()] == ["No projector"]
     me = await client.get("/v1/me", headers=headers)

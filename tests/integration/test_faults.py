@@ -126,7 +126,13 @@ async def _tenant_active(
         )
         story = await history_story(client, tenant_workflow_id(uuid.UUID(tenant_id)))
         last = f"{r.headers.get('read-source')}: {r.text}" if r is not None else "no answer"
-        raise AssertionError(f"tenant {tenant_id} not active after {timeout:.0f} s; GET said {last}\n{story}") from None
+        # what the event backbone logged (a read model left behind shows there first)
+        backbone = "\n".join(
+            line for line in LOG if any(n in line.split(" | ", 1)[0].lower() for n in ("redis", "relay", "consum"))
+        )
+        raise AssertionError(
+            f"tenant {tenant_id} not active after {timeout:.0f} s; GET said {last}\n{story}\n{backbone[-4000:]}"
+        ) from None
 
 
 # --- the load ----------------------------------------------------------------------------------------------
