@@ -15,9 +15,10 @@ Durability. One batch is one Redis MULTI/EXEC (every stream's XADD and the key `
 the cursor is saved in `relay_position`. A crash between the two is repaired when a relay next takes the lead:
 the last entry of `events:all` names its event (`seq`), and the cursor moves up to it, so nothing is published
 twice. The other way round, Redis can lose writes it acknowledged (a restart from an older AOF or snapshot; with
-`appendfsync everysec` a kill can drop the last second): before each batch the leader checks that
-`relay:published` still names its own cursor, and when it does not, it takes the lead again, which moves the
-cursor back to the stream's tail and publishes the lost events again (consumers are idempotent by event id).
+`appendfsync everysec` a kill can drop the last second): before each batch, and at each idle poll, the leader
+checks that `relay:published` still names its own cursor, and when it does not, it takes the lead again, which
+moves the cursor back to the stream's tail and publishes the lost events again (consumers are idempotent by event
+id).
 
 One leader. Relays take the session-level advisory lock LOCK_KEY on their connection (`pg_advisory_lock`,
 blocking: standbys wait in it and take over the moment the leader's session ends). Each new leader increments
@@ -142,6 +143,8 @@ class Leader:
             FETCH, str(self.position.txid), self.position.seq, self.relay.batch_size, timeout=30
         )
         if not rows:
+            # idle: still notice a Redis that came back without our last batches, not only at the next event
+            self._check_published(await self.relay.redis.get(PUBLISHED_KEY))
             return 0
         events = [stream_event(row) for row in rows]
         last = Position(int(rows[-1]["txid"]), rows[-1]["id"])
@@ -158,6 +161,12 @@ class Leader:
         while count := await self.publish_batch():
             total += count
         return total
+
+    def _check_published(self, published: bytes | str | None) -> None:
+        if published not in (str(self.position), str(self.position).encode()):
+            raise StreamRewound(
+                f"Redis has the stream up to {published!r}, this leader published up to {self.position}"
+            )
 
     async def _xadd(self, events: list[StreamEvent], last: Position) -> None:
         redis = self.relay.redis
@@ -179,10 +188,7 @@ class Leader:
             epoch, published = await pipe.mget(EPOCH_KEY, PUBLISHED_KEY)
             if int(epoch or 0) != self.epoch:
                 raise LostLeadership(f"epoch {self.epoch} is over")
-            if published != str(self.position).encode():  # the relay's client answers bytes
-                raise StreamRewound(
-                    f"Redis has the stream up to {published!r}, this leader published up to {self.position}"
-                )
+            self._check_published(published)
             pipe.multi()
             for event in events:
                 fields: Any = event.to_fields()
