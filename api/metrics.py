@@ -23,6 +23,7 @@ from prognet.metrics import (
     HTTP_REQUESTS,
     RELAY_LAG,
     RELAY_PUBLISHED,
+    RELAY_REPUBLISHED,
     status_class,
 )
 
@@ -49,6 +50,8 @@ async def _refresh_shared(request: Request) -> None:
                 RELAY_LAG.labels(quantile).set(float(stats[field]) / 1000)
         if "published" in stats:
             RELAY_PUBLISHED.set(float(stats["published"]))
+        if "republished" in stats:
+            RELAY_REPUBLISHED.set(float(stats["republished"]))
         for name, state in (await circuit_states(redis)).items():
             CIRCUIT_STATE.labels(name).set(CIRCUIT_STATE_VALUES.get(state, 0))
     except (RedisError, OSError) as exc:  # the HTTP series are still worth serving

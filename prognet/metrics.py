@@ -46,6 +46,13 @@ SERIES: list[tuple[str, str, str, str, str]] = [  # series, type, labels, expose
         "events the relay has published",
     ),
     (
+        "`prognet_relay_republished_events`",
+        "gauge",
+        "—",
+        "API (from Redis `relay:stats`)",
+        "events published again because Redis lost them after acknowledging (restart from an older state)",
+    ),
+    (
         "`prognet_circuit_state`",
         "gauge",
         "`circuit`",
@@ -146,6 +153,9 @@ HTTP_LATENCY = Histogram(
 LOGINS = Counter("prognet_logins", "Login attempts by outcome", ["outcome"])
 RELAY_LAG = Gauge("prognet_relay_lag_seconds", "Outbox to stream lag (relay:stats)", ["quantile"])
 RELAY_PUBLISHED = Gauge("prognet_relay_published_events", "Events the relay has published (relay:stats)")
+RELAY_REPUBLISHED = Gauge(
+    "prognet_relay_republished_events", "Events the relay published again after Redis lost them (relay:stats)"
+)
 CIRCUIT_STATE = Gauge("prognet_circuit_state", "Circuit state: 0 closed, 1 half-open, 2 open", ["circuit"])
 CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 

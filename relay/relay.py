@@ -82,6 +82,10 @@ UPDATE relay_position SET txid = $2::text::xid8, seq = $3, updated_at = now()
 WHERE name = $1 AND (txid, seq) < ($2::text::xid8, $3)
 """
 REWIND_POSITION = "UPDATE relay_position SET txid = $2::text::xid8, seq = $3, updated_at = now() WHERE name = $1"
+COUNT_BETWEEN = """
+SELECT count(*) FROM domain_events
+WHERE (txid, id) > ($1::text::xid8, $2) AND (txid, id) <= ($3::text::xid8, $4)
+"""
 
 # What a lost connection or a server that is down looks like: log, back off, retry.
 TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
@@ -245,8 +249,12 @@ class Relay:
             log.info("the stream is ahead of the saved position (%s): continuing after %s", saved, position)
             await conn.execute(SAVE_POSITION, POSITION_NAME, str(position.txid), position.seq)
         elif position < saved:
-            log.warning("Redis lost the events after %s (saved position %s): publishing them again", position, saved)
+            lost = await conn.fetchval(COUNT_BETWEEN, str(position.txid), position.seq, str(saved.txid), saved.seq)
+            log.warning(
+                "Redis lost %d events after %s (saved position %s): publishing them again", lost, position, saved
+            )
             await conn.execute(REWIND_POSITION, POSITION_NAME, str(position.txid), position.seq)
+            await self.redis.hincrby(STATS_KEY, "republished", lost)
         elif not tail and saved.seq:
             log.warning("%s is empty: publishing from the saved position %s on", ALL_EVENTS, saved)
         await self.redis.set(PUBLISHED_KEY, str(position))

@@ -210,6 +210,7 @@ async def test_batches_redis_lost_are_published_again_in_order(owner, services, 
         async with leading(relay) as successor:  # what the relay's loop does next: take the lead again
             await successor.drain()
         assert await ours(redis, kept + lost + after) == kept + lost + after  # once each, in order
+        assert int(await redis.hget(STATS_KEY, "republished") or 0) >= len(lost)  # /metrics shows it
     finally:
         await forgetful.stop()
 
