@@ -11,14 +11,14 @@ events are contiguous, and this order is reproducible from the table (`ORDER BY 
 Caveat: xids are cluster-wide, so a long-running writing transaction anywhere on the server delays (never loses)
 publication.
 
-Durability. One batch is one Redis MULTI/EXEC (every stream's XADD and the key `relay:published`, or none), then
-the cursor is saved in `relay_position`. A crash between the two is repaired when a relay next takes the lead:
-the last entry of `events:all` names its event (`seq`), and the cursor moves up to it, so nothing is published
-twice. The other way round, Redis can lose writes it acknowledged (a restart from an older AOF or snapshot; with
-`appendfsync everysec` a kill can drop the last second): before each batch, and at each idle poll, the leader
-checks that `relay:published` still names its own cursor, and when it does not, it takes the lead again, which
-moves the cursor back to the stream's tail and publishes the lost events again (consumers are idempotent by event
-id).
+Durability. One batch is one Redis MULTI/EXEC (every stream's XADD and `relay:published`, the batch's position, or
+none), then the cursor is saved in `relay_position`. `relay:published` is what Redis holds: a relay taking the lead
+moves the cursor to it, up after a crash between a batch and its save (nothing is published twice), down when Redis
+lost writes it had acknowledged (a restart from an older AOF or snapshot; with `appendfsync everysec` a kill can
+drop the last second), and those events go out again, in order (consumers are idempotent by event id). Before each
+batch and at each idle poll the leader checks that `relay:published` still names its own cursor; when it does not,
+it takes the lead again. A Redis without the key (new, flushed) only lets the stream's last entry move the cursor
+up, as anyone may XADD to the stream; one that lost everything is published to from the saved cursor on.
 
 One leader. Relays take the session-level advisory lock LOCK_KEY on their connection (`pg_advisory_lock`,
 blocking: standbys wait in it and take over the moment the leader's session ends). Each new leader increments
@@ -67,6 +67,7 @@ EPOCH_KEY = "relay:epoch"
 PUBLISHED_KEY = "relay:published"  # the cursor of the last batch in the streams, written with that batch
 STATS_KEY = "relay:stats"
 LAG_WINDOW = 1000  # events the p50/p99 lag is computed over
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 30.0  # backoff after an outage, doubling
 
 FETCH = """
 SELECT id, txid::text AS txid, event_id, type, version, aggregate_type, aggregate_id, tenant_id, user_id,
@@ -224,6 +225,7 @@ class Relay:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.retry_delay = RETRY_FIRST_SECONDS
 
     async def connect(self) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.dsn, timeout=10)
@@ -232,51 +234,80 @@ class Relay:
         return conn
 
     async def take_lead(self, conn: asyncpg.Connection) -> Leader:
-        """On a connection that holds LOCK_KEY: a new epoch, and the cursor reconciled with the stream's tail
-        (up after a crash between a batch and its saved cursor, down after Redis lost acknowledged batches)."""
+        """On a connection that holds LOCK_KEY: a new epoch, and the cursor reconciled with what Redis holds.
+
+        `relay:published`, written with every batch, names the last batch the streams still have: above the saved
+        cursor after a crash between a batch and its save (move up), below it after Redis lost acknowledged
+        batches (move down: they are published again). Without it (a new or flushed Redis, or one an older relay
+        wrote) only the stream's last entry can move the cursor, and only up: anyone may XADD to the stream."""
         epoch = int(await self.redis.incr(EPOCH_KEY))  # first: fences out a predecessor that is still publishing
         row = await conn.fetchrow(LOAD_POSITION, POSITION_NAME)
         if row is None:
             raise RuntimeError("relay_position has no row for events:all: run `prognet migrate`")
-        position = saved = Position(int(row["txid"]), row["seq"])
-        tail: Any = await self.redis.xrevrange(ALL_EVENTS, count=1)
-        if tail:
-            seq = int(tail[0][1][b"seq"])
-            txid = await conn.fetchval("SELECT txid::text FROM domain_events WHERE id = $1", seq)
-            if txid is not None:
-                position = Position(int(txid), seq)
-        if position > saved:
-            log.info("the stream is ahead of the saved position (%s): continuing after %s", saved, position)
-            await conn.execute(SAVE_POSITION, POSITION_NAME, str(position.txid), position.seq)
-        elif position < saved:
-            lost = await conn.fetchval(COUNT_BETWEEN, str(position.txid), position.seq, str(saved.txid), saved.seq)
-            log.warning(
-                "Redis lost %d events after %s (saved position %s): publishing them again", lost, position, saved
-            )
-            await conn.execute(REWIND_POSITION, POSITION_NAME, str(position.txid), position.seq)
-            await self.redis.hincrby(STATS_KEY, "republished", lost)
-        elif not tail and saved.seq:
-            log.warning("%s is empty: publishing from the saved position %s on", ALL_EVENTS, saved)
-        await self.redis.set(PUBLISHED_KEY, str(position))
-        await self.redis.hset(STATS_KEY, mapping={"leader": self.identity, "epoch": epoch, "position": str(position)})
+        saved = Position(int(row["txid"]), row["seq"])
+        # One connection from the reads to the write: a Redis that restarts in between fails the EXEC (it cannot
+        # come back older and be told our position), and so does a successor's epoch.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(EPOCH_KEY, PUBLISHED_KEY)
+            position = await self._event_position(conn, await pipe.get(PUBLISHED_KEY))
+            if position is None:
+                tail: Any = await pipe.xrevrange(ALL_EVENTS, count=1)
+                ahead = await self._event_position(conn, tail[0][1].get(b"seq") if tail else None)
+                position = max(saved, ahead or saved)
+                if position == saved and saved.seq:
+                    log.warning("Redis has no record of this relay's batches: publishing from %s on", saved)
+            lost = 0
+            if position > saved:
+                log.info("the stream is ahead of the saved position (%s): continuing after %s", saved, position)
+                await conn.execute(SAVE_POSITION, POSITION_NAME, str(position.txid), position.seq)
+            elif position < saved:
+                lost = await conn.fetchval(COUNT_BETWEEN, str(position.txid), position.seq, str(saved.txid), saved.seq)
+                log.warning(
+                    "Redis lost %d events after %s (saved position %s): publishing them again", lost, position, saved
+                )
+                await conn.execute(REWIND_POSITION, POSITION_NAME, str(position.txid), position.seq)
+            pipe.multi()
+            pipe.set(PUBLISHED_KEY, str(position))
+            pipe.hset(STATS_KEY, mapping={"leader": self.identity, "epoch": epoch, "position": str(position)})
+            if lost:
+                pipe.hincrby(STATS_KEY, "republished", lost)
+            try:
+                await pipe.execute()
+            except WatchError:
+                raise LostLeadership(f"epoch {epoch} ended while taking the lead") from None
         return Leader(self, conn, epoch, position)
+
+    @staticmethod
+    async def _event_position(conn: asyncpg.Connection, text: bytes | str | None) -> Position | None:
+        """The position "txid:seq" (or a bare seq) in `text` if it names an event of this database: what Redis
+        says is only believed when it matches the table."""
+        try:
+            txid, _, seq = (text.decode() if isinstance(text, bytes) else text or "").rpartition(":")
+            position = Position(int(txid or -1), int(seq))
+        except ValueError:
+            return None
+        if position == Position(0, 0):
+            return position  # nothing published yet
+        found = await conn.fetchval("SELECT txid::text FROM domain_events WHERE id = $1", position.seq)
+        if found is None or (txid and int(found) != position.txid):
+            return None
+        return Position(int(found), position.seq)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stand by, lead, publish; reconnect with backoff after any outage; return once `stop` is set."""
-        delay = 0.5
         while not stop.is_set():
             try:
                 await self._serve(stop)
             except (*TRANSIENT, LostLeadership, StreamRewound) as exc:
-                log.warning("relay: %s: %s; retrying in %.1f s", type(exc).__name__, exc, delay)
-                await _wait(stop, delay)
-                delay = min(delay * 2, 30.0)
+                log.warning("relay: %s: %s; retrying in %.1f s", type(exc).__name__, exc, self.retry_delay)
+                await self._back_off(stop)
             except Exception:  # a process that must not die: say what happened, back off, start over
-                log.exception("relay: unexpected error; retrying in %.1f s", delay)
-                await _wait(stop, delay)
-                delay = min(delay * 2, 30.0)
-            else:
-                delay = 0.5
+                log.exception("relay: unexpected error; retrying in %.1f s", self.retry_delay)
+                await self._back_off(stop)
+
+    async def _back_off(self, stop: asyncio.Event) -> None:
+        await _wait(stop, self.retry_delay)
+        self.retry_delay = min(self.retry_delay * 2, RETRY_MAX_SECONDS)
 
     async def _serve(self, stop: asyncio.Event) -> None:
         conn = await self.connect()
@@ -287,6 +318,7 @@ class Relay:
             wake = asyncio.Event()
             await conn.add_listener(CHANNEL, lambda *_: wake.set())
             leader = await self.take_lead(conn)
+            self.retry_delay = RETRY_FIRST_SECONDS  # leading: the next outage backs off from the start again
             log.info("relay %s: leading (epoch %d) from %s", self.identity, leader.epoch, leader.position)
             while not stop.is_set():
                 wake.clear()  # before reading: a commit from now on wakes the next wait

@@ -544,6 +544,7 @@ async def test_a_lost_read_reply_hides_no_entry(engine, redis, user, redis_url):
     dropper = ReplyDropper(port)
     async with dropper as proxy_port:
         client = backbone_client(f"redis://127.0.0.1:{proxy_port}/0", socket_timeout=5, socket_connect_timeout=2)
+        assert client.connection_pool.connection_kwargs["retry"].get_retries() == 0  # what the production copies use
         consumer = Consumer(client, ConsumerConfig(name=f"lossy-{uuid.uuid4().hex[:6]}", partitions=1, **FAST), handler)
         async with running(consumer):
             await eventually(lambda: asyncio.sleep(0, result=last.event_id in seen), timeout=10)

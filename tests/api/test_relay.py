@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -22,7 +23,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from models.event_stream import ALL_EVENTS, StreamEvent, tenant_stream, user_stream
+from models.event_stream import ALL_EVENTS, StreamEvent, backbone_client, tenant_stream, user_stream
 from prognet_dev import EmbeddedStack, free_port
 from prognet_dev.components import redis_server_binary
 from relay.relay import FETCH, LOCK_KEY, STATS_KEY, Leader, Position, Relay, StreamRewound, stream_event
@@ -159,7 +160,7 @@ class ForgetfulRedis:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir, self.port = data_dir, free_port()
         self.process: asyncio.subprocess.Process | None = None
-        self.client = Redis(port=self.port)
+        self.client = backbone_client(f"redis://127.0.0.1:{self.port}/0", socket_timeout=5, socket_connect_timeout=2)
 
     async def start(self) -> None:
         self.data_dir.mkdir(exist_ok=True)
@@ -191,6 +192,7 @@ class ForgetfulRedis:
 async def test_batches_redis_lost_are_published_again_in_order(owner, services, tmp_path):
     forgetful = ForgetfulRedis(tmp_path / "redis")
     await forgetful.start()
+    before = await owner.fetchrow("SELECT txid::text AS txid, seq FROM relay_position")
     try:
         redis, relay = forgetful.client, Relay(services.database_url, forgetful.client, batch_size=50)
         kept = await insert(owner, 5)
@@ -207,12 +209,23 @@ async def test_batches_redis_lost_are_published_again_in_order(owner, services, 
             after = await insert(owner, 5)
             with pytest.raises(StreamRewound):  # ... and before anything is published after the gap
                 await leader.drain()
+        # somebody else's entry on the tail (an old event's seq) moves nothing: only relay:published counts
+        await redis.xadd(ALL_EVENTS, {**_foreign_event(seq=1).to_fields()})
         async with leading(relay) as successor:  # what the relay's loop does next: take the lead again
             await successor.drain()
         assert await ours(redis, kept + lost + after) == kept + lost + after  # once each, in order
         assert int(await redis.hget(STATS_KEY, "republished") or 0) >= len(lost)  # /metrics shows it
     finally:
         await forgetful.stop()
+        # the session's Redis never saw what went to this one: leave the shared cursor where its stream is
+        await owner.execute("UPDATE relay_position SET txid = $1::text::xid8, seq = $2", before["txid"], before["seq"])
+
+
+def _foreign_event(seq: int) -> StreamEvent:
+    return StreamEvent(
+        seq=seq, event_id=uuid.uuid4(), type="test.foreign", version=1, aggregate_type="test", aggregate_id="x",
+        tenant_id=None, user_id=None, actor_id=None, workflow_id=None, occurred_at=datetime.now(UTC), payload={},
+    )  # fmt: skip
 
 
 # --- `prognet relay` processes ---------------------------------------------------------------------------------

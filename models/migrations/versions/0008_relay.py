@@ -18,7 +18,7 @@ CHANNEL = "domain_events"  # relay.relay.CHANNEL
 
 def upgrade() -> None:
     # (txid, seq) of the last event published to the stream named here: everything at or before it in
-    # (txid, id) order is out. Only moves forward (relay.relay.SAVE_POSITION).
+    # (txid, id) order is out. Moves forward (relay.relay.SAVE_POSITION), back only to republish what Redis lost.
     op.execute("""
         CREATE TABLE relay_position (
             name text PRIMARY KEY,
