@@ -11,8 +11,8 @@ events are contiguous, and this order is reproducible from the table (`ORDER BY 
 Caveat: xids are cluster-wide, so a long-running writing transaction anywhere on the server delays (never loses)
 publication.
 
-Durability. One batch is one Redis MULTI/EXEC (every stream's XADD and `relay:published`, the batch's position, or
-none), then the cursor is saved in `relay_position`. `relay:published` is what Redis holds: a relay taking the lead
+Durability. One batch is one Redis MULTI/EXEC (every stream's XADD and `relay:published`, the batch's position,
+together), then the cursor is saved in `relay_position`. `relay:published` is what Redis holds: a relay taking the lead
 moves the cursor to it, up after a crash between a batch and its save (nothing is published twice), down when Redis
 lost writes it had acknowledged (a restart from an older AOF or snapshot; with `appendfsync everysec` a kill can
 drop the last second), and those events go out again, in order (consumers are idempotent by event id). Before each
@@ -249,7 +249,10 @@ class Relay:
         # come back older and be told our position), and so does a successor's epoch.
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(EPOCH_KEY, PUBLISHED_KEY)
-            position = await self._event_position(conn, await pipe.get(PUBLISHED_KEY))
+            current, published = await pipe.mget(EPOCH_KEY, PUBLISHED_KEY)
+            if int(current or 0) != epoch:
+                raise LostLeadership(f"epoch {epoch} ended while taking the lead")
+            position = await self._event_position(conn, published)
             if position is None:
                 tail: Any = await pipe.xrevrange(ALL_EVENTS, count=1)
                 ahead = await self._event_position(conn, tail[0][1].get(b"seq") if tail else None)
@@ -283,7 +286,9 @@ class Relay:
         says is only believed when it matches the table."""
         try:
             txid, _, seq = (text.decode() if isinstance(text, bytes) else text or "").rpartition(":")
-            position = Position(int(txid or -1), int(seq))
+            position = Position(int(txid or 0), int(seq))
+            if not (0 <= position.txid < 2**64 and 0 <= position.seq < 2**63):  # xid8, bigint
+                raise ValueError(text)
         except ValueError:
             return None
         if position == Position(0, 0):
@@ -318,11 +323,12 @@ class Relay:
             wake = asyncio.Event()
             await conn.add_listener(CHANNEL, lambda *_: wake.set())
             leader = await self.take_lead(conn)
-            self.retry_delay = RETRY_FIRST_SECONDS  # leading: the next outage backs off from the start again
             log.info("relay %s: leading (epoch %d) from %s", self.identity, leader.epoch, leader.position)
             while not stop.is_set():
                 wake.clear()  # before reading: a commit from now on wakes the next wait
-                if await leader.publish_batch() == self.batch_size:
+                published = await leader.publish_batch()
+                self.retry_delay = RETRY_FIRST_SECONDS  # working: the next outage backs off from the start again
+                if published == self.batch_size:
                     continue
                 waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())}
                 await asyncio.wait(waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)

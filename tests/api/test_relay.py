@@ -215,10 +215,20 @@ async def test_batches_redis_lost_are_published_again_in_order(owner, services, 
             await successor.drain()
         assert await ours(redis, kept + lost + after) == kept + lost + after  # once each, in order
         assert int(await redis.hget(STATS_KEY, "republished") or 0) >= len(lost)  # /metrics shows it
+        # a Redis without relay:published (flushed, or written by an older relay): the tail moves nothing down
+        await redis.delete("relay:published")
+        await redis.xadd(ALL_EVENTS, {**_foreign_event(seq=1).to_fields()})
+        async with leading(relay) as next_leader:
+            assert await next_leader.drain() == 0
+        assert await ours(redis, kept + lost + after) == kept + lost + after
     finally:
         await forgetful.stop()
         # the session's Redis never saw what went to this one: leave the shared cursor where its stream is
-        await owner.execute("UPDATE relay_position SET txid = $1::text::xid8, seq = $2", before["txid"], before["seq"])
+        await owner.execute(
+            "UPDATE relay_position SET txid = $1::text::xid8, seq = $2 WHERE name = 'events:all'",
+            before["txid"],
+            before["seq"],
+        )
 
 
 def _foreign_event(seq: int) -> StreamEvent:
