@@ -30,7 +30,8 @@ RELAY_POLL_SECONDS catches a missed notification and events that were held back 
 
 Lag. Per batch, now - occurred_at of each event (occurred_at is when the event was recorded, so the figure
 includes the writing transaction's remaining time). The last batch's maximum and the p50/p99 of the last
-1000 events are kept in the Redis hash `relay:stats` (with the leader, the cursor and a published count).
+1000 events are kept in the Redis hash `relay:stats` (with the leader, the cursor, a published count and a count of
+events published again after Redis lost them).
 """
 
 from __future__ import annotations
