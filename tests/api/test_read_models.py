@@ -531,7 +531,7 @@ class ReplyDropper:
             to_redis.transport.abort()
 
 
-async def test_a_lost_read_reply_hides_no_entry(engine, redis, user, redis_url):
+async def test_a_lost_read_reply_hides_no_entry(engine, redis, user):
     """The entries of an XREADGROUP whose reply was lost are pending for the copy: it reads them again rather
     than retrying the read and moving past them (what redis-py's own retry would do)."""
     last = await emit(engine, redis, "user.logged_in", "user", user.id, {"session_id": "lost-reply"})
@@ -540,8 +540,7 @@ async def test_a_lost_read_reply_hides_no_entry(engine, redis, user, redis_url):
     async def handler(event: StreamEvent) -> None:
         seen.add(event.event_id)
 
-    port = Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
-    dropper = ReplyDropper(port)
+    dropper = ReplyDropper(redis.connection_pool.connection_kwargs["port"])  # the session's Redis, behind the proxy
     async with dropper as proxy_port:
         client = backbone_client(f"redis://127.0.0.1:{proxy_port}/0", socket_timeout=5, socket_connect_timeout=2)
         assert client.connection_pool.connection_kwargs["retry"].get_retries() == 0  # what the production copies use

@@ -26,7 +26,17 @@ from redis.exceptions import RedisError
 from models.event_stream import ALL_EVENTS, StreamEvent, backbone_client, tenant_stream, user_stream
 from prognet_dev import EmbeddedStack, free_port
 from prognet_dev.components import redis_server_binary
-from relay.relay import FETCH, LOCK_KEY, STATS_KEY, Leader, Position, Relay, StreamRewound, stream_event
+from relay.relay import (
+    FETCH,
+    LOCK_KEY,
+    PUBLISHED_KEY,
+    STATS_KEY,
+    Leader,
+    Position,
+    Relay,
+    StreamRewound,
+    stream_event,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 INSERT = """
@@ -210,14 +220,14 @@ async def test_batches_redis_lost_are_published_again_in_order(owner, services, 
             with pytest.raises(StreamRewound):  # ... and before anything is published after the gap
                 await leader.drain()
         # somebody else's entry on the tail (an old event's seq) moves nothing: only relay:published counts
-        await redis.xadd(ALL_EVENTS, {**_foreign_event(seq=1).to_fields()})
+        await redis.xadd(ALL_EVENTS, _foreign_event(seq=1).to_fields())
         async with leading(relay) as successor:  # what the relay's loop does next: take the lead again
             await successor.drain()
         assert await ours(redis, kept + lost + after) == kept + lost + after  # once each, in order
         assert int(await redis.hget(STATS_KEY, "republished") or 0) >= len(lost)  # /metrics shows it
         # a Redis without relay:published (flushed, or written by an older relay): the tail moves nothing down
-        await redis.delete("relay:published")
-        await redis.xadd(ALL_EVENTS, {**_foreign_event(seq=1).to_fields()})
+        await redis.delete(PUBLISHED_KEY)
+        await redis.xadd(ALL_EVENTS, _foreign_event(seq=1).to_fields())
         async with leading(relay) as next_leader:
             assert await next_leader.drain() == 0
         assert await ours(redis, kept + lost + after) == kept + lost + after
