@@ -2,8 +2,10 @@
 
 Each test gets its own time-skipping server (it starts in ~0.1 s): on success the registration and the
 subscription outlive the sign-up, and the test server stops skipping time for good once a child closes after
-its parent — that must not leak into other tests. The `outcome` update is tested on the local dev server (the
-time-skipping server has no updates).
+its parent — that must not leak into other tests. Time runs at its real pace: no test here waits for a timer, and
+awaiting a result would otherwise let the server skip to whichever timer is next the moment nothing runs (the
+registration's 24 h verification deadline expired it, in a full suite, before its parent's signal or cancel came).
+The `outcome` update is tested on the local dev server (the time-skipping server has no updates).
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
             search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in custom_search_attributes()},
         )
     )
-    yield env
+    with env.auto_time_skipping_disabled():
+        yield env
     await env.shutdown()
 
 
@@ -145,10 +148,7 @@ async def test_a_paid_signup_creates_the_user_the_tenant_and_an_active_subscript
     params = signup_input()
     async with workers(client, task_queue, world):
         handle = await start(client, task_queue, params)
-        # Real time: nothing on the happy path waits for a timer, and a skip at the moment the sign-up ends would
-        # jump to the registration's verification deadline (it expired under load once).
-        with env.auto_time_skipping_disabled():
-            outcome = await handle.result()
+        outcome = await handle.result()
         saga = await saga_state(handle)
         subscription = client.get_workflow_handle(subscription_workflow_id(params.subscription_id))
         sub: SubscriptionState = await subscription.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
@@ -289,8 +289,7 @@ async def test_a_plan_with_a_trial_charges_nothing_now_and_starts_the_subscripti
             sub := await subscription.query(QUERY_SUBSCRIPTION_STATE, result_type=SubscriptionState)
         ).status == "incomplete":  # until it has written its row and started the trial
             await asyncio.sleep(0.05)
-        # The registration first: waiting for any result lets the test server skip time, and its 24 h
-        # verification timer would otherwise expire it before it is cancelled.
+        # both outlive the sign-up: end them, so nothing outlives the test
         registration = client.get_workflow_handle(registration_workflow_id(params.user_id))
         await registration.cancel()
         with pytest.raises(WorkflowFailureError):
