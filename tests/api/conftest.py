@@ -7,7 +7,6 @@ Temporal dev server and runs the real worker in-process.
 from __future__ import annotations
 
 import asyncio
-import gc
 import re
 import shutil
 import tempfile
@@ -194,13 +193,6 @@ async def temporal_settings(
     )
     engine = create_async_engine(services.database_url)
     async with build_workers(temporal_client, engine, settings):
-        # This process hosts the stack's clients, the API of each test and the worker, a heap twice a worker's:
-        # full collections of it took 200-300 ms on an idle machine. One that runs in a workflow thread counts
-        # against temporalio's 2 s deadlock timeout, and on a busy machine one went over it (the interrupt landed
-        # in a finalizer, was swallowed, and the run could never be evicted). What exists now lives for the
-        # session: never walked again (as the API process does at startup, prognet/gc_pauses.py).
-        gc.collect()
-        gc.freeze()
         yield settings
     await engine.dispose()
 
