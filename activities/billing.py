@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 import stripe
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from stripe.params import CustomerCreateParams, PaymentIntentCreateParams
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -32,6 +34,7 @@ from models.billing_cycle_contracts import (
     RefundPayment,
 )
 from models.errors import STRIPE_PERMANENT_ERROR
+from models.names import CHARGING_TTL_SECONDS, charging_key
 from prognet.circuit import CircuitBreaker
 from prognet.metrics import PAYMENTS_DECLINED, PAYMENTS_SUCCEEDED
 from prognet.settings import Settings
@@ -118,11 +121,17 @@ def _payment_info(pi: Any) -> PaymentIntentInfo:
 
 class BillingActivities:
     def __init__(
-        self, settings: Settings, *, client: stripe.StripeClient | None = None, breaker: CircuitBreaker | None = None
+        self,
+        settings: Settings,
+        *,
+        client: stripe.StripeClient | None = None,
+        breaker: CircuitBreaker | None = None,
+        redis: Redis | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
         self.breaker = breaker
+        self.redis = redis  # where charges are noted for the webhook endpoint (none: every webhook is signalled)
 
     @property
     def client(self) -> stripe.StripeClient:
@@ -176,8 +185,29 @@ class BillingActivities:
     @activity.defn(name=names.CREATE_PAYMENT_INTENT)
     async def create_payment_intent(self, req: CreatePaymentIntent) -> PaymentIntentInfo:
         """`_create_payment_intent`, stamped with the time of its answer."""
-        info = await self._create_payment_intent(req)
+        # Noted before the call: the sandbox, and Stripe at times, sends the event before the answer is back.
+        await self._note_charging(req.workflow_id, on=True)
+        info: PaymentIntentInfo | None = None
+        try:
+            info = await self._create_payment_intent(req)
+        finally:
+            if info is None or info.status != "succeeded":  # the cycle waits on: Stripe's events must reach it
+                await self._note_charging(req.workflow_id, on=False)
         return info.model_copy(update={"answered_at": datetime.now(UTC)})
+
+    async def _note_charging(self, workflow_id: str, *, on: bool) -> None:
+        """Tell the webhook endpoint not to signal a success to this cycle while it charges and once it has its
+        success (`models.names.charging_key`); `on=False` takes that back. Only a success is held back: after a
+        decline or a pending answer the cycle waits, and Stripe's events reach it. Best effort: without the note
+        the webhook is signalled, as it always was, and changes nothing; a note left behind by a crash only
+        holds back a success the cycle gets from the same call's replay (its idempotency key) or its polling."""
+        if self.redis is None:
+            return
+        key = charging_key(workflow_id)
+        try:
+            await (self.redis.set(key, 1, ex=CHARGING_TTL_SECONDS) if on else self.redis.delete(key))
+        except (RedisError, OSError) as exc:
+            log.warning("charge not noted for the webhook endpoint", extra={"error": type(exc).__name__})
 
     async def _create_payment_intent(self, req: CreatePaymentIntent) -> PaymentIntentInfo:
         """Create and confirm off-session. A decline is an answer (status failed + Stripe's decline code), not an

@@ -97,6 +97,17 @@ SIGNAL_PAYMENT_OUTCOME = "payment_outcome"  # the Stripe webhook endpoint → th
 SIGNAL_BILLING_CYCLE_STATUS = "billing_cycle_status"  # a cycle → its parent subscription
 
 
+def charging_key(workflow_id: str) -> str:
+    """Redis: billing cycle `workflow_id` is in a charge call, or had a success from it. Such a cycle goes on to
+    paid and ends in the same workflow task, so the webhook endpoint does not signal that success to it: a signal
+    arriving during that task makes the server refuse the task's completion, and the task runs again from the
+    start. (Stripe may send the event before its answer to the call is back: the note comes before the call.)"""
+    return f"stripe:charging:{workflow_id}"
+
+
+CHARGING_TTL_SECONDS = 120  # beyond a charge call (20 s at most) and the workflow task that ends the cycle
+
+
 BILLING_TRIGGER_WORKFLOW = "BillingTrigger"  # what a subscription's Schedule starts: it signals `start_cycle`
 
 

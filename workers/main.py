@@ -82,7 +82,7 @@ def activities_for(engine: AsyncEngine, settings: Settings, circuits: Circuits |
     email_changes = EmailChangeActivities(engine, token_key)
     tenants = TenantActivities(engine)
     invitations = InvitationActivities(engine, token_key)
-    billing = BillingActivities(settings, breaker=circuits.breaker(STRIPE))
+    billing = BillingActivities(settings, breaker=circuits.breaker(STRIPE), redis=circuits.redis)
     invoices = InvoiceActivities(engine)
     subscriptions = SubscriptionActivities(engine)
     return [

@@ -4,6 +4,8 @@ The endpoint only routes: it verifies the `Stripe-Signature` header with the `st
 previous endpoint secret, signed within 300 s of now, past or future), claims the event id in Redis for 7
 days, signals the billing cycle named by the PaymentIntent's `metadata.workflow_id`, and answers. It never
 waits for a workflow and never starts one: a webhook that could start a billing cycle could make us charge.
+A success to a cycle in its charge call, or just out of it with that success (`models.names.charging_key`), is not
+signalled.
 
 Stripe delivers at least once and in any order; the dedupe key drops repeats here, and the billing cycle
 itself keeps a success over a later failure, so neither duplicates nor reordering change an outcome.
@@ -37,7 +39,7 @@ from api.problems import (
 )
 from api.temporal_client import TemporalConnector
 from models.billing_cycle_contracts import PaymentOutcome
-from models.names import SIGNAL_PAYMENT_OUTCOME
+from models.names import SIGNAL_PAYMENT_OUTCOME, charging_key
 from prognet.settings import Settings
 
 log = logging.getLogger("prognet.api.stripe_webhooks")
@@ -155,7 +157,8 @@ def _reject(request: Request, kind: ProblemType, detail: str, reason: str) -> Pr
     f"previous endpoint secret, signed within {TOLERANCE_SECONDS} s of now, past or future). Each event id is "
     "handled once (`duplicate: true` afterwards). `payment_intent.succeeded` and `payment_intent.payment_failed` "
     "are signalled to the billing cycle named in the PaymentIntent's `metadata.workflow_id` "
-    "(`routed: false` when it is not running); other events are acknowledged and not routed. "
+    "(`routed: false` when it is not running, or for a success while it is in its own charge call, which "
+    "answers it); other events are acknowledged and not routed. "
     "A 503 means the event was not handled: Stripe retries it.",
     responses=problem_responses(400, 413, 415, 503),
 )
@@ -183,8 +186,13 @@ async def receive_stripe_event(
     context = {"event_id": event["id"], "event_type": event["type"], "workflow_id": route.workflow_id}
 
     key = dedupe_key(event["id"])
+    outcome = route.outcome
     try:
-        first_time = await redis.set(key, event["type"], nx=True, ex=DEDUPE_TTL_SECONDS)
+        async with redis.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.set(key, event["type"], nx=True, ex=DEDUPE_TTL_SECONDS)
+            if outcome is not None and outcome.status == "succeeded" and route.workflow_id is not None:
+                pipe.exists(charging_key(route.workflow_id))
+            first_time, *noted = await pipe.execute()
     except RedisError as exc:
         log.warning("stripe webhook: redis unavailable", extra={**context, "error": type(exc).__name__})
         raise Problem(
@@ -193,8 +201,12 @@ async def receive_stripe_event(
     if not first_time:
         log.info("stripe webhook duplicate", extra=context)
         return StripeWebhookReceipt(duplicate=True)
-    if route.outcome is None:
+    if outcome is None:
         log.info("stripe webhook not routed", extra={**context, "reason": route.skip_reason})
+        return StripeWebhookReceipt(routed=False)
+    if noted and noted[0]:
+        reason = "the cycle has this success from its own charge call"
+        log.info("stripe webhook not routed", extra={**context, "reason": reason})
         return StripeWebhookReceipt(routed=False)
 
     try:
