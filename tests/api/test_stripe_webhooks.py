@@ -25,12 +25,15 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
+from activities.billing import BillingActivities
 from api.app import create_app
 from api.routers.stripe_webhooks import DEDUPE_TTL_SECONDS, dedupe_key
-from models.billing_cycle_contracts import PaymentOutcome
-from models.names import SIGNAL_PAYMENT_OUTCOME
+from models.billing_contracts import CreateStripeCustomer
+from models.billing_cycle_contracts import CreatePaymentIntent, PaymentOutcome
+from models.names import CHARGING_TTL_SECONDS, SIGNAL_PAYMENT_OUTCOME, charging_key
 from prognet.settings import DEV_STRIPE_WEBHOOK_SECRET, Settings
 from prognet_dev import EmbeddedStack, StripeSandbox, free_port
 from prognet_dev.stripe_sandbox import signature_header
@@ -269,6 +272,58 @@ async def test_out_of_order_events_are_both_delivered(hooks: httpx.AsyncClient, 
         (pi, "succeeded", succeeded["id"]),
         (pi, "failed", failed["id"]),
     ]
+
+
+async def test_a_success_the_cycle_has_from_its_own_charge_is_not_signalled(
+    services: EmbeddedStack, hooks: httpx.AsyncClient, probe: StartProbe, redis: Redis, webhook_log
+) -> None:
+    """The charging activity notes the call before it and keeps the note for a success: that cycle ends in the
+    workflow task that made the call, where a signal would make the server refuse the task. A decline, a failure
+    event and a cycle without a note still get their signals."""
+    billing = BillingActivities(
+        Settings(stripe_api_base=services.stripe_api_base, stripe_secret_key=services.stripe_secret_key), redis=redis
+    )
+    env = ActivityEnvironment()
+    tenant_id = uuid.uuid4()
+    customer = await env.run(
+        billing.create_stripe_customer,
+        CreateStripeCustomer(tenant_id=tenant_id, name="Acme", idempotency_key=f"tenant-{tenant_id}:customer"),
+    )
+
+    async def charge(cycle: WorkflowHandle, payment_method: str) -> str:
+        info = await env.run(
+            billing.create_payment_intent,
+            CreatePaymentIntent(
+                idempotency_key=f"{cycle.id}:pi:1",
+                invoice_id=str(uuid.uuid4()),
+                tenant_id=tenant_id,
+                subscription_id=uuid.uuid4(),
+                workflow_id=cycle.id,
+                amount=2000,
+                currency="eur",
+                stripe_customer_id=customer.customer_id,
+                payment_method=payment_method,
+            ),
+        )
+        return info.payment_intent_id
+
+    paid = await probe()
+    pi = await charge(paid, "pm_card_visa")
+    assert 0 < await redis.ttl(charging_key(paid.id)) <= CHARGING_TTL_SECONDS
+    held_back = await deliver(hooks, pi_event("payment_intent.succeeded", paid.id, pi_id=pi))
+    assert held_back.status_code == 200 and held_back.json() == {"received": True, "routed": False}
+    reasons = [r.reason for r in webhook_log if r.getMessage() == "stripe webhook not routed"]
+    assert reasons == ["the cycle has this success from its own charge call"]
+    failure = pi_event("payment_intent.payment_failed", paid.id, pi_id=pi, decline_code="generic_decline")
+    assert (await deliver(hooks, failure)).json() == {"received": True, "routed": True}  # only a success is held
+    assert [o.status for o in await outcomes(paid, 1)] == ["failed"]
+
+    declined = await probe()
+    pi = await charge(declined, "pm_card_chargeDeclined")
+    assert await redis.exists(charging_key(declined.id)) == 0  # it waits for what comes next: events reach it
+    late_success = await deliver(hooks, pi_event("payment_intent.succeeded", declined.id, pi_id=pi))
+    assert late_success.json() == {"received": True, "routed": True}
+    assert [o.status for o in await outcomes(declined, 1)] == ["succeeded"]
 
 
 async def test_a_cycle_that_is_not_running_is_not_routed(
