@@ -26,6 +26,7 @@ class Shape:
 
     events: int = 0
     workflow_tasks: int = 0  # completed workflow tasks
+    workflow_tasks_failed: int = 0  # failed or timed out: each one runs again (a signal during a closing task)
     activities: int = 0
     local_activities: int = 0
     timers_fired: int = 0
@@ -50,8 +51,9 @@ class Shape:
         return self.workflow_tasks + sum(c.journey_workflow_tasks for c in self._started)
 
     def describe(self) -> str:
+        failed = f" (+{self.workflow_tasks_failed} failed)" if self.workflow_tasks_failed else ""
         text = (
-            f"{self.events} events, {self.workflow_tasks} workflow tasks, {self.activities} activities, "
+            f"{self.events} events, {self.workflow_tasks} workflow tasks{failed}, {self.activities} activities, "
             f"{self.local_activities} local, {self.timers_fired + self.timers_pending} timers, "
             f"{self.upserts} upserts"
         )
@@ -82,6 +84,8 @@ def count(events: Iterable[Any]) -> Shape:
         t = e.event_type
         if t == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             shape.workflow_tasks += 1
+        elif t in (EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED, EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT):
+            shape.workflow_tasks_failed += 1
         elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             shape.activities += 1
             shape.activity_types.append(e.activity_task_scheduled_event_attributes.activity_type.name)

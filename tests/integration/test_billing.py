@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from api.routers.stripe_webhooks import dedupe_key
@@ -256,6 +257,11 @@ async def test_two_periods_bill_once_each_across_a_worker_restart(http, stack: E
         billing_cycle_workflow_id(sub_id, 0), result_type=BillingCycleResult
     ).result()
     assert (result.status, result.invoice_number, result.attempts) == ("paid", 1, 1)
+    # Stripe's success event found the note of the cycle's own charge call, so no signal came in while the one
+    # workflow task that ended the cycle ran (one would have made the server refuse that task and run it again)
+    history = await temporal.get_workflow_handle(billing_cycle_workflow_id(sub_id, 0)).fetch_history()
+    kinds = [EventType.Name(e.event_type) for e in history.events]
+    assert not {"EVENT_TYPE_WORKFLOW_TASK_FAILED", "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"} & set(kinds), kinds
 
     # kill -9 the worker while period 0 runs; keep it down over the period end, when the Schedule fires
     worker = stack.worker

@@ -68,6 +68,26 @@ def test_count_reads_the_round_trips_of_a_history():
     assert shape.child_ids == ["email-1"]
 
 
+def test_a_refused_workflow_task_is_counted_apart():
+    """A signal during the task that closes a workflow: the server refuses the task, the next one does it again."""
+    e = EventType
+    refused = [
+        event(e.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED),
+        event(e.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED),
+        event(e.EVENT_TYPE_WORKFLOW_TASK_STARTED),
+        event(e.EVENT_TYPE_WORKFLOW_TASK_FAILED),
+        event(e.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED),
+        event(e.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED),
+        event(e.EVENT_TYPE_WORKFLOW_TASK_STARTED),
+        event(e.EVENT_TYPE_WORKFLOW_TASK_COMPLETED),
+        event(e.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
+    ]
+    shape = count(refused)
+    assert (shape.events, shape.workflow_tasks, shape.workflow_tasks_failed) == (9, 1, 1)
+    assert shape.describe().startswith("9 events, 1 workflow tasks (+1 failed), ")
+    assert count(registration_like()).workflow_tasks_failed == 0
+
+
 def test_the_plan_reproduces_the_shape_with_its_children():
     parent, child = count(registration_like()), count(registration_like()[:4])
     parent.children.append(child)
