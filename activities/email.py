@@ -196,8 +196,26 @@ def build_message(settings: Settings, composed: Composed, message_id: str) -> Em
     return msg
 
 
-async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None = None) -> str:
-    """Send one message; returns the server's reply. Raises as described in the module docstring."""
+@dataclass
+class Accepted:
+    """A message the relay took: its reply, and the connection, still open until the sender has recorded it sent.
+    `goodbye()` then (QUIT, in the background); `hang_up()` if it could not (no QUIT). The dev SMTP sink notes a
+    message whose sender left without QUIT: only such a message can come twice (a retry cannot know it went)."""
+
+    reply: str
+    client: aiosmtplib.SMTP
+
+    def goodbye(self) -> None:
+        _QUITTING.add(task := asyncio.create_task(_quit(self.client)))
+        task.add_done_callback(_QUITTING.discard)
+
+    def hang_up(self) -> None:
+        self.client.close()
+
+
+async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None = None) -> Accepted:
+    """Send one message; returns the relay's answer with the connection still open (`Accepted`). Raises as
+    described in the module docstring."""
     host = settings.smtp_host or "127.0.0.1"
     # no recipient or subject on the span: traces leave the system (Jaeger, a vendor), addresses must not
     attributes = {"server.address": host, "server.port": settings.smtp_port, "email.message_id": msg["Message-ID"]}
@@ -205,7 +223,7 @@ async def smtp_send(settings: Settings, msg: EmailMessage, timeout: float | None
         return await _smtp_send(settings, host, msg, timeout)  # a failure marks the span (codes only, see below)
 
 
-async def _smtp_send(settings: Settings, host: str, msg: EmailMessage, timeout: float | None) -> str:
+async def _smtp_send(settings: Settings, host: str, msg: EmailMessage, timeout: float | None) -> Accepted:
     client = aiosmtplib.SMTP(
         hostname=host,
         port=settings.smtp_port,
@@ -221,10 +239,6 @@ async def _smtp_send(settings: Settings, host: str, msg: EmailMessage, timeout: 
         except BaseException:
             client.close()
             raise
-        # The relay has the message: the caller records it sent without waiting for QUIT's round trip, which
-        # narrows the moment in which a crash makes a retry send it twice (between this reply and that record).
-        _QUITTING.add(task := asyncio.create_task(_quit(client)))
-        task.add_done_callback(_QUITTING.discard)
     # Relays echo the recipient's address in their replies: the exception (which reaches workflow history,
     # logs and the UI) says only the codes; the full reply rides along as `.reply` for the tracking row.
     except aiosmtplib.SMTPRecipientsRefused as err:
@@ -247,7 +261,7 @@ async def _smtp_send(settings: Settings, host: str, msg: EmailMessage, timeout: 
         raise SmtpTemporaryFailure("timeout waiting for the relay", relay_down=True) from None
     except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as err:
         raise SmtpTemporaryFailure(f"connection: {type(err).__name__}", relay_down=True) from None
-    return reply
+    return Accepted(reply, client)
 
 
 _QUITTING: set[asyncio.Task] = set()  # goodbyes still on their way (a task needs a reference to finish)

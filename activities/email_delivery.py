@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.email import Composer, SmtpTemporaryFailure, build_message, smtp_send
+from activities.email import Accepted, Composer, SmtpTemporaryFailure, build_message, smtp_send
 from models import activity_names as names
 from models.contracts import (
     EmailDelivery,
@@ -144,7 +144,7 @@ class EmailDeliveryActivities:
         try:
             composed = await self.composer.compose(req.request, req.to_address)
             msg = build_message(self.settings, composed, message_id_header(message_id))
-            reply = await self._send(msg)
+            accepted = await self._send(msg)
         except SmtpTemporaryFailure as err:
             await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=_reply(err))
             EMAILS.labels("deferred").inc()
@@ -153,11 +153,18 @@ class EmailDeliveryActivities:
             await self._update(req.request.tenant_id, message_id, state="failed", last_reply=_reply(err))
             EMAILS.labels("failed").inc()
             raise
-        # Recorded before anything else: a crash between the relay's reply and this commit is the one moment in
-        # which a retry sends the message twice (SMTP has no way to ask the relay whether it has it).
-        await self._update(
-            req.request.tenant_id, message_id, state="sent", last_reply=reply[:REPLY_LIMIT], sent_at=utcnow()
-        )
+        # Recorded before anything else, QUIT only after: a crash between the relay's reply and this commit is the
+        # one moment in which a retry sends the message twice (SMTP has no way to ask the relay whether it has
+        # it), and the relay sees that sender leave without QUIT.
+        reply = accepted.reply
+        try:
+            await self._update(
+                req.request.tenant_id, message_id, state="sent", last_reply=reply[:REPLY_LIMIT], sent_at=utcnow()
+            )
+        except BaseException:
+            accepted.hang_up()
+            raise
+        accepted.goodbye()
         if self.breaker is not None:
             await self.breaker.record(ok=True)
         EMAILS.labels("sent").inc()
@@ -187,7 +194,7 @@ class EmailDeliveryActivities:
             # callers told the same moment (late wake-ups) spread out instead of asking again in a herd
             await asyncio.sleep(answer.wait_seconds + random.uniform(0, 1 / self.send_rate.per_second))
 
-    async def _send(self, msg) -> str:
+    async def _send(self, msg) -> Accepted:
         """One SMTP send, a failure's outcome told to the circuit: a relay that cannot be reached or does not
         answer in time is down; any reply (even a refusal) means it is up. `send` tells it of a success, once
         the message is recorded sent."""
