@@ -31,6 +31,7 @@ from prognet.payload_codec import data_converter
 from prognet_dev import EmbeddedStack, RestartPolicy, read_messages, stack_settings
 from prognet_dev.load import Observed as LoadObserved
 from prognet_dev.load import RetryingClient
+from tests.support.backbone import backbone_story
 from tests.support.workflows import history_story
 
 from .conftest import FAST_EMAIL, PASSWORD, bearer, email_to, new_email, token_from
@@ -130,8 +131,10 @@ async def _tenant_active(
         backbone = "\n".join(
             line for line in LOG if any(n in line.split(" | ", 1)[0].lower() for n in ("redis", "relay", "consum"))
         )
+        where = await backbone_story(stack.postgres_dsn or "", stack.redis_url or "", tenant_id)
         raise AssertionError(
-            f"tenant {tenant_id} not active after {timeout:.0f} s; GET said {last}\n{story}\n{backbone[-4000:]}"
+            f"tenant {tenant_id} not active after {timeout:.0f} s; GET said {last}\n{story}\n{where}\n"
+            f"{backbone[-4000:]}"
         ) from None
 
 

@@ -1,0 +1,51 @@
+"""What a test prints when a read model stays behind: where a tenant's events are between the outbox and the
+projector, and what could hold the relay's barrier (an open writing transaction anywhere on the server)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+from redis.asyncio import Redis
+
+from models.event_stream import ALL_EVENTS
+
+
+async def backbone_story(postgres_dsn: str, redis_url: str, tenant_id: uuid.UUID | str) -> str:
+    lines: list[str] = []
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        barrier = await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        saved = await conn.fetchrow("SELECT txid::text, seq, updated_at FROM relay_position")
+        lines.append(f"barrier (xmin) {barrier}; relay_position {dict(saved) if saved else None}")
+        events = await conn.fetch(
+            "SELECT e.id, e.txid::text AS txid, e.type, e.occurred_at, "
+            "exists(SELECT 1 FROM rm_applied a WHERE a.event_id = e.event_id AND a.projection = 'tenant_overview') "
+            "AS applied FROM domain_events e WHERE e.tenant_id = $1 ORDER BY e.txid, e.id",
+            uuid.UUID(str(tenant_id)),
+        )
+        for e in events:
+            when, applied = e["occurred_at"], e["applied"]
+            lines.append(f"  event {e['id']} txid {e['txid']} {e['type']} at {when}: applied {applied}")
+        open_xacts = await conn.fetch(
+            "SELECT pid, application_name, state, xact_start, backend_xid::text AS xid, left(query, 100) AS query "
+            "FROM pg_stat_activity WHERE backend_xid IS NOT NULL OR state LIKE 'idle in transaction%' "
+            "ORDER BY xact_start"
+        )
+        for x in open_xacts:
+            lines.append(f"  open transaction: {dict(x)}")
+    finally:
+        await conn.close()
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        published, stats = await redis.get("relay:published"), await redis.hgetall("relay:stats")
+        lines.append(f"relay:published {published}; relay:stats {stats}")
+        last = await redis.xrevrange(ALL_EVENTS, count=1)
+        lines.append(f"{ALL_EVENTS}: length {await redis.xlen(ALL_EVENTS)}, last {last[0][0] if last else None}")
+        for group in await redis.xinfo_groups(ALL_EVENTS):
+            lines.append(
+                f"  group {group['name']}: last-delivered {group['last-delivered-id']}, pending {group['pending']}"
+            )
+    finally:
+        await redis.aclose()
+    return "\n".join(lines)
