@@ -7,12 +7,22 @@ really happened and really met the load, and that the report found nothing wrong
 
 from __future__ import annotations
 
+import asyncio
+
 from prognet_dev.chaos import DECLINED, PAID, SHORT, run_chaos
+
+
+# Below pytest's own timeout: a run that hangs shows how far it got (the stack is stopped by the cancellation).
+DEADLINE_SECONDS = 240
 
 
 async def test_the_short_chaos_run_loses_nothing() -> None:
     lines: list[str] = []
-    report = await run_chaos(SHORT, progress=lines.append)
+    try:
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            report = await run_chaos(SHORT, progress=lines.append)
+    except TimeoutError:
+        raise AssertionError(f"no report after {DEADLINE_SECONDS} s; the run so far:\n" + "\n".join(lines)) from None
     print(report.text())  # pytest -s shows it
 
     assert not report.problems(), "\n".join([*lines, report.text()])
