@@ -11,7 +11,6 @@ import asyncio
 
 from prognet_dev.chaos import DECLINED, PAID, SHORT, run_chaos
 
-
 # Below pytest's own timeout: a run that hangs shows how far it got (the stack is stopped by the cancellation).
 DEADLINE_SECONDS = 240
 
