@@ -19,14 +19,19 @@ async def backbone_story(postgres_dsn: str, redis_url: str, tenant_id: uuid.UUID
         saved = await conn.fetchrow("SELECT txid::text, seq, updated_at FROM relay_position")
         lines.append(f"barrier (xmin) {barrier}; relay_position {dict(saved) if saved else None}")
         events = await conn.fetch(
-            "SELECT e.id, e.txid::text AS txid, e.type, e.occurred_at, "
-            "exists(SELECT 1 FROM rm_applied a WHERE a.event_id = e.event_id AND a.projection = 'tenant_overview') "
-            "AS applied FROM domain_events e WHERE e.tenant_id = $1 ORDER BY e.txid, e.id",
+            "SELECT e.id, e.txid::text AS txid, e.type, e.occurred_at, a.applied_at FROM domain_events e "
+            "LEFT JOIN rm_applied a ON a.event_id = e.event_id AND a.projection = 'tenant_overview' "
+            "WHERE e.tenant_id = $1 ORDER BY e.txid, e.id",
             uuid.UUID(str(tenant_id)),
         )
-        for e in events:
-            when, applied = e["occurred_at"], e["applied"]
-            lines.append(f"  event {e['id']} txid {e['txid']} {e['type']} at {when}: applied {applied}")
+        for e in events:  # applied_at: the projector's transaction start (now()), so the order it applied them in
+            when, applied = e["occurred_at"], e["applied_at"]
+            lines.append(f"  event {e['id']} txid {e['txid']} {e['type']} at {when}: applied at {applied}")
+        row = await conn.fetchrow(
+            "SELECT status, last_seq, updated_at FROM rm_tenant_overview WHERE tenant_id = $1",
+            uuid.UUID(str(tenant_id)),
+        )
+        lines.append(f"  read model row: {dict(row) if row else None}")
         open_xacts = await conn.fetch(
             "SELECT pid, application_name, state, xact_start, backend_xid::text AS xid, left(query, 100) AS query "
             "FROM pg_stat_activity WHERE backend_xid IS NOT NULL OR state LIKE 'idle in transaction%' "
