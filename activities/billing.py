@@ -185,7 +185,7 @@ class BillingActivities:
     @activity.defn(name=names.CREATE_PAYMENT_INTENT)
     async def create_payment_intent(self, req: CreatePaymentIntent) -> PaymentIntentInfo:
         """`_create_payment_intent`, stamped with the time of its answer."""
-        # Noted before the call: the sandbox, and Stripe at times, sends the event before the answer is back.
+        # Noted before the call: the event can arrive before the answer is back (the dev sandbox sends it so).
         await self._note_charging(req.workflow_id, on=True)
         info: PaymentIntentInfo | None = None
         try:

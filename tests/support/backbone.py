@@ -9,6 +9,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from models.event_stream import ALL_EVENTS
+from models.read_models import TENANT_OVERVIEW
+from relay.relay import PUBLISHED_KEY, STATS_KEY
 
 
 async def backbone_story(postgres_dsn: str, redis_url: str, tenant_id: uuid.UUID | str) -> str:
@@ -20,9 +22,10 @@ async def backbone_story(postgres_dsn: str, redis_url: str, tenant_id: uuid.UUID
         lines.append(f"barrier (xmin) {barrier}; relay_position {dict(saved) if saved else None}")
         events = await conn.fetch(
             "SELECT e.id, e.txid::text AS txid, e.type, e.occurred_at, a.applied_at FROM domain_events e "
-            "LEFT JOIN rm_applied a ON a.event_id = e.event_id AND a.projection = 'tenant_overview' "
+            "LEFT JOIN rm_applied a ON a.event_id = e.event_id AND a.projection = $2 "
             "WHERE e.tenant_id = $1 ORDER BY e.txid, e.id",
             uuid.UUID(str(tenant_id)),
+            TENANT_OVERVIEW.name,
         )
         for e in events:  # applied_at: the projector's transaction start (now()), so the order it applied them in
             when, applied = e["occurred_at"], e["applied_at"]
@@ -43,8 +46,8 @@ async def backbone_story(postgres_dsn: str, redis_url: str, tenant_id: uuid.UUID
         await conn.close()
     redis = Redis.from_url(redis_url, decode_responses=True)
     try:
-        published, stats = await redis.get("relay:published"), await redis.hgetall("relay:stats")
-        lines.append(f"relay:published {published}; relay:stats {stats}")
+        published, stats = await redis.get(PUBLISHED_KEY), await redis.hgetall(STATS_KEY)
+        lines.append(f"{PUBLISHED_KEY} {published}; {STATS_KEY} {stats}")
         last = await redis.xrevrange(ALL_EVENTS, count=1)
         lines.append(f"{ALL_EVENTS}: length {await redis.xlen(ALL_EVENTS)}, last {last[0][0] if last else None}")
         for group in await redis.xinfo_groups(ALL_EVENTS):
