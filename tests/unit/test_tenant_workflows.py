@@ -8,7 +8,8 @@ from datetime import timedelta
 
 import pytest
 from temporalio import activity
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
@@ -20,6 +21,7 @@ from models.contracts import (
     InvitationInput,
     OperatorDecision,
     TenantProvisioningInput,
+    TenantRef,
 )
 from models.names import (
     SIGNAL_ACCEPT_INVITATION,
@@ -172,27 +174,31 @@ async def test_taken_slug_fails_fast_without_compensation(ts_client, task_queue)
 
 async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
     world = FakeTenantWorld()
-    gate = {"open": False}
-    activities = world.activities()
+    finish, undo = asyncio.Event(), asyncio.Event()
+    fakes = {getattr(a, "__temporal_activity_definition").name: a for a in world.activities()}
+    delete_billing_config = fakes[act.DELETE_BILLING_CONFIG]
 
-    # Hold the billing-config step until the workflow has been cancelled.
+    # The billing-config step runs until the workflow has asked to cancel it, then finishes anyway; its
+    # compensation waits until that completion is in the history. On the time-skipping server an activity must
+    # not complete in the same moment as its cancel request, nor after its workflow closed: either can leave the
+    # server unable to skip time for the tests after this one.
     @activity.defn(name=act.CREATE_BILLING_CONFIG)
     async def slow_billing_config(req: CreateBillingConfig) -> None:
         world.calls.append(act.CREATE_BILLING_CONFIG)
-        while not gate["open"]:
+        while not finish.is_set():
             activity.heartbeat()
             await asyncio.sleep(0.05)
 
-    activities = [
-        a for a in activities if getattr(a, "__temporal_activity_definition").name != act.CREATE_BILLING_CONFIG
-    ]
+    @activity.defn(name=act.DELETE_BILLING_CONFIG)
+    async def held_delete_billing_config(ref: TenantRef) -> None:
+        await undo.wait()
+        await delete_billing_config(ref)
+
+    fakes[act.CREATE_BILLING_CONFIG], fakes[act.DELETE_BILLING_CONFIG] = slow_billing_config, held_delete_billing_config
     async with Workers(
         [
             Worker(
-                ts_client,
-                task_queue=task_queue,
-                workflows=[TenantProvisioningWorkflow],
-                activities=[*activities, slow_billing_config],
+                ts_client, task_queue=task_queue, workflows=[TenantProvisioningWorkflow], activities=[*fakes.values()]
             ),
             email_worker(ts_client),
         ]
@@ -203,7 +209,10 @@ async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
         )
         await wait_for(handle, lambda s: s.step == "create_billing_config")
         await handle.cancel()
-        gate["open"] = True
+        await _in_history(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
+        finish.set()
+        await _in_history(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED, after=act.CREATE_BILLING_CONFIG)
+        undo.set()
         with pytest.raises(WorkflowFailureError) as failure:
             await handle.result()
         state = await saga_state(handle)
@@ -215,6 +224,21 @@ async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
         act.MARK_TENANT_FAILED,
     ]
     assert state.status == "compensated" and world.args[act.MARK_TENANT_FAILED][0].reason == "cancelled"
+
+
+async def _in_history(handle: WorkflowHandle, kind: int, *, after: str | None = None) -> None:
+    """Until the workflow's history holds an event of `kind` (`after`: one that follows the scheduling of that
+    activity type)."""
+    async with asyncio.timeout(30):
+        while True:
+            seen = after is None
+            async for event in handle.fetch_history_events():
+                attrs = event.activity_task_scheduled_event_attributes
+                if event.HasField("activity_task_scheduled_event_attributes") and attrs.activity_type.name == after:
+                    seen = True
+                elif seen and event.event_type == kind:
+                    return
+            await asyncio.sleep(0.05)
 
 
 async def test_failing_compensation_parks_provisioning_for_an_operator(ts_client, task_queue):
