@@ -11,6 +11,7 @@ so the consumer parks it with that reason instead of guessing.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.event_stream import StreamEvent
+
+log = logging.getLogger("prognet.read_models")
 
 SUPPORTED_VERSION = 1
 
@@ -114,8 +117,21 @@ class TenantOverview(Projection):
         args: dict[str, object] = {"tenant": event.tenant_id, "seq": event.seq, "at": event.occurred_at}
 
         async def update(assignments: str = "", **extra: object) -> None:
+            """Change the tenant's row. Without one (its `tenant.created` not applied yet), a partial row is
+            started first, which `tenant.created` completes: applied in any order, the events end in one row."""
             sets = ", ".join(filter(None, (assignments, "last_seq = :seq", "updated_at = now()")))
-            await conn.execute(text(f"UPDATE {ov} SET {sets} WHERE tenant_id = :tenant"), {**args, **extra})
+            change = text(f"UPDATE {ov} SET {sets} WHERE tenant_id = :tenant")
+            if (await conn.execute(change, {**args, **extra})).rowcount:
+                return
+            log.warning("tenant overview: %s (seq %s) came before its tenant's row", kind, event.seq)
+            await conn.execute(
+                text(
+                    f"INSERT INTO {ov} (tenant_id, status, last_seq) VALUES (:tenant, 'provisioning', :seq) "
+                    "ON CONFLICT (tenant_id) DO NOTHING"
+                ),
+                args,
+            )
+            await conn.execute(change, {**args, **extra})
 
         async def recount() -> None:
             await update(
@@ -123,11 +139,13 @@ class TenantOverview(Projection):
                 f"open_dead_letters = (SELECT count(*) FROM {dead} WHERE tenant_id = :tenant)"
             )
 
-        if kind == "tenant.created":
+        if kind == "tenant.created":  # completes a partial row, whose status is already newer than this event
             await conn.execute(
                 text(
-                    f"INSERT INTO {ov} (tenant_id, name, slug, status, created_by, created_at, last_seq) "
-                    "VALUES (:tenant, :name, :slug, 'provisioning', :by, :at, :seq) ON CONFLICT (tenant_id) DO NOTHING"
+                    f"INSERT INTO {ov} AS o (tenant_id, name, slug, status, created_by, created_at, last_seq) "
+                    "VALUES (:tenant, :name, :slug, 'provisioning', :by, :at, :seq) ON CONFLICT (tenant_id) DO UPDATE "
+                    "SET name = excluded.name, slug = excluded.slug, created_by = excluded.created_by, "
+                    "created_at = excluded.created_at, updated_at = now() WHERE o.name IS NULL"
                 ),
                 {**args, "name": p.get("name"), "slug": p.get("slug"), "by": _uuid(p.get("created_by"))},
             )
