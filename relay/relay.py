@@ -70,12 +70,14 @@ STATS_KEY = "relay:stats"
 LAG_WINDOW = 1000  # events the p50/p99 lag is computed over
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 30.0  # backoff after an outage, doubling
 
+# ORDER BY names the table's columns (e.txid): a bare `txid` would mean the text output column, and "1000" sorts
+# before "999", so a batch whose transactions cross a power of ten would go out of order.
 FETCH = """
-SELECT id, txid::text AS txid, event_id, type, version, aggregate_type, aggregate_id, tenant_id, user_id,
-       actor_id, workflow_id, occurred_at, payload::text AS payload
-FROM domain_events
-WHERE (txid, id) > ($1::text::xid8, $2) AND txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY txid, id
+SELECT e.id, e.txid::text AS txid, e.event_id, e.type, e.version, e.aggregate_type, e.aggregate_id, e.tenant_id,
+       e.user_id, e.actor_id, e.workflow_id, e.occurred_at, e.payload::text AS payload
+FROM domain_events e
+WHERE (e.txid, e.id) > ($1::text::xid8, $2) AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY e.txid, e.id
 LIMIT $3
 """
 LOAD_POSITION = "SELECT txid::text AS txid, seq FROM relay_position WHERE name = $1"

@@ -132,6 +132,26 @@ async def test_a_late_commit_is_not_skipped_and_goes_out_before_the_later_transa
     assert await ours(redis, [late, first, second], user_stream(user)) == [late]
 
 
+async def test_a_batch_whose_transactions_cross_a_power_of_ten_is_read_in_transaction_order(owner):
+    """Transaction ids 8..11 (written by hand, below every real event's, and rolled back): the relay's read
+    returns them by transaction id, not as text ("10" < "8")."""
+    assert await owner.fetchval("SELECT coalesce(min(txid)::text::bigint, 12) FROM domain_events") > 11
+    tx = owner.transaction()
+    await tx.start()
+    try:
+        for txid in (11, 10, 9, 8):
+            await owner.execute(
+                "INSERT INTO domain_events (event_id, type, aggregate_type, aggregate_id, payload, occurred_at, txid) "
+                "VALUES ($1, 'test.relay', 'test', 'power-of-ten', '{}', now(), $2::text::xid8)",
+                uuid.uuid4(),
+                str(txid),
+            )
+        rows = await owner.fetch(FETCH, "7", 0, 4)
+    finally:
+        await tx.rollback()
+    assert [int(r["txid"]) for r in rows] == [8, 9, 10, 11]
+
+
 async def test_a_rolled_back_event_is_never_published(owner, services, redis, relay):
     doomed = await asyncpg.connect(services.postgres_dsn)
     try:
