@@ -321,6 +321,9 @@ async def test_an_outage_degrades_to_503_and_loses_nothing(
     # nothing duplicated: one user per email, one tenant per slug, one verification email per registration
     conn = await asyncpg.connect(stack.postgres_dsn)
     try:
+        # and the event backbone caught up: every new tenant's read-model row is complete and active (a reader
+        # falls back to the primary without one, so the answers above cannot tell)
+        await _overviews_active(stack, conn, [tenant_id for tenant_id, _ in seen.tenants.values()], SAGA_DEADLINE)
         rows = await conn.fetch(
             "select lower(email) as email, count(*) as n, min(status) as status from users "
             "where lower(email) = any($1::text[]) group by lower(email)",
@@ -351,6 +354,25 @@ async def test_an_outage_degrades_to_503_and_loses_nothing(
     }
     # a resend after an SMTP failure is legitimate only as the same message (same Message-ID)
     assert {to: len(ids) for to, ids in messages.items()} == dict.fromkeys(seen.registrations, 1)
+
+
+async def _overviews_active(
+    stack: EmbeddedStack, conn: asyncpg.Connection, tenant_ids: list[str], timeout: float
+) -> None:
+    ids = [uuid.UUID(t) for t in tenant_ids]
+    query = (
+        "select tenant_id from rm_tenant_overview where tenant_id = any($1::uuid[]) "
+        "and name is not null and status = 'active'"
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            while len(await conn.fetch(query, ids)) < len(ids):
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        done = {r["tenant_id"] for r in await conn.fetch(query, ids)}
+        behind = [t for t in ids if t not in done]
+        where = await backbone_story(stack.postgres_dsn or "", stack.redis_url or "", behind[0])
+        raise AssertionError(f"{len(behind)} tenants' overviews not active after {timeout:.0f} s\n{where}") from None
 
 
 async def _verification_emails(stack: EmbeddedStack, addresses: set[str], timeout: float) -> None:
