@@ -31,6 +31,7 @@ from temporalio.exceptions import (
     TerminatedError,
 )
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from models.contracts import CompensationRecord, OperatorDecision, SagaState, SagaStatusValue
@@ -215,11 +216,21 @@ class Saga:
         if compensation is not None:
             self.add_compensation(name, compensation[0], compensation[1])
         # `result_type` only applies to an activity named by string; a callable's annotations give its result type
-        options: dict[str, Any] = {"start_to_close_timeout": timeout, "retry_policy": retry_policy}
+        options: dict[str, Any] = {
+            "start_to_close_timeout": timeout,
+            "retry_policy": retry_policy,
+            # A cancelled workflow waits for the step to end (our activities do not heartbeat, so they finish)
+            # before its compensations run: an undo must never overlap the step it undoes.
+            "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        }
         if isinstance(activity, str):
             options["result_type"] = result_type
         result: T = await self.execute_activity(activity, arg, local=local, **options)
         self.state.completed_steps.append(name)
+        if self.state.pivot is None and workflow.cancellation_reason() is not None:
+            # The step finished although the workflow was cancelled meanwhile (the SDK then returns its result
+            # and drops the cancellation): unwind now, this step included.
+            raise asyncio.CancelledError("the workflow's cancellation was requested")
         return result
 
     async def execute_activity(

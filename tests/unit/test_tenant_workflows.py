@@ -21,7 +21,6 @@ from models.contracts import (
     InvitationInput,
     OperatorDecision,
     TenantProvisioningInput,
-    TenantRef,
 )
 from models.names import (
     SIGNAL_ACCEPT_INVITATION,
@@ -172,29 +171,24 @@ async def test_taken_slug_fails_fast_without_compensation(ts_client, task_queue)
     assert world.calls == [act.CREATE_TENANT]
 
 
-async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
+async def test_cancellation_mid_provisioning_waits_for_the_running_step_then_compensates(ts_client, task_queue):
     world = FakeTenantWorld()
-    finish, undo = asyncio.Event(), asyncio.Event()
+    finish = asyncio.Event()
     fakes = {getattr(a, "__temporal_activity_definition").name: a for a in world.activities()}
-    delete_billing_config = fakes[act.DELETE_BILLING_CONFIG]
+    CREATED = "billing config committed"  # what the held step appends when it finally ends
 
-    # The billing-config step runs until the workflow has asked to cancel it, then finishes anyway; its
-    # compensation waits until that completion is in the history. On the time-skipping server an activity must
-    # not complete in the same moment as its cancel request, nor after its workflow closed: either can leave the
-    # server unable to skip time for the tests after this one.
+    # The billing-config step runs until the workflow has asked to cancel it, then finishes anyway (as a step
+    # that does not heartbeat does). Its undo must come after that end, never beside it. (On the time-skipping
+    # server an activity must not complete in the same moment as its cancel request: hence the wait for it.)
     @activity.defn(name=act.CREATE_BILLING_CONFIG)
     async def slow_billing_config(req: CreateBillingConfig) -> None:
         world.calls.append(act.CREATE_BILLING_CONFIG)
         while not finish.is_set():
             activity.heartbeat()
             await asyncio.sleep(0.05)
+        world.calls.append(CREATED)
 
-    @activity.defn(name=act.DELETE_BILLING_CONFIG)
-    async def held_delete_billing_config(ref: TenantRef) -> None:
-        await undo.wait()
-        await delete_billing_config(ref)
-
-    fakes[act.CREATE_BILLING_CONFIG], fakes[act.DELETE_BILLING_CONFIG] = slow_billing_config, held_delete_billing_config
+    fakes[act.CREATE_BILLING_CONFIG] = slow_billing_config
     async with Workers(
         [
             Worker(
@@ -210,33 +204,30 @@ async def test_cancellation_mid_provisioning_compensates(ts_client, task_queue):
         await wait_for(handle, lambda s: s.step == "create_billing_config")
         await handle.cancel()
         await _in_history(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
+        await asyncio.sleep(0.5)  # the workflow has had its chance to start compensating early
+        assert act.DELETE_BILLING_CONFIG not in world.calls
         finish.set()
-        await _in_history(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED, after=act.CREATE_BILLING_CONFIG)
-        undo.set()
         with pytest.raises(WorkflowFailureError) as failure:
             await handle.result()
         state = await saga_state(handle)
     assert isinstance(failure.value.cause, CancelledError)
-    assert world.calls[-4:] == [
+    assert world.calls[-5:] == [
+        CREATED,
         act.DELETE_BILLING_CONFIG,
         act.DELETE_STRIPE_CUSTOMER,
         act.REMOVE_MEMBERSHIP,
         act.MARK_TENANT_FAILED,
     ]
     assert state.status == "compensated" and world.args[act.MARK_TENANT_FAILED][0].reason == "cancelled"
+    assert "create_billing_config" in state.completed_steps  # it ended, and was undone as a finished step
 
 
-async def _in_history(handle: WorkflowHandle, kind: int, *, after: str | None = None) -> None:
-    """Until the workflow's history holds an event of `kind` (`after`: one that follows the scheduling of that
-    activity type)."""
+async def _in_history(handle: WorkflowHandle, kind: int) -> None:
+    """Until the workflow's history holds an event of `kind`."""
     async with asyncio.timeout(30):
         while True:
-            seen = after is None
             async for event in handle.fetch_history_events():
-                attrs = event.activity_task_scheduled_event_attributes
-                if event.HasField("activity_task_scheduled_event_attributes") and attrs.activity_type.name == after:
-                    seen = True
-                elif seen and event.event_type == kind:
+                if event.event_type == kind:
                     return
             await asyncio.sleep(0.05)
 
