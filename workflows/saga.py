@@ -31,7 +31,6 @@ from temporalio.exceptions import (
     TerminatedError,
 )
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from models.contracts import CompensationRecord, OperatorDecision, SagaState, SagaStatusValue
@@ -54,6 +53,13 @@ T = TypeVar("T")
 STEP_TIMEOUT = timedelta(seconds=30)
 
 
+def raise_if_cancel_requested() -> None:
+    """Raise the workflow's cancellation if it was requested: for the awaits after which the SDK may have dropped
+    it (see `wait_until` and `Saga.step`)."""
+    if workflow.cancellation_reason() is not None:
+        raise asyncio.CancelledError("the workflow's cancellation was requested")
+
+
 async def wait_until(condition: Callable[[], bool], timeout: timedelta | None) -> bool:
     """Wait for `condition` at most `timeout` (None: no limit); False once the time is up.
 
@@ -65,8 +71,7 @@ async def wait_until(condition: Callable[[], bool], timeout: timedelta | None) -
     cycle went to sleep on its day-long dunning timer while its parent waited for it to unwind. The sagas that
     tell another workflow something and then wait long (a billing cycle, a registration) wait through here, so
     such a cancel unwinds them instead."""
-    if workflow.cancellation_reason() is not None:
-        raise asyncio.CancelledError("the workflow's cancellation was requested")
+    raise_if_cancel_requested()
     if condition():
         return True
     if timeout is not None and timeout <= timedelta(0):
@@ -221,16 +226,16 @@ class Saga:
             "retry_policy": retry_policy,
             # A cancelled workflow waits for the step to end (our activities do not heartbeat, so they finish)
             # before its compensations run: an undo must never overlap the step it undoes.
-            "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            "cancellation_type": workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         }
         if isinstance(activity, str):
             options["result_type"] = result_type
         result: T = await self.execute_activity(activity, arg, local=local, **options)
         self.state.completed_steps.append(name)
-        if self.state.pivot is None and workflow.cancellation_reason() is not None:
-            # The step finished although the workflow was cancelled meanwhile (the SDK then returns its result
-            # and drops the cancellation): unwind now, this step included.
-            raise asyncio.CancelledError("the workflow's cancellation was requested")
+        if self.state.pivot is None:
+            # A step that finished although the workflow was cancelled meanwhile: the SDK returns its result and
+            # drops the cancellation. Unwind now, this step included.
+            raise_if_cancel_requested()
         return result
 
     async def execute_activity(

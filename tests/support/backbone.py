@@ -14,6 +14,7 @@ from relay.relay import PUBLISHED_KEY, STATS_KEY
 
 
 async def backbone_story(postgres_dsn: str, redis_url: str, tenant_id: uuid.UUID | str) -> str:
+    tenant = uuid.UUID(str(tenant_id))
     lines: list[str] = []
     conn = await asyncpg.connect(postgres_dsn)
     try:
@@ -24,7 +25,7 @@ async def backbone_story(postgres_dsn: str, redis_url: str, tenant_id: uuid.UUID
             "SELECT e.id, e.txid::text AS txid, e.type, e.occurred_at, a.applied_at FROM domain_events e "
             "LEFT JOIN rm_applied a ON a.event_id = e.event_id AND a.projection = $2 "
             "WHERE e.tenant_id = $1 ORDER BY e.txid, e.id",
-            uuid.UUID(str(tenant_id)),
+            tenant,
             TENANT_OVERVIEW.name,
         )
         for e in events:  # applied_at: the projector's transaction start (now()), so the order it applied them in
@@ -32,7 +33,7 @@ async def backbone_story(postgres_dsn: str, redis_url: str, tenant_id: uuid.UUID
             lines.append(f"  event {e['id']} txid {e['txid']} {e['type']} at {when}: applied at {applied}")
         row = await conn.fetchrow(
             "SELECT status, last_seq, updated_at FROM rm_tenant_overview WHERE tenant_id = $1",
-            uuid.UUID(str(tenant_id)),
+            tenant,
         )
         lines.append(f"  read model row: {dict(row) if row else None}")
         open_xacts = await conn.fetch(

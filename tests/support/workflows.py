@@ -29,6 +29,14 @@ async def wait_for(handle: WorkflowHandle, predicate, timeout: float = 10.0) -> 
         await asyncio.sleep(0.05)
 
 
+async def wait_for_event(handle: WorkflowHandle, event_type: EventType.ValueType, timeout: float = 20.0) -> None:
+    """Until the workflow's history holds an event of `event_type`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while event_type not in [e.event_type async for e in handle.fetch_history_events()]:
+        assert asyncio.get_running_loop().time() < deadline, f"no {EventType.Name(event_type)} in the history"
+        await asyncio.sleep(0.05)
+
+
 def email_worker(client: Client) -> Worker:
     return Worker(client, task_queue=EMAIL_TASK_QUEUE, workflows=[FakeEmailDelivery])
 

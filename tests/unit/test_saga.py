@@ -13,11 +13,11 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
 from temporalio.worker import Worker
 
 from models.contracts import SagaState
 from models.retry_policies import SagaRetryPolicies
+from tests.support.workflows import wait_for_event
 from workflows.saga import Saga, wait_until
 
 
@@ -97,10 +97,6 @@ class _Listens:
         self.told = True
 
 
-async def _has_event(handle: WorkflowHandle, event_type: EventType.ValueType) -> bool:
-    return event_type in [e.event_type async for e in handle.fetch_history_events()]
-
-
 async def test_a_cancel_that_arrives_with_a_signals_result_still_unwinds_the_wait(local_env, task_queue):
     """temporalio 1.35 (sdk-python#352) drops a workflow cancellation delivered in the same workflow task as the
     result of a signal to another workflow: the await returns and the cancel is never raised. The chaos run
@@ -114,16 +110,9 @@ async def test_a_cancel_that_arrives_with_a_signals_result_still_unwinds_the_wai
         handle = await client.start_workflow(
             _TellsThenWaits.run, listener.id, id=f"tells-{uuid.uuid4()}", task_queue=task_queue
         )
-        await _poll(lambda: _has_event(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED))
+        await wait_for_event(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
         await handle.cancel()
-        await _poll(lambda: _has_event(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED))
+        await wait_for_event(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)
         _RESOLUTION_MAY_PASS.set()
         assert await asyncio.wait_for(handle.result(), 30) == "unwound"
         await listener.terminate()
-
-
-async def _poll(check, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "not within the timeout"
-        await asyncio.sleep(0.1)

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
@@ -29,7 +29,7 @@ from models.names import (
     email_workflow_id,
 )
 from tests.support.fake_tenant_activities import FakeTenantWorld
-from tests.support.workflows import email_worker, saga_state, wait_for
+from tests.support.workflows import email_worker, saga_state, wait_for, wait_for_event
 from workers.main import Workers
 from workflows.invitation import InvitationWorkflow
 from workflows.tenant_provisioning import TenantProvisioningWorkflow, welcome_email
@@ -203,7 +203,7 @@ async def test_cancellation_mid_provisioning_waits_for_the_running_step_then_com
         )
         await wait_for(handle, lambda s: s.step == "create_billing_config")
         await handle.cancel()
-        await _in_history(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
+        await wait_for_event(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
         await asyncio.sleep(0.5)  # the workflow has had its chance to start compensating early
         assert act.DELETE_BILLING_CONFIG not in world.calls
         finish.set()
@@ -220,16 +220,6 @@ async def test_cancellation_mid_provisioning_waits_for_the_running_step_then_com
     ]
     assert state.status == "compensated" and world.args[act.MARK_TENANT_FAILED][0].reason == "cancelled"
     assert "create_billing_config" in state.completed_steps  # it ended, and was undone as a finished step
-
-
-async def _in_history(handle: WorkflowHandle, kind: int) -> None:
-    """Until the workflow's history holds an event of `kind`."""
-    async with asyncio.timeout(30):
-        while True:
-            async for event in handle.fetch_history_events():
-                if event.event_type == kind:
-                    return
-            await asyncio.sleep(0.05)
 
 
 async def test_failing_compensation_parks_provisioning_for_an_operator(ts_client, task_queue):
