@@ -3,16 +3,18 @@ derived from it, and the `prognet bench --json` layout. No timing here: the benc
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import WorkflowHistory
+from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from prognet_dev.bench import write_json
-from prognet_dev.bench.noop_workflow import ShapedWorkflow, noop, start_shaped
+from prognet_dev.bench import bench_shaped_workflows, write_json
+from prognet_dev.bench.noop_workflow import NOOP_TASK_QUEUE, ShapedWorkflow, noop, start_shaped
 from prognet_dev.bench.shape import LOCAL_ACTIVITY_MARKER, bare_workflow_tasks, count, saga_section
 
 HISTORIES = Path(__file__).parents[1] / "replay" / "histories"
@@ -186,3 +188,36 @@ async def test_the_bare_workflow_hands_off_through_a_local_activity(own_ts_clien
         shape = count([e async for e in handle.fetch_history_events()])
     # one local activity of its own and the hand-off: two markers, no child, the first task only
     assert (shape.local_activities, shape.child_ids, shape.workflow_tasks) == (2, [], 1)
+
+
+async def test_a_baseline_timed_to_its_results_still_finishes_its_hand_overs_before_the_next_phase(own_ts_client):
+    """Billing's bare workflows are timed to their results, as the cycles are, but their hand-overs (the receipts'
+    shape) must not run on into the real cycles' phase: that phase's time and CPU would carry them."""
+    release, holding = asyncio.Event(), []
+
+    @activity.defn(name="bench.noop")  # the bare workflows' no-op, held until released
+    async def held(step: int) -> int:
+        holding.append(step)
+        await release.wait()
+        return step
+
+    leaf = {"activities": 1, "local_activities": 0, "timers_fired": 0, "timers_pending": 0, "children": []}
+    plan = {**leaf, "activities": 0, "local_activities": 1, "handed_over": [leaf]}  # only the hand-over has work
+    address = own_ts_client.service_client.config.target_host
+    plain = Client(own_ts_client.service_client, namespace=own_ts_client.namespace)  # the bench's: no codec
+    async with Worker(
+        plain,
+        task_queue=NOOP_TASK_QUEUE,
+        workflows=[ShapedWorkflow],
+        activities=[held, start_shaped],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+        phase = asyncio.create_task(bench_shaped_workflows(address, plan, 2, 2, time_children=False))
+        async with asyncio.timeout(30):
+            while len(holding) < 2:  # both bare workflows have returned and handed over; both hand-overs run
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert not phase.done(), "the phase ended with its hand-overs still running"
+        release.set()
+        seconds = await asyncio.wait_for(phase, 30)
+    assert seconds > 0
