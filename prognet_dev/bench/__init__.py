@@ -417,7 +417,7 @@ def _print_saga(
 
 async def run(args: argparse.Namespace) -> None:
     from prognet_dev import EmbeddedStack, stack_settings
-    from prognet_dev.bench.cpu import CpuMeter, section_cpu
+    from prognet_dev.bench.cpu import CpuMeter, section_cpu, settle
     from prognet_dev.bench.profile import Profiles
     from prognet_dev.bench.services import ServiceProcesses
     from prognet_dev.bench.shape import journey_shape, saga_section
@@ -530,12 +530,15 @@ async def run(args: argparse.Namespace) -> None:
 
             if 1 in sections:
                 n = args.sagas
+                await settle()
                 with CpuMeter(n) as naive_cpu:
                     t_naive = await bench_noop_workflows(
                         address, n, args.concurrency, steps=NAIVE_STEPS["registration"]
                     )
+                await settle()
                 with CpuMeter(n) as shaped_cpu:
                     t_shaped = await bench_shaped_workflows(address, reg_shape.plan(), n, args.concurrency)
+                await settle()
                 with profiles("registration") as reg_profiles, CpuMeter(n) as reg_cpu:
                     t_reg = await bench_registrations(stack.api_url, stack.maildir, n, args.concurrency)
                 figures["registration"] = saga_section(n / t_reg, n / t_naive, n / t_shaped, reg_shape)
@@ -548,11 +551,14 @@ async def run(args: argparse.Namespace) -> None:
 
             if 2 in sections:
                 raw_n = args.logins
+                await settle()
                 with CpuMeter(raw_n) as argon2_meter:
                     t_raw = bench_raw_argon2(raw_n)
                 argon2_cpu = argon2_meter.phase.ms_per_unit.get("bench client", 0.0)
                 emails = await create_active_users(stack.database_url, 20)
+                await settle()
                 idle = await idle_healthz(stack.api_url, IDLE_PROBE_SECONDS)
+                await settle()
                 with profiles("logins") as login_profiles, CpuMeter(args.logins) as login_meter:
                     t_login, under_load = await bench_logins(stack.api_url, emails, args.logins, args.login_concurrency)
                 login_cpu = login_meter.phase.ms_per_unit
@@ -578,14 +584,18 @@ async def run(args: argparse.Namespace) -> None:
 
             if 3 in sections:
                 en = args.emails
+                await settle()
                 with CpuMeter(en) as smtp_cpu:
                     t_smtp = await bench_raw_smtp(
                         stack.smtp_host, stack.smtp_port, stack.maildir, en, args.smtp_concurrency
                     )
+                await settle()
                 with CpuMeter(en) as naive_cpu:
                     t_naive = await bench_noop_workflows(address, en, args.concurrency, steps=NAIVE_STEPS["emails"])
+                await settle()
                 with CpuMeter(en) as shaped_cpu:
                     t_shaped = await bench_shaped_workflows(address, email_shape.plan(), en, args.concurrency)
+                await settle()
                 with profiles("emails") as email_profiles, CpuMeter(en) as pipe_cpu:
                     t_pipe = await bench_email_pipeline(client, stack.maildir, en, args.concurrency)
                 figures["emails"] = saga_section(
@@ -613,13 +623,16 @@ async def run(args: argparse.Namespace) -> None:
                 assert stripe_admin is not None  # opened in the warm-up above
                 await stripe_admin.wait_for_webhooks(timeout=billing.webhook_timeout(bn))
                 base_n = min(bn, BILLING_BASELINE_MAX)
+                await settle()
                 with CpuMeter(base_n) as naive_cpu:
                     t_naive = await bench_noop_workflows(address, base_n, base_n, steps=NAIVE_STEPS["billing"])
+                await settle()
                 with CpuMeter(base_n) as shaped_cpu:
                     t_shaped = await bench_shaped_workflows(
                         address, billing_shape.plan(), base_n, base_n, time_children=False
                     )
                 # the cycles' CPU counts until the last receipt is in the Maildir (run_cycles waits for them)
+                await settle()
                 with (
                     profiles("billing") as billing_profiles,
                     CpuMeter(bn) as cycle_cpu,

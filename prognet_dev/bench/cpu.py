@@ -10,6 +10,7 @@ reaped it, and the parent's role is the same for every child that matters (a bac
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ _PROC = Path("/proc")
 CLIENT = "bench client"  # this process: HTTP and Temporal clients, Maildir polling
 PROFILER = "profiler"  # py-spy (`--profile`): shown, but not part of a journey's total
 OTHER = "other"  # a child of this process whose role is unknown
+QUIET_CORES = 0.1  # the embedded stack at rest (pollers, schedules, consumers blocking on Redis): 0.01-0.03
 # `prognet <subcommand>` (or `python -m prognet.cli <subcommand>`) → role
 _APP_ROLES = {
     "api": "api",
@@ -98,6 +100,26 @@ def cpu_by_role() -> dict[str, float]:
     ticks = os.sysconf("SC_CLK_TCK")
     samples = {int(p.name): s for p in _PROC.iterdir() if p.name.isdigit() and (s := _sample(int(p.name), ticks))}
     return attribute(samples, os.getpid())
+
+
+def stack_cpu() -> float:
+    """CPU seconds so far of the processes the bench started (the bench client and the profiler left out)."""
+    return sum(seconds for role, seconds in cpu_by_role().items() if role not in (CLIENT, PROFILER))
+
+
+async def settle(quiet_cores: float = QUIET_CORES, window: float = 0.5, timeout: float = 60.0) -> float:
+    """Wait until the stack is quiet: its processes used less than `quiet_cores` of a core over the last `window`
+    seconds (or `timeout` passed). A phase started before then shares the cores with the last one's tail (a
+    journey's events still being projected, emails still closing) and its figures carry that work. Returns the
+    seconds waited."""
+    start = time.perf_counter()
+    before = stack_cpu()
+    while True:
+        await asyncio.sleep(window)
+        after = stack_cpu()
+        if after - before < quiet_cores * window or time.perf_counter() - start > timeout:
+            return time.perf_counter() - start
+        before = after
 
 
 def per_unit_ms(before: dict[str, float], after: dict[str, float], units: int) -> dict[str, float]:

@@ -4,6 +4,7 @@ ratio target asks of a journey's CPU. No timing: CPU seconds only, and only lowe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ from prognet_dev.bench.cpu import (
     machine_times,
     role_of,
     section_cpu,
+    settle,
 )
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux")
@@ -210,3 +212,24 @@ def test_an_exited_grandchild_still_counts_as_its_parents() -> None:
     finally:
         child.communicate("")
     assert after.get(OTHER, 0.0) - before.get(OTHER, 0.0) >= 0.28  # the grandchild's 0.3 s, less a tick
+
+
+@linux_only
+async def test_settle_waits_until_the_processes_the_bench_started_are_quiet() -> None:
+    """A phase must not start while the last one's tail (events still projected, emails still closing) runs."""
+    spin = (
+        "import sys, threading\n"
+        "done = threading.Event()\n"
+        "threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()\n"
+        "print('busy', flush=True)\n"
+        "while not done.is_set(): pass\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "busy"
+        settling = asyncio.create_task(settle(window=0.1, timeout=20))
+        await asyncio.sleep(1.0)
+        assert not settling.done(), "settled while a started process kept a core busy"
+    finally:
+        child.communicate("")
+    assert await asyncio.wait_for(settling, 30) >= 1.0
