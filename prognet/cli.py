@@ -531,10 +531,16 @@ def cmd_stripe_sandbox(args: argparse.Namespace) -> int:
     if not dev.port_is_free(args.host, port):
         return _error(f"Stripe sandbox port {args.host}:{port} is busy")
     logging.basicConfig(level="INFO", format="%(asctime)s stripe | %(message)s")
+    from models.names import STRIPE_WEBHOOK_EVENTS
 
     secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
     sandbox = dev.StripeSandbox(
-        state_file=state_file, host=args.host, port=port, webhook_url=settings.stripe_webhook_url, webhook_secret=secret
+        state_file=state_file,
+        host=args.host,
+        port=port,
+        webhook_url=settings.stripe_webhook_url,
+        webhook_secret=secret,
+        webhook_events=STRIPE_WEBHOOK_EVENTS,  # what the API acts on, as its endpoint at Stripe is subscribed
     )
     return _serve_until_signal(
         sandbox,

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from models.names import STRIPE_WEBHOOK_EVENTS
+
 from .front import RoundRobinFront
 from .ports import tcp_accepts
 from .process import LogSink, ManagedProcess
@@ -636,8 +638,10 @@ class StripeSandboxComponent(Component):
         return self.sandbox.api_base
 
     def configure_webhooks(self, url: str | None, secret: str | None) -> None:
-        """Where the sandbox POSTs its events and the secret it signs them with (applied when it starts)."""
+        """Where the sandbox POSTs its events and the secret it signs them with (applied when it starts); the
+        endpoint is subscribed to the events the API acts on, as one set up in Stripe's dashboard would be."""
         self.sandbox.webhook_url, self.sandbox.webhook_secret = url, secret
+        self.sandbox.webhook_events = STRIPE_WEBHOOK_EVENTS
 
     def ports(self) -> list[tuple[str, str, int]]:
         return [("Stripe sandbox", self.sandbox.host, self.sandbox.port)]

@@ -51,6 +51,7 @@ DEDUPE_TTL_SECONDS = 7 * 24 * 3600  # longer than Stripe's 3 days of retries
 DEDUPE_PREFIX = "stripe:webhook:event:"
 SIGNAL_TIMEOUT = timedelta(seconds=5)  # Stripe gives up on a slow endpoint; an unanswered signal is a 503
 BILLING_PREFIX = "billing-"  # the only workflows a webhook may reach
+# one entry per event in models.names.STRIPE_WEBHOOK_EVENTS (what the endpoint is subscribed to at Stripe)
 PAYMENT_STATUS = {"payment_intent.succeeded": "succeeded", "payment_intent.payment_failed": "failed"}
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ class StripeSandbox:
     """A Stripe-compatible HTTP API on host:port. `async with StripeSandbox(state_file=…, port=0) as sb: sb.api_base`.
 
     `state_file=None` keeps everything in memory. Port 0 picks a free one (read `port` after start()).
-    `webhook_url`/`webhook_secret` (a `whsec_…`, or a list while rolling one): where every event is POSTed, signed as
-    Stripe signs (no URL: events are only recorded, `GET /v1/events`).
+    `webhook_url`/`webhook_secret` (a `whsec_…`, or a list while rolling one): where events are POSTed, signed as
+    Stripe signs (no URL: events are only recorded, `GET /v1/events`); `webhook_events`: the types POSTed (the
+    endpoint's `enabled_events`, `*` wildcards; default every event). Every event is recorded either way.
     The in-process helpers (`inject_fault`, `clear_faults`, `requests`, `customers`, `configure_webhooks`,
     `flush_webhooks`, `wait_for_webhooks`, …) act directly on the state; `SandboxAdmin(api_base)` does the same over
     HTTP for a sandbox in another process.
@@ -53,12 +54,14 @@ class StripeSandbox:
         log_level: str = "warning",
         webhook_url: str | None = None,
         webhook_secret: str | list[str] | None = None,
+        webhook_events: Sequence[str] | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.state_file = Path(state_file) if state_file is not None else None
         self.log_level = log_level
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
+        self.webhook_events = webhook_events  # the endpoint's `enabled_events`; None: every event
         self.sandbox: Sandbox | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -73,7 +76,8 @@ class StripeSandbox:
         # still finishing when it stopped writes into this same state instead of a store a restart reloaded.
         if self.sandbox is None:
             self.sandbox = Sandbox(StateStore(self.state_file))
-        self.sandbox.webhooks.configure(url=self.webhook_url, secret=self.webhook_secret)
+        events = list(self.webhook_events) if self.webhook_events is not None else None
+        self.sandbox.webhooks.configure(url=self.webhook_url, secret=self.webhook_secret, enabled_events=events)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

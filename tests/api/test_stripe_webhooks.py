@@ -30,10 +30,10 @@ from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
 from api.app import create_app
-from api.routers.stripe_webhooks import DEDUPE_TTL_SECONDS, dedupe_key
+from api.routers.stripe_webhooks import DEDUPE_TTL_SECONDS, PAYMENT_STATUS, dedupe_key
 from models.billing_contracts import CreateStripeCustomer
 from models.billing_cycle_contracts import CreatePaymentIntent, PaymentOutcome
-from models.names import CHARGING_TTL_SECONDS, SIGNAL_PAYMENT_OUTCOME, charging_key
+from models.names import CHARGING_TTL_SECONDS, SIGNAL_PAYMENT_OUTCOME, STRIPE_WEBHOOK_EVENTS, charging_key
 from prognet.settings import DEV_STRIPE_WEBHOOK_SECRET, Settings
 from prognet_dev import EmbeddedStack, StripeSandbox, free_port
 from prognet_dev.stripe_sandbox import signature_header
@@ -608,3 +608,9 @@ async def test_the_stripe_sandbox_delivers_to_the_api(
         (True, "succeeded", None),
         (False, "failed", "insufficient_funds"),
     ]
+
+
+def test_the_endpoint_acts_on_exactly_the_events_it_is_subscribed_to():
+    """Stripe (and the dev stack's sandbox) sends the endpoint only STRIPE_WEBHOOK_EVENTS: an event routed but not
+    subscribed to would never arrive, one subscribed to but not routed would be verified and dropped."""
+    assert set(PAYMENT_STATUS) == set(STRIPE_WEBHOOK_EVENTS)
