@@ -631,8 +631,8 @@ async def run(args: argparse.Namespace) -> None:
                     t_shaped = await bench_shaped_workflows(
                         address, billing_shape.plan(), base_n, base_n, time_children=False
                     )
-                # the cycles' CPU counts until the last receipt is in the Maildir (run_cycles waits for them)
                 await settle()
+                # the cycles' CPU counts until the last receipt is in the Maildir (run_cycles waits for them)
                 with (
                     profiles("billing") as billing_profiles,
                     CpuMeter(bn) as cycle_cpu,
