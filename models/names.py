@@ -94,10 +94,12 @@ UPDATE_PAYMENT_METHOD = "payment_method"  # to a subscription, which forwards it
 SIGNAL_PAYMENT_METHOD_UPDATED = "payment_method_updated"  # to a running cycle
 SIGNAL_START_CYCLE = "start_cycle"  # the hook a Temporal Schedule's action uses
 SIGNAL_PAYMENT_OUTCOME = "payment_outcome"  # the Stripe webhook endpoint → the running cycle (never starts one)
-# The Stripe events `POST /v1/webhooks/stripe` acts on: its endpoint is subscribed to these alone (Stripe's
-# `enabled_events`; the embedded sandbox's endpoint too), so Stripe does not send, and the API does not verify
-# and dedupe, the other events of a charge (`payment_intent.created`, `charge.succeeded`, ...).
-STRIPE_WEBHOOK_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
+# The Stripe events `POST /v1/webhooks/stripe` acts on, with the payment outcome each one tells a cycle. Its
+# endpoint is subscribed to these alone (Stripe's `enabled_events`; the embedded sandbox's endpoint too), so Stripe
+# does not send, and the API does not verify and dedupe, the other events of a charge (`payment_intent.created`,
+# `charge.succeeded`, ...).
+STRIPE_PAYMENT_OUTCOMES = {"payment_intent.succeeded": "succeeded", "payment_intent.payment_failed": "failed"}
+STRIPE_WEBHOOK_EVENTS = tuple(STRIPE_PAYMENT_OUTCOMES)
 SIGNAL_BILLING_CYCLE_STATUS = "billing_cycle_status"  # a cycle → its parent subscription
 
 

@@ -39,7 +39,7 @@ from api.problems import (
 )
 from api.temporal_client import TemporalConnector
 from models.billing_cycle_contracts import PaymentOutcome
-from models.names import SIGNAL_PAYMENT_OUTCOME, charging_key
+from models.names import SIGNAL_PAYMENT_OUTCOME, STRIPE_PAYMENT_OUTCOMES, charging_key
 from prognet.settings import Settings
 
 log = logging.getLogger("prognet.api.stripe_webhooks")
@@ -51,8 +51,6 @@ DEDUPE_TTL_SECONDS = 7 * 24 * 3600  # longer than Stripe's 3 days of retries
 DEDUPE_PREFIX = "stripe:webhook:event:"
 SIGNAL_TIMEOUT = timedelta(seconds=5)  # Stripe gives up on a slow endpoint; an unanswered signal is a 503
 BILLING_PREFIX = "billing-"  # the only workflows a webhook may reach
-# one entry per event in models.names.STRIPE_WEBHOOK_EVENTS (what the endpoint is subscribed to at Stripe)
-PAYMENT_STATUS = {"payment_intent.succeeded": "succeeded", "payment_intent.payment_failed": "failed"}
 
 
 class StripeWebhookReceipt(BaseModel):
@@ -123,7 +121,7 @@ def _parse(payload: str) -> dict[str, Any]:
 
 
 def route_of(event: dict[str, Any]) -> Route:
-    status = PAYMENT_STATUS.get(event["type"])
+    status = STRIPE_PAYMENT_OUTCOMES.get(event["type"])
     if status is None:
         return Route(skip_reason="event type not routed")
     intent = event["data"]["object"]

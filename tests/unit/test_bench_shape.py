@@ -169,17 +169,22 @@ def test_json_has_the_issue_keys_per_section(tmp_path):
     assert sections["registration"]["events_per_journey"] == 17
 
 
+def bare_worker(client: Client, task_queue: str, noop_activity=noop) -> Worker:
+    """The bench's bare-workflow worker. Unsandboxed: the bench runs its module as __main__; imported here, its
+    package's argparse trips the sandbox."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ShapedWorkflow],
+        activities=[noop_activity, start_shaped],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
+
+
 async def test_the_bare_workflow_hands_off_through_a_local_activity(own_ts_client, task_queue):
     started = {"activities": 0, "local_activities": 0, "timers_fired": 0, "timers_pending": 0, "children": []}
     plan = {**started, "local_activities": 2, "handed_over": [started]}  # a no-op and the hand-over
-    # unsandboxed: the bench runs its module as __main__; imported here, its package's argparse trips the sandbox
-    async with Worker(
-        own_ts_client,
-        task_queue=task_queue,
-        workflows=[ShapedWorkflow],
-        activities=[noop, start_shaped],
-        workflow_runner=UnsandboxedWorkflowRunner(),
-    ):
+    async with bare_worker(own_ts_client, task_queue):
         handle = await own_ts_client.start_workflow(
             ShapedWorkflow.run, plan, id=f"shaped-{task_queue}", task_queue=task_queue
         )
@@ -205,13 +210,7 @@ async def test_a_baseline_timed_to_its_results_still_finishes_its_hand_overs_bef
     plan = {**leaf, "activities": 0, "local_activities": 1, "handed_over": [leaf]}  # only the hand-over has work
     address = own_ts_client.service_client.config.target_host
     plain = Client(own_ts_client.service_client, namespace=own_ts_client.namespace)  # the bench's: no codec
-    async with Worker(
-        plain,
-        task_queue=NOOP_TASK_QUEUE,
-        workflows=[ShapedWorkflow],
-        activities=[held, start_shaped],
-        workflow_runner=UnsandboxedWorkflowRunner(),
-    ):
+    async with bare_worker(plain, NOOP_TASK_QUEUE, noop_activity=held):
         phase = asyncio.create_task(bench_shaped_workflows(address, plan, 2, 2, time_children=False))
         async with asyncio.timeout(30):
             while len(holding) < 2:  # both bare workflows have returned and handed over; both hand-overs run
