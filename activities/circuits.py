@@ -38,6 +38,7 @@ def circuit_config(settings: Settings) -> CircuitConfig:
         failure_rate=settings.circuit_failure_rate,
         cooldown=timedelta(seconds=settings.circuit_cooldown_seconds),
         half_open_probes=settings.circuit_half_open_probes,
+        half_open_retry=timedelta(seconds=settings.circuit_half_open_retry_seconds),
     )
 
 

@@ -44,11 +44,12 @@ local function open(cooldown)
 end
 """
 
-# ARGV: cooldown_ms, max_probes. Returns {allowed (0/1), state, open_until_ms, now_ms, transitioned (0/1)}
+# ARGV: cooldown_ms, max_probes, half_open_retry_ms.
+# Returns {allowed (0/1), state, retry_at_ms, now_ms, transitioned (0/1)}
 _ACQUIRE = (
     _PREAMBLE
     + """
-local cooldown, max_probes = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cooldown, max_probes, retry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if state == 'closed' then return {1, state, 0, now, 0} end
 if state == 'open' then
   if now < open_until then return {0, state, open_until, now, 0} end
@@ -65,7 +66,8 @@ if probes < max_probes then
   redis.call('HINCRBY', KEYS[1], 'probes', 1)
   return {1, state, 0, now, 0}
 end
-return {0, state, changed_at + cooldown, now, 0}
+-- the probe's answer decides in moments: come back soon, not after a whole cool-down
+return {0, state, math.min(changed_at + cooldown, now + retry), now, 0}
 """
 )
 
@@ -109,6 +111,9 @@ class CircuitConfig:
     failure_rate: float = 0.5
     cooldown: timedelta = timedelta(seconds=30)
     half_open_probes: int = 1
+    # A call turned away while the probes are out is told to try again this soon: if the probe succeeds, the
+    # circuit is closed by then, and the caller must not sit out a whole cool-down behind it.
+    half_open_retry: timedelta = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ class CircuitBreaker:
         c = self.config
         try:
             allowed, state, until, now, moved = await self._acquire(
-                keys=self._keys, args=[_ms(c.cooldown), c.half_open_probes]
+                keys=self._keys, args=[_ms(c.cooldown), c.half_open_probes, _ms(c.half_open_retry)]
             )
         except RedisError as exc:
             log.warning("circuit %s: Redis unreachable, letting the call through: %s", self.name, exc)

@@ -303,6 +303,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How long an open circuit fails calls fast before letting probes through."
     )
     circuit_half_open_probes: int = Field(1, ge=1, description="Calls let through at once while half-open.")
+    circuit_half_open_retry_seconds: float = Field(
+        2.0, gt=0, description="While half-open, when a call turned away (probes all out) may try again."
+    )
 
     # --- payload encryption (the Temporal payload codec) and the codec server (/codec) ---
     payload_keys: SecretStr | None = Field(

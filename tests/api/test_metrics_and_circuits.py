@@ -167,6 +167,30 @@ async def test_a_failed_probe_reopens_and_a_lost_probe_frees_its_slot(redis_url)
         await redis.aclose()
 
 
+async def test_a_call_turned_away_while_a_probe_is_out_comes_back_soon_not_after_a_cool_down(redis_url):
+    """Two callers meet the end of a 30 s cool-down: one probes, the other is told to retry in moments. Told
+    to sit out another cool-down, it waited 30 s behind a probe that closed the circuit at once."""
+    redis = Redis.from_url(redis_url)
+    name = f"stripe-{uuid.uuid4().hex[:8]}"
+    config = _config(cooldown=timedelta(seconds=30), half_open_retry=timedelta(milliseconds=200))
+    breaker = CircuitBreaker(redis, name, config)
+    try:
+        seconds, micros = await redis.time()
+        await redis.hset(
+            f"circuit:{name}", mapping={"state": "open", "open_until": seconds * 1000 + micros // 1000, "probes": 0}
+        )
+        await breaker.acquire()  # the probe
+        with pytest.raises(CircuitOpenError) as turned_away:
+            await breaker.acquire()
+        assert timedelta(0) < turned_away.value.retry_after <= timedelta(milliseconds=200)
+        await breaker.record(ok=True)  # the probe succeeds: closed
+        await asyncio.sleep(turned_away.value.retry_after.total_seconds())
+        await breaker.acquire()  # the caller that was turned away goes through on its retry
+        assert await redis.hget(f"circuit:{name}", "state") == b"closed"
+    finally:
+        await redis.aclose()
+
+
 async def test_a_saga_waits_out_an_open_stripe_circuit_and_completes_by_itself(api, app_engine, redis, stripe):
     """Another worker opened the shared "stripe" circuit: provisioning waits (saying so), then carries on."""
     owner = await person(api, app_engine)
