@@ -18,7 +18,7 @@ from prognet.settings import Settings
 ARGON2_NICENESS = 10
 
 
-def _lower_priority() -> None:
+def lower_thread_priority() -> None:
     """Run this argon2 thread (and the lane threads libargon2 starts from it, which inherit its nice value)
     below the event loop: with every core busy hashing, the loop still answers `/healthz`, reads the next
     request and finishes logins whose hash is done, instead of waiting for a time slice behind the hashes.
@@ -31,7 +31,7 @@ def _lower_priority() -> None:
 # argon2-cffi releases the GIL; one thread per core keeps the CPU busy without thrashing memory, and bounds the
 # hashes running at once to the cores (the rest wait in the executor's queue, not in the scheduler's).
 _EXECUTOR = ThreadPoolExecutor(
-    max_workers=os.cpu_count() or 2, thread_name_prefix="argon2", initializer=_lower_priority
+    max_workers=os.cpu_count() or 2, thread_name_prefix="argon2", initializer=lower_thread_priority
 )
 
 
