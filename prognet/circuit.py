@@ -66,8 +66,10 @@ if probes < max_probes then
   redis.call('HINCRBY', KEYS[1], 'probes', 1)
   return {1, state, 0, now, 0}
 end
--- the probe's answer decides in moments: come back soon, not after a whole cool-down
-return {0, state, math.min(changed_at + cooldown, now + retry), now, 0}
+-- A probe's answer usually comes in moments: come back soon, not after a whole cool-down. The longer the probe
+-- has been out, the longer the wait (at least as long as it has been out): a slow probe is not met by every
+-- waiting caller every `retry`, and nobody waits past the moment its slot frees.
+return {0, state, math.min(changed_at + cooldown, now + math.max(retry, now - changed_at)), now, 0}
 """
 )
 
@@ -111,8 +113,9 @@ class CircuitConfig:
     failure_rate: float = 0.5
     cooldown: timedelta = timedelta(seconds=30)
     half_open_probes: int = 1
-    # A call turned away while the probes are out is told to try again this soon: if the probe succeeds, the
-    # circuit is closed by then, and the caller must not sit out a whole cool-down behind it.
+    # A call turned away while the probes are out is told to try again this soon (or, once the probe has been
+    # out longer, after as long again): if the probe succeeds, the circuit is closed by then, and the caller
+    # must not sit out a whole cool-down behind it.
     half_open_retry: timedelta = timedelta(seconds=2)
 
 

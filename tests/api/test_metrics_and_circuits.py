@@ -168,8 +168,9 @@ async def test_a_failed_probe_reopens_and_a_lost_probe_frees_its_slot(redis_url)
 
 
 async def test_a_call_turned_away_while_a_probe_is_out_comes_back_soon_not_after_a_cool_down(redis_url):
-    """Two callers meet the end of a 30 s cool-down: one probes, the other is told to retry in moments. Told
-    to sit out another cool-down, it waited 30 s behind a probe that closed the circuit at once."""
+    """Two callers meet the end of a 30 s cool-down: one probes, the other is told to retry in moments (later,
+    the longer the probe takes). Told to sit out another cool-down, it waited 30 s behind a probe that closed
+    the circuit at once."""
     redis = Redis.from_url(redis_url)
     name = f"stripe-{uuid.uuid4().hex[:8]}"
     config = _config(cooldown=timedelta(seconds=30), half_open_retry=timedelta(milliseconds=200))
@@ -183,6 +184,10 @@ async def test_a_call_turned_away_while_a_probe_is_out_comes_back_soon_not_after
         with pytest.raises(CircuitOpenError) as turned_away:
             await breaker.acquire()
         assert timedelta(0) < turned_away.value.retry_after <= timedelta(milliseconds=200)
+        await asyncio.sleep(0.6)  # a slow probe: who is turned away now waits about as long as it has been out
+        with pytest.raises(CircuitOpenError) as later:
+            await breaker.acquire()
+        assert timedelta(milliseconds=500) <= later.value.retry_after <= timedelta(seconds=2)
         await breaker.record(ok=True)  # the probe succeeds: closed
         await asyncio.sleep(turned_away.value.retry_after.total_seconds())
         await breaker.acquire()  # the caller that was turned away goes through on its retry
