@@ -70,7 +70,8 @@ class Circuits:
 
 
 def circuit_open_error(exc: CircuitOpenError) -> ApplicationError:
-    """What an activity raises while a circuit is open: retryable, next attempt once the cool-down is over."""
+    """What an activity raises while a circuit is open: retryable, next attempt when the breaker said to try
+    again (the cool-down's end, or soon while a half-open probe is out)."""
     CIRCUIT_REJECTED.labels(exc.name).inc()
     until = exc.until.isoformat(timespec="seconds")
     delay = max(exc.retry_after, timedelta(milliseconds=100))

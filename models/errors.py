@@ -42,8 +42,8 @@ SEND_RATE_UNAVAILABLE = "SendRateUnavailable"  # the shared send-rate limiter (R
 # retried with the send's backoff (never sent without the limit)
 
 # --- external services
-CIRCUIT_OPEN = "CircuitOpen"  # the service's circuit breaker is open: retryable, `next_retry_delay` = the cool-down
-# left; details[0] = {"service": name, "until": ISO 8601, "retry_after_seconds": float}
+CIRCUIT_OPEN = "CircuitOpen"  # the service's circuit breaker is open: retryable, `next_retry_delay` = when to try again
+# details[0] = {"service": name, "until": ISO 8601, "retry_after_seconds": float}
 
 # --- invitations
 INVITATION_NOT_FOUND = "InvitationNotFound"  # no invitation with this id

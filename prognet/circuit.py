@@ -17,6 +17,7 @@ too (no failure-rate window, one probe), circuitbreaker keeps state per process.
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,12 +45,12 @@ local function open(cooldown)
 end
 """
 
-# ARGV: cooldown_ms, max_probes, half_open_retry_ms.
+# ARGV: cooldown_ms, max_probes, half_open_retry_ms, jitter (1 to 1.5, this caller's own).
 # Returns {allowed (0/1), state, retry_at_ms, now_ms, transitioned (0/1)}
 _ACQUIRE = (
     _PREAMBLE
     + """
-local cooldown, max_probes, retry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cooldown, max_probes, retry, jitter = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if state == 'closed' then return {1, state, 0, now, 0} end
 if state == 'open' then
   if now < open_until then return {0, state, open_until, now, 0} end
@@ -66,10 +67,12 @@ if probes < max_probes then
   redis.call('HINCRBY', KEYS[1], 'probes', 1)
   return {1, state, 0, now, 0}
 end
--- A probe's answer usually comes in moments: come back soon, not after a whole cool-down. The longer the probe
--- has been out, the longer the wait (at least as long as it has been out): a slow probe is not met by every
--- waiting caller every `retry`, and nobody waits past the moment its slot frees.
-return {0, state, math.min(changed_at + cooldown, now + math.max(retry, now - changed_at)), now, 0}
+-- A probe's answer usually comes in moments: come back soon, not after a whole cool-down. The longer the circuit
+-- has been half-open, the longer the wait (at least as long again), so a slow probe is not met by every waiting
+-- caller every `retry`; each caller's own jitter spreads out those turned away together. Nobody waits past the
+-- moment the probe slot frees.
+local wait = math.floor(math.max(retry, now - changed_at) * jitter)
+return {0, state, math.min(changed_at + cooldown, now + wait), now, 0}
 """
 )
 
@@ -113,9 +116,9 @@ class CircuitConfig:
     failure_rate: float = 0.5
     cooldown: timedelta = timedelta(seconds=30)
     half_open_probes: int = 1
-    # A call turned away while the probes are out is told to try again this soon (or, once the probe has been
-    # out longer, after as long again): if the probe succeeds, the circuit is closed by then, and the caller
-    # must not sit out a whole cool-down behind it.
+    # A call turned away while the probes are out is told to try again this soon (or, once the circuit has been
+    # half-open longer, after as long again; either stretched by a random 1-1.5): if the probe succeeds, the
+    # circuit is closed by then, and the caller must not sit out a whole cool-down behind it.
     half_open_retry: timedelta = timedelta(seconds=2)
 
 
@@ -167,7 +170,8 @@ class CircuitBreaker:
         c = self.config
         try:
             allowed, state, until, now, moved = await self._acquire(
-                keys=self._keys, args=[_ms(c.cooldown), c.half_open_probes, _ms(c.half_open_retry)]
+                keys=self._keys,
+                args=[_ms(c.cooldown), c.half_open_probes, _ms(c.half_open_retry), random.uniform(1.0, 1.5)],
             )
         except RedisError as exc:
             log.warning("circuit %s: Redis unreachable, letting the call through: %s", self.name, exc)

@@ -5,7 +5,7 @@
   a restart is not counted twice. This is the SDK's escape hatch for side effects of workflow code (its
   OpenTelemetry interceptor uses it the same way).
 - An activity that meets an open circuit (CircuitOpenError) fails with a retryable
-  `ApplicationError(type=CircuitOpen, next_retry_delay=<cool-down left>)`.
+  `ApplicationError(type=CircuitOpen, next_retry_delay=<until the breaker lets a call through again>)`.
 """
 
 from __future__ import annotations

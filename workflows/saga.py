@@ -242,7 +242,7 @@ class Saga:
         self, activity: str | Callable[..., Any], arg: Any, *, local: bool = False, **options: Any
     ) -> Any:
         """Execute an activity (`local`: a local activity); while the service it calls has its circuit open,
-        wait on a durable timer until the cool-down is over (saying so in the details) and run it again."""
+        wait on a durable timer until the breaker said to try again (saying so in the details) and run it again."""
         execute = workflow.execute_local_activity if local else workflow.execute_activity
         while True:
             try:

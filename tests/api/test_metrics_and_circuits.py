@@ -183,15 +183,35 @@ async def test_a_call_turned_away_while_a_probe_is_out_comes_back_soon_not_after
         await breaker.acquire()  # the probe
         with pytest.raises(CircuitOpenError) as turned_away:
             await breaker.acquire()
-        assert timedelta(0) < turned_away.value.retry_after <= timedelta(milliseconds=200)
-        await asyncio.sleep(0.6)  # a slow probe: who is turned away now waits about as long as it has been out
+        assert timedelta(0) < turned_away.value.retry_after <= timedelta(milliseconds=300)  # 200 ms x jitter
+        await asyncio.sleep(0.6)  # a slow probe: who is turned away now waits at least as long as it has been out
         with pytest.raises(CircuitOpenError) as later:
             await breaker.acquire()
-        assert timedelta(milliseconds=500) <= later.value.retry_after <= timedelta(seconds=2)
+        assert timedelta(milliseconds=550) <= later.value.retry_after <= timedelta(seconds=2)
         await breaker.record(ok=True)  # the probe succeeds: closed
         await asyncio.sleep(turned_away.value.retry_after.total_seconds())
         await breaker.acquire()  # the caller that was turned away goes through on its retry
         assert await redis.hget(f"circuit:{name}", "state") == b"closed"
+    finally:
+        await redis.aclose()
+
+
+async def test_no_caller_is_told_to_wait_past_the_moment_the_probe_slot_frees(redis_url):
+    redis = Redis.from_url(redis_url)
+    name = f"stripe-{uuid.uuid4().hex[:8]}"
+    breaker = CircuitBreaker(redis, name, _config(cooldown=timedelta(seconds=1), half_open_retry=timedelta(seconds=2)))
+    try:
+        seconds, micros = await redis.time()
+        await redis.hset(
+            f"circuit:{name}", mapping={"state": "open", "open_until": seconds * 1000 + micros // 1000, "probes": 0}
+        )
+        await breaker.acquire()  # the probe, whose caller never reports: its slot frees after a cool-down (1 s)
+        await asyncio.sleep(0.7)
+        with pytest.raises(CircuitOpenError) as turned_away:
+            await breaker.acquire()
+        assert turned_away.value.retry_after <= timedelta(milliseconds=300)  # not 2 s: the slot frees before that
+        await asyncio.sleep(turned_away.value.retry_after.total_seconds() + 0.02)
+        await breaker.acquire()  # the freed slot: this caller is the probe now
     finally:
         await redis.aclose()
 
