@@ -579,12 +579,12 @@ async def run(args: argparse.Namespace) -> None:
                     "healthz_p99_idle_ms": p99_idle,
                     "healthz_p99_storm_ms": p99_storm,
                     "healthz_p99_ratio": p99_storm / p99_idle,
-                    # the machine's floor under that ratio: a bare round trip between two processes, at rest and
-                    # while raw argon2 fills the cores (prognet_dev/bench/roundtrip.py)
+                    # what the machine does to that ratio: a bare round trip between two processes (the answering
+                    # one hashing, as the API does), at rest and while raw argon2 fills the cores (roundtrip.py)
                     "round_trip_p99_idle_ms": rt_idle,
                     "round_trip_p99_argon2_ms": rt_argon2,
                     "round_trip_p99_ratio": rt_argon2 / rt_idle,
-                    # a probe is at least such a round trip: under the same load its p99 cannot be lower
+                    # a probe is such a round trip plus HTTP: under that load its p99 is not expected to be lower
                     "healthz_p99_ratio_floor": rt_argon2 / p99_idle,
                     "healthz_p99_out_of_reach": rt_argon2 / p99_idle > HEALTHZ_P99_TARGET,
                     # where the CPU goes: argon2 alone, and each process's share per login during the storm
@@ -725,7 +725,8 @@ async def run(args: argparse.Namespace) -> None:
             )
             print(
                 f"   /healthz p99 ratio <= {HEALTHZ_P99_TARGET:g}: floor {lf['healthz_p99_ratio_floor']:.1f} "
-                f"(a probe is at least a round trip: its p99 under argon2 / the idle /healthz p99): {reach}"
+                f"(a probe is a round trip plus HTTP: the round trip's p99 under argon2 / the idle /healthz "
+                f"p99): {reach}"
             )
             print(f"   CPU per raw argon2 verification           : {argon2_cpu:6.1f} ms")
             print(

@@ -46,8 +46,8 @@ def role_of(argv: list[str]) -> str | None:
         return "redis"
     if program == "py-spy":
         return PROFILER
-    if "prognet_dev.bench.roundtrip" in argv:
-        return "round trips"  # the logins section's echo process (a few µs of CPU per round trip)
+    if len(argv) > 1 and argv[1].endswith("prognet_dev/bench/roundtrip.py"):
+        return "round trips"  # the logins section's pinging client (a few µs of CPU per round trip)
     if "prognet_dev.bench.noop_workflow" in argv:
         return "noop-worker"  # the bare workflows' worker (the baselines' activities)
     for i, word in enumerate(argv):

@@ -1,19 +1,23 @@
 """The machine's own floor under a request's latency: a one-byte round trip between two processes.
 
-`with RoundTrips() as trips: <load>` pings an echo process over a socket pair every 20 ms from a thread of this
-process and keeps each round trip's seconds in `trips.latencies`. Nothing runs in between but the two wake-ups
-(the echo's, then the pinger's), so its p99 under a load is what the load does to any process's wake-up: a
-`/healthz` probe is the same round trip plus HTTP and the handler, so its p99 under that load cannot be lower.
+`with RoundTrips() as trips: <load>` answers, from a thread of this process, the pings a small client process
+sends over a socket pair every 20 ms, and `trips.latencies` holds each round trip's seconds once the block has
+ended. Nothing runs in between but two wake-ups: this process's (the answering thread) and the client's. That is
+the shape of a `/healthz` probe during a login storm, where the API (the answering process) is also the process
+that hashes; so the raw argon2 phase, which hashes in this process, is the load to measure it under. A probe adds
+HTTP and the handler to that round trip: its p99 under the same load is not expected to be lower.
 
-Why it is in the logins section: while argon2 fills every core (64 MiB per hash, memory-bound), a woken process
-waits for a core far more often than at rest, whatever priority the hashing runs at (measured here: argon2 at
-nice 0, nice 10 and SCHED_IDLE, in the same process or another session, gave the round trip's p99 2–4.6 ms
-against 0.2–0.35 at rest). The round trip's p99 under raw argon2, over `/healthz`'s idle p99, is the floor of
-the storm's `/healthz` p99 ratio.
+Why it is in the logins section: while argon2 fills every core (64 MiB per hash, memory-bound), a woken thread
+waits for a core far more often than at rest, whatever priority the hashing runs at (measured here, hashing in
+the answering process at nice 0, nice 10 or SCHED_IDLE: the round trip's p99 5.4–8 ms against 0.2–0.35 at rest).
+
+The client runs this file as a script (`python roundtrip.py FD INTERVAL`): standard library only, so it starts
+in moments and imports nothing of the bench.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -21,6 +25,8 @@ import threading
 import time
 
 PING_INTERVAL = 0.02
+TIMEOUT = 10.0  # no single round trip or shutdown waits longer: a stuck peer fails the measurement, not the run
+PING, STOP = b"p", b"s"
 
 
 class RoundTrips:
@@ -28,40 +34,66 @@ class RoundTrips:
         self.interval = interval
         self.latencies: list[float] = []
         self._stop = threading.Event()
-        self._ours, theirs = socket.socketpair()
-        self._echo = subprocess.Popen(
-            [sys.executable, "-m", "prognet_dev.bench.roundtrip", str(theirs.fileno())], pass_fds=[theirs.fileno()]
-        )
-        theirs.close()
-        self._pinger = threading.Thread(target=self._ping, name="round-trips", daemon=True)
-
-    def _ping(self) -> None:
-        while not self._stop.is_set():
-            start = time.perf_counter()
-            self._ours.sendall(b"x")
-            if not self._ours.recv(1):
-                raise RuntimeError("the echo process went away")
-            self.latencies.append(time.perf_counter() - start)
-            self._stop.wait(self.interval)
+        self._error: BaseException | None = None
 
     def __enter__(self) -> RoundTrips:
-        self._ours.sendall(b"x")  # the echo process is up and answering before the first timed round trip
-        self._ours.recv(1)
-        self._pinger.start()
+        ours, theirs = socket.socketpair()
+        ours.settimeout(TIMEOUT)
+        with theirs:
+            self._client = subprocess.Popen(
+                [sys.executable, __file__, str(theirs.fileno()), str(self.interval)],
+                pass_fds=[theirs.fileno()],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        self._sock = ours
+        self._answerer = threading.Thread(target=self._answer, name="round-trips", daemon=True)
+        self._answerer.start()
         return self
 
+    def _answer(self) -> None:
+        try:
+            while byte := self._sock.recv(1):
+                self._sock.sendall(STOP if self._stop.is_set() else byte)
+        except BaseException as exc:  # re-raised by __exit__: a broken measurement must not pass as a figure
+            self._error = exc
+
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._pinger.join()
-        self._ours.close()  # the echo process reads end-of-file and exits
-        self._echo.wait(timeout=10)
+        self._stop.set()  # the client's next ping is answered "stop": it sends its latencies and closes
+        try:
+            out, err = self._client.communicate(timeout=TIMEOUT + 5)
+        except subprocess.TimeoutExpired:
+            self._client.kill()
+            out, err = self._client.communicate()
+        finally:
+            self._answerer.join(TIMEOUT)
+            self._sock.close()
+        if self._error is not None:
+            raise RuntimeError("round trips: answering failed") from self._error
+        if self._client.returncode != 0:
+            raise RuntimeError(f"round trips: the client exited {self._client.returncode}: {err.decode()[-500:]}")
+        self.latencies = json.loads(out)
+
+    @property
+    def client_argv(self) -> list[str]:
+        return list(self._client.args)  # type: ignore[arg-type]
 
 
-def echo(fd: int) -> None:
+def ping(fd: int, interval: float) -> list[float]:
+    """The client: ping until answered "stop"; the seconds of every round trip answered with a ping."""
+    latencies: list[float] = []
     with socket.socket(fileno=fd) as sock:
-        while byte := sock.recv(1):
-            sock.sendall(byte)
+        sock.settimeout(TIMEOUT)
+        while True:
+            start = time.perf_counter()
+            sock.sendall(PING)
+            answer = sock.recv(1)
+            if answer != PING:
+                break  # STOP, or the answering side went away
+            latencies.append(time.perf_counter() - start)
+            time.sleep(interval)
+    return latencies
 
 
 if __name__ == "__main__":
-    echo(int(sys.argv[1]))
+    print(json.dumps(ping(int(sys.argv[1]), float(sys.argv[2]))))
