@@ -1,0 +1,74 @@
+"""argon2id hashes with reused memory: the same PHC strings as argon2-cffi, nothing of a password kept."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from argon2 import PasswordHasher, Type
+from argon2.low_level import ffi
+
+from prognet import argon2id
+
+FAST = (1, 64, 1)  # time_cost, memory_cost KiB, parallelism: a test-sized hash
+LIBRARY = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+
+
+def test_our_hashes_and_the_librarys_verify_each_other():
+    ours = argon2id.hash_password("correct horse", *FAST)
+    assert ours.startswith("$argon2id$v=19$m=64,t=1,p=1$")
+    assert LIBRARY.verify(ours, "correct horse")
+    assert argon2id.verify_password(ours, "correct horse")
+    assert argon2id.verify_password(LIBRARY.hash("correct horse"), "correct horse")
+    assert not argon2id.verify_password(ours, "correct horse ")
+    assert not argon2id.verify_password(LIBRARY.hash("correct horse"), "Correct horse")
+
+
+def test_lanes_and_non_ascii_passwords_hash_as_the_library_does():
+    ours = argon2id.hash_password("pässwörd ✓", 2, 256, 4)
+    assert PasswordHasher().verify(ours, "pässwörd ✓")
+    assert argon2id.verify_password(
+        PasswordHasher(time_cost=2, memory_cost=256, parallelism=4).hash("pässwörd ✓"), "pässwörd ✓"
+    )
+
+
+def test_each_hash_has_its_own_salt():
+    assert argon2id.hash_password("same", *FAST) != argon2id.hash_password("same", *FAST)
+
+
+def test_a_hash_of_another_type_is_verified_by_the_library():
+    argon2i = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1, type=Type.I).hash("secret")
+    assert argon2id.verify_password(argon2i, "secret")
+    assert not argon2id.verify_password(argon2i, "other")
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "",
+        "not a hash",
+        "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$",  # no tag
+        "$argon2id$v=19$m=64,t=1,p=1$!!!notbase64$YWJjZGVmZ2hpamtsbW5vcA",
+        "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$YWJjZGVmZ2hpamtsbW5vcA",  # salt shorter than 8 bytes
+        "$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcA",  # memory below 8 KiB per lane
+    ],
+)
+def test_anything_that_is_not_a_valid_hash_verifies_nothing(encoded):
+    assert argon2id.verify_password(encoded, "secret") is False
+
+
+def test_a_thread_reuses_one_block_and_it_holds_nothing_of_the_password_afterwards():
+    blocks = []
+
+    def hash_twice() -> None:
+        argon2id.hash_password("first secret", *FAST)
+        first = argon2id._memory.block
+        argon2id.verify_password(argon2id.hash_password("second secret", *FAST), "second secret")
+        blocks.extend([first, argon2id._memory.block])
+
+    thread = threading.Thread(target=hash_twice)
+    thread.start()
+    thread.join()
+    first, last = blocks
+    assert first is last  # mapped once, not per hash
+    assert bytes(ffi.buffer(last)) == bytes(len(last))  # wiped by libargon2 before it came back
