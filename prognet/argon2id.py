@@ -8,16 +8,19 @@ its process hashed, against 2.8–2.9 ms with the memory reused (a bare round tr
 a hash costs 22 % less CPU. libargon2 wipes the memory before it hands it back (its `clear_internal_memory`
 default), so what a thread keeps between hashes is zeros; each thread keeps one block (64 MiB by default).
 
-The encoded form is argon2's PHC string, `$argon2id$v=19$m=...,t=...,p=...$<salt>$<hash>`, exactly what
-argon2-cffi writes and reads: either verifies the other's hashes. A hash of another type or version is verified
-by argon2-cffi itself.
+The encoded form is argon2's PHC string, `$argon2id$v=19$m=...,t=...,p=...$<salt>$<hash>`, byte for byte what
+argon2-cffi writes: either verifies the other's hashes. Verification reads only that canonical form (no padding,
+no signs or leading zeros, parameters in that order); a hash of another type or version is verified by
+argon2-cffi itself. A hash whose memory is over `MAX_KEPT_KIB` is computed in a block of its own, released after.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
 import hmac
 import os
+import re
 import threading
 from typing import Any
 
@@ -27,23 +30,43 @@ from argon2.low_level import ARGON2_VERSION, Type, ffi, lib
 
 SALT_BYTES = 16
 HASH_BYTES = 32
-_PREFIX = "$argon2id$"
+MAX_KEPT_KIB = 256 * 1024  # a thread keeps a block up to this size between hashes (64 MiB by default settings)
+_PREFIX = f"$argon2id$v={ARGON2_VERSION}$"
+_CANONICAL = re.compile(
+    re.escape(_PREFIX)
+    + r"m=([1-9][0-9]{0,9}),t=([1-9][0-9]{0,9}),p=([1-9][0-9]{0,7})\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)"
+)
+_LIMIT = 2**32  # libargon2's time and memory costs are 32-bit
+_MAX_LANES = 0xFFFFFF
 
-_memory = threading.local()
+_memory = threading.local()  # .block: this thread's kept block; .oneoff: a larger one for the hash under way
 
 
-@ffi.callback("int(uint8_t **, size_t)")
+@ffi.callback("int(uint8_t **, size_t)", error=-1)
 def _allocate(memory: Any, size: int) -> int:
-    block = getattr(_memory, "block", None)
-    if block is None or len(block) < size:
-        block = _memory.block = ffi.new("uint8_t[]", size)
+    if size > MAX_KEPT_KIB * 1024:
+        block = _memory.oneoff = ffi.new("uint8_t[]", size)
+    else:
+        block = getattr(_memory, "block", None)
+        if block is None or len(block) < size:
+            block = _memory.block = ffi.new("uint8_t[]", size)
     memory[0] = block
     return 0  # ARGON2_OK
 
 
 @ffi.callback("void(uint8_t *, size_t)")
 def _keep(memory: Any, size: int) -> None:
-    """libargon2 has wiped it already; the thread keeps its block for the next hash."""
+    """libargon2 has wiped it already; the thread keeps its block for the next hash (a one-off goes)."""
+    _memory.oneoff = None
+
+
+def _wipe_blocks() -> None:
+    """After a failed hash: libargon2 wipes its memory only on success, so whatever it filled is cleared here."""
+    for name in ("block", "oneoff"):
+        block = getattr(_memory, name, None)
+        if block is not None:
+            ctypes.memset(int(ffi.cast("uintptr_t", block)), 0, len(block))
+    _memory.oneoff = None
 
 
 def _tag(password: bytes, salt: bytes, time_cost: int, memory_cost: int, parallelism: int, length: int) -> bytes:
@@ -74,6 +97,7 @@ def _tag(password: bytes, salt: bytes, time_cost: int, memory_cost: int, paralle
     )
     code = lib.argon2_ctx(context, Type.ID.value)
     if code != lib.ARGON2_OK:
+        _wipe_blocks()
         raise argon2.exceptions.HashingError(ffi.string(lib.argon2_error_message(code)).decode("ascii"))
     return bytes(ffi.buffer(out, length))
 
@@ -89,18 +113,29 @@ def _unb64(text: str) -> bytes:
 def hash_password(password: str, time_cost: int, memory_cost: int, parallelism: int) -> str:
     salt = os.urandom(SALT_BYTES)
     tag = _tag(password.encode(), salt, time_cost, memory_cost, parallelism, HASH_BYTES)
-    return f"{_PREFIX}v={ARGON2_VERSION}$m={memory_cost},t={time_cost},p={parallelism}${_b64(salt)}${_b64(tag)}"
+    return f"{_PREFIX}m={memory_cost},t={time_cost},p={parallelism}${_b64(salt)}${_b64(tag)}"
 
 
 def verify_password(encoded: str, password: str) -> bool:
     """True if `password` is the one `encoded` was made from; False for any other, or a hash that is not one."""
     try:
-        params = argon2.extract_parameters(encoded)
-        if params.type is not Type.ID or params.version != ARGON2_VERSION or not encoded.startswith(_PREFIX):
-            return argon2.PasswordHasher.from_parameters(params).verify(encoded, password)
-        salt_text, tag_text = encoded.rsplit("$", 2)[1:]
+        if not encoded.startswith(_PREFIX):  # another type or version: argon2-cffi's to verify
+            return argon2.PasswordHasher.from_parameters(argon2.extract_parameters(encoded)).verify(encoded, password)
+        match = _CANONICAL.fullmatch(encoded)
+        if match is None:
+            return False
+        m, t, p = (int(group) for group in match.group(1, 2, 3))
+        salt_text, tag_text = match.group(4, 5)
         salt, expected = _unb64(salt_text), _unb64(tag_text)
-        tag = _tag(password.encode(), salt, params.time_cost, params.memory_cost, params.parallelism, len(expected))
-    except (InvalidHashError, VerificationError, ValueError, argon2.exceptions.HashingError):
+        if (
+            not (8 * p <= m < _LIMIT and t < _LIMIT and p <= _MAX_LANES)
+            or len(salt) < 8
+            or len(expected) < 4
+            or _b64(salt) != salt_text
+            or _b64(expected) != tag_text
+        ):
+            return False
+        tag = _tag(password.encode(), salt, t, m, p, len(expected))
+    except (InvalidHashError, VerificationError, ValueError, OverflowError, argon2.exceptions.HashingError):
         return False
     return hmac.compare_digest(tag, expected)

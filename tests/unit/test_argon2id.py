@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
 from argon2 import PasswordHasher, Type
 from argon2.low_level import ffi
 
-from prognet import argon2id
+from prognet import argon2id, passwords
+from prognet.settings import Settings
 
 FAST = (1, 64, 1)  # time_cost, memory_cost KiB, parallelism: a test-sized hash
 LIBRARY = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+SMALL = {"argon2_time_cost": 1, "argon2_memory_cost_kib": 64, "argon2_parallelism": 1}
 
 
 def test_our_hashes_and_the_librarys_verify_each_other():
@@ -72,3 +75,53 @@ def test_a_thread_reuses_one_block_and_it_holds_nothing_of_the_password_afterwar
     first, last = blocks
     assert first is last  # mapped once, not per hash
     assert bytes(ffi.buffer(last)) == bytes(len(last))  # wiped by libargon2 before it came back
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHRzYWx0c2FsdA=$YWJjZGVmZ2hpamtsbW5vcA",  # padding
+        "$argon2id$v=19$m=064,t=1,p=1$c2FsdHNhbHRzYWx0c2FsdA$YWJjZGVmZ2hpamtsbW5vcA",  # leading zero
+        "$argon2id$v=19$t=1,m=64,p=1$c2FsdHNhbHRzYWx0c2FsdA$YWJjZGVmZ2hpamtsbW5vcA",  # order
+        "$argon2id$v=+19$m=64,t=1,p=1$c2FsdHNhbHRzYWx0c2FsdA$YWJjZGVmZ2hpamtsbW5vcA",  # sign
+        "$argon2id$v=19$m=64,t=1,p=-1$c2FsdHNhbHRzYWx0c2FsdA$YWJjZGVmZ2hpamtsbW5vcA",
+        "$argon2id$v=19$m=4294967296,t=1,p=1$c2FsdHNhbHRzYWx0c2FsdA$YWJjZGVmZ2hpamtsbW5vcA",  # over 32 bits
+        "$argon2id$v=19$m=64,t=4294967296,p=1$c2FsdHNhbHRzYWx0c2FsdA$YWJjZGVmZ2hpamtsbW5vcA",
+    ],
+)
+def test_only_the_canonical_form_is_read_and_out_of_range_costs_verify_nothing(encoded):
+    assert argon2id.verify_password(encoded, "secret") is False
+
+
+def test_a_canonical_hash_rewritten_with_padding_no_longer_verifies():
+    ours = argon2id.hash_password("secret", *FAST)
+    assert argon2id.verify_password(ours, "secret")
+    assert not argon2id.verify_password(ours + "=", "secret")
+
+
+def test_memory_over_the_kept_size_is_a_one_off(monkeypatch):
+    monkeypatch.setattr(argon2id, "MAX_KEPT_KIB", 32)
+    kept = []
+
+    def hash_big() -> None:
+        assert argon2id.verify_password(argon2id.hash_password("secret", 1, 64, 1), "secret")
+        kept.extend([getattr(argon2id._memory, "block", None), argon2id._memory.oneoff])
+
+    thread = threading.Thread(target=hash_big)
+    thread.start()
+    thread.join()
+    assert kept == [None, None]  # the 64 KiB block went with its hash
+
+
+def test_the_event_loop_never_hashes_not_even_the_dummy_for_an_unknown_email():
+    passwords._dummy_hash.cache_clear()
+    on_loop = []
+
+    def login_with_unknown_email() -> None:
+        asyncio.run(passwords.verify_against_dummy(Settings(**SMALL), "a guess"))
+        on_loop.append(getattr(argon2id._memory, "block", None))
+
+    thread = threading.Thread(target=login_with_unknown_email)
+    thread.start()
+    thread.join()
+    assert on_loop == [None]  # made and verified on a hashing thread
