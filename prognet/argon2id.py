@@ -42,7 +42,6 @@ _MAX_LANES = 0xFFFFFF
 _memory = threading.local()  # .block: this thread's kept block; .oneoff: a larger one for the hash under way
 
 
-@ffi.callback("int(uint8_t **, size_t)", error=-1)
 def _allocate(memory: Any, size: int) -> int:
     if size > MAX_KEPT_KIB * 1024:
         block = _memory.oneoff = ffi.new("uint8_t[]", size)
@@ -54,10 +53,16 @@ def _allocate(memory: Any, size: int) -> int:
     return 0  # ARGON2_OK
 
 
-@ffi.callback("void(uint8_t *, size_t)")
 def _keep(memory: Any, size: int) -> None:
     """libargon2 has wiped it already; the thread keeps its block for the next hash (a one-off goes)."""
     _memory.oneoff = None
+
+
+try:
+    ALLOCATE: Any = ffi.callback("int(uint8_t **, size_t)", _allocate, error=-1)
+    KEEP: Any = ffi.callback("void(uint8_t *, size_t)", _keep)
+except MemoryError:  # a host that refuses writable+executable memory to cffi: libargon2 maps memory per hash
+    ALLOCATE = KEEP = ffi.NULL
 
 
 def _wipe_blocks() -> None:
@@ -90,8 +95,8 @@ def _tag(password: bytes, salt: bytes, time_cost: int, memory_cost: int, paralle
             "lanes": parallelism,
             "threads": parallelism,
             "version": ARGON2_VERSION,
-            "allocate_cbk": _allocate,
-            "free_cbk": _keep,
+            "allocate_cbk": ALLOCATE,
+            "free_cbk": KEEP,
             "flags": lib.ARGON2_DEFAULT_FLAGS,
         },
     )
