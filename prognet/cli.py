@@ -283,6 +283,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings(args)
     import uvicorn
 
+    from api.http_protocol import HttpProtocol
+
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     uvicorn.run(
@@ -290,6 +292,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         factory=True,
         host=host,
         port=port,
+        http=HttpProtocol,  # httptools, a response's head and body in one write
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's own records go through the app's handler (prognet.logs), JSON or text
         access_log=False,  # the app writes its own access line (api/request_log.py), with the trace id
