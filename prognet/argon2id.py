@@ -12,6 +12,10 @@ The encoded form is argon2's PHC string, `$argon2id$v=19$m=...,t=...,p=...$<salt
 argon2-cffi writes: either verifies the other's hashes. Verification reads only that canonical form (no padding,
 no signs or leading zeros, parameters in that order); a hash of another type or version is verified by
 argon2-cffi itself. A hash whose memory is over `MAX_KEPT_KIB` is computed in a block of its own, released after.
+
+How many threads fill a hash's lanes is the caller's choice (`threads`; the hash does not depend on it): libargon2
+starts and joins that many threads for every slice of every pass, 12 rounds per hash at t=3, where one thread
+fills the lanes in turn. prognet/passwords.py uses one thread per hash while other hashes run.
 """
 
 from __future__ import annotations
@@ -74,7 +78,9 @@ def _wipe_blocks() -> None:
     _memory.oneoff = None
 
 
-def _tag(password: bytes, salt: bytes, time_cost: int, memory_cost: int, parallelism: int, length: int) -> bytes:
+def _tag(
+    password: bytes, salt: bytes, time_cost: int, memory_cost: int, parallelism: int, length: int, threads: int
+) -> bytes:
     out = ffi.new("uint8_t[]", length)
     pwd, salt_buf = ffi.new("uint8_t[]", password), ffi.new("uint8_t[]", salt)
     context = ffi.new(
@@ -93,7 +99,7 @@ def _tag(password: bytes, salt: bytes, time_cost: int, memory_cost: int, paralle
             "t_cost": time_cost,
             "m_cost": memory_cost,
             "lanes": parallelism,
-            "threads": parallelism,
+            "threads": max(1, min(threads, parallelism)),
             "version": ARGON2_VERSION,
             "allocate_cbk": ALLOCATE,
             "free_cbk": KEEP,
@@ -115,13 +121,14 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
-def hash_password(password: str, time_cost: int, memory_cost: int, parallelism: int) -> str:
+def hash_password(password: str, time_cost: int, memory_cost: int, parallelism: int, threads: int = 1) -> str:
+    """`parallelism` lanes (part of the hash), filled by up to `threads` threads (any number: the same hash)."""
     salt = os.urandom(SALT_BYTES)
-    tag = _tag(password.encode(), salt, time_cost, memory_cost, parallelism, HASH_BYTES)
+    tag = _tag(password.encode(), salt, time_cost, memory_cost, parallelism, HASH_BYTES, threads)
     return f"{_PREFIX}m={memory_cost},t={time_cost},p={parallelism}${_b64(salt)}${_b64(tag)}"
 
 
-def verify_password(encoded: str, password: str) -> bool:
+def verify_password(encoded: str, password: str, threads: int = 1) -> bool:
     """True if `password` is the one `encoded` was made from; False for any other, or a hash that is not one."""
     try:
         if not encoded.startswith(_PREFIX):  # another type or version: argon2-cffi's to verify
@@ -140,7 +147,7 @@ def verify_password(encoded: str, password: str) -> bool:
             or _b64(expected) != tag_text
         ):
             return False
-        tag = _tag(password.encode(), salt, t, m, p, len(expected))
+        tag = _tag(password.encode(), salt, t, m, p, len(expected), threads)
     except (InvalidHashError, VerificationError, ValueError, OverflowError, argon2.exceptions.HashingError):
         return False
     return hmac.compare_digest(tag, expected)

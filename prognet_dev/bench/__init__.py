@@ -228,8 +228,8 @@ def bench_raw_argon2(n: int) -> float:
 
 
 def argon2_hash_cpu_ms(n: int = 4) -> float:
-    """CPU ms of one argon2 hash as the API makes it (work a registration cannot skip), measured here: the
-    bench's process CPU across n hashes run in a row (libargon2's lane threads included)."""
+    """CPU ms of one argon2 hash as the API makes it while other hashes run (one thread, its memory block kept):
+    work a registration cannot skip, measured here as the bench's process CPU across n hashes in a row."""
     from prognet import argon2id
     from prognet.passwords import parameters
     from prognet.settings import Settings

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 from argon2 import PasswordHasher, Type
-from argon2.low_level import ffi
+from argon2.low_level import ffi, hash_secret_raw
 
 from prognet import argon2id, passwords
 from prognet.settings import Settings
@@ -33,6 +33,37 @@ def test_lanes_and_non_ascii_passwords_hash_as_the_library_does():
     assert argon2id.verify_password(
         PasswordHasher(time_cost=2, memory_cost=256, parallelism=4).hash("pässwörd ✓"), "pässwörd ✓"
     )
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4, 9])
+def test_the_number_of_threads_does_not_change_the_hash(threads):
+    salt = b"saltsaltsaltsalt"
+    expected = hash_secret_raw(b"lanes", salt, 2, 256, 4, 32, Type.ID)
+    assert argon2id._tag(b"lanes", salt, 2, 256, 4, 32, threads) == expected
+    ours = argon2id.hash_password("lanes", 2, 256, 4, threads=threads)
+    assert argon2id.verify_password(ours, "lanes", threads=1) and argon2id.verify_password(ours, "lanes", threads=4)
+
+
+def test_a_hash_gets_a_thread_per_core_alone_and_one_while_others_run():
+    with passwords._lane_threads() as alone, passwords._lane_threads() as second, passwords._lane_threads() as third:
+        pass
+    assert (alone, second, third) == (passwords.CORES, 1, 1)
+    with pytest.raises(RuntimeError), passwords._lane_threads():
+        raise RuntimeError("a failed hash")
+    with passwords._lane_threads() as again:  # nothing left counted as running
+        assert again == passwords.CORES
+
+
+async def test_the_api_hashes_with_the_threads_it_is_given(monkeypatch):
+    seen = []
+    real = argon2id.verify_password
+    monkeypatch.setattr(argon2id, "verify_password", lambda *a: seen.append(a[2]) or real(*a))
+    digest = argon2id.hash_password("pw", *FAST)
+    settings = Settings(**SMALL)
+    assert await passwords.verify_password(settings, digest, "pw")
+    with passwords._lane_threads():  # another hash under way
+        assert await passwords.verify_password(settings, digest, "pw")
+    assert seen == [passwords.CORES, 1]
 
 
 def test_each_hash_has_its_own_salt():
