@@ -4,12 +4,15 @@
 sends over a socket pair every 20 ms, and `trips.latencies` holds each round trip's seconds once the block has
 ended. Nothing runs in between but two wake-ups: this process's (the answering thread) and the client's. That is
 the shape of a `/healthz` probe during a login storm, where the API (the answering process) is also the process
-that hashes; so the raw argon2 phase, which hashes in this process, is the load to measure it under. A probe adds
-HTTP and the handler to that round trip: its p99 under the same load is not expected to be lower.
+that hashes; so the load to measure it under is this process hashing as the API does (`hash_as_the_api_does` in
+the bench). A probe adds HTTP and the handler to that round trip: its p99 under the same load is not expected to
+be lower.
 
-Why it is in the logins section: while argon2 fills every core (64 MiB per hash, memory-bound), a woken thread
-waits for a core far more often than at rest, whatever priority the hashing runs at (measured here, hashing in
-the answering process at nice 0, nice 10 or SCHED_IDLE: the round trip's p99 5.4–8 ms against 0.2–0.35 at rest).
+Why it is in the logins section: how argon2 is run decides what a woken thread waits. Hashed as argon2-cffi does
+(a fresh 64 MiB mapping per hash, faulted in by the kernel, and libargon2 starting and joining a thread per lane
+for every slice), the round trip's p99 was 5.4-8 ms against 0.2-0.35 at rest, whatever the hashing's priority
+(nice 0, nice 10 or SCHED_IDLE); with the memory reused, 2.4-2.9 ms; with one thread per hash as well (the API
+now), 0.13-0.19 ms, as at rest. The rest of a storm's slow probes is the API's own: see api/http_protocol.py.
 
 The client runs this file as a script (`python roundtrip.py FD INTERVAL`): standard library only, so it starts
 in moments and imports nothing of the bench.
