@@ -32,7 +32,16 @@ def lower_thread_priority() -> None:
 
 # libargon2 runs without the GIL; one thread per core keeps the CPU busy without thrashing memory, and bounds the
 # hashes running at once to the cores (the rest wait in the executor's queue, not in the scheduler's).
-CORES = os.cpu_count() or 2
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset or `taskset`), not the host's: each hashing thread
+    keeps a `memory_cost` block (64 MiB), so a pool sized for a 64-core host would keep 4 GiB."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 2
+
+
+CORES = usable_cores()
 _EXECUTOR = ThreadPoolExecutor(max_workers=CORES, thread_name_prefix="argon2", initializer=lower_thread_priority)
 
 _running = 0  # hashes being computed on the hashing threads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
@@ -156,3 +157,7 @@ def test_the_event_loop_never_hashes_not_even_the_dummy_for_an_unknown_email():
     thread.start()
     thread.join()
     assert on_loop == [None]  # made and verified on a hashing thread
+
+
+def test_the_hashing_pool_is_sized_to_the_cores_this_process_may_use():
+    assert passwords.CORES == len(os.sched_getaffinity(0)) == passwords._EXECUTOR._max_workers
