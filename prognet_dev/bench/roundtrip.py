@@ -71,10 +71,13 @@ class RoundTrips:
         finally:
             self._answerer.join(TIMEOUT)
             self._sock.close()
+        # A client that died is the cause to report: the answering side then fails or sees the end, by timing.
+        if self._client.returncode != 0:
+            raise RuntimeError(
+                f"round trips: the client exited {self._client.returncode}: {err.decode()[-500:]}"
+            ) from self._error
         if self._error is not None:
             raise RuntimeError("round trips: answering failed") from self._error
-        if self._client.returncode != 0:
-            raise RuntimeError(f"round trips: the client exited {self._client.returncode}: {err.decode()[-500:]}")
         self.latencies = json.loads(out)
 
     @property
