@@ -30,18 +30,18 @@ def lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + ARGON2_NICENESS))
 
 
-# libargon2 runs without the GIL; one thread per core keeps the CPU busy without thrashing memory, and bounds the
-# hashes running at once to the cores (the rest wait in the executor's queue, not in the scheduler's).
 def usable_cores() -> int:
     """The cores this process may run on (a container's cpuset or `taskset`), not the host's: each hashing thread
     keeps a `memory_cost` block (64 MiB), so a pool sized for a 64-core host would keep 4 GiB."""
     try:
         return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 2
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 CORES = usable_cores()
+# libargon2 runs without the GIL; one thread per core keeps the CPU busy without thrashing memory, and bounds the
+# hashes running at once to the cores (the rest wait in the executor's queue, not in the scheduler's).
 _EXECUTOR = ThreadPoolExecutor(max_workers=CORES, thread_name_prefix="argon2", initializer=lower_thread_priority)
 
 _running = 0  # hashes being computed on the hashing threads
@@ -84,7 +84,7 @@ def _hasher(time_cost: int, memory_cost: int, parallelism: int) -> PasswordHashe
 
 
 def hasher(settings: Settings) -> PasswordHasher:
-    return _hasher(settings.argon2_time_cost, settings.argon2_memory_cost_kib, settings.argon2_parallelism)
+    return _hasher(*parameters(settings))
 
 
 def parameters(settings: Settings) -> tuple[int, int, int]:

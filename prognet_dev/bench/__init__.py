@@ -216,13 +216,13 @@ async def bench_shaped_workflows(
 def bench_raw_argon2(n: int) -> float:
     """Seconds for n argon2 verifications the way argon2-cffi makes them (a fresh `memory_cost` mapping each),
     spread over one thread per core at the API's lowered priority."""
-    from prognet.passwords import hasher, lower_thread_priority
+    from prognet.passwords import CORES, hasher, lower_thread_priority
     from prognet.settings import Settings
 
     ph = hasher(Settings())
     digest = ph.hash(BENCH_PASSWORD)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2, initializer=lower_thread_priority) as pool:
+    with ThreadPoolExecutor(max_workers=CORES, initializer=lower_thread_priority) as pool:
         list(pool.map(lambda _: ph.verify(digest, BENCH_PASSWORD), range(n)))
     return time.perf_counter() - start
 
@@ -231,11 +231,11 @@ async def hash_as_the_api_does(n: int) -> None:
     """n verifications through the API's own hashing (prognet/passwords.py: its pool of one thread per core at
     the lowered priority, one thread per hash while others run, each thread's memory block kept), all submitted
     at once as a login storm's would be."""
-    from prognet import argon2id, passwords
+    from prognet import passwords
     from prognet.settings import Settings
 
     settings = Settings()
-    digest = argon2id.hash_password(BENCH_PASSWORD, *passwords.parameters(settings))
+    digest = await passwords.hash_password(settings, BENCH_PASSWORD)
     await asyncio.gather(*(passwords.verify_password(settings, digest, BENCH_PASSWORD) for _ in range(n)))
 
 
@@ -436,7 +436,7 @@ def _print_saga(
 
 async def run(args: argparse.Namespace) -> None:
     from prognet_dev import EmbeddedStack, stack_settings
-    from prognet_dev.bench.cpu import CpuMeter, section_cpu, settle
+    from prognet_dev.bench.cpu import CpuMeter, cores, section_cpu, settle
     from prognet_dev.bench.profile import Profiles
     from prognet_dev.bench.services import ServiceProcesses
     from prognet_dev.bench.shape import journey_shape, saga_section
@@ -719,7 +719,7 @@ async def run(args: argparse.Namespace) -> None:
         if 2 in sections:
             lf = figures["logins"]
             print(f"2. logins ({args.logins}, concurrency {args.login_concurrency})")
-            print(f"   raw argon2 verifications ({os.cpu_count()} threads)     : {raw_rate:8.1f} /s")
+            print(f"   raw argon2 verifications ({cores()} threads)     : {raw_rate:8.1f} /s")
             print(
                 f"   logins through HTTP                       : {login_rate:8.1f} /s"
                 f"   ratio {lf['ratio']:.2f} of raw argon2"

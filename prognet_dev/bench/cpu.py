@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prognet.passwords import usable_cores
+
 _PROC = Path("/proc")
 CLIENT = "bench client"  # this process: HTTP and Temporal clients, Maildir polling
 PROFILER = "profiler"  # py-spy (`--profile`): shown, but not part of a journey's total
@@ -154,10 +156,7 @@ def busy_share(before: tuple[float, float] | None, after: tuple[float, float] | 
 
 def cores() -> int:
     """The cores this process may run on (its affinity), which its children inherit."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 @dataclass

@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp
 
 from api.app import create_app
+from api.http_protocol import HttpProtocol
 from models.event_stream import StreamEvent, tenant_stream, user_stream
 from prognet.settings import Settings
 from tests.api.conftest import Account, insert_user, login
@@ -48,17 +49,23 @@ class _Server(uvicorn.Server):
 
 
 @asynccontextmanager
-async def serve(settings: Settings, send_buffer: int | None = None, app: FastAPI | None = None) -> AsyncIterator[str]:
-    """The API under uvicorn on a free port, in this event loop (httpx's ASGI transport does not stream).
-    `send_buffer` fixes the kernel's send buffer of its connections (else it grows to megabytes); `app` is the
-    application to serve (default: one made from `settings`)."""
+async def serve(
+    settings: Settings | None = None, send_buffer: int | None = None, app: ASGIApp | None = None
+) -> AsyncIterator[str]:
+    """The API under uvicorn on a free port, in this event loop (httpx's ASGI transport does not stream), with
+    the HTTP protocol `prognet api` runs (api/http_protocol.py). `send_buffer` fixes the kernel's send buffer of
+    its connections (else it grows to megabytes); `app` is the ASGI application to serve (default: the API made
+    from `settings`)."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if send_buffer is not None:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # accepted sockets inherit it
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    config = uvicorn.Config(app or create_app(settings), log_level="warning", timeout_graceful_shutdown=1)
+    if app is None:
+        assert settings is not None, "serve() needs the settings of the API, or an app"
+        app = create_app(settings)
+    config = uvicorn.Config(app, http=HttpProtocol, log_level="warning", timeout_graceful_shutdown=1)
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:

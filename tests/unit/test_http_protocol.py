@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from api.http_protocol import HeadWithBody, HttpProtocol
+from api.http_protocol import HeadWithBody
+from tests.support.sse import serve
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
@@ -109,20 +108,9 @@ def _app() -> Starlette:
 
 @contextlib.asynccontextmanager
 async def _server():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(_app(), host="127.0.0.1", port=port, http=HttpProtocol, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        await task
+    """The test app served as `prognet api` serves the API (tests/support/sse.py): yields its port."""
+    async with serve(app=_app()) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
