@@ -21,6 +21,8 @@ from prognet.passwords import usable_cores
 _PROC = Path("/proc")
 CLIENT = "bench client"  # this process: HTTP and Temporal clients, Maildir polling
 PROFILER = "profiler"  # py-spy (`--profile`): shown, but not part of a journey's total
+ROUND_TRIPS = "round trips"  # the logins section's bare round trips (roundtrip.py): measuring, not measured
+NOT_COUNTED = (PROFILER, ROUND_TRIPS)
 OTHER = "other"  # a child of this process whose role is unknown
 QUIET_CORES = 0.1  # the embedded stack at rest (pollers, schedules, consumers blocking on Redis): 0.01-0.03
 # `prognet <subcommand>` (or `python -m prognet.cli <subcommand>`) → role
@@ -49,7 +51,7 @@ def role_of(argv: list[str]) -> str | None:
     if program == "py-spy":
         return PROFILER
     if len(argv) > 1 and argv[1].endswith("prognet_dev/bench/roundtrip.py"):
-        return "round trips"  # the logins section's pinging client (a few µs of CPU per round trip)
+        return ROUND_TRIPS  # its pinging client and answering process (a few µs of CPU per round trip)
     if "prognet_dev.bench.noop_workflow" in argv:
         return "noop-worker"  # the bare workflows' worker (the baselines' activities)
     for i, word in enumerate(argv):
@@ -97,6 +99,17 @@ def attribute(samples: dict[int, ProcSample], root: int) -> dict[str, float]:
     return totals
 
 
+def main_thread_cpu(pid: int) -> float | None:
+    """CPU seconds so far of a process's main thread (the API's event loop: its hashing runs on other threads),
+    or None when the process is gone."""
+    try:
+        text = (_PROC / str(pid) / "task" / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    utime, stime = (int(x) for x in text[text.rindex(")") + 2 :].split()[11:13])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_by_role() -> dict[str, float]:
     """CPU seconds so far of this process ("bench client") and its descendants, summed by role."""
     if not _PROC.is_dir():
@@ -108,7 +121,7 @@ def cpu_by_role() -> dict[str, float]:
 
 def stack_cpu() -> float:
     """CPU seconds so far of the processes the bench started (the bench client and the profiler left out)."""
-    return sum(seconds for role, seconds in cpu_by_role().items() if role not in (CLIENT, PROFILER))
+    return sum(seconds for role, seconds in cpu_by_role().items() if role != CLIENT and role not in NOT_COUNTED)
 
 
 async def settle(quiet_cores: float = QUIET_CORES, window: float = 0.5, timeout: float = 60.0) -> float:
@@ -171,8 +184,8 @@ class CpuPhase:
 
     @property
     def total_ms(self) -> float:
-        """Every role's CPU but the profiler's: what the journey itself costs."""
-        return round(sum(ms for role, ms in self.ms_per_unit.items() if role != PROFILER), 1)
+        """Every role's CPU but the measuring instruments': what the journey itself costs."""
+        return round(sum(ms for role, ms in self.ms_per_unit.items() if role not in NOT_COUNTED), 1)
 
     @property
     def utilisation(self) -> float:
@@ -198,9 +211,10 @@ class CpuPhase:
         }
 
     def line(self, label: str, unit: str = "journey") -> str:
-        roles = ", ".join(f"{role} {ms:.1f}" for role, ms in self.ms_per_unit.items() if role != PROFILER)
-        if PROFILER in self.ms_per_unit:
-            roles += f"; not counted: {PROFILER} {self.ms_per_unit[PROFILER]:.1f}"
+        roles = ", ".join(f"{role} {ms:.1f}" for role, ms in self.ms_per_unit.items() if role not in NOT_COUNTED)
+        instruments = [f"{role} {self.ms_per_unit[role]:.1f}" for role in NOT_COUNTED if role in self.ms_per_unit]
+        if instruments:
+            roles += "; not counted: " + ", ".join(instruments)
         machine = "" if self.machine_busy is None else f", machine {self.machine_busy:.0%} busy"
         return (
             f"   CPU/{unit} {label:<10}: {self.total_ms:7.1f} ms ({roles}); "
@@ -302,7 +316,9 @@ class CpuBudget:
     def excess_by_role(self, top: int = 4) -> dict[str, float]:
         """Where the journey spends more than the baseline: ms per journey by role, most first."""
         baseline, journey = self.baseline.ms_per_unit, self.journey.ms_per_unit
-        extra = {role: round(ms - baseline.get(role, 0.0), 1) for role, ms in journey.items() if role != PROFILER}
+        extra = {
+            role: round(ms - baseline.get(role, 0.0), 1) for role, ms in journey.items() if role not in NOT_COUNTED
+        }
         return dict(sorted(((r, ms) for r, ms in extra.items() if ms > 0), key=lambda x: -x[1])[:top])
 
     def figures(self) -> dict[str, object]:

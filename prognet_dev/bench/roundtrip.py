@@ -14,13 +14,18 @@ for every slice), the round trip's p99 was 5.4-8 ms against 0.2-0.35 at rest, wh
 (nice 0, nice 10 or SCHED_IDLE); with the memory reused, 2.4-2.9 ms; with one thread per hash as well (the API
 now), 0.13-0.19 ms, as at rest. The rest of a storm's slow probes is the API's own: see api/http_protocol.py.
 
-The client runs this file as a script (`python roundtrip.py FD INTERVAL`): standard library only, so it starts
-in moments and imports nothing of the bench.
+`RoundTrips(own_process=True)` answers from a process of its own instead (nothing else in it): run during the
+login storm, it measures what the storm's load alone does to two bare wake-ups, with nothing of the API's own
+work in them.
+
+The client and that answering process run this file as a script (`python roundtrip.py FD INTERVAL`,
+`python roundtrip.py answer FD`): standard library only, so they start in moments and import nothing of the bench.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -30,11 +35,14 @@ import time
 PING_INTERVAL = 0.02
 TIMEOUT = 10.0  # no single round trip or shutdown waits longer: a stuck peer fails the measurement, not the run
 PING, STOP = b"p", b"s"
+READY = b"ready\n"
 
 
 class RoundTrips:
-    def __init__(self, interval: float = PING_INTERVAL) -> None:
+    def __init__(self, interval: float = PING_INTERVAL, own_process: bool = False) -> None:
         self.interval = interval
+        self.own_process = own_process
+        self._answering: subprocess.Popen[bytes] | None = None
         self.latencies: list[float] = []
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -42,17 +50,27 @@ class RoundTrips:
     def __enter__(self) -> RoundTrips:
         ours, theirs = socket.socketpair()
         ours.settimeout(TIMEOUT)
+        if self.own_process:
+            with ours:
+                self._answering = self._start([__file__, "answer", str(ours.fileno())], ours)
+            # it says so once a SIGTERM makes it answer "stop" (before that, the signal would just kill it)
+            assert self._answering.stdout is not None
+            if self._answering.stdout.readline() != READY:
+                self._answering.kill()
+                raise RuntimeError("round trips: the answering process did not start")
+        else:
+            self._sock = ours
+            self._answerer = threading.Thread(target=self._answer, name="round-trips", daemon=True)
+            self._answerer.start()
         with theirs:
-            self._client = subprocess.Popen(
-                [sys.executable, __file__, str(theirs.fileno()), str(self.interval)],
-                pass_fds=[theirs.fileno()],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        self._sock = ours
-        self._answerer = threading.Thread(target=self._answer, name="round-trips", daemon=True)
-        self._answerer.start()
+            self._client = self._start([__file__, str(theirs.fileno()), str(self.interval)], theirs)
         return self
+
+    @staticmethod
+    def _start(args: list[str], sock: socket.socket) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, *args], pass_fds=[sock.fileno()], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
 
     def _answer(self) -> None:
         try:
@@ -62,6 +80,9 @@ class RoundTrips:
             self._error = exc
 
     def __exit__(self, *exc: object) -> None:
+        if self._answering is not None:
+            self._exit_own_process()
+            return
         self._stop.set()  # the client's next ping is answered "stop": it sends its latencies and closes
         try:
             out, err = self._client.communicate(timeout=TIMEOUT + 5)
@@ -78,6 +99,25 @@ class RoundTrips:
             ) from self._error
         if self._error is not None:
             raise RuntimeError("round trips: answering failed") from self._error
+        self.latencies = json.loads(out)
+
+    def _exit_own_process(self) -> None:
+        assert self._answering is not None
+        self._answering.send_signal(signal.SIGTERM)  # its next answer is "stop"
+        try:
+            out, err = self._client.communicate(timeout=TIMEOUT + 5)
+            _, answering_err = self._answering.communicate(timeout=TIMEOUT + 5)
+        except subprocess.TimeoutExpired:
+            self._client.kill()
+            self._answering.kill()
+            raise RuntimeError("round trips: a process did not stop") from None
+        # the answering process first: when it dies, the client fails too (a reset) or sees the end, by timing
+        for name, process, errors in (
+            ("answering process", self._answering, answering_err),
+            ("client", self._client, err),
+        ):
+            if process.returncode != 0:
+                raise RuntimeError(f"round trips: the {name} exited {process.returncode}: {errors.decode()[-500:]}")
         self.latencies = json.loads(out)
 
     @property
@@ -101,5 +141,27 @@ def ping(fd: int, interval: float) -> list[float]:
     return latencies
 
 
+def answer(fd: int) -> None:
+    """The answering process: echo every ping until SIGTERM, then answer the next one "stop" and exit."""
+    stopping = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    sys.stdout.buffer.write(READY)
+    sys.stdout.flush()
+    with socket.socket(fileno=fd) as sock:
+        sock.settimeout(TIMEOUT)
+        while byte := sock.recv(1):  # a signal interrupts the wait; the wait goes on (PEP 475)
+            sock.sendall(STOP if stopping else byte)
+            if stopping:
+                return
+
+
 if __name__ == "__main__":
-    print(json.dumps(ping(int(sys.argv[1]), float(sys.argv[2]))))
+    if sys.argv[1] == "answer":
+        answer(int(sys.argv[2]))
+    else:
+        print(json.dumps(ping(int(sys.argv[1]), float(sys.argv[2]))))

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -18,6 +19,7 @@ from prognet_dev.bench.cpu import (
     CLIENT,
     OTHER,
     PROFILER,
+    ROUND_TRIPS,
     CpuBudget,
     CpuMeter,
     CpuPhase,
@@ -27,6 +29,7 @@ from prognet_dev.bench.cpu import (
     busy_share,
     cpu_by_role,
     machine_times,
+    main_thread_cpu,
     role_of,
     section_cpu,
     settle,
@@ -97,6 +100,36 @@ def test_the_profilers_cpu_is_shown_but_not_the_journeys() -> None:
     assert phase.figures()["machine_busy"] == 0.9
     naive = CpuPhase(units=1, wall_s=1.0, cores=2, ms_per_unit={"worker": 40.0})
     assert CpuBudget("naive_ratio >= 1", 1.0, naive, phase).excess_by_role() == {"worker": 60.0}
+
+
+def test_the_round_trips_cpu_is_shown_but_not_the_logins() -> None:
+    ms = {PROFILER: 500.0, ROUND_TRIPS: 3.0, "api": 100.0}
+    phase = CpuPhase(units=1, wall_s=1.0, cores=2, ms_per_unit=ms)
+    assert phase.total_ms == 100.0
+    assert "not counted: profiler 500.0, round trips 3.0" in phase.line("login")
+    argon2 = CpuPhase(units=1, wall_s=1.0, cores=2, ms_per_unit={"bench client": 90.0})
+    assert CpuBudget("ratio >= 0.9", 0.9, argon2, phase).excess_by_role() == {"api": 100.0}
+
+
+def test_the_main_threads_cpu_is_its_own_not_the_other_threads() -> None:
+    def burn(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    before = main_thread_cpu(os.getpid())
+    other = threading.Thread(target=burn, args=(0.5,))
+    other.start()
+    other.join()
+    after_other = main_thread_cpu(os.getpid())
+    burn(0.3)
+    after_own = main_thread_cpu(os.getpid())
+    assert before is not None and after_other is not None and after_own is not None
+    assert after_other - before < 0.1  # the other thread's 0.5 s is not the main thread's
+    assert after_own - after_other >= 0.25  # clock ticks: 10 ms each
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert main_thread_cpu(gone.pid) is None
 
 
 def test_a_target_ratio_is_a_cpu_budget_for_the_journey() -> None:
