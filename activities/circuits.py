@@ -75,12 +75,14 @@ def circuit_open_error(exc: CircuitOpenError) -> ApplicationError:
     CIRCUIT_REJECTED.labels(exc.name).inc()
     until = exc.until.isoformat(timespec="seconds")
     delay = max(exc.retry_after, timedelta(milliseconds=100))
+    service = DISPLAY_NAMES.get(exc.name, exc.name)
     return ApplicationError(
-        f"{DISPLAY_NAMES.get(exc.name, exc.name)} circuit open until {until}",
+        f"{service} circuit {exc.reason}",
         {
-            "service": DISPLAY_NAMES.get(exc.name, exc.name),
+            "service": service,
             "until": until,
             "retry_after_seconds": delay.total_seconds(),
+            "waiting_for": f"{service} circuit {exc.reason}",
         },
         type=CIRCUIT_OPEN,
         next_retry_delay=delay,

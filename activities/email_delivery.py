@@ -129,7 +129,7 @@ class EmailDeliveryActivities:
             try:
                 await self.breaker.acquire()
             except CircuitOpenError as exc:  # not an attempt (attempts stay), but tracking says why it waits
-                reply = f"SMTP relay circuit open until {exc.until.isoformat(timespec='seconds')}"
+                reply = f"SMTP relay circuit {exc.reason}"
                 await self._update(req.request.tenant_id, message_id, state="deferred", last_reply=reply)
                 raise
         # Last step before the attempt (count it, render, SMTP: a few ms): a send starts right after its token.

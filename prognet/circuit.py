@@ -130,11 +130,20 @@ class Transition:
 
 
 class CircuitOpenError(Exception):
-    """The call was not made: the service's circuit is open (or its half-open probes are all taken)."""
+    """The call was not made: the service's circuit is open, or half-open with its trial calls all out.
+    `until`: when this caller may try again."""
 
-    def __init__(self, name: str, until: datetime, retry_after: timedelta) -> None:
-        super().__init__(f"{name} circuit open until {until.isoformat(timespec='seconds')}")
-        self.name, self.until, self.retry_after = name, until, retry_after
+    def __init__(self, name: str, until: datetime, retry_after: timedelta, state: State = "open") -> None:
+        self.name, self.until, self.retry_after, self.state = name, until, retry_after, state
+        super().__init__(f"{name} circuit {self.reason}")
+
+    @property
+    def reason(self) -> str:
+        """What callers and operators are told: "open until …" or, half-open, when to try again."""
+        at = self.until.isoformat(timespec="seconds")
+        if self.state == "half_open":
+            return f"half-open (a trial call is testing the service), try again at {at}"
+        return f"open until {at}"
 
 
 OnTransition = Callable[[Transition], Awaitable[None]]
@@ -180,7 +189,10 @@ class CircuitBreaker:
         if moved:
             await self._report(Transition(self.name, "half_open", None))
         if not allowed:
-            raise CircuitOpenError(self.name, _at(int(until)), timedelta(milliseconds=max(int(until) - int(now), 0)))
+            retry_after = timedelta(milliseconds=max(int(until) - int(now), 0))
+            raise CircuitOpenError(
+                self.name, _at(int(until)), retry_after, "half_open" if state == "half_open" else "open"
+            )
 
     async def record(self, *, ok: bool) -> None:
         c = self.config

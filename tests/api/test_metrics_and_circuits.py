@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from sqlmodel import select
 
 from activities.billing import stripe_client
-from activities.circuits import Circuits
+from activities.circuits import Circuits, circuit_open_error
 from models.db import transaction
 from models.tables import DomainEvent
 from prognet.circuit import CircuitBreaker, CircuitConfig, CircuitOpenError, Transition
@@ -118,6 +118,7 @@ async def test_stripe_breaker_opens_fails_fast_probes_and_recovers_across_proces
             with pytest.raises(CircuitOpenError) as opened:
                 await sdk.v1.customers.list_async()
         assert opened.value.retry_after <= timedelta(seconds=1)
+        assert opened.value.state == "open" and str(opened.value).startswith(f"{name} circuit open until ")
         assert len(await stripe.requests(path_prefix="/v1/customers")) == reached + 3
         await asyncio.sleep(opened.value.retry_after.total_seconds() + 0.05)
         # half-open: one probe at a time, whichever process asks first
@@ -184,6 +185,13 @@ async def test_a_call_turned_away_while_a_probe_is_out_comes_back_soon_not_after
         with pytest.raises(CircuitOpenError) as turned_away:
             await breaker.acquire()
         assert timedelta(0) < turned_away.value.retry_after <= timedelta(milliseconds=300)  # 200 ms x jitter
+        # told what is going on: not "open until" the retry time, but half-open, and when to come back
+        assert turned_away.value.state == "half_open"
+        retry_at = turned_away.value.until.isoformat(timespec="seconds")
+        assert turned_away.value.reason == f"half-open (a trial call is testing the service), try again at {retry_at}"
+        failure = circuit_open_error(turned_away.value)
+        assert failure.message == f"{name} circuit {turned_away.value.reason}"
+        assert failure.details[0]["waiting_for"] == failure.message
         await asyncio.sleep(0.6)  # a slow probe: who is turned away now waits at least as long as it has been out
         with pytest.raises(CircuitOpenError) as later:
             await breaker.acquire()
