@@ -203,3 +203,19 @@ async def test_a_worker_activity_log_line_carries_the_trace_id_of_the_request(ap
         if not (line.startswith("{") and json.loads(line)["logger"] in relay)
     ]
     assert not [line for line in ours if email in line] and PASSWORD not in out.getvalue()
+
+
+async def test_a_transaction_traces_its_statements_and_commit_not_its_begin_and_row_level_context(client, spans):
+    async def login_trace() -> list[ReadableSpan]:
+        response = await client.post(
+            "/v1/auth/login", json={"email": "nobody@example.com", "password": "not-the-right-one"}
+        )
+        assert_problem(response, 401, "invalid-credentials")
+        trace_id = trace_id_of(response)
+        return [s for s in spans.get_finished_spans() if format_trace_id(s.context.trace_id) == trace_id]
+
+    await login_trace()  # the app's first connection also traces SQLAlchemy's dialect set-up, once
+    found = await login_trace()
+    # the throttle, the user's lookup and its commit
+    assert [s.name for s in found if s.kind == SpanKind.CLIENT] == ["EVALSHA", "SELECT", "COMMIT;"]
+    assert not [s for s in found if "set_config" in json.dumps(dict(s.attributes or {}))]
