@@ -31,8 +31,8 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(DEV_STAMP)
-	$(BIN)/prognet bench
+bench: $(DEV_STAMP)  # make bench ARGS='--sections logins --json bench.json'
+	$(BIN)/prognet bench $(ARGS)
 
 # A few minutes: a calm phase with 1 worker, one with 3, then several hundred sagas while workers, an API replica
 # and Redis are killed; exits non-zero unless the report is clean. `make chaos CHAOS_ARGS=--short` for the short form.
