@@ -77,13 +77,8 @@ def circuit_open_error(exc: CircuitOpenError) -> ApplicationError:
     delay = max(exc.retry_after, timedelta(milliseconds=100))
     service = DISPLAY_NAMES.get(exc.name, exc.name)
     return ApplicationError(
-        f"{service} circuit {exc.reason}",
-        {
-            "service": service,
-            "until": until,
-            "retry_after_seconds": delay.total_seconds(),
-            "waiting_for": f"{service} circuit {exc.reason}",
-        },
+        f"{service} circuit {exc.reason}",  # what a waiting saga shows (workflows/saga.py)
+        {"service": service, "until": until, "retry_after_seconds": delay.total_seconds()},
         type=CIRCUIT_OPEN,
         next_retry_delay=delay,
     )

@@ -261,9 +261,8 @@ class Saga:
                 cause = err
             info = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
             delay = timedelta(seconds=max(float(info.get("retry_after_seconds", 1.0)), 0.1))
-            service, until = info.get("service", "service"), info.get("until", "later")
             status, waiting_for = self.state.status, self.state.waiting_for
-            wait = info.get("waiting_for") or f"{service} circuit open until {until}"
+            wait = cause.message  # "Stripe circuit open until …", or half-open and when to try again
             self.set_status("waiting", waiting_for=wait, details=f"waiting: {wait}")
             await workflow.sleep(delay)
             self.set_status(status, waiting_for=waiting_for, details=f"{status}: {self.state.step}")

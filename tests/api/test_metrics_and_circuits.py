@@ -191,7 +191,7 @@ async def test_a_call_turned_away_while_a_probe_is_out_comes_back_soon_not_after
         assert turned_away.value.reason == f"half-open (a trial call is testing the service), try again at {retry_at}"
         failure = circuit_open_error(turned_away.value)
         assert failure.message == f"{name} circuit {turned_away.value.reason}"
-        assert failure.details[0]["waiting_for"] == failure.message
+        assert failure.details[0]["until"] == retry_at  # the message and the details say the same
         await asyncio.sleep(0.6)  # a slow probe: who is turned away now waits at least as long as it has been out
         with pytest.raises(CircuitOpenError) as later:
             await breaker.acquire()
