@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 _SID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_SECRET_LENGTH = 128
@@ -92,19 +93,19 @@ class SessionStore:
         self.ttl = refresh_ttl_seconds
         self._rotate = redis.register_script(_ROTATE)
 
-    async def create(self, user_id: uuid.UUID) -> NewSession:
+    def queue_create(self, pipe: Pipeline, user_id: uuid.UUID) -> NewSession:
+        """A new session, queued on the caller's MULTI pipeline (it exists once that executes; the login's
+        pipeline also settles its throttle)."""
         session_id = uuid.uuid4().hex
         secret = secrets.token_urlsafe(32)
         key, _ = _keys(session_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={"user_id": str(user_id), "refresh_hash": _hash(secret), "created_at": str(int(time.time()))},
-            )
-            pipe.expire(key, self.ttl)
-            pipe.sadd(_user_key(user_id), session_id)
-            pipe.expire(_user_key(user_id), self.ttl)
-            await pipe.execute()
+        pipe.hset(
+            key,
+            mapping={"user_id": str(user_id), "refresh_hash": _hash(secret), "created_at": str(int(time.time()))},
+        )
+        pipe.expire(key, self.ttl)
+        pipe.sadd(_user_key(user_id), session_id)
+        pipe.expire(_user_key(user_id), self.ttl)
         return NewSession(session_id, f"{session_id}.{secret}")
 
     async def user_of(self, session_id: str) -> uuid.UUID | None:

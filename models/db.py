@@ -15,7 +15,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy import event, exc, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -91,3 +91,13 @@ async def transaction(
                 },
             )
         yield session
+
+
+@asynccontextmanager
+async def standalone(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """Statements that stand alone: each one commits by itself (autocommit), in one round trip where a
+    `transaction` spends four (BEGIN, its context, the statement, COMMIT). No tenant and no user context: row-level
+    security shows only what needs none (an account by its email; a domain event without a tenant can be added).
+    For a single statement on a hot path (a login); statements that must hold together belong in `transaction`."""
+    async with engine.connect() as connection:
+        yield await connection.execution_options(isolation_level="AUTOCOMMIT")

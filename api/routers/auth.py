@@ -6,9 +6,9 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Cookie, Depends, Response, status
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import select
+from sqlmodel import col, select
 
 from api.body_guard import require_json_body
 from api.deps import (
@@ -34,8 +34,8 @@ from api.problems import (
 from api.schemas import LoginRequest, RefreshRequest, TokenPair
 from api.security_events import audit_quietly
 from api.sessions import RefreshOutcome
-from models.db import transaction
-from models.events import record_event
+from models.db import standalone, transaction
+from models.events import domain_event, insert_event, record_event
 from models.tables import User
 from prognet import passwords
 from prognet.metrics import LOGINS
@@ -45,6 +45,10 @@ log = logging.getLogger("prognet.api")
 router = APIRouter(prefix="/v1/auth", tags=["auth"], dependencies=[Depends(require_json_body)])
 
 _BAD_CREDENTIALS = "The email or password is incorrect."
+
+
+def _by_email(email: str) -> ColumnElement[bool]:
+    return func.lower(User.email) == email
 
 
 @router.post(
@@ -86,8 +90,8 @@ async def login(
 
     wrong_password = False
     try:
-        async with transaction(engine) as db:
-            user = (await db.exec(select(User).where(func.lower(User.email) == email))).first()
+        async with standalone(engine) as db:  # one statement: no transaction around it
+            user = (await db.execute(select(User.id, User.password_hash, User.status).where(_by_email(email)))).first()
         if user is None:
             await passwords.verify_against_dummy(settings, password)
             wrong_password = True
@@ -107,23 +111,22 @@ async def login(
                 )
             raise Problem(ACCOUNT_DISABLED, "This account cannot log in.")
 
-        new_hash = (
-            await passwords.hash_password(settings, password)
-            if passwords.needs_rehash(settings, user.password_hash)
-            else None
-        )
-        await throttle.succeeded(attempt, email, address, device_id)
-        session = await sessions.create(user.id)
+        rehashed = passwords.needs_rehash(settings, user.password_hash)
+        if rehashed:
+            new_hash = await passwords.hash_password(settings, password)
+            async with standalone(engine) as db:
+                await db.execute(update(User).where(col(User.id) == user.id).values(password_hash=new_hash))
+        # One round trip settles the throttle and creates the session (a MULTI: both or neither).
+        async with throttle.redis.pipeline(transaction=True) as pipe:
+            throttle.queue_success(pipe, attempt, email, address, device_id)
+            session = sessions.queue_create(pipe, user.id)
+            await pipe.execute()
         try:
-            async with transaction(engine) as db:
-                if new_hash is not None:
-                    stored = await db.get(User, user.id)
-                    if stored is not None:
-                        stored.password_hash = new_hash
-                        db.add(stored)
-                record_event(
-                    db, "user.logged_in", "user", user.id, {"session_id": session.session_id}, actor_id=user.id
+            async with standalone(engine) as db:
+                logged_in = domain_event(
+                    "user.logged_in", "user", user.id, {"session_id": session.session_id}, actor_id=user.id
                 )
+                await db.execute(insert_event(logged_in))
         except BaseException:
             await sessions.revoke(session.session_id)  # no session without its audit record
             raise
@@ -146,7 +149,7 @@ async def login(
     )
     log.info(
         "login succeeded",
-        extra={"user_id": str(user.id), "session_id": session.session_id, "rehashed": new_hash is not None},
+        extra={"user_id": str(user.id), "session_id": session.session_id, "rehashed": rehashed},
     )
     return TokenPair(
         access_token=tokens.issue(user.id, session.session_id),
@@ -158,8 +161,8 @@ async def login(
 async def _record_lock(engine: AsyncEngine, email: str, retry_after: int) -> None:
     """`user.login_locked` for a known account (an unknown email leaves no trace)."""
     try:
-        async with transaction(engine) as db:
-            user_id = (await db.exec(select(User.id).where(func.lower(User.email) == email))).first()
+        async with standalone(engine) as db:
+            user_id = (await db.execute(select(User.id).where(_by_email(email)))).scalar()
     except Exception:
         log.warning("login lock not recorded", exc_info=True)
         return

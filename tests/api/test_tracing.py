@@ -205,17 +205,30 @@ async def test_a_worker_activity_log_line_carries_the_trace_id_of_the_request(ap
     assert not [line for line in ours if email in line] and PASSWORD not in out.getvalue()
 
 
-async def test_a_transaction_traces_its_statements_and_commit_not_its_begin_and_row_level_context(client, spans):
-    async def login_trace() -> list[ReadableSpan]:
-        response = await client.post(
-            "/v1/auth/login", json={"email": "nobody@example.com", "password": "not-the-right-one"}
-        )
-        assert_problem(response, 401, "invalid-credentials")
-        trace_id = trace_id_of(response)
-        return [s for s in spans.get_finished_spans() if format_trace_id(s.context.trace_id) == trace_id]
-
-    await login_trace()  # the app's first connection also traces SQLAlchemy's dialect set-up, once
-    found = await login_trace()
-    # the throttle, the user's lookup and its commit
-    assert [s.name for s in found if s.kind == SpanKind.CLIENT] == ["EVALSHA", "SELECT", "COMMIT;"]
+async def client_spans_of(client, spans: InMemorySpanExporter, body: dict, status: int) -> list[str]:
+    response = await client.post("/v1/auth/login", json=body)
+    assert response.status_code == status, response.text
+    trace_id = trace_id_of(response)
+    found = [s for s in spans.get_finished_spans() if format_trace_id(s.context.trace_id) == trace_id]
     assert not [s for s in found if "set_config" in json.dumps(dict(s.attributes or {}))]
+    return [s.name for s in found if s.kind == SpanKind.CLIENT]
+
+
+async def test_a_transaction_traces_its_statements_and_commit_not_its_begin_and_row_level_context(
+    client, spans, user
+):
+    wrong = {"email": user.email, "password": "not-the-right-one"}
+    await client_spans_of(client, spans, wrong, 401)  # the app's first connection also traces the dialect set-up
+    # the throttle, the account's lookup (a statement of its own), then the audit record's transaction
+    assert await client_spans_of(client, spans, wrong, 401) == ["EVALSHA", "SELECT", "INSERT", "COMMIT;"]
+
+
+async def test_a_login_costs_one_statement_before_the_hash_and_one_redis_and_one_sql_round_trip_after(
+    client, spans, user
+):
+    right = {"email": user.email, "password": PASSWORD}
+    await client_spans_of(client, spans, right, 200)  # the first one also upgrades the test's cheap hash
+    throttle, lookup, pipeline, event = await client_spans_of(client, spans, right, 200)
+    assert (throttle, lookup, event) == ("EVALSHA", "SELECT", "INSERT")
+    # one pipeline: the throttle's counters settle (ZREM, DEL) and the session is created (HSET, SADD)
+    assert {"ZREM", "DEL", "HSET", "SADD"} <= set(pipeline.split())

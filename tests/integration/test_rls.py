@@ -6,9 +6,10 @@ import uuid
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 from sqlmodel import select
 
-from models.db import APP_ROLE, make_engine, transaction
+from models.db import APP_ROLE, make_engine, standalone, transaction
 from models.tables import TENANT_SCOPED_TABLES, Invitation, Membership, Tenant
 from prognet_dev import EmbeddedStack
 
@@ -170,5 +171,22 @@ async def test_the_session_helper_applies_the_same_isolation(stack: EmbeddedStac
         async with transaction(engine, tenant_id=alpha) as session:
             assert await session.get(Tenant, beta) is None
             assert (await session.exec(select(Membership).where(Membership.tenant_id == beta))).all() == []
+    finally:
+        await engine.dispose()
+
+
+async def test_a_standalone_statement_sees_no_tenant_even_on_the_connection_a_tenant_just_used(
+    stack: EmbeddedStack, two_tenants
+):
+    alpha, _ = two_tenants
+    engine = make_engine(stack.database_url, pool_size=1, max_overflow=0)  # one connection: the same one each time
+    try:
+        async with transaction(engine, tenant_id=alpha) as session:
+            assert [t.id for t in (await session.exec(select(Tenant))).all()] == [alpha]
+        async with standalone(engine) as connection:
+            assert (await connection.execute(select(Tenant.id))).all() == []
+            # each statement is a transaction of its own
+            first, second = [(await connection.execute(text("select txid_current()"))).scalar() for _ in range(2)]
+            assert first != second
     finally:
         await engine.dispose()

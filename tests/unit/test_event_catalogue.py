@@ -88,11 +88,13 @@ def resolve(site: Site, expr: ast.expr) -> set[str]:
 def emitted_types() -> dict[str, str]:
     """event type → one place that records it"""
     found: dict[str, str] = {}
-    for site, call in calls_of("record_event"):
-        expr = argument(call, 1, "type")
-        assert expr is not None, f"{site.where(call)}: record_event without a type"
-        for event_type in resolve(site, expr):
-            found.setdefault(event_type, site.where(call))
+    # record_event(session, type, ...) adds it to a transaction; domain_event(type, ...) builds one to insert alone
+    for name, index in (("record_event", 1), ("domain_event", 0)):
+        for site, call in calls_of(name):
+            expr = argument(call, index, "type")
+            assert expr is not None, f"{site.where(call)}: {name} without a type"
+            for event_type in resolve(site, expr):
+                found.setdefault(event_type, site.where(call))
     return found
 
 
