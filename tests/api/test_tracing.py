@@ -214,9 +214,7 @@ async def client_spans_of(client, spans: InMemorySpanExporter, body: dict, statu
     return [s.name for s in found if s.kind == SpanKind.CLIENT]
 
 
-async def test_a_transaction_traces_its_statements_and_commit_not_its_begin_and_row_level_context(
-    client, spans, user
-):
+async def test_a_transaction_traces_its_statements_and_commit_not_its_begin_and_row_level_context(client, spans, user):
     wrong = {"email": user.email, "password": "not-the-right-one"}
     await client_spans_of(client, spans, wrong, 401)  # the app's first connection also traces the dialect set-up
     # the throttle, the account's lookup (a statement of its own), then the audit record's transaction
