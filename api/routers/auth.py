@@ -114,8 +114,10 @@ async def login(
         rehashed = passwords.needs_rehash(settings, user.password_hash)
         if rehashed:
             new_hash = await passwords.hash_password(settings, password)
+            # only over the hash just verified: a password changed meanwhile is not overwritten with the old one
+            upgrade = update(User).where(col(User.id) == user.id, col(User.password_hash) == user.password_hash)
             async with standalone(engine) as db:
-                await db.execute(update(User).where(col(User.id) == user.id).values(password_hash=new_hash))
+                await db.execute(upgrade.values(password_hash=new_hash))
         # One round trip settles the throttle and creates the session (a MULTI: both or neither).
         async with throttle.redis.pipeline(transaction=True) as pipe:
             throttle.queue_success(pipe, attempt, email, address, device_id)

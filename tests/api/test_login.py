@@ -11,6 +11,7 @@ from sqlmodel import select
 from api.login_throttle import account_address_key, account_key, address_key
 from models.db import transaction
 from models.tables import DomainEvent, User
+from prognet import passwords
 from tests.api.conftest import PASSWORD, assert_problem, bearer, insert_user, login
 
 
@@ -127,6 +128,25 @@ async def test_outdated_hash_is_rehashed_on_login(client, engine, settings):
     assert stored.password_hash != old
     assert f"t={settings.argon2_time_cost}" in stored.password_hash
     await login(client, account)  # the new hash verifies
+
+
+async def test_a_rehash_does_not_overwrite_a_password_changed_meanwhile(client, engine, monkeypatch):
+    old = PasswordHasher(time_cost=2, memory_cost=8192, parallelism=1).hash(PASSWORD)
+    changed = PasswordHasher(time_cost=2, memory_cost=8192, parallelism=1).hash("the owner's new password")
+    account = await insert_user(engine, password_hash=old)
+    rehash = passwords.hash_password
+
+    async def change_then_rehash(settings, password):  # the owner changes the password while the login rehashes
+        async with transaction(engine) as db:
+            stored = await db.get(User, account.id)
+            stored.password_hash = changed
+            db.add(stored)
+        return await rehash(settings, password)
+
+    monkeypatch.setattr(passwords, "hash_password", change_then_rehash)
+    await login(client, account)
+    async with transaction(engine) as db:
+        assert (await db.get(User, account.id)).password_hash == changed
 
 
 async def test_refresh_rotates_and_reuse_revokes_the_whole_family(client, user):
