@@ -164,6 +164,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sse_sessions = SessionStore(sse_redis, settings.refresh_token_ttl_seconds)  # streams' session checks
     app.state.sse_cap = StreamCap(settings.sse_max_streams_per_process)
     app.state.sse_fanout = Fanout(sse_redis)  # one reader per event stream, shared by this process's clients
+    # the same client as the session store's: a login settles its throttle and creates its session in one MULTI
     app.state.login_throttle = LoginThrottle(redis, settings.login_max_failures, settings.login_failure_window_seconds)
     app.state.device_cookies = DeviceCookies(settings.derived_key("device-cookie"))
     app.state.access_tokens = AccessTokenCodec(settings.derived_key("jwt"), settings.access_token_ttl_seconds)

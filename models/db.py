@@ -96,8 +96,10 @@ async def transaction(
 @asynccontextmanager
 async def standalone(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """Statements that stand alone: each one commits by itself (autocommit), in one round trip where a
-    `transaction` spends four (BEGIN, its context, the statement, COMMIT). No tenant and no user context: row-level
-    security shows only what needs none (an account by its email; a domain event without a tenant can be added).
-    For a single statement on a hot path (a login); statements that must hold together belong in `transaction`."""
+    `transaction` spends four (BEGIN, its context, the statement, COMMIT). It sets no context, so it is only for
+    statements whose outcome row-level security does not decide: tables without it (`users`) and an event without
+    a tenant (`models.events.insert_event`), which every context may add. Anything tenant-scoped goes through
+    `transaction`, which also overrides whatever a connection might carry. For a single statement on a hot path (a
+    login); statements that must hold together belong in `transaction`."""
     async with engine.connect() as connection:
         yield await connection.execution_options(isolation_level="AUTOCOMMIT")

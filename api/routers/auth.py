@@ -111,14 +111,15 @@ async def login(
                 )
             raise Problem(ACCOUNT_DISABLED, "This account cannot log in.")
 
-        rehashed = passwords.needs_rehash(settings, user.password_hash)
-        if rehashed:
+        rehashed = False
+        if passwords.needs_rehash(settings, user.password_hash):
             new_hash = await passwords.hash_password(settings, password)
             # only over the hash just verified: a password changed meanwhile is not overwritten with the old one
             upgrade = update(User).where(col(User.id) == user.id, col(User.password_hash) == user.password_hash)
             async with standalone(engine) as db:
-                await db.execute(upgrade.values(password_hash=new_hash))
-        # One round trip settles the throttle and creates the session (a MULTI: both or neither).
+                rehashed = (await db.execute(upgrade.values(password_hash=new_hash))).rowcount == 1
+        # One round trip settles the throttle and creates the session: one MULTI, applied together (the throttle
+        # and the session store share the API's Redis client, api/app.py).
         async with throttle.redis.pipeline(transaction=True) as pipe:
             throttle.queue_success(pipe, attempt, email, address, device_id)
             session = sessions.queue_create(pipe, user.id)

@@ -224,6 +224,8 @@ async def test_a_transaction_traces_its_statements_and_commit_not_its_begin_and_
 async def test_a_login_costs_one_statement_before_the_hash_and_one_redis_and_one_sql_round_trip_after(
     client, spans, user
 ):
+    unknown = {"email": "nobody@example.com", "password": "not-the-right-one"}
+    assert await client_spans_of(client, spans, unknown, 401) == ["EVALSHA", "SELECT"]  # and the dummy hash
     right = {"email": user.email, "password": PASSWORD}
     await client_spans_of(client, spans, right, 200)  # the first one also upgrades the test's cheap hash
     throttle, lookup, pipeline, event = await client_spans_of(client, spans, right, 200)

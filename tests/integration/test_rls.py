@@ -188,5 +188,8 @@ async def test_a_standalone_statement_sees_no_tenant_even_on_the_connection_a_te
             # each statement is a transaction of its own
             first, second = [(await connection.execute(text("select txid_current()"))).scalar() for _ in range(2)]
             assert first != second
+        async with transaction(engine) as session:  # back in the pool, the connection is transactional again
+            first, second = [(await session.execute(text("select txid_current()"))).scalar() for _ in range(2)]
+            assert first == second
     finally:
         await engine.dispose()
