@@ -4,12 +4,15 @@ records nothing else, as a statement of its own: `insert_event`)."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec
 
 from sqlalchemy import Insert, insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from models.tables import DomainEvent
+
+P = ParamSpec("P")
 
 
 def domain_event(
@@ -41,33 +44,18 @@ def domain_event(
     )
 
 
-def record_event(
-    session: AsyncSession,
-    type: str,
-    aggregate_type: str,
-    aggregate_id: str | uuid.UUID,
-    payload: dict[str, Any] | None = None,
-    *,
-    tenant_id: uuid.UUID | None = None,
-    workflow_id: str | None = None,
-    actor_id: uuid.UUID | None = None,
-    user_id: uuid.UUID | None = None,
-    version: int = 1,
-) -> DomainEvent:
-    """`domain_event(...)` added to the session: written with the transaction's other changes."""
-    event = domain_event(
-        type,
-        aggregate_type,
-        aggregate_id,
-        payload,
-        tenant_id=tenant_id,
-        workflow_id=workflow_id,
-        actor_id=actor_id,
-        user_id=user_id,
-        version=version,
-    )
-    session.add(event)
-    return event
+def _added_to_the_session(build: Callable[P, DomainEvent]) -> Callable[Concatenate[AsyncSession, P], DomainEvent]:
+    def add(session: AsyncSession, /, *args: P.args, **kwargs: P.kwargs) -> DomainEvent:
+        event = build(*args, **kwargs)
+        session.add(event)
+        return event
+
+    return add
+
+
+# record_event(session, type, aggregate_type, aggregate_id, payload, ...): `domain_event(...)` added to the session,
+# written with the transaction's other changes
+record_event = _added_to_the_session(domain_event)
 
 
 def insert_event(event: DomainEvent) -> Insert:
